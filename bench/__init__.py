@@ -1,0 +1,1 @@
+"""Benchmarks; each module has `run(profile) -> dict` and runs on its own with `-m`."""

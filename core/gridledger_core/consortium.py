@@ -1,0 +1,228 @@
+"""Creating a consortium: CAs, node and device certificates, TLS material, genesis file.
+
+Layout of a consortium directory:
+
+    genesis.json                     the genesis configuration (hash = SHA-256 of its bytes)
+    tls-ca-bundle.pem                every organisation's TLS root, for clients and servers
+    orgs/<org>/signing-ca.{pem,key}  Ed25519 CA for signing identities (keep offline in production)
+    orgs/<org>/tls-ca.{pem,key}      ECDSA P-256 CA for TLS
+    nodes/<name>/signing.{pem,key}   the node's or device's signing identity
+    nodes/<name>/tls.{pem,key}       its TLS server/client certificate
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gridledger_core.genesis import MarketParams
+from gridledger_core.identity import Role
+
+VALIDITY = datetime.timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    role: Role
+
+
+@dataclass
+class OrgSpec:
+    name: str
+    nodes: list[NodeSpec] = field(default_factory=list)
+
+
+@dataclass
+class Topology:
+    consortium: str
+    initiating_organization: str
+    orgs: list[OrgSpec]
+
+    def nodes(self) -> list[tuple[str, NodeSpec]]:
+        return [(org.name, node) for org in self.orgs for node in org.nodes]
+
+    def names(self, role: Role) -> list[str]:
+        return [n.name for _, n in self.nodes() if n.role == role]
+
+
+def default_topology(orderers: int = 4, meters: int = 3, plants: int = 2) -> Topology:
+    """The devnet: a grid operator (initiating organisation), a utility, a prosumer community
+    and a solar company. Orderers are split between the first two so no one org holds a quorum
+    alone when n >= 4."""
+    ops = OrgSpec("gridops", [NodeSpec("endorser-1", Role.ENDORSER),
+                              NodeSpec("committer-1", Role.COMMITTER),
+                              NodeSpec("admin", Role.ADMIN)])
+    utility = OrgSpec("utility", [NodeSpec("committer-2", Role.COMMITTER)])
+    for i in range(1, orderers + 1):
+        (ops if i % 2 else utility).nodes.append(NodeSpec(f"orderer-{i}", Role.ORDERER))
+    community = OrgSpec("community", [NodeSpec(f"meter-{i}", Role.METER)
+                                      for i in range(1, meters + 1)])
+    solar = OrgSpec("solarco", [NodeSpec(f"plant-{i}", Role.PLANT) for i in range(1, plants + 1)])
+    return Topology("gridledger-devnet", "gridops", [ops, utility, community, solar])
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _pem_key(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(cn: str, org: str, ou: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn),
+             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)]
+    if ou is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+    return x509.Name(attrs)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + VALIDITY))
+
+
+def _ca(cn: str, org: str, key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey,
+        algorithm: hashes.HashAlgorithm | None) -> x509.Certificate:
+    name = _name(cn, org)
+    return (_builder(name, name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, algorithm))
+
+
+def tls_names(name: str, role: Role) -> list[str]:
+    """DNS names a node's TLS certificate covers: loopback for the devnet, and the names the
+    Kubernetes manifests give it (pod DNS under the role's headless Service, and the Service)."""
+    service = f"gridledger-{role.value}"
+    return ["localhost", name, service, f"{name}.{service}", f"*.{service}",
+            f"{service}.gridledger.svc.cluster.local",
+            f"*.{service}.gridledger.svc.cluster.local"]
+
+
+def create_consortium(directory: Path, topology: Topology, *, reading_interval_seconds: int = 900,
+                      market: MarketParams | None = None, carbon_grams_per_kwh: int = 400) -> Path:
+    """Write a complete consortium to `directory` and return the genesis path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    orgs_doc = []
+    orderers_doc = []
+    for org in topology.orgs:
+        org_dir = directory / "orgs" / org.name
+        org_dir.mkdir(parents=True, exist_ok=True)
+        ca_key = Ed25519PrivateKey.generate()
+        ca_cert = _ca(f"{org.name}-signing-ca", org.name, ca_key, None)
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        tls_cert = _ca(f"{org.name}-tls-ca", org.name, tls_key, hashes.SHA256())
+        _write(org_dir / "signing-ca.pem", _pem_cert(ca_cert))
+        _write(org_dir / "signing-ca.key", _pem_key(ca_key), private=True)
+        _write(org_dir / "tls-ca.pem", _pem_cert(tls_cert))
+        _write(org_dir / "tls-ca.key", _pem_key(tls_key), private=True)
+        orgs_doc.append({"name": org.name, "signing_root": _pem_cert(ca_cert).decode(),
+                         "tls_root": _pem_cert(tls_cert).decode()})
+        for node in org.nodes:
+            node_dir = directory / "nodes" / node.name
+            node_dir.mkdir(parents=True, exist_ok=True)
+            key = Ed25519PrivateKey.generate()
+            cert = (_builder(_name(node.name, org.name, node.role.value), ca_cert.subject,
+                             key.public_key())
+                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                    .sign(ca_key, None))
+            _write(node_dir / "signing.pem", _pem_cert(cert))
+            _write(node_dir / "signing.key", _pem_key(key), private=True)
+            tkey = ec.generate_private_key(ec.SECP256R1())
+            sans: list[x509.GeneralName] = [x509.DNSName(n) for n in tls_names(node.name, node.role)]
+            sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+            tcert = (_builder(_name(node.name, org.name, node.role.value), tls_cert.subject,
+                              tkey.public_key())
+                     .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                    critical=True)
+                     .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                     .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                           ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                    critical=False)
+                     .sign(tls_key, hashes.SHA256()))
+            _write(node_dir / "tls.pem", _pem_cert(tcert))
+            _write(node_dir / "tls.key", _pem_key(tkey), private=True)
+            if node.role == Role.ORDERER:
+                orderers_doc.append({"id": node.name, "org": org.name,
+                                     "certificate": _pem_cert(cert).decode()})
+    market = market or MarketParams()
+    genesis = {
+        "consortium": topology.consortium,
+        "initiating_organization": topology.initiating_organization,
+        "organizations": orgs_doc,
+        "orderers": sorted(orderers_doc, key=lambda o: _natural_key(o["id"])),
+        "readings": {"interval_seconds": reading_interval_seconds,
+                     "max_interval_wh": 1_000_000, "max_clock_skew_seconds": 300},
+        "market": market.__dict__,
+        "carbon": {"grams_per_kwh": carbon_grams_per_kwh},
+    }
+    genesis_path = directory / "genesis.json"
+    _write(genesis_path, json.dumps(genesis, indent=2).encode())
+    _write(directory / "tls-ca-bundle.pem", b"".join(o["tls_root"].encode() for o in orgs_doc))
+    return genesis_path
+
+
+def _natural_key(name: str) -> tuple[str, int]:
+    prefix, _, number = name.rpartition("-")
+    return (prefix, int(number)) if number.isdigit() else (name, 0)
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.write_bytes(data)
+    if private:
+        path.chmod(0o600)
+
+
+@dataclass(frozen=True)
+class NodeMaterial:
+    """Paths of one node's keys and certificates in a consortium directory."""
+
+    directory: Path
+    name: str
+
+    @property
+    def node_dir(self) -> Path:
+        return self.directory / "nodes" / self.name
+
+    @property
+    def signing_cert(self) -> Path:
+        return self.node_dir / "signing.pem"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.node_dir / "signing.key"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.node_dir / "tls.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.node_dir / "tls.key"
+
+    @property
+    def tls_bundle(self) -> Path:
+        return self.directory / "tls-ca-bundle.pem"
+
+    @property
+    def genesis(self) -> Path:
+        return self.directory / "genesis.json"

@@ -1,0 +1,96 @@
+"""Hashing and Ed25519 signatures over exact bytes.
+
+Signing identities use Ed25519 (fast verification, deterministic signatures); TLS uses ECDSA
+P-256 certificates (see consortium.py) because that is what every gRPC/TLS stack accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+ENDORSEMENT_DOMAIN = b"gridledger/endorsement/v1\x00"
+NONCE_BYTES = 24
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def derive_tx_id(nonce: bytes, creator_certificate: bytes) -> str:
+    """Fabric's rule: the tx id binds the nonce to the creator, so it cannot be replayed by
+    another identity and is unique as long as nonces are."""
+    return hashlib.sha256(nonce + creator_certificate).hexdigest()
+
+
+def endorsement_message(payload: bytes) -> bytes:
+    """What an endorser signs: a domain-separated digest of the exact payload bytes."""
+    return ENDORSEMENT_DOMAIN + sha256(payload)
+
+
+class Signer:
+    """An Ed25519 private key that signs exact bytes."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key_bytes = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    @classmethod
+    def generate(cls) -> Signer:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Signer:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("signing key is not an Ed25519 key")
+        return cls(key)
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        return self._key
+
+    def seed(self) -> bytes:
+        """The 32-byte secret seed (also the ECVRF secret key of an orderer)."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+    def to_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+
+@lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """True when `signature` is a valid Ed25519 signature of `data` by `public_key`."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    try:
+        _public_key(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

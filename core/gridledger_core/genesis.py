@@ -1,0 +1,118 @@
+"""The genesis configuration: organisations, orderer set, market and carbon parameters.
+
+It is read from `genesis.json` in a consortium directory; its hash is taken over the exact file
+bytes, so every node agrees on it without canonicalising JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gridledger_core.crypto import sha256
+from gridledger_core.identity import Membership
+
+
+@dataclass(frozen=True)
+class MarketParams:
+    """Pre-sale market rules. Prices are integer micro-units per kWh, quantities integer Wh."""
+
+    slot_seconds: int = 3600
+    open_before_seconds: int = 2 * 86400  # a slot's market opens this long before delivery
+    gate_closure_seconds: int = 3600  # and closes this long before delivery
+    price_min: int = 0
+    price_max: int = 1_000_000
+    price_tick: int = 1_000
+    lot_wh: int = 100
+    forecast_window_days: int = 7
+    forecast_tolerance_percent: int = 10
+
+
+@dataclass(frozen=True)
+class Organization:
+    name: str
+    signing_root_pem: bytes
+    tls_root_pem: bytes
+
+
+@dataclass(frozen=True)
+class OrdererEntry:
+    id: str
+    org: str
+    certificate_pem: bytes
+
+    @cached_property
+    def public_key(self) -> bytes:
+        cert = x509.load_pem_x509_certificate(self.certificate_pem)
+        return cert.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+
+@dataclass(frozen=True)
+class Genesis:
+    consortium: str
+    organizations: tuple[Organization, ...]
+    initiating_organization: str
+    orderers: tuple[OrdererEntry, ...]
+    reading_interval_seconds: int
+    max_interval_wh: int
+    max_clock_skew_seconds: int
+    market: MarketParams
+    carbon_grams_per_kwh: int
+    raw: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Genesis:
+        doc = json.loads(raw)
+        orgs = tuple(
+            Organization(o["name"], o["signing_root"].encode(), o["tls_root"].encode())
+            for o in doc["organizations"]
+        )
+        names = {o.name for o in orgs}
+        orderers = tuple(
+            OrdererEntry(o["id"], o["org"], o["certificate"].encode()) for o in doc["orderers"]
+        )
+        if doc["initiating_organization"] not in names:
+            raise ValueError("initiating_organization is not one of the organizations")
+        for o in orderers:
+            if o.org not in names:
+                raise ValueError(f"orderer {o.id} belongs to unknown organisation {o.org}")
+        return cls(
+            consortium=doc["consortium"],
+            organizations=orgs,
+            initiating_organization=doc["initiating_organization"],
+            orderers=orderers,
+            reading_interval_seconds=int(doc["readings"]["interval_seconds"]),
+            max_interval_wh=int(doc["readings"]["max_interval_wh"]),
+            max_clock_skew_seconds=int(doc["readings"].get("max_clock_skew_seconds", 300)),
+            market=MarketParams(**doc.get("market", {})),
+            carbon_grams_per_kwh=int(doc["carbon"]["grams_per_kwh"]),
+            raw=raw,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Genesis:
+        return cls.parse(path.read_bytes())
+
+    @cached_property
+    def hash(self) -> bytes:
+        return sha256(self.raw)
+
+    @cached_property
+    def membership(self) -> Membership:
+        return Membership({o.name: o.signing_root_pem for o in self.organizations})
+
+    @cached_property
+    def orderer_keys(self) -> dict[str, bytes]:
+        """Orderer id -> raw Ed25519 public key (also its ECVRF public key)."""
+        return {o.id: o.public_key for o in self.orderers}
+
+    @cached_property
+    def tls_roots_pem(self) -> bytes:
+        return b"".join(o.tls_root_pem for o in self.organizations)

@@ -1,0 +1,139 @@
+"""Consortium identities: who signed something, checked against the genesis roots.
+
+Every signing certificate is issued directly by its organisation's signing CA, whose
+certificate is named in the genesis configuration. The subject carries the account id (CN),
+the organisation (O) and the role (OU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import threading
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.x509.oid import NameOID
+
+from gridledger_core.crypto import sha256, verify_signature
+
+
+class Role(enum.StrEnum):
+    ORDERER = "orderer"
+    ENDORSER = "endorser"
+    COMMITTER = "committer"
+    METER = "meter"
+    PLANT = "plant"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified signer: its account id, organisation, role and raw Ed25519 public key."""
+
+    name: str
+    org: str
+    role: Role
+    public_key: bytes
+    certificate: bytes  # DER
+
+
+class UnknownSigner(Exception):
+    """The certificate does not chain to a consortium root or is not usable."""
+
+
+def _subject_attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
+    attrs = cert.subject.get_attributes_for_oid(oid)
+    if len(attrs) != 1:
+        raise UnknownSigner(f"certificate subject must have exactly one {oid._name}")
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+class Membership:
+    """Verifies signing certificates against the organisations' root certificates.
+
+    Results are cached by certificate digest: a device signs thousands of transactions with
+    one certificate, and the chain check is the expensive part.
+    """
+
+    def __init__(self, roots: dict[str, bytes]) -> None:
+        """`roots` maps organisation name to its signing CA certificate (PEM)."""
+        self._roots: dict[str, x509.Certificate] = {}
+        for org, pem in roots.items():
+            cert = x509.load_pem_x509_certificate(pem)
+            if not isinstance(cert.public_key(), Ed25519PublicKey):
+                raise ValueError(f"root of {org} is not an Ed25519 CA")
+            self._roots[org] = cert
+        # digest -> (identity, not_valid_before, not_valid_after)
+        self._cache: dict[bytes, tuple[Identity, datetime.datetime, datetime.datetime]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def organisations(self) -> list[str]:
+        return sorted(self._roots)
+
+    def identify(self, certificate_der: bytes, now: datetime.datetime | None = None) -> Identity:
+        """The identity a DER certificate proves, or UnknownSigner with the reason."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        digest = sha256(certificate_der)
+        cached = self._cache.get(digest)
+        if cached is None:
+            cached = self._verify(certificate_der)
+            with self._lock:
+                self._cache[digest] = cached
+        identity, not_before, not_after = cached
+        if not not_before <= now <= not_after:
+            raise UnknownSigner(f"certificate of {identity.name} is expired or not yet valid")
+        return identity
+
+    def _verify(self, der: bytes) -> tuple[Identity, datetime.datetime, datetime.datetime]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            raise UnknownSigner(f"certificate is not valid DER: {exc}") from exc
+        org = _subject_attr(cert, NameOID.ORGANIZATION_NAME)
+        root = self._roots.get(org)
+        if root is None:
+            raise UnknownSigner(f"organisation {org!r} is not a consortium member")
+        if cert.issuer != root.subject:
+            raise UnknownSigner(f"certificate was not issued by the CA of {org}")
+        root_key = root.public_key()
+        assert isinstance(root_key, Ed25519PublicKey)
+        try:
+            root_key.verify(cert.signature, cert.tbs_certificate_bytes)
+        except InvalidSignature as exc:
+            raise UnknownSigner(f"certificate signature does not verify against {org}'s CA") from exc
+        key = cert.public_key()
+        if not isinstance(key, Ed25519PublicKey):
+            raise UnknownSigner("signing certificates must carry an Ed25519 key")
+        role_name = _subject_attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        try:
+            role = Role(role_name)
+        except ValueError as exc:
+            raise UnknownSigner(f"unknown role {role_name!r} in certificate") from exc
+        identity = Identity(
+            name=_subject_attr(cert, NameOID.COMMON_NAME),
+            org=org,
+            role=role,
+            public_key=key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
+            certificate=der,
+        )
+        return identity, cert.not_valid_before_utc, cert.not_valid_after_utc
+
+    def verify(self, certificate_der: bytes, signature: bytes, data: bytes) -> Identity:
+        """Identify the signer and check its signature over `data`.
+
+        Raises UnknownSigner or BadSignature.
+        """
+        identity = self.identify(certificate_der)
+        if not verify_signature(identity.public_key, signature, data):
+            raise BadSignature(f"signature of {identity.name} does not verify")
+        return identity
+
+
+class BadSignature(Exception):
+    """A signature that does not verify over the exact signed bytes."""

@@ -1,0 +1,105 @@
+"""Checks every transaction must pass before its body's rules are even looked at: decoding,
+the creator's certificate chain and signature over the exact payload bytes, the header, and
+the endorsements. Endorsers run them on admission; committers run them again at commit."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from gridledger.common.v1 import envelope_pb2, transaction_pb2
+from gridledger_core.crypto import derive_tx_id, endorsement_message, verify_signature
+from gridledger_core.identity import Identity, Membership, Role, UnknownSigner
+from gridledger_core.ledger.errors import Code, TxInvalid
+
+MIN_NONCE_BYTES = 16
+
+
+@dataclass(frozen=True)
+class CheckedTransaction:
+    """A transaction whose creator and signature are verified; `body` names its type."""
+
+    tx: transaction_pb2.Transaction
+    tx_id: str
+    creator: Identity
+    body: str
+    payload: bytes
+
+
+def check_envelope(envelope: envelope_pb2.SignedEnvelope, membership: Membership,
+                   now: datetime.datetime | None = None) -> CheckedTransaction:
+    try:
+        creator = membership.identify(envelope.signer_certificate, now)
+    except UnknownSigner as exc:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER, f"unknown signer: {exc}") from exc
+    if not verify_signature(creator.public_key, envelope.signature, envelope.payload):
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_SIGNATURE,
+                        f"signature of {creator.name} does not verify over the payload")
+    tx = transaction_pb2.Transaction()
+    try:
+        tx.ParseFromString(envelope.payload)
+    except DecodeError as exc:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                        "payload is not a gridledger.common.v1.Transaction") from exc
+    header = tx.header
+    if header.creator != creator.name:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
+                        f"header creator {header.creator!r} is not the signer {creator.name!r}")
+    if len(header.nonce) < MIN_NONCE_BYTES:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
+                        f"nonce must be at least {MIN_NONCE_BYTES} bytes")
+    expected_id = derive_tx_id(header.nonce, envelope.signer_certificate)
+    if header.tx_id != expected_id:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
+                        "tx_id is not SHA-256(nonce || creator certificate)")
+    if not header.HasField("timestamp"):
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER, "header has no timestamp")
+    body = tx.WhichOneof("body")
+    if body is None:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED, "transaction has no body")
+    return CheckedTransaction(tx, header.tx_id, creator, body, envelope.payload)
+
+
+def check_endorsements(checked: CheckedTransaction,
+                       endorsements: list[envelope_pb2.Endorsement] | object,
+                       membership: Membership) -> list[Identity]:
+    """At least one valid endorsement by a consortium endorser; every endorsement present must
+    be valid (a bad one is a sign of tampering, not something to skip over)."""
+    message = endorsement_message(checked.payload)
+    endorsers: list[Identity] = []
+    for endorsement in endorsements:  # type: ignore[attr-defined]
+        try:
+            endorser = membership.identify(endorsement.endorser_certificate)
+        except UnknownSigner as exc:
+            raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
+                            f"endorser unknown: {exc}") from exc
+        if endorser.role != Role.ENDORSER:
+            raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
+                            f"{endorser.name} is a {endorser.role}, not an endorser")
+        if not verify_signature(endorser.public_key, endorsement.signature, message):
+            raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
+                            f"endorsement signature of {endorser.name} does not verify")
+        endorsers.append(endorser)
+    if not endorsers:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE, "transaction is not endorsed")
+    return endorsers
+
+
+def parse_endorsed(raw: bytes) -> envelope_pb2.EndorsedTransaction:
+    endorsed = envelope_pb2.EndorsedTransaction()
+    try:
+        endorsed.ParseFromString(raw)
+    except DecodeError as exc:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                        "not a gridledger.common.v1.EndorsedTransaction") from exc
+    return endorsed
+
+
+def check_endorsed_transaction(raw: bytes, membership: Membership) -> CheckedTransaction:
+    """Everything about an ordered transaction that does not depend on state."""
+    endorsed = parse_endorsed(raw)
+    checked = check_envelope(endorsed.envelope, membership)
+    check_endorsements(checked, endorsed.endorsements, membership)
+    return checked

@@ -1,0 +1,198 @@
+"""The ledger a committer (and an endorser's replica) keeps: verify a block, re-execute its
+transactions in order with the shared rules, and write everything in one atomic batch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from gridledger.common.v1 import block_pb2, envelope_pb2, ledger_pb2
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger import schema
+from gridledger_core.ledger.blocks import GENESIS_PREVIOUS_HASH, data_hash, header_hash
+from gridledger_core.ledger.checks import CheckedTransaction, check_endorsed_transaction
+from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.state import StateOverlay, next_state_root
+from gridledger_core.ledger.transitions import TxContext, apply_transaction
+from gridledger_core.storage import KeyValueStore, WriteBatch
+
+
+class BlockRejected(Exception):
+    """A block that is not the next valid final block; nothing of it was written."""
+
+
+# Checks the ordering-service proof of a block (quorum certificate, lottery, VRF, proposer
+# signature) given the previous block's header bytes (None for block 0). Raises BlockRejected.
+BlockVerifier = Callable[[block_pb2.Block, block_pb2.BlockHeader, bytes | None], None]
+
+
+@dataclass
+class CommitResult:
+    number: int
+    block_hash: bytes
+    state_root: bytes
+    tx_ids: list[str] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+class Ledger:
+    def __init__(self, store: KeyValueStore, genesis: Genesis, verify_block: BlockVerifier) -> None:
+        self.store = store
+        self.genesis = genesis
+        self._verify_block = verify_block
+        self._commit_lock = threading.Lock()
+        raw = store.get(schema.CHAIN_STATE)
+        self._chain = ledger_pb2.ChainState.FromString(raw) if raw else ledger_pb2.ChainState(
+            height=0, last_block_hash=b"", state_root=genesis.hash, transactions=0)
+
+    @property
+    def chain(self) -> ledger_pb2.ChainState:
+        return self._chain
+
+    @property
+    def height(self) -> int:
+        return self._chain.height
+
+    # -- commit ---------------------------------------------------------------------------
+
+    def commit(self, block: block_pb2.Block) -> CommitResult:
+        with self._commit_lock:
+            header = self._check_header(block)
+            self._verify_block(block, header, self.previous_header_bytes())
+            return self._apply(block, header)
+
+    def previous_header_bytes(self) -> bytes | None:
+        if self.height == 0:
+            return None
+        previous = self.get_block(self.height - 1)
+        assert previous is not None
+        return previous[0].header
+
+    def _check_header(self, block: block_pb2.Block) -> block_pb2.BlockHeader:
+        try:
+            header = block_pb2.BlockHeader.FromString(block.header)
+        except DecodeError as exc:
+            raise BlockRejected("block header does not decode") from exc
+        if header.number != self.height:
+            raise BlockRejected(f"block {header.number} is not the next block ({self.height})")
+        expected_previous = self._chain.last_block_hash or GENESIS_PREVIOUS_HASH
+        if header.previous_hash != expected_previous:
+            raise BlockRejected(f"block {header.number} does not chain to the previous block")
+        if header.data_hash != data_hash(block.transactions):
+            raise BlockRejected(f"block {header.number} data hash does not match its transactions")
+        return header
+
+    def _apply(self, block: block_pb2.Block, header: block_pb2.BlockHeader) -> CommitResult:
+        block_hash = header_hash(block.header)
+        result = CommitResult(header.number, block_hash, b"")
+        state = StateOverlay(self.store)
+        seen: set[str] = set()
+        first_index: dict[str, int] = {}  # new tx id -> its position; duplicates keep the first
+        for index, raw in enumerate(block.transactions):
+            tx_id, code, message = self._execute(raw, state, header.timestamp.seconds, seen)
+            result.tx_ids.append(tx_id)
+            result.codes.append(code)
+            result.messages.append(message)
+            if tx_id and code != Code.TX_VALIDATION_CODE_DUPLICATE_TXID:
+                first_index[tx_id] = index
+        changes = state.changes()
+        result.state_root = next_state_root(self._chain.state_root, block_hash, changes)
+        batch = WriteBatch()
+        batch.put(schema.block_key(header.number), block.SerializeToString())
+        record = ledger_pb2.BlockCommitRecord(block_hash=block_hash, state_root=result.state_root,
+                                              validation_codes=result.codes,
+                                              messages=result.messages)
+        batch.put(schema.commit_record_key(header.number), record.SerializeToString())
+        for tx_id, index in first_index.items():
+            location = ledger_pb2.TxLocation(block_number=header.number, index=index)
+            batch.put(schema.tx_key(tx_id), location.SerializeToString())
+        for key, value in changes:
+            if value is None:
+                batch.delete(schema.state_key(key))
+            else:
+                batch.put(schema.state_key(key), value)
+        chain = ledger_pb2.ChainState(height=header.number + 1, last_block_hash=block_hash,
+                                      state_root=result.state_root,
+                                      transactions=self._chain.transactions
+                                      + len(block.transactions))
+        batch.put(schema.CHAIN_STATE, chain.SerializeToString())
+        self.store.commit(batch)
+        self._chain = chain
+        return result
+
+    def _execute(self, raw: bytes, state: StateOverlay, block_time: int,
+                 seen: set[str]) -> tuple[str, int, str]:
+        """Validate and apply one transaction; returns (tx id or "", code, message)."""
+        tx_id = ""
+        try:
+            checked = check_endorsed_transaction(raw, self.genesis.membership)
+            tx_id = checked.tx_id
+            if tx_id in seen or self.store.get(schema.tx_key(tx_id)) is not None:
+                seen.add(tx_id)
+                raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
+                                f"transaction {tx_id} is already on the ledger")
+            seen.add(tx_id)
+            self._check_time(checked, block_time)
+            state.savepoint()
+            try:
+                apply_transaction(state, TxContext(checked, self.genesis, block_time))
+            except TxInvalid:
+                state.rollback()
+                raise
+        except TxInvalid as exc:
+            return tx_id, exc.code, exc.message
+        return tx_id, Code.TX_VALIDATION_CODE_VALID, ""
+
+    def _check_time(self, checked: CheckedTransaction, block_time: int) -> None:
+        if checked.tx.header.timestamp.seconds > block_time + self.genesis.max_clock_skew_seconds:
+            raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
+                            "transaction timestamp is later than its block")
+
+    # -- simulation (endorser) ------------------------------------------------------------
+
+    def simulate(self, checked: CheckedTransaction, now: int) -> None:
+        """Run the transaction's rules against the current state without writing anything.
+
+        Raises TxInvalid exactly as a committer would at this height."""
+        if self.store.get(schema.tx_key(checked.tx_id)) is not None:
+            raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
+                            f"transaction {checked.tx_id} is already on the ledger")
+        self._check_time(checked, now)
+        apply_transaction(StateOverlay(self.store), TxContext(checked, self.genesis, now))
+
+    # -- queries --------------------------------------------------------------------------
+
+    def get_block(self, number: int) -> tuple[block_pb2.Block, ledger_pb2.BlockCommitRecord] | None:
+        raw = self.store.get(schema.block_key(number))
+        if raw is None:
+            return None
+        record = self.store.get(schema.commit_record_key(number))
+        assert record is not None, f"block {number} stored without its commit record"
+        return block_pb2.Block.FromString(raw), ledger_pb2.BlockCommitRecord.FromString(record)
+
+    def get_transaction(self, tx_id: str) -> tuple[ledger_pb2.TxLocation, int, str,
+                                                   envelope_pb2.EndorsedTransaction] | None:
+        raw = self.store.get(schema.tx_key(tx_id))
+        if raw is None:
+            return None
+        location = ledger_pb2.TxLocation.FromString(raw)
+        found = self.get_block(location.block_number)
+        assert found is not None
+        block, record = found
+        tx = envelope_pb2.EndorsedTransaction.FromString(block.transactions[location.index])
+        return (location, record.validation_codes[location.index],
+                record.messages[location.index], tx)
+
+    def get_state(self, key: str) -> bytes | None:
+        return self.store.get(schema.state_key(key))
+
+    def scan_state(self, prefix: str, start: str | None = None,
+                   limit: int | None = None) -> Iterator[tuple[str, bytes]]:
+        offset = len(schema.STATE)
+        start_key = schema.state_key(start) if start is not None else None
+        for key, value in self.store.scan(schema.state_key(prefix), start=start_key, limit=limit):
+            yield key[offset:].decode(), value

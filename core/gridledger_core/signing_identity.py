@@ -1,0 +1,50 @@
+"""A node's or device's own signing identity, and building signed transactions with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import Message
+
+from gridledger.common.v1 import envelope_pb2, transaction_pb2
+from gridledger_core.consortium import NodeMaterial
+from gridledger_core.crypto import Signer, derive_tx_id, endorsement_message, new_nonce
+
+
+@dataclass(frozen=True)
+class SigningIdentity:
+    name: str
+    signer: Signer
+    certificate: bytes  # DER
+
+    @classmethod
+    def load(cls, consortium_dir: Path, name: str) -> SigningIdentity:
+        material = NodeMaterial(consortium_dir, name)
+        cert = x509.load_pem_x509_certificate(material.signing_cert.read_bytes())
+        return cls(name, Signer.from_pem(material.signing_key.read_bytes()),
+                   cert.public_bytes(serialization.Encoding.DER))
+
+    def sign_envelope(self, payload: bytes) -> envelope_pb2.SignedEnvelope:
+        return envelope_pb2.SignedEnvelope(payload=payload, signature=self.signer.sign(payload),
+                                           signer_certificate=self.certificate)
+
+    def new_transaction(self, body_field: str, body: Message,
+                        timestamp: float | None = None) -> envelope_pb2.SignedEnvelope:
+        """A signed Transaction carrying `body` in the oneof field `body_field`."""
+        nonce = new_nonce()
+        tx = transaction_pb2.Transaction()
+        tx.header.tx_id = derive_tx_id(nonce, self.certificate)
+        tx.header.creator = self.name
+        tx.header.nonce = nonce
+        tx.header.timestamp.FromNanoseconds(int((timestamp or time.time()) * 1e9))
+        getattr(tx, body_field).CopyFrom(body)
+        return self.sign_envelope(tx.SerializeToString())
+
+    def endorse(self, envelope: envelope_pb2.SignedEnvelope) -> envelope_pb2.Endorsement:
+        return envelope_pb2.Endorsement(
+            signature=self.signer.sign(endorsement_message(envelope.payload)),
+            endorser_certificate=self.certificate)

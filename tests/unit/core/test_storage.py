@@ -1,0 +1,116 @@
+"""One conformance suite, run against every storage backend."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore, WriteBatch
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyValueStore]:
+    s: KeyValueStore = MemoryStore() if request.param == "memory" else LmdbStore(tmp_path / "db")
+    yield s
+    s.close()
+
+
+def put_all(store: KeyValueStore, items: dict[bytes, bytes]) -> None:
+    batch = WriteBatch()
+    for k, v in items.items():
+        batch.put(k, v)
+    store.commit(batch)
+
+
+def test_get_missing_is_none(store: KeyValueStore) -> None:
+    assert store.get(b"nope") is None
+
+
+def test_batch_applies_puts_and_deletes_together(store: KeyValueStore) -> None:
+    put_all(store, {b"a": b"1", b"b": b"2"})
+    batch = WriteBatch()
+    batch.delete(b"a")
+    batch.put(b"c", b"3")
+    batch.put(b"b", b"22")
+    store.commit(batch)
+    assert (store.get(b"a"), store.get(b"b"), store.get(b"c")) == (None, b"22", b"3")
+
+
+def test_later_operation_on_same_key_wins(store: KeyValueStore) -> None:
+    batch = WriteBatch()
+    batch.put(b"k", b"1")
+    batch.delete(b"k")
+    batch.put(b"j", b"1")
+    batch.put(b"j", b"2")
+    store.commit(batch)
+    assert store.get(b"k") is None and store.get(b"j") == b"2"
+
+
+def test_scan_prefix_order_start_limit_reverse(store: KeyValueStore) -> None:
+    put_all(store, {b"p/1": b"a", b"p/2": b"b", b"p/3": b"c", b"q/1": b"x", b"o/9": b"y"})
+    assert [k for k, _ in store.scan(b"p/")] == [b"p/1", b"p/2", b"p/3"]
+    assert [k for k, _ in store.scan(b"p/", start=b"p/2")] == [b"p/2", b"p/3"]
+    assert [k for k, _ in store.scan(b"p/", limit=2)] == [b"p/1", b"p/2"]
+    assert [k for k, _ in store.scan(b"p/", reverse=True)] == [b"p/3", b"p/2", b"p/1"]
+    assert [k for k, _ in store.scan(b"p/", start=b"p/2", reverse=True)] == [b"p/2", b"p/1"]
+    assert [k for k, _ in store.scan(b"p/", reverse=True, limit=1)] == [b"p/3"]
+    assert list(store.scan(b"z/")) == []
+
+
+def test_scan_prefix_of_ff_bytes(store: KeyValueStore) -> None:
+    put_all(store, {b"\xff\xff": b"1", b"\xff\xff\x01": b"2", b"\xfe": b"3"})
+    assert [k for k, _ in store.scan(b"\xff\xff")] == [b"\xff\xff", b"\xff\xff\x01"]
+    assert [k for k, _ in store.scan(b"\xff\xff", reverse=True)] == [b"\xff\xff\x01", b"\xff\xff"]
+
+
+keys = st.binary(min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.lists(st.tuples(keys, st.one_of(st.none(), st.binary(max_size=8))),
+                             max_size=8), max_size=6),
+       prefix=st.binary(max_size=2))
+def test_backends_agree_with_a_dict(tmp_path_factory: pytest.TempPathFactory,
+                                    ops: list[list[tuple[bytes, bytes | None]]],
+                                    prefix: bytes) -> None:
+    model: dict[bytes, bytes] = {}
+    stores: list[KeyValueStore] = [MemoryStore(), LmdbStore(tmp_path_factory.mktemp("db"))]
+    try:
+        for batch_ops in ops:
+            for s in stores:
+                batch = WriteBatch()
+                for k, v in batch_ops:
+                    batch.delete(k) if v is None else batch.put(k, v)
+                s.commit(batch)
+            for k, v in batch_ops:
+                model.pop(k, None) if v is None else model.__setitem__(k, v)
+        expected = sorted((k, v) for k, v in model.items() if k.startswith(prefix))
+        for s in stores:
+            assert list(s.scan(prefix)) == expected
+            assert list(s.scan(prefix, reverse=True)) == expected[::-1]
+            for k, v in model.items():
+                assert s.get(k) == v
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_lmdb_grows_its_map_when_full(tmp_path: Path) -> None:
+    s = LmdbStore(tmp_path / "db", initial_map_size=256 * 1024)
+    try:
+        for i in range(8):
+            put_all(s, {f"k{i}/{j}".encode(): b"x" * 4000 for j in range(50)})
+        assert s.get(b"k7/49") == b"x" * 4000
+    finally:
+        s.close()
+
+
+def test_lmdb_survives_reopen(tmp_path: Path) -> None:
+    s = LmdbStore(tmp_path / "db")
+    put_all(s, {b"a": b"1"})
+    s.close()
+    s = LmdbStore(tmp_path / "db")
+    assert s.get(b"a") == b"1"
+    s.close()

@@ -1,0 +1,1 @@
+"""gridctl: the GridLedger command line (consortium, local network, ledger queries)."""

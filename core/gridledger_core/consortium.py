@@ -148,7 +148,8 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
             _write(node_dir / "signing.pem", _pem_cert(cert))
             _write(node_dir / "signing.key", _pem_key(key), private=True)
             tkey = ec.generate_private_key(ec.SECP256R1())
-            sans: list[x509.GeneralName] = [x509.DNSName(n) for n in tls_names(node.name, node.role)]
+            sans: list[x509.GeneralName] = [x509.DNSName(n)
+                                            for n in tls_names(node.name, node.role)]
             sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
             tcert = (_builder(_name(node.name, org.name, node.role.value), tls_cert.subject,
                               tkey.public_key())

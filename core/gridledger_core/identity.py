@@ -106,7 +106,8 @@ class Membership:
         try:
             root_key.verify(cert.signature, cert.tbs_certificate_bytes)
         except InvalidSignature as exc:
-            raise UnknownSigner(f"certificate signature does not verify against {org}'s CA") from exc
+            raise UnknownSigner(
+                f"certificate signature does not verify against {org}'s CA") from exc
         key = cert.public_key()
         if not isinstance(key, Ed25519PublicKey):
             raise UnknownSigner("signing certificates must carry an Ed25519 key")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, ledger_pb2
+from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash, data_hash
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
-from gridledger_core.ledger.blocks import GENESIS_PREVIOUS_HASH, data_hash, header_hash
 from gridledger_core.ledger.checks import CheckedTransaction, check_endorsed_transaction
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.state import StateOverlay, next_state_root
@@ -37,6 +37,8 @@ class CommitResult:
     tx_ids: list[str] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    # Header timestamps (Unix seconds) of the transactions that decoded, for latency metrics.
+    tx_timestamps: list[float] = field(default_factory=list)
 
 
 class Ledger:
@@ -87,25 +89,27 @@ class Ledger:
         return header
 
     def _apply(self, block: block_pb2.Block, header: block_pb2.BlockHeader) -> CommitResult:
-        block_hash = header_hash(block.header)
-        result = CommitResult(header.number, block_hash, b"")
+        this_hash = block_hash(block.header)
+        result = CommitResult(header.number, this_hash, b"")
         state = StateOverlay(self.store)
         seen: set[str] = set()
         first_index: dict[str, int] = {}  # new tx id -> its position; duplicates keep the first
         for index, raw in enumerate(block.transactions):
-            tx_id, code, message = self._execute(raw, state, header.timestamp.seconds, seen)
+            tx_id, code, message = self._execute(raw, state, header.timestamp.seconds, seen,
+                                                 result.tx_timestamps)
             result.tx_ids.append(tx_id)
             result.codes.append(code)
             result.messages.append(message)
             if tx_id and code != Code.TX_VALIDATION_CODE_DUPLICATE_TXID:
                 first_index[tx_id] = index
         changes = state.changes()
-        result.state_root = next_state_root(self._chain.state_root, block_hash, changes)
+        result.state_root = next_state_root(self._chain.state_root, this_hash, changes)
         batch = WriteBatch()
         batch.put(schema.block_key(header.number), block.SerializeToString())
-        record = ledger_pb2.BlockCommitRecord(block_hash=block_hash, state_root=result.state_root,
+        record = ledger_pb2.BlockCommitRecord(block_hash=this_hash, state_root=result.state_root,
                                               validation_codes=result.codes,
-                                              messages=result.messages)
+                                              messages=result.messages,
+                                              tx_ids=result.tx_ids)
         batch.put(schema.commit_record_key(header.number), record.SerializeToString())
         for tx_id, index in first_index.items():
             location = ledger_pb2.TxLocation(block_number=header.number, index=index)
@@ -115,7 +119,7 @@ class Ledger:
                 batch.delete(schema.state_key(key))
             else:
                 batch.put(schema.state_key(key), value)
-        chain = ledger_pb2.ChainState(height=header.number + 1, last_block_hash=block_hash,
+        chain = ledger_pb2.ChainState(height=header.number + 1, last_block_hash=this_hash,
                                       state_root=result.state_root,
                                       transactions=self._chain.transactions
                                       + len(block.transactions))
@@ -124,13 +128,14 @@ class Ledger:
         self._chain = chain
         return result
 
-    def _execute(self, raw: bytes, state: StateOverlay, block_time: int,
-                 seen: set[str]) -> tuple[str, int, str]:
+    def _execute(self, raw: bytes, state: StateOverlay, block_time: int, seen: set[str],
+                 timestamps: list[float]) -> tuple[str, int, str]:
         """Validate and apply one transaction; returns (tx id or "", code, message)."""
         tx_id = ""
         try:
             checked = check_endorsed_transaction(raw, self.genesis.membership)
             tx_id = checked.tx_id
+            timestamps.append(checked.tx.header.timestamp.ToNanoseconds() / 1e9)
             if tx_id in seen or self.store.get(schema.tx_key(tx_id)) is not None:
                 seen.add(tx_id)
                 raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,

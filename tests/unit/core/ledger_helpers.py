@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
-from gridledger_core.ledger.blocks import GENESIS_PREVIOUS_HASH, data_hash, header_hash
+from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash, data_hash
 from gridledger_core.signing_identity import SigningIdentity
 
 INTERVAL = 900
@@ -42,7 +42,7 @@ class ChainBuilder:
                                        data_hash=data_hash(transactions), proposer="orderer-1")
         header.timestamp.FromNanoseconds(int((timestamp or time.time()) * 1e9))
         raw = header.SerializeToString()
-        self.previous = header_hash(raw)
+        self.previous = block_hash(raw)
         self.number += 1
         return block_pb2.Block(header=raw, transactions=transactions)
 

@@ -1,0 +1,248 @@
+"""The local network launcher: every role as its own process on loopback.
+
+`up` writes `<dir>/network.json` describing every node (name, role, gRPC and metrics address,
+pid, data dir) and the TLS files a client such as grpcurl can use. Tests start networks
+through this same module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Role
+from gridledger_core.rpc.tls import TlsFiles, secure_channel
+from gridledger_core.signing_identity import SigningIdentity
+
+MODULES = {
+    "orderer": "gridledger_orderer.main",
+    "committer": "gridledger_committer.main",
+    "endorser": "gridledger_endorser.main",
+    "meter-agent": "gridledger_meter_agent.main",
+}
+CLIENT_IDENTITY = "admin"
+
+
+@dataclass
+class Node:
+    name: str
+    role: str
+    grpc: str
+    metrics: str
+    data_dir: str
+    log: str
+    pid: int = 0
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Network:
+    directory: Path
+    consortium_dir: Path
+    nodes: list[Node]
+
+    @property
+    def network_file(self) -> Path:
+        return self.directory / "network.json"
+
+    def tls(self) -> TlsFiles:
+        return TlsFiles.for_node(self.consortium_dir, CLIENT_IDENTITY)
+
+    def by_role(self, role: str) -> list[Node]:
+        return [n for n in self.nodes if n.role == role]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def describe(self) -> dict:
+        tls = self.tls()
+        return {
+            "consortium_dir": str(self.consortium_dir),
+            "tls": {"ca_bundle": str(tls.ca_bundle), "client_cert": str(tls.certificate),
+                    "client_key": str(tls.key), "server_name": "localhost"},
+            "nodes": [{k: v for k, v in asdict(n).items() if k != "args"} | {"args": n.args}
+                      for n in self.nodes],
+        }
+
+    def save(self) -> None:
+        self.network_file.write_text(json.dumps(self.describe(), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Network:
+        doc = json.loads((directory / "network.json").read_text())
+        return cls(directory, Path(doc["consortium_dir"]), [Node(**n) for n in doc["nodes"]])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
+                      plants: int = 2) -> Genesis:
+    if not (consortium_dir / "genesis.json").exists():
+        create_consortium(consortium_dir, default_topology(orderers, meters, plants))
+    return Genesis.load(consortium_dir / "genesis.json")
+
+
+def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
+         reading_pace: float = 20.0, backfill_hours: int = 48) -> Network:
+    """Assign ports, data dirs and command lines for every node of the consortium."""
+    genesis = Genesis.load(consortium_dir / "genesis.json")
+    names = sorted((consortium_dir / "nodes").iterdir())
+    roles: dict[str, Role] = {}
+    for node_dir in names:
+        identity = genesis.membership.identify(
+            SigningIdentity.load(consortium_dir, node_dir.name).certificate)
+        roles[identity.name] = identity.role
+    nodes: list[Node] = []
+
+    def add(name: str, role: str) -> Node:
+        data = directory / "data" / name
+        node = Node(name, role, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                    str(data), str(directory / "logs" / f"{name}.log"))
+        node.args = ["--name", name, "--consortium-dir", str(consortium_dir),
+                     "--data-dir", str(data), "--listen", node.grpc,
+                     "--metrics-listen", node.metrics]
+        nodes.append(node)
+        return node
+
+    orderers = [add(o.id, "orderer") for o in genesis.orderers]
+    orderer_flags = ["--orderer", ",".join(f"{o.name}={o.grpc}" for o in orderers)]
+    for o in orderers:
+        o.args += ["--peer", ",".join(f"{p.name}={p.grpc}" for p in orderers if p is not o)]
+    committers = [add(n, "committer") for n, r in sorted(roles.items()) if r == Role.COMMITTER]
+    endorsers = [add(n, "endorser") for n, r in sorted(roles.items()) if r == Role.ENDORSER]
+    for node in committers + endorsers:
+        node.args += orderer_flags
+    devices = [(n, r) for n, r in sorted(roles.items()) if r in (Role.METER, Role.PLANT)]
+    for name, role in devices:
+        agent = add(name, "meter-agent")
+        agent.args += ["--endorser", endorsers[0].grpc, "--committer", committers[0].grpc,
+                       "--mode", "plant" if role == Role.PLANT else "meter",
+                       "--backfill-hours", str(backfill_hours if demo else 0),
+                       "--pace", str(reading_pace)]
+    return Network(directory, consortium_dir, nodes)
+
+
+def start(network: Network, *, wait: float = 60.0) -> None:
+    """Start every node (orderers first), record pids, wait until all report SERVING."""
+    (network.directory / "logs").mkdir(parents=True, exist_ok=True)
+    order = ["orderer", "committer", "endorser", "meter-agent"]
+    try:
+        for role in order:
+            for node in network.by_role(role):
+                Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+                log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
+                proc = subprocess.Popen([sys.executable, "-m", MODULES[role], *node.args],
+                                        stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                log.close()
+                node.pid = proc.pid
+            network.save()
+            for node in network.by_role(role):
+                wait_healthy(network, node, wait)
+    except BaseException:
+        stop(network)
+        raise
+    network.save()
+
+
+def wait_healthy(network: Network, node: Node, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with secure_channel(node.grpc, network.tls()) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not pid_alive(node.pid):
+                raise RuntimeError(f"{node.name} exited during start-up; see {node.log}")
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name  # type: ignore[attr-defined]
+            time.sleep(0.2)
+    raise TimeoutError(f"{node.name} not healthy after {timeout:.0f} s ({last}); see {node.log}")
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _is_ours(node: Node) -> bool:
+    """Only signal a pid that still runs this node (pids are reused)."""
+    try:
+        cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return node.data_dir.encode() in cmdline
+
+
+def stop_node(node: Node, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    if not pid_alive(node.pid) or not _is_ours(node):
+        return
+    os.kill(node.pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(node.pid):
+            return
+        time.sleep(0.05)
+    os.kill(node.pid, signal.SIGKILL)
+    while pid_alive(node.pid):
+        time.sleep(0.05)
+
+
+def stop(network: Network) -> None:
+    """Stop every node, devices first and orderers last, each with SIGTERM then SIGKILL."""
+    for role in ["meter-agent", "endorser", "committer", "orderer"]:
+        for node in network.by_role(role):
+            stop_node(node)
+
+
+def restart_node(network: Network, node: Node, wait: float = 60.0) -> None:
+    log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen([sys.executable, "-m", MODULES[node.role], *node.args],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    log.close()
+    node.pid = proc.pid
+    network.save()
+    wait_healthy(network, node, wait)

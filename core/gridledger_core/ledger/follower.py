@@ -1,0 +1,157 @@
+"""Following the orderer cluster: pull final blocks with Deliver and commit them to a ledger.
+
+Used by committers and by endorsers' ledger replicas. Fails over to the next orderer when the
+current one is unreachable, sends a block that does not verify, or goes quiet for longer than
+`idle_timeout` (a frozen or lagging orderer); the next orderer may be further ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from gridledger.common.v1 import block_pb2
+from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
+from gridledger_core.ledger.errors import code_name
+from gridledger_core.ledger.ledger import BlockRejected, CommitResult, Ledger
+from gridledger_core.rpc.tls import TlsFiles, secure_channel
+
+log = logging.getLogger(__name__)
+
+HEIGHT = Gauge("gridledger_ledger_height", "Number of blocks committed to this node's ledger.")
+COMMIT_SECONDS = Histogram("gridledger_ledger_block_commit_seconds",
+                           "Time to verify, apply and write one block.",
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                    2.5, 5))
+SUBMIT_TO_COMMIT = Histogram("gridledger_ledger_submit_to_commit_seconds",
+                             "From a transaction's header timestamp to its block's commit.",
+                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+TRANSACTIONS = Counter("gridledger_ledger_transactions",
+                       "Transactions committed, by validation code.", ["code"])
+REJECTED_BLOCKS = Counter("gridledger_ledger_rejected_blocks",
+                          "Blocks refused whole, by the orderer that sent them.", ["orderer"])
+FAILOVERS = Counter("gridledger_ledger_orderer_failovers",
+                    "Times this node switched to another orderer.")
+
+
+class BlockFollower:
+    def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
+                 on_commit: Callable[[CommitResult], None] | None = None,
+                 idle_timeout: float = 30.0) -> None:
+        """`orderers` is a list of (orderer id, address)."""
+        if not orderers:
+            raise ValueError("a follower needs at least one orderer address")
+        self._ledger = ledger
+        self._orderers = list(orderers)
+        self._tls = tls
+        self._on_commit = on_commit
+        self._idle_timeout = idle_timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="block-follower", daemon=True)
+        self._current = 0
+        self._call: grpc.Future | None = None
+        HEIGHT.set(ledger.height)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            orderer_id, address = self._orderers[self._current]
+            try:
+                progressed = self._follow(orderer_id, address)
+                backoff = 0.1 if progressed else min(backoff * 2, 2.0)
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                log.info("deliver from %s failed: %s", orderer_id, _describe(exc))
+                backoff = min(backoff * 2, 2.0)
+            except BlockRejected as exc:
+                REJECTED_BLOCKS.labels(orderer_id).inc()
+                log.error("refused a block from %s: %s", orderer_id, exc)
+            if self._stop.is_set():
+                return
+            self._current = (self._current + 1) % len(self._orderers)
+            FAILOVERS.inc()
+            self._stop.wait(backoff)
+
+    def _follow(self, orderer_id: str, address: str) -> bool:
+        """Stream blocks from one orderer until it fails or goes quiet; True if any committed."""
+        progressed = False
+        with secure_channel(address, self._tls) as channel:
+            stub = orderer_pb2_grpc.OrdererServiceStub(channel)
+            call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=self._ledger.height,
+                                                           follow=True))
+            self._call = call
+            watchdog = _IdleWatchdog(call, self._idle_timeout)
+            try:
+                for response in call:
+                    watchdog.touch()
+                    self._commit(response.block)
+                    progressed = True
+                    if self._stop.is_set():
+                        break
+            finally:
+                watchdog.stop()
+                call.cancel()
+        return progressed
+
+    def _commit(self, block: block_pb2.Block) -> None:
+        start = time.perf_counter()
+        result = self._ledger.commit(block)
+        now = time.time()
+        COMMIT_SECONDS.observe(time.perf_counter() - start)
+        HEIGHT.set(self._ledger.height)
+        for code in result.codes:
+            TRANSACTIONS.labels(_code_label(code)).inc()
+        for timestamp in result.tx_timestamps:
+            SUBMIT_TO_COMMIT.observe(max(0.0, now - timestamp))
+        if self._on_commit is not None:
+            self._on_commit(result)
+
+
+def _code_label(code: int) -> str:
+    return code_name(code).lower()
+
+
+class _IdleWatchdog:
+    """Cancels a Deliver stream that delivers nothing for `timeout` seconds while blocks may
+    exist elsewhere; an idle but healthy cluster just reconnects, which is cheap."""
+
+    def __init__(self, call: grpc.Future, timeout: float) -> None:
+        self._call = call
+        self._timeout = timeout
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(1.0):
+            if time.monotonic() - self._last > self._timeout:
+                self._call.cancel()
+                return
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return f"{code.name if code else 'error'}: {details}"

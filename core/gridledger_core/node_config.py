@@ -1,0 +1,71 @@
+"""Node configuration from flags, environment and a JSON file, in that order of precedence.
+
+Every flag `--some-option` may also be set as GRIDLEDGER_SOME_OPTION or as "some_option" in
+the file given with `--config` (or GRIDLEDGER_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+ENV_PREFIX = "GRIDLEDGER_"
+
+
+def base_parser(role: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"gridledger-{role}",
+                                     description=f"GridLedger {role} node")
+    parser.add_argument("--config", type=Path, help="JSON file with any of these options")
+    parser.add_argument("--name", help="this node's name in the consortium (certificate CN)")
+    parser.add_argument("--consortium-dir", type=Path,
+                        help="directory made by `gridctl network init`")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="gRPC address to listen on")
+    parser.add_argument("--metrics-listen", default="127.0.0.1:0",
+                        help="address of the Prometheus /metrics endpoint")
+    parser.add_argument("--data-dir", type=Path, help="directory for this node's LMDB data")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+          required: Sequence[str] = ("name", "consortium_dir", "data_dir")) -> argparse.Namespace:
+    pre, _ = parser.parse_known_args(argv)
+    config_path = pre.config or (Path(os.environ[ENV_PREFIX + "CONFIG"])
+                                 if ENV_PREFIX + "CONFIG" in os.environ else None)
+    defaults: dict[str, object] = {}
+    if config_path is not None:
+        defaults.update(json.loads(Path(config_path).read_text()))
+    known = {action.dest: action for action in parser._actions}
+    for dest, action in known.items():
+        env = os.environ.get(ENV_PREFIX + dest.upper())
+        if env is not None:
+            defaults[dest] = env
+        if dest in defaults and action.type is not None and isinstance(defaults[dest], str):
+            defaults[dest] = action.type(defaults[dest])  # type: ignore[operator]
+    unknown = set(defaults) - set(known)
+    if unknown:
+        parser.error(f"unknown options in configuration: {', '.join(sorted(unknown))}")
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    missing = [f"--{d.replace('_', '-')}" for d in required if getattr(args, d, None) is None]
+    if missing:
+        parser.error(f"missing required options: {', '.join(missing)}")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args
+
+
+def parse_peers(values: Sequence[str], flag: str = "--orderer") -> list[tuple[str, str]]:
+    """`NAME=HOST:PORT` entries (repeatable and/or comma-separated) as (name, address) pairs."""
+    result = []
+    for value in values:
+        for item in value.split(","):
+            name, _, address = item.strip().partition("=")
+            if not name or not address:
+                raise SystemExit(f"{flag} expects NAME=HOST:PORT, got {item!r}")
+            result.append((name, address))
+    return result

@@ -1,0 +1,1 @@
+"""gRPC plumbing every service shares: mTLS, health, reflection, metrics, graceful shutdown."""

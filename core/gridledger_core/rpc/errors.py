@@ -1,0 +1,26 @@
+"""One mapping from the ledger's validation codes to gRPC status codes, for every service."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from gridledger_core.ledger.errors import Code, TxInvalid
+
+STATUS_OF_CODE: dict[int, grpc.StatusCode] = {
+    Code.TX_VALIDATION_CODE_MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.TX_VALIDATION_CODE_BAD_HEADER: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.TX_VALIDATION_CODE_INVALID_BODY: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.TX_VALIDATION_CODE_BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
+    Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER: grpc.StatusCode.UNAUTHENTICATED,
+    Code.TX_VALIDATION_CODE_NOT_AUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE: grpc.StatusCode.PERMISSION_DENIED,
+    Code.TX_VALIDATION_CODE_DUPLICATE_TXID: grpc.StatusCode.ALREADY_EXISTS,
+    Code.TX_VALIDATION_CODE_STATE_CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def abort_invalid(context: grpc.ServicerContext, error: TxInvalid) -> NoReturn:
+    status = STATUS_OF_CODE.get(error.code, grpc.StatusCode.INVALID_ARGUMENT)
+    context.abort(status, f"{error.code_name}: {error.message}")

@@ -1,0 +1,50 @@
+"""gridledger-committer: follow the orderers, keep the LMDB ledger, serve queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import Gauge
+
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger_committer.service import CommitNotifier, CommitterServicer
+from gridledger_core import node_config
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.block_proof import block_verifier
+from gridledger_core.ledger.follower import BlockFollower
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.server import NodeServer
+from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.storage import LmdbStore
+
+LMDB_SIZE = Gauge("gridledger_ledger_lmdb_size_bytes", "Bytes used by the ledger's LMDB map.")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = node_config.base_parser("committer")
+    parser.add_argument("--orderer", action="append", default=[],
+                        help="NAME=HOST:PORT of an orderer to pull blocks from (repeatable)")
+    args = node_config.parse(parser, argv)
+    genesis = Genesis.load(args.consortium_dir / "genesis.json")
+    store = LmdbStore(args.data_dir / "ledger")
+    ledger = Ledger(store, genesis, block_verifier(genesis))
+    tls = TlsFiles.for_node(args.consortium_dir, args.name)
+    notifier = CommitNotifier()
+    LMDB_SIZE.set_function(store.size_bytes)
+
+    server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls)
+    server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
+                       CommitterServicer(ledger, notifier),
+                       committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)
+    follower = BlockFollower(ledger, node_config.parse_peers(args.orderer), tls,
+                             on_commit=notifier.committed)
+    server.on_stop(notifier.close)
+    server.on_stop(follower.stop)
+    server.on_close(store.close)
+    server.start()
+    follower.start()
+    server.serve_until_signal()
+
+
+if __name__ == "__main__":
+    main()

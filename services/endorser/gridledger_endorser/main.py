@@ -1,0 +1,48 @@
+"""gridledger-endorser: a ledger replica plus admission, endorsement and forwarding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core import node_config
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.block_proof import block_verifier
+from gridledger_core.ledger.follower import BlockFollower
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.server import NodeServer
+from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import LmdbStore
+from gridledger_endorser.broadcaster import Broadcaster
+from gridledger_endorser.service import EndorserServicer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = node_config.base_parser("endorser")
+    parser.add_argument("--orderer", action="append", default=[],
+                        help="NAME=HOST:PORT of an orderer (repeatable)")
+    args = node_config.parse(parser, argv)
+    genesis = Genesis.load(args.consortium_dir / "genesis.json")
+    store = LmdbStore(args.data_dir / "ledger")
+    ledger = Ledger(store, genesis, block_verifier(genesis))
+    tls = TlsFiles.for_node(args.consortium_dir, args.name)
+    orderers = node_config.parse_peers(args.orderer)
+    broadcaster = Broadcaster(orderers, tls)
+    identity = SigningIdentity.load(args.consortium_dir, args.name)
+
+    server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls)
+    server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
+                       EndorserServicer(ledger, identity, broadcaster),
+                       endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
+    follower = BlockFollower(ledger, orderers, tls)
+    server.on_stop(follower.stop)
+    server.on_close(broadcaster.close)
+    server.on_close(store.close)
+    server.start()
+    follower.start()
+    server.serve_until_signal()
+
+
+if __name__ == "__main__":
+    main()

@@ -39,8 +39,8 @@ def process_meter_reading(state: StateOverlay, ctx: TxContext,
                           reading: transaction_pb2.MeterReading) -> None:
     creator = ctx.checked.creator
     interval = ctx.genesis.reading_interval_seconds
-    _require(creator.role == Role.METER, Code.TX_VALIDATION_CODE_NOT_AUTHORIZED,
-             f"{creator.name} is a {creator.role}; only meters post readings")
+    _require(creator.role in (Role.METER, Role.PLANT), Code.TX_VALIDATION_CODE_NOT_AUTHORIZED,
+             f"{creator.name} is a {creator.role}; only meters and plants post readings")
     _require(reading.meter == creator.name, Code.TX_VALIDATION_CODE_NOT_AUTHORIZED,
              f"{creator.name} may not post a reading for {reading.meter!r}")
     _require(reading.interval_seconds == interval, Code.TX_VALIDATION_CODE_INVALID_BODY,

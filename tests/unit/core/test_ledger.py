@@ -56,7 +56,7 @@ def test_valid_reading_is_committed(ledger: Ledger, chain: ChainBuilder,
     ("bad_signature", Code.TX_VALIDATION_CODE_BAD_SIGNATURE),
     ("unknown_signer", Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER),
     ("other_meter", Code.TX_VALIDATION_CODE_NOT_AUTHORIZED),
-    ("plant_reading", Code.TX_VALIDATION_CODE_NOT_AUTHORIZED),
+    ("endorser_reading", Code.TX_VALIDATION_CODE_NOT_AUTHORIZED),
     ("not_endorsed", Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE),
     ("endorsed_by_meter", Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE),
     ("malformed", Code.TX_VALIDATION_CODE_MALFORMED),
@@ -74,9 +74,9 @@ def test_invalid_transaction_gets_its_code_and_changes_nothing(
     signer = meter
     if case == "other_meter":
         body = reading("meter-2", start)
-    elif case == "plant_reading":
-        signer = identity(consortium_dir, "plant-1")
-        body = reading("plant-1", start)
+    elif case == "endorser_reading":
+        signer = identity(consortium_dir, "endorser-1")
+        body = reading("endorser-1", start)
     elif case == "misaligned":
         body = reading("meter-1", start + 7)
     elif case == "future_interval":

@@ -74,6 +74,11 @@ class OrdererStore:
     def has_tx(self, tx_id: str) -> bool:
         return self._store.get(TX + tx_id.encode()) is not None
 
+    def tx_ids(self) -> list[bytes]:
+        """Every tx id in a final block (the replica refuses to order one twice)."""
+        offset = len(TX)
+        return [k[offset:] for k, _ in self._store.scan(TX)]
+
     def persisted(self) -> dict[str, bytes]:
         offset = len(CONSENSUS)
         return {k[offset:].decode(): v for k, v in self._store.scan(CONSENSUS)}

@@ -1,0 +1,61 @@
+"""gridledger-orderer: one member of the ordering cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
+from gridledger_core import node_config
+from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.server import NodeServer
+from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import LmdbStore
+from gridledger_orderer.node import OrdererNode, OrderingParams
+from gridledger_orderer.service import BlockNotifier, ConsensusServicer, OrdererServicer
+from gridledger_orderer.store import OrdererStore
+from gridledger_orderer.transport import Transport
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = node_config.base_parser("orderer")
+    parser.add_argument("--peer", action="append", default=[],
+                        help="NAME=HOST:PORT of another orderer (repeatable)")
+    parser.add_argument("--max-batch-txs", type=int, default=500)
+    parser.add_argument("--max-batch-bytes", type=int, default=1 << 20)
+    parser.add_argument("--max-batch-wait", type=float, default=0.05,
+                        help="seconds the oldest pending transaction may wait for a block")
+    parser.add_argument("--round-timeout", type=float, default=1.0,
+                        help="base round timeout in seconds (doubles per failed round)")
+    args = node_config.parse(parser, argv)
+    genesis = Genesis.load(args.consortium_dir / "genesis.json")
+    identity = SigningIdentity.load(args.consortium_dir, args.name)
+    if identity.name not in genesis.orderer_keys:
+        raise SystemExit(f"{identity.name} is not an orderer of the genesis configuration")
+    tls = TlsFiles.for_node(args.consortium_dir, args.name)
+    store = OrdererStore(LmdbStore(args.data_dir / "orderer"))
+    transport = Transport(node_config.parse_peers(args.peer, "--peer"), tls)
+    notifier = BlockNotifier()
+    params = OrderingParams(args.max_batch_txs, args.max_batch_bytes, args.max_batch_wait,
+                            args.round_timeout)
+    node = OrdererNode(genesis, identity, store, transport, params, notifier.delivered)
+
+    server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls)
+    server.add_service(orderer_pb2_grpc.add_OrdererServiceServicer_to_server,
+                       OrdererServicer(node, store, notifier),
+                       orderer_pb2.DESCRIPTOR.services_by_name["OrdererService"].full_name)
+    server.add_service(consensus_pb2_grpc.add_ConsensusServiceServicer_to_server,
+                       ConsensusServicer(node, genesis),
+                       consensus_pb2.DESCRIPTOR.services_by_name["ConsensusService"].full_name)
+    server.on_stop(notifier.close)
+    server.on_stop(node.stop)
+    server.on_stop(transport.stop)
+    server.on_close(store.close)
+    server.start()
+    transport.start()
+    node.start()
+    server.serve_until_signal()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The orderer's event loop: the only thread that touches the consensus replica.
+
+Inputs (client transactions, peer messages, timers) arrive on one queue; each input's actions
+are executed in order: Persist and Deliver first, in one synced LMDB transaction, then sends
+and timers (the replica's durability rule).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from gridledger.common.v1 import block_pb2
+from gridledger.orderer.v1 import consensus_pb2
+from gridledger_core.consensus import lottery, vrf
+from gridledger_core.consensus.actions import Action, Broadcast, Deliver, Persist, Send, SetTimer
+from gridledger_core.consensus.certificate import ed25519_verifier
+from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
+from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
+from gridledger_core.crypto import sha256
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.checks import check_endorsed_transaction
+from gridledger_core.ledger.errors import TxInvalid
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_orderer.store import OrdererStore, tx_id_of
+from gridledger_orderer.transport import Transport
+
+log = logging.getLogger(__name__)
+
+HEIGHT = Gauge("gridledger_orderer_height", "Final blocks held by this orderer.")
+ROUND = Gauge("gridledger_orderer_round", "Consensus round at the current height.")
+IS_PRIMARY = Gauge("gridledger_orderer_is_primary",
+                   "1 when this orderer is the lottery primary of the current round.")
+ROUND_CHANGES = Counter("gridledger_orderer_round_changes",
+                        "Rounds entered above 0, each one a change of primary.")
+PENDING = Gauge("gridledger_orderer_pending_transactions",
+                "Transactions in this orderer's pool, waiting for a block.")
+FINALITY = Histogram("gridledger_orderer_block_finality_seconds",
+                     "From the arrival here of a block's first transaction to its certificate.",
+                     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10))
+BLOCK_TXS = Histogram("gridledger_orderer_block_transactions", "Transactions per final block.",
+                      buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
+
+
+@dataclass(frozen=True)
+class OrderingParams:
+    max_batch_txs: int = 500
+    max_batch_bytes: int = 1 << 20
+    max_batch_wait: float = 0.05
+    round_timeout: float = 1.0
+
+
+class OrdererNode:
+    def __init__(self, genesis: Genesis, identity: SigningIdentity, store: OrdererStore,
+                 transport: Transport, params: OrderingParams,
+                 on_deliver: Callable[[block_pb2.Block], None]) -> None:
+        self._store = store
+        self._transport = transport
+        self._on_deliver = on_deliver
+        self._membership = genesis.membership
+        self._validated: dict[bytes, bool | str] = {}
+        self._arrivals: dict[bytes, float] = {}
+        seed = identity.signer.seed()
+        height = store.height
+        if height == 0:
+            tip = ChainTip(0, GENESIS_PREVIOUS_HASH, lottery.genesis_seed(genesis.hash))
+        else:
+            last = store.block(height - 1)
+            last_seed = store.seed(height - 1)
+            assert last is not None and last_seed is not None
+            tip = ChainTip(height, block_hash(last.header), last_seed)
+        config = ReplicaConfig(orderer_id=identity.name, orderers=genesis.orderer_keys,
+                               max_batch_txs=params.max_batch_txs,
+                               max_batch_bytes=params.max_batch_bytes,
+                               max_batch_wait=params.max_batch_wait,
+                               round_timeout=params.round_timeout)
+        deps = Dependencies(
+            sign=identity.signer.sign,
+            verify_sig=ed25519_verifier(genesis.orderer_keys),
+            vrf_prove=lambda alpha: vrf.prove(seed, alpha),
+            vrf_verify=vrf.verify,
+            validate_tx=self._validate_tx,
+            tx_id_of=lambda raw: tx_id_of(raw).encode(),
+            get_block=store.block,
+        )
+        self.replica = Replica(config, deps, tip, known_tx_ids=store.tx_ids(),
+                               persisted=store.persisted())
+        self._events: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._timers: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="consensus", daemon=True)
+        self._last_round = 0
+        HEIGHT.set(height)
+
+    # -- inputs from other threads ---------------------------------------------------------
+
+    def submit_transactions(self, txs: list[bytes]) -> None:
+        now = time.monotonic()
+        for tx in txs:
+            self._arrivals.setdefault(tx_id_of(tx).encode(), now)
+        self._events.put(("txs", txs))
+
+    def receive(self, sender: str, message: consensus_pb2.ConsensusMessage) -> None:
+        self._events.put(("msg", (sender, message)))
+
+    def start(self) -> None:
+        self._execute(self.replica.on_start(time.monotonic()))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(("stop", None))
+        self._thread.join(timeout=5)
+
+    # -- admission (also used by the Broadcast API) ----------------------------------------
+
+    def _validate_tx(self, raw: bytes) -> bool | str:
+        """Signature and endorsement checks, cached: a transaction is checked once per
+        orderer even though it arrives by Broadcast and again inside a proposal."""
+        key = sha256(raw)
+        cached = self._validated.get(key)
+        if cached is not None:
+            return cached
+        try:
+            check_endorsed_transaction(raw, self._membership)
+            verdict: bool | str = True
+        except TxInvalid as exc:
+            verdict = f"{exc.code_name}: {exc.message}"
+        if len(self._validated) > 200_000:
+            self._validated.clear()
+        self._validated[key] = verdict
+        return verdict
+
+    def admit(self, raw: bytes) -> bool | str:
+        return self._validate_tx(raw)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
+            try:
+                kind, payload = self._events.get(timeout=timeout)
+            except queue.Empty:
+                kind, payload = "", None
+            now = time.monotonic()
+            try:
+                if kind == "txs":
+                    batch = list(payload)  # type: ignore[call-overload]
+                    while len(batch) < 5000:  # coalesce queued submissions into one input
+                        try:
+                            more_kind, more = self._events.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more_kind != "txs":
+                            self._events.put((more_kind, more))
+                            break
+                        batch.extend(more)  # type: ignore[call-overload]
+                    self._execute(self.replica.on_transactions(batch, now))
+                elif kind == "msg":
+                    sender, message = payload  # type: ignore[misc]
+                    self._execute(self.replica.on_message(sender, message, now))
+                elif kind == "stop":
+                    return
+                while self._timers and self._timers[0][0] <= time.monotonic():
+                    _, name = heapq.heappop(self._timers)
+                    self._execute(self.replica.on_timer(name, time.monotonic()))
+            except Exception:
+                log.exception("consensus loop error on %s", kind or "timer")
+            self._update_gauges()
+
+    def _execute(self, actions: list[Action]) -> None:
+        durable = [a for a in actions if isinstance(a, Persist | Deliver)]
+        if durable:
+            delivered = self._store.apply(durable)  # type: ignore[arg-type]
+            now = time.monotonic()
+            for block in delivered:
+                self._observe_final(block, now)
+                self._on_deliver(block)
+        for action in actions:
+            if isinstance(action, Send):
+                self._transport.send(action.to, action.message)
+            elif isinstance(action, Broadcast):
+                self._transport.broadcast(action.message)
+            elif isinstance(action, SetTimer):
+                heapq.heappush(self._timers, (time.monotonic() + action.delay, action.name))
+
+    def _observe_final(self, block: block_pb2.Block, now: float) -> None:
+        HEIGHT.set(self._store.height)
+        BLOCK_TXS.observe(len(block.transactions))
+        arrivals = [self._arrivals.pop(tx_id_of(tx).encode(), None) for tx in block.transactions]
+        seen = [a for a in arrivals if a is not None]
+        if seen:
+            FINALITY.observe(now - min(seen))
+
+    def _update_gauges(self) -> None:
+        replica = self.replica
+        if replica.round > self._last_round:
+            ROUND_CHANGES.inc(replica.round - self._last_round)
+        self._last_round = replica.round
+        ROUND.set(replica.round)
+        IS_PRIMARY.set(1 if replica.primary == replica.me else 0)
+        PENDING.set(replica.pending_transactions)

@@ -1,0 +1,55 @@
+"""A devnet started through the same launcher `gridctl devnet up` uses, once per module."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger_core.rpc.tls import secure_channel
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    directory = tmp_path_factory.mktemp("devnet")
+    consortium = directory / "consortium"
+    devnet.ensure_consortium(consortium)
+    net = devnet.plan(directory, consortium, demo=True, backfill_hours=2)
+    devnet.start(net)
+    try:
+        yield net
+    finally:
+        devnet.stop(net)
+        dump_logs_on_failure(net)
+
+
+def dump_logs_on_failure(net: devnet.Network) -> None:
+    for node in net.nodes:
+        log = Path(node.log)
+        if log.exists() and b"Traceback" in log.read_bytes():
+            print(f"---- {node.name} log ----\n{log.read_text()[-4000:]}")
+
+
+def committer_stub(net: devnet.Network, name: str) -> committer_pb2_grpc.CommitterServiceStub:
+    return committer_pb2_grpc.CommitterServiceStub(secure_channel(net.node(name).grpc, net.tls()))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def height(stub: committer_pb2_grpc.CommitterServiceStub) -> int:
+    return stub.GetChainInfo(committer_pb2.GetChainInfoRequest(), timeout=5).height

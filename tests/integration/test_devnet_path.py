@@ -1,0 +1,143 @@
+"""Issue 2's end-to-end path on a real devnet: meter-agents -> endorser -> 4 orderers ->
+2 committers, with mTLS, health, reflection and rejection of bad readings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import committer_stub, height, wait_for
+
+from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2
+from gridledger.common.v1 import transaction_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.ledger import schema
+from gridledger_core.rpc.tls import secure_channel
+from gridledger_core.signing_identity import SigningIdentity
+
+pytestmark = pytest.mark.integration
+
+
+def test_blocks_grow_identically_on_both_committers(network: devnet.Network) -> None:
+    c1, c2 = committer_stub(network, "committer-1"), committer_stub(network, "committer-2")
+    wait_for(lambda: height(c1) >= 4 and height(c2) >= 4, 90, "4 blocks on both committers")
+    common = min(height(c1), height(c2))
+    for number in range(common):
+        b1 = c1.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
+        b2 = c2.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
+        assert b1.block.header == b2.block.header, f"block {number} differs"
+        assert b1.state_root == b2.state_root, f"state after block {number} differs"
+        assert list(b1.validation_codes) == list(b2.validation_codes)
+    # Readings from every meter reached the ledger.
+    for meter in ("meter-1", "meter-2", "meter-3"):
+        wait_for(lambda m=meter: len(c1.ListReadings(committer_pb2.ListReadingsRequest(
+            meter=m, page_size=5), timeout=5).readings) > 0, 60, f"readings of {meter}")
+
+
+def test_chain_info_pagination_and_transaction_lookup(network: devnet.Network) -> None:
+    c1 = committer_stub(network, "committer-1")
+    wait_for(lambda: len(c1.ListReadings(committer_pb2.ListReadingsRequest(
+        meter="meter-1", page_size=3), timeout=5).readings) == 3, 90, "3 readings of meter-1")
+    first = c1.ListReadings(committer_pb2.ListReadingsRequest(meter="meter-1", page_size=2))
+    assert len(first.readings) == 2 and first.next_page_token
+    second = c1.ListReadings(committer_pb2.ListReadingsRequest(
+        meter="meter-1", page_size=2, page_token=first.next_page_token))
+    assert second.readings[0].interval_start > first.readings[-1].interval_start
+    block = c1.GetBlock(committer_pb2.GetBlockRequest(number=0))
+    assert len(block.block.metadata.commit_certificate.signatures) >= 3
+    with pytest.raises(grpc.RpcError) as err:
+        c1.GetBlock(committer_pb2.GetBlockRequest(number=10**9))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _grpcurl(network: devnet.Network, *args: str,
+             client: bool = True) -> subprocess.CompletedProcess:
+    binary = shutil.which("grpcurl") or str(Path(__file__).parents[2] / ".venv/bin/grpcurl")
+    tls = network.tls()
+    flags = ["-cacert", str(tls.ca_bundle), "-servername", "localhost"]
+    if client:
+        flags += ["-cert", str(tls.certificate), "-key", str(tls.key)]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=30)
+
+
+SERVICES = {
+    "orderer": "gridledger.orderer.v1.OrdererService",
+    "committer": "gridledger.committer.v1.CommitterService",
+    "endorser": "gridledger.endorser.v1.EndorserService",
+    "meter-agent": "gridledger.meteragent.v1.MeterAgentService",
+}
+
+
+def test_grpcurl_lists_and_health_checks_every_node(network: devnet.Network) -> None:
+    for node in network.nodes:
+        listed = _grpcurl(network, node.grpc, "list")
+        assert listed.returncode == 0, f"{node.name}: {listed.stderr}"
+        services = set(listed.stdout.split())
+        assert {SERVICES[node.role], "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection"} <= services, node.name
+        health = _grpcurl(network, node.grpc, "grpc.health.v1.Health/Check")
+        assert health.returncode == 0 and '"SERVING"' in health.stdout, node.name
+
+
+def test_client_without_consortium_certificate_cannot_connect(network: devnet.Network,
+                                                              tmp_path: Path) -> None:
+    node = network.by_role("committer")[0]
+    assert _grpcurl(network, node.grpc, "list", client=False).returncode != 0
+    rogue = tmp_path / "rogue"
+    create_consortium(rogue, default_topology())
+    tls = network.tls()
+    binary = shutil.which("grpcurl") or str(Path(__file__).parents[2] / ".venv/bin/grpcurl")
+    result = subprocess.run([binary, "-cacert", str(tls.ca_bundle), "-servername", "localhost",
+                             "-cert", str(rogue / "nodes/admin/tls.pem"),
+                             "-key", str(rogue / "nodes/admin/tls.key"), node.grpc, "list"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+
+
+def _reading(meter: str, start: int) -> transaction_pb2.MeterReading:
+    return transaction_pb2.MeterReading(meter=meter, interval_start=start, interval_seconds=900,
+                                        produced_wh=1, consumed_wh=2)
+
+
+def test_bad_readings_are_refused_with_a_specific_status(network: devnet.Network,
+                                                         tmp_path: Path) -> None:
+    endorser = network.by_role("endorser")[0]
+    stub = endorser_pb2_grpc.EndorserServiceStub(secure_channel(endorser.grpc, network.tls()))
+    meter = SigningIdentity.load(network.consortium_dir, "meter-1")
+    # An interval far in the past that no agent posts, so "nothing written" is checkable.
+    start = (int(time.time()) // 900 - 24 * 4 * 30) * 900
+
+    bad_signature = meter.new_transaction("meter_reading", _reading("meter-1", start))
+    bad_signature.signature = bytes(64)
+    create_consortium(tmp_path / "rogue", default_topology())
+    stranger = SigningIdentity.load(tmp_path / "rogue", "meter-1")
+    unknown = stranger.new_transaction("meter_reading", _reading("meter-1", start))
+    for_other = meter.new_transaction("meter_reading", _reading("meter-2", start))
+    cases = [(bad_signature, grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE"),
+             (unknown, grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_SIGNER"),
+             (for_other, grpc.StatusCode.PERMISSION_DENIED, "may not post a reading for")]
+    for envelope, status, text in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=envelope),
+                                   timeout=10)
+        assert err.value.code() == status
+        assert text in err.value.details()
+
+    # A good one for the same interval goes through, proving the rejections wrote nothing.
+    good = meter.new_transaction("meter_reading", _reading("meter-1", start))
+    tx_id = stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=good),
+                                   timeout=10).tx_id
+    c1 = committer_stub(network, "committer-1")
+    wait_for(lambda: c1.GetTransaction(committer_pb2.GetTransactionRequest(tx_id=tx_id),
+                                       timeout=5).validation_code == 1, 60, "good reading")
+    for key in (schema.reading_key("meter-2", start),):
+        assert not c1.GetState(committer_pb2.GetStateRequest(key=key)).found
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=good), timeout=10)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS

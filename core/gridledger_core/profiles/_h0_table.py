@@ -13,6 +13,7 @@ Keys: (season, day type); season in {"winter", "summer", "transition"}, day type
 {"workday", "saturday", "sunday"}. Each value is a tuple of 96 quarter hours from 00:00.
 """
 
+# fmt: off
 H0_CENTIWATTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("summer", "saturday"): (
         8984, 8488, 8072, 7656, 7172, 6656, 6160, 5744, 5448, 5256, 5144, 5076,
@@ -105,3 +106,4 @@ H0_CENTIWATTS: dict[tuple[str, str], tuple[int, ...]] = {
         14892, 14340, 13840, 13316, 12720, 12048, 11328, 10572, 9796, 9020, 8248, 7492,
     ),
 }
+# fmt: on

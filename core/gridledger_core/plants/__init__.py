@@ -1,0 +1,34 @@
+"""Plant reliability from announced shortfall windows, and the weighted plant choice.
+
+Pure, integer-only functions: every node computes the same numbers.
+"""
+
+from gridledger_core.plants.reliability import (
+    DEFAULT_PARAMS,
+    ReliabilityParams,
+    reliability_bp,
+    shortfall_seconds,
+    shortfall_union,
+)
+from gridledger_core.plants.scoring import (
+    ExcludedPlant,
+    PlantCandidate,
+    PlantScore,
+    Ranking,
+    ScoringWeights,
+    rank_plants,
+)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "ExcludedPlant",
+    "PlantCandidate",
+    "PlantScore",
+    "Ranking",
+    "ReliabilityParams",
+    "ScoringWeights",
+    "rank_plants",
+    "reliability_bp",
+    "shortfall_seconds",
+    "shortfall_union",
+]

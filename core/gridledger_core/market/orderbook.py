@@ -205,12 +205,10 @@ class OrderBook:
         """The owner's open orders, oldest first (a scan: queries are rare, matching is not)."""
         return sorted((o for o in self._live.values() if o.owner == owner), key=_by_sequence)
 
-    def orders(self, side: Side) -> Iterator[Order]:
+    def orders(self, side: Side) -> list[Order]:
         """Open orders of one side in priority order (best price, then earliest)."""
-        for level in (self._bids if side is BUY else self._asks).iter_levels():
-            for order in level.queue:
-                if order.remaining:
-                    yield order
+        book_side = self._bids if side is BUY else self._asks
+        return [o for level in book_side.iter_levels() for o in level.queue if o.remaining]
 
     def depth(self, levels: int | None = None) -> Depth:
         """Aggregated price levels, best first; at most ``levels`` per side if given."""
@@ -329,17 +327,32 @@ class OrderBook:
     # ---- internals -----------------------------------------------------------------------
 
     def _check_incoming(self, order: Order) -> None:
+        # One combined test on the hot path; the specific message is worked out on failure.
+        price = order.price
+        open_qty = order.remaining
+        lot = self.lot
+        if (
+            order.slot != self.slot
+            or price <= 0
+            or price % self.tick
+            or open_qty <= 0
+            or open_qty % lot
+            or order.quantity % lot
+            or order.order_id in self._live
+        ):
+            raise self._rejection(order)
+
+    def _rejection(self, order: Order) -> InvalidOrder:
         if order.slot != self.slot:
-            raise InvalidOrder(f"order for slot {order.slot} in the book of slot {self.slot}")
+            return InvalidOrder(f"order for slot {order.slot} in the book of slot {self.slot}")
         if order.price <= 0 or order.price % self.tick:
-            raise InvalidOrder(f"price {order.price} is not a positive multiple of {self.tick}")
-        if order.remaining <= 0 or order.remaining % self.lot or order.quantity % self.lot:
-            raise InvalidOrder(
-                f"open quantity {order.remaining} of {order.quantity} Wh is not a positive "
-                f"multiple of the lot {self.lot}"
-            )
+            return InvalidOrder(f"price {order.price} is not a positive multiple of {self.tick}")
         if order.order_id in self._live:
-            raise InvalidOrder(f"order {order.order_id!r} is already in the book")
+            return InvalidOrder(f"order {order.order_id!r} is already in the book")
+        return InvalidOrder(
+            f"open quantity {order.remaining} of {order.quantity} Wh is not a positive "
+            f"multiple of the lot {self.lot}"
+        )
 
     def _fill(self, maker: Order, trade: Trade) -> None:
         maker.fills.append(trade)
@@ -348,12 +361,20 @@ class OrderBook:
         (self._bids if maker.side is BUY else self._asks).reduce(maker, trade.quantity)
 
     def _apply(self, order: Order, result: MatchResult) -> None:
-        live = self._live
-        for trade in result.trades:
-            self._fill(live[trade.maker_id], trade)
-        order.fills.extend(result.trades)
+        trades = result.trades
+        if trades:
+            live = self._live
+            makers = self._asks if order.side is BUY else self._bids
+            for trade in trades:
+                maker = live[trade.maker_id]
+                maker.fills.append(trade)
+                if maker.remaining == trade.quantity:
+                    del live[trade.maker_id]
+                makers.reduce(maker, trade.quantity)
+            order.fills.extend(trades)
         order.remaining = result.remaining
-        order.prevented += result.prevented
+        if result.prevented:
+            order.prevented += result.prevented
         if result.remaining:
             (self._bids if order.side is BUY else self._asks).add(order)
-            live[order.order_id] = order
+            self._live[order.order_id] = order

@@ -1,0 +1,505 @@
+"""Seeded network simulator that runs real ``Replica`` objects under injected faults.
+
+One schedule = one integer seed. From it the simulator draws the cluster size, the faults
+of a chaos phase (message loss, delay and reordering, duplication, partitions and heals,
+crash and restart from persisted state only, a frozen primary, Twins: two replicas sharing
+one identity and key) and client traffic. After the chaos phase the network heals, every
+crashed replica restarts, every frozen one resumes, and fresh transactions arrive.
+
+Invariants checked on every schedule:
+- agreement: no two honest replicas ever deliver different blocks at one height;
+- validity: every delivered block passes ``certificate.verify_block`` against the
+  replica's own previous block, contains only valid transactions and no tx id twice on the
+  chain, and comes with the seed the VRF gives;
+- liveness: with at most f faulty identities (the Twins pair counts as one) every
+  transaction submitted after the heal is final at every honest replica before the end.
+
+Signatures and the VRF are HMAC stand-ins by default (fast); ``real_crypto=True`` uses
+Ed25519 and the ECVRF. Only the replica objects are under test: the simulator executes
+actions the way the adapter must (Persist/Deliver before later sends, SetTimer replaces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gridledger.common.v1 import block_pb2
+from gridledger.orderer.v1 import consensus_pb2
+from nacl import bindings as sodium
+
+from gridledger_core.consensus import certificate, lottery, vrf
+from gridledger_core.consensus.actions import (
+    Action,
+    Broadcast,
+    Deliver,
+    Persist,
+    Send,
+    SetTimer,
+)
+from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
+from gridledger_core.consensus.quorum import Quorum
+from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
+
+REPLAY_HINT = "GRIDLEDGER_SIM_SEED={seed} .venv/bin/pytest tests/unit/consensus -k replay"
+
+
+# --- transactions of the simulated clients -----------------------------------------------
+
+
+def tx_id_of(tx: bytes) -> bytes:
+    return hashlib.sha256(tx).digest()[:16]
+
+
+def validate_tx(tx: bytes) -> bool | str:
+    """Stand-in for the endorsement check: ``ok:`` transactions are endorsed."""
+    return True if tx.startswith(b"ok:") else "not endorsed"
+
+
+# --- identities --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    orderer: str
+    seed: bytes
+    public_key: bytes
+
+
+class Crypto:
+    """Signatures and VRF for the whole cluster, real or HMAC stand-ins."""
+
+    def __init__(self, ids: list[str], real: bool) -> None:
+        self.real = real
+        self.identities: dict[str, Identity] = {}
+        for oid in ids:
+            seed = hashlib.sha256(b"gridledger-sim-key/" + oid.encode()).digest()
+            pk = vrf.public_key(seed) if real else hashlib.sha256(b"pk/" + seed).digest()
+            self.identities[oid] = Identity(oid, seed, pk)
+        self.public_keys = {oid: ident.public_key for oid, ident in self.identities.items()}
+        self._by_key = {ident.public_key: ident for ident in self.identities.values()}
+        self._real_verify = certificate.ed25519_verifier(self.public_keys)
+
+    def signer(self, oid: str) -> Callable[[bytes], bytes]:
+        seed = self.identities[oid].seed
+        if self.real:
+            sk = sodium.crypto_sign_seed_keypair(seed)[1]
+            return lambda msg: sodium.crypto_sign(msg, sk)[:64]
+        return lambda msg: hmac.digest(seed, msg, "sha256")
+
+    def verify_sig(self, oid: str, msg: bytes, sig: bytes) -> bool:
+        if self.real:
+            return self._real_verify(oid, msg, sig)
+        ident = self.identities.get(oid)
+        return ident is not None and hmac.compare_digest(
+            hmac.digest(ident.seed, msg, "sha256"), sig
+        )
+
+    def vrf_prover(self, oid: str) -> Callable[[bytes], bytes]:
+        seed = self.identities[oid].seed
+        if self.real:
+            return lambda alpha: vrf.prove(seed, alpha)
+        return lambda alpha: hmac.digest(seed, b"vrf/" + alpha, "sha256")
+
+    def vrf_verify(self, pk: bytes, proof: bytes, alpha: bytes) -> bytes | None:
+        if self.real:
+            return vrf.verify(pk, proof, alpha)
+        ident = self._by_key.get(pk)
+        if ident is None or not hmac.compare_digest(
+            hmac.digest(ident.seed, b"vrf/" + alpha, "sha256"), proof
+        ):
+            return None
+        return hashlib.sha512(proof).digest()
+
+
+# --- one simulated orderer process ---------------------------------------------------------
+
+
+@dataclass
+class Durable:
+    """What survives a crash: the block store (with seeds) and the persisted records."""
+
+    blocks: list[block_pb2.Block] = field(default_factory=list)
+    seeds: list[bytes] = field(default_factory=list)
+    records: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Instance:
+    name: str  # unique per process; twins share ``orderer`` but not ``name``
+    orderer: str
+    honest: bool
+    durable: Durable = field(default_factory=Durable)
+    replica: Replica | None = None
+    frozen: bool = False
+    held: list[tuple[str, bytes]] = field(default_factory=list)
+    timer_gen: dict[str, int] = field(default_factory=dict)
+    due_while_frozen: dict[str, int] = field(default_factory=dict)
+    incarnation: int = 0
+
+
+# --- the schedule ------------------------------------------------------------------------
+
+
+@dataclass
+class Faults:
+    loss: float = 0.0
+    duplicate: float = 0.0
+    slow: float = 0.0  # probability of a long delay (reordering)
+    # Extra loss of certificates only: leaves replicas with different locks and heights.
+    certificate_loss: float = 0.0
+    partition: tuple[frozenset[str], ...] | None = None  # groups of instance names
+
+
+@dataclass
+class SimResult:
+    seed: int
+    n: int
+    features: set[str]
+    heights: dict[str, int]
+    violations: list[str]
+    events: int
+
+    @property
+    def replay(self) -> str:
+        return REPLAY_HINT.format(seed=self.seed)
+
+
+class Simulation:
+    def __init__(self, seed: int, *, real_crypto: bool = False, n: int | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        rng = self.rng
+        self.n = n if n is not None else (7 if rng.random() < 0.1 else 4)
+        self.quorum = Quorum(self.n)
+        self.ids = [f"o{i}" for i in range(self.n)]
+        self.crypto = Crypto(self.ids, real_crypto)
+        self.genesis_seed = lottery.genesis_seed(hashlib.sha256(b"sim-genesis").digest())
+        self.round_timeout = 0.2
+        self.features: set[str] = set()
+        self.violations: list[str] = []
+        self.now = 0.0
+        self.events = 0
+        self._queue: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self.faults = Faults()
+        self.instances: dict[str, Instance] = {}
+        twin = rng.choice(self.ids) if rng.random() < 0.25 else None
+        for oid in self.ids:
+            self.instances[oid] = Instance(oid, oid, honest=oid != twin)
+        if twin is not None:
+            self.features.add("twins")
+            self.instances[twin + "'"] = Instance(twin + "'", twin, honest=False)
+        self.final: dict[int, tuple[bytes, str]] = {}  # height -> (hash, first instance)
+        self.calm_txs: list[bytes] = []
+        self.max_events = 60_000
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _push(self, at: float, kind: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (at, self._seq, kind, payload))
+
+    def _replica_for(self, inst: Instance) -> Replica:
+        oid = inst.orderer
+        durable = inst.durable
+        if durable.blocks:
+            tip = ChainTip(
+                len(durable.blocks), block_hash(durable.blocks[-1].header), durable.seeds[-1]
+            )
+        else:
+            tip = ChainTip(0, GENESIS_PREVIOUS_HASH, self.genesis_seed)
+        known = [tx_id_of(tx) for blk in durable.blocks for tx in blk.transactions]
+        blocks = durable.blocks
+        config = ReplicaConfig(
+            orderer_id=oid,
+            orderers=self.crypto.public_keys,
+            max_batch_txs=4,
+            max_batch_bytes=400,
+            max_batch_wait=0.02,
+            round_timeout=self.round_timeout,
+            max_backoff_exponent=4,
+            max_pool_txs=64,
+            sync_batch=4,
+        )
+        deps = Dependencies(
+            sign=self.crypto.signer(oid),
+            verify_sig=self.crypto.verify_sig,
+            vrf_prove=self.crypto.vrf_prover(oid),
+            vrf_verify=self.crypto.vrf_verify,
+            validate_tx=validate_tx,
+            tx_id_of=tx_id_of,
+            get_block=lambda number: blocks[number] if number < len(blocks) else None,
+        )
+        return Replica(config, deps, tip, known, dict(durable.records))
+
+    def _instances_of(self, oid: str) -> list[Instance]:
+        return [inst for inst in self.instances.values() if inst.orderer == oid]
+
+    def _linked(self, a: Instance, b: Instance) -> bool:
+        groups = self.faults.partition
+        if groups is None:
+            return True
+        return any(a.name in g and b.name in g for g in groups)
+
+    def _transmit(self, src: Instance, dst_oid: str, msg: consensus_pb2.ConsensusMessage) -> None:
+        data = msg.SerializeToString()
+        loss = self.faults.loss
+        if msg.WhichOneof("body") in ("prepared", "decided"):
+            loss = max(loss, self.faults.certificate_loss)
+        for dst in self._instances_of(dst_oid):
+            if not self._linked(src, dst) or self.rng.random() < loss:
+                continue
+            copies = 2 if self.rng.random() < self.faults.duplicate else 1
+            for _ in range(copies):
+                delay = self.rng.uniform(0.001, 0.01)
+                if self.rng.random() < self.faults.slow:
+                    delay += self.rng.uniform(0.05, 0.6)
+                self._push(self.now + delay, "msg", (dst.name, src.orderer, data))
+
+    def _execute(self, inst: Instance, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Persist):
+                inst.durable.records[action.key] = action.value
+            elif isinstance(action, Deliver):
+                self._on_deliver(inst, action)
+            elif isinstance(action, Send):
+                self._transmit(inst, action.to, action.message)
+            elif isinstance(action, Broadcast):
+                for oid in self.ids:
+                    if oid != inst.orderer:
+                        self._transmit(inst, oid, action.message)
+            elif isinstance(action, SetTimer):
+                gen = inst.timer_gen.get(action.name, 0) + 1
+                inst.timer_gen[action.name] = gen
+                self._push(self.now + action.delay, "timer", (inst.name, action.name, gen))
+
+    # --- invariants -------------------------------------------------------------------
+
+    def _on_deliver(self, inst: Instance, action: Deliver) -> None:
+        durable = inst.durable
+        block = action.block
+        height = len(durable.blocks)
+        if durable.blocks:
+            prev_hash, prev_seed = block_hash(durable.blocks[-1].header), durable.seeds[-1]
+        else:
+            prev_hash, prev_seed = GENESIS_PREVIOUS_HASH, self.genesis_seed
+        durable.blocks.append(block)
+        durable.seeds.append(action.seed)
+        if not inst.honest:
+            return
+        verdict = certificate.verify_block(
+            block,
+            prev_hash,
+            prev_seed,
+            self.crypto.public_keys,
+            self.crypto.verify_sig,
+            expected_number=height,
+            vrf_verify=self.crypto.vrf_verify,
+        )
+        if not verdict.ok:
+            self.violations.append(f"validity: {inst.name} h={height}: {verdict.reason}")
+        elif verdict.seed != action.seed:
+            self.violations.append(f"validity: {inst.name} h={height}: wrong seed delivered")
+        chain_ids = {tx_id_of(tx) for blk in durable.blocks[:-1] for tx in blk.transactions}
+        for tx in block.transactions:
+            if validate_tx(tx) is not True:
+                self.violations.append(f"validity: {inst.name} h={height}: invalid tx")
+            if tx_id_of(tx) in chain_ids:
+                self.violations.append(f"validity: {inst.name} h={height}: duplicate tx id")
+            chain_ids.add(tx_id_of(tx))
+        bh = block_hash(block.header)
+        first = self.final.setdefault(height, (bh, inst.name))
+        if first[0] != bh:
+            self.violations.append(
+                f"agreement: h={height} {first[1]} and {inst.name} delivered different blocks"
+            )
+
+    # --- faults -------------------------------------------------------------------------
+
+    def _start(self, inst: Instance) -> None:
+        inst.incarnation += 1
+        inst.replica = self._replica_for(inst)
+        self._execute(inst, inst.replica.on_start(self.now))
+
+    def _crash(self, inst: Instance) -> None:
+        inst.replica = None  # memory is gone; timers die with the process
+        inst.timer_gen = {k: v + 1 for k, v in inst.timer_gen.items()}
+        inst.held.clear()
+        inst.frozen = False
+
+    def _unfreeze(self, inst: Instance) -> None:
+        inst.frozen = False
+        held, inst.held = inst.held, []
+        for sender, data in held:
+            self._deliver_msg(inst, sender, data)
+        due, inst.due_while_frozen = inst.due_while_frozen, {}
+        for name, gen in due.items():
+            self._fire_timer(inst, name, gen)
+
+    def _deliver_msg(self, inst: Instance, sender: str, data: bytes) -> None:
+        if inst.replica is None:
+            return
+        if inst.frozen:
+            inst.held.append((sender, data))
+            return
+        msg = consensus_pb2.ConsensusMessage.FromString(data)
+        self._execute(inst, inst.replica.on_message(sender, msg, self.now))
+
+    def _fire_timer(self, inst: Instance, name: str, gen: int) -> None:
+        if inst.replica is None or inst.timer_gen.get(name) != gen:
+            return
+        if inst.frozen:
+            inst.due_while_frozen[name] = gen
+            return
+        self._execute(inst, inst.replica.on_timer(name, self.now))
+
+    def _submit(self, inst: Instance, txs: list[bytes]) -> None:
+        if inst.replica is None or inst.frozen:
+            return  # the client's request fails; it may retry elsewhere
+        self._execute(inst, inst.replica.on_transactions(txs, self.now))
+
+    # --- schedule generation ------------------------------------------------------------
+
+    def _plan(self, chaos_end: float) -> None:
+        rng = self.rng
+        names = list(self.instances)
+        honest = [i for i in self.instances.values() if i.honest]
+        if rng.random() < 0.6:
+            self.features.add("loss")
+        if rng.random() < 0.5:
+            self.features.add("duplication")
+        if rng.random() < 0.6:
+            self.features.add("reordering")
+        if rng.random() < 0.4:
+            self.features.add("certificate-loss")
+        self.faults = Faults(
+            loss=rng.choice((0.02, 0.1, 0.25)) if "loss" in self.features else 0.0,
+            duplicate=rng.choice((0.05, 0.3)) if "duplication" in self.features else 0.0,
+            slow=rng.choice((0.05, 0.3)) if "reordering" in self.features else 0.0,
+            certificate_loss=rng.choice((0.3, 0.7)) if "certificate-loss" in self.features else 0.0,
+        )
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            start = rng.uniform(0.0, chaos_end)
+            shuffled = names[:]
+            rng.shuffle(shuffled)
+            cut = rng.randint(1, len(shuffled) - 1)
+            groups = (frozenset(shuffled[:cut]), frozenset(shuffled[cut:]))
+            self._push(start, "partition", groups)
+            self._push(min(chaos_end, start + rng.uniform(0.2, 2.0)), "partition", None)
+            self.features.add("partition")
+        for _ in range(rng.choice((0, 0, 1, 2, 3))):
+            victim = rng.choice(honest)
+            start = rng.uniform(0.0, chaos_end)
+            self._push(start, "crash", victim.name)
+            self._push(min(chaos_end, start + rng.uniform(0.05, 1.5)), "restart", victim.name)
+            self.features.add("crash-restart")
+        if rng.random() < 0.3:
+            start = rng.uniform(0.0, chaos_end * 0.7)
+            self._push(start, "freeze-primary", None)
+            self._push(min(chaos_end, start + rng.uniform(0.3, 2.5)), "unfreeze", None)
+            self.features.add("frozen-primary")
+        seq = 0
+        for _ in range(rng.randint(3, 12)):
+            seq += 1
+            at = rng.uniform(0.0, chaos_end)
+            kind = b"ok" if rng.random() < 0.85 else b"bad"
+            tx = b"%s:chaos:%d:%d" % (kind, self.seed, seq) + b"x" * rng.randint(0, 60)
+            targets = rng.sample(names, 2 if rng.random() < 0.2 else 1)  # duplicates too
+            for name in targets:
+                self._push(at, "tx", (name, [tx]))
+
+    def _heal(self) -> None:
+        self.faults = Faults()
+        for inst in self.instances.values():
+            if inst.replica is None:
+                self._start(inst)
+            elif inst.frozen:
+                self._unfreeze(inst)
+
+    # --- running ------------------------------------------------------------------------
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "msg":
+            name, sender, data = payload
+            self._deliver_msg(self.instances[name], sender, data)
+        elif kind == "timer":
+            name, timer, gen = payload
+            self._fire_timer(self.instances[name], timer, gen)
+        elif kind == "tx":
+            name, txs = payload
+            self._submit(self.instances[name], txs)
+        elif kind == "partition":
+            self.faults.partition = payload
+        elif kind == "crash":
+            self._crash(self.instances[payload])
+        elif kind == "restart":
+            inst = self.instances[payload]
+            if inst.replica is None:
+                self._start(inst)
+        elif kind == "freeze-primary":
+            live = [i for i in self.instances.values() if i.replica is not None and i.honest]
+            if live:
+                # Freeze whoever the first live replica believes is primary right now.
+                replica = live[0].replica
+                assert replica is not None
+                for inst in self._instances_of(replica.primary):
+                    if inst.replica is not None:
+                        inst.frozen = True
+        elif kind == "unfreeze":
+            for inst in self.instances.values():
+                if inst.frozen:
+                    self._unfreeze(inst)
+        elif kind == "heal":
+            self._heal()
+        elif kind == "calm-txs":
+            honest = [i for i in self.instances.values() if i.honest]
+            for tx in payload:
+                self._submit(self.rng.choice(honest), [tx])
+
+    def run(self) -> SimResult:
+        rng = self.rng
+        chaos_end = rng.uniform(1.0, 4.0)
+        for inst in self.instances.values():
+            self._start(inst)
+        self._plan(chaos_end)
+        self._push(chaos_end, "heal", None)
+        calm = [b"ok:calm:%d:%d" % (self.seed, i) for i in range(rng.randint(1, 6))]
+        self.calm_txs = calm
+        self._push(chaos_end + 0.5, "calm-txs", calm)
+        end = chaos_end + 40.0
+        while self._queue and self.events < self.max_events:
+            at, _, kind, payload = heapq.heappop(self._queue)
+            if at > end:
+                break
+            self.now = at
+            self.events += 1
+            self._handle(kind, payload)
+        self._check_liveness()
+        heights = {name: len(inst.durable.blocks) for name, inst in self.instances.items()}
+        return SimResult(self.seed, self.n, self.features, heights, self.violations, self.events)
+
+    def _check_liveness(self) -> None:
+        if self.events >= self.max_events:
+            self.violations.append(f"liveness: event budget {self.max_events} exhausted")
+        wanted = {tx_id_of(tx) for tx in self.calm_txs}
+        for inst in self.instances.values():
+            if not inst.honest:
+                continue
+            final = {tx_id_of(tx) for blk in inst.durable.blocks for tx in blk.transactions}
+            missing = wanted - final
+            if missing:
+                self.violations.append(
+                    f"liveness: {inst.name} at height {len(inst.durable.blocks)} lacks "
+                    f"{len(missing)} of {len(wanted)} transactions submitted after the heal"
+                )
+
+
+def run_schedule(seed: int, *, real_crypto: bool = False, n: int | None = None) -> SimResult:
+    """Run one seeded schedule; ``result.violations`` is empty when every invariant held."""
+    return Simulation(seed, real_crypto=real_crypto, n=n).run()

@@ -1,0 +1,208 @@
+"""ECVRF-EDWARDS25519-SHA512-TAI (RFC 9381, suite string 0x03).
+
+The VRF secret key is a 32-byte Ed25519 seed and the VRF public key is the Ed25519 public
+key of that seed (RFC 9381 section 5.5 reuses RFC 8032's secret expansion), so an orderer's
+signing key is also its lottery key.
+
+Group arithmetic on prime-order points goes through libsodium (``nacl.bindings``). Pure
+Python big-int arithmetic is used only where libsodium has no primitive: decoding an
+arbitrary curve point (try-and-increment needs to know whether a hash is a point at all)
+and multiplying by the cofactor, which libsodium refuses for points outside the prime-order
+subgroup.
+
+Deliberate strictness beyond RFC 9381 (``verify`` returns None, never a different beta):
+the public key and the proof's Gamma must be canonical points of the prime-order subgroup.
+An honest key (x*B) and an honest Gamma (x*H, H cofactor-cleared) always are, so every
+proof made by ``prove`` verifies; only crafted proofs with a small-order component, which
+RFC 9381 would accept with the same beta, are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from nacl import bindings as sodium
+
+SUITE = b"\x03"
+PROOF_LEN = 80  # Gamma (32) || c (16) || s (32)
+OUTPUT_LEN = 64
+PUBLIC_KEY_LEN = 32
+SEED_LEN = 32
+
+_P = 2**255 - 19
+_Q = 2**252 + 27742317777372353535851937790883648493
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+_C_LEN = 16
+
+
+def _sha512(*parts: bytes) -> bytes:
+    return hashlib.sha512(b"".join(parts)).digest()
+
+
+# --- pure-Python edwards25519 (affine), only for decoding and cofactor clearing ----------
+
+_Point = tuple[int, int]
+_IDENTITY: _Point = (0, 1)
+
+
+def _decode_point(data: bytes) -> _Point | None:
+    """RFC 8032 section 5.1.3 decoding; None for a non-canonical y or no such point."""
+    if len(data) != 32:
+        return None
+    as_int = int.from_bytes(data, "little")
+    sign = as_int >> 255
+    y = as_int & ((1 << 255) - 1)
+    if y >= _P:
+        return None
+    u = (y * y - 1) % _P
+    v = (_D * y * y + 1) % _P
+    x = (u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P)) % _P
+    vxx = (v * x * x) % _P
+    if vxx == u:
+        pass
+    elif vxx == (-u) % _P:
+        x = (x * _SQRT_M1) % _P
+    else:
+        return None
+    if x == 0 and sign == 1:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return (x, y)
+
+
+def _encode_point(point: _Point) -> bytes:
+    x, y = point
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def _times_cofactor(point: _Point) -> _Point:
+    """8 * point by three projective doublings (a = -1) and a single inversion."""
+    x, y = point
+    z = 1
+    for _ in range(3):
+        b = (x + y) * (x + y) % _P
+        c = x * x % _P
+        d = y * y % _P
+        e = -c
+        f = (e + d) % _P
+        j = (f - 2 * z * z) % _P
+        x, y, z = (b - c - d) * j % _P, f * (e - d) % _P, f * j % _P
+    z_inv = pow(z, _P - 2, _P)
+    return (x * z_inv % _P, y * z_inv % _P)
+
+
+# --- RFC 9381 building blocks -------------------------------------------------------------
+
+
+def _expand_seed(seed: bytes) -> tuple[bytes, bytes]:
+    """Return (x as 32-byte little-endian scalar reduced mod q, nonce-key half of SHA512)."""
+    digest = _sha512(seed)
+    scalar = bytearray(digest[:32])
+    scalar[0] &= 248
+    scalar[31] &= 127
+    scalar[31] |= 64
+    x = sodium.crypto_core_ed25519_scalar_reduce(bytes(scalar) + bytes(32))
+    return x, digest[32:]
+
+
+def _encode_to_curve_tai(salt: bytes, alpha: bytes) -> bytes:
+    """ECVRF_encode_to_curve_try_and_increment (RFC 9381 section 5.4.1.1)."""
+    for ctr in range(256):
+        hash_string = _sha512(SUITE, b"\x01", salt, alpha, bytes([ctr]), b"\x00")
+        point = _decode_point(hash_string[:32])
+        if point is None:
+            continue
+        cleared = _times_cofactor(point)
+        if cleared != _IDENTITY:
+            return _encode_point(cleared)
+    # Each try fails with probability about 1/2; 256 failures in a row do not happen.
+    raise ValueError("try_and_increment found no point")
+
+
+def _challenge(*points: bytes) -> bytes:
+    """ECVRF_challenge_generation (section 5.4.3): the 16-byte little-endian c string."""
+    return _sha512(SUITE, b"\x02", *points, b"\x00")[:_C_LEN]
+
+
+def _nonce(nonce_key: bytes, h_string: bytes) -> bytes:
+    """ECVRF_nonce_generation_RFC8032 (section 5.4.2.2), as a reduced scalar."""
+    return sodium.crypto_core_ed25519_scalar_reduce(_sha512(nonce_key, h_string))
+
+
+def _scalar16(c_string: bytes) -> bytes:
+    return c_string + bytes(32 - _C_LEN)
+
+
+# --- public API --------------------------------------------------------------------------
+
+
+def public_key(seed: bytes) -> bytes:
+    """The VRF (= Ed25519) public key of a 32-byte seed."""
+    if len(seed) != SEED_LEN:
+        raise ValueError("VRF secret key must be a 32-byte Ed25519 seed")
+    x, _ = _expand_seed(seed)
+    return sodium.crypto_scalarmult_ed25519_base_noclamp(x)
+
+
+def prove(seed: bytes, alpha: bytes) -> bytes:
+    """ECVRF_prove (section 5.1): the 80-byte proof pi for alpha under the seed's key."""
+    if len(seed) != SEED_LEN:
+        raise ValueError("VRF secret key must be a 32-byte Ed25519 seed")
+    x, nonce_key = _expand_seed(seed)
+    pk = sodium.crypto_scalarmult_ed25519_base_noclamp(x)
+    h = _encode_to_curve_tai(pk, alpha)
+    gamma = sodium.crypto_scalarmult_ed25519_noclamp(x, h)
+    k = _nonce(nonce_key, h)
+    u = sodium.crypto_scalarmult_ed25519_base_noclamp(k)
+    v = sodium.crypto_scalarmult_ed25519_noclamp(k, h)
+    c_string = _challenge(pk, h, gamma, u, v)
+    s = sodium.crypto_core_ed25519_scalar_add(
+        k, sodium.crypto_core_ed25519_scalar_mul(_scalar16(c_string), x)
+    )
+    return gamma + c_string + s
+
+
+def proof_to_hash(pi: bytes) -> bytes | None:
+    """ECVRF_proof_to_hash (section 5.2): the 64-byte output beta, None if pi is malformed.
+
+    Only meaningful for a proof that ``verify`` accepted."""
+    if len(pi) != PROOF_LEN:
+        return None
+    gamma = _decode_point(pi[:32])
+    if gamma is None or int.from_bytes(pi[48:], "little") >= _Q:
+        return None
+    return _sha512(SUITE, b"\x03", _encode_point(_times_cofactor(gamma)), b"\x00")
+
+
+def verify(pk: bytes, pi: bytes, alpha: bytes) -> bytes | None:
+    """ECVRF_verify (section 5.3, validate_key = TRUE): beta if pi is valid, else None."""
+    if len(pk) != PUBLIC_KEY_LEN or len(pi) != PROOF_LEN:
+        return None
+    gamma, c_string, s = pi[:32], pi[32:48], pi[48:]
+    if int.from_bytes(s, "little") >= _Q:
+        return None
+    if not (
+        sodium.crypto_core_ed25519_is_valid_point(pk)
+        and sodium.crypto_core_ed25519_is_valid_point(gamma)
+    ):
+        return None
+    h = _encode_to_curve_tai(pk, alpha)
+    c = _scalar16(c_string)
+    try:
+        u = sodium.crypto_core_ed25519_sub(
+            sodium.crypto_scalarmult_ed25519_base_noclamp(s),
+            sodium.crypto_scalarmult_ed25519_noclamp(c, pk),
+        )
+        v = sodium.crypto_core_ed25519_sub(
+            sodium.crypto_scalarmult_ed25519_noclamp(s, h),
+            sodium.crypto_scalarmult_ed25519_noclamp(c, gamma),
+        )
+    except RuntimeError:
+        # libsodium refuses a zero scalar (s = 0 or c = 0): never produced by ``prove``
+        # except with negligible probability, so treated as an invalid proof.
+        return None
+    if _challenge(pk, h, gamma, u, v) != c_string:
+        return None
+    return proof_to_hash(pi)

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from google.protobuf.message import DecodeError
 from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 from gridledger.common.v1 import block_pb2
 from gridledger_core.consensus import lottery, vrf
@@ -64,9 +65,10 @@ def ed25519_verifier(orderers: Mapping[str, bytes]) -> VerifySig:
         if key is None or len(signature) != 64:
             return False
         try:
-            return bool(sodium.crypto_sign_verify_detached(signature, message, key))
-        except Exception:  # nacl raises BadSignatureError (and ValueError on bad lengths)
+            sodium.crypto_sign_open(signature + message, key)
+        except (BadSignatureError, ValueError):
             return False
+        return True
 
     return verify_sig
 

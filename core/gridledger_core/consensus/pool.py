@@ -16,7 +16,7 @@ class _Entry:
 class TxPool:
     """Every orderer keeps every pending transaction it has heard of (from clients or peers),
     so whichever orderer the lottery makes primary can propose it; ids leave the pool when a
-    block containing them becomes final."""
+    block containing them becomes final. Only validated transactions enter."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -50,6 +50,10 @@ class TxPool:
             entry = self._entries.pop(tx_id, None)
             if entry is not None:
                 self._bytes -= len(entry.tx)
+
+    def get(self, tx_id: bytes) -> bytes | None:
+        entry = self._entries.get(tx_id)
+        return None if entry is None else entry.tx
 
     def oldest_arrival(self) -> float | None:
         for entry in self._entries.values():

@@ -194,7 +194,9 @@ class Replica:
         return out
 
     def on_transactions(self, txs: Iterable[bytes], now: float) -> list[Action]:
-        """Transactions accepted by this orderer's Broadcast API (already checked there)."""
+        """Transactions submitted to this orderer's Broadcast API. Unknown ones that pass
+        ``validate_tx`` are pooled and forwarded; the rest are dropped here, so the API should
+        check ``knows_tx``, ``pool_full`` and ``validate_tx`` first to answer the client."""
         out: list[Action] = []
         fresh = [tx for tx in txs if self._pool_add(tx, now)]
         if fresh:
@@ -373,9 +375,13 @@ class Replica:
 
     # --- transactions ----------------------------------------------------------------------
 
-    def _pool_add(self, tx: bytes, now: float) -> bool:
+    def _pool_add(self, tx: bytes, now: float, *, validated: bool = False) -> bool:
+        """Pool a transaction not seen before; garbage never enters, so it never keeps the
+        round timer running."""
         tx_id = self.deps.tx_id_of(tx)
-        if tx_id in self.known_ids:
+        if tx_id in self.known_ids or tx_id in self.pool or self.pool.full:
+            return False
+        if not validated and self.deps.validate_tx(tx) is not True:
             return False
         return self.pool.add(tx_id, tx, now)
 
@@ -455,18 +461,13 @@ class Replica:
     def _cut_block(self, now: float) -> block_pb2.Block | None:
         txs: list[bytes] = []
         size = 0
-        invalid: list[bytes] = []
-        for tx_id, tx in self.pool.items():
+        for _, tx in self.pool.items():  # validated when pooled
             if len(txs) >= self.config.max_batch_txs:
                 break
             if size + len(tx) > self.config.max_batch_bytes and txs:
                 break
-            if self.deps.validate_tx(tx) is not True:
-                invalid.append(tx_id)
-                continue
             txs.append(tx)
             size += len(tx)
-        self.pool.discard(invalid)
         if not txs:
             return None
         proof, output = self._my_vrf_for_height()
@@ -512,6 +513,8 @@ class Replica:
             if tx_id in seen or tx_id in self.known_ids:
                 return f"duplicate tx id {tx_id.hex()}"
             seen.add(tx_id)
+            if self.pool.get(tx_id) == tx:
+                continue  # these exact bytes were validated when they entered the pool
             result = self.deps.validate_tx(tx)
             if result is not True:
                 return f"invalid tx {tx_id.hex()}: {result or 'rejected'}"
@@ -574,7 +577,7 @@ class Replica:
         if self._lock is not None and self._lock.block_hash != bh:
             return  # locked elsewhere and not shown a prepare certificate at least as high
         for tx in block.transactions:
-            self._pool_add(tx, now)  # so a later primary can still propose them
+            self._pool_add(tx, now, validated=True)  # so a later primary can propose them
         self._arm_round_timer(now, out)
         sig = self._sign_vote(Phase.PREPARE, p.round, bh, out)
         if sig is not None:

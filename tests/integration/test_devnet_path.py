@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,12 +15,16 @@ from conftest import committer_stub, height, wait_for
 
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2
-from gridledger.common.v1 import transaction_pb2
+from gridledger.common.v1 import block_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
+from gridledger_core.ledger.block_proof import block_verifier
+from gridledger_core.ledger.ledger import BlockRejected, Ledger
 from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import LmdbStore, MemoryStore
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +149,87 @@ def test_bad_readings_are_refused_with_a_specific_status(network: devnet.Network
     with pytest.raises(grpc.RpcError) as err:
         stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=good), timeout=10)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def _fresh_ledger(network: devnet.Network) -> Ledger:
+    genesis = Genesis.load(network.consortium_dir / "genesis.json")
+    return Ledger(MemoryStore(), genesis, block_verifier(genesis))
+
+
+def _block_zero(network: devnet.Network) -> block_pb2.Block:
+    c1 = committer_stub(network, "committer-1")
+    wait_for(lambda: height(c1) >= 1, 60, "a first block")
+    return c1.GetBlock(committer_pb2.GetBlockRequest(number=0), timeout=5).block
+
+
+def _with_header(block: block_pb2.Block, **changes: object) -> block_pb2.Block:
+    forged = block_pb2.Block()
+    forged.CopyFrom(block)
+    header = block_pb2.BlockHeader.FromString(block.header)
+    for name, value in changes.items():
+        setattr(header, name, value)
+    forged.header = header.SerializeToString()
+    return forged
+
+
+def test_committers_refuse_forged_ordering_proofs(network: devnet.Network) -> None:
+    block = _block_zero(network)
+    assert _fresh_ledger(network).commit(block).number == 0  # the real one is accepted
+
+    forged_cosig = block_pb2.Block()
+    forged_cosig.CopyFrom(block)
+    sig = forged_cosig.metadata.commit_certificate.signatures[0]
+    sig.signature = bytes([sig.signature[0] ^ 1]) + sig.signature[1:]
+    too_small = block_pb2.Block()
+    too_small.CopyFrom(block)
+    del too_small.metadata.commit_certificate.signatures[2:]
+    header = block_pb2.BlockHeader.FromString(block.header)
+    other = next(o for o in ("orderer-1", "orderer-2", "orderer-3", "orderer-4")
+                 if o != header.proposer)
+    bad_vrf = _with_header(block, vrf_proof=bytes(80))
+    not_entitled = _with_header(block, proposer=other)
+    for forged, reason in [(forged_cosig, "forged co-signature"),
+                           (too_small, "quorum certificate too small"),
+                           (bad_vrf, "bad vrf proof"),
+                           (not_entitled, "primary not entitled")]:
+        ledger = _fresh_ledger(network)
+        with pytest.raises(BlockRejected, match=reason):
+            ledger.commit(forged)
+        assert ledger.height == 0
+
+
+def _gridctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "gridctl"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ledger_backup_verify_and_tamper_detection(network: devnet.Network,
+                                                   tmp_path: Path) -> None:
+    committer = network.node("committer-1")
+    c1 = committer_stub(network, "committer-1")
+    wait_for(lambda: height(c1) >= 3, 60, "3 blocks")
+    backup = _gridctl("ledger", "backup", committer.data_dir, str(tmp_path / "copy"), "--json")
+    assert backup.returncode == 0, backup.stderr
+    consortium = ["--consortium-dir", str(network.consortium_dir), "--json"]
+    verified = _gridctl("ledger", "verify", str(tmp_path / "copy"), *consortium)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["ok"] and report["blocks_checked"] >= 3
+
+    # Change one byte of a stored block inside the LMDB file.
+    store = LmdbStore(tmp_path / "copy" / "ledger")
+    stored = store.get(schema.block_key(1))
+    store.close()
+    assert stored is not None
+    data_file = tmp_path / "copy" / "ledger" / "data.mdb"
+    data = bytearray(data_file.read_bytes())
+    header_bytes = block_pb2.Block.FromString(stored).header
+    offset = data.find(header_bytes)
+    assert offset >= 0
+    data[offset + len(header_bytes) - 1] ^= 0x01  # inside block 1's header (its timestamp)
+    data_file.write_bytes(bytes(data))
+    tampered = _gridctl("ledger", "verify", str(tmp_path / "copy"), *consortium)
+    assert tampered.returncode == 4, tampered.stdout + tampered.stderr
+    report = json.loads(tampered.stdout)
+    assert report["problem_height"] == 1
+    assert report["problem"]

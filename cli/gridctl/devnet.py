@@ -141,10 +141,15 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     return Network(directory, consortium_dir, nodes)
 
 
-def start(network: Network, *, wait: float = 60.0) -> None:
-    """Start every node (orderers first), record pids, wait until all report SERVING."""
+ROLE_ORDER = ("orderer", "committer", "endorser", "meter-agent")
+
+
+def start(network: Network, *, wait: float = 60.0,
+          roles: tuple[str, ...] = ROLE_ORDER) -> None:
+    """Start the nodes of `roles` (orderers first), record pids, wait until all report
+    SERVING. Benchmarks start a subset (e.g. only the orderers)."""
     (network.directory / "logs").mkdir(parents=True, exist_ok=True)
-    order = ["orderer", "committer", "endorser", "meter-agent"]
+    order = [role for role in ROLE_ORDER if role in roles]
     try:
         for role in order:
             for node in network.by_role(role):

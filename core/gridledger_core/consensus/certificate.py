@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from google.protobuf.message import DecodeError
-from nacl import bindings as sodium
-from nacl.exceptions import BadSignatureError
 
 from gridledger.common.v1 import block_pb2
 from gridledger_core.consensus import lottery, vrf
 from gridledger_core.consensus.quorum import Quorum
 from gridledger_core.consensus.signing import Phase, block_hash, data_hash, signing_bytes
+from gridledger_core.crypto import verify_signature
 
 VerifySig = Callable[[str, bytes, bytes], bool]  # (orderer id, signed bytes, signature)
 
@@ -58,17 +57,11 @@ class Verdict:
 
 
 def ed25519_verifier(orderers: Mapping[str, bytes]) -> VerifySig:
-    """A ``verify_sig`` over the orderers' Ed25519 public keys (libsodium, strict)."""
+    """A ``verify_sig`` over the orderers' Ed25519 public keys (the one verifier in crypto)."""
 
     def verify_sig(orderer: str, message: bytes, signature: bytes) -> bool:
         key = orderers.get(orderer)
-        if key is None or len(signature) != 64:
-            return False
-        try:
-            sodium.crypto_sign_open(signature + message, key)
-        except (BadSignatureError, ValueError):
-            return False
-        return True
+        return key is not None and verify_signature(key, signature, message)
 
     return verify_sig
 

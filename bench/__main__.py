@@ -1,0 +1,53 @@
+"""`make bench`: every benchmark in one run, printed as it goes and written as a JSON report
+to bench/reports/ (figures measured together on the same machine, so ratios are fair)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from bench import forecast_error, limits, matching, ordering
+
+SUITES = {
+    "limits": limits.run,
+    "matching": matching.run,
+    "forecast_error": forecast_error.run,
+    "ordering": ordering.run,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--profile", choices=["quick", "standard"], default="standard")
+    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these")
+    parser.add_argument("--out", type=Path, default=Path("bench/reports"))
+    args = parser.parse_args()
+    report: dict = {"profile": args.profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "machine": {"python": platform.python_version(),
+                                "cpus": __import__("os").cpu_count(),
+                                "platform": platform.platform()}}
+    for name, run in SUITES.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name} ==", flush=True)
+        started = time.monotonic()
+        report[name] = run(args.profile)
+        report[name]["bench_seconds"] = round(time.monotonic() - started, 1)
+    limit = report.get("limits", {}).get("ed25519_verify_per_s")
+    committer = report.get("ordering", {}).get("committer_only", {}).get("throughput_tx_per_s")
+    if limit and committer:
+        # Each committed reading needs 2 Ed25519 verifications (creator, endorser).
+        report["ratios"] = {"committer_vs_ed25519_bound": round(committer * 2 / limit, 3)}
+        print(f"committer throughput is {report['ratios']['committer_vs_ed25519_bound']:.0%} "
+              "of the Ed25519 verification bound (2 verifications per reading)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()

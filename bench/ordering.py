@@ -1,0 +1,217 @@
+"""Orderer-only and committer-only throughput on this machine.
+
+Orderer-only: the 4 orderers of a fresh consortium run as real processes (the devnet
+launcher, nothing else started); pre-endorsed meter readings are broadcast to them
+round-robin and the benchmark follows Deliver. It reports saturation throughput (all
+transactions offered at once) and broadcast-to-final latency at a fixed offered rate.
+
+Committer-only: the final blocks of that run are committed, in process, into a fresh LMDB
+ledger with the committer's code (verify certificates, re-execute, one write transaction
+per block); it reports transactions per second and where the time goes (cProfile).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import itertools
+import pstats
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.stats import summary_ms
+from gridctl import devnet
+from gridctl.loadgen import prepare_readings
+from gridledger.common.v1 import block_pb2, envelope_pb2
+from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.block_proof import block_verifier
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.tls import secure_channel
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import LmdbStore
+from gridledger_orderer.store import tx_id_of
+
+# (transactions at saturation, offered rate, seconds at that rate)
+PROFILES = {"quick": (1_500, 300, 3.0), "standard": (20_000, 1_000, 15.0)}
+
+
+def endorsed_readings(consortium: Path, count: int, start: int) -> list[bytes]:
+    endorser = SigningIdentity.load(consortium, "endorser-1")
+    envelopes = prepare_readings(consortium, ["meter-1", "meter-2", "meter-3"], count,
+                                 start=start)
+    return [envelope_pb2.EndorsedTransaction(envelope=e, endorsements=[endorser.endorse(e)])
+            .SerializeToString() for e in envelopes]
+
+
+class Follower:
+    """Records when each tx id becomes final, from one orderer's Deliver stream."""
+
+    def __init__(self, address: str, network: devnet.Network) -> None:
+        self.final_at: dict[str, float] = {}
+        self.blocks: list[block_pb2.Block] = []
+        self._channel = secure_channel(address, network.tls())
+        stub = orderer_pb2_grpc.OrdererServiceStub(self._channel)
+        self._call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=0, follow=True))
+        self._done = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for response in self._call:
+                now = time.perf_counter()
+                self.blocks.append(response.block)
+                for tx in response.block.transactions:
+                    self.final_at[tx_id_of(tx)] = now
+        except grpc.RpcError:
+            pass
+        self._done.set()
+
+    def wait_for(self, tx_ids: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(t in self.final_at for t in tx_ids[-50:]) and \
+                    all(t in self.final_at for t in tx_ids):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._done.wait(5)
+        self._channel.close()
+
+
+def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:
+    """Broadcast with futures (round-robin over orderers), paced at `rate` per second or as
+    fast as possible; returns tx id -> send time. RESOURCE_EXHAUSTED is retried."""
+    sent: dict[str, float] = {}
+    pending: list[tuple[grpc.Future, bytes, int]] = []
+    next_at = time.perf_counter()
+    cycle = itertools.cycle(range(len(stubs)))
+    for tx in txs:
+        if rate is not None:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            next_at += 1.0 / rate
+        index = next(cycle)
+        sent[tx_id_of(tx)] = time.perf_counter()
+        pending.append((stubs[index].Broadcast.future(
+            orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index))
+        if len(pending) >= 256:
+            pending = _settle(pending, stubs)
+    while pending:
+        pending = _settle(pending, stubs)
+    return sent
+
+
+def _settle(pending: list, stubs: list) -> list:
+    retry = []
+    for future, tx, index in pending:
+        try:
+            future.result()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+                raise
+            time.sleep(0.05)
+            retry.append((stubs[index].Broadcast.future(
+                orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index))
+    return retry
+
+
+def orderer_only(profile: str, workdir: Path) -> tuple[dict, list[block_pb2.Block], Genesis]:
+    saturation, rate, seconds = PROFILES[profile]
+    consortium = workdir / "consortium"
+    devnet.ensure_consortium(consortium)
+    network = devnet.plan(workdir, consortium, demo=False)
+    devnet.start(network, roles=("orderer",))
+    channels = [secure_channel(o.grpc, network.tls()) for o in network.by_role("orderer")]
+    stubs = [orderer_pb2_grpc.OrdererServiceStub(c) for c in channels]
+    follower = Follower(network.by_role("orderer")[0].grpc, network)
+    try:
+        paced_count = int(rate * seconds)
+        now = int(time.time()) // 900 * 900
+        all_txs = endorsed_readings(consortium, saturation + paced_count, now - 86400 * 30)
+        burst, paced = all_txs[:saturation], all_txs[saturation:]
+
+        sent = broadcast_all(stubs, burst, None)
+        ids = list(sent)
+        if not follower.wait_for(ids, 600):
+            raise RuntimeError("saturation run did not finish")
+        first_sent = min(sent.values())
+        last_final = max(follower.final_at[t] for t in ids)
+        throughput = len(ids) / (last_final - first_sent)
+
+        sent = broadcast_all(stubs, paced, rate)
+        ids = list(sent)
+        if not follower.wait_for(ids, 120):
+            raise RuntimeError("paced run did not finish")
+        latencies = [follower.final_at[t] - sent[t] for t in ids]
+        blocks = list(follower.blocks)
+    finally:
+        follower.close()
+        for channel in channels:
+            channel.close()
+        devnet.stop(network)
+    sizes = [len(b.transactions) for b in blocks]
+    result = {"orderers": len(stubs), "saturation_tx": saturation,
+              "throughput_tx_per_s": round(throughput),
+              "offered_rate_tx_per_s": rate,
+              "broadcast_to_final": summary_ms(latencies),
+              "blocks": len(blocks), "avg_block_tx": round(sum(sizes) / len(sizes), 1)}
+    print(f"orderer-only: {result['throughput_tx_per_s']:,} tx/s at saturation "
+          f"(n={len(stubs)}, {saturation} pre-endorsed tx); at {rate} tx/s offered, "
+          f"broadcast->final p50 {result['broadcast_to_final']['p50_ms']} ms, "
+          f"p99 {result['broadcast_to_final']['p99_ms']} ms")
+    genesis = Genesis.load(consortium / "genesis.json")
+    return result, blocks, genesis
+
+
+def _commit_all(blocks: list[block_pb2.Block], genesis: Genesis, directory: Path) -> float:
+    store = LmdbStore(directory)
+    ledger = Ledger(store, genesis, block_verifier(genesis))
+    start = time.perf_counter()
+    for block in blocks:
+        ledger.commit(block)
+    elapsed = time.perf_counter() - start
+    store.close()
+    return elapsed
+
+
+def committer_only(blocks: list[block_pb2.Block], genesis: Genesis, workdir: Path) -> dict:
+    txs = sum(len(b.transactions) for b in blocks)
+    elapsed = _commit_all(blocks, genesis, workdir / "plain")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _commit_all(blocks, genesis, workdir / "profiled")
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = sum(row[3] for row in stats.stats.values() if row[3]) or 1.0  # type: ignore[attr-defined]
+    by_name: dict[str, float] = {}
+    for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        by_name[f"{Path(filename).name}:{name}"] = row[3]  # cumulative seconds
+    profiled_total = by_name.get("ledger.py:commit", total)
+    signatures = by_name.get("crypto.py:verify_signature", 0.0) + \
+        by_name.get("identity.py:identify", 0.0) + by_name.get("certificate.py:verify_block", 0.0)
+    lmdb = by_name.get("lmdb_store.py:commit", 0.0) + by_name.get("lmdb_store.py:get", 0.0)
+    result = {"transactions": txs, "blocks": len(blocks),
+              "throughput_tx_per_s": round(txs / elapsed),
+              "time_share": {"signature_verification": round(signatures / profiled_total, 3),
+                             "lmdb": round(lmdb / profiled_total, 3),
+                             "rest": round(max(0.0, 1 - (signatures + lmdb) / profiled_total),
+                                           3)}}
+    print(f"committer-only: {result['throughput_tx_per_s']:,} tx/s ({txs} tx in "
+          f"{len(blocks)} blocks); time share {result['time_share']}")
+    return result
+
+
+def run(profile: str = "standard") -> dict:
+    with tempfile.TemporaryDirectory() as directory:
+        workdir = Path(directory)
+        ordering, blocks, genesis = orderer_only(profile, workdir / "net")
+        committing = committer_only(blocks, genesis, workdir / "ledger")
+    return {"orderer_only": ordering, "committer_only": committing}

@@ -26,6 +26,9 @@ def base_parser(role: str) -> argparse.ArgumentParser:
     parser.add_argument("--listen", default="127.0.0.1:0", help="gRPC address to listen on")
     parser.add_argument("--metrics-listen", default="127.0.0.1:0",
                         help="address of the Prometheus /metrics endpoint")
+    parser.add_argument("--health-listen",
+                        help="also serve gRPC health checking, in plaintext, on HOST:PORT "
+                             "(for Kubernetes probes, which cannot present a client cert)")
     parser.add_argument("--data-dir", type=Path, help="directory for this node's LMDB data")
     parser.add_argument("--log-level", default="INFO")
     return parser

@@ -28,6 +28,12 @@ COMMIT_SECONDS = Histogram("gridledger_ledger_block_commit_seconds",
                            "Time to verify, apply and write one block.",
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                     2.5, 5))
+# The first 6 bytes of the tip's block hash and state root as integers (exact in a float64),
+# so an alert can compare committers at one height without unbounded labels.
+LAST_HASH_PREFIX = Gauge("gridledger_ledger_last_block_hash_prefix",
+                         "First 6 bytes of the last block's hash, as a big-endian integer.")
+STATE_ROOT_PREFIX = Gauge("gridledger_ledger_state_root_prefix",
+                          "First 6 bytes of the state root after the last block, as an integer.")
 SUBMIT_TO_COMMIT = Histogram("gridledger_ledger_submit_to_commit_seconds",
                              "From a transaction's header timestamp to its block's commit.",
                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -55,7 +61,7 @@ class BlockFollower:
         self._thread = threading.Thread(target=self._run, name="block-follower", daemon=True)
         self._current = 0
         self._call: grpc.Future | None = None
-        HEIGHT.set(ledger.height)
+        self._publish_tip()
 
     def start(self) -> None:
         self._thread.start()
@@ -114,13 +120,20 @@ class BlockFollower:
         result = self._ledger.commit(block)
         now = time.time()
         COMMIT_SECONDS.observe(time.perf_counter() - start)
-        HEIGHT.set(self._ledger.height)
+        self._publish_tip()
         for code in result.codes:
             TRANSACTIONS.labels(_code_label(code)).inc()
         for timestamp in result.tx_timestamps:
             SUBMIT_TO_COMMIT.observe(max(0.0, now - timestamp))
         if self._on_commit is not None:
             self._on_commit(result)
+
+
+    def _publish_tip(self) -> None:
+        chain = self._ledger.chain
+        HEIGHT.set(chain.height)
+        LAST_HASH_PREFIX.set(int.from_bytes(chain.last_block_hash[:6] or bytes(6), "big"))
+        STATE_ROOT_PREFIX.set(int.from_bytes(chain.state_root[:6], "big"))
 
 
 def _code_label(code: int) -> str:

@@ -29,7 +29,7 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 class NodeServer:
     def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
-                 max_workers: int = 32) -> None:
+                 max_workers: int = 32, health_listen: str | None = None) -> None:
         self.name = name
         self.role = role
         self._listen = listen
@@ -43,6 +43,10 @@ class NodeServer:
         self._on_close: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self.port = 0
+        # Kubelet's native gRPC probe cannot present a client certificate, so a node may also
+        # serve the same health service (and nothing else) in plaintext on a separate port.
+        self._health_listen = health_listen
+        self._health_server: grpc.Server | None = None
 
     def add_service(self, register: Callable[[Any, grpc.Server], None], servicer: Any,
                     full_name: str) -> None:
@@ -70,6 +74,12 @@ class NodeServer:
         start_http_server(port, addr=host)
         NODE_INFO.info({"name": self.name, "role": self.role})
         self._server.start()
+        if self._health_listen:
+            self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            if self._health_server.add_insecure_port(self._health_listen) == 0:
+                raise OSError(f"cannot listen on {self._health_listen}")
+            self._health_server.start()
         for service in ["", *self._services]:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("%s (%s) serving gRPC on %s, metrics on %s", self.name, self.role,
@@ -94,6 +104,8 @@ class NodeServer:
         stopped = self._server.stop(grace_seconds)
         _run_all(self._on_stop)
         stopped.wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         _run_all(self._on_close)
         log.info("%s stopped", self.name)
 

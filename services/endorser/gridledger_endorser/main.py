@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     broadcaster = Broadcaster(orderers, tls)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
-    server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls)
+    server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
+                        health_listen=args.health_listen)
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                        EndorserServicer(ledger, identity, broadcaster),
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)

@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     channel = secure_channel(args.endorser, tls)
     sender = OutboxSender(outbox, endorser_pb2_grpc.EndorserServiceStub(channel))
 
-    server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls)
+    server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
+                        health_listen=args.health_listen)
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(args.name, args.mode, driver, reader, sender, outbox),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)

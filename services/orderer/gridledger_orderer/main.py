@@ -34,13 +34,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"{identity.name} is not an orderer of the genesis configuration")
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     store = OrdererStore(LmdbStore(args.data_dir / "orderer"))
-    transport = Transport(node_config.parse_peers(args.peer, "--peer"), tls)
+    # Deployments may hand every orderer the full member list; it never dials itself.
+    peers = [(name, address) for name, address in node_config.parse_peers(args.peer, "--peer")
+             if name != identity.name]
+    transport = Transport(peers, tls)
     notifier = BlockNotifier()
     params = OrderingParams(args.max_batch_txs, args.max_batch_bytes, args.max_batch_wait,
                             args.round_timeout)
     node = OrdererNode(genesis, identity, store, transport, params, notifier.delivered)
 
-    server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls)
+    server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls,
+                        health_listen=args.health_listen)
     server.add_service(orderer_pb2_grpc.add_OrdererServiceServicer_to_server,
                        OrdererServicer(node, store, notifier),
                        orderer_pb2.DESCRIPTOR.services_by_name["OrdererService"].full_name)

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Turn a consortium directory made by `gridctl network init` into Kubernetes objects:
+#   ConfigMap gridledger-consortium     genesis.json and tls-ca-bundle.pem (public)
+#   Secret gridledger-node-<name>       signing.pem, signing.key, tls.pem, tls.key of one node
+# printed as YAML on stdout. The organisations' CA keys (orgs/) are never read: keep them off
+# the cluster. Needs only `kubectl` (no cluster access: client-side dry runs).
+#
+#   gridctl network init --consortium-dir ./consortium            # --orderers 7 for production
+#   kubectl apply -f k8s/base/namespace.yaml
+#   k8s/consortium-secrets.sh ./consortium | kubectl apply -f -
+#   kubectl apply -k k8s/overlays/dev
+set -eu
+
+usage() { echo "usage: $0 CONSORTIUM_DIR [NAMESPACE]" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || usage
+dir=$1
+namespace=${2:-gridledger}
+[ -f "$dir/genesis.json" ] && [ -f "$dir/tls-ca-bundle.pem" ] && [ -d "$dir/nodes" ] || {
+  echo "$dir is not a consortium directory (made by gridctl network init)" >&2; exit 1; }
+
+labels="app.kubernetes.io/name=gridledger app.kubernetes.io/part-of=gridledger"
+
+emit() {  # kubectl create ... arguments; prints one labelled object
+  kubectl create "$@" --namespace "$namespace" --dry-run=client -o yaml \
+    | kubectl label --local -f - $labels -o yaml
+}
+
+emit configmap gridledger-consortium \
+  --from-file="genesis.json=$dir/genesis.json" \
+  --from-file="tls-ca-bundle.pem=$dir/tls-ca-bundle.pem"
+
+for node in "$dir"/nodes/*/; do
+  name=$(basename "$node")
+  for file in signing.pem signing.key tls.pem tls.key; do
+    [ -f "$node$file" ] || { echo "$node$file is missing" >&2; exit 1; }
+  done
+  echo ---
+  emit secret generic "gridledger-node-$name" \
+    --from-file="signing.pem=${node}signing.pem" --from-file="signing.key=${node}signing.key" \
+    --from-file="tls.pem=${node}tls.pem" --from-file="tls.key=${node}tls.key" \
+    | kubectl label --local -f - "gridledger.io/node=$name" -o yaml
+done

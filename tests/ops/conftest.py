@@ -1,13 +1,9 @@
-"""Fixtures for the operations checks: the repository root, the project's console scripts and
-metric names, kubectl, and promtool (installed from Debian's `prometheus` package when
-missing and this is a root session that can use apt-get)."""
+"""Fixtures for the operations checks: the repository root and kubectl (promtool comes from
+the top-level conftest, shared with the integration tests)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,45 +21,3 @@ def kubectl() -> str:
     if path is None:
         pytest.fail("kubectl is needed to render the kustomize overlays (`kubectl kustomize`)")
     return path
-
-
-def _prometheus_pids() -> set[int]:
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "exe").endswith("/prometheus"):
-                    pids.add(int(proc.name))
-            except OSError:
-                continue
-    return pids
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    """promtool from PATH, or from Debian's `prometheus` package installed here and now.
-
-    Skips only when it is missing and cannot be installed (not root, or no apt-get). A
-    Prometheus server that the package's maintainer scripts might start is stopped again."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("promtool is missing and cannot be installed (needs root and apt-get)")
-    before = _prometheus_pids()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env,
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        "prometheus"], check=True, env=env, stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=600)
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"installing Debian's prometheus package failed: {exc.stderr.decode()[-2000:]}")
-    finally:
-        for pid in _prometheus_pids() - before:  # started by the package, i.e. by us
-            os.kill(pid, signal.SIGTERM)
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("the prometheus package is installed but promtool is not on PATH")
-    return found

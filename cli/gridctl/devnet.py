@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -88,10 +89,33 @@ class Network:
         return cls(directory, Path(doc["consortium_dir"]), [Node(**n) for n in doc["nodes"]])
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, drawn below the kernel's ephemeral range: ports that bind(0)
+    returns come from that range, where any outgoing connection may take them again before
+    the node that was planned for them starts listening."""
+    low, high = 20000, _ephemeral_low() - 1
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
@@ -102,7 +126,8 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
 
 
 def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
-         reading_pace: float = 20.0, backfill_hours: int = 48) -> Network:
+         reading_pace: float = 20.0, backfill_hours: int = 48,
+         contract_wh: int = 100) -> Network:
     """Assign ports, data dirs and command lines for every node of the consortium."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
     names = sorted((consortium_dir / "nodes").iterdir())
@@ -138,6 +163,19 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
                        "--mode", "plant" if role == Role.PLANT else "meter",
                        "--backfill-hours", str(backfill_hours if demo else 0),
                        "--pace", str(reading_pace)]
+    # New-energy trading (issue 6): meters ask each other for plants (claim 3) and, in the
+    # demo, buy supply contracts of `contract_wh`; the initiating organisation's issuer runs
+    # as a meter-agent in issuer mode (see gridledger_meter_agent/issuer.py for why).
+    meters = [n for n in nodes if n.role == "meter-agent" and roles[n.name] == Role.METER]
+    for meter in meters:
+        others = [f"{o.name}={o.grpc}" for o in meters if o is not meter]
+        meter.args += ["--contract-wh", str(contract_wh if demo else 0)]
+        meter.args += ["--neighbour", ",".join(others)] if others else []
+    for name, role in sorted(roles.items()):
+        if role == Role.ISSUER and genesis.membership.identify(SigningIdentity.load(
+                consortium_dir, name).certificate).org == genesis.initiating_organization:
+            add(name, "meter-agent").args += ["--mode", "issuer", "--endorser", endorsers[0].grpc,
+                                              "--committer", committers[0].grpc]
     return Network(directory, consortium_dir, nodes)
 
 

@@ -61,7 +61,8 @@ def default_topology(orderers: int = 4, meters: int = 3, plants: int = 2) -> Top
     alone when n >= 4."""
     ops = OrgSpec("gridops", [NodeSpec("endorser-1", Role.ENDORSER),
                               NodeSpec("committer-1", Role.COMMITTER),
-                              NodeSpec("admin", Role.ADMIN)])
+                              NodeSpec("admin", Role.ADMIN),
+                              NodeSpec("issuer", Role.ISSUER)])
     utility = OrgSpec("utility", [NodeSpec("committer-2", Role.COMMITTER)])
     for i in range(1, orderers + 1):
         (ops if i % 2 else utility).nodes.append(NodeSpec(f"orderer-{i}", Role.ORDERER))

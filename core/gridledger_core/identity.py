@@ -28,6 +28,9 @@ class Role(enum.StrEnum):
     METER = "meter"
     PLANT = "plant"
     ADMIN = "admin"
+    # Issues carbon coins and certificates; the ledger accepts it only from the genesis
+    # initiating organisation (kept apart from admin, whose key operators use for the CLI).
+    ISSUER = "issuer"
 
 
 @dataclass(frozen=True)

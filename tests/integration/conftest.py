@@ -46,7 +46,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         try:
             if condition():
                 return
-        except grpc.RpcError:
+        except (grpc.RpcError, OSError):  # not up yet: gRPC or HTTP (metrics, Prometheus)
             pass
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")

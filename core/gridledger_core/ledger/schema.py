@@ -10,6 +10,26 @@ change with a migration instead of silently reinterpreting bytes.
 State keys (the part after s1/), as accepted by CommitterService.GetState:
 
     reading/<meter>/<interval start, 12 digits>     MeterReading
+
+Pre-sale market (issue 3; slot = slot start, 12 digits; seq = market sequence, 12 digits):
+
+    order/<order id>                                OrderRecord (every order, with all fills)
+    order-book/<slot>/<b|s>/<rank, 15 digits>/<seq> order id, only while the order is open;
+                                                    rank = price for sells, 10^15-1-price for
+                                                    buys, so key order is price-time priority
+    order-meter/<meter>/<slot>/<seq>                order id (a meter's orders, oldest first)
+    trade/<slot>/<seq>                              TradeRecord
+    trade-meter/<meter>/<slot>/<seq>                "<slot>/<seq>" of the trade's key
+    option/<option id>                              tx id of the PlaceOrder that used it
+    market/sequence                                 last market sequence number, 8 bytes BE
+
+New-energy trading (issue 6):
+
+    plant/<plant>                                   PlantRecord
+    contract/<contract id>                          SupplyContractRecord
+    open-contract/<meter>                           id of the meter's one open contract
+    carbon/<account>                                CarbonAccount (carbon coin balance)
+    certificate/<contract id>                       SignedEnvelope over a CarbonCertificate
 """
 
 from __future__ import annotations
@@ -43,3 +63,76 @@ def reading_key(meter: str, interval_start: int) -> str:
 
 def reading_prefix(meter: str) -> str:
     return f"reading/{meter}/"
+
+
+# -- pre-sale market --------------------------------------------------------------------------
+
+PRICE_RANK_MAX = 10**15 - 1
+MARKET_SEQUENCE = "market/sequence"
+
+
+def order_key(order_id: str) -> str:
+    return f"order/{order_id}"
+
+
+def order_book_prefix(slot_start: int, side: str | None = None) -> str:
+    """Open orders of a slot (``side``: "b" or "s", or None for both)."""
+    return f"order-book/{slot_start:012d}/" + (f"{side}/" if side else "")
+
+
+def order_book_key(slot_start: int, side: str, price: int, sequence: int) -> str:
+    rank = price if side == "s" else PRICE_RANK_MAX - price
+    return f"{order_book_prefix(slot_start, side)}{rank:015d}/{sequence:012d}"
+
+
+def order_meter_prefix(meter: str, slot_start: int | None = None) -> str:
+    return f"order-meter/{meter}/" + (f"{slot_start:012d}/" if slot_start is not None else "")
+
+
+def order_meter_key(meter: str, slot_start: int, sequence: int) -> str:
+    return f"{order_meter_prefix(meter, slot_start)}{sequence:012d}"
+
+
+def trade_prefix(slot_start: int | None = None) -> str:
+    return "trade/" + (f"{slot_start:012d}/" if slot_start is not None else "")
+
+
+def trade_key(slot_start: int, sequence: int) -> str:
+    return f"{trade_prefix(slot_start)}{sequence:012d}"
+
+
+def trade_meter_prefix(meter: str, slot_start: int | None = None) -> str:
+    return f"trade-meter/{meter}/" + (f"{slot_start:012d}/" if slot_start is not None else "")
+
+
+def trade_meter_key(meter: str, slot_start: int, sequence: int) -> str:
+    return f"{trade_meter_prefix(meter, slot_start)}{sequence:012d}"
+
+
+def option_key(option_id: str) -> str:
+    return f"option/{option_id}"
+
+
+# -- new-energy trading (issue 6) -------------------------------------------------------------
+
+CONTRACT_PREFIX = "contract/"
+
+
+def plant_key(plant: str) -> str:
+    return f"plant/{plant}"
+
+
+def contract_key(contract_id: str) -> str:
+    return f"{CONTRACT_PREFIX}{contract_id}"
+
+
+def open_contract_key(meter: str) -> str:
+    return f"open-contract/{meter}"
+
+
+def carbon_key(account: str) -> str:
+    return f"carbon/{account}"
+
+
+def certificate_key(contract_id: str) -> str:
+    return f"certificate/{contract_id}"

@@ -12,12 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules import energy as energy_rules
+from gridledger_core.ledger.rules import market as market_rules
 from gridledger_core.ledger.rules import readings
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext
 
 TRANSITIONS: dict[str, Callable[[StateOverlay, TxContext, Any], None]] = {
     **readings.RULES,
+    **energy_rules.RULES,
+    **market_rules.RULES,
 }
 
 

@@ -9,6 +9,8 @@ import grpc
 
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import transaction_pb2
+from gridledger_committer import market_queries
+from gridledger_committer.energy_queries import EnergyQueries
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.ledger import CommitResult, Ledger
 
@@ -39,7 +41,7 @@ class CommitNotifier:
             return not self._closed
 
 
-class CommitterServicer(committer_pb2_grpc.CommitterServiceServicer):
+class CommitterServicer(EnergyQueries, committer_pb2_grpc.CommitterServiceServicer):
     def __init__(self, ledger: Ledger, notifier: CommitNotifier) -> None:
         self._ledger = ledger
         self._notifier = notifier
@@ -98,6 +100,18 @@ class CommitterServicer(committer_pb2_grpc.CommitterServiceServicer):
         if len(page) > size:
             response.next_page_token = page[size][0]
         return response
+
+    def ListOpenOrders(self, request: committer_pb2.ListOpenOrdersRequest,
+                       context: grpc.ServicerContext) -> committer_pb2.ListOpenOrdersResponse:
+        return market_queries.list_open_orders(self._ledger, request, context)
+
+    def ListOrders(self, request: committer_pb2.ListOrdersRequest,
+                   context: grpc.ServicerContext) -> committer_pb2.ListOrdersResponse:
+        return market_queries.list_orders(self._ledger, request, context)
+
+    def ListTrades(self, request: committer_pb2.ListTradesRequest,
+                   context: grpc.ServicerContext) -> committer_pb2.ListTradesResponse:
+        return market_queries.list_trades(self._ledger, request, context)
 
     def SubscribeCommits(self, request: committer_pb2.SubscribeCommitsRequest,
                          context: grpc.ServicerContext

@@ -14,7 +14,9 @@ from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
+from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
 
@@ -22,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("endorser")
     parser.add_argument("--orderer", action="append", default=[],
                         help="NAME=HOST:PORT of an orderer (repeatable)")
+    parser.add_argument("--option-ttl", type=int, default=DEFAULT_OPTION_TTL,
+                        help="seconds a trade option stays acceptable")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger")
@@ -31,12 +35,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     broadcaster = Broadcaster(orderers, tls)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
+    # The book cache is rebuilt from the replica before the follower starts, then follows it.
+    books = BookCache(ledger)
+
     server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                         health_listen=args.health_listen)
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
-                       EndorserServicer(ledger, identity, broadcaster),
+                       EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl),
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
-    follower = BlockFollower(ledger, orderers, tls)
+    follower = BlockFollower(ledger, orderers, tls, on_commit=books.on_commit)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
     server.on_close(store.close)

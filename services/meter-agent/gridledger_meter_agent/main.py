@@ -1,18 +1,24 @@
-"""gridledger-meter-agent: a smart meter (or, with --mode plant, a plant's meter) on the chain.
+"""gridledger-meter-agent: a smart meter, a plant's meter (--mode plant), or the initiating
+organisation's carbon coin issuer (--mode issuer) on the chain.
 
-It reads the device at every ledger interval, signs each reading, keeps it in a local LMDB
-outbox and sends it to the endorser; with --backfill-hours a new simulated meter first
-posts that much history (paced by --pace readings per second), which the forecaster needs.
+Meters and plants read the device at every ledger interval, sign each reading, keep it in a
+local LMDB outbox and send it to the endorser; with --backfill-hours a new simulated meter
+first posts that much history (paced by --pace readings per second), which the forecaster
+needs. With --committer they also trade new energy (seed 002): plants announce and sign
+contract terms; meters keep a plant directory, rank plants, sign contracts, end them and
+collect carbon coins and certificates (see plant.py, buyer.py, issuer.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import threading
 import time
 import zlib
 from collections.abc import Sequence
 
+from gridledger.committer.v1 import committer_pb2_grpc
 from gridledger.endorser.v1 import endorser_pb2_grpc
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
 from gridledger_core import node_config
@@ -22,23 +28,33 @@ from gridledger_core.profiles.plant import PlantProfile
 from gridledger_core.rpc.server import NodeServer, split_host_port
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
+from gridledger_meter_agent import energy_setup
+from gridledger_meter_agent.commit_watch import CommitWatcher
 from gridledger_meter_agent.drivers import MeterDriver, ModbusTcpMeter, SimulatedMeter
+from gridledger_meter_agent.issuer import Issuer
+from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.outbox import Outbox
 from gridledger_meter_agent.readings import IntervalReader
 from gridledger_meter_agent.sender import OutboxSender
-from gridledger_meter_agent.service import MeterAgentServicer
+from gridledger_meter_agent.service import AgentParts, MeterAgentServicer
 
 log = logging.getLogger(__name__)
 
 
-def make_driver(args: object, name: str, mode: str, now: int) -> MeterDriver:
+def make_profile(args: argparse.Namespace, name: str,
+                 mode: str) -> HouseholdProfile | PlantProfile:
+    seed = zlib.crc32(name.encode())
+    if mode == "plant":
+        return PlantProfile(seed=seed)
+    pv_kwp = args.pv_kwp if args.pv_kwp >= 0 else [0.0, 4.0, 8.0][seed % 3]
+    return HouseholdProfile(seed=seed, pv_kwp=pv_kwp, annual_kwh=3000 + seed % 2500)
+
+
+def make_driver(args: argparse.Namespace, profile: HouseholdProfile | PlantProfile,
+                now: int) -> MeterDriver:
     if args.driver == "modbus":
         host, port = split_host_port(args.modbus_address)
         return ModbusTcpMeter(host, port)
-    seed = zlib.crc32(name.encode())
-    profile = (PlantProfile(seed=seed) if mode == "plant" else
-               HouseholdProfile(seed=seed, pv_kwp=[0.0, 4.0, 8.0][seed % 3],
-                                annual_kwh=3000 + seed % 2500))
     # Commissioned well before any backfill so the counters exist for the whole history.
     return SimulatedMeter(profile, commissioned_at=now - 400 * 86400)
 
@@ -60,42 +76,84 @@ def run_agent(reader: IntervalReader, sender: OutboxSender, stop: threading.Even
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("meter-agent")
-    parser.add_argument("--mode", choices=["meter", "plant"], default="meter")
+    parser.add_argument("--mode", choices=["meter", "plant", "issuer"], default="meter")
     parser.add_argument("--endorser", help="HOST:PORT of the endorser")
-    parser.add_argument("--committer", help="HOST:PORT of a committer (queries)")
+    parser.add_argument("--committer", help="HOST:PORT of a committer (queries; needed for "
+                                            "new-energy trading)")
     parser.add_argument("--driver", choices=["simulated", "modbus"], default="simulated")
     parser.add_argument("--modbus-address", default="127.0.0.1:502")
+    parser.add_argument("--pv-kwp", type=float, default=-1.0,
+                        help="simulated household PV size (default: derived from the name)")
     parser.add_argument("--backfill-hours", type=int, default=0,
                         help="history a new simulated meter posts first")
     parser.add_argument("--pace", type=float, default=20.0,
                         help="readings created per second while catching up")
+    energy_setup.add_flags(parser)
     args = node_config.parse(parser, argv, required=("name", "consortium_dir", "data_dir",
                                                      "endorser"))
+    if args.mode == "issuer" and not args.committer:
+        parser.error("--mode issuer needs --committer")
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     identity = SigningIdentity.load(args.consortium_dir, args.name)
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
-    now = int(time.time())
-    driver = make_driver(args, args.name, args.mode, now)
-    outbox = Outbox(args.data_dir / "outbox")
-    reader = IntervalReader(driver, identity, outbox, genesis.reading_interval_seconds)
+    parts = AgentParts(args.name, args.mode)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    closers = []
     channel = secure_channel(args.endorser, tls)
-    sender = OutboxSender(outbox, endorser_pb2_grpc.EndorserServiceStub(channel))
+    closers.append(channel.close)
+    endorser = endorser_pb2_grpc.EndorserServiceStub(channel)
+
+    profile = None
+    if args.mode != "issuer":  # the reading pipeline, as it always was
+        profile = make_profile(args, args.name, args.mode)
+        parts.driver = make_driver(args, profile, int(time.time()))
+        parts.outbox = Outbox(args.data_dir / "outbox")
+        parts.reader = IntervalReader(parts.driver, identity, parts.outbox,
+                                      genesis.reading_interval_seconds)
+        parts.sender = OutboxSender(parts.outbox, endorser)
+        threads.append(threading.Thread(
+            target=run_agent, name="agent", daemon=True,
+            args=(parts.reader, parts.sender, stop, args.backfill_hours * 3600, args.pace)))
+        closers += [parts.driver.close, parts.outbox.close]
+
+    ledger = None
+    if args.committer:
+        committer_channel = secure_channel(args.committer, tls)
+        closers.append(committer_channel.close)
+        ledger = LedgerClient(endorser, committer_pb2_grpc.CommitterServiceStub(committer_channel))
+        if args.mode == "meter":
+            parts.directory, parts.buyer, meter_threads, meter_closers = energy_setup.meter_parts(
+                args, identity, genesis, ledger, tls, args.data_dir, stop)
+            threads += meter_threads
+            closers += meter_closers
+        elif args.mode == "issuer":
+            parts.issuer = Issuer(identity, genesis, ledger)
+            watcher = CommitWatcher(ledger.committer, lambda _block: None, stop)
+            threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
+                        threading.Thread(target=parts.issuer.run, args=(stop, watcher.changed),
+                                         name="issuer", daemon=True)]
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
                         health_listen=args.health_listen)
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
-                       MeterAgentServicer(args.name, args.mode, driver, reader, sender, outbox),
+                       MeterAgentServicer(parts),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)
-    stop = threading.Event()
-    worker = threading.Thread(target=run_agent, name="agent", daemon=True,
-                              args=(reader, sender, stop, args.backfill_hours * 3600, args.pace))
     server.on_stop(stop.set)
-    server.on_stop(lambda: worker.join(timeout=15))
-    server.on_close(channel.close)
-    server.on_close(driver.close)
-    server.on_close(outbox.close)
+    server.on_stop(lambda: [t.join(timeout=15) for t in threads])
+    for close in reversed(closers):
+        server.on_close(close)
     server.start()
-    worker.start()
+    if args.mode == "plant" and ledger is not None:
+        host, _ = split_host_port(args.listen)
+        plant_profile = profile if args.driver == "simulated" else None
+        assert plant_profile is None or isinstance(plant_profile, PlantProfile)
+        parts.plant = energy_setup.plant_agent(args, identity, ledger, plant_profile,
+                                               f"{host}:{server.port}")
+        threads.append(threading.Thread(target=parts.plant.run, args=(stop,), name="announce",
+                                        daemon=True))
+    for thread in threads:
+        thread.start()
     server.serve_until_signal()
 
 

@@ -1,0 +1,302 @@
+"""gridctl's pre-sale market commands: `order place|cancel|list`, `book SLOT`, `trades`.
+
+`order place` signs as a meter of the devnet (`--as METER`, keys from the consortium
+directory named in network.json): it sends the signed trade request to an endorser, shows the
+option it got back (the trades and what would rest), accepts it by submitting a PlaceOrder
+transaction that carries the option, and waits for the commit. Slots are given as Unix
+seconds or ISO 8601 (e.g. 2026-11-22T12:00Z); prices in µ/kWh, quantities in Wh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gridctl import devnet
+from gridctl.output import emit, fail
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger.common.v1 import market_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.ledger.errors import code_name
+from gridledger_core.market import ledger_view as view
+from gridledger_core.rpc.tls import secure_channel
+from gridledger_core.signing_identity import SigningIdentity
+
+SIDES = {"buy": market_pb2.ORDER_SIDE_BUY, "sell": market_pb2.ORDER_SIDE_SELL}
+ORDER_COLUMNS = ["order_id", "owner", "side", "slot", "price", "quantity_wh", "filled_wh",
+                 "remaining_wh", "cancelled_wh", "fills"]
+TRADE_COLUMNS = ["trade_id", "slot", "buyer", "seller", "price", "quantity_wh", "taker_side",
+                 "executed_at"]
+
+
+def parse_slot(text: str) -> int:
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not Unix seconds or ISO 8601: {text!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp())
+
+
+def slot_label(seconds: int) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%MZ")
+
+
+# -- connections ------------------------------------------------------------------------------
+
+def _network(args: argparse.Namespace) -> devnet.Network:
+    if not (args.dir / "network.json").exists():
+        fail(f"no network at {args.dir}; start one with `gridctl devnet up --dir {args.dir}`")
+    return devnet.Network.load(args.dir)
+
+
+def _node(network: devnet.Network, name: str | None, role: str) -> devnet.Node:
+    if name:
+        try:
+            return network.node(name)
+        except KeyError:
+            fail(f"no node {name!r} in the network")
+    nodes = network.by_role(role)
+    if not nodes:
+        fail(f"the network has no {role}")
+    return nodes[0]
+
+
+def _endorser(args: argparse.Namespace) -> tuple[devnet.Network, grpc.Channel, Any]:
+    network = _network(args)
+    channel = secure_channel(_node(network, args.endorser, "endorser").grpc, network.tls())
+    return network, channel, endorser_pb2_grpc.EndorserServiceStub(channel)
+
+
+def _committer(args: argparse.Namespace) -> tuple[grpc.Channel, Any]:
+    network = _network(args)
+    channel = secure_channel(_node(network, args.node, "committer").grpc, network.tls())
+    return channel, committer_pb2_grpc.CommitterServiceStub(channel)
+
+
+def _call(method: Any, request: Any) -> Any:
+    try:
+        return method(request, timeout=10)
+    except grpc.RpcError as exc:
+        fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
+
+
+def _signer(network: devnet.Network, name: str) -> SigningIdentity:
+    if not (network.consortium_dir / "nodes" / name).is_dir():
+        fail(f"no identity {name!r} in {network.consortium_dir}")
+    return SigningIdentity.load(network.consortium_dir, name)
+
+
+def _wait_committed(args: argparse.Namespace, tx_id: str, timeout: float = 60.0) -> dict:
+    channel, stub = _committer(args)
+    deadline = time.monotonic() + timeout
+    with channel:
+        while time.monotonic() < deadline:
+            try:
+                found = stub.GetTransaction(committer_pb2.GetTransactionRequest(tx_id=tx_id),
+                                            timeout=5)
+                return {"validation_code": code_name(found.validation_code),
+                        "block": found.block_number, "message": found.message}
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
+            time.sleep(0.25)
+    fail(f"transaction {tx_id} not committed after {timeout:.0f} s", 3)
+    raise AssertionError  # unreachable: fail exits
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+def order_row(record: market_pb2.OrderRecord) -> dict:
+    filled = sum(f.quantity_wh for f in record.fills)
+    return {"order_id": record.order_id, "owner": record.owner,
+            "side": view.side_name(record.side), "slot": slot_label(record.slot_start),
+            "slot_start": record.slot_start, "price": record.price,
+            "quantity_wh": record.quantity_wh, "filled_wh": filled,
+            "remaining_wh": record.remaining_wh, "cancelled_wh": record.cancelled_wh,
+            "fills": len(record.fills), "sequence": record.sequence,
+            "fill_list": [trade_row(f) for f in record.fills]}
+
+
+def trade_row(trade: market_pb2.TradeRecord) -> dict:
+    return {"trade_id": trade.trade_id, "slot": slot_label(trade.slot_start),
+            "slot_start": trade.slot_start, "buyer": trade.buyer, "seller": trade.seller,
+            "buy_order_id": trade.buy_order_id, "sell_order_id": trade.sell_order_id,
+            "price": trade.price, "quantity_wh": trade.quantity_wh,
+            "taker_side": view.side_name(trade.taker_side),
+            "executed_at": slot_label(trade.executed_at)}
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_order_place(args: argparse.Namespace) -> None:
+    network, channel, stub = _endorser(args)
+    meter = _signer(network, args.as_meter)
+    terms = market_pb2.OrderTerms(meter=meter.name, side=SIDES[args.side], slot_start=args.slot,
+                                  price=args.price, quantity_wh=args.quantity)
+    request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
+                                      requested_at=int(time.time()))
+    with channel:
+        answer = _call(stub.RequestOptions, endorser_pb2.RequestOptionsRequest(
+            request=meter.sign_envelope(request.SerializeToString())))
+        option = market_pb2.TradeOption.FromString(answer.option.payload)
+        # Accepting = signing a transaction that carries the endorser-signed option as is.
+        envelope = meter.new_transaction("place_order",
+                                         market_pb2.PlaceOrder(option=answer.option))
+        submitted = _call(stub.SubmitTransaction,
+                          endorser_pb2.SubmitTransactionRequest(envelope=envelope))
+    out: dict[str, Any] = {
+        "order_id": submitted.tx_id, "option_id": option.option_id,
+        "trades": [{"maker_order_id": t.maker_order_id, "counterparty": t.maker,
+                    "price": t.price, "quantity_wh": t.quantity_wh} for t in option.trades],
+        "filled_wh": sum(t.quantity_wh for t in option.trades), "rests_wh": option.rest_wh,
+        "cancelled_wh": option.cancelled_wh, "forecast_net_wh": answer.forecast_net_wh,
+        "allowance_wh": answer.allowance_wh, "committed_before_wh": answer.committed_wh}
+    if not args.no_wait:
+        out |= _wait_committed(args, submitted.tx_id)
+    if args.json:
+        emit(out, True)
+        return
+    trades = out.pop("trades")
+    emit(out, False)
+    if trades:
+        print()
+        emit(trades, False, ["maker_order_id", "counterparty", "price", "quantity_wh"])
+    if out.get("validation_code", "VALID") != "VALID":
+        raise SystemExit(4)
+
+
+def cmd_order_cancel(args: argparse.Namespace) -> None:
+    network, channel, stub = _endorser(args)
+    meter = _signer(network, args.as_meter)
+    envelope = meter.new_transaction("cancel_order",
+                                     market_pb2.CancelOrder(order_id=args.order_id))
+    with channel:
+        submitted = _call(stub.SubmitTransaction,
+                          endorser_pb2.SubmitTransactionRequest(envelope=envelope))
+    out: dict[str, Any] = {"tx_id": submitted.tx_id, "order_id": args.order_id}
+    if not args.no_wait:
+        out |= _wait_committed(args, submitted.tx_id)
+    emit(out, args.json)
+    if out.get("validation_code", "VALID") != "VALID":
+        raise SystemExit(4)
+
+
+def _all_pages(method: Any, request: Any, field: str, limit: int) -> list[Any]:
+    items: list[Any] = []
+    while True:
+        response = _call(method, request)
+        items += list(getattr(response, field))
+        if not response.next_page_token or len(items) >= limit:
+            return items[:limit]
+        request.page_token = response.next_page_token
+
+
+def cmd_order_list(args: argparse.Namespace) -> None:
+    channel, stub = _committer(args)
+    with channel:
+        if args.meter:
+            records = _all_pages(stub.ListOrders, committer_pb2.ListOrdersRequest(
+                meter=args.meter, slot_start=args.slot or 0), "orders", args.limit)
+        elif args.slot:
+            records = _all_pages(stub.ListOpenOrders, committer_pb2.ListOpenOrdersRequest(
+                slot_start=args.slot), "orders", args.limit)
+        else:
+            fail("give --meter (a meter's orders) or --slot (a slot's open orders)")
+    rows = [order_row(r) for r in records]
+    if not args.json:
+        rows = [{k: v for k, v in r.items() if k != "fill_list"} for r in rows]
+    emit(rows, args.json, ORDER_COLUMNS)
+
+
+def cmd_book(args: argparse.Namespace) -> None:
+    _, channel, stub = _endorser(args)
+    with channel:
+        book = _call(stub.GetBook, endorser_pb2.GetBookRequest(slot_start=args.slot,
+                                                               levels=args.levels))
+    levels = lambda side: [{"price": lv.price, "quantity_wh": lv.quantity_wh,  # noqa: E731
+                            "orders": lv.orders} for lv in side]
+    data = {"slot": slot_label(book.slot_start), "slot_start": book.slot_start,
+            "open": book.open, "ledger_height": book.ledger_height,
+            "bids": levels(book.bids), "asks": levels(book.asks)}
+    if args.json:
+        emit(data, True)
+        return
+    print(f"slot {data['slot']} ({'open' if book.open else 'closed'}), "
+          f"ledger height {book.ledger_height}")
+    rows = []
+    for i in range(max(len(book.bids), len(book.asks))):
+        bid = book.bids[i] if i < len(book.bids) else None
+        ask = book.asks[i] if i < len(book.asks) else None
+        rows.append({"bid_orders": bid.orders if bid else "", "bid_wh": bid.quantity_wh
+                     if bid else "", "bid_price": bid.price if bid else "",
+                     "ask_price": ask.price if ask else "",
+                     "ask_wh": ask.quantity_wh if ask else "",
+                     "ask_orders": ask.orders if ask else ""})
+    emit(rows, False, ["bid_orders", "bid_wh", "bid_price", "ask_price", "ask_wh",
+                       "ask_orders"])
+
+
+def cmd_trades(args: argparse.Namespace) -> None:
+    channel, stub = _committer(args)
+    with channel:
+        trades = _all_pages(stub.ListTrades, committer_pb2.ListTradesRequest(
+            meter=args.meter or "", slot_start=args.slot or 0), "trades", args.limit)
+    emit([trade_row(t) for t in trades], args.json, TRADE_COLUMNS)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def register(sub: Any) -> None:
+    """Add the market commands to gridctl's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=Path(".devnet"),
+                        help="devnet directory holding network.json (default .devnet)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--node", help="committer to ask (default: the first)")
+    common.add_argument("--endorser", help="endorser to ask (default: the first)")
+    signing = argparse.ArgumentParser(add_help=False)
+    signing.add_argument("--as", dest="as_meter", required=True, metavar="METER",
+                         help="sign as this meter (its keys from the consortium directory)")
+    signing.add_argument("--no-wait", action="store_true", help="do not wait for the commit")
+
+    order = sub.add_parser("order", help="pre-sale orders").add_subparsers(dest="action",
+                                                                           required=True)
+    place = order.add_parser("place", parents=[common, signing],
+                             help="request options, accept them, wait for the commit")
+    place.add_argument("--side", choices=sorted(SIDES), required=True)
+    place.add_argument("--slot", type=parse_slot, required=True,
+                       help="delivery slot start: Unix seconds or ISO 8601")
+    place.add_argument("--price", type=int, required=True, help="limit price, µ/kWh")
+    place.add_argument("--quantity", type=int, required=True, help="energy, Wh")
+    place.set_defaults(func=cmd_order_place)
+    cancel = order.add_parser("cancel", parents=[common, signing], help="cancel an open order")
+    cancel.add_argument("order_id")
+    cancel.set_defaults(func=cmd_order_cancel)
+    listing = order.add_parser("list", parents=[common],
+                               help="a meter's orders with fills, or a slot's open orders")
+    listing.add_argument("--meter")
+    listing.add_argument("--slot", type=parse_slot)
+    listing.add_argument("--limit", type=int, default=1000)
+    listing.set_defaults(func=cmd_order_list)
+
+    book = sub.add_parser("book", parents=[common], help="depth of a slot's order book")
+    book.add_argument("slot", type=parse_slot)
+    book.add_argument("--levels", type=int, default=0, help="price levels per side (0: all)")
+    book.set_defaults(func=cmd_book)
+
+    trades = sub.add_parser("trades", parents=[common], help="committed trades")
+    trades.add_argument("--meter")
+    trades.add_argument("--slot", type=parse_slot)
+    trades.add_argument("--limit", type=int, default=1000)
+    trades.set_defaults(func=cmd_trades)

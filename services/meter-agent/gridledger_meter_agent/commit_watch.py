@@ -1,0 +1,64 @@
+"""Following the committer's SubscribeCommits stream and handing each committed block to a
+callback, reconnecting with backoff when the stream breaks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+OnBlock = Callable[[committer_pb2.GetBlockResponse], None]
+
+
+class CommitWatcher:
+    """Calls `on_block` for every block from the chain height at start (a new agent does not
+    replay history: what it missed it learns from the ledger state or from neighbours), and
+    sets `changed` after each block so loops waiting for news wake up."""
+
+    def __init__(self, stub: committer_pb2_grpc.CommitterServiceStub, on_block: OnBlock,
+                 stop: threading.Event) -> None:
+        self._stub = stub
+        self._on_block = on_block
+        self._stop = stop
+        self.changed = threading.Event()
+        self.next_number: int | None = None
+        self._stream: grpc.Future | None = None  # the open stream, cancelled at shutdown
+
+    def _cancel_on_stop(self) -> None:
+        self._stop.wait()
+        if self._stream is not None:
+            self._stream.cancel()
+
+    def run(self) -> None:
+        threading.Thread(target=self._cancel_on_stop, name="commits-stop", daemon=True).start()
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if self.next_number is None:
+                    self.next_number = self._stub.GetChainInfo(
+                        committer_pb2.GetChainInfoRequest(), timeout=5).height
+                self._follow()
+                backoff = 0.5
+            except grpc.RpcError as exc:
+                log.debug("commit stream: %s", exc.code())  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("commit watcher")
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _follow(self) -> None:
+        stream = self._stub.SubscribeCommits(
+            committer_pb2.SubscribeCommitsRequest(start_number=self.next_number or 0))
+        self._stream = stream
+        for event in stream:
+            block = self._stub.GetBlock(committer_pb2.GetBlockRequest(number=event.number),
+                                        timeout=10)
+            self._on_block(block)
+            self.next_number = event.number + 1
+            self.changed.set()

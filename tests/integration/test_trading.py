@@ -1,0 +1,190 @@
+"""Issue 3 on a real devnet: two meters trade through the endorser, with a partial fill; the
+trade and the remaining order are on both committers; the endorser, restarted mid-way,
+rebuilds the same book from its ledger and keeps matching against it.
+
+The network has two meters picked for their simulated profiles: meter-4 (8 kWp of PV, a
+daytime surplus) and meter-6 (no PV, always a deficit). Their agents backfill 50 hours of
+readings, so every slot whose market is open (up to 48 h ahead) has at least one day of
+history. The test computes both meters' forecasts from the committed readings with the shared
+forecaster, as any auditor could, and trades in the slot where the seller's surplus is
+largest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from conftest import committer_stub, dump_logs_on_failure, height, wait_for
+
+from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2
+from gridledger.common.v1 import market_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.consortium import NodeSpec, create_consortium, default_topology
+from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Role
+from gridledger_core.ledger.rules.market import forecast_params
+from gridledger_core.market.forecast import forecast
+from gridledger_core.rpc.tls import secure_channel
+from gridledger_core.signing_identity import SigningIdentity
+
+pytestmark = pytest.mark.integration
+
+SELLER, BUYER = "meter-4", "meter-6"
+BACKFILL_HOURS = 50
+ASK, BID, LOW_BID = 300_000, 310_000, 200_000
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    directory = tmp_path_factory.mktemp("trading")
+    consortium = directory / "consortium"
+    topology = default_topology(meters=0, plants=0)
+    community = next(o for o in topology.orgs if o.name == "community")
+    community.nodes += [NodeSpec(SELLER, Role.METER), NodeSpec(BUYER, Role.METER)]
+    create_consortium(consortium, topology)
+    net = devnet.plan(directory, consortium, demo=True, backfill_hours=BACKFILL_HOURS,
+                      reading_pace=50.0)
+    devnet.start(net)
+    try:
+        yield net
+    finally:
+        devnet.stop(net)
+        dump_logs_on_failure(net)
+
+
+def endorser_stub(net: devnet.Network) -> endorser_pb2_grpc.EndorserServiceStub:
+    node = net.by_role("endorser")[0]
+    return endorser_pb2_grpc.EndorserServiceStub(secure_channel(node.grpc, net.tls()))
+
+
+def all_readings(stub: object, meter: str) -> list:
+    readings, token = [], ""
+    while True:
+        page = stub.ListReadings(committer_pb2.ListReadingsRequest(  # type: ignore[attr-defined]
+            meter=meter, page_size=1000, page_token=token), timeout=10)
+        readings += list(page.readings)
+        token = page.next_page_token
+        if not token:
+            return readings
+
+
+def pick_slot(genesis: Genesis, seller: list, buyer: list) -> tuple[int, int, int]:
+    """(slot, seller surplus, buyer deficit) of the open slot with the largest surplus."""
+    market, now = genesis.market, int(time.time())
+    params = forecast_params(market)
+    first = (now + market.gate_closure_seconds + 300) // market.slot_seconds + 1
+    last = (now + market.open_before_seconds - 300) // market.slot_seconds
+    best = (0, 0, 0)
+    for slot in (n * market.slot_seconds for n in range(first, last + 1)):
+        surplus = forecast(seller, slot, market.slot_seconds, params, as_of=now).net_wh
+        deficit = -forecast(buyer, slot, market.slot_seconds, params, as_of=now).net_wh
+        if surplus > best[1] and deficit >= 300:
+            best = (slot, surplus, deficit)
+    return best
+
+
+def place(stub: endorser_pb2_grpc.EndorserServiceStub, meter: SigningIdentity, side: int,
+          slot: int, price: int, quantity: int) -> tuple[str, market_pb2.TradeOption]:
+    terms = market_pb2.OrderTerms(meter=meter.name, side=side, slot_start=slot, price=price,
+                                  quantity_wh=quantity)
+    request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
+                                      requested_at=int(time.time()))
+    answer = stub.RequestOptions(endorser_pb2.RequestOptionsRequest(
+        request=meter.sign_envelope(request.SerializeToString())), timeout=10)
+    envelope = meter.new_transaction("place_order", market_pb2.PlaceOrder(option=answer.option))
+    tx_id = stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=envelope),
+                                   timeout=10).tx_id
+    return tx_id, market_pb2.TradeOption.FromString(answer.option.payload)
+
+
+def committed(stubs: list, tx_id: str) -> bool:
+    for stub in stubs:
+        try:
+            found = stub.GetTransaction(committer_pb2.GetTransactionRequest(tx_id=tx_id),
+                                        timeout=5)
+        except grpc.RpcError:
+            return False
+        assert found.validation_code == 1, found.message
+    return True
+
+
+def book(stub: endorser_pb2_grpc.EndorserServiceStub, slot: int) -> tuple[list, list, int]:
+    depth = stub.GetBook(endorser_pb2.GetBookRequest(slot_start=slot), timeout=10)
+    return ([(lv.price, lv.quantity_wh, lv.orders) for lv in depth.bids],
+            [(lv.price, lv.quantity_wh, lv.orders) for lv in depth.asks], depth.ledger_height)
+
+
+def test_two_meters_trade_with_a_partial_fill_across_an_endorser_restart(
+        network: devnet.Network) -> None:
+    genesis = Genesis.load(network.consortium_dir / "genesis.json")
+    c1, c2 = committer_stub(network, "committer-1"), committer_stub(network, "committer-2")
+    committers = [c1, c2]
+    expected = BACKFILL_HOURS * 3600 // genesis.reading_interval_seconds
+    for meter in (SELLER, BUYER):
+        wait_for(lambda m=meter: len(all_readings(c1, m)) >= expected, 240,
+                 f"{expected} readings of {meter}")
+    slot, surplus, deficit = pick_slot(genesis, all_readings(c1, SELLER),
+                                       all_readings(c1, BUYER))
+    assert surplus >= 300, f"no open slot with a forecast surplus for {SELLER}"
+    lot = genesis.market.lot_wh
+    sell_wh = min(surplus, 2 * deficit) // lot * lot
+    buy_wh = max(lot, min(deficit, sell_wh - lot) // lot * lot)
+    stub = endorser_stub(network)
+    seller = SigningIdentity.load(network.consortium_dir, SELLER)
+    buyer = SigningIdentity.load(network.consortium_dir, BUYER)
+
+    # The seller's order rests whole (nothing to match yet).
+    sell_id, option = place(stub, seller, market_pb2.ORDER_SIDE_SELL, slot, ASK, sell_wh)
+    assert (list(option.trades), option.rest_wh) == ([], sell_wh)
+    wait_for(lambda: committed(committers, sell_id), 60, "the sell order on both committers")
+    wait_for(lambda: book(stub, slot)[1] == [(ASK, sell_wh, 1)], 30, "the sell in the book")
+    before = book(stub, slot)
+
+    # Restart the endorser mid-way: it rebuilds the same book from its ledger replica.
+    endorser = network.by_role("endorser")[0]
+    devnet.stop_node(endorser)
+    devnet.restart_node(network, endorser)
+    stub = endorser_stub(network)
+    after = book(stub, slot)
+    assert after[:2] == before[:2] and after[2] >= before[2]
+
+    # The buyer takes part of it: one trade at the resting order's price (partial fill).
+    buy_id, option = place(stub, buyer, market_pb2.ORDER_SIDE_BUY, slot, BID, buy_wh)
+    assert [(t.maker_order_id, t.maker, t.price, t.quantity_wh) for t in option.trades] == [
+        (sell_id, SELLER, ASK, buy_wh)]
+    wait_for(lambda: committed(committers, buy_id), 60, "the trade on both committers")
+    wait_for(lambda: book(stub, slot)[1] == [(ASK, sell_wh - buy_wh, 1)], 30,
+             "the partially filled sell in the book")
+
+    # The trade and the remaining order are on both committers, identically.
+    wait_for(lambda: height(c1) == height(c2), 30, "both committers at one height")
+    views = []
+    for committer in committers:
+        orders = committer.ListOrders(committer_pb2.ListOrdersRequest(meter=SELLER,
+                                                                      slot_start=slot))
+        [sell] = orders.orders
+        assert (sell.order_id, sell.quantity_wh, sell.remaining_wh) == (sell_id, sell_wh,
+                                                                        sell_wh - buy_wh)
+        [fill] = sell.fills
+        assert (fill.buyer, fill.seller, fill.price, fill.quantity_wh, fill.buy_order_id) == (
+            BUYER, SELLER, ASK, buy_wh, buy_id)
+        trades = committer.ListTrades(committer_pb2.ListTradesRequest(meter=BUYER))
+        assert [t.trade_id for t in trades.trades] == [fill.trade_id]
+        open_orders = committer.ListOpenOrders(committer_pb2.ListOpenOrdersRequest(
+            slot_start=slot))
+        assert [o.order_id for o in open_orders.orders] == [sell_id]
+        views.append((sell.SerializeToString(deterministic=True),
+                      [o.SerializeToString(deterministic=True) for o in open_orders.orders]))
+    assert views[0] == views[1]
+
+    # The endorser's book is its ledger's open orders, and survives another restart.
+    final = book(stub, slot)
+    devnet.stop_node(endorser)
+    devnet.restart_node(network, endorser)
+    assert book(endorser_stub(network), slot)[:2] == final[:2] == ([], [(ASK, sell_wh - buy_wh,
+                                                                          1)])

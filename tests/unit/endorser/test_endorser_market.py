@@ -1,0 +1,269 @@
+"""The endorser's market RPCs in-process: a real servicer over a Ledger on a MemoryStore, with
+a recording broadcaster in place of the orderers (the network boundary).
+
+Each preset condition is refused with its own gRPC status and a message naming it, and
+nothing is recorded: no broadcast, no state change, no book change. Then the whole flow:
+options, acceptance, commit, book cache updates, partial fills, stale options, rebuild."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from ledger_helpers import ChainBuilder, identity
+from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms, tx_id
+from prometheus_client import REGISTRY
+
+from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2
+from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger import schema
+from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import MemoryStore
+from gridledger_endorser.book_cache import BookCache
+from gridledger_endorser.service import EndorserServicer
+
+ASK = 250_000
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+@dataclass
+class RecordingBroadcaster:
+    sent: list[bytes] = field(default_factory=list)
+
+    def broadcast(self, endorsed_transaction: bytes) -> None:
+        self.sent.append(endorsed_transaction)
+
+
+def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
+                 previous: bytes | None) -> None:
+    """Consensus proofs are tested with the consensus core."""
+
+
+@dataclass
+class Endorser:
+    servicer: EndorserServicer
+    ledger: Ledger
+    chain: ChainBuilder
+    broadcaster: RecordingBroadcaster
+    ids: dict[str, SigningIdentity]
+
+    def request(self, signer: str, order: market_pb2.OrderTerms
+                ) -> endorser_pb2.RequestOptionsResponse:
+        envelope = signed_request(self.ids[signer], order)
+        return self.servicer.RequestOptions(
+            endorser_pb2.RequestOptionsRequest(request=envelope), FakeContext())  # type: ignore[arg-type]
+
+    def submit(self, envelope: envelope_pb2.SignedEnvelope) -> str:
+        return self.servicer.SubmitTransaction(
+            endorser_pb2.SubmitTransactionRequest(envelope=envelope), FakeContext()).tx_id  # type: ignore[arg-type]
+
+    def accept(self, signer: str, response: endorser_pb2.RequestOptionsResponse
+               ) -> envelope_pb2.SignedEnvelope:
+        envelope = place(self.ids[signer], response.option)
+        self.submit(envelope)
+        return envelope
+
+    def commit_broadcast(self) -> list[int]:
+        """Order what was broadcast into one block and commit it, as the follower would."""
+        result = self.ledger.commit(self.chain.block(self.broadcaster.sent, timestamp=NOW))
+        self.broadcaster.sent.clear()
+        self.servicer.books.on_commit(result)
+        return result.codes
+
+    def book(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        depth = self.servicer.GetBook(endorser_pb2.GetBookRequest(slot_start=SLOT),
+                                      FakeContext())  # type: ignore[arg-type]
+        return ([(lv.price, lv.quantity_wh, lv.orders) for lv in depth.bids],
+                [(lv.price, lv.quantity_wh, lv.orders) for lv in depth.asks])
+
+
+@pytest.fixture()
+def endorser(genesis: Genesis, consortium_dir: Path) -> Endorser:
+    ids = {n: identity(consortium_dir, n)
+           for n in ("endorser-1", "meter-1", "meter-2", "meter-3", "plant-1")}
+    ledger = Ledger(MemoryStore(), genesis, accept_proof)
+    chain = ChainBuilder()
+    e = ids["endorser-1"]
+    txs = (history(ids["meter-1"], e, SLOT, produced=2000, consumed=500)  # surplus 6,000 Wh
+           + history(ids["meter-2"], e, SLOT, produced=0, consumed=1500)  # deficit 6,000 Wh
+           + history(ids["meter-3"], e, SLOT, produced=100, consumed=600))  # deficit 2,000 Wh
+    assert set(ledger.commit(chain.block(txs, timestamp=NOW)).codes) == {
+        Code.TX_VALIDATION_CODE_VALID}
+    broadcaster = RecordingBroadcaster()
+    servicer = EndorserServicer(ledger, e, broadcaster, clock=lambda: NOW)  # type: ignore[arg-type]
+    return Endorser(servicer, ledger, chain, broadcaster, ids)
+
+
+HOUR = 3600
+CLOSED_SLOT = (NOW // HOUR + 1) * HOUR  # gate closure was at the start of this hour
+CONDITIONS = {
+    # case: (signer, terms, gRPC status, condition in the message)
+    "signer_not_meter": ("plant-1", terms("plant-1", SELL, ASK, 1000),
+                         grpc.StatusCode.PERMISSION_DENIED, "signer_not_meter"),
+    "not_own_account": ("meter-1", terms("meter-2", SELL, ASK, 1000),
+                        grpc.StatusCode.PERMISSION_DENIED, "not_own_account"),
+    "side_unspecified": ("meter-1", terms("meter-1", 0, ASK, 1000),
+                         grpc.StatusCode.INVALID_ARGUMENT, "side_unspecified"),
+    "slot_not_aligned": ("meter-1", terms("meter-1", SELL, ASK, 1000, slot=SLOT + 900),
+                         grpc.StatusCode.INVALID_ARGUMENT, "slot_not_aligned"),
+    "slot_after_gate_closure": ("meter-1", terms("meter-1", SELL, ASK, 1000, slot=CLOSED_SLOT),
+                                grpc.StatusCode.FAILED_PRECONDITION, "slot_not_open"),
+    "slot_not_open_yet": ("meter-1", terms("meter-1", SELL, ASK, 1000, slot=SLOT + 3 * 86400),
+                          grpc.StatusCode.FAILED_PRECONDITION, "slot_not_open"),
+    "price_above_band": ("meter-1", terms("meter-1", SELL, 2_000_000, 1000),
+                         grpc.StatusCode.INVALID_ARGUMENT, "price_out_of_band"),
+    "price_zero": ("meter-1", terms("meter-1", SELL, 0, 1000),
+                   grpc.StatusCode.INVALID_ARGUMENT, "price_out_of_band"),
+    "price_off_tick": ("meter-1", terms("meter-1", SELL, 250_500, 1000),
+                       grpc.StatusCode.INVALID_ARGUMENT, "price_off_tick"),
+    "quantity_zero": ("meter-1", terms("meter-1", SELL, ASK, 0),
+                      grpc.StatusCode.INVALID_ARGUMENT, "quantity_not_positive"),
+    "quantity_not_lot_multiple": ("meter-1", terms("meter-1", SELL, ASK, 150),
+                                  grpc.StatusCode.INVALID_ARGUMENT, "quantity_not_lot_multiple"),
+    "sell_above_surplus": ("meter-1", terms("meter-1", SELL, ASK, 6700),
+                           grpc.StatusCode.FAILED_PRECONDITION, "quantity_above_forecast"),
+    "buy_without_deficit": ("meter-1", terms("meter-1", BUY, ASK, 100),
+                            grpc.StatusCode.FAILED_PRECONDITION, "quantity_above_forecast"),
+}
+
+
+def _requests(side: str, result: str) -> float:
+    value = REGISTRY.get_sample_value("gridledger_endorser_trade_requests_total",
+                                      {"side": side, "result": result})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("case", sorted(CONDITIONS))
+def test_each_preset_condition_is_refused_by_name_and_records_nothing(
+        endorser: Endorser, case: str) -> None:
+    # A resting order exists, so "nothing recorded" covers the book too.
+    endorser.accept("meter-1", endorser.request("meter-1", terms("meter-1", SELL, ASK, 1000)))
+    endorser.commit_broadcast()
+    signer, order, status, condition = CONDITIONS[case]
+    state = list(endorser.ledger.store.scan(b""))
+    book = endorser.servicer.books.open_orders()
+    side = {BUY: "buy", SELL: "sell"}.get(order.side, "unspecified")
+    counted = _requests(side, condition)
+    with pytest.raises(Aborted) as err:
+        endorser.request(signer, order)
+    assert err.value.code == status
+    assert f": {condition}: " in err.value.details, err.value.details
+    assert endorser.broadcaster.sent == []
+    assert list(endorser.ledger.store.scan(b"")) == state
+    assert endorser.servicer.books.open_orders() == book
+    assert _requests(side, condition) == counted + 1
+
+
+def test_quantity_message_gives_the_numbers(endorser: Endorser) -> None:
+    with pytest.raises(Aborted) as err:
+        endorser.request("meter-1", terms("meter-1", SELL, ASK, 6700))
+    assert ("forecast net 6000 Wh" in err.value.details
+            and "allowance 6600 Wh" in err.value.details), err.value.details
+
+
+def test_bad_signature_and_unknown_signer_are_unauthenticated(endorser: Endorser,
+                                                             tmp_path: Path) -> None:
+    envelope = signed_request(endorser.ids["meter-1"], terms("meter-1", SELL, ASK, 1000))
+    envelope.signature = bytes(64)
+    create_consortium(tmp_path / "rogue", default_topology())
+    stranger = SigningIdentity.load(tmp_path / "rogue", "meter-1")
+    for bad in (envelope, signed_request(stranger, terms("meter-1", SELL, ASK, 1000))):
+        with pytest.raises(Aborted) as err:
+            endorser.servicer.RequestOptions(endorser_pb2.RequestOptionsRequest(request=bad),
+                                             FakeContext())  # type: ignore[arg-type]
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert endorser.broadcaster.sent == []
+
+
+def test_options_trades_partial_fills_and_the_book_cache(endorser: Endorser) -> None:
+    matched_before = REGISTRY.get_sample_value(
+        "gridledger_endorser_matching_seconds_count") or 0.0
+    # A sell with nothing to match: the option rests it whole.
+    first = endorser.request("meter-1", terms("meter-1", SELL, ASK, 3000))
+    option = market_pb2.TradeOption.FromString(first.option.payload)
+    assert (list(option.trades), option.rest_wh, option.endorser) == ([], 3000, "endorser-1")
+    assert (first.forecast_net_wh, first.allowance_wh, first.committed_wh) == (6000, 6600, 0)
+    assert endorser.book() == ([], [])  # nothing is in the book before it is committed
+    sell = endorser.accept("meter-1", first)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert endorser.book() == ([], [(ASK, 3000, 1)])
+
+    # A buy above the ask: one trade at the resting order's price, for the smaller quantity.
+    second = endorser.request("meter-2", terms("meter-2", BUY, 260_000, 1000))
+    option = market_pb2.TradeOption.FromString(second.option.payload)
+    assert [(t.maker_order_id, t.maker, t.price, t.quantity_wh) for t in option.trades] == [
+        (tx_id(sell), "meter-1", ASK, 1000)]
+    assert option.rest_wh == 0
+    endorser.accept("meter-2", second)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert endorser.book() == ([], [(ASK, 2000, 1)])
+
+    # A buy larger than what is left: the remainder (claim 4) rests as the new order.
+    third = endorser.request("meter-3", terms("meter-3", BUY, ASK, 2200))
+    option = market_pb2.TradeOption.FromString(third.option.payload)
+    assert ([t.quantity_wh for t in option.trades], option.rest_wh) == ([2000], 200)
+    endorser.accept("meter-3", third)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert endorser.book() == ([(ASK, 200, 1)], [])
+
+    # The book rebuilt from the ledger (an endorser restart) is the same book.
+    rebuilt = BookCache(endorser.ledger, clock=lambda: NOW)
+    assert rebuilt.open_orders() == endorser.servicer.books.open_orders()
+    assert (REGISTRY.get_sample_value("gridledger_endorser_matching_seconds_count") or 0.0) == \
+        matched_before + 3
+
+
+def test_stale_options_fail_at_commit_and_the_cache_follows_the_ledger(
+        endorser: Endorser) -> None:
+    endorser.accept("meter-1", endorser.request("meter-1", terms("meter-1", SELL, ASK, 2000)))
+    endorser.commit_broadcast()
+    # Two buyers get options on the same 2,000 Wh before either is committed; both pass
+    # simulation (the state has not moved yet), the ledger takes the first only.
+    a = endorser.request("meter-2", terms("meter-2", BUY, ASK, 2000))
+    b = endorser.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    endorser.accept("meter-2", a)
+    endorser.accept("meter-3", b)
+    codes = endorser.commit_broadcast()
+    assert codes == [Code.TX_VALIDATION_CODE_VALID, Code.TX_VALIDATION_CODE_STATE_CONFLICT]
+    assert endorser.book() == ([], [])
+    # The refused option can no longer pass simulation either.
+    with pytest.raises(Aborted) as err:
+        endorser.accept("meter-3", b)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not on the ledger" in err.value.details or "over-fill" in err.value.details
+    assert endorser.broadcaster.sent == []
+
+
+def test_cancel_removes_the_order_from_the_cache(endorser: Endorser) -> None:
+    sell = endorser.accept("meter-1", endorser.request("meter-1",
+                                                        terms("meter-1", SELL, ASK, 1000)))
+    endorser.commit_broadcast()
+    assert endorser.book() == ([], [(ASK, 1000, 1)])
+    other = endorser.ids["meter-2"].new_transaction(
+        "cancel_order", market_pb2.CancelOrder(order_id=tx_id(sell)), timestamp=NOW)
+    with pytest.raises(Aborted) as err:
+        endorser.submit(other)
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+    own = endorser.ids["meter-1"].new_transaction(
+        "cancel_order", market_pb2.CancelOrder(order_id=tx_id(sell)), timestamp=NOW)
+    endorser.submit(own)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert endorser.book() == ([], [])
+    assert endorser.ledger.get_state(schema.order_key(tx_id(sell))) is not None

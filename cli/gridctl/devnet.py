@@ -127,7 +127,7 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
 
 def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
          reading_pace: float = 20.0, backfill_hours: int = 48,
-         contract_wh: int = 100) -> Network:
+         contract_wh: int = 100, presale_share: int = 50) -> Network:
     """Assign ports, data dirs and command lines for every node of the consortium."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
     names = sorted((consortium_dir / "nodes").iterdir())
@@ -170,6 +170,10 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     for meter in meters:
         others = [f"{o.name}={o.grpc}" for o in meters if o is not meter]
         meter.args += ["--contract-wh", str(contract_wh if demo else 0)]
+        if meter is meters[0]:
+            meter.args += ["--pv-kwp", "0"]  # a pure consumer, so the demo has buyers
+        meter.args += ["--presale-share", str(presale_share if demo else 0),
+                       "--presale-every", "10"]
         meter.args += ["--neighbour", ",".join(others)] if others else []
     for name, role in sorted(roles.items()):
         if role == Role.ISSUER and genesis.membership.identify(SigningIdentity.load(
@@ -260,24 +264,31 @@ def _is_ours(node: Node) -> bool:
 
 
 def stop_node(node: Node, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
-    if not pid_alive(node.pid) or not _is_ours(node):
-        return
-    os.kill(node.pid, sig)
+    stop_nodes([node], timeout, sig)
+
+
+def stop_nodes(nodes: list[Node], timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Signal all of `nodes` at once, wait up to `timeout` for them to exit, then SIGKILL the
+    rest. Only pids that still run the node (its data dir on the command line) are touched."""
+    running = [n for n in nodes if pid_alive(n.pid) and _is_ours(n)]
+    for node in running:
+        os.kill(node.pid, sig)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(node.pid):
-            return
+    while running and time.monotonic() < deadline:
+        running = [n for n in running if pid_alive(n.pid)]
         time.sleep(0.05)
-    os.kill(node.pid, signal.SIGKILL)
-    while pid_alive(node.pid):
-        time.sleep(0.05)
+    for node in running:
+        os.kill(node.pid, signal.SIGKILL)
+    for node in running:
+        while pid_alive(node.pid):
+            time.sleep(0.05)
 
 
 def stop(network: Network) -> None:
-    """Stop every node, devices first and orderers last, each with SIGTERM then SIGKILL."""
+    """Stop every node, devices first and orderers last (each role's nodes together), with
+    SIGTERM and, after 10 s, SIGKILL."""
     for role in ["meter-agent", "endorser", "committer", "orderer"]:
-        for node in network.by_role(role):
-            stop_node(node)
+        stop_nodes(network.by_role(role))
 
 
 def restart_node(network: Network, node: Node, wait: float = 60.0) -> None:

@@ -105,7 +105,8 @@ def _watch(network: devnet.Network) -> None:
             previous = (now, total)
             dead = [n.name for n in network.nodes if not devnet.pid_alive(n.pid)]
             line = f"{time.strftime('%H:%M:%S')}  {' | '.join(parts)} | txs={total} " \
-                   f"({rate:.1f}/s)" + (f" | DOWN: {', '.join(dead)}" if dead else "")
+                   f"({rate:.1f}/s)" + _activity(next(iter(stubs.values()))) + \
+                   (f" | DOWN: {', '.join(dead)}" if dead else "")
             print(line, flush=True)
             for _ in range(20):
                 if stopping:
@@ -117,6 +118,16 @@ def _watch(network: devnet.Network) -> None:
         print("stopping devnet ...", file=sys.stderr)
         devnet.stop(network)
         print("devnet stopped", file=sys.stderr)
+
+
+def _activity(stub: committer_pb2_grpc.CommitterServiceStub) -> str:
+    """Trading and new-energy activity for the live summary (empty while unavailable)."""
+    try:
+        trades = stub.ListTrades(committer_pb2.ListTradesRequest(page_size=1000), timeout=2)
+        more = "+" if trades.next_page_token else ""
+        return f" | trades={len(trades.trades)}{more} | {commands_energy.energy_summary(stub)}"
+    except grpc.RpcError:
+        return ""
 
 
 def cmd_devnet_down(args: argparse.Namespace) -> None:

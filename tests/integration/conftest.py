@@ -20,7 +20,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network
     directory = tmp_path_factory.mktemp("devnet")
     consortium = directory / "consortium"
     devnet.ensure_consortium(consortium)
-    net = devnet.plan(directory, consortium, demo=True, backfill_hours=2)
+    # A day and a bit of history, so the meters' forecasts (same hour on earlier days) see
+    # something and the demo's pre-sale orders are placed.
+    net = devnet.plan(directory, consortium, demo=True, backfill_hours=26)
     devnet.start(net)
     try:
         yield net

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Info, start_http_server
 
 from gridledger_core.rpc.metrics import MetricsInterceptor
-from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
+from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class NodeServer:
         self._metrics_listen = metrics_listen
         self._tls = tls
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                   interceptors=[MetricsInterceptor()], options=CHANNEL_OPTIONS)
+                                   interceptors=[MetricsInterceptor()], options=SERVER_OPTIONS)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self._services: list[str] = []
         self._on_stop: list[Callable[[], None]] = []

@@ -45,5 +45,14 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# Servers accept the clients' keepalive pings (every 20 s, also on idle connections such as
+# Deliver and SubscribeCommits streams) instead of answering GOAWAY "too_many_pings".
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 def secure_channel(address: str, tls: TlsFiles) -> grpc.Channel:
     return grpc.secure_channel(address, tls.channel_credentials(), options=CHANNEL_OPTIONS)

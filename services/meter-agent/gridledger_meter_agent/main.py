@@ -28,7 +28,7 @@ from gridledger_core.profiles.plant import PlantProfile
 from gridledger_core.rpc.server import NodeServer, split_host_port
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
-from gridledger_meter_agent import energy_setup
+from gridledger_meter_agent import energy_setup, presale
 from gridledger_meter_agent.commit_watch import CommitWatcher
 from gridledger_meter_agent.drivers import MeterDriver, ModbusTcpMeter, SimulatedMeter
 from gridledger_meter_agent.issuer import Issuer
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pace", type=float, default=20.0,
                         help="readings created per second while catching up")
     energy_setup.add_flags(parser)
+    presale.add_flags(parser)
     args = node_config.parse(parser, argv, required=("name", "consortium_dir", "data_dir",
                                                      "endorser"))
     if args.mode == "issuer" and not args.committer:
@@ -127,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args, identity, genesis, ledger, tls, args.data_dir, stop)
             threads += meter_threads
             closers += meter_closers
+            policy = presale.policy_from(args)
+            if policy.share_percent:
+                trader = presale.PresaleTrader(identity, genesis, ledger, policy)
+                threads.append(threading.Thread(target=trader.run, args=(stop,),
+                                                name="presale", daemon=True))
         elif args.mode == "issuer":
             parts.issuer = Issuer(identity, genesis, ledger)
             watcher = CommitWatcher(ledger.committer, lambda _block: None, stop)

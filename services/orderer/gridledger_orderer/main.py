@@ -52,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                        ConsensusServicer(node, genesis),
                        consensus_pb2.DESCRIPTOR.services_by_name["ConsensusService"].full_name)
     server.on_stop(notifier.close)
+    server.on_stop(transport.stop)  # ends our streams into the peers' Exchange calls
     server.on_stop(node.stop)
-    server.on_stop(transport.stop)
     server.on_close(store.close)
     server.start()
     transport.start()

@@ -1,0 +1,140 @@
+"""Pre-sale participation (seed 000 claim 2, meter side): forecast this meter's surplus or
+deficit for the next open delivery slot with the shared forecaster over its readings on the
+ledger, and offer a share of it under a price policy.
+
+One order per slot: the agent asks the endorser for options (RequestOptions), accepts them
+by signing a PlaceOrder that carries the endorser-signed option unchanged, and submits it.
+The endorser re-checks everything (forecast, allowance, band), so a policy that asks too
+much is refused with the condition's name, logged and counted, and never retried for that
+slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter
+
+from gridledger.committer.v1 import committer_pb2
+from gridledger.common.v1 import market_pb2
+from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.genesis import Genesis
+from gridledger_core.market.forecast import ForecastParams, Reading, forecast, history_window
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_meter_agent.ledger_client import LedgerClient, Refused
+
+log = logging.getLogger(__name__)
+
+ORDERS = Counter("gridledger_meter_presale_orders",
+                 "Pre-sale orders this meter placed, by side and result.", ["side", "result"])
+
+
+@dataclass(frozen=True)
+class PresalePolicy:
+    share_percent: int  # of the forecast surplus (sell) or deficit (buy) offered; 0 = off
+    sell_price: int  # µ/kWh asked when selling
+    buy_price: int  # µ/kWh bid when buying
+    every_seconds: float = 30.0
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("pre-sale trading")
+    g.add_argument("--presale-share", type=int, default=0,
+                   help="meter: percent of the forecast surplus/deficit of the next open slot "
+                        "to offer (0: place no orders on its own)")
+    g.add_argument("--presale-sell-price", type=int, default=120_000,
+                   help="meter: price asked when selling, micro-units per kWh")
+    g.add_argument("--presale-buy-price", type=int, default=180_000,
+                   help="meter: price bid when buying, micro-units per kWh")
+    g.add_argument("--presale-every", type=float, default=30.0,
+                   help="meter: seconds between looks at the next open slot")
+
+
+def policy_from(args: argparse.Namespace) -> PresalePolicy:
+    if not 0 <= args.presale_share <= 100:
+        raise SystemExit("--presale-share must be between 0 and 100")
+    return PresalePolicy(args.presale_share, args.presale_sell_price, args.presale_buy_price,
+                         args.presale_every)
+
+
+class PresaleTrader:
+    def __init__(self, identity: SigningIdentity, genesis: Genesis, ledger: LedgerClient,
+                 policy: PresalePolicy) -> None:
+        self._identity = identity
+        self._market = genesis.market
+        self._ledger = ledger
+        self._policy = policy
+        self._params = ForecastParams(window_days=genesis.market.forecast_window_days)
+        self._done: set[int] = set()
+
+    def next_slot(self, now: int) -> int:
+        """The earliest delivery slot whose market is still open at `now`."""
+        size = self._market.slot_seconds
+        earliest = now + self._market.gate_closure_seconds + 1
+        return -(-earliest // size) * size
+
+    def net_forecast(self, slot: int, now: int) -> int:
+        start, end = history_window(slot, self._market.slot_seconds, self._params)
+        readings = [Reading(r.interval_start, r.interval_seconds, r.produced_wh, r.consumed_wh)
+                    for r in self._readings() if start <= r.interval_start < end]
+        return forecast(readings, slot, self._market.slot_seconds, self._params,
+                        as_of=now).net_wh
+
+    def _readings(self) -> list:
+        found, token = [], ""
+        while True:
+            page = self._ledger.committer.ListReadings(committer_pb2.ListReadingsRequest(
+                meter=self._identity.name, page_size=1000, page_token=token),
+                timeout=self._ledger.timeout)
+            found.extend(page.readings)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def step(self, now: int | None = None) -> None:
+        now = int(time.time()) if now is None else now
+        slot = self.next_slot(now)
+        if slot in self._done:
+            return
+        net = self.net_forecast(slot, now)
+        side = market_pb2.ORDER_SIDE_SELL if net > 0 else market_pb2.ORDER_SIDE_BUY
+        lot = self._market.lot_wh
+        quantity = abs(net) * self._policy.share_percent // 100 // lot * lot
+        self._done.add(slot)
+        side_name = "sell" if side == market_pb2.ORDER_SIDE_SELL else "buy"
+        if quantity == 0:
+            ORDERS.labels(side_name, "nothing_to_offer").inc()
+            return
+        price = self._policy.sell_price if side == market_pb2.ORDER_SIDE_SELL \
+            else self._policy.buy_price
+        terms = market_pb2.OrderTerms(meter=self._identity.name, side=side, slot_start=slot,
+                                      price=price, quantity_wh=quantity)
+        request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16), requested_at=now)
+        try:
+            answer = self._ledger.endorser.RequestOptions(endorser_pb2.RequestOptionsRequest(
+                request=self._identity.sign_envelope(request.SerializeToString())),
+                timeout=self._ledger.timeout)
+            envelope = self._identity.new_transaction(
+                "place_order", market_pb2.PlaceOrder(option=answer.option))
+            self._ledger.submit(envelope)
+        except (Refused, grpc.RpcError) as exc:
+            ORDERS.labels(side_name, "refused").inc()
+            log.warning("pre-sale %s of %d Wh for slot %d refused: %s", side_name, quantity,
+                        slot, exc)
+            return
+        ORDERS.labels(side_name, "placed").inc()
+        log.info("placed a pre-sale %s of %d Wh at %d for slot %d", side_name, quantity, price,
+                 slot)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._policy.every_seconds):
+            try:
+                self.step()
+            except grpc.RpcError as exc:  # the committer or endorser is away: next round
+                log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]

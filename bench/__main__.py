@@ -6,15 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
-from bench import forecast_error, limits, matching, ordering
+from bench import forecast_error, limits, matching, matching_rpc, ordering
+
+
+def _matching_rpc(profile: str) -> dict:
+    # Always on a network of its own, never on a devnet someone left running.
+    return matching_rpc.run(profile, directory=Path(tempfile.mkdtemp(prefix="gridledger-")))
+
 
 SUITES = {
     "limits": limits.run,
     "matching": matching.run,
     "forecast_error": forecast_error.run,
+    "matching_rpc": _matching_rpc,
     "ordering": ordering.run,
 }
 

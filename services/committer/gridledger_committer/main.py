@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from prometheus_client import Gauge
 
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
-from gridledger_committer.service import CommitNotifier, CommitterServicer
+from gridledger_committer.service import CommitterServicer
 from gridledger_core import node_config
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import LmdbStore
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     store = LmdbStore(args.data_dir / "ledger")
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
-    notifier = CommitNotifier()
+    notifier = HeightNotifier(lambda: ledger.height)
     LMDB_SIZE.set_function(store.size_bytes)
 
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                        CommitterServicer(ledger, notifier),
                        committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)
     follower = BlockFollower(ledger, node_config.parse_peers(args.orderer), tls,
-                             on_commit=notifier.committed)
+                             on_commit=notifier.grew)
     server.on_stop(notifier.close)
     server.on_stop(follower.stop)
     server.on_close(store.close)

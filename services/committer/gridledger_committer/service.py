@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import grpc
@@ -12,37 +11,15 @@ from gridledger.common.v1 import transaction_pb2
 from gridledger_committer import market_queries
 from gridledger_committer.energy_queries import EnergyQueries
 from gridledger_core.ledger import schema
-from gridledger_core.ledger.ledger import CommitResult, Ledger
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.height_notifier import HeightNotifier
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-class CommitNotifier:
-    """Wakes SubscribeCommits streams when a block is committed."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def committed(self, _result: CommitResult) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def wait_for_height(self, height: int, ledger: Ledger, timeout: float) -> bool:
-        """Wait (at most `timeout`) until the ledger reaches `height`; False when shutting down."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or ledger.height >= height, timeout)
-            return not self._closed
-
-
 class CommitterServicer(EnergyQueries, committer_pb2_grpc.CommitterServiceServicer):
-    def __init__(self, ledger: Ledger, notifier: CommitNotifier) -> None:
+    def __init__(self, ledger: Ledger, notifier: HeightNotifier) -> None:
         self._ledger = ledger
         self._notifier = notifier
 
@@ -119,7 +96,7 @@ class CommitterServicer(EnergyQueries, committer_pb2_grpc.CommitterServiceServic
         number = request.start_number
         while context.is_active():
             if number >= self._ledger.height:
-                if not self._notifier.wait_for_height(number + 1, self._ledger, 1.0):
+                if not self._notifier.wait_for_height(number + 1, 1.0):
                     return
                 continue
             found = self._ledger.get_block(number)

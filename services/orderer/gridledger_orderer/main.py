@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
 from gridledger_core import node_config
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_orderer.node import OrdererNode, OrderingParams
-from gridledger_orderer.service import BlockNotifier, ConsensusServicer, OrdererServicer
+from gridledger_orderer.service import ConsensusServicer, OrdererServicer
 from gridledger_orderer.store import OrdererStore
 from gridledger_orderer.transport import Transport
 
@@ -38,10 +39,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     peers = [(name, address) for name, address in node_config.parse_peers(args.peer, "--peer")
              if name != identity.name]
     transport = Transport(peers, tls)
-    notifier = BlockNotifier()
+    notifier = HeightNotifier(lambda: store.height)
     params = OrderingParams(args.max_batch_txs, args.max_batch_bytes, args.max_batch_wait,
                             args.round_timeout)
-    node = OrdererNode(genesis, identity, store, transport, params, notifier.delivered)
+    node = OrdererNode(genesis, identity, store, transport, params, notifier.grew)
 
     server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls,
                         health_listen=args.health_listen)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import grpc
@@ -17,6 +16,7 @@ from gridledger.orderer.v1 import (
     orderer_pb2_grpc,
 )
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.node import OrdererNode
 from gridledger_orderer.store import OrdererStore, tx_id_of
 
@@ -24,28 +24,9 @@ BROADCASTS = Counter("gridledger_orderer_broadcasts", "Broadcast calls, by resul
 RETRY_AFTER_MS = "50"
 
 
-class BlockNotifier:
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def delivered(self, *_: object) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def wait_for_height(self, store: OrdererStore, height: int, timeout: float) -> bool:
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or store.height >= height, timeout)
-            return not self._closed
-
-
 class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
-    def __init__(self, node: OrdererNode, store: OrdererStore, notifier: BlockNotifier) -> None:
+    def __init__(self, node: OrdererNode, store: OrdererStore,
+                 notifier: HeightNotifier) -> None:
         self._node = node
         self._store = store
         self._notifier = notifier
@@ -83,7 +64,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
             if number >= self._store.height:
                 if not request.follow:
                     return
-                if not self._notifier.wait_for_height(self._store, number + 1, 1.0):
+                if not self._notifier.wait_for_height(number + 1, 1.0):
                     return
                 continue
             block = self._store.block(number)

@@ -11,8 +11,9 @@ from test_endorser_market import Endorser, FakeContext, endorser  # noqa: F401 -
 
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import market_pb2
-from gridledger_committer.service import CommitNotifier, CommitterServicer
+from gridledger_committer.service import CommitterServicer
 from gridledger_core.ledger.errors import Code
+from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.presale import PresalePolicy, PresaleTrader
 
@@ -32,7 +33,7 @@ class _Stub:
 
 
 def trader(e: Endorser, meter: str, share: int) -> PresaleTrader:
-    committer = CommitterServicer(e.ledger, CommitNotifier())
+    committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
     client = LedgerClient(_Stub(e.servicer), _Stub(committer))  # type: ignore[arg-type]
     policy = PresalePolicy(share_percent=share, sell_price=240_000, buy_price=260_000)
     return PresaleTrader(e.ids[meter], e.ledger.genesis, client, policy)
@@ -54,7 +55,8 @@ def test_seller_and_buyer_offer_their_share_and_trade(endorser: Endorser) -> Non
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     buyer.step(BEFORE_SLOT)  # its option takes the resting sell
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-    committer = CommitterServicer(endorser.ledger, CommitNotifier())
+    committer = CommitterServicer(endorser.ledger,
+                                  HeightNotifier(lambda: endorser.ledger.height))
     trades = committer.ListTrades(committer_pb2.ListTradesRequest(slot_start=SLOT),
                                   FakeContext()).trades  # type: ignore[arg-type]
     assert [(t.price, t.quantity_wh) for t in trades] == [(240_000, 1500)]

@@ -127,7 +127,8 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
 
 def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
          reading_pace: float = 20.0, backfill_hours: int = 48,
-         contract_wh: int = 100, presale_share: int = 50) -> Network:
+         contract_wh: int = 100, presale_share: int = 50,
+         consumers: tuple[str, ...] = ("meter-1",)) -> Network:
     """Assign ports, data dirs and command lines for every node of the consortium."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
     names = sorted((consortium_dir / "nodes").iterdir())
@@ -170,7 +171,7 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     for meter in meters:
         others = [f"{o.name}={o.grpc}" for o in meters if o is not meter]
         meter.args += ["--contract-wh", str(contract_wh if demo else 0)]
-        if meter is meters[0]:
+        if demo and meter.name in consumers:
             meter.args += ["--pv-kwp", "0"]  # a pure consumer, so the demo has buyers
         meter.args += ["--presale-share", str(presale_share if demo else 0),
                        "--presale-every", "10"]

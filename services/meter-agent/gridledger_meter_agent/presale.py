@@ -97,9 +97,10 @@ class PresaleTrader:
             if not token:
                 return found
 
-    def step(self, now: int | None = None) -> None:
+    def step(self, now: int | None = None, slot: int | None = None) -> None:
+        """Place this meter's order for `slot` (default: the next open one) as of `now`."""
         now = int(time.time()) if now is None else now
-        slot = self.next_slot(now)
+        slot = self.next_slot(now) if slot is None else slot
         if slot in self._done:
             return
         net = self.net_forecast(slot, now)
@@ -121,7 +122,7 @@ class PresaleTrader:
                 request=self._identity.sign_envelope(request.SerializeToString())),
                 timeout=self._ledger.timeout)
             envelope = self._identity.new_transaction(
-                "place_order", market_pb2.PlaceOrder(option=answer.option))
+                "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
             self._ledger.submit(envelope)
         except (Refused, grpc.RpcError) as exc:
             ORDERS.labels(side_name, "refused").inc()

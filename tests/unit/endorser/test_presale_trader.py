@@ -47,13 +47,14 @@ def test_next_open_slot_respects_gate_closure(endorser: Endorser) -> None:  # no
 
 def test_seller_and_buyer_offer_their_share_and_trade(endorser: Endorser) -> None:  # noqa: F811
     seller, buyer = trader(endorser, "meter-1", 50), trader(endorser, "meter-2", 25)
-    assert seller.net_forecast(SLOT, BEFORE_SLOT) == 6000
-    assert buyer.net_forecast(SLOT, BEFORE_SLOT) == -6000
-    seller.step(BEFORE_SLOT)
-    seller.step(BEFORE_SLOT)  # one order per slot: nothing more
+    assert seller.net_forecast(SLOT, NOW) == 6000
+    assert buyer.net_forecast(SLOT, NOW) == -6000
+    # As of the endorser's clock (NOW), for the slot the fixture's history is about.
+    seller.step(NOW, slot=SLOT)
+    seller.step(NOW, slot=SLOT)  # one order per slot: nothing more
     assert len(endorser.broadcaster.sent) == 1
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-    buyer.step(BEFORE_SLOT)  # its option takes the resting sell
+    buyer.step(NOW, slot=SLOT)  # its option takes the resting sell
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     committer = CommitterServicer(endorser.ledger,
                                   HeightNotifier(lambda: endorser.ledger.height))
@@ -64,4 +65,3 @@ def test_seller_and_buyer_offer_their_share_and_trade(endorser: Endorser) -> Non
                                   FakeContext()).orders  # type: ignore[arg-type]
     assert [(o.side, o.quantity_wh, o.remaining_wh) for o in orders] == [
         (market_pb2.ORDER_SIDE_SELL, 3000, 1500)]
-    assert NOW < BEFORE_SLOT

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from gridctl import commands_energy, commands_ledger, commands_market, devnet
+from gridctl import commands_energy, commands_ledger, commands_market, commands_state, devnet
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import block_pb2
@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     txshow.add_argument("tx_id")
     txshow.set_defaults(func=cmd_tx_show)
     commands_ledger.register(sub)
+    commands_state.register(sub)
     commands_market.register(sub)
     commands_energy.register(sub)
     return parser

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import committer_stub, height, wait_for
+from devnet_support import committer_stub, height, wait_for
 
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import committer_stub, height, metric, same_chain, wait_for
+from devnet_support import committer_stub, height, metric, same_chain, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import LoadGenerator, prepare_readings

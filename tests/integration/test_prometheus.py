@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import wait_for
+from devnet_support import wait_for
 
 from gridctl import devnet
 from gridctl.devnet import free_port

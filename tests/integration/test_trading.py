@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from conftest import committer_stub, dump_logs_on_failure, height, wait_for
+from devnet_support import committer_stub, dump_logs_on_failure, height, wait_for
 
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2

@@ -41,7 +41,8 @@ class CommitterServicer(EnergyQueries, committer_pb2_grpc.CommitterServiceServic
         block, record = found
         return committer_pb2.GetBlockResponse(block=block,
                                               validation_codes=record.validation_codes,
-                                              state_root=record.state_root)
+                                              state_root=record.state_root,
+                                              tx_ids=record.tx_ids)
 
     def GetTransaction(self, request: committer_pb2.GetTransactionRequest,
                        context: grpc.ServicerContext) -> committer_pb2.GetTransactionResponse:

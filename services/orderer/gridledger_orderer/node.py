@@ -45,6 +45,10 @@ PENDING = Gauge("gridledger_orderer_pending_transactions",
 FINALITY = Histogram("gridledger_orderer_block_finality_seconds",
                      "From the arrival here of a block's first transaction to its certificate.",
                      buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10))
+PHASE_SECONDS = Histogram("gridledger_orderer_consensus_phase_seconds",
+                          "Consensus phases as the primary sees them: prepare (proposal to "
+                          "prepare certificate) and commit (prepare to commit certificate).",
+                          ["phase"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 BLOCK_TXS = Histogram("gridledger_orderer_block_transactions", "Transactions per final block.",
                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 
@@ -97,6 +101,8 @@ class OrdererNode:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="consensus", daemon=True)
         self._last_round = 0
+        # (height, round, phase that started, when) of the phase this primary is driving.
+        self._phase: tuple[int, int, str, float] | None = None
         HEIGHT.set(height)
 
     # -- inputs from other threads ---------------------------------------------------------
@@ -191,6 +197,7 @@ class OrdererNode:
             if isinstance(action, Send):
                 self._transport.send(action.to, action.message)
             elif isinstance(action, Broadcast):
+                self._observe_phase(action.message)
                 self._transport.broadcast(action.message)
             elif isinstance(action, SetTimer):
                 heapq.heappush(self._timers, (time.monotonic() + action.delay, action.name))
@@ -202,6 +209,28 @@ class OrdererNode:
         seen = [a for a in arrivals if a is not None]
         if seen:
             FINALITY.observe(now - min(seen))
+
+    def _observe_phase(self, message: consensus_pb2.ConsensusMessage) -> None:
+        """Time the phases from what this orderer broadcasts as primary: its proposal, then
+        the prepare certificate, then the commit certificate of the same height and round."""
+        kind = message.WhichOneof("body")
+        if kind not in ("proposal", "prepared", "decided"):
+            return
+        body = getattr(message, kind)
+        now = time.monotonic()
+        started = self._phase
+        if kind == "proposal":
+            self._phase = (body.height, body.round, "prepare", now)
+            return
+        if started is None or started[:2] != (body.height, body.round):
+            return
+        _, _, phase, since = started
+        if kind == "prepared" and phase == "prepare":
+            PHASE_SECONDS.labels("prepare").observe(now - since)
+            self._phase = (body.height, body.round, "commit", now)
+        elif kind == "decided" and phase == "commit":
+            PHASE_SECONDS.labels("commit").observe(now - since)
+            self._phase = None
 
     def _update_gauges(self) -> None:
         replica = self.replica

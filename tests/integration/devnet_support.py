@@ -1,0 +1,63 @@
+"""Helpers for the devnet integration tests (the fixture itself is in conftest.py)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger_core.rpc.tls import secure_channel
+
+
+def dump_logs_on_failure(net: devnet.Network) -> None:
+    for node in net.nodes:
+        log = Path(node.log)
+        if log.exists() and b"Traceback" in log.read_bytes():
+            print(f"---- {node.name} log ----\n{log.read_text()[-4000:]}")
+
+
+def committer_stub(net: devnet.Network, name: str) -> committer_pb2_grpc.CommitterServiceStub:
+    return committer_pb2_grpc.CommitterServiceStub(secure_channel(net.node(name).grpc, net.tls()))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (grpc.RpcError, OSError):  # not up yet: gRPC or HTTP (metrics, Prometheus)
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def height(stub: committer_pb2_grpc.CommitterServiceStub) -> int:
+    return stub.GetChainInfo(committer_pb2.GetChainInfoRequest(), timeout=5).height
+
+
+def metric(node: devnet.Node, name: str) -> float | None:
+    """One sample of a metric without labels, scraped from the node's /metrics."""
+    text = urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def same_chain(net: devnet.Network) -> int:
+    """Assert both committers hold identical blocks and state roots up to their common
+    height; returns that height."""
+    c1, c2 = committer_stub(net, "committer-1"), committer_stub(net, "committer-2")
+    common = min(height(c1), height(c2))
+    for number in range(common):
+        b1 = c1.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
+        b2 = c2.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
+        assert b1.block.header == b2.block.header, f"block {number} differs"
+        assert b1.state_root == b2.state_root, f"state after block {number} differs"
+    return common

@@ -62,12 +62,13 @@ def check_envelope(envelope: envelope_pb2.SignedEnvelope, membership: Membership
     return CheckedTransaction(tx, header.tx_id, creator, body, envelope.payload)
 
 
-def check_endorsements(checked: CheckedTransaction,
+def check_endorsements(payload: bytes,
                        endorsements: list[envelope_pb2.Endorsement] | object,
                        membership: Membership) -> list[Identity]:
-    """At least one valid endorsement by a consortium endorser; every endorsement present must
-    be valid (a bad one is a sign of tampering, not something to skip over)."""
-    message = endorsement_message(checked.payload)
+    """At least one valid endorsement by a consortium endorser over `payload`; every
+    endorsement present must be valid (a bad one is a sign of tampering, not something to
+    skip over)."""
+    message = endorsement_message(payload)
     endorsers: list[Identity] = []
     for endorsement in endorsements:  # type: ignore[attr-defined]
         try:
@@ -101,5 +102,23 @@ def check_endorsed_transaction(raw: bytes, membership: Membership) -> CheckedTra
     """Everything about an ordered transaction that does not depend on state."""
     endorsed = parse_endorsed(raw)
     checked = check_envelope(endorsed.envelope, membership)
-    check_endorsements(checked, endorsed.endorsements, membership)
+    check_endorsements(checked.payload, endorsed.endorsements, membership)
     return checked
+
+
+def check_for_ordering(raw: bytes, membership: Membership) -> str:
+    """What an orderer checks before ordering a transaction: it decodes, names a tx id, and
+    carries valid endorsements; returns the tx id. The creator's signature was checked by the
+    endorser that endorsed it and is checked again by every committer, so the orderers do not
+    spend a third verification on it."""
+    endorsed = parse_endorsed(raw)
+    tx = transaction_pb2.Transaction()
+    try:
+        tx.ParseFromString(endorsed.envelope.payload)
+    except DecodeError as exc:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                        "payload is not a gridledger.common.v1.Transaction") from exc
+    if not tx.header.tx_id:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER, "transaction has no tx id")
+    check_endorsements(endorsed.envelope.payload, endorsed.endorsements, membership)
+    return tx.header.tx_id

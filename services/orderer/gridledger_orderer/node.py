@@ -26,7 +26,7 @@ from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, 
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
 from gridledger_core.crypto import sha256
 from gridledger_core.genesis import Genesis
-from gridledger_core.ledger.checks import check_endorsed_transaction
+from gridledger_core.ledger.checks import check_for_ordering
 from gridledger_core.ledger.errors import TxInvalid
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_orderer.store import OrdererStore, tx_id_of
@@ -128,14 +128,14 @@ class OrdererNode:
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
     def _validate_tx(self, raw: bytes) -> bool | str:
-        """Signature and endorsement checks, cached: a transaction is checked once per
-        orderer even though it arrives by Broadcast and again inside a proposal."""
+        """The ordering checks (decodes, endorsed by an endorser), cached: a transaction is
+        checked once per orderer although it arrives by Broadcast and again in a proposal."""
         key = sha256(raw)
         cached = self._validated.get(key)
         if cached is not None:
             return cached
         try:
-            check_endorsed_transaction(raw, self._membership)
+            check_for_ordering(raw, self._membership)
             verdict: bool | str = True
         except TxInvalid as exc:
             verdict = f"{exc.code_name}: {exc.message}"

@@ -11,7 +11,8 @@ from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
-from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.checks import check_for_ordering
+from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.ledger import BlockRejected, Ledger
 from gridledger_core.storage import LmdbStore, MemoryStore
 
@@ -174,3 +175,20 @@ def test_reading_envelope_roundtrip_keeps_exact_bytes(consortium_dir: Path) -> N
     env = meter.new_transaction("meter_reading", reading("meter-1", past_interval()))
     again = envelope_pb2.SignedEnvelope.FromString(env.SerializeToString())
     assert again.payload == env.payload
+
+
+def test_ordering_checks_endorsements_not_creators(genesis: Genesis,
+                                                   consortium_dir: Path) -> None:
+    meter, endorser = identity(consortium_dir, "meter-1"), identity(consortium_dir, "endorser-1")
+    env = meter.new_transaction("meter_reading", reading("meter-1", past_interval()))
+    tx_id = transaction_pb2.Transaction.FromString(env.payload).header.tx_id
+    assert check_for_ordering(endorsed(env, endorser), genesis.membership) == tx_id
+    for raw, code in [(endorsed(env, None), Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE),
+                      (endorsed(env, meter), Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE),
+                      (b"\xff\x01garbage", Code.TX_VALIDATION_CODE_MALFORMED)]:
+        with pytest.raises(TxInvalid) as err:
+            check_for_ordering(raw, genesis.membership)
+        assert err.value.code == code
+    # A creator signature broken after endorsement is the committers' catch, not ordering's.
+    env.signature = bytes(64)
+    assert check_for_ordering(endorsed(env, endorser), genesis.membership) == tx_id

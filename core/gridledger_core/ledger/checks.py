@@ -88,6 +88,19 @@ def check_endorsements(payload: bytes,
     return endorsers
 
 
+def open_signed(envelope: envelope_pb2.SignedEnvelope, membership: Membership,
+                what: str, unknown_code: int, bad_signature_code: int) -> Identity:
+    """The verified signer of an envelope that is not itself a transaction."""
+    try:
+        signer = membership.identify(envelope.signer_certificate)
+    except UnknownSigner as exc:
+        raise TxInvalid(unknown_code, f"{what} signer unknown: {exc}") from exc
+    if not verify_signature(signer.public_key, envelope.signature, envelope.payload):
+        raise TxInvalid(bad_signature_code,
+                        f"{what} signature of {signer.name} does not verify over its bytes")
+    return signer
+
+
 def parse_endorsed(raw: bytes) -> envelope_pb2.EndorsedTransaction:
     endorsed = envelope_pb2.EndorsedTransaction()
     try:

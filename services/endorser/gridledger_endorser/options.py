@@ -17,9 +17,10 @@ from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger_core.identity import Identity
+from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.ledger import Ledger
-from gridledger_core.ledger.rules.market import Allowance, check_terms, open_signed
+from gridledger_core.ledger.rules.market import Allowance, check_terms
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import Order
 from gridledger_core.market import ledger_view as view

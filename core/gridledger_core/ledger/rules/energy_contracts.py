@@ -5,7 +5,6 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import energy_pb2
-from gridledger_core.crypto import verify_signature
 from gridledger_core.energy.delivery import attributed_wh, first_boundary_at_or_after
 from gridledger_core.energy.terms import (
     MIN_TERMS_NONCE,
@@ -14,8 +13,9 @@ from gridledger_core.energy.terms import (
     contract_id,
     max_coins,
 )
-from gridledger_core.identity import Identity, Role, UnknownSigner
+from gridledger_core.identity import Identity, Role
 from gridledger_core.ledger import schema
+from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.rules.energy_state import (
     get_carbon,
@@ -32,16 +32,9 @@ Status = energy_pb2.ContractStatus
 
 
 def _plant_signer(body: energy_pb2.SupplyContract, ctx: TxContext) -> Identity:
-    envelope = body.plant_terms
-    try:
-        signer = ctx.genesis.membership.identify(envelope.signer_certificate)
-    except UnknownSigner as exc:
-        raise TxInvalid(Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER,
-                        f"plant terms signer unknown: {exc}") from exc
-    require(verify_signature(signer.public_key, envelope.signature, envelope.payload),
-            Code.TX_VALIDATION_CODE_BAD_SIGNATURE,
-            f"signature of {signer.name} does not verify over the contract terms")
-    return signer
+    return open_signed(body.plant_terms, ctx.genesis.membership, "plant terms",
+                       Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER,
+                       Code.TX_VALIDATION_CODE_BAD_SIGNATURE)
 
 
 def _terms(payload: bytes) -> energy_pb2.SupplyContractTerms:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
-from gridledger_core.crypto import verify_signature
 from gridledger_core.genesis import Genesis, MarketParams
-from gridledger_core.identity import Identity, Membership, Role, UnknownSigner
+from gridledger_core.identity import Identity, Membership, Role
 from gridledger_core.ledger import schema
+from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
@@ -151,19 +151,6 @@ def _above_forecast(terms: market_pb2.OrderTerms, allowance: Allowance,
 
 
 # -- signed payloads --------------------------------------------------------------------------
-
-def open_signed(envelope: envelope_pb2.SignedEnvelope, membership: Membership,
-                what: str, unknown_code: int, bad_signature_code: int) -> Identity:
-    """The verified signer of an envelope that is not itself a transaction."""
-    try:
-        signer = membership.identify(envelope.signer_certificate)
-    except UnknownSigner as exc:
-        raise TxInvalid(unknown_code, f"{what} signer unknown: {exc}") from exc
-    if not verify_signature(signer.public_key, envelope.signature, envelope.payload):
-        raise TxInvalid(bad_signature_code,
-                        f"{what} signature of {signer.name} does not verify over its bytes")
-    return signer
-
 
 def verify_option(envelope: envelope_pb2.SignedEnvelope,
                   membership: Membership) -> tuple[Identity, market_pb2.TradeOption]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.stats import percentile
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import market_pb2
@@ -178,11 +179,6 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
     return latencies, errors, sent_rate
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def run(profile: str = "standard", directory: Path | None = None,
         rate: float | None = None) -> dict:
     default_rate, seconds = PROFILES[profile]
@@ -209,9 +205,9 @@ def run(profile: str = "standard", directory: Path | None = None,
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,
         "sent_rate_per_s": round(sent_rate), "requests": len(requests), "ok": len(ms),
         "errors": errors,
-        "p50_ms": round(_percentile(ms, 0.50), 3) if ms else None,
-        "p90_ms": round(_percentile(ms, 0.90), 3) if ms else None,
-        "p99_ms": round(_percentile(ms, 0.99), 3) if ms else None,
+        "p50_ms": round(percentile(ms, 50), 3) if ms else None,
+        "p90_ms": round(percentile(ms, 90), 3) if ms else None,
+        "p99_ms": round(percentile(ms, 99), 3) if ms else None,
         "max_ms": round(max(ms), 3) if ms else None,
         "mean_ms": round(statistics.fmean(ms), 3) if ms else None,
         "target_p99_ms": TARGET_P99_MS, **setup,

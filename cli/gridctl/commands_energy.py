@@ -16,60 +16,29 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError
 
-from gridctl import devnet
+from gridctl import connect
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import energy_pb2, envelope_pb2
-from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
+from gridledger.meteragent.v1 import meteragent_pb2
 from gridledger_core.energy import certificate
 from gridledger_core.genesis import Genesis
 from gridledger_core.plants.scoring import format_price
-from gridledger_core.rpc.tls import secure_channel
 
 DEFAULT_DIR = Path(".devnet")
 STATUSES = {"open": energy_pb2.CONTRACT_STATUS_OPEN, "ended": energy_pb2.CONTRACT_STATUS_ENDED,
             "issued": energy_pb2.CONTRACT_STATUS_ISSUED}
 
 
-def _network(args: argparse.Namespace) -> devnet.Network:
-    if not (args.dir / "network.json").exists():
-        fail(f"no network at {args.dir}; start one with `gridctl devnet up --dir {args.dir}`")
-    return devnet.Network.load(args.dir)
-
-
-def _call(method: Any, request: Any) -> Any:
-    try:
-        return method(request, timeout=15)
-    except grpc.RpcError as exc:
-        fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
-
-
-def _agent(args: argparse.Namespace, name: str) -> tuple[grpc.Channel, Any]:
-    network = _network(args)
-    try:
-        node = network.node(name)
-    except KeyError:
-        fail(f"no node {name!r} in {network.network_file}")
-    channel = secure_channel(node.grpc, network.tls())
-    return channel, meteragent_pb2_grpc.MeterAgentServiceStub(channel)
-
-
-def _committer(args: argparse.Namespace) -> tuple[grpc.Channel, Any]:
-    network = _network(args)
-    node = network.node(args.node) if args.node else network.by_role("committer")[0]
-    channel = secure_channel(node.grpc, network.tls())
-    return channel, committer_pb2_grpc.CommitterServiceStub(channel)
-
-
 # -- plants -----------------------------------------------------------------------------------
 
 def cmd_plants_rank(args: argparse.Namespace) -> None:
-    channel, stub = _agent(args, args.meter)
+    channel, stub = connect.agent(args.dir, args.meter)
     with channel:
-        r = _call(stub.RankPlants, meteragent_pb2.RankPlantsRequest(energy_wh=args.energy_wh))
+        r = connect.call(stub.RankPlants,
+                         meteragent_pb2.RankPlantsRequest(energy_wh=args.energy_wh))
     rows = [{"rank": p.rank, "plant": p.plant, "price": format_price(p.price_micro_per_kwh),
              "price_score": p.price_bp, "reliability": p.reliability_bp, "score": p.score_bp,
              "remaining_wh": p.remaining_wh, "learned_from": p.source,
@@ -88,9 +57,9 @@ def cmd_plants_rank(args: argparse.Namespace) -> None:
 
 
 def cmd_plants_directory(args: argparse.Namespace) -> None:
-    channel, stub = _agent(args, args.meter)
+    channel, stub = connect.agent(args.dir, args.meter)
     with channel:
-        r = _call(stub.GetPlantDirectory, meteragent_pb2.GetPlantDirectoryRequest())
+        r = connect.call(stub.GetPlantDirectory, meteragent_pb2.GetPlantDirectoryRequest())
     emit([{"plant": e.plant, "price": format_price(e.price_micro_per_kwh),
            "reliability": e.reliability_bp, "remaining_wh": e.remaining_wh, "source": e.source,
            "announcement": e.announcement_tx_id[:16]} for e in r.entries], args.json,
@@ -109,12 +78,12 @@ def contract_row(c: energy_pb2.SupplyContractRecord) -> dict[str, Any]:
 
 
 def cmd_contract_list(args: argparse.Namespace) -> None:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     rows = []
     token = ""
     with channel:
         while True:
-            page = _call(stub.ListContracts, committer_pb2.ListContractsRequest(
+            page = connect.call(stub.ListContracts, committer_pb2.ListContractsRequest(
                 meter=args.meter or "", plant=args.plant or "",
                 status=STATUSES.get(args.status or "", 0), page_size=1000, page_token=token))
             rows += [contract_row(c) for c in page.contracts]
@@ -128,9 +97,10 @@ def cmd_contract_list(args: argparse.Namespace) -> None:
 
 
 def cmd_contract_show(args: argparse.Namespace) -> None:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
-        r = _call(stub.GetContract, committer_pb2.GetContractRequest(contract_id=args.contract_id))
+        r = connect.call(stub.GetContract,
+                         committer_pb2.GetContractRequest(contract_id=args.contract_id))
     c = r.contract
     emit(contract_row(c) | {"attributed_wh": r.attributed_wh,
                             "delivery_start": c.delivery_start, "contract_tx": c.contract_tx_id,
@@ -139,9 +109,9 @@ def cmd_contract_show(args: argparse.Namespace) -> None:
 
 
 def cmd_coins_balance(args: argparse.Namespace) -> None:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
-        a = _call(stub.GetCarbonAccount,
+        a = connect.call(stub.GetCarbonAccount,
                   committer_pb2.GetCarbonAccountRequest(account=args.account)).account
     emit({"account": args.account, "coins": a.coins, "received": a.received, "spent": a.spent},
          args.json)
@@ -150,9 +120,10 @@ def cmd_coins_balance(args: argparse.Namespace) -> None:
 # -- certificates -----------------------------------------------------------------------------
 
 def cmd_certificate_get(args: argparse.Namespace) -> None:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
-        r = _call(stub.GetContract, committer_pb2.GetContractRequest(contract_id=args.contract_id))
+        r = connect.call(stub.GetContract,
+                         committer_pb2.GetContractRequest(contract_id=args.contract_id))
     if not r.certificate.payload:
         fail(f"contract {args.contract_id} has no certificate yet", 3)
     out = args.out or Path(f"{args.contract_id[:16]}.cert")

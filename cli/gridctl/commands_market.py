@@ -18,14 +18,13 @@ from typing import Any
 
 import grpc
 
-from gridctl import devnet
+from gridctl import connect, devnet
 from gridctl.output import emit, fail
-from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import market_pb2
-from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.market import ledger_view as view
-from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
 SIDES = {"buy": market_pb2.ORDER_SIDE_BUY, "sell": market_pb2.ORDER_SIDE_SELL}
@@ -52,45 +51,6 @@ def slot_label(seconds: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%MZ")
 
 
-# -- connections ------------------------------------------------------------------------------
-
-def _network(args: argparse.Namespace) -> devnet.Network:
-    if not (args.dir / "network.json").exists():
-        fail(f"no network at {args.dir}; start one with `gridctl devnet up --dir {args.dir}`")
-    return devnet.Network.load(args.dir)
-
-
-def _node(network: devnet.Network, name: str | None, role: str) -> devnet.Node:
-    if name:
-        try:
-            return network.node(name)
-        except KeyError:
-            fail(f"no node {name!r} in the network")
-    nodes = network.by_role(role)
-    if not nodes:
-        fail(f"the network has no {role}")
-    return nodes[0]
-
-
-def _endorser(args: argparse.Namespace) -> tuple[devnet.Network, grpc.Channel, Any]:
-    network = _network(args)
-    channel = secure_channel(_node(network, args.endorser, "endorser").grpc, network.tls())
-    return network, channel, endorser_pb2_grpc.EndorserServiceStub(channel)
-
-
-def _committer(args: argparse.Namespace) -> tuple[grpc.Channel, Any]:
-    network = _network(args)
-    channel = secure_channel(_node(network, args.node, "committer").grpc, network.tls())
-    return channel, committer_pb2_grpc.CommitterServiceStub(channel)
-
-
-def _call(method: Any, request: Any) -> Any:
-    try:
-        return method(request, timeout=10)
-    except grpc.RpcError as exc:
-        fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
-
-
 def _signer(network: devnet.Network, name: str) -> SigningIdentity:
     if not (network.consortium_dir / "nodes" / name).is_dir():
         fail(f"no identity {name!r} in {network.consortium_dir}")
@@ -98,7 +58,7 @@ def _signer(network: devnet.Network, name: str) -> SigningIdentity:
 
 
 def _wait_committed(args: argparse.Namespace, tx_id: str, timeout: float = 60.0) -> dict:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     deadline = time.monotonic() + timeout
     with channel:
         while time.monotonic() < deadline:
@@ -140,20 +100,20 @@ def trade_row(trade: market_pb2.TradeRecord) -> dict:
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_order_place(args: argparse.Namespace) -> None:
-    network, channel, stub = _endorser(args)
+    network, channel, stub = connect.endorser(args.dir, args.endorser)
     meter = _signer(network, args.as_meter)
     terms = market_pb2.OrderTerms(meter=meter.name, side=SIDES[args.side], slot_start=args.slot,
                                   price=args.price, quantity_wh=args.quantity)
     request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
                                       requested_at=int(time.time()))
     with channel:
-        answer = _call(stub.RequestOptions, endorser_pb2.RequestOptionsRequest(
+        answer = connect.call(stub.RequestOptions, endorser_pb2.RequestOptionsRequest(
             request=meter.sign_envelope(request.SerializeToString())))
         option = market_pb2.TradeOption.FromString(answer.option.payload)
         # Accepting = signing a transaction that carries the endorser-signed option as is.
         envelope = meter.new_transaction("place_order",
                                          market_pb2.PlaceOrder(option=answer.option))
-        submitted = _call(stub.SubmitTransaction,
+        submitted = connect.call(stub.SubmitTransaction,
                           endorser_pb2.SubmitTransactionRequest(envelope=envelope))
     out: dict[str, Any] = {
         "order_id": submitted.tx_id, "option_id": option.option_id,
@@ -177,12 +137,12 @@ def cmd_order_place(args: argparse.Namespace) -> None:
 
 
 def cmd_order_cancel(args: argparse.Namespace) -> None:
-    network, channel, stub = _endorser(args)
+    network, channel, stub = connect.endorser(args.dir, args.endorser)
     meter = _signer(network, args.as_meter)
     envelope = meter.new_transaction("cancel_order",
                                      market_pb2.CancelOrder(order_id=args.order_id))
     with channel:
-        submitted = _call(stub.SubmitTransaction,
+        submitted = connect.call(stub.SubmitTransaction,
                           endorser_pb2.SubmitTransactionRequest(envelope=envelope))
     out: dict[str, Any] = {"tx_id": submitted.tx_id, "order_id": args.order_id}
     if not args.no_wait:
@@ -195,7 +155,7 @@ def cmd_order_cancel(args: argparse.Namespace) -> None:
 def _all_pages(method: Any, request: Any, field: str, limit: int) -> list[Any]:
     items: list[Any] = []
     while True:
-        response = _call(method, request)
+        response = connect.call(method, request)
         items += list(getattr(response, field))
         if not response.next_page_token or len(items) >= limit:
             return items[:limit]
@@ -203,7 +163,7 @@ def _all_pages(method: Any, request: Any, field: str, limit: int) -> list[Any]:
 
 
 def cmd_order_list(args: argparse.Namespace) -> None:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
         if args.meter:
             records = _all_pages(stub.ListOrders, committer_pb2.ListOrdersRequest(
@@ -220,9 +180,9 @@ def cmd_order_list(args: argparse.Namespace) -> None:
 
 
 def cmd_book(args: argparse.Namespace) -> None:
-    _, channel, stub = _endorser(args)
+    _, channel, stub = connect.endorser(args.dir, args.endorser)
     with channel:
-        book = _call(stub.GetBook, endorser_pb2.GetBookRequest(slot_start=args.slot,
+        book = connect.call(stub.GetBook, endorser_pb2.GetBookRequest(slot_start=args.slot,
                                                                levels=args.levels))
     levels = lambda side: [{"price": lv.price, "quantity_wh": lv.quantity_wh,  # noqa: E731
                             "orders": lv.orders} for lv in side]
@@ -248,7 +208,7 @@ def cmd_book(args: argparse.Namespace) -> None:
 
 
 def cmd_trades(args: argparse.Namespace) -> None:
-    channel, stub = _committer(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
         trades = _all_pages(stub.ListTrades, committer_pb2.ListTradesRequest(
             meter=args.meter or "", slot_start=args.slot or 0), "trades", args.limit)

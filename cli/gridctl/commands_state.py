@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from gridctl import devnet
+from gridctl import connect
 from gridctl.output import emit, fail
-from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import energy_pb2, envelope_pb2, market_pb2, transaction_pb2
-from gridledger_core.rpc.tls import secure_channel
 
 # The value type of each state key prefix (docs/architecture.md, "Key layout").
 VALUE_TYPES: dict[str, type[Message]] = {
@@ -43,16 +41,9 @@ def decode(key: str, value: bytes) -> Any:
 
 
 def cmd_state_get(args: argparse.Namespace) -> None:
-    if not (args.dir / "network.json").exists():
-        fail(f"no network at {args.dir}; start one with `gridctl devnet up --dir {args.dir}`")
-    network = devnet.Network.load(args.dir)
-    node = network.node(args.node) if args.node else network.by_role("committer")[0]
-    with secure_channel(node.grpc, network.tls()) as channel:
-        stub = committer_pb2_grpc.CommitterServiceStub(channel)
-        try:
-            found = stub.GetState(committer_pb2.GetStateRequest(key=args.key), timeout=10)
-        except grpc.RpcError as exc:
-            fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
+    channel, stub = connect.committer(args.dir, args.node)
+    with channel:
+        found = connect.call(stub.GetState, committer_pb2.GetStateRequest(key=args.key))
     if not found.found:
         fail(f"no state under {args.key!r} (keys: docs/architecture.md, 'Key layout')", 3)
     emit({"key": args.key, "value": decode(args.key, found.value)}, args.json)

@@ -196,13 +196,7 @@ def start(network: Network, *, wait: float = 60.0,
     try:
         for role in order:
             for node in network.by_role(role):
-                Path(node.data_dir).mkdir(parents=True, exist_ok=True)
-                log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
-                proc = subprocess.Popen([sys.executable, "-m", MODULES[role], *node.args],
-                                        stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-                log.close()
-                node.pid = proc.pid
+                _spawn(node)
             network.save()
             for node in network.by_role(role):
                 wait_healthy(network, node, wait)
@@ -292,12 +286,18 @@ def stop(network: Network) -> None:
         stop_nodes(network.by_role(role))
 
 
-def restart_node(network: Network, node: Node, wait: float = 60.0) -> None:
-    log = open(node.log, "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen([sys.executable, "-m", MODULES[node.role], *node.args],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    log.close()
+def _spawn(node: Node) -> None:
+    """Start the node's process in its own session (so a terminal's Ctrl-C reaches only the
+    launcher, which stops the nodes in order), logging to its log file."""
+    Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+    with open(node.log, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", MODULES[node.role], *node.args],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     node.pid = proc.pid
+
+
+def restart_node(network: Network, node: Node, wait: float = 60.0) -> None:
+    _spawn(node)
     network.save()
     wait_healthy(network, node, wait)

@@ -8,11 +8,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from gridctl import commands_energy, commands_ledger, commands_market, commands_state, devnet
+from gridctl import (
+    commands_energy,
+    commands_ledger,
+    commands_market,
+    commands_state,
+    connect,
+    devnet,
+)
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import block_pb2
@@ -21,19 +27,6 @@ from gridledger_core.ledger.errors import code_name
 from gridledger_core.rpc.tls import secure_channel
 
 DEFAULT_DIR = Path(".devnet")
-
-
-def _committer_stub(args: argparse.Namespace) -> tuple[grpc.Channel, Any]:
-    network = _load_network(args.dir)
-    node = network.node(args.node) if args.node else network.by_role("committer")[0]
-    channel = secure_channel(node.grpc, network.tls())
-    return channel, committer_pb2_grpc.CommitterServiceStub(channel)
-
-
-def _load_network(directory: Path) -> devnet.Network:
-    if not (directory / "network.json").exists():
-        fail(f"no network at {directory}; start one with `gridctl devnet up --dir {directory}`")
-    return devnet.Network.load(directory)
 
 
 # -- network ----------------------------------------------------------------------------------
@@ -131,13 +124,13 @@ def _activity(stub: committer_pb2_grpc.CommitterServiceStub) -> str:
 
 
 def cmd_devnet_down(args: argparse.Namespace) -> None:
-    network = _load_network(args.dir)
+    network = connect.load_network(args.dir)
     devnet.stop(network)
     emit({"stopped": len(network.nodes), "dir": str(args.dir)}, args.json)
 
 
 def cmd_devnet_status(args: argparse.Namespace) -> None:
-    network = _load_network(args.dir)
+    network = connect.load_network(args.dir)
     rows = [{"name": n.name, "role": n.role, "grpc": n.grpc, "metrics": n.metrics, "pid": n.pid,
              "state": "up" if devnet.pid_alive(n.pid) else "down", "data_dir": n.data_dir}
             for n in network.nodes]
@@ -157,17 +150,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # -- ledger queries ---------------------------------------------------------------------------
 
 def cmd_chain_info(args: argparse.Namespace) -> None:
-    channel, stub = _committer_stub(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
-        info = _call(stub.GetChainInfo, committer_pb2.GetChainInfoRequest())
+        info = connect.call(stub.GetChainInfo, committer_pb2.GetChainInfoRequest())
     emit({"height": info.height, "last_block_hash": info.last_block_hash.hex(),
           "state_root": info.state_root.hex(), "transactions": info.transactions}, args.json)
 
 
 def cmd_block_show(args: argparse.Namespace) -> None:
-    channel, stub = _committer_stub(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
-        response = _call(stub.GetBlock, committer_pb2.GetBlockRequest(number=args.number))
+        response = connect.call(stub.GetBlock, committer_pb2.GetBlockRequest(number=args.number))
     header = block_pb2.BlockHeader.FromString(response.block.header)
     qc = response.block.metadata.commit_certificate
     emit({"number": header.number, "previous_hash": header.previous_hash.hex(),
@@ -180,20 +173,13 @@ def cmd_block_show(args: argparse.Namespace) -> None:
 
 
 def cmd_tx_show(args: argparse.Namespace) -> None:
-    channel, stub = _committer_stub(args)
+    channel, stub = connect.committer(args.dir, args.node)
     with channel:
-        response = _call(stub.GetTransaction, committer_pb2.GetTransactionRequest(
+        response = connect.call(stub.GetTransaction, committer_pb2.GetTransactionRequest(
             tx_id=args.tx_id))
     emit({"tx_id": args.tx_id, "block": response.block_number, "index": response.index,
           "validation_code": code_name(response.validation_code),
           "message": response.message}, args.json)
-
-
-def _call(method: Any, request: Any) -> Any:
-    try:
-        return method(request, timeout=10)
-    except grpc.RpcError as exc:
-        fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
 
 
 # -- parser -----------------------------------------------------------------------------------

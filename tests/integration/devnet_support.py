@@ -60,4 +60,6 @@ def same_chain(net: devnet.Network) -> int:
         b2 = c2.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)
         assert b1.block.header == b2.block.header, f"block {number} differs"
         assert b1.state_root == b2.state_root, f"state after block {number} differs"
+        assert list(b1.validation_codes) == list(b2.validation_codes), \
+            f"validation codes of block {number} differ"
     return common

@@ -227,15 +227,7 @@ class Simulation:
             max_pool_txs=64,
             sync_batch=4,
         )
-        deps = Dependencies(
-            sign=self.crypto.signer(oid),
-            verify_sig=self.crypto.verify_sig,
-            vrf_prove=self.crypto.vrf_prover(oid),
-            vrf_verify=self.crypto.vrf_verify,
-            validate_tx=validate_tx,
-            tx_id_of=tx_id_of,
-            get_block=lambda number: blocks[number] if number < len(blocks) else None,
-        )
+        deps = simulated_dependencies(self.crypto, oid, blocks)
         return Replica(config, deps, tip, known, dict(durable.records))
 
     def _instances_of(self, oid: str) -> list[Instance]:
@@ -501,3 +493,18 @@ class Simulation:
 def run_schedule(seed: int, *, real_crypto: bool = False, n: int | None = None) -> SimResult:
     """Run one seeded schedule; ``result.violations`` is empty when every invariant held."""
     return Simulation(seed, real_crypto=real_crypto, n=n).run()
+
+
+def simulated_dependencies(crypto: Crypto, oid: str, blocks: list[block_pb2.Block]
+                           ) -> Dependencies:
+    """A replica's injected dependencies in a simulation: the cluster's crypto (stand-in or
+    real), the simulator's transaction format and the replica's own durable block list."""
+    return Dependencies(
+        sign=crypto.signer(oid),
+        verify_sig=crypto.verify_sig,
+        vrf_prove=crypto.vrf_prover(oid),
+        vrf_verify=crypto.vrf_verify,
+        validate_tx=validate_tx,
+        tx_id_of=tx_id_of,
+        get_block=lambda number: blocks[number] if number < len(blocks) else None,
+    )

@@ -47,6 +47,7 @@ class Ledger:
         self.genesis = genesis
         self._verify_block = verify_block
         self._commit_lock = threading.Lock()
+        self._tip_header: bytes | None = None
         raw = store.get(schema.CHAIN_STATE)
         self._chain = ledger_pb2.ChainState.FromString(raw) if raw else ledger_pb2.ChainState(
             height=0, last_block_hash=b"", state_root=genesis.hash, transactions=0)
@@ -68,11 +69,15 @@ class Ledger:
             return self._apply(block, header)
 
     def previous_header_bytes(self) -> bytes | None:
+        """The tip's header bytes: read from the store once, then kept from each commit (the
+        verifier needs them for every block, and the stored block may be megabytes)."""
         if self.height == 0:
             return None
-        previous = self.get_block(self.height - 1)
-        assert previous is not None
-        return previous[0].header
+        if self._tip_header is None:
+            previous = self.get_block(self.height - 1)
+            assert previous is not None
+            self._tip_header = previous[0].header
+        return self._tip_header
 
     def _check_header(self, block: block_pb2.Block) -> block_pb2.BlockHeader:
         try:
@@ -126,6 +131,7 @@ class Ledger:
         batch.put(schema.CHAIN_STATE, chain.SerializeToString())
         self.store.commit(batch)
         self._chain = chain
+        self._tip_header = block.header
         return result
 
     def _execute(self, raw: bytes, state: StateOverlay, block_time: int, seen: set[str],

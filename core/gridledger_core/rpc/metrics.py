@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,38 +51,33 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def _wrap_unary(behaviour: Callable[..., Any], kind: str, service: str,
                     method: str) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-            STARTED.labels(kind, service, method).inc()
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                response = behaviour(request, context)
-                code = _code_of(context)
-                return response
-            except grpc.RpcError:
-                code = _code_of(context)
-                raise
-            except Exception:
-                code = _code_of(context) if context.code() else "UNKNOWN"
-                raise
-            finally:
-                HANDLED.labels(kind, service, method, code).inc()
-                HANDLING.labels(kind, service, method).observe(time.perf_counter() - start)
+            with _measured(context, kind, service, method):
+                return behaviour(request, context)
         return wrapper
 
     @staticmethod
     def _wrap_stream(behaviour: Callable[..., Iterator[Any]], kind: str, service: str,
                      method: str) -> Callable[..., Iterator[Any]]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            STARTED.labels(kind, service, method).inc()
-            start = time.perf_counter()
-            code = "OK"
-            try:
+            with _measured(context, kind, service, method):
                 yield from behaviour(request, context)
-                code = _code_of(context)
-            except Exception:
-                code = _code_of(context) if context.code() else "UNKNOWN"
-                raise
-            finally:
-                HANDLED.labels(kind, service, method, code).inc()
-                HANDLING.labels(kind, service, method).observe(time.perf_counter() - start)
         return wrapper
+
+
+@contextlib.contextmanager
+def _measured(context: grpc.ServicerContext, kind: str, service: str,
+              method: str) -> Iterator[None]:
+    """Count the call, time it, and record its final status code (an abort sets the code on
+    the context before it raises; any other exception is UNKNOWN)."""
+    STARTED.labels(kind, service, method).inc()
+    start = time.perf_counter()
+    code = "OK"  # also for a stream the client closed (GeneratorExit), as before
+    try:
+        yield
+        code = _code_of(context)
+    except Exception:
+        code = _code_of(context) if context.code() else "UNKNOWN"
+        raise
+    finally:
+        HANDLED.labels(kind, service, method, code).inc()
+        HANDLING.labels(kind, service, method).observe(time.perf_counter() - start)

@@ -13,6 +13,7 @@ import grpc
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import energy_pb2, envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.ledger import schema
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -121,14 +122,15 @@ def _tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
     return transaction_pb2.Transaction.FromString(envelope.payload).header.tx_id
 
 
-def readings(client: LedgerClient, meter: str) -> Iterator[tuple[int, int, int]]:
-    """(interval_start, interval_seconds, produced_wh) of a meter's committed readings."""
-    token = ""
+def readings(client: LedgerClient, meter: str,
+             since: int = 0) -> Iterator[transaction_pb2.MeterReading]:
+    """A meter's committed readings with interval_start >= `since`, oldest first. The first
+    page starts at `since` (page tokens are state keys), so no older history is fetched."""
+    token = schema.reading_key(meter, since) if since > 0 else ""
     while True:
         page = client.committer.ListReadings(committer_pb2.ListReadingsRequest(
             meter=meter, page_size=1000, page_token=token), timeout=client.timeout)
-        for r in page.readings:
-            yield r.interval_start, r.interval_seconds, r.produced_wh
+        yield from page.readings
         token = page.next_page_token
         if not token:
             return

@@ -66,7 +66,8 @@ class PlantAgent:
         start = now - DEFAULT_PARAMS.horizon_s
         if self.profile is not None:
             return self.profile.shortfall_windows(start, now, self.config.threshold_w)
-        measured = [r for r in readings(self.ledger, self.identity.name) if r[0] >= start]
+        measured = [(r.interval_start, r.interval_seconds, r.produced_wh)
+                    for r in readings(self.ledger, self.identity.name, since=start)]
         return windows_from_readings(measured, self.config.threshold_w,
                                      self.config.supply_hours_utc)
 

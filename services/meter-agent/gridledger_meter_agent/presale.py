@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter
 
-from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.market.forecast import ForecastParams, Reading, forecast, history_window
 from gridledger_core.signing_identity import SigningIdentity
-from gridledger_meter_agent.ledger_client import LedgerClient, Refused
+from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +80,11 @@ class PresaleTrader:
 
     def net_forecast(self, slot: int, now: int) -> int:
         start, end = history_window(slot, self._market.slot_seconds, self._params)
-        readings = [Reading(r.interval_start, r.interval_seconds, r.produced_wh, r.consumed_wh)
-                    for r in self._readings() if start <= r.interval_start < end]
-        return forecast(readings, slot, self._market.slot_seconds, self._params,
+        history = [Reading(r.interval_start, r.interval_seconds, r.produced_wh, r.consumed_wh)
+                   for r in readings(self._ledger, self._identity.name, since=start)
+                   if r.interval_start < end]
+        return forecast(history, slot, self._market.slot_seconds, self._params,
                         as_of=now).net_wh
-
-    def _readings(self) -> list:
-        found, token = [], ""
-        while True:
-            page = self._ledger.committer.ListReadings(committer_pb2.ListReadingsRequest(
-                meter=self._identity.name, page_size=1000, page_token=token),
-                timeout=self._ledger.timeout)
-            found.extend(page.readings)
-            token = page.next_page_token
-            if not token:
-                return found
 
     def step(self, now: int | None = None, slot: int | None = None) -> None:
         """Place this meter's order for `slot` (default: the next open one) as of `now`."""

@@ -69,7 +69,7 @@ class OrdererNode:
         self._transport = transport
         self._on_deliver = on_deliver
         self._membership = genesis.membership
-        self._validated: dict[bytes, bool | str] = {}
+        self._validated: dict[bytes, TxInvalid | None] = {}
         self._arrivals: dict[bytes, float] = {}
         seed = identity.signer.seed()
         height = store.height
@@ -127,25 +127,27 @@ class OrdererNode:
 
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
-    def _validate_tx(self, raw: bytes) -> bool | str:
+    def admit(self, raw: bytes) -> TxInvalid | None:
         """The ordering checks (decodes, endorsed by an endorser), cached: a transaction is
-        checked once per orderer although it arrives by Broadcast and again in a proposal."""
+        checked once per orderer although it arrives by Broadcast and again in a proposal.
+        None when it may be ordered, else why not."""
         key = sha256(raw)
-        cached = self._validated.get(key)
-        if cached is not None:
-            return cached
+        if key in self._validated:
+            return self._validated[key]
         try:
             check_for_ordering(raw, self._membership)
-            verdict: bool | str = True
+            verdict: TxInvalid | None = None
         except TxInvalid as exc:
-            verdict = f"{exc.code_name}: {exc.message}"
+            verdict = exc
         if len(self._validated) > 200_000:
             self._validated.clear()
         self._validated[key] = verdict
         return verdict
 
-    def admit(self, raw: bytes) -> bool | str:
-        return self._validate_tx(raw)
+    def _validate_tx(self, raw: bytes) -> bool | str:
+        """The replica's view of `admit`: True, or the reason."""
+        verdict = self.admit(raw)
+        return True if verdict is None else f"{verdict.code_name}: {verdict.message}"
 
     # -- the loop --------------------------------------------------------------------------
 

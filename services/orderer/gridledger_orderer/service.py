@@ -16,6 +16,7 @@ from gridledger.orderer.v1 import (
     orderer_pb2_grpc,
 )
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.errors import abort_invalid
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.node import OrdererNode
 from gridledger_orderer.store import OrdererStore, tx_id_of
@@ -42,12 +43,10 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         if self._node.replica.knows_tx(tx_id.encode()) or self._store.has_tx(tx_id):
             BROADCASTS.labels("duplicate").inc()
             return orderer_pb2.BroadcastResponse(tx_id=tx_id, duplicate=True)
-        verdict = self._node.admit(raw)
-        if verdict is not True:
+        refused = self._node.admit(raw)
+        if refused is not None:
             BROADCASTS.labels("rejected").inc()
-            status = (grpc.StatusCode.PERMISSION_DENIED if "ENDORSEMENT" in str(verdict)
-                      else grpc.StatusCode.INVALID_ARGUMENT)
-            context.abort(status, f"transaction refused: {verdict}")
+            abort_invalid(context, refused)
         if self._node.replica.pool_full:
             BROADCASTS.labels("resource_exhausted").inc()
             context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))

@@ -10,7 +10,7 @@ from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus import lottery
 from gridledger_core.consensus.actions import Action, Broadcast, Deliver, Persist, Send, SetTimer
-from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
+from gridledger_core.consensus.protocol import ChainTip, Replica, ReplicaConfig
 from gridledger_core.consensus.signing import (
     GENESIS_PREVIOUS_HASH,
     Phase,
@@ -18,7 +18,11 @@ from gridledger_core.consensus.signing import (
     data_hash,
     signing_bytes,
 )
-from gridledger_core.consensus.simulation import Crypto, tx_id_of, validate_tx
+from gridledger_core.consensus.simulation import (
+    Crypto,
+    simulated_dependencies,
+    tx_id_of,
+)
 
 GENESIS_SEED = lottery.genesis_seed(b"unit-test-genesis")
 
@@ -65,15 +69,7 @@ class Cluster:
         blocks: list[block_pb2.Block],
         seeds: list[bytes],
     ) -> Replica:
-        deps = Dependencies(
-            sign=self.crypto.signer(oid),
-            verify_sig=self.crypto.verify_sig,
-            vrf_prove=self.crypto.vrf_prover(oid),
-            vrf_verify=self.crypto.vrf_verify,
-            validate_tx=validate_tx,
-            tx_id_of=tx_id_of,
-            get_block=lambda i: blocks[i] if i < len(blocks) else None,
-        )
+        deps = simulated_dependencies(self.crypto, oid, blocks)
         known = [tx_id_of(tx) for blk in blocks for tx in blk.transactions]
         return Replica(self.config(oid), deps, self.tip(blocks, seeds), known, records)
 

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import forecast_error, limits, matching, matching_rpc, ordering
+from bench import end_to_end, forecast_error, limits, matching, matching_rpc, ordering
 
 
 def _matching_rpc(profile: str) -> dict:
@@ -24,6 +24,7 @@ SUITES = {
     "forecast_error": forecast_error.run,
     "matching_rpc": _matching_rpc,
     "ordering": ordering.run,
+    "end_to_end": end_to_end.run,
 }
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these")
     parser.add_argument("--out", type=Path, default=Path("bench/reports"))
     args = parser.parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     report: dict = {"profile": args.profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "machine": {"python": platform.python_version(),
                                 "cpus": __import__("os").cpu_count(),
@@ -42,7 +44,11 @@ def main() -> None:
             continue
         print(f"== {name} ==", flush=True)
         started = time.monotonic()
-        report[name] = run(args.profile)
+        if name == "end_to_end":
+            report[name] = end_to_end.run(
+                args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png")
+        else:
+            report[name] = run(args.profile)
         report[name]["bench_seconds"] = round(time.monotonic() - started, 1)
     limit = report.get("limits", {}).get("ed25519_verify_per_s")
     committer = report.get("ordering", {}).get("committer_only", {}).get("throughput_tx_per_s")
@@ -52,7 +58,7 @@ def main() -> None:
         print(f"committer throughput is {report['ratios']['committer_vs_ed25519_bound']:.0%} "
               "of the Ed25519 verification bound (2 verifications per reading)")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out / f"bench-{args.profile}-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"report: {path}")
 

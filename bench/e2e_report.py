@@ -1,0 +1,174 @@
+"""Turning one end-to-end phase's raw observations into figures, a table and chart series."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.observe import VALID, Buckets, CommitLog, histogram_quantile
+from bench.stats import percentile
+from bench.submitter import Record
+from gridledger.common.v1 import validation_pb2
+
+TARGET_TX_PER_S = 1_500
+TARGET_P99_MS = 500.0
+
+
+@dataclass
+class Measured:
+    records: list[Record]
+    logs: list[CommitLog]  # one per committer
+    t0: float
+    window: tuple[float, float]  # after warm-up .. end of sending
+    cpu: dict[str, float]  # node -> CPU seconds inside the window
+    roles: dict[str, str]  # node -> role
+    machine_busy: float  # busy CPU seconds of the whole machine inside the window
+    finality: Buckets  # the orderers' block finality histogram, this phase only
+    drained: bool  # every acknowledged transaction committed on every committer
+    offered_rate: float  # 0 for the max-rate phase
+    submitter_cpu: float
+
+
+def _ms(values: Sequence[float], p: float) -> float | None:
+    return round(percentile(values, p) * 1000, 1) if values else None
+
+
+def analyse(m: Measured) -> tuple[dict, dict]:
+    """(summary figures, per-second series for the chart)."""
+    start, end = m.window
+    seconds = end - start
+    committed: dict[str, tuple[float, int]] = {}  # tx id -> (committed everywhere, code)
+    for tx_id, (_, code) in m.logs[0].commits.items():
+        times = [log.commits[tx_id][0] for log in m.logs if tx_id in log.commits]
+        if len(times) == len(m.logs):
+            committed[tx_id] = (max(times), code)
+    acked = [r for r in m.records if r.acked]
+    ours = {r.tx_id for r in acked}
+    valid_in_window = sum(1 for t, (at, code) in committed.items()
+                          if t in ours and code == VALID and start <= at <= end)
+    latencies = [committed[r.tx_id][0] - r.submitted for r in acked
+                 if r.tx_id in committed and r.scheduled >= start]
+    matching = [r.matching for r in m.records if r.kind == "order" and r.matching
+                and r.scheduled >= start]
+    blocks = [b for b in m.logs[0].blocks if start <= b.at <= end]
+    invalid = Counter(validation_pb2.TxValidationCode.Name(code).removeprefix(
+        "TX_VALIDATION_CODE_") for t, (_, code) in committed.items() if t in ours and code != VALID)
+    cpu_by_role: dict[str, float] = {}
+    for node, used in m.cpu.items():
+        cpu_by_role[m.roles[node]] = cpu_by_role.get(m.roles[node], 0.0) + used
+    per_tx = {role: round(used / valid_in_window * 1000, 3) if valid_in_window else None
+              for role, used in sorted(cpu_by_role.items())}
+    finality = histogram_quantile(0.99, m.finality)
+    summary = {
+        "offered_tx_per_s": m.offered_rate or None,
+        "sent_jobs": len(m.records),
+        "sent_by_kind": dict(Counter(r.kind for r in m.records)),
+        "acknowledged": len(acked),
+        "committed_valid_tx_per_s": round(valid_in_window / seconds, 1),
+        "submit_to_commit_ms": {"p50": _ms(latencies, 50), "p95": _ms(latencies, 95),
+                                "p99": _ms(latencies, 99), "max": _ms(latencies, 100),
+                                "samples": len(latencies)},
+        "matching_ms": {"p50": _ms(matching, 50), "p99": _ms(matching, 99),
+                        "samples": len(matching)},
+        "block_finality_p99_ms": round(finality * 1000, 1) if finality is not None else None,
+        "blocks_per_s": round(len(blocks) / seconds, 2),
+        "avg_block_transactions": round(sum(b.transactions for b in blocks) / len(blocks), 1)
+        if blocks else None,
+        "rejected": dict(Counter(r.error for r in m.records if r.error).most_common()),
+        "invalid": dict(invalid.most_common()),
+        "unaccounted": sum(1 for r in acked if r.tx_id not in committed),
+        "all_acknowledged_committed": m.drained,
+        "cpu_ms_per_committed_tx": per_tx,
+        "cpu_ms_per_committed_tx_total": round(sum(m.cpu.values()) / valid_in_window * 1000, 3)
+        if valid_in_window else None,
+        "machine_busy_fraction": round(m.machine_busy / (seconds * (os.cpu_count() or 1)), 3),
+        "submitter_cpu_seconds": round(m.submitter_cpu, 1),
+        "window_seconds": round(seconds, 1),
+    }
+    return summary, _series(m, committed, ours)
+
+
+def _series(m: Measured, committed: dict[str, tuple[float, int]], ours: set[str]) -> dict:
+    """Per second since t0: jobs sent, valid commits, and the p50/p99 latency of the
+    transactions committed in that second; plus every latency for the distribution."""
+    submitted_at = {r.tx_id: r.submitted for r in m.records if r.acked}
+    sent: Counter[int] = Counter(int(r.scheduled - m.t0) for r in m.records)
+    done: Counter[int] = Counter()
+    by_second: dict[int, list[float]] = {}
+    for tx_id, (at, code) in committed.items():
+        if tx_id not in ours:
+            continue
+        second = int(at - m.t0)
+        if code == VALID:
+            done[second] += 1
+        by_second.setdefault(second, []).append(at - submitted_at[tx_id])
+    last = max([*sent, *done, 0]) + 1
+    return {
+        "second": list(range(last)),
+        "sent_per_s": [sent.get(s, 0) for s in range(last)],
+        "committed_per_s": [done.get(s, 0) for s in range(last)],
+        "p50_ms": [_ms(by_second[s], 50) if s in by_second else None for s in range(last)],
+        "p99_ms": [_ms(by_second[s], 99) if s in by_second else None for s in range(last)],
+        "latencies_ms": [round(v * 1000, 2) for vs in by_second.values() for v in vs],
+        "window": [m.window[0] - m.t0, m.window[1] - m.t0],
+    }
+
+
+def phase_line(name: str, s: dict) -> str:
+    lat = s["submit_to_commit_ms"]
+    return (f"  {name}: {s['committed_valid_tx_per_s']:,} committed tx/s; submit->commit p50 "
+            f"{lat['p50']} ms, p99 {lat['p99']} ms; {len(s['rejected'])} rejection reasons, "
+            f"invalid {s['invalid'] or 'none'}")
+
+
+def table(report: dict) -> str:
+    phases = report["phases"]
+    names = list(phases)
+    rows: list[tuple[str, ...]] = [("figure", *[n.replace("_", " ") for n in names], "target")]
+
+    def row(label: str, get, target: str = "") -> None:  # type: ignore[no-untyped-def]
+        rows.append((label, *[_fmt(get(phases[n])) for n in names], target))
+
+    row("offered tx/s", lambda s: s["offered_tx_per_s"] or "max")
+    row("committed (valid) tx/s, sustained", lambda s: s["committed_valid_tx_per_s"],
+        f">= {TARGET_TX_PER_S:,}")
+    for p in ("p50", "p95", "p99", "max"):
+        row(f"submit->commit {p} ms", lambda s, p=p: s["submit_to_commit_ms"][p],
+            f"p99 <= {TARGET_P99_MS:.0f} at 1,000/s" if p == "p99" else "")
+    row("matching p50 / p99 ms",
+        lambda s: f"{_fmt(s['matching_ms']['p50'])} / {_fmt(s['matching_ms']['p99'])}")
+    row("block finality p99 ms", lambda s: s["block_finality_p99_ms"])
+    row("blocks/s; avg txs per block",
+        lambda s: f"{_fmt(s['blocks_per_s'])}; {_fmt(s['avg_block_transactions'])}")
+    row("rejected (not acknowledged)", lambda s: sum(s["rejected"].values()))
+    row("invalid at commit", lambda s: sum(s["invalid"].values()))
+    row("acknowledged but not committed", lambda s: s["unaccounted"])
+    roles = sorted({r for s in phases.values() for r in s["cpu_ms_per_committed_tx"]})
+    for role in roles:
+        row(f"CPU ms per tx: {role}s", lambda s, r=role: s["cpu_ms_per_committed_tx"].get(r))
+    row("CPU ms per tx: all roles", lambda s: s["cpu_ms_per_committed_tx_total"])
+    row("machine busy (2 cores = 1.0)", lambda s: s["machine_busy_fraction"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    reasons = Counter[str]()
+    for s in phases.values():
+        reasons.update(s["rejected"])
+        reasons.update({f"invalid {k}": v for k, v in s["invalid"].items()})
+    if reasons:
+        lines.append("reasons: " + "; ".join(f"{k} x{v}" for k, v in reasons.most_common(6)))
+    peak = report["peak_rss_mib"]
+    lines.append("peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peak.items())))
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

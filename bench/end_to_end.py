@@ -1,0 +1,236 @@
+"""End to end: the default devnet (4 orderers, 1 endorser, 2 committers) under meter load.
+
+Starts its own network in a temporary directory with the devnet launcher, gives every meter
+a day of readings and has a plant announce (set-up, untimed), then runs two phases through
+the public APIs, each with fresh jobs from `bench.workload`:
+
+- **fixed rate**: the profile's offered rate, open loop, from `submitters` processes;
+- **max rate**: each submitter keeps `window` jobs in flight, as fast as the network takes
+  them, for the sustained committed throughput.
+
+Transactions count as committed when every committer has committed them; latencies run from
+the submit (its scheduled time, at a fixed rate) to that moment. Only the window after
+`warmup` counts for rates and CPU. Figures are analysed by `bench.e2e_report` and charted by
+`bench.chart`. Run alone: ``python -m bench --only end_to_end [--profile quick]``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench import e2e_report, observe, submitter, workload
+from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger.common.v1 import envelope_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.tls import secure_channel
+
+ROLES = ("orderer", "committer", "endorser")
+FINALITY = "gridledger_orderer_block_finality_seconds"
+
+
+@dataclass(frozen=True)
+class Profile:
+    meters: int
+    rate: float  # offered tx/s in the fixed-rate phase
+    rate_seconds: float
+    max_seconds: float
+    warmup: float
+    submitters: int
+    window: int  # jobs in flight per submitter in the max-rate phase
+    max_jobs_per_s: int  # jobs signed for the max-rate phase, per second of it
+
+
+PROFILES = {
+    "quick": Profile(meters=4, rate=120, rate_seconds=4, max_seconds=4, warmup=1,
+                     submitters=2, window=32, max_jobs_per_s=600),
+    "standard": Profile(meters=24, rate=1_000, rate_seconds=30, max_seconds=30, warmup=5,
+                        submitters=2, window=150, max_jobs_per_s=2_500),
+}
+
+
+def run(profile: str = "standard", directory: Path | None = None,
+        chart_path: Path | None = None) -> dict:
+    spec = PROFILES[profile]
+    directory = directory or Path(tempfile.mkdtemp(prefix="gridledger-e2e-"))
+    devnet.ensure_consortium(directory / "consortium", meters=spec.meters, plants=1)
+    network = devnet.plan(directory, directory / "consortium", demo=False)
+    devnet.start(network, roles=ROLES)
+    try:
+        return _run(network, spec, profile, chart_path)
+    finally:
+        devnet.stop(network)
+
+
+def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path | None) -> dict:
+    genesis = Genesis.load(network.consortium_dir / "genesis.json")
+    meters = workload.meter_names(spec.meters)
+    now = int(time.time())
+    set_up = _set_up(network, genesis, meters, now)
+    maker = workload.JobMaker(network.consortium_dir, genesis, meters, "plant-1", now)
+    signing = time.monotonic()
+    fixed_jobs = maker.jobs(int(spec.rate * spec.rate_seconds))
+    max_jobs = maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds))
+    set_up["signing_seconds"] = round(time.monotonic() - signing, 1)
+    print(f"end to end [{profile}]: {spec.meters} meters, set-up {set_up}", flush=True)
+    phases = {
+        "fixed_rate": _phase(network, fixed_jobs, spec, rate=spec.rate,
+                             duration=spec.rate_seconds),
+        "max_rate": _phase(network, max_jobs, spec, rate=0.0, duration=spec.max_seconds),
+    }
+    report = {
+        "profile": profile,
+        "network": {role: len(network.by_role(role)) for role in ROLES},
+        "meters": spec.meters, "submitters": spec.submitters, "set_up": set_up,
+        "phases": {name: summary for name, (summary, _) in phases.items()},
+        "peak_rss_mib": {n.name: round(observe.peak_rss_mib(n.pid), 1) for n in network.nodes
+                         if n.role in ROLES},
+    }
+    print(e2e_report.table(report), flush=True)
+    if chart_path is not None:
+        from bench import chart
+        chart.render({name: series for name, (_, series) in phases.items()}, chart_path,
+                     title=f"GridLedger end to end ({profile} profile)")
+        report["chart"] = str(chart_path)
+        print(f"chart: {chart_path}", flush=True)
+    return report
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+def _set_up(network: devnet.Network, genesis: Genesis, meters: list[str], now: int) -> dict:
+    started = time.monotonic()
+    envelopes = workload.history(network.consortium_dir, meters,
+                                 genesis.reading_interval_seconds, now)
+    envelopes.append(workload.plant_announcement(network.consortium_dir, "plant-1"))
+    committers = network.by_role("committer")
+    followers = [observe.CommitFollower(network, c, _height(network)) for c in committers]
+    try:
+        tx_ids = _submit_all(network, envelopes)
+        if not observe.wait_committed([f.log for f in followers], tx_ids, timeout=120):
+            raise RuntimeError("set-up transactions were not committed within 120 s")
+        invalid = sum(1 for t in tx_ids if followers[0].log.commits[t][1] != observe.VALID)
+        if invalid:
+            raise RuntimeError(f"{invalid} set-up transactions were committed invalid")
+    finally:
+        for follower in followers:
+            follower.stop()
+    time.sleep(1.0)  # the endorser's replica follows the committers' last block
+    return {"history_transactions": len(envelopes),
+            "history_seconds": round(time.monotonic() - started, 1)}
+
+
+def _height(network: devnet.Network) -> int:
+    committer = network.by_role("committer")[0]
+    with secure_channel(committer.grpc, network.tls()) as channel:
+        stub = committer_pb2_grpc.CommitterServiceStub(channel)
+        return stub.GetChainInfo(committer_pb2.GetChainInfoRequest(), timeout=10).height
+
+
+def _submit_all(network: devnet.Network, envelopes: list[envelope_pb2.SignedEnvelope],
+                window: int = 200) -> list[str]:
+    """Submit with `window` calls in flight, retrying backpressure; the accepted tx ids."""
+    endorser = network.by_role("endorser")[0]
+    tx_ids: list[str] = []
+    slots = threading.Semaphore(window)
+    failures: list[str] = []
+    with secure_channel(endorser.grpc, network.tls()) as channel:
+        stub = endorser_pb2_grpc.EndorserServiceStub(channel)
+
+        def send(envelope: envelope_pb2.SignedEnvelope, attempt: int = 0) -> None:
+            future = stub.SubmitTransaction.future(
+                endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=30)
+            future.add_done_callback(lambda f: done(f, envelope, attempt))
+
+        def done(future: grpc.Future, envelope: envelope_pb2.SignedEnvelope,
+                 attempt: int) -> None:
+            try:
+                tx_ids.append(future.result().tx_id)
+            except grpc.RpcError as exc:
+                if exc.code() in submitter.RETRYABLE and attempt < 20:  # type: ignore[attr-defined]
+                    time.sleep(0.1)
+                    send(envelope, attempt + 1)
+                    return
+                failures.append(submitter.reason(exc))
+            slots.release()
+
+        for envelope in envelopes:
+            slots.acquire()
+            send(envelope)
+        for _ in range(window):
+            slots.acquire()
+    if failures:
+        raise RuntimeError(f"{len(failures)} set-up transactions refused, e.g. {failures[0]}")
+    return tx_ids
+
+
+# -- one timed phase ---------------------------------------------------------------------------
+
+def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, rate: float,
+           duration: float) -> tuple[dict, dict]:
+    nodes = [n for n in network.nodes if n.role in ROLES]
+    orderers = network.by_role("orderer")
+    followers = [observe.CommitFollower(network, c, _height(network))
+                 for c in network.by_role("committer")]
+    endorser = network.by_role("endorser")[0]
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Queue(), context.Queue()
+    go, start = context.Event(), context.Value("d", 0.0)
+    parts = list(workload.chunks(jobs, spec.submitters))
+    processes = [context.Process(target=submitter.main, daemon=True, args=(
+        submitter.Spec(endorser.grpc, network.tls(), network.consortium_dir, part,
+                       rate / spec.submitters, spec.window, duration),
+        ready, go, start, results)) for part in parts]
+    try:
+        for process in processes:
+            process.start()
+        for _ in processes:
+            ready.get(timeout=120)
+        t0 = time.monotonic() + 0.2
+        start.value = t0
+        finality_before = observe.scrape_histogram(orderers, FINALITY)
+        go.set()
+        _sleep_until(t0 + spec.warmup)
+        window_start = time.monotonic()
+        cpu_before, busy_before = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
+        _sleep_until(t0 + duration)
+        window_end = time.monotonic()
+        cpu_after, busy_after = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
+        finality = observe.bucket_delta(observe.scrape_histogram(orderers, FINALITY),
+                                        finality_before)
+        outcomes = [results.get(timeout=180) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+        records = [r for outcome in outcomes for r in outcome.records]
+        acked = [r.tx_id for r in records if r.acked]
+        drained = observe.wait_committed([f.log for f in followers], acked, timeout=60)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for follower in followers:
+            follower.stop()
+    measured = e2e_report.Measured(
+        records=records, logs=[f.log for f in followers], t0=t0, window=(window_start,
+                                                                           window_end),
+        cpu={n.name: cpu_after[n.name] - cpu_before[n.name] for n in nodes},
+        roles={n.name: n.role for n in nodes},
+        machine_busy=busy_after - busy_before, finality=finality, drained=drained,
+        offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes))
+    summary, series = e2e_report.analyse(measured)
+    print(e2e_report.phase_line("fixed rate" if rate else "max rate", summary), flush=True)
+    return summary, series
+
+
+def _sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)

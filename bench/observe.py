@@ -1,0 +1,163 @@
+"""What the end-to-end benchmark watches while the load runs: commits on every committer,
+the processes' CPU time and peak memory, and the nodes' own Prometheus histograms."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger.common.v1 import validation_pb2
+from gridledger_core.rpc.tls import secure_channel
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+VALID = validation_pb2.TX_VALIDATION_CODE_VALID
+
+
+@dataclass
+class BlockSeen:
+    number: int
+    at: float
+    transactions: int
+
+
+@dataclass
+class CommitLog:
+    """One committer's commits: when each tx id was seen committed, and with what code."""
+
+    committer: str
+    commits: dict[str, tuple[float, int]] = field(default_factory=dict)
+    blocks: list[BlockSeen] = field(default_factory=list)
+
+
+class CommitFollower:
+    """Follows a committer's SubscribeCommits stream from `start` in a background thread."""
+
+    def __init__(self, network: devnet.Network, committer: devnet.Node, start: int) -> None:
+        self.log = CommitLog(committer.name)
+        self._channel = secure_channel(committer.grpc, network.tls())
+        stub = committer_pb2_grpc.CommitterServiceStub(self._channel)
+        self._call = stub.SubscribeCommits(committer_pb2.SubscribeCommitsRequest(
+            start_number=start))
+        self._thread = threading.Thread(target=self._run, name=f"follow-{committer.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        commits, blocks = self.log.commits, self.log.blocks
+        try:
+            for event in self._call:
+                now = time.monotonic()
+                blocks.append(BlockSeen(event.number, now, len(event.results)))
+                for result in event.results:
+                    commits[result.tx_id] = (now, result.validation_code)
+        except grpc.RpcError:
+            pass
+
+    def stop(self) -> None:
+        self._call.cancel()
+        self._thread.join(timeout=5)
+        self._channel.close()
+
+
+def wait_committed(logs: Sequence[CommitLog], tx_ids: Iterable[str], timeout: float) -> bool:
+    """True when every tx id is committed on every log (valid or not) within `timeout`."""
+    pending = set(tx_ids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = {t for t in pending if not all(t in log.commits for log in logs)}
+        if not pending:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# -- processes --------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0.0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_by_node(nodes: Sequence[devnet.Node]) -> dict[str, float]:
+    return {n.name: cpu_seconds(n.pid) for n in nodes}
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+# -- Prometheus histograms ---------------------------------------------------------------------
+
+Buckets = dict[float, float]  # upper bound -> cumulative count
+
+
+def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
+    """The sum over `nodes` of histogram `name`'s cumulative bucket counts."""
+    total: Buckets = {}
+    for node in nodes:
+        try:
+            with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as page:
+                text = page.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if sample.name == f"{name}_bucket":
+                    bound = float(sample.labels["le"])
+                    total[bound] = total.get(bound, 0.0) + sample.value
+    return total
+
+
+def bucket_delta(after: Buckets, before: Buckets) -> Buckets:
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def histogram_quantile(q: float, buckets: Buckets) -> float | None:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket that holds the
+    q-quantile; the +Inf bucket answers with the largest finite bound."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            share = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return bounds[-1]

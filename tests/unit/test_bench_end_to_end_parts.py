@@ -1,0 +1,124 @@
+"""The end-to-end benchmark's pure parts: the workload it signs, the quantiles it reads
+from Prometheus histograms, and the figures it derives from raw observations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import chart, e2e_report, observe, workload
+from bench.observe import BlockSeen, CommitLog
+from bench.submitter import Record
+from gridledger.common.v1 import envelope_pb2, market_pb2, transaction_pb2, validation_pb2
+from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.rules.market import forecast_params
+from gridledger_core.market.forecast import forecast
+
+V = observe.VALID
+INVALID = validation_pb2.TX_VALIDATION_CODE_STATE_CONFLICT
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("consortium")
+    create_consortium(directory, default_topology(4, meters=4, plants=1))
+    return directory
+
+
+def test_history_gives_producers_a_surplus_and_consumers_a_deficit_in_every_slot(
+        consortium: Path) -> None:
+    genesis = Genesis.load(consortium / "genesis.json")
+    now = 1_790_000_000
+    meters = workload.meter_names(4)
+    readings: dict[str, list[transaction_pb2.MeterReading]] = {m: [] for m in meters}
+    for envelope in workload.history(consortium, meters, genesis.reading_interval_seconds, now):
+        reading = transaction_pb2.Transaction.FromString(envelope.payload).meter_reading
+        assert reading.interval_start + reading.interval_seconds <= now
+        readings[reading.meter].append(reading)
+    params = forecast_params(genesis.market)
+    slots = workload.open_slots(genesis, now)
+    assert len(slots) >= 18
+    for slot in slots:
+        # Open for the whole run: gate closure is more than an hour away.
+        assert slot - genesis.market.gate_closure_seconds > now + 3600
+        for meter, history in readings.items():
+            net = forecast(history, slot, genesis.market.slot_seconds, params, as_of=now).net_wh
+            assert (net > 0) if workload.is_producer(meter) else (net < 0), (meter, slot)
+
+
+def test_jobs_mix_readings_orders_and_one_contract_per_meter(consortium: Path) -> None:
+    genesis = Genesis.load(consortium / "genesis.json")
+    maker = workload.JobMaker(consortium, genesis, workload.meter_names(4), "plant-1",
+                              1_790_000_000)
+    jobs = maker.jobs(200) + maker.jobs(200)
+    kinds = [j.kind for j in jobs]
+    assert kinds.count("contract") == 4
+    assert kinds.count("reading") > kinds.count("order") > 100
+    tx_ids = [j.tx_id for j in jobs if j.kind != "order"]
+    assert len(set(tx_ids)) == len(tx_ids) and all(tx_ids)
+    intervals = set()
+    for job in jobs:
+        envelope = envelope_pb2.SignedEnvelope.FromString(job.payload)
+        if job.kind == "reading":
+            reading = transaction_pb2.Transaction.FromString(envelope.payload).meter_reading
+            intervals.add((reading.meter, reading.interval_start))
+        elif job.kind == "order":
+            terms = market_pb2.TradeRequest.FromString(envelope.payload).terms
+            sell = terms.side == market_pb2.ORDER_SIDE_SELL
+            assert sell == workload.is_producer(terms.meter)
+            assert terms.quantity_wh % genesis.market.lot_wh == 0
+    assert len(intervals) == kinds.count("reading")  # never the same interval twice
+    parts = list(workload.chunks(jobs, 3))
+    assert sorted(id(j) for part in parts for j in part) == sorted(map(id, jobs))
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    buckets = {0.1: 10.0, 0.5: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    assert observe.histogram_quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * 40 / 80)
+    assert observe.histogram_quantile(0.99, buckets) == pytest.approx(0.5 + 0.5 * 9 / 10)
+    assert observe.histogram_quantile(0.99, {0.1: 0.0, float("inf"): 0.0}) is None
+    assert observe.histogram_quantile(0.99, {0.1: 1.0, float("inf"): 5.0}) == 0.1
+    assert observe.bucket_delta({0.1: 5.0, 1.0: 9.0}, {0.1: 2.0}) == {0.1: 3.0, 1.0: 9.0}
+
+
+def _measured(records: list[Record], logs: list[CommitLog]) -> e2e_report.Measured:
+    return e2e_report.Measured(
+        records=records, logs=logs, t0=100.0, window=(101.0, 103.0),
+        cpu={"orderer-1": 1.0, "orderer-2": 1.0, "committer-1": 0.5, "endorser-1": 0.5},
+        roles={"orderer-1": "orderer", "orderer-2": "orderer", "committer-1": "committer",
+               "endorser-1": "endorser"},
+        machine_busy=3.0, finality={0.1: 1.0, 0.2: 2.0, float("inf"): 2.0}, drained=True,
+        offered_rate=10.0, submitter_cpu=0.2)
+
+
+def test_analyse_counts_only_transactions_committed_everywhere_in_the_window(
+        tmp_path: Path) -> None:
+    records = [Record("reading", "a", 101.0, 101.0, 101.01, "", 0.0),
+               Record("order", "b", 101.5, 101.6, 101.61, "", 0.1),
+               Record("reading", "c", 102.0, 102.0, 102.01, "", 0.0),  # on one committer only
+               Record("order", "", 102.0, 0.0, 0.0, "FAILED_PRECONDITION: x", 0.05),
+               Record("reading", "d", 102.5, 102.5, 102.51, "", 0.0)]  # invalid
+    first = CommitLog("committer-1", {"a": (101.2, V), "b": (101.9, V), "c": (102.1, V),
+                                      "d": (102.7, INVALID)},
+                      [BlockSeen(1, 101.2, 1), BlockSeen(2, 101.9, 1), BlockSeen(3, 102.7, 2)])
+    second = CommitLog("committer-2", {"a": (101.3, V), "b": (101.8, V), "d": (102.8, INVALID)})
+    summary, series = e2e_report.analyse(_measured(records, [first, second]))
+    assert summary["committed_valid_tx_per_s"] == 1.0  # a and b, over 2 s
+    assert summary["submit_to_commit_ms"]["samples"] == 3  # a, b, d (c is not everywhere)
+    assert summary["submit_to_commit_ms"]["p50"] == 300.0  # b: 101.9 - 101.6
+    assert summary["matching_ms"] == {"p50": 50.0, "p99": 100.0, "samples": 2}
+    assert summary["rejected"] == {"FAILED_PRECONDITION: x": 1}
+    assert summary["invalid"] == {"STATE_CONFLICT": 1}
+    assert summary["unaccounted"] == 1  # c
+    assert summary["cpu_ms_per_committed_tx"] == {"committer": 250.0, "endorser": 250.0,
+                                                  "orderer": 1000.0}
+    assert summary["blocks_per_s"] == 1.5 and summary["avg_block_transactions"] == 1.3
+    assert summary["block_finality_p99_ms"] == pytest.approx(198.0)
+    assert series["committed_per_s"] == [0, 2, 0] and sum(series["sent_per_s"]) == 5
+    report = {"phases": {"fixed_rate": summary, "max_rate": summary},
+              "peak_rss_mib": {"orderer-1": 70.0}}
+    assert "committed (valid) tx/s" in e2e_report.table(report)
+    chart.render({"fixed_rate": series}, tmp_path / "c.png", title="test")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=["quick", "standard"], default="standard")
     parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these")
     parser.add_argument("--out", type=Path, default=Path("bench/reports"))
+    parser.add_argument("--py-spy", action="store_true",
+                        help="end_to_end: sample every node with py-spy in the max-rate window")
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report: dict = {"profile": args.profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -46,7 +48,8 @@ def main() -> None:
         started = time.monotonic()
         if name == "end_to_end":
             report[name] = end_to_end.run(
-                args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png")
+                args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png",
+                profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None)
         else:
             report[name] = run(args.profile)
         report[name]["bench_seconds"] = round(time.monotonic() - started, 1)

@@ -85,6 +85,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         if valid_in_window else None,
         "machine_busy_fraction": round(m.machine_busy / (seconds * (os.cpu_count() or 1)), 3),
         "submitter_cpu_seconds": round(m.submitter_cpu, 1),
+        "submitter_cpu_ms_per_job": round(m.submitter_cpu / len(m.records) * 1000, 3)
+        if m.records else None,
         "window_seconds": round(seconds, 1),
     }
     return summary, _series(m, committed, ours)
@@ -150,6 +152,7 @@ def table(report: dict) -> str:
         row(f"CPU ms per tx: {role}s", lambda s, r=role: s["cpu_ms_per_committed_tx"].get(r))
     row("CPU ms per tx: all roles", lambda s: s["cpu_ms_per_committed_tx_total"])
     row("machine busy (2 cores = 1.0)", lambda s: s["machine_busy_fraction"])
+    row("load generator CPU ms per job", lambda s: s["submitter_cpu_ms_per_job"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -4,9 +4,11 @@ Starts its own network in a temporary directory with the devnet launcher, gives 
 a day of readings and has a plant announce (set-up, untimed), then runs two phases through
 the public APIs, each with fresh jobs from `bench.workload`:
 
-- **fixed rate**: the profile's offered rate, open loop, from `submitters` processes;
 - **max rate**: each submitter keeps `window` jobs in flight, as fast as the network takes
-  them, for the sustained committed throughput.
+  them, for the sustained committed throughput;
+- **fixed rate**: the profile's offered rate (the target's 1,000 tx/s), open loop, from
+  `submitters` processes;
+- **sustainable rate**: open loop at 70 % of the throughput the max-rate phase measured.
 
 Transactions count as committed when every committer has committed them; latencies run from
 the submit (its scheduled time, at a fixed rate) to that moment. Only the window after
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import e2e_report, observe, submitter, workload
+from bench import e2e_report, observe, profiling, submitter, workload
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import envelope_pb2
@@ -58,19 +60,21 @@ PROFILES = {
 
 
 def run(profile: str = "standard", directory: Path | None = None,
-        chart_path: Path | None = None) -> dict:
+        chart_path: Path | None = None, profile_dir: Path | None = None) -> dict:
+    """`profile_dir`: also sample every node with py-spy during the max-rate window."""
     spec = PROFILES[profile]
     directory = directory or Path(tempfile.mkdtemp(prefix="gridledger-e2e-"))
     devnet.ensure_consortium(directory / "consortium", meters=spec.meters, plants=1)
     network = devnet.plan(directory, directory / "consortium", demo=False)
     devnet.start(network, roles=ROLES)
     try:
-        return _run(network, spec, profile, chart_path)
+        return _run(network, spec, profile, chart_path, profile_dir)
     finally:
         devnet.stop(network)
 
 
-def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path | None) -> dict:
+def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path | None,
+         profile_dir: Path | None) -> dict:
     genesis = Genesis.load(network.consortium_dir / "genesis.json")
     meters = workload.meter_names(spec.meters)
     now = int(time.time())
@@ -81,11 +85,17 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
     max_jobs = maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds))
     set_up["signing_seconds"] = round(time.monotonic() - signing, 1)
     print(f"end to end [{profile}]: {spec.meters} meters, set-up {set_up}", flush=True)
-    phases = {
-        "fixed_rate": _phase(network, fixed_jobs, spec, rate=spec.rate,
-                             duration=spec.rate_seconds),
-        "max_rate": _phase(network, max_jobs, spec, rate=0.0, duration=spec.max_seconds),
-    }
+    # Capacity first, then the target rate, then a rate the network sustains: 70 % of the
+    # capacity measured, where latency is not queueing. Each phase ends only when every
+    # acknowledged transaction is committed, so none leaks into the next.
+    phases = {"max_rate": _phase(network, max_jobs, spec, rate=0.0, duration=spec.max_seconds,
+                                 profile_dir=profile_dir),
+              "fixed_rate": _phase(network, fixed_jobs, spec, rate=spec.rate,
+                                   duration=spec.rate_seconds)}
+    sustainable = max(10.0, round(0.7 * phases["max_rate"][0]["committed_valid_tx_per_s"], -1))
+    phases["sustainable_rate"] = _phase(
+        network, maker.jobs(int(sustainable * spec.rate_seconds)), spec, rate=sustainable,
+        duration=spec.rate_seconds)
     report = {
         "profile": profile,
         "network": {role: len(network.by_role(role)) for role in ROLES},
@@ -94,7 +104,13 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         "peak_rss_mib": {n.name: round(observe.peak_rss_mib(n.pid), 1) for n in network.nodes
                          if n.role in ROLES},
     }
+    if profile_dir is not None:
+        report["profile_max_rate"] = profiling.by_role(
+            [n for n in network.nodes if n.role in ROLES], profile_dir)
+        report["profile_dir"] = str(profile_dir)
     print(e2e_report.table(report), flush=True)
+    for line in profiling.lines(report.get("profile_max_rate", {})):
+        print(line, flush=True)
     if chart_path is not None:
         from bench import chart
         chart.render({name: series for name, (_, series) in phases.items()}, chart_path,
@@ -175,7 +191,7 @@ def _submit_all(network: devnet.Network, envelopes: list[envelope_pb2.SignedEnve
 # -- one timed phase ---------------------------------------------------------------------------
 
 def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, rate: float,
-           duration: float) -> tuple[dict, dict]:
+           duration: float, profile_dir: Path | None = None) -> tuple[dict, dict]:
     nodes = [n for n in network.nodes if n.role in ROLES]
     orderers = network.by_role("orderer")
     followers = [observe.CommitFollower(network, c, _height(network))
@@ -201,11 +217,14 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         _sleep_until(t0 + spec.warmup)
         window_start = time.monotonic()
         cpu_before, busy_before = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
+        samplers = profiling.start(nodes, duration - spec.warmup, profile_dir) \
+            if profile_dir is not None else []
         _sleep_until(t0 + duration)
         window_end = time.monotonic()
         cpu_after, busy_after = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
         finality = observe.bucket_delta(observe.scrape_histogram(orderers, FINALITY),
                                         finality_before)
+        profiling.finish(samplers)
         outcomes = [results.get(timeout=180) for _ in processes]
         for process in processes:
             process.join(timeout=30)
@@ -226,7 +245,8 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         machine_busy=busy_after - busy_before, finality=finality, drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes))
     summary, series = e2e_report.analyse(measured)
-    print(e2e_report.phase_line("fixed rate" if rate else "max rate", summary), flush=True)
+    print(e2e_report.phase_line(f"{rate:,.0f} tx/s offered" if rate else "max rate", summary),
+          flush=True)
     return summary, series
 
 

@@ -1,17 +1,18 @@
 """A submitter process of the end-to-end benchmark: plays its share of the meters.
 
 Runs in its own process (spawned, so its gRPC client and signing never share the GIL with
-the coordinator that timestamps commits). Open loop at a fixed rate (a slow answer never
-delays the next send, and latency counts from the *scheduled* time, so client lag shows
-rather than hides), or closed loop at most `window` jobs in flight for the maximum rate.
-All times are `time.monotonic()`, which is one clock for every process on the machine.
+the coordinator that timestamps commits), on one asyncio loop. Open loop at a fixed rate (a
+slow answer never delays the next send, and latency counts from the *scheduled* time, so
+client lag shows rather than hides), or closed loop with at most `window` jobs in flight
+for the maximum rate. All times are `time.monotonic()`, one clock for every process on the
+machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import resource
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import grpc
 from bench.workload import Job
 from gridledger.common.v1 import envelope_pb2, market_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
-from gridledger_core.rpc.tls import TlsFiles, secure_channel
+from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 
 CALL_TIMEOUT = 30.0
@@ -65,21 +66,14 @@ def reason(exc: grpc.RpcError) -> str:
 
 
 class _Runner:
+    """One asyncio loop drives every call (grpc.aio): no thread per call or callback, so the
+    generator's own CPU per job stays small next to the network's."""
+
     def __init__(self, spec: Spec) -> None:
         self._spec = spec
-        self._channel = secure_channel(spec.endorser, spec.tls)
-        self._stub = endorser_pb2_grpc.EndorserServiceStub(self._channel)
         self._identities: dict[str, SigningIdentity] = {}
         self.records: list[Record] = []
-        self._outstanding = 0
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._window = threading.Semaphore(spec.window)
-
-    def ready(self) -> None:
-        grpc.channel_ready_future(self._channel).result(timeout=30)
-        for job in {j.meter: j for j in self._spec.jobs if j.kind == "order"}.values():
-            self._identity(job.meter)
+        self.cpu_at_start = 0.0
 
     def _identity(self, meter: str) -> SigningIdentity:
         identity = self._identities.get(meter)
@@ -88,77 +82,79 @@ class _Runner:
                 self._spec.consortium_dir, meter)
         return identity
 
-    def run(self, start: float) -> None:
+    async def run(self, ready: Any, go: Any, start: Any) -> None:
         spec = self._spec
-        if spec.rate > 0:
-            interval = 1.0 / spec.rate
-            for i, job in enumerate(spec.jobs):
-                due = start + i * interval
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                self._dispatch(job, due)
-        else:
-            deadline = start + spec.duration
+        async with grpc.aio.secure_channel(spec.endorser, spec.tls.channel_credentials(),
+                                           options=CHANNEL_OPTIONS) as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+            self._stub = endorser_pb2_grpc.EndorserServiceStub(channel)
             for job in spec.jobs:
-                self._window.acquire()
-                now = time.monotonic()
-                if now >= deadline:
-                    self._window.release()
-                    break
-                self._dispatch(job, now)
-        with self._idle:
-            self._idle.wait_for(lambda: self._outstanding == 0, timeout=CALL_TIMEOUT * 2 + 5)
-        self._channel.close()
+                if job.kind == "order":
+                    self._identity(job.meter)
+            ready.put(True)
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+            self.cpu_at_start = _cpu_seconds()
+            tasks = await (self._at_rate(start.value) if spec.rate > 0
+                           else self._at_max(start.value))
+            await asyncio.gather(*tasks)
 
-    def _dispatch(self, job: Job, due: float) -> None:
-        with self._lock:
-            self._outstanding += 1
-        if job.kind == "order":
-            request = endorser_pb2.RequestOptionsRequest(
-                request=envelope_pb2.SignedEnvelope.FromString(job.payload))
-            future = self._stub.RequestOptions.future(request, timeout=CALL_TIMEOUT)
-            future.add_done_callback(lambda f: self._optioned(job, due, f))
-        else:
-            self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0)
+    async def _at_rate(self, begin: float) -> list[asyncio.Task]:
+        interval = 1.0 / self._spec.rate
+        tasks = []
+        for i, job in enumerate(self._spec.jobs):
+            due = begin + i * interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self._job(job, due)))
+        return tasks
 
-    def _optioned(self, job: Job, due: float, future: grpc.Future) -> None:
-        now = time.monotonic()
-        try:
-            answer = future.result()
-        except grpc.RpcError as exc:
-            self._finish(Record("order", "", due, 0.0, 0.0, "options " + reason(exc), now - due))
+    async def _at_max(self, begin: float) -> list[asyncio.Task]:
+        deadline = begin + self._spec.duration
+        window = asyncio.Semaphore(self._spec.window)
+        tasks = []
+
+        async def one(job: Job) -> None:
+            try:
+                await self._job(job, time.monotonic())
+            finally:
+                window.release()
+
+        for job in self._spec.jobs:
+            await window.acquire()
+            if time.monotonic() >= deadline:
+                break
+            tasks.append(asyncio.create_task(one(job)))
+        return tasks
+
+    async def _job(self, job: Job, due: float) -> None:
+        if job.kind != "order":
+            await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0)
             return
+        request = endorser_pb2.RequestOptionsRequest(
+            request=envelope_pb2.SignedEnvelope.FromString(job.payload))
+        try:
+            answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:
+            self.records.append(Record("order", "", due, 0.0, 0.0, "options " + reason(exc),
+                                       time.monotonic() - due))
+            return
+        matched = time.monotonic()
         envelope = self._identity(job.meter).new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option))
-        tx_id = _tx_id(envelope)
-        self._submit("order", tx_id, envelope.SerializeToString(), due, time.monotonic(),
-                     now - due)
+        await self._submit("order", _tx_id(envelope), envelope.SerializeToString(), due,
+                           time.monotonic(), matched - due)
 
-    def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
-                matching: float) -> None:
+    async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
+                      matching: float) -> None:
         request = endorser_pb2.SubmitTransactionRequest(
             envelope=envelope_pb2.SignedEnvelope.FromString(payload))
-        future = self._stub.SubmitTransaction.future(request, timeout=CALL_TIMEOUT)
-
-        def done(f: grpc.Future) -> None:
-            now = time.monotonic()
-            try:
-                f.result()
-                record = Record(kind, tx_id, due, sent, now, "", matching)
-            except grpc.RpcError as exc:
-                record = Record(kind, tx_id, due, sent, 0.0, reason(exc), matching)
-            self._finish(record)
-
-        future.add_done_callback(done)
-
-    def _finish(self, record: Record) -> None:
+        try:
+            await self._stub.SubmitTransaction(request, timeout=CALL_TIMEOUT)
+            record = Record(kind, tx_id, due, sent, time.monotonic(), "", matching)
+        except grpc.RpcError as exc:
+            record = Record(kind, tx_id, due, sent, 0.0, reason(exc), matching)
         self.records.append(record)
-        self._window.release()
-        with self._idle:
-            self._outstanding -= 1
-            if self._outstanding == 0:
-                self._idle.notify_all()
 
 
 def _tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
@@ -169,9 +165,10 @@ def main(spec: Spec, ready: Any, go: Any, start: Any, results: Any) -> None:
     """Process entry point (multiprocessing queues, event and shared double): connect,
     report ready, wait for the common start, run, report."""
     runner = _Runner(spec)
-    runner.ready()
-    ready.put(True)
-    go.wait()
-    runner.run(start.value)
+    asyncio.run(runner.run(ready, go, start))
+    results.put(Outcome(runner.records, _cpu_seconds() - runner.cpu_at_start))
+
+
+def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    results.put(Outcome(runner.records, usage.ru_utime + usage.ru_stime))
+    return usage.ru_utime + usage.ru_stime

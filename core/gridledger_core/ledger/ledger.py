@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from gridledger.common.v1 import block_pb2, envelope_pb2, ledger_pb2
+from gridledger.common.v1 import block_pb2, envelope_pb2, ledger_pb2, transaction_pb2
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash, data_hash
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
@@ -39,6 +39,9 @@ class CommitResult:
     messages: list[str] = field(default_factory=list)
     # Header timestamps (Unix seconds) of the transactions that decoded, for latency metrics.
     tx_timestamps: list[float] = field(default_factory=list)
+    # Each transaction as decoded by the checks (None if it did not decode), so followers of
+    # the ledger (the endorser's book cache) never parse a block again.
+    transactions: list[transaction_pb2.Transaction | None] = field(default_factory=list)
 
 
 class Ledger:
@@ -101,7 +104,7 @@ class Ledger:
         first_index: dict[str, int] = {}  # new tx id -> its position; duplicates keep the first
         for index, raw in enumerate(block.transactions):
             tx_id, code, message = self._execute(raw, state, header.timestamp.seconds, seen,
-                                                 result.tx_timestamps)
+                                                 result)
             result.tx_ids.append(tx_id)
             result.codes.append(code)
             result.messages.append(message)
@@ -135,13 +138,16 @@ class Ledger:
         return result
 
     def _execute(self, raw: bytes, state: StateOverlay, block_time: int, seen: set[str],
-                 timestamps: list[float]) -> tuple[str, int, str]:
+                 result: CommitResult) -> tuple[str, int, str]:
         """Validate and apply one transaction; returns (tx id or "", code, message)."""
         tx_id = ""
+        decoded = len(result.transactions)
+        result.transactions.append(None)
         try:
             checked = check_endorsed_transaction(raw, self.genesis.membership)
             tx_id = checked.tx_id
-            timestamps.append(checked.tx.header.timestamp.ToNanoseconds() / 1e9)
+            result.transactions[decoded] = checked.tx
+            result.tx_timestamps.append(checked.tx.header.timestamp.ToNanoseconds() / 1e9)
             if tx_id in seen or self.store.get(schema.tx_key(tx_id)) is not None:
                 seen.add(tx_id)
                 raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,

@@ -7,6 +7,12 @@ So the cache never holds an order, or a quantity, the ledger does not; it can on
 ledger by the block being applied, and an option matched against a lagging book fails the
 commit-time rules (a stale option), never the ledger's consistency. If an update ever fails
 (it should not), the whole cache is rebuilt from the ledger.
+
+Options hold what they take: the quantity an outstanding option trades against a resting
+order is taken out of the cached order until the option's place_order reaches a block
+(valid or not) or the option expires. Concurrent requests are then never offered the same
+resting energy twice (which the ledger would refuse at commit as an over-fill), at the cost
+of keeping that energy from other buyers for at most the option's lifetime.
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-from gridledger.common.v1 import envelope_pb2, market_pb2, transaction_pb2
+from gridledger.common.v1 import market_pb2
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.ledger.state import StateOverlay
-from gridledger_core.market import BookSet, Depth, MatchResult, Order
+from gridledger_core.market import BookSet, Depth, MatchResult, Order, Side
 from gridledger_core.market import ledger_view as view
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,26 @@ TRADES = Counter("gridledger_endorser_trades", "Trades proposed in options and c
                  ["stage"])
 MATCHED_WH = Counter("gridledger_endorser_matched_energy_wh",
                      "Energy of the trades proposed in options and committed, Wh.", ["stage"])
+HELD_OPTIONS = Gauge("gridledger_endorser_held_options",
+                     "Outstanding options whose trades hold resting quantity in the book cache.")
+HOLD_GRACE_SECONDS = 2  # a place_order sealed just before expiry may still be in a block
+
+
+class HeldByOptions(Exception):
+    """The request would rest across energy that outstanding options hold: the ledger still
+    shows that energy open, so the resting remainder would cross it. A concurrency conflict
+    that clears with the options' block (or their expiry): ask again then."""
+
+
+@dataclass(frozen=True)
+class _Hold:
+    expires_at: int
+    takes: tuple[tuple[str, int], ...]  # (maker order id, Wh)
+    slot: int
+    maker_side: Side
+    prices: tuple[int, ...]  # of the makers it holds
+
+
 OPEN_ORDERS = Gauge("gridledger_endorser_book_open_orders",
                     "Open orders in the endorser's book cache, all slots.")
 REBUILDS = Counter("gridledger_endorser_book_rebuilds", "Full rebuilds of the book cache.")
@@ -44,6 +71,8 @@ class BookCache:
         self._market = ledger.genesis.market
         self._lock = threading.Lock()
         self._books = self._new_books()
+        self._holds: dict[str, _Hold] = {}  # option id -> what it holds
+        self._held: dict[str, int] = {}  # maker order id -> Wh held by outstanding options
         self.height = 0  # ledger height the cache reflects
         self.rebuild()
 
@@ -52,17 +81,35 @@ class BookCache:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def match(self, order: Order) -> tuple[MatchResult, dict[str, str], int]:
+    def match(self, order: Order, hold: tuple[str, int] | None = None,
+              ) -> tuple[MatchResult, dict[str, str], int]:
         """Propose (never apply) ``order`` against its slot's book: the result, the owners of
-        the resting orders it trades with, and the ledger height of the book."""
+        the resting orders it trades with, and the ledger height of the book. With ``hold``
+        = (option id, expiry), the traded quantities are held for that option. Raises
+        HeldByOptions if the order's remainder would rest across held energy."""
         with self._lock:
+            self._expire(int(self._clock()))
             book = self._books.book(order.slot)
             result = book.match(order)
+            if result.remaining and self._crosses_held(order):
+                raise HeldByOptions(
+                    f"the remainder of {result.remaining} Wh would rest across energy held by "
+                    "options that are not committed yet; request again after the next block")
             owners = {}
             for trade in result.trades:
                 maker = book.get(trade.maker_id)
                 assert maker is not None
                 owners[trade.maker_id] = maker.owner
+            if hold is not None and result.trades:
+                option_id, expires_at = hold
+                for trade in result.trades:
+                    book.fill(trade)
+                    self._held[trade.maker_id] = self._held.get(trade.maker_id, 0) + \
+                        trade.quantity
+                self._holds[option_id] = _Hold(
+                    expires_at, tuple((t.maker_id, t.quantity) for t in result.trades),
+                    order.slot, order.side.opposite, tuple(t.price for t in result.trades))
+                HELD_OPTIONS.set(len(self._holds))
             return result, owners, self.height
 
     def depth(self, slot_start: int, levels: int | None = None) -> tuple[Depth, int]:
@@ -94,6 +141,9 @@ class BookCache:
                 if record is not None and record.remaining_wh and self._open(record, now):
                     books.rest(view.to_book_order(record))
             self._books = books
+            self._holds.clear()
+            self._held.clear()
+            HELD_OPTIONS.set(0)
             self.height = height
             OPEN_ORDERS.set(sum(len(b) for b in books))
 
@@ -117,26 +167,28 @@ class BookCache:
             self.rebuild()
 
     def _apply(self, result: CommitResult) -> None:
-        valid = [i for i, code in enumerate(result.codes) if code == Code.TX_VALIDATION_CODE_VALID]
         touched: list[str] = []
+        settled: list[str] = []  # options that reached a block, valid or not: holds end
         committed_trades: list[market_pb2.ProposedTrade] = []
-        if valid:
-            found = self._ledger.get_block(result.number)
-            assert found is not None
-            block = found[0]
-            for index in valid:
-                tx = _transaction(block.transactions[index])
-                body = tx.WhichOneof("body")
-                if body == "place_order":
-                    option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                    touched += [t.maker_order_id for t in option.trades]
+        for index, tx in enumerate(result.transactions):
+            if tx is None:
+                continue
+            body = tx.WhichOneof("body")
+            valid = result.codes[index] == Code.TX_VALIDATION_CODE_VALID
+            if body == "place_order":
+                option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
+                settled.append(option.option_id)
+                touched += [t.maker_order_id for t in option.trades]
+                if valid:
                     touched.append(tx.header.tx_id)
                     committed_trades += option.trades
-                elif body == "cancel_order":
-                    touched.append(tx.cancel_order.order_id)
+            elif body == "cancel_order" and valid:
+                touched.append(tx.cancel_order.order_id)
         now = int(self._clock())
         state = StateOverlay(self._ledger.store)
         with self._lock:
+            for option_id in settled:
+                self._release(option_id)
             for order_id in touched:  # makers before the taker: its remainder must not cross
                 self._sync(state, order_id, now)
             for slot in [b.slot for b in self._books if self._closed(b.slot, now)]:
@@ -154,10 +206,43 @@ class BookCache:
         book = self._books.get(record.slot_start)
         if book is not None and order_id in book:
             book.cancel(order_id)
-        if record.remaining_wh and self._open(record, now):
-            self._books.rest(view.to_book_order(record))
+        open_wh = record.remaining_wh - self._held.get(order_id, 0)
+        if open_wh > 0 and self._open(record, now):
+            order = view.to_book_order(record)
+            order.remaining = open_wh
+            self._books.rest(order)
 
+    def _crosses_held(self, order: Order) -> bool:
+        """Would `order` resting cross a maker that an option holds?"""
+        for hold in self._holds.values():
+            if hold.slot != order.slot or hold.maker_side is not order.side.opposite:
+                continue
+            if order.side is Side.BUY and min(hold.prices) <= order.price:
+                return True
+            if order.side is Side.SELL and max(hold.prices) >= order.price:
+                return True
+        return False
 
-def _transaction(raw: bytes) -> transaction_pb2.Transaction:
-    endorsed = envelope_pb2.EndorsedTransaction.FromString(raw)
-    return transaction_pb2.Transaction.FromString(endorsed.envelope.payload)
+    def _release(self, option_id: str) -> list[str]:
+        """End an option's hold; the makers it held (to be re-read from the ledger)."""
+        hold = self._holds.pop(option_id, None)
+        if hold is None:
+            return []
+        for maker_id, quantity in hold.takes:
+            left = self._held.get(maker_id, 0) - quantity
+            if left > 0:
+                self._held[maker_id] = left
+            else:
+                self._held.pop(maker_id, None)
+        HELD_OPTIONS.set(len(self._holds))
+        return [maker_id for maker_id, _ in hold.takes]
+
+    def _expire(self, now: int) -> None:
+        expired = [o for o, h in self._holds.items() if h.expires_at + HOLD_GRACE_SECONDS < now]
+        if not expired:
+            return
+        state = StateOverlay(self._ledger.store)
+        for option_id in expired:
+            for maker_id in self._release(option_id):
+                self._sync(state, maker_id, now)
+

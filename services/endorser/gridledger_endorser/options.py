@@ -72,14 +72,15 @@ class OptionDesk:
                                 signer, terms, now)
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,
                       terms.quantity_wh, REQUEST_SEQUENCE, terms.slot_start)
-        result, owners, height = self._books.match(order)
+        option_id, expires_at = os.urandom(16).hex(), now + self._ttl
+        result, owners, height = self._books.match(order, hold=(option_id, expires_at))
         option = market_pb2.TradeOption(
-            option_id=os.urandom(16).hex(), endorser=self._identity.name, terms=terms,
+            option_id=option_id, endorser=self._identity.name, terms=terms,
             trades=[market_pb2.ProposedTrade(maker_order_id=t.maker_id, maker=owners[t.maker_id],
                                              price=t.price, quantity_wh=t.quantity)
                     for t in result.trades],
             rest_wh=result.remaining, cancelled_wh=result.prevented, issued_at=now,
-            expires_at=now + self._ttl, ledger_height=height)
+            expires_at=expires_at, ledger_height=height)
         TRADES.labels("proposed").inc(len(result.trades))
         MATCHED_WH.labels("proposed").inc(result.filled)
         signed = self._identity.sign_envelope(option.SerializeToString())

@@ -19,7 +19,7 @@ from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.errors import abort_invalid
 from gridledger_core.signing_identity import SigningIdentity
-from gridledger_endorser.book_cache import BookCache
+from gridledger_endorser.book_cache import BookCache, HeldByOptions
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
 from gridledger_endorser.options import DEFAULT_OPTION_TTL, OptionDesk
 
@@ -88,6 +88,9 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                       else exc.code_name.lower())
             TRADE_REQUESTS.labels(side, result).inc()
             abort_invalid(context, exc)
+        except HeldByOptions as exc:
+            TRADE_REQUESTS.labels(side, "held_by_options").inc()
+            context.abort(grpc.StatusCode.ABORTED, str(exc))
         TRADE_REQUESTS.labels(side, "accepted").inc()
         allowance = proposal.allowance
         response = endorser_pb2.RequestOptionsResponse(

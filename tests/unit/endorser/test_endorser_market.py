@@ -63,6 +63,7 @@ class Endorser:
     chain: ChainBuilder
     broadcaster: RecordingBroadcaster
     ids: dict[str, SigningIdentity]
+    clock: list[float]  # the servicer's clock, settable
 
     def request(self, signer: str, order: market_pb2.OrderTerms
                 ) -> endorser_pb2.RequestOptionsResponse:
@@ -107,8 +108,9 @@ def endorser(genesis: Genesis, consortium_dir: Path) -> Endorser:
     assert set(ledger.commit(chain.block(txs, timestamp=NOW)).codes) == {
         Code.TX_VALIDATION_CODE_VALID}
     broadcaster = RecordingBroadcaster()
-    servicer = EndorserServicer(ledger, e, broadcaster, clock=lambda: NOW)  # type: ignore[arg-type]
-    return Endorser(servicer, ledger, chain, broadcaster, ids)
+    clock = [float(NOW)]
+    servicer = EndorserServicer(ledger, e, broadcaster, clock=lambda: clock[0])  # type: ignore[arg-type]
+    return Endorser(servicer, ledger, chain, broadcaster, ids, clock)
 
 
 HOUR = 3600
@@ -230,25 +232,69 @@ def test_options_trades_partial_fills_and_the_book_cache(endorser: Endorser) -> 
         matched_before + 3
 
 
-def test_stale_options_fail_at_commit_and_the_cache_follows_the_ledger(
-        endorser: Endorser) -> None:
+def test_concurrent_options_never_offer_the_same_resting_energy(endorser: Endorser) -> None:
     endorser.accept("meter-1", endorser.request("meter-1", terms("meter-1", SELL, ASK, 2000)))
     endorser.commit_broadcast()
-    # Two buyers get options on the same 2,000 Wh before either is committed; both pass
-    # simulation (the state has not moved yet), the ledger takes the first only.
+    # Two buyers ask for the same 2,000 Wh before either is committed: the first option holds
+    # it; the second would rest its bid across the held ask (which the ledger still shows
+    # open), a concurrency conflict: ABORTED, and nothing held or recorded for it.
     a = endorser.request("meter-2", terms("meter-2", BUY, ASK, 2000))
-    b = endorser.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    assert [t.quantity_wh for t in _option(a).trades] == [2000]
+    assert endorser.book() == ([], [])  # the held ask is out of the cache
+    with pytest.raises(Aborted) as err:
+        endorser.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    assert err.value.code == grpc.StatusCode.ABORTED and "held by options" in err.value.details
+    # A bid below the held ask does not cross it and rests.
+    low = endorser.request("meter-3", terms("meter-3", BUY, ASK - 1000, 1000))
+    assert _option(low).trades == [] and _option(low).rest_wh == 1000
     endorser.accept("meter-2", a)
-    endorser.accept("meter-3", b)
-    codes = endorser.commit_broadcast()
-    assert codes == [Code.TX_VALIDATION_CODE_VALID, Code.TX_VALIDATION_CODE_STATE_CONFLICT]
+    endorser.accept("meter-3", low)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID] * 2
+    assert endorser.book() == ([(ASK - 1000, 1000, 1)], [])
+    # Once the holding option is in a block, asking again works.
+    again = endorser.request("meter-3", terms("meter-3", BUY, ASK, 1000))
+    assert _option(again).trades == [] and _option(again).rest_wh == 1000
+
+
+def test_an_unused_option_holds_energy_only_until_it_expires(endorser: Endorser) -> None:
+    endorser.accept("meter-1", endorser.request("meter-1", terms("meter-1", SELL, ASK, 2000)))
+    endorser.commit_broadcast()
+    unused = endorser.request("meter-2", terms("meter-2", BUY, ASK, 1500))
+    assert endorser.book() == ([], [(ASK, 500, 1)])
+    endorser.clock[0] = _option(unused).expires_at + 3  # past expiry and the grace
+    later = endorser.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    assert [t.quantity_wh for t in _option(later).trades] == [2000]
+
+
+def test_stale_options_fail_at_commit_and_the_cache_follows_the_ledger(
+        endorser: Endorser) -> None:
+    sell = endorser.accept("meter-1", endorser.request("meter-1",
+                                                        terms("meter-1", SELL, ASK, 2000)))
+    endorser.commit_broadcast()
+    option = endorser.request("meter-2", terms("meter-2", BUY, ASK, 2000))
+    # The seller cancels in the block that also carries the buyer's acceptance: both pass
+    # simulation (the state has not moved yet); the ledger takes the cancel, which comes
+    # first, and refuses the now stale option.
+    cancel = endorser.ids["meter-1"].new_transaction(
+        "cancel_order", market_pb2.CancelOrder(order_id=tx_id(sell)), timestamp=NOW)
+    endorser.submit(cancel)
+    accepted = endorser.accept("meter-2", option)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID,
+                                           Code.TX_VALIDATION_CODE_STATE_CONFLICT]
     assert endorser.book() == ([], [])
     # The refused option can no longer pass simulation either.
     with pytest.raises(Aborted) as err:
-        endorser.accept("meter-3", b)
+        endorser.submit(accepted)
+    assert err.value.code in (grpc.StatusCode.FAILED_PRECONDITION,
+                              grpc.StatusCode.ALREADY_EXISTS)
+    with pytest.raises(Aborted) as err:
+        endorser.accept("meter-2", option)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not on the ledger" in err.value.details or "over-fill" in err.value.details
     assert endorser.broadcaster.sent == []
+
+
+def _option(response: endorser_pb2.RequestOptionsResponse) -> market_pb2.TradeOption:
+    return market_pb2.TradeOption.FromString(response.option.payload)
 
 
 def test_cancel_removes_the_order_from_the_cache(endorser: Endorser) -> None:

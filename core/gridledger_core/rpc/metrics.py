@@ -29,12 +29,23 @@ def _code_of(context: grpc.ServicerContext) -> str:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        # gRPC asks for every call; a method's wrapped handler is built once.
+        self._wrapped: dict[tuple[str, int], Any] = {}
+
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        key = (handler_call_details.method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap(handler, handler_call_details.method)
+        return wrapped
+
+    def _wrap(self, handler: Any, full_method: str) -> Any:
+        service, _, method = full_method.lstrip("/").rpartition("/")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, "unary", service, method),

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ENDORSEMENT_DOMAIN = b"gridledger/endorsement/v1\x00"
+ENDORSEMENT_BATCH_DOMAIN = b"gridledger/endorsement-batch/v1\x00"
 NONCE_BYTES = 24
 
 
@@ -35,6 +36,13 @@ def derive_tx_id(nonce: bytes, creator_certificate: bytes) -> str:
 def endorsement_message(payload: bytes) -> bytes:
     """What an endorser signs: a domain-separated digest of the exact payload bytes."""
     return ENDORSEMENT_DOMAIN + sha256(payload)
+
+
+def endorsement_batch_message(leaf_count: int, root: bytes) -> bytes:
+    """What an endorser signs for a batch: the RFC 6962 Merkle root over the batch's
+    `endorsement_message`s and the leaf count (8 bytes, big-endian). Naming the count pins the
+    tree's shape, so a proof cannot claim another size for the same root."""
+    return ENDORSEMENT_BATCH_DOMAIN + leaf_count.to_bytes(8, "big") + root
 
 
 class Signer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,15 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 
 from gridledger.common.v1 import envelope_pb2, transaction_pb2
+from gridledger_core import merkle
 from gridledger_core.consortium import NodeMaterial
-from gridledger_core.crypto import Signer, derive_tx_id, endorsement_message, new_nonce
+from gridledger_core.crypto import (
+    Signer,
+    derive_tx_id,
+    endorsement_batch_message,
+    endorsement_message,
+    new_nonce,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,18 @@ class SigningIdentity:
         return self.sign_envelope(tx.SerializeToString())
 
     def endorse(self, envelope: envelope_pb2.SignedEnvelope) -> envelope_pb2.Endorsement:
-        return envelope_pb2.Endorsement(
-            signature=self.signer.sign(endorsement_message(envelope.payload)),
-            endorser_certificate=self.certificate)
+        """Endorse one transaction: a batch of one (count 1, empty audit path)."""
+        return self.endorse_batch([envelope.payload])[1][0]
+
+    def endorse_batch(self, payloads: Sequence[bytes]
+                      ) -> tuple[bytes, list[envelope_pb2.Endorsement]]:
+        """One signature over the Merkle root of the payloads' endorsement messages; returns
+        the signed batch message and one endorsement per payload, in order."""
+        root, paths = merkle.tree([endorsement_message(p) for p in payloads])
+        message = endorsement_batch_message(len(payloads), root)
+        signature = self.signer.sign(message)
+        return message, [envelope_pb2.Endorsement(signature=signature,
+                                                  endorser_certificate=self.certificate,
+                                                  leaf_index=i, leaf_count=len(payloads),
+                                                  audit_path=path)
+                         for i, path in enumerate(paths)]

@@ -1,6 +1,10 @@
 """Checks every transaction must pass before its body's rules are even looked at: decoding,
 the creator's certificate chain and signature over the exact payload bytes, the header, and
-the endorsements. Endorsers run them on admission; committers run them again at commit."""
+the endorsements. Endorsers run them on admission; committers run them again at commit.
+
+Creator and endorsement signatures go through the process's cache of verified signatures
+(sigcache.py): an endorsement batch's one signature is verified once per process, not once per
+transaction, and an endorser's replica does not re-verify what its submit path verified."""
 
 from __future__ import annotations
 
@@ -10,9 +14,16 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, transaction_pb2
-from gridledger_core.crypto import derive_tx_id, endorsement_message, verify_signature
+from gridledger_core import merkle
+from gridledger_core.crypto import (
+    derive_tx_id,
+    endorsement_batch_message,
+    endorsement_message,
+    verify_signature,
+)
 from gridledger_core.identity import Identity, Membership, Role, UnknownSigner
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.sigcache import verify_cached
 
 MIN_NONCE_BYTES = 16
 
@@ -34,7 +45,7 @@ def check_envelope(envelope: envelope_pb2.SignedEnvelope, membership: Membership
         creator = membership.identify(envelope.signer_certificate, now)
     except UnknownSigner as exc:
         raise TxInvalid(Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER, f"unknown signer: {exc}") from exc
-    if not verify_signature(creator.public_key, envelope.signature, envelope.payload):
+    if not verify_cached(creator.public_key, envelope.signature, envelope.payload):
         raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_SIGNATURE,
                         f"signature of {creator.name} does not verify over the payload")
     tx = transaction_pb2.Transaction()
@@ -67,8 +78,10 @@ def check_endorsements(payload: bytes,
                        membership: Membership) -> list[Identity]:
     """At least one valid endorsement by a consortium endorser over `payload`; every
     endorsement present must be valid (a bad one is a sign of tampering, not something to
-    skip over)."""
-    message = endorsement_message(payload)
+    skip over). Each endorsement proves the payload is a leaf of a signed batch (see
+    envelope.proto): the root is recomputed from the payload and the audit path, and the
+    signature must verify over that root and the leaf count."""
+    leaf = endorsement_message(payload)
     endorsers: list[Identity] = []
     for endorsement in endorsements:  # type: ignore[attr-defined]
         try:
@@ -79,9 +92,18 @@ def check_endorsements(payload: bytes,
         if endorser.role != Role.ENDORSER:
             raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
                             f"{endorser.name} is a {endorser.role}, not an endorser")
-        if not verify_signature(endorser.public_key, endorsement.signature, message):
+        try:
+            root = merkle.root_from_path(leaf, endorsement.leaf_index, endorsement.leaf_count,
+                                         endorsement.audit_path)
+        except merkle.ProofError as exc:
             raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
-                            f"endorsement signature of {endorser.name} does not verify")
+                            f"endorsement of {endorser.name} has a bad batch proof: {exc}"
+                            ) from exc
+        message = endorsement_batch_message(endorsement.leaf_count, root)
+        if not verify_cached(endorser.public_key, endorsement.signature, message):
+            raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
+                            f"endorsement signature of {endorser.name} does not verify over "
+                            "the batch root its proof implies")
         endorsers.append(endorser)
     if not endorsers:
         raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE, "transaction is not endorsed")

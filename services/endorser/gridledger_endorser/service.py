@@ -19,6 +19,7 @@ from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.errors import abort_invalid
 from gridledger_core.signing_identity import SigningIdentity
+from gridledger_endorser.batch_signer import BatchSigner
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
 from gridledger_endorser.options import DEFAULT_OPTION_TTL, OptionDesk
@@ -40,10 +41,13 @@ TRADE_REQUESTS = Counter("gridledger_endorser_trade_requests",
 class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
     def __init__(self, ledger: Ledger, identity: SigningIdentity, broadcaster: Broadcaster,
                  books: BookCache | None = None, option_ttl: int = DEFAULT_OPTION_TTL,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 signer: BatchSigner | None = None) -> None:
         self._ledger = ledger
         self._identity = identity
         self._broadcaster = broadcaster
+        # Concurrent submissions share one endorsement signature per batch.
+        self._signer = signer if signer is not None else BatchSigner(identity)
         self._clock = clock
         self.books = books if books is not None else BookCache(ledger, clock)
         self._desk = OptionDesk(ledger, self.books, identity, option_ttl, clock)
@@ -60,7 +64,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         except TxInvalid as exc:
             REQUESTS.labels(body, exc.code_name.lower()).inc()
             abort_invalid(context, exc)
-        endorsement = self._identity.endorse(request.envelope)
+        endorsement = self._signer.endorse(request.envelope.payload)
         ENDORSE_SECONDS.observe(time.perf_counter() - start)
         endorsed = envelope_pb2.EndorsedTransaction(envelope=request.envelope,
                                                     endorsements=[endorsement])

@@ -12,9 +12,15 @@ per block); it reports transactions per second and where the time goes (cProfile
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import itertools
+import json
+import os
 import pstats
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -215,3 +221,79 @@ def run(profile: str = "standard") -> dict:
         ordering, blocks, genesis = orderer_only(profile, workdir / "net")
         committing = committer_only(blocks, genesis, workdir / "ledger")
     return {"orderer_only": ordering, "committer_only": committing}
+
+
+# -- profiling the orderers (python -m bench.ordering --help) ------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile_orderers(count: int, out: Path, *, py_spy: bool, rate: float | None) -> dict:
+    """Start the 4 orderers, broadcast `count` readings (at `rate`, or all at once) and report
+    CPU seconds per transaction of each orderer and of this client; with `py_spy`, also record
+    each orderer with `py-spy record --gil` (collapsed stacks in `out`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as directory:
+        workdir = Path(directory)
+        consortium = workdir / "consortium"
+        devnet.ensure_consortium(consortium)
+        network = devnet.plan(workdir, consortium, demo=False)
+        devnet.start(network, roles=("orderer",))
+        orderers = network.by_role("orderer")
+        channels = [secure_channel(o.grpc, network.tls()) for o in orderers]
+        stubs = [orderer_pb2_grpc.OrdererServiceStub(c) for c in channels]
+        follower = Follower(orderers[0].grpc, network)
+        spies: list[subprocess.Popen] = []
+        try:
+            now = int(time.time()) // 900 * 900
+            txs = endorsed_readings(consortium, count, now - 86400 * 30)
+            before = {o.name: _cpu_seconds(o.pid) for o in orderers}
+            client_before = time.process_time()
+            if py_spy:
+                spy = Path(sys.executable).parent / "py-spy"
+                spies = [subprocess.Popen(
+                    [str(spy), "record", "--gil", "--nonblocking", "-r", "100", "-f", "raw",
+                     "-o", str(out / f"{o.name}.txt"), "-p", str(o.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in orderers]
+                time.sleep(1.0)
+            started = time.perf_counter()
+            ids = list(broadcast_all(stubs, txs, rate))
+            if not follower.wait_for(ids, 600):
+                raise RuntimeError("profiled run did not finish")
+            elapsed = max(follower.final_at[t] for t in ids) - started
+            cpu = {o.name: _cpu_seconds(o.pid) - before[o.name] for o in orderers}
+            client_cpu = time.process_time() - client_before
+        finally:
+            for proc in spies:
+                proc.send_signal(signal.SIGINT)
+            for proc in spies:
+                proc.wait(30)
+            follower.close()
+            for channel in channels:
+                channel.close()
+            devnet.stop(network)
+    result = {"transactions": count, "seconds": round(elapsed, 2),
+              "tx_per_s": round(count / elapsed),
+              "orderer_cpu_ms_per_tx": {k: round(v / count * 1000, 3) for k, v in cpu.items()},
+              "orderers_cpu_ms_per_tx": round(sum(cpu.values()) / count * 1000, 3),
+              "client_cpu_ms_per_tx": round(client_cpu / count * 1000, 3)}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ordering",
+                                     description="Profile the orderers under broadcast load.")
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=None, help="tx/s (default: all at once)")
+    parser.add_argument("--py-spy", action="store_true", help="record each orderer (--gil)")
+    parser.add_argument("--out", type=Path, default=Path("bench/reports/orderer-profile"))
+    args = parser.parse_args()
+    profile_orderers(args.count, args.out, py_spy=args.py_spy, rate=args.rate)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,6 @@ from gridledger_core.consensus.actions import Action, Broadcast, Deliver, Persis
 from gridledger_core.consensus.certificate import ed25519_verifier
 from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
-from gridledger_core.crypto import sha256
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.checks import check_for_ordering
 from gridledger_core.ledger.errors import TxInvalid
@@ -54,7 +53,7 @@ BLOCK_TXS = Histogram("gridledger_orderer_block_transactions", "Transactions per
 
 
 _UNCHECKED = object()
-_SEEN_LIMIT = 200_000  # entries kept before the cache starts over (~40 MB)
+_SEEN_LIMIT = 200_000  # entries kept before the cache starts over
 
 
 class _Seen:
@@ -84,9 +83,12 @@ class OrdererNode:
         self._transport = transport
         self._on_deliver = on_deliver
         self._membership = genesis.membership
-        # sha256(tx bytes) -> _Seen: each transaction is parsed and verified once per
-        # orderer, although its id is needed on admission, forwarding, proposal, commit and
-        # storage (a sha256 of ~1 KB costs half a parse).
+        # tx bytes -> _Seen: each transaction is parsed and verified once per orderer,
+        # although its id is needed on admission, forwarding, proposal, commit and storage.
+        # Keyed by the bytes themselves (equal bytes, equal entry; Python's hash of ~1 KB is
+        # cheaper than a sha256); an entry leaves when its transaction is final, after which
+        # the tx id alone makes every later arrival a duplicate, so the cache holds about what
+        # the pool holds.
         self._seen: dict[bytes, _Seen] = {}
         self._arrivals: dict[bytes, float] = {}
         seed = identity.signer.seed()
@@ -149,13 +151,12 @@ class OrdererNode:
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
     def _lookup(self, raw: bytes) -> _Seen:
-        key = sha256(raw)
-        seen = self._seen.get(key)
+        seen = self._seen.get(raw)
         if seen is None:
             seen = _Seen(tx_id_of(raw).encode())
-            if len(self._seen) >= _SEEN_LIMIT:
+            if len(self._seen) >= _SEEN_LIMIT:  # refused or never-final transactions
                 self._seen.clear()
-            self._seen[key] = seen
+            self._seen[raw] = seen
         return seen
 
     def tx_id(self, raw: bytes) -> bytes:
@@ -238,7 +239,11 @@ class OrdererNode:
     def _observe_final(self, block: block_pb2.Block, now: float) -> None:
         HEIGHT.set(self._store.height)
         BLOCK_TXS.observe(len(block.transactions))
-        arrivals = [self._arrivals.pop(self.tx_id(tx), None) for tx in block.transactions]
+        arrivals = []
+        for tx in block.transactions:
+            seen = self._seen.pop(tx, None)
+            tx_id = seen.tx_id if seen is not None else tx_id_of(tx).encode()
+            arrivals.append(self._arrivals.pop(tx_id, None))
         seen = [a for a in arrivals if a is not None]
         if seen:
             FINALITY.observe(now - min(seen))

@@ -12,12 +12,19 @@ per block); it reports transactions per second and where the time goes (cProfile
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import itertools
+import json
+import os
 import pstats
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -34,6 +41,7 @@ from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.sigcache import VERIFIED
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
 from gridledger_orderer.store import tx_id_of
 
 # (transactions at saturation, offered rate, seconds at that rate)
@@ -134,8 +142,51 @@ def _settle(pending: list, stubs: list) -> list:
     return retry
 
 
-def orderer_only(profile: str, workdir: Path) -> tuple[dict, list[block_pb2.Block], Genesis]:
+def broadcast_batched(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:
+    """As the endorser does: callers on many threads, each blocked in its own
+    `Broadcaster.broadcast`, coalesced into BroadcastBatch calls; one broadcaster per
+    orderer (each fails over to the others), transactions round-robin over them. Paced at
+    `rate` per second or as fast as possible; returns tx id -> send time. A transaction no
+    orderer takes (queues full) is retried after 50 ms."""
+    names = [f"orderer-{i + 1}" for i in range(len(stubs))]
+    broadcasters = [Broadcaster.over([(names[(i + k) % len(stubs)], stubs[(i + k) % len(stubs)])
+                                      for k in range(len(stubs))], timeout=30)
+                    for i in range(len(stubs))]
+
+    def send(broadcaster: Broadcaster, tx: bytes) -> None:
+        while True:
+            try:
+                broadcaster.broadcast(tx)
+                return
+            except OrdererUnavailable:
+                time.sleep(0.05)
+
+    sent: dict[str, float] = {}
+    next_at = time.perf_counter()
+    cycle = itertools.cycle(broadcasters)
+    with ThreadPoolExecutor(256) as pool:
+        futures = []
+        for tx in txs:
+            if rate is not None:
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at += 1.0 / rate
+            sent[tx_id_of(tx)] = time.perf_counter()
+            futures.append(pool.submit(send, next(cycle), tx))
+        for future in futures:
+            future.result()
+    for broadcaster in broadcasters:
+        broadcaster.close()
+    return sent
+
+
+def orderer_only(profile: str, workdir: Path, *, batched: bool = True,
+                 ) -> tuple[dict, list[block_pb2.Block], Genesis]:
+    """With `batched`, the clients broadcast as the endorser does (BroadcastBatch, see
+    `broadcast_batched`); otherwise with one unary Broadcast per transaction."""
     saturation, rate, seconds = PROFILES[profile]
+    send = broadcast_batched if batched else broadcast_all
     consortium = workdir / "consortium"
     devnet.ensure_consortium(consortium)
     network = devnet.plan(workdir, consortium, demo=False)
@@ -149,7 +200,7 @@ def orderer_only(profile: str, workdir: Path) -> tuple[dict, list[block_pb2.Bloc
         all_txs = endorsed_readings(consortium, saturation + paced_count, now - 86400 * 30)
         burst, paced = all_txs[:saturation], all_txs[saturation:]
 
-        sent = broadcast_all(stubs, burst, None)
+        sent = send(stubs, burst, None)
         ids = list(sent)
         if not follower.wait_for(ids, 600):
             raise RuntimeError("saturation run did not finish")
@@ -157,7 +208,7 @@ def orderer_only(profile: str, workdir: Path) -> tuple[dict, list[block_pb2.Bloc
         last_final = max(follower.final_at[t] for t in ids)
         throughput = len(ids) / (last_final - first_sent)
 
-        sent = broadcast_all(stubs, paced, rate)
+        sent = send(stubs, paced, rate)
         ids = list(sent)
         if not follower.wait_for(ids, 120):
             raise RuntimeError("paced run did not finish")
@@ -169,12 +220,14 @@ def orderer_only(profile: str, workdir: Path) -> tuple[dict, list[block_pb2.Bloc
             channel.close()
         devnet.stop(network)
     sizes = [len(b.transactions) for b in blocks]
-    result = {"orderers": len(stubs), "saturation_tx": saturation,
+    result = {"orderers": len(stubs), "broadcast": "batched" if batched else "unary",
+              "saturation_tx": saturation,
               "throughput_tx_per_s": round(throughput),
               "offered_rate_tx_per_s": rate,
               "broadcast_to_final": summary_ms(latencies),
               "blocks": len(blocks), "avg_block_tx": round(sum(sizes) / len(sizes), 1)}
-    print(f"orderer-only: {result['throughput_tx_per_s']:,} tx/s at saturation "
+    print(f"orderer-only ({result['broadcast']} broadcast): "
+          f"{result['throughput_tx_per_s']:,} tx/s at saturation "
           f"(n={len(stubs)}, {saturation} pre-endorsed tx); at {rate} tx/s offered, "
           f"broadcast->final p50 {result['broadcast_to_final']['p50_ms']} ms, "
           f"p99 {result['broadcast_to_final']['p99_ms']} ms")
@@ -224,6 +277,90 @@ def committer_only(blocks: list[block_pb2.Block], genesis: Genesis, workdir: Pat
 def run(profile: str = "standard") -> dict:
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
+        # Unary first: what grpcurl/CLI clients (and endorsers before BroadcastBatch) get.
+        unary, _, _ = orderer_only(profile, workdir / "net-unary", batched=False)
         ordering, blocks, genesis = orderer_only(profile, workdir / "net")
         committing = committer_only(blocks, genesis, workdir / "ledger")
-    return {"orderer_only": ordering, "committer_only": committing}
+    return {"orderer_only": ordering, "orderer_only_unary": unary,
+            "committer_only": committing}
+
+
+# -- profiling the orderers (python -m bench.ordering --help) ------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile_orderers(count: int, out: Path, *, py_spy: bool, rate: float | None,
+                     batched: bool) -> dict:
+    """Start the 4 orderers, broadcast `count` readings (at `rate`, or all at once) and report
+    CPU seconds per transaction of each orderer and of this client; with `py_spy`, also record
+    each orderer with `py-spy record --gil` (collapsed stacks in `out`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as directory:
+        workdir = Path(directory)
+        consortium = workdir / "consortium"
+        devnet.ensure_consortium(consortium)
+        network = devnet.plan(workdir, consortium, demo=False)
+        devnet.start(network, roles=("orderer",))
+        orderers = network.by_role("orderer")
+        channels = [secure_channel(o.grpc, network.tls()) for o in orderers]
+        stubs = [orderer_pb2_grpc.OrdererServiceStub(c) for c in channels]
+        follower = Follower(orderers[0].grpc, network)
+        spies: list[subprocess.Popen] = []
+        try:
+            now = int(time.time()) // 900 * 900
+            txs = endorsed_readings(consortium, count, now - 86400 * 30)
+            before = {o.name: _cpu_seconds(o.pid) for o in orderers}
+            client_before = time.process_time()
+            if py_spy:
+                spy = Path(sys.executable).parent / "py-spy"
+                spies = [subprocess.Popen(
+                    [str(spy), "record", "--gil", "--nonblocking", "-r", "100", "-f", "raw",
+                     "-o", str(out / f"{o.name}.txt"), "-p", str(o.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in orderers]
+                time.sleep(1.0)
+            started = time.perf_counter()
+            send = broadcast_batched if batched else broadcast_all
+            ids = list(send(stubs, txs, rate))
+            if not follower.wait_for(ids, 600):
+                raise RuntimeError("profiled run did not finish")
+            elapsed = max(follower.final_at[t] for t in ids) - started
+            cpu = {o.name: _cpu_seconds(o.pid) - before[o.name] for o in orderers}
+            client_cpu = time.process_time() - client_before
+        finally:
+            for proc in spies:
+                proc.send_signal(signal.SIGINT)
+            for proc in spies:
+                proc.wait(30)
+            follower.close()
+            for channel in channels:
+                channel.close()
+            devnet.stop(network)
+    result = {"broadcast": "batched" if batched else "unary",
+              "transactions": count, "seconds": round(elapsed, 2),
+              "tx_per_s": round(count / elapsed),
+              "orderer_cpu_ms_per_tx": {k: round(v / count * 1000, 3) for k, v in cpu.items()},
+              "orderers_cpu_ms_per_tx": round(sum(cpu.values()) / count * 1000, 3),
+              "client_cpu_ms_per_tx": round(client_cpu / count * 1000, 3)}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ordering",
+                                     description="Profile the orderers under broadcast load.")
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=None, help="tx/s (default: all at once)")
+    parser.add_argument("--py-spy", action="store_true", help="record each orderer (--gil)")
+    parser.add_argument("--unary", action="store_true", help="one Broadcast call per tx")
+    parser.add_argument("--out", type=Path, default=Path("bench/reports/orderer-profile"))
+    args = parser.parse_args()
+    profile_orderers(args.count, args.out, py_spy=args.py_spy, rate=args.rate,
+                     batched=not args.unary)
+
+
+if __name__ == "__main__":
+    main()

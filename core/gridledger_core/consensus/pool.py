@@ -37,9 +37,9 @@ class TxPool:
     def full(self) -> bool:
         return len(self._entries) >= self.capacity
 
-    def add(self, tx_id: bytes, tx: bytes, now: float) -> bool:
-        """True when added (new id and room left)."""
-        if tx_id in self._entries or self.full:
+    def add(self, tx_id: bytes, tx: bytes, now: float, *, force: bool = False) -> bool:
+        """True when added (new id and room left; with `force`, room is not checked)."""
+        if tx_id in self._entries or (self.full and not force):
             return False
         self._entries[tx_id] = _Entry(tx, now)
         self._bytes += len(tx)

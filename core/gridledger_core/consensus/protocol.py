@@ -199,9 +199,12 @@ class Replica:
     def on_transactions(self, txs: Iterable[bytes], now: float) -> list[Action]:
         """Transactions submitted to this orderer's Broadcast API. Unknown ones that pass
         ``validate_tx`` are pooled and forwarded; the rest are dropped here, so the API should
-        check ``knows_tx``, ``pool_full`` and ``validate_tx`` first to answer the client."""
+        check ``knows_tx``, ``pool_full`` and ``validate_tx`` first to answer the client.
+        They are pooled even when the pool is full: the API checked ``pool_full`` when it
+        acknowledged them, and an acknowledged transaction must not be dropped (the overshoot
+        is bounded by what the API admits between two checks)."""
         out: list[Action] = []
-        fresh = [tx for tx in txs if self._pool_add(tx, now)]
+        fresh = [tx for tx in txs if self._pool_add(tx, now, force=True)]
         if fresh:
             out.append(
                 Broadcast(
@@ -291,6 +294,7 @@ class Replica:
         self._rc: dict[str, int] = {}  # highest ROUND_CHANGE round per orderer
         self._pending: dict[int, tuple[str, consensus_pb2.Proposal]] = {}
         self._persisted_blocks: frozenset[bytes] = frozenset()
+        self._primaries: dict[int, str] = {}  # round -> lottery primary at this height
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -300,7 +304,14 @@ class Replica:
         self._prepared_sent = False
 
     def _primary(self, round_: int) -> str:
-        return lottery.primary(self.orderers, self.previous_seed, self.height, round_)
+        # Asked for every message; the lottery hashes n tickets, so remember it per height.
+        primary = self._primaries.get(round_)
+        if primary is None:
+            primary = lottery.primary(self.orderers, self.previous_seed, self.height, round_)
+            if len(self._primaries) >= _ROUND_WINDOW:  # peers name arbitrary rounds
+                self._primaries.clear()
+            self._primaries[round_] = primary
+        return primary
 
     def _timeout(self, round_: int) -> float:
         return self.config.round_timeout * 2 ** min(round_, self.config.max_backoff_exponent)
@@ -378,15 +389,17 @@ class Replica:
 
     # --- transactions ----------------------------------------------------------------------
 
-    def _pool_add(self, tx: bytes, now: float, *, validated: bool = False) -> bool:
+    def _pool_add(
+        self, tx: bytes, now: float, *, validated: bool = False, force: bool = False
+    ) -> bool:
         """Pool a transaction not seen before; garbage never enters, so it never keeps the
-        round timer running."""
+        round timer running. ``force``: even when the pool is full."""
         tx_id = self.deps.tx_id_of(tx)
-        if tx_id in self.known_ids or tx_id in self.pool or self.pool.full:
+        if tx_id in self.known_ids or tx_id in self.pool or (self.pool.full and not force):
             return False
         if not validated and self.deps.validate_tx(tx) is not True:
             return False
-        return self.pool.add(tx_id, tx, now)
+        return self.pool.add(tx_id, tx, now, force=force)
 
     def _on_tx_forward(self, fwd: consensus_pb2.TxForward, now: float, out: list[Action]) -> None:
         added = False

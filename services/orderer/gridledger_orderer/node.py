@@ -24,7 +24,6 @@ from gridledger_core.consensus.actions import Action, Broadcast, Deliver, Persis
 from gridledger_core.consensus.certificate import ed25519_verifier
 from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
-from gridledger_core.crypto import sha256
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.checks import check_for_ordering
 from gridledger_core.ledger.errors import TxInvalid
@@ -53,6 +52,21 @@ BLOCK_TXS = Histogram("gridledger_orderer_block_transactions", "Transactions per
                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 
 
+_UNCHECKED = object()
+_SEEN_LIMIT = 200_000  # entries kept before the cache starts over
+
+
+class _Seen:
+    """What this orderer knows about one transaction's bytes: its tx id (b"" when the bytes
+    do not decode) and, once checked, the ordering verdict."""
+
+    __slots__ = ("tx_id", "verdict")
+
+    def __init__(self, tx_id: bytes) -> None:
+        self.tx_id = tx_id
+        self.verdict: TxInvalid | object | None = _UNCHECKED
+
+
 @dataclass(frozen=True)
 class OrderingParams:
     max_batch_txs: int = 500
@@ -69,7 +83,13 @@ class OrdererNode:
         self._transport = transport
         self._on_deliver = on_deliver
         self._membership = genesis.membership
-        self._validated: dict[bytes, TxInvalid | None] = {}
+        # tx bytes -> _Seen: each transaction is parsed and verified once per orderer,
+        # although its id is needed on admission, forwarding, proposal, commit and storage.
+        # Keyed by the bytes themselves (equal bytes, equal entry; Python's hash of ~1 KB is
+        # cheaper than a sha256); an entry leaves when its transaction is final, after which
+        # the tx id alone makes every later arrival a duplicate, so the cache holds about what
+        # the pool holds.
+        self._seen: dict[bytes, _Seen] = {}
         self._arrivals: dict[bytes, float] = {}
         seed = identity.signer.seed()
         height = store.height
@@ -91,7 +111,7 @@ class OrdererNode:
             vrf_prove=lambda alpha: vrf.prove(seed, alpha),
             vrf_verify=vrf.verify,
             validate_tx=self._validate_tx,
-            tx_id_of=lambda raw: tx_id_of(raw).encode(),
+            tx_id_of=self.tx_id,
             get_block=store.block,
         )
         self.replica = Replica(config, deps, tip, known_tx_ids=store.tx_ids(),
@@ -108,9 +128,12 @@ class OrdererNode:
     # -- inputs from other threads ---------------------------------------------------------
 
     def submit_transactions(self, txs: list[bytes]) -> None:
+        """Transactions the API admitted (``admit`` passed): the replica pools them even
+        above the pool's capacity, which the API checks first, so an acknowledged
+        transaction is never dropped for lack of room."""
         now = time.monotonic()
         for tx in txs:
-            self._arrivals.setdefault(tx_id_of(tx).encode(), now)
+            self._arrivals.setdefault(self.tx_id(tx), now)
         self._events.put(("txs", txs))
 
     def receive(self, sender: str, message: consensus_pb2.ConsensusMessage) -> None:
@@ -127,22 +150,31 @@ class OrdererNode:
 
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
+    def _lookup(self, raw: bytes) -> _Seen:
+        seen = self._seen.get(raw)
+        if seen is None:
+            seen = _Seen(tx_id_of(raw).encode())
+            if len(self._seen) >= _SEEN_LIMIT:  # refused or never-final transactions
+                self._seen.clear()
+            self._seen[raw] = seen
+        return seen
+
+    def tx_id(self, raw: bytes) -> bytes:
+        """The tx id in an endorsed transaction's bytes (b"" when they do not decode)."""
+        return self._lookup(raw).tx_id
+
     def admit(self, raw: bytes) -> TxInvalid | None:
         """The ordering checks (decodes, endorsed by an endorser), cached: a transaction is
         checked once per orderer although it arrives by Broadcast and again in a proposal.
         None when it may be ordered, else why not."""
-        key = sha256(raw)
-        if key in self._validated:
-            return self._validated[key]
-        try:
-            check_for_ordering(raw, self._membership)
-            verdict: TxInvalid | None = None
-        except TxInvalid as exc:
-            verdict = exc
-        if len(self._validated) > 200_000:
-            self._validated.clear()
-        self._validated[key] = verdict
-        return verdict
+        seen = self._lookup(raw)
+        if seen.verdict is _UNCHECKED:
+            try:
+                check_for_ordering(raw, self._membership)
+                seen.verdict = None
+            except TxInvalid as exc:
+                seen.verdict = exc
+        return seen.verdict  # type: ignore[return-value]
 
     def _validate_tx(self, raw: bytes) -> bool | str:
         """The replica's view of `admit`: True, or the reason."""
@@ -190,7 +222,7 @@ class OrdererNode:
     def _execute(self, actions: list[Action]) -> None:
         durable = [a for a in actions if isinstance(a, Persist | Deliver)]
         if durable:
-            delivered = self._store.apply(durable)  # type: ignore[arg-type]
+            delivered = self._store.apply(durable, self.tx_id)  # type: ignore[arg-type]
             now = time.monotonic()
             for block in delivered:
                 self._observe_final(block, now)
@@ -207,7 +239,11 @@ class OrdererNode:
     def _observe_final(self, block: block_pb2.Block, now: float) -> None:
         HEIGHT.set(self._store.height)
         BLOCK_TXS.observe(len(block.transactions))
-        arrivals = [self._arrivals.pop(tx_id_of(tx).encode(), None) for tx in block.transactions]
+        arrivals = []
+        for tx in block.transactions:
+            seen = self._seen.pop(tx, None)
+            tx_id = seen.tx_id if seen is not None else tx_id_of(tx).encode()
+            arrivals.append(self._arrivals.pop(tx_id, None))
         seen = [a for a in arrivals if a is not None]
         if seen:
             FINALITY.observe(now - min(seen))

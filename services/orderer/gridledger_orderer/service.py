@@ -16,13 +16,17 @@ from gridledger.orderer.v1 import (
     orderer_pb2_grpc,
 )
 from gridledger_core.genesis import Genesis
-from gridledger_core.rpc.errors import abort_invalid
+from gridledger_core.rpc.errors import STATUS_OF_CODE, abort_invalid
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.node import OrdererNode
-from gridledger_orderer.store import OrdererStore, tx_id_of
+from gridledger_orderer.store import OrdererStore
 
-BROADCASTS = Counter("gridledger_orderer_broadcasts", "Broadcast calls, by result.", ["result"])
+BROADCASTS = Counter("gridledger_orderer_broadcasts",
+                     "Broadcast transactions (unary or in a batch), by result.", ["result"])
 RETRY_AFTER_MS = "50"
+# Per BroadcastBatch call; the bytes limit stays well below the servers' 64 MiB message limit.
+MAX_BATCH_TXS = 2_000
+MAX_BATCH_BYTES = 8 << 20
 
 
 class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
@@ -35,7 +39,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
     def Broadcast(self, request: orderer_pb2.BroadcastRequest,
                   context: grpc.ServicerContext) -> orderer_pb2.BroadcastResponse:
         raw = request.endorsed_transaction
-        tx_id = tx_id_of(raw)
+        tx_id = self._node.tx_id(raw).decode()
         if not tx_id:
             BROADCASTS.labels("malformed").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -55,6 +59,64 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._node.submit_transactions([raw])
         BROADCASTS.labels("accepted").inc()
         return orderer_pb2.BroadcastResponse(tx_id=tx_id)
+
+    def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
+                       context: grpc.ServicerContext) -> orderer_pb2.BroadcastBatchResponse:
+        """Broadcast's checks per transaction, in request order. The request is checked whole
+        before anything is admitted, so a refused call leaves nothing behind."""
+        raws = list(request.endorsed_transactions)
+        if not raws:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "endorsed_transactions is empty")
+        if len(raws) > MAX_BATCH_TXS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"endorsed_transactions holds {len(raws)} transactions; at most "
+                          f"{MAX_BATCH_TXS} per call; nothing was admitted")
+        size = sum(len(raw) for raw in raws)
+        if size > MAX_BATCH_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"endorsed_transactions holds {size} bytes; at most "
+                          f"{MAX_BATCH_BYTES} per call; nothing was admitted")
+        ids = [self._node.tx_id(raw) for raw in raws]
+        for index, tx_id in enumerate(ids):
+            if not tx_id:
+                BROADCASTS.labels("malformed").inc()
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"endorsed_transactions[{index}] is not a decodable "
+                              "EndorsedTransaction with a tx id; nothing was admitted")
+        replica = self._node.replica
+        # Room is checked once for the batch, like Broadcast checks `pool_full` per call.
+        room = replica.pool.capacity - replica.pending_transactions
+        results: list[orderer_pb2.BroadcastResult] = []
+        accepted: list[bytes] = []
+        in_batch: set[bytes] = set()
+        for raw, tx_id in zip(raws, ids, strict=True):
+            result = orderer_pb2.BroadcastResult(tx_id=tx_id.decode())
+            results.append(result)
+            if tx_id in in_batch or replica.knows_tx(tx_id) or \
+                    self._store.has_tx(result.tx_id):
+                result.duplicate = True
+                BROADCASTS.labels("duplicate").inc()
+                continue
+            refused = self._node.admit(raw)
+            if refused is not None:
+                status = STATUS_OF_CODE.get(refused.code, grpc.StatusCode.INVALID_ARGUMENT)
+                result.code = status.value[0]
+                result.message = f"{refused.code_name}: {refused.message}"
+                BROADCASTS.labels("rejected").inc()
+                continue
+            if room <= 0:
+                result.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                result.message = f"ordering queue is full; retry after {RETRY_AFTER_MS} ms"
+                result.retry_after_ms = int(RETRY_AFTER_MS)
+                BROADCASTS.labels("resource_exhausted").inc()
+                continue
+            room -= 1
+            in_batch.add(tx_id)
+            accepted.append(raw)
+        if accepted:
+            self._node.submit_transactions(accepted)
+            BROADCASTS.labels("accepted").inc(len(accepted))
+        return orderer_pb2.BroadcastBatchResponse(results=results)
 
     def Deliver(self, request: orderer_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:

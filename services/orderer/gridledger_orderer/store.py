@@ -8,7 +8,7 @@ which is what the replica requires before any message that follows them leaves t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
 from gridledger_core.consensus.actions import Deliver, Persist
@@ -40,8 +40,11 @@ class OrdererStore:
         raw = store.get(HEIGHT)
         self.height = int.from_bytes(raw, "big") if raw else 0
 
-    def apply(self, actions: Sequence[Persist | Deliver]) -> list[block_pb2.Block]:
-        """Make these actions durable at once; returns the delivered blocks."""
+    def apply(self, actions: Sequence[Persist | Deliver],
+              tx_id: Callable[[bytes], bytes] | None = None) -> list[block_pb2.Block]:
+        """Make these actions durable at once; returns the delivered blocks. `tx_id` maps a
+        transaction's bytes to its id (the orderer passes its cache; default: parse)."""
+        tx_id = tx_id or (lambda raw: tx_id_of(raw).encode())
         batch = WriteBatch()
         delivered: list[block_pb2.Block] = []
         height = self.height
@@ -55,7 +58,7 @@ class OrdererStore:
             batch.put(BLOCK + _number(header.number), action.block.SerializeToString())
             batch.put(SEED + _number(header.number), action.seed)
             for tx in action.block.transactions:
-                batch.put(TX + tx_id_of(tx).encode(), _number(header.number))
+                batch.put(TX + tx_id(tx), _number(header.number))
             height += 1
             batch.put(HEIGHT, _number(height))
             delivered.append(action.block)

@@ -1,0 +1,189 @@
+"""OrdererService.BroadcastBatch in-process: a real OrdererServicer over an OrdererNode (not
+started: what the API admits is read from the node's input queue) on a fresh LMDB store.
+
+Per-transaction outcomes match what the unary Broadcast answers for each transaction alone;
+a request that is not a valid batch is refused whole with INVALID_ARGUMENT and admits
+nothing."""
+
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gridledger.common.v1 import envelope_pb2, transaction_pb2
+from gridledger.orderer.v1 import orderer_pb2
+from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.height_notifier import HeightNotifier
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import LmdbStore
+from gridledger_orderer import service
+from gridledger_orderer.node import OrdererNode, OrderingParams
+from gridledger_orderer.service import OrdererServicer
+from gridledger_orderer.store import OrdererStore, tx_id_of
+from gridledger_orderer.transport import Transport
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        self.trailers = metadata
+
+
+class Orderer:
+    def __init__(self, consortium_dir: Path, genesis: Genesis, directory: Path) -> None:
+        identity = SigningIdentity.load(consortium_dir, "orderer-1")
+        self.store = OrdererStore(LmdbStore(directory))
+        self.node = OrdererNode(genesis, identity, self.store, Transport([], None),  # type: ignore[arg-type]
+                                OrderingParams(), lambda block: None)
+        self.api = OrdererServicer(self.node, self.store, HeightNotifier(lambda: 0))
+
+    def batch(self, txs: list[bytes]) -> list[orderer_pb2.BroadcastResult]:
+        request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=txs)
+        return list(self.api.BroadcastBatch(request, FakeContext()).results)  # type: ignore[arg-type]
+
+    def admitted(self) -> list[bytes]:
+        """Everything the API handed to the consensus loop so far."""
+        txs: list[bytes] = []
+        while True:
+            try:
+                kind, payload = self.node._events.get_nowait()
+            except queue.Empty:
+                return txs
+            assert kind == "txs"
+            txs.extend(payload)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def orderer(consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> Orderer:
+    orderer = Orderer(consortium_dir, genesis, tmp_path / "orderer")
+    yield orderer  # type: ignore[misc]
+    orderer.store.close()
+
+
+def readings(consortium_dir: Path, count: int, *, endorser: str | None = "endorser-1",
+             first: int = 1) -> list[bytes]:
+    meter = SigningIdentity.load(consortium_dir, "meter-1")
+    signer = SigningIdentity.load(consortium_dir, endorser) if endorser else None
+    base = (int(time.time()) // 900 - 1000) * 900
+    txs = []
+    for i in range(first, first + count):
+        envelope = meter.new_transaction("meter_reading", transaction_pb2.MeterReading(
+            meter="meter-1", interval_start=base - i * 900, interval_seconds=900,
+            produced_wh=i, consumed_wh=0))
+        endorsed = envelope_pb2.EndorsedTransaction(envelope=envelope)
+        if signer is not None:
+            endorsed.endorsements.append(signer.endorse(envelope))
+        txs.append(endorsed.SerializeToString())
+    return txs
+
+
+def test_accepts_a_batch_in_order_with_one_result_each(orderer: Orderer,
+                                                        consortium_dir: Path) -> None:
+    txs = readings(consortium_dir, 5)
+    results = orderer.batch(txs)
+    assert [r.tx_id for r in results] == [tx_id_of(tx) for tx in txs]
+    assert all(r.code == 0 and not r.duplicate and not r.message for r in results)
+    assert orderer.admitted() == txs
+
+
+def test_per_transaction_refusals_and_duplicates(orderer: Orderer,
+                                                 consortium_dir: Path) -> None:
+    good = readings(consortium_dir, 2)
+    unendorsed = readings(consortium_dir, 1, endorser=None, first=10)[0]
+    by_meter = readings(consortium_dir, 1, endorser="meter-2", first=11)[0]
+    results = orderer.batch([good[0], unendorsed, good[0], by_meter, good[1]])
+    assert [r.code for r in results] == [0, grpc.StatusCode.PERMISSION_DENIED.value[0], 0,
+                                         grpc.StatusCode.PERMISSION_DENIED.value[0], 0]
+    assert results[1].message == "ENDORSEMENT_FAILURE: transaction is not endorsed"
+    assert results[3].message.startswith("ENDORSEMENT_FAILURE: meter-2 is a meter")
+    assert [r.duplicate for r in results] == [False, False, True, False, False]
+    assert orderer.admitted() == good  # the duplicate once, the refused ones never
+    # Known ids (pending in the pool, or final) are duplicates in a later batch too.
+    orderer.node.replica.on_transactions(good, 0.0)
+    again = orderer.batch(good)
+    assert all(r.duplicate and r.code == 0 for r in again)
+    assert orderer.admitted() == []
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda txs: [], "endorsed_transactions is empty"),
+    (lambda txs: [*txs[:2], b"\xff\xffnot protobuf", txs[2]],
+     "endorsed_transactions[2] is not a decodable EndorsedTransaction with a tx id; "
+     "nothing was admitted"),
+    (lambda txs: [*txs, envelope_pb2.EndorsedTransaction().SerializeToString()],
+     "endorsed_transactions[3] is not a decodable EndorsedTransaction with a tx id; "
+     "nothing was admitted"),
+    (lambda txs: txs * 1000, "endorsed_transactions holds 3000 transactions; at most 2000 "
+                             "per call; nothing was admitted"),
+])
+def test_a_bad_request_is_refused_whole(orderer: Orderer, consortium_dir: Path,
+                                        mutate: object, message: str) -> None:
+    txs = readings(consortium_dir, 3)
+    with pytest.raises(Aborted) as refused:
+        orderer.batch(mutate(txs))  # type: ignore[operator]
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details == message
+    assert orderer.admitted() == []
+
+
+def test_too_many_bytes_is_refused_whole(orderer: Orderer, consortium_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    txs = readings(consortium_dir, 3)
+    monkeypatch.setattr(service, "MAX_BATCH_BYTES", sum(map(len, txs)) - 1)
+    with pytest.raises(Aborted) as refused:
+        orderer.batch(txs)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bytes; at most" in refused.value.details
+    assert orderer.admitted() == []
+
+
+def test_backpressure_when_the_pool_is_full(orderer: Orderer, consortium_dir: Path) -> None:
+    pool = orderer.node.replica.pool
+    pool.capacity = 3
+    txs = readings(consortium_dir, 5)
+    orderer.node.replica.on_transactions(txs[:1], 0.0)  # one pending: room for two more
+    results = orderer.batch(txs)
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert [r.code for r in results] == [0, 0, 0, exhausted, exhausted]
+    assert results[0].duplicate
+    assert results[3].retry_after_ms == 50
+    assert orderer.admitted() == txs[1:3]
+
+
+def test_acknowledged_transactions_are_pooled_even_above_capacity(
+        orderer: Orderer, consortium_dir: Path) -> None:
+    """Two batches admitted before the loop ran: all of them were acknowledged, so the
+    replica pools all of them although that overshoots the capacity."""
+    replica = orderer.node.replica
+    replica.pool.capacity = 2
+    txs = readings(consortium_dir, 4)
+    assert all(r.code == 0 for r in orderer.batch(txs[:2]))
+    assert all(r.code == 0 for r in orderer.batch(txs[2:]))  # the loop has not run yet
+    replica.on_transactions(orderer.admitted(), 0.0)
+    assert replica.pending_transactions == 4
+    assert all(replica.knows_tx(tx_id_of(tx).encode()) for tx in txs)
+
+
+def test_unary_broadcast_still_answers(orderer: Orderer, consortium_dir: Path) -> None:
+    tx = readings(consortium_dir, 1)[0]
+    response = orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=tx),
+                                     FakeContext())  # type: ignore[arg-type]
+    assert response.tx_id == tx_id_of(tx) and not response.duplicate
+    assert orderer.admitted() == [tx]
+    with pytest.raises(Aborted) as refused:
+        orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=b"\xff"),
+                              FakeContext())  # type: ignore[arg-type]
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT

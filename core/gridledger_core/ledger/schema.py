@@ -18,6 +18,9 @@ Pre-sale market (issue 3; slot = slot start, 12 digits; seq = market sequence, 1
                                                     rank = price for sells, 10^15-1-price for
                                                     buys, so key order is price-time priority
     order-meter/<meter>/<slot>/<seq>                order id (a meter's orders, oldest first)
+    committed/<meter>/<slot>/<b|s>                  Wh the meter has open or traded on that
+                                                    side of the slot (quantity - cancelled of
+                                                    its orders), 8 bytes BE
     trade/<slot>/<seq>                              TradeRecord
     trade-meter/<meter>/<slot>/<seq>                "<slot>/<seq>" of the trade's key
     option/<option id>                              tx id of the PlaceOrder that used it
@@ -87,6 +90,10 @@ def order_book_key(slot_start: int, side: str, price: int, sequence: int) -> str
 
 def order_meter_prefix(meter: str, slot_start: int | None = None) -> str:
     return f"order-meter/{meter}/" + (f"{slot_start:012d}/" if slot_start is not None else "")
+
+
+def committed_key(meter: str, slot_start: int, side_letter: str) -> str:
+    return f"committed/{meter}/{slot_start:012d}/{side_letter}"
 
 
 def order_meter_key(meter: str, slot_start: int, sequence: int) -> str:

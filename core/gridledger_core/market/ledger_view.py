@@ -84,7 +84,26 @@ def best_opposite(state: StateReader, slot_start: int,
 
 def committed_wh(state: StateReader, meter: str, slot_start: int, side: int) -> int:
     """What the meter has open or traded on one side of a slot: every order's quantity less
-    what was cancelled (= filled + remaining)."""
+    what was cancelled (= filled + remaining). Kept as one running total per (meter, slot,
+    side), so the preset conditions never scan a meter's orders."""
+    raw = state.get(schema.committed_key(meter, slot_start, side_letter(side)))
+    return int.from_bytes(raw, "big") if raw else 0
+
+
+def add_committed_wh(state: StateWriter, meter: str, slot_start: int, side: int,
+                     delta: int) -> None:
+    """Move the running total of `committed_wh` by `delta` (negative for a cancel)."""
+    key = schema.committed_key(meter, slot_start, side_letter(side))
+    raw = state.get(key)
+    total = (int.from_bytes(raw, "big") if raw else 0) + delta
+    if total < 0:
+        raise ValueError(f"committed energy of {meter} in slot {slot_start} would be {total}")
+    state.put(key, total.to_bytes(8, "big"))
+
+
+def committed_wh_by_scan(state: StateReader, meter: str, slot_start: int, side: int) -> int:
+    """`committed_wh` recomputed from the meter's orders: the definition the running total
+    must always equal (checked by the tests)."""
     total = 0
     for _, value in state.scan(schema.order_meter_prefix(meter, slot_start)):
         record = load_order(state, value.decode())

@@ -59,7 +59,17 @@ class Market:
                at: int = NOW) -> list[tuple[int, str]]:
         result = self.ledger.commit(self.chain.block(
             [endorsed(e, self.endorser) for e in envelopes], timestamp=at))
+        self.check_committed_totals()
         return list(zip(result.codes, result.messages, strict=True))
+
+    def check_committed_totals(self) -> None:
+        """The running committed-energy totals equal their definition, recomputed from the
+        orders, for every meter and side (the preset conditions trust the totals)."""
+        state = StateOverlay(self.ledger.store)
+        for meter in ("meter-1", "meter-2", "meter-3"):
+            for side in (SELL, BUY):
+                assert view.committed_wh(state, meter, SLOT, side) == \
+                    view.committed_wh_by_scan(state, meter, SLOT, side), (meter, side)
 
     def order(self, order_id: str) -> market_pb2.OrderRecord:
         record = view.load_order(StateOverlay(self.ledger.store), order_id)

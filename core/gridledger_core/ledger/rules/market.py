@@ -211,6 +211,8 @@ def process_place_order(state: StateOverlay, ctx: TxContext, body: market_pb2.Pl
         state.put(view.book_key(taker), order_id.encode())
     state.put(schema.order_meter_key(creator.name, terms.slot_start, taker.sequence),
               order_id.encode())
+    view.add_committed_wh(state, creator.name, terms.slot_start, terms.side,
+                          terms.quantity_wh - option.cancelled_wh)
     state.put(schema.option_key(option.option_id), order_id.encode())
 
 
@@ -300,6 +302,8 @@ def process_cancel_order(state: StateOverlay, ctx: TxContext,
     require(ctx.block_time < closure, CONFLICT,
             f"the market of slot {record.slot_start} closed at {closure}; the order is final")
     state.delete(view.book_key(record))
+    view.add_committed_wh(state, record.owner, record.slot_start, record.side,
+                          -record.remaining_wh)
     record.cancelled_wh += record.remaining_wh
     record.remaining_wh = 0
     view.save_order(state, record)

@@ -15,7 +15,7 @@ def test_quick_profile_runs_the_network_and_reports_every_figure(tmp_path: Path)
     report = end_to_end.run("quick", directory=tmp_path / "net", chart_path=chart)
     json.dumps(report)  # the report is what `make bench` writes
     assert report["network"] == {"orderer": 4, "committer": 2, "endorser": 1}
-    assert list(report["phases"]) == ["max_rate", "fixed_rate", "sustainable_rate"]
+    assert list(report["phases"]) == ["max_rate", "fixed_rate", "rate_70pct_of_max"]
     for name in report["phases"]:
         phase = report["phases"][name]
         assert phase["committed_valid_tx_per_s"] > 0

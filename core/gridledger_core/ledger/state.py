@@ -7,7 +7,7 @@ transaction that fails is rolled back to the savepoint taken before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from gridledger_core.crypto import sha256
 from gridledger_core.ledger import schema
@@ -26,6 +26,13 @@ class StateOverlay:
         if key in self._writes:
             return self._writes[key]
         return self._store.get(schema.state_key(key))
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """`get` for many keys: this overlay's writes, the rest from one store snapshot."""
+        missing = [k for k in keys if k not in self._writes]
+        stored = dict(zip(missing, self._store.get_many([schema.state_key(k) for k in missing]),
+                          strict=True))
+        return [self._writes[k] if k in self._writes else stored[k] for k in keys]
 
     def put(self, key: str, value: bytes) -> None:
         self._writes[key] = value

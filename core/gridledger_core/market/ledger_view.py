@@ -7,7 +7,7 @@ written down once. Converts ledger records to the pure order book's ``Order``/``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from gridledger.common.v1 import market_pb2, transaction_pb2
@@ -23,6 +23,8 @@ class StateReader(Protocol):
     """What a read needs: ``StateOverlay`` (rules, views over the committed store) fits."""
 
     def get(self, key: str) -> bytes | None: ...
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
     def scan(self, prefix: str, limit: int | None = None) -> Iterator[tuple[str, bytes]]: ...
 
@@ -155,14 +157,11 @@ def forecast_readings(state: StateReader, meter: str, slot_start: int, slot_seco
     Readings are aligned to the genesis interval (a ledger rule), so the candidates of each
     span are known keys: ``window_days * slot_seconds / interval`` gets (28 for hourly slots,
     15-minute readings and 7 days) instead of scanning the meter's whole history."""
-    found: list[transaction_pb2.MeterReading] = []
+    keys = []
     for days_back in range(1, params.window_days + 1):
         span_start = slot_start - days_back * DAY_SECONDS
         start = span_start - span_start % interval_seconds
-        for interval_start in range(start, span_start + slot_seconds, interval_seconds):
-            if interval_start < 0:
-                continue
-            raw = state.get(schema.reading_key(meter, interval_start))
-            if raw is not None:
-                found.append(transaction_pb2.MeterReading.FromString(raw))
-    return found
+        keys += [schema.reading_key(meter, t)
+                 for t in range(max(0, start), span_start + slot_seconds, interval_seconds)]
+    return [transaction_pb2.MeterReading.FromString(raw) for raw in state.get_many(keys)
+            if raw is not None]

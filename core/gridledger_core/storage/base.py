@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 
@@ -22,6 +22,10 @@ class WriteBatch:
 
 class KeyValueStore(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys` (None where absent), in order, read in one snapshot."""
+        ...
 
     def scan(self, prefix: bytes, start: bytes | None = None, limit: int | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

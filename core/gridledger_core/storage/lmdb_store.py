@@ -12,7 +12,7 @@ Settings and why:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lmdb
@@ -36,6 +36,11 @@ class LmdbStore:
     def get(self, key: bytes) -> bytes | None:
         with self._env.begin(buffers=False) as txn:
             return txn.get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        # One read transaction for all: a consistent snapshot, and one begin instead of many.
+        with self._env.begin(buffers=False) as txn:
+            return [txn.get(key) for key in keys]
 
     def scan(self, prefix: bytes, start: bytes | None = None, limit: int | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from gridledger_core.storage.base import WriteBatch, prefix_end
 
@@ -17,6 +17,10 @@ class MemoryStore:
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        with self._lock:
+            return [self._data.get(key) for key in keys]
 
     def scan(self, prefix: bytes, start: bytes | None = None, limit: int | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

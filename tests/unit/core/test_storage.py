@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridledger_core.ledger import schema
+from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore, WriteBatch
 
 
@@ -92,6 +94,9 @@ def test_backends_agree_with_a_dict(tmp_path_factory: pytest.TempPathFactory,
             assert list(s.scan(prefix, reverse=True)) == expected[::-1]
             for k, v in model.items():
                 assert s.get(k) == v
+            probe = [*model, prefix + b"\x00absent", *list(model)[:2]]
+            assert s.get_many(probe) == [model.get(k) for k in probe]
+            assert s.get_many([]) == []
     finally:
         for s in stores:
             s.close()
@@ -114,3 +119,15 @@ def test_lmdb_survives_reopen(tmp_path: Path) -> None:
     s = LmdbStore(tmp_path / "db")
     assert s.get(b"a") == b"1"
     s.close()
+
+
+def test_overlay_get_many_sees_its_own_writes_over_the_store() -> None:
+    store = MemoryStore()
+    put_all(store, {schema.state_key("a"): b"1", schema.state_key("b"): b"2"})
+    overlay = StateOverlay(store)
+    overlay.put("b", b"20")
+    overlay.delete("a")
+    overlay.put("c", b"3")
+    keys = ["a", "b", "c", "d", "b"]
+    assert overlay.get_many(keys) == [overlay.get(k) for k in keys] == [None, b"20", b"3",
+                                                                        None, b"20"]

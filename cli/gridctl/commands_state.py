@@ -56,6 +56,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "bench", "--profile", args.profile]
     if args.only:
         command += ["--only", *args.only]
+    if args.py_spy:
+        command.append("--py-spy")
     raise SystemExit(subprocess.call(command, cwd=root))
 
 
@@ -73,5 +75,7 @@ def register(sub: Any) -> None:
     bench = sub.add_parser("bench", help="run the benchmarks (as make bench)")
     bench.add_argument("--profile", choices=["quick", "standard"], default="standard")
     bench.add_argument("--only", nargs="*", help="limits, matching, forecast_error, "
-                                                 "matching_rpc, ordering")
+                                                 "matching_rpc, ordering, end_to_end")
+    bench.add_argument("--py-spy", action="store_true",
+                       help="end_to_end: profile every node in the max-rate window")
     bench.set_defaults(func=cmd_bench)

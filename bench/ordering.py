@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -104,19 +105,25 @@ class Follower:
         self._channel.close()
 
 
-def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:
-    """Broadcast with futures (round-robin over orderers), paced at `rate` per second or as
-    fast as possible; returns tx id -> send time. RESOURCE_EXHAUSTED is retried."""
-    sent: dict[str, float] = {}
-    pending: list[tuple[grpc.Future, bytes, int]] = []
+def paced(txs: list[bytes], rate: float | None) -> Iterator[bytes]:
+    """Each transaction at its time on a fixed schedule of `rate` per second (or at once)."""
     next_at = time.perf_counter()
-    cycle = itertools.cycle(range(len(stubs)))
     for tx in txs:
         if rate is not None:
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             next_at += 1.0 / rate
+        yield tx
+
+
+def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:
+    """Broadcast with futures (round-robin over orderers), paced at `rate` per second or as
+    fast as possible; returns tx id -> send time. RESOURCE_EXHAUSTED is retried."""
+    sent: dict[str, float] = {}
+    pending: list[tuple[grpc.Future, bytes, int]] = []
+    cycle = itertools.cycle(range(len(stubs)))
+    for tx in paced(txs, rate):
         index = next(cycle)
         sent[tx_id_of(tx)] = time.perf_counter()
         pending.append((stubs[index].Broadcast.future(
@@ -162,16 +169,10 @@ def broadcast_batched(stubs: list, txs: list[bytes], rate: float | None) -> dict
                 time.sleep(0.05)
 
     sent: dict[str, float] = {}
-    next_at = time.perf_counter()
     cycle = itertools.cycle(broadcasters)
     with ThreadPoolExecutor(256) as pool:
         futures = []
-        for tx in txs:
-            if rate is not None:
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                next_at += 1.0 / rate
+        for tx in paced(txs, rate):
             sent[tx_id_of(tx)] = time.perf_counter()
             futures.append(pool.submit(send, next(cycle), tx))
         for future in futures:

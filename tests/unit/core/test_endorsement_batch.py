@@ -4,7 +4,6 @@ of many transactions from few batches costs one verification per batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import envelope_pb2
-from gridledger_core import sigcache
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.checks import check_endorsements, check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
@@ -25,22 +23,6 @@ from gridledger_core.storage import MemoryStore
 @pytest.fixture(scope="module")
 def endorser(consortium_dir: Path) -> SigningIdentity:
     return identity(consortium_dir, "endorser-1")
-
-
-@pytest.fixture()
-def verifications(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """The full Ed25519 verifications made through the process cache, starting empty."""
-    seen: list[bytes] = []
-    real = sigcache.verify_signature
-
-    def counting(public_key: bytes, signature: bytes, data: bytes) -> bool:
-        seen.append(data)
-        return real(public_key, signature, data)
-
-    sigcache.VERIFIED.clear()
-    monkeypatch.setattr(sigcache, "verify_signature", counting)
-    yield seen
-    sigcache.VERIFIED.clear()
 
 
 def refusal(payload: bytes, endorsement: envelope_pb2.Endorsement, genesis: Genesis) -> str:

@@ -6,3 +6,4 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+from sigcache_helpers import verifications  # noqa: F401 - a fixture, registered here

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,6 @@ from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
-from gridledger_core import sigcache
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.checks import check_endorsements
 from gridledger_core.ledger.errors import Code
@@ -135,21 +134,6 @@ def test_its_own_batch_signatures_are_remembered(endorser_id: SigningIdentity) -
     assert key == endorser_id.signer.public_key_bytes
     assert signature == endorsement.signature
     assert message.startswith(b"gridledger/endorsement-batch/v1\x00")
-
-
-@pytest.fixture()
-def verifications(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    seen: list[bytes] = []
-    real = sigcache.verify_signature
-
-    def counting(public_key: bytes, signature: bytes, data: bytes) -> bool:
-        seen.append(data)
-        return real(public_key, signature, data)
-
-    sigcache.VERIFIED.clear()
-    monkeypatch.setattr(sigcache, "verify_signature", counting)
-    yield seen
-    sigcache.VERIFIED.clear()
 
 
 class Recording:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, identity
 from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms, tx_id
 from prometheus_client import REGISTRY
@@ -29,18 +30,6 @@ from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.service import EndorserServicer
 
 ASK = 250_000
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise Aborted(code, details)
 
 
 @dataclass

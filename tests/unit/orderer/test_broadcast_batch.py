@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_helpers import Aborted, FakeContext
 
 from gridledger.common.v1 import envelope_pb2, transaction_pb2
 from gridledger.orderer.v1 import orderer_pb2
@@ -25,21 +26,6 @@ from gridledger_orderer.node import OrdererNode, OrderingParams
 from gridledger_orderer.service import OrdererServicer
 from gridledger_orderer.store import OrdererStore, tx_id_of
 from gridledger_orderer.transport import Transport
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise Aborted(code, details)
-
-    def set_trailing_metadata(self, metadata: object) -> None:
-        self.trailers = metadata
 
 
 class Orderer:

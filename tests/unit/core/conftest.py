@@ -1,0 +1,5 @@
+"""Fixtures shared by the core's tests (and, through their conftest, the services')."""
+
+from __future__ import annotations
+
+from sigcache_helpers import verifications  # noqa: F401 - a fixture, registered here

@@ -173,8 +173,8 @@ def _submit_all(network: devnet.Network, envelopes: list[envelope_pb2.SignedEnve
                 tx_ids.append(future.result().tx_id)
             except grpc.RpcError as exc:
                 if exc.code() in submitter.RETRYABLE and attempt < 20:  # type: ignore[attr-defined]
-                    time.sleep(0.1)
-                    send(envelope, attempt + 1)
+                    # Later, from a timer: a callback must not hold up the channel's others.
+                    threading.Timer(0.1, send, (envelope, attempt + 1)).start()
                     return
                 failures.append(submitter.reason(exc))
             slots.release()

@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 import grpc
 
 from bench.workload import Job
-from gridledger.common.v1 import envelope_pb2, market_pb2, transaction_pb2
+from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
-from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
 CALL_TIMEOUT = 30.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -142,7 +142,7 @@ class _Runner:
         matched = time.monotonic()
         envelope = self._identity(job.meter).new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option))
-        await self._submit("order", _tx_id(envelope), envelope.SerializeToString(), due,
+        await self._submit("order", envelope_tx_id(envelope), envelope.SerializeToString(), due,
                            time.monotonic(), matched - due)
 
     async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
@@ -155,10 +155,6 @@ class _Runner:
         except grpc.RpcError as exc:
             record = Record(kind, tx_id, due, sent, 0.0, reason(exc), matching)
         self.records.append(record)
-
-
-def _tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
-    return transaction_pb2.Transaction.FromString(envelope.payload).header.tx_id
 
 
 def main(spec: Spec, ready: Any, go: Any, start: Any, results: Any) -> None:

@@ -23,10 +23,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridledger.common.v1 import energy_pb2, envelope_pb2, market_pb2, transaction_pb2
+from gridctl import loadgen
+from gridledger.common.v1 import energy_pb2, envelope_pb2, market_pb2
 from gridledger_core.energy.terms import new_terms
 from gridledger_core.genesis import Genesis
-from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
 HISTORY_HOURS = 26  # covers the previous day's hour for every slot of the next 22 hours
 PRODUCER_WH = 30_000  # per reading interval: a large surplus/deficit, so allowances last
@@ -65,12 +66,9 @@ def history(consortium_dir: Path, meters: Sequence[str], interval: int,
     for meter in meters:
         identity = SigningIdentity.load(consortium_dir, meter)
         producer = is_producer(meter)
-        for k in range(1, count + 1):
-            reading = transaction_pb2.MeterReading(
-                meter=meter, interval_start=end - k * interval, interval_seconds=interval,
-                produced_wh=PRODUCER_WH if producer else 0,
-                consumed_wh=0 if producer else CONSUMER_WH)
-            out.append(identity.new_transaction("meter_reading", reading))
+        produced, consumed = (PRODUCER_WH, 0) if producer else (0, CONSUMER_WH)
+        out += [loadgen.past_reading(identity, end, k, interval, produced, consumed)
+                for k in range(1, count + 1)]
     return out
 
 
@@ -101,8 +99,7 @@ class JobMaker:
         self._meters = list(meters)
         self._now = now
         self._interval = genesis.reading_interval_seconds
-        self._reading_base = (now // self._interval - 60 * 86400 // self._interval) \
-            * self._interval
+        self._reading_base = loadgen.distant_past(self._interval, now)
         self._next_back = dict.fromkeys(meters, 1)
         self._contracts_left = list(meters)
         self._slots = open_slots(genesis, now)
@@ -124,11 +121,9 @@ class JobMaker:
     def _reading(self, meter: str) -> Job:
         back = self._next_back[meter]
         self._next_back[meter] = back + 1
-        reading = transaction_pb2.MeterReading(
-            meter=meter, interval_start=self._reading_base - back * self._interval,
-            interval_seconds=self._interval, produced_wh=back % 997, consumed_wh=back % 389)
-        envelope = self._identities[meter].new_transaction("meter_reading", reading)
-        return Job("reading", meter, envelope.SerializeToString(), _tx_id(envelope))
+        envelope = loadgen.past_reading(self._identities[meter], self._reading_base, back,
+                                        self._interval, back % 997, back % 389)
+        return Job("reading", meter, envelope.SerializeToString(), envelope_tx_id(envelope))
 
     def _order(self, meter: str) -> Job:
         market = self._genesis.market
@@ -151,11 +146,7 @@ class JobMaker:
         signed_terms = self._plant.sign_envelope(terms.SerializeToString())
         envelope = self._identities[meter].new_transaction(
             "supply_contract", energy_pb2.SupplyContract(plant_terms=signed_terms))
-        return Job("contract", meter, envelope.SerializeToString(), _tx_id(envelope))
-
-
-def _tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
-    return transaction_pb2.Transaction.FromString(envelope.payload).header.tx_id
+        return Job("contract", meter, envelope.SerializeToString(), envelope_tx_id(envelope))
 
 
 def chunks(jobs: Sequence[Job], parts: int) -> Iterator[list[Job]]:

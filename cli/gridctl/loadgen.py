@@ -22,22 +22,32 @@ from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
 
+def distant_past(interval_seconds: int, now: int | None = None) -> int:
+    """An interval boundary 60 days ago: far behind anything the meter-agents post and
+    outside every forecast's window, so readings walking back from it disturb nothing."""
+    now = int(time.time()) if now is None else now
+    return (now // interval_seconds - 60 * 86400 // interval_seconds) * interval_seconds
+
+
+def past_reading(identity: SigningIdentity, base: int, back: int, interval_seconds: int,
+                 produced_wh: int, consumed_wh: int) -> envelope_pb2.SignedEnvelope:
+    """The signed reading of the interval `back` intervals before `base`."""
+    reading = transaction_pb2.MeterReading(
+        meter=identity.name, interval_start=base - back * interval_seconds,
+        interval_seconds=interval_seconds, produced_wh=produced_wh, consumed_wh=consumed_wh)
+    return identity.new_transaction("meter_reading", reading)
+
+
 def prepare_readings(consortium_dir: Path, meters: Sequence[str], count: int, *,
                      interval_seconds: int = 900, start: int | None = None,
                      ) -> list[envelope_pb2.SignedEnvelope]:
     """`count` signed readings, round-robin over `meters`, for intervals older than `start`
-    (default: 60 days ago, far behind anything the demo agents post)."""
+    (default: `distant_past`)."""
     identities = [SigningIdentity.load(consortium_dir, m) for m in meters]
-    base = start if start is not None else (int(time.time()) // interval_seconds - 60 * 96) \
-        * interval_seconds
-    envelopes = []
-    for i, identity in zip(range(count), itertools.cycle(identities), strict=False):
-        back = i // len(identities) + 1
-        reading = transaction_pb2.MeterReading(
-            meter=identity.name, interval_start=base - back * interval_seconds,
-            interval_seconds=interval_seconds, produced_wh=i % 1000, consumed_wh=(7 * i) % 1000)
-        envelopes.append(identity.new_transaction("meter_reading", reading))
-    return envelopes
+    base = start if start is not None else distant_past(interval_seconds)
+    return [past_reading(identity, base, i // len(identities) + 1, interval_seconds,
+                         i % 1000, (7 * i) % 1000)
+            for i, identity in zip(range(count), itertools.cycle(identities), strict=False)]
 
 
 @dataclass

@@ -68,3 +68,8 @@ class SigningIdentity:
                                                   leaf_index=i, leaf_count=len(payloads),
                                                   audit_path=path)
                          for i, path in enumerate(paths)]
+
+
+def envelope_tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
+    """The tx id a signed transaction claims in its header (as signed; not verified here)."""
+    return transaction_pb2.Transaction.FromString(envelope.payload).header.tx_id

@@ -30,19 +30,20 @@ def _code_of(context: grpc.ServicerContext) -> str:
 
 class MetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self) -> None:
-        # gRPC asks for every call; a method's wrapped handler is built once.
-        self._wrapped: dict[tuple[str, int], Any] = {}
+        # gRPC asks for every call; a method's wrapped handler is built once (and again only
+        # if the server ever hands out another handler for it), one entry per method.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        key = (handler_call_details.method, id(handler))
-        wrapped = self._wrapped.get(key)
-        if wrapped is None:
-            wrapped = self._wrapped[key] = self._wrap(handler, handler_call_details.method)
-        return wrapped
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
+        return cached[1]
 
     def _wrap(self, handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")

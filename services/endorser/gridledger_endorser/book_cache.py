@@ -17,6 +17,7 @@ of keeping that energy from other buyers for at most the option's lifetime.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -73,6 +74,9 @@ class BookCache:
         self._books = self._new_books()
         self._holds: dict[str, _Hold] = {}  # option id -> what it holds
         self._held: dict[str, int] = {}  # maker order id -> Wh held by outstanding options
+        self._slot_holds: dict[int, set[str]] = {}  # slot -> option ids holding in it
+        # (expiry, option id), oldest first; ids already released are skipped when popped.
+        self._expiries: list[tuple[int, str]] = []
         self.height = 0  # ledger height the cache reflects
         self.rebuild()
 
@@ -109,6 +113,8 @@ class BookCache:
                 self._holds[option_id] = _Hold(
                     expires_at, tuple((t.maker_id, t.quantity) for t in result.trades),
                     order.slot, order.side.opposite, tuple(t.price for t in result.trades))
+                self._slot_holds.setdefault(order.slot, set()).add(option_id)
+                heapq.heappush(self._expiries, (expires_at, option_id))
                 HELD_OPTIONS.set(len(self._holds))
             return result, owners, self.height
 
@@ -143,6 +149,8 @@ class BookCache:
             self._books = books
             self._holds.clear()
             self._held.clear()
+            self._slot_holds.clear()
+            self._expiries.clear()
             HELD_OPTIONS.set(0)
             self.height = height
             OPEN_ORDERS.set(sum(len(b) for b in books))
@@ -214,8 +222,9 @@ class BookCache:
 
     def _crosses_held(self, order: Order) -> bool:
         """Would `order` resting cross a maker that an option holds?"""
-        for hold in self._holds.values():
-            if hold.slot != order.slot or hold.maker_side is not order.side.opposite:
+        for option_id in self._slot_holds.get(order.slot, ()):
+            hold = self._holds[option_id]
+            if hold.maker_side is not order.side.opposite:
                 continue
             if order.side is Side.BUY and min(hold.prices) <= order.price:
                 return True
@@ -228,6 +237,10 @@ class BookCache:
         hold = self._holds.pop(option_id, None)
         if hold is None:
             return []
+        in_slot = self._slot_holds[hold.slot]
+        in_slot.discard(option_id)
+        if not in_slot:
+            del self._slot_holds[hold.slot]
         for maker_id, quantity in hold.takes:
             left = self._held.get(maker_id, 0) - quantity
             if left > 0:
@@ -238,11 +251,10 @@ class BookCache:
         return [maker_id for maker_id, _ in hold.takes]
 
     def _expire(self, now: int) -> None:
-        expired = [o for o, h in self._holds.items() if h.expires_at + HOLD_GRACE_SECONDS < now]
-        if not expired:
-            return
-        state = StateOverlay(self._ledger.store)
-        for option_id in expired:
-            for maker_id in self._release(option_id):
+        state: StateOverlay | None = None
+        while self._expiries and self._expiries[0][0] + HOLD_GRACE_SECONDS < now:
+            _, option_id = heapq.heappop(self._expiries)
+            for maker_id in self._release(option_id):  # nothing if already released
+                state = state or StateOverlay(self._ledger.store)
                 self._sync(state, maker_id, now)
 

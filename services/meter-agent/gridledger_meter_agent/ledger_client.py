@@ -14,6 +14,7 @@ from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import energy_pb2, envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger import schema
+from gridledger_core.signing_identity import envelope_tx_id
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -76,7 +77,7 @@ class LedgerClient:
         """Submit and wait for the block: (tx id, code, message). Raises Refused."""
         tx_id = self.submit(envelope)
         if not tx_id:  # already on the ledger: an earlier attempt got through
-            tx_id = _tx_id(envelope)
+            tx_id = envelope_tx_id(envelope)
         outcome = self.wait_committed(tx_id, timeout)
         if outcome is None:
             raise TimeoutError(f"transaction {tx_id} not committed after {timeout:.0f} s")
@@ -116,10 +117,6 @@ class LedgerClient:
     def carbon(self, account: str) -> energy_pb2.CarbonAccount:
         return self.committer.GetCarbonAccount(
             committer_pb2.GetCarbonAccountRequest(account=account), timeout=self.timeout).account
-
-
-def _tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
-    return transaction_pb2.Transaction.FromString(envelope.payload).header.tx_id
 
 
 def readings(client: LedgerClient, meter: str,

@@ -16,6 +16,7 @@ from gridledger.orderer.v1 import (
     orderer_pb2_grpc,
 )
 from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.errors import TxInvalid
 from gridledger_core.rpc.errors import STATUS_OF_CODE, abort_invalid
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.node import OrdererNode
@@ -36,29 +37,40 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._store = store
         self._notifier = notifier
 
+    def _judge(self, raw: bytes, tx_id: bytes, full: bool,
+               earlier: set[bytes]) -> tuple[str, TxInvalid | None]:
+        """Broadcast's verdict on one transaction (counted): "duplicate" (on the ledger, in
+        the pool, or earlier in the same call), "rejected" (with why), "resource_exhausted"
+        when `full`, else "accepted"."""
+        if tx_id in earlier or self._node.replica.knows_tx(tx_id) or \
+                self._store.has_tx(tx_id.decode()):
+            verdict, refused = "duplicate", None
+        else:
+            refused = self._node.admit(raw)
+            verdict = "rejected" if refused is not None else \
+                "resource_exhausted" if full else "accepted"
+        BROADCASTS.labels(verdict).inc()
+        return verdict, refused
+
     def Broadcast(self, request: orderer_pb2.BroadcastRequest,
                   context: grpc.ServicerContext) -> orderer_pb2.BroadcastResponse:
         raw = request.endorsed_transaction
-        tx_id = self._node.tx_id(raw).decode()
+        tx_id = self._node.tx_id(raw)
         if not tx_id:
             BROADCASTS.labels("malformed").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "endorsed_transaction is not a decodable EndorsedTransaction")
-        if self._node.replica.knows_tx(tx_id.encode()) or self._store.has_tx(tx_id):
-            BROADCASTS.labels("duplicate").inc()
-            return orderer_pb2.BroadcastResponse(tx_id=tx_id, duplicate=True)
-        refused = self._node.admit(raw)
+        verdict, refused = self._judge(raw, tx_id, self._node.replica.pool_full, set())
+        if verdict == "duplicate":
+            return orderer_pb2.BroadcastResponse(tx_id=tx_id.decode(), duplicate=True)
         if refused is not None:
-            BROADCASTS.labels("rejected").inc()
             abort_invalid(context, refused)
-        if self._node.replica.pool_full:
-            BROADCASTS.labels("resource_exhausted").inc()
+        if verdict == "resource_exhausted":
             context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"ordering queue is full; retry after {RETRY_AFTER_MS} ms")
         self._node.submit_transactions([raw])
-        BROADCASTS.labels("accepted").inc()
-        return orderer_pb2.BroadcastResponse(tx_id=tx_id)
+        return orderer_pb2.BroadcastResponse(tx_id=tx_id.decode())
 
     def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
                        context: grpc.ServicerContext) -> orderer_pb2.BroadcastBatchResponse:
@@ -92,30 +104,23 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         for raw, tx_id in zip(raws, ids, strict=True):
             result = orderer_pb2.BroadcastResult(tx_id=tx_id.decode())
             results.append(result)
-            if tx_id in in_batch or replica.knows_tx(tx_id) or \
-                    self._store.has_tx(result.tx_id):
+            verdict, refused = self._judge(raw, tx_id, room <= 0, in_batch)
+            if verdict == "duplicate":
                 result.duplicate = True
-                BROADCASTS.labels("duplicate").inc()
-                continue
-            refused = self._node.admit(raw)
-            if refused is not None:
+            elif refused is not None:
                 status = STATUS_OF_CODE.get(refused.code, grpc.StatusCode.INVALID_ARGUMENT)
                 result.code = status.value[0]
                 result.message = f"{refused.code_name}: {refused.message}"
-                BROADCASTS.labels("rejected").inc()
-                continue
-            if room <= 0:
+            elif verdict == "resource_exhausted":
                 result.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
                 result.message = f"ordering queue is full; retry after {RETRY_AFTER_MS} ms"
                 result.retry_after_ms = int(RETRY_AFTER_MS)
-                BROADCASTS.labels("resource_exhausted").inc()
-                continue
-            room -= 1
-            in_batch.add(tx_id)
-            accepted.append(raw)
+            else:
+                room -= 1
+                in_batch.add(tx_id)
+                accepted.append(raw)
         if accepted:
             self._node.submit_transactions(accepted)
-            BROADCASTS.labels("accepted").inc(len(accepted))
         return orderer_pb2.BroadcastBatchResponse(results=results)
 
     def Deliver(self, request: orderer_pb2.DeliverRequest,

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gridledger_core.genesis import MarketParams
+from gridledger_core.genesis import Limits, MarketParams
 from gridledger_core.identity import Role
 
 VALIDITY = datetime.timedelta(days=3650)
@@ -125,6 +125,7 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
     directory.mkdir(parents=True, exist_ok=True)
     orgs_doc = []
     orderers_doc = []
+    accounts_doc = []
     for org in topology.orgs:
         org_dir = directory / "orgs" / org.name
         org_dir.mkdir(parents=True, exist_ok=True)
@@ -163,9 +164,11 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
                      .sign(tls_key, hashes.SHA256()))
             _write(node_dir / "tls.pem", _pem_cert(tcert))
             _write(node_dir / "tls.key", _pem_key(tkey), private=True)
+            accounts_doc.append({"name": node.name, "org": org.name, "role": node.role.value})
             if node.role == Role.ORDERER:
                 orderers_doc.append({"id": node.name, "org": org.name,
-                                     "certificate": _pem_cert(cert).decode()})
+                                     "certificate": _pem_cert(cert).decode(),
+                                     "tls_certificate": _pem_cert(tcert).decode()})
     market = market or MarketParams()
     genesis = {
         "consortium": topology.consortium,
@@ -176,6 +179,8 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
                      "max_interval_wh": 1_000_000, "max_clock_skew_seconds": 300},
         "market": market.__dict__,
         "carbon": {"grams_per_kwh": carbon_grams_per_kwh},
+        "limits": Limits().__dict__,
+        "accounts": sorted(accounts_doc, key=lambda a: _natural_key(a["name"])),
     }
     genesis_path = directory / "genesis.json"
     _write(genesis_path, json.dumps(genesis, indent=2).encode())

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gridledger_core.crypto import sha256
-from gridledger_core.identity import Membership
+from gridledger_core.identity import Membership, Role
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,24 @@ class MarketParams:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Sizes every role enforces on what it accepts (bytes)."""
+
+    # One endorsed transaction (EndorsedTransaction bytes): endorser, orderers (unary and
+    # batch) and committers refuse anything larger.
+    max_tx_bytes: int = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account (node or device) and the one organisation and role it belongs to."""
+
+    name: str
+    org: str
+    role: Role
+
+
+@dataclass(frozen=True)
 class Organization:
     name: str
     signing_root_pem: bytes
@@ -45,6 +63,9 @@ class OrdererEntry:
     id: str
     org: str
     certificate_pem: bytes
+    # The orderer's TLS certificate (PEM), pinned: peers accept consensus streams only from
+    # a client presenting exactly this certificate. Empty in genesis files made before it.
+    tls_certificate_pem: bytes = b""
 
     @cached_property
     def public_key(self) -> bytes:
@@ -66,6 +87,9 @@ class Genesis:
     market: MarketParams
     carbon_grams_per_kwh: int
     raw: bytes
+    # Every account of the consortium with its organisation and role (name -> Account).
+    accounts: dict[str, Account]
+    limits: Limits
 
     @classmethod
     def parse(cls, raw: bytes) -> Genesis:
@@ -76,8 +100,17 @@ class Genesis:
         )
         names = {o.name for o in orgs}
         orderers = tuple(
-            OrdererEntry(o["id"], o["org"], o["certificate"].encode()) for o in doc["orderers"]
+            OrdererEntry(o["id"], o["org"], o["certificate"].encode(),
+                         o.get("tls_certificate", "").encode())
+            for o in doc["orderers"]
         )
+        accounts: dict[str, Account] = {}
+        for a in doc.get("accounts", []):
+            if a["org"] not in names:
+                raise ValueError(f"account {a['name']} belongs to unknown organisation {a['org']}")
+            if a["name"] in accounts:
+                raise ValueError(f"account {a['name']} is listed twice")
+            accounts[a["name"]] = Account(a["name"], a["org"], Role(a["role"]))
         if doc["initiating_organization"] not in names:
             raise ValueError("initiating_organization is not one of the organizations")
         for o in orderers:
@@ -94,6 +127,8 @@ class Genesis:
             market=MarketParams(**doc.get("market", {})),
             carbon_grams_per_kwh=int(doc["carbon"]["grams_per_kwh"]),
             raw=raw,
+            accounts=accounts,
+            limits=Limits(**doc.get("limits", {})),
         )
 
     @classmethod

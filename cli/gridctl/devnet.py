@@ -134,7 +134,7 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     names = sorted((consortium_dir / "nodes").iterdir())
     roles: dict[str, Role] = {}
     for node_dir in names:
-        identity = genesis.membership.identify(
+        identity = genesis.membership.certificate(
             SigningIdentity.load(consortium_dir, node_dir.name).certificate)
         roles[identity.name] = identity.role
     nodes: list[Node] = []
@@ -177,7 +177,7 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
                        "--presale-every", "10"]
         meter.args += ["--neighbour", ",".join(others)] if others else []
     for name, role in sorted(roles.items()):
-        if role == Role.ISSUER and genesis.membership.identify(SigningIdentity.load(
+        if role == Role.ISSUER and genesis.membership.certificate(SigningIdentity.load(
                 consortium_dir, name).certificate).org == genesis.initiating_organization:
             add(name, "meter-agent").args += ["--mode", "issuer", "--endorser", endorsers[0].grpc,
                                               "--committer", committers[0].grpc]

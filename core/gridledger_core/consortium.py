@@ -28,6 +28,10 @@ from gridledger_core.genesis import Limits, MarketParams
 from gridledger_core.identity import Role
 
 VALIDITY = datetime.timedelta(days=3650)
+# Certificates are valid from this long before they are made. The ledger judges a signature
+# at its block's time, so a history committed with earlier block times (tests, a devnet
+# backfill, a replay) stays valid; it gives no power over the future.
+BACKDATE = datetime.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,22 @@ class Topology:
 def default_topology(orderers: int = 4, meters: int = 3, plants: int = 2) -> Topology:
     """The devnet: a grid operator (initiating organisation), a utility, a prosumer community
     and a solar company. Orderers are split between the first two so no one org holds a quorum
-    alone when n >= 4."""
+    alone when n >= 4. Every organisation has an admin (gridops' is `admin`, the operators'
+    CLI and TLS client identity; the others' `<org>-admin`): only an organisation's own admin
+    registers its devices and revokes its certificates."""
     ops = OrgSpec("gridops", [NodeSpec("endorser-1", Role.ENDORSER),
                               NodeSpec("committer-1", Role.COMMITTER),
                               NodeSpec("admin", Role.ADMIN),
                               NodeSpec("issuer", Role.ISSUER)])
-    utility = OrgSpec("utility", [NodeSpec("committer-2", Role.COMMITTER)])
+    utility = OrgSpec("utility", [NodeSpec("committer-2", Role.COMMITTER),
+                                  NodeSpec("utility-admin", Role.ADMIN)])
     for i in range(1, orderers + 1):
         (ops if i % 2 else utility).nodes.append(NodeSpec(f"orderer-{i}", Role.ORDERER))
     community = OrgSpec("community", [NodeSpec(f"meter-{i}", Role.METER)
                                       for i in range(1, meters + 1)])
+    community.nodes.append(NodeSpec("community-admin", Role.ADMIN))
     solar = OrgSpec("solarco", [NodeSpec(f"plant-{i}", Role.PLANT) for i in range(1, plants + 1)])
+    solar.nodes.append(NodeSpec("solarco-admin", Role.ADMIN))
     return Topology("gridledger-devnet", "gridops", [ops, utility, community, solar])
 
 
@@ -91,11 +100,13 @@ def _name(cn: str, org: str, ou: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: object,
+             not_before: datetime.datetime | None = None,
+             not_after: datetime.datetime | None = None) -> x509.CertificateBuilder:
+    start = not_before or datetime.datetime.now(datetime.UTC) - BACKDATE
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
             .public_key(public_key).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + VALIDITY))
+            .not_valid_before(start).not_valid_after(not_after or start + VALIDITY))
 
 
 def _ca(cn: str, org: str, key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey,
@@ -143,10 +154,7 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
             node_dir = directory / "nodes" / node.name
             node_dir.mkdir(parents=True, exist_ok=True)
             key = Ed25519PrivateKey.generate()
-            cert = (_builder(_name(node.name, org.name, node.role.value), ca_cert.subject,
-                             key.public_key())
-                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                    .sign(ca_key, None))
+            cert = _signing_cert(ca_cert, ca_key, org.name, node.name, node.role, key)
             _write(node_dir / "signing.pem", _pem_cert(cert))
             _write(node_dir / "signing.key", _pem_key(key), private=True)
             tkey = ec.generate_private_key(ec.SECP256R1())
@@ -186,6 +194,36 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
     _write(genesis_path, json.dumps(genesis, indent=2).encode())
     _write(directory / "tls-ca-bundle.pem", b"".join(o["tls_root"].encode() for o in orgs_doc))
     return genesis_path
+
+
+def _signing_cert(ca_cert: x509.Certificate, ca_key: Ed25519PrivateKey, org: str, name: str,
+                  role: Role, key: Ed25519PrivateKey,
+                  not_before: datetime.datetime | None = None,
+                  not_after: datetime.datetime | None = None) -> x509.Certificate:
+    return (_builder(_name(name, org, role.value), ca_cert.subject, key.public_key(),
+                     not_before, not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, None))
+
+
+def issue_signing_certificate(directory: Path, org: str, name: str, role: Role, *,
+                              not_before: datetime.datetime | None = None,
+                              not_after: datetime.datetime | None = None
+                              ) -> tuple[bytes, bytes]:
+    """A new Ed25519 key and a certificate for account `name` (CN = name, O = org, OU = role)
+    issued by `org`'s signing CA in the consortium directory: a new device, or a rotated key
+    (then revoke the old certificate). Returns (certificate PEM, key PEM); writes nothing.
+
+    The CA signs whatever it is asked to: the ledger, not the CA, decides whether the
+    certificate speaks for an account (genesis or ledger registration, same org and role)."""
+    org_dir = directory / "orgs" / org
+    ca_cert = x509.load_pem_x509_certificate((org_dir / "signing-ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((org_dir / "signing-ca.key").read_bytes(), None)
+    if not isinstance(ca_key, Ed25519PrivateKey):
+        raise ValueError(f"{org}'s signing CA key is not Ed25519")
+    key = Ed25519PrivateKey.generate()
+    cert = _signing_cert(ca_cert, ca_key, org, name, role, key, not_before, not_after)
+    return _pem_cert(cert), _pem_key(key)
 
 
 def _natural_key(name: str) -> tuple[str, int]:

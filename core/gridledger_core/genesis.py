@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gridledger_core.crypto import sha256
-from gridledger_core.identity import Membership, Role
+from gridledger_core.identity import Account, Membership, Role
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,6 @@ class Limits:
     # One endorsed transaction (EndorsedTransaction bytes): endorser, orderers (unary and
     # batch) and committers refuse anything larger.
     max_tx_bytes: int = 128 * 1024
-
-
-@dataclass(frozen=True)
-class Account:
-    """An account (node or device) and the one organisation and role it belongs to."""
-
-    name: str
-    org: str
-    role: Role
 
 
 @dataclass(frozen=True)
@@ -131,6 +122,11 @@ class Genesis:
             limits=Limits(**doc.get("limits", {})),
         )
 
+    def admins(self, org: str) -> list[str]:
+        """The genesis admins of `org` (who may register accounts and revoke certificates)."""
+        return sorted(a.name for a in self.accounts.values()
+                      if a.org == org and a.role == Role.ADMIN)
+
     @classmethod
     def load(cls, path: Path) -> Genesis:
         return cls.parse(path.read_bytes())
@@ -141,7 +137,7 @@ class Genesis:
 
     @cached_property
     def membership(self) -> Membership:
-        return Membership({o.name: o.signing_root_pem for o in self.organizations})
+        return Membership({o.name: o.signing_root_pem for o in self.organizations}, self.accounts)
 
     @cached_property
     def orderer_keys(self) -> dict[str, bytes]:

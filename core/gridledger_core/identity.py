@@ -1,8 +1,17 @@
-"""Consortium identities: who signed something, checked against the genesis roots.
+"""Consortium identities: who signed something, checked against the genesis roots and the
+accounts of the consortium.
 
 Every signing certificate is issued directly by its organisation's signing CA, whose
 certificate is named in the genesis configuration. The subject carries the account id (CN),
 the organisation (O) and the role (OU).
+
+As in Fabric's MSP, a certificate speaks only for an account of the organisation whose CA
+issued it, in the role that organisation gave the account: every account belongs to exactly
+one organisation (named in the genesis, or registered on the ledger by that organisation's
+admin), and a certificate counts only if its O and OU are that organisation and that role.
+Otherwise any organisation's CA could issue `CN=<someone else's meter>` or `OU=endorser`.
+Validity is judged at a time the caller passes (a block's time on the ledger path, never the
+node's clock), and revocations are read from the ledger's state.
 """
 
 from __future__ import annotations
@@ -10,7 +19,9 @@ from __future__ import annotations
 import datetime
 import enum
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -42,6 +53,35 @@ class Identity:
     role: Role
     public_key: bytes
     certificate: bytes  # DER
+    # SHA-256 of `certificate` and its serial number (lowercase hex): what revocations name.
+    fingerprint: bytes = b""
+    serial: str = ""
+
+
+# Roles an organisation's admin may register on the ledger. Node roles are bound to the
+# identities the genesis names: a CA cannot make itself an endorser, orderer or issuer.
+LEDGER_ROLES = frozenset({Role.METER, Role.PLANT})
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account (node or device) and the one organisation and role it belongs to."""
+
+    name: str
+    org: str
+    role: Role
+
+
+class AccountBook(Protocol):
+    """The ledger's accounts and revocations, read from the state at one point of the chain."""
+
+    def registered(self, name: str) -> Account | None:
+        """The account registered on the ledger under `name` (genesis accounts are not)."""
+        ...
+
+    def revoked_at(self, identity: Identity) -> int | None:
+        """The height at which `identity`'s certificate was revoked, or None."""
+        ...
 
 
 class UnknownSigner(Exception):
@@ -63,34 +103,80 @@ class Membership:
     one certificate, and the chain check is the expensive part.
     """
 
-    def __init__(self, roots: dict[str, bytes]) -> None:
-        """`roots` maps organisation name to its signing CA certificate (PEM)."""
+    def __init__(self, roots: dict[str, bytes],
+                 accounts: Mapping[str, Account] | None = None) -> None:
+        """`roots` maps organisation name to its signing CA certificate (PEM); `accounts` are
+        the genesis accounts (name -> Account)."""
         self._roots: dict[str, x509.Certificate] = {}
         for org, pem in roots.items():
             cert = x509.load_pem_x509_certificate(pem)
             if not isinstance(cert.public_key(), Ed25519PublicKey):
                 raise ValueError(f"root of {org} is not an Ed25519 CA")
             self._roots[org] = cert
-        # digest -> (identity, not_valid_before, not_valid_after)
-        self._cache: dict[bytes, tuple[Identity, datetime.datetime, datetime.datetime]] = {}
+        self._accounts: dict[str, Account] = dict(accounts or {})
+        # digest -> (identity, not valid before, not valid after; Unix seconds)
+        self._cache: dict[bytes, tuple[Identity, int, int]] = {}
         self._lock = threading.Lock()
 
     @property
     def organisations(self) -> list[str]:
         return sorted(self._roots)
 
-    def identify(self, certificate_der: bytes, now: datetime.datetime | None = None) -> Identity:
-        """The identity a DER certificate proves, or UnknownSigner with the reason."""
-        now = now or datetime.datetime.now(datetime.UTC)
-        digest = sha256(certificate_der)
+    @property
+    def accounts(self) -> Mapping[str, Account]:
+        """The genesis accounts."""
+        return self._accounts
+
+    def certificate(self, certificate_der: bytes) -> Identity:
+        """What a certificate says (CN, O, OU, key), checked only for its chain to the CA of
+        the organisation it names: no validity time, no account binding. For tools and for
+        naming a certificate to revoke; a signature is judged with `identify`."""
+        return self._chain(certificate_der)[0]
+
+    def _chain(self, der: bytes) -> tuple[Identity, int, int]:
+        digest = sha256(der)
         cached = self._cache.get(digest)
         if cached is None:
-            cached = self._verify(certificate_der)
+            identity, not_before, not_after = self._verify(der)
+            serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
+            cached = (replace(identity, fingerprint=digest, serial=serial),
+                      int(not_before.timestamp()), int(not_after.timestamp()))
             with self._lock:
                 self._cache[digest] = cached
-        identity, not_before, not_after = cached
-        if not not_before <= now <= not_after:
-            raise UnknownSigner(f"certificate of {identity.name} is expired or not yet valid")
+        return cached
+
+    def identify(self, certificate_der: bytes, at: int | None,
+                 ledger: AccountBook | None) -> Identity:
+        """The identity a DER certificate proves, or UnknownSigner with the reason.
+
+        `at` (Unix seconds) is when the signature is judged: the block's time on the ledger
+        path, the endorser's clock at admission; None only for checks that must not depend
+        on any clock (the orderers' admission: committers judge validity at block time).
+        `ledger` is the state's accounts and revocations at the point of the chain being
+        judged; None binds to the genesis accounts only (no registrations, no revocations).
+        """
+        identity, not_before, not_after = self._chain(certificate_der)
+        if at is not None and not not_before <= at <= not_after:
+            raise UnknownSigner(f"certificate of {identity.name} is expired or not yet valid at "
+                                f"{at} (valid from {not_before} to {not_after})")
+        account = self._accounts.get(identity.name)
+        if account is None and ledger is not None:
+            account = ledger.registered(identity.name)
+        if account is None:
+            raise UnknownSigner(f"{identity.name} is not an account of the consortium (neither "
+                                "in the genesis nor registered on the ledger)")
+        if account.org != identity.org:
+            raise UnknownSigner(f"{identity.name} is an account of {account.org}; a certificate "
+                                f"issued by {identity.org}'s CA does not speak for it")
+        if account.role != identity.role:
+            raise UnknownSigner(f"{identity.name} is an account of {account.org} with role "
+                                f"{account.role}; a certificate naming it {identity.role} does "
+                                "not count")
+        if ledger is not None:
+            height = ledger.revoked_at(identity)
+            if height is not None:
+                raise UnknownSigner(f"certificate of {identity.name} (serial {identity.serial}) "
+                                    f"revoked at height {height}")
         return identity
 
     def _verify(self, der: bytes) -> tuple[Identity, datetime.datetime, datetime.datetime]:
@@ -128,15 +214,35 @@ class Membership:
         )
         return identity, cert.not_valid_before_utc, cert.not_valid_after_utc
 
-    def verify(self, certificate_der: bytes, signature: bytes, data: bytes) -> Identity:
-        """Identify the signer and check its signature over `data`.
+    def verify(self, certificate_der: bytes, signature: bytes, data: bytes, at: int) -> Identity:
+        """Off-ledger check of a signed object (e.g. a meter-agent checking a plant's terms
+        before it countersigns): the certificate's chain, its validity at `at` and the
+        signature over `data`. It does not bind the account (which may be registered on the
+        ledger): the ledger's rules do, with `identify`.
 
         Raises UnknownSigner or BadSignature.
         """
-        identity = self.identify(certificate_der)
+        identity, not_before, not_after = self._chain(certificate_der)
+        if not not_before <= at <= not_after:
+            raise UnknownSigner(f"certificate of {identity.name} is expired or not yet valid")
         if not verify_signature(identity.public_key, signature, data):
             raise BadSignature(f"signature of {identity.name} does not verify")
         return identity
+
+
+@dataclass(frozen=True)
+class Signers:
+    """How signatures are judged at one point: the consortium's roots and genesis accounts,
+    the ledger's registrations and revocations (`ledger`), and the time (`at`). The ledger
+    builds one per block (the block's time, its state overlay), the endorser one per request
+    (its clock, its replica's state); see `Membership.identify` for None."""
+
+    membership: Membership
+    at: int | None
+    ledger: AccountBook | None
+
+    def identify(self, certificate_der: bytes) -> Identity:
+        return self.membership.identify(certificate_der, self.at, self.ledger)
 
 
 class BadSignature(Exception):

@@ -72,7 +72,8 @@ def verify(envelope: envelope_pb2.SignedEnvelope, genesis: Genesis,
     initiating organisation with the issuer role, signed these exact bytes, and the
     certificate names this consortium and genesis and has consistent numbers."""
     try:
-        signer = genesis.membership.identify(envelope.signer_certificate, now)
+        at = int((now or datetime.datetime.now(datetime.UTC)).timestamp())
+        signer = genesis.membership.identify(envelope.signer_certificate, at, None)
     except UnknownSigner as exc:
         raise CertificateInvalid(f"signer does not chain to the consortium roots: {exc}") from exc
     check_issuer(signer, genesis)

@@ -2,13 +2,16 @@
 the creator's certificate chain and signature over the exact payload bytes, the header, and
 the endorsements. Endorsers run them on admission; committers run them again at commit.
 
+Every signer is identified through a `Signers` (identity.py): its certificate must be valid at
+the block's time (the endorser: its clock) and speak for an account of the organisation that
+issued it, in that account's role, and not be revoked in the state being judged.
+
 Creator and endorsement signatures go through the process's cache of verified signatures
 (sigcache.py): an endorsement batch's one signature is verified once per process, not once per
 transaction, and an endorser's replica does not re-verify what its submit path verified."""
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -21,7 +24,7 @@ from gridledger_core.crypto import (
     endorsement_message,
     verify_signature,
 )
-from gridledger_core.identity import Identity, Membership, Role, UnknownSigner
+from gridledger_core.identity import Identity, Membership, Role, Signers, UnknownSigner
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.sigcache import verify_cached
 
@@ -39,10 +42,9 @@ class CheckedTransaction:
     payload: bytes
 
 
-def check_envelope(envelope: envelope_pb2.SignedEnvelope, membership: Membership,
-                   now: datetime.datetime | None = None) -> CheckedTransaction:
+def check_envelope(envelope: envelope_pb2.SignedEnvelope, signers: Signers) -> CheckedTransaction:
     try:
-        creator = membership.identify(envelope.signer_certificate, now)
+        creator = signers.identify(envelope.signer_certificate)
     except UnknownSigner as exc:
         raise TxInvalid(Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER, f"unknown signer: {exc}") from exc
     if not verify_cached(creator.public_key, envelope.signature, envelope.payload):
@@ -75,7 +77,7 @@ def check_envelope(envelope: envelope_pb2.SignedEnvelope, membership: Membership
 
 def check_endorsements(payload: bytes,
                        endorsements: list[envelope_pb2.Endorsement] | object,
-                       membership: Membership) -> list[Identity]:
+                       signers: Signers) -> list[Identity]:
     """At least one valid endorsement by a consortium endorser over `payload`; every
     endorsement present must be valid (a bad one is a sign of tampering, not something to
     skip over). Each endorsement proves the payload is a leaf of a signed batch (see
@@ -85,9 +87,9 @@ def check_endorsements(payload: bytes,
     endorsers: list[Identity] = []
     for endorsement in endorsements:  # type: ignore[attr-defined]
         try:
-            endorser = membership.identify(endorsement.endorser_certificate)
+            endorser = signers.identify(endorsement.endorser_certificate)
         except UnknownSigner as exc:
-            raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
+            raise TxInvalid(Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER,
                             f"endorser unknown: {exc}") from exc
         if endorser.role != Role.ENDORSER:
             raise TxInvalid(Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE,
@@ -110,11 +112,12 @@ def check_endorsements(payload: bytes,
     return endorsers
 
 
-def open_signed(envelope: envelope_pb2.SignedEnvelope, membership: Membership,
+def open_signed(envelope: envelope_pb2.SignedEnvelope, signers: Signers,
                 what: str, unknown_code: int, bad_signature_code: int) -> Identity:
-    """The verified signer of an envelope that is not itself a transaction."""
+    """The verified signer of an envelope that is not itself a transaction (an option, a
+    plant's terms, a trade request), identified like a transaction's creator."""
     try:
-        signer = membership.identify(envelope.signer_certificate)
+        signer = signers.identify(envelope.signer_certificate)
     except UnknownSigner as exc:
         raise TxInvalid(unknown_code, f"{what} signer unknown: {exc}") from exc
     if not verify_signature(signer.public_key, envelope.signature, envelope.payload):
@@ -133,11 +136,12 @@ def parse_endorsed(raw: bytes) -> envelope_pb2.EndorsedTransaction:
     return endorsed
 
 
-def check_endorsed_transaction(raw: bytes, membership: Membership) -> CheckedTransaction:
-    """Everything about an ordered transaction that does not depend on state."""
+def check_endorsed_transaction(raw: bytes, signers: Signers) -> CheckedTransaction:
+    """Everything about an ordered transaction before its body's rule: decoding, signatures,
+    and its signers' accounts and revocations in `signers`' state."""
     endorsed = parse_endorsed(raw)
-    checked = check_envelope(endorsed.envelope, membership)
-    check_endorsements(checked.payload, endorsed.endorsements, membership)
+    checked = check_envelope(endorsed.envelope, signers)
+    check_endorsements(checked.payload, endorsed.endorsements, signers)
     return checked
 
 
@@ -155,5 +159,8 @@ def check_for_ordering(raw: bytes, membership: Membership) -> str:
                         "payload is not a gridledger.common.v1.Transaction") from exc
     if not tx.header.tx_id:
         raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER, "transaction has no tx id")
-    check_endorsements(endorsed.envelope.payload, endorsed.endorsements, membership)
+    # Orderers have no state and must agree whatever their clocks: endorsers are bound to the
+    # genesis accounts here; validity time and revocations are judged by committers.
+    check_endorsements(endorsed.envelope.payload, endorsed.endorsements,
+                       Signers(membership, None, None))
     return tx.header.tx_id

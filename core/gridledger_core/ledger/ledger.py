@@ -12,9 +12,11 @@ from google.protobuf.message import DecodeError
 from gridledger.common.v1 import block_pb2, envelope_pb2, ledger_pb2, transaction_pb2
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash, data_hash
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Signers
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import CheckedTransaction, check_endorsed_transaction
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay, next_state_root
 from gridledger_core.ledger.transitions import TxContext, apply_transaction
 from gridledger_core.storage import KeyValueStore, WriteBatch
@@ -144,7 +146,9 @@ class Ledger:
         decoded = len(result.transactions)
         result.transactions.append(None)
         try:
-            checked = check_endorsed_transaction(raw, self.genesis.membership)
+            # Signers are judged at the block's time against the state at this transaction.
+            signers = Signers(self.genesis.membership, block_time, LedgerAccounts(state))
+            checked = check_endorsed_transaction(raw, signers)
             tx_id = checked.tx_id
             result.transactions[decoded] = checked.tx
             result.tx_timestamps.append(checked.tx.header.timestamp.ToNanoseconds() / 1e9)
@@ -156,7 +160,8 @@ class Ledger:
             self._check_time(checked, block_time)
             state.savepoint()
             try:
-                apply_transaction(state, TxContext(checked, self.genesis, block_time))
+                apply_transaction(state, TxContext(checked, self.genesis, block_time,
+                                                   result.number, signers))
             except TxInvalid:
                 state.rollback()
                 raise
@@ -179,7 +184,13 @@ class Ledger:
             raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
                             f"transaction {checked.tx_id} is already on the ledger")
         self._check_time(checked, now)
-        apply_transaction(StateOverlay(self.store), TxContext(checked, self.genesis, now))
+        apply_transaction(StateOverlay(self.store),
+                          TxContext(checked, self.genesis, now, self.height, self.signers(now)))
+
+    def signers(self, at: int) -> Signers:
+        """How the endorser judges signers at admission: at its clock `at`, against the
+        accounts and revocations of the committed state."""
+        return Signers(self.genesis.membership, at, LedgerAccounts(StateOverlay(self.store)))
 
     # -- queries --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.rules import energy as energy_rules
+from gridledger_core.ledger.rules import identity as identity_rules
 from gridledger_core.ledger.rules import market as market_rules
 from gridledger_core.ledger.rules import readings
 from gridledger_core.ledger.state import StateOverlay
@@ -22,6 +23,7 @@ TRANSITIONS: dict[str, Callable[[StateOverlay, TxContext, Any], None]] = {
     **readings.RULES,
     **energy_rules.RULES,
     **market_rules.RULES,
+    **identity_rules.RULES,
 }
 
 

@@ -38,10 +38,10 @@ class Proposal:
     allowance: Allowance
 
 
-def verify_request(envelope: envelope_pb2.SignedEnvelope,
-                   ledger: Ledger) -> tuple[Identity, market_pb2.TradeRequest]:
-    """The request's verified signer and its decoded terms."""
-    signer = open_signed(envelope, ledger.genesis.membership, "request",
+def verify_request(envelope: envelope_pb2.SignedEnvelope, ledger: Ledger,
+                   now: int) -> tuple[Identity, market_pb2.TradeRequest]:
+    """The request's verified signer (judged at `now`) and its decoded terms."""
+    signer = open_signed(envelope, ledger.signers(now), "request",
                          Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER,
                          Code.TX_VALIDATION_CODE_BAD_SIGNATURE)
     try:
@@ -65,9 +65,9 @@ class OptionDesk:
     def propose(self, envelope: envelope_pb2.SignedEnvelope) -> Proposal:
         """Check the signed request and return the signed option; raises TxInvalid (a
         ``ConditionFailed`` for a preset condition) without recording anything."""
-        signer, request = verify_request(envelope, self._ledger)
-        terms = request.terms
         now = int(self._clock())
+        signer, request = verify_request(envelope, self._ledger, now)
+        terms = request.terms
         allowance = check_terms(StateOverlay(self._ledger.store), self._ledger.genesis,
                                 signer, terms, now)
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,

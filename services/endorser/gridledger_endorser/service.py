@@ -58,9 +58,10 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         start = time.perf_counter()
         body = "unknown"
         try:
-            checked = check_envelope(request.envelope, self._ledger.genesis.membership)
+            now = int(self._clock())
+            checked = check_envelope(request.envelope, self._ledger.signers(now))
             body = checked.body
-            self._ledger.simulate(checked, int(self._clock()))
+            self._ledger.simulate(checked, now)
         except TxInvalid as exc:
             REQUESTS.labels(body, exc.code_name.lower()).inc()
             abort_invalid(context, exc)

@@ -165,7 +165,7 @@ class Buyer:
         """Countersign only what was asked for, at the price the ranking used, signed by the
         plant itself."""
         signer = self.genesis.membership.verify(envelope.signer_certificate, envelope.signature,
-                                                envelope.payload)
+                                                envelope.payload, int(time.time()))
         terms = energy_pb2.SupplyContractTerms.FromString(envelope.payload)
         expected = (TERMS_FORMAT, self.identity.name, record.plant, record.price_micro_per_kwh,
                     energy_wh, coins)

@@ -13,6 +13,7 @@ from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Signers
 from gridledger_core.ledger.checks import check_endorsements, check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.ledger import Ledger
@@ -27,7 +28,7 @@ def endorser(consortium_dir: Path) -> SigningIdentity:
 
 def refusal(payload: bytes, endorsement: envelope_pb2.Endorsement, genesis: Genesis) -> str:
     with pytest.raises(TxInvalid) as err:
-        check_endorsements(payload, [endorsement], genesis.membership)
+        check_endorsements(payload, [endorsement], Signers(genesis.membership, None, None))
     assert err.value.code == Code.TX_VALIDATION_CODE_ENDORSEMENT_FAILURE
     return err.value.message
 
@@ -39,7 +40,7 @@ def test_every_transaction_of_a_batch_verifies(genesis: Genesis,
     assert {e.signature for e in endorsements} == {endorsements[0].signature}
     for i, (payload, endorsement) in enumerate(zip(payloads, endorsements, strict=True)):
         assert (endorsement.leaf_index, endorsement.leaf_count) == (i, 13)
-        [who] = check_endorsements(payload, [endorsement], genesis.membership)
+        [who] = check_endorsements(payload, [endorsement], Signers(genesis.membership, None, None))
         assert who.name == "endorser-1"
 
 
@@ -49,7 +50,7 @@ def test_a_single_endorsement_is_a_batch_of_one(genesis: Genesis,
     endorsement = endorser.endorse(envelope)
     assert (endorsement.leaf_index, endorsement.leaf_count, list(endorsement.audit_path)) == \
         (0, 1, [])
-    check_endorsements(b"alone", [endorsement], genesis.membership)
+    check_endorsements(b"alone", [endorsement], Signers(genesis.membership, None, None))
 
 
 def test_tampered_proofs_are_refused_with_the_reason(genesis: Genesis,
@@ -110,7 +111,7 @@ def test_any_flipped_bit_of_an_endorsement_fails(genesis: Genesis, endorser: Sig
     _, endorsements = endorser.endorse_batch(payloads)
     index = data.draw(st.integers(0, size - 1), label="index")
     payload, good = payloads[index], endorsements[index]
-    check_endorsements(payload, [good], genesis.membership)
+    check_endorsements(payload, [good], Signers(genesis.membership, None, None))
     bit = data.draw(st.integers(0, 511), label="bit")
     target = data.draw(st.sampled_from(["payload", "path", "index", "count", "signature"]))
     bad = envelope_pb2.Endorsement()

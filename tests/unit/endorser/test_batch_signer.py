@@ -16,6 +16,7 @@ from ledger_helpers import ChainBuilder, identity, past_interval, reading
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Signers
 from gridledger_core.ledger.checks import check_endorsements
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
@@ -87,7 +88,7 @@ def test_a_lone_request_is_a_batch_of_one(genesis: Genesis,
     for payload in (b"a", b"b"):
         endorsement = signer.endorse(payload)
         assert (endorsement.leaf_index, endorsement.leaf_count) == (0, 1)
-        check_endorsements(payload, [endorsement], genesis.membership)
+        check_endorsements(payload, [endorsement], Signers(genesis.membership, None, None))
     assert gated.sizes == [1, 1]
 
 
@@ -100,7 +101,7 @@ def test_what_queued_during_a_batch_is_the_next_batch(genesis: Genesis,
     assert len(results) == 20
     for payload, endorsement in results.items():
         assert isinstance(endorsement, envelope_pb2.Endorsement)
-        check_endorsements(payload, [endorsement], genesis.membership)
+        check_endorsements(payload, [endorsement], Signers(genesis.membership, None, None))
     assert len({e.signature for e in results.values()}) == 2  # type: ignore[union-attr]
     assert not signer._busy and not signer._queue
 
@@ -113,7 +114,7 @@ def test_batches_never_exceed_the_maximum(genesis: Genesis,
     assert gated.sizes == [1, 4, 4, 2]
     for payload, endorsement in results.items():
         assert isinstance(endorsement, envelope_pb2.Endorsement)
-        check_endorsements(payload, [endorsement], genesis.membership)
+        check_endorsements(payload, [endorsement], Signers(genesis.membership, None, None))
 
 
 def test_a_signing_error_reaches_every_caller_and_the_signer_recovers(

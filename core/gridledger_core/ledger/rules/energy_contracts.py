@@ -32,7 +32,7 @@ Status = energy_pb2.ContractStatus
 
 
 def _plant_signer(body: energy_pb2.SupplyContract, ctx: TxContext) -> Identity:
-    return open_signed(body.plant_terms, ctx.genesis.membership, "plant terms",
+    return open_signed(body.plant_terms, ctx.signers, "plant terms",
                        Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER,
                        Code.TX_VALIDATION_CODE_BAD_SIGNATURE)
 
@@ -79,6 +79,9 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
     require(plant is not None, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
             f"plant {terms.plant} has not announced")
     assert plant is not None
+    require(plant.organization == signer.org, Code.TX_VALIDATION_CODE_NOT_AUTHORIZED,
+            f"plant {plant.plant} belongs to {plant.organization}, its terms are signed by "
+            f"{signer.org}")
     require(terms.pv_panel_id in plant.pv_panel_ids, Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"PV panel {terms.pv_panel_id!r} is not one {terms.plant} announced")
     require(terms.energy_wh <= plant.remaining_wh, Code.TX_VALIDATION_CODE_STATE_CONFLICT,

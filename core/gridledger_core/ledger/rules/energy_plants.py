@@ -50,6 +50,9 @@ def process_plant_announcement(state: StateOverlay, ctx: TxContext,
     _check_windows(windows, ctx)
     record = get_plant(state, body.plant) or energy_pb2.PlantRecord(
         plant=body.plant, organization=creator.org)
+    # The record keeps its owner organisation: only that organisation's plant rewrites it.
+    require(record.organization == creator.org, Code.TX_VALIDATION_CODE_NOT_AUTHORIZED,
+            f"plant {body.plant} belongs to {record.organization}, not {creator.org}")
     require(body.contracted_wh == record.contracted_wh, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
             f"stale announcement: it accounts for {body.contracted_wh} Wh contracted, the "
             f"ledger has {record.contracted_wh} Wh; announce again")

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger_core.genesis import Genesis, MarketParams
-from gridledger_core.identity import Identity, Membership, Role
+from gridledger_core.identity import Identity, Role, Signers
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
@@ -153,9 +153,11 @@ def _above_forecast(terms: market_pb2.OrderTerms, allowance: Allowance,
 # -- signed payloads --------------------------------------------------------------------------
 
 def verify_option(envelope: envelope_pb2.SignedEnvelope,
-                  membership: Membership) -> tuple[Identity, market_pb2.TradeOption]:
-    """An option signed by a consortium endorser, decoded from the exact signed bytes."""
-    endorser = open_signed(envelope, membership, "option", ENDORSEMENT, ENDORSEMENT)
+                  signers: Signers) -> tuple[Identity, market_pb2.TradeOption]:
+    """An option signed by a consortium endorser (an endorser account of the organisation
+    whose CA issued its certificate), decoded from the exact signed bytes."""
+    endorser = open_signed(envelope, signers, "option", Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER,
+                           ENDORSEMENT)
     require(endorser.role == Role.ENDORSER, ENDORSEMENT,
             f"option signed by {endorser.name}, a {endorser.role}, not an endorser")
     try:
@@ -172,7 +174,7 @@ def verify_option(envelope: envelope_pb2.SignedEnvelope,
 
 def process_place_order(state: StateOverlay, ctx: TxContext, body: market_pb2.PlaceOrder) -> None:
     creator = ctx.checked.creator
-    _, option = verify_option(body.option, ctx.genesis.membership)
+    _, option = verify_option(body.option, ctx.signers)
     terms = option.terms
     check_terms(state, ctx.genesis, creator, terms, ctx.block_time)
     require(bool(option.option_id), INVALID, "option has no id")

@@ -138,7 +138,10 @@ class Membership:
         cached = self._cache.get(digest)
         if cached is None:
             identity, not_before, not_after = self._verify(der)
-            serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
+            try:
+                serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
+            except ValueError as exc:  # parsed lazily: a verdict, never an exception
+                raise UnknownSigner("certificate serial number does not decode") from exc
             cached = (replace(identity, fingerprint=digest, serial=serial),
                       int(not_before.timestamp()), int(not_after.timestamp()))
             with self._lock:

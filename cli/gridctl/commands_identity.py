@@ -24,7 +24,7 @@ from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import identity_pb2
 from gridledger.endorser.v1 import endorser_pb2
-from gridledger_core.consortium import issue_signing_certificate
+from gridledger_core.consortium import issue_signing_certificate, issue_tls_certificate
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import LEDGER_ROLES, Role, UnknownSigner
 from gridledger_core.ledger.rules import identity as keys
@@ -168,21 +168,29 @@ def cmd_list(args: argparse.Namespace) -> None:
         print("no revoked certificates")
 
 
-def cmd_issue(args: argparse.Namespace) -> None:
-    """Write a new key and certificate for an account to <consortium>/nodes/<account>/ (the old
-    pair, if any, is kept as signing.pem.old / signing.key.old for `identity revoke`)."""
-    consortium = args.consortium_dir or connect.load_network(args.dir).consortium_dir
-    cert_pem, key_pem = issue_signing_certificate(consortium, args.org, args.account,
-                                                  Role(args.role))
-    node_dir = consortium / "nodes" / args.account
-    node_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("signing.pem", "signing.key"):
-        if (node_dir / name).exists():
-            (node_dir / name).replace(node_dir / f"{name}.old")
-    (node_dir / "signing.pem").write_bytes(cert_pem)
-    key_path = node_dir / "signing.key"
+def _replace(node_dir: Path, stem: str, cert_pem: bytes, key_pem: bytes) -> None:
+    """Write <stem>.{pem,key}, keeping the previous pair as <stem>.{pem,key}.old."""
+    for suffix in ("pem", "key"):
+        path = node_dir / f"{stem}.{suffix}"
+        if path.exists():
+            path.replace(node_dir / f"{stem}.{suffix}.old")
+    (node_dir / f"{stem}.pem").write_bytes(cert_pem)
+    key_path = node_dir / f"{stem}.key"
     key_path.write_bytes(key_pem)
     key_path.chmod(0o600)
+
+
+def cmd_issue(args: argparse.Namespace) -> None:
+    """Write a new signing key and certificate, and a new TLS pair, for an account to
+    <consortium>/nodes/<account>/ (the previous ones, if any, kept as *.old: the old signing
+    certificate is what `identity revoke --cert` then names)."""
+    consortium = args.consortium_dir or connect.load_network(args.dir).consortium_dir
+    role = Role(args.role)
+    cert_pem, key_pem = issue_signing_certificate(consortium, args.org, args.account, role)
+    node_dir = consortium / "nodes" / args.account
+    node_dir.mkdir(parents=True, exist_ok=True)
+    _replace(node_dir, "signing", cert_pem, key_pem)
+    _replace(node_dir, "tls", *issue_tls_certificate(consortium, args.org, args.account, role))
     cert = x509.load_pem_x509_certificate(cert_pem)
     emit({"account": args.account, "organization": args.org, "role": args.role,
           "serial": format(cert.serial_number, "x"), "certificate": str(node_dir / "signing.pem"),

@@ -158,18 +158,7 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
             _write(node_dir / "signing.pem", _pem_cert(cert))
             _write(node_dir / "signing.key", _pem_key(key), private=True)
             tkey = ec.generate_private_key(ec.SECP256R1())
-            sans: list[x509.GeneralName] = [x509.DNSName(n)
-                                            for n in tls_names(node.name, node.role)]
-            sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-            tcert = (_builder(_name(node.name, org.name, node.role.value), tls_cert.subject,
-                              tkey.public_key())
-                     .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                                    critical=True)
-                     .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                     .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                           ExtendedKeyUsageOID.CLIENT_AUTH]),
-                                    critical=False)
-                     .sign(tls_key, hashes.SHA256()))
+            tcert = _tls_cert(tls_cert, tls_key, org.name, node.name, node.role, tkey)
             _write(node_dir / "tls.pem", _pem_cert(tcert))
             _write(node_dir / "tls.key", _pem_key(tkey), private=True)
             accounts_doc.append({"name": node.name, "org": org.name, "role": node.role.value})
@@ -204,6 +193,33 @@ def _signing_cert(ca_cert: x509.Certificate, ca_key: Ed25519PrivateKey, org: str
                      not_before, not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, None))
+
+
+def _tls_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, org: str,
+              name: str, role: Role, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in tls_names(name, role)]
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    return (_builder(_name(name, org, role.value), ca_cert.subject, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+
+def issue_tls_certificate(directory: Path, org: str, name: str, role: Role
+                          ) -> tuple[bytes, bytes]:
+    """A new ECDSA P-256 key and TLS certificate for `name` from `org`'s TLS CA in the
+    consortium directory (the devnet's names, as `create_consortium` gives them). Returns
+    (certificate PEM, key PEM); writes nothing."""
+    org_dir = directory / "orgs" / org
+    ca_cert = x509.load_pem_x509_certificate((org_dir / "tls-ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((org_dir / "tls-ca.key").read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{org}'s TLS CA key is not ECDSA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _pem_cert(_tls_cert(ca_cert, ca_key, org, name, role, key)), _pem_key(key)
 
 
 def issue_signing_certificate(directory: Path, org: str, name: str, role: Role, *,

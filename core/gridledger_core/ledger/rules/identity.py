@@ -17,7 +17,7 @@ State keys:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gridledger.common.v1 import identity_pb2
@@ -62,6 +62,8 @@ def revocation_index_key(n: int) -> str:
 class StateReader(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
 
 class LedgerAccounts:
     """The identity.AccountBook of one state: registered accounts and revocations."""
@@ -77,8 +79,11 @@ class LedgerAccounts:
         return Account(record.account, record.organization, Role(record.role))
 
     def revoked_at(self, identity: Identity) -> int | None:
-        raw = (self._state.get(revoked_fingerprint_key(identity.fingerprint))
-               or self._state.get(revoked_serial_key(identity.org, identity.serial)))
+        # Both keys in one read (every signer of every transaction is looked up).
+        by_fingerprint, by_serial = self._state.get_many(
+            [revoked_fingerprint_key(identity.fingerprint),
+             revoked_serial_key(identity.org, identity.serial)])
+        raw = by_fingerprint or by_serial
         return identity_pb2.RevocationRecord.FromString(raw).height if raw else None
 
 

@@ -7,6 +7,7 @@ before the TBS part is signed again with the CA key (same length, so no DER leng
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -14,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from gridledger_core.crypto import Signer
+from gridledger.common.v1 import envelope_pb2, transaction_pb2
+from gridledger_core.crypto import Signer, derive_tx_id, new_nonce
 
 PLACEHOLDER_CN = "QQQQCNQQQQ"
 PLACEHOLDER_O = "QQQQOQQQQ"
@@ -68,3 +70,18 @@ def hostile_certificate(consortium_dir: Path, org: str, role: str, *, cn: bytes 
             new_tbs = new_tbs.replace(raw, replacement)
     der = _resign(der, tbs, new_tbs, ca_key, cert.signature)
     return der, Signer(key)
+
+
+def hostile_envelope(der: bytes, signer: Signer, field: str, body: object,
+                     creator: str = "mallory") -> envelope_pb2.SignedEnvelope:
+    """A transaction signed with the key of a hostile certificate (header consistent)."""
+    nonce = new_nonce()
+    tx = transaction_pb2.Transaction()
+    tx.header.tx_id = derive_tx_id(nonce, der)
+    tx.header.creator = creator
+    tx.header.nonce = nonce
+    tx.header.timestamp.FromNanoseconds(time.time_ns())
+    getattr(tx, field).CopyFrom(body)
+    payload = tx.SerializeToString()
+    return envelope_pb2.SignedEnvelope(payload=payload, signature=signer.sign(payload),
+                                       signer_certificate=der)

@@ -28,8 +28,12 @@ from gridledger_core.consensus.signing import (
     signing_bytes,
 )
 from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.audit import verify_ledger
+from gridledger_core.ledger.block_proof import block_verifier
+from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import LmdbStore
 
 
 class SignedChain:
@@ -69,6 +73,33 @@ class SignedChain:
         self.previous_hash, self.previous_seed, self.number = this_hash, seed, height + 1
         self.blocks.append(block)
         return block
+
+
+class Replicas:
+    """Two committers and an endorser's replica on LMDB, fed the same signed blocks."""
+
+    def __init__(self, genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+        self.genesis = genesis
+        self.stores = [LmdbStore(tmp_path / name) for name in ("c1", "c2", "endorser")]
+        self.ledgers = [Ledger(store, genesis, block_verifier(genesis)) for store in self.stores]
+        self.chain = SignedChain(genesis, consortium_dir)
+
+    def commit(self, transactions: list[bytes]) -> CommitResult:
+        block = self.chain.block(transactions)
+        results = [ledger.commit(block) for ledger in self.ledgers]
+        for other in results[1:]:
+            assert (other.codes, other.messages, other.state_root) == (
+                results[0].codes, results[0].messages, results[0].state_root)
+        return results[0]
+
+    def check_replay(self) -> None:
+        report = verify_ledger(self.stores[0], self.genesis)
+        assert report.ok, report.problem
+        assert report.state_root == self.ledgers[0].chain.state_root
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
 
 
 class _Deliver(orderer_pb2_grpc.OrdererServiceServicer):

@@ -14,23 +14,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile_certs import NON_UTF8, hostile_certificate
+from hostile_certs import NON_UTF8, hostile_certificate, hostile_envelope
 from ledger_helpers import endorsed, identity, past_interval, reading
 from prometheus_client import REGISTRY
-from signed_blocks import DeliverServer, SignedChain
+from signed_blocks import DeliverServer, Replicas, SignedChain
 
 from gridledger.common.v1 import energy_pb2, envelope_pb2, transaction_pb2
-from gridledger_core.crypto import Signer, derive_tx_id, new_nonce
+from gridledger_core.crypto import derive_tx_id
 from gridledger_core.energy.terms import new_terms
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import UnknownSigner
 from gridledger_core.ledger import schema, transitions
-from gridledger_core.ledger.audit import verify_ledger
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.checks import check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.follower import BlockFollower
-from gridledger_core.ledger.ledger import CommitResult, Ledger
+from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import LmdbStore, MemoryStore, WriteBatch
 
@@ -38,48 +37,6 @@ VALID = Code.TX_VALIDATION_CODE_VALID
 UINT64_MAX = 2**64 - 1
 HOSTILE_SUBJECTS = {"cn": {"cn": NON_UTF8}, "o": {"o": NON_UTF8},
                     "cn_and_o": {"cn": NON_UTF8, "o": NON_UTF8}}
-
-
-def hostile_envelope(der: bytes, signer: Signer, field: str, body: object,
-                     creator: str = "mallory") -> envelope_pb2.SignedEnvelope:
-    """A transaction signed with the key of a hostile certificate (header consistent)."""
-    nonce = new_nonce()
-    tx = transaction_pb2.Transaction()
-    tx.header.tx_id = derive_tx_id(nonce, der)
-    tx.header.creator = creator
-    tx.header.nonce = nonce
-    tx.header.timestamp.FromNanoseconds(time.time_ns())
-    getattr(tx, field).CopyFrom(body)
-    payload = tx.SerializeToString()
-    return envelope_pb2.SignedEnvelope(payload=payload, signature=signer.sign(payload),
-                                       signer_certificate=der)
-
-
-class Replicas:
-    """Two committers and an endorser's replica on LMDB, fed the same signed blocks."""
-
-    def __init__(self, genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
-        self.genesis = genesis
-        self.stores = [LmdbStore(tmp_path / name) for name in ("c1", "c2", "endorser")]
-        self.ledgers = [Ledger(store, genesis, block_verifier(genesis)) for store in self.stores]
-        self.chain = SignedChain(genesis, consortium_dir)
-
-    def commit(self, transactions: list[bytes]) -> CommitResult:
-        block = self.chain.block(transactions)
-        results = [ledger.commit(block) for ledger in self.ledgers]
-        for other in results[1:]:
-            assert (other.codes, other.messages, other.state_root) == (
-                results[0].codes, results[0].messages, results[0].state_root)
-        return results[0]
-
-    def check_replay(self) -> None:
-        report = verify_ledger(self.stores[0], self.genesis)
-        assert report.ok, report.problem
-        assert report.state_root == self.ledgers[0].chain.state_root
-
-    def close(self) -> None:
-        for store in self.stores:
-            store.close()
 
 
 @pytest.fixture()

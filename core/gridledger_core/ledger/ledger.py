@@ -89,7 +89,13 @@ class Ledger:
     def commit(self, block: block_pb2.Block) -> CommitResult:
         with self._commit_lock:
             header = self._check_header(block)
-            self._verify_block(block, header, self.previous_header_bytes())
+            try:
+                self._verify_block(block, header, self.previous_header_bytes())
+            except (BlockRejected, *NODE_FAULTS):
+                raise
+            except Exception as exc:  # a proof that cannot even be checked is not valid
+                raise BlockRejected(f"block {header.number}: its ordering proof cannot be "
+                                    f"checked ({type(exc).__name__})") from exc
             return self._apply(block, header)
 
     def previous_header_bytes(self) -> bytes | None:

@@ -29,7 +29,7 @@ from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.checks import check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.follower import BlockFollower
-from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.ledger.ledger import BlockRejected, Ledger
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import LmdbStore, MemoryStore, WriteBatch
 
@@ -272,6 +272,20 @@ def test_a_node_fault_is_not_turned_into_a_code(genesis: Genesis,
     assert ledger.height == 0
     store.failing.clear()
     assert ledger.commit(block).codes == [VALID]
+
+
+def test_a_proof_check_that_raises_is_a_rejected_block(genesis: Genesis,
+                                                       consortium_dir: Path) -> None:
+    """A verifier that fails on a block's bytes (here: a bug that raises ValueError) refuses
+    the block, so the follower fails over to another orderer, rather than crashing."""
+    def broken_verifier(*_: object) -> None:
+        raise ValueError("unexpected bytes in the quorum certificate")
+
+    ledger = Ledger(MemoryStore(), genesis, broken_verifier)
+    block = SignedChain(genesis, consortium_dir).block([])
+    with pytest.raises(BlockRejected, match=r"cannot be checked \(ValueError\)"):
+        ledger.commit(block)
+    assert ledger.height == 0
 
 
 # -- the follower -----------------------------------------------------------------------------

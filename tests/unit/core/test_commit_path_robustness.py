@@ -26,7 +26,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.identity import UnknownSigner
 from gridledger_core.ledger import schema, transitions
 from gridledger_core.ledger.block_proof import block_verifier
-from gridledger_core.ledger.checks import check_for_ordering
+from gridledger_core.ledger.checks import check_endorsed_transaction, check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import BlockRejected, Ledger
@@ -364,3 +364,50 @@ def test_follower_reports_not_serving_and_retries_until_it_commits(
         follower.stop()
     assert [ok for ok, _ in reports] == [False, True]
     assert REGISTRY.get_sample_value("gridledger_ledger_follower_healthy") == 1
+
+
+def test_follower_reports_not_serving_when_every_orderer_sends_a_refused_block(
+        genesis: Genesis, consortium_dir: Path, orderer: DeliverServer) -> None:
+    """One orderer (so a whole rotation) serving a block whose proposer signature is forged:
+    the node cannot advance, says so, and recovers once a valid block is served."""
+    chain = SignedChain(genesis, consortium_dir)
+    env = identity(consortium_dir, "meter-1").new_transaction(
+        "meter_reading", reading("meter-1", past_interval()))
+    good = chain.block([endorsed(env, identity(consortium_dir, "endorser-1"))])
+    forged = type(good)()
+    forged.CopyFrom(good)
+    forged.metadata.proposer_signature = bytes(64)
+    orderer.append(forged)
+    ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
+    reports: list[tuple[bool, str]] = []
+    follower = BlockFollower(ledger, [("orderer-1", orderer.address)],
+                             TlsFiles.for_node(consortium_dir, "committer-1"),
+                             on_health=lambda ok, why: reports.append((ok, why)))
+    follower.start()
+    try:
+        wait_for(lambda: not follower.healthy, "the follower to report the refused blocks")
+        assert "refuses" in reports[0][1] and "bad proposer signature" in reports[0][1]
+        orderer.blocks[0] = good  # the orderer is repaired
+        wait_for(lambda: ledger.height == 1, "the valid block to commit")
+        wait_for(lambda: follower.healthy, "the follower to report healthy")
+    finally:
+        follower.stop()
+    assert [ok for ok, _ in reports] == [False, True]
+
+
+def test_simulation_gives_the_verdict_a_committer_would(
+        genesis: Genesis, consortium_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endorser's simulation maps an unexpected exception in a rule exactly as commit."""
+    def buggy(*_: object) -> None:
+        raise OverflowError("a bug")
+
+    monkeypatch.setitem(transitions.TRANSITIONS, "meter_reading", buggy)
+    env = identity(consortium_dir, "meter-1").new_transaction(
+        "meter_reading", reading("meter-1", past_interval()))
+    checked = check_endorsed_transaction(endorsed(env, identity(consortium_dir, "endorser-1")),
+                                         genesis.membership)
+    with pytest.raises(TxInvalid) as err:
+        Ledger(MemoryStore(), genesis, block_verifier(genesis)).simulate(checked,
+                                                                         int(time.time()))
+    assert (err.value.code, err.value.message) == (Code.TX_VALIDATION_CODE_INVALID_BODY,
+                                                   "rule failed: OverflowError")

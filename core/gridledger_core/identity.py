@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -88,12 +88,29 @@ class UnknownSigner(Exception):
     """The certificate does not chain to a consortium root or is not usable."""
 
 
-def _subject_attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
-    attrs = cert.subject.get_attributes_for_oid(oid)
+# Longest CN/O/OU accepted (X.520's upper bound for these attributes); the values
+# end up in ledger keys and messages.
+MAX_SUBJECT_VALUE = 64
+
+
+def _subject_attr(subject: x509.Name, oid: x509.ObjectIdentifier) -> str:
+    """One subject attribute as text. `subject` is already parsed (see `_verify`), so this
+    only judges values: exactly one, text, short, no control characters."""
+    attrs = subject.get_attributes_for_oid(oid)
     if len(attrs) != 1:
         raise UnknownSigner(f"certificate subject must have exactly one {oid._name}")
     value = attrs[0].value
-    return value if isinstance(value, str) else value.decode()
+    if not isinstance(value, str):
+        raise UnknownSigner(f"certificate subject {oid._name} is not a text value")
+    # Control characters are refused by code point, not by str.isprintable(), whose answer
+    # depends on the Python version's Unicode tables: every node must reach the same verdict.
+    # "/" separates the parts of ledger state keys (reading/<meter>/<start>, ...), so a name
+    # holding one could reach into another account's key range.
+    if not 0 < len(value) <= MAX_SUBJECT_VALUE or any(
+            ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "/" for c in value):
+        raise UnknownSigner(f"certificate subject {oid._name} must be 1 to "
+                            f"{MAX_SUBJECT_VALUE} characters without control characters or '/'")
+    return value
 
 
 class Membership:
@@ -183,39 +200,49 @@ class Membership:
         return identity
 
     def _verify(self, der: bytes) -> tuple[Identity, datetime.datetime, datetime.datetime]:
+        # `cryptography` parses a certificate lazily: loading checks only the outer DER, and
+        # the subject, issuer, key and validity are decoded on first access, raising ValueError
+        # (or UnsupportedAlgorithm for the key) for bytes a hostile CA can sign, such as a
+        # UTF8String that is not UTF-8. Every field is therefore read here, once, inside one
+        # guard, and anything it refuses becomes UnknownSigner: the same verdict on every node.
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
-            raise UnknownSigner(f"certificate is not valid DER: {exc}") from exc
-        org = _subject_attr(cert, NameOID.ORGANIZATION_NAME)
+            subject, issuer = cert.subject, cert.issuer
+            key = cert.public_key()
+            not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+            signature, tbs = cert.signature, cert.tbs_certificate_bytes
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # The library's text is left out: it may differ between versions, and the message
+            # is recorded in blocks' commit records.
+            raise UnknownSigner(f"certificate is not valid DER ({type(exc).__name__})") from exc
+        org = _subject_attr(subject, NameOID.ORGANIZATION_NAME)
         root = self._roots.get(org)
         if root is None:
             raise UnknownSigner(f"organisation {org!r} is not a consortium member")
-        if cert.issuer != root.subject:
+        if issuer != root.subject:
             raise UnknownSigner(f"certificate was not issued by the CA of {org}")
         root_key = root.public_key()
         assert isinstance(root_key, Ed25519PublicKey)
         try:
-            root_key.verify(cert.signature, cert.tbs_certificate_bytes)
+            root_key.verify(signature, tbs)
         except InvalidSignature as exc:
             raise UnknownSigner(
                 f"certificate signature does not verify against {org}'s CA") from exc
-        key = cert.public_key()
         if not isinstance(key, Ed25519PublicKey):
             raise UnknownSigner("signing certificates must carry an Ed25519 key")
-        role_name = _subject_attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        role_name = _subject_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
         try:
             role = Role(role_name)
         except ValueError as exc:
             raise UnknownSigner(f"unknown role {role_name!r} in certificate") from exc
         identity = Identity(
-            name=_subject_attr(cert, NameOID.COMMON_NAME),
+            name=_subject_attr(subject, NameOID.COMMON_NAME),
             org=org,
             role=role,
             public_key=key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
             certificate=der,
         )
-        return identity, cert.not_valid_before_utc, cert.not_valid_after_utc
+        return identity, not_before, not_after
 
     def verify(self, certificate_der: bytes, signature: bytes, data: bytes, at: int) -> Identity:
         """Off-ledger check of a signed object (e.g. a meter-agent checking a plant's terms

@@ -19,6 +19,7 @@ from gridledger_core.identity import Identity, Role, UnknownSigner
 from gridledger_core.signing_identity import SigningIdentity
 
 CERTIFICATE_FORMAT = "gridledger/carbon-certificate/v1"
+UINT64_MAX = 2**64 - 1
 
 
 class CertificateInvalid(Exception):
@@ -32,15 +33,18 @@ def avoided_grams(delivered_wh: int, grams_per_kwh: int) -> int:
 
 def certificate_for(contract: energy_pb2.SupplyContractRecord, genesis: Genesis,
                     issued_at: float) -> energy_pb2.CarbonCertificate:
-    """The certificate the ledger expects for an ended contract."""
+    """The certificate the ledger expects for an ended contract (CertificateInvalid when its
+    coins do not fit the certificate's uint64 field)."""
+    avoided = avoided_grams(contract.delivered_wh, genesis.carbon_grams_per_kwh)
+    if avoided > UINT64_MAX:
+        raise CertificateInvalid(f"{avoided} coins do not fit a uint64")
     cert = energy_pb2.CarbonCertificate(
         format=CERTIFICATE_FORMAT, consortium=genesis.consortium, genesis_hash=genesis.hash,
         issuer_organization=genesis.initiating_organization,
         contract_id=contract.contract_id, meter=contract.meter, plant=contract.plant,
         pv_panel_id=contract.pv_panel_id, delivered_wh=contract.delivered_wh,
         grams_per_kwh=genesis.carbon_grams_per_kwh,
-        avoided_grams=avoided_grams(contract.delivered_wh, genesis.carbon_grams_per_kwh),
-        trade_end_tx_id=contract.trade_end_tx_id)
+        avoided_grams=avoided, trade_end_tx_id=contract.trade_end_tx_id)
     cert.issued_at.FromNanoseconds(int(issued_at * 1e9))
     return cert
 

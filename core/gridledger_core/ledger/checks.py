@@ -145,11 +145,31 @@ def check_endorsed_transaction(raw: bytes, signers: Signers) -> CheckedTransacti
     return checked
 
 
-def check_for_ordering(raw: bytes, membership: Membership) -> str:
-    """What an orderer checks before ordering a transaction: it decodes, names a tx id, and
-    carries valid endorsements; returns the tx id. The creator's signature was checked by the
-    endorser that endorsed it and is checked again by every committer, so the orderers do not
-    spend a third verification on it."""
+def check_for_ordering(raw: bytes, membership: Membership,
+                       max_tx_bytes: int | None = None) -> str:
+    """What an orderer checks before ordering a transaction: its size (when `max_tx_bytes` is
+    given: the genesis limit committers enforce), it decodes, names a tx id, its creator's
+    certificate chains to its organisation's CA and is the header's creator, and it carries
+    valid endorsements; returns the tx id. The creator's signature was checked by the endorser
+    that endorsed it and is checked again by every committer, so the orderers do not spend a
+    third verification on it; the certificate check is cached per certificate, so it is cheap
+    and keeps unparseable identities out of blocks.
+
+    Raises only TxInvalid: an unexpected exception becomes MALFORMED ("check failed: <type>"),
+    so no transaction's bytes can break an orderer's admission or proposal validation."""
+    try:
+        return _check_for_ordering(raw, membership, max_tx_bytes)
+    except TxInvalid:
+        raise
+    except Exception as exc:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                        f"check failed: {type(exc).__name__}") from exc
+
+
+def _check_for_ordering(raw: bytes, membership: Membership, max_tx_bytes: int | None) -> str:
+    if max_tx_bytes is not None and len(raw) > max_tx_bytes:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                        f"transaction of {len(raw)} bytes exceeds max_tx_bytes {max_tx_bytes}")
     endorsed = parse_endorsed(raw)
     tx = transaction_pb2.Transaction()
     try:
@@ -159,8 +179,16 @@ def check_for_ordering(raw: bytes, membership: Membership) -> str:
                         "payload is not a gridledger.common.v1.Transaction") from exc
     if not tx.header.tx_id:
         raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER, "transaction has no tx id")
-    # Orderers have no state and must agree whatever their clocks: endorsers are bound to the
-    # genesis accounts here; validity time and revocations are judged by committers.
+    # Orderers have no state and must agree whatever their clocks: the creator's certificate
+    # must parse and chain to its organisation's CA (cheap, cached), endorsers are bound to the
+    # genesis accounts; validity time, account binding and revocations are judged by committers.
+    try:
+        creator = membership.certificate(endorsed.envelope.signer_certificate)
+    except UnknownSigner as exc:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_UNKNOWN_SIGNER, f"unknown signer: {exc}") from exc
+    if tx.header.creator != creator.name:
+        raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
+                        f"header creator {tx.header.creator!r} is not the signer {creator.name!r}")
     check_endorsements(endorsed.envelope.payload, endorsed.endorsements,
                        Signers(membership, None, None))
     return tx.header.tx_id

@@ -3,6 +3,13 @@
 Used by committers and by endorsers' ledger replicas. Fails over to the next orderer when the
 current one is unreachable, sends a block that does not verify, or goes quiet for longer than
 `idle_timeout` (a frozen or lagging orderer); the next orderer may be further ahead.
+
+It never stops by itself. A failure it does not expect (the ledger raising anything but
+BlockRejected, which no content should cause; see `Ledger._execute`) is logged with its
+traceback, counted in `gridledger_ledger_follower_failures_total{reason}`, reported through
+`on_health(False, why)` (the node's health goes NOT_SERVING) and retried with backoff; so is
+every orderer sending a block this node refuses. The first block committed afterwards reports
+`on_health(True, "")`. A frozen height is therefore never silent behind SERVING.
 """
 
 from __future__ import annotations
@@ -43,12 +50,24 @@ REJECTED_BLOCKS = Counter("gridledger_ledger_rejected_blocks",
                           "Blocks refused whole, by the orderer that sent them.", ["orderer"])
 FAILOVERS = Counter("gridledger_ledger_orderer_failovers",
                     "Times this node switched to another orderer.")
+# reason: deliver (the stream failed), rejected_block (an orderer sent a block this node
+# refuses), commit_error (the ledger raised unexpectedly: a bug, or storage), on_commit (a
+# listener of committed blocks raised; the block itself is committed).
+FOLLOWER_FAILURES = Counter("gridledger_ledger_follower_failures",
+                            "Failures of the block follower, by reason.", ["reason"])
+FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
+                         "1 while the block follower can commit, 0 while it is failing.")
+
+# Called with (healthy, why) when the follower's health changes; nodes set their gRPC
+# health status from it (NodeServer.set_serving).
+HealthCallback = Callable[[bool, str], None]
+MAX_ERROR_BACKOFF = 30.0
 
 
 class BlockFollower:
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
                  on_commit: Callable[[CommitResult], None] | None = None,
-                 idle_timeout: float = 30.0) -> None:
+                 idle_timeout: float = 30.0, on_health: HealthCallback | None = None) -> None:
         """`orderers` is a list of (orderer id, address)."""
         if not orderers:
             raise ValueError("a follower needs at least one orderer address")
@@ -61,7 +80,21 @@ class BlockFollower:
         self._thread = threading.Thread(target=self._run, name="block-follower", daemon=True)
         self._current = 0
         self._call: grpc.Future | None = None
+        self._on_health = on_health
+        self._health_lock = threading.Lock()
+        self._problem = ""  # why the follower is unhealthy; "" while it is healthy
+        self._rejected_in_a_row = 0
+        FOLLOWER_HEALTHY.set(1)
         self._publish_tip()
+
+    @property
+    def healthy(self) -> bool:
+        return not self._problem
+
+    @property
+    def problem(self) -> str:
+        """Why the follower is not healthy ("" when it is)."""
+        return self._problem
 
     def start(self) -> None:
         self._thread.start()
@@ -77,22 +110,59 @@ class BlockFollower:
         backoff = 0.1
         while not self._stop.is_set():
             orderer_id, address = self._orderers[self._current]
+            height = self._ledger.height
             try:
                 progressed = self._follow(orderer_id, address)
                 backoff = 0.1 if progressed else min(backoff * 2, 2.0)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return
+                FOLLOWER_FAILURES.labels("deliver").inc()
                 log.info("deliver from %s failed: %s", orderer_id, _describe(exc))
                 backoff = min(backoff * 2, 2.0)
             except BlockRejected as exc:
                 REJECTED_BLOCKS.labels(orderer_id).inc()
+                FOLLOWER_FAILURES.labels("rejected_block").inc()
                 log.error("refused a block from %s: %s", orderer_id, exc)
+                self._rejected_in_a_row = (0 if self._ledger.height > height
+                                           else self._rejected_in_a_row + 1)
+                if self._rejected_in_a_row >= len(self._orderers):
+                    # Every orderer in turn sent a block this node refuses: it cannot advance.
+                    self._set_health(False, f"every orderer sends a block this node refuses at "
+                                            f"height {self._ledger.height}: {exc}")
+                    backoff = min(max(backoff * 2, 1.0), MAX_ERROR_BACKOFF)
+            except Exception as exc:  # never let the thread die behind SERVING health
+                if self._stop.is_set():
+                    return
+                FOLLOWER_FAILURES.labels("commit_error").inc()
+                log.exception("block follower failed at height %d (orderer %s); retrying",
+                              self._ledger.height, orderer_id)
+                self._set_health(False, f"commit failed at height {self._ledger.height}: "
+                                        f"{type(exc).__name__}: {exc}")
+                backoff = min(max(backoff * 2, 1.0), MAX_ERROR_BACKOFF)
             if self._stop.is_set():
                 return
             self._current = (self._current + 1) % len(self._orderers)
             FAILOVERS.inc()
             self._stop.wait(backoff)
+
+    def _set_health(self, healthy: bool, why: str) -> None:
+        """Record the follower's health; report (log, gauge, callback) only changes."""
+        with self._health_lock:
+            was_healthy = not self._problem
+            self._problem = "" if healthy else why
+        if was_healthy == healthy:
+            return
+        FOLLOWER_HEALTHY.set(1 if healthy else 0)
+        if healthy:
+            log.info("block follower recovered at height %d", self._ledger.height)
+        else:
+            log.error("block follower unhealthy, node reports NOT_SERVING: %s", why)
+        if self._on_health is not None:
+            try:
+                self._on_health(healthy, why)
+            except Exception:
+                log.exception("health callback failed")
 
     def _follow(self, orderer_id: str, address: str) -> bool:
         """Stream blocks from one orderer until it fails or goes quiet; True if any committed."""
@@ -121,13 +191,19 @@ class BlockFollower:
         now = time.time()
         COMMIT_SECONDS.observe(time.perf_counter() - start)
         self._publish_tip()
+        self._rejected_in_a_row = 0
+        if not self.healthy:
+            self._set_health(True, "")
         for code in result.codes:
             TRANSACTIONS.labels(_code_label(code)).inc()
         for timestamp in result.tx_timestamps:
             SUBMIT_TO_COMMIT.observe(max(0.0, now - timestamp))
         if self._on_commit is not None:
-            self._on_commit(result)
-
+            try:
+                self._on_commit(result)
+            except Exception:  # the block is committed; a listener's failure must not stop us
+                FOLLOWER_FAILURES.labels("on_commit").inc()
+                log.exception("on_commit listener failed for block %d", result.number)
 
     def _publish_tip(self) -> None:
         chain = self._ledger.chain

@@ -3,10 +3,12 @@ transactions in order with the shared rules, and write everything in one atomic 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import lmdb
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, ledger_pb2, transaction_pb2
@@ -20,6 +22,25 @@ from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay, next_state_root
 from gridledger_core.ledger.transitions import TxContext, apply_transaction
 from gridledger_core.storage import KeyValueStore, WriteBatch
+
+log = logging.getLogger(__name__)
+
+# Failures of this node rather than of a transaction (storage, memory, the OS): they abort the
+# block, which is then not written, and the follower reports and retries. Turning one into a
+# validation code would record a verdict other replicas would not reach.
+NODE_FAULTS: tuple[type[BaseException], ...] = (lmdb.Error, OSError, MemoryError)
+
+
+def unexpected_verdict(stage: str, exc: Exception) -> TxInvalid:
+    """The deterministic verdict on a transaction whose judging raised something other than
+    TxInvalid: a bug, or content a check did not foresee. Same code and message on every
+    replica (the exception's own text may differ between library versions, so only its type
+    is recorded); the caller rolls the transaction's writes back. `stage` is "check" (decode,
+    certificates, signatures, header, endorsements) or "rule" (the body's state transition)."""
+    if stage == "check":
+        return TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                         f"check failed: {type(exc).__name__}")
+    return TxInvalid(Code.TX_VALIDATION_CODE_INVALID_BODY, f"rule failed: {type(exc).__name__}")
 
 
 class BlockRejected(Exception):
@@ -70,7 +91,13 @@ class Ledger:
     def commit(self, block: block_pb2.Block) -> CommitResult:
         with self._commit_lock:
             header = self._check_header(block)
-            self._verify_block(block, header, self.previous_header_bytes())
+            try:
+                self._verify_block(block, header, self.previous_header_bytes())
+            except (BlockRejected, *NODE_FAULTS):
+                raise
+            except Exception as exc:  # a proof that cannot even be checked is not valid
+                raise BlockRejected(f"block {header.number}: its ordering proof cannot be "
+                                    f"checked ({type(exc).__name__})") from exc
             return self._apply(block, header)
 
     def previous_header_bytes(self) -> bytes | None:
@@ -141,10 +168,19 @@ class Ledger:
 
     def _execute(self, raw: bytes, state: StateOverlay, block_time: int, seen: set[str],
                  result: CommitResult) -> tuple[str, int, str]:
-        """Validate and apply one transaction; returns (tx id or "", code, message)."""
+        """Validate and apply one transaction; returns (tx id or "", code, message).
+
+        Whatever the bytes, this returns a verdict: TxInvalid carries its own, anything else
+        but a node fault (NODE_FAULTS) gets `unexpected_verdict`, with the transaction's
+        writes rolled back. So no content can stop a block from committing."""
         tx_id = ""
         decoded = len(result.transactions)
         result.transactions.append(None)
+        limit = self.genesis.limits.max_tx_bytes
+        if len(raw) > limit:  # refused before parsing: the size is the first thing judged
+            return "", Code.TX_VALIDATION_CODE_MALFORMED, (
+                f"transaction of {len(raw)} bytes exceeds max_tx_bytes {limit}")
+        stage = "check"
         try:
             # Signers are judged at the block's time against the state at this transaction.
             signers = Signers(self.genesis.membership, block_time, LedgerAccounts(state))
@@ -158,15 +194,23 @@ class Ledger:
                                 f"transaction {tx_id} is already on the ledger")
             seen.add(tx_id)
             self._check_time(checked, block_time)
+            stage = "rule"
             state.savepoint()
             try:
                 apply_transaction(state, TxContext(checked, self.genesis, block_time,
                                                    result.number, signers))
-            except TxInvalid:
+            except Exception:
                 state.rollback()
                 raise
         except TxInvalid as exc:
             return tx_id, exc.code, exc.message
+        except NODE_FAULTS:
+            raise
+        except Exception as exc:
+            verdict = unexpected_verdict(stage, exc)
+            log.warning("transaction %s: %s (%s: %s)", tx_id or f"#{decoded}", verdict.message,
+                        type(exc).__name__, exc)
+            return tx_id, verdict.code, verdict.message
         return tx_id, Code.TX_VALIDATION_CODE_VALID, ""
 
     def _check_time(self, checked: CheckedTransaction, block_time: int) -> None:
@@ -184,8 +228,13 @@ class Ledger:
             raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
                             f"transaction {checked.tx_id} is already on the ledger")
         self._check_time(checked, now)
-        apply_transaction(StateOverlay(self.store),
-                          TxContext(checked, self.genesis, now, self.height, self.signers(now)))
+        try:
+            apply_transaction(StateOverlay(self.store),
+                              TxContext(checked, self.genesis, now, self.height, self.signers(now)))
+        except (TxInvalid, *NODE_FAULTS):
+            raise
+        except Exception as exc:  # the verdict a committer would record
+            raise unexpected_verdict("rule", exc) from exc
 
     def signers(self, at: int) -> Signers:
         """How the endorser judges signers at admission: at its clock `at`, against the

@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                        CommitterServicer(ledger, notifier),
                        committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)
     follower = BlockFollower(ledger, node_config.parse_peers(args.orderer), tls,
-                             on_commit=notifier.grew)
+                             on_commit=notifier.grew,
+                             on_health=lambda ok, _why: server.set_serving(ok))
     server.on_stop(notifier.close)
     server.on_stop(follower.stop)
     server.on_close(store.close)

@@ -43,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                        EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl),
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
-    follower = BlockFollower(ledger, orderers, tls, on_commit=books.on_commit)
+    # A replica that cannot commit endorses against stale state: report NOT_SERVING then.
+    follower = BlockFollower(ledger, orderers, tls, on_commit=books.on_commit,
+                             on_health=lambda ok, _why: server.set_serving(ok))
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
     server.on_close(store.close)

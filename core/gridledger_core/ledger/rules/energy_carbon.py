@@ -7,6 +7,7 @@ from gridledger_core.crypto import verify_signature
 from gridledger_core.energy import certificate
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.rules.energy_state import (
     get_carbon,
     get_contract,
@@ -51,8 +52,9 @@ def process_carbon_coin_issue(state: StateOverlay, ctx: TxContext,
     require(contract.status == Status.CONTRACT_STATUS_ENDED, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
             f"contract {contract.contract_id} has no trade end yet; coins only for fulfilled "
             "contracts")
-    expected_coins = certificate.avoided_grams(contract.delivered_wh,
-                                               ctx.genesis.carbon_grams_per_kwh)
+    expected_coins = require_uint64(
+        certificate.avoided_grams(contract.delivered_wh, ctx.genesis.carbon_grams_per_kwh),
+        Code.TX_VALIDATION_CODE_STATE_CONFLICT, f"contract {contract.contract_id}'s coins")
     require(body.meter == contract.meter and body.coins == expected_coins,
             Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"contract {contract.contract_id} earns {contract.meter} {expected_coins} coins "
@@ -66,6 +68,9 @@ def process_carbon_coin_issue(state: StateOverlay, ctx: TxContext,
     require(cert.issued_at.seconds <= ctx.block_time + ctx.genesis.max_clock_skew_seconds,
             Code.TX_VALIDATION_CODE_INVALID_BODY, "the certificate is dated after its block")
     account = get_carbon(state, contract.meter)
+    for total, what in ((account.coins, "coins"), (account.received, "received coins")):
+        require_uint64(total + body.coins, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
+                       f"{contract.meter}'s {what}")
     account.coins += body.coins
     account.received += body.coins
     put_carbon(state, account)

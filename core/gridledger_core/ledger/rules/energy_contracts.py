@@ -17,6 +17,7 @@ from gridledger_core.identity import Identity, Role
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.rules.energy_state import (
     get_carbon,
     get_contract,
@@ -70,7 +71,8 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
             f"terms nonce must be at least {MIN_TERMS_NONCE} bytes")
     require(ctx.block_time <= terms.expires_at, Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"the plant's offer expired at {terms.expires_at}")
-    amount = amount_micro(terms.price_micro_per_kwh, terms.energy_wh)
+    amount = require_uint64(amount_micro(terms.price_micro_per_kwh, terms.energy_wh),
+                            Code.TX_VALIDATION_CODE_INVALID_BODY, "the contract's amount")
     require(terms.coins_paid <= max_coins(amount, terms.coin_value_micro),
             Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"{terms.coins_paid} coins at {terms.coin_value_micro} would pay more than the "
@@ -95,6 +97,20 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
     account = get_carbon(state, meter.name)
     require(terms.coins_paid <= account.coins, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
             f"{meter.name} has {account.coins} carbon coins, cannot pay {terms.coins_paid}")
+    # Totals that only grow: a plant may announce any remaining energy again and again, so
+    # its contracted total (and the coins it receives) can reach the uint64 limit.
+    conflict = Code.TX_VALIDATION_CODE_STATE_CONFLICT
+    require_uint64(plant.contracted_wh + terms.energy_wh, conflict,
+                   f"{plant.plant}'s contracted energy")
+    require_uint64(plant.contracts + 1, conflict, f"{plant.plant}'s contract count")
+    if terms.coins_paid:
+        payee_account = get_carbon(state, plant.plant)
+        require_uint64(account.spent + terms.coins_paid, conflict,
+                       f"{meter.name}'s spent coins")
+        require_uint64(payee_account.coins + terms.coins_paid, conflict,
+                       f"{plant.plant}'s coins")
+        require_uint64(payee_account.received + terms.coins_paid, conflict,
+                       f"{plant.plant}'s received coins")
 
     if terms.coins_paid:
         account.coins -= terms.coins_paid
@@ -154,5 +170,7 @@ def process_trade_end(state: StateOverlay, ctx: TxContext, body: energy_pb2.Trad
     state.delete(schema.open_contract_key(contract.meter))
     plant = get_plant(state, contract.plant)
     assert plant is not None, "a contract's plant record is never deleted"
+    require_uint64(plant.delivered_wh + contract.delivered_wh,
+                   Code.TX_VALIDATION_CODE_STATE_CONFLICT, f"{plant.plant}'s delivered energy")
     plant.delivered_wh += contract.delivered_wh
     put_plant(state, plant)

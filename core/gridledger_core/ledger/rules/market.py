@@ -30,6 +30,7 @@ from gridledger_core.identity import Identity, Role, Signers
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
 from gridledger_core.market import ledger_view as view
@@ -213,8 +214,10 @@ def process_place_order(state: StateOverlay, ctx: TxContext, body: market_pb2.Pl
         state.put(view.book_key(taker), order_id.encode())
     state.put(schema.order_meter_key(creator.name, terms.slot_start, taker.sequence),
               order_id.encode())
-    view.add_committed_wh(state, creator.name, terms.slot_start, terms.side,
-                          terms.quantity_wh - option.cancelled_wh)
+    added = terms.quantity_wh - option.cancelled_wh
+    require_uint64(view.committed_wh(state, creator.name, terms.slot_start, terms.side) + added,
+                   CONFLICT, f"{creator.name}'s committed energy in slot {terms.slot_start}")
+    view.add_committed_wh(state, creator.name, terms.slot_start, terms.side, added)
     state.put(schema.option_key(option.option_id), order_id.encode())
 
 

@@ -1,0 +1,447 @@
+"""Fuzzing the commit path (issue 13, item 2).
+
+A byzantine endorser (its own key, its organisation's CA) and a byzantine primary (orders
+anything: duplicates, garbage, truncations, oversized bytes) feed real final blocks, signed
+with the consortium's orderer keys, to two committers and an endorser's replica on LMDB.
+Transactions are generated property-based from the protobuf descriptors of the envelope and
+every body message, with integer extremes (0, 2^32, 2^63, 2^64-1, int64 limits), hostile
+certificate subjects (arbitrary bytes in CN/O/OU, re-signed by a real CA), mutated DER,
+payloads mutated at the byte level and re-signed, broken endorsement proofs. Some are kept
+well-formed enough to reach every rule, so the state grows (readings, plants, contracts,
+orders) and later transactions meet it.
+
+Properties: every replica commits every block with the same codes, messages and state root;
+no transaction's verdict comes from the ledger's catch-all (that would be an unfound root
+cause); the orderers' admission check and the endorser's simulation raise only TxInvalid; and
+a fresh replay of the whole chain (`gridctl ledger verify`'s code path) agrees."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from hostile_certs import hostile_certificate
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from ledger_helpers import INTERVAL, identity
+from signed_blocks import Replicas
+
+from gridledger.common.v1 import (
+    energy_pb2,
+    envelope_pb2,
+    market_pb2,
+    transaction_pb2,
+)
+from gridledger_core.crypto import Signer, derive_tx_id
+from gridledger_core.energy import certificate
+from gridledger_core.energy.terms import TERMS_FORMAT, contract_id
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.checks import check_endorsed_transaction, check_for_ordering
+from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.signing_identity import SigningIdentity
+
+MIN_TRANSACTIONS = 1000
+# GRIDLEDGER_FUZZ_BLOCKS runs a longer campaign (e.g. 1000) by hand; `make test` runs 60.
+BLOCKS = int(os.environ.get("GRIDLEDGER_FUZZ_BLOCKS", "60"))
+BLOCK_SIZE = (17, 30)  # 60 blocks x at least 17 = 1,020 transactions at least
+
+UINT64 = [0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+INT64 = [-(2**63), -1, 0, 1, 2**31, 2**32, 2**63 - 1]
+UINT32 = [0, 1, 2**31, 2**32 - 1]
+INT32 = [-(2**31), -1, 0, 1, 2**31 - 1]
+NAMES = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "issuer", "endorser-1",
+         "mallory", "", "plant-1-pv-1", "pv"]
+HONEST = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "issuer", "endorser-1",
+          "admin"]
+F = FieldDescriptor
+# The bodies each kind of creator may submit (by name without its number): most transactions
+# get one of these, so they pass authorisation and meet the rules' arithmetic.
+FITTING_BODIES = {
+    "meter-": ("meter_reading", "supply_contract", "trade_end", "place_order", "cancel_order"),
+    "plant-": ("meter_reading", "plant_announcement"),
+    "byz-meter": ("meter_reading", "supply_contract", "place_order"),
+    "byz-meter-": ("meter_reading", "supply_contract", "trade_end", "place_order",
+                   "cancel_order"),
+    "byz-plant": ("meter_reading", "plant_announcement"),
+    "issuer": ("carbon_coin_issue",),
+}
+
+
+class World:
+    """The replicas plus what the generators draw on: identities, and ids seen so far."""
+
+    def __init__(self, genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+        self.genesis = genesis
+        self.dir = consortium_dir
+        self.replicas = Replicas(genesis, consortium_dir, tmp_path)
+        self.ids = {name: identity(consortium_dir, name) for name in HONEST}
+        self.endorser = self.ids["endorser-1"]
+        self.names = list(NAMES)  # grows with tx ids, contract ids, option ids
+        self.raw_seen: list[bytes] = []
+        self.transactions = 0
+        self.codes: dict[str, int] = {}
+        self.now = int(time.time())
+        self._counter = 0
+        self.strategies: dict[tuple[Any, int], st.SearchStrategy[Any]] = {}
+        # Minted by the byzantine member's own CA (gridops): well-formed, and accepted.
+        self.minted = {role: self._minted(role, f"byz-{role}")
+                       for role in ("meter", "plant", "endorser")}
+        # More meters than the consortium's three: a meter holds one open contract at a time,
+        # and the contract rules' arithmetic is only reached by a meter without one.
+        self.minted_meters = [self._minted("meter", f"byz-meter-{i}") for i in range(16)]
+
+    def _minted(self, role: str, name: str) -> SigningIdentity:
+        der, signer = hostile_certificate(self.dir, "gridops", role, name=name)
+        return SigningIdentity(name, signer, der)
+
+    def unique(self) -> bytes:
+        """8 bytes never returned before: hypothesis repeats simple draws (a nonce of zeros)
+        often, and the duplicate-id rule would otherwise judge most transactions."""
+        self._counter += 1
+        return self._counter.to_bytes(8, "big")
+
+    def remember(self, name: str) -> None:
+        if name and name not in self.names:
+            self.names.append(name)
+            del self.names[: max(0, len(self.names) - 200)]
+
+
+# -- generic messages from descriptors --------------------------------------------------------
+
+def _scalar(field: FieldDescriptor, world: World) -> st.SearchStrategy[Any]:
+    t = field.type
+    if t in (F.TYPE_UINT64, F.TYPE_FIXED64):
+        return st.one_of(st.sampled_from(UINT64), st.integers(0, 2**64 - 1),
+                         st.integers(0, 100_000))
+    if t in (F.TYPE_INT64, F.TYPE_SINT64, F.TYPE_SFIXED64):
+        return st.one_of(st.sampled_from(INT64), st.integers(-(2**63), 2**63 - 1),
+                         st.integers(-10 * 86_400, 86_400).map(lambda d: world.now + d))
+    if t in (F.TYPE_UINT32, F.TYPE_FIXED32):
+        return st.one_of(st.sampled_from([*UINT32, INTERVAL]), st.integers(0, 2**32 - 1))
+    if t in (F.TYPE_INT32, F.TYPE_SINT32, F.TYPE_SFIXED32):
+        return st.sampled_from(INT32)
+    if t == F.TYPE_ENUM:
+        return st.sampled_from([v.number for v in field.enum_type.values] + [7, -1])
+    if t == F.TYPE_BOOL:
+        return st.booleans()
+    if t == F.TYPE_STRING:
+        return st.one_of(known_name(world),
+                         st.text(st.characters(exclude_categories=("Cs",)), max_size=12))
+    if t == F.TYPE_BYTES:
+        return st.binary(max_size=48)
+    raise AssertionError(f"unhandled field type {t}")
+
+
+def message(cls: Any, world: World, depth: int = 0) -> st.SearchStrategy[Any]:
+    """Any message of type `cls`: each field set or not, extremes likely, nested to depth 3.
+    Strategies are made once per (type, depth): building them is most of hypothesis's cost."""
+    key = (cls, depth)
+    if key not in world.strategies:
+        world.strategies[key] = _message(cls, world, depth)
+    return world.strategies[key]
+
+
+@st.composite
+def _message(draw: st.DrawFn, cls: Any, world: World, depth: int) -> Any:
+    msg = cls()
+    descriptor = cls.DESCRIPTOR
+    chosen = {o.name: draw(st.sampled_from([None, *[f.name for f in o.fields]]))
+              for o in descriptor.oneofs}
+    for field in descriptor.fields:
+        oneof = field.containing_oneof
+        if oneof is not None and chosen[oneof.name] != field.name:
+            continue
+        if oneof is None and not draw(st.booleans()):
+            continue
+        if field.type == F.TYPE_MESSAGE:
+            if depth >= 3:
+                continue
+            sub = message_factory.GetMessageClass(field.message_type)
+            if field.is_repeated:
+                for value in draw(st.lists(message(sub, world, depth + 1), max_size=3)):
+                    getattr(msg, field.name).add().CopyFrom(value)
+            else:
+                getattr(msg, field.name).CopyFrom(draw(message(sub, world, depth + 1)))
+        elif field.is_repeated:
+            getattr(msg, field.name).extend(draw(st.lists(_scalar(field, world), max_size=3)))
+        else:
+            setattr(msg, field.name, draw(_scalar(field, world)))
+    return msg
+
+
+def weighted(draw: st.DrawFn, options: list[tuple[Any, int]]) -> Any:
+    """One of `options` by weight. Hypothesis's own choices lean towards simple values (the
+    first element, 0), which would make most transactions the same kind; the mix is drawn
+    from a Random seeded by hypothesis instead, still reproducible from the example."""
+    rnd = draw(st.randoms(use_true_random=True))
+    return rnd.choices([o for o, _ in options], weights=[w for _, w in options])[0]
+
+
+def known_name(world: World) -> st.SearchStrategy[str]:
+    """A name or id seen so far. Strategies draw indices, never sizes that depend on the
+    world, so hypothesis sees the same draws for the same choices (its consistency check)."""
+    return st.integers(0, 2**16).map(lambda i: world.names[i % len(world.names)])
+
+
+def mutate_bytes(draw: st.DrawFn, raw: bytes) -> bytes:
+    """Truncate, flip a byte, insert or append garbage."""
+    kind = draw(st.sampled_from(["truncate", "flip", "insert", "append"]))
+    at = draw(st.integers(0, 2**20)) % max(1, len(raw))
+    xor = draw(st.integers(1, 255))
+    garbage = draw(st.binary(min_size=1, max_size=16))
+    if kind == "truncate":
+        return raw[:at]
+    if kind == "flip" and raw:
+        return raw[:at] + bytes([raw[at] ^ xor]) + raw[at + 1:]
+    return raw[:at] + garbage + raw[at:] if kind == "insert" else raw + garbage
+
+
+# -- signers ----------------------------------------------------------------------------------
+
+@st.composite
+def signer(draw: st.DrawFn, world: World) -> tuple[str, Signer, bytes]:
+    """(name, key, certificate DER): honest identities, identities the byzantine CA minted,
+    certificates with arbitrary subject bytes re-signed by a real CA, and mutated DER."""
+    kind = weighted(draw, [("honest", 65), ("minted", 5), ("minted_meter", 20),
+                           ("hostile_subject", 5), ("mutated_der", 5)])
+    if kind == "honest":
+        ident = world.ids[draw(st.sampled_from(HONEST))]
+        return ident.name, ident.signer, ident.certificate
+    if kind == "minted_meter":
+        ident = world.minted_meters[draw(st.integers(0, 2**16)) % len(world.minted_meters)]
+        return ident.name, ident.signer, ident.certificate
+    if kind == "minted":
+        ident = world.minted[draw(st.sampled_from(sorted(world.minted)))]
+        return ident.name, ident.signer, ident.certificate
+    if kind == "hostile_subject":
+        org = draw(st.sampled_from(world.genesis.membership.organisations))
+        role = draw(st.sampled_from(["meter", "plant", "endorser", "issuer", "x"]))
+        subject = draw(st.fixed_dictionaries({}, optional={
+            "cn": st.binary(min_size=1, max_size=10), "o": st.binary(min_size=1, max_size=9)}))
+        der, key = hostile_certificate(world.dir, org, role, **subject)
+        return "mallory", key, der
+    ident = world.ids[draw(st.sampled_from(HONEST))]
+    return ident.name, ident.signer, mutate_bytes(draw, ident.certificate)
+
+
+# -- bodies that reach the rules --------------------------------------------------------------
+
+def _signed(ident: SigningIdentity, payload: bytes) -> envelope_pb2.SignedEnvelope:
+    return ident.sign_envelope(payload)
+
+
+@st.composite
+def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
+    """A body of any type: fully fuzzed, or fuzzed with the fields that gate the rules set to
+    plausible values (own account, aligned interval, nested envelopes signed by the right
+    role), so the rules' arithmetic is reached with extreme numbers."""
+    fitting = FITTING_BODIES.get(creator.rstrip("0123456789"), ())
+    field = weighted(draw, [(f, w * (6 if f in fitting else 1)) for f, w in (
+        ("meter_reading", 3), ("plant_announcement", 2), ("supply_contract", 3),
+        ("trade_end", 1), ("carbon_coin_issue", 1), ("place_order", 2), ("cancel_order", 1))])
+    cls = type(getattr(transaction_pb2.Transaction(), field))
+    value = draw(message(cls, world))
+    rnd = draw(st.randoms(use_true_random=True))
+    # Hypothesis leans towards the first element of a choice: the plausible case comes first.
+    if weighted(draw, [("fuzzed", 1), ("plausible", 4)]) == "fuzzed":
+        return field, value
+    if field == "meter_reading":
+        value.meter = creator
+        value.interval_seconds = INTERVAL
+        value.interval_start = (world.now // INTERVAL - rnd.randint(1, 96 * 8)) * INTERVAL
+        if rnd.random() < 0.7:
+            value.produced_wh = rnd.randint(0, world.genesis.max_interval_wh)
+            value.consumed_wh = rnd.randint(0, world.genesis.max_interval_wh)
+    elif field == "plant_announcement":
+        value.plant = creator
+        value.price_micro_per_kwh = rnd.randint(0, world.genesis.market.price_max)
+        del value.pv_panel_ids[:]
+        value.pv_panel_ids.append("pv")
+        del value.shortfall_windows[:]
+        raw = world.replicas.ledgers[0].get_state(f"plant/{creator}")
+        contracted = energy_pb2.PlantRecord.FromString(raw).contracted_wh if raw else 0
+        value.contracted_wh = weighted(draw, [(contracted, 8), *[(v, 1) for v in UINT64]])
+        value.remaining_wh = weighted(draw, [(value.remaining_wh, 2), (2**64 - 1, 3), (2**63, 1),
+                                             (rnd.randint(0, 2**64 - 1), 1),
+                                             (rnd.randint(1, 10**6), 3)])
+    elif field == "supply_contract":
+        terms = draw(message(energy_pb2.SupplyContractTerms, world))
+        terms.format = TERMS_FORMAT
+        terms.meter = creator
+        terms.plant = rnd.choice(["plant-1", "plant-2"])
+        terms.pv_panel_id = "pv"
+        terms.nonce = draw(st.binary(min_size=8, max_size=8)) + world.unique()
+        terms.expires_at = world.now + 600
+        if rnd.random() < 0.7:
+            terms.coins_paid = 0
+        terms.energy_wh = weighted(draw, [(terms.energy_wh, 2), (rnd.randint(1, 10_000), 4),
+                                          (2**63, 2), (2**64 - 1, 1),
+                                          (rnd.randint(1, 2**64 - 1), 1)])
+        if rnd.random() < 0.5:
+            terms.price_micro_per_kwh = rnd.randint(0, 1_000_000)
+        plant = weighted(draw, [(world.ids[terms.plant], 9), (world.minted["plant"], 1)])
+        value.plant_terms.CopyFrom(_signed(plant, terms.SerializeToString()))
+        world.remember(contract_id(value.plant_terms.payload))
+    elif field == "trade_end":
+        value.contract_id = draw(known_name(world))
+    elif field == "carbon_coin_issue":
+        cert = draw(message(energy_pb2.CarbonCertificate, world))
+        cert.format = certificate.CERTIFICATE_FORMAT
+        value.certificate.CopyFrom(_signed(world.ids["issuer"], cert.SerializeToString()))
+    elif field == "place_order":
+        option = draw(message(market_pb2.TradeOption, world))
+        option.endorser = "endorser-1"
+        option.terms.meter = creator
+        option.expires_at = world.now + 60
+        world.remember(option.option_id)
+        endorser = weighted(draw, [(world.endorser, 9), (world.minted["endorser"], 1)])
+        value.option.CopyFrom(_signed(endorser, option.SerializeToString()))
+    elif field == "cancel_order":
+        value.order_id = draw(known_name(world))
+    return field, value
+
+
+# -- whole transactions -----------------------------------------------------------------------
+
+@st.composite
+def transaction(draw: st.DrawFn, world: World) -> bytes:
+    """An endorsed transaction as a byzantine endorser could send, or bytes a byzantine
+    primary could put in a block."""
+    kind = weighted(draw, [("endorsed", 85), ("duplicate", 4), ("garbage", 3),
+                           ("mutated_raw", 4), ("fuzzed_envelope", 3), ("oversized", 1)])
+    if kind == "duplicate":
+        index = draw(st.integers(0, 2**16))
+        return world.raw_seen[index % len(world.raw_seen)] if world.raw_seen else b""
+    if kind == "garbage":
+        return draw(st.binary(max_size=200))
+    if kind == "oversized":
+        return bytes(world.genesis.limits.max_tx_bytes + draw(st.integers(1, 64)))
+    if kind == "fuzzed_envelope":
+        return draw(message(envelope_pb2.EndorsedTransaction, world)).SerializeToString()
+    name, key, der = draw(signer(world))
+    tx = transaction_pb2.Transaction()
+    field, value = draw(body(world, name))
+    getattr(tx, field).CopyFrom(value)
+    header = draw(message(transaction_pb2.TxHeader, world))
+    if weighted(draw, [(True, 9), (False, 1)]):  # mostly consistent: the body is judged
+        header.nonce = draw(st.binary(min_size=8, max_size=16)) + world.unique()
+        header.tx_id = derive_tx_id(header.nonce, der)
+        header.creator = name
+        header.timestamp.FromSeconds(world.now - draw(st.integers(0, 30)))
+    tx.header.CopyFrom(header)
+    payload = tx.SerializeToString()
+    if weighted(draw, [(False, 19), (True, 1)]):  # bytes no encoder writes, signed
+        payload = mutate_bytes(draw, payload)
+    envelope = envelope_pb2.SignedEnvelope(payload=payload, signature=key.sign(payload),
+                                           signer_certificate=der)
+    world.remember(header.tx_id)
+    endorsed = envelope_pb2.EndorsedTransaction(envelope=envelope)
+    endorsed.endorsements.extend(draw(endorsements(world, payload)))
+    raw = endorsed.SerializeToString()
+    if kind == "mutated_raw":
+        raw = mutate_bytes(draw, raw)
+    return raw
+
+
+@st.composite
+def endorsements(draw: st.DrawFn, world: World,
+                 payload: bytes) -> list[envelope_pb2.Endorsement]:
+    """Real batch endorsements (the payload at a random index of a batch of up to 5), by the
+    real endorser or one the byzantine CA minted, sometimes with a broken proof field."""
+    endorser = weighted(draw, [(world.endorser, 19), (world.minted["endorser"], 1)])
+    size = draw(st.integers(1, 5))
+    index = draw(st.integers(0, size - 1))
+    others = [b"other %d" % i for i in range(size - 1)]
+    payloads = [*others[:index], payload, *others[index:]]
+    _, batch = endorser.endorse_batch(payloads)
+    endorsement = batch[index]
+    broken = weighted(draw, [(None, 90), *[(k, 1) for k in ("index", "count", "path",
+                                                            "signature", "cert", "none",
+                                                            "twice")]])
+    if broken == "index":
+        endorsement.leaf_index = draw(st.sampled_from(UINT32))
+    elif broken == "count":
+        endorsement.leaf_count = draw(st.sampled_from(UINT32))
+    elif broken == "path":
+        endorsement.audit_path.append(draw(st.binary(max_size=40)))
+    elif broken == "signature":
+        endorsement.signature = draw(st.binary(max_size=70))
+    elif broken == "cert":
+        endorsement.endorser_certificate = draw(signer(world))[2]
+    elif broken == "none":
+        return []
+    elif broken == "twice":
+        return [endorsement, endorsement]
+    return [endorsement]
+
+
+# -- the property -----------------------------------------------------------------------------
+
+UNEXPECTED = ("rule failed:", "check failed:")
+
+
+def judge_alone(world: World, raw: bytes) -> None:
+    """The orderers' admission and the endorser's simulation reach a verdict too."""
+    for check in (lambda: check_for_ordering(raw, world.genesis.membership,
+                                             world.genesis.limits.max_tx_bytes),
+                  lambda: _simulate(world, raw)):
+        try:
+            check()
+        except TxInvalid as exc:
+            assert not exc.message.startswith(UNEXPECTED), exc.message
+
+
+def _simulate(world: World, raw: bytes) -> None:
+    if len(raw) > world.genesis.limits.max_tx_bytes:
+        return
+    checked = check_endorsed_transaction(raw, world.genesis.membership)
+    world.replicas.ledgers[2].simulate(checked, world.now)
+
+
+def commit_block(world: World, transactions: list[bytes]) -> None:
+    world.now = int(time.time())
+    for raw in transactions:
+        judge_alone(world, raw)
+    result = world.replicas.commit(transactions)  # asserts the replicas agree
+    world.transactions += len(transactions)
+    world.raw_seen.extend(transactions)
+    for code, message_ in zip(result.codes, result.messages, strict=True):
+        name = Code.Name(code)
+        world.codes[name] = world.codes.get(name, 0) + 1
+        assert (code == Code.TX_VALIDATION_CODE_VALID) == (message_ == ""), (name, message_)
+        assert not message_.startswith(UNEXPECTED), f"unfound root cause: {message_}"
+
+
+@pytest.fixture()
+def world(genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> World:
+    w = World(genesis, consortium_dir, tmp_path)
+    yield w  # type: ignore[misc]
+    w.replicas.close()
+
+
+def test_fuzzed_blocks_keep_every_replica_committing_in_agreement(world: World) -> None:
+    run: Callable[[], None]
+
+    @settings(max_examples=BLOCKS, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(block=st.lists(transaction(world), min_size=BLOCK_SIZE[0], max_size=BLOCK_SIZE[1]))
+    def run(block: list[bytes]) -> None:
+        commit_block(world, block)
+
+    run()
+    assert world.transactions >= MIN_TRANSACTIONS
+    assert all(ledger.height == world.replicas.ledgers[0].height
+               for ledger in world.replicas.ledgers)
+    # The fuzz must reach the rules, not stop at the door: valid transactions and rule
+    # verdicts are among the codes.
+    assert world.codes.get("TX_VALIDATION_CODE_VALID", 0) > 0, world.codes
+    assert world.codes.get("TX_VALIDATION_CODE_INVALID_BODY", 0) > 0, world.codes
+    world.replicas.check_replay()
+    print(f"{world.transactions} transactions in {world.replicas.ledgers[0].height} blocks:",
+          world.codes)

@@ -6,14 +6,22 @@ with the consortium's orderer keys, to two committers and an endorser's replica 
 Transactions are generated property-based from the protobuf descriptors of the envelope and
 every body message, with integer extremes (0, 2^32, 2^63, 2^64-1, int64 limits), hostile
 certificate subjects (arbitrary bytes in CN/O/OU, re-signed by a real CA), mutated DER,
-payloads mutated at the byte level and re-signed, broken endorsement proofs. Some are kept
-well-formed enough to reach every rule, so the state grows (readings, plants, contracts,
-orders) and later transactions meet it.
+payloads mutated at the byte level and re-signed, broken endorsement proofs, account
+registrations and certificate revocations. Some are kept well-formed enough to reach every
+rule, so the state grows (readings, plants, contracts, orders, accounts) and later
+transactions meet it.
+
+Identities count only as accounts of their organisation (identity.py): the byzantine member's
+meters and plant are registered on the ledger by its admin in block 0, so its devices reach
+the contract and market rules; the endorser it mints cannot be registered (node roles are the
+genesis's) and its endorsements meet the binding on every path.
 
 Properties: every replica commits every block with the same codes, messages and state root;
 no transaction's verdict comes from the ledger's catch-all (that would be an unfound root
-cause); the orderers' admission check and the endorser's simulation raise only TxInvalid; and
-a fresh replay of the whole chain (`gridctl ledger verify`'s code path) agrees."""
+cause); the orderers' admission check and the endorser's simulation raise only TxInvalid; a
+VALID transaction's creator and endorsers are accounts of their certificates' organisations
+in their roles, and devices registered on the ledger do get VALID transactions; and a fresh
+replay of the whole chain (`gridctl ledger verify`'s code path) agrees."""
 
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from signed_blocks import Replicas
 from gridledger.common.v1 import (
     energy_pb2,
     envelope_pb2,
+    identity_pb2,
     market_pb2,
     transaction_pb2,
 )
@@ -42,8 +51,11 @@ from gridledger_core.crypto import Signer, derive_tx_id
 from gridledger_core.energy import certificate
 from gridledger_core.energy.terms import TERMS_FORMAT, contract_id
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Account
 from gridledger_core.ledger.checks import check_endorsed_transaction, check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules.identity import LedgerAccounts
+from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.signing_identity import SigningIdentity
 
 MIN_TRANSACTIONS = 1000
@@ -70,6 +82,7 @@ FITTING_BODIES = {
                    "cancel_order"),
     "byz-plant": ("meter_reading", "plant_announcement"),
     "issuer": ("carbon_coin_issue",),
+    "admin": ("register_account", "revoke_certificate"),
 }
 
 
@@ -86,10 +99,12 @@ class World:
         self.raw_seen: list[bytes] = []
         self.transactions = 0
         self.codes: dict[str, int] = {}
+        self.valid_by_registered = 0  # VALID transactions created by ledger-registered accounts
         self.now = int(time.time())
         self._counter = 0
         self.strategies: dict[tuple[Any, int], st.SearchStrategy[Any]] = {}
-        # Minted by the byzantine member's own CA (gridops): well-formed, and accepted.
+        # Minted by the byzantine member's own CA (gridops): well-formed; its meters and plant
+        # become accounts of gridops in block 0 (`register_minted`), its endorser never can.
         self.minted = {role: self._minted(role, f"byz-{role}")
                        for role in ("meter", "plant", "endorser")}
         # More meters than the consortium's three: a meter holds one open contract at a time,
@@ -99,6 +114,22 @@ class World:
     def _minted(self, role: str, name: str) -> SigningIdentity:
         der, signer = hostile_certificate(self.dir, "gridops", role, name=name)
         return SigningIdentity(name, signer, der)
+
+    def register_minted(self) -> None:
+        """Block 0: gridops' admin registers the devices its CA minted, as any organisation
+        registers its meters and plants; every replica must accept all of them."""
+        admin = self.ids["admin"]
+        devices = [self.minted["meter"], self.minted["plant"], *self.minted_meters]
+        txs = []
+        for device in devices:
+            role = "plant" if device is self.minted["plant"] else "meter"
+            env = admin.new_transaction("register_account", identity_pb2.RegisterAccount(
+                account=device.name, role=role), timestamp=self.now - 1)
+            txs.append(envelope_pb2.EndorsedTransaction(
+                envelope=env, endorsements=[self.endorser.endorse(env)]).SerializeToString())
+        result = self.replicas.commit(txs)
+        assert result.codes == [Code.TX_VALIDATION_CODE_VALID] * len(txs), result.messages
+        self.raw_seen.extend(txs)
 
     def unique(self) -> bytes:
         """8 bytes never returned before: hypothesis repeats simple draws (a nonce of zeros)
@@ -244,7 +275,8 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
     fitting = FITTING_BODIES.get(creator.rstrip("0123456789"), ())
     field = weighted(draw, [(f, w * (6 if f in fitting else 1)) for f, w in (
         ("meter_reading", 3), ("plant_announcement", 2), ("supply_contract", 3),
-        ("trade_end", 1), ("carbon_coin_issue", 1), ("place_order", 2), ("cancel_order", 1))])
+        ("trade_end", 1), ("carbon_coin_issue", 1), ("place_order", 2), ("cancel_order", 1),
+        ("register_account", 1), ("revoke_certificate", 1))])
     cls = type(getattr(transaction_pb2.Transaction(), field))
     value = draw(message(cls, world))
     rnd = draw(st.randoms(use_true_random=True))
@@ -304,6 +336,24 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
         value.option.CopyFrom(_signed(endorser, option.SerializeToString()))
     elif field == "cancel_order":
         value.order_id = draw(known_name(world))
+    elif field == "register_account":
+        # New names mostly (so registrations reach the state), taken ones and bad roles too.
+        value.account = weighted(draw, [(f"byz-new-{world.unique().hex()}", 6),
+                                        (draw(known_name(world)), 1), (value.account, 1)])
+        value.role = weighted(draw, [("meter", 4), ("plant", 2), ("endorser", 1),
+                                     (value.role, 1)])
+        world.remember(value.account)
+    elif field == "revoke_certificate":
+        # Never a certificate the fuzz depends on (the endorser's, the admin's, the issuer's):
+        # a spare one of gridops, another organisation's, the byzantine `byz-meter`, a serial.
+        target = weighted(draw, [("spare", 4), ("foreign", 1), ("byz_meter", 1), ("serial", 2)])
+        if target == "serial":
+            value.serial = format(rnd.randint(0, 2**64), "x")
+        else:
+            value.certificate = (
+                hostile_certificate(world.dir, "gridops", "meter", name="byz-spare")[0]
+                if target == "spare" else world.ids["meter-1"].certificate
+                if target == "foreign" else world.minted["meter"].certificate)
     return field, value
 
 
@@ -400,8 +450,28 @@ def judge_alone(world: World, raw: bytes) -> None:
 def _simulate(world: World, raw: bytes) -> None:
     if len(raw) > world.genesis.limits.max_tx_bytes:
         return
-    checked = check_endorsed_transaction(raw, world.genesis.membership)
-    world.replicas.ledgers[2].simulate(checked, world.now)
+    replica = world.replicas.ledgers[2]
+    checked = check_endorsed_transaction(raw, replica.signers(world.now))
+    replica.simulate(checked, world.now)
+
+
+def assert_bound_signers(world: World, raw: bytes) -> None:
+    """A VALID transaction's creator and endorsers are accounts of the organisations whose CA
+    issued their certificates, in their roles (genesis, or registered on the ledger)."""
+    tx = envelope_pb2.EndorsedTransaction.FromString(raw)
+    membership = world.genesis.membership
+    book = LedgerAccounts(StateOverlay(world.replicas.ledgers[0].store))
+    certificates = [tx.envelope.signer_certificate,
+                    *[e.endorser_certificate for e in tx.endorsements]]
+    for der in certificates:
+        who = membership.certificate(der)
+        account = membership.accounts.get(who.name) or book.registered(who.name)
+        assert account == Account(who.name, who.org, who.role), (who, account)
+    if membership.certificate(tx.envelope.signer_certificate).name not in membership.accounts:
+        world.valid_by_registered += 1
+    # Endorsers are node identities: the genesis's only, never registered on the ledger.
+    assert all(membership.certificate(e.endorser_certificate).name in membership.accounts
+               for e in tx.endorsements)
 
 
 def commit_block(world: World, transactions: list[bytes]) -> None:
@@ -416,11 +486,15 @@ def commit_block(world: World, transactions: list[bytes]) -> None:
         world.codes[name] = world.codes.get(name, 0) + 1
         assert (code == Code.TX_VALIDATION_CODE_VALID) == (message_ == ""), (name, message_)
         assert not message_.startswith(UNEXPECTED), f"unfound root cause: {message_}"
+    for raw, code in zip(transactions, result.codes, strict=True):
+        if code == Code.TX_VALIDATION_CODE_VALID:
+            assert_bound_signers(world, raw)
 
 
 @pytest.fixture()
 def world(genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> World:
     w = World(genesis, consortium_dir, tmp_path)
+    w.register_minted()
     yield w  # type: ignore[misc]
     w.replicas.close()
 
@@ -442,6 +516,8 @@ def test_fuzzed_blocks_keep_every_replica_committing_in_agreement(world: World) 
     # verdicts are among the codes.
     assert world.codes.get("TX_VALIDATION_CODE_VALID", 0) > 0, world.codes
     assert world.codes.get("TX_VALIDATION_CODE_INVALID_BODY", 0) > 0, world.codes
+    # The byzantine member's registered devices reach the rules too (not only the door).
+    assert world.valid_by_registered > 0, world.codes
     world.replicas.check_replay()
     print(f"{world.transactions} transactions in {world.replicas.ledgers[0].height} blocks:",
           world.codes)

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     books = BookCache(ledger)
 
     server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                        health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen)
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                        EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl),
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)

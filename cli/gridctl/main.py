@@ -13,6 +13,7 @@ import grpc
 
 from gridctl import (
     commands_energy,
+    commands_enrol,
     commands_ledger,
     commands_market,
     commands_state,
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_state.register(sub)
     commands_market.register(sub)
     commands_energy.register(sub)
+    commands_enrol.register(sub)
     return parser
 
 

@@ -9,6 +9,8 @@ import os
 import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from market_helpers import BUY, NOW, SELL, terms
 from test_endorser_market import ASK, Endorser, _option, endorser  # noqa: F401 - fixture
 
@@ -130,3 +132,25 @@ def test_nonces_are_remembered_only_while_their_request_is_fresh() -> None:
 @pytest.fixture()
 def e(endorser: Endorser) -> Endorser:  # noqa: F811 - the imported fixture, shorter name
     return endorser
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["meter-1", "meter-2"]), st.binary(min_size=1,
+                                                                             max_size=2),
+                          st.integers(-40, 40), st.integers(0, 20)), max_size=60))
+def test_an_exact_request_is_never_admitted_twice_and_memory_stays_bounded(
+        calls: list[tuple[str, bytes, int, int]]) -> None:
+    fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5))
+    now, admitted = 1_000, set()
+    for meter, nonce, offset, step in calls:
+        now += step
+        request = _request(nonce, now + offset)
+        try:
+            fresh.admit(meter, request, now)
+        except EdgeRefusal:
+            continue
+        key = (meter, nonce, request.requested_at)
+        assert key not in admitted
+        assert abs(offset) <= 30
+        admitted.add(key)
+        assert fresh.remembered <= 2 * 5

@@ -134,8 +134,10 @@ class JobMaker:
             meter=meter, side=market_pb2.ORDER_SIDE_SELL if producer else market_pb2.ORDER_SIDE_BUY,
             slot_start=self._random.choice(self._slots), price=price,
             quantity_wh=self._random.randint(1, 6) * market.lot_wh)
+        # Stamped when signed (not at the maker's `now`): endorsers refuse requests older
+        # than their --request-window (30 s), so sign orders shortly before sending them.
         request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
-                                          requested_at=self._now)
+                                          requested_at=int(time.time()))
         envelope = self._identities[meter].sign_envelope(request.SerializeToString())
         return Job("order", meter, envelope.SerializeToString(), "")
 

@@ -2,8 +2,12 @@
 # Turn a consortium directory made by `gridctl network init` into Kubernetes objects:
 #   ConfigMap gridledger-consortium     genesis.json and tls-ca-bundle.pem (public)
 #   Secret gridledger-node-<name>       signing.pem, signing.key, tls.pem, tls.key of one node
-# printed as YAML on stdout. The organisations' CA keys (orgs/) are never read: keep them off
-# the cluster. Needs only `kubectl` (no cluster access: client-side dry runs).
+# printed as YAML on stdout. Each Secret is mounted by exactly one pod, that node's (one
+# Deployment per node, see k8s/base/nodes/), so a compromised pod holds only its own keys.
+# The organisations' CA keys (orgs/, or ca/ in an organisation directory of `gridctl org
+# init`) are never read: keep them off the cluster. An organisation that enrols on its own
+# runs this on its own directory (with genesis.json and tls-ca-bundle.pem copied in) and
+# gets Secrets for its own nodes only. Needs only `kubectl` (client-side dry runs).
 #
 #   gridctl network init --consortium-dir ./consortium            # --orderers 7 for production
 #   kubectl apply -f k8s/base/namespace.yaml

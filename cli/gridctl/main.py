@@ -13,6 +13,7 @@ import grpc
 
 from gridctl import (
     commands_energy,
+    commands_enrol,
     commands_identity,
     commands_ledger,
     commands_market,
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_market.register(sub)
     commands_energy.register(sub)
     commands_identity.register(sub)
+    commands_enrol.register(sub)
     return parser
 
 

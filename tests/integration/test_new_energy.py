@@ -26,7 +26,7 @@ from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.energy.certificate import issue_body
 from gridledger_core.energy.terms import new_terms
 from gridledger_core.genesis import Genesis
-from gridledger_core.rpc.tls import secure_channel
+from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
 pytestmark = pytest.mark.integration
@@ -181,9 +181,12 @@ def test_oversized_contract_and_foreign_coin_issue_are_refused(net: devnet.Netwo
                                  timeout=5).plant.announcements > 0, 120, "plant-1 announced")
     record = c1.GetPlant(committer_pb2.GetPlantRequest(plant="plant-1")).plant
 
-    # The plant's own agent will not sign more than it has ...
+    # The plant's own agent will not sign more than it has (asked by meter-1 itself: a plant
+    # proposes terms only to the meter named in them) ...
+    as_meter_1 = meteragent_pb2_grpc.MeterAgentServiceStub(secure_channel(
+        net.node("plant-1").grpc, TlsFiles.for_node(net.consortium_dir, "meter-1")))
     with pytest.raises(grpc.RpcError) as err:
-        agent(net, "plant-1").ProposeContract(meteragent_pb2.ProposeContractRequest(
+        as_meter_1.ProposeContract(meteragent_pb2.ProposeContractRequest(
             meter="meter-1", energy_wh=record.remaining_wh + 10**9), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 

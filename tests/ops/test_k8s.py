@@ -137,7 +137,7 @@ def test_overlay_validates_strictly(rendered: dict, overlay: str, version: str,
 
 
 def test_the_validator_rejects_a_misspelt_field(rendered: dict, tmp_path: Path) -> None:
-    docs = [d for d in rendered["dev"] if d["kind"] == "StatefulSet"][:1]
+    docs = [d for d in rendered["dev"] if d["kind"] == "Deployment"][:1]
     docs[0]["spec"]["template"]["spec"]["containers"][0]["securityContext"][
         "readOnlyRootFileSystem"] = True
     path = tmp_path / "broken.yaml"
@@ -288,17 +288,58 @@ def test_security_contexts_and_resources(rendered: dict, overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_at_most_f_orderers_may_be_disrupted(rendered: dict, overlay: str) -> None:
     docs = rendered[overlay]
-    orderers = next(d for d in docs if d["kind"] == "StatefulSet"
-                    and d["metadata"]["name"] == "orderer")
-    n = orderers["spec"]["replicas"]
+    orderers = [w for w in workloads(docs) if component(w) == "orderer"]
+    n = sum(w["spec"]["replicas"] for w in orderers)
+    assert n == OVERLAYS[overlay]
     f = (n - 1) // 3
     assert n == 3 * f + 1
-    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"
-               and matches(d["spec"]["selector"], orderers["spec"]["template"]["metadata"]
-                           ["labels"])]
-    assert len(budgets) == 1
-    assert budgets[0]["spec"]["maxUnavailable"] == f
-    assert "minAvailable" not in budgets[0]["spec"]
+    for orderer in orderers:
+        budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"
+                   and matches(d["spec"]["selector"], orderer["spec"]["template"]["metadata"]
+                               ["labels"])]
+        assert len(budgets) == 1
+        assert budgets[0]["spec"]["maxUnavailable"] == f
+        assert "minAvailable" not in budgets[0]["spec"]
+
+
+# -- keys where they belong -------------------------------------------------------------------
+
+def _secret_items(spec: dict) -> list[tuple[str, str]]:
+    """(Secret name, path in the volume) of every Secret a pod spec mounts."""
+    items = []
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            items.append((volume["secret"]["secretName"], "*"))
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                items += [(source["secret"]["name"], i["path"])
+                          for i in source["secret"].get("items", [{"path": "*"}])]
+    return items
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_mounts_only_its_own_keys(rendered: dict, overlay: str) -> None:
+    """One compromised pod must not yield another node's keys (a quorum of orderers' signing
+    keys, say): each pod mounts exactly one node Secret, its own, and every node's Secret is
+    mounted by exactly one workload of one replica."""
+    mounted_by: dict[str, list[str]] = {}
+    roles = set()
+    for workload in workloads(rendered[overlay]):
+        roles.add(component(workload))
+        spec = workload["spec"]["template"]["spec"]
+        (name,) = pod_names(workload)  # one pod per workload: a Secret per pod
+        items = _secret_items(spec)
+        assert {secret for secret, _ in items} == {f"gridledger-node-{name}"}, (name, items)
+        assert {path for _, path in items} == {
+            f"nodes/{name}/{f}" for f in ("signing.pem", "signing.key", "tls.pem", "tls.key")}
+        for container in spec["containers"]:
+            for mount in container["volumeMounts"]:
+                assert "subPathExpr" not in mount  # what a pod may read is what it mounts
+        mounted_by.setdefault(f"gridledger-node-{name}", []).append(workload["metadata"]["name"])
+    assert roles == {"orderer", "committer", "endorser", "meter-agent"}
+    assert all(len(users) == 1 for users in mounted_by.values()), mounted_by
+    assert len([s for s in mounted_by if s.startswith("gridledger-node-orderer-")]) == \
+        OVERLAYS[overlay]
 
 
 # -- network policies -------------------------------------------------------------------------

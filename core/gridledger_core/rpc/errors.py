@@ -21,6 +21,17 @@ STATUS_OF_CODE: dict[int, grpc.StatusCode] = {
 }
 
 
+class EdgeRefusal(TxInvalid):
+    """A refusal at a node's edge (not a ledger rule) with its own gRPC status, e.g. a cap
+    (RESOURCE_EXHAUSTED); the validation code is only for metrics labels."""
+
+    def __init__(self, code: int, status: grpc.StatusCode, message: str) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+
 def abort_invalid(context: grpc.ServicerContext, error: TxInvalid) -> NoReturn:
+    if isinstance(error, EdgeRefusal):
+        context.abort(error.status, error.message)
     status = STATUS_OF_CODE.get(error.code, grpc.StatusCode.INVALID_ARGUMENT)
     context.abort(status, f"{error.code_name}: {error.message}")

@@ -1,4 +1,5 @@
-"""A node's gRPC server: mTLS only, health checking, reflection, /metrics, graceful SIGTERM."""
+"""A node's gRPC server: mTLS only, every call authorised by the one table in authz.py,
+health checking, reflection, /metrics, graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Info, start_http_server
 
+from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.authz import AuthzInterceptor
 from gridledger_core.rpc.metrics import MetricsInterceptor
 from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 
@@ -29,14 +32,17 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 class NodeServer:
     def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
-                 max_workers: int = 32, health_listen: str | None = None) -> None:
+                 *, genesis: Genesis, max_workers: int = 32,
+                 health_listen: str | None = None) -> None:
         self.name = name
         self.role = role
         self._listen = listen
         self._metrics_listen = metrics_listen
         self._tls = tls
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                   interceptors=[MetricsInterceptor()], options=SERVER_OPTIONS)
+                                   # Metrics outermost, so refusals are counted too.
+                                   interceptors=[MetricsInterceptor(), AuthzInterceptor(genesis)],
+                                   options=SERVER_OPTIONS)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self._services: list[str] = []
         self._on_stop: list[Callable[[], None]] = []
@@ -90,6 +96,12 @@ class NodeServer:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for service in ["", *self._services]:
             self._health.set(service, status)
+
+    def stop(self) -> None:
+        """Stop at once, without the graceful sequence (in-process tests)."""
+        self._server.stop(None).wait()
+        if self._health_server is not None:
+            self._health_server.stop(None).wait()
 
     def request_stop(self) -> None:
         self._stopping.set()

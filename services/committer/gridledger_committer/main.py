@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     LMDB_SIZE.set_function(store.size_bytes)
 
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
-                        health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen)
     server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
                        CommitterServicer(ledger, notifier),
                        committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)

@@ -14,6 +14,7 @@ from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_endorser import options
 from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
@@ -26,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="NAME=HOST:PORT of an orderer (repeatable)")
     parser.add_argument("--option-ttl", type=int, default=DEFAULT_OPTION_TTL,
                         help="seconds a trade option stays acceptable")
+    options.add_flags(parser)
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger")
@@ -39,9 +41,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     books = BookCache(ledger)
 
     server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                        health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen)
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
-                       EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl),
+                       EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
+                                        limits=options.limits_from(args)),
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
     # A replica that cannot commit endorses against stale state: report NOT_SERVING then.
     follower = BlockFollower(ledger, orderers, tls, on_commit=books.on_commit,

@@ -2,21 +2,40 @@
 
 The preset conditions are the ledger rule's own ``check_terms`` (run against this endorser's
 replica at its clock), the matching is the pure order book's ``match`` against the book cache,
-and the option is signed over its exact serialized bytes. Nothing is recorded: the option
-only becomes a trade when the meter submits it in a PlaceOrder transaction.
+and the option is signed over its exact serialized bytes. Nothing is recorded on the ledger:
+the option only becomes a trade when the meter submits it in a PlaceOrder transaction.
+
+Two edge rules keep one meter from taking the market's liquidity (they are this endorser's,
+not ledger rules, so they use its clock):
+
+- Freshness: a request must have been made within ``request_window`` seconds of this
+  endorser's clock, and its nonce not seen from that meter within the window
+  (FAILED_PRECONDITION / ALREADY_EXISTS). Memory is bounded: a nonce is forgotten once its
+  request would be stale anyway, and a meter may have at most ``max_requests_per_window``
+  remembered requests (RESOURCE_EXHAUSTED beyond).
+- Held energy: the energy a meter's outstanding options hold in the book (matched, not yet on
+  the ledger, not expired) plus the new request's quantity may not exceed
+  ``max_held_percent`` % of its allowance left for that slot and side (RESOURCE_EXHAUSTED).
+  Without it, repeated requests each pass the allowance check (which counts only what is on
+  the ledger) and together hold all of a slot's liquidity.
 """
 
 from __future__ import annotations
 
+import argparse
+import heapq
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger_core.identity import Identity
+from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.ledger import Ledger
@@ -24,11 +43,153 @@ from gridledger_core.ledger.rules.market import Allowance, check_terms
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import Order
 from gridledger_core.market import ledger_view as view
+from gridledger_core.rpc.errors import EdgeRefusal
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_endorser.book_cache import MATCHED_WH, TRADES, BookCache
 
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
 REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
+HOLD_GRACE_SECONDS = 2  # as the book cache: a place_order sealed at expiry may still commit
+MAX_NONCE_BYTES = 64
+
+
+@dataclass(frozen=True)
+class DeskLimits:
+    request_window: int = 30  # seconds a request's requested_at may differ from our clock
+    max_requests_per_window: int = 1_000  # remembered nonces per meter
+    max_held_percent: int = 100  # of the meter's allowance left (slot, side)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    d = DeskLimits()
+    parser.add_argument("--request-window", type=int, default=d.request_window,
+                        help="seconds a trade request's requested_at may be off this "
+                             "endorser's clock; its nonce is remembered that long")
+    parser.add_argument("--max-requests-per-window", type=int,
+                        default=d.max_requests_per_window,
+                        help="trade requests one meter may make within the window")
+    parser.add_argument("--max-held-percent", type=int, default=d.max_held_percent,
+                        help="energy a meter's outstanding options may hold, in percent of "
+                             "its allowance left for the slot and side")
+
+
+def limits_from(args: argparse.Namespace) -> DeskLimits:
+    return DeskLimits(args.request_window, args.max_requests_per_window,
+                      args.max_held_percent)
+
+
+class RequestFreshness:
+    """Refuses stale, future and replayed trade requests, in bounded memory."""
+
+    def __init__(self, limits: DeskLimits) -> None:
+        self._window = limits.request_window
+        self._per_meter = limits.max_requests_per_window
+        self._seen: set[tuple[str, bytes]] = set()
+        self._forget: list[tuple[int, str, bytes]] = []  # (forget at, meter, nonce)
+        self._count: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def remembered(self) -> int:
+        """Nonces held now (bounded by meters x max_requests_per_window)."""
+        return len(self._seen)
+
+    def admit(self, meter: str, request: market_pb2.TradeRequest, now: int) -> None:
+        """Remember the request's nonce, or raise EdgeRefusal (stale, replayed, too many)."""
+        nonce, at = request.nonce, request.requested_at
+        if not 0 < len(nonce) <= MAX_NONCE_BYTES:
+            raise EdgeRefusal(Code.TX_VALIDATION_CODE_MALFORMED,
+                              grpc.StatusCode.INVALID_ARGUMENT,
+                              f"trade request nonce must be 1 to {MAX_NONCE_BYTES} bytes, "
+                              f"not {len(nonce)}")
+        if abs(now - at) > self._window:
+            raise EdgeRefusal(Code.TX_VALIDATION_CODE_BAD_HEADER,
+                              grpc.StatusCode.FAILED_PRECONDITION,
+                              f"trade request of {meter} was made at {at}, {now - at} s from "
+                              f"this endorser's clock ({now}); at most {self._window} s: sign "
+                              "a new request")
+        with self._lock:
+            while self._forget and self._forget[0][0] < now:
+                _, old_meter, old_nonce = heapq.heappop(self._forget)
+                self._seen.discard((old_meter, old_nonce))
+                self._count[old_meter] -= 1
+                if not self._count[old_meter]:
+                    del self._count[old_meter]
+            if (meter, nonce) in self._seen:
+                raise EdgeRefusal(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
+                                  grpc.StatusCode.ALREADY_EXISTS,
+                                  f"trade request of {meter} with nonce {nonce.hex()} was "
+                                  "already answered; sign a new request with a new nonce")
+            if self._count.get(meter, 0) >= self._per_meter:
+                raise EdgeRefusal(Code.TX_VALIDATION_CODE_STATE_CONFLICT,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"{meter} made {self._per_meter} trade requests within "
+                                  f"{self._window} s (max-requests-per-window); retry later")
+            self._seen.add((meter, nonce))
+            # After this the request is stale, so its nonce need not be remembered.
+            heapq.heappush(self._forget, (at + self._window, meter, nonce))
+            self._count[meter] = self._count.get(meter, 0) + 1
+
+
+@dataclass
+class _Holding:
+    option_id: str  # "" while the request is being matched (a reservation)
+    key: tuple[int, int]  # (slot, side)
+    wh: int
+    expires_at: int
+
+
+@dataclass
+class _MeterHoldings:
+    items: list[_Holding] = field(default_factory=list)
+
+
+class HeldEnergy:
+    """What each meter's outstanding options hold, and the cap on it."""
+
+    def __init__(self, percent: int, used: Callable[[str], bool]) -> None:
+        self._percent = percent
+        self._used = used  # option id -> already on the ledger
+        self._meters: dict[str, _MeterHoldings] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, meter: str, terms: market_pb2.OrderTerms, left_wh: int,
+                now: int) -> _Holding:
+        """Reserve the request's quantity under the cap, or raise EdgeRefusal."""
+        key = (terms.slot_start, terms.side)
+        cap = left_wh * self._percent // 100
+        with self._lock:
+            holdings = self._meters.setdefault(meter, _MeterHoldings())
+            holdings.items = [h for h in holdings.items if not self._over(h, now)]
+            held = sum(h.wh for h in holdings.items if h.key == key)
+            if held + terms.quantity_wh > cap:
+                raise EdgeRefusal(
+                    Code.TX_VALIDATION_CODE_STATE_CONFLICT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{meter}'s outstanding options hold {held} Wh of slot {terms.slot_start} "
+                    f"({view.side_name(terms.side)}); with {terms.quantity_wh} Wh more that "
+                    f"exceeds its cap of {cap} Wh ({self._percent}% of its allowance left, "
+                    "max-held-percent); submit or let those options expire first")
+            holding = _Holding("", key, terms.quantity_wh, now + 1)
+            holdings.items.append(holding)
+            return holding
+
+    def settle(self, meter: str, holding: _Holding, option_id: str, held_wh: int,
+               expires_at: int) -> None:
+        """The reservation becomes what the option actually holds (nothing: dropped)."""
+        with self._lock:
+            holdings = self._meters.get(meter)
+            if holdings is None or holding not in holdings.items:
+                return
+            holdings.items.remove(holding)
+            if held_wh:
+                holdings.items.append(_Holding(option_id, holding.key, held_wh, expires_at))
+            if not holdings.items:
+                del self._meters[meter]
+
+    def _over(self, h: _Holding, now: int) -> bool:
+        if not h.option_id:
+            return False  # a reservation in progress ends in settle()
+        return h.expires_at + HOLD_GRACE_SECONDS < now or self._used(h.option_id)
 
 
 @dataclass(frozen=True)
@@ -55,12 +216,19 @@ def verify_request(envelope: envelope_pb2.SignedEnvelope, ledger: Ledger,
 class OptionDesk:
     def __init__(self, ledger: Ledger, books: BookCache, identity: SigningIdentity,
                  option_ttl: int = DEFAULT_OPTION_TTL,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 limits: DeskLimits | None = None) -> None:
         self._ledger = ledger
         self._books = books
         self._identity = identity
         self._ttl = option_ttl
         self._clock = clock
+        limits = limits or DeskLimits()
+        self._fresh = RequestFreshness(limits)
+        self._held = HeldEnergy(limits.max_held_percent, self._option_used)
+
+    def _option_used(self, option_id: str) -> bool:
+        return StateOverlay(self._ledger.store).get(schema.option_key(option_id)) is not None
 
     def propose(self, envelope: envelope_pb2.SignedEnvelope) -> Proposal:
         """Check the signed request and return the signed option; raises TxInvalid (a
@@ -68,12 +236,19 @@ class OptionDesk:
         now = int(self._clock())
         signer, request = verify_request(envelope, self._ledger, now)
         terms = request.terms
+        self._fresh.admit(signer.name, request, now)
         allowance = check_terms(StateOverlay(self._ledger.store), self._ledger.genesis,
                                 signer, terms, now)
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,
                       terms.quantity_wh, REQUEST_SEQUENCE, terms.slot_start)
         option_id, expires_at = os.urandom(16).hex(), now + self._ttl
-        result, owners, height = self._books.match(order, hold=(option_id, expires_at))
+        reserved = self._held.reserve(signer.name, terms, allowance.left_wh, now)
+        held_wh = 0
+        try:
+            result, owners, height = self._books.match(order, hold=(option_id, expires_at))
+            held_wh = result.filled
+        finally:
+            self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)
         option = market_pb2.TradeOption(
             option_id=option_id, endorser=self._identity.name, terms=terms,
             trades=[market_pb2.ProposedTrade(maker_order_id=t.maker_id, maker=owners[t.maker_id],

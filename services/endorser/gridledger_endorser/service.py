@@ -22,7 +22,7 @@ from gridledger_core.signing_identity import SigningIdentity
 from gridledger_endorser.batch_signer import BatchSigner
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
-from gridledger_endorser.options import DEFAULT_OPTION_TTL, OptionDesk
+from gridledger_endorser.options import DEFAULT_OPTION_TTL, DeskLimits, OptionDesk
 
 REQUESTS = Counter("gridledger_endorser_requests", "Transactions submitted, by type and result.",
                    ["type", "result"])
@@ -42,7 +42,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
     def __init__(self, ledger: Ledger, identity: SigningIdentity, broadcaster: Broadcaster,
                  books: BookCache | None = None, option_ttl: int = DEFAULT_OPTION_TTL,
                  clock: Callable[[], float] = time.time,
-                 signer: BatchSigner | None = None) -> None:
+                 signer: BatchSigner | None = None, limits: DeskLimits | None = None) -> None:
         self._ledger = ledger
         self._identity = identity
         self._broadcaster = broadcaster
@@ -50,7 +50,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         self._signer = signer if signer is not None else BatchSigner(identity)
         self._clock = clock
         self.books = books if books is not None else BookCache(ledger, clock)
-        self._desk = OptionDesk(ledger, self.books, identity, option_ttl, clock)
+        self._desk = OptionDesk(ledger, self.books, identity, option_ttl, clock, limits)
 
     def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                           context: grpc.ServicerContext

@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                          name="issuer", daemon=True)]
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
-                        health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen)
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(parts),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     node = OrdererNode(genesis, identity, store, transport, params, notifier.grew)
 
     server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls,
-                        health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen)
     server.add_service(orderer_pb2_grpc.add_OrdererServiceServicer_to_server,
                        OrdererServicer(node, store, notifier),
                        orderer_pb2.DESCRIPTOR.services_by_name["OrdererService"].full_name)

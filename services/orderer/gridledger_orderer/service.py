@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from prometheus_client import Counter
 
 from gridledger.orderer.v1 import (
@@ -17,6 +15,7 @@ from gridledger.orderer.v1 import (
 )
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import TxInvalid
+from gridledger_core.rpc.authz import current_caller
 from gridledger_core.rpc.errors import STATUS_OF_CODE, abort_invalid
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.node import OrdererNode
@@ -148,16 +147,14 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServiceServicer):
         self._orgs = {o.id: o.org for o in genesis.orderers}
 
     def _peer(self, context: grpc.ServicerContext) -> str | None:
-        pem = context.auth_context().get("x509_pem_cert")
-        if not pem:
+        # The authorisation interceptor (rpc/authz.py) verified the caller: issued by its own
+        # organisation's TLS CA, and presenting exactly the TLS certificate genesis pins for
+        # that orderer. Without that verdict (no interceptor) nobody is accepted.
+        caller = current_caller()
+        if caller is None or not caller.pinned_orderer:
             return None
-        cert = x509.load_pem_x509_certificate(pem[0])
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        if len(names) != 1 or len(orgs) != 1:
-            return None
-        name, org = str(names[0].value), str(orgs[0].value)
-        return name if self._orgs.get(name) == org else None
+        return caller.pinned_orderer if self._orgs.get(caller.pinned_orderer) == caller.org \
+            else None
 
     def Exchange(self, request_iterator: Iterator[consensus_pb2.ExchangeRequest],
                  context: grpc.ServicerContext) -> consensus_pb2.ExchangeResponse:

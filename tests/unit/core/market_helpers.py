@@ -45,9 +45,9 @@ def terms(meter: str, side: int, price: int, quantity: int,
                                  quantity_wh=quantity)
 
 
-def signed_request(signer: SigningIdentity, order: market_pb2.OrderTerms
-                   ) -> envelope_pb2.SignedEnvelope:
-    request = market_pb2.TradeRequest(terms=order, nonce=os.urandom(16), requested_at=NOW)
+def signed_request(signer: SigningIdentity, order: market_pb2.OrderTerms,
+                   at: int = NOW) -> envelope_pb2.SignedEnvelope:
+    request = market_pb2.TradeRequest(terms=order, nonce=os.urandom(16), requested_at=at)
     return signer.sign_envelope(request.SerializeToString())
 
 

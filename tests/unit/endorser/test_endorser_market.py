@@ -56,7 +56,7 @@ class Endorser:
 
     def request(self, signer: str, order: market_pb2.OrderTerms
                 ) -> endorser_pb2.RequestOptionsResponse:
-        envelope = signed_request(self.ids[signer], order)
+        envelope = signed_request(self.ids[signer], order, int(self.clock[0]))
         return self.servicer.RequestOptions(
             endorser_pb2.RequestOptionsRequest(request=envelope), FakeContext())  # type: ignore[arg-type]
 

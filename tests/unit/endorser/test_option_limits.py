@@ -1,0 +1,156 @@
+"""Sizes and fairness at the endorser's edge: a meter's outstanding options may hold at most
+its allowance, and trade requests are fresh and answered once (the real servicer over a
+Ledger on a MemoryStore, as in test_endorser_market)."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+from grpc_helpers import Aborted, FakeContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from market_helpers import BUY, NOW, SELL, terms
+from test_endorser_market import ASK, Endorser, _option, endorser  # noqa: F401 - fixture
+
+from gridledger.common.v1 import envelope_pb2, market_pb2
+from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.rpc.errors import EdgeRefusal
+from gridledger_endorser.options import DeskLimits, RequestFreshness
+from gridledger_endorser.service import EndorserServicer
+
+
+def _signed(e: Endorser, signer: str, order: market_pb2.OrderTerms, at: int,
+            nonce: bytes | None = None) -> envelope_pb2.SignedEnvelope:
+    request = market_pb2.TradeRequest(terms=order, nonce=os.urandom(16) if nonce is None
+                                      else nonce, requested_at=at)
+    return e.ids[signer].sign_envelope(request.SerializeToString())
+
+
+def _ask(e: Endorser, envelope: envelope_pb2.SignedEnvelope
+         ) -> endorser_pb2.RequestOptionsResponse:
+    return e.servicer.RequestOptions(endorser_pb2.RequestOptionsRequest(request=envelope),
+                                     FakeContext())  # type: ignore[arg-type]
+
+
+def _refused(e: Endorser, envelope: envelope_pb2.SignedEnvelope) -> Aborted:
+    with pytest.raises(Aborted) as err:
+        _ask(e, envelope)
+    return err.value
+
+
+def _liquidity(e: Endorser, wh: int) -> None:
+    """meter-1 (surplus 6,000 Wh) rests an ask of `wh` on the ledger."""
+    e.accept("meter-1", e.request("meter-1", terms("meter-1", SELL, ASK, wh)))
+    e.commit_broadcast()
+
+
+def test_repeated_requests_cannot_hold_more_than_the_meters_allowance(e: Endorser) -> None:
+    _liquidity(e, 6000)
+    # meter-3's deficit is 2,000 Wh (allowance 2,200 with the 10 % tolerance).
+    first = e.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    assert sum(t.quantity_wh for t in _option(first).trades) == 2000
+    err = _refused(e, _signed(e, "meter-3", terms("meter-3", BUY, ASK, 2000), NOW))
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "hold 2000 Wh" in err.details and "cap of 2200 Wh" in err.details
+    assert e.book() == ([], [(ASK, 4000, 1)])  # the rest stays for others
+    # What is left under the cap may still be asked for.
+    assert sum(t.quantity_wh for t in _option(
+        e.request("meter-3", terms("meter-3", BUY, ASK, 200))).trades) == 200
+
+
+def test_the_cap_frees_when_the_options_expire_or_reach_the_ledger(e: Endorser) -> None:
+    _liquidity(e, 6000)
+    held = e.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    e.clock[0] = _option(held).expires_at + 3  # past expiry and the grace
+    again = e.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    assert sum(t.quantity_wh for t in _option(again).trades) == 2000
+    e.accept("meter-3", again)
+    e.commit_broadcast()
+    # On the ledger it counts as committed (allowance left 200), no longer as held.
+    assert sum(t.quantity_wh for t in _option(
+        e.request("meter-3", terms("meter-3", BUY, ASK, 200))).trades) == 200
+
+
+def test_the_cap_is_configurable(e: Endorser) -> None:
+    _liquidity(e, 6000)
+    # As `--max-held-percent 200` sets it: a servicer over the same replica.
+    e.servicer = EndorserServicer(e.ledger, e.ids["endorser-1"], e.broadcaster,  # type: ignore[arg-type]
+                                  clock=lambda: e.clock[0],
+                                  limits=DeskLimits(max_held_percent=200))
+    for _ in range(2):
+        e.request("meter-3", terms("meter-3", BUY, ASK, 2000))
+    err = _refused(e, _signed(e, "meter-3", terms("meter-3", BUY, ASK, 2000), NOW))
+    assert "cap of 4400 Wh (200%" in err.details
+
+
+@pytest.mark.parametrize("offset", [-31, 31])
+def test_stale_or_future_requests_are_refused(e: Endorser, offset: int) -> None:
+    err = _refused(e, _signed(e, "meter-1", terms("meter-1", SELL, ASK, 1000), NOW + offset))
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "at most 30 s" in err.details
+    assert e.book() == ([], [])
+
+
+def test_a_request_is_answered_once(e: Endorser) -> None:
+    envelope = _signed(e, "meter-1", terms("meter-1", SELL, ASK, 1000), NOW - 30)
+    _ask(e, envelope)
+    err = _refused(e, envelope)
+    assert err.code == grpc.StatusCode.ALREADY_EXISTS and "already answered" in err.details
+    # Another meter may use the same nonce: nonces are per signer.
+    nonce = market_pb2.TradeRequest.FromString(envelope.payload).nonce
+    _ask(e, _signed(e, "meter-2", terms("meter-2", BUY, ASK - 5000, 1000), NOW, nonce))
+
+
+def test_a_request_without_a_nonce_is_refused(e: Endorser) -> None:
+    err = _refused(e, _signed(e, "meter-1", terms("meter-1", SELL, ASK, 1000), NOW, b""))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "nonce" in err.details
+
+
+def _request(nonce: bytes, at: int) -> market_pb2.TradeRequest:
+    return market_pb2.TradeRequest(nonce=nonce, requested_at=at)
+
+
+def test_nonces_are_remembered_only_while_their_request_is_fresh() -> None:
+    fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=3))
+    for i in range(3):
+        fresh.admit("meter-1", _request(bytes([i + 1]), 1000), 1000)
+    with pytest.raises(EdgeRefusal) as err:
+        fresh.admit("meter-1", _request(b"\x09", 1000), 1000)
+    assert err.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    fresh.admit("meter-2", _request(b"\x09", 1000), 1000)  # a per-meter bound
+    assert fresh.remembered == 4
+    # Once those requests are stale their nonces are forgotten (a replay is stale anyway).
+    fresh.admit("meter-1", _request(b"\x0a", 1031), 1031)
+    assert fresh.remembered == 1
+    with pytest.raises(EdgeRefusal) as stale:
+        fresh.admit("meter-1", _request(b"\x01", 1000), 1031)
+    assert stale.value.status == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.fixture()
+def e(endorser: Endorser) -> Endorser:  # noqa: F811 - the imported fixture, shorter name
+    return endorser
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["meter-1", "meter-2"]), st.binary(min_size=1,
+                                                                             max_size=2),
+                          st.integers(-40, 40), st.integers(0, 20)), max_size=60))
+def test_an_exact_request_is_never_admitted_twice_and_memory_stays_bounded(
+        calls: list[tuple[str, bytes, int, int]]) -> None:
+    fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5))
+    now, admitted = 1_000, set()
+    for meter, nonce, offset, step in calls:
+        now += step
+        request = _request(nonce, now + offset)
+        try:
+            fresh.admit(meter, request, now)
+        except EdgeRefusal:
+            continue
+        key = (meter, nonce, request.requested_at)
+        assert key not in admitted
+        assert abs(offset) <= 30
+        admitted.add(key)
+        assert fresh.remembered <= 2 * 5

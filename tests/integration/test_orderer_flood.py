@@ -8,7 +8,7 @@ On a devnet under steady load, orderer-1 is flooded from a hostile member's posi
   TxForward messages of garbage and a stream of votes for far heights, on more streams than
   a peer may hold.
 Its VmRSS (from /proc) must grow by less than RSS_BOUND_MIB, and the chain must keep growing
-after the flood. In our run (2 cores, shared): about 330 MiB of floods; orderer-1 grew by
+after the flood. In our run (2 cores, shared): about 700 MiB of floods; orderer-1 grew by
 FILLED_IN_BELOW MiB.
 """
 
@@ -57,6 +57,13 @@ def rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
 def endorsed(consortium: Path, count: int) -> list[bytes]:
     """Readings endorsed by endorser-1's own key (a member may sign whatever it likes)."""
     endorser = SigningIdentity.load(consortium, "endorser-1")
@@ -103,6 +110,9 @@ def flood_broadcast(net: devnet.Network, target: devnet.Node) -> dict[str, int]:
     for i in range(3):  # above the gRPC receive limit
         requests.append((stub.Broadcast, orderer_pb2.BroadcastRequest(
             endorsed_transaction=bytes([i]) * (30 * MIB))))
+    for i in range(24):  # 384 MiB just below it, 16 at a time
+        requests.append((stub.Broadcast, orderer_pb2.BroadcastRequest(
+            endorsed_transaction=bytes([i]) * (16 * MIB))))
     for i in range(5):  # full batches of garbage (8 MiB each)
         requests.append((stub.BroadcastBatch, orderer_pb2.BroadcastBatchRequest(
             endorsed_transactions=[bytes([i, j]) + b"\xfd" * (127 * 1024)
@@ -161,16 +171,23 @@ def test_floods_leave_memory_bounded_and_the_chain_growing(net: devnet.Network) 
             broadcast = pool.submit(flood_broadcast, net, target)
             exchange = pool.submit(flood_exchange, net, target)
             broadcast_outcomes, exchange_outcomes = broadcast.result(), exchange.result()
-        after = rss_mib(target.pid)
-        print(f"orderer-1 VmRSS {before:.0f} MiB -> {after:.0f} MiB "
-              f"(+{after - before:.0f} MiB); broadcast {broadcast_outcomes}; "
+        peak = peak_mib(target.pid)
+        print(f"floods answered: broadcast {broadcast_outcomes}; "
               f"exchange streams {exchange_outcomes}")
-        assert broadcast_outcomes.get("INVALID_ARGUMENT", 0) >= 205
+        assert broadcast_outcomes.get("INVALID_ARGUMENT", 0) >= 229
         assert broadcast_outcomes.get("RESOURCE_EXHAUSTED", 0) >= 3
         assert exchange_outcomes.get("RESOURCE_EXHAUSTED", 0) >= 1  # the stream cap
         assert devnet.pid_alive(target.pid)
-        assert after - before < RSS_BOUND_MIB
         start = height(committer)
         wait_for(lambda: height(committer) >= start + 3, 60, "the chain to grow after")
+        # What stays: freed buffers go back to the system within the orderer's trim
+        # interval (5 s), so allow it that long (and more, on a loaded machine).
+        try:
+            wait_for(lambda: rss_mib(target.pid) - before < RSS_BOUND_MIB, 30,
+                     f"orderer-1 to hold less than {RSS_BOUND_MIB} MiB more than before")
+        finally:
+            after = rss_mib(target.pid)
+            print(f"orderer-1 VmRSS {before:.0f} MiB -> {after:.0f} MiB "
+                  f"(+{after - before:.0f} MiB); peak during the flood {peak:.0f} MiB")
     finally:
         generator.stop()

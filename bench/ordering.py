@@ -144,17 +144,21 @@ def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str
 
 
 def _settle(pending: list, stubs: list) -> list:
-    retry = []
+    """Wait for every pending call; those refused with RESOURCE_EXHAUSTED (a full queue, or
+    more concurrent calls than the orderer takes) are sent again after one 50 ms pause."""
+    refused = []
     for future, tx, index in pending:
         try:
             future.result()
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
                 raise
-            time.sleep(0.05)
-            retry.append((stubs[index].Broadcast.future(
-                orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index))
-    return retry
+            refused.append((tx, index))
+    if refused:
+        time.sleep(0.05)
+    return [(stubs[index].Broadcast.future(
+        orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index)
+        for tx, index in refused]
 
 
 def broadcast_batched(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:

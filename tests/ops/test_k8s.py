@@ -395,3 +395,22 @@ def test_network_policies_allow_only_the_protocol(rendered: dict, overlay: str) 
         assert allowed(docs, prometheus, dst, 9464, src_ns="monitoring")
         assert not allowed(docs, prometheus, dst, 7050, src_ns="monitoring")
         assert not allowed(docs, {"app": "other"}, dst, 9464, src_ns="monitoring")
+
+
+def test_secrets_script_on_one_organisations_directory(tmp_path: Path) -> None:
+    """Per-organisation enrolment (`gridctl org init`): an organisation's directory yields
+    Secrets for its own nodes only, and never its CA keys."""
+    from gridctl.commands_enrol import assemble_genesis, init_org
+    from gridledger_core.identity import Role
+
+    org_dir = tmp_path / "utility"
+    public = init_org(org_dir, "utility", [("committer-2", Role.COMMITTER),
+                                          ("orderer-2", Role.ORDERER)])
+    assemble_genesis(org_dir, "test", "utility", [public])
+    out = subprocess.run([str(K8S / "consortium-secrets.sh"), str(org_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    objects = [doc for doc in yaml.safe_load_all(out) if doc]
+    assert sorted(o["metadata"]["name"] for o in objects) == [
+        "gridledger-consortium", "gridledger-node-committer-2", "gridledger-node-orderer-2"]
+    for key in (org_dir / "ca").glob("*.key"):
+        assert base64.b64encode(key.read_bytes()).decode() not in out

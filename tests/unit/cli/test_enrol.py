@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,11 @@ def test_assembled_genesis_names_every_org_account_and_pinned_orderer(
     assert (meter.role, meter.pinned_orderer) == (Role.METER, "")
     signer = SigningIdentity.load(dirs["community"], "meter-1")
     envelope = signer.sign_envelope(b"x")
+    now = int(time.time())
     assert genesis.membership.verify(envelope.signer_certificate, envelope.signature,
-                                     envelope.payload).org == "community"
+                                     envelope.payload, now).org == "community"
+    # ... and bound to its account: CN meter-1 is community's meter in the assembled genesis.
+    assert genesis.membership.identify(envelope.signer_certificate, now, None).name == "meter-1"
     assert (out / "tls-ca-bundle.pem").read_text().count("BEGIN CERTIFICATE") == len(ORGS)
 
 

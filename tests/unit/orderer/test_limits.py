@@ -19,6 +19,8 @@ from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.consensus.actions import Deliver
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc import authz
+from gridledger_core.rpc.peer_identity import PeerIdentities
 from gridledger_orderer import node as node_module
 from gridledger_orderer.inbox import Inbox, Submission
 from gridledger_orderer.limits import OrdererLimits, PeerBudget, StreamSlots, TokenBucket
@@ -256,6 +258,21 @@ def test_deliver_streams_are_capped_per_client_and_in_total(
         orderer.store.close()
 
 
+_EXCHANGE = "/gridledger.orderer.v1.ConsensusService/Exchange"
+
+
+def _exchange_as_verified_peer(servicer: ConsensusServicer, genesis: Genesis, pem: bytes,
+                               requests: Iterator[consensus_pb2.ExchangeRequest]) -> None:
+    """Call Exchange as the authorisation interceptor would: with its verdict on the caller's
+    pinned certificate in the call's context (the servicer trusts only that verdict)."""
+    peer = authz.judge(PeerIdentities(genesis), _EXCHANGE, pem)
+    token = authz._CALLER.set(peer)
+    try:
+        servicer.Exchange(requests, Context(peer.name, pem))  # type: ignore[arg-type]
+    finally:
+        authz._CALLER.reset(token)
+
+
 def test_exchange_drops_a_peer_above_its_rate_and_caps_its_streams(
         consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
     orderer = make(consortium_dir, genesis, tmp_path, peer_burst_messages=5,
@@ -265,7 +282,7 @@ def test_exchange_drops_a_peer_above_its_rate_and_caps_its_streams(
         pem = (consortium_dir / "nodes" / "orderer-2" / "tls.pem").read_bytes()
         vote = consensus_pb2.ExchangeRequest(message=consensus_pb2.ConsensusMessage(
             vote=consensus_pb2.Vote(height=1)))
-        servicer.Exchange(iter([vote] * 50), Context("orderer-2", pem))  # type: ignore[arg-type]
+        _exchange_as_verified_peer(servicer, genesis, pem, iter([vote] * 50))
         assert _inbox_messages(orderer) == 5  # the burst; the rest dropped and counted
         assert _dropped("orderer-2", "rate") >= 45
 
@@ -275,13 +292,13 @@ def test_exchange_drops_a_peer_above_its_rate_and_caps_its_streams(
             release.wait(10)
             yield from ()
 
-        first = threading.Thread(target=servicer.Exchange,
-                                 args=(held(), Context("orderer-2", pem)))
+        first = threading.Thread(target=_exchange_as_verified_peer,
+                                 args=(servicer, genesis, pem, held()))
         first.start()
         while servicer._streams.in_use == 0:
             first.join(0.001)
         with pytest.raises(Aborted) as refused:
-            servicer.Exchange(iter([]), Context("orderer-2", pem))  # type: ignore[arg-type]
+            _exchange_as_verified_peer(servicer, genesis, pem, iter([]))
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         release.set()
         first.join()

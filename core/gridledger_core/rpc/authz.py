@@ -2,7 +2,8 @@
 interceptor that enforces it.
 
 The caller is the account its TLS client certificate proves (peer_identity.py: issued by the
-TLS CA of its own organisation, a genesis account of that organisation with that role). A
+TLS CA of its own organisation, an account of that organisation with that role: a genesis
+account, or a meter or plant registered on the ledger where the node can look it up). A
 method missing from the table is refused (fail closed); docs/operations.md shows the table,
 and a unit test keeps the two equal.
 """
@@ -19,7 +20,7 @@ import grpc
 
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
-from gridledger_core.rpc.peer_identity import Peer, PeerIdentities, PeerRefused
+from gridledger_core.rpc.peer_identity import AccountLookup, Peer, PeerIdentities, PeerRefused
 
 ALL = frozenset(Role)
 
@@ -140,8 +141,9 @@ def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
 class AuthzInterceptor(grpc.ServerInterceptor):
     """Applies TABLE to every call before the servicer sees it."""
 
-    def __init__(self, genesis: Genesis) -> None:
-        self._identities = PeerIdentities(genesis)
+    def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None) -> None:
+        # account_lookup: ledger-registered meters and plants (None: genesis accounts only).
+        self._identities = PeerIdentities(genesis, account_lookup)
         self._wrapped: dict[str, tuple[Any, Any]] = {}  # as MetricsInterceptor: one per method
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],

@@ -3,27 +3,49 @@
 gRPC only checks that a client certificate chains to *some* root in the TLS bundle, so any
 organisation's TLS CA could issue `O=<another org>, OU=orderer, CN=orderer-2`. Here a
 certificate counts only when it was issued by the TLS CA of the organisation in its O, and
-its CN is a genesis account of that organisation with the role in its OU. An orderer is
-further pinned: only the exact TLS certificate genesis names for it proves it.
+its CN is an account of that organisation with the role in its OU. An orderer is further
+pinned: only the exact TLS certificate genesis names for it proves it.
+
+Accounts are the genesis accounts, plus, where the node is given an `AccountLookup`, the
+meters and plants an organisation's admin registered on the ledger (`account/<name>`,
+ledger/rules/identity.py). What the certificate itself proves (issuer, subject) is cached per
+certificate; whether its CN is an account is asked again until the answer is yes, so a device
+refused before its registration committed gets in once it has (registrations are permanent,
+so a yes is cached). TLS certificates are not revoked on the ledger (`revoke_certificate`
+revokes signing certificates); a stolen TLS key is handled by the TLS CA's expiry and by the
+signer checks of whatever the caller submits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
+from google.protobuf.message import DecodeError
 
+from gridledger.common.v1 import identity_pb2
 from gridledger_core.genesis import Genesis
-from gridledger_core.identity import Role
+from gridledger_core.identity import LEDGER_ROLES, Account, Role
+from gridledger_core.ledger.rules.identity import account_key
 
-# Distinct client certificates a node remembers verdicts for; beyond it the cache restarts
-# (a consortium has far fewer TLS identities, so this bounds memory, not the hit rate).
+log = logging.getLogger(__name__)
+
+# Distinct client certificates (and ledger accounts) a node remembers; beyond it a cache
+# restarts (a consortium has far fewer TLS identities, so this bounds memory, not hit rates).
 CACHE_LIMIT = 4096
+
+# name -> the account registered on the ledger under it, or None. May raise (e.g. a remote
+# lookup that failed): the caller is then refused, and asked about again next call.
+AccountLookup = Callable[[str], Account | None]
 
 
 class PeerRefused(Exception):
@@ -61,17 +83,94 @@ def pem_fingerprint(pem: bytes) -> bytes:
         serialization.Encoding.DER))
 
 
-class PeerIdentities:
-    """Verifies TLS client certificates against one genesis configuration (thread-safe)."""
+K = TypeVar("K")
+V = TypeVar("V")
 
-    def __init__(self, genesis: Genesis) -> None:
+
+def _bounded_put(cache: dict[K, V], key: K, value: V) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def parse_account(name: str, raw: bytes | None) -> Account | None:
+    """The meter or plant an `account/<name>` state value registers, else None."""
+    if raw is None:
+        return None
+    try:
+        record = identity_pb2.AccountRecord.FromString(raw)
+        role = Role(record.role)
+    except (DecodeError, ValueError):  # ValueError: an unknown role
+        return None
+    if record.account != name or role not in LEDGER_ROLES:
+        return None
+    return Account(record.account, record.organization, role)
+
+
+def ledger_lookup(get_state: Callable[[str], bytes | None]) -> AccountLookup:
+    """An AccountLookup reading committed state (`Ledger.get_state` of a replica)."""
+    return lambda name: parse_account(name, get_state(account_key(name)))
+
+
+class RemoteAccounts:
+    """An AccountLookup through another node's state (the meter-agent asks its committer):
+    a miss or a failure is remembered for `ttl` seconds, so unknown callers cannot make this
+    node call out once per RPC, and a registration is seen at most `ttl` after it commits."""
+
+    def __init__(self, get_state: Callable[[str], bytes | None], ttl: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._get_state = get_state
+        self._ttl = ttl
+        self._clock = clock
+        self._misses: dict[str, tuple[float, str]] = {}  # name -> (until, why)
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Account | None:
+        now = self._clock()
+        miss = self._misses.get(name)
+        if miss is not None and now < miss[0]:
+            if miss[1]:
+                raise LookupError(miss[1])
+            return None
+        why = ""
+        try:
+            account = parse_account(name, self._get_state(account_key(name)))
+        except Exception as exc:  # any failure of the remote read refuses, never crashes
+            account, why = None, f"looking {name} up failed: {exc}"
+            log.warning("%s", why)
+        if account is None:
+            with self._lock:
+                _bounded_put(self._misses, name, (now + self._ttl, why))
+            if why:
+                raise LookupError(why)
+        return account
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """What a certificate proves by itself: issued by the TLS CA of `org`, naming `name`
+    in `role` (whether that is an account is judged per call)."""
+
+    name: str
+    org: str
+    role: Role
+    pinned_orderer: str
+
+
+class PeerIdentities:
+    """Verifies TLS client certificates against one genesis configuration and, given
+    `lookup`, the meters and plants registered on the ledger (thread-safe)."""
+
+    def __init__(self, genesis: Genesis, lookup: AccountLookup | None = None) -> None:
         self._roots = {o.name: x509.load_pem_x509_certificate(o.tls_root_pem)
                        for o in genesis.organizations}
         self._accounts = genesis.accounts
+        self._lookup = lookup
         # Fingerprint of each orderer's pinned TLS certificate -> (orderer id, org).
         self._pins = {pem_fingerprint(o.tls_certificate_pem): (o.id, o.org)
                       for o in genesis.orderers if o.tls_certificate_pem}
-        self._cache: dict[bytes, Peer | PeerRefused] = {}
+        self._cache: dict[bytes, _Subject | PeerRefused] = {}
+        self._registered: dict[str, Account] = {}  # ledger registrations seen (permanent)
         self._lock = threading.Lock()
 
     def identify(self, pem: bytes) -> Peer:
@@ -84,14 +183,32 @@ class PeerIdentities:
             except PeerRefused as exc:
                 verdict = exc
             with self._lock:
-                if len(self._cache) >= CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[key] = verdict
+                _bounded_put(self._cache, key, verdict)
         if isinstance(verdict, PeerRefused):
             raise verdict
-        return verdict
+        return self._admit(verdict)
 
-    def _verify(self, pem: bytes) -> Peer:
+    def _admit(self, subject: _Subject) -> Peer:
+        name, org, role = subject.name, subject.org, subject.role
+        account = self._accounts.get(name)
+        if account is None and self._lookup is not None and role in LEDGER_ROLES:
+            account = self._registered.get(name)
+            if account is None:
+                try:
+                    account = self._lookup(name)
+                except Exception as exc:
+                    raise PeerRefused(f"{name} could not be looked up on the ledger: "
+                                      f"{exc}") from exc
+                if account is not None and account.role in LEDGER_ROLES:
+                    with self._lock:
+                        _bounded_put(self._registered, name, account)
+        if account is None or account.org != org or account.role != role:
+            nor = ", nor registered on the ledger as one" if self._lookup else ""
+            raise PeerRefused(f"{name} is not a genesis account of {org} with role "
+                              f"{role.value}{nor}")
+        return Peer(name, org, role, subject.pinned_orderer)
+
+    def _verify(self, pem: bytes) -> _Subject:
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except ValueError as exc:
@@ -112,10 +229,6 @@ class PeerIdentities:
         except ValueError as exc:
             raise PeerRefused(f"unknown role {role_name!r} in client certificate of "
                               f"{name}") from exc
-        account = self._accounts.get(name)
-        if account is None or account.org != org or account.role != role:
-            raise PeerRefused(f"{name} is not a genesis account of {org} with role "
-                              f"{role.value}")
         pin = self._pins.get(fingerprint(cert.public_bytes(serialization.Encoding.DER)))
         pinned = pin[0] if pin is not None and pin == (name, org) else ""
-        return Peer(name, org, role, pinned)
+        return _Subject(name, org, role, pinned)

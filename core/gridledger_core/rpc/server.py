@@ -18,6 +18,7 @@ from prometheus_client import Info, start_http_server
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AuthzInterceptor
 from gridledger_core.rpc.metrics import MetricsInterceptor
+from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,10 @@ class NodeServer:
     def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
                  *, genesis: Genesis, max_workers: int = 32,
                  health_listen: str | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+                 options: Sequence[tuple[str, Any]] = (),
+                 account_lookup: AccountLookup | None = None) -> None:
+        """`account_lookup` lets callers be meters and plants registered on the ledger
+        (peer_identity.ledger_lookup / RemoteAccounts); without it, genesis accounts only."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -44,7 +48,8 @@ class NodeServer:
         merged = list({**dict(SERVER_OPTIONS), **dict(options)}.items())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                                    # Metrics outermost, so refusals are counted too.
-                                   interceptors=[MetricsInterceptor(), AuthzInterceptor(genesis)],
+                                   interceptors=[MetricsInterceptor(),
+                                                 AuthzInterceptor(genesis, account_lookup)],
                                    options=merged)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self._services: list[str] = []

@@ -14,6 +14,7 @@ from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.height_notifier import HeightNotifier
+from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import LmdbStore
@@ -33,8 +34,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     notifier = HeightNotifier(lambda: ledger.height)
     LMDB_SIZE.set_function(store.size_bytes)
 
+    # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
-                        genesis=genesis, health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen,
+                        account_lookup=ledger_lookup(ledger.get_state))
     server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
                        CommitterServicer(ledger, notifier),
                        committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)

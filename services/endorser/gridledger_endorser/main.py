@@ -10,6 +10,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
@@ -40,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The book cache is rebuilt from the replica before the follower starts, then follows it.
     books = BookCache(ledger)
 
+    # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                        genesis=genesis, health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen,
+                        account_lookup=ledger_lookup(ledger.get_state))
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                        EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
                                         limits=options.limits_from(args)),

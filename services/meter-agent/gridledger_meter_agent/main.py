@@ -18,13 +18,14 @@ import time
 import zlib
 from collections.abc import Sequence
 
-from gridledger.committer.v1 import committer_pb2_grpc
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.endorser.v1 import endorser_pb2_grpc
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
 from gridledger_core import node_config
 from gridledger_core.genesis import Genesis
 from gridledger_core.profiles.household import HouseholdProfile
 from gridledger_core.profiles.plant import PlantProfile
+from gridledger_core.rpc.peer_identity import AccountLookup, RemoteAccounts
 from gridledger_core.rpc.server import NodeServer, split_host_port
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
@@ -74,6 +75,11 @@ def run_agent(reader: IntervalReader, sender: OutboxSender, stop: threading.Even
         stop.wait(1.0 if created else 2.0)
 
 
+def _state_at(committer: committer_pb2_grpc.CommitterServiceStub, key: str) -> bytes | None:
+    response = committer.GetState(committer_pb2.GetStateRequest(key=key), timeout=3)
+    return response.value if response.found else None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("meter-agent")
     parser.add_argument("--mode", choices=["meter", "plant", "issuer"], default="meter")
@@ -119,10 +125,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         closers += [parts.driver.close, parts.outbox.close]
 
     ledger = None
+    # No ledger here: callers that are ledger-registered meters and plants are looked up at
+    # the committer (misses remembered briefly); without one, genesis accounts only.
+    account_lookup: AccountLookup | None = None
     if args.committer:
         committer_channel = secure_channel(args.committer, tls)
         closers.append(committer_channel.close)
-        ledger = LedgerClient(endorser, committer_pb2_grpc.CommitterServiceStub(committer_channel))
+        committer = committer_pb2_grpc.CommitterServiceStub(committer_channel)
+        ledger = LedgerClient(endorser, committer)
+        account_lookup = RemoteAccounts(lambda key: _state_at(committer, key))
         if args.mode == "meter":
             parts.directory, parts.buyer, meter_threads, meter_closers = energy_setup.meter_parts(
                 args, identity, genesis, ledger, tls, args.data_dir, stop)
@@ -141,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                          name="issuer", daemon=True)]
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
-                        genesis=genesis, health_listen=args.health_listen)
+                        genesis=genesis, health_listen=args.health_listen,
+                        account_lookup=account_lookup)
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(parts),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)

@@ -24,6 +24,7 @@ from gridledger.endorser.v1 import endorser_pb2
 from gridledger.meteragent.v1 import meteragent_pb2
 from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 
@@ -103,10 +104,12 @@ def _drain_then_one(requests: Iterator[Any], resp: Any) -> Iterator[Any]:
 
 
 def answering_server(genesis: Genesis, tls: TlsFiles,
-                     replace: dict[str, tuple[Any, Any]] | None = None) -> NodeServer:
+                     replace: dict[str, tuple[Any, Any]] | None = None,
+                     account_lookup: AccountLookup | None = None) -> NodeServer:
     """A started NodeServer serving every GridLedger service; `replace` maps a service's full
     name to (register function, servicer) to serve a real servicer instead."""
-    server = NodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls, genesis=genesis)
+    server = NodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls, genesis=genesis,
+                        account_lookup=account_lookup)
     for service in OUR_SERVICES:
         if replace and service.full_name in replace:
             register, servicer = replace[service.full_name]

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from bench.workload import Job
+from bench.workload import Job, sign_request
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
@@ -131,8 +131,10 @@ class _Runner:
         if job.kind != "order":
             await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0)
             return
+        # Stamped and signed now, not when the job was made: the endorser refuses requests
+        # more than its --request-window off its clock.
         request = endorser_pb2.RequestOptionsRequest(
-            request=envelope_pb2.SignedEnvelope.FromString(job.payload))
+            request=sign_request(self._identity(job.meter), job.payload))
         try:
             answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:

@@ -8,9 +8,13 @@ ago, so they never touch a forecast), pre-sale orders (sell asks and buy bids on
 ladder, so bids cross asks and both sides partially fill), and supply contracts with a plant
 that announced in the set-up (one per meter, the ledger's limit).
 
-Everything that can be signed before the timed window is (readings, contracts, the trade
-requests); a pre-sale order is signed by its submitter process after the endorser's option
-comes back, as a real meter must.
+Everything that can be signed before the timed window is (readings, contracts). A trade
+request is made here (terms and nonce) but stamped and signed by its submitter process just
+before it is sent (`sign_request`): endorsers refuse requests whose `requested_at` is more
+than their --request-window (30 s) off their clock, and the jobs of a phase are made well
+before its last ones are sent. The pre-sale order is signed after the endorser's option
+comes back, as a real meter must. Both signatures count in the load generator's CPU
+(`submitter_cpu_ms_per_job`), as a real meter pays them too.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ Kind = str  # "reading" | "order" | "contract"
 class Job:
     kind: Kind
     meter: str
-    payload: bytes  # a signed transaction (reading, contract) or a signed TradeRequest (order)
+    # A signed transaction (reading, contract), or an unsigned, unstamped TradeRequest (order:
+    # its submitter signs it when sending, `sign_request`).
+    payload: bytes
     tx_id: str  # "" for orders: the place_order transaction is signed after the option
 
 
@@ -134,12 +140,8 @@ class JobMaker:
             meter=meter, side=market_pb2.ORDER_SIDE_SELL if producer else market_pb2.ORDER_SIDE_BUY,
             slot_start=self._random.choice(self._slots), price=price,
             quantity_wh=self._random.randint(1, 6) * market.lot_wh)
-        # Stamped when signed (not at the maker's `now`): endorsers refuse requests older
-        # than their --request-window (30 s), so sign orders shortly before sending them.
-        request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
-                                          requested_at=int(time.time()))
-        envelope = self._identities[meter].sign_envelope(request.SerializeToString())
-        return Job("order", meter, envelope.SerializeToString(), "")
+        request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16))
+        return Job("order", meter, request.SerializeToString(), "")
 
     def _contract(self, meter: str) -> Job:
         terms = new_terms(meter=meter, plant=self._plant.name, price_micro_per_kwh=150_000,
@@ -149,6 +151,15 @@ class JobMaker:
         envelope = self._identities[meter].new_transaction(
             "supply_contract", energy_pb2.SupplyContract(plant_terms=signed_terms))
         return Job("contract", meter, envelope.SerializeToString(), envelope_tx_id(envelope))
+
+
+def sign_request(identity: SigningIdentity, payload: bytes,
+                 now: int | None = None) -> envelope_pb2.SignedEnvelope:
+    """An order job's TradeRequest stamped `now` (default: this second) and signed by its
+    meter: called by the submitter right before RequestOptions."""
+    request = market_pb2.TradeRequest.FromString(payload)
+    request.requested_at = int(time.time()) if now is None else now
+    return identity.sign_envelope(request.SerializeToString())
 
 
 def chunks(jobs: Sequence[Job], parts: int) -> Iterator[list[Job]]:

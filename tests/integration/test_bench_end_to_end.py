@@ -23,6 +23,8 @@ def test_quick_profile_runs_the_network_and_reports_every_figure(tmp_path: Path)
         assert phase["submit_to_commit_ms"]["p99"] is not None
         assert set(phase["cpu_ms_per_committed_tx"]) == {"orderer", "committer", "endorser"}
         assert phase["sent_by_kind"].get("reading") and phase["sent_by_kind"].get("order")
+        # Trade requests are stamped when sent: none is stale at the endorser (--request-window).
+        assert not [r for r in phase["rejected"] if "was made at" in r], phase["rejected"]
     assert report["phases"]["fixed_rate"]["sent_by_kind"].get("contract")
     assert report["phases"]["fixed_rate"]["matching_ms"]["samples"] > 0
     assert all(v > 0 for v in report["peak_rss_mib"].values())

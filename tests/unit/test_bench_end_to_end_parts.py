@@ -3,9 +3,11 @@ from Prometheus histograms, and the figures it derives from raw observations."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from bench import chart, e2e_report, observe, workload
 from bench.observe import BlockSeen, CommitLog
@@ -15,6 +17,7 @@ from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.rules.market import forecast_params
 from gridledger_core.market.forecast import forecast
+from gridledger_core.signing_identity import SigningIdentity
 
 V = observe.VALID
 INVALID = validation_pb2.TX_VALIDATION_CODE_STATE_CONFLICT
@@ -60,18 +63,46 @@ def test_jobs_mix_readings_orders_and_one_contract_per_meter(consortium: Path) -
     assert len(set(tx_ids)) == len(tx_ids) and all(tx_ids)
     intervals = set()
     for job in jobs:
-        envelope = envelope_pb2.SignedEnvelope.FromString(job.payload)
         if job.kind == "reading":
+            envelope = envelope_pb2.SignedEnvelope.FromString(job.payload)
             reading = transaction_pb2.Transaction.FromString(envelope.payload).meter_reading
             intervals.add((reading.meter, reading.interval_start))
         elif job.kind == "order":
-            terms = market_pb2.TradeRequest.FromString(envelope.payload).terms
+            terms = market_pb2.TradeRequest.FromString(job.payload).terms
             sell = terms.side == market_pb2.ORDER_SIDE_SELL
             assert sell == workload.is_producer(terms.meter)
             assert terms.quantity_wh % genesis.market.lot_wh == 0
     assert len(intervals) == kinds.count("reading")  # never the same interval twice
     parts = list(workload.chunks(jobs, 3))
     assert sorted(id(j) for part in parts for j in part) == sorted(map(id, jobs))
+
+
+def test_trade_requests_are_stamped_and_signed_when_sent_not_when_made(
+        consortium: Path) -> None:
+    """Endorsers refuse a request more than --request-window (30 s) off their clock, and a
+    phase's jobs are made long before its last ones go out: the submitter stamps and signs
+    each request right before sending it."""
+    genesis = Genesis.load(consortium / "genesis.json")
+    made_at = 1_790_000_000
+    maker = workload.JobMaker(consortium, genesis, workload.meter_names(4), "plant-1", made_at)
+    orders = [j for j in maker.jobs(40) if j.kind == "order"]
+    assert orders
+    nonces = set()
+    for job in orders:
+        sent_at = made_at + 3600  # an hour after the jobs were made
+        identity = SigningIdentity.load(consortium, job.meter)
+        envelope = workload.sign_request(identity, job.payload, now=sent_at)
+        request = market_pb2.TradeRequest.FromString(envelope.payload)
+        assert (request.requested_at, request.terms.meter) == (sent_at, job.meter)
+        nonces.add(request.nonce)
+        certificate = x509.load_der_x509_certificate(envelope.signer_certificate)
+        assert envelope.signer_certificate == identity.certificate
+        certificate.public_key().verify(envelope.signature, envelope.payload)  # type: ignore[call-arg, union-attr]
+    assert len(nonces) == len(orders)
+    now = int(time.time())
+    stamped = workload.sign_request(SigningIdentity.load(consortium, orders[0].meter),
+                                    orders[0].payload)
+    assert market_pb2.TradeRequest.FromString(stamped.payload).requested_at >= now
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:

@@ -1,7 +1,9 @@
 """Seeded random schedules through the real replicas (see consensus.simulation).
 
 GRIDLEDGER_SIM_SCHEDULES sets how many schedules run (default 1000);
-GRIDLEDGER_SIM_SEED=<seed> with ``-k replay`` re-runs one schedule, as failures print.
+GRIDLEDGER_SIM_SEED=<seed> with ``-k replay`` re-runs one schedule, as failures print, in
+the mode GRIDLEDGER_SIM_MODE names (``honest``, the default, or ``byzantine``: the
+schedules of test_byzantine_simulation.py).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def test_replay() -> None:
     seed = os.environ.get("GRIDLEDGER_SIM_SEED")
     if seed is None:
         pytest.skip("set GRIDLEDGER_SIM_SEED to replay one schedule")
-    result = simulation.run_schedule(int(seed))
-    print(f"seed {result.seed}: n={result.n} features={sorted(result.features)}")
+    mode = os.environ.get("GRIDLEDGER_SIM_MODE", "honest")
+    result = simulation.run_schedule(int(seed), mode=mode)
+    print(f"seed {result.seed} ({mode}): n={result.n} features={sorted(result.features)}")
     print(f"heights={result.heights} events={result.events}")
     assert not result.violations, _report([result])

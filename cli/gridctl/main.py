@@ -15,6 +15,7 @@ from gridctl import (
     commands_energy,
     commands_ledger,
     commands_market,
+    commands_orderer,
     commands_state,
     connect,
     devnet,
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_state.register(sub)
     commands_market.register(sub)
     commands_energy.register(sub)
+    commands_orderer.register(sub)
     return parser
 
 

@@ -1,7 +1,10 @@
 """One orderer replica of the lottery-primary co-sign protocol, as a pure state machine.
 
-No sockets, clocks, threads or randomness: every input carries ``now`` (seconds, from any
-monotonic clock) and every output is an action (see ``actions``) that the adapter executes.
+No sockets, clocks, threads or randomness: every input carries ``now`` and every output is
+an action (see ``actions``) that the adapter executes. ``now`` must be wall-clock seconds
+(Unix time): the primary stamps blocks with it and auxiliaries judge stamps against it. No
+input, whatever its bytes or sender, raises out of ``on_message``, ``on_timer`` or
+``on_transactions``.
 
 Protocol, per height h (the number of the next block):
 
@@ -10,10 +13,12 @@ Protocol, per height h (the number of the next block):
    pending transaction waited ``max_batch_wait``; in later rounds at once. If it holds a
    lock it re-proposes the locked block with its prepare certificate instead.
 2. Replicas validate it (primary entitled, height, previous hash, data hash, VRF proof,
-   proposer signature, every transaction through ``validate_tx``, no tx id twice in the
-   block or already on the chain) and send a PREPARE co-signature to the primary, unless
-   they are locked on another block and the proposal carries no prepare certificate of a
-   round at least as high as their lock.
+   proposer signature, block time, every transaction through ``validate_tx``, no tx id
+   twice in the block or already on the chain) and send a PREPARE co-signature to the
+   primary, unless they are locked on another block and the proposal carries no prepare
+   certificate of a round at least as high as their lock. A pre-block of an earlier round
+   (header round below the proposal's) is voted for only with ``justify``: the prepare
+   certificate for exactly that block, of a round between the header's and the proposal's.
 3. 2f+1 PREPAREs make a prepare certificate; the primary broadcasts it. Replicas lock on it
    (the lock is the highest prepare certificate seen at h) and send a COMMIT co-signature.
 4. 2f+1 COMMITs make the commit certificate, the block's QuorumCertificate: final.
@@ -25,12 +30,46 @@ prepare certificate, hence a commit certificate, at h. Each replica persists its
 lock before its signatures leave (``Persist`` before ``Send``) and never signs two different
 blocks in one (height, round, phase), also across restarts.
 
+Block time: a fresh pre-block (header round = proposal round) must be stamped within
+[now - max_clock_skew, now + max_clock_skew] of the auxiliary's clock (the arrival time,
+for a proposal held for a later round) and not before the previous block, so no single
+orderer moves block time: a byzantine primary cannot backdate a block after an idle hour,
+nor re-propose an earlier round's pre-block (with its older stamp, and choosing among
+several lottery seeds) without the certificate that forces it. Stamps outside the
+protobuf Timestamp range are refused.
+
 Liveness: without progress a replica times out (``round_timeout`` * 2**r, capped), stops
-voting in round r and broadcasts ROUND_CHANGE(h, r+1) with its lock. It enters round R on
+voting in round r and broadcasts ROUND_CHANGE(h, r+1) with its lock, signed over
+``signing.round_change_bytes`` (height, round and the lock's round and hash). It enters round R on
 ROUND_CHANGEs for >= R from 2f+1 orderers, joins the (f+1)-th highest round announced by
 others, re-sends its ROUND_CHANGE every timeout, and enters R directly on a valid prepare
 certificate of round R. Locks travel in ROUND_CHANGEs, so the next primary learns them.
 Timers run only while there is work (pending transactions, a proposal, a lock).
+
+Locked blocks are always obtainable: every pre-block a replica PREPAREd stays persisted
+(``BLOCKS_KEY``) until its height is final, not only the last one. A replica that adopts a
+lock (from a ROUND_CHANGE or a proposal's ``justify``) without holding the block sends a
+BlockFetchRequest(height, hash) to f+1 of the certificate's signers (at least one honest;
+an honest signer prepared it, so holds it), at most every half round timeout; it accepts
+a BlockFetchResponse only for its lock's hash and after full validation, then proposes it
+when primary. Without this, a certificate withheld until the honest replicas' last prepare
+moved on and they restarted left every honest replica locked on a block none held.
+
+Bounds (a peer can make a replica do only bounded work): rounds above ``MAX_ROUND`` are
+ignored, so round + 1 always fits its uint32 field; a round above this replica's only
+counts toward the f+1 join rule, which needs an honest sender. ROUND_CHANGEs are dropped as
+duplicates by (round, lock round) per sender before any signature is checked, then rate
+limited per peer, then their signature and carried certificate verified; a certificate is
+verified once per (phase, round, block) and height. Per-peer token buckets (by ``now``)
+limit SyncRequests, BlockFetchRequests and ROUND_CHANGEs; SyncResponses stop at
+``max_sync_bytes`` (always at least one block); messages held for the next height and
+proposals held for later rounds are capped in count and ``max_buffer_bytes``.
+
+Equivocation: two different pre-blocks signed by one primary for one (height, round), two
+votes of one phase for different blocks (seen directly or as co-signatures in two
+certificates), or two ROUND_CHANGEs of one round carrying locks of one round on different
+blocks become an ``Evidence`` action with ``EquivocationEvidence`` (see ``evidence``); it
+changes nothing in consensus, the adapter counts, stores and exposes it.
 
 Transactions: every orderer pools what its clients submit and forwards it once to all peers
 (``TxForward``), so any orderer that becomes primary can propose it and every replica's
@@ -40,7 +79,8 @@ clients resubmit what a crash lost (Broadcast is idempotent by tx id).
 Catch-up: a message from a higher height, or a commit certificate for a block this replica
 lacks, triggers a SyncRequest; final blocks come back in SyncResponses and are checked with
 ``certificate.verify_block``. A replica answers a ROUND_CHANGE or proposal from a lower
-height with the blocks the sender misses.
+height with the blocks the sender misses. After a response that advanced it, a replica
+asks again at once (responses are cut by count and by bytes).
 """
 
 from __future__ import annotations

@@ -674,20 +674,22 @@ class Replica:
 
     def _valid_cert(
         self, cert: consensus_pb2.VoteCertificate, phase: int, now: float, out: list[Action]
-    ) -> bool:
-        """2f+1 valid co-signatures. A certificate for a (phase, round, block) verified once
-        at this height is not verified again (locks travel in every round change); every
-        signer's vote is checked against the votes seen before (equivocation)."""
+    ) -> consensus_pb2.VoteCertificate | None:
+        """The verified certificate for ``cert``'s (phase, round, block): 2f+1 valid
+        co-signatures. One verified at this height is not verified again (locks travel in
+        every round change) and is returned instead, so callers keep only verified copies.
+        Every signer's vote is checked against the votes seen before (equivocation)."""
         if cert.height != self.height or cert.phase != phase or len(cert.block_hash) != 32:
-            return False
+            return None
         key = (phase, cert.round, cert.block_hash)
-        if key in self._certs:
-            return True
+        known = self._certs.get(key)
+        if known is not None:
+            return known
         signed = signing_bytes(Phase(phase), cert.height, cert.round, cert.block_hash)
         if not certificate.check_signatures(
             cert.signatures, signed, self.orderers, self.deps.verify_sig
         ).ok:
-            return False
+            return None
         if len(self._certs) < _ROUND_WINDOW * 4:  # beyond that, verify again rather than grow
             self._certs[key] = cert
         kind = evidence.vote_kind(phase)
@@ -701,7 +703,7 @@ class Replica:
                 now,
                 out,
             )
-        return True
+        return cert
 
     # --- equivocation ----------------------------------------------------------------------
 
@@ -827,7 +829,7 @@ class Replica:
                 return
             known = bh in self._blocks
             self._blocks[bh] = block  # before the lock: adopting it needs no fetch then
-            if not self._adopt_lock(justify, now, out):
+            if self._adopt_lock(justify, now, out) is None:
                 if not known:
                     del self._blocks[bh]
                 return
@@ -907,23 +909,28 @@ class Replica:
 
     def _adopt_lock(
         self, cert: consensus_pb2.VoteCertificate, now: float, out: list[Action]
-    ) -> bool:
-        """Take a valid prepare certificate as the lock if it is higher; True if it is valid."""
-        if not self._valid_cert(cert, _PREPARE, now, out):
-            return False
+    ) -> consensus_pb2.VoteCertificate | None:
+        """Take a valid prepare certificate as the lock if it is higher; the verified
+        certificate, or None when it is not valid."""
+        checked = self._valid_cert(cert, _PREPARE, now, out)
+        if checked is None:
+            return None
+        cert = checked
         if self._lock is None or cert.round > self._lock.round:
             self._lock = cert
             self._persist(out)
             self._arm_round_timer(now, out)
             if cert.block_hash not in self._blocks:
                 self._fetch_locked_block(now, out)
-        return True
+        return cert
 
     def _on_prepared(
         self, cert: consensus_pb2.VoteCertificate, now: float, out: list[Action]
     ) -> None:
-        if not self._adopt_lock(cert, now, out):
+        checked = self._adopt_lock(cert, now, out)
+        if checked is None:
             return
+        cert = checked
         if cert.round > self._round and not (self._changing and cert.round < self._target):
             self._enter_round(cert.round, now, out)  # 2f+1 prepared in that round
         if cert.round == self._round and not self._changing:
@@ -955,8 +962,9 @@ class Replica:
         if self._blocks.get(cert.block_hash) is None:
             self._request_sync(sender, now, out)  # final somewhere, content missing here
             return
-        if self._valid_cert(cert, _COMMIT, now, out):
-            self._finalise(cert, now, out)
+        checked = self._valid_cert(cert, _COMMIT, now, out)
+        if checked is not None:
+            self._finalise(checked, now, out)
 
     def _finalise(self, cert: consensus_pb2.VoteCertificate, now: float, out: list[Action]) -> None:
         final = block_pb2.Block()

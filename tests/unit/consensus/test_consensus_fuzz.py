@@ -2,7 +2,9 @@
 
 Inputs: random bytes parsed as ConsensusMessages, genuine messages of a recorded run replayed
 as they are or with mutated fields (extreme integers, random bytes), arbitrary senders
-(known orderers and strangers), arbitrary transactions and timer names.
+(known orderers and strangers), messages a byzantine orderer signs with its real key
+(pre-blocks with out-of-range time stamps or rounds, round changes and votes with extreme
+rounds), arbitrary transactions and timer names.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from hypothesis import strategies as st
 
 from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2
+from gridledger_core.consensus import lottery
 from gridledger_core.consensus.actions import Broadcast, Send
-from gridledger_core.consensus.signing import block_hash
+from gridledger_core.consensus.signing import Phase, block_hash, data_hash, signing_bytes
 
 _EXTREMES = {
     FieldDescriptor.TYPE_UINT32: [0, 1, 2, 63, 64, 65, (1 << 30) + 1, (1 << 31), (1 << 32) - 1],
@@ -116,6 +119,54 @@ def _input(data: st.DataObject) -> consensus_pb2.ConsensusMessage | None:
     return msg
 
 
+_SECONDS = [0, 1, 10**9, 253_402_300_799, 253_402_300_800, -62_135_596_801, 1 << 40, -(1 << 40)]
+_NANOS = [0, 1, 999_999_999, 1_000_000_000, -1, (1 << 31) - 1]
+
+
+def _signed(data: st.DataObject, cluster: Cluster, target: str) -> tuple[str, Message]:
+    """A message signed with a real orderer key, as a byzantine orderer can send: pre-blocks
+    with any time stamp or round, round changes and votes with extreme rounds."""
+    replica = cluster.nodes[target].replica
+    u32 = st.sampled_from(_EXTREMES[FieldDescriptor.TYPE_UINT32])
+    kind = data.draw(st.sampled_from(["proposal", "round_change", "vote"]))
+    if kind == "proposal":
+        round_ = data.draw(st.one_of(st.integers(0, 3), u32), label="header round")
+        height = replica.height
+        proposer = lottery.primary(cluster.ids, replica.previous_seed, height, round_)
+        txs = data.draw(st.lists(st.sampled_from([b"ok:s1", b"ok:s2", b"bad:s"]), max_size=2))
+        header = block_pb2.BlockHeader(
+            number=height,
+            previous_hash=replica.previous_hash,
+            data_hash=data_hash(txs),
+            round=round_,
+            proposer=proposer,
+            vrf_proof=cluster.crypto.vrf_prover(proposer)(
+                lottery.alpha(replica.previous_seed, height)
+            ),
+        )
+        header.timestamp.seconds = data.draw(st.sampled_from(_SECONDS), label="seconds")
+        header.timestamp.nanos = data.draw(st.sampled_from(_NANOS), label="nanos")
+        raw = header.SerializeToString()
+        block = block_pb2.Block(header=raw, transactions=txs)
+        block.metadata.proposer_signature = cluster.crypto.signer(proposer)(
+            signing_bytes(Phase.PROPOSAL, height, round_, block_hash(raw))
+        )
+        outer = data.draw(st.one_of(st.just(round_), u32), label="proposal round")
+        proposal = consensus_pb2.Proposal(height=height, round=outer, block=block)
+        return proposer, consensus_pb2.ConsensusMessage(proposal=proposal)
+    sender = data.draw(st.sampled_from(cluster.ids), label="signer")
+    round_ = data.draw(u32, label="round")
+    if kind == "round_change":
+        return sender, cluster.round_change(sender, replica.height, round_)
+    phase = data.draw(st.sampled_from([Phase.PREPARE, Phase.COMMIT]))
+    bh = data.draw(st.binary(min_size=32, max_size=32))
+    sig = cluster.crypto.signer(sender)(signing_bytes(phase, replica.height, round_, bh))
+    vote = consensus_pb2.Vote(
+        height=replica.height, round=round_, phase=int(phase), block_hash=bh, signature=sig
+    )
+    return sender, consensus_pb2.ConsensusMessage(vote=vote)
+
+
 @settings(
     max_examples=200,
     deadline=None,
@@ -137,6 +188,10 @@ def test_arbitrary_inputs_never_raise_and_the_cluster_still_commits(data: st.Dat
         elif kind == "timer":
             name = data.draw(st.sampled_from(["round", "batch", "other"]))
             cluster.apply(target, replica.on_timer(name, cluster.now))
+        elif data.draw(st.booleans(), label="signed by a real key"):
+            sender, msg = _signed(data, cluster, target)
+            if sender != target:
+                cluster.apply(target, replica.on_message(sender, msg, cluster.now))
         else:
             msg = _input(data)
             if msg is not None:

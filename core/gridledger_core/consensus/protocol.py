@@ -1195,8 +1195,9 @@ class Replica:
             if number != self.height:
                 continue
             verdict = self._verify_final(blk)
-            if not verdict.ok:
+            if not verdict.ok or verdict.header is None:
                 return
+            self._record_proposal(blk, block_hash(blk.header), verdict.header, now, out)
             self._commit(blk, verdict.seed, now, out)
             progressed = True
         if progressed:
@@ -1246,6 +1247,8 @@ class Replica:
             return  # only the locked block is wanted; its hash is all the trust needed
         if self._validate(resp.block, now) is not None:
             return
+        header = block_pb2.BlockHeader.FromString(resp.block.header)  # parses: validated
+        self._record_proposal(resp.block, bh, header, now, out)
         self._blocks[bh] = resp.block
         for tx in resp.block.transactions:
             self._pool_add(tx, now, validated=True)

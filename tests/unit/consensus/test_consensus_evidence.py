@@ -135,3 +135,23 @@ def test_tampered_evidence_does_not_verify() -> None:
     same.CopyFrom(ev)
     same.second.CopyFrom(ev.first)  # one statement twice is no conflict
     assert not evidence.verify(same, cluster.crypto.verify_sig)
+
+
+def test_a_final_block_conflicting_with_a_pre_block_seen_here_is_evidence() -> None:
+    """The primary showed this replica B and the others B' (same round): when B' comes back
+    final through catch-up, the two signed pre-blocks are evidence."""
+    cluster = Cluster()
+    p0 = cluster.primary(0)
+    me = next(o for o in cluster.ids if o != p0)
+    replica = cluster.nodes[me].replica
+    shown = cluster.pre_block(p0, [b"ok:shown-to-me"])
+    assert found(replica.on_message(p0, proposal(shown), 0.0)) == []
+    final = cluster.pre_block(p0, [b"ok:shown-to-others"])
+    cert = cluster.certificate(Phase.COMMIT, 0, final, [o for o in cluster.ids if o != me])
+    final.metadata.commit_certificate.round = 0
+    final.metadata.commit_certificate.signatures.extend(cert.signatures)
+    sync = consensus_pb2.ConsensusMessage(sync_response=consensus_pb2.SyncResponse(blocks=[final]))
+    (ev,) = found(replica.on_message(p0, sync, 0.1))
+    assert (ev.orderer, ev.kind, ev.height, ev.round) == (p0, evidence.PROPOSAL, 0, 0)
+    assert evidence.verify(ev, cluster.crypto.verify_sig)
+    assert replica.height == 1

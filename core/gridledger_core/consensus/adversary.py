@@ -29,6 +29,11 @@ Tactics (a seed draws a set; each decision within it is drawn again per message)
 - garbage: syntactically valid nonsense: random hashes and signatures, unknown phases,
   extreme heights and rounds (2**64-1, 2**32-1), malformed headers, certificates with
   duplicate or unknown co-signers, forged sync responses, empty messages;
+- fork: every honest replica gets a block's prepare certificate; its commit certificate
+  is held back (also from the other colluders, which stay at that height and, as primary,
+  propose a conflicting block) until a conflicting block is proposed, then shown to one
+  honest replica only while the coalition votes for the conflicting block (which only
+  replicas that ignore their lock can finalise);
 - silent: sends nothing at all.
 
 After the heal (the end of the honest faults) the adversary goes silent or keeps going,
@@ -59,6 +64,9 @@ _COMMIT = consensus_pb2.VOTE_PHASE_COMMIT
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 _LOG = 200  # messages kept for replay
+# Block fetch (a replica locked on a block it lacks asks the certificate's signers) exists
+# from the consensus.proto revision that added it; the adversary lies in it when it does.
+_HAS_FETCH = "block_fetch_response" in consensus_pb2.ConsensusMessage.DESCRIPTOR.fields_by_name
 _FLOOD_TXS = 240  # valid transactions a whole schedule's floods may add
 
 
@@ -72,6 +80,7 @@ class Tactic(StrEnum):
     REPLAY = "replay"
     FLOOD = "flood"
     GARBAGE = "garbage"
+    FORK = "fork"
     SILENT = "silent"
 
 
@@ -119,6 +128,11 @@ def signed_round_change(
         shadow._lock = saved
 
 
+def p_forked(adversary: Adversary, p: consensus_pb2.Proposal) -> bool:
+    """A proposal at a height where the coalition holds a commit certificate back."""
+    return p.height in adversary.forked and len(p.block.header) > 0
+
+
 def _cert_key(cert: consensus_pb2.VoteCertificate) -> tuple[int, int, int, bytes]:
     return (cert.phase, cert.height, cert.round, cert.block_hash)
 
@@ -147,6 +161,8 @@ class Adversary:
         self.withheld: list[consensus_pb2.VoteCertificate] = []
         self.certs_seen: list[consensus_pb2.VoteCertificate] = []
         self.log: deque[consensus_pb2.ConsensusMessage] = deque(maxlen=_LOG)
+        self.forked: dict[int, bytes] = {}  # height -> block whose commit cert is held
+        self.fork_pending: dict[int, tuple[str, consensus_pb2.ConsensusMessage]] = {}
         self.restarted: dict[int, set[str]] = {}  # height -> peers seen (re)starting there
         self.flood_txs = 0
         self.counter = 0
@@ -271,6 +287,12 @@ class Adversary:
             self.publish(oid, getattr(msg, kind))
         elif kind == "round_change":
             self.round_change(oid, msg.round_change, dsts)
+        elif kind == "sync_response" and self.has(Tactic.FORK) and any(
+            block_hash(b.header) in self.forked.values() for b in msg.sync_response.blocks
+        ):
+            return  # the block final at a few honest replicas only stays theirs
+        elif kind == "block_fetch_response":
+            self.answer_fetch(oid, msg, dsts)
         elif kind == "vote" and self.has(Tactic.WITHHOLD) and self.rng.random() < (
             0.9 if self.holding(msg.vote.height) else 0.15
         ):
@@ -286,7 +308,8 @@ class Adversary:
         h, r = p.height, p.round
         variants: list[tuple[block_pb2.Block, consensus_pb2.VoteCertificate | None]] = []
         justify = p.justify if p.HasField("justify") else None
-        if justify is not None and self.chance(Tactic.IGNORE_LOCK, 0.7):
+        forking = self.has(Tactic.FORK) and h in self.forked
+        if forking or (justify is not None and self.chance(Tactic.IGNORE_LOCK, 0.7)):
             variants.append((self.fresh_block(oid, shadow, r, self.sim.now), None))
         elif self.chance(Tactic.BACKDATE, 0.7):
             variants.append((self.fresh_block(oid, shadow, r, self.bad_stamp(shadow)), None))
@@ -307,6 +330,9 @@ class Adversary:
             if just is not None:
                 prop.justify.CopyFrom(just)
             msgs.append(consensus_pb2.ConsensusMessage(proposal=prop))
+        if self.has(Tactic.FORK):
+            self.sim.schedule(self.sim.now + 0.005,
+                              lambda: self.fork_strike(h, block_hash(variants[0][0].header)))
         for to in self.targets(dsts):
             if to in self.ids:
                 for m in msgs:  # colluders see every variant
@@ -357,6 +383,22 @@ class Adversary:
                 -float(2**40),
             )
         )
+
+    def answer_fetch(
+        self, oid: str, msg: consensus_pb2.ConsensusMessage, dsts: list[str]
+    ) -> None:
+        """A peer asked for a block this identity prepared: withhold it, or send another
+        block of that height (a real, signed pre-block, but not the one asked for)."""
+        if self.chance(Tactic.WITHHOLD, 0.8):
+            return
+        shadow = self.shadow(oid)
+        if shadow is not None and (self.chance(Tactic.EQUIVOCATE, 0.5)
+                                   or self.chance(Tactic.GARBAGE, 0.5)):
+            resp = msg.block_fetch_response
+            fake = self.fresh_block(oid, shadow, shadow.round, self.sim.now)
+            lie = type(resp)(height=resp.height, block=fake)
+            msg = consensus_pb2.ConsensusMessage(block_fetch_response=lie)
+        self.send_many(oid, dsts, msg)
 
     def round_change(self, oid: str, rc: consensus_pb2.RoundChange, dsts: list[str]) -> None:
         shadow = self.shadow(oid)
@@ -425,19 +467,53 @@ class Adversary:
         self.published.add(key)
         kind = "prepared" if cert.phase == _PREPARE else "decided"
         msg = consensus_pb2.ConsensusMessage(**{kind: cert})
-        for colluder in self.ids:
-            if colluder != oid:
-                self.send(oid, colluder, msg)
+        if self.has(Tactic.FORK) and self.fork_publish(oid, cert, msg):
+            return
         honest = self.honest_ids
-        if self.chance(Tactic.WITHHOLD, 0.6):
+        withheld = self.chance(Tactic.WITHHOLD, 0.6)
+        if withheld:
             self.withheld.append(cert)
             if self.rng.random() < 0.4:
                 honest = self.rng.sample(honest, self.rng.randint(1, len(honest)))
             else:
                 honest = []
+        if cert.phase == _PREPARE or not withheld:
+            # A commit certificate kept from some honest replicas is kept from the other
+            # colluders' replicas too: they stay at this height, where a colluder that
+            # becomes primary can propose a conflicting block (the fork play).
+            for colluder in self.ids:
+                if colluder != oid:
+                    self.send(oid, colluder, msg)
         for to in self.targets(honest):
             self.send(oid, to, msg, self._delay())
         self.log.append(msg)
+
+    def fork_publish(
+        self, oid: str, cert: consensus_pb2.VoteCertificate, msg: consensus_pb2.ConsensusMessage
+    ) -> bool:
+        """The fork play: every honest replica gets a block's prepare certificate (and locks
+        on it); its commit certificate goes to nobody (nor to the other colluders, whose
+        replicas stay at that height) until a conflicting block is proposed there: then to
+        one honest replica only, which finalises it and moves on, while the coalition votes
+        for the conflicting block. Only replicas that ignore their lock can finalise that."""
+        h = cert.height
+        if cert.phase == _COMMIT and self.forked.setdefault(h, cert.block_hash) == cert.block_hash:
+            self.fork_pending[h] = (oid, msg)
+        else:
+            for to in self.others(oid):
+                self.send(oid, to, msg)
+        self.log.append(msg)
+        return True
+
+    def fork_strike(self, height: int, bh: bytes) -> None:
+        """A block other than the forked one is proposed at ``height``: show the forked
+        block's commit certificate to one honest replica now."""
+        if self.forked.get(height) == bh or height not in self.fork_pending:
+            return
+        oid, msg = self.fork_pending.pop(height)
+        victim = self.rng.choice(self.honest_ids)
+        for delay in (0.0, 0.02, 0.1):  # again, in case the network lost it
+            self.send(oid, victim, msg, delay)
 
     # --- what the identities receive -------------------------------------------------------
 
@@ -458,7 +534,8 @@ class Adversary:
             if len(self.certs_seen) < _LOG:
                 self.certs_seen.append(cert)
             self.log.append(msg)
-            if kind == "prepared" and self.chance(Tactic.DOUBLE_VOTE, 0.9):
+            forking = self.has(Tactic.FORK) and cert.height in self.forked
+            if kind == "prepared" and (forking or self.chance(Tactic.DOUBLE_VOTE, 0.9)):
                 primary = self.primary_of(oid, cert.height, cert.round)
                 if primary is not None and primary != oid:
                     self.send(oid, primary, self.vote_msg(
@@ -473,6 +550,12 @@ class Adversary:
             if held and len(seen) >= self.rng.randint(1, len(self.honest_ids)):
                 self.sim.schedule(self.sim.now + self.rng.uniform(0.05, 0.5),
                                   lambda: self.reveal_and_leave(oid, self.rng.choice(held)))
+        elif kind == "proposal" and self.has(Tactic.FORK) and p_forked(self, msg.proposal):
+            p = msg.proposal
+            bh = block_hash(p.block.header)
+            self.fork_strike(p.height, bh)
+            if sender not in self.ids:
+                self.send(oid, sender, self.vote_msg(oid, _PREPARE, p.height, p.round, bh))
         elif kind == "proposal" and self.chance(Tactic.DOUBLE_VOTE, 0.9):
             p = msg.proposal
             if self.holding(p.height):
@@ -627,6 +710,24 @@ class Adversary:
                 tx_forward=consensus_pb2.TxForward(transactions=[b"", b"\x00" * 7, b"bad:x"])
             ),
         ]
+        if _HAS_FETCH:
+            options.append(
+                lambda: consensus_pb2.ConsensusMessage(
+                    block_fetch_request=consensus_pb2.BlockFetchRequest(
+                        height=rng.choice((h, U64_MAX)), block_hash=rand(rng.choice((32, 3)))
+                    )
+                )
+            )
+            options.append(
+                lambda: consensus_pb2.ConsensusMessage(
+                    block_fetch_response=consensus_pb2.BlockFetchResponse(
+                        height=h,
+                        block=rng.choice(
+                            (self.forged_final(oid, shadow), block_pb2.Block(header=rand(40)))
+                        ),
+                    )
+                )
+            )
         for _ in range(rng.randint(1, 4)):
             msg = rng.choice(options)()
             self.send(oid, rng.choice(self.honest_ids), msg)

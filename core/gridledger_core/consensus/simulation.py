@@ -550,7 +550,8 @@ class Simulation:
             self._push(start, "crash", victim.name)
             self._push(min(chaos_end, start + rng.uniform(0.05, 1.5)), "restart", victim.name)
             self.features.add("crash-restart")
-        rolling_from = rng.uniform(0.0, chaos_end * 0.8)
+        # (Byzantine mode only draws more: the honest schedules stay as they always were.)
+        rolling_from = rng.uniform(0.0, chaos_end * 0.8) if self.mode == "byzantine" else 0.0
         if self.mode == "byzantine" and rng.random() < 0.4:
             # A congested spell: many votes lost, rounds end without certificates.
             start = rng.uniform(0.0, chaos_end * 0.6)

@@ -199,11 +199,14 @@ def _without_lock(method):  # type: ignore[no-untyped-def]
     return weakened
 
 
+@pytest.mark.parametrize("also_when_proposing", [False, True])
 def test_byzantine_schedules_catch_replicas_that_ignore_their_lock(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, also_when_proposing: bool
 ) -> None:
-    """Honest replicas that PREPARE whatever the primary proposes and propose fresh blocks
-    while locked must let the adversary finalise two blocks at one height."""
+    """Honest replicas that PREPARE whatever the primary proposes, locked or not (and, in
+    the second variant, propose fresh blocks while locked) must let the adversary finalise
+    two blocks at one height."""
     monkeypatch.setattr(Replica, "_on_proposal", _without_lock(Replica._on_proposal))
-    monkeypatch.setattr(Replica, "_maybe_propose", _without_lock(Replica._maybe_propose))
+    if also_when_proposing:
+        monkeypatch.setattr(Replica, "_maybe_propose", _without_lock(Replica._maybe_propose))
     assert _first_caught(iter(range(400)), "agreement") is not None

@@ -19,7 +19,11 @@ Tactics (a seed draws a set; each decision within it is drawn again per message)
   only, or to none) and reveal them later, in a round change or as is; while holding a
   prepare certificate back at a height it votes for nothing else there, and once it saw
   honest replicas restart there (their SyncRequests) it reveals the certificate in a
-  ROUND_CHANGE and, as the seed says, falls silent (the stall of issue 12);
+  ROUND_CHANGE and, as the seed says, falls silent;
+- stall: the same play made deliberate (the stall of issue 12): the first prepare
+  certificate it forms at a height is shown to nobody, it votes for nothing else there,
+  and once every honest replica restarted there it reveals the certificate in a
+  ROUND_CHANGE and falls silent, so the block's content must come from honest replicas;
 - selective: send each message to a chosen subset of its peers only;
 - backdate: stamp its blocks in the past (the previous block's time, far back, negative),
   too far ahead, or at extreme times;
@@ -81,6 +85,7 @@ class Tactic(StrEnum):
     FLOOD = "flood"
     GARBAGE = "garbage"
     FORK = "fork"
+    STALL = "stall"
     SILENT = "silent"
 
 
@@ -163,10 +168,10 @@ class Adversary:
         self.log: deque[consensus_pb2.ConsensusMessage] = deque(maxlen=_LOG)
         self.forked: dict[int, bytes] = {}  # height -> block whose commit cert is held
         self.fork_pending: dict[int, tuple[str, consensus_pb2.ConsensusMessage]] = {}
+        self.revealed: set[int] = set()  # heights whose held certificate was shown
         self.restarted: dict[int, set[str]] = {}  # height -> peers seen (re)starting there
         self.flood_txs = 0
         self.counter = 0
-        self.ticking = True
         for tactic in self.tactics:
             sim.features.add(f"byz-{tactic}")
 
@@ -224,7 +229,7 @@ class Adversary:
 
     def holding(self, height: int) -> bool:
         """True when a prepare certificate of ``height`` is being held back."""
-        return self.has(Tactic.WITHHOLD) and any(
+        return (self.has(Tactic.WITHHOLD) or self.has(Tactic.STALL)) and any(
             c.height == height and c.phase == _PREPARE for c in self.withheld
         )
 
@@ -469,6 +474,16 @@ class Adversary:
         msg = consensus_pb2.ConsensusMessage(**{kind: cert})
         if self.has(Tactic.FORK) and self.fork_publish(oid, cert, msg):
             return
+        if (
+            self.has(Tactic.STALL)
+            and cert.phase == _PREPARE
+            and not any(c.height == cert.height for c in self.withheld)
+        ):
+            self.withheld.append(cert)  # the stall play: nobody sees it until the restarts
+            for colluder in self.ids:
+                if colluder != oid:
+                    self.send(oid, colluder, msg)
+            return
         honest = self.honest_ids
         withheld = self.chance(Tactic.WITHHOLD, 0.6)
         if withheld:
@@ -540,14 +555,21 @@ class Adversary:
                 if primary is not None and primary != oid:
                     self.send(oid, primary, self.vote_msg(
                         oid, _COMMIT, cert.height, cert.round, cert.block_hash))
-        elif kind == "sync_request" and self.has(Tactic.WITHHOLD):
+        elif kind == "sync_request" and (self.has(Tactic.WITHHOLD) or self.has(Tactic.STALL)):
             # A replica (re)started at that height: it may have lost the block of a
             # certificate held back. Once enough of them did, show the certificate.
             h = msg.sync_request.from_height
-            seen = self.restarted.setdefault(h, set())
-            seen.add(sender)
             held = [c for c in self.withheld if c.height == h and c.phase == _PREPARE]
-            if held and len(seen) >= self.rng.randint(1, len(self.honest_ids)):
+            seen = self.restarted.setdefault(h, set())
+            if held:  # restarts since the certificate was held back
+                seen.add(sender)
+            need = (
+                len(self.honest_ids)
+                if self.has(Tactic.STALL)
+                else self.rng.randint(1, len(self.honest_ids))
+            )
+            if held and len(seen) >= need and h not in self.revealed:
+                self.revealed.add(h)
                 self.sim.schedule(self.sim.now + self.rng.uniform(0.05, 0.5),
                                   lambda: self.reveal_and_leave(oid, self.rng.choice(held)))
         elif kind == "proposal" and self.has(Tactic.FORK) and p_forked(self, msg.proposal):
@@ -608,7 +630,8 @@ class Adversary:
     def reveal_and_leave(self, oid: str, cert: consensus_pb2.VoteCertificate) -> None:
         """The stall play: show the held-back certificate in a round change, then (as the
         seed says) fall silent, so the block's content has to come from honest replicas."""
-        if self.reveal(oid, cert, as_round_change=True) and self.mute_after_reveal:
+        mute = self.mute_after_reveal or self.has(Tactic.STALL)
+        if self.reveal(oid, cert, as_round_change=True) and mute:
             self.go_silent()
 
     def replay(self, oid: str) -> None:

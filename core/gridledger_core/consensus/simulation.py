@@ -182,7 +182,8 @@ class Faults:
     slow: float = 0.0  # probability of a long delay (reordering)
     # Extra loss of certificates only: leaves replicas with different locks and heights.
     certificate_loss: float = 0.0
-    # Extra loss of votes only: rounds end without certificates, replicas hold prepares.
+    # Extra loss of votes to honest replicas only (congested inbound links): their rounds
+    # end without certificates while each replica holds a prepare.
     vote_loss: float = 0.0
     partition: tuple[frozenset[str], ...] | None = None  # groups of instance names
 
@@ -337,10 +338,11 @@ class Simulation:
         kind = msg.WhichOneof("body")
         if kind in ("prepared", "decided"):
             loss = max(loss, self.faults.certificate_loss)
-        elif kind == "vote":
-            loss = max(loss, self.faults.vote_loss)
         for dst in self._instances_of(dst_oid):
-            if not self._linked(src, dst) or self.rng.random() < loss:
+            link_loss = loss
+            if kind == "vote" and dst.honest:
+                link_loss = max(loss, self.faults.vote_loss)  # congested honest inbound links
+            if not self._linked(src, dst) or self.rng.random() < link_loss:
                 continue
             if self.net_filter is not None and self.net_filter(src.name, dst.name, msg):
                 continue

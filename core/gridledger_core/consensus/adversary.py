@@ -645,6 +645,14 @@ class Adversary:
     def flood(self, oid: str) -> None:
         shadow = self.shadow(oid)
         rng = self.rng
+        if shadow is not None and rng.random() < 0.15:
+            # Fill a replica's buffer for the next height with junk, so the next height's
+            # real messages that arrive early find no room.
+            victim = rng.choice(self.honest_ids)
+            for _ in range(300):
+                vote = self.vote_msg(oid, _PREPARE, shadow.height + 1, 0, rng.randbytes(32))
+                self.send(oid, victim, vote)
+            return
         burst = rng.randint(5, 30)
         for _ in range(burst):
             choice = rng.random()

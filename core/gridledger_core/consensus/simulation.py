@@ -16,8 +16,9 @@ Modes:
   syntactically valid garbage with extreme integers (see that module). The honest faults
   above are combined with it. After the heal the byzantine identities keep misbehaving or
   go silent. Byzantine schedules also draw honest faults that set the adversary's plays
-  up: a congested spell (votes lost, rounds end without certificates) and a rolling
-  restart of every honest replica.
+  up: a congested spell (votes to honest replicas lost, rounds end without certificates),
+  a rolling restart of every honest replica, and clock skew (each honest replica's clock
+  off the simulated time by up to a quarter of ``max_clock_skew``).
 
 Invariants checked on every schedule (honest instances only):
 - agreement: no two honest replicas ever deliver different blocks at one height;
@@ -26,8 +27,10 @@ Invariants checked on every schedule (honest instances only):
   chain, and comes with the seed the VRF gives;
 - block time: a delivered block's time is not before the previous block's, not more than
   ``max_clock_skew`` ahead of the simulated clock when it is delivered and not more than
-  ``max_clock_skew`` before the moment an honest replica first saw it proposed (the clock,
-  ``now``, starts at 0 and is shared: honest primaries stamp blocks from it);
+  ``max_clock_skew`` before the moment an honest replica first saw it proposed (the
+  simulated time ``now`` starts at 0; a replica's clock is ``now`` plus its offset, zero
+  unless the schedule draws clock skew, and honest primaries stamp blocks from it; with
+  skew the bounds widen by the largest offset);
 - robustness: no replica call raises (whatever the bytes, a replica reaches a verdict);
 - liveness: with at most f faulty identities (the Twins pair counts as one) every
   transaction submitted after the heal is final at every honest replica before the end
@@ -170,6 +173,7 @@ class Instance:
     timer_gen: dict[str, int] = field(default_factory=dict)
     due_while_frozen: dict[str, int] = field(default_factory=dict)
     incarnation: int = 0
+    clock_offset: float = 0.0  # this process's clock minus the simulated time
 
 
 # --- the schedule ------------------------------------------------------------------------
@@ -283,6 +287,10 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._queue, (at, self._seq, kind, payload))
 
+    def clock(self, inst: Instance) -> float:
+        """The process's clock: the simulated time plus its offset (clock skew)."""
+        return self.now + inst.clock_offset
+
     def schedule(self, at: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at simulated time ``at`` (for the adversary and scripted tests)."""
         self._push(max(at, self.now), "call", fn)
@@ -371,7 +379,10 @@ class Simulation:
             elif isinstance(action, SetTimer):
                 gen = inst.timer_gen.get(action.name, 0) + 1
                 inst.timer_gen[action.name] = gen
-                self._push(self.now + action.delay, "timer", (inst.name, action.name, gen))
+                # With a clock offset, float rounding could fire a timer a hair before its
+                # deadline on the process's clock, forever: let the clock pass it.
+                delay = action.delay + (1e-9 if inst.clock_offset else 0.0)
+                self._push(self.now + delay, "timer", (inst.name, action.name, gen))
             # Any other action (e.g. an evidence report) is the adapter's business: ignored.
 
     def _call(self, inst: Instance, what: str, fn: Callable[[], list[Action]]) -> None:
@@ -438,11 +449,12 @@ class Simulation:
         header: block_pb2.BlockHeader,
         chain: list[block_pb2.Block],
     ) -> None:
-        stamp = header.timestamp.ToNanoseconds() / 1e9
-        skew = self.max_clock_skew
+        stamp = _seconds(header.timestamp)
+        # Honest clocks are off by at most a quarter of the skew: judge against true time.
+        skew = self.max_clock_skew * (1.25 if "clock-skew" in self.features else 1.0)
         if len(chain) >= 2:
             previous = block_pb2.BlockHeader.FromString(chain[-2].header)
-            if stamp < previous.timestamp.ToNanoseconds() / 1e9:
+            if stamp < _seconds(previous.timestamp):
                 self.violations.append(f"block-time: h={height} before the previous block")
         if stamp > self.now + skew + 1e-6:
             self.violations.append(
@@ -468,7 +480,7 @@ class Simulation:
             )
             return
         replica = inst.replica
-        self._call(inst, "start", lambda: replica.on_start(self.now))
+        self._call(inst, "start", lambda: replica.on_start(self.clock(inst)))
 
     def crash(self, inst: Instance) -> None:
         self._crash(inst)
@@ -500,7 +512,7 @@ class Simulation:
             self.first_seen.setdefault(block_hash(msg.proposal.block.header), self.now)
         if inst.byzantine and self.adversary is not None:
             self.adversary.on_input(inst, sender, msg)
-        self._call(inst, "a message", lambda: replica.on_message(sender, msg, self.now))
+        self._call(inst, "a message", lambda: replica.on_message(sender, msg, self.clock(inst)))
 
     def _fire_timer(self, inst: Instance, name: str, gen: int) -> None:
         replica = inst.replica
@@ -509,13 +521,13 @@ class Simulation:
         if inst.frozen:
             inst.due_while_frozen[name] = gen
             return
-        self._call(inst, f"timer {name}", lambda: replica.on_timer(name, self.now))
+        self._call(inst, f"timer {name}", lambda: replica.on_timer(name, self.clock(inst)))
 
     def submit(self, inst: Instance, txs: list[bytes]) -> None:
         replica = inst.replica
         if replica is None or inst.frozen:
             return  # the client's request fails; it may retry elsewhere
-        self._call(inst, "transactions", lambda: replica.on_transactions(txs, self.now))
+        self._call(inst, "transactions", lambda: replica.on_transactions(txs, self.clock(inst)))
 
     # --- schedule generation ------------------------------------------------------------
 
@@ -562,6 +574,12 @@ class Simulation:
             self._push(end, "vote-loss", 0.0)
             rolling_from = min(end, chaos_end * 0.8)
             self.features.add("vote-loss")
+        if self.mode == "byzantine" and rng.random() < 0.5:
+            # Honest clocks disagree, each within a quarter of max_clock_skew of the true
+            # time, so any two within half of it (the skew the bound is there to absorb).
+            for inst in honest:
+                inst.clock_offset = rng.uniform(-0.25, 0.25) * self.max_clock_skew
+            self.features.add("clock-skew")
         if self.mode == "byzantine" and rng.random() < 0.5:
             # A rolling restart (an upgrade): every honest replica in turn, memory lost.
             at = rolling_from
@@ -705,6 +723,12 @@ class Simulation:
                     f"liveness: {inst.name} at height {len(inst.durable.blocks)} lacks "
                     f"{len(missing)} of {len(wanted)} transactions submitted after the heal"
                 )
+
+
+def _seconds(stamp: Any) -> float:
+    """A Timestamp in seconds, without protobuf's range check (a final block out of range
+    must be reported as a violation, not stop the simulator)."""
+    return stamp.seconds + stamp.nanos / 1e9
 
 
 def run_schedule(

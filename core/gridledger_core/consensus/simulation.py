@@ -697,7 +697,9 @@ class Simulation:
             self.seed, self.n, self.features, heights, self.violations, self.events, self.mode
         )
 
-    def run(self) -> SimResult:
+    def prepare(self) -> float:
+        """Boot and draw the whole schedule (``features`` is complete afterwards); returns
+        the end of the chaos phase. ``run`` does this first."""
         rng = self.rng
         chaos_end = rng.uniform(1.0, 4.0)
         self.boot()
@@ -705,6 +707,10 @@ class Simulation:
         self._push(chaos_end, "heal", None)
         calm = [b"ok:calm:%d:%d" % (self.seed, i) for i in range(rng.randint(1, 6))]
         self._push(chaos_end + 0.5, "calm-txs", calm)
+        return chaos_end
+
+    def run(self) -> SimResult:
+        chaos_end = self.prepare()
         self.run_until(chaos_end + 40.0)
         self.check_liveness()
         return self.result()

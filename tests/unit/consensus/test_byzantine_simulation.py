@@ -18,10 +18,10 @@ import pytest
 from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus import lottery, simulation
 from gridledger_core.consensus.actions import Broadcast, Send
-from gridledger_core.consensus.adversary import Adversary, Tactic
+from gridledger_core.consensus.adversary import Adversary, Tactic, craft_block
 from gridledger_core.consensus.protocol import Replica
 from gridledger_core.consensus.quorum import Quorum
-from gridledger_core.consensus.signing import block_hash
+from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
 
 SCHEDULES = int(os.environ.get("GRIDLEDGER_SIM_BYZ_SCHEDULES", "1000"))
 CHUNKS = 10
@@ -69,6 +69,30 @@ def test_byzantine_schedules_cover_every_tactic_and_f_2() -> None:
 def test_byzantine_schedules_with_real_ed25519_and_ecvrf(seed: int) -> None:
     result = simulation.Simulation(seed, real_crypto=True, mode="byzantine").run()
     assert not result.violations, _report([result])
+
+
+def test_the_adversarys_crafted_pre_blocks_are_what_honest_replicas_prepare() -> None:
+    """The adversary's blocks (any content and time, its own key and VRF) pass the honest
+    checks: an honest replica PREPAREs one, and two different ones of one (height, round)
+    go to two replicas that each PREPARE theirs (equivocation an honest replica cannot
+    see alone)."""
+    probe = simulation.Simulation(0, n=4)
+    primary0 = lottery.primary(probe.ids, probe.genesis_seed, 0, 0)
+    sim = simulation.Simulation(0, n=4, mode="byzantine", byzantine=[primary0])
+    sim.boot()
+    honest = [oid for oid in sim.ids if oid != primary0]
+    for i, oid in enumerate(honest[:2]):
+        block = craft_block(sim, primary0, 0, 0, GENESIS_PREVIOUS_HASH, sim.genesis_seed,
+                            [b"ok:crafted:%d" % i], sim.now)
+        replica = sim.instances[oid].replica
+        assert replica is not None
+        msg = consensus_pb2.ConsensusMessage(
+            proposal=consensus_pb2.Proposal(height=0, round=0, block=block)
+        )
+        actions = replica.on_message(primary0, msg, sim.now)
+        votes = [a.message.vote for a in actions if isinstance(a, Send)
+                 and a.message.WhichOneof("body") == "vote"]
+        assert [v.block_hash for v in votes] == [block_hash(block.header)]
 
 
 # --- the scripted stall (issue 12) ---------------------------------------------------------

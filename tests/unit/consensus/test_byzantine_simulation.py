@@ -65,7 +65,7 @@ def test_byzantine_schedules_cover_every_tactic_and_f_2() -> None:
     assert seen["byzantine-1-of-7"] >= 1
 
 
-@pytest.mark.parametrize("seed", [7, 8])
+@pytest.mark.parametrize("seed", [0, 3])  # n = 4; n = 7 with two byzantine
 def test_byzantine_schedules_with_real_ed25519_and_ecvrf(seed: int) -> None:
     result = simulation.Simulation(seed, real_crypto=True, mode="byzantine").run()
     assert not result.violations, _report([result])

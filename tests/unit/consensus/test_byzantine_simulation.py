@@ -207,7 +207,7 @@ def _first_caught(seeds: Iterator[int], kind: str) -> int | None:
 def test_byzantine_schedules_catch_a_quorum_of_2f(monkeypatch: pytest.MonkeyPatch) -> None:
     """Certificates of 2f signatures (one short) must let the adversary split the chain."""
     monkeypatch.setattr(Quorum, "q", property(lambda self: 2 * self.f))
-    assert _first_caught(iter(range(300)), "agreement") is not None
+    assert _first_caught(iter(range(400)), "agreement") is not None
 
 
 def _without_lock(method):  # type: ignore[no-untyped-def]

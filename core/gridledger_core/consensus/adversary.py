@@ -233,6 +233,14 @@ class Adversary:
             c.height == height and c.phase == _PREPARE for c in self.withheld
         )
 
+    def hides(self, cert: consensus_pb2.VoteCertificate | None) -> bool:
+        """True when ``cert`` is one the coalition holds back (and has not revealed)."""
+        if cert is None or not (self.has(Tactic.WITHHOLD) or self.has(Tactic.STALL)):
+            return False
+        return cert.height not in self.revealed and any(
+            _cert_key(c) == _cert_key(cert) for c in self.withheld
+        )
+
     def others(self, oid: str) -> list[str]:
         return [o for o in self.sim.ids if o != oid]
 
@@ -314,6 +322,8 @@ class Adversary:
         variants: list[tuple[block_pb2.Block, consensus_pb2.VoteCertificate | None]] = []
         justify = p.justify if p.HasField("justify") else None
         forking = self.has(Tactic.FORK) and h in self.forked
+        if self.hides(justify):
+            return  # re-proposing would show the certificate held back: stay quiet
         if forking or (justify is not None and self.chance(Tactic.IGNORE_LOCK, 0.7)):
             variants.append((self.fresh_block(oid, shadow, r, self.sim.now), None))
         elif self.chance(Tactic.BACKDATE, 0.7):
@@ -325,7 +335,7 @@ class Adversary:
                 stamp = self.bad_stamp(shadow) if self.has(Tactic.BACKDATE) else self.sim.now
                 variants.append((self.fresh_block(oid, shadow, r, stamp), None))
         if self.chance(Tactic.GARBAGE, 0.3):
-            bad = self.fresh_block(oid, shadow, r, self.sim.now, extra=[b"bad:unendorsed"])
+            bad = self.fresh_block(oid, shadow, r, self.sim.now, extra=(b"bad:unendorsed",))
             variants.append((bad, None))
         for block, _ in variants:
             self.proposed[(h, r, block_hash(block.header))] = oid
@@ -353,7 +363,7 @@ class Adversary:
                            self.sign_vote(colluder, _PREPARE, h, r, bh))
 
     def fresh_block(
-        self, oid: str, shadow: Replica, round_: int, stamp: float, extra: list[bytes] = ()
+        self, oid: str, shadow: Replica, round_: int, stamp: float, extra: tuple[bytes, ...] = ()
     ) -> block_pb2.Block:
         pooled = [tx for _, tx in shadow.pool.items()][:8]
         self.rng.shuffle(pooled)
@@ -372,8 +382,8 @@ class Adversary:
         if shadow.height > 0:
             blk = shadow.deps.get_block(shadow.height - 1)
             if blk is not None:
-                header = block_pb2.BlockHeader.FromString(blk.header)
-                previous = header.timestamp.ToNanoseconds() / 1e9
+                stamp = block_pb2.BlockHeader.FromString(blk.header).timestamp
+                previous = stamp.seconds + stamp.nanos / 1e9
         return self.rng.choice(
             (
                 previous,  # as old as the rules ever allowed
@@ -414,11 +424,11 @@ class Adversary:
         choices: list[consensus_pb2.VoteCertificate | None] = [lock]
         here = [c for c in self.withheld + self.certs_seen
                 if c.height == rc.height and c.phase == _PREPARE]
-        if self.has(Tactic.WITHHOLD):
-            if lock is not None and any(_cert_key(c) == _cert_key(lock) for c in self.withheld):
-                choices = [None]  # do not let a withheld lock out through round changes
-            choices += [None, *here]
-        elif self.has(Tactic.EQUIVOCATE):
+        if self.hides(lock):
+            choices = [None]  # do not let a held-back lock out through round changes
+        if not self.has(Tactic.WITHHOLD):  # only withhold shows held-back ones at random
+            here = [c for c in here if not self.hides(c)]
+        if self.has(Tactic.WITHHOLD) or self.has(Tactic.EQUIVOCATE):
             choices += [None, *here]
         rounds = [rc.round]
         if self.has(Tactic.GARBAGE):

@@ -32,6 +32,8 @@ Invariants checked on every schedule (honest instances only):
   unless the schedule draws clock skew, and honest primaries stamp blocks from it; with
   skew the bounds widen by the largest offset);
 - robustness: no replica call raises (whatever the bytes, a replica reaches a verdict);
+- accountability: equivocation evidence an honest replica reports (an action with an
+  ``evidence`` field) names a faulty orderer, never an honest one, and verifies alone;
 - liveness: with at most f faulty identities (the Twins pair counts as one) every
   transaction submitted after the heal is final at every honest replica before the end
   (a bounded simulated time after the heal).
@@ -383,7 +385,30 @@ class Simulation:
                 # deadline on the process's clock, forever: let the clock pass it.
                 delay = action.delay + (1e-9 if inst.clock_offset else 0.0)
                 self._push(self.now + delay, "timer", (inst.name, action.name, gen))
-            # Any other action (e.g. an evidence report) is the adapter's business: ignored.
+            else:
+                self._on_other_action(inst, action)
+
+    def _on_other_action(self, inst: Instance, action: object) -> None:
+        """Actions the simulator does not execute. Equivocation evidence (an action with an
+        ``evidence`` field) from an honest replica is checked: it must name a faulty
+        orderer and verify on its own (accountability); anything else is ignored."""
+        ev = getattr(action, "evidence", None)
+        if ev is None or not inst.honest or not hasattr(ev, "orderer"):
+            return
+        self.features.add("evidence")
+        accused = self._instances_of(ev.orderer)
+        if accused and all(i.honest for i in accused):
+            self.violations.append(
+                f"accountability: {inst.name} reported honest {ev.orderer} as equivocating"
+            )
+        try:
+            from gridledger_core.consensus import evidence
+        except ImportError:  # a protocol revision without evidence
+            return
+        if not evidence.verify(ev, self.crypto.verify_sig):
+            self.violations.append(
+                f"accountability: {inst.name} reported evidence that does not verify"
+            )
 
     def _call(self, inst: Instance, what: str, fn: Callable[[], list[Action]]) -> None:
         """Run one replica input; an exception is a violation (no content may stop a node);

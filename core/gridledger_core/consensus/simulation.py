@@ -159,6 +159,7 @@ class Durable:
 
     blocks: list[block_pb2.Block] = field(default_factory=list)
     seeds: list[bytes] = field(default_factory=list)
+    tx_ids: set[bytes] = field(default_factory=set)  # of every transaction in ``blocks``
     records: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -207,6 +208,7 @@ class SimResult:
     violations: list[str]
     events: int
     mode: str = "honest"
+    calm_latency: float | None = None
 
     @property
     def replay(self) -> str:
@@ -272,6 +274,10 @@ class Simulation:
         self.first_seen: dict[bytes, float] = {}  # block hash -> first proposal at an honest
         self.calm_txs: list[bytes] = []
         self.calm_submitted = False
+        self.calm_at = 0.0
+        # Simulated seconds from the calm transactions' submission until the last honest
+        # replica had them all final (None: not yet, or never).
+        self.calm_latency: float | None = None
         self.max_events = 60_000 if mode == "honest" else 150_000
         self.max_clock_skew = MAX_CLOCK_SKEW
         self.adversary: Adversary | None = None
@@ -436,6 +442,9 @@ class Simulation:
             prev_hash, prev_seed = GENESIS_PREVIOUS_HASH, self.genesis_seed
         durable.blocks.append(block)
         durable.seeds.append(action.seed)
+        ids = [tx_id_of(tx) for tx in block.transactions]
+        duplicates = len(set(ids)) != len(ids) or not durable.tx_ids.isdisjoint(ids)
+        durable.tx_ids.update(ids)
         if not inst.honest:
             return
         verdict = certificate.verify_block(
@@ -451,13 +460,10 @@ class Simulation:
             self.violations.append(f"validity: {inst.name} h={height}: {verdict.reason}")
         elif verdict.seed != action.seed:
             self.violations.append(f"validity: {inst.name} h={height}: wrong seed delivered")
-        chain_ids = {tx_id_of(tx) for blk in durable.blocks[:-1] for tx in blk.transactions}
-        for tx in block.transactions:
-            if validate_tx(tx) is not True:
-                self.violations.append(f"validity: {inst.name} h={height}: invalid tx")
-            if tx_id_of(tx) in chain_ids:
-                self.violations.append(f"validity: {inst.name} h={height}: duplicate tx id")
-            chain_ids.add(tx_id_of(tx))
+        if any(validate_tx(tx) is not True for tx in block.transactions):
+            self.violations.append(f"validity: {inst.name} h={height}: invalid tx")
+        if duplicates:
+            self.violations.append(f"validity: {inst.name} h={height}: duplicate tx id")
         bh = block_hash(block.header)
         first = self.final.setdefault(height, (bh, inst.name))
         if first[0] != bh:
@@ -466,6 +472,8 @@ class Simulation:
             )
         if first[1] == inst.name and verdict.header is not None:
             self._check_block_time(height, bh, verdict.header, durable.blocks)
+        if self.calm_latency is None and self.calm_done():
+            self.calm_latency = self.now - self.calm_at
 
     def _check_block_time(
         self,
@@ -641,6 +649,7 @@ class Simulation:
     def submit_calm(self, txs: list[bytes]) -> None:
         self.calm_txs = list(txs)
         self.calm_submitted = True
+        self.calm_at = self.now
         honest = [i for i in self.instances.values() if i.honest]
         for tx in txs:
             self.submit(self.rng.choice(honest), [tx])
@@ -651,9 +660,7 @@ class Simulation:
             return False
         wanted = {tx_id_of(tx) for tx in self.calm_txs}
         return all(
-            not wanted - {tx_id_of(tx) for blk in inst.durable.blocks for tx in blk.transactions}
-            for inst in self.instances.values()
-            if inst.honest
+            wanted <= inst.durable.tx_ids for inst in self.instances.values() if inst.honest
         )
 
     # --- running ------------------------------------------------------------------------
@@ -719,7 +726,14 @@ class Simulation:
     def result(self) -> SimResult:
         heights = {name: len(inst.durable.blocks) for name, inst in self.instances.items()}
         return SimResult(
-            self.seed, self.n, self.features, heights, self.violations, self.events, self.mode
+            self.seed,
+            self.n,
+            self.features,
+            heights,
+            self.violations,
+            self.events,
+            self.mode,
+            self.calm_latency,
         )
 
     def prepare(self) -> float:
@@ -747,8 +761,7 @@ class Simulation:
         for inst in self.instances.values():
             if not inst.honest:
                 continue
-            final = {tx_id_of(tx) for blk in inst.durable.blocks for tx in blk.transactions}
-            missing = wanted - final
+            missing = wanted - inst.durable.tx_ids
             if missing:
                 self.violations.append(
                     f"liveness: {inst.name} at height {len(inst.durable.blocks)} lacks "

@@ -734,6 +734,7 @@ class Adversary:
                     justify=junk_cert(),
                 )
             ),
+            lambda: self.extreme_proposal(oid, shadow),
             lambda: consensus_pb2.ConsensusMessage(prepared=junk_cert()),
             lambda: consensus_pb2.ConsensusMessage(decided=junk_cert()),
             lambda: consensus_pb2.ConsensusMessage(
@@ -772,6 +773,21 @@ class Adversary:
         for _ in range(rng.randint(1, 4)):
             msg = rng.choice(options)()
             self.send(oid, rng.choice(self.honest_ids), msg)
+
+    def extreme_proposal(
+        self, oid: str, shadow: Replica | None
+    ) -> consensus_pb2.ConsensusMessage:
+        """A properly signed pre-block with extreme integers: the highest round or height."""
+        rng = self.rng
+        h = shadow.height if shadow is not None else 0
+        number, round_ = rng.choice(((h, U32_MAX), (U64_MAX, 0), (U64_MAX, U32_MAX)))
+        previous_hash = shadow.previous_hash if shadow is not None else bytes(32)
+        seed = shadow.previous_seed if shadow is not None else self.sim.genesis_seed
+        block = craft_block(self.sim, oid, number, round_, previous_hash, seed,
+                            [self.own_tx()], self.sim.now)
+        return consensus_pb2.ConsensusMessage(
+            proposal=consensus_pb2.Proposal(height=number, round=round_, block=block)
+        )
 
     def forged_final(self, oid: str, shadow: Replica | None) -> block_pb2.Block:
         """A block at the victim's height that looks final: real proposer signature, but a

@@ -11,7 +11,8 @@ identities collude: they share certificates and co-sign each other's blocks.
 
 Tactics (a seed draws a set; each decision within it is drawn again per message):
 - equivocate: as primary, different signed pre-blocks for one (height, round) to different
-  recipients; different round changes (other locks) to different recipients;
+  recipients; different round changes (other locks) to different recipients; another
+  pre-block than the one asked for in block fetches;
 - double-vote: PREPARE every proposal and COMMIT every prepare certificate it sees, whatever
   it signed or is locked on;
 - ignore-lock: as primary, a fresh block instead of the block it is locked on;
@@ -28,11 +29,13 @@ Tactics (a seed draws a set; each decision within it is drawn again per message)
 - backdate: stamp its blocks in the past (the previous block's time, far back, negative),
   too far ahead, or at extreme times;
 - replay: re-send old messages, its own and certificates it received, also of past heights;
-- flood: bursts of many, repeated and oversized messages (bounded so that a schedule stays
-  simulable: the transport's size and rate limits are not part of what is simulated);
+- flood: bursts of many, repeated and oversized messages, and junk filling a replica's
+  buffer for the next height (bounded so that a schedule stays simulable: the transport's
+  size limits are not part of what is simulated);
 - garbage: syntactically valid nonsense: random hashes and signatures, unknown phases,
-  extreme heights and rounds (2**64-1, 2**32-1), malformed headers, certificates with
-  duplicate or unknown co-signers, forged sync responses, empty messages;
+  extreme heights and rounds (2**64-1, 2**32-1, also in properly signed pre-blocks),
+  malformed headers, certificates with duplicate or unknown co-signers, forged sync
+  responses, lying or junk block fetches, empty messages;
 - fork: every honest replica gets a block's prepare certificate; its commit certificate
   is held back (also from the other colluders, which stay at that height and, as primary,
   propose a conflicting block) until a conflicting block is proposed, then shown to one

@@ -52,7 +52,7 @@ import hmac
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nacl import bindings as sodium
 
@@ -67,12 +67,10 @@ from gridledger_core.consensus.actions import (
     Send,
     SetTimer,
 )
+from gridledger_core.consensus.adversary import Adversary
 from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
 from gridledger_core.consensus.quorum import Quorum
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
-
-if TYPE_CHECKING:
-    from gridledger_core.consensus.adversary import Adversary
 
 MODES = ("honest", "byzantine")
 REPLAY_HINT = (
@@ -283,8 +281,6 @@ class Simulation:
         self.adversary: Adversary | None = None
         if self.byzantine_ids:
             if adversary is None:
-                from gridledger_core.consensus.adversary import Adversary
-
                 self.adversary = Adversary.drawn(self)
             else:
                 self.adversary = adversary(self)

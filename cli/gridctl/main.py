@@ -17,6 +17,7 @@ from gridctl import (
     commands_identity,
     commands_ledger,
     commands_market,
+    commands_orderer,
     commands_state,
     connect,
     devnet,
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_energy.register(sub)
     commands_identity.register(sub)
     commands_enrol.register(sub)
+    commands_orderer.register(sub)
     return parser
 
 

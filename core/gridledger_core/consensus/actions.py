@@ -59,4 +59,12 @@ class SetTimer:
     delay: float
 
 
-Action = Send | Broadcast | Persist | Deliver | SetTimer
+@dataclass(frozen=True)
+class Evidence:
+    """Proof that an orderer signed two conflicting statements (see ``evidence``). It changes
+    nothing in consensus: count it, keep it durably (bounded) and show it to operators."""
+
+    evidence: consensus_pb2.EquivocationEvidence
+
+
+Action = Send | Broadcast | Persist | Deliver | SetTimer | Evidence

@@ -1,7 +1,10 @@
 """One orderer replica of the lottery-primary co-sign protocol, as a pure state machine.
 
-No sockets, clocks, threads or randomness: every input carries ``now`` (seconds, from any
-monotonic clock) and every output is an action (see ``actions``) that the adapter executes.
+No sockets, clocks, threads or randomness: every input carries ``now`` and every output is
+an action (see ``actions``) that the adapter executes. ``now`` must be wall-clock seconds
+(Unix time): the primary stamps blocks with it and auxiliaries judge stamps against it. No
+input, whatever its bytes or sender, raises out of ``on_message``, ``on_timer`` or
+``on_transactions``.
 
 Protocol, per height h (the number of the next block):
 
@@ -10,10 +13,12 @@ Protocol, per height h (the number of the next block):
    pending transaction waited ``max_batch_wait``; in later rounds at once. If it holds a
    lock it re-proposes the locked block with its prepare certificate instead.
 2. Replicas validate it (primary entitled, height, previous hash, data hash, VRF proof,
-   proposer signature, every transaction through ``validate_tx``, no tx id twice in the
-   block or already on the chain) and send a PREPARE co-signature to the primary, unless
-   they are locked on another block and the proposal carries no prepare certificate of a
-   round at least as high as their lock.
+   proposer signature, block time, every transaction through ``validate_tx``, no tx id
+   twice in the block or already on the chain) and send a PREPARE co-signature to the
+   primary, unless they are locked on another block and the proposal carries no prepare
+   certificate of a round at least as high as their lock. A pre-block of an earlier round
+   (header round below the proposal's) is voted for only with ``justify``: the prepare
+   certificate for exactly that block, of a round between the header's and the proposal's.
 3. 2f+1 PREPAREs make a prepare certificate; the primary broadcasts it. Replicas lock on it
    (the lock is the highest prepare certificate seen at h) and send a COMMIT co-signature.
 4. 2f+1 COMMITs make the commit certificate, the block's QuorumCertificate: final.
@@ -25,12 +30,46 @@ prepare certificate, hence a commit certificate, at h. Each replica persists its
 lock before its signatures leave (``Persist`` before ``Send``) and never signs two different
 blocks in one (height, round, phase), also across restarts.
 
+Block time: a fresh pre-block (header round = proposal round) must be stamped within
+[now - max_clock_skew, now + max_clock_skew] of the auxiliary's clock (the arrival time,
+for a proposal held for a later round) and not before the previous block, so no single
+orderer moves block time: a byzantine primary cannot backdate a block after an idle hour,
+nor re-propose an earlier round's pre-block (with its older stamp, and choosing among
+several lottery seeds) without the certificate that forces it. Stamps outside the
+protobuf Timestamp range are refused.
+
 Liveness: without progress a replica times out (``round_timeout`` * 2**r, capped), stops
-voting in round r and broadcasts ROUND_CHANGE(h, r+1) with its lock. It enters round R on
+voting in round r and broadcasts ROUND_CHANGE(h, r+1) with its lock, signed over
+``signing.round_change_bytes`` (height, round and the lock's round and hash). It enters round R on
 ROUND_CHANGEs for >= R from 2f+1 orderers, joins the (f+1)-th highest round announced by
 others, re-sends its ROUND_CHANGE every timeout, and enters R directly on a valid prepare
 certificate of round R. Locks travel in ROUND_CHANGEs, so the next primary learns them.
 Timers run only while there is work (pending transactions, a proposal, a lock).
+
+Locked blocks are always obtainable: every pre-block a replica PREPAREd stays persisted
+(``BLOCKS_KEY``) until its height is final, not only the last one. A replica that adopts a
+lock (from a ROUND_CHANGE or a proposal's ``justify``) without holding the block sends a
+BlockFetchRequest(height, hash) to f+1 of the certificate's signers (at least one honest;
+an honest signer prepared it, so holds it), at most every half round timeout; it accepts
+a BlockFetchResponse only for its lock's hash and after full validation, then proposes it
+when primary. Without this, a certificate withheld until the honest replicas' last prepare
+moved on and they restarted left every honest replica locked on a block none held.
+
+Bounds (a peer can make a replica do only bounded work): rounds above ``MAX_ROUND`` are
+ignored, so round + 1 always fits its uint32 field; a round above this replica's only
+counts toward the f+1 join rule, which needs an honest sender. ROUND_CHANGEs are dropped as
+duplicates by (round, lock round) per sender before any signature is checked, then rate
+limited per peer, then their signature and carried certificate verified; a certificate is
+verified once per (phase, round, block) and height. Per-peer token buckets (by ``now``)
+limit SyncRequests, BlockFetchRequests and ROUND_CHANGEs; SyncResponses stop at
+``max_sync_bytes`` (always at least one block); messages held for the next height and
+proposals held for later rounds are capped in count and ``max_buffer_bytes``.
+
+Equivocation: two different pre-blocks signed by one primary for one (height, round), two
+votes of one phase for different blocks (seen directly or as co-signatures in two
+certificates), or two ROUND_CHANGEs of one round carrying locks of one round on different
+blocks become an ``Evidence`` action with ``EquivocationEvidence`` (see ``evidence``); it
+changes nothing in consensus, the adapter counts, stores and exposes it.
 
 Transactions: every orderer pools what its clients submit and forwards it once to all peers
 (``TxForward``), so any orderer that becomes primary can propose it and every replica's
@@ -40,7 +79,8 @@ clients resubmit what a crash lost (Broadcast is idempotent by tx id).
 Catch-up: a message from a higher height, or a commit certificate for a block this replica
 lacks, triggers a SyncRequest; final blocks come back in SyncResponses and are checked with
 ``certificate.verify_block``. A replica answers a ROUND_CHANGE or proposal from a lower
-height with the blocks the sender misses.
+height with the blocks the sender misses. After a response that advanced it, a replica
+asks again at once (responses are cut by count and by bytes).
 """
 
 from __future__ import annotations
@@ -53,11 +93,26 @@ from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2
-from gridledger_core.consensus import certificate, lottery
-from gridledger_core.consensus.actions import Action, Broadcast, Deliver, Persist, Send, SetTimer
+from gridledger_core.consensus import certificate, evidence, lottery
+from gridledger_core.consensus.actions import (
+    Action,
+    Broadcast,
+    Deliver,
+    Evidence,
+    Persist,
+    Send,
+    SetTimer,
+)
+from gridledger_core.consensus.limits import PeerRateLimiter
 from gridledger_core.consensus.pool import TxPool
 from gridledger_core.consensus.quorum import Quorum
-from gridledger_core.consensus.signing import Phase, block_hash, data_hash, signing_bytes
+from gridledger_core.consensus.signing import (
+    Phase,
+    block_hash,
+    data_hash,
+    round_change_bytes,
+    signing_bytes,
+)
 
 STATE_KEY = "consensus/state"
 BLOCKS_KEY = "consensus/blocks"
@@ -68,6 +123,13 @@ _PREPARE = consensus_pb2.VOTE_PHASE_PREPARE
 _COMMIT = consensus_pb2.VOTE_PHASE_COMMIT
 _FUTURE_BUFFER = 256  # messages kept for height h+1 while still at h
 _ROUND_WINDOW = 64  # proposals kept for rounds this far ahead
+# Rounds above this are ignored wherever they come from, so round + 1 always fits the
+# uint32 round fields (honest rounds grow by one per timeout: it is never reached).
+MAX_ROUND = 1 << 30
+# The range google.protobuf.Timestamp allows (0001-01-01 to 9999-12-31): a stamp outside it
+# would make every reader of the block (ToDatetime, ToNanoseconds) raise.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -84,6 +146,15 @@ class ReplicaConfig:
     max_backoff_exponent: int = 5
     max_pool_txs: int = 100_000
     sync_batch: int = 16
+    # A SyncResponse stops before the block that would take it past this many bytes (but
+    # always carries at least one block, so a replica behind large blocks still progresses).
+    max_sync_bytes: int = 4 << 20
+    # Messages held for the next height, and proposals held for later rounds, in bytes each.
+    max_buffer_bytes: int = 16 << 20
+    # Per peer: inputs per second (the burst is the same number) before they are ignored.
+    sync_request_rate: float = 20.0
+    block_fetch_rate: float = 5.0
+    round_change_rate: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +177,14 @@ class ChainTip:
     height: int
     previous_hash: bytes
     previous_seed: bytes
+
+
+def block_time(header: block_pb2.BlockHeader) -> float | None:
+    """The header's time stamp in seconds, or None when it is not a valid Timestamp."""
+    ts = header.timestamp
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        return None
+    return ts.seconds + ts.nanos / 1e9
 
 
 def _vote_msg(
@@ -146,6 +225,13 @@ class Replica:
         self._sync_quiet_until = float("-inf")
         self._help_quiet_until: dict[str, float] = {}
         self._future: list[tuple[str, consensus_pb2.ConsensusMessage]] = []
+        self._future_bytes = 0
+        self._sync_limit = PeerRateLimiter(config.sync_request_rate, config.sync_request_rate)
+        self._fetch_limit = PeerRateLimiter(config.block_fetch_rate, config.block_fetch_rate)
+        self._rc_limit = PeerRateLimiter(config.round_change_rate, config.round_change_rate)
+        self._fetch_quiet_until = float("-inf")
+        self._fetch_attempt = 0
+        self.equivocations = evidence.Tracker(self.me)
         self._my_vrf: tuple[int, bytes, bytes] | None = None  # (height, proof, output)
         self._previous_stamp: tuple[int, float] = (-1, 0.0)  # (height, previous block's time)
         self._reset_height()
@@ -251,7 +337,7 @@ class Replica:
             self._on_tx_forward(msg.tx_forward, now, out)
             return
         if kind == "sync_request":
-            self._on_sync_request(sender, msg.sync_request, out)
+            self._on_sync_request(sender, msg.sync_request, now, out)
             return
         if kind == "sync_response":
             self._on_sync_response(sender, msg.sync_response, now, out)
@@ -259,18 +345,24 @@ class Replica:
         body = getattr(msg, kind) if kind else None
         if body is None:
             return
+        if getattr(body, "round", 0) > MAX_ROUND:
+            return  # no honest orderer gets there; keeps every round + 1 in its field
         height = body.height
         if height < self.height:
-            if kind in ("round_change", "proposal"):
+            if kind in ("round_change", "proposal", "block_fetch_request"):
                 self._help_lagging(sender, height, now, out)
             return
         if height > self.height:
-            if height == self.height + 1 and len(self._future) < _FUTURE_BUFFER:
-                self._future.append((sender, msg))
+            if height == self.height + 1 and kind != "block_fetch_request":
+                self._buffer_future(sender, msg)
             self._request_sync(sender, now, out)
             return
         if kind == "proposal":
             self._on_proposal(sender, msg.proposal, now, out)
+        elif kind == "block_fetch_request":
+            self._on_block_fetch_request(sender, msg.block_fetch_request, now, out)
+        elif kind == "block_fetch_response":
+            self._on_block_fetch_response(msg.block_fetch_response, now, out)
         elif kind == "vote":
             self._on_vote(sender, msg.vote, now, out)
         elif kind == "prepared":
@@ -279,6 +371,15 @@ class Replica:
             self._on_decided(sender, msg.decided, now, out)
         elif kind == "round_change":
             self._on_round_change(sender, msg.round_change, now, out)
+
+    def _buffer_future(self, sender: str, msg: consensus_pb2.ConsensusMessage) -> None:
+        size = msg.ByteSize()
+        if (
+            len(self._future) < _FUTURE_BUFFER
+            and self._future_bytes + size <= self.config.max_buffer_bytes
+        ):
+            self._future.append((sender, msg))
+            self._future_bytes += size
 
     # --- per-height state ------------------------------------------------------------------
 
@@ -292,9 +393,17 @@ class Replica:
         self._blocks: dict[bytes, block_pb2.Block] = {}  # pre-blocks seen at this height
         self._valid: dict[bytes, bytes] = {}  # block hash -> seed, for validated pre-blocks
         self._rc: dict[str, int] = {}  # highest ROUND_CHANGE round per orderer
-        self._pending: dict[int, tuple[str, consensus_pb2.Proposal]] = {}
+        # Per orderer: (round, lock round or -1) of its last verified ROUND_CHANGE; anything
+        # not above it is a duplicate and dropped before any signature is checked.
+        self._rc_seen: dict[str, tuple[int, int]] = {}
+        # Round -> (primary, proposal, arrival time, bytes), for rounds not entered yet.
+        self._pending: dict[int, tuple[str, consensus_pb2.Proposal, float, int]] = {}
+        self._pending_bytes = 0
+        self._prepared: set[bytes] = set()  # blocks this replica PREPAREd at this height
+        self._certs: dict[tuple[int, int, bytes], consensus_pb2.VoteCertificate] = {}
         self._persisted_blocks: frozenset[bytes] = frozenset()
         self._primaries: dict[int, str] = {}  # round -> lottery primary at this height
+        self.equivocations.reset()
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -345,11 +454,12 @@ class Replica:
             state.last_commit.CopyFrom(self._last_commit)
         if self._lock is not None:
             state.lock.CopyFrom(self._lock)
-        wanted = {
-            v.block_hash
-            for v in (self._last_prepare, self._lock)
-            if v is not None and v.block_hash in self._blocks
-        }
+        # Every block this replica prepared stays on disk until the height is final: any
+        # prepare certificate its vote is part of may become some replica's lock, and that
+        # replica must be able to fetch the block from the certificate's signers.
+        wanted = {h for h in self._prepared if h in self._blocks}
+        if self._lock is not None and self._lock.block_hash in self._blocks:
+            wanted.add(self._lock.block_hash)
         if wanted != self._persisted_blocks:
             kept = consensus_pb2.ReplicaBlocks(blocks=[self._blocks[h] for h in sorted(wanted)])
             out.append(Persist(BLOCKS_KEY, kept.SerializeToString()))
@@ -384,6 +494,7 @@ class Replica:
                 if block_pb2.BlockHeader.FromString(blk.header).number == self.height:
                     self._blocks[block_hash(blk.header)] = blk
             self._persisted_blocks = frozenset(self._blocks)
+            self._prepared = set(self._blocks)  # kept for the same reason as before
         if self._changing:
             self._rc[self.me] = self._target
 
@@ -432,10 +543,13 @@ class Replica:
             block = self._blocks.get(self._last_prepare.block_hash)
             if block is None:
                 return
+            if self._lock is not None and self._lock.block_hash == self._last_prepare.block_hash:
+                justify = self._lock  # it was the locked block, re-proposed with its certificate
         elif self._lock is not None:
             block = self._blocks.get(self._lock.block_hash)
             if block is None:
-                return  # locked without the content: another primary will re-propose it
+                self._fetch_locked_block(now, out)  # propose it once a signer sends it
+                return
             justify = self._lock
         else:
             if not self._batch_ready(now, out):
@@ -526,7 +640,9 @@ class Replica:
             return f"{verdict.reason}: {verdict.detail}"
         # The ledger judges transactions against the block time, so a primary must not be able
         # to pick it: never before the previous block, never ahead of this replica's clock.
-        stamp = verdict.header.timestamp.ToNanoseconds() / 1e9
+        stamp = block_time(verdict.header)
+        if stamp is None:
+            return "timestamp out of range"
         if stamp > now + self.config.max_clock_skew:
             return f"timestamp {stamp:.3f} is ahead of this orderer's clock"
         if stamp < self._previous_timestamp():
@@ -550,20 +666,103 @@ class Replica:
             return 0.0
         if self._previous_stamp[0] != self.height:
             previous = self.deps.get_block(self.height - 1)
-            stamp = 0.0
-            if previous is not None:
-                header = block_pb2.BlockHeader.FromString(previous.header)
-                stamp = header.timestamp.ToNanoseconds() / 1e9
-            self._previous_stamp = (self.height, stamp)
+            if previous is None:
+                raise RuntimeError(f"block {self.height - 1} missing from the block store")
+            header = block_pb2.BlockHeader.FromString(previous.header)
+            self._previous_stamp = (self.height, block_time(header) or 0.0)
         return self._previous_stamp[1]
 
-    def _valid_cert(self, cert: consensus_pb2.VoteCertificate, phase: int) -> bool:
+    def _valid_cert(
+        self, cert: consensus_pb2.VoteCertificate, phase: int, now: float, out: list[Action]
+    ) -> consensus_pb2.VoteCertificate | None:
+        """The verified certificate for ``cert``'s (phase, round, block): 2f+1 valid
+        co-signatures. One verified at this height is not verified again (locks travel in
+        every round change) and is returned instead, so callers keep only verified copies.
+        Every signer's vote is checked against the votes seen before (equivocation)."""
         if cert.height != self.height or cert.phase != phase or len(cert.block_hash) != 32:
-            return False
+            return None
+        key = (phase, cert.round, cert.block_hash)
+        known = self._certs.get(key)
+        if known is not None:
+            return known
         signed = signing_bytes(Phase(phase), cert.height, cert.round, cert.block_hash)
-        return certificate.check_signatures(
+        if not certificate.check_signatures(
             cert.signatures, signed, self.orderers, self.deps.verify_sig
-        ).ok
+        ).ok:
+            return None
+        if len(self._certs) < _ROUND_WINDOW * 4:  # beyond that, verify again rather than grow
+            self._certs[key] = cert
+        kind = evidence.vote_kind(phase)
+        for cosig in cert.signatures:
+            self._observe(
+                (kind, cosig.orderer, cert.round, 0),
+                cert.block_hash,
+                evidence.vote_statement(
+                    cert.height, cert.round, phase, cert.block_hash, cosig.signature
+                ),
+                now,
+                out,
+            )
+        return cert
+
+    # --- equivocation ----------------------------------------------------------------------
+
+    def _observe(
+        self,
+        key: evidence.Key,
+        content: bytes,
+        statement: consensus_pb2.SignedStatement,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        """Record a verified signed statement; a conflicting earlier one makes evidence."""
+        found = self.equivocations.observe(key, content, statement, self.height, now)
+        if found is not None:
+            out.append(Evidence(found))
+
+    def _record_proposal(
+        self,
+        block: block_pb2.Block,
+        bh: bytes,
+        header: block_pb2.BlockHeader,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        """A pre-block that passed validation (its proposer signature verified)."""
+        key = (evidence.PROPOSAL, header.proposer, header.round, 0)
+        self._observe(key, bh, evidence.pre_block_statement(block), now, out)
+
+    def _check_proposal_equivocation(
+        self, block: block_pb2.Block, bh: bytes, now: float, out: list[Action]
+    ) -> None:
+        """A pre-block different from one already seen for its (proposer, round) is evidence
+        once its signature verifies, whether or not the rest of it is valid."""
+        header = block_pb2.BlockHeader()
+        try:
+            header.ParseFromString(block.header)
+        except DecodeError:
+            return
+        key = (evidence.PROPOSAL, header.proposer, header.round, 0)
+        if header.number != self.height or not self.equivocations.conflicts(key, bh):
+            return
+        signed = signing_bytes(Phase.PROPOSAL, header.number, header.round, bh)
+        if self.deps.verify_sig(header.proposer, signed, block.metadata.proposer_signature):
+            self._observe(key, bh, evidence.pre_block_statement(block), now, out)
+
+    def _check_vote_equivocation(
+        self, sender: str, v: consensus_pb2.Vote, phase: Phase, now: float, out: list[Action]
+    ) -> None:
+        """A vote for another block than the one this primary proposed: worth a signature
+        check only when the sender already voted for this one in the same round."""
+        key = (evidence.vote_kind(v.phase), sender, v.round, 0)
+        if len(v.block_hash) != 32 or not self.equivocations.conflicts(key, v.block_hash):
+            return
+        signed = signing_bytes(phase, self.height, v.round, v.block_hash)
+        if self.deps.verify_sig(sender, signed, v.signature):
+            statement = evidence.vote_statement(
+                self.height, v.round, v.phase, v.block_hash, v.signature
+            )
+            self._observe(key, v.block_hash, statement, now, out)
 
     # --- voting ----------------------------------------------------------------------------
 
@@ -580,14 +779,22 @@ class Replica:
         vote = consensus_pb2.SignedVote(round=round_, block_hash=bh, signature=sig)
         if phase is Phase.PREPARE:
             self._last_prepare = vote
+            self._prepared.add(bh)  # kept durably until final (see _persist)
         else:
             self._last_commit = vote
         self._persist(out)
         return sig
 
     def _on_proposal(
-        self, sender: str, p: consensus_pb2.Proposal, now: float, out: list[Action]
+        self,
+        sender: str,
+        p: consensus_pb2.Proposal,
+        now: float,
+        out: list[Action],
+        received: float | None = None,
     ) -> None:
+        """``received``: when a proposal held for a later round arrived (its freshness is
+        judged at arrival)."""
         if sender != self._primary(p.round):
             return  # not entitled to propose in that round
         if p.round < self._round or (self._changing and p.round < self._target):
@@ -596,20 +803,44 @@ class Replica:
             if self._changing and p.round == self._target:
                 self._enter_round(p.round, now, out)  # the round this replica asked for
             elif p.round <= self._round + _ROUND_WINDOW:
-                self._pending[p.round] = (sender, p)
+                self._hold_proposal(sender, p, now)
                 return
             else:
                 return
         block = p.block
         bh = block_hash(block.header)
+        self._check_proposal_equivocation(block, bh, now, out)
         if self._validate(block, now) is not None:
             return
         header = block_pb2.BlockHeader.FromString(block.header)
         if header.round > p.round or (header.round == p.round and header.proposer != sender):
             return
+        self._record_proposal(block, bh, header, now, out)
+        if header.round < p.round:
+            # A re-proposal keeps its original header (and time stamp) only together with the
+            # prepare certificate that justifies it; otherwise a primary could pick among
+            # earlier rounds' pre-blocks (and their seeds and stamps) at will.
+            justify = p.justify
+            if not (
+                p.HasField("justify")
+                and justify.block_hash == bh
+                and header.round <= justify.round < p.round
+            ):
+                return
+            known = bh in self._blocks
+            self._blocks[bh] = block  # before the lock: adopting it needs no fetch then
+            if self._adopt_lock(justify, now, out) is None:
+                if not known:
+                    del self._blocks[bh]
+                return
+        else:
+            # A fresh pre-block carries this round's time: no primary may backdate it (after
+            # an idle hour, say) beyond the clock skew the cluster tolerates.
+            stamp = block_time(header) or 0.0  # valid: _validate checked it
+            arrived = now if received is None else received
+            if stamp < arrived - self.config.max_clock_skew:
+                return
         self._blocks[bh] = block
-        if p.HasField("justify") and p.justify.block_hash == bh:
-            self._adopt_lock(p.justify, now, out)
         if self._lock is not None and self._lock.block_hash != bh:
             return  # locked elsewhere and not shown a prepare certificate at least as high
         for tx in block.transactions:
@@ -619,15 +850,34 @@ class Replica:
         if sig is not None:
             out.append(Send(sender, _vote_msg(self.height, p.round, _PREPARE, bh, sig)))
 
-    def _on_vote(self, sender: str, v: consensus_pb2.Vote, now: float, out: list[Action]) -> None:
-        if v.round != self._round or self._changing or v.block_hash != self._proposed:
+    def _hold_proposal(self, sender: str, p: consensus_pb2.Proposal, now: float) -> None:
+        """Keep a proposal for a round not entered yet (one per round, bounded in bytes)."""
+        size = p.ByteSize()
+        old = self._pending.pop(p.round, None)
+        if old is not None:
+            self._pending_bytes -= old[3]
+        if self._pending_bytes + size > self.config.max_buffer_bytes:
             return
-        if v.phase not in (_PREPARE, _COMMIT):
+        self._pending[p.round] = (sender, p, now, size)
+        self._pending_bytes += size
+
+    def _on_vote(self, sender: str, v: consensus_pb2.Vote, now: float, out: list[Action]) -> None:
+        if v.round != self._round or self._changing or v.phase not in (_PREPARE, _COMMIT):
             return
         phase = Phase.PREPARE if v.phase == _PREPARE else Phase.COMMIT
+        if v.block_hash != self._proposed:
+            self._check_vote_equivocation(sender, v, phase, now, out)
+            return
         signed = signing_bytes(phase, self.height, v.round, v.block_hash)
         if not self.deps.verify_sig(sender, signed, v.signature):
             return
+        self._observe(
+            (evidence.vote_kind(v.phase), sender, v.round, 0),
+            v.block_hash,
+            evidence.vote_statement(self.height, v.round, v.phase, v.block_hash, v.signature),
+            now,
+            out,
+        )
         self._count_vote(sender, v.phase, v.block_hash, v.signature, now, out)
 
     def _count_vote(
@@ -659,21 +909,28 @@ class Replica:
 
     def _adopt_lock(
         self, cert: consensus_pb2.VoteCertificate, now: float, out: list[Action]
-    ) -> bool:
-        """Take a valid prepare certificate as the lock if it is higher; True if it is valid."""
-        if not self._valid_cert(cert, _PREPARE):
-            return False
+    ) -> consensus_pb2.VoteCertificate | None:
+        """Take a valid prepare certificate as the lock if it is higher; the verified
+        certificate, or None when it is not valid."""
+        checked = self._valid_cert(cert, _PREPARE, now, out)
+        if checked is None:
+            return None
+        cert = checked
         if self._lock is None or cert.round > self._lock.round:
             self._lock = cert
             self._persist(out)
             self._arm_round_timer(now, out)
-        return True
+            if cert.block_hash not in self._blocks:
+                self._fetch_locked_block(now, out)
+        return cert
 
     def _on_prepared(
         self, cert: consensus_pb2.VoteCertificate, now: float, out: list[Action]
     ) -> None:
-        if not self._adopt_lock(cert, now, out):
+        checked = self._adopt_lock(cert, now, out)
+        if checked is None:
             return
+        cert = checked
         if cert.round > self._round and not (self._changing and cert.round < self._target):
             self._enter_round(cert.round, now, out)  # 2f+1 prepared in that round
         if cert.round == self._round and not self._changing:
@@ -705,8 +962,9 @@ class Replica:
         if self._blocks.get(cert.block_hash) is None:
             self._request_sync(sender, now, out)  # final somewhere, content missing here
             return
-        if self._valid_cert(cert, _COMMIT):
-            self._finalise(cert, now, out)
+        checked = self._valid_cert(cert, _COMMIT, now, out)
+        if checked is not None:
+            self._finalise(checked, now, out)
 
     def _finalise(self, cert: consensus_pb2.VoteCertificate, now: float, out: list[Action]) -> None:
         final = block_pb2.Block()
@@ -741,6 +999,10 @@ class Replica:
         self.height += 1
         self.previous_hash = block_hash(block.header)
         self.previous_seed = seed
+        # Known now, while get_block may not return the block before the adapter executed
+        # its Deliver: messages of the new height are validated within this same input.
+        header = block_pb2.BlockHeader.FromString(block.header)
+        self._previous_stamp = (self.height, block_time(header) or 0.0)
         self._reset_height()
         self._deadlines.pop(ROUND_TIMER, None)
         self._deadlines.pop(BATCH_TIMER, None)
@@ -763,14 +1025,19 @@ class Replica:
         self._arm_round_timer(now, out, restart=True)
         self._maybe_propose(now, out)
         for r in [r for r in self._pending if r <= round_]:
-            sender, p = self._pending.pop(r)
+            sender, p, received, size = self._pending.pop(r)
+            self._pending_bytes -= size
             if r == round_:
-                self._on_proposal(sender, p, now, out)
+                self._on_proposal(sender, p, now, out, received)
 
     def _round_change_msg(self, round_: int) -> consensus_pb2.ConsensusMessage:
+        """This replica's signed ROUND_CHANGE for ``round_`` with its lock."""
         rc = consensus_pb2.RoundChange(height=self.height, round=round_)
+        lock = None
         if self._lock is not None:
             rc.high_prepare.CopyFrom(self._lock)
+            lock = (self._lock.round, self._lock.block_hash)
+        rc.signature = self.deps.sign(round_change_bytes(self.height, round_, lock))
         return consensus_pb2.ConsensusMessage(round_change=rc)
 
     def _change_to(self, target: int, now: float, out: list[Action]) -> None:
@@ -790,7 +1057,9 @@ class Replica:
             out.append(Broadcast(self._round_change_msg(self._target)))  # in case it was lost
             self._set_timer(ROUND_TIMER, self._timeout(self._target), now, out)
         else:
-            self._change_to(self._round + 1, now, out)
+            self._change_to(min(self._round + 1, MAX_ROUND), now, out)
+        if self._lock is not None and self._lock.block_hash not in self._blocks:
+            self._fetch_locked_block(now, out)
         if len(self.pool):
             # Re-share the oldest pending transactions in case their forward was lost.
             oldest = [tx for _, tx in islice(self.pool.items(), self.config.max_batch_txs)]
@@ -805,7 +1074,37 @@ class Replica:
     def _on_round_change(
         self, sender: str, rc: consensus_pb2.RoundChange, now: float, out: list[Action]
     ) -> None:
-        if rc.HasField("high_prepare"):
+        """Order of checks, cheapest first: duplicate (nothing verified), rate, the sender's
+        signature, then the carried certificate."""
+        has_lock = rc.HasField("high_prepare")
+        lock = (rc.high_prepare.round, rc.high_prepare.block_hash) if has_lock else None
+        if lock is not None and len(lock[1]) != 32:
+            return
+        seen = (rc.round, lock[0] if lock is not None else -1)
+        last = self._rc_seen.get(sender, (-1, -1))
+        if seen < last:
+            return
+        if seen == last:
+            # Same round and lock round again: a retransmission, or another lock of that
+            # round (equivocation) worth one signature check.
+            key = (evidence.ROUND_CHANGE, sender, rc.round, seen[1])
+            if lock is None or not self.equivocations.conflicts(key, lock[1]):
+                return
+            if self._rc_limit.allow(sender, now) and self.deps.verify_sig(
+                sender, round_change_bytes(rc.height, rc.round, lock), rc.signature
+            ):
+                self._observe(key, lock[1], evidence.round_change_statement(rc), now, out)
+            return
+        if not self._rc_limit.allow(sender, now):
+            return
+        if not self.deps.verify_sig(
+            sender, round_change_bytes(rc.height, rc.round, lock), rc.signature
+        ):
+            return
+        self._rc_seen[sender] = seen
+        if lock is not None:
+            key = (evidence.ROUND_CHANGE, sender, rc.round, lock[0])
+            self._observe(key, lock[1], evidence.round_change_statement(rc), now, out)
             self._adopt_lock(rc.high_prepare, now, out)
         if rc.round <= self._rc.get(sender, -1):
             return
@@ -846,18 +1145,28 @@ class Replica:
         )
 
     def _blocks_from(self, start: int) -> list[block_pb2.Block]:
+        """Up to ``sync_batch`` final blocks and ``max_sync_bytes``, at least one."""
         blocks: list[block_pb2.Block] = []
+        size = 0
         for number in range(start, min(start + self.config.sync_batch, self.height)):
             blk = self.deps.get_block(number)
             if blk is None:
+                break
+            size += blk.ByteSize()
+            if blocks and size > self.config.max_sync_bytes:
                 break
             blocks.append(blk)
         return blocks
 
     def _on_sync_request(
-        self, sender: str, req: consensus_pb2.SyncRequest, out: list[Action]
+        self, sender: str, req: consensus_pb2.SyncRequest, now: float, out: list[Action]
     ) -> None:
-        blocks = self._blocks_from(req.from_height)
+        if req.from_height >= self.height or not self._sync_limit.allow(sender, now):
+            return
+        self._answer_sync(sender, req.from_height, out)
+
+    def _answer_sync(self, sender: str, from_height: int, out: list[Action]) -> None:
+        blocks = self._blocks_from(from_height)
         if blocks:
             out.append(
                 Send(
@@ -872,11 +1181,12 @@ class Replica:
         if now < self._help_quiet_until.get(sender, float("-inf")):
             return
         self._help_quiet_until[sender] = now + self.config.round_timeout / 2
-        self._on_sync_request(sender, consensus_pb2.SyncRequest(from_height=height), out)
+        self._answer_sync(sender, height, out)
 
     def _on_sync_response(
         self, sender: str, resp: consensus_pb2.SyncResponse, now: float, out: list[Action]
     ) -> None:
+        progressed = False
         for blk in resp.blocks:
             try:
                 number = block_pb2.BlockHeader.FromString(blk.header).number
@@ -885,9 +1195,62 @@ class Replica:
             if number != self.height:
                 continue
             verdict = self._verify_final(blk)
-            if not verdict.ok:
+            if not verdict.ok or verdict.header is None:
                 return
+            self._record_proposal(blk, block_hash(blk.header), verdict.header, now, out)
             self._commit(blk, verdict.seed, now, out)
-        if len(resp.blocks) >= self.config.sync_batch:
+            progressed = True
+        if progressed:
+            # Responses are cut by count and by bytes: ask on until a response brings nothing.
             self._sync_quiet_until = float("-inf")
             self._request_sync(sender, now, out)
+
+    # --- fetching a locked block -----------------------------------------------------------
+
+    def _fetch_locked_block(self, now: float, out: list[Action]) -> None:
+        """Locked on a block whose content this replica lacks (it adopted the certificate
+        from a round change or proposal): ask f+1 of the certificate's signers, at least one
+        of them honest, each of which keeps the blocks it prepared until the height is
+        final. Once per half round timeout; the next attempt asks the next f+1."""
+        lock = self._lock
+        if lock is None or lock.block_hash in self._blocks or now < self._fetch_quiet_until:
+            return
+        signers = sorted({c.orderer for c in lock.signatures} - {self.me})
+        if not signers:
+            return
+        self._fetch_quiet_until = now + self.config.round_timeout / 2
+        start = self._fetch_attempt * self.quorum.weak
+        self._fetch_attempt += 1
+        request = consensus_pb2.ConsensusMessage(
+            block_fetch_request=consensus_pb2.BlockFetchRequest(
+                height=self.height, block_hash=lock.block_hash
+            )
+        )
+        for i in range(min(self.quorum.weak, len(signers))):
+            out.append(Send(signers[(start + i) % len(signers)], request))
+
+    def _on_block_fetch_request(
+        self, sender: str, req: consensus_pb2.BlockFetchRequest, now: float, out: list[Action]
+    ) -> None:
+        block = self._blocks.get(req.block_hash)
+        if block is None or not self._fetch_limit.allow(sender, now):
+            return
+        response = consensus_pb2.BlockFetchResponse(height=self.height, block=block)
+        out.append(Send(sender, consensus_pb2.ConsensusMessage(block_fetch_response=response)))
+
+    def _on_block_fetch_response(
+        self, resp: consensus_pb2.BlockFetchResponse, now: float, out: list[Action]
+    ) -> None:
+        lock = self._lock
+        bh = block_hash(resp.block.header)
+        if lock is None or bh != lock.block_hash or bh in self._blocks:
+            return  # only the locked block is wanted; its hash is all the trust needed
+        if self._validate(resp.block, now) is not None:
+            return
+        header = block_pb2.BlockHeader.FromString(resp.block.header)  # parses: validated
+        self._record_proposal(resp.block, bh, header, now, out)
+        self._blocks[bh] = resp.block
+        for tx in resp.block.transactions:
+            self._pool_add(tx, now, validated=True)
+        self._persist(out)  # the lock's block is kept with it
+        self._maybe_propose(now, out)

@@ -19,6 +19,7 @@ class Phase(IntEnum):
     PROPOSAL = 1  # the primary's signature on its pre-block
     PREPARE = 2  # first-phase co-signature: "this pre-block is valid and I am not locked elsewhere"
     COMMIT = 3  # second-phase co-signature: "I am locked on this block"; q of them make it final
+    ROUND_CHANGE = 4  # "I gave up on earlier rounds of this height; this is my lock"
 
 
 def signing_bytes(phase: Phase, height: int, round_: int, block_hash: bytes) -> bytes:
@@ -31,6 +32,23 @@ def signing_bytes(phase: Phase, height: int, round_: int, block_hash: bytes) -> 
         + height.to_bytes(8, "big")
         + round_.to_bytes(4, "big")
         + block_hash
+    )
+
+
+def round_change_bytes(height: int, round_: int, lock: tuple[int, bytes] | None) -> bytes:
+    """DOMAIN || ROUND_CHANGE (1) || height (8 BE) || round (4 BE) || has-lock (1) ||
+    lock round (4 BE) || lock block hash (32); without a lock both are zero bytes."""
+    if lock is not None and len(lock[1]) != 32:
+        raise ValueError("block hash must be 32 bytes")
+    lock_round, lock_hash = lock if lock is not None else (0, bytes(32))
+    return (
+        DOMAIN
+        + bytes([int(Phase.ROUND_CHANGE)])
+        + height.to_bytes(8, "big")
+        + round_.to_bytes(4, "big")
+        + bytes([lock is not None])
+        + lock_round.to_bytes(4, "big")
+        + lock_hash
     )
 
 

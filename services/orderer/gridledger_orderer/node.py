@@ -26,7 +26,15 @@ from prometheus_client import Counter, Gauge, Histogram
 from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus import lottery, vrf
-from gridledger_core.consensus.actions import Action, Broadcast, Deliver, Persist, Send, SetTimer
+from gridledger_core.consensus.actions import (
+    Action,
+    Broadcast,
+    Deliver,
+    Evidence,
+    Persist,
+    Send,
+    SetTimer,
+)
 from gridledger_core.consensus.certificate import ed25519_verifier
 from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
@@ -58,6 +66,9 @@ PHASE_SECONDS = Histogram("gridledger_orderer_consensus_phase_seconds",
                           "Consensus phases as the primary sees them: prepare (proposal to "
                           "prepare certificate) and commit (prepare to commit certificate).",
                           ["phase"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+EQUIVOCATIONS = Counter("gridledger_orderer_equivocations",
+                        "Conflicting signed statements detected, by the orderer that signed "
+                        "them (evidence: gridctl orderer evidence).", ["orderer"])
 BLOCK_TXS = Histogram("gridledger_orderer_block_transactions", "Transactions per final block.",
                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 ACK_GROUP = Histogram("gridledger_orderer_ack_group_transactions",
@@ -363,6 +374,15 @@ class OrdererNode:
                 self._transport.broadcast(action.message)
             elif isinstance(action, SetTimer):
                 heapq.heappush(self._timers, (time.monotonic() + action.delay, action.name))
+            elif isinstance(action, Evidence):
+                self._record_evidence(action.evidence)
+
+    def _record_evidence(self, evidence: consensus_pb2.EquivocationEvidence) -> None:
+        EQUIVOCATIONS.labels(evidence.orderer).inc()
+        log.warning("orderer %s equivocated at height %d round %d (%s)", evidence.orderer,
+                    evidence.height, evidence.round,
+                    consensus_pb2.EquivocationKind.Name(evidence.kind))
+        self._store.add_evidence(evidence)
 
     def _observe_final(self, block: block_pb2.Block, now: float) -> None:
         HEIGHT.set(self._store.height)

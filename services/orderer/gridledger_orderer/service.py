@@ -242,6 +242,12 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
             yield orderer_pb2.DeliverResponse(block=block)
             number += 1
 
+    def ListEvidence(self, request: orderer_pb2.ListEvidenceRequest,
+                     context: grpc.ServicerContext) -> orderer_pb2.ListEvidenceResponse:
+        """Equivocation evidence this orderer detected, newest first."""
+        limit = min(request.limit or 100, 1_000)
+        return orderer_pb2.ListEvidenceResponse(evidence=self._store.evidence(limit))
+
 
 class ConsensusServicer(consensus_pb2_grpc.ConsensusServiceServicer):
     """Receives a peer's message stream. The sender is the orderer named by the peer's TLS

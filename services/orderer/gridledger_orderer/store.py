@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
+from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus.actions import Deliver, Persist
 from gridledger_core.storage import LmdbStore, WriteBatch
 
@@ -25,6 +26,8 @@ TX = b"ot1/"
 CONSENSUS = b"oc1/"
 POOL = b"op1/"
 HEIGHT = b"om1/height"
+EVIDENCE = b"oe1/"  # + 8-byte sequence number: equivocation evidence, the newest kept
+EVIDENCE_KEPT = 1_000
 
 
 def _number(n: int) -> bytes:
@@ -111,6 +114,21 @@ class OrdererStore:
         for pooled_id in tx_ids:
             batch.delete(POOL + pooled_id)
         self._store.commit(batch)
+
+    def add_evidence(self, evidence: consensus_pb2.EquivocationEvidence) -> None:
+        """Keep equivocation evidence durably; the oldest goes beyond EVIDENCE_KEPT."""
+        last = next(iter(self._store.scan(EVIDENCE, limit=1, reverse=True)), None)
+        seq = int.from_bytes(last[0][len(EVIDENCE):], "big") + 1 if last else 0
+        batch = WriteBatch()
+        batch.put(EVIDENCE + _number(seq), evidence.SerializeToString())
+        if seq >= EVIDENCE_KEPT:
+            batch.delete(EVIDENCE + _number(seq - EVIDENCE_KEPT))
+        self._store.commit(batch)
+
+    def evidence(self, limit: int) -> list[consensus_pb2.EquivocationEvidence]:
+        """The newest `limit` pieces of evidence, newest first."""
+        return [consensus_pb2.EquivocationEvidence.FromString(value)
+                for _, value in self._store.scan(EVIDENCE, limit=limit, reverse=True)]
 
     def close(self) -> None:
         self._store.close()

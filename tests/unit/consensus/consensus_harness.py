@@ -16,6 +16,7 @@ from gridledger_core.consensus.signing import (
     Phase,
     block_hash,
     data_hash,
+    round_change_bytes,
     signing_bytes,
 )
 from gridledger_core.consensus.simulation import (
@@ -192,6 +193,22 @@ class Cluster:
                 for s in signers
             ],
         )
+
+    def round_change(
+        self,
+        sender: str,
+        height: int,
+        round_: int,
+        lock: consensus_pb2.VoteCertificate | None = None,
+    ) -> consensus_pb2.ConsensusMessage:
+        """A ROUND_CHANGE signed by ``sender`` (any orderer: also a byzantine one)."""
+        rc = consensus_pb2.RoundChange(height=height, round=round_)
+        carried = None
+        if lock is not None:
+            rc.high_prepare.CopyFrom(lock)
+            carried = (lock.round, lock.block_hash)
+        rc.signature = self.crypto.signer(sender)(round_change_bytes(height, round_, carried))
+        return consensus_pb2.ConsensusMessage(round_change=rc)
 
 
 def sends(actions: list[Action], kind: str) -> list[Send | Broadcast]:

@@ -136,12 +136,6 @@ def test_tx_already_on_chain_is_a_duplicate() -> None:
     )
 
 
-def _round_change(height: int, round_: int) -> consensus_pb2.ConsensusMessage:
-    return consensus_pb2.ConsensusMessage(
-        round_change=consensus_pb2.RoundChange(height=height, round=round_)
-    )
-
-
 def test_locked_replica_never_commits_or_prepares_another_block() -> None:
     cluster = Cluster()
     p0, p1 = cluster.primary(0), cluster.primary(1)
@@ -160,7 +154,7 @@ def test_locked_replica_never_commits_or_prepares_another_block() -> None:
     # Round 1: the new primary's fresh B' (even with the round-0 certificate) gets no vote.
     for other in cluster.ids:
         if other != me:
-            replica.on_message(other, _round_change(0, 1), 1.0)
+            replica.on_message(other, cluster.round_change(other, 0, 1), 1.0)
     assert replica.round == 1
     fresh = cluster.pre_block(p1, [b"ok:B-prime"], round_=1)
     assert votes(replica.on_message(p1, proposal(fresh, 1), 1.0), PREPARE) == []

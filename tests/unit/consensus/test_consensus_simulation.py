@@ -1,7 +1,9 @@
 """Seeded random schedules through the real replicas (see consensus.simulation).
 
 GRIDLEDGER_SIM_SCHEDULES sets how many schedules run (default 1000);
-GRIDLEDGER_SIM_SEED=<seed> with ``-k replay`` re-runs one schedule, as failures print.
+GRIDLEDGER_SIM_SEED=<seed> with ``-k replay`` re-runs one schedule, as failures print, in
+the mode GRIDLEDGER_SIM_MODE names (``honest``, the default, or ``byzantine``: the
+schedules of test_byzantine_simulation.py).
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ FEATURES = {
     "frozen-primary",
     "twins",
 }
-_seen: Counter[str] = Counter()
-_sizes: Counter[int] = Counter()
 
 
 def _report(results: list[simulation.SimResult]) -> str:
@@ -45,8 +45,6 @@ def test_random_schedules(chunk: int) -> None:
     failures = []
     for seed in range(chunk, SCHEDULES, CHUNKS):
         result = simulation.run_schedule(seed)
-        _seen.update(result.features)
-        _sizes[result.n] += 1
         if result.violations:
             failures.append(result)
         elif not any(h >= 1 for h in result.heights.values()):
@@ -55,11 +53,18 @@ def test_random_schedules(chunk: int) -> None:
 
 
 def test_schedules_cover_every_fault_and_both_sizes() -> None:
-    if sum(_sizes.values()) < 200:
-        pytest.skip("needs the random schedules of this session (at least 200)")
-    assert set(_seen) == FEATURES
-    assert min(_seen.values()) >= sum(_sizes.values()) // 10
-    assert _sizes[4] and _sizes[7]
+    """The schedules ``test_random_schedules`` runs draw every fault often, and both sizes
+    (drawing a schedule is cheap: boot and plan, no run)."""
+    seen: Counter[str] = Counter()
+    sizes: Counter[int] = Counter()
+    for seed in range(SCHEDULES):
+        sim = simulation.Simulation(seed)
+        sim.prepare()
+        seen.update(sim.features)
+        sizes[sim.n] += 1
+    assert set(seen) == FEATURES
+    assert min(seen.values()) >= SCHEDULES // 10
+    assert sizes[4] and sizes[7]
 
 
 @pytest.mark.parametrize("seed", [101, 202, 303, 404])
@@ -85,10 +90,19 @@ def test_checker_catches_a_broken_quorum(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_replay() -> None:
+    """Re-runs the schedule GRIDLEDGER_SIM_SEED names (by default: seed 0, in both modes,
+    and checks that a replay is exactly the run it replays)."""
     seed = os.environ.get("GRIDLEDGER_SIM_SEED")
     if seed is None:
-        pytest.skip("set GRIDLEDGER_SIM_SEED to replay one schedule")
-    result = simulation.run_schedule(int(seed))
-    print(f"seed {result.seed}: n={result.n} features={sorted(result.features)}")
+        for mode in simulation.MODES:
+            first, again = (simulation.run_schedule(0, mode=mode) for _ in range(2))
+            assert (first.heights, first.events, first.violations) == (
+                again.heights, again.events, again.violations
+            )
+            assert not first.violations, _report([first])
+        return
+    mode = os.environ.get("GRIDLEDGER_SIM_MODE", "honest")
+    result = simulation.run_schedule(int(seed), mode=mode)
+    print(f"seed {result.seed} ({mode}): n={result.n} features={sorted(result.features)}")
     print(f"heights={result.heights} events={result.events}")
     assert not result.violations, _report([result])

@@ -58,6 +58,9 @@ TABLE: dict[str, Rule] = {
     _ORDERER + "Deliver": _rule(
         R.ORDERER, R.COMMITTER, R.ENDORSER, R.ADMIN,
         why="replicas follow the chain; admins for inspection and the bench"),
+    _ORDERER + "ListEvidence": _rule(
+        R.ORDERER, R.ENDORSER, R.COMMITTER, R.ADMIN,
+        why="equivocation evidence is for the consortium's nodes and operators"),
     _CONSENSUS + "Exchange": _rule(
         R.ORDERER, pinned_orderer=True,
         why="only the genesis orderers (`OrdererEntry.tls_certificate_pem`)"),

@@ -40,6 +40,7 @@ EXPECTED: dict[str, set[str]] = {
     "OrdererService/Broadcast": {"endorser-1", "admin"},
     "OrdererService/BroadcastBatch": {"endorser-1", "admin"},
     "OrdererService/Deliver": {"orderer-1", "committer-1", "endorser-1", "admin"},
+    "OrdererService/ListEvidence": {"orderer-1", "committer-1", "endorser-1", "admin"},
     "ConsensusService/Exchange": {"orderer-1"},
     "EndorserService/SubmitTransaction": {"meter-1", "plant-1", "issuer", "admin"},
     "EndorserService/RequestOptions": {"meter-1", "admin"},

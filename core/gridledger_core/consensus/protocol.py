@@ -647,6 +647,15 @@ class Replica:
             return f"timestamp {stamp:.3f} is ahead of this orderer's clock"
         if stamp < self._previous_timestamp():
             return "timestamp is before the previous block's"
+        # A block no honest primary would cut (see _cut_block) is refused, so a byzantine
+        # primary cannot make every replica, and every sync response, carry a huge block.
+        # One transaction alone may exceed the byte bound, as in _cut_block.
+        count = len(block.transactions)
+        if count > self.config.max_batch_txs:
+            return f"{count} transactions; at most {self.config.max_batch_txs} per block"
+        size = sum(len(tx) for tx in block.transactions)
+        if count > 1 and size > self.config.max_batch_bytes:
+            return f"{size} bytes of transactions; at most {self.config.max_batch_bytes}"
         seen: set[bytes] = set()
         for tx in block.transactions:
             tx_id = self.deps.tx_id_of(tx)

@@ -226,3 +226,28 @@ def test_proposals_for_later_rounds_are_bounded_in_bytes() -> None:
         replica.on_message(primary, msg, 0.0)
     held = sum(entry[1].ByteSize() for entry in replica._pending.values())
     assert 0 < held <= 200_000
+
+
+# --- block size ------------------------------------------------------------------------
+
+
+def test_a_pre_block_above_the_batch_bounds_gets_no_prepare() -> None:
+    """A byzantine primary's oversized pre-block (more transactions or bytes than any honest
+    primary cuts) is refused by every auxiliary, so it never becomes final and never has to
+    travel in sync responses; one at the bounds is voted for."""
+    cluster = TunedCluster(max_batch_txs=10, max_batch_bytes=400)
+    p0 = cluster.primary(0)
+    auxiliary = next(oid for oid in cluster.ids if oid != p0)
+    replica = cluster.nodes[auxiliary].replica
+    now = 1.0
+    too_many = cluster.pre_block(p0, [b"ok:n%d" % i for i in range(11)], timestamp_ns=10**9)
+    too_big = cluster.pre_block(p0, [b"ok:" + bytes([65 + i]) * 100 for i in range(5)],
+                                timestamp_ns=10**9)
+    for block in (too_many, too_big):
+        proposal = consensus_pb2.ConsensusMessage(
+            proposal=consensus_pb2.Proposal(height=0, round=0, block=block))
+        assert not sends(replica.on_message(p0, proposal, now), "vote")
+    fits = cluster.pre_block(p0, [b"ok:f%d" % i for i in range(10)], timestamp_ns=10**9)
+    proposal = consensus_pb2.ConsensusMessage(
+        proposal=consensus_pb2.Proposal(height=0, round=0, block=fits))
+    assert sends(replica.on_message(p0, proposal, now), "vote")

@@ -10,14 +10,12 @@ Time is a settable clock, so nothing here waits.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from grpc_helpers import Aborted, FakeContext
+from grpc_helpers import InProcess
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
@@ -38,41 +36,6 @@ from gridledger_meter_agent.readings import IntervalReader
 from gridledger_meter_agent.sender import OutboxSender
 
 RESUBMIT_AFTER = 30.0
-
-
-class StatusError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
-class InProcess:
-    """A stub whose calls go straight to a servicer, aborts raised as gRPC errors; `down`
-    makes every call fail UNAVAILABLE (the service is unreachable)."""
-
-    def __init__(self, servicer: Any) -> None:
-        self._servicer = servicer
-        self.down = False
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._servicer, name)
-
-        def call(request: Any, timeout: float | None = None) -> Any:
-            self.calls.append(name)
-            if self.down:
-                raise StatusError(grpc.StatusCode.UNAVAILABLE, "connection refused")
-            try:
-                return method(request, FakeContext())
-            except Aborted as exc:
-                raise StatusError(exc.code, exc.details) from exc
-        return call
 
 
 @dataclass
@@ -200,7 +163,7 @@ def test_a_committed_invalid_verdict_dead_letters_the_reading(agent: Agent) -> N
 
 def identity_endorse(agent: Agent, envelope: envelope_pb2.SignedEnvelope
                      ) -> envelope_pb2.Endorsement:
-    return agent.endorser._servicer._signer.endorse(envelope.payload)
+    return agent.endorser.servicer._signer.endorse(envelope.payload)
 
 
 def test_already_on_the_ledger_counts_as_submitted_and_is_confirmed(agent: Agent) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -29,14 +29,17 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 class NodeServer:
     def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
-                 max_workers: int = 32, health_listen: str | None = None) -> None:
+                 max_workers: int = 32, health_listen: str | None = None,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
         self.name = name
         self.role = role
         self._listen = listen
         self._metrics_listen = metrics_listen
         self._tls = tls
+        # `options` override SERVER_OPTIONS of the same name (e.g. a smaller receive limit).
+        merged = list({**dict(SERVER_OPTIONS), **dict(options)}.items())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                   interceptors=[MetricsInterceptor()], options=SERVER_OPTIONS)
+                                   interceptors=[MetricsInterceptor()], options=merged)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self._services: list[str] = []
         self._on_stop: list[Callable[[], None]] = []

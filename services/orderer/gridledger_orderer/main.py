@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
@@ -12,6 +13,7 @@ from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_orderer.limits import OrdererLimits
 from gridledger_orderer.node import OrdererNode, OrderingParams
 from gridledger_orderer.service import ConsensusServicer, OrdererServicer
 from gridledger_orderer.store import OrdererStore
@@ -28,7 +30,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds the oldest pending transaction may wait for a block")
     parser.add_argument("--round-timeout", type=float, default=1.0,
                         help="base round timeout in seconds (doubles per failed round)")
+    for field in dataclasses.fields(OrdererLimits):  # the bounds (docs/operations.md)
+        default = getattr(OrdererLimits(), field.name)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
+                            default=default, help=f"limit (default {default})")
     args = node_config.parse(parser, argv)
+    limits = OrdererLimits(**{f.name: getattr(args, f.name)
+                              for f in dataclasses.fields(OrdererLimits)})
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     identity = SigningIdentity.load(args.consortium_dir, args.name)
     if identity.name not in genesis.orderer_keys:
@@ -38,14 +46,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Deployments may hand every orderer the full member list; it never dials itself.
     peers = [(name, address) for name, address in node_config.parse_peers(args.peer, "--peer")
              if name != identity.name]
-    transport = Transport(peers, tls)
+    transport = Transport(peers, tls, limits.outbox_peer_bytes)
     notifier = HeightNotifier(lambda: store.height)
     params = OrderingParams(args.max_batch_txs, args.max_batch_bytes, args.max_batch_wait,
                             args.round_timeout)
-    node = OrdererNode(genesis, identity, store, transport, params, notifier.grew)
+    node = OrdererNode(genesis, identity, store, transport, params, notifier.grew, limits)
 
     server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls,
-                        health_listen=args.health_listen)
+                        max_workers=limits.worker_threads(len(genesis.orderers)),
+                        health_listen=args.health_listen,
+                        options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+                                 # streams one connection may hold open at once
+                                 ("grpc.max_concurrent_streams", 64)])
     server.add_service(orderer_pb2_grpc.add_OrdererServiceServicer_to_server,
                        OrdererServicer(node, store, notifier),
                        orderer_pb2.DESCRIPTOR.services_by_name["OrdererService"].full_name)

@@ -1,18 +1,24 @@
 """The orderer's event loop: the only thread that touches the consensus replica.
 
-Inputs (client transactions, peer messages, timers) arrive on one queue; each input's actions
-are executed in order: Persist and Deliver first, in one synced LMDB transaction, then sends
-and timers (the replica's durability rule).
+Inputs (client transactions, peer messages, timers) arrive on one inbox bounded in bytes
+(`inbox.Inbox`); each input's actions are executed in order: Persist and Deliver first, in
+one synced LMDB transaction, then sends and timers (the replica's durability rule).
+
+Acknowledgement means durable: every client submission waiting in the inbox is taken at
+once, and its transactions are written to this orderer's LMDB pool in the same synced
+transaction as that input's Persist and Deliver actions (group commit: one fsync for every
+API call waiting); only then are the waiting API calls released to answer OK. A restart
+feeds the pool back to the replica (`start`); a block's transactions leave the pool in the
+transaction that stores the block (`OrdererStore.apply`).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -26,8 +32,10 @@ from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, 
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.checks import check_for_ordering
-from gridledger_core.ledger.errors import TxInvalid
+from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.signing_identity import SigningIdentity
+from gridledger_orderer.inbox import Inbox, Submission
+from gridledger_orderer.limits import OrdererLimits
 from gridledger_orderer.store import OrdererStore, tx_id_of
 from gridledger_orderer.transport import Transport
 
@@ -41,6 +49,8 @@ ROUND_CHANGES = Counter("gridledger_orderer_round_changes",
                         "Rounds entered above 0, each one a change of primary.")
 PENDING = Gauge("gridledger_orderer_pending_transactions",
                 "Transactions in this orderer's pool, waiting for a block.")
+PENDING_BYTES = Gauge("gridledger_orderer_pending_bytes",
+                      "Bytes of the transactions in this orderer's pool.")
 FINALITY = Histogram("gridledger_orderer_block_finality_seconds",
                      "From the arrival here of a block's first transaction to its certificate.",
                      buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10))
@@ -50,10 +60,30 @@ PHASE_SECONDS = Histogram("gridledger_orderer_consensus_phase_seconds",
                           ["phase"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 BLOCK_TXS = Histogram("gridledger_orderer_block_transactions", "Transactions per final block.",
                       buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
-
+ACK_GROUP = Histogram("gridledger_orderer_ack_group_transactions",
+                      "Transactions made durable (and acknowledged) by one synced write.",
+                      buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
+INBOUND_DROPPED = Counter("gridledger_orderer_inbound_dropped",
+                          "Consensus messages from a peer dropped on arrival, by reason: rate "
+                          "(over its token bucket), queue (its inbox budget is full), pool "
+                          "(transactions forwarded while the pool is at its byte limit).",
+                          ["peer", "reason"])
+RESTORED = Counter("gridledger_orderer_pool_restored",
+                   "Acknowledged transactions fed back to the replica from the LMDB pool "
+                   "on start.")
 
 _UNCHECKED = object()
 _SEEN_LIMIT = 200_000  # entries kept before the cache starts over
+_SEEN_BYTES = 64 << 20  # bytes of keys kept before the cache starts over
+_ARRIVALS_LIMIT = 200_000
+
+
+class Overloaded(Exception):
+    """The inbox has no room for these transactions: the client should retry later."""
+
+
+class NotDurable(Exception):
+    """The transactions could not be written to the pool (or not in time)."""
 
 
 class _Seen:
@@ -78,18 +108,28 @@ class OrderingParams:
 class OrdererNode:
     def __init__(self, genesis: Genesis, identity: SigningIdentity, store: OrdererStore,
                  transport: Transport, params: OrderingParams,
-                 on_deliver: Callable[[block_pb2.Block], None]) -> None:
+                 on_deliver: Callable[[block_pb2.Block], None],
+                 limits: OrdererLimits | None = None, *, durable_acks: bool = True,
+                 ) -> None:
+        """`durable_acks=False` is for bench/ordering.py only (to measure what durable
+        acknowledgement costs): acknowledged transactions are then neither written to nor
+        restored from the pool. No command-line flag sets it."""
         self._store = store
         self._transport = transport
         self._on_deliver = on_deliver
         self._membership = genesis.membership
+        self.limits = limits = limits or OrdererLimits()
+        self.max_tx_bytes = genesis.limits.max_tx_bytes
+        self._durable = durable_acks
         # tx bytes -> _Seen: each transaction is parsed and verified once per orderer,
         # although its id is needed on admission, forwarding, proposal, commit and storage.
         # Keyed by the bytes themselves (equal bytes, equal entry; Python's hash of ~1 KB is
         # cheaper than a sha256); an entry leaves when its transaction is final, after which
         # the tx id alone makes every later arrival a duplicate, so the cache holds about what
-        # the pool holds.
+        # the pool holds. Bounded in entries and bytes (bytes above `max_tx_bytes` are never
+        # kept): past either bound it starts over, which only costs re-checks.
         self._seen: dict[bytes, _Seen] = {}
+        self._seen_bytes = 0
         self._arrivals: dict[bytes, float] = {}
         seed = identity.signer.seed()
         height = store.height
@@ -116,7 +156,7 @@ class OrdererNode:
         )
         self.replica = Replica(config, deps, tip, known_tx_ids=store.tx_ids(),
                                persisted=store.persisted())
-        self._events: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._inbox = Inbox(limits.inbox_client_bytes, limits.inbox_peer_bytes)
         self._timers: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="consensus", daemon=True)
@@ -127,46 +167,113 @@ class OrdererNode:
 
     # -- inputs from other threads ---------------------------------------------------------
 
-    def submit_transactions(self, txs: list[bytes]) -> None:
-        """Transactions the API admitted (``admit`` passed): the replica pools them even
-        above the pool's capacity, which the API checks first, so an acknowledged
-        transaction is never dropped for lack of room."""
+    def submit_transactions(self, txs: list[bytes]) -> Submission:
+        """Hand transactions the API admitted (``admit`` passed, or pending already) to the
+        consensus thread; `wait_durable` then blocks until they are in this orderer's LMDB
+        pool. The replica pools them even above the pool's capacity, which the API checks
+        first, so an acknowledged transaction is never dropped for lack of room. Raises
+        Overloaded when the inbox has no room for their bytes."""
+        submission = Submission(txs)
+        if not self._inbox.put_submission(submission):
+            raise Overloaded(f"{self._inbox.client_bytes()} bytes of transactions wait for "
+                             "ordering")
         now = time.monotonic()
+        if len(self._arrivals) >= _ARRIVALS_LIMIT:  # ids that never became final
+            self._arrivals.clear()
         for tx in txs:
             self._arrivals.setdefault(self.tx_id(tx), now)
-        self._events.put(("txs", txs))
+        if not self._durable:
+            submission.finish()
+        return submission
 
-    def receive(self, sender: str, message: consensus_pb2.ConsensusMessage) -> None:
-        self._events.put(("msg", (sender, message)))
+    @staticmethod
+    def wait_durable(submission: Submission, timeout: float = 10.0) -> None:
+        """Block until the submission's transactions are durable; NotDurable if they are not
+        within `timeout` seconds (they may still become so: the client retries, and a retry
+        is answered `duplicate`)."""
+        if not submission.done.wait(timeout):
+            raise NotDurable(f"transactions not yet durable after {timeout:g} s")
+        if submission.error is not None:
+            raise NotDurable(submission.error)
+
+    def receive(self, sender: str, message: consensus_pb2.ConsensusMessage, size: int) -> bool:
+        """A peer's message, `size` bytes; False (and counted) when it was dropped."""
+        if message.HasField("tx_forward") and \
+                self.replica.pool.total_bytes + size > self.limits.pool_bytes:
+            INBOUND_DROPPED.labels(sender, "pool").inc()
+            return False
+        if not self._inbox.put_message(sender, message, size):
+            INBOUND_DROPPED.labels(sender, "queue").inc()
+            return False
+        return True
+
+    def pool_has_room(self, size: int) -> bool:
+        """Room in the pool for `size` more bytes, by count and by bytes (the API's check)."""
+        pool = self.replica.pool
+        return not pool.full and pool.total_bytes + size <= self.limits.pool_bytes
 
     def start(self) -> None:
         self._execute(self.replica.on_start(time.time()))
+        self._restore_pool()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._events.put(("stop", None))
+        self._inbox.close()
         self._thread.join(timeout=5)
+        for submission in self._inbox.drain():
+            submission.finish("the orderer is stopping")
+
+    def _restore_pool(self) -> None:
+        """Feed the acknowledged transactions of the LMDB pool back to the replica. Those
+        final already (the block was stored, the delete raced a later acknowledgement) or no
+        longer admissible are dropped from the pool."""
+        if not self._durable:
+            return
+        entries = self._store.pooled()
+        if not entries:
+            return
+        restored = [raw for tx_id, raw in entries if tx_id not in self.replica.known_ids]
+        self._execute(self.replica.on_transactions(restored, time.time()))
+        self._store.unpool([tx_id for tx_id, _ in entries if tx_id not in self.replica.pool])
+        RESTORED.inc(sum(1 for tx_id, _ in entries if tx_id in self.replica.pool))
+        log.info("restored %d acknowledged transactions to the pool", len(restored))
 
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
     def _lookup(self, raw: bytes) -> _Seen:
         seen = self._seen.get(raw)
         if seen is None:
+            if len(raw) > self.max_tx_bytes:  # never parsed, never kept
+                return _Seen(b"")
             seen = _Seen(tx_id_of(raw).encode())
-            if len(self._seen) >= _SEEN_LIMIT:  # refused or never-final transactions
+            if len(self._seen) >= _SEEN_LIMIT or \
+                    self._seen_bytes + len(raw) > _SEEN_BYTES:  # refused or never final
                 self._seen.clear()
+                self._seen_bytes = 0
             self._seen[raw] = seen
+            self._seen_bytes += len(raw)
         return seen
 
     def tx_id(self, raw: bytes) -> bytes:
-        """The tx id in an endorsed transaction's bytes (b"" when they do not decode)."""
+        """The tx id in an endorsed transaction's bytes (b"" when they do not decode or are
+        larger than the consortium's limit)."""
         return self._lookup(raw).tx_id
 
+    def too_large(self, raw: bytes) -> TxInvalid | None:
+        if len(raw) <= self.max_tx_bytes:
+            return None
+        return TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
+                         f"transaction is {len(raw)} bytes; the limit is {self.max_tx_bytes} "
+                         "bytes (genesis limits.max_tx_bytes)")
+
     def admit(self, raw: bytes) -> TxInvalid | None:
-        """The ordering checks (decodes, endorsed by an endorser), cached: a transaction is
-        checked once per orderer although it arrives by Broadcast and again in a proposal.
-        None when it may be ordered, else why not."""
+        """The ordering checks (size, decodes, endorsed by an endorser), cached: a
+        transaction is checked once per orderer although it arrives by Broadcast and again
+        in a proposal. None when it may be ordered, else why not."""
+        refused = self.too_large(raw)
+        if refused is not None:
+            return refused
         seen = self._lookup(raw)
         if seen.verdict is _UNCHECKED:
             try:
@@ -186,32 +293,18 @@ class OrdererNode:
     def _run(self) -> None:
         while not self._stop.is_set():
             timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
-            try:
-                kind, payload = self._events.get(timeout=timeout)
-            except queue.Empty:
-                kind, payload = "", None
+            item = self._inbox.get(timeout)
             # Wall-clock time: the replica stamps blocks with it, and the ledger judges
             # transactions against block times. Timer deadlines are relative, so a clock step
             # only shortens or lengthens one timeout.
             now = time.time()
+            kind = "txs" if isinstance(item, list) else "msg" if item else ""
             try:
-                if kind == "txs":
-                    batch = list(payload)  # type: ignore[call-overload]
-                    while len(batch) < 5000:  # coalesce queued submissions into one input
-                        try:
-                            more_kind, more = self._events.get_nowait()
-                        except queue.Empty:
-                            break
-                        if more_kind != "txs":
-                            self._events.put((more_kind, more))
-                            break
-                        batch.extend(more)  # type: ignore[call-overload]
-                    self._execute(self.replica.on_transactions(batch, now))
-                elif kind == "msg":
-                    sender, message = payload  # type: ignore[misc]
+                if isinstance(item, list):
+                    self._on_submissions(item, now)
+                elif item is not None:
+                    sender, message = item
                     self._execute(self.replica.on_message(sender, message, now))
-                elif kind == "stop":
-                    return
                 while self._timers and self._timers[0][0] <= time.monotonic():
                     _, name = heapq.heappop(self._timers)
                     self._execute(self.replica.on_timer(name, time.time()))
@@ -219,10 +312,29 @@ class OrdererNode:
                 log.exception("consensus loop error on %s", kind or "timer")
             self._update_gauges()
 
-    def _execute(self, actions: list[Action]) -> None:
+    def _on_submissions(self, submissions: list[Submission], now: float) -> None:
+        """Pool every waiting submission, write them (with the actions) in one synced
+        transaction, then release the API calls waiting for them."""
+        error: str | None = "consensus loop error"
+        try:
+            batch = [tx for submission in submissions for tx in submission.txs]
+            actions = self.replica.on_transactions(batch, now)
+            pool: list[tuple[bytes, bytes]] = []
+            if self._durable:
+                known = self.replica.known_ids  # final already: nothing to keep
+                pool = [(tx_id, raw) for raw in batch
+                        if (tx_id := self.tx_id(raw)) and tx_id not in known]
+                ACK_GROUP.observe(len(pool))
+            self._execute(actions, pool)
+            error = None
+        finally:
+            for submission in submissions:
+                submission.finish(error)
+
+    def _execute(self, actions: list[Action], pool: Sequence[tuple[bytes, bytes]] = ()) -> None:
         durable = [a for a in actions if isinstance(a, Persist | Deliver)]
-        if durable:
-            delivered = self._store.apply(durable, self.tx_id)  # type: ignore[arg-type]
+        if durable or pool:
+            delivered = self._store.apply(durable, self.tx_id, pool)  # type: ignore[arg-type]
             now = time.monotonic()
             for block in delivered:
                 self._observe_final(block, now)
@@ -242,6 +354,8 @@ class OrdererNode:
         arrivals = []
         for tx in block.transactions:
             seen = self._seen.pop(tx, None)
+            if seen is not None:
+                self._seen_bytes -= len(tx)
             tx_id = seen.tx_id if seen is not None else tx_id_of(tx).encode()
             arrivals.append(self._arrivals.pop(tx_id, None))
         seen = [a for a in arrivals if a is not None]
@@ -278,3 +392,4 @@ class OrdererNode:
         ROUND.set(replica.round)
         IS_PRIMARY.set(1 if replica.primary == replica.me else 0)
         PENDING.set(replica.pending_transactions)
+        PENDING_BYTES.set(replica.pool.total_bytes)

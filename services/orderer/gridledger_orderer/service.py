@@ -1,7 +1,15 @@
-"""OrdererService (Broadcast, Deliver) for clients and ConsensusService for peer orderers."""
+"""OrdererService (Broadcast, Deliver) for clients and ConsensusService for peer orderers.
+
+Broadcast and BroadcastBatch answer OK (accepted, or `duplicate` of a pending transaction)
+only once the transaction is synced into this orderer's LMDB pool (see node.py). Everything
+a caller can make the orderer hold is bounded (limits.py): a transaction's size (genesis
+`limits.max_tx_bytes`), concurrent calls and streams by kind and client, the bytes waiting
+for the consensus thread and in the pool, and each peer's inbound rate.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import grpc
@@ -19,15 +27,46 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import TxInvalid
 from gridledger_core.rpc.errors import STATUS_OF_CODE, abort_invalid
 from gridledger_core.rpc.height_notifier import HeightNotifier
-from gridledger_orderer.node import OrdererNode
-from gridledger_orderer.store import OrdererStore
+from gridledger_orderer.limits import PeerBudget, StreamSlots
+from gridledger_orderer.node import INBOUND_DROPPED, NotDurable, OrdererNode, Overloaded
+from gridledger_orderer.store import OrdererStore, tx_id_of
 
 BROADCASTS = Counter("gridledger_orderer_broadcasts",
                      "Broadcast transactions (unary or in a batch), by result.", ["result"])
+REFUSED_CALLS = Counter("gridledger_orderer_refused_calls",
+                        "Calls refused with RESOURCE_EXHAUSTED because their kind (broadcast, "
+                        "deliver, exchange) is at its concurrency limit.", ["kind"])
 RETRY_AFTER_MS = "50"
 # Per BroadcastBatch call; the bytes limit stays well below the servers' 64 MiB message limit.
 MAX_BATCH_TXS = 2_000
 MAX_BATCH_BYTES = 8 << 20
+
+
+def _client(context: grpc.ServicerContext) -> str:
+    """The caller's identity for per-client limits: its TLS certificate's common name."""
+    names = context.auth_context().get("x509_common_name") or [b""]
+    return names[0].decode(errors="replace")
+
+
+@contextlib.contextmanager
+def _slot(slots: StreamSlots, kind: str, identity: str,
+          context: grpc.ServicerContext) -> Iterator[None]:
+    """Hold one of `slots` for the call, or refuse it with RESOURCE_EXHAUSTED."""
+    if not slots.acquire(identity):
+        REFUSED_CALLS.labels(kind).inc()
+        context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"too many concurrent {kind} calls; retry after {RETRY_AFTER_MS} ms")
+    try:
+        yield
+    finally:
+        slots.release(identity)
+
+
+def _exhausted_result(result: orderer_pb2.BroadcastResult) -> None:
+    result.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    result.message = f"ordering queue is full; retry after {RETRY_AFTER_MS} ms"
+    result.retry_after_ms = int(RETRY_AFTER_MS)
 
 
 class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
@@ -36,47 +75,87 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._node = node
         self._store = store
         self._notifier = notifier
+        limits = node.limits
+        self._broadcasts = StreamSlots(limits.broadcast_calls, limits.broadcast_calls)
+        self._delivers = StreamSlots(limits.deliver_streams, limits.deliver_streams_per_client)
 
     def _judge(self, raw: bytes, tx_id: bytes, full: bool,
                earlier: set[bytes]) -> tuple[str, TxInvalid | None]:
-        """Broadcast's verdict on one transaction (counted): "duplicate" (on the ledger, in
-        the pool, or earlier in the same call), "rejected" (with why), "resource_exhausted"
-        when `full`, else "accepted"."""
-        if tx_id in earlier or self._node.replica.knows_tx(tx_id) or \
-                self._store.has_tx(tx_id.decode()):
+        """Broadcast's verdict on one transaction (counted): "duplicate" (on the ledger),
+        "pending" (a duplicate of a transaction in the pool, or earlier in the same call),
+        "rejected" (with why), "resource_exhausted" when `full`, else "accepted"."""
+        if tx_id in earlier:
+            verdict, refused = "duplicate", None
+        elif tx_id in self._node.replica.pool:
+            verdict, refused = "pending", None
+        elif tx_id in self._node.replica.known_ids or self._store.has_tx(tx_id.decode()):
             verdict, refused = "duplicate", None
         else:
             refused = self._node.admit(raw)
             verdict = "rejected" if refused is not None else \
                 "resource_exhausted" if full else "accepted"
-        BROADCASTS.labels(verdict).inc()
+        BROADCASTS.labels("duplicate" if verdict == "pending" else verdict).inc()
         return verdict, refused
+
+    def _make_durable(self, txs: list[bytes]) -> str | None:
+        """Hand `txs` to the consensus thread and wait until they are in the LMDB pool;
+        None when they are, else the status name to answer (RESOURCE_EXHAUSTED when the
+        inbox is full, UNAVAILABLE when they could not be written)."""
+        try:
+            self._node.wait_durable(self._node.submit_transactions(txs))
+        except Overloaded:
+            return "RESOURCE_EXHAUSTED"
+        except NotDurable:
+            return "UNAVAILABLE"
+        return None
+
+    def _exhausted(self, context: grpc.ServicerContext, what: str) -> None:
+        context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"{what}; retry after {RETRY_AFTER_MS} ms")
 
     def Broadcast(self, request: orderer_pb2.BroadcastRequest,
                   context: grpc.ServicerContext) -> orderer_pb2.BroadcastResponse:
-        raw = request.endorsed_transaction
+        with _slot(self._broadcasts, "broadcast", "", context):
+            return self._broadcast(request.endorsed_transaction, context)
+
+    def _broadcast(self, raw: bytes,
+                   context: grpc.ServicerContext) -> orderer_pb2.BroadcastResponse:
+        too_large = self._node.too_large(raw)
+        if too_large is not None:
+            BROADCASTS.labels("too_large").inc()
+            abort_invalid(context, too_large)
         tx_id = self._node.tx_id(raw)
         if not tx_id:
             BROADCASTS.labels("malformed").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "endorsed_transaction is not a decodable EndorsedTransaction")
-        verdict, refused = self._judge(raw, tx_id, self._node.replica.pool_full, set())
+        verdict, refused = self._judge(raw, tx_id, not self._node.pool_has_room(len(raw)),
+                                       set())
         if verdict == "duplicate":
             return orderer_pb2.BroadcastResponse(tx_id=tx_id.decode(), duplicate=True)
         if refused is not None:
             abort_invalid(context, refused)
         if verdict == "resource_exhausted":
-            context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"ordering queue is full; retry after {RETRY_AFTER_MS} ms")
-        self._node.submit_transactions([raw])
-        return orderer_pb2.BroadcastResponse(tx_id=tx_id.decode())
+            self._exhausted(context, "ordering queue is full")
+        failed = self._make_durable([raw])
+        if failed == "RESOURCE_EXHAUSTED":
+            self._exhausted(context, "ordering queue is full")
+        if failed is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "the transaction could not be made durable here; retry")
+        return orderer_pb2.BroadcastResponse(tx_id=tx_id.decode(),
+                                             duplicate=verdict == "pending")
 
     def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
                        context: grpc.ServicerContext) -> orderer_pb2.BroadcastBatchResponse:
+        with _slot(self._broadcasts, "broadcast", "", context):
+            return self._broadcast_batch(list(request.endorsed_transactions), context)
+
+    def _broadcast_batch(self, raws: list[bytes], context: grpc.ServicerContext,
+                         ) -> orderer_pb2.BroadcastBatchResponse:
         """Broadcast's checks per transaction, in request order. The request is checked whole
         before anything is admitted, so a refused call leaves nothing behind."""
-        raws = list(request.endorsed_transactions)
         if not raws:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "endorsed_transactions is empty")
         if len(raws) > MAX_BATCH_TXS:
@@ -88,43 +167,67 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"endorsed_transactions holds {size} bytes; at most "
                           f"{MAX_BATCH_BYTES} per call; nothing was admitted")
-        ids = [self._node.tx_id(raw) for raw in raws]
+        # An oversized transaction is refused alone; its id is parsed without being cached.
+        ids = [tx_id_of(raw).encode() if self._node.too_large(raw) else self._node.tx_id(raw)
+               for raw in raws]
         for index, tx_id in enumerate(ids):
             if not tx_id:
                 BROADCASTS.labels("malformed").inc()
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"endorsed_transactions[{index}] is not a decodable "
                               "EndorsedTransaction with a tx id; nothing was admitted")
-        replica = self._node.replica
-        # Room is checked once for the batch, like Broadcast checks `pool_full` per call.
-        room = replica.pool.capacity - replica.pending_transactions
+        # Room is checked once for the batch, like Broadcast checks it per call.
+        pool = self._node.replica.pool
+        room = pool.capacity - len(pool)
+        room_bytes = self._node.limits.pool_bytes - pool.total_bytes
         results: list[orderer_pb2.BroadcastResult] = []
-        accepted: list[bytes] = []
+        durable: list[tuple[orderer_pb2.BroadcastResult, bytes]] = []
         in_batch: set[bytes] = set()
         for raw, tx_id in zip(raws, ids, strict=True):
             result = orderer_pb2.BroadcastResult(tx_id=tx_id.decode())
             results.append(result)
-            verdict, refused = self._judge(raw, tx_id, room <= 0, in_batch)
-            if verdict == "duplicate":
+            too_large = self._node.too_large(raw)
+            if too_large is not None:
+                BROADCASTS.labels("too_large").inc()
+                result.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                result.message = f"{too_large.code_name}: {too_large.message}"
+                continue
+            full = room <= 0 or room_bytes < len(raw)
+            verdict, refused = self._judge(raw, tx_id, full, in_batch)
+            if verdict in ("duplicate", "pending"):
                 result.duplicate = True
+                if verdict == "pending":
+                    durable.append((result, raw))
             elif refused is not None:
                 status = STATUS_OF_CODE.get(refused.code, grpc.StatusCode.INVALID_ARGUMENT)
                 result.code = status.value[0]
                 result.message = f"{refused.code_name}: {refused.message}"
             elif verdict == "resource_exhausted":
-                result.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-                result.message = f"ordering queue is full; retry after {RETRY_AFTER_MS} ms"
-                result.retry_after_ms = int(RETRY_AFTER_MS)
+                _exhausted_result(result)
             else:
                 room -= 1
+                room_bytes -= len(raw)
                 in_batch.add(tx_id)
-                accepted.append(raw)
-        if accepted:
-            self._node.submit_transactions(accepted)
+                durable.append((result, raw))
+        if durable:
+            failed = self._make_durable([raw for _, raw in durable])
+            for result, _ in durable:
+                if failed == "RESOURCE_EXHAUSTED":
+                    result.duplicate = False
+                    _exhausted_result(result)
+                elif failed is not None:
+                    result.duplicate = False
+                    result.code = grpc.StatusCode.UNAVAILABLE.value[0]
+                    result.message = "the transaction could not be made durable here; retry"
         return orderer_pb2.BroadcastBatchResponse(results=results)
 
     def Deliver(self, request: orderer_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
+        with _slot(self._delivers, "deliver", _client(context), context):
+            yield from self._deliver(request, context)
+
+    def _deliver(self, request: orderer_pb2.DeliverRequest,
+                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
         number = request.start_number
         while context.is_active():
             if number >= self._store.height:
@@ -146,6 +249,11 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServiceServicer):
     def __init__(self, node: OrdererNode, genesis: Genesis) -> None:
         self._node = node
         self._orgs = {o.id: o.org for o in genesis.orderers}
+        limits = node.limits
+        self._streams = StreamSlots(limits.exchange_streams_per_peer * len(self._orgs),
+                                    limits.exchange_streams_per_peer)
+        # One budget per orderer, shared by its concurrent streams.
+        self._budgets = {name: PeerBudget(limits) for name in self._orgs}
 
     def _peer(self, context: grpc.ServicerContext) -> str | None:
         pem = context.auth_context().get("x509_pem_cert")
@@ -165,6 +273,12 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServiceServicer):
         if sender is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "only the consortium's orderers may exchange consensus messages")
-        for request in request_iterator:
-            self._node.receive(sender, request.message)
+        with _slot(self._streams, "exchange", sender, context):
+            budget = self._budgets.setdefault(sender, PeerBudget(self._node.limits))
+            for request in request_iterator:
+                size = request.ByteSize()
+                if not budget.admit(size):
+                    INBOUND_DROPPED.labels(sender, "rate").inc()
+                    continue
+                self._node.receive(sender, request.message, size)
         return consensus_pb2.ExchangeResponse()

@@ -1,9 +1,14 @@
-"""The orderer's durable state in LMDB: final blocks with their seeds, the tx-id index, and
-the consensus replica's persisted votes and locks.
+"""The orderer's durable state in LMDB: final blocks with their seeds, the tx-id index, the
+consensus replica's persisted votes and locks, and the pool of acknowledged transactions.
 
 `apply` writes every Persist and Deliver of one action list in a single synced transaction,
 which is what the replica requires before any message that follows them leaves the process
 (so a restarted orderer can never sign something that conflicts with what it signed).
+
+The pool (`POOL` + tx id -> transaction bytes) holds every transaction this orderer
+acknowledged that is not final yet: `apply` writes new entries with the same transaction
+that stores whatever the action list delivers, and deletes the entries of the transactions
+of every block it stores, so an entry never outlives the block that made it final.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ BLOCK = b"ob1/"
 SEED = b"os1/"
 TX = b"ot1/"
 CONSENSUS = b"oc1/"
+POOL = b"op1/"
 HEIGHT = b"om1/height"
 
 
@@ -41,11 +47,15 @@ class OrdererStore:
         self.height = int.from_bytes(raw, "big") if raw else 0
 
     def apply(self, actions: Sequence[Persist | Deliver],
-              tx_id: Callable[[bytes], bytes] | None = None) -> list[block_pb2.Block]:
-        """Make these actions durable at once; returns the delivered blocks. `tx_id` maps a
-        transaction's bytes to its id (the orderer passes its cache; default: parse)."""
+              tx_id: Callable[[bytes], bytes] | None = None,
+              pool: Sequence[tuple[bytes, bytes]] = ()) -> list[block_pb2.Block]:
+        """Make these actions and the new pool entries `pool` ((tx id, bytes) pairs) durable
+        at once; returns the delivered blocks. `tx_id` maps a transaction's bytes to its id
+        (the orderer passes its cache; default: parse)."""
         tx_id = tx_id or (lambda raw: tx_id_of(raw).encode())
         batch = WriteBatch()
+        for pooled_id, raw in pool:
+            batch.put(POOL + pooled_id, raw)
         delivered: list[block_pb2.Block] = []
         height = self.height
         for action in actions:
@@ -58,7 +68,9 @@ class OrdererStore:
             batch.put(BLOCK + _number(header.number), action.block.SerializeToString())
             batch.put(SEED + _number(header.number), action.seed)
             for tx in action.block.transactions:
-                batch.put(TX + tx_id(tx), _number(header.number))
+                final_id = tx_id(tx)
+                batch.put(TX + final_id, _number(header.number))
+                batch.delete(POOL + final_id)  # later than the puts above: it wins
             height += 1
             batch.put(HEIGHT, _number(height))
             delivered.append(action.block)
@@ -85,6 +97,20 @@ class OrdererStore:
     def persisted(self) -> dict[str, bytes]:
         offset = len(CONSENSUS)
         return {k[offset:].decode(): v for k, v in self._store.scan(CONSENSUS)}
+
+    def pooled(self) -> list[tuple[bytes, bytes]]:
+        """The acknowledged transactions not yet final: (tx id, bytes), by tx id."""
+        offset = len(POOL)
+        return [(k[offset:], v) for k, v in self._store.scan(POOL)]
+
+    def unpool(self, tx_ids: Sequence[bytes]) -> None:
+        """Forget pool entries that will never be ordered (final already, or refused)."""
+        if not tx_ids:
+            return
+        batch = WriteBatch()
+        for pooled_id in tx_ids:
+            batch.delete(POOL + pooled_id)
+        self._store.commit(batch)
 
     def close(self) -> None:
         self._store.close()

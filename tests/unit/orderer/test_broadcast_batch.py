@@ -1,5 +1,7 @@
-"""OrdererService.BroadcastBatch in-process: a real OrdererServicer over an OrdererNode (not
-started: what the API admits is read from the node's input queue) on a fresh LMDB store.
+"""OrdererService.BroadcastBatch in-process: a real OrdererServicer over an OrdererNode on a
+fresh LMDB store. The node's loop is not started: the test pumps its inbox (as the loop does:
+pool, write durably, release the callers) while the API call runs, and records what the API
+admitted.
 
 Per-transaction outcomes match what the unary Broadcast answers for each transaction alone;
 a request that is not a valid batch is refused whole with INVALID_ARGUMENT and admits
@@ -7,49 +9,20 @@ nothing."""
 
 from __future__ import annotations
 
-import queue
+import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
+from orderer_helpers import Orderer, readings
 
-from gridledger.common.v1 import envelope_pb2, transaction_pb2
+from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2
 from gridledger_core.genesis import Genesis
-from gridledger_core.rpc.height_notifier import HeightNotifier
-from gridledger_core.signing_identity import SigningIdentity
-from gridledger_core.storage import LmdbStore
 from gridledger_orderer import service
-from gridledger_orderer.node import OrdererNode, OrderingParams
-from gridledger_orderer.service import OrdererServicer
-from gridledger_orderer.store import OrdererStore, tx_id_of
-from gridledger_orderer.transport import Transport
-
-
-class Orderer:
-    def __init__(self, consortium_dir: Path, genesis: Genesis, directory: Path) -> None:
-        identity = SigningIdentity.load(consortium_dir, "orderer-1")
-        self.store = OrdererStore(LmdbStore(directory))
-        self.node = OrdererNode(genesis, identity, self.store, Transport([], None),  # type: ignore[arg-type]
-                                OrderingParams(), lambda block: None)
-        self.api = OrdererServicer(self.node, self.store, HeightNotifier(lambda: 0))
-
-    def batch(self, txs: list[bytes]) -> list[orderer_pb2.BroadcastResult]:
-        request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=txs)
-        return list(self.api.BroadcastBatch(request, FakeContext()).results)  # type: ignore[arg-type]
-
-    def admitted(self) -> list[bytes]:
-        """Everything the API handed to the consensus loop so far."""
-        txs: list[bytes] = []
-        while True:
-            try:
-                kind, payload = self.node._events.get_nowait()
-            except queue.Empty:
-                return txs
-            assert kind == "txs"
-            txs.extend(payload)  # type: ignore[arg-type]
+from gridledger_orderer.store import tx_id_of
 
 
 @pytest.fixture
@@ -57,23 +30,6 @@ def orderer(consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> Orderer:
     orderer = Orderer(consortium_dir, genesis, tmp_path / "orderer")
     yield orderer  # type: ignore[misc]
     orderer.store.close()
-
-
-def readings(consortium_dir: Path, count: int, *, endorser: str | None = "endorser-1",
-             first: int = 1) -> list[bytes]:
-    meter = SigningIdentity.load(consortium_dir, "meter-1")
-    signer = SigningIdentity.load(consortium_dir, endorser) if endorser else None
-    base = (int(time.time()) // 900 - 1000) * 900
-    txs = []
-    for i in range(first, first + count):
-        envelope = meter.new_transaction("meter_reading", transaction_pb2.MeterReading(
-            meter="meter-1", interval_start=base - i * 900, interval_seconds=900,
-            produced_wh=i, consumed_wh=0))
-        endorsed = envelope_pb2.EndorsedTransaction(envelope=envelope)
-        if signer is not None:
-            endorsed.endorsements.append(signer.endorse(envelope))
-        txs.append(endorsed.SerializeToString())
-    return txs
 
 
 def test_accepts_a_batch_in_order_with_one_result_each(orderer: Orderer,
@@ -98,10 +54,10 @@ def test_per_transaction_refusals_and_duplicates(orderer: Orderer,
     assert [r.duplicate for r in results] == [False, False, True, False, False]
     assert orderer.admitted() == good  # the duplicate once, the refused ones never
     # Known ids (pending in the pool, or final) are duplicates in a later batch too.
-    orderer.node.replica.on_transactions(good, 0.0)
+    # Pending ids are duplicates in a later batch too (made durable here once more).
     again = orderer.batch(good)
     assert all(r.duplicate and r.code == 0 for r in again)
-    assert orderer.admitted() == []
+    assert orderer.admitted() == good
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
@@ -146,27 +102,42 @@ def test_backpressure_when_the_pool_is_full(orderer: Orderer, consortium_dir: Pa
     assert [r.code for r in results] == [0, 0, 0, exhausted, exhausted]
     assert results[0].duplicate
     assert results[3].retry_after_ms == 50
-    assert orderer.admitted() == txs[1:3]
+    assert orderer.admitted() == txs[:3]  # the pending one too: made durable here
 
 
 def test_acknowledged_transactions_are_pooled_even_above_capacity(
         orderer: Orderer, consortium_dir: Path) -> None:
-    """Two batches admitted before the loop ran: all of them were acknowledged, so the
-    replica pools all of them although that overshoots the capacity."""
+    """Two batches judged before the loop ran (each saw room for two): both wait in the
+    inbox, the loop takes both at once and pools all four, although that overshoots the
+    capacity, and writes them in one durable transaction before both calls answer OK."""
     replica = orderer.node.replica
     replica.pool.capacity = 2
     txs = readings(consortium_dir, 4)
-    assert all(r.code == 0 for r in orderer.batch(txs[:2]))
-    assert all(r.code == 0 for r in orderer.batch(txs[2:]))  # the loop has not run yet
-    replica.on_transactions(orderer.admitted(), 0.0)
+    answers: list[list[orderer_pb2.BroadcastResult]] = []
+
+    def call(part: list[bytes]) -> None:
+        request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=part)
+        answers.append(list(orderer.api.BroadcastBatch(request, FakeContext()).results))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=call, args=(part,)) for part in (txs[:2], txs[2:])]
+    for thread in threads:
+        thread.start()
+    while orderer.node._inbox.client_bytes() < sum(map(len, txs)):
+        time.sleep(0.001)  # both calls judged and waiting
+    assert not answers  # nothing is acknowledged before it is durable
+    orderer.pump()
+    for thread in threads:
+        thread.join()
+    assert all(r.code == 0 for answer in answers for r in answer)
     assert replica.pending_transactions == 4
     assert all(replica.knows_tx(tx_id_of(tx).encode()) for tx in txs)
+    assert sorted(raw for _, raw in orderer.store.pooled()) == sorted(txs)
 
 
 def test_unary_broadcast_still_answers(orderer: Orderer, consortium_dir: Path) -> None:
     tx = readings(consortium_dir, 1)[0]
-    response = orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=tx),
-                                     FakeContext())  # type: ignore[arg-type]
+    response = orderer.call(lambda: orderer.api.Broadcast(
+        orderer_pb2.BroadcastRequest(endorsed_transaction=tx), FakeContext()))  # type: ignore[arg-type]
     assert response.tx_id == tx_id_of(tx) and not response.duplicate
     assert orderer.admitted() == [tx]
     with pytest.raises(Aborted) as refused:

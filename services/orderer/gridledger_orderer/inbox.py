@@ -1,0 +1,117 @@
+"""The consensus thread's input queue, bounded in bytes.
+
+Clients' transactions share one byte budget; each peer orderer has its own, so a flooding
+peer can neither crowd out the others nor the clients. Whatever does not fit is refused at
+once (`put_*` returns False): clients are then told RESOURCE_EXHAUSTED, peer messages are
+dropped (the protocol tolerates loss). The consumer takes every waiting client submission
+in one go (one durable write acknowledges them all), alternating with peer messages so
+neither kind starves the other."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from gridledger.orderer.v1 import consensus_pb2
+
+
+class Submission:
+    """Transactions one API call asks to have ordered. `done` is set once they are durable
+    in this orderer's pool (`error` is None) or could not be made so (`error` says why)."""
+
+    __slots__ = ("done", "error", "size", "txs")
+
+    def __init__(self, txs: list[bytes]) -> None:
+        self.txs = txs
+        self.size = sum(len(tx) for tx in txs)
+        self.done = threading.Event()
+        self.error: str | None = None
+
+    def finish(self, error: str | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+
+class Inbox:
+    def __init__(self, client_bytes: int, peer_bytes: int) -> None:
+        self._client_limit = client_bytes
+        self._peer_limit = peer_bytes
+        self._cond = threading.Condition()
+        self._submissions: deque[Submission] = deque()
+        self._client_used = 0
+        self._messages: deque[tuple[str, consensus_pb2.ConsensusMessage, int]] = deque()
+        self._peer_used: dict[str, int] = {}
+        self._closed = False
+        self._messages_turn = False
+
+    def put_submission(self, submission: Submission) -> bool:
+        with self._cond:
+            if self._client_used + submission.size > self._client_limit:
+                return False
+            self._submissions.append(submission)
+            self._client_used += submission.size
+            self._cond.notify()
+            return True
+
+    def put_message(self, sender: str, message: consensus_pb2.ConsensusMessage,
+                    size: int) -> bool:
+        with self._cond:
+            used = self._peer_used.get(sender, 0)
+            if used + size > self._peer_limit:
+                return False
+            self._messages.append((sender, message, size))
+            self._peer_used[sender] = used + size
+            self._cond.notify()
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def client_bytes(self) -> int:
+        return self._client_used
+
+    def get(self, timeout: float, max_txs: int = 5_000,
+            ) -> list[Submission] | tuple[str, consensus_pb2.ConsensusMessage] | None:
+        """Waiting client submissions (all of them, up to about `max_txs` transactions), or
+        one peer message as (sender, message); None on timeout or when closed."""
+        with self._cond:
+            if not self._closed and not self._submissions and not self._messages:
+                self._cond.wait(timeout)
+            if self._closed:
+                return None
+            take_messages = bool(self._messages) and (
+                self._messages_turn or not self._submissions)
+            if take_messages:
+                self._messages_turn = False
+                sender, message, size = self._messages.popleft()
+                left = self._peer_used[sender] - size
+                if left:
+                    self._peer_used[sender] = left
+                else:
+                    del self._peer_used[sender]
+                return sender, message
+            if not self._submissions:
+                return None
+            self._messages_turn = True
+            taken: list[Submission] = []
+            count = 0
+            while self._submissions and (not taken or count < max_txs):
+                submission = self._submissions.popleft()
+                self._client_used -= submission.size
+                count += len(submission.txs)
+                taken.append(submission)
+            return taken
+
+    def drain(self) -> list[Submission]:
+        """Everything clients submitted and nobody took (on stop: to refuse it)."""
+        with self._cond:
+            taken = list(self._submissions)
+            self._submissions.clear()
+            self._client_used = 0
+            return taken

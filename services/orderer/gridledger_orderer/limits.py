@@ -1,0 +1,122 @@
+"""Bounds the orderer puts on what others can make it hold: per-peer token buckets for
+inbound consensus traffic and counted slots for long-lived streams.
+
+Both are plain thread-safe counters with no clock of their own beyond `time.monotonic`, so
+tests drive them directly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OrdererLimits:
+    """What an operator may tune (see docs/operations.md); defaults fit a 4-orderer cluster
+    with 1 MiB blocks. The per-transaction limit is not here: it is the consortium's
+    (genesis `limits.max_tx_bytes`)."""
+
+    # Largest gRPC message the orderer receives: a BroadcastBatch (8 MiB) or a SyncResponse
+    # of 16 blocks of about 1 MiB each, with room for certificates.
+    max_message_bytes: int = 20 << 20
+    # Client transactions accepted but not yet taken by the consensus thread.
+    inbox_client_bytes: int = 64 << 20
+    # Each peer's messages waiting for the consensus thread (one budget per peer, so one
+    # flooding peer cannot crowd out the others).
+    inbox_peer_bytes: int = 16 << 20
+    # Pending transactions this orderer holds, in bytes (the replica counts them too).
+    pool_bytes: int = 256 << 20
+    # Messages waiting to be sent to one peer.
+    outbox_peer_bytes: int = 32 << 20
+    # Inbound consensus traffic from one peer: sustained rate and burst.
+    peer_bytes_per_second: float = 16 << 20
+    peer_burst_bytes: float = 40 << 20
+    peer_messages_per_second: float = 5_000
+    peer_burst_messages: float = 20_000
+    # Concurrent Deliver streams in total and per client identity (TLS common name).
+    deliver_streams: int = 16
+    deliver_streams_per_client: int = 4
+    # Concurrent unary Broadcast / BroadcastBatch calls being handled.
+    broadcast_calls: int = 12
+    # Concurrent Exchange streams per peer orderer (one, plus one while it reconnects).
+    exchange_streams_per_peer: int = 2
+
+    def worker_threads(self, peers: int) -> int:
+        """gRPC handler threads: every capped kind at its cap, every peer's Exchange streams,
+        and a few for health and reflection, so no kind can take another's threads."""
+        return (self.deliver_streams + self.broadcast_calls
+                + self.exchange_streams_per_peer * peers + 4)
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; `take(n)` succeeds when n tokens are there."""
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def take(self, amount: float) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+            self._at = now
+            if amount > self._tokens:
+                return False
+            self._tokens -= amount
+            return True
+
+
+class PeerBudget:
+    """One peer's inbound allowance: a message passes when both its bytes and its count fit."""
+
+    def __init__(self, limits: OrdererLimits,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._bytes = TokenBucket(limits.peer_bytes_per_second, limits.peer_burst_bytes, clock)
+        self._messages = TokenBucket(limits.peer_messages_per_second,
+                                     limits.peer_burst_messages, clock)
+
+    def admit(self, size: int) -> bool:
+        # Count first: a refused message then costs no byte tokens.
+        return self._messages.take(1) and self._bytes.take(size)
+
+
+class StreamSlots:
+    """At most `total` concurrent holders, and at most `per_identity` per identity."""
+
+    def __init__(self, total: int, per_identity: int) -> None:
+        self._total = total
+        self._per_identity = per_identity
+        self._held: dict[str, int] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, identity: str) -> bool:
+        with self._lock:
+            mine = self._held.get(identity, 0)
+            if self._count >= self._total or mine >= self._per_identity:
+                return False
+            self._held[identity] = mine + 1
+            self._count += 1
+            return True
+
+    def release(self, identity: str) -> None:
+        with self._lock:
+            mine = self._held.get(identity, 0)
+            if mine <= 0:
+                return
+            self._count -= 1
+            if mine == 1:
+                del self._held[identity]
+            else:
+                self._held[identity] = mine - 1
+
+    @property
+    def in_use(self) -> int:
+        return self._count

@@ -1,0 +1,289 @@
+"""Everything a client or a peer can make an orderer hold is bounded: a transaction's size
+(genesis limits.max_tx_bytes), the bytes waiting for the consensus thread (clients refused
+with RESOURCE_EXHAUSTED, peer messages dropped), the pool's bytes, each peer's outgoing
+queue, each peer's inbound rate, the verdict cache, and concurrent streams per kind and
+client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_helpers import Aborted, FakeContext
+from orderer_helpers import Orderer, readings
+
+from gridledger.common.v1 import block_pb2
+from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
+from gridledger_core.consensus.actions import Deliver
+from gridledger_core.genesis import Genesis
+from gridledger_orderer import node as node_module
+from gridledger_orderer.limits import OrdererLimits, PeerBudget, StreamSlots, TokenBucket
+from gridledger_orderer.service import ConsensusServicer
+from gridledger_orderer.store import tx_id_of
+from gridledger_orderer.transport import PeerLink
+
+
+class Context(FakeContext):
+    """A call's context as the gRPC server gives it: the caller's TLS identity."""
+
+    def __init__(self, common_name: str = "endorser-1", pem: bytes = b"") -> None:
+        self._auth = {"x509_common_name": [common_name.encode()],
+                      "x509_pem_cert": [pem] if pem else []}
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def is_active(self) -> bool:
+        return True
+
+
+def oversized(tx: bytes, size: int) -> bytes:
+    """The same validly endorsed transaction, made `size` bytes long by an unknown field
+    (it still decodes, its signatures still verify)."""
+    for length_bytes in range(1, 6):
+        padding = size - len(tx) - 1 - length_bytes
+        if len(_varint(padding)) == length_bytes:
+            return tx + bytes([15 << 3 | 2]) + _varint(padding) + b"x" * padding
+    raise ValueError(size)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def make(consortium_dir: Path, genesis: Genesis, tmp_path: Path, **limits: int) -> Orderer:
+    return Orderer(consortium_dir, genesis, tmp_path / "orderer", OrdererLimits(**limits))
+
+
+@pytest.fixture
+def orderer(consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> Iterator[Orderer]:
+    orderer = make(consortium_dir, genesis, tmp_path)
+    yield orderer
+    orderer.store.close()
+
+
+# -- transaction size --------------------------------------------------------------------
+
+def test_broadcast_refuses_a_transaction_above_the_genesis_limit(
+        orderer: Orderer, consortium_dir: Path, genesis: Genesis) -> None:
+    limit = genesis.limits.max_tx_bytes
+    big = oversized(readings(consortium_dir, 1)[0], limit + 1)
+    assert tx_id_of(big)  # decodable and endorsed: only its size is wrong
+    with pytest.raises(Aborted) as refused:
+        orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=big),
+                              FakeContext())  # type: ignore[arg-type]
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details == (f"MALFORMED: transaction is {limit + 1} bytes; the limit "
+                                     f"is {limit} bytes (genesis limits.max_tx_bytes)")
+    assert orderer.admitted() == [] and big not in orderer.node._seen
+
+
+def test_broadcast_batch_refuses_only_the_oversized_transaction(
+        orderer: Orderer, consortium_dir: Path, genesis: Genesis) -> None:
+    txs = readings(consortium_dir, 3)
+    big = oversized(txs[1], genesis.limits.max_tx_bytes + 100)
+    results = orderer.batch([txs[0], big, txs[2]])
+    assert [r.code for r in results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
+    assert results[1].tx_id == tx_id_of(txs[1])
+    assert "the limit is" in results[1].message
+    assert orderer.admitted() == [txs[0], txs[2]]
+
+
+def test_oversized_transactions_from_peers_are_not_pooled_or_voted_for(
+        orderer: Orderer, consortium_dir: Path, genesis: Genesis) -> None:
+    tx = readings(consortium_dir, 1)[0]
+    big = oversized(tx, genesis.limits.max_tx_bytes + 1)
+    replica = orderer.node.replica
+    forward = consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
+        transactions=[big]))
+    replica.on_message("orderer-2", forward, 0.0)
+    assert replica.pending_transactions == 0
+    # A proposal's transactions go through the same check (`validate_tx`).
+    assert str(orderer.node._validate_tx(big)).startswith("MALFORMED: transaction is")
+    assert orderer.node._validate_tx(tx) is True
+
+
+# -- bytes waiting for the consensus thread, and in the pool ------------------------------
+
+def test_clients_beyond_the_inbox_budget_get_resource_exhausted(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    txs = readings(consortium_dir, 3)
+    orderer = make(consortium_dir, genesis, tmp_path, inbox_client_bytes=len(txs[0]) + 10)
+    try:
+        first = threading.Thread(target=orderer.api.Broadcast, args=(
+            orderer_pb2.BroadcastRequest(endorsed_transaction=txs[0]), FakeContext()))
+        first.start()  # waits in the inbox: the loop has not run
+        while orderer.node._inbox.client_bytes() == 0:
+            first.join(0.001)
+        context = FakeContext()
+        with pytest.raises(Aborted) as refused:
+            orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=txs[1]),
+                                  context)  # type: ignore[arg-type]
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert context.trailers == (("retry-after-ms", "50"),)
+        orderer.pump()  # the loop takes the first: room again
+        first.join()
+        assert [r.code for r in orderer.batch(txs[1:2])] == [0]
+    finally:
+        orderer.store.close()
+
+
+def test_peer_messages_beyond_their_budget_are_dropped(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    orderer = make(consortium_dir, genesis, tmp_path, inbox_peer_bytes=1000)
+    try:
+        vote = consensus_pb2.ConsensusMessage(vote=consensus_pb2.Vote(height=1))
+        taken = [orderer.node.receive("orderer-2", vote, 400) for _ in range(3)]
+        assert taken == [True, True, False]
+        assert orderer.node.receive("orderer-3", vote, 400)  # its own budget
+    finally:
+        orderer.store.close()
+
+
+def test_the_pool_is_bounded_in_bytes(consortium_dir: Path, genesis: Genesis,
+                                      tmp_path: Path) -> None:
+    txs = readings(consortium_dir, 4)
+    orderer = make(consortium_dir, genesis, tmp_path, pool_bytes=len(txs[0]) * 2 + 10)
+    try:
+        results = orderer.batch(txs[:3])
+        assert [r.code for r in results] == [0, 0, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]]
+        forward = consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
+            transactions=[txs[3]]))
+        assert not orderer.node.receive("orderer-2", forward, forward.ByteSize())
+    finally:
+        orderer.store.close()
+
+
+def test_garbage_never_grows_the_verdict_cache_past_its_bytes(
+        orderer: Orderer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_module, "_SEEN_BYTES", 1 << 20)
+    for i in range(100):  # 10 MB of distinct garbage, each just under the size limit
+        garbage = i.to_bytes(4, "big") + b"\xff" * 100_000
+        with pytest.raises(Aborted):
+            orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=garbage),
+                                  FakeContext())  # type: ignore[arg-type]
+    assert orderer.node._seen_bytes <= 1 << 20
+    assert sum(map(len, orderer.node._seen)) == orderer.node._seen_bytes
+
+
+# -- outgoing queues ----------------------------------------------------------------------
+
+def test_a_peer_queue_is_bounded_in_bytes() -> None:
+    link = PeerLink("orderer-2", "127.0.0.1:1", None, capacity_bytes=10_000)  # type: ignore[arg-type]
+    message = consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
+        transactions=[b"x" * 3000]))
+    for _ in range(10):
+        link.send(message)
+    assert link.queued_bytes <= 10_000
+    assert link.queued_bytes >= 3 * message.ByteSize()  # the newest are kept
+    link.send(consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
+        transactions=[b"x" * 20_000])))  # larger than the whole budget: dropped alone
+    assert link.queued_bytes >= 3 * message.ByteSize()
+
+
+# -- inbound rate, concurrent streams ------------------------------------------------------
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=100, burst=200, clock=lambda: now[0])
+    assert bucket.take(150) and not bucket.take(100)
+    now[0] = 0.5
+    assert bucket.take(100) and not bucket.take(1)
+    now[0] = 100.0
+    assert bucket.take(200) and not bucket.take(1)  # never more than the burst
+
+
+def test_stream_slots_per_identity_and_in_total() -> None:
+    slots = StreamSlots(total=3, per_identity=2)
+    assert slots.acquire("a") and slots.acquire("a") and not slots.acquire("a")
+    assert slots.acquire("b") and not slots.acquire("c")
+    slots.release("a")
+    assert slots.acquire("c") and slots.in_use == 3
+
+
+def test_deliver_streams_are_capped_per_client_and_in_total(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=3,
+                   deliver_streams_per_client=2)
+    header = block_pb2.BlockHeader(number=0).SerializeToString()
+    orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
+    request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
+
+    def open_stream(client: str) -> Iterator[orderer_pb2.DeliverResponse]:
+        stream = orderer.api.Deliver(request, Context(client))  # type: ignore[arg-type]
+        next(stream)  # holds its slot from here on
+        return stream
+
+    try:
+        streams = [open_stream("committer-1"), open_stream("committer-1")]
+        with pytest.raises(Aborted) as refused:
+            open_stream("committer-1")
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        streams.append(open_stream("committer-2"))
+        with pytest.raises(Aborted):
+            open_stream("committer-3")  # the total
+        streams.pop(0).close()  # a follower leaves: its slot is free again
+        streams.append(open_stream("committer-3"))
+    finally:
+        orderer.store.close()
+
+
+def test_exchange_drops_a_peer_above_its_rate_and_caps_its_streams(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    orderer = make(consortium_dir, genesis, tmp_path, peer_burst_messages=5,
+                   peer_messages_per_second=0.001, exchange_streams_per_peer=1)
+    try:
+        servicer = ConsensusServicer(orderer.node, genesis)
+        pem = (consortium_dir / "nodes" / "orderer-2" / "tls.pem").read_bytes()
+        vote = consensus_pb2.ExchangeRequest(message=consensus_pb2.ConsensusMessage(
+            vote=consensus_pb2.Vote(height=1)))
+        servicer.Exchange(iter([vote] * 50), Context("orderer-2", pem))  # type: ignore[arg-type]
+        assert _inbox_messages(orderer) == 5  # the burst; the rest dropped and counted
+        assert _dropped("orderer-2", "rate") >= 45
+
+        release = threading.Event()
+
+        def held() -> Iterator[consensus_pb2.ExchangeRequest]:
+            release.wait(10)
+            yield from ()
+
+        first = threading.Thread(target=servicer.Exchange,
+                                 args=(held(), Context("orderer-2", pem)))
+        first.start()
+        while servicer._streams.in_use == 0:
+            first.join(0.001)
+        with pytest.raises(Aborted) as refused:
+            servicer.Exchange(iter([]), Context("orderer-2", pem))  # type: ignore[arg-type]
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        first.join()
+    finally:
+        orderer.store.close()
+
+
+def _inbox_messages(orderer: Orderer) -> int:
+    count = 0
+    while isinstance(orderer.node._inbox.get(0.0), tuple):
+        count += 1
+    return count
+
+
+def _dropped(peer: str, reason: str) -> float:
+    return node_module.INBOUND_DROPPED.labels(peer, reason)._value.get()
+
+
+def test_peer_budget_counts_bytes_and_messages() -> None:
+    now = [0.0]
+    budget = PeerBudget(OrdererLimits(peer_bytes_per_second=1000, peer_burst_bytes=1000,
+                                      peer_messages_per_second=1000,
+                                      peer_burst_messages=1000), clock=lambda: now[0])
+    assert budget.admit(600) and not budget.admit(600) and budget.admit(400)

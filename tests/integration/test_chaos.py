@@ -186,23 +186,24 @@ def progress(net: devnet.Network, load: OnceSubmitter, acks: int = HOLD_ACKS,
              f"{acks} more acknowledgements (had {start}; errors {dict(load.acks.errors)})")
 
 
-def acked_not_committed(net: devnet.Network, load: OnceSubmitter,
+def acked_not_committed(net: devnet.Network, load: OnceSubmitter, want: int = 3,
                         timeout: float = 60) -> list[str]:
-    """Returns as soon as some acknowledged transactions are not yet committed on
-    committer-1 (so the kill that follows catches them in the orderers), naming them."""
+    """Returns as soon as at least `want` acknowledged transactions are not yet committed on
+    committer-1 (so the kill that follows catches them in the orderers), naming them; after
+    `timeout`, whatever is in flight then."""
     stub = committer_stub(net, "committer-1")
     deadline = time.monotonic() + timeout
     while True:
         with load.acks.lock:
             recent = list(load.acks.acked)[-20:]
         waiting = []
-        for tx_id in recent:
+        for tx_id in reversed(recent):  # newest first: the likeliest to be in flight
             try:
                 stub.GetTransaction(committer_pb2.GetTransactionRequest(tx_id=tx_id), timeout=5)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                     waiting.append(tx_id)
-        if waiting or time.monotonic() > deadline:
+        if len(waiting) >= want or time.monotonic() > deadline:
             return waiting
 
 

@@ -5,6 +5,10 @@ launcher, nothing else started); pre-endorsed meter readings are broadcast to th
 round-robin and the benchmark follows Deliver. It reports saturation throughput (all
 transactions offered at once) and broadcast-to-final latency at a fixed offered rate.
 
+Durable acknowledgement (`durable_ack_cost`): one orderer in process, its real Broadcast API
+and consensus loop on LMDB, acknowledging with and without writing the pool first (the
+switch exists only for this comparison).
+
 Committer-only: the final blocks of that run are committed, in process, into a fresh LMDB
 ledger with the committer's code (verify certificates, re-execute, one write transaction
 per block); it reports transactions per second and where the time goes (cProfile).
@@ -38,12 +42,16 @@ from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.sigcache import VERIFIED
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
-from gridledger_orderer.store import tx_id_of
+from gridledger_orderer.node import ACK_GROUP, OrdererNode, OrderingParams
+from gridledger_orderer.service import OrdererServicer
+from gridledger_orderer.store import OrdererStore, tx_id_of
+from gridledger_orderer.transport import Transport
 
 # (transactions at saturation, offered rate, seconds at that rate)
 PROFILES = {"quick": (1_500, 300, 3.0), "standard": (20_000, 1_000, 15.0)}
@@ -136,17 +144,21 @@ def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str
 
 
 def _settle(pending: list, stubs: list) -> list:
-    retry = []
+    """Wait for every pending call; those refused with RESOURCE_EXHAUSTED (a full queue, or
+    more concurrent calls than the orderer takes) are sent again after one 50 ms pause."""
+    refused = []
     for future, tx, index in pending:
         try:
             future.result()
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
                 raise
-            time.sleep(0.05)
-            retry.append((stubs[index].Broadcast.future(
-                orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index))
-    return retry
+            refused.append((tx, index))
+    if refused:
+        time.sleep(0.05)
+    return [(stubs[index].Broadcast.future(
+        orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index)
+        for tx, index in refused]
 
 
 def broadcast_batched(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:
@@ -286,6 +298,88 @@ def run(profile: str = "standard") -> dict:
             "committer_only": committing}
 
 
+# -- what durable acknowledgement costs (python -m bench.ordering --durable-ack) -----------
+
+class _Context:
+    """The little of a gRPC context the Broadcast API uses."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise RuntimeError(f"{code.name}: {details}")
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+
+def _acknowledge_all(consortium: Path, directory: Path, txs: list[bytes], *, durable: bool,
+                     callers: int, batch: int) -> dict:
+    genesis = Genesis.load(consortium / "genesis.json")
+    identity = SigningIdentity.load(consortium, "orderer-1")
+    store = OrdererStore(LmdbStore(directory))
+    # No peers: nothing becomes final, every transaction stays pending (the pool's capacity
+    # is above the count), so the loop does only what acknowledging needs.
+    node = OrdererNode(genesis, identity, store, Transport([], None),  # type: ignore[arg-type]
+                       OrderingParams(), lambda block: None, durable_acks=durable)
+    api = OrdererServicer(node, store, HeightNotifier(lambda: 0))
+    node.start()
+    chunks = [txs[i:i + batch] for i in range(0, len(txs), batch)]
+    latencies: list[float] = []
+
+    def send(chunk: list[bytes]) -> None:
+        started = time.perf_counter()
+        if batch == 1:
+            api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=chunk[0]),
+                          _Context())  # type: ignore[arg-type]
+        else:
+            response = api.BroadcastBatch(orderer_pb2.BroadcastBatchRequest(
+                endorsed_transactions=chunk), _Context())  # type: ignore[arg-type]
+            assert all(r.code == 0 for r in response.results)
+        latencies.append(time.perf_counter() - started)
+
+    for tx in txs:  # parse and verify beforehand: both runs measure the same remaining work
+        node.admit(tx)
+    writes_before = _samples(ACK_GROUP, "_count")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(send, chunks))
+    elapsed = time.perf_counter() - started
+    node.stop()
+    writes = _samples(ACK_GROUP, "_count") - writes_before
+    pooled = len(store.pooled())
+    store.close()
+    return {"acknowledged_tx_per_s": round(len(txs) / elapsed), "call": summary_ms(latencies),
+            "pooled_in_lmdb": pooled, "synced_pool_writes": round(writes),
+            "tx_per_write": round(len(txs) / writes, 1) if writes else None}
+
+
+def _samples(histogram: object, suffix: str) -> float:
+    return sum(s.value for metric in histogram.collect()  # type: ignore[attr-defined]
+               for s in metric.samples if s.name.endswith(suffix))
+
+
+def durable_ack_cost(count: int = 4_000, callers: int = 32, batch: int = 32) -> dict:
+    """Acknowledgements per second and per-call latency with `callers` concurrent callers
+    (the orderer's gRPC handler threads) of BroadcastBatch (`batch` per call, as the
+    endorser coalesces; 1: unary Broadcast), in memory only and durable, same transactions,
+    fresh LMDB each."""
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as directory:  # a real disk, not tmpfs
+        workdir = Path(directory)
+        consortium = workdir / "consortium"
+        devnet.ensure_consortium(consortium)
+        now = int(time.time()) // 900 * 900
+        txs = endorsed_readings(consortium, count, now - 86400 * 30)
+        result = {}
+        for durable in (False, True):
+            label = "durable" if durable else "in_memory"
+            result[label] = _acknowledge_all(consortium, workdir / label, txs, durable=durable,
+                                             callers=callers, batch=batch)
+    ratio = result["in_memory"]["acknowledged_tx_per_s"] / \
+        result["durable"]["acknowledged_tx_per_s"]
+    result |= {"transactions": count, "callers": callers, "per_call": batch,
+               "throughput_ratio_in_memory_to_durable": round(ratio, 2)}
+    print(json.dumps(result, indent=2))
+    return result
+
+
 # -- profiling the orderers (python -m bench.ordering --help) ------------------------------
 
 def _cpu_seconds(pid: int) -> float:
@@ -358,7 +452,14 @@ def main() -> None:
     parser.add_argument("--py-spy", action="store_true", help="record each orderer (--gil)")
     parser.add_argument("--unary", action="store_true", help="one Broadcast call per tx")
     parser.add_argument("--out", type=Path, default=Path("bench/reports/orderer-profile"))
+    parser.add_argument("--durable-ack", action="store_true",
+                        help="instead: what durable acknowledgement costs, in process")
+    parser.add_argument("--per-call", type=int, default=32,
+                        help="with --durable-ack: transactions per call (1: unary Broadcast)")
     args = parser.parse_args()
+    if args.durable_ack:
+        durable_ack_cost(args.count, batch=args.per_call)
+        return
     profile_orderers(args.count, args.out, py_spy=args.py_spy, rate=args.rate,
                      batched=not args.unary)
 

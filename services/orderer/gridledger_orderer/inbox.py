@@ -46,7 +46,7 @@ class Inbox:
 
     def put_submission(self, submission: Submission) -> bool:
         with self._cond:
-            if self._client_used + submission.size > self._client_limit:
+            if self._closed or self._client_used + submission.size > self._client_limit:
                 return False
             self._submissions.append(submission)
             self._client_used += submission.size
@@ -57,7 +57,9 @@ class Inbox:
                     size: int) -> bool:
         with self._cond:
             used = self._peer_used.get(sender, 0)
-            if used + size > self._peer_limit:
+            # A peer with nothing queued may always queue one message (any size the gRPC
+            # limit let through), so a large honest SyncResponse is never refused forever.
+            if used and used + size > self._peer_limit:
                 return False
             self._messages.append((sender, message, size))
             self._peer_used[sender] = used + size
@@ -76,10 +78,12 @@ class Inbox:
     def client_bytes(self) -> int:
         return self._client_used
 
-    def get(self, timeout: float, max_txs: int = 5_000,
+    def get(self, timeout: float, max_txs: int = 5_000, max_bytes: int = 8 << 20,
             ) -> list[Submission] | tuple[str, consensus_pb2.ConsensusMessage] | None:
-        """Waiting client submissions (all of them, up to about `max_txs` transactions), or
-        one peer message as (sender, message); None on timeout or when closed."""
+        """Waiting client submissions (all of them, up to about `max_txs` transactions and
+        `max_bytes`: the group is forwarded to the peers as one message, which must stay
+        below their receive limit), or one peer message as (sender, message); None on
+        timeout or when closed."""
         with self._cond:
             if not self._closed and not self._submissions and not self._messages:
                 self._cond.wait(timeout)
@@ -100,11 +104,13 @@ class Inbox:
                 return None
             self._messages_turn = True
             taken: list[Submission] = []
-            count = 0
-            while self._submissions and (not taken or count < max_txs):
+            count = size = 0
+            while self._submissions and (not taken or (
+                    count < max_txs and size + self._submissions[0].size <= max_bytes)):
                 submission = self._submissions.popleft()
                 self._client_used -= submission.size
                 count += len(submission.txs)
+                size += submission.size
                 taken.append(submission)
             return taken
 

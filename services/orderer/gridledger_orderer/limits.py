@@ -38,8 +38,9 @@ class OrdererLimits:
     # Concurrent Deliver streams in total and per client identity (TLS common name).
     deliver_streams: int = 16
     deliver_streams_per_client: int = 4
-    # Concurrent unary Broadcast / BroadcastBatch calls being handled.
-    broadcast_calls: int = 12
+    # Concurrent unary Broadcast / BroadcastBatch calls being handled (they wait for one
+    # group commit together, so more waiting calls cost no more fsyncs).
+    broadcast_calls: int = 32
     # Concurrent Exchange streams per peer orderer (one, plus one while it reconnects).
     exchange_streams_per_peer: int = 2
 

@@ -13,6 +13,7 @@ from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_orderer import memory
 from gridledger_orderer.limits import OrdererLimits
 from gridledger_orderer.node import OrdererNode, OrderingParams
 from gridledger_orderer.service import ConsensusServicer, OrdererServicer
@@ -21,6 +22,7 @@ from gridledger_orderer.transport import Transport
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    memory.tune_allocator()  # before any thread starts (memory.py says why)
     parser = node_config.base_parser("orderer")
     parser.add_argument("--peer", action="append", default=[],
                         help="NAME=HOST:PORT of another orderer (repeatable)")
@@ -64,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.add_service(consensus_pb2_grpc.add_ConsensusServiceServicer_to_server,
                        ConsensusServicer(node, genesis),
                        consensus_pb2.DESCRIPTOR.services_by_name["ConsensusService"].full_name)
+    trimmer = memory.Trimmer()
+    server.on_stop(trimmer.stop)
     server.on_stop(notifier.close)
     server.on_stop(transport.stop)  # ends our streams into the peers' Exchange calls
     server.on_stop(node.stop)
@@ -71,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.start()
     transport.start()
     node.start()
+    trimmer.start()
     server.serve_until_signal()
 
 

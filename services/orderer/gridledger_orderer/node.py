@@ -76,6 +76,7 @@ _UNCHECKED = object()
 _SEEN_LIMIT = 200_000  # entries kept before the cache starts over
 _SEEN_BYTES = 64 << 20  # bytes of keys kept before the cache starts over
 _ARRIVALS_LIMIT = 200_000
+_GROUP_BYTES = 8 << 20  # client transactions forwarded in one TxForward, at most
 
 
 class Overloaded(Exception):
@@ -130,6 +131,7 @@ class OrdererNode:
         # kept): past either bound it starts over, which only costs re-checks.
         self._seen: dict[bytes, _Seen] = {}
         self._seen_bytes = 0
+        self._seen_lock = threading.Lock()
         self._arrivals: dict[bytes, float] = {}
         seed = identity.signer.seed()
         height = store.height
@@ -234,7 +236,19 @@ class OrdererNode:
         if not entries:
             return
         restored = [raw for tx_id, raw in entries if tx_id not in self.replica.known_ids]
-        self._execute(self.replica.on_transactions(restored, time.time()))
+        # In chunks, as the loop takes client calls: each becomes one TxForward, which must
+        # stay below the peers' receive limit.
+        chunks: list[list[bytes]] = [[]]
+        size = 0
+        for raw in restored:
+            if chunks[-1] and size + len(raw) > _GROUP_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(raw)
+            size += len(raw)
+        for chunk in chunks:
+            if chunk:
+                self._execute(self.replica.on_transactions(chunk, time.time()))
         self._store.unpool([tx_id for tx_id, _ in entries if tx_id not in self.replica.pool])
         RESTORED.inc(sum(1 for tx_id, _ in entries if tx_id in self.replica.pool))
         log.info("restored %d acknowledged transactions to the pool", len(restored))
@@ -247,12 +261,14 @@ class OrdererNode:
             if len(raw) > self.max_tx_bytes:  # never parsed, never kept
                 return _Seen(b"")
             seen = _Seen(tx_id_of(raw).encode())
-            if len(self._seen) >= _SEEN_LIMIT or \
-                    self._seen_bytes + len(raw) > _SEEN_BYTES:  # refused or never final
-                self._seen.clear()
-                self._seen_bytes = 0
-            self._seen[raw] = seen
-            self._seen_bytes += len(raw)
+            with self._seen_lock:  # API threads and the loop: keep the byte count exact
+                if len(self._seen) >= _SEEN_LIMIT or \
+                        self._seen_bytes + len(raw) > _SEEN_BYTES:  # refused or never final
+                    self._seen.clear()
+                    self._seen_bytes = 0
+                if raw not in self._seen:
+                    self._seen[raw] = seen
+                    self._seen_bytes += len(raw)
         return seen
 
     def tx_id(self, raw: bytes) -> bytes:
@@ -293,7 +309,7 @@ class OrdererNode:
     def _run(self) -> None:
         while not self._stop.is_set():
             timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
-            item = self._inbox.get(timeout)
+            item = self._inbox.get(timeout, max_bytes=_GROUP_BYTES)
             # Wall-clock time: the replica stamps blocks with it, and the ledger judges
             # transactions against block times. Timer deadlines are relative, so a clock step
             # only shortens or lengthens one timeout.
@@ -353,9 +369,10 @@ class OrdererNode:
         BLOCK_TXS.observe(len(block.transactions))
         arrivals = []
         for tx in block.transactions:
-            seen = self._seen.pop(tx, None)
-            if seen is not None:
-                self._seen_bytes -= len(tx)
+            with self._seen_lock:
+                seen = self._seen.pop(tx, None)
+                if seen is not None:
+                    self._seen_bytes -= len(tx)
             tx_id = seen.tx_id if seen is not None else tx_id_of(tx).encode()
             arrivals.append(self._arrivals.pop(tx_id, None))
         seen = [a for a in arrivals if a is not None]

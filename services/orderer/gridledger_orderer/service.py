@@ -37,7 +37,8 @@ REFUSED_CALLS = Counter("gridledger_orderer_refused_calls",
                         "Calls refused with RESOURCE_EXHAUSTED because their kind (broadcast, "
                         "deliver, exchange) is at its concurrency limit.", ["kind"])
 RETRY_AFTER_MS = "50"
-# Per BroadcastBatch call; the bytes limit stays well below the servers' 64 MiB message limit.
+# Per BroadcastBatch call; the bytes limit stays well below the orderer's receive limit
+# (limits.OrdererLimits.max_message_bytes).
 MAX_BATCH_TXS = 2_000
 MAX_BATCH_BYTES = 8 << 20
 
@@ -81,9 +82,10 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
 
     def _judge(self, raw: bytes, tx_id: bytes, full: bool,
                earlier: set[bytes]) -> tuple[str, TxInvalid | None]:
-        """Broadcast's verdict on one transaction (counted): "duplicate" (on the ledger),
-        "pending" (a duplicate of a transaction in the pool, or earlier in the same call),
-        "rejected" (with why), "resource_exhausted" when `full`, else "accepted"."""
+        """Broadcast's verdict on one transaction (counted): "duplicate" (final, or earlier
+        in the same call), "pending" (a duplicate of a transaction in the pool: answered
+        `duplicate` once durable here too), "rejected" (with why), "resource_exhausted" when
+        `full`, else "accepted"."""
         if tx_id in earlier:
             verdict, refused = "duplicate", None
         elif tx_id in self._node.replica.pool:

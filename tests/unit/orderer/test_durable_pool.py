@@ -21,6 +21,7 @@ from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.consensus.actions import Deliver
 from gridledger_core.genesis import Genesis
 from gridledger_core.storage import LmdbStore
+from gridledger_orderer import node as node_module
 from gridledger_orderer.store import OrdererStore, tx_id_of
 
 
@@ -123,3 +124,23 @@ def test_nothing_is_acknowledged_when_it_cannot_be_written(orderer: Orderer,
     assert result.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert "could not be made durable" in result.message
 
+
+
+def test_a_restart_forwards_its_pool_in_groups_below_the_peers_limit(
+        orderer: Orderer, consortium_dir: Path, genesis: Genesis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    txs = readings(consortium_dir, 7)
+    orderer.batch(txs)
+    monkeypatch.setattr(node_module, "_GROUP_BYTES", 3 * max(map(len, txs)))
+    copy = tmp_path / "restarted"
+    shutil.copytree(tmp_path / "orderer", copy)
+    restarted = Orderer(consortium_dir, genesis, copy)
+    sent: list[consensus_pb2.ConsensusMessage] = []
+    restarted.node._transport.broadcast = sent.append  # type: ignore[method-assign]
+    try:
+        restarted.node._restore_pool()
+        forwards = [m.tx_forward for m in sent if m.HasField("tx_forward")]
+        assert [len(f.transactions) for f in forwards] == [3, 3, 1]
+        assert pending_ids(restarted) == {tx_id_of(tx) for tx in txs}
+    finally:
+        restarted.store.close()

@@ -20,6 +20,7 @@ from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.consensus.actions import Deliver
 from gridledger_core.genesis import Genesis
 from gridledger_orderer import node as node_module
+from gridledger_orderer.inbox import Inbox, Submission
 from gridledger_orderer.limits import OrdererLimits, PeerBudget, StreamSlots, TokenBucket
 from gridledger_orderer.service import ConsensusServicer
 from gridledger_orderer.store import tx_id_of
@@ -145,6 +146,10 @@ def test_peer_messages_beyond_their_budget_are_dropped(
         taken = [orderer.node.receive("orderer-2", vote, 400) for _ in range(3)]
         assert taken == [True, True, False]
         assert orderer.node.receive("orderer-3", vote, 400)  # its own budget
+        # With nothing queued, one message larger than the budget still passes (a large
+        # SyncResponse must not be refused forever); the next one waits for room.
+        assert orderer.node.receive("orderer-4", vote, 5000)
+        assert not orderer.node.receive("orderer-4", vote, 1)
     finally:
         orderer.store.close()
 
@@ -173,6 +178,20 @@ def test_garbage_never_grows_the_verdict_cache_past_its_bytes(
                                   FakeContext())  # type: ignore[arg-type]
     assert orderer.node._seen_bytes <= 1 << 20
     assert sum(map(len, orderer.node._seen)) == orderer.node._seen_bytes
+
+
+def test_the_loop_takes_waiting_submissions_in_groups_bounded_in_bytes() -> None:
+    """All waiting calls are written together, but a group is forwarded to the peers as one
+    TxForward, so it stays below their receive limit."""
+    inbox = Inbox(client_bytes=100 << 20, peer_bytes=1 << 20)
+    for _ in range(5):
+        assert inbox.put_submission(Submission([b"x" * (3 << 20)]))
+    groups = []
+    while (group := inbox.get(0.0, max_bytes=8 << 20)) is not None:
+        groups.append(len(group))  # type: ignore[arg-type]
+    assert groups == [2, 2, 1]
+    inbox.close()
+    assert not inbox.put_submission(Submission([b"x"]))  # stopping: refused at once
 
 
 # -- outgoing queues ----------------------------------------------------------------------

@@ -3,7 +3,8 @@
 `order place` signs as a meter of the devnet (`--as METER`, keys from the consortium
 directory named in network.json): it sends the signed trade request to an endorser, shows the
 option it got back (the trades and what would rest), accepts it by submitting a PlaceOrder
-transaction that carries the option, and waits for the commit. Slots are given as Unix
+transaction that carries the option, and waits for the commit (commit_wait.py: block,
+validation code, exit status; --no-wait, --wait-timeout). Slots are given as Unix
 seconds or ISO 8601 (e.g. 2026-11-22T12:00Z); prices in µ/kWh, quantities in Wh.
 """
 
@@ -16,14 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from gridctl import connect, devnet
+from gridctl import commit_wait, connect, devnet
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2
-from gridledger.common.v1 import market_pb2
+from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
-from gridledger_core.ledger.errors import code_name
 from gridledger_core.market import ledger_view as view
 from gridledger_core.signing_identity import SigningIdentity
 
@@ -57,22 +55,17 @@ def _signer(network: devnet.Network, name: str) -> SigningIdentity:
     return SigningIdentity.load(network.consortium_dir, name)
 
 
-def _wait_committed(args: argparse.Namespace, tx_id: str, timeout: float = 60.0) -> dict:
-    channel, stub = connect.committer(args.dir, args.node)
-    deadline = time.monotonic() + timeout
-    with channel:
-        while time.monotonic() < deadline:
-            try:
-                found = stub.GetTransaction(committer_pb2.GetTransactionRequest(tx_id=tx_id),
-                                            timeout=5)
-                return {"validation_code": code_name(found.validation_code),
-                        "block": found.block_number, "message": found.message}
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                    fail(f"{exc.code().name}: {exc.details()}", 2)  # type: ignore[attr-defined]
-            time.sleep(0.25)
-    fail(f"transaction {tx_id} not committed after {timeout:.0f} s", 3)
-    raise AssertionError  # unreachable: fail exits
+def _submit_and_wait(args: argparse.Namespace, stub: Any,
+                     envelope: envelope_pb2.SignedEnvelope) -> dict[str, Any]:
+    """Submit (the same envelope again while the network is unavailable) and, unless
+    --no-wait, wait for the commit: tx id, block, validation code, message."""
+    tx_id = commit_wait.submit(stub, envelope, args.wait_timeout)
+    out: dict[str, Any] = {"tx_id": tx_id}
+    if not args.no_wait:
+        channel, committer = connect.committer(args.dir, args.node)
+        with channel:
+            out |= commit_wait.wait_committed(committer, tx_id, args.wait_timeout)
+    return out
 
 
 # -- rows -------------------------------------------------------------------------------------
@@ -113,27 +106,26 @@ def cmd_order_place(args: argparse.Namespace) -> None:
         # Accepting = signing a transaction that carries the endorser-signed option as is.
         envelope = meter.new_transaction("place_order",
                                          market_pb2.PlaceOrder(option=answer.option))
-        submitted = connect.call(stub.SubmitTransaction,
-                          endorser_pb2.SubmitTransactionRequest(envelope=envelope))
+        committed = _submit_and_wait(args, stub, envelope)
     out: dict[str, Any] = {
-        "order_id": submitted.tx_id, "option_id": option.option_id,
+        "order_id": committed.pop("tx_id"), "option_id": option.option_id,
         "trades": [{"maker_order_id": t.maker_order_id, "counterparty": t.maker,
                     "price": t.price, "quantity_wh": t.quantity_wh} for t in option.trades],
         "filled_wh": sum(t.quantity_wh for t in option.trades), "rests_wh": option.rest_wh,
         "cancelled_wh": option.cancelled_wh, "forecast_net_wh": answer.forecast_net_wh,
         "allowance_wh": answer.allowance_wh, "committed_before_wh": answer.committed_wh}
-    if not args.no_wait:
-        out |= _wait_committed(args, submitted.tx_id)
+    out |= committed
     if args.json:
         emit(out, True)
+        commit_wait.finish(out)
         return
     trades = out.pop("trades")
     emit(out, False)
     if trades:
         print()
         emit(trades, False, ["maker_order_id", "counterparty", "price", "quantity_wh"])
-    if out.get("validation_code", "VALID") != "VALID":
-        raise SystemExit(4)
+    print(commit_wait.outcome_line(out))
+    commit_wait.finish(out)
 
 
 def cmd_order_cancel(args: argparse.Namespace) -> None:
@@ -142,14 +134,13 @@ def cmd_order_cancel(args: argparse.Namespace) -> None:
     envelope = meter.new_transaction("cancel_order",
                                      market_pb2.CancelOrder(order_id=args.order_id))
     with channel:
-        submitted = connect.call(stub.SubmitTransaction,
-                          endorser_pb2.SubmitTransactionRequest(envelope=envelope))
-    out: dict[str, Any] = {"tx_id": submitted.tx_id, "order_id": args.order_id}
-    if not args.no_wait:
-        out |= _wait_committed(args, submitted.tx_id)
+        committed = _submit_and_wait(args, stub, envelope)
+    out: dict[str, Any] = {"tx_id": committed.pop("tx_id"), "order_id": args.order_id}
+    out |= committed
     emit(out, args.json)
-    if out.get("validation_code", "VALID") != "VALID":
-        raise SystemExit(4)
+    if not args.json:
+        print(commit_wait.outcome_line(out))
+    commit_wait.finish(out)
 
 
 def _all_pages(method: Any, request: Any, field: str, limit: int) -> list[Any]:
@@ -228,7 +219,7 @@ def register(sub: Any) -> None:
     signing = argparse.ArgumentParser(add_help=False)
     signing.add_argument("--as", dest="as_meter", required=True, metavar="METER",
                          help="sign as this meter (its keys from the consortium directory)")
-    signing.add_argument("--no-wait", action="store_true", help="do not wait for the commit")
+    commit_wait.add_flags(signing)
 
     order = sub.add_parser("order", help="pre-sale orders").add_subparsers(dest="action",
                                                                            required=True)

@@ -1,9 +1,17 @@
 """Forwarding endorsed transactions to the orderer cluster, failing over between orderers.
 
-The endorser's handler threads each call `broadcast(bytes)`; the calls that are waiting at
-the same time travel together in one `BroadcastBatch` call (a gRPC call costs the orderer
-far more than checking one transaction). Every caller still gets its own result: the
-transaction's `BroadcastResponse`, or the exception a unary `Broadcast` would have raised.
+The endorser's handler threads each call `broadcast(bytes, tx id)`; the calls that are waiting
+at the same time travel together in one `BroadcastBatch` call (a gRPC call costs the orderer
+far more than checking one transaction). Every caller still gets its own result.
+
+What a caller is told is what the endorser tells its client, so it must be exact:
+`broadcast` returns only when an orderer answered OK (accepted, or already known:
+`duplicate`) for *that* transaction (the result's tx id must be the caller's). Anything else
+moves the transaction to the next orderer: a retryable status, a malformed answer, and also a
+refusal, because the endorser has itself checked everything an orderer checks (so a refusal
+says more about that orderer than about the transaction, and one orderer must not be able to
+make a valid transaction look invalid). When no orderer took it, `OrdererUnavailable` says
+why per orderer; nothing is ever reported as accepted that an orderer did not accept.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from collections.abc import Sequence
 
 import grpc
 
+from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
+from gridledger_core.signing_identity import envelope_tx_id
 
 log = logging.getLogger(__name__)
 
@@ -26,41 +36,47 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Below the orderer's per-call limits (2,000 transactions, 8 MiB).
 MAX_BATCH_TXS = 500
 MAX_BATCH_BYTES = 4 << 20
+# The retry hint given when orderers said RESOURCE_EXHAUSTED without one.
+DEFAULT_RETRY_AFTER_MS = 50
 
 
 class OrdererUnavailable(Exception):
-    pass
+    """No orderer acknowledged the transaction. `retry_after_ms` is set when every orderer
+    tried was only full (RESOURCE_EXHAUSTED): then the caller should say so, with the hint."""
 
-
-def _note(errors: list[str], error: str) -> None:
-    if error not in errors:
-        errors.append(error)
-
-
-class BroadcastRefused(grpc.RpcError):
-    """An orderer refused one transaction of a batch: raised to that transaction's caller
-    with the status the unary Broadcast would have failed with."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+    def __init__(self, message: str, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class _Pending:
-    __slots__ = ("done", "error", "response", "tx")
+    __slots__ = ("done", "error", "exhausted_only", "notes", "response", "retry_after_ms",
+                 "tx", "tx_id")
 
-    def __init__(self, tx: bytes) -> None:
+    def __init__(self, tx: bytes, tx_id: str) -> None:
         self.tx = tx
+        self.tx_id = tx_id
         self.done = threading.Event()
         self.response: orderer_pb2.BroadcastResponse | None = None
         self.error: BaseException | None = None
+        # Why each orderer did not take it, for the caller's error.
+        self.notes: list[str] = []
+        self.exhausted_only = True  # every failure so far was a full pool
+        self.retry_after_ms = 0
+
+    def note(self, orderer: str, code: grpc.StatusCode | None, why: str,
+             retry_after_ms: int = 0) -> None:
+        self.notes.append(f"{orderer}: {why}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.retry_after_ms = max(self.retry_after_ms,
+                                      retry_after_ms or DEFAULT_RETRY_AFTER_MS)
+        else:
+            self.exhausted_only = False
+
+    def give_up(self) -> None:
+        reason = "no orderer accepted the transaction (" + "; ".join(self.notes) + ")"
+        self.resolve(error=OrdererUnavailable(
+            reason, self.retry_after_ms if self.exhausted_only and self.notes else 0))
 
     def resolve(self, response: orderer_pb2.BroadcastResponse | None = None,
                 error: BaseException | None = None) -> None:
@@ -101,11 +117,16 @@ class Broadcaster:
                                           daemon=True) for i in range(senders)]
         self._started = False
 
-    def broadcast(self, endorsed_transaction: bytes) -> orderer_pb2.BroadcastResponse:
-        """Hand the transaction to one orderer; any orderer forwards it to the primary.
-        Unavailability (also a full queue) fails over to the next orderer, and raises
-        OrdererUnavailable when none took it; any other refusal is raised as RpcError."""
-        pending = _Pending(endorsed_transaction)
+    def broadcast(self, endorsed_transaction: bytes,
+                  tx_id: str | None = None) -> orderer_pb2.BroadcastResponse:
+        """Hand the transaction (whose id is `tx_id`, read from the bytes when not given) to
+        one orderer; any orderer forwards it to the primary. Returns only an orderer's OK for
+        this tx id (accepted or duplicate); raises OrdererUnavailable, saying why per orderer,
+        when none gave one."""
+        if tx_id is None:
+            tx_id = envelope_tx_id(
+                envelope_pb2.EndorsedTransaction.FromString(endorsed_transaction).envelope)
+        pending = _Pending(endorsed_transaction, tx_id)
         with self._cond:
             if self._closed:
                 raise OrdererUnavailable("the broadcaster is closed")
@@ -171,9 +192,8 @@ class Broadcaster:
                         pending.resolve(error=exc)
 
     def _send(self, batch: list[_Pending]) -> None:
-        """Try the orderers in turn from the current one; each keeps what the one before
-        could not take (a retryable status for the call or for the transaction)."""
-        errors: list[str] = []
+        """Try the orderers in turn from the current one; each gets what the ones before
+        did not acknowledge."""
         start = self._current
         left = batch
         for attempt in range(len(self._stubs)):
@@ -186,49 +206,64 @@ class Broadcaster:
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
                 if code == grpc.StatusCode.UNIMPLEMENTED:
-                    left = self._send_unary(index, left, errors)  # an older orderer
-                elif code in RETRYABLE:
-                    _note(errors, f"{name}: {code.name}")
-                    continue
-                else:  # the request itself was refused: every caller gets the refusal
+                    taken = self._send_unary(index, left)  # an older orderer
+                else:
                     for pending in left:
-                        pending.resolve(error=exc)
-                    return
+                        pending.note(name, code, _status_text(code, exc.details()))  # type: ignore[attr-defined]
+                    continue
             else:
-                retry: list[_Pending] = []
-                for pending, result in zip(left, response.results, strict=True):
-                    code = _CODES.get(result.code, grpc.StatusCode.UNKNOWN)
-                    if code == grpc.StatusCode.OK:
-                        pending.resolve(orderer_pb2.BroadcastResponse(
-                            tx_id=result.tx_id, duplicate=result.duplicate))
-                    elif code in RETRYABLE:
-                        retry.append(pending)
-                        _note(errors, f"{name}: {code.name}")
-                    else:
-                        pending.resolve(error=BroadcastRefused(code, result.message))
-                left = retry
-            if len(left) < len(request.endorsed_transactions):
+                taken = self._take(name, left, response)
+            left = [pending for pending in left if not pending.done.is_set()]
+            if taken:
                 self._current = index  # it took transactions: start there next time
             if not left:
                 return
-        reason = "no orderer accepted the transaction (" + "; ".join(errors) + ")"
         for pending in left:
-            pending.resolve(error=OrdererUnavailable(reason))
+            pending.give_up()
 
-    def _send_unary(self, index: int, batch: list[_Pending],
-                    errors: list[str]) -> list[_Pending]:
-        """The unary Broadcast, for an orderer without BroadcastBatch; returns what it did
-        not take for a retryable reason."""
-        left: list[_Pending] = []
+    def _take(self, name: str, batch: list[_Pending],
+              response: orderer_pb2.BroadcastBatchResponse) -> int:
+        """Resolve the transactions an orderer's batch answer acknowledges; note why for the
+        others. Returns how many it acknowledged."""
+        if len(response.results) != len(batch):
+            for pending in batch:
+                pending.note(name, None, f"answered {len(response.results)} results for "
+                                         f"{len(batch)} transactions")
+            return 0
+        taken = 0
+        for pending, result in zip(batch, response.results, strict=True):
+            code = _CODES.get(result.code, grpc.StatusCode.UNKNOWN)
+            if code != grpc.StatusCode.OK:
+                pending.note(name, code, _status_text(code, result.message),
+                             result.retry_after_ms)
+            elif result.tx_id != pending.tx_id:
+                pending.note(name, None, f"acknowledged tx id {result.tx_id!r} instead")
+            else:
+                pending.resolve(orderer_pb2.BroadcastResponse(
+                    tx_id=result.tx_id, duplicate=result.duplicate))
+                taken += 1
+        return taken
+
+    def _send_unary(self, index: int, batch: list[_Pending]) -> int:
+        """The unary Broadcast, for an orderer without BroadcastBatch; returns how many it
+        acknowledged."""
+        name = self._names[index]
+        taken = 0
         for pending in batch:
             request = orderer_pb2.BroadcastRequest(endorsed_transaction=pending.tx)
             try:
-                pending.resolve(self._stubs[index].Broadcast(request, timeout=self._timeout))
+                response = self._stubs[index].Broadcast(request, timeout=self._timeout)
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                if code in RETRYABLE:
-                    _note(errors, f"{self._names[index]}: {code.name}")
-                    left.append(pending)
-                else:
-                    pending.resolve(error=exc)
-        return left
+                pending.note(name, code, _status_text(code, exc.details()))  # type: ignore[attr-defined]
+                continue
+            if response.tx_id != pending.tx_id:
+                pending.note(name, None, f"acknowledged tx id {response.tx_id!r} instead")
+                continue
+            pending.resolve(response)
+            taken += 1
+        return taken
+
+
+def _status_text(code: grpc.StatusCode, details: str | None) -> str:
+    return f"{code.name}: {details}" if details else code.name

@@ -2,7 +2,10 @@
 organisation's carbon coin issuer (--mode issuer) on the chain.
 
 Meters and plants read the device at every ledger interval, sign each reading, keep it in a
-local LMDB outbox and send it to the endorser; with --backfill-hours a new simulated meter
+local LMDB outbox and send it to the endorser. With --committer a reading leaves the outbox
+only once that committer shows it committed VALID (resent after --resubmit-after seconds
+until then); without one, on the endorser's OK (see sender.py for what that risks). With
+--backfill-hours a new simulated meter
 first posts that much history (paced by --pace readings per second), which the forecaster
 needs. With --committer they also trade new energy (seed 002): plants announce and sign
 contract terms; meters keep a plant directory, rank plants, sign contracts, end them and
@@ -30,13 +33,13 @@ from gridledger_core.rpc.server import NodeServer, split_host_port
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent import energy_setup, presale
-from gridledger_meter_agent.commit_watch import CommitWatcher
+from gridledger_meter_agent.commit_watch import CommitConfirmer, CommitWatcher
 from gridledger_meter_agent.drivers import MeterDriver, ModbusTcpMeter, SimulatedMeter
 from gridledger_meter_agent.issuer import Issuer
 from gridledger_meter_agent.ledger_client import LedgerClient
-from gridledger_meter_agent.outbox import Outbox
+from gridledger_meter_agent.outbox import DEFAULT_CAPACITY, Outbox
 from gridledger_meter_agent.readings import IntervalReader
-from gridledger_meter_agent.sender import OutboxSender
+from gridledger_meter_agent.sender import DEFAULT_RESUBMIT_AFTER, OutboxSender
 from gridledger_meter_agent.service import AgentParts, MeterAgentServicer
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,9 @@ def run_agent(reader: IntervalReader, sender: OutboxSender, stop: threading.Even
             stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
             continue
-        stop.wait(1.0 if created else 2.0)
+        # Readings awaiting their commit are looked for again soon (one GetChainInfo while
+        # the chain does not grow).
+        stop.wait(0.5 if sender.awaiting else 1.0 if created else 2.0)
 
 
 def _state_at(committer: committer_pb2_grpc.CommitterServiceStub, key: str) -> bytes | None:
@@ -84,8 +89,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("meter-agent")
     parser.add_argument("--mode", choices=["meter", "plant", "issuer"], default="meter")
     parser.add_argument("--endorser", help="HOST:PORT of the endorser")
-    parser.add_argument("--committer", help="HOST:PORT of a committer (queries; needed for "
-                                            "new-energy trading)")
+    parser.add_argument("--committer", help="HOST:PORT of a committer: readings stay in the "
+                                            "outbox until it shows them committed; needed "
+                                            "for new-energy trading")
+    parser.add_argument("--resubmit-after", type=float, default=DEFAULT_RESUBMIT_AFTER,
+                        help="seconds after which a reading acknowledged by the endorser but "
+                             "not seen committed is sent again (same envelope)")
+    parser.add_argument("--outbox-capacity", type=int, default=DEFAULT_CAPACITY,
+                        help="readings the outbox holds (sent or not) before the reader "
+                             "waits")
     parser.add_argument("--driver", choices=["simulated", "modbus"], default="simulated")
     parser.add_argument("--modbus-address", default="127.0.0.1:502")
     parser.add_argument("--pv-kwp", type=float, default=-1.0,
@@ -110,15 +122,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     channel = secure_channel(args.endorser, tls)
     closers.append(channel.close)
     endorser = endorser_pb2_grpc.EndorserServiceStub(channel)
+    committer = None
+    if args.committer:
+        committer_channel = secure_channel(args.committer, tls)
+        closers.append(committer_channel.close)
+        committer = committer_pb2_grpc.CommitterServiceStub(committer_channel)
 
     profile = None
     if args.mode != "issuer":  # the reading pipeline, as it always was
         profile = make_profile(args, args.name, args.mode)
         parts.driver = make_driver(args, profile, int(time.time()))
-        parts.outbox = Outbox(args.data_dir / "outbox")
+        parts.outbox = Outbox(args.data_dir / "outbox", capacity=args.outbox_capacity)
         parts.reader = IntervalReader(parts.driver, identity, parts.outbox,
                                       genesis.reading_interval_seconds)
-        parts.sender = OutboxSender(parts.outbox, endorser)
+        if committer is None:
+            log.warning("no --committer: a reading leaves the outbox on the endorser's OK, "
+                        "without seeing its commit (a reading the ordering service loses "
+                        "is not sent again)")
+        parts.sender = OutboxSender(
+            parts.outbox, endorser,
+            CommitConfirmer(committer) if committer is not None else None,
+            resubmit_after=args.resubmit_after)
         threads.append(threading.Thread(
             target=run_agent, name="agent", daemon=True,
             args=(parts.reader, parts.sender, stop, args.backfill_hours * 3600, args.pace)))
@@ -128,10 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # No ledger here: callers that are ledger-registered meters and plants are looked up at
     # the committer (misses remembered briefly); without one, genesis accounts only.
     account_lookup: AccountLookup | None = None
-    if args.committer:
-        committer_channel = secure_channel(args.committer, tls)
-        closers.append(committer_channel.close)
-        committer = committer_pb2_grpc.CommitterServiceStub(committer_channel)
+    if committer is not None:
         ledger = LedgerClient(endorser, committer)
         account_lookup = RemoteAccounts(lambda key: _state_at(committer, key))
         if args.mode == "meter":

@@ -2,7 +2,8 @@
 
 The agent keeps a cursor (the next interval to read) in its outbox environment; a reading is
 appended to the outbox and the cursor advanced in one LMDB transaction, so a crash never
-skips or repeats an interval. Sending is the outbox sender's job.
+skips or repeats an interval. Sending is the outbox sender's job. A full outbox stops the
+reader (the cursor waits) instead of dropping anything.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ DEVICE_ERRORS = Counter("gridledger_meter_device_errors", "Failed reads of the m
                         ["state"])
 READINGS_CREATED = Counter("gridledger_meter_readings_created",
                            "Signed readings put into the outbox.")
+OUTBOX_FULL = Counter("gridledger_meter_outbox_full",
+                      "Polls that left due intervals unread because the outbox was full.")
 
 COUNTERS_KEY = b"last-boundary-counters"
 
@@ -64,6 +67,13 @@ class IntervalReader:
             previous = _decode(stored)
         created = 0
         while created < max_intervals and previous.read_at + self.interval_seconds <= now:
+            if not self.outbox.has_room():
+                # Back-pressure: the cursor stays, so the intervals are read (from the
+                # cumulative counters) once readings have left the outbox. Nothing is dropped.
+                OUTBOX_FULL.inc()
+                log.warning("outbox full (%d readings not yet seen committed); reading "
+                            "later", self.outbox.pending())
+                break
             boundary = previous.read_at + self.interval_seconds
             current = self._counters(boundary)
             if current is None:

@@ -1,74 +1,180 @@
-"""Draining the outbox to the endorser, oldest first, acknowledging only what the network took.
+"""Sending the outbox to the endorser and keeping every reading until it is seen committed.
 
-Outcomes per envelope:
-- accepted, or ALREADY_EXISTS (the ledger has this tx id: an earlier send got through) -> ack;
-- UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED -> keep it, back off, retry in order;
-- any other status is a permanent refusal of this exact envelope (it will never become
-  valid): it is moved to the dead-letter list with the reason, counted, logged, and acked,
-  so one bad reading cannot block the ones behind it.
+The endorser's OK means an orderer acknowledged the transaction, not that it is in a block:
+so an item leaves the outbox only when a committer shows it committed VALID. Per item:
+
+- not sent yet, or sent `resubmit_after` seconds ago and still not committed -> submit the
+  SAME envelope (its tx id makes this idempotent);
+- OK or ALREADY_EXISTS (the ledger already has the tx id) -> submitted: await the commit;
+- UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, or any status that is not a verdict
+  on the envelope -> keep it, back off, retry in order;
+- a definite verdict, INVALID_ARGUMENT / PERMISSION_DENIED / UNAUTHENTICATED /
+  FAILED_PRECONDITION -> dead letter with the reason (it will never become valid), except
+  for a reading that ended less than `FRESH_SECONDS` ago: "has not ended yet" is the one
+  reading verdict a clock difference can cause, so a fresh reading is retried instead;
+- committed VALID -> removed; committed with any other code -> dead letter, with the block
+  number, code and message.
+
+Without a committer (`confirm=None`) the agent cannot see commits: an item then leaves the
+outbox on the endorser's OK, i.e. it is as durable as the orderers' acknowledgement, and a
+reading lost by the ordering service is not sent again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
 
-from gridledger.common.v1 import envelope_pb2
+from gridledger.common.v1 import envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.ledger.errors import Code, code_name
+from gridledger_core.signing_identity import envelope_tx_id
+from gridledger_meter_agent.commit_watch import CommitConfirmer
 from gridledger_meter_agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
-SENT = Counter("gridledger_meter_readings_sent", "Envelopes the endorser accepted.")
+SENT = Counter("gridledger_meter_readings_sent",
+               "Submissions the endorser acknowledged (resubmissions included).")
+COMMITTED = Counter("gridledger_meter_readings_committed",
+                    "Readings seen committed VALID and removed from the outbox.")
+RESUBMITTED = Counter("gridledger_meter_readings_resubmitted",
+                      "Acknowledged readings sent again because no commit was seen in time.")
 REFUSED = Counter("gridledger_meter_readings_refused",
-                  "Envelopes refused for good, by gRPC status.", ["status"])
-BUFFERED = Gauge("gridledger_meter_readings_buffered", "Envelopes waiting in the outbox.")
+                  "Readings dead-lettered, by gRPC status or committed validation code.",
+                  ["status"])
+BUFFERED = Gauge("gridledger_meter_readings_buffered",
+                 "Readings in the outbox (not yet sent, or awaiting their commit).")
+AWAITING = Gauge("gridledger_meter_readings_awaiting_commit",
+                 "Readings the endorser acknowledged that are not yet seen committed.")
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED}
+SUBMITTED = {grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS}
+DEFINITE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION}
+FRESH_SECONDS = 300
+DEFAULT_RESUBMIT_AFTER = 30.0
+WINDOW = 256  # oldest items considered per round
+
+
+@dataclass
+class _Sent:
+    tx_id: str
+    at: float  # when the endorser last acknowledged it (monotonic)
 
 
 class OutboxSender:
     def __init__(self, outbox: Outbox, stub: endorser_pb2_grpc.EndorserServiceStub,
-                 timeout: float = 10.0) -> None:
+                 confirm: CommitConfirmer | None = None, timeout: float = 10.0,
+                 resubmit_after: float = DEFAULT_RESUBMIT_AFTER,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._outbox = outbox
         self._stub = stub
+        self._confirm = confirm
         self._timeout = timeout
+        self._resubmit_after = resubmit_after
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # Acknowledged and awaiting the commit. Not persisted: after a restart everything
+        # queued is simply sent again (same envelopes, deduplicated by tx id).
+        self._sent: dict[int, _Sent] = {}
         self.sent = 0
         self.wake = threading.Event()
 
-    def drain(self, stop: threading.Event, batch: int = 64) -> bool:
-        """Send until the outbox is empty (True) or the network fails (False)."""
-        while not stop.is_set():
-            items = self._outbox.peek(batch)
-            BUFFERED.set(self._outbox.pending())
-            if not items:
-                return True
-            for seq, payload in items:
-                if not self._send_one(seq, payload):
-                    return False
-        return True
+    @property
+    def awaiting(self) -> int:
+        return len(self._sent)
+
+    def drain(self, stop: threading.Event, batch: int = WINDOW) -> bool:
+        """One round over the oldest `batch` items: send what is due, then look for commits.
+        False when the endorser is unreachable (the caller backs off)."""
+        items = self._outbox.peek(batch)
+        reachable = True
+        for seq, payload in items:
+            if stop.is_set():
+                break
+            sent = self._sent.get(seq)
+            if sent is not None and self._clock() - sent.at < self._resubmit_after:
+                continue
+            if sent is not None:
+                RESUBMITTED.inc()
+                log.info("reading %d (%s) not seen committed after %.0f s; sending it again",
+                         seq, sent.tx_id, self._resubmit_after)
+            if not self._send_one(seq, payload):
+                reachable = False
+                break
+        if self._confirm is not None and self._sent:
+            self._look_for_commits()
+        BUFFERED.set(self._outbox.pending())
+        AWAITING.set(len(self._sent))
+        return reachable
 
     def _send_one(self, seq: int, payload: bytes) -> bool:
         envelope = envelope_pb2.SignedEnvelope.FromString(payload)
         try:
             self._stub.SubmitTransaction(
                 endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=self._timeout)
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        if code in SUBMITTED:
             SENT.inc()
             self.sent += 1
-        except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            if code in TRANSIENT:
-                log.info("endorser unavailable (%s); %d readings buffered", code.name,
-                         self._outbox.pending())
-                return False
-            if code != grpc.StatusCode.ALREADY_EXISTS:
-                REFUSED.labels(code.name).inc()
-                self._outbox.dead_letter(seq, f"{code.name}: {exc.details()}")  # type: ignore[attr-defined]
-                log.error("reading %d refused for good: %s: %s", seq, code.name,
-                          exc.details())  # type: ignore[attr-defined]
-        self._outbox.ack(seq)
-        return True
+            if self._confirm is None:  # nothing to confirm with: the endorser's OK must do
+                self._outbox.remove(seq)
+            else:
+                self._sent[seq] = _Sent(envelope_tx_id(envelope), self._clock())
+            return True
+        if code in DEFINITE and not self._fresh(envelope):
+            self._dead_letter(seq, code.name, f"{code.name}: {details}")
+            return True
+        log.info("endorser: %s: %s; %d readings buffered", code.name, details,
+                 self._outbox.pending())
+        return False
+
+    def _look_for_commits(self) -> None:
+        assert self._confirm is not None
+        try:
+            found = self._confirm.committed([s.tx_id for s in self._sent.values()])
+        except grpc.RpcError as exc:  # the committer is away: ask again next round
+            log.info("committer: %s; %d readings await their commit",
+                     exc.code().name, len(self._sent))  # type: ignore[attr-defined]
+            return
+        for seq, sent in list(self._sent.items()):
+            outcome = found.get(sent.tx_id)
+            if outcome is None:
+                continue
+            del self._sent[seq]
+            if outcome.code == Code.TX_VALIDATION_CODE_VALID:
+                self._outbox.remove(seq)
+                COMMITTED.inc()
+            else:
+                name = code_name(outcome.code)
+                self._dead_letter(seq, name, f"committed in block {outcome.block_number} as "
+                                             f"{name}: {outcome.message}")
+
+    def _dead_letter(self, seq: int, label: str, reason: str) -> None:
+        REFUSED.labels(label).inc()
+        self._sent.pop(seq, None)
+        self._outbox.dead_letter(seq, reason)
+        log.error("reading %d refused for good: %s", seq, reason)
+
+    def _fresh(self, envelope: envelope_pb2.SignedEnvelope) -> bool:
+        """A reading whose interval ended less than FRESH_SECONDS ago by this clock."""
+        try:
+            tx = transaction_pb2.Transaction.FromString(envelope.payload)
+        except DecodeError:
+            return False
+        if not tx.HasField("meter_reading"):
+            return False
+        end = tx.meter_reading.interval_start + tx.meter_reading.interval_seconds
+        return end > self._wall_clock() - FRESH_SECONDS

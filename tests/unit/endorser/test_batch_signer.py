@@ -15,6 +15,7 @@ from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
+from gridledger.orderer.v1 import orderer_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Signers
 from gridledger_core.ledger.checks import check_endorsements
@@ -141,8 +142,10 @@ class Recording:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    def broadcast(self, endorsed_transaction: bytes) -> None:
+    def broadcast(self, endorsed_transaction: bytes,
+                  tx_id: str) -> orderer_pb2.BroadcastResponse:
         self.sent.append(endorsed_transaction)
+        return orderer_pb2.BroadcastResponse(tx_id=tx_id)
 
 
 class FakeContext:

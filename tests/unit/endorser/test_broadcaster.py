@@ -1,29 +1,68 @@
 """The endorser's Broadcaster over fake orderer stubs: concurrent broadcasts coalesce into
-BroadcastBatch calls, each caller gets its own transaction's result or error, and retryable
-statuses (for the call or for one transaction) fail over to the next orderer."""
+BroadcastBatch calls, each caller gets its own transaction's result or error, and whatever is
+not an orderer's OK for that exact transaction (a retryable status, a refusal, a malformed
+answer) moves it to the next orderer. Then SubmitTransaction end to end (a real servicer over
+a ledger, the real Broadcaster, fake orderers at the network boundary): OK only after an
+orderer's OK for that tx id, every other outcome a status the client can act on, and the
+genesis size limit."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
+from grpc_helpers import Aborted, FakeContext
+from ledger_helpers import identity, past_interval, reading
 
+from gridledger.common.v1 import envelope_pb2
+from gridledger.endorser.v1 import endorser_pb2
 from gridledger.orderer.v1 import orderer_pb2
-from gridledger_endorser.broadcaster import Broadcaster, BroadcastRefused, OrdererUnavailable
+from gridledger_core.genesis import Genesis, Limits
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
+from gridledger_core.storage import MemoryStore
+from gridledger_endorser.batch_signer import BatchSigner
+from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
+from gridledger_endorser.service import EndorserServicer
 
 Code = grpc.StatusCode
 
 
+class BroadcastRefused(grpc.RpcError):
+    """What a gRPC stub raises for a failed call."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def tx_id_of(tx: bytes) -> str:
+    """The unit tests' transactions are their own ids; real ones carry a signed envelope."""
+    try:
+        return tx.decode()
+    except UnicodeDecodeError:
+        return envelope_tx_id(envelope_pb2.EndorsedTransaction.FromString(tx).envelope)
+
+
 def ok(tx: bytes) -> orderer_pb2.BroadcastResult:
-    return orderer_pb2.BroadcastResult(tx_id=tx.decode())
+    return orderer_pb2.BroadcastResult(tx_id=tx_id_of(tx))
 
 
 def refused(tx: bytes, code: grpc.StatusCode, message: str) -> orderer_pb2.BroadcastResult:
-    return orderer_pb2.BroadcastResult(tx_id=tx.decode(), code=code.value[0], message=message)
+    return orderer_pb2.BroadcastResult(tx_id=tx_id_of(tx), code=code.value[0], message=message)
 
 
 class FakeOrderer:
@@ -72,7 +111,7 @@ def broadcaster(*orderers: FakeOrderer, senders: int = 1) -> Broadcaster:
 
 def outcome(b: Broadcaster, tx: bytes) -> str:
     try:
-        response = b.broadcast(tx)
+        response = b.broadcast(tx, tx.decode())
     except OrdererUnavailable as exc:
         return f"unavailable: {exc}"
     except grpc.RpcError as exc:
@@ -98,7 +137,9 @@ def test_concurrent_broadcasts_travel_in_one_batch_call() -> None:
     b.close()
 
 
-def test_each_caller_gets_its_own_refusal() -> None:
+def test_each_caller_gets_its_own_answer_and_a_refusal_fails_over() -> None:
+    """An orderer refusing what the endorser found valid must not condemn it: a hostile or
+    broken orderer would otherwise make every client drop valid transactions."""
     def per_tx(tx: bytes) -> orderer_pb2.BroadcastResult:
         if tx == b"bad":
             return refused(tx, Code.PERMISSION_DENIED, "ENDORSEMENT_FAILURE: not endorsed")
@@ -116,10 +157,70 @@ def test_each_caller_gets_its_own_refusal() -> None:
             time.sleep(0.005)
         orderer.gate.set()
         assert warmup.result(5) == "ok a"
-        assert [f.result(5) for f in futures] == [
-            "ok b", "PERMISSION_DENIED: ENDORSEMENT_FAILURE: not endorsed", "ok old duplicate"]
+        assert [f.result(5) for f in futures] == ["ok b", "ok bad", "ok old duplicate"]
     assert orderer.batches == [[b"a"], [b"b", b"bad", b"old"]]
-    assert spare.batches == []  # a refusal is not retried elsewhere
+    assert spare.batches == [[b"bad"]]
+    b.close()
+
+
+def test_refused_by_every_orderer_is_not_a_verdict() -> None:
+    b = broadcaster(FakeOrderer(lambda tx: refused(tx, Code.PERMISSION_DENIED, "no")),
+                    FakeOrderer(fails=Code.INVALID_ARGUMENT))
+    assert outcome(b, b"x") == (
+        "unavailable: no orderer accepted the transaction (orderer-1: PERMISSION_DENIED: no; "
+        "orderer-2: INVALID_ARGUMENT: call failed with INVALID_ARGUMENT)")
+    b.close()
+
+
+def test_an_ok_for_another_transaction_is_no_ok() -> None:
+    liar = FakeOrderer(lambda tx: orderer_pb2.BroadcastResult(tx_id="someone-else"))
+    honest = FakeOrderer()
+    b = broadcaster(liar, honest)
+    assert outcome(b, b"x") == "ok x"
+    assert honest.batches == [[b"x"]]
+    b = broadcaster(liar)
+    assert outcome(b, b"x") == ("unavailable: no orderer accepted the transaction "
+                                "(orderer-1: acknowledged tx id 'someone-else' instead)")
+    b.close()
+
+
+class WrongCount(FakeOrderer):
+    """Answers OK for every transaction of a batch, plus one result too many."""
+
+    def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
+                       timeout: float) -> orderer_pb2.BroadcastBatchResponse:
+        self.batches.append(list(request.endorsed_transactions))
+        return orderer_pb2.BroadcastBatchResponse(
+            results=[ok(tx) for tx in request.endorsed_transactions] + [ok(b"extra")])
+
+
+def test_an_answer_of_the_wrong_length_acknowledges_nothing() -> None:
+    wrong, honest = WrongCount(), FakeOrderer()
+    b = broadcaster(wrong, honest)
+    assert outcome(b, b"x") == "ok x"
+    assert wrong.batches == [[b"x"]]
+    assert honest.batches == [[b"x"]]  # not counted as acknowledged by orderer-1
+    b.close()
+    b = broadcaster(WrongCount())
+    assert outcome(b, b"x") == ("unavailable: no orderer accepted the transaction "
+                                "(orderer-1: answered 2 results for 1 transactions)")
+    b.close()
+
+
+def test_every_orderer_full_gives_the_retry_hint() -> None:
+    def full(tx: bytes) -> orderer_pb2.BroadcastResult:
+        result = refused(tx, Code.RESOURCE_EXHAUSTED, "ordering queue is full")
+        result.retry_after_ms = 80
+        return result
+    b = broadcaster(FakeOrderer(full), FakeOrderer(full))
+    with pytest.raises(OrdererUnavailable) as raised:
+        b.broadcast(b"x", "x")
+    assert raised.value.retry_after_ms == 80
+    b.close()
+    b = broadcaster(FakeOrderer(full), FakeOrderer(fails=Code.UNAVAILABLE))
+    with pytest.raises(OrdererUnavailable) as raised:
+        b.broadcast(b"x", "x")
+    assert raised.value.retry_after_ms == 0  # one was down: plain UNAVAILABLE
     b.close()
 
 
@@ -159,15 +260,16 @@ def test_no_orderer_takes_it() -> None:
     b = broadcaster(FakeOrderer(fails=Code.UNAVAILABLE),
                     FakeOrderer(lambda tx: refused(tx, Code.RESOURCE_EXHAUSTED, "full")))
     assert outcome(b, b"x") == ("unavailable: no orderer accepted the transaction "
-                                "(orderer-1: UNAVAILABLE; orderer-2: RESOURCE_EXHAUSTED)")
+                                "(orderer-1: UNAVAILABLE: call failed with UNAVAILABLE; "
+                                "orderer-2: RESOURCE_EXHAUSTED: full)")
     b.close()
 
 
-def test_a_refused_call_is_raised_to_every_caller_without_failover() -> None:
+def test_a_refused_call_fails_over() -> None:
     bad, spare = FakeOrderer(fails=Code.INVALID_ARGUMENT), FakeOrderer()
     b = broadcaster(bad, spare)
-    assert outcome(b, b"x") == "INVALID_ARGUMENT: call failed with INVALID_ARGUMENT"
-    assert spare.batches == []
+    assert outcome(b, b"x") == "ok x"
+    assert spare.batches == [[b"x"]]
     b.close()
 
 
@@ -176,7 +278,8 @@ def test_an_orderer_without_batch_rpc_gets_unary_calls() -> None:
                       else ok(tx), unary=True)
     b = broadcaster(old)
     assert outcome(b, b"x") == "ok x"
-    assert outcome(b, b"n") == "PERMISSION_DENIED: no"
+    assert outcome(b, b"n") == ("unavailable: no orderer accepted the transaction "
+                                "(orderer-1: PERMISSION_DENIED: no)")
     assert old.unary_calls == [b"x", b"n"]
     b.close()
 
@@ -186,3 +289,106 @@ def test_closed_broadcaster_refuses() -> None:
     assert outcome(b, b"x") == "ok x"
     b.close()
     assert outcome(b, b"y") == "unavailable: the broadcaster is closed"
+
+
+# -- SubmitTransaction end to end -----------------------------------------------------------
+
+class CountingSigner(BatchSigner):
+    def __init__(self, identity: SigningIdentity) -> None:
+        super().__init__(identity)
+        self.endorsed = 0
+
+    def endorse(self, payload: bytes) -> envelope_pb2.Endorsement:
+        self.endorsed += 1
+        return super().endorse(payload)
+
+
+@dataclass
+class Submitter:
+    servicer: EndorserServicer
+    signer: CountingSigner
+    meter: SigningIdentity
+
+    def submit(self, envelope: envelope_pb2.SignedEnvelope | None = None
+               ) -> tuple[str, FakeContext]:
+        """"OK <tx id>" or "<status>: <details>", and the context (for trailers)."""
+        envelope = envelope or self.meter.new_transaction(
+            "meter_reading", reading(self.meter.name, past_interval(2)))
+        context = FakeContext()
+        try:
+            response = self.servicer.SubmitTransaction(
+                endorser_pb2.SubmitTransactionRequest(envelope=envelope), context)  # type: ignore[arg-type]
+        except Aborted as exc:
+            return f"{exc.code.name}: {exc.details}", context
+        assert response.tx_id == envelope_tx_id(envelope)
+        return "OK", context
+
+
+def submitter(genesis: Genesis, consortium_dir: Path, *orderers: FakeOrderer) -> Submitter:
+    endorser = identity(consortium_dir, "endorser-1")
+    signer = CountingSigner(endorser)
+    servicer = EndorserServicer(Ledger(MemoryStore(), genesis, lambda *_: None), endorser,
+                                broadcaster(*orderers), signer=signer)
+    return Submitter(servicer, signer, identity(consortium_dir, "meter-1"))
+
+
+def test_submit_is_ok_only_for_an_orderer_ok_for_that_tx(genesis: Genesis,
+                                                         consortium_dir: Path) -> None:
+    wrong_id = FakeOrderer(lambda tx: orderer_pb2.BroadcastResult(tx_id="another"))
+    s = submitter(genesis, consortium_dir, wrong_id, WrongCount())
+    status, _ = s.submit()
+    assert status.startswith("UNAVAILABLE: no orderer accepted the transaction (orderer-1: "
+                             "acknowledged tx id 'another' instead; orderer-2: answered 2 "
+                             "results for 1 transactions); retry with the same envelope")
+    assert submitter(genesis, consortium_dir, wrong_id, FakeOrderer()).submit()[0] == "OK"
+
+
+def test_an_orderer_refusal_is_not_passed_on_as_a_verdict(genesis: Genesis,
+                                                          consortium_dir: Path) -> None:
+    status, _ = submitter(genesis, consortium_dir, FakeOrderer(
+        lambda tx: refused(tx, Code.PERMISSION_DENIED, "ENDORSEMENT_FAILURE: unknown"))).submit()
+    assert status.startswith("UNAVAILABLE: no orderer accepted the transaction (orderer-1: "
+                             "PERMISSION_DENIED: ENDORSEMENT_FAILURE: unknown)")
+
+
+def test_full_orderers_give_resource_exhausted_with_the_hint(genesis: Genesis,
+                                                             consortium_dir: Path) -> None:
+    s = submitter(genesis, consortium_dir, FakeOrderer(fails=Code.RESOURCE_EXHAUSTED))
+    status, context = s.submit()
+    assert status.startswith("RESOURCE_EXHAUSTED: no orderer accepted")
+    assert status.endswith("retry the same envelope after 50 ms")
+    assert context.trailers == (("retry-after-ms", "50"),)
+
+
+class Broken(FakeOrderer):
+    def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
+                       timeout: float) -> orderer_pb2.BroadcastBatchResponse:
+        raise ValueError("a bug")
+
+
+def test_a_failure_while_forwarding_is_unavailable(genesis: Genesis,
+                                                   consortium_dir: Path) -> None:
+    status, _ = submitter(genesis, consortium_dir, Broken()).submit()
+    assert status == ("UNAVAILABLE: forwarding to the orderers failed (ValueError); retry "
+                      "with the same envelope")
+
+
+def test_a_transaction_above_the_genesis_limit_is_refused_unendorsed(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    orderer = FakeOrderer()
+    meter = identity(consortium_dir, "meter-1")
+    envelope = meter.new_transaction("meter_reading", reading("meter-1", past_interval(2)))
+    size = envelope.ByteSize()
+    # A limit the envelope fits, but not once endorsed.
+    small = dataclasses.replace(genesis, limits=Limits(max_tx_bytes=size + 100))
+    s = submitter(small, consortium_dir, orderer)
+    status, _ = s.submit(envelope)
+    assert status.startswith(f"INVALID_ARGUMENT: the envelope is {size} bytes; endorsed it "
+                             f"could exceed the genesis limit max_tx_bytes = {size + 100} bytes")
+    huge = meter.sign_envelope(bytes(genesis.limits.max_tx_bytes))
+    status, _ = submitter(genesis, consortium_dir, orderer).submit(huge)
+    assert status.startswith(f"INVALID_ARGUMENT: the envelope is {huge.ByteSize()} bytes")
+    assert s.signer.endorsed == 0
+    assert orderer.batches == []
+    roomy = dataclasses.replace(genesis, limits=Limits(max_tx_bytes=size + 2000))
+    assert submitter(roomy, consortium_dir, FakeOrderer()).submit(envelope)[0] == "OK"

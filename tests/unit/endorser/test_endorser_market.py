@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
+from gridledger.orderer.v1 import orderer_pb2
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
@@ -36,8 +37,10 @@ ASK = 250_000
 class RecordingBroadcaster:
     sent: list[bytes] = field(default_factory=list)
 
-    def broadcast(self, endorsed_transaction: bytes) -> None:
+    def broadcast(self, endorsed_transaction: bytes,
+                  tx_id: str) -> orderer_pb2.BroadcastResponse:
         self.sent.append(endorsed_transaction)
+        return orderer_pb2.BroadcastResponse(tx_id=tx_id)
 
 
 def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,

@@ -1,0 +1,268 @@
+"""A reading leaves the meter-agent's outbox only when a committer shows it committed.
+
+Real components in process: the agent's LMDB outbox, its sender and commit confirmer, the
+endorser's servicer over a ledger, and the committer's servicer over that same ledger. Only
+the orderers are replaced (the network boundary): a recording broadcaster acknowledges what
+it is given, and the test decides what reaches a block, or that the "orderers" lost it.
+Time is a settable clock, so nothing here waits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from grpc_helpers import InProcess
+from ledger_helpers import ChainBuilder, identity, past_interval, reading
+
+from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
+from gridledger.orderer.v1 import orderer_pb2
+from gridledger_committer.service import CommitterServicer
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.profiles import HouseholdProfile
+from gridledger_core.rpc.height_notifier import HeightNotifier
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
+from gridledger_core.storage import MemoryStore
+from gridledger_endorser.service import EndorserServicer
+from gridledger_meter_agent.commit_watch import CommitConfirmer
+from gridledger_meter_agent.drivers import SimulatedMeter
+from gridledger_meter_agent.outbox import Outbox
+from gridledger_meter_agent.readings import IntervalReader
+from gridledger_meter_agent.sender import OutboxSender
+
+RESUBMIT_AFTER = 30.0
+
+
+@dataclass
+class Orderers:
+    """Acknowledges every transaction; the test orders `sent` into blocks, or loses it."""
+
+    sent: list[bytes] = field(default_factory=list)
+
+    def broadcast(self, endorsed_transaction: bytes,
+                  tx_id: str = "") -> orderer_pb2.BroadcastResponse:
+        self.sent.append(endorsed_transaction)
+        return orderer_pb2.BroadcastResponse(tx_id=tx_id or self.sent_tx_ids()[-1])
+
+    def sent_tx_ids(self) -> list[str]:
+        return [envelope_tx_id(envelope_pb2.EndorsedTransaction.FromString(tx).envelope)
+                for tx in self.sent]
+
+
+@dataclass
+class Agent:
+    outbox: Outbox
+    sender: OutboxSender
+    orderers: Orderers
+    ledger: Ledger
+    chain: ChainBuilder
+    endorser: InProcess
+    committer: InProcess
+    meter: SigningIdentity
+    clock: list[float]
+
+    def drain(self) -> bool:
+        return self.sender.drain(threading.Event())
+
+    def queue(self, envelope: envelope_pb2.SignedEnvelope) -> int:
+        return self.outbox.append(envelope.SerializeToString())
+
+    def commit(self, txs: list[bytes]) -> list[int]:
+        return self.ledger.commit(self.chain.block(txs)).codes
+
+    def commit_sent(self) -> list[int]:
+        codes = self.commit(self.orderers.sent)
+        self.orderers.sent.clear()
+        return codes
+
+
+def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
+                 previous: bytes | None) -> None:
+    """Consensus proofs are tested with the consensus core."""
+
+
+def make_agent(tmp_path: Path, genesis: Genesis, consortium_dir: Path,
+               confirm: bool = True, capacity: int = 100) -> Agent:
+    ledger = Ledger(MemoryStore(), genesis, accept_proof)
+    orderers = Orderers()
+    endorser = InProcess(EndorserServicer(ledger, identity(consortium_dir, "endorser-1"),
+                                          orderers))  # type: ignore[arg-type]
+    committer = InProcess(CommitterServicer(ledger, HeightNotifier(lambda: ledger.height)))
+    clock = [1000.0]
+    outbox = Outbox(tmp_path / "outbox", capacity=capacity)
+    sender = OutboxSender(outbox, endorser,  # type: ignore[arg-type]
+                          CommitConfirmer(committer) if confirm else None,  # type: ignore[arg-type]
+                          resubmit_after=RESUBMIT_AFTER, clock=lambda: clock[0])
+    return Agent(outbox, sender, orderers, ledger, ChainBuilder(), endorser, committer,
+                 identity(consortium_dir, "meter-1"), clock)
+
+
+@pytest.fixture()
+def agent(tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> Iterator[Agent]:
+    made = make_agent(tmp_path, genesis, consortium_dir)
+    yield made
+    made.outbox.close()
+
+
+def signed_reading(meter: SigningIdentity, n: int = 2, produced: int = 500
+                   ) -> envelope_pb2.SignedEnvelope:
+    return meter.new_transaction("meter_reading",
+                                 reading(meter.name, past_interval(n), produced=produced))
+
+
+def test_acked_but_never_committed_is_resubmitted_and_removed_only_once_committed(
+        agent: Agent) -> None:
+    envelope = signed_reading(agent.meter)
+    tx_id = envelope_tx_id(envelope)
+    agent.queue(envelope)
+    assert agent.drain()
+    assert agent.orderers.sent_tx_ids() == [tx_id]  # the endorser said OK ...
+    assert agent.outbox.pending() == 1  # ... and the reading is still kept
+    agent.orderers.sent.clear()  # the ordering service loses it
+
+    agent.drain()  # not yet due again: nothing sent
+    assert agent.orderers.sent == []
+    assert agent.outbox.pending() == 1
+
+    agent.clock[0] += RESUBMIT_AFTER
+    agent.drain()
+    assert agent.orderers.sent_tx_ids() == [tx_id]  # the same envelope, sent again
+    assert agent.outbox.pending() == 1
+
+    assert agent.commit_sent() == [Code.TX_VALIDATION_CODE_VALID]
+    agent.drain()
+    assert agent.outbox.pending() == 0
+    assert agent.outbox.dead_letters() == []
+    agent.clock[0] += 10 * RESUBMIT_AFTER
+    agent.drain()
+    assert agent.orderers.sent == []  # done: never sent again
+
+
+def test_a_committed_invalid_verdict_dead_letters_the_reading(agent: Agent) -> None:
+    ours = signed_reading(agent.meter, produced=500)
+    rival = signed_reading(agent.meter, produced=900)  # same interval, another envelope
+    agent.queue(ours)
+    agent.drain()
+    assert agent.outbox.pending() == 1
+    # The endorser accepted both (one at a time, at the same height); the rival is ordered
+    # first, so ours is committed as a state conflict.
+    rival_tx = envelope_pb2.EndorsedTransaction(
+        envelope=rival, endorsements=[identity_endorse(agent, rival)]).SerializeToString()
+    assert agent.commit([rival_tx, *agent.orderers.sent]) == [
+        Code.TX_VALIDATION_CODE_VALID, Code.TX_VALIDATION_CODE_STATE_CONFLICT]
+    agent.drain()
+    assert agent.outbox.pending() == 0
+    [(_, reason)] = agent.outbox.dead_letters()
+    assert reason.startswith("committed in block 0 as STATE_CONFLICT: a reading of meter-1")
+
+
+def identity_endorse(agent: Agent, envelope: envelope_pb2.SignedEnvelope
+                     ) -> envelope_pb2.Endorsement:
+    return agent.endorser.servicer._signer.endorse(envelope.payload)
+
+
+def test_already_on_the_ledger_counts_as_submitted_and_is_confirmed(agent: Agent) -> None:
+    envelope = signed_reading(agent.meter)
+    agent.queue(envelope)
+    agent.drain()
+    agent.commit_sent()  # committed, but the agent has not looked yet (say it restarted)
+    restarted = OutboxSender(agent.outbox, agent.endorser, CommitConfirmer(agent.committer),  # type: ignore[arg-type]
+                             resubmit_after=RESUBMIT_AFTER, clock=lambda: agent.clock[0])
+    restarted.drain(threading.Event())  # ALREADY_EXISTS from the endorser, then confirmed
+    assert agent.orderers.sent == []
+    assert agent.outbox.pending() == 0
+    assert agent.outbox.dead_letters() == []
+
+
+def test_unreachable_services_keep_everything(agent: Agent) -> None:
+    agent.queue(signed_reading(agent.meter))
+    agent.endorser.down = True
+    assert not agent.drain()
+    assert agent.outbox.pending() == 1
+    agent.endorser.down = False
+    agent.committer.down = True
+    assert agent.drain()
+    agent.commit_sent()
+    agent.drain()  # committed, but the committer cannot say so
+    assert agent.outbox.pending() == 1
+    agent.committer.down = False
+    agent.drain()
+    assert agent.outbox.pending() == 0
+
+
+def test_only_a_definite_verdict_on_a_settled_reading_dead_letters(agent: Agent) -> None:
+    other = agent.meter.new_transaction(  # another meter's reading: PERMISSION_DENIED
+        "meter_reading", reading("meter-2", past_interval(3)))
+    agent.queue(other)
+    agent.drain()
+    [(_, reason)] = agent.outbox.dead_letters()
+    assert reason.startswith("PERMISSION_DENIED: NOT_AUTHORIZED: meter-1 may not post")
+    # A reading of the interval running now is refused as not ended yet: a clock
+    # difference, not a verdict; it is kept and retried.
+    running = agent.meter.new_transaction(
+        "meter_reading", reading("meter-1", past_interval(-1)))
+    agent.queue(running)
+    assert not agent.drain()
+    assert agent.outbox.pending() == 1
+    assert len(agent.outbox.dead_letters()) == 1
+
+
+def test_without_a_committer_the_endorsers_ok_removes_it(
+        tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> None:
+    weak = make_agent(tmp_path, genesis, consortium_dir, confirm=False)
+    weak.queue(signed_reading(weak.meter))
+    weak.drain()
+    assert weak.outbox.pending() == 0
+    assert len(weak.orderers.sent) == 1
+    weak.outbox.close()
+
+
+def test_a_full_outbox_holds_the_reader_back_without_dropping(
+        tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> None:
+    small = make_agent(tmp_path, genesis, consortium_dir, capacity=3)
+    interval = genesis.reading_interval_seconds
+    now = past_interval(1) + interval
+    profile = HouseholdProfile(seed=1, pv_kwp=4.0, annual_kwh=3500.0)
+    reader = IntervalReader(SimulatedMeter(profile, now - 400 * 86400), small.meter,
+                            small.outbox, interval)
+    assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 3
+    assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 0
+    small.drain()
+    assert small.outbox.pending() == 3  # sent, but awaiting their commit: still counted
+    assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 0
+    small.commit_sent()
+    small.drain()
+    assert small.outbox.pending() == 0
+    assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 3
+    small.drain()
+    small.commit_sent()
+    small.drain()
+    assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 3
+    small.drain()
+    small.commit_sent()
+    small.drain()
+    assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 1
+    small.drain()
+    small.commit_sent()
+    small.drain()
+    # Every interval once, none skipped: ten consecutive readings on the ledger.
+    starts = sorted(r.interval_start for r in committed_readings(small))
+    assert starts == [starts[0] + k * interval for k in range(10)]
+    small.outbox.close()
+
+
+def committed_readings(agent: Agent) -> list[transaction_pb2.MeterReading]:
+    out = []
+    for number in range(agent.ledger.height):
+        found = agent.ledger.get_block(number)
+        assert found is not None
+        for raw in found[0].transactions:
+            tx = transaction_pb2.Transaction.FromString(
+                envelope_pb2.EndorsedTransaction.FromString(raw).envelope.payload)
+            out.append(tx.meter_reading)
+    return out

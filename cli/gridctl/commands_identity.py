@@ -18,12 +18,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gridctl import connect, devnet
-from gridctl.commands_market import _wait_committed
+from gridctl import commit_wait, connect, devnet
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import identity_pb2
-from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.consortium import issue_signing_certificate, issue_tls_certificate
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import LEDGER_ROLES, Role, UnknownSigner
@@ -69,21 +67,25 @@ def _admin(network: devnet.Network, genesis: Genesis, org: str, name: str | None
 
 def _submit(args: argparse.Namespace, signer: SigningIdentity, field: str,
             body: Any) -> dict[str, Any]:
+    """Submit (the same envelope again while the network is unavailable) and, unless
+    --no-wait, wait for the commit (commit_wait.py: block, validation code, exit codes)."""
     _, channel, stub = connect.endorser(args.dir, args.endorser)
     envelope = signer.new_transaction(field, body)
     with channel:
-        submitted = connect.call(stub.SubmitTransaction,
-                                 endorser_pb2.SubmitTransactionRequest(envelope=envelope))
-    out: dict[str, Any] = {"tx_id": submitted.tx_id, "signed_by": signer.name}
+        tx_id = commit_wait.submit(stub, envelope, args.wait_timeout)
+    out: dict[str, Any] = {"tx_id": tx_id, "signed_by": signer.name}
     if not args.no_wait:
-        out |= _wait_committed(args, submitted.tx_id)
+        committer_channel, committer = connect.committer(args.dir, args.node)
+        with committer_channel:
+            out |= commit_wait.wait_committed(committer, tx_id, args.wait_timeout)
     return out
 
 
 def _finish(out: dict[str, Any], as_json: bool) -> None:
     emit(out, as_json)
-    if out.get("validation_code", "VALID") != "VALID":
-        raise SystemExit(4)
+    if not as_json:
+        print(commit_wait.outcome_line(out))
+    commit_wait.finish(out)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def register(sub: Any) -> None:
     signing.add_argument("--as", dest="as_admin", metavar="ADMIN",
                          help="sign as this admin (default: the genesis admin of the "
                               "organisation)")
-    signing.add_argument("--no-wait", action="store_true", help="do not wait for the commit")
+    commit_wait.add_flags(signing)
 
     ident = sub.add_parser("identity", help="accounts and certificates").add_subparsers(
         dest="action", required=True)

@@ -73,8 +73,12 @@ changes nothing in consensus, the adapter counts, stores and exposes it.
 
 Transactions: every orderer pools what its clients submit and forwards it once to all peers
 (``TxForward``), so any orderer that becomes primary can propose it and every replica's
-round timer guards against a primary that censors or freezes. The pool is not persisted:
-clients resubmit what a crash lost (Broadcast is idempotent by tx id).
+round timer guards against a primary that censors or freezes. This object keeps its pool in
+memory; durability is the adapter's: the orderer writes a client's transaction to its LMDB
+pool before acknowledging it and feeds that pool back through ``on_transactions`` on
+restart. A pre-block with more than ``max_batch_txs`` transactions, or more than
+``max_batch_bytes`` of them (one transaction alone excepted, as in ``_cut_block``), gets no
+vote, so every orderer must run with the same batch bounds.
 
 Catch-up: a message from a higher height, or a commit certificate for a block this replica
 lacks, triggers a SyncRequest; final blocks come back in SyncResponses and are checked with

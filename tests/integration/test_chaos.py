@@ -5,7 +5,8 @@ The test signs meter readings with the consortium's meter identities and submits
 to the endorser at a steady rate, recording every tx id the endorser answered OK for (errors
 are fine: the client was told). Meanwhile it kills -9 and restarts an orderer, freezes one,
 kills two others in turn (never more than f = 1 down at a time), kills -9 a committer, kills
--9 the endorser, and once kills every orderer together. Afterwards every acknowledged
+-9 the endorser, and once kills every orderer together (the primary frozen first, so
+acknowledged transactions sit only in the pools). Afterwards every acknowledged
 transaction must be committed VALID on both committers, both chains identical, and
 `gridctl ledger verify` must pass on a hot backup of a committer.
 
@@ -207,6 +208,16 @@ def acked_not_committed(net: devnet.Network, load: OnceSubmitter, want: int = 3,
             return waiting
 
 
+def current_primary(net: devnet.Network) -> devnet.Node:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for node in net.by_role("orderer"):
+            if devnet.pid_alive(node.pid) and metric(node, "gridledger_orderer_is_primary") == 1:
+                return node
+        time.sleep(0.2)
+    raise AssertionError("no orderer reports being primary")
+
+
 def kill9(node: devnet.Node) -> None:
     devnet.stop_node(node, sig=signal.SIGKILL)
 
@@ -278,11 +289,17 @@ def test_every_acknowledged_transaction_survives_process_chaos(
     devnet.restart_node(net, endorser)
     progress(net, load)
 
-    timeline.mark("kill -9 every orderer together, restart them all")
-    in_flight = acked_not_committed(net, load)
-    devnet.stop_nodes(orderers, sig=signal.SIGKILL)
+    # Freeze the primary first (still at most f down): until the round times out nobody
+    # proposes, so what the other orderers acknowledge meanwhile is only in their pools.
+    timeline.mark("SIGSTOP the primary, then kill -9 every orderer together, restart them all")
+    primary = current_primary(net)
+    os.kill(primary.pid, signal.SIGSTOP)
+    try:
+        in_flight = acked_not_committed(net, load, want=10)
+    finally:
+        devnet.stop_nodes(orderers, sig=signal.SIGKILL)  # SIGKILL ends the frozen one too
     print(f"[chaos] {len(in_flight)} acknowledged transactions were not yet committed when "
-          "every orderer was killed", flush=True)
+          f"every orderer was killed (primary {primary.name} frozen)", flush=True)
     for node in orderers:
         devnet.restart_node(net, node)
     progress(net, load, blocks=5)

@@ -116,6 +116,29 @@ def test_extreme_rounds_neither_raise_nor_cost_a_signature_check() -> None:
     assert all(cluster.nodes[oid].replica.round <= 8 for oid in honest)
 
 
+def test_round_changes_to_the_top_of_uint32_from_f_plus_1_senders_do_not_stop_the_chain() -> None:
+    """The reported halt: with one orderer frozen, ROUND_CHANGE(2^32 - 1) from two orderer
+    identities (then obtainable by a TLS forgery) made the others compute round + 1 into a
+    uint32 and fail for good. Now such rounds are ignored before anything else, even when
+    f + 1 senders sign them with real keys, and the chain keeps growing."""
+    cluster = Cluster()
+    frozen = cluster.primary(0)
+    senders = [o for o in cluster.ids if o != frozen][:2]
+    receivers = [o for o in cluster.ids if o not in senders]
+    for sender in senders:
+        for oid in receivers:
+            cluster.nodes[oid].replica.on_message(
+                sender, cluster.round_change(sender, 0, U32_MAX), 0.0)
+    assert all(cluster.nodes[oid].replica.round <= MAX_ROUND for oid in cluster.ids)
+    cluster.drop = lambda src, dst, msg: frozen in (src, dst)  # frozen while the others work
+    cluster.submit(senders[0], [b"ok:while-frozen"])
+    cluster.advance(60.0)
+    cluster.drop = lambda src, dst, msg: False  # it resumes
+    cluster.submit(senders[0], [b"ok:after-resume"])
+    cluster.advance(60.0)
+    assert all(len(cluster.nodes[oid].blocks) == 2 for oid in cluster.ids)
+
+
 # --- catch-up and fetch limits --------------------------------------------------------------
 
 

@@ -294,8 +294,13 @@ def run(profile: str = "standard") -> dict:
         unary, _, _ = orderer_only(profile, workdir / "net-unary", batched=False)
         ordering, blocks, genesis = orderer_only(profile, workdir / "net")
         committing = committer_only(blocks, genesis, workdir / "ledger")
+    # What durable acknowledgement costs, in memory vs synced, same run and transactions:
+    # batched as the endorser sends, and unary as grpcurl/CLI clients do.
+    count = 1_000 if profile == "quick" else 4_000
     return {"orderer_only": ordering, "orderer_only_unary": unary,
-            "committer_only": committing}
+            "committer_only": committing,
+            "durable_ack_batched": durable_ack_cost(count, batch=32),
+            "durable_ack_unary": durable_ack_cost(count, batch=1)}
 
 
 # -- what durable acknowledgement costs (python -m bench.ordering --durable-ack) -----------

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,21 @@ import grpc
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_core.rpc.tls import secure_channel
+
+
+@contextlib.contextmanager
+def ledger_network(directory: Path) -> Iterator[devnet.Network]:
+    """A devnet of only the ledger roles (orderers, committers, the endorser), no devices or
+    demo traffic, started through the launcher users run; stopped (logs shown on failure)."""
+    consortium = directory / "consortium"
+    devnet.ensure_consortium(consortium)
+    network = devnet.plan(directory, consortium, demo=False)
+    devnet.start(network, roles=("orderer", "committer", "endorser"))
+    try:
+        yield network
+    finally:
+        devnet.stop(network)
+        dump_logs_on_failure(network)
 
 
 def dump_logs_on_failure(net: devnet.Network) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from devnet_support import committer_stub, dump_logs_on_failure, wait_for
+from devnet_support import committer_stub, ledger_network, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import LoadGenerator, prepare_readings
@@ -30,16 +30,8 @@ BEFORE_KILL = 400  # acknowledged readings before the orderers are killed
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    directory = tmp_path_factory.mktemp("durability")
-    consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
-    network = devnet.plan(directory, consortium, demo=False)
-    devnet.start(network, roles=("orderer", "committer", "endorser"))
-    try:
+    with ledger_network(tmp_path_factory.mktemp("durability")) as network:
         yield network
-    finally:
-        devnet.stop(network)
-        dump_logs_on_failure(network)
 
 
 def unconfirmed(net: devnet.Network, tx_ids: set[str]) -> set[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from devnet_support import committer_stub, dump_logs_on_failure, height, wait_for
+from devnet_support import committer_stub, height, ledger_network, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import LoadGenerator, prepare_readings
@@ -40,16 +40,8 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    directory = tmp_path_factory.mktemp("flood")
-    consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
-    network = devnet.plan(directory, consortium, demo=False)
-    devnet.start(network, roles=("orderer", "committer", "endorser"))
-    try:
+    with ledger_network(tmp_path_factory.mktemp("flood")) as network:
         yield network
-    finally:
-        devnet.stop(network)
-        dump_logs_on_failure(network)
 
 
 def rss_mib(pid: int) -> float:

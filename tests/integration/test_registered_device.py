@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from devnet_support import committer_stub, dump_logs_on_failure, wait_for
+from devnet_support import committer_stub, ledger_network, wait_for
 
 from gridctl import devnet, loadgen
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
@@ -27,16 +27,8 @@ DEVICE = "meter-70"
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    directory = tmp_path_factory.mktemp("registered-device")
-    consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
-    network = devnet.plan(directory, consortium, demo=False)
-    devnet.start(network, roles=("orderer", "committer", "endorser"))
-    try:
+    with ledger_network(tmp_path_factory.mktemp("registered-device")) as network:
         yield network
-    finally:
-        devnet.stop(network)
-        dump_logs_on_failure(network)
 
 
 def gridctl(net: devnet.Network, *args: str) -> str:

@@ -66,6 +66,17 @@ def metric(node: devnet.Node, name: str) -> float | None:
     return None
 
 
+def current_primary(net: devnet.Network) -> devnet.Node:
+    """The orderer that reports being the lottery primary now (by its metric)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for node in net.by_role("orderer"):
+            if devnet.pid_alive(node.pid) and metric(node, "gridledger_orderer_is_primary") == 1:
+                return node
+        time.sleep(0.2)
+    raise AssertionError("no orderer reports being primary")
+
+
 def same_chain(net: devnet.Network) -> int:
     """Assert both committers hold identical blocks and state roots up to their common
     height; returns that height."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from devnet_support import committer_stub, height, metric, same_chain, wait_for
+from devnet_support import committer_stub, current_primary, height, metric, same_chain, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import prepare_readings
@@ -206,16 +206,6 @@ def acked_not_committed(net: devnet.Network, load: OnceSubmitter, want: int = 3,
                     waiting.append(tx_id)
         if len(waiting) >= want or time.monotonic() > deadline:
             return waiting
-
-
-def current_primary(net: devnet.Network) -> devnet.Node:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for node in net.by_role("orderer"):
-            if devnet.pid_alive(node.pid) and metric(node, "gridledger_orderer_is_primary") == 1:
-                return node
-        time.sleep(0.2)
-    raise AssertionError("no orderer reports being primary")
 
 
 def kill9(node: devnet.Node) -> None:

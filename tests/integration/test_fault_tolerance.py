@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from devnet_support import committer_stub, height, metric, same_chain, wait_for
+from devnet_support import committer_stub, current_primary, height, metric, same_chain, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import LoadGenerator, prepare_readings
@@ -38,16 +38,6 @@ def grows(net: devnet.Network, by: int, timeout: float, committer: str = "commit
     stub = committer_stub(net, committer)
     start = height(stub)
     wait_for(lambda: height(stub) >= start + by, timeout, f"{committer} to grow by {by} blocks")
-
-
-def current_primary(net: devnet.Network) -> devnet.Node:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for node in net.by_role("orderer"):
-            if devnet.pid_alive(node.pid) and metric(node, "gridledger_orderer_is_primary") == 1:
-                return node
-        time.sleep(0.2)
-    raise AssertionError("no orderer reports being primary")
 
 
 def test_killed_primary_is_replaced(loaded: devnet.Network) -> None:

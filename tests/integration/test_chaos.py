@@ -3,7 +3,8 @@ an acknowledgement is durable.
 
 The test signs meter readings with the consortium's meter identities and submits each ONCE
 to the endorser at a steady rate, recording every tx id the endorser answered OK for (errors
-are fine: the client was told). Meanwhile it kills -9 and restarts an orderer, freezes one,
+are fine: the client was told). Meanwhile it kills -9 and restarts a meter-agent (its demo
+readings must all reach the ledger, without a gap), kills -9 and restarts an orderer, freezes one,
 kills two others in turn (never more than f = 1 down at a time), kills -9 a committer, kills
 -9 the endorser, and once kills every orderer together (the primary frozen first, so
 acknowledged transactions sit only in the pools). Afterwards every acknowledged
@@ -17,6 +18,7 @@ Run alone, serialised with the other integration tests:
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import signal
 import subprocess
@@ -36,6 +38,7 @@ from gridctl.loadgen import prepare_readings
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code, code_name
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
@@ -224,6 +227,30 @@ def load(network: devnet.Network) -> Iterator[OnceSubmitter]:
         submitter.stop()
 
 
+AGENT = "meter-2"
+BACKFILL_HOURS = 26  # the devnet fixture's backfill (tests/integration/conftest.py)
+
+
+def agent_readings_unbroken(net: devnet.Network, committer: str, interval: int) -> bool:
+    """The agent's readings of the last BACKFILL_HOURS (the test's own, older readings of the
+    same meter are left out) have no gap and reach the last interval that ended."""
+    stub = committer_stub(net, committer)
+    since = int(time.time()) - BACKFILL_HOURS * 3600 + interval
+    starts: list[int] = []
+    token = ""
+    while True:
+        page = stub.ListReadings(committer_pb2.ListReadingsRequest(
+            meter=AGENT, page_size=1000, page_token=token), timeout=10)
+        starts += [r.interval_start for r in page.readings if r.interval_start >= since]
+        token = page.next_page_token
+        if not token:
+            break
+    starts.sort()
+    last_ended = int(time.time()) // interval * interval - interval
+    return bool(starts) and starts[-1] >= last_ended and all(
+        b - a == interval for a, b in itertools.pairwise(starts))
+
+
 def _gridctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(Path(sys.executable).parent / "gridctl"), *args],
                           capture_output=True, text=True, timeout=300)
@@ -237,6 +264,13 @@ def test_every_acknowledged_transaction_survives_process_chaos(
     orderers = [o1, o2, o3, o4]
     timeline = Timeline()
     progress(net, load)
+
+    # A meter-agent (demo traffic: it reads its simulated meter every interval and keeps each
+    # reading in its outbox until a committer shows it committed).
+    agent = net.node(AGENT)
+    timeline.mark(f"kill -9 the {AGENT} agent, restart it")
+    kill9(agent)
+    devnet.restart_node(net, agent)
 
     timeline.mark("kill -9 orderer-2, restart it")
     kill9(o2)
@@ -328,6 +362,16 @@ def test_every_acknowledged_transaction_survives_process_chaos(
             pytest.fail(f"{len(txs)} of {len(acks.acked)} acknowledged transactions are not "
                         f"committed VALID on {name}: {dict(codes)}; acknowledged: "
                         f"{dict(steps)}; e.g. {txs[:3]}")
+
+    # The killed agent lost no reading: its readings since its backfill began form one
+    # unbroken run of intervals up to the last one that ended, on both committers, and its
+    # outbox drained (nothing waiting, nothing refused).
+    interval = Genesis.load(net.consortium_dir / "genesis.json").reading_interval_seconds
+    for name in ("committer-1", "committer-2"):
+        wait_for(lambda name=name: agent_readings_unbroken(net, name, interval), 120,
+                 f"{AGENT}'s readings unbroken up to the last ended interval on {name}")
+    wait_for(lambda: metric(net.node(AGENT), "gridledger_meter_readings_buffered") == 0, 120,
+             f"{AGENT}'s outbox to drain")
 
     # Both chains identical (blocks, state roots, codes), at the same height.
     c1, c2 = committer_stub(net, "committer-1"), committer_stub(net, "committer-2")

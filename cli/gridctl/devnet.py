@@ -122,7 +122,15 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
                       plants: int = 2) -> Genesis:
     if not (consortium_dir / "genesis.json").exists():
         create_consortium(consortium_dir, default_topology(orderers, meters, plants))
-    return Genesis.load(consortium_dir / "genesis.json")
+    genesis = Genesis.load(consortium_dir / "genesis.json")
+    if not genesis.accounts or not all(o.tls_certificate_pem for o in genesis.orderers):
+        # Such a genesis binds no identity to an account and pins no orderer: every signature
+        # and every call would be refused. Say so instead of starting a network that cannot work.
+        raise SystemExit(
+            f"{consortium_dir} was made by an older GridLedger (its genesis lists no accounts "
+            "or no orderer TLS certificates); stop it (gridctl devnet down) and delete its "
+            "directory, then run again to make a new consortium")
+    return genesis
 
 
 def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,

@@ -18,5 +18,5 @@ def test_a_consortium_without_accounts_is_refused_with_what_to_do(tmp_path: Path
     doc = json.loads((consortium / "genesis.json").read_text())
     del doc["accounts"]
     (consortium / "genesis.json").write_text(json.dumps(doc))
-    with pytest.raises(SystemExit, match="older GridLedger.*delete its directory"):
+    with pytest.raises(SystemExit, match=r"older GridLedger.*delete its directory"):
         devnet.ensure_consortium(consortium)

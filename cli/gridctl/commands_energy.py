@@ -156,10 +156,7 @@ def cmd_certificate_verify(args: argparse.Namespace) -> None:
 # -- parser -----------------------------------------------------------------------------------
 
 def register(sub: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                        help="devnet directory holding network.json (default .devnet)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common = connect.common_flags(None)
     node = argparse.ArgumentParser(add_help=False)
     node.add_argument("--node", help="committer to ask (default: the first)")
 

@@ -14,7 +14,6 @@ import argparse
 import datetime
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from gridctl import commit_wait, connect, devnet
@@ -210,11 +209,7 @@ def cmd_trades(args: argparse.Namespace) -> None:
 
 def register(sub: Any) -> None:
     """Add the market commands to gridctl's subcommands."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=Path(".devnet"),
-                        help="devnet directory holding network.json (default .devnet)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--node", help="committer to ask (default: the first)")
+    common = connect.common_flags()
     common.add_argument("--endorser", help="endorser to ask (default: the first)")
     signing = argparse.ArgumentParser(add_help=False)
     signing.add_argument("--as", dest="as_meter", required=True, metavar="METER",

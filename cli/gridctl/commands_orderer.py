@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -58,11 +57,7 @@ def cmd_orderer_evidence(args: argparse.Namespace) -> None:
 
 
 def register(sub: Any) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=Path(".devnet"),
-                        help="devnet directory holding network.json (default .devnet)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--node", help="orderer to ask (default: the first)")
+    common = connect.common_flags("orderer to ask (default: the first)")
     orderer = sub.add_parser("orderer", help="orderer cluster").add_subparsers(
         dest="action", required=True)
     ev = orderer.add_parser("evidence", parents=[common],

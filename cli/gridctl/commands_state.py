@@ -62,11 +62,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def register(sub: Any) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=Path(".devnet"),
-                        help="devnet directory holding network.json (default .devnet)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--node", help="committer to ask (default: the first)")
+    common = connect.common_flags()
     state = sub.add_parser("state", help="ledger state").add_subparsers(dest="action",
                                                                          required=True)
     get = state.add_parser("get", parents=[common], help="one state entry, decoded")

@@ -3,6 +3,7 @@ role, an mTLS channel and stub to it, and a call that turns a gRPC error into a 
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,18 @@ from gridledger.committer.v1 import committer_pb2_grpc
 from gridledger.endorser.v1 import endorser_pb2_grpc
 from gridledger.meteragent.v1 import meteragent_pb2_grpc
 from gridledger_core.rpc.tls import secure_channel
+
+
+def common_flags(node_help: str | None = "committer to ask (default: the first)"
+                 ) -> argparse.ArgumentParser:
+    """The parent parser every command shares: --dir, --json and (unless None) --node."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=Path(".devnet"),
+                        help="devnet directory holding network.json (default .devnet)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    if node_help is not None:
+        common.add_argument("--node", help=node_help)
+    return common
 
 
 def load_network(directory: Path) -> devnet.Network:

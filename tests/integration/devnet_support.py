@@ -14,15 +14,19 @@ from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_core.rpc.tls import secure_channel
 
+LEDGER_ROLES = ("orderer", "committer", "endorser")
+
 
 @contextlib.contextmanager
-def ledger_network(directory: Path) -> Iterator[devnet.Network]:
-    """A devnet of only the ledger roles (orderers, committers, the endorser), no devices or
-    demo traffic, started through the launcher users run; stopped (logs shown on failure)."""
+def ledger_network(directory: Path, roles: tuple[str, ...] = LEDGER_ROLES
+                   ) -> Iterator[devnet.Network]:
+    """A devnet without demo traffic, of the ledger roles (orderers, committers, the endorser)
+    unless `roles` says more, started through the launcher users run; stopped (logs shown on
+    failure)."""
     consortium = directory / "consortium"
     devnet.ensure_consortium(consortium)
     network = devnet.plan(directory, consortium, demo=False)
-    devnet.start(network, roles=("orderer", "committer", "endorser"))
+    devnet.start(network, roles=roles)
     try:
         yield network
     finally:

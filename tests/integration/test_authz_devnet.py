@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from devnet_support import committer_stub, dump_logs_on_failure, height, wait_for
+from devnet_support import committer_stub, height, ledger_network, wait_for
 
 from gridctl import devnet
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
@@ -28,16 +28,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    directory = tmp_path_factory.mktemp("authz-devnet")
-    consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
-    network = devnet.plan(directory, consortium, demo=False)
-    devnet.start(network)
-    try:
+    with ledger_network(tmp_path_factory.mktemp("authz-devnet"), devnet.ROLE_ORDER) as network:
         yield network
-    finally:
-        devnet.stop(network)
-        dump_logs_on_failure(network)
 
 
 def _as(net: devnet.Network, name: str) -> TlsFiles:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from devnet_support import committer_stub, dump_logs_on_failure, height, same_chain, wait_for
+from devnet_support import committer_stub, height, ledger_network, same_chain, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gridctl import devnet
@@ -36,16 +36,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     """A devnet without the trading demo: meters post readings, which is all this needs."""
-    directory = tmp_path_factory.mktemp("devnet-poison")
-    consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
-    net = devnet.plan(directory, consortium, demo=False)
-    devnet.start(net)
-    try:
-        yield net
-    finally:
-        devnet.stop(net)
-        dump_logs_on_failure(net)
+    with ledger_network(tmp_path_factory.mktemp("devnet-poison"), devnet.ROLE_ORDER) as network:
+        yield network
 
 
 def endorsed(envelope: envelope_pb2.SignedEnvelope, endorser: SigningIdentity) -> bytes:

@@ -771,6 +771,16 @@ def _seconds(stamp: Any) -> float:
     return stamp.seconds + stamp.nanos / 1e9
 
 
+def failure_report(results: list[SimResult], shown: int = 8) -> str:
+    """What a test prints for failing schedules: the first few, each with its replay line."""
+    lines = [
+        f"seed {r.seed} (n={r.n}, {', '.join(sorted(r.features))}): "
+        f"{r.violations[:3]}\n  replay: {r.replay}"
+        for r in results[:shown]
+    ]
+    return f"{len(results)} failing schedules:\n" + "\n".join(lines)
+
+
 def run_schedule(
     seed: int, *, real_crypto: bool = False, n: int | None = None, mode: str = "honest"
 ) -> SimResult:

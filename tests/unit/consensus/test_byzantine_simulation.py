@@ -27,16 +27,6 @@ SCHEDULES = int(os.environ.get("GRIDLEDGER_SIM_BYZ_SCHEDULES", "1000"))
 CHUNKS = 10
 
 
-def _report(results: list[simulation.SimResult]) -> str:
-    lines = []
-    for result in results[:8]:
-        lines.append(
-            f"seed {result.seed} (n={result.n}, {', '.join(sorted(result.features))}): "
-            f"{result.violations[:3]}\n  replay: {result.replay}"
-        )
-    return f"{len(results)} failing schedules:\n" + "\n".join(lines)
-
-
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_byzantine_schedules(chunk: int) -> None:
     failures = []
@@ -44,7 +34,7 @@ def test_byzantine_schedules(chunk: int) -> None:
         result = simulation.run_schedule(seed, mode="byzantine")
         if result.violations:
             failures.append(result)
-    assert not failures, _report(failures)
+    assert not failures, simulation.failure_report(failures)
 
 
 def test_byzantine_schedules_cover_every_tactic_and_f_2() -> None:
@@ -68,7 +58,7 @@ def test_byzantine_schedules_cover_every_tactic_and_f_2() -> None:
 @pytest.mark.parametrize("seed", [0, 3])  # n = 4; n = 7 with two byzantine
 def test_byzantine_schedules_with_real_ed25519_and_ecvrf(seed: int) -> None:
     result = simulation.Simulation(seed, real_crypto=True, mode="byzantine").run()
-    assert not result.violations, _report([result])
+    assert not result.violations, simulation.failure_report([result])
 
 
 def test_the_adversarys_crafted_pre_blocks_are_what_honest_replicas_prepare() -> None:

@@ -30,16 +30,6 @@ FEATURES = {
 }
 
 
-def _report(results: list[simulation.SimResult]) -> str:
-    lines = []
-    for result in results[:5]:
-        lines.append(
-            f"seed {result.seed} (n={result.n}, {', '.join(sorted(result.features))}): "
-            f"{result.violations[:3]}\n  replay: {result.replay}"
-        )
-    return f"{len(results)} failing schedules:\n" + "\n".join(lines)
-
-
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_schedules(chunk: int) -> None:
     failures = []
@@ -49,7 +39,7 @@ def test_random_schedules(chunk: int) -> None:
             failures.append(result)
         elif not any(h >= 1 for h in result.heights.values()):
             failures.append(result)  # cannot happen while liveness holds; guards the checker
-    assert not failures, _report(failures)
+    assert not failures, simulation.failure_report(failures)
 
 
 def test_schedules_cover_every_fault_and_both_sizes() -> None:
@@ -70,7 +60,7 @@ def test_schedules_cover_every_fault_and_both_sizes() -> None:
 @pytest.mark.parametrize("seed", [101, 202, 303, 404])
 def test_schedules_with_real_ed25519_and_ecvrf(seed: int) -> None:
     result = simulation.run_schedule(seed, real_crypto=True)
-    assert not result.violations, _report([result])
+    assert not result.violations, simulation.failure_report([result])
     assert max(result.heights.values()) >= 1
 
 
@@ -78,7 +68,7 @@ def test_seven_orderers() -> None:
     failures = [
         r for r in (simulation.run_schedule(s, n=7) for s in range(5000, 5030)) if r.violations
     ]
-    assert not failures, _report(failures)
+    assert not failures, simulation.failure_report(failures)
 
 
 def test_checker_catches_a_broken_quorum(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,10 +89,10 @@ def test_replay() -> None:
             assert (first.heights, first.events, first.violations) == (
                 again.heights, again.events, again.violations
             )
-            assert not first.violations, _report([first])
+            assert not first.violations, simulation.failure_report([first])
         return
     mode = os.environ.get("GRIDLEDGER_SIM_MODE", "honest")
     result = simulation.run_schedule(int(seed), mode=mode)
     print(f"seed {result.seed} ({mode}): n={result.n} features={sorted(result.features)}")
     print(f"heights={result.heights} events={result.events}")
-    assert not result.violations, _report([result])
+    assert not result.violations, simulation.failure_report([result])

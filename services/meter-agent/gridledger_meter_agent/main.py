@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.endorser.v1 import endorser_pb2_grpc
@@ -64,12 +64,32 @@ def make_driver(args: argparse.Namespace, profile: HouseholdProfile | PlantProfi
 
 
 def run_agent(reader: IntervalReader, sender: OutboxSender, stop: threading.Event,
-              backfill_seconds: int, pace: float) -> None:
-    """Create due readings (paced while backfilling) and drain the outbox, until stopped."""
+              backfill_seconds: int, pace: float,
+              on_health: Callable[[bool], None] = lambda serving: None) -> None:
+    """Create due readings (paced while backfilling) and drain the outbox, until stopped.
+
+    The loop never ends on an error: an unexpected one (storage, a driver, a bug) is logged,
+    turns health NOT_SERVING (readings are not being taken) and is retried with backoff;
+    the next clean pass turns it SERVING again."""
     backoff = 0.5
+    healthy = True
     while not stop.is_set():
-        created = reader.poll(int(time.time()), backfill_seconds, max_intervals=max(1, int(pace)))
-        if sender.drain(stop):
+        try:
+            created = reader.poll(int(time.time()), backfill_seconds,
+                                  max_intervals=max(1, int(pace)))
+            drained = sender.drain(stop)
+        except Exception:
+            log.exception("reading loop failed; node reports NOT_SERVING and retries")
+            if healthy:
+                healthy = False
+                on_health(False)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+            continue
+        if not healthy:
+            healthy = True
+            on_health(True)
+        if drained:
             backoff = 0.5
         else:
             stop.wait(backoff)
@@ -145,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             resubmit_after=args.resubmit_after)
         threads.append(threading.Thread(
             target=run_agent, name="agent", daemon=True,
-            args=(parts.reader, parts.sender, stop, args.backfill_hours * 3600, args.pace)))
+            args=(parts.reader, parts.sender, stop, args.backfill_hours * 3600, args.pace,
+                  lambda serving: server.set_serving(serving))))
         closers += [parts.driver.close, parts.outbox.close]
 
     ledger = None

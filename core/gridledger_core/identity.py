@@ -93,9 +93,15 @@ class UnknownSigner(Exception):
 MAX_SUBJECT_VALUE = 64
 
 
-def _subject_attr(subject: x509.Name, oid: x509.ObjectIdentifier) -> str:
+# Verified certificate chains kept per process (a device signs thousands of transactions
+# with one certificate).
+CHAIN_CACHE_LIMIT = 65_536
+
+
+def subject_attr(subject: x509.Name, oid: x509.ObjectIdentifier) -> str:
     """One subject attribute as text. `subject` is already parsed (see `_verify`), so this
-    only judges values: exactly one, text, short, no control characters."""
+    only judges values: exactly one, text, short, no control characters. The one rule for
+    signing and TLS certificates alike (rpc/peer_identity.py)."""
     attrs = subject.get_attributes_for_oid(oid)
     if len(attrs) != 1:
         raise UnknownSigner(f"certificate subject must have exactly one {oid._name}")
@@ -155,13 +161,13 @@ class Membership:
         cached = self._cache.get(digest)
         if cached is None:
             identity, not_before, not_after = self._verify(der)
-            try:
-                serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
-            except ValueError as exc:  # parsed lazily: a verdict, never an exception
-                raise UnknownSigner("certificate serial number does not decode") from exc
-            cached = (replace(identity, fingerprint=digest, serial=serial),
+            cached = (replace(identity, fingerprint=digest),
                       int(not_before.timestamp()), int(not_after.timestamp()))
             with self._lock:
+                # Only certificates of member CAs get here, but a hostile member CA can mint
+                # any number: start over at the bound (entries are recomputed identically).
+                if len(self._cache) >= CHAIN_CACHE_LIMIT:
+                    self._cache.clear()
                 self._cache[digest] = cached
         return cached
 
@@ -211,11 +217,12 @@ class Membership:
             key = cert.public_key()
             not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
             signature, tbs = cert.signature, cert.tbs_certificate_bytes
+            serial = format(cert.serial_number, "x")
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             # The library's text is left out: it may differ between versions, and the message
             # is recorded in blocks' commit records.
             raise UnknownSigner(f"certificate is not valid DER ({type(exc).__name__})") from exc
-        org = _subject_attr(subject, NameOID.ORGANIZATION_NAME)
+        org = subject_attr(subject, NameOID.ORGANIZATION_NAME)
         root = self._roots.get(org)
         if root is None:
             raise UnknownSigner(f"organisation {org!r} is not a consortium member")
@@ -230,17 +237,18 @@ class Membership:
                 f"certificate signature does not verify against {org}'s CA") from exc
         if not isinstance(key, Ed25519PublicKey):
             raise UnknownSigner("signing certificates must carry an Ed25519 key")
-        role_name = _subject_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        role_name = subject_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
         try:
             role = Role(role_name)
         except ValueError as exc:
             raise UnknownSigner(f"unknown role {role_name!r} in certificate") from exc
         identity = Identity(
-            name=_subject_attr(subject, NameOID.COMMON_NAME),
+            name=subject_attr(subject, NameOID.COMMON_NAME),
             org=org,
             role=role,
             public_key=key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
             certificate=der,
+            serial=serial,
         )
         return identity, not_before, not_after
 

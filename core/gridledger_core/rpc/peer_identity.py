@@ -18,7 +18,6 @@ signer checks of whatever the caller submits.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -33,8 +32,9 @@ from cryptography.x509.oid import NameOID
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import identity_pb2
+from gridledger_core.crypto import sha256
 from gridledger_core.genesis import Genesis
-from gridledger_core.identity import LEDGER_ROLES, Account, Role
+from gridledger_core.identity import LEDGER_ROLES, Account, Role, UnknownSigner, subject_attr
 from gridledger_core.ledger.rules.identity import account_key
 
 log = logging.getLogger(__name__)
@@ -66,16 +66,8 @@ class Peer:
         return f"{self.name} ({self.role.value} of {self.org})"
 
 
-def _attr(cert: x509.Certificate, oid: x509.ObjectIdentifier, label: str) -> str:
-    values = cert.subject.get_attributes_for_oid(oid)
-    if len(values) != 1:
-        raise PeerRefused(f"client certificate subject must have exactly one {label}")
-    value = values[0].value
-    return value if isinstance(value, str) else value.decode()
-
-
 def fingerprint(der: bytes) -> bytes:
-    return hashlib.sha256(der).digest()
+    return sha256(der)
 
 
 def pem_fingerprint(pem: bytes) -> bytes:
@@ -169,23 +161,25 @@ class PeerIdentities:
         # Fingerprint of each orderer's pinned TLS certificate -> (orderer id, org).
         self._pins = {pem_fingerprint(o.tls_certificate_pem): (o.id, o.org)
                       for o in genesis.orderers if o.tls_certificate_pem}
-        self._cache: dict[bytes, _Subject | PeerRefused] = {}
+        # A refusal is kept as its reason, never as the exception object: re-raising one
+        # object grows its traceback on every call (a refused client calling in a loop).
+        self._cache: dict[bytes, _Subject | str] = {}
         self._registered: dict[str, Account] = {}  # ledger registrations seen (permanent)
         self._lock = threading.Lock()
 
     def identify(self, pem: bytes) -> Peer:
         """The account `pem` (the presented client certificate) proves, or PeerRefused."""
-        key = hashlib.sha256(pem).digest()
+        key = sha256(pem)
         verdict = self._cache.get(key)
         if verdict is None:
             try:
                 verdict = self._verify(pem)
             except PeerRefused as exc:
-                verdict = exc
+                verdict = str(exc)
             with self._lock:
                 _bounded_put(self._cache, key, verdict)
-        if isinstance(verdict, PeerRefused):
-            raise verdict
+        if isinstance(verdict, str):
+            raise PeerRefused(verdict)
         return self._admit(verdict)
 
     def _admit(self, subject: _Subject) -> Peer:
@@ -213,9 +207,18 @@ class PeerIdentities:
             cert = x509.load_pem_x509_certificate(pem)
         except ValueError as exc:
             raise PeerRefused(f"client certificate is not valid PEM: {exc}") from exc
-        org = _attr(cert, NameOID.ORGANIZATION_NAME, "O")
-        role_name = _attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU (role)")
-        name = _attr(cert, NameOID.COMMON_NAME, "CN")
+        # The subject is decoded lazily and may not decode at all (a member CA can sign any
+        # bytes): read it here, under the same value rules as signing certificates.
+        try:
+            subject = cert.subject
+            org = subject_attr(subject, NameOID.ORGANIZATION_NAME)
+            role_name = subject_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+            name = subject_attr(subject, NameOID.COMMON_NAME)
+        except UnknownSigner as exc:
+            raise PeerRefused(f"client {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise PeerRefused(f"client certificate subject does not decode "
+                              f"({type(exc).__name__})") from exc
         root = self._roots.get(org)
         if root is None:
             raise PeerRefused(f"organisation {org!r} of {name} is not a consortium member")

@@ -388,6 +388,10 @@ class Replica:
     # --- per-height state ------------------------------------------------------------------
 
     def _reset_height(self) -> None:
+        # Block fetches are per height: a quiet window or rotation of the last height's
+        # lock must not delay or skew the first fetch at this one.
+        self._fetch_quiet_until = float("-inf")
+        self._fetch_attempt = 0
         self._round = 0
         self._changing = False
         self._target = 0
@@ -866,11 +870,11 @@ class Replica:
     def _hold_proposal(self, sender: str, p: consensus_pb2.Proposal, now: float) -> None:
         """Keep a proposal for a round not entered yet (one per round, bounded in bytes)."""
         size = p.ByteSize()
-        old = self._pending.pop(p.round, None)
-        if old is not None:
-            self._pending_bytes -= old[3]
-        if self._pending_bytes + size > self.config.max_buffer_bytes:
-            return
+        old = self._pending.get(p.round)
+        freed = old[3] if old is not None else 0
+        if self._pending_bytes - freed + size > self.config.max_buffer_bytes:
+            return  # no room for it: whatever is held for that round stays
+        self._pending_bytes -= freed
         self._pending[p.round] = (sender, p, now, size)
         self._pending_bytes += size
 
@@ -1022,6 +1026,7 @@ class Replica:
         self._arm_round_timer(now, out)
         self._maybe_propose(now, out)
         future, self._future = self._future, []
+        self._future_bytes = 0  # what it held is replayed now (and re-counted if held again)
         for sender, msg in future:
             self._dispatch(sender, msg, now, out)
 

@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                                  # streams one connection may hold open at once
                                  ("grpc.max_concurrent_streams", 64)])
+    node.on_health = server.set_serving  # a consensus thread that cannot work is not SERVING
     server.add_service(orderer_pb2_grpc.add_OrdererServiceServicer_to_server,
                        OrdererServicer(node, store, notifier),
                        orderer_pb2.DESCRIPTOR.services_by_name["OrdererService"].full_name)

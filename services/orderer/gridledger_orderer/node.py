@@ -172,6 +172,9 @@ class OrdererNode:
         self._inbox = Inbox(limits.inbox_client_bytes, limits.inbox_peer_bytes)
         self._timers: list[tuple[float, str]] = []
         self._stop = threading.Event()
+        # Told False while the consensus thread cannot work, True when it works again
+        # (main.py: the server's health).
+        self.on_health: Callable[[bool], None] = lambda serving: None
         self._thread = threading.Thread(target=self._run, name="consensus", daemon=True)
         self._last_round = 0
         # (height, round, phase that started, when) of the phase this primary is driving.
@@ -318,26 +321,43 @@ class OrdererNode:
     # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
-            item = self._inbox.get(timeout, max_bytes=_GROUP_BYTES)
-            # Wall-clock time: the replica stamps blocks with it, and the ledger judges
-            # transactions against block times. Timer deadlines are relative, so a clock step
-            # only shortens or lengthens one timeout.
-            now = time.time()
-            kind = "txs" if isinstance(item, list) else "msg" if item else ""
-            try:
-                if isinstance(item, list):
-                    self._on_submissions(item, now)
-                elif item is not None:
-                    sender, message = item
-                    self._execute(self.replica.on_message(sender, message, now))
-                while self._timers and self._timers[0][0] <= time.monotonic():
-                    _, name = heapq.heappop(self._timers)
-                    self._execute(self.replica.on_timer(name, time.time()))
-            except Exception:
-                log.exception("consensus loop error on %s", kind or "timer")
-            self._update_gauges()
+        """The consensus thread. No input ends it: an error is logged and that input dropped
+        (the protocol tolerates loss), and while iterations keep failing (storage, a bug)
+        health says NOT_SERVING; if the thread ends anyway, health says so for good."""
+        failing = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._iterate()
+                except Exception:
+                    log.exception("consensus loop error")
+                    if not failing:
+                        failing = True
+                        self.on_health(False)
+                    continue
+                if failing:
+                    failing = False
+                    self.on_health(True)
+        finally:
+            if not self._stop.is_set():
+                self.on_health(False)
+
+    def _iterate(self) -> None:
+        timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
+        item = self._inbox.get(timeout, max_bytes=_GROUP_BYTES)
+        # Wall-clock time: the replica stamps blocks with it, and the ledger judges
+        # transactions against block times. Timer deadlines are relative, so a clock step
+        # only shortens or lengthens one timeout.
+        now = time.time()
+        if isinstance(item, list):
+            self._on_submissions(item, now)
+        elif item is not None:
+            sender, message = item
+            self._execute(self.replica.on_message(sender, message, now))
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            _, name = heapq.heappop(self._timers)
+            self._execute(self.replica.on_timer(name, time.time()))
+        self._update_gauges()
 
     def _on_submissions(self, submissions: list[Submission], now: float) -> None:
         """Pool every waiting submission, write them (with the actions) in one synced

@@ -274,3 +274,17 @@ def test_a_pre_block_above_the_batch_bounds_gets_no_prepare() -> None:
     proposal = consensus_pb2.ConsensusMessage(
         proposal=consensus_pb2.Proposal(height=0, round=0, block=fits))
     assert sends(replica.on_message(p0, proposal, now), "vote")
+
+
+def test_the_next_height_buffer_is_emptied_of_its_bytes_when_it_is_replayed() -> None:
+    """Messages held for the next height are replayed when it starts; their bytes must leave
+    the budget with them, or the replica would stop buffering for good after 16 MiB."""
+    cluster = Cluster()
+    replica = cluster.nodes["o0"].replica
+    vote = consensus_pb2.Vote(height=1, round=0, phase=1, block_hash=bytes(32))
+    replica.on_message("o1", consensus_pb2.ConsensusMessage(vote=vote), 0.0)
+    assert replica._future_bytes > 0
+    cluster.submit("o0", [b"ok:h0"])
+    cluster.advance(5.0)
+    assert replica.height == 1
+    assert replica._future_bytes == 0

@@ -7,7 +7,7 @@ bytes, so every node agrees on it without canonicalising JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -31,6 +31,30 @@ class MarketParams:
     lot_wh: int = 100
     forecast_window_days: int = 7
     forecast_tolerance_percent: int = 10
+
+
+@dataclass(frozen=True)
+class SettlementParams:
+    """Money and settlement (issue 14). Money in integer micro-units of `currency`, prices in
+    micro-units per kWh. Production defaults; the devnet's fast profile overrides some."""
+
+    currency: str = "EUR"
+    # An account of the initiating organisation that is the counterparty of every imbalance
+    # (the balancing responsible party): it receives shortfall charges and pays surplus
+    # credits (up to its balance). "" = no settlement on this network.
+    balancing_account: str = ""
+    # Imbalance prices: a meter short of its traded position buys the missing Wh at the
+    # shortfall price; a meter beyond it is credited the surplus price.
+    shortfall_price_micro_per_kwh: int = 1_000_000
+    surplus_price_micro_per_kwh: int = 20_000
+    # Collateral a sell order reserves per kWh offered (0: none).
+    sell_collateral_micro_per_kwh: int = 0
+    # Money per carbon coin the treasury pays on RedeemCoins (0: redemption closed).
+    coin_redeem_value_micro: int = 0
+    # Longest delivery period a supply contract may have (deliver_by - commit time).
+    max_contract_seconds: int = 7 * 86400
+    # Initial balances: account -> micro-units (counted as funded money).
+    allocations: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,10 @@ class Genesis:
     # Every account of the consortium with its organisation and role (name -> Account).
     accounts: dict[str, Account]
     limits: Limits
+    settlement: SettlementParams = field(default_factory=SettlementParams)
+    # A reading is accepted until its interval's end plus this window (block time); older
+    # readings only as onboarding history (HistoryReadings) before the meter's first order.
+    reading_submission_window_seconds: int = 3600
 
     @classmethod
     def parse(cls, raw: bytes) -> Genesis:
@@ -120,7 +148,16 @@ class Genesis:
             raw=raw,
             accounts=accounts,
             limits=Limits(**doc.get("limits", {})),
+            settlement=_settlement(doc.get("settlement", {}), accounts),
+            reading_submission_window_seconds=int(
+                doc["readings"].get("submission_window_seconds", 3600)),
         )
+
+    def initiating_account(self, name: str, role: Role) -> bool:
+        """True if `name` is a genesis account of the initiating organisation with `role`."""
+        account = self.accounts.get(name)
+        return (account is not None and account.org == self.initiating_organization
+                and account.role == role)
 
     def admins(self, org: str) -> list[str]:
         """The genesis admins of `org` (who may register accounts and revoke certificates)."""
@@ -147,3 +184,23 @@ class Genesis:
     @cached_property
     def tls_roots_pem(self) -> bytes:
         return b"".join(o.tls_root_pem for o in self.organizations)
+
+
+def _settlement(doc: dict, accounts: dict[str, Account]) -> SettlementParams:
+    """The settlement section; every account it names must be a genesis account."""
+    params = SettlementParams(**{k: v for k, v in doc.items() if k != "allocations"},
+                              allocations={str(k): int(v)
+                                           for k, v in doc.get("allocations", {}).items()})
+    for name, amount in params.allocations.items():
+        if not 0 <= amount < 2**63:
+            raise ValueError(f"allocation of {name} is outside 0..2^63-1")
+    if sum(params.allocations.values()) >= 2**63:
+        raise ValueError("genesis allocations add up to more than 2^63-1")
+    for price in (params.shortfall_price_micro_per_kwh, params.surplus_price_micro_per_kwh,
+                  params.sell_collateral_micro_per_kwh, params.coin_redeem_value_micro):
+        if not 0 <= price < 2**40:
+            raise ValueError("settlement prices must be within 0..2^40-1")
+    for name in [params.balancing_account, *params.allocations]:
+        if name and name not in accounts:
+            raise ValueError(f"settlement names {name}, which is not a genesis account")
+    return params

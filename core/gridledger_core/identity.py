@@ -42,6 +42,10 @@ class Role(enum.StrEnum):
     # Issues carbon coins and certificates; the ledger accepts it only from the genesis
     # initiating organisation (kept apart from admin, whose key operators use for the CLI).
     ISSUER = "issuer"
+    # Settlement (issue 14), both only from the initiating organisation: the treasury funds
+    # accounts (creates money); the settlement agent submits SettleSlot and closes contracts.
+    TREASURY = "treasury"
+    SETTLEMENT = "settlement"
 
 
 @dataclass(frozen=True)

@@ -143,3 +143,44 @@ def carbon_key(account: str) -> str:
 
 def certificate_key(contract_id: str) -> str:
     return f"certificate/{contract_id}"
+
+
+# -- settlement (issue 14) --------------------------------------------------------------------
+#
+#   money/<account>                                 MoneyAccount (balance, reserved)
+#   money-entry/<account>/<seq, 12 digits>          MoneyEntry (the account's history)
+#   money-supply                                    total money in existence, 8 bytes BE
+#                                                   (absent: the genesis allocations' sum)
+#   settlement/<slot>                               SlotSettlement
+#   statement/<slot>/<meter>                        MeterStatement
+#   statement-meter/<meter>/<slot>                  b"" (index of a meter's statements)
+
+MONEY_SUPPLY = "money-supply"
+
+
+def money_key(account: str) -> str:
+    return f"money/{account}"
+
+
+def money_entry_prefix(account: str) -> str:
+    return f"money-entry/{account}/"
+
+
+def money_entry_key(account: str, sequence: int) -> str:
+    return f"{money_entry_prefix(account)}{sequence:012d}"
+
+
+def settlement_key(slot_start: int) -> str:
+    return f"settlement/{slot_start:012d}"
+
+
+def statement_prefix(slot_start: int) -> str:
+    return f"statement/{slot_start:012d}/"
+
+
+def statement_key(slot_start: int, meter: str) -> str:
+    return f"{statement_prefix(slot_start)}{meter}"
+
+
+def statement_meter_key(meter: str, slot_start: int) -> str:
+    return f"statement-meter/{meter}/{slot_start:012d}"

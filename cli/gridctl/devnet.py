@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.consortium import PROFILES, STANDARD, create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
@@ -119,25 +119,56 @@ def _ephemeral_low() -> int:
 
 
 def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
-                      plants: int = 2) -> Genesis:
+                      plants: int = 2, profile: str = STANDARD.name) -> Genesis:
+    """The consortium in `consortium_dir`, made with the genesis `profile` ("standard":
+    production timing; "fast": the demo market of `make run`) if there is none yet."""
     if not (consortium_dir / "genesis.json").exists():
-        create_consortium(consortium_dir, default_topology(orderers, meters, plants))
-    genesis = Genesis.load(consortium_dir / "genesis.json")
+        create_consortium(consortium_dir, default_topology(orderers, meters, plants),
+                          profile=PROFILES[profile])
+    redo = ("stop it (gridctl devnet down) and delete its directory, then run again to make "
+            "a new consortium")
+    try:
+        genesis = Genesis.load(consortium_dir / "genesis.json")
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"{consortium_dir} was made by an older GridLedger or is damaged "
+                         f"({exc}); {redo}") from exc
     if not genesis.accounts or not all(o.tls_certificate_pem for o in genesis.orderers):
         # Such a genesis binds no identity to an account and pins no orderer: every signature
         # and every call would be refused. Say so instead of starting a network that cannot work.
         raise SystemExit(
             f"{consortium_dir} was made by an older GridLedger (its genesis lists no accounts "
-            "or no orderer TLS certificates); stop it (gridctl devnet down) and delete its "
-            "directory, then run again to make a new consortium")
+            f"or no orderer TLS certificates); {redo}")
     return genesis
+
+
+# The demo's cast (seed 000/002 at any hour): a household with a heat pump that always
+# buys, a small wind turbine that always sells, and hybrid PV + wind plants that supply
+# contracts at night too. Other meters keep their seeded rooftop PV.
+DEMO_CONSUMER_ARGS = ["--pv-kwp", "0", "--base-load-w", "3000"]
+DEMO_PRODUCER_ARGS = ["--pv-kwp", "0", "--wind-kw", "6"]
+DEMO_PLANT_ARGS = ["--wind-kw", "100"]
+
+
+def demo_settings(genesis: Genesis) -> dict:
+    """`plan` arguments that suit the genesis's market: with slots of minutes (the fast
+    profile), a day and an hour of history (the forecast looks at the same slot on earlier
+    days) posted fast, and a look at the next open slot every few seconds."""
+    if genesis.market.slot_seconds >= 900:
+        return {}
+    return {"backfill_hours": 25, "reading_pace": 200.0,
+            "presale_every": max(2.0, genesis.market.slot_seconds / 12)}
 
 
 def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
          reading_pace: float = 20.0, backfill_hours: int = 48,
-         contract_wh: int = 100, presale_share: int = 50,
-         consumers: tuple[str, ...] = ("meter-1",)) -> Network:
-    """Assign ports, data dirs and command lines for every node of the consortium."""
+         contract_wh: int = 50, presale_share: int = 50, presale_every: float = 10.0,
+         consumers: tuple[str, ...] = ("meter-1",),
+         producers: tuple[str, ...] = ("meter-2",)) -> Network:
+    """Assign ports, data dirs and command lines for every node of the consortium.
+
+    With `demo`, meters post `backfill_hours` of history first, place pre-sale orders and
+    buy supply contracts; `consumers` always buy and `producers` always have a surplus, so
+    trades cross whatever the hour; plants also produce at night."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
     names = sorted((consortium_dir / "nodes").iterdir())
     roles: dict[str, Role] = {}
@@ -172,6 +203,8 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
                        "--mode", "plant" if role == Role.PLANT else "meter",
                        "--backfill-hours", str(backfill_hours if demo else 0),
                        "--pace", str(reading_pace)]
+        if demo and role == Role.PLANT:
+            agent.args += DEMO_PLANT_ARGS
     # New-energy trading (issue 6): meters ask each other for plants (claim 3) and, in the
     # demo, buy supply contracts of `contract_wh`; the initiating organisation's issuer runs
     # as a meter-agent in issuer mode (see gridledger_meter_agent/issuer.py for why).
@@ -180,15 +213,25 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
         others = [f"{o.name}={o.grpc}" for o in meters if o is not meter]
         meter.args += ["--contract-wh", str(contract_wh if demo else 0)]
         if demo and meter.name in consumers:
-            meter.args += ["--pv-kwp", "0"]  # a pure consumer, so the demo has buyers
+            meter.args += DEMO_CONSUMER_ARGS
+        elif demo and meter.name in producers:
+            meter.args += DEMO_PRODUCER_ARGS
         meter.args += ["--presale-share", str(presale_share if demo else 0),
-                       "--presale-every", "10"]
+                       "--presale-every", str(presale_every)]
         meter.args += ["--neighbour", ",".join(others)] if others else []
+    # The initiating organisation's own agents: the coin issuer, and the settlement agent
+    # that settles slots and closes expired contracts (not the balancing account, whose key
+    # no process holds).
     for name, role in sorted(roles.items()):
-        if role == Role.ISSUER and genesis.membership.certificate(SigningIdentity.load(
-                consortium_dir, name).certificate).org == genesis.initiating_organization:
-            add(name, "meter-agent").args += ["--mode", "issuer", "--endorser", endorsers[0].grpc,
-                                              "--committer", committers[0].grpc]
+        if role == Role.ISSUER and genesis.initiating_account(name, role):
+            mode = "issuer"
+        elif (role == Role.SETTLEMENT and genesis.initiating_account(name, role)
+              and name != genesis.settlement.balancing_account):
+            mode = "settlement"
+        else:
+            continue
+        add(name, "meter-agent").args += ["--mode", mode, "--endorser", endorsers[0].grpc,
+                                          "--committer", committers[0].grpc]
     return Network(directory, consortium_dir, nodes)
 
 

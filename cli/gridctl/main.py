@@ -25,7 +25,7 @@ from gridctl import (
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import block_pb2
-from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.consortium import FAST, PROFILES, create_consortium, default_topology
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.rpc.tls import secure_channel
 
@@ -39,7 +39,7 @@ def cmd_network_init(args: argparse.Namespace) -> None:
     if (target / "genesis.json").exists() and not args.force:
         fail(f"a consortium already exists in {target} (use --force to replace it)")
     topology = default_topology(args.orderers, args.meters, args.plants)
-    genesis = create_consortium(target, topology)
+    genesis = create_consortium(target, topology, profile=args.profile)
     emit({"consortium_dir": str(target), "genesis": str(genesis),
           "organizations": [o.name for o in topology.orgs],
           "nodes": len(topology.nodes())}, args.json)
@@ -54,8 +54,9 @@ def cmd_devnet_up(args: argparse.Namespace) -> None:
         if any(devnet.pid_alive(n.pid) for n in old.nodes):
             fail(f"a devnet is already running from {directory}; `gridctl devnet down` first")
     consortium_dir = args.consortium_dir or directory / "consortium"
-    devnet.ensure_consortium(consortium_dir, args.orderers)
-    network = devnet.plan(directory.resolve(), consortium_dir.resolve(), demo=not args.no_demo)
+    genesis = devnet.ensure_consortium(consortium_dir, args.orderers, profile=args.profile)
+    network = devnet.plan(directory.resolve(), consortium_dir.resolve(), demo=not args.no_demo,
+                          **devnet.demo_settings(genesis))
     print(f"starting {len(network.nodes)} nodes from {directory} ...", file=sys.stderr)
     devnet.start(network)
     print(f"devnet up: {network.network_file}", file=sys.stderr)
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--meters", type=int, default=3)
     init.add_argument("--plants", type=int, default=2)
     init.add_argument("--force", action="store_true")
+    init.add_argument("--profile", choices=sorted(PROFILES), default=FAST.name,
+                      help="genesis timing and money: fast (the demo market: 30 s readings, "
+                           "1-minute slots) or standard (production figures)")
     init.set_defaults(func=cmd_network_init)
 
     dev = sub.add_parser("devnet", help="the local network").add_subparsers(
@@ -214,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--consortium-dir", type=Path)
     up.add_argument("--orderers", type=int, default=4, help="when creating a consortium")
     up.add_argument("--no-demo", action="store_true", help="meters post live readings only")
+    up.add_argument("--profile", choices=sorted(PROFILES), default=FAST.name,
+                    help="genesis profile when creating a consortium (see network init)")
     up.set_defaults(func=cmd_devnet_up)
     dev.add_parser("down", parents=[common], help="stop a detached network").set_defaults(
         func=cmd_devnet_down)
@@ -222,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="devnet with demo traffic (make run)")
     demo.add_argument("--orderers", type=int, default=4)
+    demo.add_argument("--profile", choices=sorted(PROFILES), default=FAST.name,
+                      help="genesis profile when creating a consortium (default fast)")
     demo.set_defaults(func=cmd_demo)
 
     chain = sub.add_parser("chain", help="chain queries").add_subparsers(dest="action",

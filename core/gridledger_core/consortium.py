@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gridledger_core.genesis import Limits, MarketParams
+from gridledger_core.genesis import Limits, MarketParams, SettlementParams
 from gridledger_core.identity import Role
 
 VALIDITY = datetime.timedelta(days=3650)
@@ -32,6 +32,58 @@ VALIDITY = datetime.timedelta(days=3650)
 # at its block's time, so a history committed with earlier block times (tests, a devnet
 # backfill, a replay) stays valid; it gives no power over the future.
 BACKDATE = datetime.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class GenesisProfile:
+    """The time and money parameters of a genesis (everything but who is in it).
+
+    `standard` keeps realistic production figures (15-minute readings, hourly slots closing an
+    hour ahead, an hour to submit a reading). `fast` is the devnet's demo market, where the
+    whole cycle (order, trade, delivery, settlement) fits in a few minutes at any hour:
+    30-second readings, 1-minute slots that close 30 s ahead and settle 30 s after they end.
+    """
+
+    name: str
+    reading_interval_seconds: int
+    submission_window_seconds: int
+    market: MarketParams
+    settlement: SettlementParams
+    # Genesis money of every meter and plant account, and of the balancing account (which pays
+    # surplus credits from it) and the treasury (which may pay coin redemptions), micro-units.
+    device_allocation_micro: int = 0
+    balancing_allocation_micro: int = 0
+
+
+# Imbalance prices bracket the market's price band: a seller that does not deliver pays at
+# least what it was paid (shortfall >= price_max), and producing beyond one's sales never
+# earns more than selling it would have (surplus <= price_min).
+STANDARD = GenesisProfile(
+    "standard", reading_interval_seconds=900, submission_window_seconds=3600,
+    market=MarketParams(),
+    settlement=SettlementParams(shortfall_price_micro_per_kwh=MarketParams().price_max,
+                                surplus_price_micro_per_kwh=MarketParams().price_min,
+                                coin_redeem_value_micro=100),
+    device_allocation_micro=1_000 * 1_000_000, balancing_allocation_micro=100_000 * 1_000_000)
+_FAST_MARKET = MarketParams(slot_seconds=60, open_before_seconds=4 * 3600,
+                            gate_closure_seconds=30, price_min=10_000, price_max=1_000_000,
+                            price_tick=1_000, lot_wh=10)
+FAST = GenesisProfile(
+    "fast", reading_interval_seconds=30, submission_window_seconds=30, market=_FAST_MARKET,
+    settlement=SettlementParams(shortfall_price_micro_per_kwh=_FAST_MARKET.price_max,
+                                surplus_price_micro_per_kwh=_FAST_MARKET.price_min,
+                                coin_redeem_value_micro=100, max_contract_seconds=3600),
+    device_allocation_micro=1_000 * 1_000_000, balancing_allocation_micro=100_000 * 1_000_000)
+PROFILES = {p.name: p for p in (STANDARD, FAST)}
+
+# The initiating organisation's money accounts in the devnet topology: the treasury funds
+# accounts; the settlement agent's account signs SettleSlot and CloseContract (its key is
+# online in the agent); the balancing account is the counterparty of every imbalance. The
+# balancing account is a separate settlement-role account whose key no process holds, so the
+# agent that must be online cannot move the imbalance money: the rules move it.
+TREASURY_ACCOUNT = "treasury"
+SETTLEMENT_ACCOUNT = "settlement"
+BALANCING_ACCOUNT = "balancing"
 
 
 @dataclass(frozen=True)
@@ -68,7 +120,10 @@ def default_topology(orderers: int = 4, meters: int = 3, plants: int = 2) -> Top
     ops = OrgSpec("gridops", [NodeSpec("endorser-1", Role.ENDORSER),
                               NodeSpec("committer-1", Role.COMMITTER),
                               NodeSpec("admin", Role.ADMIN),
-                              NodeSpec("issuer", Role.ISSUER)])
+                              NodeSpec("issuer", Role.ISSUER),
+                              NodeSpec(TREASURY_ACCOUNT, Role.TREASURY),
+                              NodeSpec(SETTLEMENT_ACCOUNT, Role.SETTLEMENT),
+                              NodeSpec(BALANCING_ACCOUNT, Role.SETTLEMENT)])
     utility = OrgSpec("utility", [NodeSpec("committer-2", Role.COMMITTER),
                                   NodeSpec("utility-admin", Role.ADMIN)])
     for i in range(1, orderers + 1):
@@ -130,9 +185,37 @@ def tls_names(name: str, role: Role) -> list[str]:
             f"*.{service}.gridledger.svc.cluster.local"]
 
 
-def create_consortium(directory: Path, topology: Topology, *, reading_interval_seconds: int = 900,
+def settlement_section(topology: Topology, profile: GenesisProfile) -> dict:
+    """The genesis "settlement" section for `topology`: the profile's prices, the initiating
+    organisation's balancing account (its settlement-role account named BALANCING_ACCOUNT,
+    else its first settlement-role account; none: no settlement on this network) and genesis
+    allocations for every meter and plant, the balancing account and the treasury."""
+    own = [n for org in topology.orgs if org.name == topology.initiating_organization
+           for n in org.nodes]
+    settlers = [n.name for n in own if n.role == Role.SETTLEMENT]
+    balancing = BALANCING_ACCOUNT if BALANCING_ACCOUNT in settlers else \
+        (settlers[0] if settlers else "")
+    allocations = {n.name: profile.device_allocation_micro for _, n in topology.nodes()
+                   if n.role in (Role.METER, Role.PLANT)}
+    for name in [balancing] + [n.name for n in own if n.role == Role.TREASURY]:
+        if name:
+            allocations[name] = profile.balancing_allocation_micro
+    section = dict(profile.settlement.__dict__)
+    section["balancing_account"] = balancing
+    section["allocations"] = {k: v for k, v in sorted(
+        allocations.items(), key=lambda kv: _natural_key(kv[0])) if v > 0}
+    return section
+
+
+def create_consortium(directory: Path, topology: Topology, *,
+                      profile: GenesisProfile | str = STANDARD,
+                      reading_interval_seconds: int | None = None,
                       market: MarketParams | None = None, carbon_grams_per_kwh: int = 400) -> Path:
-    """Write a complete consortium to `directory` and return the genesis path."""
+    """Write a complete consortium to `directory` and return the genesis path. `profile`
+    (or its name) gives the timing and money parameters; `reading_interval_seconds` and
+    `market` override its figures."""
+    if isinstance(profile, str):
+        profile = PROFILES[profile]
     directory.mkdir(parents=True, exist_ok=True)
     orgs_doc = []
     orderers_doc = []
@@ -166,18 +249,21 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
                 orderers_doc.append({"id": node.name, "org": org.name,
                                      "certificate": _pem_cert(cert).decode(),
                                      "tls_certificate": _pem_cert(tcert).decode()})
-    market = market or MarketParams()
+    market = market or profile.market
     genesis = {
         "consortium": topology.consortium,
         "initiating_organization": topology.initiating_organization,
         "organizations": orgs_doc,
         "orderers": sorted(orderers_doc, key=lambda o: _natural_key(o["id"])),
-        "readings": {"interval_seconds": reading_interval_seconds,
-                     "max_interval_wh": 1_000_000, "max_clock_skew_seconds": 300},
+        "readings": {"interval_seconds": reading_interval_seconds
+                     or profile.reading_interval_seconds,
+                     "max_interval_wh": 1_000_000, "max_clock_skew_seconds": 300,
+                     "submission_window_seconds": profile.submission_window_seconds},
         "market": market.__dict__,
         "carbon": {"grams_per_kwh": carbon_grams_per_kwh},
         "limits": Limits().__dict__,
         "accounts": sorted(accounts_doc, key=lambda a: _natural_key(a["name"])),
+        "settlement": settlement_section(topology, profile),
     }
     genesis_path = directory / "genesis.json"
     _write(genesis_path, json.dumps(genesis, indent=2).encode())

@@ -6,6 +6,10 @@ keeps its scale:
   per-quarter-hour factor (sigma ``load_sigma``: appliances switching on and off);
 * PV: a fixed per-meter system factor in [0.92, 1.0] (orientation, shading, soiling),
   times a per-quarter-hour factor (sigma ``pv_sigma``: passing clouds inside the hour).
+
+Optional extras (0 by default): ``wind_kw``, a small turbine producing at any hour (see
+``wind``), and ``base_load_w``, a constant load (heat pump, EV charger), so the devnet's demo
+has sellers and buyers whatever the hour.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from gridledger_core.profiles.timegrid import (
     slot_range,
     typical_day_of_year,
 )
+from gridledger_core.profiles.wind import wind_power_w
 
 ROOFTOP_MOUNT = "close_mount_glass_glass"
 
@@ -46,10 +51,12 @@ class HouseholdProfile:
     azimuth_deg: float = 180.0
     load_sigma: float = 0.35
     pv_sigma: float = 0.08
+    wind_kw: float = 0.0
+    base_load_w: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.pv_kwp < 0 or self.annual_kwh < 0:
-            raise ValueError("pv_kwp and annual_kwh must not be negative")
+        if min(self.pv_kwp, self.annual_kwh, self.wind_kw, self.base_load_w) < 0:
+            raise ValueError("pv_kwp, annual_kwh, wind_kw and base_load_w must not be negative")
 
     @property
     def utc_offset_s(self) -> int:
@@ -63,12 +70,14 @@ class HouseholdProfile:
         days = local_days(slots, offset)
         load = load * mean_one_lognormal(self.seed, "load/day", days, 0.15)
         load = load * mean_one_lognormal(self.seed, "load/slot", slots, self.load_sigma)
+        load = load + self.base_load_w
+        wind = wind_power_w(self.seed, slots, self.wind_kw)
         if self.pv_kwp == 0:
-            return np.zeros(count, dtype=np.int64), to_mwh(load)
+            return to_mwh(wind), to_mwh(load)
         pv = pv_power_w(slots, self.pv_kwp, self.tilt_deg, self.azimuth_deg, ROOFTOP_MOUNT)
         system = 0.92 + 0.08 * float(uniforms(self.seed, "pv/system", np.zeros(1))[0])
         pv = pv * system * mean_one_lognormal(self.seed, "pv/slot", slots, self.pv_sigma)
-        return to_mwh(pv), to_mwh(load)
+        return to_mwh(pv + wind), to_mwh(load)
 
     def energy(self, interval_start: int, interval_seconds: int) -> tuple[int, int]:
         """(produced_wh, consumed_wh) over [interval_start, interval_start + seconds)."""

@@ -6,6 +6,9 @@ quarter hour inside the supply hours and lasts an exponentially distributed time
 mean ``mean_outage_hours`` (at least one quarter hour, at most 24 h). During an outage the
 plant produces ``outage_derate`` of its normal output.
 
+``wind_kw`` (0 by default) adds a wind park of that mean power (see ``wind``): a hybrid plant
+that also supplies at night, which the devnet's demo plants are.
+
 A *shortfall window* is a maximal run of quarter hours inside the supply hours
 (``supply_hours``, local standard time) in which the plant's mean power is below a
 threshold: outages and heavily overcast days both cause them. These are the windows a
@@ -31,6 +34,7 @@ from gridledger_core.profiles.timegrid import (
     quarter_of_day,
     slot_range,
 )
+from gridledger_core.profiles.wind import wind_power_w
 
 PLANT_MOUNT = "open_rack_glass_polymer"
 _MWH_PER_SLOT_TO_W = 3600.0 / SLOT_SECONDS / 1000.0
@@ -47,6 +51,7 @@ class PlantProfile:
     outage_derate: float = 0.0
     supply_hours: tuple[int, int] = (9, 16)
     pv_sigma: float = 0.05
+    wind_kw: float = 0.0
 
     def __post_init__(self) -> None:
         first, last = self.supply_hours
@@ -54,7 +59,8 @@ class PlantProfile:
             raise ValueError("supply_hours must be (first, last) with 0 <= first < last <= 24")
         if not 0.0 <= self.outage_probability_per_day <= 1.0:
             raise ValueError("outage_probability_per_day must be within [0, 1]")
-        if self.pv_kwp < 0 or self.mean_outage_hours <= 0 or not 0 <= self.outage_derate <= 1:
+        if (min(self.pv_kwp, self.wind_kw) < 0 or self.mean_outage_hours <= 0
+                or not 0 <= self.outage_derate <= 1):
             raise ValueError("invalid plant parameters")
 
     @property
@@ -90,6 +96,7 @@ class PlantProfile:
         slots = slot_range(first_slot, count)
         pv = pv_power_w(slots, self.pv_kwp, self.tilt_deg, self.azimuth_deg, PLANT_MOUNT)
         pv = pv * mean_one_lognormal(self.seed, "plant/slot", slots, self.pv_sigma)
+        pv = pv + wind_power_w(self.seed, slots, self.wind_kw)
         pv = np.where(self._in_outage(slots), pv * self.outage_derate, pv)
         return to_mwh(pv), np.zeros(count, dtype=np.int64)
 

@@ -65,9 +65,9 @@ TABLE: dict[str, Rule] = {
         R.ORDERER, pinned_orderer=True,
         why="only the genesis orderers (`OrdererEntry.tls_certificate_pem`)"),
     _ENDORSER + "SubmitTransaction": _rule(
-        R.METER, R.PLANT, R.ISSUER, R.ADMIN,
-        why="devices, the issuer, and admins (gridctl, load generator); the envelope's own "
-            "signer is judged by the ledger rules"),
+        R.METER, R.PLANT, R.ISSUER, R.TREASURY, R.SETTLEMENT, R.ADMIN,
+        why="devices, the issuer, the treasury and the settlement agent, and admins (gridctl, "
+            "load generator); the envelope's own signer is judged by the ledger rules"),
     _ENDORSER + "RequestOptions": _rule(
         R.METER, R.ADMIN,
         why="meters trade (presale); admins for `gridctl order place` on a meter's behalf"),

@@ -1,5 +1,6 @@
-"""gridledger-meter-agent: a smart meter, a plant's meter (--mode plant), or the initiating
-organisation's carbon coin issuer (--mode issuer) on the chain.
+"""gridledger-meter-agent: a smart meter, a plant's meter (--mode plant), or one of the initiating
+organisation's agents: the carbon coin issuer (--mode issuer) or the settlement agent
+(--mode settlement, settler.py) on the chain.
 
 Meters and plants read the device at every ledger interval, sign each reading, keep it in a
 local LMDB outbox and send it to the endorser. With --committer a reading leaves the outbox
@@ -41,6 +42,7 @@ from gridledger_meter_agent.outbox import DEFAULT_CAPACITY, Outbox
 from gridledger_meter_agent.readings import IntervalReader
 from gridledger_meter_agent.sender import DEFAULT_RESUBMIT_AFTER, OutboxSender
 from gridledger_meter_agent.service import AgentParts, MeterAgentServicer
+from gridledger_meter_agent.settler import Settler
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,10 @@ def make_profile(args: argparse.Namespace, name: str,
                  mode: str) -> HouseholdProfile | PlantProfile:
     seed = zlib.crc32(name.encode())
     if mode == "plant":
-        return PlantProfile(seed=seed)
+        return PlantProfile(seed=seed, wind_kw=args.wind_kw)
     pv_kwp = args.pv_kwp if args.pv_kwp >= 0 else [0.0, 4.0, 8.0][seed % 3]
-    return HouseholdProfile(seed=seed, pv_kwp=pv_kwp, annual_kwh=3000 + seed % 2500)
+    return HouseholdProfile(seed=seed, pv_kwp=pv_kwp, annual_kwh=3000 + seed % 2500,
+                            wind_kw=args.wind_kw, base_load_w=args.base_load_w)
 
 
 def make_driver(args: argparse.Namespace, profile: HouseholdProfile | PlantProfile,
@@ -65,8 +68,11 @@ def make_driver(args: argparse.Namespace, profile: HouseholdProfile | PlantProfi
 
 def run_agent(reader: IntervalReader, sender: OutboxSender, stop: threading.Event,
               backfill_seconds: int, pace: float,
-              on_health: Callable[[bool], None] = lambda serving: None) -> None:
+              on_health: Callable[[bool], None] = lambda serving: None,
+              max_idle: float = 10.0) -> None:
     """Create due readings (paced while backfilling) and drain the outbox, until stopped.
+    While idle it looks again after at most `max_idle` seconds (a quarter of the reading
+    interval, so a reading leaves well inside a short submission window).
 
     The loop never ends on an error: an unexpected one (storage, a driver, a bug) is logged,
     turns health NOT_SERVING (readings are not being taken) and is retried with backoff;
@@ -92,7 +98,7 @@ def run_agent(reader: IntervalReader, sender: OutboxSender, stop: threading.Even
         if drained:
             backoff = 0.5
         else:
-            stop.wait(backoff)
+            stop.wait(min(backoff, max_idle))
             backoff = min(backoff * 2, 10.0)
             continue
         # Readings awaiting their commit are looked for again soon (one GetChainInfo while
@@ -107,7 +113,8 @@ def _state_at(committer: committer_pb2_grpc.CommitterServiceStub, key: str) -> b
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("meter-agent")
-    parser.add_argument("--mode", choices=["meter", "plant", "issuer"], default="meter")
+    parser.add_argument("--mode", choices=["meter", "plant", "issuer", "settlement"],
+                        default="meter")
     parser.add_argument("--endorser", help="HOST:PORT of the endorser")
     parser.add_argument("--committer", help="HOST:PORT of a committer: readings stay in the "
                                             "outbox until it shows them committed; needed "
@@ -122,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--modbus-address", default="127.0.0.1:502")
     parser.add_argument("--pv-kwp", type=float, default=-1.0,
                         help="simulated household PV size (default: derived from the name)")
+    parser.add_argument("--wind-kw", type=float, default=0.0,
+                        help="simulated meter or plant: mean power of a wind turbine that "
+                             "produces at any hour (profiles/wind.py)")
+    parser.add_argument("--base-load-w", type=float, default=0.0,
+                        help="simulated household: constant extra load (heat pump, EV)")
     parser.add_argument("--backfill-hours", type=int, default=0,
                         help="history a new simulated meter posts first")
     parser.add_argument("--pace", type=float, default=20.0,
@@ -130,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     presale.add_flags(parser)
     args = node_config.parse(parser, argv, required=("name", "consortium_dir", "data_dir",
                                                      "endorser"))
-    if args.mode == "issuer" and not args.committer:
-        parser.error("--mode issuer needs --committer")
+    if args.mode in ("issuer", "settlement") and not args.committer:
+        parser.error(f"--mode {args.mode} needs --committer")
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     identity = SigningIdentity.load(args.consortium_dir, args.name)
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
@@ -149,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         committer = committer_pb2_grpc.CommitterServiceStub(committer_channel)
 
     profile = None
-    if args.mode != "issuer":  # the reading pipeline, as it always was
+    if args.mode in ("meter", "plant"):  # the reading pipeline, as it always was
         profile = make_profile(args, args.name, args.mode)
         parts.driver = make_driver(args, profile, int(time.time()))
         parts.outbox = Outbox(args.data_dir / "outbox", capacity=args.outbox_capacity)
@@ -166,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads.append(threading.Thread(
             target=run_agent, name="agent", daemon=True,
             args=(parts.reader, parts.sender, stop, args.backfill_hours * 3600, args.pace,
-                  lambda serving: server.set_serving(serving))))
+                  lambda serving: server.set_serving(serving),
+                  max(1.0, min(10.0, genesis.reading_interval_seconds / 4)))))
         closers += [parts.driver.close, parts.outbox.close]
 
     ledger = None
@@ -192,6 +205,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
                         threading.Thread(target=parts.issuer.run, args=(stop, watcher.changed),
                                          name="issuer", daemon=True)]
+        elif args.mode == "settlement":
+            parts.settler = Settler(identity, genesis, ledger)
+            watcher = CommitWatcher(ledger.committer, lambda _block: None, stop)
+            threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
+                        threading.Thread(target=parts.settler.run,
+                                         args=(stop, watcher.changed,
+                                               lambda serving: server.set_serving(serving)),
+                                         name="settler", daemon=True)]
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,

@@ -18,11 +18,12 @@ from gridledger_meter_agent.outbox import Outbox
 from gridledger_meter_agent.plant import PlantAgent, ProposalRefused
 from gridledger_meter_agent.readings import IntervalReader
 from gridledger_meter_agent.sender import OutboxSender
+from gridledger_meter_agent.settler import Settler
 
 
 @dataclass
 class AgentParts:
-    """What this agent runs; the reading pipeline is absent only in issuer mode."""
+    """What this agent runs; the reading pipeline is absent in issuer and settlement mode."""
 
     account: str
     mode: str
@@ -34,6 +35,7 @@ class AgentParts:
     buyer: Buyer | None = None
     plant: PlantAgent | None = None
     issuer: Issuer | None = None
+    settler: Settler | None = None
 
 
 class MeterAgentServicer(meteragent_pb2_grpc.MeterAgentServiceServicer):
@@ -62,6 +64,8 @@ class MeterAgentServicer(meteragent_pb2_grpc.MeterAgentServiceServicer):
         if p.issuer is not None:
             response.coins = p.issuer.coins_issued
             response.energy_status = p.issuer.status
+        if p.settler is not None:
+            response.energy_status = p.settler.status
         return response
 
     def GetPlantDirectory(self, request: meteragent_pb2.GetPlantDirectoryRequest,

@@ -131,8 +131,10 @@ def tls_names(name: str, role: Role) -> list[str]:
 
 
 def create_consortium(directory: Path, topology: Topology, *, reading_interval_seconds: int = 900,
-                      market: MarketParams | None = None, carbon_grams_per_kwh: int = 400) -> Path:
-    """Write a complete consortium to `directory` and return the genesis path."""
+                      market: MarketParams | None = None, carbon_grams_per_kwh: int = 400,
+                      settlement: dict | None = None) -> Path:
+    """Write a complete consortium to `directory` and return the genesis path. `settlement`:
+    the genesis settlement section (genesis.SettlementParams), if any."""
     directory.mkdir(parents=True, exist_ok=True)
     orgs_doc = []
     orderers_doc = []
@@ -179,6 +181,8 @@ def create_consortium(directory: Path, topology: Topology, *, reading_interval_s
         "limits": Limits().__dict__,
         "accounts": sorted(accounts_doc, key=lambda a: _natural_key(a["name"])),
     }
+    if settlement is not None:
+        genesis["settlement"] = settlement
     genesis_path = directory / "genesis.json"
     _write(genesis_path, json.dumps(genesis, indent=2).encode())
     _write(directory / "tls-ca-bundle.pem", b"".join(o["tls_root"].encode() for o in orgs_doc))

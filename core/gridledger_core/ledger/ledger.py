@@ -122,6 +122,11 @@ class Ledger:
             self._tip_header = previous[0].header
         return self._tip_header
 
+    def tip_time(self) -> int:
+        """Header time (Unix seconds) of the last committed block; 0 before block 0."""
+        raw = self.previous_header_bytes()
+        return 0 if raw is None else block_pb2.BlockHeader.FromString(raw).timestamp.seconds
+
     def _check_header(self, block: block_pb2.Block) -> block_pb2.BlockHeader:
         try:
             header = block_pb2.BlockHeader.FromString(block.header)

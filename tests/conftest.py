@@ -11,14 +11,37 @@ from pathlib import Path
 
 import pytest
 
-from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.consortium import NodeSpec, Topology, create_consortium, default_topology
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Role
+
+# Every test meter and plant starts with this much money (µ), so buys are funded (issue 14).
+TEST_ALLOCATION = 10**12
+
+
+def with_money_roles(topology: Topology) -> Topology:
+    """The topology with a treasury and a settlement account in the initiating organisation
+    (added only if it has none, so it composes with topologies that already have them)."""
+    ops = next(o for o in topology.orgs if o.name == topology.initiating_organization)
+    for name, role in (("treasury", Role.TREASURY), ("settlement", Role.SETTLEMENT)):
+        if not topology.names(role):
+            ops.nodes.append(NodeSpec(name, role))
+    return topology
+
+
+def funded_settlement(topology: Topology) -> dict:
+    """A settlement section: meters and plants funded, the settlement account balancing."""
+    funded = topology.names(Role.METER) + topology.names(Role.PLANT)
+    balancing = topology.names(Role.SETTLEMENT)[0]
+    return {"balancing_account": balancing,
+            "allocations": {name: TEST_ALLOCATION for name in [*funded, balancing]}}
 
 
 @pytest.fixture(scope="session")
 def consortium_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("consortium")
-    create_consortium(directory, default_topology())
+    topology = with_money_roles(default_topology())
+    create_consortium(directory, topology, settlement=funded_settlement(topology))
     return directory
 
 

@@ -210,10 +210,12 @@ def settlement_section(topology: Topology, profile: GenesisProfile) -> dict:
 def create_consortium(directory: Path, topology: Topology, *,
                       profile: GenesisProfile | str = STANDARD,
                       reading_interval_seconds: int | None = None,
-                      market: MarketParams | None = None, carbon_grams_per_kwh: int = 400) -> Path:
+                      market: MarketParams | None = None, carbon_grams_per_kwh: int = 400,
+                      settlement: dict | None = None) -> Path:
     """Write a complete consortium to `directory` and return the genesis path. `profile`
-    (or its name) gives the timing and money parameters; `reading_interval_seconds` and
-    `market` override its figures."""
+    (or its name) gives the timing and money parameters; `reading_interval_seconds`,
+    `market` and `settlement` (the whole genesis settlement section, see
+    genesis.SettlementParams) override its figures."""
     if isinstance(profile, str):
         profile = PROFILES[profile]
     directory.mkdir(parents=True, exist_ok=True)
@@ -263,7 +265,8 @@ def create_consortium(directory: Path, topology: Topology, *,
         "carbon": {"grams_per_kwh": carbon_grams_per_kwh},
         "limits": Limits().__dict__,
         "accounts": sorted(accounts_doc, key=lambda a: _natural_key(a["name"])),
-        "settlement": settlement_section(topology, profile),
+        "settlement": settlement if settlement is not None
+        else settlement_section(topology, profile),
     }
     genesis_path = directory / "genesis.json"
     _write(genesis_path, json.dumps(genesis, indent=2).encode())

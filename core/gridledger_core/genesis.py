@@ -135,6 +135,13 @@ class Genesis:
         for o in orderers:
             if o.org not in names:
                 raise ValueError(f"orderer {o.id} belongs to unknown organisation {o.org}")
+        market = MarketParams(**doc.get("market", {}))
+        settlement = _settlement(doc.get("settlement", {}), accounts)
+        if (settlement.balancing_account
+                and settlement.shortfall_price_micro_per_kwh < market.price_max):
+            # Else a seller profits from selling energy it never delivers (issue 14).
+            raise ValueError("settlement.shortfall_price_micro_per_kwh must be at least "
+                             "market.price_max when a balancing account settles imbalances")
         return cls(
             consortium=doc["consortium"],
             organizations=orgs,
@@ -143,12 +150,12 @@ class Genesis:
             reading_interval_seconds=int(doc["readings"]["interval_seconds"]),
             max_interval_wh=int(doc["readings"]["max_interval_wh"]),
             max_clock_skew_seconds=int(doc["readings"].get("max_clock_skew_seconds", 300)),
-            market=MarketParams(**doc.get("market", {})),
+            market=market,
             carbon_grams_per_kwh=int(doc["carbon"]["grams_per_kwh"]),
             raw=raw,
             accounts=accounts,
             limits=Limits(**doc.get("limits", {})),
-            settlement=_settlement(doc.get("settlement", {}), accounts),
+            settlement=settlement,
             reading_submission_window_seconds=int(
                 doc["readings"].get("submission_window_seconds", 3600)),
         )

@@ -1,5 +1,9 @@
 """The ledger a committer (and an endorser's replica) keeps: verify a block, re-execute its
-transactions in order with the shared rules, and write everything in one atomic batch."""
+transactions in order with the shared rules, and write everything in one atomic batch.
+
+Before a block's transactions, its prologue expires the open orders of every slot whose gate
+closure is at or before the block's time (header timestamp): part of the block's state
+changes, so every replica (and `gridctl ledger verify`) does the same at the same point."""
 
 from __future__ import annotations
 
@@ -18,10 +22,14 @@ from gridledger_core.identity import Signers
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import CheckedTransaction, check_endorsed_transaction
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules import market as market_rules
 from gridledger_core.ledger.rules.identity import LedgerAccounts
+from gridledger_core.ledger.rules.money import BlockContext
 from gridledger_core.ledger.state import StateOverlay, next_state_root
 from gridledger_core.ledger.transitions import TxContext, apply_transaction
+from gridledger_core.market import ledger_view as view
 from gridledger_core.storage import KeyValueStore, WriteBatch
+from gridledger_core.storage.base import prefix_end
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,9 @@ class CommitResult:
     # Each transaction as decoded by the checks (None if it did not decode), so followers of
     # the ledger (the endorser's book cache) never parse a block again.
     transactions: list[transaction_pb2.Transaction | None] = field(default_factory=list)
+    # The block's header time, and the orders its prologue expired at gate closure.
+    block_time: int = 0
+    expired_orders: list[str] = field(default_factory=list)
 
 
 class Ledger:
@@ -111,6 +122,11 @@ class Ledger:
             self._tip_header = previous[0].header
         return self._tip_header
 
+    def tip_time(self) -> int:
+        """Header time (Unix seconds) of the last committed block; 0 before block 0."""
+        raw = self.previous_header_bytes()
+        return 0 if raw is None else block_pb2.BlockHeader.FromString(raw).timestamp.seconds
+
     def _check_header(self, block: block_pb2.Block) -> block_pb2.BlockHeader:
         try:
             header = block_pb2.BlockHeader.FromString(block.header)
@@ -127,8 +143,10 @@ class Ledger:
 
     def _apply(self, block: block_pb2.Block, header: block_pb2.BlockHeader) -> CommitResult:
         this_hash = block_hash(block.header)
-        result = CommitResult(header.number, this_hash, b"")
+        result = CommitResult(header.number, this_hash, b"", block_time=header.timestamp.seconds)
         state = StateOverlay(self.store)
+        result.expired_orders = self._expire_closed_slots(
+            state, BlockContext(self.genesis, header.timestamp.seconds, header.number))
         seen: set[str] = set()
         first_index: dict[str, int] = {}  # new tx id -> its position; duplicates keep the first
         for index, raw in enumerate(block.transactions):
@@ -165,6 +183,38 @@ class Ledger:
         self._chain = chain
         self._tip_header = block.header
         return result
+
+    def _expire_closed_slots(self, state: StateOverlay, ctx: BlockContext) -> list[str]:
+        """The block prologue: expire every open order of each slot whose gate closure is at
+        or before the block time. Book keys sort by slot, so it reads the first open order
+        and stops at the first slot still open: one point read when nothing closed, else the
+        closing slots' open orders, each expired once. The overlay is still empty here, so
+        the committed store is the state."""
+        gate = self.genesis.market.gate_closure_seconds
+        book = schema.state_key("order-book/")
+        start: bytes | None = None
+        expired: list[str] = []
+        while True:
+            first = next(iter(self.store.scan(book, start=start, limit=1)), None)
+            if first is None:
+                return expired
+            slot = int(first[0][len(book):].split(b"/", 1)[0])
+            if ctx.block_time < slot - gate:
+                return expired
+            slot_prefix = schema.order_book_prefix(slot)
+            for key, value in self.store.scan(schema.state_key(slot_prefix)):
+                order_id = value.decode()
+                state.delete(key[len(schema.STATE):].decode())
+                try:
+                    record = view.load_order(state, order_id)
+                    if record is not None:
+                        market_rules.expire_order(state, ctx, record)
+                        expired.append(order_id)
+                except NODE_FAULTS:
+                    raise
+                except Exception:  # a bug, not content: the same on every replica; go on
+                    log.exception("expiring order %s at block %d failed", order_id, ctx.height)
+            start = prefix_end(schema.state_key(slot_prefix))
 
     def _execute(self, raw: bytes, state: StateOverlay, block_time: int, seen: set[str],
                  result: CommitResult) -> tuple[str, int, str]:

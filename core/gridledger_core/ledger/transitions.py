@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules import accounts as account_rules
 from gridledger_core.ledger.rules import energy as energy_rules
 from gridledger_core.ledger.rules import identity as identity_rules
 from gridledger_core.ledger.rules import market as market_rules
 from gridledger_core.ledger.rules import readings
+from gridledger_core.ledger.rules import settlement as settlement_rules
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext
 
@@ -24,6 +26,8 @@ TRANSITIONS: dict[str, Callable[[StateOverlay, TxContext, Any], None]] = {
     **energy_rules.RULES,
     **market_rules.RULES,
     **identity_rules.RULES,
+    **account_rules.RULES,
+    **settlement_rules.RULES,
 }
 
 

@@ -86,8 +86,8 @@ def best_opposite(state: StateReader, slot_start: int,
 
 def committed_wh(state: StateReader, meter: str, slot_start: int, side: int) -> int:
     """What the meter has open or traded on one side of a slot: every order's quantity less
-    what was cancelled (= filled + remaining). Kept as one running total per (meter, slot,
-    side), so the preset conditions never scan a meter's orders."""
+    what was cancelled or expired at gate closure (= filled + remaining). Kept as one running
+    total per (meter, slot, side), so the preset conditions never scan a meter's orders."""
     raw = state.get(schema.committed_key(meter, slot_start, side_letter(side)))
     return int.from_bytes(raw, "big") if raw else 0
 
@@ -110,7 +110,7 @@ def committed_wh_by_scan(state: StateReader, meter: str, slot_start: int, side: 
     for _, value in state.scan(schema.order_meter_prefix(meter, slot_start)):
         record = load_order(state, value.decode())
         if record is not None and record.side == side:
-            total += record.quantity_wh - record.cancelled_wh
+            total += record.quantity_wh - record.cancelled_wh - record.expired_wh
     return total
 
 

@@ -1,8 +1,13 @@
 """Committer queries over the pre-sale market's state: a slot's open orders, a meter's
-orders (with every fill) and trades. Paginated by state key, like ListReadings."""
+orders (with every fill) and trades. Paginated by state key, like ListReadings.
+
+A slot whose gate closure has passed, by the tip block's time or this committer's clock, has
+no open orders: the ledger expires them with the first block at or after gate closure, and
+until that block comes they can no longer trade either."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -40,7 +45,11 @@ def _orders(ledger: Ledger, ids: list[bytes]) -> list[market_pb2.OrderRecord]:
 
 
 def list_open_orders(ledger: Ledger, request: committer_pb2.ListOpenOrdersRequest,
-                     context: grpc.ServicerContext) -> committer_pb2.ListOpenOrdersResponse:
+                     context: grpc.ServicerContext, now: float | None = None
+                     ) -> committer_pb2.ListOpenOrdersResponse:
+    closure = request.slot_start - ledger.genesis.market.gate_closure_seconds
+    if max(ledger.tip_time(), int(time.time() if now is None else now)) >= closure:
+        return committer_pb2.ListOpenOrdersResponse()
     # Buys then sells, each in price-time priority (the index's key order).
     ids, token = _page(ledger, schema.order_book_prefix(request.slot_start), request.page_size,
                        request.page_token, context.abort)

@@ -13,6 +13,11 @@ order is taken out of the cached order until the option's place_order reaches a 
 (valid or not) or the option expires. Concurrent requests are then never offered the same
 resting energy twice (which the ledger would refuse at commit as an over-fill), at the cost
 of keeping that energy from other buyers for at most the option's lifetime.
+
+Gate closure: the ledger expires a slot's open orders in the first block at or after its gate
+closure (block time). The cache drops a slot's book once the later of this endorser's clock
+and the last block's time reaches the slot's gate closure (at each block, and before any read),
+so neither options nor GetBook ever show an order that is, or is about to be, expired.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class BookCache:
         # (expiry, option id), oldest first; ids already released are skipped when popped.
         self._expiries: list[tuple[int, str]] = []
         self.height = 0  # ledger height the cache reflects
+        self._block_time = 0  # header time of the last block applied
         self.rebuild()
 
     def _new_books(self) -> BookSet:
@@ -92,7 +98,9 @@ class BookCache:
         = (option id, expiry), the traded quantities are held for that option. Raises
         HeldByOptions if the order's remainder would rest across held energy."""
         with self._lock:
-            self._expire(int(self._clock()))
+            now = self._now()
+            self._expire(now)
+            self._close_slots(now)
             book = self._books.book(order.slot)
             result = book.match(order)
             if result.remaining and self._crosses_held(order):
@@ -120,6 +128,7 @@ class BookCache:
 
     def depth(self, slot_start: int, levels: int | None = None) -> tuple[Depth, int]:
         with self._lock:
+            self._close_slots(self._now())
             book = self._books.get(slot_start)
             depth = book.depth(levels) if book is not None else Depth((), ())
             return depth, self.height
@@ -127,6 +136,7 @@ class BookCache:
     def open_orders(self) -> list[tuple[int, str, int, int]]:
         """(slot, order id, price, remaining) of every cached order, for comparisons."""
         with self._lock:
+            self._close_slots(self._now())
             return [(book.slot, o.order_id, o.price, o.remaining)
                     for book in self._books for o in book.open_orders()]
 
@@ -137,7 +147,8 @@ class BookCache:
         REBUILDS.inc()
         with self._lock:
             height = self._ledger.height
-            now = int(self._clock())
+            self._block_time = max(self._block_time, self._ledger.tip_time())
+            now = self._now()
             first = self._first_open_slot(now)
             books = self._new_books()
             state = StateOverlay(self._ledger.store)
@@ -154,6 +165,16 @@ class BookCache:
             HELD_OPTIONS.set(0)
             self.height = height
             OPEN_ORDERS.set(sum(len(b) for b in books))
+
+    def _now(self) -> int:
+        """The later of this endorser's clock and the last block's time: a slot closed by
+        either is closed (the ledger expires its orders at the first block past closure)."""
+        return max(int(self._clock()), self._block_time)
+
+    def _close_slots(self, now: int) -> None:
+        for slot in [b.slot for b in self._books if self._closed(b.slot, now)]:
+            self._books.close(slot)
+        OPEN_ORDERS.set(sum(len(b) for b in self._books))
 
     def _first_open_slot(self, now: int) -> int:
         slot = self._market.slot_seconds
@@ -192,17 +213,16 @@ class BookCache:
                     committed_trades += option.trades
             elif body == "cancel_order" and valid:
                 touched.append(tx.cancel_order.order_id)
-        now = int(self._clock())
         state = StateOverlay(self._ledger.store)
         with self._lock:
+            self._block_time = max(self._block_time, result.block_time)
+            now = self._now()
             for option_id in settled:
                 self._release(option_id)
-            for order_id in touched:  # makers before the taker: its remainder must not cross
+            for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
-            for slot in [b.slot for b in self._books if self._closed(b.slot, now)]:
-                self._books.close(slot)
+            self._close_slots(now)
             self.height = result.number + 1
-            OPEN_ORDERS.set(sum(len(b) for b in self._books))
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
 

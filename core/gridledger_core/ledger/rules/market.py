@@ -15,6 +15,18 @@ and someone else's; each trade is at the resting order's price and within the ta
 the quantities add up; what rests does not cross the book. A forged or replayed option is
 therefore invalid even when an endorser signed it. Only then does it write: the fills on
 both orders, one trade record per trade, the remainder resting as the new order.
+
+Escrow (issue 14). ``OrderRecord.reserved_micro`` is all the money an order holds:
+
+- a buy: ceil(limit * remaining / 1000) for its open quantity, plus the value of each of its
+  trades until the slot is settled. At a fill, the open part shrinks and everything above the
+  trade's value (limit above the trade price) goes back to the balance at once;
+- a sell: ceil(collateral * (remaining + filled) / 1000) (genesis
+  ``settlement.sell_collateral_micro_per_kwh``); the filled part stays until settlement.
+
+Cancel and gate-closure expiry release the open part; ``settle_slot`` pays the trades from it
+and releases the rest. A buy or sell whose escrow exceeds the meter's balance fails the preset
+condition ``insufficient_funds`` (the endorser's RequestOptions and the rule at commit).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from gridledger_core.identity import Identity, Role, Signers
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
@@ -55,6 +68,7 @@ class Condition(enum.StrEnum):
     QUANTITY_NOT_POSITIVE = "quantity_not_positive"
     QUANTITY_NOT_LOT_MULTIPLE = "quantity_not_lot_multiple"
     QUANTITY_ABOVE_FORECAST = "quantity_above_forecast"
+    INSUFFICIENT_FUNDS = money.INSUFFICIENT_FUNDS
 
 
 class ConditionFailed(TxInvalid):
@@ -123,7 +137,62 @@ def check_terms(state: view.StateReader, genesis: Genesis, signer: Identity,
     allowance = quantity_allowance(state, genesis, terms, now)
     _condition(terms.quantity_wh <= allowance.left_wh, Condition.QUANTITY_ABOVE_FORECAST,
                CONFLICT, _above_forecast(terms, allowance, market))
+    need = escrow_rate(genesis, terms.side, terms.price)
+    need = money.ceil_micro(need, terms.quantity_wh)
+    available = money.get_account(state, genesis, terms.meter).balance_micro
+    _condition(available >= need, Condition.INSUFFICIENT_FUNDS, CONFLICT,
+               f"{view.side_name(terms.side)} of {terms.quantity_wh} Wh at {terms.price} µ/kWh "
+               f"needs {need} µ in escrow; {terms.meter} has {available} µ available")
     return allowance
+
+
+# -- escrow -----------------------------------------------------------------------------------
+
+def escrow_rate(genesis: Genesis, side: int, price: int) -> int:
+    """µ per kWh an order holds: a buy its limit price, a sell the genesis collateral."""
+    return price if side == view.BUY_PB else genesis.settlement.sell_collateral_micro_per_kwh
+
+
+def filled_wh(record: market_pb2.OrderRecord) -> int:
+    return (record.quantity_wh - record.remaining_wh - record.cancelled_wh
+            - record.expired_wh)
+
+
+def open_escrow(genesis: Genesis, record: market_pb2.OrderRecord) -> int:
+    """The part of ``reserved_micro`` that holds the order's open quantity."""
+    rate = escrow_rate(genesis, record.side, record.price)
+    if record.side == view.BUY_PB:
+        return money.ceil_micro(rate, record.remaining_wh)
+    filled = filled_wh(record)
+    return money.ceil_micro(rate, filled + record.remaining_wh) - money.ceil_micro(rate, filled)
+
+
+def _hold_escrow(state: StateOverlay, ctx: TxContext, record: market_pb2.OrderRecord) -> None:
+    """A new order (remaining = its not-cancelled quantity, no fills yet) reserves its escrow."""
+    amount = open_escrow(ctx.genesis, record)
+    money.reserve(state, ctx, record.owner, amount, record.order_id)
+    record.reserved_micro = amount
+
+
+def _fill_escrow(state: StateOverlay, ctx: money.MoneyContext, record: market_pb2.OrderRecord,
+                 trade: market_pb2.TradeRecord) -> None:
+    """After ``record.remaining_wh`` lost the trade's quantity: a buy keeps the trade's value
+    reserved and releases the rest of what that quantity held (a sell's collateral stays)."""
+    if record.side != view.BUY_PB:
+        return
+    before = money.ceil_micro(record.price, record.remaining_wh + trade.quantity_wh)
+    freed = before - money.ceil_micro(record.price, record.remaining_wh) - trade.value_micro
+    money.release(state, ctx, record.owner, freed, record.order_id)
+    record.reserved_micro -= freed
+
+
+def release_open_escrow(state: StateOverlay, ctx: money.MoneyContext,
+                        record: market_pb2.OrderRecord) -> int:
+    """Before an order's open quantity ends (cancel, expiry): give back what it held."""
+    amount = min(open_escrow(ctx.genesis, record), record.reserved_micro)
+    money.release(state, ctx, record.owner, amount, record.order_id)
+    record.reserved_micro -= amount
+    return amount
 
 
 def quantity_allowance(state: view.StateReader, genesis: Genesis, terms: market_pb2.OrderTerms,
@@ -195,20 +264,23 @@ def process_place_order(state: StateOverlay, ctx: TxContext, body: market_pb2.Pl
     taker = market_pb2.OrderRecord(
         order_id=order_id, owner=creator.name, side=terms.side, slot_start=terms.slot_start,
         price=terms.price, quantity_wh=terms.quantity_wh, sequence=view.next_sequence(state),
-        option_id=option.option_id, placed_at=ctx.block_time)
+        option_id=option.option_id, placed_at=ctx.block_time,
+        remaining_wh=terms.quantity_wh - option.cancelled_wh, cancelled_wh=option.cancelled_wh)
+    _hold_escrow(state, ctx, taker)
     for index, proposed in enumerate(option.trades):
         maker = _check_trade(state, ctx.genesis.market, creator.name, terms, proposed)
         trade = _trade_record(state, ctx, option, taker, maker, proposed, index)
-        _fill(state, maker, trade)
+        _fill(state, ctx, maker, trade)
         taker.fills.append(trade)
+        taker.remaining_wh -= trade.quantity_wh
+        _fill_escrow(state, ctx, taker, trade)
         for party in (trade.buyer, trade.seller):
             state.put(schema.trade_meter_key(party, trade.slot_start, trade.sequence),
                       f"{trade.slot_start:012d}/{trade.sequence:012d}".encode())
         state.put(schema.trade_key(trade.slot_start, trade.sequence),
                   trade.SerializeToString(deterministic=True))
     _check_remainder(state, creator.name, terms, option)
-    taker.remaining_wh = option.rest_wh
-    taker.cancelled_wh = option.cancelled_wh
+    assert taker.remaining_wh == option.rest_wh  # the quantities were checked to add up
     view.save_order(state, taker)
     if taker.remaining_wh:
         state.put(view.book_key(taker), order_id.encode())
@@ -258,13 +330,20 @@ def _trade_record(state: StateOverlay, ctx: TxContext, option: market_pb2.TradeO
         buy_order_id=buy.order_id, sell_order_id=sell.order_id, buyer=buy.owner,
         seller=sell.owner, price=maker.price, quantity_wh=proposed.quantity_wh,
         taker_side=taker.side, maker_order_id=maker.order_id, executed_at=ctx.block_time,
-        option_id=option.option_id, sequence=view.next_sequence(state))
+        option_id=option.option_id, sequence=view.next_sequence(state),
+        value_micro=trade_value(maker.price, proposed.quantity_wh))
 
 
-def _fill(state: StateOverlay, maker: market_pb2.OrderRecord,
+def trade_value(price: int, quantity_wh: int) -> int:
+    """What the buyer pays the seller: computed once per trade, the same for both sides."""
+    return price * quantity_wh // 1000
+
+
+def _fill(state: StateOverlay, ctx: TxContext, maker: market_pb2.OrderRecord,
           trade: market_pb2.TradeRecord) -> None:
     maker.fills.append(trade)
     maker.remaining_wh -= trade.quantity_wh
+    _fill_escrow(state, ctx, maker, trade)
     if not maker.remaining_wh:
         state.delete(view.book_key(maker))
     view.save_order(state, maker)
@@ -301,15 +380,33 @@ def process_cancel_order(state: StateOverlay, ctx: TxContext,
     assert record is not None
     require(record.owner == creator.name, NOT_AUTHORIZED,
             f"order {body.order_id} belongs to {record.owner}, not {creator.name}")
-    require(record.remaining_wh > 0, CONFLICT,
-            f"order {body.order_id} has nothing open to cancel")
     closure = record.slot_start - ctx.genesis.market.gate_closure_seconds
     require(ctx.block_time < closure, CONFLICT,
             f"the market of slot {record.slot_start} closed at {closure}; the order is final")
+    require(record.remaining_wh > 0, CONFLICT,
+            f"order {body.order_id} has nothing open to cancel")
     state.delete(view.book_key(record))
     view.add_committed_wh(state, record.owner, record.slot_start, record.side,
                           -record.remaining_wh)
+    release_open_escrow(state, ctx, record)
     record.cancelled_wh += record.remaining_wh
+    record.remaining_wh = 0
+    view.save_order(state, record)
+
+
+def expire_order(state: StateOverlay, ctx: money.MoneyContext,
+                 record: market_pb2.OrderRecord) -> None:
+    """Gate closure: the open quantity of an order of a closed slot expires (the ledger's block
+    prologue, before the block's transactions, so every replica does it at the same point).
+    Cannot fail on a consistent state: it only releases what the order itself holds."""
+    if not record.remaining_wh:
+        return
+    state.delete(view.book_key(record))
+    committed = view.committed_wh(state, record.owner, record.slot_start, record.side)
+    view.add_committed_wh(state, record.owner, record.slot_start, record.side,
+                          -min(committed, record.remaining_wh))
+    release_open_escrow(state, ctx, record)
+    record.expired_wh += record.remaining_wh
     record.remaining_wh = 0
     view.save_order(state, record)
 

@@ -10,13 +10,16 @@ except `charge`, which takes what is there and reports the rest as unpaid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from gridledger.common.v1 import settlement_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.state import StateOverlay
-from gridledger_core.ledger.transitions_base import TxContext, require
+from gridledger_core.ledger.transitions_base import require
 
 Kind = settlement_pb2.EntryKind
 CONFLICT = Code.TX_VALIDATION_CODE_STATE_CONFLICT
@@ -25,7 +28,40 @@ INSUFFICIENT_FUNDS = "insufficient_funds"
 MAX_SUPPLY = 2**63 - 1
 
 
-def get_account(state: StateOverlay, genesis: Genesis, account: str) -> settlement_pb2.MoneyAccount:
+class MoneyContext(Protocol):
+    """What a movement records: a rule's TxContext, or the ledger's block prologue (gate
+    closure expiry), which has no transaction."""
+
+    @property
+    def genesis(self) -> Genesis: ...
+
+    @property
+    def block_time(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """The MoneyContext of work a block does before its transactions (gate closure expiry)."""
+
+    genesis: Genesis
+    block_time: int
+    height: int
+
+
+def ceil_micro(price_micro_per_kwh: int, wh: int) -> int:
+    """Money held for `wh` at a price per kWh: rounded up, so escrow always covers the value
+    (price * Wh // 1000, rounded down) of any trade within that price."""
+    return -(-price_micro_per_kwh * wh // 1000)
+
+
+class Reader(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+
+
+def get_account(state: Reader, genesis: Genesis, account: str) -> settlement_pb2.MoneyAccount:
     raw = state.get(schema.money_key(account))
     if raw is None:
         return settlement_pb2.MoneyAccount(
@@ -33,7 +69,7 @@ def get_account(state: StateOverlay, genesis: Genesis, account: str) -> settleme
     return settlement_pb2.MoneyAccount.FromString(raw)
 
 
-def supply(state: StateOverlay, genesis: Genesis) -> int:
+def supply(state: Reader, genesis: Genesis) -> int:
     raw = state.get(schema.MONEY_SUPPLY)
     if raw is None:
         return sum(genesis.settlement.allocations.values())
@@ -44,7 +80,7 @@ def _save(state: StateOverlay, record: settlement_pb2.MoneyAccount) -> None:
     state.put(schema.money_key(record.account), record.SerializeToString(deterministic=True))
 
 
-def _entry(state: StateOverlay, ctx: TxContext, record: settlement_pb2.MoneyAccount,
+def _entry(state: StateOverlay, ctx: MoneyContext, record: settlement_pb2.MoneyAccount,
            kind: int, balance_delta: int, reserved_delta: int, counterparty: str,
            reference: str, memo: str) -> None:
     entry = settlement_pb2.MoneyEntry(
@@ -57,7 +93,7 @@ def _entry(state: StateOverlay, ctx: TxContext, record: settlement_pb2.MoneyAcco
     record.entries += 1
 
 
-def _move(state: StateOverlay, ctx: TxContext, account: str, balance_delta: int,
+def _move(state: StateOverlay, ctx: MoneyContext, account: str, balance_delta: int,
           reserved_delta: int, kind: int, counterparty: str, reference: str,
           memo: str = "") -> settlement_pb2.MoneyAccount:
     record = get_account(state, ctx.genesis, account)
@@ -78,7 +114,7 @@ def _move(state: StateOverlay, ctx: TxContext, account: str, balance_delta: int,
     return record
 
 
-def fund(state: StateOverlay, ctx: TxContext, account: str, amount: int, reference: str,
+def fund(state: StateOverlay, ctx: MoneyContext, account: str, amount: int, reference: str,
          memo: str = "") -> None:
     """New money on `account` (FundAccount by the treasury): supply grows by `amount`."""
     total = supply(state, ctx.genesis) + amount
@@ -88,7 +124,7 @@ def fund(state: StateOverlay, ctx: TxContext, account: str, amount: int, referen
     state.put(schema.MONEY_SUPPLY, total.to_bytes(8, "big"))
 
 
-def transfer(state: StateOverlay, ctx: TxContext, payer: str, payee: str, amount: int,
+def transfer(state: StateOverlay, ctx: MoneyContext, payer: str, payee: str, amount: int,
              kind: int, reference: str, memo: str = "", *, from_reserved: bool = False) -> None:
     """`amount` from the payer's balance (or reserved) to the payee's balance."""
     if amount == 0:
@@ -100,21 +136,21 @@ def transfer(state: StateOverlay, ctx: TxContext, payer: str, payee: str, amount
     _move(state, ctx, payee, amount, 0, kind, payer, reference, memo)
 
 
-def reserve(state: StateOverlay, ctx: TxContext, account: str, amount: int,
+def reserve(state: StateOverlay, ctx: MoneyContext, account: str, amount: int,
             reference: str) -> None:
     """Escrow: balance -> reserved; refused (insufficient_funds) if the balance is short."""
     if amount:
         _move(state, ctx, account, -amount, amount, Kind.ENTRY_KIND_RESERVE, "", reference)
 
 
-def release(state: StateOverlay, ctx: TxContext, account: str, amount: int,
+def release(state: StateOverlay, ctx: MoneyContext, account: str, amount: int,
             reference: str) -> None:
     """Escrow back: reserved -> balance."""
     if amount:
         _move(state, ctx, account, amount, -amount, Kind.ENTRY_KIND_RELEASE, "", reference)
 
 
-def charge(state: StateOverlay, ctx: TxContext, payer: str, payee: str, amount: int, kind: int,
+def charge(state: StateOverlay, ctx: MoneyContext, payer: str, payee: str, amount: int, kind: int,
            reference: str) -> int:
     """Take up to `amount` from the payer's balance for the payee; returns what was paid (the
     rest is the payer's debt, recorded by the caller). Never refuses, so a settlement cannot
@@ -124,7 +160,7 @@ def charge(state: StateOverlay, ctx: TxContext, payer: str, payee: str, amount: 
     return paid
 
 
-def require_funds(state: StateOverlay, genesis: Genesis, account: str, amount: int,
+def require_funds(state: Reader, genesis: Genesis, account: str, amount: int,
                   what: str) -> None:
     """A precondition with the named condition, for rules that check before they move."""
     available = get_account(state, genesis, account).balance_micro

@@ -8,6 +8,8 @@ certificates leave it.
                                                 signing and TLS certificates (no keys)
     gridctl genesis assemble --consortium C --initiating ORG --out OUT ORG.json ...
         OUT/genesis.json, OUT/tls-ca-bundle.pem from the organisations' org.json files only
+        (--profile standard|fast: timing and prices; --balancing ACCOUNT: the initiating
+        organisation's account that settles imbalances; --allocation NAME=MICRO: genesis money)
 
 Each organisation then copies genesis.json and tls-ca-bundle.pem into its own DIR, which is
 then a consortium directory for its own nodes (`--consortium-dir DIR`,
@@ -31,6 +33,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gridctl.output import emit, fail
 from gridledger_core.consortium import (  # the devnet's certificate recipe, reused as is
+    PROFILES,
+    STANDARD,
+    GenesisProfile,
     _builder,
     _ca,
     _name,
@@ -40,7 +45,7 @@ from gridledger_core.consortium import (  # the devnet's certificate recipe, reu
     _write,
     tls_names,
 )
-from gridledger_core.genesis import Genesis, Limits, MarketParams
+from gridledger_core.genesis import Genesis, Limits
 from gridledger_core.identity import Role
 
 ORG_FILE = "org.json"
@@ -111,10 +116,15 @@ def _check_issued(org: str, what: str, pem: str, root_pem: str, cn: str, role: R
 
 
 def assemble_genesis(out: Path, consortium: str, initiating: str, org_files: list[Path],
-                     reading_interval_seconds: int = 900,
-                     carbon_grams_per_kwh: int = 400) -> Path:
+                     reading_interval_seconds: int | None = None,
+                     carbon_grams_per_kwh: int = 400, *, profile: GenesisProfile = STANDARD,
+                     balancing_account: str = "",
+                     allocations: dict[str, int] | None = None) -> Path:
     """genesis.json and tls-ca-bundle.pem in `out` from the organisations' public parts, in
-    the format `gridctl network init` writes (Genesis.parse checks it)."""
+    the format `gridctl network init` writes (Genesis.parse checks it). The settlement
+    section has `profile`'s prices, `balancing_account` (an account of the initiating
+    organisation with the settlement or treasury role; "" = imbalances recorded, not priced)
+    and `allocations` (account -> micro-units of genesis money)."""
     orgs_doc, orderers_doc, accounts_doc = [], [], []
     seen_accounts: set[str] = set()
     for path in org_files:
@@ -145,17 +155,28 @@ def assemble_genesis(out: Path, consortium: str, initiating: str, org_files: lis
                           name, Role.ORDERER)
             orderers_doc.append({"id": name, "org": org, "certificate": orderer["certificate"],
                                  "tls_certificate": orderer["tls_certificate"]})
+    if balancing_account and not any(
+            a["name"] == balancing_account and a["org"] == initiating
+            and a["role"] in (Role.SETTLEMENT.value, Role.TREASURY.value) for a in accounts_doc):
+        raise EnrolError(f"the balancing account {balancing_account} is not a settlement or "
+                         f"treasury account of the initiating organisation {initiating}")
+    settlement = dict(profile.settlement.__dict__)
+    settlement["balancing_account"] = balancing_account
+    settlement["allocations"] = dict(allocations or {})
     genesis = {
         "consortium": consortium,
         "initiating_organization": initiating,
         "organizations": orgs_doc,
         "orderers": sorted(orderers_doc, key=lambda o: _natural_key(o["id"])),
-        "readings": {"interval_seconds": reading_interval_seconds,
-                     "max_interval_wh": 1_000_000, "max_clock_skew_seconds": 300},
-        "market": MarketParams().__dict__,
+        "readings": {"interval_seconds": reading_interval_seconds
+                     or profile.reading_interval_seconds,
+                     "max_interval_wh": 1_000_000, "max_clock_skew_seconds": 300,
+                     "submission_window_seconds": profile.submission_window_seconds},
+        "market": profile.market.__dict__,
         "carbon": {"grams_per_kwh": carbon_grams_per_kwh},
         "limits": Limits().__dict__,
         "accounts": sorted(accounts_doc, key=lambda a: _natural_key(a["name"])),
+        "settlement": settlement,
     }
     raw = json.dumps(genesis, indent=2).encode()
     try:
@@ -188,9 +209,19 @@ def cmd_org_init(args: argparse.Namespace) -> None:
           "nodes": [n for n, _ in args.node]}, args.json)
 
 
+def _allocation(value: str) -> tuple[str, int]:
+    name, _, amount = value.partition("=")
+    if not name or not amount.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=MICRO_UNITS, got {value!r}")
+    return name, int(amount)
+
+
 def cmd_genesis_assemble(args: argparse.Namespace) -> None:
     try:
-        genesis = assemble_genesis(args.out, args.consortium, args.initiating, args.org_files)
+        genesis = assemble_genesis(args.out, args.consortium, args.initiating, args.org_files,
+                                   profile=PROFILES[args.profile],
+                                   balancing_account=args.balancing,
+                                   allocations=dict(args.allocation))
     except (EnrolError, OSError, KeyError, ValueError) as exc:
         fail(f"cannot assemble genesis: {exc}")
     emit({"genesis": str(genesis), "tls_ca_bundle": str(args.out / "tls-ca-bundle.pem"),
@@ -216,5 +247,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     assemble.add_argument("--consortium", required=True, help="consortium name")
     assemble.add_argument("--initiating", required=True, help="initiating organisation")
     assemble.add_argument("--out", type=Path, required=True)
+    assemble.add_argument("--profile", choices=sorted(PROFILES), default=STANDARD.name,
+                          help="timing and prices (standard: production; fast: the demo's)")
+    assemble.add_argument("--balancing", default="", metavar="ACCOUNT",
+                          help="the initiating organisation's settlement (or treasury) "
+                               "account that is the counterparty of every imbalance")
+    assemble.add_argument("--allocation", type=_allocation, action="append", default=[],
+                          metavar="NAME=MICRO", help="genesis money of an account, in "
+                                                     "micro-units (repeatable)")
     assemble.add_argument("--json", action="store_true")
     assemble.set_defaults(func=cmd_genesis_assemble)

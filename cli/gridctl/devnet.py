@@ -145,7 +145,7 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
 # buys, a small wind turbine that always sells, and hybrid PV + wind plants that supply
 # contracts at night too. Other meters keep their seeded rooftop PV.
 DEMO_CONSUMER_ARGS = ["--pv-kwp", "0", "--base-load-w", "3000"]
-DEMO_PRODUCER_ARGS = ["--pv-kwp", "0", "--wind-kw", "6"]
+DEMO_PRODUCER_ARGS = ["--pv-kwp", "0", "--wind-kw", "12"]
 DEMO_PLANT_ARGS = ["--wind-kw", "100"]
 
 
@@ -212,12 +212,18 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     for meter in meters:
         others = [f"{o.name}={o.grpc}" for o in meters if o is not meter]
         meter.args += ["--contract-wh", str(contract_wh if demo else 0)]
+        # Sellers order a slot earlier than buyers (half a slot for the producers, a quarter
+        # for the others), so their orders rest on the book when the buyers' come and cross;
+        # orders placed in the same instant would each rest unmatched.
+        lead = genesis.market.slot_seconds // 4
         if demo and meter.name in consumers:
             meter.args += DEMO_CONSUMER_ARGS
+            lead = 0
         elif demo and meter.name in producers:
             meter.args += DEMO_PRODUCER_ARGS
+            lead = genesis.market.slot_seconds // 2
         meter.args += ["--presale-share", str(presale_share if demo else 0),
-                       "--presale-every", str(presale_every)]
+                       "--presale-every", str(presale_every), "--presale-lead", str(lead)]
         meter.args += ["--neighbour", ",".join(others)] if others else []
     # The initiating organisation's own agents: the coin issuer, and the settlement agent
     # that settles slots and closes expired contracts (not the balancing account, whose key

@@ -147,6 +147,8 @@ class LiveSummary:
         events: list[str] = []
         counts: dict[str, int] = {}
         coins_issued = certificates = coins_paid = 0
+        # New contracts are told after the changes, so the one the coins pay comes after them.
+        new_contracts: list[str] = []
         token = ""
         while True:
             page = stub.ListContracts(committer_pb2.ListContractsRequest(
@@ -157,35 +159,41 @@ class LiveSummary:
                 coins_issued += record.coins_issued
                 certificates += record.status == energy_pb2.CONTRACT_STATUS_ISSUED
                 coins_paid += record.coins_paid
-                events += self._contract_change(record)
+                changes, signed = self._contract_change(record)
+                events += changes
+                new_contracts += signed
             token = page.next_page_token
             if not token:
                 break
         t = self.totals
         t.contracts, t.coins_issued, t.certificates, t.coins_paid = (
             counts, coins_issued, certificates, coins_paid)
-        return events
+        return events + new_contracts
 
-    def _contract_change(self, record: energy_pb2.SupplyContractRecord) -> list[str]:
+    def _contract_change(self, record: energy_pb2.SupplyContractRecord
+                         ) -> tuple[list[str], list[str]]:
+        """(status changes, the contract's signing if new) as event lines."""
         seen = self._contracts.get(record.contract_id)
         self._contracts[record.contract_id] = _Contract(record.status, record.delivered_wh)
         name = f"contract {record.contract_id[:12]} {record.plant} -> {record.meter}"
-        events = []
+        events, signed = [], []
         if seen is None:
             paid = (f", {record.coins_paid} carbon coins pay "
                     f"{record.coins_paid * record.coin_value_micro} µ of it"
                     if record.coins_paid else "")
-            events.append(f"signed   {name}: {record.energy_wh} Wh at "
+            signed.append(f"signed   {name}: {record.energy_wh} Wh at "
                           f"{record.price_micro_per_kwh} µ/kWh = {record.amount_micro} µ{paid}")
-        if record.status != (seen.status if seen else energy_pb2.CONTRACT_STATUS_OPEN):
-            status = _status_name(record.status)
-            if record.status == energy_pb2.CONTRACT_STATUS_ISSUED:
-                events.append(f"issued   {name}: {record.coins_issued} carbon coins and a "
-                              "certificate")
-            else:
-                events.append(f"{status:<8} {name}: {record.delivered_wh} of "
-                              f"{record.energy_wh} Wh delivered")
-        return events
+        before = seen.status if seen else energy_pb2.CONTRACT_STATUS_OPEN
+        if before == energy_pb2.CONTRACT_STATUS_OPEN and record.status != before:
+            # Ended (or closed, cancelled): told even if coins came before this tick saw it.
+            status = "ended" if record.status == energy_pb2.CONTRACT_STATUS_ISSUED \
+                else _status_name(record.status)
+            events.append(f"{status:<8} {name}: {record.delivered_wh} of {record.energy_wh} "
+                          "Wh delivered")
+        if record.status == energy_pb2.CONTRACT_STATUS_ISSUED and before != record.status:
+            events.append(f"issued   {name}: {record.coins_issued} carbon coins and a "
+                          "certificate")
+        return events, signed
 
 
 def _after(token: str) -> str:

@@ -22,10 +22,12 @@ from gridctl import (
     connect,
     devnet,
 )
+from gridctl.live_summary import LiveSummary
 from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import block_pb2
 from gridledger_core.consortium import FAST, PROFILES, create_consortium, default_topology
+from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.rpc.tls import secure_channel
 
@@ -72,8 +74,16 @@ def _print_nodes(network: devnet.Network) -> None:
           for n in network.nodes], False, ["name", "role", "grpc", "metrics", "pid"])
 
 
+STATUS_EVERY_S = 10.0  # the status line; events are printed as they are seen (every 2 s)
+
+
 def _watch(network: devnet.Network) -> None:
-    """Foreground mode: a live summary until Ctrl-C, then a clean stop of every node."""
+    """Foreground mode: a live summary until Ctrl-C, then a clean stop of every node.
+
+    Every STATUS_EVERY_S a status line (each committer's height and last block, transaction
+    rate, the market and new-energy totals of live_summary, nodes that are down); in between,
+    one indented line per new event on the ledger (trade, settled slot, contract signed,
+    ended, coins and certificate issued)."""
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -85,26 +95,36 @@ def _watch(network: devnet.Network) -> None:
     channels = {n.name: secure_channel(n.grpc, network.tls())
                 for n in network.by_role("committer")}
     stubs = {k: committer_pb2_grpc.CommitterServiceStub(c) for k, c in channels.items()}
+    summary = LiveSummary(Genesis.load(network.consortium_dir / "genesis.json"))
     previous: tuple[float, int] | None = None
+    last_status = 0.0
     try:
         while not stopping:
-            parts = []
-            total = 0
-            for name, stub in stubs.items():
-                try:
-                    info = stub.GetChainInfo(committer_pb2.GetChainInfoRequest(), timeout=2)
-                    parts.append(f"{name} h={info.height} {info.last_block_hash.hex()[:8]}")
-                    total = max(total, info.transactions)
-                except grpc.RpcError as exc:
-                    parts.append(f"{name} {exc.code().name}")  # type: ignore[attr-defined]
+            try:
+                events = summary.poll(next(iter(stubs.values())))
+                market = " | " + summary.line()
+            except grpc.RpcError:
+                events, market = [], ""
+            for event in events:
+                print(f"{time.strftime('%H:%M:%S')}    {event}", flush=True)
             now = time.monotonic()
-            rate = (total - previous[1]) / (now - previous[0]) if previous else 0.0
-            previous = (now, total)
-            dead = [n.name for n in network.nodes if not devnet.pid_alive(n.pid)]
-            line = f"{time.strftime('%H:%M:%S')}  {' | '.join(parts)} | txs={total} " \
-                   f"({rate:.1f}/s)" + _activity(next(iter(stubs.values()))) + \
-                   (f" | DOWN: {', '.join(dead)}" if dead else "")
-            print(line, flush=True)
+            if now - last_status >= STATUS_EVERY_S:
+                last_status = now
+                parts = []
+                total = 0
+                for name, stub in stubs.items():
+                    try:
+                        info = stub.GetChainInfo(committer_pb2.GetChainInfoRequest(), timeout=2)
+                        parts.append(f"{name} h={info.height} {info.last_block_hash.hex()[:8]}")
+                        total = max(total, info.transactions)
+                    except grpc.RpcError as exc:
+                        parts.append(f"{name} {exc.code().name}")  # type: ignore[attr-defined]
+                rate = (total - previous[1]) / (now - previous[0]) if previous else 0.0
+                previous = (now, total)
+                dead = [n.name for n in network.nodes if not devnet.pid_alive(n.pid)]
+                print(f"{time.strftime('%H:%M:%S')}  {' | '.join(parts)} | txs={total} "
+                      f"({rate:.1f}/s){market}" + (f" | DOWN: {', '.join(dead)}" if dead else ""),
+                      flush=True)
             for _ in range(20):
                 if stopping:
                     break
@@ -115,16 +135,6 @@ def _watch(network: devnet.Network) -> None:
         print("stopping devnet ...", file=sys.stderr)
         devnet.stop(network)
         print("devnet stopped", file=sys.stderr)
-
-
-def _activity(stub: committer_pb2_grpc.CommitterServiceStub) -> str:
-    """Trading and new-energy activity for the live summary (empty while unavailable)."""
-    try:
-        trades = stub.ListTrades(committer_pb2.ListTradesRequest(page_size=1000), timeout=2)
-        more = "+" if trades.next_page_token else ""
-        return f" | trades={len(trades.trades)}{more} | {commands_energy.energy_summary(stub)}"
-    except grpc.RpcError:
-        return ""
 
 
 def cmd_devnet_down(args: argparse.Namespace) -> None:

@@ -40,6 +40,10 @@ class PresalePolicy:
     sell_price: int  # µ/kWh asked when selling
     buy_price: int  # µ/kWh bid when buying
     every_seconds: float = 30.0
+    # Place a slot's order this long before its gate closure at the latest (0: as late as
+    # the next open slot). Meters that order at different leads meet on the book, where
+    # orders placed in the same instant would each rest unmatched.
+    lead_seconds: int = 0
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +57,18 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                    help="meter: price bid when buying, micro-units per kWh")
     g.add_argument("--presale-every", type=float, default=30.0,
                    help="meter: seconds between looks at the next open slot")
+    g.add_argument("--presale-lead", type=int, default=0,
+                   help="meter: order for the first slot whose gate closes at least this "
+                        "many seconds from now (0: the next open slot)")
 
 
 def policy_from(args: argparse.Namespace) -> PresalePolicy:
     if not 0 <= args.presale_share <= 100:
         raise SystemExit("--presale-share must be between 0 and 100")
+    if args.presale_lead < 0:
+        raise SystemExit("--presale-lead must not be negative")
     return PresalePolicy(args.presale_share, args.presale_sell_price, args.presale_buy_price,
-                         args.presale_every)
+                         args.presale_every, args.presale_lead)
 
 
 class PresaleTrader:
@@ -73,9 +82,9 @@ class PresaleTrader:
         self._done: set[int] = set()
 
     def next_slot(self, now: int) -> int:
-        """The earliest delivery slot whose market is still open at `now`."""
+        """The earliest delivery slot whose market is still open at `now` plus the lead."""
         size = self._market.slot_seconds
-        earliest = now + self._market.gate_closure_seconds + 1
+        earliest = now + self._policy.lead_seconds + self._market.gate_closure_seconds + 1
         return -(-earliest // size) * size
 
     def net_forecast(self, slot: int, now: int) -> int:

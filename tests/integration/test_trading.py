@@ -46,7 +46,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network
     topology = default_topology(meters=0, plants=0)
     community = next(o for o in topology.orgs if o.name == "community")
     community.nodes += [NodeSpec(SELLER, Role.METER), NodeSpec(BUYER, Role.METER)]
-    create_consortium(consortium, topology)
+    # Buys reserve their cost (issue 14): both meters start with money.
+    create_consortium(consortium, topology,
+                      settlement={"allocations": {SELLER: 10**12, BUYER: 10**12}})
     net = devnet.plan(directory, consortium, demo=True, backfill_hours=BACKFILL_HOURS,
                       reading_pace=50.0)
     devnet.start(net)

@@ -17,7 +17,6 @@ from gridledger.common.v1 import (
     envelope_pb2,
     market_pb2,
     settlement_pb2,
-    transaction_pb2,
 )
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
@@ -85,21 +84,20 @@ class Net:
 
     def commit(self, *envelopes: envelope_pb2.SignedEnvelope,
                at: int | None = None) -> list[tuple[int, str]]:
+        return self.commit_raw([endorsed(e, self.endorser) for e in envelopes], at)
+
+    def commit_raw(self, txs: list[bytes], at: int | None = None) -> list[tuple[int, str]]:
+        """Commit endorsed transactions in one block on every replica, then check."""
         self.time = at if at is not None else self.time
-        block = self.chain.block([endorsed(e, self.endorser) for e in envelopes],
-                                 timestamp=self.time)
+        block = self.chain.block(txs, timestamp=self.time)
         results: list[CommitResult] = [ledger.commit(block) for ledger in self.ledgers]
         assert len({r.state_root for r in results}) == 1, "replicas disagree"
         self.blocks.append(block)
-        for code, envelope in zip(results[0].codes, envelopes, strict=True):
-            if code == VALID:
-                self.funded += self._funding(envelope)
+        for code, tx in zip(results[0].codes, results[0].transactions, strict=True):
+            if code == VALID and tx is not None and tx.WhichOneof("body") == "fund_account":
+                self.funded += tx.fund_account.amount_micro
         self.check_invariants()
         return list(zip(results[0].codes, results[0].messages, strict=True))
-
-    def _funding(self, envelope: envelope_pb2.SignedEnvelope) -> int:
-        tx = transaction_pb2.Transaction.FromString(envelope.payload)
-        return tx.fund_account.amount_micro if tx.WhichOneof("body") == "fund_account" else 0
 
     # -- transactions -------------------------------------------------------------------------
 

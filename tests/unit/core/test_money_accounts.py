@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from market_helpers import BUY, SELL
+from market_helpers import BUY, SELL, history
 from settlement_helpers import (
     CONFLICT,
     GATE,
@@ -28,6 +28,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.rules.money import ceil_micro
+from gridledger_core.market import ledger_view as view
 
 ASK = 250_000
 ALLOCATION = 10**12
@@ -166,3 +167,19 @@ def test_genesis_requires_a_shortfall_price_at_least_the_price_cap(genesis: Gene
         Genesis.parse(json.dumps(doc).encode())
     doc["settlement"]["balancing_account"] = ""  # no imbalance pricing: no constraint
     Genesis.parse(json.dumps(doc).encode())
+
+
+def test_one_block_expires_every_closed_slot_and_stops_at_the_first_open_one(
+        net: Net) -> None:
+    slots = (SLOT, SLOT + 3600, SLOT + 7200)
+    for later in slots[1:]:
+        extra = history(net.ids["meter-1"], net.endorser, later, 2000, 500)
+        assert {c for c, _ in net.commit_raw(extra)} == {VALID}
+    orders = [net.order("meter-1", SELL, ASK, 1000, slot=slot) for slot in slots]
+    assert net.commit(*orders) == [(VALID, "")] * 3
+    assert net.commit(at=GATE + 3600) == []  # the first two slots have closed, not the third
+    records = [net.record(tx_id(o)) for o in orders]
+    assert [(r.remaining_wh, r.expired_wh) for r in records] == [(0, 1000), (0, 1000),
+                                                                  (1000, 0)]
+    assert [k for k, _ in net.ledger.scan_state("order-book/")] == [
+        view.book_key(records[2])]

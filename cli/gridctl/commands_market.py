@@ -53,13 +53,13 @@ def slot_label(seconds: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%MZ")
 
 
-def _signer(network: devnet.Network, name: str) -> SigningIdentity:
+def signer(network: devnet.Network, name: str) -> SigningIdentity:
     if not (network.consortium_dir / "nodes" / name).is_dir():
         fail(f"no identity {name!r} in {network.consortium_dir}")
     return SigningIdentity.load(network.consortium_dir, name)
 
 
-def _submit_and_wait(args: argparse.Namespace, stub: Any,
+def submit_and_wait(args: argparse.Namespace, stub: Any,
                      envelope: envelope_pb2.SignedEnvelope) -> dict[str, Any]:
     """Submit (the same envelope again while the network is unavailable) and, unless
     --no-wait, wait for the commit: tx id, block, validation code, message."""
@@ -120,14 +120,14 @@ def request_and_accept(stub: Any, meter: SigningIdentity, terms: market_pb2.Orde
 
 def cmd_order_place(args: argparse.Namespace) -> None:
     network, channel, stub = connect.endorser(args.dir, args.endorser)
-    meter = _signer(network, args.as_meter)
+    meter = signer(network, args.as_meter)
     terms = market_pb2.OrderTerms(meter=meter.name, side=SIDES[args.side], slot_start=args.slot,
                                   price=args.price, quantity_wh=args.quantity)
     genesis = Genesis.load(network.consortium_dir / "genesis.json")
     with channel:
         answer, option, envelope = request_and_accept(stub, meter, terms, genesis,
                                                       int(time.time()))
-        committed = _submit_and_wait(args, stub, envelope)
+        committed = submit_and_wait(args, stub, envelope)
     out: dict[str, Any] = {
         "order_id": committed.pop("tx_id"), "option_id": option.option_id,
         "trades": [{"maker_order_id": t.maker_order_id, "counterparty": t.maker,
@@ -151,11 +151,11 @@ def cmd_order_place(args: argparse.Namespace) -> None:
 
 def cmd_order_cancel(args: argparse.Namespace) -> None:
     network, channel, stub = connect.endorser(args.dir, args.endorser)
-    meter = _signer(network, args.as_meter)
+    meter = signer(network, args.as_meter)
     envelope = meter.new_transaction("cancel_order",
                                      market_pb2.CancelOrder(order_id=args.order_id))
     with channel:
-        committed = _submit_and_wait(args, stub, envelope)
+        committed = submit_and_wait(args, stub, envelope)
     out: dict[str, Any] = {"tx_id": committed.pop("tx_id"), "order_id": args.order_id}
     out |= committed
     emit(out, args.json)

@@ -6,34 +6,25 @@ over mTLS, so the caller the interceptor verified is the one the query judges.""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
+from money_helpers import SLOT, money_ledger, serve_committer
 
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
-from gridledger.common.v1 import block_pb2, settlement_pb2
+from gridledger.common.v1 import settlement_pb2
 from gridledger_committer import settlement_queries as q
 from gridledger_committer.service import CommitterServicer
-from gridledger_core.genesis import Genesis, SettlementParams
+from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
-from gridledger_core.ledger import schema
 from gridledger_core.ledger.ledger import Ledger
-from gridledger_core.ledger.rules import money
-from gridledger_core.ledger.state import StateOverlay
-from gridledger_core.ledger.transitions_base import TxContext
 from gridledger_core.rpc.height_notifier import HeightNotifier
-from gridledger_core.rpc.peer_identity import Peer, ledger_lookup
-from gridledger_core.rpc.server import NodeServer
+from gridledger_core.rpc.peer_identity import Peer
 from gridledger_core.rpc.tls import TlsFiles
-from gridledger_core.storage import MemoryStore
-from gridledger_core.storage.base import WriteBatch
 
-NOW = 1_800_000_000
-SLOT = 1_799_992_800  # a multiple of 3600
 ABORT = FakeContext().abort
 
 METER_1 = Peer("meter-1", "community", Role.METER)
@@ -45,46 +36,9 @@ TREASURY = Peer("treasury", "gridops", Role.TREASURY)
 PLANT = Peer("plant-1", "solarco", Role.PLANT)
 
 
-def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
-                 previous: bytes | None) -> None:
-    """Ordering proofs are the consensus core's tests."""
-
-
-def _apply(ledger: Ledger, state: StateOverlay) -> None:
-    batch = WriteBatch()
-    for key, value in state.changes():
-        if value is not None:
-            batch.put(schema.state_key(key), value)
-    ledger.store.commit(batch)
-
-
-def statement(meter: str, slot: int, sold: int = 0, bought: int = 0,
-              shortfall: int = 0) -> settlement_pb2.MeterStatement:
-    return settlement_pb2.MeterStatement(meter=meter, slot_start=slot, sold_wh=sold,
-                                         bought_wh=bought, shortfall_wh=shortfall)
-
-
 @pytest.fixture()
 def ledger(genesis: Genesis) -> Ledger:
-    settled = dataclasses.replace(genesis, settlement=SettlementParams(
-        currency="EUR", allocations={"meter-3": 7_000_000, "balancing": 1}))
-    ledger = Ledger(MemoryStore(), settled, accept_proof)
-    state = StateOverlay(ledger.store)
-    ctx = TxContext(None, settled, NOW, 5, None)  # type: ignore[arg-type]
-    money.fund(state, ctx, "meter-1", 5_000_000, "tx-fund")
-    money.transfer(state, ctx, "meter-1", "meter-2", 1_000_000,
-                   settlement_pb2.ENTRY_KIND_TRANSFER, "tx-transfer")
-    money.reserve(state, ctx, "meter-1", 500_000, "order-1")
-    record = settlement_pb2.SlotSettlement(slot_start=SLOT, settled_by="settlement",
-                                           meters=2, traded_wh=1500, shortfall_wh=200)
-    state.put(schema.settlement_key(SLOT), record.SerializeToString())
-    for slot in (SLOT - 3600, SLOT):
-        for s in (statement("meter-1", slot, sold=1500, shortfall=200),
-                  statement("meter-2", slot, bought=1500)):
-            state.put(schema.statement_key(slot, s.meter), s.SerializeToString())
-            state.put(schema.statement_meter_key(s.meter, slot), b"")
-    _apply(ledger, state)
-    return ledger
+    return money_ledger(genesis)
 
 
 def refused(call: object, *args: object) -> tuple[grpc.StatusCode, str]:
@@ -223,13 +177,7 @@ def test_servicer_without_a_verified_caller_refuses(ledger: Ledger) -> None:
 
 @pytest.fixture()
 def served(ledger: Ledger, consortium_dir: Path) -> Iterator[int]:
-    server = NodeServer("committer-1", "committer", "127.0.0.1:0", "127.0.0.1:0",
-                        TlsFiles.for_node(consortium_dir, "committer-1"),
-                        genesis=ledger.genesis, account_lookup=ledger_lookup(ledger.get_state))
-    server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
-                       CommitterServicer(ledger, HeightNotifier(lambda: ledger.height)),
-                       committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)
-    server.start()
+    server = serve_committer(ledger, consortium_dir)
     yield server.port
     server.stop()
 

@@ -147,7 +147,8 @@ def cmd_account_history(args: argparse.Namespace) -> None:
             account=args.account or "", oldest_first=args.oldest_first), "entries", args.limit)
     rows = [entry_row(e) for e in entries]
     if args.json:
-        emit({"account": args.account or "", "currency": last.currency, "entries": rows}, True)
+        name = args.account or (entries[0].account if entries else "")
+        emit({"account": name, "currency": last.currency, "entries": rows}, True)
         return
     print(f"amounts in {last.currency}")
     emit(rows, False, ENTRY_COLUMNS)

@@ -111,7 +111,7 @@ def list_account_entries(ledger: Ledger, caller: Peer | None,
     total = money.get_account(StateOverlay(ledger.store), ledger.genesis, name).entries
     if request.page_token:
         token = request.page_token
-        if not token.isdigit() or int(token) >= total:
+        if not (token.isascii() and token.isdigit()) or int(token) >= total:
             abort(grpc.StatusCode.INVALID_ARGUMENT,
                   f"page_token {token!r} is not from this listing ({name} has {total} entries)")
         first = int(token)

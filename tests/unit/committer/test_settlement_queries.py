@@ -101,6 +101,8 @@ def test_bad_input_gets_a_specific_status(ledger: Ledger) -> None:
          "page_size 1001 is above 1000"),
         (q.list_account_entries, committer_pb2.ListAccountEntriesRequest(page_token="x"),
          "page_token 'x' is not from this listing"),
+        (q.list_account_entries, committer_pb2.ListAccountEntriesRequest(page_token="\u00b2"),
+         "is not from this listing"),  # a digit to str.isdigit, not to int()
         (q.list_account_entries, committer_pb2.ListAccountEntriesRequest(page_token="3"),
          "meter-1 has 3 entries"),
         (q.get_slot_settlement, committer_pb2.GetSlotSettlementRequest(slot_start=SLOT + 900),

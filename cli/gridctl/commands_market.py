@@ -2,10 +2,12 @@
 
 `order place` signs as a meter of the devnet (`--as METER`, keys from the consortium
 directory named in network.json): it sends the signed trade request to an endorser, shows the
-option it got back (the trades and what would rest), accepts it by submitting a PlaceOrder
-transaction that carries the option, and waits for the commit (commit_wait.py: block,
-validation code, exit status; --no-wait, --wait-timeout). Slots are given as Unix
-seconds or ISO 8601 (e.g. 2026-11-22T12:00Z); prices in µ/kWh, quantities in Wh.
+option it got back (the trades and what would rest), checks it (market/option_check.py: a
+consortium endorser's signature, the digest of this very request, the exact terms, trades
+within the limit; otherwise it signs nothing and exits 5 saying why), accepts it by
+submitting a PlaceOrder transaction that carries the option, and waits for the commit
+(commit_wait.py: block, validation code, exit status; --no-wait, --wait-timeout). Slots are
+given as Unix seconds or ISO 8601 (e.g. 2026-11-22T12:00Z); prices in µ/kWh, quantities in Wh.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from gridctl.output import emit, fail
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.genesis import Genesis
 from gridledger_core.market import ledger_view as view
+from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.signing_identity import SigningIdentity
 
 SIDES = {"buy": market_pb2.ORDER_SIDE_BUY, "sell": market_pb2.ORDER_SIDE_SELL}
 ORDER_COLUMNS = ["order_id", "owner", "side", "slot", "price", "quantity_wh", "filled_wh",
                  "remaining_wh", "cancelled_wh", "fills"]
+EXIT_OPTION_REFUSED = 5  # the endorser's option is not what was asked: nothing signed
 TRADE_COLUMNS = ["trade_id", "slot", "buyer", "seller", "price", "quantity_wh", "taker_side",
                  "executed_at"]
 
@@ -48,13 +53,13 @@ def slot_label(seconds: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%MZ")
 
 
-def _signer(network: devnet.Network, name: str) -> SigningIdentity:
+def signer(network: devnet.Network, name: str) -> SigningIdentity:
     if not (network.consortium_dir / "nodes" / name).is_dir():
         fail(f"no identity {name!r} in {network.consortium_dir}")
     return SigningIdentity.load(network.consortium_dir, name)
 
 
-def _submit_and_wait(args: argparse.Namespace, stub: Any,
+def submit_and_wait(args: argparse.Namespace, stub: Any,
                      envelope: envelope_pb2.SignedEnvelope) -> dict[str, Any]:
     """Submit (the same envelope again while the network is unavailable) and, unless
     --no-wait, wait for the commit: tx id, block, validation code, message."""
@@ -91,21 +96,38 @@ def trade_row(trade: market_pb2.TradeRecord) -> dict:
 
 # -- commands ---------------------------------------------------------------------------------
 
+def request_and_accept(stub: Any, meter: SigningIdentity, terms: market_pb2.OrderTerms,
+                       genesis: Genesis, now: int
+                       ) -> tuple[endorser_pb2.RequestOptionsResponse, market_pb2.TradeOption,
+                                  envelope_pb2.SignedEnvelope]:
+    """Ask the endorser for an option on `terms`, check it against the request, and sign the
+    PlaceOrder that accepts it. Exits EXIT_OPTION_REFUSED (nothing signed) when the option
+    is not an answer to this request with these terms."""
+    request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16), requested_at=now)
+    payload = request.SerializeToString()
+    answer = connect.call(stub.RequestOptions, endorser_pb2.RequestOptionsRequest(
+        request=meter.sign_envelope(payload)))
+    try:
+        option = accept_option(answer.option, payload, genesis, now)
+    except OptionRefused as exc:
+        fail(f"refused to sign the endorser's option: {exc}", EXIT_OPTION_REFUSED)
+        raise  # unreachable: fail exits
+    # Accepting = signing a transaction that carries the endorser-signed option as is.
+    envelope = meter.new_transaction("place_order", market_pb2.PlaceOrder(option=answer.option),
+                                     timestamp=now)
+    return answer, option, envelope
+
+
 def cmd_order_place(args: argparse.Namespace) -> None:
     network, channel, stub = connect.endorser(args.dir, args.endorser)
-    meter = _signer(network, args.as_meter)
+    meter = signer(network, args.as_meter)
     terms = market_pb2.OrderTerms(meter=meter.name, side=SIDES[args.side], slot_start=args.slot,
                                   price=args.price, quantity_wh=args.quantity)
-    request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
-                                      requested_at=int(time.time()))
+    genesis = Genesis.load(network.consortium_dir / "genesis.json")
     with channel:
-        answer = connect.call(stub.RequestOptions, endorser_pb2.RequestOptionsRequest(
-            request=meter.sign_envelope(request.SerializeToString())))
-        option = market_pb2.TradeOption.FromString(answer.option.payload)
-        # Accepting = signing a transaction that carries the endorser-signed option as is.
-        envelope = meter.new_transaction("place_order",
-                                         market_pb2.PlaceOrder(option=answer.option))
-        committed = _submit_and_wait(args, stub, envelope)
+        answer, option, envelope = request_and_accept(stub, meter, terms, genesis,
+                                                      int(time.time()))
+        committed = submit_and_wait(args, stub, envelope)
     out: dict[str, Any] = {
         "order_id": committed.pop("tx_id"), "option_id": option.option_id,
         "trades": [{"maker_order_id": t.maker_order_id, "counterparty": t.maker,
@@ -129,11 +151,11 @@ def cmd_order_place(args: argparse.Namespace) -> None:
 
 def cmd_order_cancel(args: argparse.Namespace) -> None:
     network, channel, stub = connect.endorser(args.dir, args.endorser)
-    meter = _signer(network, args.as_meter)
+    meter = signer(network, args.as_meter)
     envelope = meter.new_transaction("cancel_order",
                                      market_pb2.CancelOrder(order_id=args.order_id))
     with channel:
-        committed = _submit_and_wait(args, stub, envelope)
+        committed = submit_and_wait(args, stub, envelope)
     out: dict[str, Any] = {"tx_id": committed.pop("tx_id"), "order_id": args.order_id}
     out |= committed
     emit(out, args.json)

@@ -17,6 +17,7 @@ from gridctl import (
     commands_identity,
     commands_ledger,
     commands_market,
+    commands_money,
     commands_orderer,
     commands_state,
     connect,
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_state.register(sub)
     commands_market.register(sub)
     commands_energy.register(sub)
+    commands_money.register(sub)  # after energy: extends its `coins`
     commands_identity.register(sub)
     commands_enrol.register(sub)
     commands_orderer.register(sub)

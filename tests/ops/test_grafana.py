@@ -84,6 +84,9 @@ def test_required_panels(dashboard: dict) -> None:
         "Invalid transactions by code": 'code!="valid"',
         "Readings (meter agents)": "gridledger_meter_readings_created_total",
         "Trades and supply contracts": "gridledger_meter_contracts_total",
+        "Settled energy per hour": "gridledger_settlement_energy_wh_total",
+        "Money moved per hour": "gridledger_money_moved_micro_total",
+        "Imbalance of the last settled slot": "gridledger_settlement_last_slot_energy_wh",
     }
     for title, fragment in required.items():
         assert title in by_title, f"missing panel {title!r}"

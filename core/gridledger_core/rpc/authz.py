@@ -76,6 +76,13 @@ TABLE: dict[str, Rule] = {
         "GetChainInfo", "GetBlock", "GetTransaction", "GetState", "ListReadings",
         "ListOpenOrders", "ListOrders", "ListTrades", "GetPlant", "ListContracts",
         "GetContract", "GetCarbonAccount", "SubscribeCommits")},
+    **{_COMMITTER + m: _rule(
+        R.METER, R.PLANT, R.ADMIN, R.ISSUER, R.TREASURY, R.SETTLEMENT,
+        why="money holders and operators; the committer then shows an account (or a meter's "
+            "statements) only to itself, its organisation's admins and the initiating "
+            "organisation's admin, treasury and settlement (settlement_queries.may_read)")
+       for m in ("GetAccount", "ListAccountEntries", "GetSlotSettlement",
+                 "ListMeterStatements")},
     _AGENT + "GetStatus": _rule(R.ADMIN, why="operators"),
     _AGENT + "GetPlantDirectory": _rule(
         R.METER, R.PLANT, R.ADMIN, why="neighbouring agents share what they heard"),

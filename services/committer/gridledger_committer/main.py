@@ -8,11 +8,12 @@ from prometheus_client import Gauge
 
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_committer.service import CommitterServicer
+from gridledger_committer.settlement_metrics import SettlementMetrics
 from gridledger_core import node_config
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
-from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
@@ -33,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     notifier = HeightNotifier(lambda: ledger.height)
     LMDB_SIZE.set_function(store.size_bytes)
+    settlement_metrics = SettlementMetrics(ledger)
+    settlement_metrics.restore()
+
+    def on_commit(result: CommitResult) -> None:
+        notifier.grew(result)
+        settlement_metrics.on_commit(result)
 
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
@@ -42,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                        CommitterServicer(ledger, notifier),
                        committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)
     follower = BlockFollower(ledger, node_config.parse_peers(args.orderer), tls,
-                             on_commit=notifier.grew,
+                             on_commit=on_commit,
                              on_health=lambda ok, _why: server.set_serving(ok))
     server.on_stop(notifier.close)
     server.on_stop(follower.stop)

@@ -10,6 +10,7 @@ from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import transaction_pb2
 from gridledger_committer import market_queries
 from gridledger_committer.energy_queries import EnergyQueries
+from gridledger_committer.settlement_queries import SettlementQueries
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.height_notifier import HeightNotifier
@@ -18,7 +19,8 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-class CommitterServicer(EnergyQueries, committer_pb2_grpc.CommitterServiceServicer):
+class CommitterServicer(EnergyQueries, SettlementQueries,
+                        committer_pb2_grpc.CommitterServiceServicer):
     def __init__(self, ledger: Ledger, notifier: HeightNotifier) -> None:
         self._ledger = ledger
         self._notifier = notifier

@@ -43,6 +43,7 @@ from gridledger_core.ledger.rules.market import Allowance, check_terms
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import Order
 from gridledger_core.market import ledger_view as view
+from gridledger_core.market.option_check import request_digest
 from gridledger_core.rpc.errors import EdgeRefusal
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_endorser.book_cache import MATCHED_WH, TRADES, BookCache
@@ -255,7 +256,9 @@ class OptionDesk:
                                              price=t.price, quantity_wh=t.quantity)
                     for t in result.trades],
             rest_wh=result.remaining, cancelled_wh=result.prevented, issued_at=now,
-            expires_at=expires_at, ledger_height=height)
+            expires_at=expires_at, ledger_height=height,
+            # The meter compares it with its own request before it signs (option_check.py).
+            request_digest=request_digest(envelope.payload))
         TRADES.labels("proposed").inc(len(result.trades))
         MATCHED_WH.labels("proposed").inc(result.filled)
         signed = self._identity.sign_envelope(option.SerializeToString())

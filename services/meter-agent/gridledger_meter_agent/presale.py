@@ -6,7 +6,9 @@ One order per slot: the agent asks the endorser for options (RequestOptions), ac
 by signing a PlaceOrder that carries the endorser-signed option unchanged, and submits it.
 The endorser re-checks everything (forecast, allowance, band), so a policy that asks too
 much is refused with the condition's name, logged and counted, and never retried for that
-slot.
+slot. Before signing, the agent checks the option (market/option_check.py): signed by a
+consortium endorser, answering this very request (digest), with exactly the terms asked and
+trades within the limit; otherwise it signs nothing, logs why and counts the condition.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gridledger.common.v1 import market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.market.forecast import ForecastParams, Reading, forecast, history_window
+from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
 
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 ORDERS = Counter("gridledger_meter_presale_orders",
                  "Pre-sale orders this meter placed, by side and result.", ["side", "result"])
+OPTIONS_REFUSED = Counter("gridledger_meter_presale_options_refused",
+                          "Endorser options this meter refused to sign, by condition "
+                          "(option_check.CONDITIONS).", ["condition"])
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class PresaleTrader:
     def __init__(self, identity: SigningIdentity, genesis: Genesis, ledger: LedgerClient,
                  policy: PresalePolicy) -> None:
         self._identity = identity
+        self._genesis = genesis
         self._market = genesis.market
         self._ledger = ledger
         self._policy = policy
@@ -115,13 +122,20 @@ class PresaleTrader:
         terms = market_pb2.OrderTerms(meter=self._identity.name, side=side, slot_start=slot,
                                       price=price, quantity_wh=quantity)
         request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16), requested_at=now)
+        payload = request.SerializeToString()
         try:
             answer = self._ledger.endorser.RequestOptions(endorser_pb2.RequestOptionsRequest(
-                request=self._identity.sign_envelope(request.SerializeToString())),
-                timeout=self._ledger.timeout)
+                request=self._identity.sign_envelope(payload)), timeout=self._ledger.timeout)
+            accept_option(answer.option, payload, self._genesis, now)
             envelope = self._identity.new_transaction(
                 "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
             self._ledger.submit(envelope)
+        except OptionRefused as exc:
+            OPTIONS_REFUSED.labels(exc.condition).inc()
+            ORDERS.labels(side_name, "option_refused").inc()
+            log.warning("pre-sale %s of %d Wh for slot %d: the endorser's option was not "
+                        "signed: %s", side_name, quantity, slot, exc)
+            return
         except (Refused, grpc.RpcError) as exc:
             ORDERS.labels(side_name, "refused").inc()
             log.warning("pre-sale %s of %d Wh for slot %d refused: %s", side_name, quantity,

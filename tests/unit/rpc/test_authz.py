@@ -49,12 +49,19 @@ EXPECTED: dict[str, set[str]] = {
     "MeterAgentService/GetPlantDirectory": {"meter-1", "plant-1", "admin"},
     "MeterAgentService/RankPlants": {"meter-1", "admin"},
     "MeterAgentService/ProposeContract": {"meter-1"},
+    # Money and settlement: holders and operators (the account itself is checked by the
+    # committer, settlement_queries.may_read); no node role.
+    **{f"CommitterService/{m}": {"meter-1", "plant-1", "admin", "issuer"}
+       for m in ("GetAccount", "ListAccountEntries", "GetSlotSettlement",
+                 "ListMeterStatements")},
 }
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def expected_callers(method: str) -> set[str]:
     short = method.lstrip("/").rpartition(".")[2]
+    if short in EXPECTED:
+        return EXPECTED[short]
     if short.startswith(("CommitterService/", "Health/", "ServerReflection/")):
         return EVERYONE
     return EXPECTED[short]

@@ -34,6 +34,22 @@ def ledger_network(directory: Path, roles: tuple[str, ...] = LEDGER_ROLES
         dump_logs_on_failure(network)
 
 
+@contextlib.contextmanager
+def demo_network(directory: Path, profile: str = "fast") -> Iterator[devnet.Network]:
+    """The network `make run` starts (`gridctl demo`): a consortium of genesis `profile`, the
+    demo traffic planned for its market (devnet.demo_settings), every role, through the same
+    launcher; stopped (logs shown on failure)."""
+    consortium = directory / "consortium"
+    genesis = devnet.ensure_consortium(consortium, profile=profile)
+    network = devnet.plan(directory, consortium, demo=True, **devnet.demo_settings(genesis))
+    devnet.start(network)
+    try:
+        yield network
+    finally:
+        devnet.stop(network)
+        dump_logs_on_failure(network)
+
+
 def dump_logs_on_failure(net: devnet.Network) -> None:
     for node in net.nodes:
         log = Path(node.log)

@@ -68,7 +68,8 @@ class World:
     def submit(self, signer: SigningIdentity | str, field: str,
                body: object) -> tuple[int, str, str]:
         signer = self.who(signer) if isinstance(signer, str) else signer
-        env = signer.new_transaction(field, body)  # type: ignore[arg-type]
+        # Signed just before its block, whatever time the block is at.
+        env = signer.new_transaction(field, body, timestamp=self.now - 1)  # type: ignore[arg-type]
         return self.commit_envelope(env)
 
     def ok(self, signer: SigningIdentity | str, field: str, body: object) -> str:

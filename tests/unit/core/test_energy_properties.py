@@ -13,6 +13,7 @@ from gridledger_core.energy.ending import end_split
 from gridledger_core.energy.terms import amount_micro, max_coins
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.rules.energy_delivery import (
+    attribute_existing,
     on_meter_reading,
     on_plant_reading,
     plant_attributed_wh,
@@ -107,3 +108,22 @@ def test_attribution_conserves_energy_in_any_order(energies: list[int],
         assert contract.attributed_wh <= both
         attributed += contract.attributed_wh
     assert attributed == total
+
+
+def test_pairs_complete_before_the_commit_count_at_the_commit() -> None:
+    """With intervals shorter than the clock skew, both readings of an interval of the new
+    contract's window can already be on the ledger; the commit attributes them (once)."""
+    state = StateOverlay(MemoryStore())
+    for who, wh in ((PLANT, 50), ("meter-1", 30)):
+        for k in (0, 1, 2):
+            state.put(schema.reading_key(who, k * INTERVAL), transaction_pb2.MeterReading(
+                meter=who, interval_start=k * INTERVAL, interval_seconds=INTERVAL,
+                produced_wh=wh if who == PLANT else 0,
+                consumed_wh=0 if who == PLANT else wh).SerializeToString())
+    state.put(schema.reading_history_key("meter-1", 0), b"")  # history never counts
+    _contract(state, "meter-1", 100, 1000)
+    contract = get_contract(state, "meter-1-contract")
+    assert contract is not None
+    attribute_existing(state, contract, until=2 * INTERVAL, interval_s=INTERVAL)
+    assert get_contract(state, "meter-1-contract").attributed_wh == 30  # type: ignore[union-attr]
+    assert [plant_attributed_wh(state, PLANT, k * INTERVAL) for k in (0, 1, 2)] == [0, 30, 0]

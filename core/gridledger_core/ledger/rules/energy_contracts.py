@@ -23,7 +23,10 @@ from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
-from gridledger_core.ledger.rules.energy_delivery import MAX_OPEN_CONTRACTS_PER_PLANT
+from gridledger_core.ledger.rules.energy_delivery import (
+    MAX_OPEN_CONTRACTS_PER_PLANT,
+    attribute_existing,
+)
 from gridledger_core.ledger.rules.energy_state import (
     get_carbon,
     get_contract,
@@ -88,11 +91,8 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
             f"terms nonce must be at least {MIN_TERMS_NONCE} bytes")
     require(ctx.block_time <= terms.expires_at, Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"the plant's offer expired at {terms.expires_at}")
-    # Delivery starts after any reading that can exist now (readings may be up to the clock
-    # skew early), so each (contract, interval) pair is attributed when its second reading
-    # commits (energy_delivery.py), never before the contract existed.
-    delivery_start = first_boundary_at_or_after(
-        ctx.block_time + ctx.genesis.max_clock_skew_seconds, ctx.genesis.reading_interval_seconds)
+    interval = ctx.genesis.reading_interval_seconds
+    delivery_start = first_boundary_at_or_after(ctx.block_time, interval)
     _check_deadline(terms, ctx, delivery_start)
     amount = require_uint64(amount_micro(terms.price_micro_per_kwh, terms.energy_wh),
                             Code.TX_VALIDATION_CODE_INVALID_BODY, "the contract's amount")
@@ -147,7 +147,7 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
     state.put(open_key, cid.encode())
     state.put(schema.plant_open_contract_key(plant.plant, ctx.block_time, cid), b"")
     state.put(schema.contracted_key(meter.name), b"")
-    put_contract(state, energy_pb2.SupplyContractRecord(
+    record = energy_pb2.SupplyContractRecord(
         contract_id=cid, meter=meter.name, plant=plant.plant,
         price_micro_per_kwh=terms.price_micro_per_kwh, energy_wh=terms.energy_wh,
         pv_panel_id=terms.pv_panel_id, plant_remaining_wh=plant.remaining_wh,
@@ -155,4 +155,8 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
         committed_at=ctx.block_time, contract_tx_id=ctx.checked.tx_id, amount_micro=amount,
         coins_paid=terms.coins_paid, coin_value_micro=terms.coin_value_micro,
         money_due_micro=due, status=Status.CONTRACT_STATUS_OPEN, plant_terms=body.plant_terms,
-        deliver_by=terms.deliver_by, reserved_micro=due))
+        deliver_by=terms.deliver_by, reserved_micro=due)
+    put_contract(state, record)
+    # Readings may be up to the clock skew early: pairs already complete count now.
+    attribute_existing(state, record, ctx.block_time + ctx.genesis.max_clock_skew_seconds,
+                       interval)

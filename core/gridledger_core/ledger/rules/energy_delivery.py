@@ -10,7 +10,9 @@ is attributed
 
 at the moment the second of the two readings is committed (each reading key is written once,
 so each (contract, interval) pair is attributed exactly once, in block order). When the
-plant's reading comes second, its open contracts are served first-committed first. So per
+plant's reading comes second, its open contracts are served first-committed first. Readings
+may be posted up to the clock skew early, so a pair can be complete already when a contract
+commits: those few intervals are attributed at the commit (`attribute_existing`). So per
 plant and interval, attributed Wh <= produced Wh (energy is conserved), a meter cannot claim
 delivery its plant never produced, and onboarding history (reading-history/...) never counts.
 Every replica sees the same block order, so every replica attributes the same.
@@ -94,3 +96,16 @@ def on_plant_reading(state: StateOverlay, reading: transaction_pb2.MeterReading)
         consumed = live_reading(state, contract.meter, start)
         if consumed is not None:
             _attribute(state, contract, consumed.consumed_wh, reading.produced_wh, start)
+
+
+def attribute_existing(state: StateOverlay, contract: energy_pb2.SupplyContractRecord,
+                       until: int, interval_s: int) -> None:
+    """At commit: attribute the intervals of the window, ending by `until` (block time + clock
+    skew, so at most skew / interval of them), whose two readings are already there."""
+    start = contract.delivery_start
+    while start + interval_s <= min(until, contract.deliver_by):
+        consumed = live_reading(state, contract.meter, start)
+        produced = live_reading(state, contract.plant, start)
+        if consumed is not None and produced is not None:
+            _attribute(state, contract, consumed.consumed_wh, produced.produced_wh, start)
+        start += interval_s

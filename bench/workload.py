@@ -146,7 +146,8 @@ class JobMaker:
     def _contract(self, meter: str) -> Job:
         terms = new_terms(meter=meter, plant=self._plant.name, price_micro_per_kwh=150_000,
                           energy_wh=500, pv_panel_id=PLANT_PANEL, plant_remaining_wh=10**9,
-                          coins_paid=0, coin_value_micro=0, expires_at=int(time.time()) + 3600)
+                          coins_paid=0, coin_value_micro=0, expires_at=int(time.time()) + 3600,
+                          deliver_by=int(time.time()) + 86400)
         signed_terms = self._plant.sign_envelope(terms.SerializeToString())
         envelope = self._identities[meter].new_transaction(
             "supply_contract", energy_pb2.SupplyContract(plant_terms=signed_terms))

@@ -42,6 +42,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     directory = tmp_path_factory.mktemp("energy-devnet")
     consortium = directory / "consortium"
     create_consortium(consortium, default_topology(), reading_interval_seconds=INTERVAL)
+    # Meters pay for their contracts: the money due is reserved when a contract commits.
+    genesis_path = consortium / "genesis.json"
+    doc = json.loads(genesis_path.read_bytes())
+    doc["settlement"] = {"allocations": {f"meter-{i}": 10_000_000 for i in (1, 2, 3)}}
+    genesis_path.write_text(json.dumps(doc, indent=2))
     network = devnet.plan(directory, consortium, demo=False)
     # plant-1 announces every few seconds, plant-2 once an hour: a meter that joins later
     # sees plant-1's announcements itself, and can learn of plant-2 only from a neighbour.
@@ -104,6 +109,9 @@ def test_seed_002_end_to_end(net: devnet.Network) -> None:
 
     wait_for(lambda: plant("plant-1").announcements > 0 and plant("plant-2").announcements > 0,
              120, "both plants announced")
+    # A plant is scored (and ranked) only once the ledger has its own readings.
+    wait_for(lambda: plant("plant-1").live_readings > 0 and plant("plant-2").live_readings > 0,
+             120, "both plants posted readings")
     wait_for(lambda: "plant-2" in directory(net, "meter-1"), 60,
              "meter-1 saw plant-2's announcement")
 
@@ -196,7 +204,8 @@ def test_oversized_contract_and_foreign_coin_issue_are_refused(net: devnet.Netwo
                       price_micro_per_kwh=record.price_micro_per_kwh,
                       energy_wh=record.remaining_wh + 10**9, pv_panel_id=record.pv_panel_ids[0],
                       plant_remaining_wh=record.remaining_wh, coins_paid=0,
-                      coin_value_micro=record.coin_value_micro, expires_at=int(time.time()) + 300)
+                      coin_value_micro=record.coin_value_micro, expires_at=int(time.time()) + 300,
+                      deliver_by=int(time.time()) + 3600)
     meter_1 = SigningIdentity.load(net.consortium_dir, "meter-1")
     oversized = refused(net, meter_1, "supply_contract", energy_pb2.SupplyContract(
         plant_terms=plant_1.sign_envelope(terms.SerializeToString())))

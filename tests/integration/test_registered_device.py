@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -42,8 +43,9 @@ def submit_reading(net: devnet.Network, tls: TlsFiles) -> str:
     """A fresh reading of DEVICE, signed by it and sent over its own TLS; its tx id."""
     identity = SigningIdentity.load(net.consortium_dir, DEVICE)
     interval = Genesis.load(net.consortium_dir / "genesis.json").reading_interval_seconds
-    envelope = loadgen.past_reading(identity, loadgen.distant_past(interval), 1, interval,
-                                    500, 300)
+    # The interval that just ended: readings are accepted only within the submission window.
+    envelope = loadgen.past_reading(identity, int(time.time()) // interval * interval, 1,
+                                    interval, 500, 300)
     with secure_channel(net.by_role("endorser")[0].grpc, tls) as channel:
         answer = endorser_pb2_grpc.EndorserServiceStub(channel).SubmitTransaction(
             endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=10)

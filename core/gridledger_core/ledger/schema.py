@@ -33,6 +33,19 @@ New-energy trading (issue 6):
     open-contract/<meter>                           id of the meter's one open contract
     carbon/<account>                                CarbonAccount (carbon coin balance)
     certificate/<contract id>                       SignedEnvelope over a CarbonCertificate
+
+Readings and delivery evidence (issue 14):
+
+    reading-history/<meter>/<interval start>        b"": the reading at reading/... came as
+                                                    onboarding history (HistoryReadings), so
+                                                    it counts for forecasts, never for delivery
+    plant-attributed/<plant>/<interval start>       Wh of the plant's production in that
+                                                    interval already attributed to contracts,
+                                                    8 bytes BE
+    plant-open-contract/<plant>/<committed at, 12 digits>/<contract id>
+                                                    b"" while the contract is open (first
+                                                    committed first: attribution order)
+    contracted/<meter>                              b"": the meter has had a supply contract
 """
 
 from __future__ import annotations
@@ -143,6 +156,26 @@ def carbon_key(account: str) -> str:
 
 def certificate_key(contract_id: str) -> str:
     return f"certificate/{contract_id}"
+
+
+def reading_history_key(meter: str, interval_start: int) -> str:
+    return f"reading-history/{meter}/{interval_start:012d}"
+
+
+def plant_attributed_key(plant: str, interval_start: int) -> str:
+    return f"plant-attributed/{plant}/{interval_start:012d}"
+
+
+def plant_open_contract_prefix(plant: str) -> str:
+    return f"plant-open-contract/{plant}/"
+
+
+def plant_open_contract_key(plant: str, committed_at: int, contract_id: str) -> str:
+    return f"{plant_open_contract_prefix(plant)}{committed_at:012d}/{contract_id}"
+
+
+def contracted_key(meter: str) -> str:
+    return f"contracted/{meter}"
 
 
 # -- settlement (issue 14) --------------------------------------------------------------------

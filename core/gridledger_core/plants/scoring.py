@@ -2,7 +2,9 @@
 
 For a request of ``requested_wh``:
 
-1. Plants whose remaining energy is below ``requested_wh`` are excluded (with a reason).
+1. Plants whose remaining energy is below ``requested_wh`` are excluded (with a reason), and
+   so are unscored plants (``reliability_bp`` None: no live reading on the ledger, see
+   evidence.py) — a plant without evidence is never ranked as if it were reliable.
 2. Price score of each eligible plant, relative to the cheapest eligible price ``p_min``:
    ``price_bp = 10_000`` for the cheapest plant(s), otherwise
    ``floor(10_000 * p_min / price)`` (a plant 25 % dearer than the cheapest scores 8 000;
@@ -30,7 +32,7 @@ from gridledger_core.plants.reliability import BASIS_POINTS
 class PlantCandidate:
     plant_id: str
     price_micro_per_kwh: int
-    reliability_bp: int
+    reliability_bp: int | None  # None: unscored (no live readings)
     remaining_wh: int
 
     def __post_init__(self) -> None:
@@ -38,7 +40,7 @@ class PlantCandidate:
             raise ValueError("plant_id must not be empty")
         if self.price_micro_per_kwh < 0 or self.remaining_wh < 0:
             raise ValueError(f"{self.plant_id}: price and remaining energy must be >= 0")
-        if not 0 <= self.reliability_bp <= BASIS_POINTS:
+        if self.reliability_bp is not None and not 0 <= self.reliability_bp <= BASIS_POINTS:
             raise ValueError(f"{self.plant_id}: reliability_bp must be within 0 ... 10000")
 
 
@@ -119,11 +121,22 @@ def _weights_phrase(weights: ScoringWeights) -> str:
     )
 
 
+def _rel(c: PlantCandidate) -> int:
+    assert c.reliability_bp is not None, "unscored plants are never ranked"
+    return c.reliability_bp
+
+
+def _exclusion(c: PlantCandidate, requested_wh: int) -> str | None:
+    if c.reliability_bp is None:
+        return "unscored: no live readings of the plant on the ledger"
+    if c.remaining_wh < requested_wh:
+        return f"remaining {c.remaining_wh} Wh cannot cover the requested {requested_wh} Wh"
+    return None
+
+
 def _why_winner(first: PlantScore, second: PlantScore, weights: ScoringWeights) -> str:
     price_diff = weights.price * (first.price_bp - second.price_bp)
-    rel_diff = weights.reliability * (
-        first.candidate.reliability_bp - second.candidate.reliability_bp
-    )
+    rel_diff = weights.reliability * (_rel(first.candidate) - _rel(second.candidate))
     if price_diff == -rel_diff:
         return (
             f"{first.plant_id} ties with {second.plant_id} on score and wins the tie "
@@ -151,24 +164,21 @@ def rank_plants(
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate plant ids among the candidates")
 
-    eligible = [c for c in pool if c.remaining_wh >= requested_wh]
+    eligible = [c for c in pool if _exclusion(c, requested_wh) is None]
     excluded = tuple(
-        ExcludedPlant(
-            c,
-            f"remaining {c.remaining_wh} Wh cannot cover the requested {requested_wh} Wh",
-        )
+        ExcludedPlant(c, reason)
         for c in sorted(pool, key=lambda c: c.plant_id)
-        if c.remaining_wh < requested_wh
+        if (reason := _exclusion(c, requested_wh)) is not None
     )
     cheapest = min((c.price_micro_per_kwh for c in eligible), default=0)
 
     scored = []
     for c in eligible:
         price_bp = price_score_bp(c.price_micro_per_kwh, cheapest)
-        weighted = weights.price * price_bp + weights.reliability * c.reliability_bp
+        weighted = weights.price * price_bp + weights.reliability * _rel(c)
         scored.append((c, price_bp, weighted))
     scored.sort(
-        key=lambda s: (-s[2], s[0].price_micro_per_kwh, -s[0].reliability_bp, s[0].plant_id)
+        key=lambda s: (-s[2], s[0].price_micro_per_kwh, -_rel(s[0]), s[0].plant_id)
     )
 
     ranked = tuple(

@@ -5,13 +5,10 @@ one module of their own."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import energy_pb2, envelope_pb2
-from gridledger_core.energy.delivery import attributed_wh
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.ledger import Ledger
 
@@ -19,14 +16,12 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-def contract_attributed_wh(ledger: Ledger, contract: energy_pb2.SupplyContractRecord) -> int:
-    """What a trade end submitted now would find delivered (the ledger's own rule)."""
+def contract_attributed_wh(contract: energy_pb2.SupplyContractRecord) -> int:
+    """What a trade end submitted now would find delivered: the ledger attributes energy as
+    readings commit (rules/energy_delivery.py) and keeps the sum on the record."""
     if contract.status != energy_pb2.CONTRACT_STATUS_OPEN:
         return contract.delivered_wh
-    genesis = ledger.genesis
-    return attributed_wh(ledger.get_state, contract.meter, contract.delivery_start,
-                         contract.energy_wh, int(time.time()) + genesis.max_clock_skew_seconds,
-                         genesis.reading_interval_seconds)
+    return contract.attributed_wh
 
 
 class EnergyQueries:
@@ -70,7 +65,7 @@ class EnergyQueries:
             context.abort(grpc.StatusCode.NOT_FOUND, f"contract {request.contract_id!r} not found")
         contract = energy_pb2.SupplyContractRecord.FromString(raw)
         response = committer_pb2.GetContractResponse(
-            contract=contract, attributed_wh=contract_attributed_wh(self._ledger, contract))
+            contract=contract, attributed_wh=contract_attributed_wh(contract))
         cert = self._ledger.get_state(schema.certificate_key(contract.contract_id))
         if cert is not None:
             response.certificate.CopyFrom(envelope_pb2.SignedEnvelope.FromString(cert))

@@ -4,7 +4,10 @@ certificate, and let the coins pay part of the next contract.
 
 The cycle is a function of the ledger's state, re-read every step, so a restarted agent
 picks up where it was: an open contract is tracked, an ended one waits for its coins, and a
-new contract is signed only when neither exists.
+new contract is signed only when neither exists. The contract's money due is reserved from
+the meter's balance when it commits and paid to the plant when it ends; a contract still open
+after its deadline plus the readings submission window is closed (pro rata), so a plant that
+stops delivering does not block the meter.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from gridledger.common.v1 import energy_pb2, envelope_pb2
+from gridledger.common.v1 import energy_pb2, envelope_pb2, settlement_pb2
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
+from gridledger_core.energy.certificate import avoided_grams
 from gridledger_core.energy.terms import TERMS_FORMAT, amount_micro, max_coins
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
@@ -69,6 +74,8 @@ class Buyer:
         self.contracts = 0
         self.coins_received = 0
         self.status = "idle"
+        # Whether the meter may trade yet (main.py: its onboarding history is committed).
+        self.ready: Callable[[], bool] = lambda: True
 
     def rank(self, energy_wh: int | None = None) -> RankedDirectory:
         return self.directory.rank(energy_wh or self.config.contract_wh or 1000,
@@ -83,12 +90,16 @@ class Buyer:
         if open_contracts:
             self._track(open_contracts[0])
             return
-        ended = list(self.ledger.contracts(meter=me, status=Status.CONTRACT_STATUS_ENDED))
+        ended = [c for c in self.ledger.contracts(meter=me, status=Status.CONTRACT_STATUS_ENDED)
+                 if avoided_grams(c.delivered_wh, self.genesis.carbon_grams_per_kwh) > 0]
         if any(time.time() - c.ended_at < COIN_WAIT_S for c in ended) and self.config.use_coins:
             self.status = f"waiting for the carbon coins of {ended[0].contract_id[:12]}"
             return
         if self.config.contract_wh <= 0:
             self.status = "idle (not buying)"
+            return
+        if not self.ready():
+            self.status = "posting onboarding history before buying"
             return
         if self.neighbours is not None and self.neighbours.rounds == 0:
             self.status = "asking neighbours before choosing a plant"
@@ -100,6 +111,8 @@ class Buyer:
         self.status = (f"contract {contract.contract_id[:12]} with {contract.plant}: "
                        f"{view.attributed_wh}/{contract.energy_wh} Wh delivered")
         if view.attributed_wh < contract.energy_wh:
+            if time.time() > contract.deliver_by + self.genesis.reading_submission_window_seconds:
+                self._close(contract)
             return
         body = energy_pb2.TradeEnd(contract_id=contract.contract_id,
                                    delivered_wh=contract.energy_wh)
@@ -110,6 +123,16 @@ class Buyer:
             log.info("trade end %s for contract %s", tx_id, contract.contract_id)
         else:
             log.warning("trade end of %s invalid: %s", contract.contract_id, message)
+
+    def _close(self, contract: energy_pb2.SupplyContractRecord) -> None:
+        """End a contract its plant did not fulfil by its deadline: paid pro rata, the rest
+        of the escrow released, and the meter free to buy again."""
+        tx_id, code, message = self.ledger.submit_and_wait(self.identity.new_transaction(
+            "close_contract", settlement_pb2.CloseContract(contract_id=contract.contract_id)))
+        if code == Code.TX_VALIDATION_CODE_VALID:
+            log.info("closed expired contract %s (%s)", contract.contract_id, tx_id)
+        else:
+            log.warning("closing %s invalid: %s", contract.contract_id, message)
 
     def _collect_certificates(self) -> None:
         for contract in self.ledger.contracts(meter=self.identity.name,
@@ -173,6 +196,11 @@ class Buyer:
                terms.energy_wh, terms.coins_paid)
         if signer.name != record.plant or signer.role != Role.PLANT or got != expected:
             raise TermsRejected(f"terms from {signer.name} are {got}, expected {expected}")
+        now = int(time.time())
+        longest = self.genesis.settlement.max_contract_seconds
+        if not now < terms.deliver_by <= now + longest:
+            raise TermsRejected(f"terms from {signer.name} deliver by {terms.deliver_by}, not "
+                                f"within the next {longest} s")
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         while not stop.is_set():

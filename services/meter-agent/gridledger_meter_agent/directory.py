@@ -4,6 +4,9 @@ The agent learns plant ids from committed announcements it sees (commit_watch.py
 neighbouring meter-agents (neighbours.py). A neighbour's answer is only a hint: a plant
 counts once the ledger has a record of it, and every number used to rank plants (price,
 shortfall windows, remaining energy) is read from the ledger, never taken from the hint.
+Reliability is the evidence score (plants/evidence.py): shortfalls the ledger measured from
+the plant's own readings plus those it declared; a plant with no readings is unscored and
+never chosen.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from gridledger_core.plants import (
     Ranking,
     ScoringWeights,
     rank_plants,
-    reliability_bp,
+    record_reliability_bp,
 )
 from gridledger_meter_agent.ledger_client import LedgerClient
 
@@ -29,7 +32,7 @@ LEDGER = "ledger"
 class Entry:
     record: energy_pb2.PlantRecord
     source: str  # "ledger" or "neighbour:<agent>"
-    reliability_bp: int
+    reliability_bp: int | None  # None: unscored (no live readings on the ledger)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,9 @@ class RankedDirectory:
 
 
 class PlantDirectory:
-    def __init__(self, ledger: LedgerClient) -> None:
+    def __init__(self, ledger: LedgerClient, submission_window_s: int = 3600) -> None:
         self._ledger = ledger
+        self._window = submission_window_s
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
 
@@ -67,9 +71,12 @@ class PlantDirectory:
             # source None is a refresh that keeps the source.
             if known is not None and source != LEDGER:
                 source = known.source
-            self._entries[plant] = Entry(record, source or LEDGER,
-                                         reliability_bp(_windows(record), int(time.time())))
+            self._entries[plant] = Entry(record, source or LEDGER, self.reliability(
+                record, int(time.time())))
         return True
+
+    def reliability(self, record: energy_pb2.PlantRecord, now: int) -> int | None:
+        return record_reliability_bp(record, now, self._window)
 
     def entries(self) -> list[tuple[str, Entry]]:
         with self._lock:
@@ -82,13 +89,8 @@ class PlantDirectory:
             self.learn(plant, None)
         entries = self.entries()
         candidates = [PlantCandidate(plant, e.record.price_micro_per_kwh,
-                                     reliability_bp(_windows(e.record), now),
-                                     e.record.remaining_wh)
+                                     self.reliability(e.record, now), e.record.remaining_wh)
                       for plant, e in entries]
         return RankedDirectory(rank_plants(candidates, energy_wh, weights),
                                {p: e.record for p, e in entries},
                                {p: e.source for p, e in entries}, now)
-
-
-def _windows(record: energy_pb2.PlantRecord) -> list[tuple[int, int]]:
-    return [(w.start, w.end) for w in record.shortfall_windows]

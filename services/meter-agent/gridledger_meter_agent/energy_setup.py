@@ -24,7 +24,9 @@ from gridledger_meter_agent.commit_watch import CommitWatcher
 from gridledger_meter_agent.directory import LEDGER, PlantDirectory
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.neighbours import NeighbourPoller
+from gridledger_meter_agent.outbox import Outbox
 from gridledger_meter_agent.plant import PlantAgent, PlantConfig
+from gridledger_meter_agent.readings import IntervalReader, wait_for_history
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,25 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                    help="plant: energy offered (0: forecast of the next 24 h)")
     g.add_argument("--advertise", default="",
                    help="plant: HOST:PORT meters reach this agent at (default: --listen)")
+    g.add_argument("--contract-seconds", type=int, default=86_400,
+                   help="plant: delivery period of the contracts it signs (deliver_by = "
+                        "signing time + this, at most genesis settlement.max_contract_seconds)")
+
+
+def history_gate(reader: IntervalReader | None, outbox: Outbox | None,
+                 stop: threading.Event) -> threading.Event:
+    """An event set once the agent's onboarding history is committed (or at shutdown): the
+    ledger refuses history after the meter's first order or contract, so trading waits."""
+    done = threading.Event()
+    if reader is None or outbox is None:
+        done.set()
+        return done
+
+    def run() -> None:
+        wait_for_history(reader, outbox, stop)
+        done.set()
+    threading.Thread(target=run, name="history-gate", daemon=True).start()
+    return done
 
 
 def default_price(name: str) -> int:
@@ -60,11 +81,14 @@ def plant_agent(args: argparse.Namespace, identity: SigningIdentity, ledger: Led
                 profile: PlantProfile | None, endpoint: str) -> PlantAgent:
     panels = tuple(p for p in args.pv_panels.split(",") if p) or tuple(
         f"{identity.name}-pv-{i}" for i in (1, 2, 3))
+    genesis = Genesis.load(args.consortium_dir / "genesis.json")
     return PlantAgent(identity, ledger, PlantConfig(
         price_micro_per_kwh=args.price or default_price(identity.name),
         threshold_w=args.threshold_w, pv_panel_ids=panels, coin_value_micro=args.coin_value,
         endpoint=args.advertise or endpoint, announce_seconds=args.announce_seconds,
-        offer_wh=args.offer_wh), profile)
+        offer_wh=args.offer_wh,
+        contract_seconds=min(args.contract_seconds, genesis.settlement.max_contract_seconds),
+        close_after_s=genesis.reading_submission_window_seconds), profile)
 
 
 def announcement_learner(directory: PlantDirectory
@@ -87,7 +111,7 @@ def meter_parts(args: argparse.Namespace, identity: SigningIdentity, genesis: Ge
                 ) -> tuple[PlantDirectory, Buyer, list[threading.Thread], list[Callable[[], None]]]:
     """The directory, its feeds (commits, neighbours) and the buyer, with their threads and
     what to close at shutdown."""
-    directory = PlantDirectory(ledger)
+    directory = PlantDirectory(ledger, genesis.reading_submission_window_seconds)
     watcher = CommitWatcher(ledger.committer, announcement_learner(directory), stop)
     neighbours = node_config.parse_peers(args.neighbour, "--neighbour")
     channels = {name: secure_channel(address, tls) for name, address in neighbours}

@@ -19,7 +19,7 @@ import threading
 import time
 
 from gridledger.common.v1 import energy_pb2
-from gridledger_core.energy.certificate import issue_body
+from gridledger_core.energy.certificate import avoided_grams, issue_body
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
@@ -44,7 +44,10 @@ class Issuer:
     def issue_once(self) -> int:
         """Issue for every ended contract not in flight; returns how many were committed."""
         done = 0
-        ended = list(self.ledger.contracts(status=energy_pb2.CONTRACT_STATUS_ENDED))
+        # A contract that delivered too little to earn a coin (e.g. closed with nothing
+        # delivered) gets no coins and no certificate: the ledger refuses an issue of 0.
+        ended = [c for c in self.ledger.contracts(status=energy_pb2.CONTRACT_STATUS_ENDED)
+                 if avoided_grams(c.delivered_wh, self.genesis.carbon_grams_per_kwh) > 0]
         for contract in ended:
             sent = self._submitted.get(contract.contract_id)
             if sent is not None and time.monotonic() - sent < RESUBMIT_AFTER_S:

@@ -165,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         profile = make_profile(args, args.name, args.mode)
         parts.driver = make_driver(args, profile, int(time.time()))
         parts.outbox = Outbox(args.data_dir / "outbox", capacity=args.outbox_capacity)
+        # Backfill older than half the submission window goes as onboarding history.
         parts.reader = IntervalReader(parts.driver, identity, parts.outbox,
-                                      genesis.reading_interval_seconds)
+                                      genesis.reading_interval_seconds,
+                                      history_before_s=genesis.reading_submission_window_seconds
+                                      // 2)
         if committer is None:
             log.warning("no --committer: a reading leaves the outbox on the endorser's OK, "
                         "without seeing its commit (a reading the ordering service loses "
@@ -194,11 +197,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args, identity, genesis, ledger, tls, args.data_dir, stop)
             threads += meter_threads
             closers += meter_closers
+            # Trading closes onboarding: no contract and no order before the history is in.
+            history_in = energy_setup.history_gate(parts.reader, parts.outbox, stop)
+            parts.buyer.ready = history_in.is_set
             policy = presale.policy_from(args)
             if policy.share_percent:
                 trader = presale.PresaleTrader(identity, genesis, ledger, policy)
-                threads.append(threading.Thread(target=trader.run, args=(stop,),
-                                                name="presale", daemon=True))
+                threads.append(threading.Thread(
+                    target=lambda: history_in.wait() and trader.run(stop),
+                    name="presale", daemon=True))
         elif args.mode == "issuer":
             parts.issuer = Issuer(identity, genesis, ledger)
             watcher = CommitWatcher(ledger.committer, lambda _block: None, stop)

@@ -6,6 +6,10 @@ Remaining energy = the energy the plant offers (its forecast production over the
 24 hours, or a configured figure) minus what its open contracts still have to deliver. Each
 announcement states the total contracted energy it accounts for; the ledger refuses it as
 stale if a contract was committed meanwhile, and the plant simply announces again.
+
+The terms it signs carry a delivery deadline (`contract_seconds` after signing); a contract
+still open after that deadline plus the readings submission window is closed by the plant
+(pro rata, CloseContract), which frees its capacity and gets it paid for what it delivered.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from gridledger.common.v1 import energy_pb2, envelope_pb2
+from gridledger.common.v1 import energy_pb2, envelope_pb2, settlement_pb2
 from gridledger_core.energy.shortfall import windows_from_readings
 from gridledger_core.energy.terms import amount_micro, contract_id, max_coins, new_terms
 from gridledger_core.ledger.errors import Code
@@ -41,6 +45,8 @@ class PlantConfig:
     offer_wh: int = 0  # 0: the simulated profile's forecast for the next 24 h
     supply_hours_utc: tuple[int, int] = (8, 15)
     offer_ttl_s: int = 300
+    contract_seconds: int = 86_400  # deliver_by = signing time + this
+    close_after_s: int = 3_600  # the ledger's readings submission window
 
 
 class ProposalRefused(Exception):
@@ -82,7 +88,7 @@ class PlantAgent:
         record = self.ledger.plant(self.identity.name)
         open_contracts = self.ledger.contracts(plant=self.identity.name,
                                                status=energy_pb2.CONTRACT_STATUS_OPEN)
-        undelivered = sum(c.energy_wh for c in open_contracts)
+        undelivered = sum(c.energy_wh - c.attributed_wh for c in open_contracts)
         return energy_pb2.PlantAnnouncement(
             plant=self.identity.name, price_micro_per_kwh=self.config.price_micro_per_kwh,
             shortfall_windows=[energy_pb2.ShortfallWindow(start=s, end=e)
@@ -113,9 +119,33 @@ class PlantAgent:
                        f"{len(body.shortfall_windows)} shortfall windows")
         return True
 
+    def close_expired(self, now: int) -> int:
+        """Close the plant's open contracts whose deadline (plus the submission window) has
+        passed; returns how many closed."""
+        closed = 0
+        for contract in self.ledger.contracts(plant=self.identity.name,
+                                              status=energy_pb2.CONTRACT_STATUS_OPEN):
+            if now <= contract.deliver_by + self.config.close_after_s:
+                continue
+            envelope = self.identity.new_transaction(
+                "close_contract", settlement_pb2.CloseContract(contract_id=contract.contract_id))
+            try:
+                _, code, message = self.ledger.submit_and_wait(envelope)
+            except Refused as exc:  # e.g. the meter closed it first
+                log.info("closing %s refused: %s", contract.contract_id, exc)
+                continue
+            if code == Code.TX_VALIDATION_CODE_VALID:
+                closed += 1
+                log.info("closed expired contract %s (%d of %d Wh delivered)",
+                         contract.contract_id, contract.attributed_wh, contract.energy_wh)
+            else:
+                log.info("closing %s invalid: %s", contract.contract_id, message)
+        return closed
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
+                self.close_expired(int(time.time()))
                 ok = self.announce_once()
             except Exception as exc:
                 ENERGY_ERRORS.labels("announce").inc()
@@ -148,7 +178,8 @@ class PlantAgent:
                           pv_panel_id=panels[zlib.crc32(meter.encode()) % len(panels)],
                           plant_remaining_wh=record.remaining_wh, coins_paid=coins_paid,
                           coin_value_micro=record.coin_value_micro,
-                          expires_at=int(time.time()) + self.config.offer_ttl_s)
+                          expires_at=int(time.time()) + self.config.offer_ttl_s,
+                          deliver_by=int(time.time()) + self.config.contract_seconds)
         envelope = self.identity.sign_envelope(terms.SerializeToString())
         with self._lock:
             self.contracts_signed += 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
-from gridledger_core.plants.reliability import reliability_bp
+from gridledger_core.plants.evidence import record_reliability_bp
 from gridledger_meter_agent.buyer import Buyer
 from gridledger_meter_agent.directory import PlantDirectory
 from gridledger_meter_agent.drivers.base import MeterDriver
@@ -76,7 +76,8 @@ class MeterAgentServicer(meteragent_pb2_grpc.MeterAgentServiceServicer):
             for plant, entry in self._p.directory.entries():
                 response.entries.append(meteragent_pb2.DirectoryEntry(
                     plant=plant, price_micro_per_kwh=entry.record.price_micro_per_kwh,
-                    reliability_bp=entry.reliability_bp, remaining_wh=entry.record.remaining_wh,
+                    reliability_bp=entry.reliability_bp or 0,  # 0 also for unscored
+                    remaining_wh=entry.record.remaining_wh,
                     source=entry.source,
                     announcement_tx_id=entry.record.announcement_tx_id))
         elif self._p.plant is not None:  # a plant vouches for itself
@@ -84,8 +85,9 @@ class MeterAgentServicer(meteragent_pb2_grpc.MeterAgentServiceServicer):
             if record is not None:
                 response.entries.append(meteragent_pb2.DirectoryEntry(
                     plant=record.plant, price_micro_per_kwh=record.price_micro_per_kwh,
-                    reliability_bp=reliability_bp(
-                        [(w.start, w.end) for w in record.shortfall_windows], int(time.time())),
+                    reliability_bp=record_reliability_bp(
+                        record, int(time.time()),
+                        self._p.plant.config.close_after_s) or 0,  # 0 also for unscored
                     remaining_wh=record.remaining_wh, source="self",
                     announcement_tx_id=record.announcement_tx_id))
         return response

@@ -12,9 +12,9 @@ import os
 import time
 from collections.abc import Sequence
 
-from ledger_helpers import ChainBuilder, endorsed, reading
+from ledger_helpers import ChainBuilder, endorsed
 
-from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2
+from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2, settlement_pb2
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
 HOUR = 3600
@@ -27,16 +27,16 @@ SELL = market_pb2.ORDER_SIDE_SELL
 def history(meter: SigningIdentity, endorser: SigningIdentity, slot: int, produced: int,
             consumed: int, days: int = 7) -> list[bytes]:
     """Readings covering the forecast's span on each of ``days`` days before ``slot``: the
-    forecast is then exactly 4 * (produced - consumed) Wh for the hourly slot."""
-    txs = []
-    for days_back in range(1, days + 1):
-        for quarter in range(4):
-            start = slot - days_back * 86400 + quarter * 900
-            env = meter.new_transaction("meter_reading",
-                                        reading(meter.name, start, produced, consumed),
-                                        timestamp=NOW - 60)
-            txs.append(endorsed(env, endorser))
-    return txs
+    forecast is then exactly 4 * (produced - consumed) Wh for the hourly slot. They are older
+    than the readings submission window, so they come as the meter's onboarding history (one
+    HistoryReadings transaction, admitted only before its first order)."""
+    entries = [settlement_pb2.MeterReadingEntry(
+        interval_start=slot - days_back * 86400 + quarter * 900, produced_wh=produced,
+        consumed_wh=consumed) for days_back in range(1, days + 1) for quarter in range(4)]
+    env = meter.new_transaction("history_readings",
+                                settlement_pb2.HistoryReadings(readings=entries),
+                                timestamp=NOW - 60)
+    return [endorsed(env, endorser)]
 
 
 def terms(meter: str, side: int, price: int, quantity: int,

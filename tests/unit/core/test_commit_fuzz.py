@@ -276,7 +276,8 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
     field = weighted(draw, [(f, w * (6 if f in fitting else 1)) for f, w in (
         ("meter_reading", 3), ("plant_announcement", 2), ("supply_contract", 3),
         ("trade_end", 1), ("carbon_coin_issue", 1), ("place_order", 2), ("cancel_order", 1),
-        ("register_account", 1), ("revoke_certificate", 1))])
+        ("register_account", 1), ("revoke_certificate", 1), ("history_readings", 1),
+        ("close_contract", 1), ("cancel_contract", 1), ("redeem_coins", 1))])
     cls = type(getattr(transaction_pb2.Transaction(), field))
     value = draw(message(cls, world))
     rnd = draw(st.randoms(use_true_random=True))
@@ -286,7 +287,9 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
     if field == "meter_reading":
         value.meter = creator
         value.interval_seconds = INTERVAL
-        value.interval_start = (world.now // INTERVAL - rnd.randint(1, 96 * 8)) * INTERVAL
+        # Mostly inside the readings submission window (older ones are refused).
+        back = rnd.randint(1, 4) if rnd.random() < 0.8 else rnd.randint(1, 96 * 8)
+        value.interval_start = (world.now // INTERVAL - back) * INTERVAL
         if rnd.random() < 0.7:
             value.produced_wh = rnd.randint(0, world.genesis.max_interval_wh)
             value.consumed_wh = rnd.randint(0, world.genesis.max_interval_wh)
@@ -310,6 +313,7 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
         terms.pv_panel_id = "pv"
         terms.nonce = draw(st.binary(min_size=8, max_size=8)) + world.unique()
         terms.expires_at = world.now + 600
+        terms.deliver_by = world.now + rnd.randint(3600, 86400)
         if rnd.random() < 0.7:
             terms.coins_paid = 0
         terms.energy_wh = weighted(draw, [(terms.energy_wh, 2), (rnd.randint(1, 10_000), 4),

@@ -115,7 +115,8 @@ def test_hostile_endorser_and_nested_signers_get_codes(replicas: Replicas,
     plant_der, plant_key = hostile_certificate(consortium_dir, "solarco", "plant", o=NON_UTF8)
     terms = new_terms(meter="meter-1", plant="mallory", price_micro_per_kwh=100_000,
                       energy_wh=100, pv_panel_id="pv", plant_remaining_wh=100, coins_paid=0,
-                      coin_value_micro=100, expires_at=int(time.time()) + 600)
+                      coin_value_micro=100, expires_at=int(time.time()) + 600,
+                      deliver_by=int(time.time()) + 86400)
     payload = terms.SerializeToString()
     signed_terms = envelope_pb2.SignedEnvelope(payload=payload, signature=plant_key.sign(payload),
                                                signer_certificate=plant_der)
@@ -192,11 +193,13 @@ def _announce(plant: str, remaining: int, contracted: int) -> energy_pb2.PlantAn
 
 
 def _contract(consortium_dir: Path, meter: str, energy: int,
-              price: int = 1) -> envelope_pb2.SignedEnvelope:
+              price: int = 0) -> envelope_pb2.SignedEnvelope:
+    """Free by default: these meters hold no money, and a contract reserves what it costs."""
     plant = identity(consortium_dir, "plant-1")
     terms = new_terms(meter=meter, plant="plant-1", price_micro_per_kwh=price, energy_wh=energy,
                       pv_panel_id="pv", plant_remaining_wh=energy, coins_paid=0,
-                      coin_value_micro=1, expires_at=int(time.time()) + 600)
+                      coin_value_micro=1, expires_at=int(time.time()) + 600,
+                      deliver_by=int(time.time()) + 86400)
     signed = plant.sign_envelope(terms.SerializeToString())
     return identity(consortium_dir, meter).new_transaction(
         "supply_contract", energy_pb2.SupplyContract(plant_terms=signed))

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
-from gridledger.common.v1 import envelope_pb2
+from gridledger.common.v1 import envelope_pb2, settlement_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Signers
 from gridledger_core.ledger.checks import check_endorsements, check_for_ordering
@@ -143,8 +143,10 @@ def test_a_block_of_three_batches_costs_three_endorsement_verifications(
         genesis: Genesis, consortium_dir: Path, endorser: SigningIdentity,
         verifications: list[bytes]) -> None:
     meters = [identity(consortium_dir, f"meter-{m}") for m in (1, 2, 3)]
-    envelopes = [meter.new_transaction("meter_reading",
-                                       reading(meter.name, past_interval(n)))
+    # Old intervals: onboarding history (live readings are due within the submission window).
+    envelopes = [meter.new_transaction("history_readings", settlement_pb2.HistoryReadings(
+                     readings=[settlement_pb2.MeterReadingEntry(
+                         interval_start=past_interval(n), produced_wh=500, consumed_wh=300)]))
                  for meter in meters for n in range(1, 101)]
     raws = []
     for batch in (envelopes[:100], envelopes[100:200], envelopes[200:]):

@@ -3,139 +3,25 @@ refusal is checked for its code and for changing nothing."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from ledger_helpers import ChainBuilder, endorsed, identity, reading
+from energy_world import INTERVAL, VALID, World, accept_proof, new_world
 
-from gridledger.common.v1 import block_pb2, energy_pb2, envelope_pb2
+from gridledger.common.v1 import energy_pb2, envelope_pb2
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.energy import certificate
-from gridledger_core.energy.delivery import attributed_wh
-from gridledger_core.energy.terms import contract_id, new_terms
+from gridledger_core.energy.terms import contract_id
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
-from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import MemoryStore
-
-INTERVAL = 900
-VALID = Code.TX_VALIDATION_CODE_VALID
-
-
-def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
-                 previous: bytes | None) -> None:
-    """Ordering proofs are the consensus core's tests; these are about the energy rules."""
-
-
-class World:
-    """A ledger plus the consortium's identities, committing one transaction per block at a
-    controllable block time (`self.now`)."""
-
-    def __init__(self, genesis: Genesis, consortium_dir: Path) -> None:
-        self.genesis = genesis
-        self.dir = consortium_dir
-        self.ledger = Ledger(MemoryStore(), genesis, accept_proof)
-        self.chain = ChainBuilder()
-        self.endorser = identity(consortium_dir, "endorser-1")
-        # Block time a little after the transactions are signed (never before: the ledger
-        # refuses a transaction dated after its block).
-        self.now = int(time.time()) + 5
-
-    def who(self, name: str) -> SigningIdentity:
-        return identity(self.dir, name)
-
-    def submit(self, signer: SigningIdentity, field: str, body: object) -> tuple[int, str, str]:
-        env = signer.new_transaction(field, body)  # type: ignore[arg-type]
-        return self.commit_envelope(env)
-
-    def commit_envelope(self, env: envelope_pb2.SignedEnvelope) -> tuple[int, str, str]:
-        result = self.ledger.commit(self.chain.block([endorsed(env, self.endorser)],
-                                                     timestamp=self.now))
-        return result.codes[0], result.messages[0], result.tx_ids[0]
-
-    def state(self) -> list[tuple[bytes, bytes]]:
-        return list(self.ledger.store.scan(schema.STATE))
-
-    def refused(self, signer: SigningIdentity, field: str, body: object, code: int,
-                text: str) -> None:
-        before = self.state()
-        got, message, _ = self.submit(signer, field, body)
-        assert (Code.Name(got), text in message) == (Code.Name(code), True), message
-        assert self.state() == before
-
-    # -- builders ---------------------------------------------------------------------------
-
-    def announce(self, plant: str = "plant-1", remaining: int = 10_000, contracted: int = 0,
-                 windows: list[tuple[int, int]] | None = None,
-                 price: int = 100_000) -> energy_pb2.PlantAnnouncement:
-        return energy_pb2.PlantAnnouncement(
-            plant=plant, price_micro_per_kwh=price, threshold_w=50_000, remaining_wh=remaining,
-            contracted_wh=contracted, pv_panel_ids=[f"{plant}-pv-1", f"{plant}-pv-2"],
-            coin_value_micro=100, endpoint="127.0.0.1:1",
-            shortfall_windows=[energy_pb2.ShortfallWindow(start=s, end=e)
-                               for s, e in (windows or [])])
-
-    def terms(self, plant: str = "plant-1", meter: str = "meter-1", energy: int = 100,
-              coins: int = 0, panel: str | None = None, expires_in: int = 600,
-              signer: str | None = None) -> envelope_pb2.SignedEnvelope:
-        body = new_terms(meter=meter, plant=plant, price_micro_per_kwh=100_000, energy_wh=energy,
-                         pv_panel_id=panel or f"{plant}-pv-1", plant_remaining_wh=10_000,
-                         coins_paid=coins, coin_value_micro=100,
-                         expires_at=self.now + expires_in)
-        return self.who(signer or plant).sign_envelope(body.SerializeToString())
-
-    def contract(self, meter: str = "meter-1", **kw: object) -> tuple[int, str, str]:
-        terms = self.terms(meter=meter, **kw)  # type: ignore[arg-type]
-        code, message, _ = self.submit(self.who(meter), "supply_contract",
-                                       energy_pb2.SupplyContract(plant_terms=terms))
-        return code, message, contract_id(terms.payload)
-
-    def record(self, cid: str) -> energy_pb2.SupplyContractRecord:
-        raw = self.ledger.get_state(schema.contract_key(cid))
-        assert raw is not None
-        return energy_pb2.SupplyContractRecord.FromString(raw)
-
-    def plant(self, name: str = "plant-1") -> energy_pb2.PlantRecord:
-        raw = self.ledger.get_state(schema.plant_key(name))
-        assert raw is not None
-        return energy_pb2.PlantRecord.FromString(raw)
-
-    def coins(self, account: str) -> int:
-        raw = self.ledger.get_state(schema.carbon_key(account))
-        return energy_pb2.CarbonAccount.FromString(raw).coins if raw else 0
-
-    def deliver(self, meter: str, start: int, consumed: list[int]) -> None:
-        """Readings for consecutive intervals from `start`, committed once they have ended."""
-        self.now = start + len(consumed) * INTERVAL + 1
-        for i, wh in enumerate(consumed):
-            code, message, _ = self.submit(self.who(meter), "meter_reading",
-                                           reading(meter, start + i * INTERVAL, 0, wh))
-            assert code == VALID, message
-
-    def fulfilled(self, meter: str = "meter-1", energy: int = 100, coins: int = 0) -> str:
-        code, message, cid = self.contract(meter=meter, energy=energy, coins=coins)
-        assert code == VALID, message
-        self.deliver(meter, self.record(cid).delivery_start, [energy])
-        code, message, _ = self.submit(self.who(meter), "trade_end",
-                                       energy_pb2.TradeEnd(contract_id=cid, delivered_wh=energy))
-        assert code == VALID, message
-        return cid
-
-    def issue(self, cid: str, issuer: str = "issuer") -> tuple[int, str, str]:
-        body = certificate.issue_body(self.who(issuer), self.record(cid), self.genesis, self.now)
-        return self.submit(self.who(issuer), "carbon_coin_issue", body)
 
 
 @pytest.fixture()
-def world(genesis: Genesis, consortium_dir: Path) -> World:
-    w = World(genesis, consortium_dir)
-    for plant in ("plant-1", "plant-2"):
-        code, message, _ = w.submit(w.who(plant), "plant_announcement", w.announce(plant))
-        assert code == VALID, message
-    return w
+def world(energy_genesis: Genesis, energy_dir: Path) -> World:
+    return new_world(energy_genesis, energy_dir)
 
 
 # -- announcements ----------------------------------------------------------------------------
@@ -259,9 +145,9 @@ def test_bad_contracts_are_refused(world: World, case: str, code: int, text: str
     world.refused(meter, "supply_contract", body, code, text)
 
 
-def test_contract_with_a_plant_that_never_announced_is_refused(genesis: Genesis,
-                                                               consortium_dir: Path) -> None:
-    w = World(genesis, consortium_dir)
+def test_contract_with_a_plant_that_never_announced_is_refused(energy_genesis: Genesis,
+                                                               energy_dir: Path) -> None:
+    w = World(energy_genesis, energy_dir)
     w.refused(w.who("meter-1"), "supply_contract",
               energy_pb2.SupplyContract(plant_terms=w.terms()),
               Code.TX_VALIDATION_CODE_STATE_CONFLICT, "plant-1 has not announced")
@@ -274,11 +160,12 @@ def test_delivery_counts_imports_from_delivery_start_capped_at_the_contract(worl
     assert code == VALID
     start = world.record(cid).delivery_start
     world.deliver("meter-1", start - INTERVAL, [500])  # before the contract: never counts
-    world.deliver("meter-1", start, [30, 0, 50, 400])
-    get = world.ledger.get_state
-    assert attributed_wh(get, "meter-1", start, 100, start + 2 * INTERVAL, INTERVAL) == 30
-    assert attributed_wh(get, "meter-1", start, 100, start + 3 * INTERVAL, INTERVAL) == 80
-    assert attributed_wh(get, "meter-1", start, 100, start + 4 * INTERVAL, INTERVAL) == 100
+    assert world.record(cid).attributed_wh == 0
+    delivered = []
+    for i, wh in enumerate([30, 0, 50, 400]):
+        world.deliver("meter-1", start + i * INTERVAL, [wh])
+        delivered.append(world.record(cid).attributed_wh)
+    assert delivered == [30, 30, 80, 100]
 
 
 def test_trade_end_only_when_fulfilled_and_only_by_the_meter(world: World) -> None:
@@ -376,7 +263,9 @@ def test_coins_pay_part_of_the_next_contract_and_never_go_negative(world: World)
     assert code == VALID, message
     record = world.record(second)
     assert (record.coins_paid, record.amount_micro, record.money_due_micro) == (60, 10_000, 4_000)
-    assert (world.coins("meter-1"), world.coins("plant-1")) == (40, 60)
+    # The contract holds the coins (and the 4 000 µ due) until it ends.
+    assert (world.coins("meter-1"), world.coins("plant-1")) == (40, 0)
+    assert world.money("meter-1")[1] == 4_000
     account = energy_pb2.CarbonAccount.FromString(
         world.ledger.get_state(schema.carbon_key("meter-1")))  # type: ignore[arg-type]
     assert (account.received, account.spent) == (100, 60)
@@ -384,6 +273,8 @@ def test_coins_pay_part_of_the_next_contract_and_never_go_negative(world: World)
     world.deliver("meter-1", record.delivery_start, [100])
     assert world.submit(world.who("meter-1"), "trade_end",
                         energy_pb2.TradeEnd(contract_id=second, delivered_wh=100))[0] == VALID
+    assert (world.coins("meter-1"), world.coins("plant-1")) == (40, 60)
+    assert world.money("plant-1") == (25_000 + 4_000, 0) and world.money("meter-1")[1] == 0
     world.refused(world.who("meter-1"), "supply_contract",
                   energy_pb2.SupplyContract(plant_terms=world.terms(energy=100, coins=41)),
                   Code.TX_VALIDATION_CODE_STATE_CONFLICT, "has 40 carbon coins")
@@ -411,7 +302,9 @@ def test_certificate_verifies_offline_only_against_its_own_consortium(
         certificate.verify(by_admin, world.genesis)
 
 
-def test_energy_blocks_give_identical_state_on_two_ledgers(world: World, genesis: Genesis) -> None:
+def test_energy_blocks_give_identical_state_on_two_ledgers(world: World,
+                                                           energy_genesis: Genesis) -> None:
+    genesis = energy_genesis
     cid = world.fulfilled(energy=100)
     assert world.issue(cid)[0] == VALID
     replica = Ledger(MemoryStore(), genesis, accept_proof)

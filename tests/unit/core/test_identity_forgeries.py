@@ -73,10 +73,10 @@ def test_another_orgs_ca_cannot_sign_for_a_meter(chain: Chain, consortium_dir: P
 
 
 def test_another_orgs_ca_cannot_rewrite_a_plants_announcement(world: World,  # noqa: F811
-                                                              consortium_dir: Path) -> None:
+                                                              energy_dir: Path) -> None:
     """Reported: with community's CA, CN=plant-1, O=community rewrote plant-1's announcement
     (price, panels, endpoint)."""
-    forged = issued_by(consortium_dir, "community", "plant-1", "plant")
+    forged = issued_by(energy_dir, "community", "plant-1", "plant")
     body = world.announce("plant-1", price=1_000)
     body.endpoint = "203.0.113.9:1"
     body.pv_panel_ids[:] = ["stolen-pv"]
@@ -89,10 +89,10 @@ def test_another_orgs_ca_cannot_rewrite_a_plants_announcement(world: World,  # n
 
 
 def test_another_orgs_ca_cannot_sign_a_plants_terms(world: World,  # noqa: F811
-                                                    consortium_dir: Path) -> None:
+                                                    energy_dir: Path) -> None:
     """The plant's terms signer is bound like a creator: community's CA cannot sell
     plant-1's energy to its own meter."""
-    forged = issued_by(consortium_dir, "community", "plant-1", "plant")
+    forged = issued_by(energy_dir, "community", "plant-1", "plant")
     terms_env = world.terms()
     signed = forged.sign_envelope(terms_env.payload)
     before = world.state()
@@ -142,12 +142,12 @@ def test_a_forged_endorser_cannot_sign_an_option(market: Market,  # noqa: F811
     ("gridops", "admin", "admin is an account of gridops with role admin; a certificate naming it "
                         "issuer"),
 ])
-def test_a_ca_cannot_make_itself_an_issuer(world: World, consortium_dir: Path,  # noqa: F811
+def test_a_ca_cannot_make_itself_an_issuer(world: World, energy_dir: Path,  # noqa: F811
                                            ca_org: str, name: str, expected: str) -> None:
     """The initiating organisation's CA cannot mint a second issuer (or make its admin one):
     the issuer role is bound to the identity the genesis names."""
     cid = world.fulfilled()
-    rogue = issued_by(consortium_dir, ca_org, name, "issuer")
+    rogue = issued_by(energy_dir, ca_org, name, "issuer")
     body = certificate.issue_body(rogue, world.record(cid), world.genesis, world.now)
     before = world.state()
     code, message, _ = world.submit(rogue, "carbon_coin_issue", body)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ledger_helpers import ChainBuilder, endorsed, identity
+from ledger_helpers import ChainBuilder, endorsed, identity, reading
 from market_helpers import (
     BUY,
     NOW,
@@ -23,7 +23,7 @@ from market_helpers import (
     tx_id,
 )
 
-from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2
+from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2, transaction_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code, code_name
@@ -300,23 +300,32 @@ def test_cancel_rules(market: Market) -> None:
 
 def test_self_trade_is_invalid_and_prevention_cancels_the_remainder(
         market: Market, consortium_dir: Path) -> None:
-    # On a fresh ledger, meter-3 first sells on a one-day surplus history ...
+    # On a fresh ledger, meter-3 first sells on a surplus history (onboarding, days 2-7 before
+    # a slot 23 h ahead; the most recent day is still missing) ...
     e, meter = market.endorser, identity(consortium_dir, "meter-3")
     fresh = Market(Ledger(MemoryStore(), market.ledger.genesis, accept_proof), ChainBuilder(),
                    e, market.seller, market.buyer, meter)
-    day1 = history(meter, e, SLOT, produced=2000, consumed=0, days=1)
-    fresh.ledger.commit(fresh.chain.block(day1, timestamp=NOW))
-    sell = place(meter, option(e, terms("meter-3", SELL, ASK, 1000)))
-    assert fresh.commit(sell) == [(VALID, "")]
-    # ... then six older days of large deficits arrive: the forecast becomes a deficit.
-    older = history(meter, e, SLOT, produced=0, consumed=5000)[4:]
+    slot = (NOW // 3600 + 23) * 3600
+    older = history(meter, e, slot, produced=2000, consumed=0)
+    older_env = envelope_pb2.EndorsedTransaction.FromString(older[0]).envelope
+    body = transaction_pb2.Transaction.FromString(older_env.payload).history_readings
+    del body.readings[:4]  # day 1 is yet to come, live
+    older = [endorsed(meter.new_transaction("history_readings", body, timestamp=NOW - 60), e)]
     fresh.ledger.commit(fresh.chain.block(older, timestamp=NOW))
+    sell = place(meter, option(e, terms("meter-3", SELL, ASK, 1000, slot)))
+    assert fresh.commit(sell) == [(VALID, "")]
+    # ... then the last hour's live readings (day 1, weighted most) show a large deficit: the
+    # forecast becomes a deficit (history cannot do this any more once the meter traded).
+    day1 = [endorsed(meter.new_transaction("meter_reading", reading(
+        "meter-3", slot - 86400 + q * 900, 0, 20_000), timestamp=NOW - 60), e)
+        for q in range(4)]
+    fresh.ledger.commit(fresh.chain.block(day1, timestamp=NOW))
     own = [(tx_id(sell), "meter-3", ASK, 500)]
-    [(code, message)] = fresh.commit(place(meter, option(e, terms("meter-3", BUY, ASK, 500),
-                                                          own)))
+    [(code, message)] = fresh.commit(place(meter, option(e, terms("meter-3", BUY, ASK, 500,
+                                                                  slot), own)))
     assert code == INVALID and "self-trade" in message
     # Self-trade prevention: the remainder that would meet the own order is cancelled.
-    stp = place(meter, option(e, terms("meter-3", BUY, ASK, 500), cancelled=500, rest=0))
+    stp = place(meter, option(e, terms("meter-3", BUY, ASK, 500, slot), cancelled=500, rest=0))
     assert fresh.commit(stp) == [(VALID, "")]
     record = fresh.order(tx_id(stp))
     assert (record.remaining_wh, record.cancelled_wh) == (0, 500)

@@ -160,8 +160,11 @@ def test_the_replica_does_not_verify_what_the_endorser_verified_or_signed(
     ledger = Ledger(MemoryStore(), genesis, lambda *_: None)
     broadcaster = Recording()
     servicer = EndorserServicer(ledger, endorser_id, broadcaster)  # type: ignore[arg-type]
+    # Intervals within the readings submission window (the last four, and one of meter-2).
     envelopes = [meter.new_transaction("meter_reading", reading("meter-1", past_interval(n)))
-                 for n in range(1, 6)]
+                 for n in range(1, 5)]
+    envelopes.append(identity(consortium_dir, "meter-2").new_transaction(
+        "meter_reading", reading("meter-2", past_interval(1))))
     threads = [threading.Thread(target=servicer.SubmitTransaction, args=(
         endorser_pb2.SubmitTransactionRequest(envelope=e), FakeContext())) for e in envelopes]
     for thread in threads:

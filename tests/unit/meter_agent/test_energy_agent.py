@@ -5,6 +5,7 @@ what it asked for, and Modbus plants derive shortfalls from their readings."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,13 @@ class FakeLedger:
 
 
 def record(name: str, price: int = 100_000, remaining: int = 5_000,
-           windows: list[tuple[int, int]] | None = None) -> energy_pb2.PlantRecord:
+           windows: list[tuple[int, int]] | None = None,
+           readings: int = 1) -> energy_pb2.PlantRecord:
     return energy_pb2.PlantRecord(
         plant=name, price_micro_per_kwh=price, remaining_wh=remaining,
         pv_panel_ids=[f"{name}-pv-1"], coin_value_micro=100, announcement_tx_id="ab" * 32,
-        shortfall_windows=[energy_pb2.ShortfallWindow(start=s, end=e) for s, e in windows or []])
+        shortfall_windows=[energy_pb2.ShortfallWindow(start=s, end=e) for s, e in windows or []],
+        live_readings=readings, last_reading_end=int(time.time()))
 
 
 class FakeNeighbour:
@@ -113,3 +116,41 @@ def test_modbus_plant_shortfalls_from_readings() -> None:
                 [(7, 0), (8, 900), (9, 10), (10, 20), (11, 900), (14, 5), (15, 0)]]
     assert windows_from_readings(readings, threshold_w=100, supply_hours_utc=(8, 15)) == [
         (day + 9 * 3600, day + 11 * 3600), (day + 14 * 3600, day + 15 * 3600)]
+
+
+def test_a_plant_without_readings_is_unscored_and_never_chosen() -> None:
+    """Reliability is evidence: a cheap plant that never posted a reading is excluded, and
+    measured shortfalls lower a plant's score although it declared none."""
+    now = int(time.time())
+    silent = record("plant-1", price=50_000, readings=0)
+    short = record("plant-2", price=100_000)
+    short.measured_shortfall_windows.append(
+        energy_pb2.ShortfallWindow(start=now - 86_400, end=now - 3_600))
+    clean = record("plant-3", price=100_000)
+    directory = PlantDirectory(FakeLedger({"plant-1": silent, "plant-2": short,  # type: ignore[arg-type]
+                                           "plant-3": clean}))
+    for plant in ("plant-1", "plant-2", "plant-3"):
+        directory.learn(plant, LEDGER)
+    ranking = directory.rank(100, ScoringWeights()).ranking
+    assert [s.plant_id for s in ranking.ranked] == ["plant-3", "plant-2"]
+    assert [(e.candidate.plant_id, e.reason.split(":")[0]) for e in ranking.excluded] == [
+        ("plant-1", "unscored")]
+    assert dict(directory.entries())["plant-1"].reliability_bp is None
+
+
+def test_meter_refuses_terms_without_a_sane_delivery_deadline(consortium_dir: Path,
+                                                              genesis: Genesis) -> None:
+    meter = SigningIdentity.load(consortium_dir, "meter-1")
+    buyer = Buyer(meter, genesis, None, None, None,  # type: ignore[arg-type]
+                  BuyerConfig(100, ScoringWeights()),
+                  TlsFiles.for_node(consortium_dir, "meter-1"), consortium_dir / "certs")
+    plant = _plant(consortium_dir, remaining=5_000)
+    good, _ = plant.propose("meter-1", 100, 0)
+    terms = energy_pb2.SupplyContractTerms.FromString(good.payload)
+    assert terms.deliver_by == pytest.approx(time.time() + 86_400, abs=5)
+    for deliver_by in (0, int(time.time()) + genesis.settlement.max_contract_seconds + 60):
+        terms.deliver_by = deliver_by
+        bad = SigningIdentity.load(consortium_dir, "plant-1").sign_envelope(
+            terms.SerializeToString())
+        with pytest.raises(TermsRejected, match="deliver by"):
+            buyer._check_terms(bad, record("plant-1"), 100, 0)

@@ -22,6 +22,7 @@ from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
 from gridledger.orderer.v1 import orderer_pb2
 from gridledger_committer.service import CommitterServicer
 from gridledger_core.genesis import Genesis
+from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.profiles import HouseholdProfile
@@ -228,8 +229,12 @@ def test_a_full_outbox_holds_the_reader_back_without_dropping(
     interval = genesis.reading_interval_seconds
     now = past_interval(1) + interval
     profile = HouseholdProfile(seed=1, pv_kwp=4.0, annual_kwh=3500.0)
+    # Intervals older than half the submission window go as history, one per transaction
+    # here, so each is one outbox entry like a live reading.
     reader = IntervalReader(SimulatedMeter(profile, now - 400 * 86400), small.meter,
-                            small.outbox, interval)
+                            small.outbox, interval,
+                            history_before_s=genesis.reading_submission_window_seconds // 2,
+                            history_chunk=1)
     assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 3
     assert reader.poll(now, backfill_seconds=10 * interval, max_intervals=100) == 0
     small.drain()
@@ -264,5 +269,44 @@ def committed_readings(agent: Agent) -> list[transaction_pb2.MeterReading]:
         for raw in found[0].transactions:
             tx = transaction_pb2.Transaction.FromString(
                 envelope_pb2.EndorsedTransaction.FromString(raw).envelope.payload)
-            out.append(tx.meter_reading)
+            if tx.WhichOneof("body") == "history_readings":
+                out += [transaction_pb2.MeterReading(
+                    meter=tx.header.creator, interval_start=e.interval_start,
+                    produced_wh=e.produced_wh, consumed_wh=e.consumed_wh)
+                    for e in tx.history_readings.readings]
+            else:
+                out.append(tx.meter_reading)
     return out
+
+
+def test_backfill_goes_as_onboarding_history_first_then_live_readings(
+        tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> None:
+    """Ten intervals of backfill: those older than half the submission window leave in
+    HistoryReadings chunks, the recent ones as live readings; all commit VALID, the history
+    is flagged, and the reader reports it has caught up."""
+    agent = make_agent(tmp_path, genesis, consortium_dir)
+    interval = genesis.reading_interval_seconds
+    now = past_interval(1) + interval
+    profile = HouseholdProfile(seed=1, pv_kwp=4.0, annual_kwh=3500.0)
+    window = genesis.reading_submission_window_seconds
+    reader = IntervalReader(SimulatedMeter(profile, now - 400 * 86400), agent.meter,
+                            agent.outbox, interval, history_before_s=window // 2,
+                            history_chunk=4)
+    created = reader.poll(now, backfill_seconds=10 * interval, max_intervals=100)
+    assert reader.caught_up.is_set()
+    agent.drain()
+    kinds = [transaction_pb2.Transaction.FromString(
+        envelope_pb2.EndorsedTransaction.FromString(raw).envelope.payload).WhichOneof("body")
+        for raw in agent.orderers.sent]
+    history = [k for k in kinds if k == "history_readings"]
+    assert kinds == history + ["meter_reading"] * (len(kinds) - len(history)) and history
+    assert created == len(kinds)
+    assert set(agent.commit_sent()) == {Code.TX_VALIDATION_CODE_VALID}
+    starts = sorted(r.interval_start for r in committed_readings(agent))
+    assert starts == [starts[0] + k * interval for k in range(10)]
+    flagged = [s for s in starts
+               if agent.ledger.get_state(schema.reading_history_key("meter-1", s)) is not None]
+    assert flagged == [s for s in starts if s + interval + window // 2 < now]
+    agent.drain()
+    assert agent.outbox.pending() == 0
+    agent.outbox.close()

@@ -1,11 +1,15 @@
-"""Rules of supply contracts (claim 1's contract, issue 6 item 7) and trade ends (claim 4)."""
+"""Rule of committing a supply contract (claim 1's contract, issue 6 item 7, issue 14 item 6).
+
+At commit the meter's money due (amount - coins' value) is reserved from its balance
+(refused `insufficient_funds` if short) and the coins it pays leave its carbon account; the
+contract holds both until it ends (energy_endings.py), when the plant is paid pro rata."""
 
 from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import energy_pb2
-from gridledger_core.energy.delivery import attributed_wh, first_boundary_at_or_after
+from gridledger_core.energy.delivery import first_boundary_at_or_after
 from gridledger_core.energy.terms import (
     MIN_TERMS_NONCE,
     TERMS_FORMAT,
@@ -17,7 +21,12 @@ from gridledger_core.identity import Identity, Role
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
+from gridledger_core.ledger.rules.energy_delivery import (
+    MAX_OPEN_CONTRACTS_PER_PLANT,
+    attribute_existing,
+)
 from gridledger_core.ledger.rules.energy_state import (
     get_carbon,
     get_contract,
@@ -50,6 +59,17 @@ def _terms(payload: bytes) -> energy_pb2.SupplyContractTerms:
     return terms
 
 
+def _check_deadline(terms: energy_pb2.SupplyContractTerms, ctx: TxContext,
+                    delivery_start: int) -> None:
+    longest = ctx.genesis.settlement.max_contract_seconds
+    interval = ctx.genesis.reading_interval_seconds
+    require(delivery_start + interval <= terms.deliver_by <= ctx.block_time + longest,
+            Code.TX_VALIDATION_CODE_INVALID_BODY,
+            f"deliver_by {terms.deliver_by} must leave at least one interval after delivery "
+            f"starts ({delivery_start}) and be at most {longest} s (genesis "
+            f"settlement.max_contract_seconds) after the commit at {ctx.block_time}")
+
+
 def process_supply_contract(state: StateOverlay, ctx: TxContext,
                             body: energy_pb2.SupplyContract) -> None:
     meter = ctx.checked.creator
@@ -71,6 +91,9 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
             f"terms nonce must be at least {MIN_TERMS_NONCE} bytes")
     require(ctx.block_time <= terms.expires_at, Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"the plant's offer expired at {terms.expires_at}")
+    interval = ctx.genesis.reading_interval_seconds
+    delivery_start = first_boundary_at_or_after(ctx.block_time, interval)
+    _check_deadline(terms, ctx, delivery_start)
     amount = require_uint64(amount_micro(terms.price_micro_per_kwh, terms.energy_wh),
                             Code.TX_VALIDATION_CODE_INVALID_BODY, "the contract's amount")
     require(terms.coins_paid <= max_coins(amount, terms.coin_value_micro),
@@ -89,6 +112,9 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
     require(terms.energy_wh <= plant.remaining_wh, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
             f"contract for {terms.energy_wh} Wh exceeds {terms.plant}'s remaining energy of "
             f"{plant.remaining_wh} Wh")
+    require(plant.open_contracts < MAX_OPEN_CONTRACTS_PER_PLANT,
+            Code.TX_VALIDATION_CODE_STATE_CONFLICT,
+            f"{plant.plant} has {plant.open_contracts} open contracts, the most a plant may have")
     open_key = schema.open_contract_key(meter.name)
     current = state.get(open_key)
     require(current is None, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
@@ -97,80 +123,40 @@ def process_supply_contract(state: StateOverlay, ctx: TxContext,
     account = get_carbon(state, meter.name)
     require(terms.coins_paid <= account.coins, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
             f"{meter.name} has {account.coins} carbon coins, cannot pay {terms.coins_paid}")
+    due = amount - terms.coins_paid * terms.coin_value_micro
+    money.require_funds(state, ctx.genesis, meter.name, due,
+                        f"contract {cid[:16]} (its money due)")
     # Totals that only grow: a plant may announce any remaining energy again and again, so
-    # its contracted total (and the coins it receives) can reach the uint64 limit.
+    # its contracted total can reach the uint64 limit.
     conflict = Code.TX_VALIDATION_CODE_STATE_CONFLICT
     require_uint64(plant.contracted_wh + terms.energy_wh, conflict,
                    f"{plant.plant}'s contracted energy")
     require_uint64(plant.contracts + 1, conflict, f"{plant.plant}'s contract count")
-    if terms.coins_paid:
-        payee_account = get_carbon(state, plant.plant)
-        require_uint64(account.spent + terms.coins_paid, conflict,
-                       f"{meter.name}'s spent coins")
-        require_uint64(payee_account.coins + terms.coins_paid, conflict,
-                       f"{plant.plant}'s coins")
-        require_uint64(payee_account.received + terms.coins_paid, conflict,
-                       f"{plant.plant}'s received coins")
+    require_uint64(account.spent + terms.coins_paid, conflict, f"{meter.name}'s spent coins")
 
-    if terms.coins_paid:
+    money.reserve(state, ctx, meter.name, due, cid)
+    if terms.coins_paid:  # held by the contract until it ends
         account.coins -= terms.coins_paid
         account.spent += terms.coins_paid
         put_carbon(state, account)
-        payee = get_carbon(state, plant.plant)
-        payee.coins += terms.coins_paid
-        payee.received += terms.coins_paid
-        put_carbon(state, payee)
     plant.remaining_wh -= terms.energy_wh
     plant.contracted_wh += terms.energy_wh
     plant.contracts += 1
+    plant.open_contracts += 1
     put_plant(state, plant)
     state.put(open_key, cid.encode())
-    put_contract(state, energy_pb2.SupplyContractRecord(
+    state.put(schema.plant_open_contract_key(plant.plant, ctx.block_time, cid), b"")
+    state.put(schema.contracted_key(meter.name), b"")
+    record = energy_pb2.SupplyContractRecord(
         contract_id=cid, meter=meter.name, plant=plant.plant,
         price_micro_per_kwh=terms.price_micro_per_kwh, energy_wh=terms.energy_wh,
         pv_panel_id=terms.pv_panel_id, plant_remaining_wh=plant.remaining_wh,
-        plant_stated_remaining_wh=terms.plant_remaining_wh,
-        delivery_start=first_boundary_at_or_after(ctx.block_time,
-                                                  ctx.genesis.reading_interval_seconds),
+        plant_stated_remaining_wh=terms.plant_remaining_wh, delivery_start=delivery_start,
         committed_at=ctx.block_time, contract_tx_id=ctx.checked.tx_id, amount_micro=amount,
         coins_paid=terms.coins_paid, coin_value_micro=terms.coin_value_micro,
-        money_due_micro=amount - terms.coins_paid * terms.coin_value_micro,
-        status=Status.CONTRACT_STATUS_OPEN, plant_terms=body.plant_terms))
-
-
-def contract_attributed_wh(state: StateOverlay, contract: energy_pb2.SupplyContractRecord,
-                           ctx: TxContext) -> int:
-    return attributed_wh(state.get, contract.meter, contract.delivery_start, contract.energy_wh,
-                         ctx.block_time + ctx.genesis.max_clock_skew_seconds,
-                         ctx.genesis.reading_interval_seconds)
-
-
-def process_trade_end(state: StateOverlay, ctx: TxContext, body: energy_pb2.TradeEnd) -> None:
-    creator = ctx.checked.creator
-    contract = get_contract(state, body.contract_id)
-    require(contract is not None, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
-            f"no contract {body.contract_id!r} on the ledger")
-    assert contract is not None
-    require(creator.name == contract.meter and creator.role == Role.METER,
-            Code.TX_VALIDATION_CODE_NOT_AUTHORIZED,
-            f"only the contract's meter {contract.meter} ends it, not {creator.name}")
-    require(contract.status == Status.CONTRACT_STATUS_OPEN, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
-            f"contract {contract.contract_id} already ended in {contract.trade_end_tx_id}")
-    delivered = contract_attributed_wh(state, contract, ctx)
-    require(delivered >= contract.energy_wh, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
-            f"contract {contract.contract_id} is not fulfilled: {delivered} of "
-            f"{contract.energy_wh} Wh delivered")
-    require(body.delivered_wh == contract.energy_wh, Code.TX_VALIDATION_CODE_INVALID_BODY,
-            f"delivered_wh must be the contract's {contract.energy_wh} Wh")
-    contract.status = Status.CONTRACT_STATUS_ENDED
-    contract.delivered_wh = contract.energy_wh
-    contract.trade_end_tx_id = ctx.checked.tx_id
-    contract.ended_at = ctx.block_time
-    put_contract(state, contract)
-    state.delete(schema.open_contract_key(contract.meter))
-    plant = get_plant(state, contract.plant)
-    assert plant is not None, "a contract's plant record is never deleted"
-    require_uint64(plant.delivered_wh + contract.delivered_wh,
-                   Code.TX_VALIDATION_CODE_STATE_CONFLICT, f"{plant.plant}'s delivered energy")
-    plant.delivered_wh += contract.delivered_wh
-    put_plant(state, plant)
+        money_due_micro=due, status=Status.CONTRACT_STATUS_OPEN, plant_terms=body.plant_terms,
+        deliver_by=terms.deliver_by, reserved_micro=due)
+    put_contract(state, record)
+    # Readings may be up to the clock skew early: pairs already complete count now.
+    attribute_existing(state, record, ctx.block_time + ctx.genesis.max_clock_skew_seconds,
+                       interval)

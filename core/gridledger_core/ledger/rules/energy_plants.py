@@ -1,13 +1,16 @@
-"""Rule of plant announcements (claim 2 of seed 002)."""
+"""Rule of plant announcements (claim 2 of seed 002), and the plant's reliability evidence
+kept from its own live readings (issue 14 item 7, plants/evidence.py)."""
 
 from __future__ import annotations
 
-from gridledger.common.v1 import energy_pb2
+from gridledger.common.v1 import energy_pb2, transaction_pb2
 from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.rules.energy_state import get_plant, put_plant
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
+from gridledger_core.plants.evidence import add_windows, reading_windows
 from gridledger_core.plants.reliability import DEFAULT_PARAMS, shortfall_union
 
 MAX_WINDOWS = 2000
@@ -46,6 +49,8 @@ def process_plant_announcement(state: StateOverlay, ctx: TxContext,
             and all(0 < len(p) <= MAX_ID_LENGTH for p in panels),
             Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"pv_panel_ids must be 1 to {MAX_PANELS} distinct non-empty ids")
+    require(body.threshold_w > 0, Code.TX_VALIDATION_CODE_INVALID_BODY,
+            "threshold_w must be positive: shortfalls are measured against it")
     windows = [(w.start, w.end) for w in body.shortfall_windows]
     _check_windows(windows, ctx)
     record = get_plant(state, body.plant) or energy_pb2.PlantRecord(
@@ -74,3 +79,23 @@ def process_plant_announcement(state: StateOverlay, ctx: TxContext,
     record.announcement_tx_id = ctx.checked.tx_id
     record.announcements += 1
     put_plant(state, record)
+
+
+def record_plant_reading(state: StateOverlay, ctx: TxContext, plant: energy_pb2.PlantRecord,
+                         reading: transaction_pb2.MeterReading) -> None:
+    """Keep the shortfall windows a live reading of the plant shows (evidence.py): below its
+    announced threshold, or after a gap since its previous reading. Windows only accumulate."""
+    require_uint64(plant.live_readings + 1, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
+                   f"{plant.plant}'s reading count")
+    new = reading_windows(reading.interval_start, reading.interval_seconds, reading.produced_wh,
+                          plant.threshold_w, plant.last_reading_end)
+    if new:
+        known = [(w.start, w.end) for w in plant.measured_shortfall_windows]
+        merged = add_windows(known, new, ctx.block_time + ctx.genesis.max_clock_skew_seconds)
+        del plant.measured_shortfall_windows[:]
+        plant.measured_shortfall_windows.extend(
+            energy_pb2.ShortfallWindow(start=s, end=e) for s, e in merged)
+    plant.live_readings += 1
+    plant.last_reading_end = max(plant.last_reading_end,
+                                 reading.interval_start + reading.interval_seconds)
+    put_plant(state, plant)

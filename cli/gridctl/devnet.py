@@ -155,20 +155,24 @@ def demo_settings(genesis: Genesis) -> dict:
     days) posted fast, and a look at the next open slot every few seconds."""
     if genesis.market.slot_seconds >= 900:
         return {}
+    # Contracts a meter cannot take (one that exports) close after 5 minutes, not a day.
     return {"backfill_hours": 25, "reading_pace": 200.0,
-            "presale_every": max(2.0, genesis.market.slot_seconds / 12)}
+            "presale_every": max(2.0, genesis.market.slot_seconds / 12),
+            "contract_seconds": 300}
 
 
 def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
          reading_pace: float = 20.0, backfill_hours: int = 48,
          contract_wh: int = 50, presale_share: int = 50, presale_every: float = 10.0,
+         contract_seconds: int = 0,
          consumers: tuple[str, ...] = ("meter-1",),
          producers: tuple[str, ...] = ("meter-2",)) -> Network:
     """Assign ports, data dirs and command lines for every node of the consortium.
 
     With `demo`, meters post `backfill_hours` of history first, place pre-sale orders and
     buy supply contracts; `consumers` always buy and `producers` always have a surplus, so
-    trades cross whatever the hour; plants also produce at night."""
+    trades cross whatever the hour; plants also produce at night and sign contracts that
+    deliver within `contract_seconds` (0: the agent's default)."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
     names = sorted((consortium_dir / "nodes").iterdir())
     roles: dict[str, Role] = {}
@@ -205,6 +209,8 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
                        "--pace", str(reading_pace)]
         if demo and role == Role.PLANT:
             agent.args += DEMO_PLANT_ARGS
+            if contract_seconds:
+                agent.args += ["--contract-seconds", str(contract_seconds)]
     # New-energy trading (issue 6): meters ask each other for plants (claim 3) and, in the
     # demo, buy supply contracts of `contract_wh`; the initiating organisation's issuer runs
     # as a meter-agent in issuer mode (see gridledger_meter_agent/issuer.py for why).

@@ -13,7 +13,8 @@ any replica's):
 * every slot that has trades, is not settled (no `settlement/<slot>`) and whose readings
   deadline (slot end + genesis readings.submission_window_seconds) has passed gets one
   SettleSlot;
-* every open supply contract past its `deliver_by` gets one CloseContract (ends pro rata).
+* every open supply contract past its `deliver_by` plus the readings window gets one
+  CloseContract (it ends pro rata; its parties may close it too, whoever comes first).
 
 Exactly-once is the ledger's job: a second SettleSlot for a settled slot, or a CloseContract
 for a contract no longer open, is refused and changes nothing. So a crash, a restart or two
@@ -158,12 +159,16 @@ class Settler:
             probe = slot + 1
         return due
 
+    def closable(self, contract: energy_pb2.SupplyContractRecord) -> int:
+        """Block time after which the contract may be closed: its deliver_by plus the
+        readings window (its last interval's reading may still come until then)."""
+        return contract.deliver_by + self.window
+
     def expired_contracts(self, block_time: int) -> list[energy_pb2.SupplyContractRecord]:
-        """Open supply contracts whose deliver_by has passed by `block_time` (bounded)."""
+        """Open supply contracts closable by `block_time` (bounded)."""
         expired = []
         for contract in self.ledger.contracts(status=energy_pb2.CONTRACT_STATUS_OPEN):
-            deliver_by = deliver_by_of(contract)
-            if 0 < deliver_by < block_time:
+            if contract.deliver_by and self.closable(contract) < block_time:
                 expired.append(contract)
                 if len(expired) >= MAX_SUBMITS:
                     break
@@ -297,8 +302,3 @@ class Settler:
             wake.clear()
 
 
-def deliver_by_of(contract: energy_pb2.SupplyContractRecord) -> int:
-    """The contract's delivery deadline (0: none, on ledgers from before contracts had one)."""
-    if "deliver_by" not in contract.DESCRIPTOR.fields_by_name:
-        return 0
-    return int(getattr(contract, "deliver_by"))  # noqa: B009

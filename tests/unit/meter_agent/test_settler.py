@@ -16,7 +16,13 @@ import pytest
 from grpc_helpers import StatusError
 
 from gridledger.committer.v1 import committer_pb2
-from gridledger.common.v1 import block_pb2, market_pb2, settlement_pb2, transaction_pb2
+from gridledger.common.v1 import (
+    block_pb2,
+    energy_pb2,
+    market_pb2,
+    settlement_pb2,
+    transaction_pb2,
+)
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
@@ -38,6 +44,7 @@ class FakeNetwork:
         self.height = 1
         self.txs: dict[str, tuple[int, str]] = {}
         self.submitted: list[tuple[str, object]] = []
+        self.contracts: dict[str, energy_pb2.SupplyContractRecord] = {}
         self.refuse: grpc.StatusCode | None = None  # endorser refuses every submission
         self.invalid: int | None = None  # commits every submission with this code
 
@@ -81,9 +88,14 @@ class FakeNetwork:
             trades=[market_pb2.TradeRecord.FromString(self.state[k]) for k in page],
             next_page_token=token)
 
-    def ListContracts(self, request: object,
+    def ListContracts(self, request: committer_pb2.ListContractsRequest,
                       timeout: float) -> committer_pb2.ListContractsResponse:
-        return committer_pb2.ListContractsResponse()
+        return committer_pb2.ListContractsResponse(contracts=[
+            c for c in self.contracts.values() if c.status == request.status])
+
+    def GetContract(self, request: committer_pb2.GetContractRequest,
+                    timeout: float) -> committer_pb2.GetContractResponse:
+        return committer_pb2.GetContractResponse(contract=self.contracts[request.contract_id])
 
     def GetTransaction(self, request: committer_pb2.GetTransactionRequest,
                        timeout: float) -> committer_pb2.GetTransactionResponse:
@@ -110,6 +122,13 @@ class FakeNetwork:
                 self.txs[tx_id] = (Code.TX_VALIDATION_CODE_STATE_CONFLICT, "already settled")
             else:
                 self.settle(slot)
+                self.txs[tx_id] = (Code.TX_VALIDATION_CODE_VALID, "")
+        elif body == "close_contract":
+            contract = self.contracts[tx.close_contract.contract_id]
+            if contract.status != energy_pb2.CONTRACT_STATUS_OPEN:
+                self.txs[tx_id] = (Code.TX_VALIDATION_CODE_STATE_CONFLICT, "not open")
+            else:
+                contract.status = energy_pb2.CONTRACT_STATUS_ENDED
                 self.txs[tx_id] = (Code.TX_VALIDATION_CODE_VALID, "")
         return endorser_pb2.SubmitTransactionResponse(tx_id=tx_id)
 
@@ -269,3 +288,25 @@ def test_before_the_first_block_nothing_is_judged(consortium_dir: Path, genesis:
     agent = _settler(consortium_dir, genesis, net)
     assert agent.run_once().settled == []
     assert net.submitted == []
+
+
+def test_closes_open_contracts_once_deliver_by_and_the_readings_window_have_passed(
+        consortium_dir: Path, genesis: Genesis, net: FakeNetwork) -> None:
+    window = genesis.reading_submission_window_seconds
+    for cid, deliver_by in (("a" * 64, 10_000), ("b" * 64, 20_000)):
+        net.contracts[cid] = energy_pb2.SupplyContractRecord(
+            contract_id=cid, deliver_by=deliver_by, status=energy_pb2.CONTRACT_STATUS_OPEN)
+    net.contracts["c" * 64] = energy_pb2.SupplyContractRecord(
+        contract_id="c" * 64, deliver_by=1, status=energy_pb2.CONTRACT_STATUS_ISSUED)
+    agent = _settler(consortium_dir, genesis, net)
+    net.block_time = 10_000 + window  # the last interval's reading may still come
+    assert agent.run_once().closed == []
+    net.block_time += 1
+    assert agent.run_once().closed == ["a" * 64]
+    net.block_time = 30_000
+    # Its meter closed the other one first: not a failure, and not asked twice.
+    net.contracts["b" * 64].status = energy_pb2.CONTRACT_STATUS_ENDED
+    result = agent.run_once()
+    assert (result.closed, result.failed) == ([], [])
+    assert [b.contract_id for k, b in net.submitted  # type: ignore[attr-defined]
+            if k == "close_contract"] == ["a" * 64]

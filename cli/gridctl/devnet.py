@@ -138,6 +138,10 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
         raise SystemExit(
             f"{consortium_dir} was made by an older GridLedger (its genesis lists no accounts "
             f"or no orderer TLS certificates); {redo}")
+    if not genesis.settlement.balancing_account:
+        # Without money accounts every buy is refused for want of funds and nothing settles.
+        raise SystemExit(f"{consortium_dir} was made by an older GridLedger (its genesis has "
+                         f"no settlement accounts or genesis money); {redo}")
     return genesis
 
 

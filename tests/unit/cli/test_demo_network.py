@@ -261,3 +261,13 @@ def test_a_contract_that_ended_and_got_its_coins_between_two_ticks_is_told_both(
     contract.coins_issued = 20
     events = summary.poll(c)  # type: ignore[arg-type]
     assert [e.split()[0] for e in events] == ["ended", "issued"]
+
+
+def test_a_consortium_without_money_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    consortium = tmp_path / "consortium"
+    devnet.ensure_consortium(consortium, profile="fast")
+    doc = json.loads((consortium / "genesis.json").read_text())
+    del doc["settlement"]  # as genesis files made before issue 14
+    (consortium / "genesis.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match=r"no settlement accounts.*delete its directory"):
+        devnet.ensure_consortium(consortium)

@@ -34,7 +34,10 @@ def make_consortium(directory: Path) -> Path:
     """The default topology with gridops' `treasury` and `settler` accounts, and money."""
     topology = default_topology()
     ops = next(o for o in topology.orgs if o.name == "gridops")
-    ops.nodes += [NodeSpec("treasury", Role.TREASURY), NodeSpec("settler", Role.SETTLEMENT)]
+    names = {n.name for n in ops.nodes}  # the devnet topology may have a treasury already
+    ops.nodes += [NodeSpec(name, role) for name, role in (("treasury", Role.TREASURY),
+                                                          ("settler", Role.SETTLEMENT))
+                  if name not in names]
     path = create_consortium(directory, topology, reading_interval_seconds=INTERVAL)
     doc = json.loads(path.read_bytes())
     doc["settlement"] = {"allocations": ALLOCATIONS, "coin_redeem_value_micro": REDEEM_VALUE,

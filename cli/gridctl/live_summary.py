@@ -188,8 +188,9 @@ class LiveSummary:
             # Ended (or closed, cancelled): told even if coins came before this tick saw it.
             status = "ended" if record.status == energy_pb2.CONTRACT_STATUS_ISSUED \
                 else _status_name(record.status)
+            why = f" ({record.end_reason})" if record.end_reason else ""
             events.append(f"{status:<8} {name}: {record.delivered_wh} of {record.energy_wh} "
-                          "Wh delivered")
+                          f"Wh delivered{why}, {record.paid_micro} µ paid to the plant")
         if record.status == energy_pb2.CONTRACT_STATUS_ISSUED and before != record.status:
             events.append(f"issued   {name}: {record.coins_issued} carbon coins and a "
                           "certificate")

@@ -222,7 +222,9 @@ def test_the_live_summary_tells_each_step_of_the_cycle_once(fast_dir: Path) -> N
     assert "settled 1 slots (imbalance: short 12 Wh, surplus 40 Wh, 12400 µ)" in summary.line()
 
     contract.status, contract.delivered_wh = energy_pb2.CONTRACT_STATUS_ENDED, 50
-    assert any("ended" in e and "50 of 50 Wh" in e for e in summary.poll(c))  # type: ignore[arg-type]
+    contract.end_reason, contract.paid_micro = "fulfilled", 5_000
+    assert any(e.startswith("ended") and "50 of 50 Wh delivered (fulfilled), 5000 µ paid" in e
+               for e in summary.poll(c))  # type: ignore[arg-type]
     contract.status, contract.coins_issued = energy_pb2.CONTRACT_STATUS_ISSUED, 20
     paid = energy_pb2.SupplyContractRecord(
         contract_id="d" * 64, meter="meter-1", plant="plant-2", energy_wh=50,

@@ -32,7 +32,8 @@ def with_money_roles(topology: Topology) -> Topology:
 def funded_settlement(topology: Topology) -> dict:
     """A settlement section: meters and plants funded, the settlement account balancing."""
     funded = topology.names(Role.METER) + topology.names(Role.PLANT)
-    balancing = topology.names(Role.SETTLEMENT)[0]
+    # The same account settlement_helpers.role_account picks as the settler (first by name).
+    balancing = sorted(topology.names(Role.SETTLEMENT))[0]
     return {"balancing_account": balancing,
             "allocations": {name: TEST_ALLOCATION for name in [*funded, balancing]}}
 

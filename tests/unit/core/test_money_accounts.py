@@ -183,3 +183,15 @@ def test_one_block_expires_every_closed_slot_and_stops_at_the_first_open_one(
                                                                   (1000, 0)]
     assert [k for k, _ in net.ledger.scan_state("order-book/")] == [
         view.book_key(records[2])]
+
+
+def test_escrow_cannot_be_spent_while_an_order_holds_it(net: Net) -> None:
+    bid = net.order("meter-2", BUY, 200_000, 1000)
+    assert net.commit(bid) == [(VALID, "")]
+    available = net.account("meter-2").balance_micro
+    assert available == ALLOCATION - 200_000
+    [(code, message)] = net.commit(net.transfer("meter-2", "meter-1", available + 1))
+    assert code == CONFLICT and "insufficient_funds" in message
+    assert net.commit(net.transfer("meter-2", "meter-1", available)) == [(VALID, "")]
+    assert (net.account("meter-2").balance_micro, net.account("meter-2").reserved_micro) == (
+        0, 200_000)

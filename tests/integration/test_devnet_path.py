@@ -15,7 +15,7 @@ from devnet_support import committer_stub, height, same_chain, wait_for
 
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2
-from gridledger.common.v1 import block_pb2, transaction_pb2
+from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
@@ -131,17 +131,27 @@ def test_bad_readings_are_refused_with_a_specific_status(network: devnet.Network
         assert err.value.code() == status
         assert text in err.value.details()
 
-    # A good one for the same interval goes through, proving the rejections wrote nothing.
-    good = meter.new_transaction("meter_reading", _reading("meter-1", start))
-    tx_id = stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=good),
-                                   timeout=10).tx_id
-    c1 = committer_stub(network, "committer-1")
-    wait_for(lambda: c1.GetTransaction(committer_pb2.GetTransactionRequest(tx_id=tx_id),
-                                       timeout=5).validation_code == 1, 60, "good reading")
-    for key in (schema.reading_key("meter-2", start),):
-        assert not c1.GetState(committer_pb2.GetStateRequest(key=key)).found
+    # Well signed, for its own meter, but long past the readings submission window: refused
+    # by the rule (issue 14), so nothing at all was written for that interval.
+    late = meter.new_transaction("meter_reading", _reading("meter-1", start))
     with pytest.raises(grpc.RpcError) as err:
-        stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=good), timeout=10)
+        stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=late), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "readings_deadline" in err.value.details()
+    c1 = committer_stub(network, "committer-1")
+    for key in (schema.reading_key("meter-1", start), schema.reading_key("meter-2", start)):
+        assert not c1.GetState(committer_pb2.GetStateRequest(key=key)).found
+    # A transaction already on the ledger, sent again: ALREADY_EXISTS.
+    wait_for(lambda: height(c1) >= 2, 60, "blocks with transactions")
+    committed = next(
+        envelope_pb2.EndorsedTransaction.FromString(raw).envelope
+        for number in range(height(c1))
+        for block in [c1.GetBlock(committer_pb2.GetBlockRequest(number=number), timeout=5)]
+        for raw, code in zip(block.block.transactions, block.validation_codes, strict=True)
+        if code == 1)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=committed),
+                               timeout=10)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 

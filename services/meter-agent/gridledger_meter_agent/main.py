@@ -39,7 +39,7 @@ from gridledger_meter_agent.drivers import MeterDriver, ModbusTcpMeter, Simulate
 from gridledger_meter_agent.issuer import Issuer
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.outbox import DEFAULT_CAPACITY, Outbox
-from gridledger_meter_agent.readings import IntervalReader
+from gridledger_meter_agent.readings import IntervalReader, history_threshold
 from gridledger_meter_agent.sender import DEFAULT_RESUBMIT_AFTER, OutboxSender
 from gridledger_meter_agent.service import AgentParts, MeterAgentServicer
 from gridledger_meter_agent.settler import Settler
@@ -165,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         profile = make_profile(args, args.name, args.mode)
         parts.driver = make_driver(args, profile, int(time.time()))
         parts.outbox = Outbox(args.data_dir / "outbox", capacity=args.outbox_capacity)
-        # Backfill older than half the submission window goes as onboarding history.
+        # Backfill too old to be a live reading goes as onboarding history.
         parts.reader = IntervalReader(parts.driver, identity, parts.outbox,
                                       genesis.reading_interval_seconds,
-                                      history_before_s=genesis.reading_submission_window_seconds
-                                      // 2)
+                                      history_before_s=history_threshold(
+                                          genesis.reading_submission_window_seconds))
         if committer is None:
             log.warning("no --committer: a reading leaves the outbox on the endorser's OK, "
                         "without seeing its commit (a reading the ordering service loses "

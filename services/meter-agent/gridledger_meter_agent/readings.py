@@ -5,8 +5,9 @@ appended to the outbox and the cursor advanced in one LMDB transaction, so a cra
 skips or repeats an interval. Sending is the outbox sender's job. A full outbox stops the
 reader (the cursor waits) instead of dropping anything.
 
-Intervals that ended more than `history_before_s` ago (backfill of a new meter, set to half
-the ledger's readings submission window) go out as onboarding history: HistoryReadings
+Intervals that ended more than `history_before_s` ago (backfill of a new meter; the ledger's
+readings submission window less a sending margin, `history_threshold`) go out as onboarding
+history: HistoryReadings
 transactions of up to `history_chunk` intervals, which the ledger admits only before the
 meter's first order. So a new meter posts its history first and trades after
 (`wait_for_history`); a reading that is late because the agent was down for longer than the
@@ -151,6 +152,13 @@ class IntervalReader:
             DEVICE_ERRORS.labels(self.driver.status().state.value).inc()
             return None
         return CounterReading(reading.exported_wh, reading.imported_wh, at)
+
+
+def history_threshold(submission_window_s: int) -> int:
+    """Age (since its interval ended) beyond which a reading goes as history: the ledger's
+    submission window less a margin for sending and ordering (5 min, or a quarter of a short
+    window), so a restarted agent still sends as live what can still be live."""
+    return submission_window_s - min(300, submission_window_s // 4)
 
 
 def wait_for_history(reader: IntervalReader, outbox: Outbox, stop: threading.Event,

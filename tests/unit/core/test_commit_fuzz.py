@@ -75,8 +75,9 @@ F = FieldDescriptor
 # The bodies each kind of creator may submit (by name without its number): most transactions
 # get one of these, so they pass authorisation and meet the rules' arithmetic.
 FITTING_BODIES = {
-    "meter-": ("meter_reading", "supply_contract", "trade_end", "place_order", "cancel_order"),
-    "plant-": ("meter_reading", "plant_announcement"),
+    "meter-": ("meter_reading", "supply_contract", "trade_end", "place_order", "cancel_order",
+               "history_readings", "close_contract", "cancel_contract", "redeem_coins"),
+    "plant-": ("meter_reading", "plant_announcement", "history_readings", "close_contract"),
     "byz-meter": ("meter_reading", "supply_contract", "place_order"),
     "byz-meter-": ("meter_reading", "supply_contract", "trade_end", "place_order",
                    "cancel_order"),
@@ -340,6 +341,13 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
         value.option.CopyFrom(_signed(endorser, option.SerializeToString()))
     elif field == "cancel_order":
         value.order_id = draw(known_name(world))
+    elif field == "history_readings":
+        for entry in value.readings:
+            entry.interval_start = (world.now // INTERVAL - rnd.randint(1, 96 * 8)) * INTERVAL
+    elif field in ("close_contract", "cancel_contract"):
+        value.contract_id = draw(known_name(world))
+    elif field == "redeem_coins":
+        value.coins = rnd.choice([value.coins, rnd.randint(1, 1000)])
     elif field == "register_account":
         # New names mostly (so registrations reach the state), taken ones and bad roles too.
         value.account = weighted(draw, [(f"byz-new-{world.unique().hex()}", 6),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from energy_world import INTERVAL, VALID, World, accept_proof, new_world
 
-from gridledger.common.v1 import energy_pb2, envelope_pb2
+from gridledger.common.v1 import energy_pb2, envelope_pb2, settlement_pb2
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.energy import certificate
 from gridledger_core.energy.terms import contract_id
@@ -313,3 +313,28 @@ def test_energy_blocks_give_identical_state_on_two_ledgers(world: World,
         assert found is not None
         assert replica.commit(found[0]).state_root == found[1].state_root
     assert list(replica.store.scan(b"")) == list(world.ledger.store.scan(b""))
+
+
+# -- reliability from evidence ----------------------------------------------------------------
+
+def test_plant_shortfalls_are_measured_from_its_own_live_readings(world: World) -> None:
+    """Threshold 50 kW over 900 s is 12 500 Wh: below it is a shortfall interval, adjacent ones
+    merge, a gap between readings is a shortfall, history never counts, and an announcement
+    that declares nothing removes nothing."""
+    assert (world.plant().live_readings, list(world.plant().measured_shortfall_windows)) == (0,
+                                                                                              [])
+    t = world.now // INTERVAL * INTERVAL + 2 * INTERVAL
+    world.now = t
+    world.ok("plant-1", "history_readings", settlement_pb2.HistoryReadings(readings=[
+        settlement_pb2.MeterReadingEntry(interval_start=t - INTERVAL, produced_wh=0)]))
+    for k, wh in [(0, 20_000), (1, 12_499), (2, 0), (3, 12_500), (6, 30_000)]:
+        code, message = world.post("plant-1", t + k * INTERVAL, produced=wh)
+        assert code == VALID, message
+    plant = world.plant()
+    windows = [(w.start, w.end) for w in plant.measured_shortfall_windows]
+    assert windows == [(t + INTERVAL, t + 3 * INTERVAL), (t + 4 * INTERVAL, t + 6 * INTERVAL)]
+    assert (plant.live_readings, plant.last_reading_end) == (5, t + 7 * INTERVAL)
+    world.ok("plant-1", "plant_announcement", world.announce())
+    assert [(w.start, w.end) for w in world.plant().measured_shortfall_windows] == windows
+    world.refused("plant-1", "plant_announcement", world.announce(threshold_w=0),
+                  Code.TX_VALIDATION_CODE_INVALID_BODY, "threshold_w must be positive")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gridledger.common.v1 import energy_pb2
+from gridledger.common.v1 import energy_pb2, transaction_pb2
 from gridledger.meteragent.v1 import meteragent_pb2
 from gridledger_core.energy.shortfall import windows_from_readings
 from gridledger_core.energy.terms import TERMS_FORMAT, contract_id
@@ -20,6 +20,7 @@ from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.buyer import Buyer, BuyerConfig, TermsRejected
 from gridledger_meter_agent.directory import LEDGER, PlantDirectory
+from gridledger_meter_agent.issuer import Issuer
 from gridledger_meter_agent.neighbours import NeighbourPoller
 from gridledger_meter_agent.plant import PlantAgent, PlantConfig, ProposalRefused
 
@@ -154,3 +155,31 @@ def test_meter_refuses_terms_without_a_sane_delivery_deadline(consortium_dir: Pa
             terms.SerializeToString())
         with pytest.raises(TermsRejected, match="deliver by"):
             buyer._check_terms(bad, record("plant-1"), 100, 0)
+
+
+class IssuerLedger:
+    """Two ended contracts: one delivered nothing, one 100 Wh; records what is submitted."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def contracts(self, **_: object) -> list[energy_pb2.SupplyContractRecord]:
+        ended = energy_pb2.CONTRACT_STATUS_ENDED
+        return [energy_pb2.SupplyContractRecord(contract_id="a" * 64, meter="meter-1",
+                                                delivered_wh=0, status=ended),
+                energy_pb2.SupplyContractRecord(contract_id="b" * 64, meter="meter-2",
+                                                delivered_wh=100, status=ended)]
+
+    def submit_and_wait(self, envelope: object) -> tuple[str, int, str]:
+        tx = transaction_pb2.Transaction.FromString(envelope.payload)  # type: ignore[attr-defined]
+        self.submitted.append(tx.carbon_coin_issue.contract_id)
+        return "tx", 1, ""
+
+
+def test_issuer_never_issues_for_a_contract_that_earned_no_coin(consortium_dir: Path,
+                                                                 genesis: Genesis) -> None:
+    ledger = IssuerLedger()
+    issuer = Issuer(SigningIdentity.load(consortium_dir, "issuer"), genesis,
+                    ledger)  # type: ignore[arg-type]
+    assert issuer.issue_once() == 1
+    assert ledger.submitted == ["b" * 64]

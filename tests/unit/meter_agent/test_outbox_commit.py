@@ -33,7 +33,7 @@ from gridledger_endorser.service import EndorserServicer
 from gridledger_meter_agent.commit_watch import CommitConfirmer
 from gridledger_meter_agent.drivers import SimulatedMeter
 from gridledger_meter_agent.outbox import Outbox
-from gridledger_meter_agent.readings import IntervalReader
+from gridledger_meter_agent.readings import IntervalReader, history_threshold
 from gridledger_meter_agent.sender import OutboxSender
 
 RESUBMIT_AFTER = 30.0
@@ -310,3 +310,8 @@ def test_backfill_goes_as_onboarding_history_first_then_live_readings(
     agent.drain()
     assert agent.outbox.pending() == 0
     agent.outbox.close()
+
+
+def test_history_threshold_leaves_a_sending_margin_inside_the_window() -> None:
+    assert history_threshold(3600) == 3300
+    assert history_threshold(120) == 90

@@ -56,8 +56,11 @@ def _end(state: StateOverlay, ctx: TxContext, contract: energy_pb2.SupplyContrac
          reason: str) -> None:
     """Pay, release and free everything for `contract` ending now (checks, then writes)."""
     delivered = contract.attributed_wh
-    split = end_split(delivered, contract.price_micro_per_kwh, contract.coins_paid,
-                      contract.coin_value_micro, contract.reserved_micro)
+    try:
+        split = end_split(delivered, contract.price_micro_per_kwh, contract.coins_paid,
+                          contract.coin_value_micro, contract.reserved_micro)
+    except ValueError as exc:  # cannot happen for a record this rule set wrote (ending.py)
+        raise TxInvalid(CONFLICT, f"contract {contract.contract_id}: {exc}") from exc
     plant = get_plant(state, contract.plant)
     assert plant is not None, "a contract's plant record is never deleted"
     undelivered = contract.energy_wh - delivered

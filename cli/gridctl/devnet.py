@@ -138,8 +138,9 @@ def ensure_consortium(consortium_dir: Path, orderers: int = 4, meters: int = 3,
         raise SystemExit(
             f"{consortium_dir} was made by an older GridLedger (its genesis lists no accounts "
             f"or no orderer TLS certificates); {redo}")
-    if not genesis.settlement.balancing_account:
-        # Without money accounts every buy is refused for want of funds and nothing settles.
+    if "settlement" not in json.loads(genesis.raw):
+        # Made before issue 14: no money, so every buy is refused and nothing settles. (A
+        # genesis may have the section without a balancing account: imbalances unpriced.)
         raise SystemExit(f"{consortium_dir} was made by an older GridLedger (its genesis has "
                          f"no settlement accounts or genesis money); {redo}")
     return genesis

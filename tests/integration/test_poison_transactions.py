@@ -81,7 +81,7 @@ def test_poison_transactions_do_not_stop_the_committers(network: devnet.Network)
     terms = new_terms(meter="meter-2", plant="plant-1", price_micro_per_kwh=1_000_000,
                       energy_wh=2**64 - 1, pv_panel_id="plant-1-pv-1",
                       plant_remaining_wh=2**64 - 1, coins_paid=0, coin_value_micro=1,
-                      expires_at=int(time.time()) + 600)
+                      expires_at=int(time.time()) + 600, deliver_by=int(time.time()) + 3600)
     plant_terms = SigningIdentity.load(consortium, "plant-1").sign_envelope(
         terms.SerializeToString())
     contract = SigningIdentity.load(consortium, "meter-2").new_transaction(

@@ -12,7 +12,7 @@ install_podman() {
     return 1
   fi
   echo "installing podman, runc and debootstrap from Debian's packages ..." >&2
-  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       podman runc debootstrap uidmap; } >/var/tmp/gridledger-apt.log 2>&1 \
     || { tail -20 /var/tmp/gridledger-apt.log >&2; return 1; }
 }

@@ -120,13 +120,15 @@ def start(network: devnet.Network, *, tag: str = "dev", wait: float = 120.0) -> 
         raise SystemExit(f"images missing: {', '.join(f'gridledger/{r}:{tag}' for r in missing)};"
                          " build them with `make images`")
     plan(network)
-    record = {"engine": eng, "tag": tag, "containers": {}}
+    # Recorded before any container is made, so a failed start still stops what it started.
+    record = {"engine": eng, "tag": tag,
+              "containers": {n.name: container_name(network, n) for n in network.nodes}}
+    (network.directory / RECORD).write_text(json.dumps(record, indent=2))
     (network.directory / "logs").mkdir(parents=True, exist_ok=True)
     try:
         for role in devnet.ROLE_ORDER:
             for node in network.by_role(role):
-                record["containers"][node.name] = _run_node(eng, network, node, tag)
-                (network.directory / RECORD).write_text(json.dumps(record, indent=2))
+                _run_node(eng, network, node, tag)
             refresh(network)
             network.save()
             for node in network.by_role(role):
@@ -137,7 +139,7 @@ def start(network: devnet.Network, *, tag: str = "dev", wait: float = 120.0) -> 
     network.save()
 
 
-def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str) -> str:
+def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str) -> None:
     name = container_name(network, node)
     run(eng, "rm", "--force", name, check=False)
     data = Path(node.data_dir)
@@ -158,7 +160,6 @@ def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str) ->
         "--volume", f"{consortium}:{CONSORTIUM_MOUNT}:ro",
         "--volume", f"{data}:{DATA_MOUNT}",
         f"gridledger/{node.role}:{tag}", *container_args(node))
-    return name
 
 
 def _record(network: devnet.Network) -> dict:

@@ -40,5 +40,6 @@ rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
        "$ROOTFS"/var/log/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/*
 tar --numeric-owner -C "$ROOTFS" -c . | "$ENGINE" import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
+  --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$BASE_TAG" \
+  >/var/tmp/gridledger-import.log 2>&1 || { cat /var/tmp/gridledger-import.log >&2; exit 1; }
 echo "base image $BASE_TAG made from Debian $SUITE (python3.11 $(chroot "$ROOTFS" python3.11 -c 'import platform; print(platform.python_version())'))"

@@ -9,7 +9,7 @@ GEN_STAMP := gen/.generated
 DEVNET_DIR ?= .devnet
 PYTEST_ARGS ?=
 
-.PHONY: all venv protos run test test-unit test-integration lint fmt bench bench-quick clean devnet-down
+.PHONY: all venv protos images run test test-unit test-integration lint fmt bench bench-quick clean devnet-down
 
 all: protos
 
@@ -31,6 +31,10 @@ $(GEN_STAMP): $(PROTO_FILES) $(STAMP)
 		--pyi_out=gen $(PROTO_FILES)
 	find gen/gridledger -type d -exec touch {}/__init__.py \;
 	touch $@
+
+# Container images of every role (docker or podman; docs/operations.md, "Build the images").
+images: $(STAMP)
+	deploy/images/build.sh
 
 run: protos
 	$(BIN)/gridctl demo --dir $(DEVNET_DIR)

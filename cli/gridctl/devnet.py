@@ -350,6 +350,9 @@ def stop_nodes(nodes: list[Node], timeout: float = 10.0, sig: int = signal.SIGTE
 def stop(network: Network) -> None:
     """Stop every node, devices first and orderers last (each role's nodes together), with
     SIGTERM and, after 10 s, SIGKILL."""
+    if (network.directory / "containers.json").exists():  # started with --containers
+        from gridctl import devnet_containers
+        return devnet_containers.stop(network)
     for role in ["meter-agent", "endorser", "committer", "orderer"]:
         stop_nodes(network.by_role(role))
 

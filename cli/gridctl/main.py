@@ -22,6 +22,7 @@ from gridctl import (
     commands_state,
     connect,
     devnet,
+    devnet_containers,
 )
 from gridctl.live_summary import LiveSummary
 from gridctl.output import emit, fail
@@ -61,7 +62,10 @@ def cmd_devnet_up(args: argparse.Namespace) -> None:
     network = devnet.plan(directory.resolve(), consortium_dir.resolve(), demo=not args.no_demo,
                           **devnet.demo_settings(genesis))
     print(f"starting {len(network.nodes)} nodes from {directory} ...", file=sys.stderr)
-    devnet.start(network)
+    if getattr(args, "containers", False):  # containers from `make images` (issue 16)
+        devnet_containers.start(network, tag=args.image_tag)
+    else:
+        devnet.start(network)
     print(f"devnet up: {network.network_file}", file=sys.stderr)
     if args.detach:
         emit(network.describe(), args.json) if args.json else _print_nodes(network)
@@ -146,6 +150,7 @@ def cmd_devnet_down(args: argparse.Namespace) -> None:
 
 def cmd_devnet_status(args: argparse.Namespace) -> None:
     network = connect.load_network(args.dir)
+    devnet_containers.refresh(network)
     rows = [{"name": n.name, "role": n.role, "grpc": n.grpc, "metrics": n.metrics, "pid": n.pid,
              "state": "up" if devnet.pid_alive(n.pid) else "down", "data_dir": n.data_dir}
             for n in network.nodes]
@@ -231,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true", help="meters post live readings only")
     up.add_argument("--profile", choices=sorted(PROFILES), default=FAST.name,
                     help="genesis profile when creating a consortium (see network init)")
+    up.add_argument("--containers", action="store_true",
+                    help="run every node as a container from the images of `make images`")
+    up.add_argument("--image-tag", default="dev", help="with --containers (default dev)")
     up.set_defaults(func=cmd_devnet_up)
     dev.add_parser("down", parents=[common], help="stop a detached network").set_defaults(
         func=cmd_devnet_down)

@@ -375,16 +375,59 @@ def allowed(docs: list[dict], src: dict, dst: dict, port: int, src_ns: str = "gr
     return ingress and egress
 
 
+def kind(workload: dict) -> str:
+    """The workload's component, or for a meter agent its device role (meter, plant, issuer):
+    the policies tell those apart."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return labels.get("gridledger.io/device-role") or component(workload)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_meters_reach_the_agents_they_call(rendered: dict, overlay: str) -> None:
+    """Every meter's --neighbour addresses and every plant's advertised endpoint are the
+    DNS names of agents the policies let that meter reach (the addresses are used, not only
+    allowed)."""
+    docs = rendered[overlay]
+    by_host = {}
+    for w in workloads(docs):
+        spec = w["spec"]["template"]["spec"]
+        if "hostname" in spec:
+            by_host[f"{spec['hostname']}.{spec['subdomain']}:7050"] = w
+    meters = [w for w in workloads(docs) if kind(w) == "meter"]
+    plants = [w for w in workloads(docs) if kind(w) == "plant"]
+    assert len(meters) >= 2 and plants
+    for meter in meters:
+        (container,) = meter["spec"]["template"]["spec"]["containers"]
+        neighbours = flags(container["args"])["--neighbour"].split(",")
+        assert len(neighbours) == len(meters) - 1
+        for entry in neighbours:
+            name, _, address = entry.partition("=")
+            target = by_host[address]
+            assert target["spec"]["template"]["spec"]["hostname"] == name
+            assert allowed(docs, meter["spec"]["template"]["metadata"]["labels"],
+                           target["spec"]["template"]["metadata"]["labels"], 7050)
+        for plant in plants:
+            (pc,) = plant["spec"]["template"]["spec"]["containers"]
+            advertise = next(e["value"] for e in pc["env"] if e["name"] == "GRIDLEDGER_ADVERTISE")
+            assert by_host[advertise] is plant
+            assert allowed(docs, meter["spec"]["template"]["metadata"]["labels"],
+                           plant["spec"]["template"]["metadata"]["labels"], 7050)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_allow_only_the_protocol(rendered: dict, overlay: str) -> None:
     docs = rendered[overlay]
     deny = [d for d in docs if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"] == {}]
     assert len(deny) == 1 and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert not deny[0]["spec"].get("ingress") and not deny[0]["spec"].get("egress")
-    labels = {component(w): w["spec"]["template"]["metadata"]["labels"]
-              for w in workloads(docs)}
-    flows = {("meter-agent", "endorser"), ("meter-agent", "committer"),
-             ("endorser", "orderer"), ("committer", "orderer"), ("orderer", "orderer")}
+    labels = {kind(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)}
+    assert {"meter", "plant", "issuer"} <= set(labels)
+    devices = ("meter", "plant", "issuer")
+    flows = {(d, s) for d in devices for s in ("endorser", "committer")} | {
+        ("endorser", "orderer"), ("committer", "orderer"), ("orderer", "orderer"),
+        # Claim 3's neighbour directory (GetPlantDirectory) and ProposeContract: meters call
+        # other meters' and plants' agents; plants and the issuer call no agent.
+        ("meter", "meter"), ("meter", "plant")}
     for src in labels:
         for dst in labels:
             expected = (src, dst) in flows

@@ -1,0 +1,238 @@
+"""The container images for real (issue 16): `make images` builds them (installing podman,
+runc and debootstrap when missing, as root), `gridctl devnet up --containers` runs the
+consortium from them, and `podman kube play` runs the Deployments of the rendered dev
+overlay with the consortium's ConfigMap and Secrets.
+
+No engine daemon and no Docker Hub here: podman with host networking (deploy/images/
+containers.conf) and, where python:3.11-slim-bookworm cannot be pulled, a Debian 12 base made
+with debootstrap. The base image, the wheelhouse and the image layers are cached on the
+machine, so a second run builds in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from devnet_support import committer_stub, dump_logs_on_failure, height, same_chain, wait_for
+from kube_play_support import playable
+from test_readme_grpcurl import readme_commands
+
+from gridctl import devnet, devnet_containers
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ("orderer", "committer", "endorser", "meter-agent")
+BIN = Path(sys.executable).parent
+# The first run on a fresh machine installs podman and builds the base and every layer.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+
+
+def engine_env() -> dict[str, str]:
+    return {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy/images/containers.conf")}
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    """`make images` (deploy/images/build.sh): installs what it needs, builds every role."""
+    started = time.monotonic()
+    result = subprocess.run(["make", "-C", str(ROOT), "images"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=1400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(f"make images: {time.monotonic() - started:.0f} s\n{result.stdout}")
+    for role in ROLES:
+        assert f"gridledger/{role}:dev" in result.stdout
+    return devnet_containers.engine()
+
+
+def podman(eng: str, *args: str, check: bool = True, stdin: str | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([eng, *args], capture_output=True, text=True, env=engine_env(),
+                            timeout=300, input=stdin if stdin is not None else "")
+    if check:
+        assert result.returncode == 0, f"{eng} {' '.join(args)}: {result.stderr}"
+    return result
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_image_runs_its_role_as_non_root_on_a_read_only_root(engine: str, role: str) -> None:
+    image = f"gridledger/{role}:dev"
+    config = json.loads(podman(engine, "image", "inspect", image).stdout)[0]["Config"]
+    assert config["User"] == "10001:10001"
+    # The build argument ROLE picked the console script the image runs by default.
+    usage = podman(engine, "run", "--rm", "--read-only", image, "--help").stdout
+    assert usage.startswith(f"usage: gridledger-{role}")
+    probe = podman(engine, "run", "--rm", "--read-only", "--entrypoint", "sh", image, "-c",
+                   "id -u; touch /opt/gridledger/x 2>&1 || true; touch /tmp/ok && echo tmp-ok",
+                   ).stdout
+    lines = probe.splitlines()
+    assert lines[0] == "10001"
+    assert "Read-only file system" in lines[1]
+    assert lines[2] == "tmp-ok"  # the engine's tmpfs, as the manifests' /tmp emptyDir
+    # No compiler or protobuf generator left in the final image.
+    tools = podman(engine, "run", "--rm", "--entrypoint", "sh", image, "-c",
+                   "command -v gcc cc protoc; python -c 'import grpc_tools' 2>&1 | tail -1",
+                   check=False).stdout
+    assert "gcc" not in tools and "ModuleNotFoundError" in tools
+
+
+@pytest.fixture(scope="class")  # up for TestContainerisedConsortium only
+def network(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    directory = tmp_path_factory.mktemp("containers")
+    up = subprocess.run([str(BIN / "gridctl"), "devnet", "up", "--containers", "--detach",
+                         "--dir", str(directory), "--json"], capture_output=True, text=True,
+                        stdin=subprocess.DEVNULL, timeout=600, env=engine_env())
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        network = devnet.Network.load(directory)
+        yield network
+    finally:
+        down = subprocess.run([str(BIN / "gridctl"), "devnet", "down", "--dir",
+                               str(directory)], capture_output=True, text=True, timeout=300,
+                              env=engine_env())
+        if (directory / "network.json").exists():
+            dump_logs_on_failure(devnet.Network.load(directory))
+        assert down.returncode == 0, down.stderr
+        left = podman(engine, "ps", "-a", "--filter",
+                      f"label=io.gridledger.devnet={directory.resolve()}", "-q").stdout
+        assert not left.strip(), "devnet down left containers behind"
+
+
+class TestContainerisedConsortium:
+    """`gridctl devnet up --containers`, as a user runs it, and what it must do."""
+
+    def test_every_node_is_a_locked_down_container_with_only_its_own_keys(
+            self, engine: str, network: devnet.Network) -> None:
+        states = devnet_containers.state(network)
+        assert set(states) == {n.name for n in network.nodes}
+        for node in network.nodes:
+            state = states[node.name]
+            assert state["running"] and state["read_only"], node.name
+            uid = Path(f"/proc/{state['pid']}/status").read_text().split("Uid:")[1].split()[0]
+            assert uid == "10001", node.name
+            name = devnet_containers.container_name(network, node)
+            inside = podman(engine, "exec", name, "sh", "-c",
+                            "ls /etc/gridledger/consortium; ls /etc/gridledger/consortium/nodes; "
+                            "grep -c CapEff:.0000000000000000 /proc/1/status").stdout.split()
+            assert inside == ["genesis.json", "nodes", "tls-ca-bundle.pem", node.name, "1"], \
+                (node.name, inside)
+
+    def test_committers_commit_identical_blocks(self, network: devnet.Network) -> None:
+        c1 = committer_stub(network, "committer-1")
+        c2 = committer_stub(network, "committer-2")
+        wait_for(lambda: min(height(c1), height(c2)) >= 5, 120, "five blocks on both")
+        assert same_chain(network) >= 5
+
+    def test_readme_grpcurl_lines_answer(self, network: devnet.Network) -> None:
+        script = readme_commands().replace(".devnet/network.json", str(network.network_file))
+        script = script.replace(".venv/bin/", f"{BIN}/")
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert '"status": "SERVING"' in result.stdout
+        assert '"validation_code": "TX_VALIDATION_CODE_VALID"' in result.stdout
+
+    def test_status_and_a_killed_container_restarts_and_catches_up(
+            self, network: devnet.Network) -> None:
+        status = subprocess.run([str(BIN / "gridctl"), "devnet", "status", "--dir",
+                                 str(network.directory), "--json"], capture_output=True,
+                                text=True, timeout=60, env=engine_env())
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert {r["state"] for r in json.loads(status.stdout)} == {"up"}
+        victim = network.node("committer-2")
+        before = devnet_containers.state(network)[victim.name]
+        devnet_containers.kill(network, victim)  # SIGKILL from outside: a crash
+        wait_for(lambda: devnet_containers.state(network)[victim.name]["restarts"]
+                 > before["restarts"] and devnet_containers.state(network)[victim.name][
+                     "running"], 60, "the engine to restart committer-2")
+        devnet_containers.refresh(network)
+        assert network.node(victim.name).pid != before["pid"]
+        devnet.wait_healthy(network, network.node(victim.name), 120)
+        c1 = committer_stub(network, "committer-1")
+        c2 = committer_stub(network, "committer-2")
+        target = height(c1) + 2  # blocks committed while it was down and after
+        wait_for(lambda: height(c2) >= target, 180, f"committer-2 to reach height {target}")
+        assert same_chain(network) >= target
+
+
+def test_kube_play_runs_the_dev_overlay(engine: str, tmp_path: Path) -> None:
+    """Every Deployment of the rendered dev overlay, with the ConfigMap and Secrets of
+    k8s/consortium-secrets.sh (and the volume claims), played by `podman kube play`, each
+    pod in a network namespace of its own (loopback only: this machine has no pod network, so
+    the pods cannot reach each other). Each pod must pass the manifests' probes, asked as the
+    kubelet asks them: plaintext gRPC health on 7051, overall (liveness) and for the role's
+    service (readiness), and serve /metrics on 9464, as uid 10001 with only its own keys."""
+    if engine != "podman":
+        pytest.fail("kube play needs podman")
+    consortium = tmp_path / "consortium"
+    devnet.ensure_consortium(consortium)
+    secrets = subprocess.run(["sh", str(ROOT / "k8s/consortium-secrets.sh"), str(consortium)],
+                             capture_output=True, text=True, check=True).stdout
+    overlay = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s/overlays/dev")],
+                             capture_output=True, text=True, check=True).stdout
+    docs = playable([d for d in yaml.safe_load_all(overlay) if d],
+                    [d for d in yaml.safe_load_all(secrets) if d])
+    play = tmp_path / "play.yaml"
+    play.write_text(yaml.safe_dump_all(docs))
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert len(deployments) == 13
+    podman(engine, "kube", "down", str(play), check=False)
+    podman(engine, "volume", "rm", "--force", *claims, check=False)
+    try:
+        podman(engine, "kube", "play", "--network", "none", str(play))
+        for deployment in deployments:
+            _check_pod(engine, deployment)
+    finally:
+        podman(engine, "kube", "down", str(play), check=False)
+        podman(engine, "volume", "rm", "--force", *claims, check=False)
+
+
+PROBE = """
+import sys, urllib.request, grpc
+from grpc_health.v1 import health_pb2 as pb, health_pb2_grpc
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel("127.0.0.1:7051"))
+for service in ("", sys.argv[1]):
+    try:
+        status = stub.Check(pb.HealthCheckRequest(service=service), timeout=2).status
+        print(pb.HealthCheckResponse.ServingStatus.Name(status))
+    except grpc.RpcError as exc:
+        print(exc.code().name)
+text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=2).read().decode()
+print("metrics" if "gridledger_node_info" in text else "no-metrics")
+"""
+SERVICES = {"orderer": "gridledger.orderer.v1.OrdererService",
+            "committer": "gridledger.committer.v1.CommitterService",
+            "endorser": "gridledger.endorser.v1.EndorserService",
+            "meter-agent": "gridledger.meteragent.v1.MeterAgentService"}
+
+
+def _check_pod(engine: str, deployment: dict) -> None:
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    name = f"{deployment['metadata']['name']}-pod-0-{container['name']}"
+    node = next(e["value"] for e in container["env"] if e["name"] == "GRIDLEDGER_NAME")
+    service = SERVICES[container["name"]]
+    # The readiness probe is what the manifests say it is.
+    assert container["readinessProbe"]["grpc"] == {"port": 7051, "service": service}
+    last = ""
+
+    def ready() -> bool:
+        nonlocal last
+        result = podman(engine, "exec", "-i", name, "python", "-", service, check=False,
+                        stdin=PROBE)
+        last = result.stdout + result.stderr
+        return last.split() == ["SERVING", "SERVING", "metrics"]
+
+    wait_for(ready, 120, f"{name} to pass its probes")
+    inside = podman(engine, "exec", name, "sh", "-c",
+                    "id -u; ls /etc/gridledger/consortium/nodes; touch /x 2>&1 || true").stdout
+    uid, keys, touched = inside.splitlines()[:3]
+    assert (uid, keys) == ("10001", node), inside
+    assert "Read-only file system" in touched

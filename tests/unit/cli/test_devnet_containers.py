@@ -1,0 +1,46 @@
+"""The container launcher's pure parts: the flags a container gets and what it mounts (the
+containers themselves run in tests/integration/test_containers.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gridctl import devnet, devnet_containers
+
+
+def test_container_args_keep_the_plan_but_use_the_manifests_paths(consortium_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    network = devnet.plan(tmp_path, consortium_dir, demo=False)
+    devnet_containers.plan(network)
+    for node in network.nodes:
+        args = devnet_containers.container_args(node)
+        assert len(args) == len(node.args)
+        given = dict(zip(args[::2], args[1::2], strict=False))
+        assert given["--consortium-dir"] == "/etc/gridledger/consortium"
+        assert given["--data-dir"] == "/var/lib/gridledger"
+        assert given["--listen"] == node.grpc and given["--name"] == node.name
+        assert given["--health-listen"].startswith("127.0.0.1:")
+        # The plan itself is unchanged: the host's paths stay in network.json.
+        assert str(consortium_dir) in node.args and node.data_dir in node.args
+
+
+def test_each_node_mounts_only_its_own_keys(consortium_dir: Path, tmp_path: Path) -> None:
+    network = devnet.plan(tmp_path, consortium_dir, demo=False)
+    for node in network.nodes:
+        staged = devnet_containers._stage_consortium(network, node)
+        files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+        assert files == ["genesis.json", *(f"nodes/{node.name}/{f}" for f in sorted(
+            devnet_containers.KEY_FILES)), "tls-ca-bundle.pem"]
+        key = staged / "nodes" / node.name / "tls.key"
+        assert key.read_bytes() == (consortium_dir / "nodes" / node.name / "tls.key").read_bytes()
+        assert key.stat().st_mode & 0o777 == 0o440
+
+
+def test_container_names_differ_per_devnet_directory(consortium_dir: Path,
+                                                     tmp_path: Path) -> None:
+    a = devnet.plan(tmp_path / "a", consortium_dir, demo=False)
+    b = devnet.plan(tmp_path / "b", consortium_dir, demo=False)
+    node_a, node_b = a.node("committer-1"), b.node("committer-1")
+    assert devnet_containers.container_name(a, node_a) != devnet_containers.container_name(
+        b, node_b)
+    assert devnet_containers.container_name(a, node_a).endswith("-committer-1")

@@ -16,6 +16,7 @@ from gridctl import (
     commands_enrol,
     commands_identity,
     commands_ledger,
+    commands_load,
     commands_market,
     commands_orderer,
     commands_state,
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_identity.register(sub)
     commands_enrol.register(sub)
     commands_orderer.register(sub)
+    commands_load.register(sub)
     return parser
 
 

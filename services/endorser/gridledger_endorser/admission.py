@@ -21,8 +21,10 @@ that, so it grows by that factor per window until the network, not the bound, li
 only this endorser's own transactions shares the network between several endorsers in
 proportion to what each gets committed, instead of each claiming the whole rate.
 
-The retry hint is the mean interval between the replica's blocks (a block is when in-flight
-slots free up), at least `MIN_RETRY_MS`, at most the budget. An acknowledged transaction that
+The retry hint is half the budget (by then about half the in-flight set has committed and
+been replaced; a sooner retry would mostly be refused again, and a refusal still costs a gRPC
+call), or the mean interval between the replica's blocks (when slots free up) if that is
+longer, at most the budget; at least `MIN_RETRY_MS`. An acknowledged transaction that
 never shows up in a block (lost by a faulty orderer: the client resubmits it) stops counting
 after `forget_after` seconds, so the bound cannot leak shut.
 """
@@ -125,7 +127,7 @@ class Admission:
         interval_ms = ((blocks[-1] - blocks[0]) / (len(blocks) - 1) * 1000
                        if len(blocks) >= 2 else MIN_RETRY_MS)
         upper = max(MIN_RETRY_MS, self._config.budget_ms)
-        return int(max(MIN_RETRY_MS, min(upper, interval_ms)))
+        return int(max(MIN_RETRY_MS, self._config.budget_ms / 2, min(upper, interval_ms)))
 
     @property
     def in_flight(self) -> int:

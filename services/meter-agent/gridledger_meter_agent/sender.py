@@ -145,9 +145,11 @@ class OutboxSender:
             results = self._submit(chunk)
             verdict = "sent"
             hint_ms = 0
+            progressed = False
             # The one-by-one fallback stops at the first failure: fewer results, rest untried.
             for (seq, envelope), (code, details, hint) in zip(chunk, results, strict=False):
                 outcome = self._apply(seq, envelope, code, details)
+                progressed |= outcome == "sent"
                 if outcome == "exhausted":
                     hint_ms = max(hint_ms, hint)
                     verdict = "exhausted"
@@ -156,6 +158,8 @@ class OutboxSender:
                     log.info("endorser: %s: %s; %d readings buffered", code.name, details,
                              self._outbox.pending())
             if verdict == "exhausted":
+                if progressed:
+                    self._refusals = 0  # some got in: wait the hint, do not grow the backoff
                 self._exhausted(hint_ms)
                 return True  # reachable: it said when to come back
             if verdict == "transient":

@@ -104,17 +104,18 @@ def test_an_acknowledged_tx_never_committed_stops_counting_after_forget_after() 
     assert a.admit(["next"]) == [Admitted.NEW]
 
 
-def test_retry_hint_is_the_mean_block_interval_within_bounds() -> None:
+def test_retry_hint_is_half_the_budget_or_the_block_interval_within_bounds() -> None:
     clock = Clock()
-    a = admission(clock, budget_ms=1000)
-    assert a.retry_after_ms() == MIN_RETRY_MS  # no blocks seen yet
+    a = admission(clock, budget_ms=2000)
+    assert a.retry_after_ms() == 1000  # no blocks seen yet: half the budget
     for _ in range(5):
         clock.now += 0.25
         a.on_block([])
-    assert a.retry_after_ms() == 250
+    assert a.retry_after_ms() == 1000  # blocks come faster than that
     clock.now += 100
     a.on_block([])
-    assert a.retry_after_ms() == 1000  # at most the budget
+    assert a.retry_after_ms() == 2000  # slow blocks: longer, but at most the budget
+    assert admission(Clock(), budget_ms=10).retry_after_ms() == MIN_RETRY_MS
     assert admission(clock, budget_ms=0).capacity() == AdmissionConfig().ceiling  # off
 
 

@@ -283,7 +283,7 @@ def committed_readings(agent: Agent) -> list[transaction_pb2.MeterReading]:
 def test_refused_by_admission_the_sender_waits_the_hint_plus_jitter_and_loses_nothing(
         tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> None:
     agent = make_agent(tmp_path, genesis, consortium_dir,
-                       admission=Admission(AdmissionConfig(budget_ms=1000, floor=1, ceiling=1),
+                       admission=Admission(AdmissionConfig(budget_ms=40, floor=1, ceiling=1),
                                            lambda: 0.0),
                        backoff=Backoff(base_s=0.015, draw=lambda: 0.5))
     envelopes = [signed_reading(agent.meter, n) for n in (2, 3, 4)]
@@ -292,27 +292,38 @@ def test_refused_by_admission_the_sender_waits_the_hint_plus_jitter_and_loses_no
     assert agent.drain()  # reachable: the endorser answered, and said when to come back
     assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[0])]
     assert agent.endorser.calls == ["SubmitBatch"]
+    agent.orderers.sent.clear()  # acknowledged; committed below
     # Refused: not before the hint (MIN_RETRY_MS, above the 15 ms base) x 1.5 (the jitter).
     first_wait = MIN_RETRY_MS / 1000 * 1.5
-    assert agent.commit_sent() == [Code.TX_VALIDATION_CODE_VALID]
     agent.clock[0] += first_wait * 0.9
     agent.drain()
-    assert agent.orderers.sent == [] and agent.endorser.calls.count("SubmitBatch") == 1
+    assert agent.endorser.calls.count("SubmitBatch") == 1  # not yet
     agent.clock[0] += first_wait * 0.2
-    agent.drain()
-    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[1])]
-    # Refused again: the wait grows (exponential: 15 ms x 2 for the second refusal).
+    agent.orderers.sent.clear()
+    agent.drain()  # still full (nothing committed): both refused, no progress ...
+    assert agent.endorser.calls.count("SubmitBatch") == 2 and agent.orderers.sent == []
+    # ... so the wait grows (exponential: 15 ms x 2 for the second refusal in a row).
     second_wait = 0.015 * 2 * 1.5
-    agent.commit_sent()
+    agent.orderers.sent = [endorsed_by(agent, envelopes[0])]
+    assert agent.commit_sent() == [Code.TX_VALIDATION_CODE_VALID]  # frees the slot
     agent.clock[0] += second_wait * 0.9
     agent.drain()
     assert agent.orderers.sent == []
     agent.clock[0] += second_wait * 0.2
     agent.drain()
+    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[1])]
+    agent.commit_sent()
+    agent.clock[0] += 1.0
+    agent.drain()
     assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[2])]
     agent.commit_sent()
     agent.drain()
     assert agent.outbox.pending() == 0 and agent.outbox.dead_letters() == []
+
+
+def endorsed_by(agent: Agent, envelope: envelope_pb2.SignedEnvelope) -> bytes:
+    return envelope_pb2.EndorsedTransaction(
+        envelope=envelope, endorsements=[identity_endorse(agent, envelope)]).SerializeToString()
 
 
 class WithoutBatch:

@@ -30,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds a trade option stays acceptable")
     options.add_flags(parser)
     admission.add_flags(parser)
+    parser.add_argument("--workers", type=int, default=32,
+                        help="gRPC handler threads")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
+                        help="calls in progress or waiting for a handler thread; beyond it "
+                             "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
+                             "grows ahead of admission control (0: unbounded)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger")
@@ -45,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
-                        account_lookup=ledger_lookup(ledger.get_state))
+                        account_lookup=ledger_lookup(ledger.get_state),
+                        max_workers=args.workers,
+                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
     servicer = EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
                                 limits=options.limits_from(args),
                                 admission=admission.Admission(admission.config_from(args)))

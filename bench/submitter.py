@@ -149,7 +149,8 @@ class _Runner:
         self._identities: dict[str, SigningIdentity] = {}
         self.records: list[Record] = []
         self.cpu_at_start = 0.0
-        self._backoff = Backoff()
+        # A refusal without a hint (gRPC's own concurrency limit) waits 250 ms and doubling.
+        self._backoff = Backoff(base_s=0.25)
 
     def _identity(self, meter: str) -> SigningIdentity:
         identity = self._identities.get(meter)

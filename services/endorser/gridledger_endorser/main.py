@@ -30,9 +30,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds a trade option stays acceptable")
     options.add_flags(parser)
     admission.add_flags(parser)
-    parser.add_argument("--workers", type=int, default=32,
+    # A submit holds its thread until an orderer acknowledges (an fsync away), and a refusal
+    # by admission control is cheap: enough threads that refusals come from admission control
+    # (with its hint), and gRPC's own refusal (no hint) only beyond the bounded queue.
+    parser.add_argument("--workers", type=int, default=64,
                         help="gRPC handler threads")
-    parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=256,
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
                              "grows ahead of admission control (0: unbounded)")

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # (with its hint), and gRPC's own refusal (no hint) only beyond the bounded queue.
     parser.add_argument("--workers", type=int, default=64,
                         help="gRPC handler threads")
-    parser.add_argument("--max-concurrent-rpcs", type=int, default=256,
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
                              "grows ahead of admission control (0: unbounded)")

@@ -129,8 +129,8 @@ class LoadGenerator:
                 if code == "ALREADY_EXISTS":
                     return
                 self.stats.failed[code] = self.stats.failed.get(code, 0) + 1
-                if code not in RETRY or self._stop.wait(
-                        self._backoff.delay(attempt, retry_after_ms(exc))):
+                if code not in RETRY or self._stop.wait(self._delay(attempt,
+                                                                   retry_after_ms(exc))):
                     return
 
     def _submit_batch(self, envelopes: list[envelope_pb2.SignedEnvelope]) -> None:
@@ -163,8 +163,13 @@ class LoadGenerator:
                         hint = max(hint, result.retry_after_ms)
                 attempt = 0 if len(again) < len(left) else attempt + 1
                 left = again
-            if not left or self._stop.wait(self._backoff.delay(attempt, hint)):
+            if not left or self._stop.wait(self._delay(attempt, hint)):
                 return
+
+    def _delay(self, attempt: int, hint_ms: int) -> float:
+        """The endorser's hint plus jitter (growing while refused); without a hint (an
+        unavailable cluster) a steady 0.2 s, so a failover is crossed quickly."""
+        return self._backoff.delay(attempt, hint_ms) if hint_ms else UNAVAILABLE_RETRY_S
 
     def _accepted(self, tx_id: str, started: float) -> None:
         self.stats.accepted += 1
@@ -173,4 +178,5 @@ class LoadGenerator:
 
 
 RETRY = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+UNAVAILABLE_RETRY_S = 0.2
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

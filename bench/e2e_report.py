@@ -50,6 +50,12 @@ def analyse(m: Measured) -> tuple[dict, dict]:
                           if t in ours and code == VALID and start <= at <= end)
     latencies = [committed[r.tx_id][0] - r.submitted for r in acked
                  if r.tx_id in committed and r.scheduled >= start]
+    # Where it went: the accepted call itself (sent -> acknowledged: the endorser's queues and
+    # the orderers' durable ack), and acknowledged -> committed everywhere (the ledger).
+    accepted_call = [r.acked - (r.last_sent or r.submitted) for r in acked
+                     if r.scheduled >= start]
+    ack_to_commit = [committed[r.tx_id][0] - r.acked for r in acked
+                     if r.tx_id in committed and r.scheduled >= start]
     matching = [r.matching for r in m.records if r.kind == "order" and r.matching
                 and r.scheduled >= start]
     blocks = [b for b in m.logs[0].blocks if start <= b.at <= end]
@@ -70,6 +76,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         "submit_to_commit_ms": {"p50": _ms(latencies, 50), "p95": _ms(latencies, 95),
                                 "p99": _ms(latencies, 99), "max": _ms(latencies, 100),
                                 "samples": len(latencies)},
+        "accepted_call_ms": {"p50": _ms(accepted_call, 50), "p99": _ms(accepted_call, 99)},
+        "ack_to_commit_ms": {"p50": _ms(ack_to_commit, 50), "p99": _ms(ack_to_commit, 99)},
         "matching_ms": {"p50": _ms(matching, 50), "p99": _ms(matching, 99),
                         "samples": len(matching)},
         "block_finality_p99_ms": round(finality * 1000, 1) if finality is not None else None,
@@ -77,6 +85,10 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         "avg_block_transactions": round(sum(b.transactions for b in blocks) / len(blocks), 1)
         if blocks else None,
         "rejected": dict(Counter(r.error for r in m.records if r.error).most_common()),
+        # Refused at the edge (admission control or full orderers) after every retry.
+        "refused_share": round(sum(1 for r in m.records if _refused(r)) / len(m.records), 3)
+        if m.records else None,
+        "retried_calls": sum(r.attempts - 1 for r in m.records),
         "invalid": dict(invalid.most_common()),
         "unaccounted": sum(1 for r in acked if r.tx_id not in committed),
         "all_acknowledged_committed": m.drained,
@@ -90,6 +102,10 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         "window_seconds": round(seconds, 1),
     }
     return summary, _series(m, committed, ours)
+
+
+def _refused(record: Record) -> bool:
+    return record.error.removeprefix("options ").startswith("RESOURCE_EXHAUSTED")
 
 
 def _series(m: Measured, committed: dict[str, tuple[float, int]], ours: set[str]) -> dict:
@@ -121,7 +137,8 @@ def _series(m: Measured, committed: dict[str, tuple[float, int]], ours: set[str]
 def phase_line(name: str, s: dict) -> str:
     lat = s["submit_to_commit_ms"]
     return (f"  {name}: {s['committed_valid_tx_per_s']:,} committed tx/s; submit->commit p50 "
-            f"{lat['p50']} ms, p99 {lat['p99']} ms; {len(s['rejected'])} rejection reasons, "
+            f"{lat['p50']} ms, p99 {lat['p99']} ms; refused {s['refused_share']}, "
+            f"{len(s['rejected'])} rejection reasons, "
             f"invalid {s['invalid'] or 'none'}")
 
 
@@ -133,18 +150,26 @@ def table(report: dict) -> str:
     def row(label: str, get, target: str = "") -> None:  # type: ignore[no-untyped-def]
         rows.append((label, *[_fmt(get(phases[n])) for n in names], target))
 
+    row("API", lambda s: s.get("api", "SubmitTransaction"))
     row("offered tx/s", lambda s: s["offered_tx_per_s"] or "max")
     row("committed (valid) tx/s, sustained", lambda s: s["committed_valid_tx_per_s"],
         f">= {TARGET_TX_PER_S:,}")
     for p in ("p50", "p95", "p99", "max"):
         row(f"submit->commit {p} ms", lambda s, p=p: s["submit_to_commit_ms"][p],
             f"p99 <= {TARGET_P99_MS:.0f} at 1,000/s" if p == "p99" else "")
+    row("accepted call (send->ack) p50 / p99 ms",
+        lambda s: f"{_fmt(s['accepted_call_ms']['p50'])} / {_fmt(s['accepted_call_ms']['p99'])}")
+    row("ack->commit p50 / p99 ms",
+        lambda s: f"{_fmt(s['ack_to_commit_ms']['p50'])} / {_fmt(s['ack_to_commit_ms']['p99'])}")
     row("matching p50 / p99 ms",
         lambda s: f"{_fmt(s['matching_ms']['p50'])} / {_fmt(s['matching_ms']['p99'])}")
     row("block finality p99 ms", lambda s: s["block_finality_p99_ms"])
     row("blocks/s; avg txs per block",
         lambda s: f"{_fmt(s['blocks_per_s'])}; {_fmt(s['avg_block_transactions'])}")
     row("rejected (not acknowledged)", lambda s: sum(s["rejected"].values()))
+    row("refused at the edge, % of jobs", lambda s: None if s["refused_share"] is None
+        else f"{100 * s['refused_share']:.1f} %")
+    row("calls retried after RESOURCE_EXHAUSTED", lambda s: s["retried_calls"])
     row("invalid at commit", lambda s: sum(s["invalid"].values()))
     row("acknowledged but not committed", lambda s: s["unaccounted"])
     roles = sorted({r for s in phases.values() for r in s["cpu_ms_per_committed_tx"]})

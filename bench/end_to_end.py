@@ -8,8 +8,12 @@ the public APIs, each with fresh jobs from `bench.workload`:
   them, for the sustained committed throughput;
 - **fixed rate**: the profile's offered rate (the target's 1,000 tx/s), open loop, from
   `submitters` processes;
-- **70 % of max**: open loop at 70 % of the throughput the max-rate phase measured, to see
-  latency below saturation (the chart shows whether it stays flat there).
+- **max rate, batch API**: as max rate, the transactions in SubmitBatch calls (`batch` each);
+- **70 % of max**: open loop at 70 % of the throughput the max-rate phases measured, to see
+  latency below saturation (the chart shows whether it stays flat there);
+- **2x max (overload)**: open loop at twice that capacity: admission control should refuse
+  the excess at the edge (the submitters retry a refused call after the endorser's hint plus
+  jitter, at most `submitter.MAX_ATTEMPTS` calls) and keep the accepted ones' latency bounded.
 
 Transactions count as committed when every committer has committed them; latencies run from
 the submit (its scheduled time, at a fixed rate) to that moment. Only the window after
@@ -34,6 +38,7 @@ from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.tls import secure_channel
 
 ROLES = ("orderer", "committer", "endorser")
@@ -50,13 +55,14 @@ class Profile:
     submitters: int
     window: int  # jobs in flight per submitter in the max-rate phase
     max_jobs_per_s: int  # jobs signed for the max-rate phase, per second of it
+    batch: int  # transactions per SubmitBatch call in the batch-API phase
 
 
 PROFILES = {
     "quick": Profile(meters=4, rate=120, rate_seconds=4, max_seconds=4, warmup=1,
-                     submitters=2, window=32, max_jobs_per_s=600),
+                     submitters=2, window=32, max_jobs_per_s=600, batch=32),
     "standard": Profile(meters=24, rate=1_000, rate_seconds=30, max_seconds=30, warmup=5,
-                        submitters=2, window=150, max_jobs_per_s=2_500),
+                        submitters=2, window=150, max_jobs_per_s=2_500, batch=100),
 }
 
 
@@ -65,7 +71,8 @@ def run(profile: str = "standard", directory: Path | None = None,
     """`profile_dir`: also sample every node with py-spy during the max-rate window."""
     spec = PROFILES[profile]
     directory = directory or Path(tempfile.mkdtemp(prefix="gridledger-e2e-"))
-    devnet.ensure_consortium(directory / "consortium", meters=spec.meters, plants=1)
+    devnet.ensure_consortium(directory / "consortium", meters=spec.meters, plants=1,
+                             profile="load")
     network = devnet.plan(directory, directory / "consortium", demo=False)
     devnet.start(network, roles=ROLES)
     try:
@@ -86,16 +93,25 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
     max_jobs = maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds))
     set_up["signing_seconds"] = round(time.monotonic() - signing, 1)
     print(f"end to end [{profile}]: {spec.meters} meters, set-up {set_up}", flush=True)
-    # Capacity first, then the target rate, then 70 % of the capacity measured, for latency
-    # below saturation. Each phase ends only when every acknowledged transaction is
-    # committed, so none leaks into the next.
+    # Capacity first (single and batch API), then the target rate, then 70 % of the capacity
+    # measured, for latency below saturation, then twice it, for overload. Each phase ends
+    # only when every acknowledged transaction is committed, so none leaks into the next.
     phases = {"max_rate": _phase(network, max_jobs, spec, rate=0.0, duration=spec.max_seconds,
                                  profile_dir=profile_dir),
+              "max_rate_batch_api": _phase(
+                  network, maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds)), spec,
+                  rate=0.0, duration=spec.max_seconds, batch=spec.batch),
               "fixed_rate": _phase(network, fixed_jobs, spec, rate=spec.rate,
                                    duration=spec.rate_seconds)}
-    below = max(10.0, round(0.7 * phases["max_rate"][0]["committed_valid_tx_per_s"], -1))
+    capacity = max(phases["max_rate"][0]["committed_valid_tx_per_s"],
+                   phases["max_rate_batch_api"][0]["committed_valid_tx_per_s"])
+    below = max(10.0, round(0.7 * capacity, -1))
     phases["rate_70pct_of_max"] = _phase(
         network, maker.jobs(int(below * spec.rate_seconds)), spec, rate=below,
+        duration=spec.rate_seconds)
+    over = max(20.0, round(2 * capacity, -1))
+    phases["overload_2x_max"] = _phase(
+        network, maker.jobs(int(over * spec.rate_seconds)), spec, rate=over,
         duration=spec.rate_seconds)
     report = {
         "profile": profile,
@@ -159,6 +175,7 @@ def _submit_all(network: devnet.Network, envelopes: list[envelope_pb2.SignedEnve
     tx_ids: list[str] = []
     slots = threading.Semaphore(window)
     failures: list[str] = []
+    backoff = Backoff()
     with secure_channel(endorser.grpc, network.tls()) as channel:
         stub = endorser_pb2_grpc.EndorserServiceStub(channel)
 
@@ -172,9 +189,11 @@ def _submit_all(network: devnet.Network, envelopes: list[envelope_pb2.SignedEnve
             try:
                 tx_ids.append(future.result().tx_id)
             except grpc.RpcError as exc:
-                if exc.code() in submitter.RETRYABLE and attempt < 20:  # type: ignore[attr-defined]
-                    # Later, from a timer: a callback must not hold up the channel's others.
-                    threading.Timer(0.1, send, (envelope, attempt + 1)).start()
+                if exc.code() in submitter.RETRYABLE and attempt < 100:  # type: ignore[attr-defined]
+                    # Later (the endorser's hint plus jitter), from a timer: a callback must
+                    # not hold up the channel's others.
+                    delay = backoff.delay(min(attempt, 4), retry_after_ms(exc))
+                    threading.Timer(delay, send, (envelope, attempt + 1)).start()
                     return
                 failures.append(submitter.reason(exc))
             slots.release()
@@ -192,7 +211,8 @@ def _submit_all(network: devnet.Network, envelopes: list[envelope_pb2.SignedEnve
 # -- one timed phase ---------------------------------------------------------------------------
 
 def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, rate: float,
-           duration: float, profile_dir: Path | None = None) -> tuple[dict, dict]:
+           duration: float, profile_dir: Path | None = None,
+           batch: int = 0) -> tuple[dict, dict]:
     nodes = [n for n in network.nodes if n.role in ROLES]
     orderers = network.by_role("orderer")
     followers = [observe.CommitFollower(network, c, _height(network))
@@ -204,7 +224,7 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
     parts = list(workload.chunks(jobs, spec.submitters))
     processes = [context.Process(target=submitter.main, daemon=True, args=(
         submitter.Spec(endorser.grpc, network.tls(), network.consortium_dir, part,
-                       rate / spec.submitters, spec.window, duration),
+                       rate / spec.submitters, spec.window, duration, batch=batch),
         ready, go, start, results)) for part in parts]
     try:
         for process in processes:
@@ -246,8 +266,9 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         machine_busy=busy_after - busy_before, finality=finality, drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes))
     summary, series = e2e_report.analyse(measured)
-    print(e2e_report.phase_line(f"{rate:,.0f} tx/s offered" if rate else "max rate", summary),
-          flush=True)
+    summary["api"] = f"SubmitBatch x{batch}" if batch else "SubmitTransaction"
+    name = f"{rate:,.0f} tx/s offered" if rate else "max rate"
+    print(e2e_report.phase_line(f"{name} ({summary['api']})", summary), flush=True)
     return summary, series
 
 

@@ -23,6 +23,7 @@ Run: ``.venv/bin/python -m bench.matching_rpc [--profile quick|standard] [--dir 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import tempfile
@@ -155,6 +156,7 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
         stub.RequestOptions(warm, timeout=10)
     latencies: list[float] = []
     errors = 0
+    reasons: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
     done = threading.Semaphore(0)
 
@@ -162,10 +164,12 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
         nonlocal errors
         end = time.perf_counter()
         with lock:
-            if future.exception() is None:
+            error = future.exception()
+            if error is None:
                 latencies.append(end - scheduled)
             else:
                 errors += 1
+                reasons[_reason(error)] += 1
         done.release()
 
     interval = 1.0 / rate
@@ -181,7 +185,20 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
     for _ in requests:
         done.acquire(timeout=15)
     channel.close()
+    ERRORS_BY_REASON.clear()
+    ERRORS_BY_REASON.update(reasons)
     return latencies, errors, sent_rate
+
+
+# The last run's refusals by status and reason (admission control, gRPC's call bound, ...).
+ERRORS_BY_REASON: collections.Counter[str] = collections.Counter()
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError):
+        details = (error.details() or "")[:60]  # type: ignore[attr-defined]
+        return f"{error.code().name}: {details}"  # type: ignore[attr-defined]
+    return type(error).__name__
 
 
 def run(profile: str = "standard", directory: Path | None = None,
@@ -195,7 +212,7 @@ def run(profile: str = "standard", directory: Path | None = None,
         network = devnet.Network.load(directory)
     else:
         temp = Path(tempfile.mkdtemp(prefix="gridledger-bench-"))
-        devnet.ensure_consortium(temp / "consortium")
+        devnet.ensure_consortium(temp / "consortium", profile="load")
         network = own = devnet.plan(temp, temp / "consortium", demo=True, backfill_hours=50,
                                     reading_pace=50.0)
         devnet.start(network)
@@ -209,7 +226,7 @@ def run(profile: str = "standard", directory: Path | None = None,
     result = {
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,
         "sent_rate_per_s": round(sent_rate), "requests": len(requests), "ok": len(ms),
-        "errors": errors,
+        "errors": errors, "errors_by_reason": dict(ERRORS_BY_REASON.most_common(4)),
         "p50_ms": round(percentile(ms, 50), 3) if ms else None,
         "p90_ms": round(percentile(ms, 90), 3) if ms else None,
         "p99_ms": round(percentile(ms, 99), 3) if ms else None,
@@ -220,6 +237,7 @@ def run(profile: str = "standard", directory: Path | None = None,
     print(f"matching RPC [{profile}]: offered {rate:,}/s for {seconds:.0f} s (sent "
           f"{result['sent_rate_per_s']:,}/s): p50 {result['p50_ms']} ms, p90 {result['p90_ms']}"
           f" ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms; {errors} errors "
+          f"{result['errors_by_reason'] or ''} "
           f"(target p99 <= {TARGET_P99_MS} ms)\n  each request is matched against "
           f"{setup['resting_sells']} resting sells in slot {setup['slot']} ({setup['buyer']} "
           f"bidding a tick under {setup['seller']}'s best ask)")

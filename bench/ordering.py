@@ -201,7 +201,7 @@ def orderer_only(profile: str, workdir: Path, *, batched: bool = True,
     saturation, rate, seconds = PROFILES[profile]
     send = broadcast_batched if batched else broadcast_all
     consortium = workdir / "consortium"
-    devnet.ensure_consortium(consortium)
+    devnet.ensure_consortium(consortium, profile="load")
     network = devnet.plan(workdir, consortium, demo=False)
     devnet.start(network, roles=("orderer",))
     channels = [secure_channel(o.grpc, network.tls()) for o in network.by_role("orderer")]
@@ -369,7 +369,7 @@ def durable_ack_cost(count: int = 4_000, callers: int = 32, batch: int = 32) -> 
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as directory:  # a real disk, not tmpfs
         workdir = Path(directory)
         consortium = workdir / "consortium"
-        devnet.ensure_consortium(consortium)
+        devnet.ensure_consortium(consortium, profile="load")
         now = int(time.time()) // 900 * 900
         txs = endorsed_readings(consortium, count, now - 86400 * 30)
         result = {}
@@ -402,7 +402,7 @@ def profile_orderers(count: int, out: Path, *, py_spy: bool, rate: float | None,
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         consortium = workdir / "consortium"
-        devnet.ensure_consortium(consortium)
+        devnet.ensure_consortium(consortium, profile="load")
         network = devnet.plan(workdir, consortium, demo=False)
         devnet.start(network, roles=("orderer",))
         orderers = network.by_role("orderer")

@@ -23,10 +23,15 @@ import grpc
 from bench.workload import Job, sign_request
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
 CALL_TIMEOUT = 30.0
+# A refused (RESOURCE_EXHAUSTED) call is retried after the endorser's hint plus jitter, up to
+# this many calls in all; then the job counts as refused (what a meter would buffer).
+MAX_ATTEMPTS = 4
+BATCH_LINGER = 0.002  # seconds a batch waits for more transactions once one is queued
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -39,6 +44,8 @@ class Record(NamedTuple):
     acked: float  # 0.0 when not acknowledged
     error: str  # "" or "CODE: message with numbers elided"
     matching: float  # RequestOptions latency from `scheduled`, orders only
+    attempts: int = 1  # calls made for the job's transaction (retries after RESOURCE_EXHAUSTED)
+    last_sent: float = 0.0  # when the last call was sent (the accepted one, if acknowledged)
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Spec:
     rate: float  # jobs per second for this submitter; 0 = as fast as `window` allows
     window: int
     duration: float  # max mode: stop sending after this many seconds
+    batch: int = 0  # > 0: transactions go in SubmitBatch calls of at most this many
+    attempts: int = MAX_ATTEMPTS  # calls per transaction before it counts as refused
 
 
 @dataclass
@@ -59,10 +68,76 @@ class Outcome:
 
 
 def reason(exc: grpc.RpcError) -> str:
+    return reason_of(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+
+
+def reason_of(code: grpc.StatusCode, details: str) -> str:
     # Ids and numbers elided, so refusals group by reason.
-    details = re.sub(r"\b[0-9a-f]{12,}\b", "<id>", exc.details() or "")  # type: ignore[attr-defined]
+    details = re.sub(r"\b[0-9a-f]{12,}\b", "<id>", details)
     details = re.sub(r"\d+", "N", details)
-    return f"{exc.code().name}: {details[:90]}"  # type: ignore[attr-defined]
+    return f"{code.name}: {details[:90]}"
+
+
+class _Failed(Exception):
+    """One transaction's non-OK outcome, from a single call or a batch result."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, retry_ms: int) -> None:
+        super().__init__(details)
+        self.code, self.details, self.retry_ms = code, details, retry_ms
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Batcher:
+    """Coalesces the runner's concurrent submissions into SubmitBatch calls: the first
+    queued transaction waits BATCH_LINGER for company (at most `size` per call); calls run
+    concurrently, each transaction gets its own result."""
+
+    def __init__(self, stub: endorser_pb2_grpc.EndorserServiceStub, size: int) -> None:
+        self._stub = stub
+        self._size = size
+        self._queue: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]] = []
+        self._flush: asyncio.Task | None = None
+        self._calls: set[asyncio.Task] = set()
+
+    async def submit(self, envelope: envelope_pb2.SignedEnvelope) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((envelope, future))
+        if len(self._queue) >= self._size:
+            self._send()
+        elif self._flush is None:
+            self._flush = asyncio.create_task(self._linger())
+        await future
+
+    async def _linger(self) -> None:
+        await asyncio.sleep(BATCH_LINGER)
+        self._flush = None
+        self._send()
+
+    def _send(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:self._size], self._queue[self._size:]
+            task = asyncio.create_task(self._call(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]]
+                    ) -> None:
+        request = endorser_pb2.SubmitBatchRequest(envelopes=[e for e, _ in batch])
+        try:
+            response = await self._stub.SubmitBatch(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:
+            failed = _Failed(exc.code(), exc.details() or "", retry_after_ms(exc))  # type: ignore[attr-defined]
+            for _, future in batch:
+                future.set_exception(failed)
+            return
+        for (_, future), result in zip(batch, response.results, strict=True):
+            if result.code == 0:
+                future.set_result(None)
+            else:
+                future.set_exception(_Failed(_CODES.get(result.code, grpc.StatusCode.UNKNOWN),
+                                             result.message, result.retry_after_ms))
 
 
 class _Runner:
@@ -74,6 +149,8 @@ class _Runner:
         self._identities: dict[str, SigningIdentity] = {}
         self.records: list[Record] = []
         self.cpu_at_start = 0.0
+        # A refusal without a hint (gRPC's own concurrency limit) waits 250 ms and doubling.
+        self._backoff = Backoff(base_s=0.25)
 
     def _identity(self, meter: str) -> SigningIdentity:
         identity = self._identities.get(meter)
@@ -88,6 +165,7 @@ class _Runner:
                                            options=CHANNEL_OPTIONS) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
             self._stub = endorser_pb2_grpc.EndorserServiceStub(channel)
+            self._batcher = _Batcher(self._stub, spec.batch) if spec.batch > 0 else None
             for job in spec.jobs:
                 if job.kind == "order":
                     self._identity(job.meter)
@@ -131,16 +209,25 @@ class _Runner:
         if job.kind != "order":
             await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0)
             return
-        # Stamped and signed now, not when the job was made: the endorser refuses requests
-        # more than its --request-window off its clock.
-        request = endorser_pb2.RequestOptionsRequest(
-            request=sign_request(self._identity(job.meter), job.payload))
-        try:
-            answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
-        except grpc.RpcError as exc:
-            self.records.append(Record("order", "", due, 0.0, 0.0, "options " + reason(exc),
-                                       time.monotonic() - due))
-            return
+        answer = None
+        for attempt in range(self._spec.attempts):
+            # Stamped and signed now, not when the job was made: the endorser refuses
+            # requests more than its --request-window off its clock.
+            request = endorser_pb2.RequestOptionsRequest(
+                request=sign_request(self._identity(job.meter), job.payload))
+            try:
+                answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
+                break
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
+                        attempt + 1 == self._spec.attempts:
+                    self.records.append(Record("order", "", due, 0.0, 0.0,
+                                               "options " + reason(exc),
+                                               time.monotonic() - due, attempt + 1))
+                    return
+                await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(exc)))
+        assert answer is not None
         matched = time.monotonic()
         envelope = self._identity(job.meter).new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option))
@@ -149,14 +236,35 @@ class _Runner:
 
     async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
                       matching: float) -> None:
-        request = endorser_pb2.SubmitTransactionRequest(
-            envelope=envelope_pb2.SignedEnvelope.FromString(payload))
+        """Submit, retrying after RESOURCE_EXHAUSTED (the hint plus jitter); latency still
+        counts from the first send."""
+        envelope = envelope_pb2.SignedEnvelope.FromString(payload)
+        for attempt in range(self._spec.attempts):
+            last_sent = time.monotonic() if attempt else sent
+            try:
+                await self._one(envelope)
+                self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
+                                           matching, attempt + 1, last_sent))
+                return
+            except _Failed as failed:
+                if failed.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
+                        attempt + 1 == self._spec.attempts:
+                    self.records.append(Record(kind, tx_id, due, sent, 0.0,
+                                               reason_of(failed.code, failed.details),
+                                               matching, attempt + 1, last_sent))
+                    return
+                await asyncio.sleep(self._backoff.delay(attempt, failed.retry_ms))
+
+    async def _one(self, envelope: envelope_pb2.SignedEnvelope) -> None:
+        """One submission of the envelope: OK, or _Failed."""
+        if self._batcher is not None:
+            await self._batcher.submit(envelope)
+            return
         try:
-            await self._stub.SubmitTransaction(request, timeout=CALL_TIMEOUT)
-            record = Record(kind, tx_id, due, sent, time.monotonic(), "", matching)
+            await self._stub.SubmitTransaction(
+                endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
-            record = Record(kind, tx_id, due, sent, 0.0, reason(exc), matching)
-        self.records.append(record)
+            raise _Failed(exc.code(), exc.details() or "", retry_after_ms(exc)) from exc  # type: ignore[attr-defined]
 
 
 def main(spec: Spec, ready: Any, go: Any, start: Any, results: Any) -> None:

@@ -7,8 +7,9 @@ validation code, and exits non-zero unless it is VALID. Exit codes: 2 the endors
 it (a gRPC error), 3 submitted but not committed within `--wait-timeout`, 4 committed with a
 code other than VALID. `--no-wait` returns after the endorser's OK (for scripts).
 
-While the network is unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the
-same envelope is sent again until the timeout: its tx id makes that safe.
+While the network is unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED: the
+endorser's admission control), the same envelope is sent again until the timeout, after the
+endorser's retry hint plus jitter: its tx id makes that safe.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.ledger.errors import code_name
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import envelope_tx_id
 
 RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -45,20 +47,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                              f"network with the same envelope); default {DEFAULT_TIMEOUT:.0f}")
 
 
-def _retry_after(exc: grpc.RpcError) -> float:
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "retry-after-ms" and str(value).isdigit():
-            return int(value) / 1000
-    return 0.0
-
-
 def submit(stub: Any, envelope: envelope_pb2.SignedEnvelope, timeout: float,
            clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> str:
+           sleep: Callable[[float], None] = time.sleep,
+           backoff: Backoff | None = None) -> str:
     """The tx id once the endorser says OK (or ALREADY_EXISTS: the ledger has it already).
-    Exits 2 on a refusal, or when the network stays unavailable for `timeout` seconds."""
+    Exits 2 on a refusal, or when the network stays unavailable for `timeout` seconds.
+    Between attempts: at least the endorser's `retry-after-ms`, doubling from 0.25 s without
+    one, plus jitter (backoff.py)."""
+    backoff = backoff or Backoff(base_s=0.25, cap_s=5.0)
     deadline = clock() + timeout
-    delay = 0.25
+    attempt = 0
     while True:
         try:
             return stub.SubmitTransaction(
@@ -67,10 +66,11 @@ def submit(stub: Any, envelope: envelope_pb2.SignedEnvelope, timeout: float,
             code = exc.code()  # type: ignore[attr-defined]
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 return envelope_tx_id(envelope)
+            delay = backoff.delay(attempt, retry_after_ms(exc))
             if code not in RETRY or clock() + delay > deadline:
                 fail(f"{code.name}: {exc.details()}", EXIT_REFUSED)  # type: ignore[attr-defined]
-            sleep(max(delay, _retry_after(exc)))
-            delay = min(delay * 2, 5.0)
+            sleep(delay)
+            attempt += 1
 
 
 def wait_committed(stub: Any, tx_id: str, timeout: float,

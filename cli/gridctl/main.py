@@ -16,6 +16,7 @@ from gridctl import (
     commands_enrol,
     commands_identity,
     commands_ledger,
+    commands_load,
     commands_market,
     commands_money,
     commands_orderer,
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_identity.register(sub)
     commands_enrol.register(sub)
     commands_orderer.register(sub)
+    commands_load.register(sub)
     return parser
 
 

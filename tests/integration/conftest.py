@@ -11,10 +11,13 @@ from gridctl import devnet
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+def network(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     directory = tmp_path_factory.mktemp("devnet")
     consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
+    # A module that drives the load generator's past readings sets GENESIS_PROFILE = "load".
+    devnet.ensure_consortium(consortium,
+                             profile=getattr(request.module, "GENESIS_PROFILE", "standard"))
     # A day and a bit of history, so the meters' forecasts (same hour on earlier days) see
     # something and the demo's pre-sale orders are placed.
     net = devnet.plan(directory, consortium, demo=True, backfill_hours=26)

@@ -18,13 +18,14 @@ LEDGER_ROLES = ("orderer", "committer", "endorser")
 
 
 @contextlib.contextmanager
-def ledger_network(directory: Path, roles: tuple[str, ...] = LEDGER_ROLES
-                   ) -> Iterator[devnet.Network]:
+def ledger_network(directory: Path, roles: tuple[str, ...] = LEDGER_ROLES,
+                   profile: str = "load") -> Iterator[devnet.Network]:
     """A devnet without demo traffic, of the ledger roles (orderers, committers, the endorser)
     unless `roles` says more, started through the launcher users run; stopped (logs shown on
-    failure)."""
+    failure). Genesis `profile` "load" (the default) accepts the load generator's pre-signed
+    past readings."""
     consortium = directory / "consortium"
-    devnet.ensure_consortium(consortium)
+    devnet.ensure_consortium(consortium, profile=profile)
     network = devnet.plan(directory, consortium, demo=False)
     devnet.start(network, roles=roles)
     try:

@@ -15,7 +15,8 @@ def test_quick_profile_runs_the_network_and_reports_every_figure(tmp_path: Path)
     report = end_to_end.run("quick", directory=tmp_path / "net", chart_path=chart)
     json.dumps(report)  # the report is what `make bench` writes
     assert report["network"] == {"orderer": 4, "committer": 2, "endorser": 1}
-    assert list(report["phases"]) == ["max_rate", "fixed_rate", "rate_70pct_of_max"]
+    assert list(report["phases"]) == ["max_rate", "max_rate_batch_api", "fixed_rate",
+                                      "rate_70pct_of_max", "overload_2x_max"]
     for name in report["phases"]:
         phase = report["phases"][name]
         assert phase["committed_valid_tx_per_s"] > 0
@@ -23,6 +24,7 @@ def test_quick_profile_runs_the_network_and_reports_every_figure(tmp_path: Path)
         assert phase["submit_to_commit_ms"]["p99"] is not None
         assert set(phase["cpu_ms_per_committed_tx"]) == {"orderer", "committer", "endorser"}
         assert phase["sent_by_kind"].get("reading") and phase["sent_by_kind"].get("order")
+        assert 0 <= phase["refused_share"] <= 1
         # Trade requests are stamped when sent: none is stale at the endorser (--request-window).
         assert not [r for r in phase["rejected"] if "was made at" in r], phase["rejected"]
     assert report["phases"]["fixed_rate"]["sent_by_kind"].get("contract")

@@ -44,6 +44,8 @@ from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 pytestmark = pytest.mark.integration
 
+# Pre-signed past readings from the load generator: the genesis accepts them (consortium.LOAD).
+GENESIS_PROFILE = "load"
 RATE = 30.0  # submissions per second
 IN_FLIGHT = 48  # concurrent calls at most: a stalled endorser must not pile up threads
 MAX_SECONDS = 900  # envelopes prepared for this long; the chaos takes a few minutes

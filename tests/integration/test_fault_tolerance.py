@@ -19,6 +19,8 @@ from gridledger.committer.v1 import committer_pb2
 
 pytestmark = pytest.mark.integration
 
+# Pre-signed past readings from the load generator: the genesis accepts them (consortium.LOAD).
+GENESIS_PROFILE = "load"
 RATE = 30.0  # readings per second: steady, and light enough for a 2-core machine
 
 

@@ -42,6 +42,7 @@ def test_readme_grpcurl_commands_answer(network: devnet.Network) -> None:
     assert '"height":' in out and '"state_root":' in out
     assert '"validation_codes":' in out and '"tx_ids":' in out
     assert '"validation_code": "TX_VALIDATION_CODE_VALID"' in out
+    assert '"code": 6' in out  # SubmitBatch's result for a committed tx: ALREADY_EXISTS
 
 
 def test_gridctl_state_get_decodes_by_key(network: devnet.Network) -> None:

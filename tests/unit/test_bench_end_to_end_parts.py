@@ -153,3 +153,21 @@ def test_analyse_counts_only_transactions_committed_everywhere_in_the_window(
     assert "committed (valid) tx/s" in e2e_report.table(report)
     chart.render({"fixed_rate": series}, tmp_path / "c.png", title="test")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_refusals_after_every_retry_and_the_accepted_calls_own_latency() -> None:
+    records = [
+        # Accepted at the third call: latency from the first send, the call's from the last.
+        Record("reading", "a", 101.0, 101.0, 101.6, "", 0.0, 3, 101.5),
+        Record("reading", "b", 101.0, 101.0, 0.0, "RESOURCE_EXHAUSTED: full", 0.0, 4, 101.9),
+        Record("order", "", 101.0, 0.0, 0.0, "options RESOURCE_EXHAUSTED: full", 0.0, 4),
+        Record("order", "", 101.0, 0.0, 0.0, "options ABORTED: held", 0.0)]
+    log = CommitLog("committer-1", {"a": (101.8, V)}, [BlockSeen(1, 101.8, 1)])
+    summary, _ = e2e_report.analyse(_measured(records, [log]))
+    assert summary["refused_share"] == 0.5  # b and the second order, not the ABORTED one
+    assert summary["retried_calls"] == 2 + 3 + 3
+    assert summary["submit_to_commit_ms"]["p50"] == pytest.approx(800.0)
+    assert summary["accepted_call_ms"]["p50"] == pytest.approx(100.0)
+    assert summary["ack_to_commit_ms"]["p50"] == pytest.approx(200.0)
+    table = e2e_report.table({"phases": {"overload_2x_max": summary}, "peak_rss_mib": {}})
+    assert "50.0 %" in table

@@ -68,6 +68,11 @@ TABLE: dict[str, Rule] = {
         R.METER, R.PLANT, R.ISSUER, R.TREASURY, R.SETTLEMENT, R.ADMIN,
         why="devices, the issuer, the treasury and the settlement agent, and admins (gridctl, "
             "load generator); the envelope's own signer is judged by the ledger rules"),
+    _ENDORSER + "SubmitBatch": _rule(
+        R.METER, R.PLANT, R.ISSUER, R.TREASURY, R.SETTLEMENT, R.ADMIN,
+        why="as SubmitTransaction: each envelope's own signer is judged by the ledger rules, "
+            "so a head-end system (an admin account of its organisation) or a meter-agent "
+            "may relay many devices' signed transactions"),
     _ENDORSER + "RequestOptions": _rule(
         R.METER, R.ADMIN,
         why="meters trade (presale); admins for `gridctl order place` on a meter's behalf"),

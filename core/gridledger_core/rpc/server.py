@@ -36,7 +36,8 @@ class NodeServer:
                  *, genesis: Genesis, max_workers: int = 32,
                  health_listen: str | None = None,
                  options: Sequence[tuple[str, Any]] = (),
-                 account_lookup: AccountLookup | None = None) -> None:
+                 account_lookup: AccountLookup | None = None,
+                 maximum_concurrent_rpcs: int | None = None) -> None:
         """`account_lookup` lets callers be meters and plants registered on the ledger
         (peer_identity.ledger_lookup / RemoteAccounts); without it, genesis accounts only."""
         self.name = name
@@ -50,7 +51,10 @@ class NodeServer:
                                    # Metrics outermost, so refusals are counted too.
                                    interceptors=[MetricsInterceptor(),
                                                  AuthzInterceptor(genesis, account_lookup)],
-                                   options=merged)
+                                   options=merged,
+                                   # Beyond it gRPC refuses at once (RESOURCE_EXHAUSTED)
+                                   # instead of queueing calls for a worker without bound.
+                                   maximum_concurrent_rpcs=maximum_concurrent_rpcs)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self._services: list[str] = []
         self._on_stop: list[Callable[[], None]] = []

@@ -142,6 +142,32 @@ class Broadcaster:
         assert pending.response is not None
         return pending.response
 
+    def broadcast_many(self, items: Sequence[tuple[bytes, str]]
+                       ) -> list[orderer_pb2.BroadcastResponse | BaseException]:
+        """`broadcast` for several (endorsed transaction, tx id) at once: they join the
+        queue together (so travel in as few BroadcastBatch calls as the limits allow); each
+        gets its own result: an orderer's OK for that tx id, or the error `broadcast` would
+        raise (OrdererUnavailable saying why, or what failed here)."""
+        pendings = [_Pending(tx, tx_id) for tx, tx_id in items]
+        with self._cond:
+            if self._closed:
+                raise OrdererUnavailable("the broadcaster is closed")
+            if not self._started:
+                self._started = True
+                for thread in self._senders:
+                    thread.start()
+            self._queue.extend(pendings)
+            self._cond.notify_all()
+        results: list[orderer_pb2.BroadcastResponse | BaseException] = []
+        for pending in pendings:
+            pending.done.wait()
+            if pending.error is not None:
+                results.append(pending.error)
+            else:
+                assert pending.response is not None
+                results.append(pending.response)
+        return results
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -15,7 +15,7 @@ from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
-from gridledger_endorser import options
+from gridledger_endorser import admission, options
 from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
@@ -29,6 +29,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--option-ttl", type=int, default=DEFAULT_OPTION_TTL,
                         help="seconds a trade option stays acceptable")
     options.add_flags(parser)
+    admission.add_flags(parser)
+    # A submit holds its thread until an orderer acknowledges (an fsync away), and a refusal
+    # by admission control is cheap: enough threads that refusals come from admission control
+    # (with its hint), and gRPC's own refusal (no hint) only beyond the bounded queue.
+    parser.add_argument("--workers", type=int, default=64,
+                        help="gRPC handler threads")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
+                        help="calls in progress or waiting for a handler thread; beyond it "
+                             "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
+                             "grows ahead of admission control (0: unbounded)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger")
@@ -44,13 +54,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
-                        account_lookup=ledger_lookup(ledger.get_state))
-    server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
-                       EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
-                                        limits=options.limits_from(args)),
+                        account_lookup=ledger_lookup(ledger.get_state),
+                        max_workers=args.workers,
+                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
+    servicer = EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
+                                limits=options.limits_from(args),
+                                admission=admission.Admission(admission.config_from(args)))
+    server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server, servicer,
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
     # A replica that cannot commit endorses against stale state: report NOT_SERVING then.
-    follower = BlockFollower(ledger, orderers, tls, on_commit=books.on_commit,
+    # The book cache and admission control (which counts this endorser's commits) follow it.
+    follower = BlockFollower(ledger, orderers, tls, on_commit=servicer.on_commit,
                              on_health=lambda ok, _why: server.set_serving(ok))
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)

@@ -6,10 +6,15 @@ SubmitTransaction answers OK only once an orderer acknowledged that exact transa
 - INVALID_ARGUMENT / UNAUTHENTICATED / PERMISSION_DENIED / ALREADY_EXISTS /
   FAILED_PRECONDITION (rpc/errors.py): this endorser's own verdict on the envelope, at its
   replica's height (ALREADY_EXISTS: the tx id is on the ledger already);
-- RESOURCE_EXHAUSTED with a `retry-after-ms` trailer: every orderer was full;
+- RESOURCE_EXHAUSTED with a `retry-after-ms` trailer: admission control (admission.py: the
+  network cannot commit more within the latency budget; refused before any work), or every
+  orderer was full;
 - UNAVAILABLE: no orderer acknowledged it, for any other reason (down, slow, a malformed
   answer, a refusal of what this endorser found valid), or forwarding failed here.
 In the last two cases the client retries the same envelope: the tx id makes it idempotent.
+
+SubmitBatch gives each envelope of a batch exactly the outcome SubmitTransaction would (one
+code path, `_submit`); only its endorsement signature is shared by the whole batch.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,13 +30,15 @@ from prometheus_client import Counter, Histogram
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger.orderer.v1 import orderer_pb2
 from gridledger_core.ledger.checks import check_envelope
 from gridledger_core.ledger.errors import TxInvalid
-from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
-from gridledger_core.rpc.errors import abort_invalid
-from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal, abort_invalid
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
+from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
 from gridledger_endorser.batch_signer import DEFAULT_MAX_BATCH, BatchSigner
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
@@ -45,7 +53,14 @@ MATCHING_SECONDS = Histogram("gridledger_endorser_matching_seconds",
                              "RequestOptions: from trade request in to signed options out.",
                              buckets=(0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01,
                                       0.025, 0.05, 0.1, 0.25))
+BATCH_ENVELOPES = Histogram("gridledger_endorser_submit_batch_envelopes",
+                            "Envelopes per SubmitBatch call.",
+                            buckets=(1, 4, 16, 64, 128, 256, 512, 1000))
 log = logging.getLogger(__name__)
+# SubmitBatch's own limits (whole-call INVALID_ARGUMENT above them): below the broadcaster's
+# batch and the gRPC receive limit, and what one call's thread checks in well under a second.
+MAX_BATCH_ENVELOPES = 1_000
+MAX_BATCH_BYTES = 4 << 20
 
 TRADE_REQUESTS = Counter("gridledger_endorser_trade_requests",
                          "Trade requests, by side and result (accepted, or the failed "
@@ -56,7 +71,8 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
     def __init__(self, ledger: Ledger, identity: SigningIdentity, broadcaster: Broadcaster,
                  books: BookCache | None = None, option_ttl: int = DEFAULT_OPTION_TTL,
                  clock: Callable[[], float] = time.time,
-                 signer: BatchSigner | None = None, limits: DeskLimits | None = None) -> None:
+                 signer: BatchSigner | None = None, limits: DeskLimits | None = None,
+                 admission: Admission | None = None) -> None:
         self._ledger = ledger
         self._identity = identity
         self._broadcaster = broadcaster
@@ -66,74 +82,197 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         self.books = books if books is not None else BookCache(ledger, clock)
         self._desk = OptionDesk(ledger, self.books, identity, option_ttl, clock, limits)
         self._endorsement_overhead = endorsement_overhead(identity)
+        # Off unless given (tests, tools); main.py always gives one.
+        self._admission = admission if admission is not None else Admission(
+            AdmissionConfig(budget_ms=0))
+
+    def on_commit(self, result: CommitResult) -> None:
+        """The replica's commit listener: the book cache, then admission control."""
+        self.books.on_commit(result)
+        self._admission.on_block(result.tx_ids)
 
     def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                           context: grpc.ServicerContext
                           ) -> endorser_pb2.SubmitTransactionResponse:
-        start = time.perf_counter()
-        body = "unknown"
-        self._check_size(request.envelope.ByteSize(), context)
-        try:
-            now = int(self._clock())
-            checked = check_envelope(request.envelope, self._ledger.signers(now))
-            body = checked.body
-            self._ledger.simulate(checked, now)
-        except TxInvalid as exc:
-            REQUESTS.labels(body, exc.code_name.lower()).inc()
-            abort_invalid(context, exc)
-        endorsement = self._signer.endorse(request.envelope.payload)
-        ENDORSE_SECONDS.observe(time.perf_counter() - start)
-        endorsed = envelope_pb2.EndorsedTransaction(envelope=request.envelope,
-                                                    endorsements=[endorsement])
-        raw = endorsed.SerializeToString()
-        if len(raw) > self._ledger.genesis.limits.max_tx_bytes:  # a signer with bigger batches
-            REQUESTS.labels(body, "too_large").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"the endorsed transaction is {len(raw)} bytes; the genesis limit "
-                          f"max_tx_bytes is {self._ledger.genesis.limits.max_tx_bytes}")
-        try:
-            acknowledged = self._broadcaster.broadcast(raw, checked.tx_id)
-        except OrdererUnavailable as exc:
-            if exc.retry_after_ms:
-                REQUESTS.labels(body, "orderers_full").inc()
-                context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"{exc}; retry the same envelope after {exc.retry_after_ms} ms")
-            REQUESTS.labels(body, "orderer_unavailable").inc()
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry with the same envelope")
-        except Exception as exc:  # not acknowledged: never OK, and never a verdict on the tx
-            log.exception("forwarding %s failed", checked.tx_id)
-            REQUESTS.labels(body, "forwarding_failed").inc()
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"forwarding to the orderers failed ({type(exc).__name__}); "
-                          "retry with the same envelope")
-        if acknowledged.tx_id != checked.tx_id:  # the broadcaster's promise, kept here too
-            REQUESTS.labels(body, "orderer_unavailable").inc()
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          "an orderer acknowledged another transaction; retry with the same "
-                          "envelope")
-        REQUESTS.labels(body, "duplicate" if acknowledged.duplicate else "accepted").inc()
-        return endorser_pb2.SubmitTransactionResponse(tx_id=checked.tx_id,
-                                                      endorsement=endorsement)
+        result = self._submit([request.envelope], single=True)[0]
+        if result.code != grpc.StatusCode.OK:
+            if result.retry_after_ms:
+                context.set_trailing_metadata((("retry-after-ms", str(result.retry_after_ms)),))
+            context.abort(result.code, result.message)
+        return endorser_pb2.SubmitTransactionResponse(tx_id=result.tx_id,
+                                                      endorsement=result.endorsement)
 
-    def _check_size(self, envelope_bytes: int, context: grpc.ServicerContext) -> None:
+    def SubmitBatch(self, request: endorser_pb2.SubmitBatchRequest,
+                    context: grpc.ServicerContext) -> endorser_pb2.SubmitBatchResponse:
+        count, size = len(request.envelopes), request.ByteSize()
+        if count > MAX_BATCH_ENVELOPES or size > MAX_BATCH_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the batch has {count} envelopes, {size} bytes; at most "
+                          f"{MAX_BATCH_ENVELOPES} envelopes and {MAX_BATCH_BYTES} bytes")
+        results = self._submit(list(request.envelopes), single=False)
+        BATCH_ENVELOPES.observe(count)
+        return endorser_pb2.SubmitBatchResponse(results=[
+            endorser_pb2.SubmitResult(tx_id=r.tx_id, code=r.code.value[0], message=r.message,
+                                      endorsement=r.endorsement,
+                                      retry_after_ms=r.retry_after_ms)
+            for r in results])
+
+    def _submit(self, envelopes: list[envelope_pb2.SignedEnvelope],
+                single: bool) -> list[Outcome]:
+        """Admit, verify, simulate, endorse and forward; one outcome per envelope, the same
+        for an envelope whether it came alone or in a batch. The same tx id twice in one
+        batch is handled once and both get that outcome."""
+        start = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
+        first_of: dict[str, int] = {}
+        work: list[_Work] = []
+        claimed: list[tuple[int, str]] = []
+        for i, envelope in enumerate(envelopes):
+            refusal = self._size_refusal(envelope.ByteSize())
+            if refusal is not None:
+                REQUESTS.labels("unknown", "too_large").inc()
+                outcomes[i] = refusal
+                continue
+            tx_id = _claimed_tx_id(envelope)
+            if tx_id and tx_id in first_of:
+                continue  # a repeat within the batch: takes the first one's outcome below
+            if tx_id:
+                first_of[tx_id] = i
+            claimed.append((i, tx_id))
+        # Admission first: refusing costs nothing of the checks below.
+        admitted = self._admission.admit(t for _, t in claimed if t)
+        verdicts = iter(admitted)
+        for i, tx_id in claimed:
+            verdict = next(verdicts) if tx_id else Admitted.NEW
+            if verdict is Admitted.REFUSED:
+                REQUESTS.labels("unknown", "admission_full").inc()
+                full = self._admission.full_error()
+                outcomes[i] = Outcome(tx_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(full),
+                                      retry_after_ms=full.retry_after_ms)
+                continue
+            work.append(_Work(i, envelopes[i], tx_id, bool(tx_id) and verdict is Admitted.NEW))
+        checked_work = self._check(work, outcomes)
+        if checked_work:
+            payloads = [w.envelope.payload for w in checked_work]
+            endorsements = ([self._signer.endorse(payloads[0])] if single
+                            else self._signer.endorse_many(payloads))
+            ENDORSE_SECONDS.observe(time.perf_counter() - start)
+            self._forward(checked_work, endorsements, outcomes)
+        for i, envelope in enumerate(envelopes):
+            if outcomes[i] is None:  # a repeat of an earlier envelope of this batch
+                outcomes[i] = outcomes[first_of[_claimed_tx_id(envelope)]]
+        return [o for o in outcomes if o is not None]
+
+    def _check(self, work: list[_Work], outcomes: list[Outcome | None]) -> list[_Work]:
+        """Verify and simulate each at the replica's height; the ones that pass."""
+        passed = []
+        now = int(self._clock())
+        signers = self._ledger.signers(now)
+        for w in work:
+            try:
+                checked = check_envelope(w.envelope, signers)
+                w.body, w.tx_id = checked.body, checked.tx_id
+                self._ledger.simulate(checked, now)
+            except TxInvalid as exc:
+                REQUESTS.labels(w.body, exc.code_name.lower()).inc()
+                outcomes[w.index] = _invalid(w.tx_id, exc)
+                self._release(w)
+                continue
+            passed.append(w)
+        return passed
+
+    def _forward(self, work: list[_Work], endorsements: list[envelope_pb2.Endorsement],
+                 outcomes: list[Outcome | None]) -> None:
+        sending: list[tuple[_Work, envelope_pb2.Endorsement, bytes]] = []
+        limit = self._ledger.genesis.limits.max_tx_bytes
+        for w, endorsement in zip(work, endorsements, strict=True):
+            raw = envelope_pb2.EndorsedTransaction(
+                envelope=w.envelope, endorsements=[endorsement]).SerializeToString()
+            if len(raw) > limit:  # a signer with bigger batches
+                REQUESTS.labels(w.body, "too_large").inc()
+                outcomes[w.index] = Outcome(
+                    w.tx_id, grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the endorsed transaction is {len(raw)} bytes; the genesis limit "
+                    f"max_tx_bytes is {limit}")
+                self._release(w)
+                continue
+            sending.append((w, endorsement, raw))
+        if not sending:
+            return
+        answers: list[object]
+        try:
+            if len(sending) == 1:  # the concurrent single calls coalesce in the broadcaster
+                answers = [self._broadcaster.broadcast(sending[0][2], sending[0][0].tx_id)]
+            else:
+                answers = list(self._broadcaster.broadcast_many(
+                    [(raw, w.tx_id) for w, _, raw in sending]))
+        except Exception as exc:  # OrdererUnavailable, or e.g. closed: nothing acknowledged
+            answers = [exc] * len(sending)
+        for (w, endorsement, _), answer in zip(sending, answers, strict=True):
+            outcome = self._answer(w, answer)
+            if outcome.code == grpc.StatusCode.OK:
+                outcome.endorsement = endorsement
+            else:
+                self._release(w)
+            outcomes[w.index] = outcome
+
+    def _answer(self, w: _Work, answer: object) -> Outcome:
+        """What an orderer's answer (or the failure to get one) means for the client."""
+        if isinstance(answer, OrdererUnavailable):
+            if answer.retry_after_ms:
+                REQUESTS.labels(w.body, "orderers_full").inc()
+                return Outcome(w.tx_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{answer}; retry the same envelope after "
+                               f"{answer.retry_after_ms} ms", retry_after_ms=answer.retry_after_ms)
+            REQUESTS.labels(w.body, "orderer_unavailable").inc()
+            return Outcome(w.tx_id, grpc.StatusCode.UNAVAILABLE,
+                           f"{answer}; retry with the same envelope")
+        if isinstance(answer, BaseException):  # not acknowledged: never OK, never a verdict
+            log.error("forwarding %s failed: %r", w.tx_id, answer)
+            REQUESTS.labels(w.body, "forwarding_failed").inc()
+            return Outcome(w.tx_id, grpc.StatusCode.UNAVAILABLE,
+                           f"forwarding to the orderers failed ({type(answer).__name__}); "
+                           "retry with the same envelope")
+        assert isinstance(answer, orderer_pb2.BroadcastResponse)
+        if answer.tx_id != w.tx_id:  # the broadcaster's promise, kept here too
+            REQUESTS.labels(w.body, "orderer_unavailable").inc()
+            return Outcome(w.tx_id, grpc.StatusCode.UNAVAILABLE,
+                           "an orderer acknowledged another transaction; retry with the same "
+                           "envelope")
+        REQUESTS.labels(w.body, "duplicate" if answer.duplicate else "accepted").inc()
+        return Outcome(w.tx_id, grpc.StatusCode.OK, "")
+
+    def _release(self, w: _Work) -> None:
+        """Not acknowledged: no longer in flight (only if this call counted it: a repeat of
+        an in-flight tx id, possibly a forged claim, must not free the real one's slot)."""
+        if w.counted:
+            self._admission.release(w.claimed)
+
+    def _size_refusal(self, envelope_bytes: int) -> Outcome | None:
         """Refuse, before any work, an envelope whose endorsed transaction could exceed the
         genesis limit (orderers and committers refuse those)."""
         limit = self._ledger.genesis.limits.max_tx_bytes
         largest = limit - self._endorsement_overhead
-        if envelope_bytes > largest:
-            REQUESTS.labels("unknown", "too_large").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"the envelope is {envelope_bytes} bytes; endorsed it could exceed "
-                          f"the genesis limit max_tx_bytes = {limit} bytes (envelopes of at "
-                          f"most {largest} bytes fit)")
+        if envelope_bytes <= largest:
+            return None
+        return Outcome("", grpc.StatusCode.INVALID_ARGUMENT,
+                       f"the envelope is {envelope_bytes} bytes; endorsed it could exceed "
+                       f"the genesis limit max_tx_bytes = {limit} bytes (envelopes of at "
+                       f"most {largest} bytes fit)")
 
     def RequestOptions(self, request: endorser_pb2.RequestOptionsRequest,
                        context: grpc.ServicerContext) -> endorser_pb2.RequestOptionsResponse:
         start = time.perf_counter()
-        side = "unknown"
+        side = _request_side(request.request.payload)
         try:
-            side = _request_side(request.request.payload)
+            # An option leads to a place_order within seconds: not taken when that would be
+            # refused anyway (and its hold would block others' energy for nothing).
+            self._admission.check("options")
+        except Full as exc:
+            TRADE_REQUESTS.labels(side, "admission_full").inc()
+            context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
             proposal = self._desk.propose(request.request)
         except TxInvalid as exc:
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
@@ -162,6 +301,45 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                                          orders=lv.orders) for lv in depth.bids],
             asks=[endorser_pb2.BookLevel(price=lv.price, quantity_wh=lv.quantity,
                                          orders=lv.orders) for lv in depth.asks])
+
+
+@dataclass
+class Outcome:
+    tx_id: str
+    code: grpc.StatusCode
+    message: str
+    endorsement: envelope_pb2.Endorsement | None = None
+    retry_after_ms: int = 0
+
+
+@dataclass
+class _Work:
+    index: int
+    envelope: envelope_pb2.SignedEnvelope
+    claimed: str  # the tx id the payload claims (admission's key)
+    counted: bool  # admission counted it for this call
+    tx_id: str = ""
+    body: str = "unknown"
+
+    def __post_init__(self) -> None:
+        self.tx_id = self.claimed
+
+
+def _invalid(tx_id: str, error: TxInvalid) -> Outcome:
+    """The status and message abort_invalid gives, as an outcome."""
+    if isinstance(error, EdgeRefusal):
+        return Outcome(tx_id, error.status, error.message)
+    status = STATUS_OF_CODE.get(error.code, grpc.StatusCode.INVALID_ARGUMENT)
+    return Outcome(tx_id, status, f"{error.code_name}: {error.message}")
+
+
+def _claimed_tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
+    """The tx id the payload claims (unverified; "" when it does not decode: the checks
+    then give their verdict)."""
+    try:
+        return envelope_tx_id(envelope)
+    except DecodeError:
+        return ""
 
 
 def endorsement_overhead(identity: SigningIdentity,

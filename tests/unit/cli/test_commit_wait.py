@@ -18,6 +18,7 @@ from gridledger.orderer.v1 import orderer_pb2
 from gridledger_committer.service import CommitterServicer
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.backoff import Backoff
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_core.storage import MemoryStore
@@ -153,5 +154,9 @@ def test_retry_after_hint_is_honoured() -> None:
             return type("R", (), {"tx_id": "x"})()
 
     assert commit_wait.submit(Full(), envelope_pb2.SignedEnvelope(), 10, lambda: 0.0,
-                              slept.append) == "x"
+                              slept.append, Backoff(base_s=0.25, draw=lambda: 0.0)) == "x"
     assert slept == [1.5]
+    slept.clear()  # with jitter: above the hint, never below it
+    assert commit_wait.submit(Full(), envelope_pb2.SignedEnvelope(), 10, lambda: 0.0,
+                              slept.append, Backoff(base_s=0.25, draw=lambda: 0.5)) == "x"
+    assert slept == [2.25]

@@ -392,3 +392,17 @@ def test_a_transaction_above_the_genesis_limit_is_refused_unendorsed(
     assert orderer.batches == []
     roomy = dataclasses.replace(genesis, limits=Limits(max_tx_bytes=size + 2000))
     assert submitter(roomy, consortium_dir, FakeOrderer()).submit(envelope)[0] == "OK"
+
+
+def test_broadcast_many_travels_together_and_answers_each_in_order() -> None:
+    full = FakeOrderer(lambda tx: refused(tx, Code.RESOURCE_EXHAUSTED, "pool full")
+                       if tx == b"b" else ok(tx))
+    b = broadcaster(full)
+    answers = b.broadcast_many([(b"a", "a"), (b"b", "b"), (b"c", "c")])
+    assert full.batches == [[b"a", b"b", b"c"]]  # one BroadcastBatch call
+    assert [a.tx_id for a in answers if isinstance(a, orderer_pb2.BroadcastResponse)] == ["a", "c"]
+    error = answers[1]
+    assert isinstance(error, OrdererUnavailable) and error.retry_after_ms > 0
+    b.close()
+    with pytest.raises(OrdererUnavailable, match="closed"):
+        b.broadcast_many([(b"d", "d")])

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
-from grpc_helpers import InProcess
+from grpc_helpers import InProcess, StatusError
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, transaction_pb2
@@ -26,9 +27,11 @@ from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.profiles import HouseholdProfile
+from gridledger_core.rpc.backoff import Backoff
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_core.storage import MemoryStore
+from gridledger_endorser.admission import MIN_RETRY_MS, Admission, AdmissionConfig
 from gridledger_endorser.service import EndorserServicer
 from gridledger_meter_agent.commit_watch import CommitConfirmer
 from gridledger_meter_agent.drivers import SimulatedMeter
@@ -49,6 +52,10 @@ class Orderers:
                   tx_id: str = "") -> orderer_pb2.BroadcastResponse:
         self.sent.append(endorsed_transaction)
         return orderer_pb2.BroadcastResponse(tx_id=tx_id or self.sent_tx_ids()[-1])
+
+    def broadcast_many(self, items: list[tuple[bytes, str]]
+                       ) -> list[orderer_pb2.BroadcastResponse]:
+        return [self.broadcast(tx, tx_id) for tx, tx_id in items]
 
     def sent_tx_ids(self) -> list[str]:
         return [envelope_tx_id(envelope_pb2.EndorsedTransaction.FromString(tx).envelope)
@@ -77,9 +84,10 @@ class Agent:
         return self.ledger.commit(self.chain.block(txs)).codes
 
     def commit_sent(self) -> list[int]:
-        codes = self.commit(self.orderers.sent)
+        result = self.ledger.commit(self.chain.block(self.orderers.sent))
+        self.endorser.servicer.on_commit(result)  # the endorser's replica follows
         self.orderers.sent.clear()
-        return codes
+        return result.codes
 
 
 def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
@@ -88,17 +96,19 @@ def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
 
 
 def make_agent(tmp_path: Path, genesis: Genesis, consortium_dir: Path,
-               confirm: bool = True, capacity: int = 100) -> Agent:
+               confirm: bool = True, capacity: int = 100,
+               admission: Admission | None = None, backoff: Backoff | None = None) -> Agent:
     ledger = Ledger(MemoryStore(), genesis, accept_proof)
     orderers = Orderers()
     endorser = InProcess(EndorserServicer(ledger, identity(consortium_dir, "endorser-1"),
-                                          orderers))  # type: ignore[arg-type]
+                                          orderers, admission=admission))  # type: ignore[arg-type]
     committer = InProcess(CommitterServicer(ledger, HeightNotifier(lambda: ledger.height)))
     clock = [1000.0]
     outbox = Outbox(tmp_path / "outbox", capacity=capacity)
     sender = OutboxSender(outbox, endorser,  # type: ignore[arg-type]
                           CommitConfirmer(committer) if confirm else None,  # type: ignore[arg-type]
-                          resubmit_after=RESUBMIT_AFTER, clock=lambda: clock[0])
+                          resubmit_after=RESUBMIT_AFTER, clock=lambda: clock[0],
+                          backoff=backoff)
     return Agent(outbox, sender, orderers, ledger, ChainBuilder(), endorser, committer,
                  identity(consortium_dir, "meter-1"), clock)
 
@@ -315,3 +325,74 @@ def test_backfill_goes_as_onboarding_history_first_then_live_readings(
 def test_history_threshold_leaves_a_sending_margin_inside_the_window() -> None:
     assert history_threshold(3600) == 3300
     assert history_threshold(120) == 90
+
+
+# -- admission control and the batch API -------------------------------------------------------
+
+def test_refused_by_admission_the_sender_waits_the_hint_plus_jitter_and_loses_nothing(
+        tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> None:
+    agent = make_agent(tmp_path, genesis, consortium_dir,
+                       admission=Admission(AdmissionConfig(budget_ms=40, floor=1, ceiling=1),
+                                           lambda: 0.0),
+                       backoff=Backoff(base_s=0.015, draw=lambda: 0.5))
+    envelopes = [signed_reading(agent.meter, n) for n in (2, 3, 4)]
+    for envelope in envelopes:
+        agent.queue(envelope)
+    assert agent.drain()  # reachable: the endorser answered, and said when to come back
+    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[0])]
+    assert agent.endorser.calls == ["SubmitBatch"]
+    agent.orderers.sent.clear()  # acknowledged; committed below
+    # Refused: not before the hint (MIN_RETRY_MS, above the 15 ms base) x 1.5 (the jitter).
+    first_wait = MIN_RETRY_MS / 1000 * 1.5
+    agent.clock[0] += first_wait * 0.9
+    agent.drain()
+    assert agent.endorser.calls.count("SubmitBatch") == 1  # not yet
+    agent.clock[0] += first_wait * 0.2
+    agent.orderers.sent.clear()
+    agent.drain()  # still full (nothing committed): both refused, no progress ...
+    assert agent.endorser.calls.count("SubmitBatch") == 2 and agent.orderers.sent == []
+    # ... so the wait grows (exponential: 15 ms x 2 for the second refusal in a row).
+    second_wait = 0.015 * 2 * 1.5
+    agent.orderers.sent = [endorsed_by(agent, envelopes[0])]
+    assert agent.commit_sent() == [Code.TX_VALIDATION_CODE_VALID]  # frees the slot
+    agent.clock[0] += second_wait * 0.9
+    agent.drain()
+    assert agent.orderers.sent == []
+    agent.clock[0] += second_wait * 0.2
+    agent.drain()
+    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[1])]
+    agent.commit_sent()
+    agent.clock[0] += 1.0
+    agent.drain()
+    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(envelopes[2])]
+    agent.commit_sent()
+    agent.drain()
+    assert agent.outbox.pending() == 0 and agent.outbox.dead_letters() == []
+
+
+def endorsed_by(agent: Agent, envelope: envelope_pb2.SignedEnvelope) -> bytes:
+    return envelope_pb2.EndorsedTransaction(
+        envelope=envelope, endorsements=[identity_endorse(agent, envelope)]).SerializeToString()
+
+
+class WithoutBatch:
+    """An endorser from before SubmitBatch: UNIMPLEMENTED for it, the rest as `stub`."""
+
+    def __init__(self, stub: InProcess) -> None:
+        self.stub = stub
+
+    def SubmitBatch(self, request: object, timeout: float | None = None) -> None:
+        raise StatusError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stub, name)
+
+
+def test_an_endorser_without_submit_batch_gets_single_calls_in_order(agent: Agent) -> None:
+    agent.sender._stub = WithoutBatch(agent.endorser)  # type: ignore[assignment]
+    envelopes = [signed_reading(agent.meter, n) for n in (2, 3)]
+    for envelope in envelopes:
+        agent.queue(envelope)
+    assert agent.drain()
+    assert agent.endorser.calls == ["SubmitTransaction", "SubmitTransaction"]
+    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(e) for e in envelopes]

@@ -43,6 +43,7 @@ EXPECTED: dict[str, set[str]] = {
     "OrdererService/ListEvidence": {"orderer-1", "committer-1", "endorser-1", "admin"},
     "ConsensusService/Exchange": {"orderer-1"},
     "EndorserService/SubmitTransaction": {"meter-1", "plant-1", "issuer", "admin"},
+    "EndorserService/SubmitBatch": {"meter-1", "plant-1", "issuer", "admin"},
     "EndorserService/RequestOptions": {"meter-1", "admin"},
     "EndorserService/GetBook": EVERYONE,
     "MeterAgentService/GetStatus": {"admin"},

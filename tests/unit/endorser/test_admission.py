@@ -1,0 +1,222 @@
+"""Admission control: the in-flight bound follows the measured commit rate (budget x rate,
+between floor and ceiling), refuses beyond it with a retry hint, frees a slot on commit or on
+a failed forward, never lets a forged claim free a real transaction's slot; and in the real
+servicer, a refusal is RESOURCE_EXHAUSTED with `retry-after-ms` while everything it
+acknowledged is forwarded and commits. Time is an injected clock: nothing here waits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_helpers import Aborted, FakeContext
+from ledger_helpers import ChainBuilder, identity, past_interval, reading
+
+from gridledger.common.v1 import block_pb2, envelope_pb2
+from gridledger.endorser.v1 import endorser_pb2
+from gridledger.orderer.v1 import orderer_pb2
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.storage import MemoryStore
+from gridledger_endorser.admission import (
+    MIN_RETRY_MS,
+    Admission,
+    AdmissionConfig,
+    Admitted,
+    Full,
+)
+from gridledger_endorser.service import EndorserServicer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admission(clock: Clock, **config: float) -> Admission:
+    return Admission(AdmissionConfig(**config), clock)  # type: ignore[arg-type]
+
+
+def test_capacity_is_budget_times_observed_rate_between_floor_and_ceiling() -> None:
+    clock = Clock()
+    a = admission(clock, budget_ms=2000, floor=10, ceiling=500, window_s=5.0)
+    assert a.capacity() == 10  # nothing committed yet: the floor
+    clock.now += 5
+    ids = [f"t{i}" for i in range(10)]
+    assert a.admit(ids) == [Admitted.NEW] * 10
+    a.on_block(ids)  # 10 of ours in the last 5 s: 2/s, x 2 s = 4, below the floor
+    assert a.capacity() == 10
+    clock.now += 0.5  # those leave the window before the last of the next five blocks
+    for block in range(1, 6):  # 5 blocks of 100 over 5 s: 100/s -> 200 in flight
+        clock.now += 1
+        ids = [f"b{block}-{i}" for i in range(100)]
+        a._in_flight.update(dict.fromkeys(ids, clock.now))
+        a.on_block(ids)
+    assert a.capacity() == 200
+    clock.now += 6  # the window passed without commits: back to the floor
+    assert a.capacity() == 10
+    for i in range(3):
+        ids = [f"c{i}-{j}" for j in range(1000)]
+        a._in_flight.update(dict.fromkeys(ids, clock.now))
+        a.on_block(ids)
+    assert a.capacity() == 500  # the ceiling
+
+
+def test_only_this_endorsers_transactions_count_toward_the_rate() -> None:
+    clock = Clock()
+    a = admission(clock, budget_ms=1000, floor=1, window_s=1.0)
+    clock.now += 1
+    a.on_block([f"others-{i}" for i in range(1000)])
+    assert a.commit_rate() == 0
+    assert a.capacity() == 1
+
+
+def test_refuses_beyond_capacity_and_frees_on_commit_or_release() -> None:
+    clock = Clock()
+    a = admission(clock, budget_ms=1000, floor=2, ceiling=2)
+    assert a.admit(["a", "b", "c"]) == [Admitted.NEW, Admitted.NEW, Admitted.REFUSED]
+    assert a.admit(["a"]) == [Admitted.AGAIN]  # a retry of an in-flight tx: not counted twice
+    assert a.in_flight == 2
+    with pytest.raises(Full) as refused:
+        a.check()
+    assert "2 transactions in flight, capacity 2" in str(refused.value)
+    a.release("b")  # not acknowledged: no longer in flight
+    assert a.admit(["c"]) == [Admitted.NEW]
+    a.on_block(["a", "x"])
+    assert a.in_flight == 1
+    a.check()
+
+
+def test_an_acknowledged_tx_never_committed_stops_counting_after_forget_after() -> None:
+    clock = Clock()
+    a = admission(clock, budget_ms=1000, floor=1, ceiling=1, forget_after_s=60.0)
+    assert a.admit(["lost"]) == [Admitted.NEW]
+    clock.now += 59
+    assert a.admit(["next"]) == [Admitted.REFUSED]
+    clock.now += 2
+    assert a.admit(["next"]) == [Admitted.NEW]
+
+
+def test_retry_hint_is_half_the_budget_or_the_block_interval_within_bounds() -> None:
+    clock = Clock()
+    a = admission(clock, budget_ms=2000)
+    assert a.retry_after_ms() == 1000  # no blocks seen yet: half the budget
+    for _ in range(5):
+        clock.now += 0.25
+        a.on_block([])
+    assert a.retry_after_ms() == 1000  # blocks come faster than that
+    clock.now += 100
+    a.on_block([])
+    assert a.retry_after_ms() == 2000  # slow blocks: longer, but at most the budget
+    assert admission(Clock(), budget_ms=10).retry_after_ms() == MIN_RETRY_MS
+    assert admission(clock, budget_ms=0).capacity() == AdmissionConfig().ceiling  # off
+
+
+# -- in the servicer ---------------------------------------------------------------------------
+
+@dataclass
+class Orderers:
+    sent: list[bytes] = field(default_factory=list)
+
+    def broadcast(self, endorsed_transaction: bytes, tx_id: str) -> orderer_pb2.BroadcastResponse:
+        self.sent.append(endorsed_transaction)
+        return orderer_pb2.BroadcastResponse(tx_id=tx_id)
+
+    def broadcast_many(self, items: list[tuple[bytes, str]]
+                       ) -> list[orderer_pb2.BroadcastResponse]:
+        return [self.broadcast(tx, tx_id) for tx, tx_id in items]
+
+
+def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
+                 previous: bytes | None) -> None:
+    """Consensus proofs are tested with the consensus core."""
+
+
+@dataclass
+class Node:
+    servicer: EndorserServicer
+    ledger: Ledger
+    orderers: Orderers
+    admission: Admission
+    meter: SigningIdentity
+    chain: ChainBuilder = field(default_factory=ChainBuilder)
+
+    def submit(self, envelope: envelope_pb2.SignedEnvelope) -> tuple[str, dict[str, str]]:
+        context = FakeContext()
+        try:
+            self.servicer.SubmitTransaction(
+                endorser_pb2.SubmitTransactionRequest(envelope=envelope), context)  # type: ignore[arg-type]
+        except Aborted as exc:
+            return exc.code.name, dict(getattr(context, "trailers", ()))
+        return "OK", {}
+
+    def commit_sent(self) -> list[int]:
+        """Order what was forwarded into a block; the replica commits it (as the follower)."""
+        result = self.ledger.commit(self.chain.block(self.orderers.sent))
+        self.orderers.sent.clear()
+        self.servicer.on_commit(result)
+        return result.codes
+
+
+@pytest.fixture()
+def node(genesis: Genesis, consortium_dir: Path) -> Node:
+    ledger = Ledger(MemoryStore(), genesis, accept_proof)
+    orderers = Orderers()
+    a = Admission(AdmissionConfig(budget_ms=1000, floor=2, ceiling=2), Clock())
+    servicer = EndorserServicer(ledger, identity(consortium_dir, "endorser-1"), orderers,  # type: ignore[arg-type]
+                                admission=a)
+    return Node(servicer, ledger, orderers, a, identity(consortium_dir, "meter-1"))
+
+
+def signed(meter: SigningIdentity, n: int) -> envelope_pb2.SignedEnvelope:
+    return meter.new_transaction("meter_reading", reading(meter.name, past_interval(n)))
+
+
+def test_full_endorser_refuses_at_once_with_a_hint_and_what_it_acked_commits(node: Node) -> None:
+    first, second, third = (signed(node.meter, n) for n in (2, 3, 4))
+    assert node.submit(first) == ("OK", {})
+    assert node.submit(second) == ("OK", {})
+    status, trailers = node.submit(third)
+    assert status == "RESOURCE_EXHAUSTED"
+    assert int(trailers["retry-after-ms"]) >= MIN_RETRY_MS
+    assert len(node.orderers.sent) == 2  # the refused one did no work and went nowhere
+    assert node.commit_sent() == [Code.TX_VALIDATION_CODE_VALID] * 2
+    assert node.submit(third) == ("OK", {})  # slots freed by the commit
+    assert node.commit_sent() == [Code.TX_VALIDATION_CODE_VALID]
+
+
+def test_options_are_refused_while_full(node: Node, consortium_dir: Path) -> None:
+    node.submit(signed(node.meter, 2))
+    node.submit(signed(node.meter, 3))
+    context = FakeContext()
+    with pytest.raises(Aborted) as refused:
+        node.servicer.RequestOptions(endorser_pb2.RequestOptionsRequest(
+            request=envelope_pb2.SignedEnvelope(payload=b"")), context)  # type: ignore[arg-type]
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "retry-after-ms" in dict(context.trailers)
+
+
+def test_a_forged_claim_of_an_in_flight_tx_id_frees_nothing(node: Node) -> None:
+    genuine = signed(node.meter, 2)
+    assert node.submit(genuine) == ("OK", {})
+    forged = envelope_pb2.SignedEnvelope()
+    forged.CopyFrom(genuine)
+    forged.signature = bytes(64)  # claims the same tx id, but is not the meter's
+    assert node.submit(forged)[0] == "UNAUTHENTICATED"
+    assert node.admission.in_flight == 1  # the genuine one still counts
+    assert node.submit(signed(node.meter, 3)) == ("OK", {})
+    assert node.submit(signed(node.meter, 4))[0] == "RESOURCE_EXHAUSTED"
+
+
+def test_an_invalid_transaction_does_not_keep_a_slot(node: Node) -> None:
+    other = signed(node.meter, 2)
+    other.signature = bytes(64)
+    assert node.submit(other)[0] == "UNAUTHENTICATED"
+    assert node.admission.in_flight == 0

@@ -116,20 +116,21 @@ def ids(consortium_dir: Path) -> dict[str, SigningIdentity]:
 def test_batch_results_equal_single_call_results(genesis: Genesis, consortium_dir: Path,
                                                  ids: dict[str, SigningIdentity]) -> None:
     m1, m2 = ids["meter-1"], ids["meter-2"]
-    committed = signed(m1, 10)
-    valid = signed(m1, 2)
-    bad_signature = signed(m1, 3)
+    # Intervals inside the readings submission window (issue 14), distinct per meter.
+    committed = signed(m1, 4)
+    valid = signed(m1, 1)
+    bad_signature = signed(m1, 2)
     bad_signature.signature = bytes(64)
-    not_own = signed(m2, 4, account="meter-1")  # meter-2 reporting meter-1's interval
-    conflict = signed(m1, 10, produced=999)  # another reading of a committed interval
-    orderers_full, orderers_down = signed(m2, 5), signed(m2, 6)
+    not_own = signed(m2, 3, account="meter-1")  # meter-2 reporting meter-1's interval
+    conflict = signed(m1, 4, produced=999)  # another reading of a committed interval
+    orderers_full, orderers_down = signed(m2, 1), signed(m2, 2)
     malformed = envelope_pb2.SignedEnvelope(payload=b"\xff\xff not a transaction",
                                             signer_certificate=m1.certificate)
-    too_large = signed(m2, 7)
+    too_large = signed(m2, 3)
     too_large.signer_certificate += b" " * genesis.limits.max_tx_bytes
     future = m1.new_transaction("meter_reading", reading(m1.name, past_interval(-3)))
     mix = [valid, committed, bad_signature, not_own, conflict, orderers_full, malformed,
-           valid, too_large, orderers_down, future, signed(m2, 8)]
+           valid, too_large, orderers_down, future, signed(m2, 4)]
 
     def orderers() -> Orderers:
         return Orderers(full={envelope_tx_id(orderers_full)},
@@ -152,7 +153,7 @@ def test_batch_results_equal_single_call_results(genesis: Genesis, consortium_di
 
 def test_the_calls_own_limit_refuses_the_whole_call(genesis: Genesis, consortium_dir: Path,
                                                    ids: dict[str, SigningIdentity]) -> None:
-    s = servicer(genesis, consortium_dir, signed(ids["meter-1"], 10), Orderers())
+    s = servicer(genesis, consortium_dir, signed(ids["plant-1"], 1), Orderers())
     envelope = signed(ids["meter-1"], 2)
     with pytest.raises(Aborted) as refused:
         s.SubmitBatch(endorser_pb2.SubmitBatchRequest(
@@ -165,8 +166,10 @@ def test_the_calls_own_limit_refuses_the_whole_call(genesis: Genesis, consortium
 def test_admission_admits_a_prefix_and_refuses_the_rest_with_a_hint(
         genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity]) -> None:
     admission = Admission(AdmissionConfig(budget_ms=1000, floor=3, ceiling=3))
-    s = servicer(genesis, consortium_dir, signed(ids["meter-1"], 10), Orderers(), admission)
-    envelopes = [signed(ids["meter-1"], n) for n in range(2, 7)]
+    s = servicer(genesis, consortium_dir, signed(ids["plant-1"], 1), Orderers(), admission)
+    # Five readings inside the submission window: three intervals of meter-1, two of meter-2.
+    envelopes = ([signed(ids["meter-1"], n) for n in range(1, 4)]
+                 + [signed(ids["meter-2"], n) for n in range(1, 3)])
     got = batch(s, envelopes)
     full = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert [c for _, c, _, _ in got] == [0, 0, 0, full, full]

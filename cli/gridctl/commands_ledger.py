@@ -34,7 +34,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     store = LmdbStore(_ledger_dir(args.data_dir), readonly=True)
     started = time.monotonic()
     try:
-        report = verify_ledger(store, genesis)
+        with store.snapshot() as snapshot:  # one moment of a possibly running committer
+            report = verify_ledger(snapshot, genesis)
     finally:
         store.close()
     result = {"ok": report.ok, "blocks_checked": report.blocks_checked,

@@ -31,7 +31,7 @@ FULL = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     directory = tmp_path_factory.mktemp("admission")
-    devnet.ensure_consortium(directory / "consortium")
+    devnet.ensure_consortium(directory / "consortium", profile="load")  # past readings
     network = devnet.plan(directory, directory / "consortium", demo=False)
     network.by_role("endorser")[0].args += [
         "--admission-latency-budget-ms", "100", "--admission-floor", "4",

@@ -12,6 +12,7 @@ Settings and why:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -45,33 +46,17 @@ class LmdbStore:
     def scan(self, prefix: bytes, start: bytes | None = None, limit: int | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         # Materialise the page before yielding, so no read transaction outlives this call.
-        items: list[tuple[bytes, bytes]] = []
         with self._env.begin() as txn:
-            cursor = txn.cursor()
-            if reverse:
-                if start is not None:
-                    positioned = cursor.set_range(start)
-                    if not positioned:
-                        positioned = cursor.last()
-                    elif cursor.key() != start:
-                        positioned = cursor.prev()
-                elif cursor.set_range(prefix_end(prefix)):
-                    positioned = cursor.prev()
-                else:
-                    positioned = cursor.last()
-                step = cursor.prev
-            else:
-                positioned = cursor.set_range(start if start is not None else prefix)
-                step = cursor.next
-            while positioned:
-                key = cursor.key()
-                if not key.startswith(prefix):
-                    break
-                items.append((key, cursor.value()))
-                if limit is not None and len(items) >= limit:
-                    break
-                positioned = step()
+            items = _scan(txn, prefix, start, limit, reverse)
         yield from items
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[LmdbSnapshot]:
+        """A read-only view of one committed state (one LMDB read transaction) while a live
+        node keeps committing: `gridctl ledger verify` on a running committer compares the
+        chain and the state of the same moment."""
+        with self._env.begin(buffers=False) as txn:
+            yield LmdbSnapshot(txn)
 
     def commit(self, batch: WriteBatch) -> None:
         while True:
@@ -105,3 +90,55 @@ class LmdbStore:
     def close(self) -> None:
         self._env.close()
 
+
+class LmdbSnapshot:
+    """The reads of a KeyValueStore, all from one read transaction; writes are refused."""
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self._txn = txn
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._txn.get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self._txn.get(key) for key in keys]
+
+    def scan(self, prefix: bytes, start: bytes | None = None, limit: int | None = None,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        yield from _scan(self._txn, prefix, start, limit, reverse)
+
+    def commit(self, batch: WriteBatch) -> None:
+        raise TypeError("a snapshot is read-only")
+
+    def close(self) -> None:
+        """The snapshot ends with the `with` block of `LmdbStore.snapshot`."""
+
+
+def _scan(txn: lmdb.Transaction, prefix: bytes, start: bytes | None, limit: int | None,
+          reverse: bool) -> list[tuple[bytes, bytes]]:
+    items: list[tuple[bytes, bytes]] = []
+    cursor = txn.cursor()
+    if reverse:
+        if start is not None:
+            positioned = cursor.set_range(start)
+            if not positioned:
+                positioned = cursor.last()
+            elif cursor.key() != start:
+                positioned = cursor.prev()
+        elif cursor.set_range(prefix_end(prefix)):
+            positioned = cursor.prev()
+        else:
+            positioned = cursor.last()
+        step = cursor.prev
+    else:
+        positioned = cursor.set_range(start if start is not None else prefix)
+        step = cursor.next
+    while positioned:
+        key = cursor.key()
+        if not key.startswith(prefix):
+            break
+        items.append((key, cursor.value()))
+        if limit is not None and len(items) >= limit:
+            break
+        positioned = step()
+    return items

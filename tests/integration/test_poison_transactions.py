@@ -20,6 +20,7 @@ from devnet_support import committer_stub, height, ledger_network, same_chain, w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gridctl import devnet
+from gridctl.loadgen import LoadGenerator, prepare_readings
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import energy_pb2, envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
@@ -95,9 +96,16 @@ def test_poison_transactions_do_not_stop_the_committers(network: devnet.Network)
                           grpc.StatusCode.UNAUTHENTICATED), answer
     assert answers[2] == grpc.StatusCode.OK
 
-    # Later readings (the meter-agents keep posting) commit on both committers.
-    wait_for(lambda: height(c1) >= before + 3 and height(c2) >= before + 3, 120,
-             "both committers to commit three more blocks")
+    # Later readings commit on both committers. They are sent here, not left to the
+    # meter-agents: with 15-minute intervals an agent may have nothing to post for minutes.
+    later = LoadGenerator(network.by_role("endorser")[0].grpc, network.tls(),
+                          prepare_readings(consortium, ["meter-1", "meter-3"], 600), 10.0)
+    later.start()
+    try:
+        wait_for(lambda: height(c1) >= before + 3 and height(c2) >= before + 3, 120,
+                 "both committers to commit three more blocks")
+    finally:
+        later.stop()
     overflow_id = envelope_tx_id(contract)
     wait_for(lambda: c1.GetTransaction(committer_pb2.GetTransactionRequest(
         tx_id=overflow_id), timeout=5).block_number >= 0, 60, "the overflowing contract")

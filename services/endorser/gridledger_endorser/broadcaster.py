@@ -126,21 +126,10 @@ class Broadcaster:
         if tx_id is None:
             tx_id = envelope_tx_id(
                 envelope_pb2.EndorsedTransaction.FromString(endorsed_transaction).envelope)
-        pending = _Pending(endorsed_transaction, tx_id)
-        with self._cond:
-            if self._closed:
-                raise OrdererUnavailable("the broadcaster is closed")
-            if not self._started:
-                self._started = True
-                for thread in self._senders:
-                    thread.start()
-            self._queue.append(pending)
-            self._cond.notify()
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.response is not None
-        return pending.response
+        (result,) = self.broadcast_many([(endorsed_transaction, tx_id)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def broadcast_many(self, items: Sequence[tuple[bytes, str]]
                        ) -> list[orderer_pb2.BroadcastResponse | BaseException]:

@@ -215,5 +215,9 @@ def statement_key(slot_start: int, meter: str) -> str:
     return f"{statement_prefix(slot_start)}{meter}"
 
 
+def statement_meter_prefix(meter: str) -> str:
+    return f"statement-meter/{meter}/"
+
+
 def statement_meter_key(meter: str, slot_start: int) -> str:
-    return f"statement-meter/{meter}/{slot_start:012d}"
+    return f"{statement_meter_prefix(meter)}{slot_start:012d}"

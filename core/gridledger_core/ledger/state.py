@@ -42,11 +42,14 @@ class StateOverlay:
 
     def scan(self, prefix: str, limit: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Committed entries merged with this overlay's writes, in key order."""
-        merged: dict[str, bytes | None] = {
-            k[len(schema.STATE):].decode(): v
-            for k, v in self._store.scan(schema.state_key(prefix))
-        }
-        merged.update({k: v for k, v in self._writes.items() if k.startswith(prefix)})
+        pending = {k: v for k, v in self._writes.items() if k.startswith(prefix)}
+        # With a limit, the store need not be read past limit + len(pending) entries: at
+        # most len(pending) of those can be deleted here, so the first `limit` live merged
+        # keys are among them (a rule asking "is there any?" costs one read, not the prefix).
+        stored = self._store.scan(schema.state_key(prefix),
+                                  limit=None if limit is None else limit + len(pending))
+        merged: dict[str, bytes | None] = {k[len(schema.STATE):].decode(): v for k, v in stored}
+        merged.update(pending)
         count = 0
         for key in sorted(merged):
             value = merged[key]

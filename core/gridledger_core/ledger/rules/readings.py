@@ -86,7 +86,7 @@ def onboarding_closed_reason(state: StateOverlay, account: str) -> str | None:
         return f"{account} has placed a pre-sale order"
     if _has_key(state, schema.trade_meter_prefix(account)):
         return f"{account} has traded"
-    if _has_key(state, f"statement-meter/{account}/"):
+    if _has_key(state, schema.statement_meter_prefix(account)):
         return f"{account} has a settlement statement"
     if state.get(schema.contracted_key(account)) is not None:
         return f"{account} has had a supply contract"

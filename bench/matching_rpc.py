@@ -1,4 +1,4 @@
-"""Matching RPC latency on a running devnet (issue 3: p99 <= 5 ms at 1,000 requests/s).
+"""Matching RPC latency on a running devnet (issue 15: p99 <= 10 ms at 1,000 requests/s).
 
 Open loop at a fixed offered rate: one thread sends ``EndorserService.RequestOptions`` calls
 (gRPC futures, so a slow answer never delays the next send) on a fixed schedule; a call's
@@ -48,7 +48,8 @@ from gridledger_core.signing_identity import SigningIdentity
 PROFILES = {"quick": (1_000, 5.0), "standard": (1_000, 20.0)}  # offered rate /s, seconds
 RESTING = 8  # one-lot sells the requests cross
 BASE_PRICE = 200_000
-TARGET_P99_MS = 5.0
+TARGET_P99_MS = 10.0  # issue 15 (issue 3 asked for 5 ms)
+WARM_UP = 50  # requests sent before the timed run
 
 
 def _readings(stub: committer_pb2_grpc.CommitterServiceStub, meter: str) -> list:
@@ -152,7 +153,8 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
     """Send at ``rate``/s on a fixed schedule; (latencies in s, errors, achieved send rate)."""
     channel = secure_channel(network.by_role("endorser")[0].grpc, network.tls())
     stub = endorser_pb2_grpc.EndorserServiceStub(channel)
-    for warm in requests[:50]:
+    warm_up, requests = requests[:WARM_UP], requests[WARM_UP:]
+    for warm in warm_up:  # their own nonces: a replayed request would be refused
         stub.RequestOptions(warm, timeout=10)
     latencies: list[float] = []
     errors = 0
@@ -215,9 +217,16 @@ def run(profile: str = "standard", directory: Path | None = None,
         devnet.ensure_consortium(temp / "consortium", profile="load")
         network = own = devnet.plan(temp, temp / "consortium", demo=True, backfill_hours=50,
                                     reading_pace=50.0)
+        # The one measured buyer stands for the many meters behind a head-end system: the
+        # endorser's per-meter bounds (remembered nonces, default 1,000 per 30 s window; the
+        # energy its outstanding options hold, default 100 % of its allowance) are raised for
+        # this network, so the run measures the conditions and the match, not those refusals.
+        for endorser in network.by_role("endorser"):
+            endorser.args += ["--max-requests-per-window", str(int(rate * seconds) + 1_000),
+                              "--max-held-percent", str(100 * int(rate * seconds + 1_000))]
         devnet.start(network)
     try:
-        requests, setup = _prepare(network, int(rate * seconds))
+        requests, setup = _prepare(network, WARM_UP + int(rate * seconds))
         latencies, errors, sent_rate = _offer(network, requests, rate)
     finally:
         if own is not None:
@@ -225,7 +234,8 @@ def run(profile: str = "standard", directory: Path | None = None,
     ms = [v * 1000 for v in latencies]
     result = {
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,
-        "sent_rate_per_s": round(sent_rate), "requests": len(requests), "ok": len(ms),
+        "sent_rate_per_s": round(sent_rate), "requests": len(requests) - WARM_UP,
+        "ok": len(ms),
         "errors": errors, "errors_by_reason": dict(ERRORS_BY_REASON.most_common(4)),
         "p50_ms": round(percentile(ms, 50), 3) if ms else None,
         "p90_ms": round(percentile(ms, 90), 3) if ms else None,

@@ -125,9 +125,17 @@ def paced(txs: list[bytes], rate: float | None) -> Iterator[bytes]:
         yield tx
 
 
+# Unary calls in flight per orderer: the orderer's Broadcast call limit (32 handler slots)
+# and below its HTTP/2 stream limit (64 per connection, shared with the Deliver follower);
+# beyond those an orderer refuses (RESOURCE_EXHAUSTED, or REFUSED_STREAM before the client
+# has read its SETTINGS), which a well-behaved client does not provoke.
+UNARY_IN_FLIGHT_PER_ORDERER = 32
+
+
 def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:
     """Broadcast with futures (round-robin over orderers), paced at `rate` per second or as
-    fast as possible; returns tx id -> send time. RESOURCE_EXHAUSTED is retried."""
+    fast as possible, at most `UNARY_IN_FLIGHT_PER_ORDERER` calls in flight per orderer;
+    returns tx id -> send time. Refusals (a full queue, a refused stream) are retried."""
     sent: dict[str, float] = {}
     pending: list[tuple[grpc.Future, bytes, int]] = []
     cycle = itertools.cycle(range(len(stubs)))
@@ -136,7 +144,7 @@ def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str
         sent[tx_id_of(tx)] = time.perf_counter()
         pending.append((stubs[index].Broadcast.future(
             orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index))
-        if len(pending) >= 256:
+        if len(pending) >= UNARY_IN_FLIGHT_PER_ORDERER * len(stubs):
             pending = _settle(pending, stubs)
     while pending:
         pending = _settle(pending, stubs)
@@ -145,13 +153,14 @@ def broadcast_all(stubs: list, txs: list[bytes], rate: float | None) -> dict[str
 
 def _settle(pending: list, stubs: list) -> list:
     """Wait for every pending call; those refused with RESOURCE_EXHAUSTED (a full queue, or
-    more concurrent calls than the orderer takes) are sent again after one 50 ms pause."""
+    more concurrent calls than the orderer takes) or with a refused HTTP/2 stream are sent
+    again after one 50 ms pause."""
     refused = []
     for future, tx, index in pending:
         try:
             future.result()
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+            if not _refused(exc):
                 raise
             refused.append((tx, index))
     if refused:
@@ -159,6 +168,14 @@ def _settle(pending: list, stubs: list) -> list:
     return [(stubs[index].Broadcast.future(
         orderer_pb2.BroadcastRequest(endorsed_transaction=tx), timeout=30), tx, index)
         for tx, index in refused]
+
+
+def _refused(exc: grpc.RpcError) -> bool:
+    """A refusal to retry: RESOURCE_EXHAUSTED, or UNAVAILABLE for a stream the server refused
+    (RST_STREAM REFUSED_STREAM, code 7: the request was not processed)."""
+    code = exc.code()  # type: ignore[attr-defined]
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED or (
+        code == grpc.StatusCode.UNAVAILABLE and "error code 7" in (exc.details() or ""))  # type: ignore[attr-defined]
 
 
 def broadcast_batched(stubs: list, txs: list[bytes], rate: float | None) -> dict[str, float]:

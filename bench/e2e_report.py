@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bench.observe import VALID, Buckets, CommitLog, histogram_quantile
 from bench.stats import percentile
-from bench.submitter import Record
+from bench.submitter import SHED, Record
 from gridledger.common.v1 import validation_pb2
 
 TARGET_TX_PER_S = 1_500
@@ -56,6 +56,9 @@ def analyse(m: Measured) -> tuple[dict, dict]:
                      if r.scheduled >= start]
     ack_to_commit = [committed[r.tx_id][0] - r.acked for r in acked
                      if r.tx_id in committed and r.scheduled >= start]
+    # How far behind its schedule the load generator made a job's first call (the machine
+    # is shared: a generator short of CPU is a queue of its own, shown apart).
+    lag = [r.started - r.scheduled for r in m.records if r.started and r.scheduled >= start]
     matching = [r.matching for r in m.records if r.kind == "order" and r.matching
                 and r.scheduled >= start]
     blocks = [b for b in m.logs[0].blocks if start <= b.at <= end]
@@ -88,6 +91,9 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         # Refused at the edge (admission control or full orderers) after every retry.
         "refused_share": round(sum(1 for r in m.records if _refused(r)) / len(m.records), 3)
         if m.records else None,
+        "shed_by_generator_share": round(sum(1 for r in m.records if r.error == SHED)
+                                         / len(m.records), 3) if m.records else None,
+        "generator_lag_ms": {"p50": _ms(lag, 50), "p99": _ms(lag, 99)},
         "retried_calls": sum(r.attempts - 1 for r in m.records),
         "invalid": dict(invalid.most_common()),
         "unaccounted": sum(1 for r in acked if r.tx_id not in committed),
@@ -169,6 +175,11 @@ def table(report: dict) -> str:
     row("rejected (not acknowledged)", lambda s: sum(s["rejected"].values()))
     row("refused at the edge, % of jobs", lambda s: None if s["refused_share"] is None
         else f"{100 * s['refused_share']:.1f} %")
+    row("shed by the load generator, % of jobs", lambda s: None
+        if s.get("shed_by_generator_share") is None
+        else f"{100 * s['shed_by_generator_share']:.1f} %")
+    row("load generator lag (due->first call) p50 / p99 ms",
+        lambda s: f"{_fmt(s['generator_lag_ms']['p50'])} / {_fmt(s['generator_lag_ms']['p99'])}")
     row("calls retried after RESOURCE_EXHAUSTED", lambda s: s["retried_calls"])
     row("invalid at commit", lambda s: sum(s["invalid"].values()))
     row("acknowledged but not committed", lambda s: s["unaccounted"])

@@ -32,6 +32,7 @@ CALL_TIMEOUT = 30.0
 # this many calls in all; then the job counts as refused (what a meter would buffer).
 MAX_ATTEMPTS = 4
 BATCH_LINGER = 0.002  # seconds a batch waits for more transactions once one is queued
+SHED = "SHED: the load generator's open-loop bound was reached (not sent)"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -46,6 +47,7 @@ class Record(NamedTuple):
     matching: float  # RequestOptions latency from `scheduled`, orders only
     attempts: int = 1  # calls made for the job's transaction (retries after RESOURCE_EXHAUSTED)
     last_sent: float = 0.0  # when the last call was sent (the accepted one, if acknowledged)
+    started: float = 0.0  # when the job's first call was made (its lag behind `scheduled`)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class Spec:
     duration: float  # max mode: stop sending after this many seconds
     batch: int = 0  # > 0: transactions go in SubmitBatch calls of at most this many
     attempts: int = MAX_ATTEMPTS  # calls per transaction before it counts as refused
+    # Open loop: jobs in progress (sent, retrying, waiting for an answer) at most; a job due
+    # while this many are in progress is shed by the load generator itself (counted, not
+    # sent), as a head-end system's bounded outbox would, so that on a machine the
+    # generator shares with the network its own backlog cannot grow without bound.
+    open_loop_limit: int = 600
 
 
 @dataclass
@@ -179,12 +186,25 @@ class _Runner:
     async def _at_rate(self, begin: float) -> list[asyncio.Task]:
         interval = 1.0 / self._spec.rate
         tasks = []
+        in_progress = 0
+
+        async def one(job: Job, due: float) -> None:
+            nonlocal in_progress
+            try:
+                await self._job(job, due)
+            finally:
+                in_progress -= 1
+
         for i, job in enumerate(self._spec.jobs):
             due = begin + i * interval
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(self._job(job, due)))
+            if in_progress >= self._spec.open_loop_limit:
+                self.records.append(Record(job.kind, "", due, 0.0, 0.0, SHED, 0.0, 0))
+                continue
+            in_progress += 1
+            tasks.append(asyncio.create_task(one(job, due)))
         return tasks
 
     async def _at_max(self, begin: float) -> list[asyncio.Task]:
@@ -206,8 +226,9 @@ class _Runner:
         return tasks
 
     async def _job(self, job: Job, due: float) -> None:
+        started = time.monotonic()
         if job.kind != "order":
-            await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0)
+            await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0, started)
             return
         answer = None
         for attempt in range(self._spec.attempts):
@@ -224,7 +245,8 @@ class _Runner:
                         attempt + 1 == self._spec.attempts:
                     self.records.append(Record("order", "", due, 0.0, 0.0,
                                                "options " + reason(exc),
-                                               time.monotonic() - due, attempt + 1))
+                                               time.monotonic() - due, attempt + 1,
+                                               started=started))
                     return
                 await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(exc)))
         assert answer is not None
@@ -232,26 +254,26 @@ class _Runner:
         envelope = self._identity(job.meter).new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option))
         await self._submit("order", envelope_tx_id(envelope), envelope.SerializeToString(), due,
-                           time.monotonic(), matched - due)
+                           time.monotonic(), matched - due, started)
 
     async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
-                      matching: float) -> None:
+                      matching: float, started: float) -> None:
         """Submit, retrying after RESOURCE_EXHAUSTED (the hint plus jitter); latency still
-        counts from the first send."""
+        counts from `sent` (a reading's schedule), `last_sent` is when each call was made."""
         envelope = envelope_pb2.SignedEnvelope.FromString(payload)
         for attempt in range(self._spec.attempts):
-            last_sent = time.monotonic() if attempt else sent
+            last_sent = time.monotonic()
             try:
                 await self._one(envelope)
                 self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
-                                           matching, attempt + 1, last_sent))
+                                           matching, attempt + 1, last_sent, started))
                 return
             except _Failed as failed:
                 if failed.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
                         attempt + 1 == self._spec.attempts:
                     self.records.append(Record(kind, tx_id, due, sent, 0.0,
                                                reason_of(failed.code, failed.details),
-                                               matching, attempt + 1, last_sent))
+                                               matching, attempt + 1, last_sent, started))
                     return
                 await asyncio.sleep(self._backoff.delay(attempt, failed.retry_ms))
 

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from bench import chart, e2e_report, observe, workload
 from bench.observe import BlockSeen, CommitLog
-from bench.submitter import Record
+from bench.submitter import SHED, Record
 from gridledger.common.v1 import envelope_pb2, market_pb2, transaction_pb2, validation_pb2
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
@@ -171,3 +171,20 @@ def test_refusals_after_every_retry_and_the_accepted_calls_own_latency() -> None
     assert summary["ack_to_commit_ms"]["p50"] == pytest.approx(200.0)
     table = e2e_report.table({"phases": {"overload_2x_max": summary}, "peak_rss_mib": {}})
     assert "50.0 %" in table
+
+
+def test_jobs_shed_by_the_generator_and_its_lag_are_counted_apart_from_refusals() -> None:
+    records = [
+        Record("reading", "a", 101.0, 101.0, 101.6, "", 0.0, 1, 101.4, 101.4),  # 400 ms late
+        Record("reading", "", 101.1, 0.0, 0.0, SHED, 0.0, 0),
+        Record("reading", "", 101.2, 0.0, 0.0, SHED, 0.0, 0),
+        Record("reading", "b", 101.3, 101.3, 0.0, "RESOURCE_EXHAUSTED: full", 0.0, 4, 101.9,
+               101.3)]
+    log = CommitLog("committer-1", {"a": (101.8, V)}, [BlockSeen(1, 101.8, 1)])
+    summary, _ = e2e_report.analyse(_measured(records, [log]))
+    assert summary["shed_by_generator_share"] == 0.5
+    assert summary["refused_share"] == 0.25  # only b: shed jobs were never offered
+    assert summary["generator_lag_ms"]["p99"] == pytest.approx(400.0)
+    assert summary["accepted_call_ms"]["p50"] == pytest.approx(200.0)  # from the real send
+    table = e2e_report.table({"phases": {"overload_2x_max": summary}, "peak_rss_mib": {}})
+    assert "shed by the load generator" in table and "50.0 %" in table

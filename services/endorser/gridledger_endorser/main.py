@@ -18,8 +18,21 @@ from gridledger_core.storage import LmdbStore
 from gridledger_endorser import admission, options
 from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
+from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
+
+
+def unrequested_call_bound(budget_ms: int) -> list[tuple[str, int]]:
+    """gRPC's C core keeps calls that arrived before the Python server asked for the next
+    one in a queue of its own, ahead of `--max-concurrent-rpcs` and admission control and
+    invisible to both; under overload that queue held calls for tens of seconds (and gRPC
+    cancelled them after its 30 s default). A call left there longer than the latency
+    budget (at least 1 s) is refused by gRPC instead: the same bound admission control
+    keeps, applied where admission control cannot look."""
+    if budget_ms <= 0:
+        return []
+    return [("grpc.server_max_unrequested_time_in_server", max(1, -(-budget_ms // 1000)))]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -35,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # (with its hint), and gRPC's own refusal (no hint) only beyond the bounded queue.
     parser.add_argument("--workers", type=int, default=64,
                         help="gRPC handler threads")
+    parser.add_argument("--cpu-slots", type=int, default=DEFAULT_CPU_SLOTS,
+                        help="handler threads that check, simulate or match at once (the "
+                             "rest wait on a lock instead of contending for the GIL)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
@@ -56,10 +72,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         genesis=genesis, health_listen=args.health_listen,
                         account_lookup=ledger_lookup(ledger.get_state),
                         max_workers=args.workers,
-                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
+                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None,
+                        options=unrequested_call_bound(args.admission_latency_budget_ms))
     servicer = EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
                                 limits=options.limits_from(args),
-                                admission=admission.Admission(admission.config_from(args)))
+                                admission=admission.Admission(admission.config_from(args)),
+                                cpu_slots=CpuSlots(args.cpu_slots))
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server, servicer,
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
     # A replica that cannot commit endorses against stale state: report NOT_SERVING then.

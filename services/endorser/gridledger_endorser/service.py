@@ -42,6 +42,7 @@ from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, 
 from gridledger_endorser.batch_signer import DEFAULT_MAX_BATCH, BatchSigner
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
+from gridledger_endorser.cpu_slots import CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL, DeskLimits, OptionDesk
 
 REQUESTS = Counter("gridledger_endorser_requests", "Transactions submitted, by type and result.",
@@ -72,7 +73,8 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                  books: BookCache | None = None, option_ttl: int = DEFAULT_OPTION_TTL,
                  clock: Callable[[], float] = time.time,
                  signer: BatchSigner | None = None, limits: DeskLimits | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 cpu_slots: CpuSlots | None = None) -> None:
         self._ledger = ledger
         self._identity = identity
         self._broadcaster = broadcaster
@@ -85,6 +87,8 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         # Off unless given (tests, tools); main.py always gives one.
         self._admission = admission if admission is not None else Admission(
             AdmissionConfig(budget_ms=0))
+        # Checks and matching run a few threads at a time; waits run outside (cpu_slots.py).
+        self._cpu = cpu_slots if cpu_slots is not None else CpuSlots()
 
     def on_commit(self, result: CommitResult) -> None:
         """The replica's commit listener: the book cache, then admission control."""
@@ -151,7 +155,8 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                                       retry_after_ms=full.retry_after_ms)
                 continue
             work.append(_Work(i, envelopes[i], tx_id, bool(tx_id) and verdict is Admitted.NEW))
-        checked_work = self._check(work, outcomes)
+        with self._cpu.held():
+            checked_work = self._check(work, outcomes)
         if checked_work:
             payloads = [w.envelope.payload for w in checked_work]
             endorsements = ([self._signer.endorse(payloads[0])] if single
@@ -273,7 +278,8 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
-            proposal = self._desk.propose(request.request)
+            with self._cpu.held():
+                proposal = self._desk.propose(request.request)
         except TxInvalid as exc:
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
                       else exc.code_name.lower())

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import end_to_end, forecast_error, limits, matching, matching_rpc, ordering
+from bench import end_to_end, forecast_error, grpc_server, limits, matching, matching_rpc, ordering
 
 
 def _matching_rpc(profile: str) -> dict:
@@ -22,6 +22,7 @@ SUITES = {
     "limits": limits.run,
     "matching": matching.run,
     "forecast_error": forecast_error.run,
+    "grpc_server": grpc_server.run,
     "matching_rpc": _matching_rpc,
     "ordering": ordering.run,
     "end_to_end": end_to_end.run,

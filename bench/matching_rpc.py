@@ -42,6 +42,7 @@ from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.rules.market import forecast_params
 from gridledger_core.market.forecast import forecast
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
@@ -95,6 +96,20 @@ def _request(meter: SigningIdentity, side: int, slot: int, price: int,
         body.SerializeToString()))
 
 
+def _patiently(call, request, timeout: float = 10):  # type: ignore[no-untyped-def]
+    """A set-up call, retried after the endorser's hint while admission control refuses it
+    (the meter-agents' backfill may fill the in-flight bound meanwhile)."""
+    backoff = Backoff()
+    for attempt in range(20):
+        try:
+            return call(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == 19:  # type: ignore[attr-defined]
+                raise
+            time.sleep(backoff.delay(attempt, retry_after_ms(exc)))
+    raise AssertionError("unreachable")
+
+
 def _wait_committed(stub: committer_pb2_grpc.CommitterServiceStub, tx_id: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -128,17 +143,17 @@ def _prepare(network: devnet.Network,
     sell_id = SigningIdentity.load(network.consortium_dir, seller)
     buy_id = SigningIdentity.load(network.consortium_dir, buyer)
     for i in range(sell_lots):  # resting sells at increasing prices: a multi-level cross
-        answer = endorser.RequestOptions(_request(sell_id, market_pb2.ORDER_SIDE_SELL, slot,
-                                                  BASE_PRICE + i * genesis.market.price_tick,
-                                                  lot), timeout=10)
+        answer = _patiently(endorser.RequestOptions, _request(
+            sell_id, market_pb2.ORDER_SIDE_SELL, slot,
+            BASE_PRICE + i * genesis.market.price_tick, lot))
         env = sell_id.new_transaction("place_order", market_pb2.PlaceOrder(option=answer.option))
-        tx = endorser.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(envelope=env),
-                                        timeout=10).tx_id
+        tx = _patiently(endorser.SubmitTransaction,
+                        endorser_pb2.SubmitTransactionRequest(envelope=env)).tx_id
         _wait_committed(committer, tx)
     time.sleep(1.0)  # the endorser's cache follows the block it just committed
     buy_lots = max(1, min(deficit // lot, sell_lots // 2 or 1))
     probe = _request(buy_id, market_pb2.ORDER_SIDE_BUY, slot, BASE_PRICE * 2, buy_lots * lot)
-    option = market_pb2.TradeOption.FromString(endorser.RequestOptions(probe, timeout=10)
+    option = market_pb2.TradeOption.FromString(_patiently(endorser.RequestOptions, probe)
                                                .option.payload)
     setup = {"slot": slot, "seller": seller, "buyer": buyer, "resting_sells": sell_lots,
              "probe_trades": len(option.trades), "request_wh": buy_lots * lot}
@@ -155,7 +170,7 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
     stub = endorser_pb2_grpc.EndorserServiceStub(channel)
     warm_up, requests = requests[:WARM_UP], requests[WARM_UP:]
     for warm in warm_up:  # their own nonces: a replayed request would be refused
-        stub.RequestOptions(warm, timeout=10)
+        _patiently(stub.RequestOptions, warm)
     latencies: list[float] = []
     errors = 0
     reasons: collections.Counter[str] = collections.Counter()

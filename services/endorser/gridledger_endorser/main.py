@@ -23,18 +23,6 @@ from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
 
-def unrequested_call_bound(budget_ms: int) -> list[tuple[str, int]]:
-    """gRPC's C core keeps calls that arrived before the Python server asked for the next
-    one in a queue of its own, ahead of `--max-concurrent-rpcs` and admission control and
-    invisible to both; under overload that queue held calls for tens of seconds (and gRPC
-    cancelled them after its 30 s default). A call left there longer than the latency
-    budget (at least 1 s) is refused by gRPC instead: the same bound admission control
-    keeps, applied where admission control cannot look."""
-    if budget_ms <= 0:
-        return []
-    return [("grpc.server_max_unrequested_time_in_server", max(1, -(-budget_ms // 1000)))]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("endorser")
     parser.add_argument("--orderer", action="append", default=[],
@@ -72,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         genesis=genesis, health_listen=args.health_listen,
                         account_lookup=ledger_lookup(ledger.get_state),
                         max_workers=args.workers,
-                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None,
-                        options=unrequested_call_bound(args.admission_latency_budget_ms))
+                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
     servicer = EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
                                 limits=options.limits_from(args),
                                 admission=admission.Admission(admission.config_from(args)),

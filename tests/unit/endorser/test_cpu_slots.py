@@ -9,7 +9,6 @@ import time
 import pytest
 
 from gridledger_endorser.cpu_slots import CpuSlots
-from gridledger_endorser.main import unrequested_call_bound
 
 
 @pytest.mark.parametrize("slots", [1, 2, 4])
@@ -50,10 +49,3 @@ def test_a_slot_is_given_back_when_the_work_raises() -> None:
 def test_zero_slots_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         CpuSlots(0)
-
-
-def test_grpcs_own_queue_is_bounded_by_the_admission_budget() -> None:
-    assert unrequested_call_bound(1_000) == [("grpc.server_max_unrequested_time_in_server", 1)]
-    assert unrequested_call_bound(2_500) == [("grpc.server_max_unrequested_time_in_server", 3)]
-    assert unrequested_call_bound(200) == [("grpc.server_max_unrequested_time_in_server", 1)]
-    assert unrequested_call_bound(0) == []  # admission control off: gRPC's defaults

@@ -19,6 +19,8 @@ from cryptography import x509
 from ops_support import ROOT, console_scripts
 
 from gridledger_core.consortium import create_consortium, default_topology
+from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Role
 
 K8S = ROOT / "k8s"
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
@@ -115,7 +117,14 @@ def accepted_flags(role: str) -> frozenset[str]:
 
 
 def matches(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    """A label selector (matchLabels and matchExpressions) against a pod's labels."""
+    tests = {"In": lambda k, vs: labels.get(k) in vs,
+             "NotIn": lambda k, vs: labels.get(k) not in vs,
+             "Exists": lambda k, _: k in labels,
+             "DoesNotExist": lambda k, _: k not in labels}
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and \
+        all(tests[e["operator"]](e["key"], e.get("values", []))
+            for e in selector.get("matchExpressions", []))
 
 
 # -- rendering and schema validation ----------------------------------------------------------
@@ -158,7 +167,7 @@ def test_service_monitor_selects_the_metrics_ports(rendered: dict) -> None:
                 and matches(spec["selector"], d["metadata"].get("labels", {}))]
     assert {s["metadata"]["name"] for s in services} == {
         "gridledger-orderer", "gridledger-committer", "gridledger-endorser",
-        "gridledger-meter", "gridledger-plant", "gridledger-issuer"}
+        "gridledger-meter", "gridledger-plant", "gridledger-issuer", "gridledger-settlement"}
     for endpoint in spec["endpoints"]:
         for service in services:
             assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -186,19 +195,34 @@ def test_commands_flags_and_environment_exist(rendered: dict, overlay: str) -> N
             assert flag not in given, f"{flag} set twice"
         if role == "meter-agent":
             mode = next(e["value"] for e in container["env"] if e["name"] == "GRIDLEDGER_MODE")
-            assert mode in {"meter", "plant", "issuer"}
+            assert mode in {"meter", "plant", "issuer", "settlement"}
         assert workload["spec"]["template"]["spec"]["enableServiceLinks"] is False
 
 
 
-def test_secrets_script_output_is_exact_and_valid(consortiums: dict, tmp_path: Path) -> None:
+def test_secrets_script_output_is_exact_and_valid(consortiums: dict, rendered: dict,
+                                                  tmp_path: Path) -> None:
+    """Exactly the Secrets the dev overlay's pods mount, byte for byte: the operators' CLI
+    keys (admin, treasury) and the balancing account's key stay off the cluster."""
     made = consortiums[4]
     directory, objects = made["dir"], made["objects"]
     config = objects[("ConfigMap", "gridledger-consortium")]
     assert config["data"]["genesis.json"].encode() == (directory / "genesis.json").read_bytes()
     assert config["data"]["tls-ca-bundle.pem"].encode() == \
         (directory / "tls-ca-bundle.pem").read_bytes()
+    mounted = {name for w in workloads(rendered["dev"])
+               for name, _ in _secret_items(w["spec"]["template"]["spec"])}
+    assert {name for kind, name in objects if kind == "Secret"} == mounted
+    genesis = Genesis.load(directory / "genesis.json")
+    kept_off = {a.name for a in genesis.accounts.values()
+                if a.role in (Role.ADMIN, Role.TREASURY)} | {genesis.settlement.balancing_account}
+    assert {"admin", "treasury", "balancing"} <= kept_off
     for node in (directory / "nodes").iterdir():
+        if node.name in kept_off:
+            assert ("Secret", f"gridledger-node-{node.name}") not in objects
+            key = base64.b64encode((node / "signing.key").read_bytes()).decode()
+            assert key not in made["yaml"], node.name
+            continue
         secret = objects[("Secret", f"gridledger-node-{node.name}")]
         assert secret["metadata"]["namespace"] == "gridledger"
         assert secret["metadata"]["labels"]["gridledger.io/node"] == node.name
@@ -376,8 +400,8 @@ def allowed(docs: list[dict], src: dict, dst: dict, port: int, src_ns: str = "gr
 
 
 def kind(workload: dict) -> str:
-    """The workload's component, or for a meter agent its device role (meter, plant, issuer):
-    the policies tell those apart."""
+    """The workload's component, or for a meter agent its device role (meter, plant, issuer,
+    settlement): the policies tell those apart."""
     labels = workload["spec"]["template"]["metadata"]["labels"]
     return labels.get("gridledger.io/device-role") or component(workload)
 
@@ -421,12 +445,13 @@ def test_network_policies_allow_only_the_protocol(rendered: dict, overlay: str) 
     assert len(deny) == 1 and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert not deny[0]["spec"].get("ingress") and not deny[0]["spec"].get("egress")
     labels = {kind(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)}
-    assert {"meter", "plant", "issuer"} <= set(labels)
-    devices = ("meter", "plant", "issuer")
+    assert {"meter", "plant", "issuer", "settlement"} <= set(labels)
+    devices = ("meter", "plant", "issuer", "settlement")
     flows = {(d, s) for d in devices for s in ("endorser", "committer")} | {
         ("endorser", "orderer"), ("committer", "orderer"), ("orderer", "orderer"),
         # Claim 3's neighbour directory (GetPlantDirectory) and ProposeContract: meters call
-        # other meters' and plants' agents; plants and the issuer call no agent.
+        # other meters' and plants' agents; plants, the issuer and the settlement agent call
+        # no agent.
         ("meter", "meter"), ("meter", "plant")}
     for src in labels:
         for dst in labels:
@@ -438,6 +463,67 @@ def test_network_policies_allow_only_the_protocol(rendered: dict, overlay: str) 
         assert allowed(docs, prometheus, dst, 9464, src_ns="monitoring")
         assert not allowed(docs, prometheus, dst, 7050, src_ns="monitoring")
         assert not allowed(docs, {"app": "other"}, dst, 9464, src_ns="monitoring")
+
+
+# -- the initiating organisation's settlement agent (issue 14) --------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_settlement_agent_runs_with_only_its_key_and_reaches_only_the_ledger(
+        rendered: dict, consortiums: dict, overlay: str) -> None:
+    """The settlement agent runs as the devnet runs it (`--mode settlement` under the genesis
+    settlement account that is not the balancing account), mounts only its own Secret, is
+    locked down like every agent, and may call the endorser and the committer and nothing
+    else (DNS aside); no pod may call it, and no pod holds the balancing or treasury key."""
+    docs = rendered[overlay]
+    (agent,) = [w for w in workloads(docs) if kind(w) == "settlement"]
+    spec = agent["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["command"] == ["gridledger-meter-agent"]
+    assert (env["GRIDLEDGER_MODE"], env["GRIDLEDGER_NAME"]) == ("settlement", "settlement")
+    assert {"--endorser", "--committer"} <= set(flags(container["args"]))
+    genesis = Genesis.load(consortiums[OVERLAYS[overlay]]["dir"] / "genesis.json")
+    assert genesis.initiating_account("settlement", Role.SETTLEMENT)
+    assert genesis.settlement.balancing_account not in ("", "settlement")
+    assert {name for name, _ in _secret_items(spec)} == {"gridledger-node-settlement"}
+    assert agent["spec"]["replicas"] == 1
+
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    (issuer,) = [w for w in workloads(docs) if kind(w) == "issuer"]
+    (other,) = issuer["spec"]["template"]["spec"]["containers"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe] == other[probe], probe
+    assert container["resources"] == other["resources"]
+
+    for workload in workloads(docs):
+        mounted = {name for name, _ in _secret_items(workload["spec"]["template"]["spec"])}
+        for kept_off in ("balancing", "treasury", "admin"):
+            assert f"gridledger-node-{kept_off}" not in mounted, workload["metadata"]["name"]
+
+    labels = agent["spec"]["template"]["metadata"]["labels"]
+    by_kind = {kind(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)}
+    for dst in ("endorser", "committer"):
+        assert allowed(docs, labels, by_kind[dst], 7050), dst
+    reached = set()
+    for policy in [d for d in docs if d["kind"] == "NetworkPolicy"
+                   and matches(d["spec"]["podSelector"], labels)
+                   and "Egress" in d["spec"]["policyTypes"]]:
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("to"), f"{policy['metadata']['name']}: egress to anywhere"
+            for peer in rule["to"]:
+                assert "ipBlock" not in peer, policy["metadata"]["name"]
+                if "namespaceSelector" in peer:  # only cluster DNS
+                    assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+                    assert {p["port"] for p in rule["ports"]} == {53}
+                    continue
+                assert [p["port"] for p in rule["ports"]] == [7050]
+                reached |= {k for k, lab in by_kind.items() if matches(peer["podSelector"], lab)}
+    assert reached == {"endorser", "committer"}, reached
+    for src in by_kind.values():
+        assert not allowed(docs, src, labels, 7050)
 
 
 def test_secrets_script_on_one_organisations_directory(tmp_path: Path) -> None:

@@ -123,3 +123,30 @@ def test_query_errors_exit_nonzero_with_the_committers_reason(
     with pytest.raises(SystemExit):
         main(["account", "show", "--dir", str(network), "--account", "no/such"])
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def test_the_operations_guides_treasury_recipe_reaches_a_committer(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/operations.md, "Keys that stay off the cluster": the treasury key signs on the
+    operator's machine, through port-forwards named in a hand-written network.json. That file
+    as written (two nodes, empty paths, `localhost` as the TLS name) must load and reach a
+    committer, and the documented fund command must parse as a treasury-signed funding."""
+    guide = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+    recipe = guide.split("cat > ops/network.json <<EOF\n", 1)[1].split("  EOF\n", 1)[0]
+    server = serve_committer(money_ledger(genesis), consortium_dir)
+    try:
+        text = (recipe.replace("$PWD/consortium", str(consortium_dir))
+                .replace("localhost:17051", f"localhost:{server.port}"))
+        (tmp_path / "ops").mkdir()
+        (tmp_path / "ops" / "network.json").write_text(text)
+        shown = json.loads(run(capsys, "account", "show", "--dir", str(tmp_path / "ops"),
+                               "--account", "meter-1", "--json"))
+        assert shown["balance_micro"] == 3_500_000
+    finally:
+        server.stop()
+    fund_line = next(line for line in guide.splitlines()
+                     if "gridctl account fund --dir ops" in line)
+    args = build_parser().parse_args(fund_line.split("gridctl ", 1)[1].split())
+    assert (args.func, args.as_signer, args.account, args.amount) == (
+        money.cmd_account_fund, "treasury", "meter-1", 100_000_000)

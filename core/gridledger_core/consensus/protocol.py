@@ -144,12 +144,6 @@ class ReplicaConfig:
     max_batch_txs: int = 500
     max_batch_bytes: int = 1 << 20
     max_batch_wait: float = 0.05
-    # A round-0 block is proposed no sooner than this after the previous height was decided
-    # here, unless it is full (CometBFT's timeout_commit plays this part): every block costs
-    # each orderer, committer and endorser replica a fixed amount (VRF, votes, quorum
-    # certificates, fsyncs, deliveries), so under moderate load fewer, larger blocks save
-    # that per-block work; a primary's own timing, never a validity rule.
-    min_block_interval: float = 0.0
     round_timeout: float = 1.0
     # How far ahead of this orderer's clock a proposed block's timestamp may be (seconds).
     max_clock_skew: float = 5.0
@@ -244,7 +238,6 @@ class Replica:
         self.equivocations = evidence.Tracker(self.me)
         self._my_vrf: tuple[int, bytes, bytes] | None = None  # (height, proof, output)
         self._previous_stamp: tuple[int, float] = (-1, 0.0)  # (height, previous block's time)
-        self._height_began = float("-inf")  # local time the current height began here
         self._reset_height()
         if persisted:
             self._restore(persisted)
@@ -596,8 +589,7 @@ class Replica:
             return True
         oldest = self.pool.oldest_arrival()
         assert oldest is not None
-        due = max(oldest + self.config.max_batch_wait,
-                  self._height_began + self.config.min_block_interval)
+        due = oldest + self.config.max_batch_wait
         if now >= due:
             return True
         if self._deadlines.get(BATCH_TIMER) != due:
@@ -1028,7 +1020,6 @@ class Replica:
         # its Deliver: messages of the new height are validated within this same input.
         header = block_pb2.BlockHeader.FromString(block.header)
         self._previous_stamp = (self.height, block_time(header) or 0.0)
-        self._height_began = now
         self._reset_height()
         self._deadlines.pop(ROUND_TIMER, None)
         self._deadlines.pop(BATCH_TIMER, None)

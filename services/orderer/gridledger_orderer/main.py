@@ -20,10 +20,6 @@ from gridledger_orderer.service import ConsensusServicer, OrdererServicer
 from gridledger_orderer.store import OrdererStore
 from gridledger_orderer.transport import Transport
 
-# Measured in bench.end_to_end (docs/performance.md): about 5 blocks/s at most, instead
-# of one block per consensus round-trip (~9/s on the bench machine).
-DEFAULT_MIN_BLOCK_INTERVAL = 0.2
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     memory.tune_allocator()  # before any thread starts (memory.py says why)
@@ -36,10 +32,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds the oldest pending transaction may wait for a block")
     parser.add_argument("--round-timeout", type=float, default=1.0,
                         help="base round timeout in seconds (doubles per failed round)")
-    parser.add_argument("--min-block-interval", type=float, default=DEFAULT_MIN_BLOCK_INTERVAL,
-                        help="seconds after a block is decided before this orderer, as "
-                             "primary, proposes the next one unless it is full (fewer, larger "
-                             "blocks under moderate load); below half the round timeout")
     for field in dataclasses.fields(OrdererLimits):  # the bounds (docs/operations.md)
         default = getattr(OrdererLimits(), field.name)
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
@@ -58,11 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
              if name != identity.name]
     transport = Transport(peers, tls, limits.outbox_peer_bytes)
     notifier = HeightNotifier(lambda: store.height)
-    if not 0 <= args.min_block_interval < args.round_timeout / 2:
-        parser.error(f"--min-block-interval must be within [0, {args.round_timeout / 2}) s "
-                     "(half the round timeout), so replicas never time out waiting for it")
     params = OrderingParams(args.max_batch_txs, args.max_batch_bytes, args.max_batch_wait,
-                            args.round_timeout, args.min_block_interval)
+                            args.round_timeout)
     node = OrdererNode(genesis, identity, store, transport, params, notifier.grew, limits)
 
     server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls,

@@ -115,7 +115,6 @@ class OrderingParams:
     max_batch_bytes: int = 1 << 20
     max_batch_wait: float = 0.05
     round_timeout: float = 1.0
-    min_block_interval: float = 0.0
 
 
 class OrdererNode:
@@ -158,8 +157,7 @@ class OrdererNode:
                                max_batch_txs=params.max_batch_txs,
                                max_batch_bytes=params.max_batch_bytes,
                                max_batch_wait=params.max_batch_wait,
-                               round_timeout=params.round_timeout,
-                               min_block_interval=params.min_block_interval)
+                               round_timeout=params.round_timeout)
         deps = Dependencies(
             sign=identity.signer.sign,
             verify_sig=ed25519_verifier(genesis.orderer_keys),

@@ -56,7 +56,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/reports"))
     parser.add_argument("--py-spy", action="store_true",
                         help="end_to_end: sample every node with py-spy in the max-rate window")
+    parser.add_argument("--node-arg", action="append", default=[], metavar="ROLE=FLAG",
+                        help="end_to_end: an extra flag for every node of ROLE, e.g. "
+                             "endorser=--cpu-slots=64 (repeatable; for A/B runs)")
     args = parser.parse_args()
+    node_args: dict[str, list[str]] = {}
+    for item in args.node_arg:
+        role, _, flag = item.partition("=")
+        node_args.setdefault(role, []).append(flag)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report: dict = {"profile": args.profile, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "machine": {"python": platform.python_version(),
@@ -70,7 +77,9 @@ def main() -> None:
         if name == "end_to_end":
             report[name] = end_to_end.run(
                 args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png",
-                profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None)
+                profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None,
+                node_args=node_args)
+            report[name]["node_args"] = node_args
         else:
             report[name] = run(args.profile)
         report[name]["bench_seconds"] = round(time.monotonic() - started, 1)

@@ -67,13 +67,18 @@ PROFILES = {
 
 
 def run(profile: str = "standard", directory: Path | None = None,
-        chart_path: Path | None = None, profile_dir: Path | None = None) -> dict:
-    """`profile_dir`: also sample every node with py-spy during the max-rate window."""
+        chart_path: Path | None = None, profile_dir: Path | None = None,
+        node_args: dict[str, list[str]] | None = None) -> dict:
+    """`profile_dir`: also sample every node with py-spy during the max-rate window.
+    `node_args`: role -> extra command-line flags for its nodes (A/B runs of a setting)."""
     spec = PROFILES[profile]
     directory = directory or Path(tempfile.mkdtemp(prefix="gridledger-e2e-"))
     devnet.ensure_consortium(directory / "consortium", meters=spec.meters, plants=1,
                              profile="load")
     network = devnet.plan(directory, directory / "consortium", demo=False)
+    for role, flags in (node_args or {}).items():
+        for node in network.by_role(role):
+            node.args += flags
     devnet.start(network, roles=ROLES)
     try:
         return _run(network, spec, profile, chart_path, profile_dir)

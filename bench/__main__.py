@@ -10,7 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import end_to_end, forecast_error, limits, matching, matching_rpc, ordering
+from bench import (
+    end_to_end,
+    forecast_error,
+    forecast_memo,
+    limits,
+    matching,
+    matching_rpc,
+    ordering,
+)
 
 
 def _matching_rpc(profile: str) -> dict:
@@ -22,6 +30,7 @@ SUITES = {
     "limits": limits.run,
     "matching": matching.run,
     "forecast_error": forecast_error.run,
+    "forecast_memo": forecast_memo.run,
     "matching_rpc": _matching_rpc,
     "ordering": ordering.run,
     "end_to_end": end_to_end.run,

@@ -10,7 +10,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import end_to_end, forecast_error, grpc_server, limits, matching, matching_rpc, ordering
+from bench import (
+    end_to_end,
+    forecast_error,
+    forecast_memo,
+    grpc_server,
+    limits,
+    matching,
+    matching_rpc,
+    ordering,
+)
 
 
 def _matching_rpc(profile: str) -> dict:
@@ -22,6 +31,7 @@ SUITES = {
     "limits": limits.run,
     "matching": matching.run,
     "forecast_error": forecast_error.run,
+    "forecast_memo": forecast_memo.run,
     "grpc_server": grpc_server.run,
     "matching_rpc": _matching_rpc,
     "ordering": ordering.run,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bench import limits, matching
+from bench import forecast_memo, limits, matching
 from bench.stats import percentile, summary_ms
 
 
@@ -12,6 +12,11 @@ def test_limits_and_matching_quick_profiles_report_figures() -> None:
     assert figures["ed25519_verify_per_s"] > 0 and figures["lmdb_synced_commits_per_s"] > 0
     result = matching.run("quick")
     assert result["orders"] > 0 and result["trades"] > 0
+
+
+def test_forecast_memo_quick_profile_agrees_with_the_direct_check() -> None:
+    result = forecast_memo.run("quick")  # asserts memoised == direct allowances itself
+    assert result["warm_checks_per_cpu_s"] > 0 and result["direct_checks_per_cpu_s"] > 0
 
 
 def test_percentiles_are_nearest_rank() -> None:

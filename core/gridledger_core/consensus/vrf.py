@@ -15,6 +15,11 @@ the public key and the proof's Gamma must be canonical points of the prime-order
 An honest key (x*B) and an honest Gamma (x*H, H cofactor-cleared) always are, so every
 proof made by ``prove`` verifies; only crafted proofs with a small-order component, which
 RFC 9381 would accept with the same beta, are refused.
+
+``verify`` and ``proof_to_hash`` are pure functions of their bytes, so each process keeps a
+bounded memo of their answers, refusals included: the same block's proof is otherwise checked
+by the consensus replica, the certificate check, and every committer path that verifies it,
+each paying the pure-Python point decoding again (~1 ms per verification).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import hashlib
 
 from nacl import bindings as sodium
+
+from gridledger_core.lru import Lru
 
 SUITE = b"\x03"
 PROOF_LEN = 80  # Gamma (32) || c (16) || s (32)
@@ -34,6 +41,11 @@ _Q = 2**252 + 27742317777372353535851937790883648493
 _D = (-121665 * pow(121666, _P - 2, _P)) % _P
 _SQRT_M1 = pow(2, (_P - 1) // 4, _P)
 _C_LEN = 16
+
+# Entries are ~250 bytes (key, proof, alpha, beta): a few thousand blocks' worth, under 1 MB.
+MEMO_CAPACITY = 4096
+_VERIFIED: Lru[bytes, bytes | None] = Lru(MEMO_CAPACITY)
+_HASHED: Lru[bytes, bytes | None] = Lru(MEMO_CAPACITY)
 
 
 def _sha512(*parts: bytes) -> bytes:
@@ -167,7 +179,19 @@ def prove(seed: bytes, alpha: bytes) -> bytes:
 def proof_to_hash(pi: bytes) -> bytes | None:
     """ECVRF_proof_to_hash (section 5.2): the 64-byte output beta, None if pi is malformed.
 
-    Only meaningful for a proof that ``verify`` accepted."""
+    Only meaningful for a proof that ``verify`` accepted. Memoised per process (exact: a pure
+    function of ``pi``)."""
+    if len(pi) != PROOF_LEN:
+        return None
+    hit, beta = _HASHED.get(bytes(pi))
+    if hit:
+        return beta
+    beta = proof_to_hash_uncached(pi)
+    _HASHED.put(bytes(pi), beta)
+    return beta
+
+
+def proof_to_hash_uncached(pi: bytes) -> bytes | None:
     if len(pi) != PROOF_LEN:
         return None
     gamma = _decode_point(pi[:32])
@@ -177,7 +201,24 @@ def proof_to_hash(pi: bytes) -> bytes | None:
 
 
 def verify(pk: bytes, pi: bytes, alpha: bytes) -> bytes | None:
-    """ECVRF_verify (section 5.3, validate_key = TRUE): beta if pi is valid, else None."""
+    """ECVRF_verify (section 5.3, validate_key = TRUE): beta if pi is valid, else None.
+
+    Memoised per process, refusals too: the answer is a pure function of (pk, pi, alpha), so
+    a hit is exactly what ``verify_uncached`` would return again."""
+    if len(pk) != PUBLIC_KEY_LEN or len(pi) != PROOF_LEN:
+        return None
+    # pk and pi have fixed lengths here, so the concatenation names the triple unambiguously.
+    key = bytes(pk) + bytes(pi) + bytes(alpha)
+    hit, beta = _VERIFIED.get(key)
+    if hit:
+        return beta
+    beta = verify_uncached(pk, pi, alpha)
+    _VERIFIED.put(key, beta)
+    return beta
+
+
+def verify_uncached(pk: bytes, pi: bytes, alpha: bytes) -> bytes | None:
+    """``verify`` without the memo: the RFC 9381 computation itself."""
     if len(pk) != PUBLIC_KEY_LEN or len(pi) != PROOF_LEN:
         return None
     gamma, c_string, s = pi[:32], pi[32:48], pi[48:]
@@ -205,4 +246,10 @@ def verify(pk: bytes, pi: bytes, alpha: bytes) -> bytes | None:
         return None
     if _challenge(pk, h, gamma, u, v) != c_string:
         return None
-    return proof_to_hash(pi)
+    return proof_to_hash(pi)  # memoised: the committer asks again for the next block's seed
+
+
+def clear_memo() -> None:
+    """Forget every memoised answer (for tests that count verifications)."""
+    _VERIFIED.clear()
+    _HASHED.clear()

@@ -149,10 +149,9 @@ def iter_orders(state: StateReader, prefix: str) -> Iterator[market_pb2.OrderRec
 
 # -- readings for the forecast ----------------------------------------------------------------
 
-def forecast_readings(state: StateReader, meter: str, slot_start: int, slot_seconds: int,
-                      interval_seconds: int,
-                      params: ForecastParams) -> list[transaction_pb2.MeterReading]:
-    """The meter's readings overlapping the forecast's daily spans, by point lookups.
+def forecast_keys(meter: str, slot_start: int, slot_seconds: int, interval_seconds: int,
+                  params: ForecastParams) -> list[str]:
+    """The keys of the meter's readings that can overlap the forecast's daily spans.
 
     Readings are aligned to the genesis interval (a ledger rule), so the candidates of each
     span are known keys: ``window_days * slot_seconds / interval`` gets (28 for hourly slots,
@@ -163,5 +162,13 @@ def forecast_readings(state: StateReader, meter: str, slot_start: int, slot_seco
         start = span_start - span_start % interval_seconds
         keys += [schema.reading_key(meter, t)
                  for t in range(max(0, start), span_start + slot_seconds, interval_seconds)]
+    return keys
+
+
+def forecast_readings(state: StateReader, meter: str, slot_start: int, slot_seconds: int,
+                      interval_seconds: int,
+                      params: ForecastParams) -> list[transaction_pb2.MeterReading]:
+    """The meter's readings overlapping the forecast's daily spans, by point lookups."""
+    keys = forecast_keys(meter, slot_start, slot_seconds, interval_seconds, params)
     return [transaction_pb2.MeterReading.FromString(raw) for raw in state.get_many(keys)
             if raw is not None]

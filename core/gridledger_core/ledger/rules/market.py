@@ -46,8 +46,9 @@ from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
+from gridledger_core.market import forecast_memo
 from gridledger_core.market import ledger_view as view
-from gridledger_core.market.forecast import ForecastParams, forecast
+from gridledger_core.market.forecast import ForecastParams
 
 INVALID = Code.TX_VALIDATION_CODE_INVALID_BODY
 CONFLICT = Code.TX_VALIDATION_CODE_STATE_CONFLICT
@@ -201,9 +202,9 @@ def quantity_allowance(state: view.StateReader, genesis: Genesis, terms: market_
     every committer gets the same number; + tolerance; less what is already committed."""
     market = genesis.market
     params = forecast_params(market)
-    readings = view.forecast_readings(state, terms.meter, terms.slot_start, market.slot_seconds,
-                                      genesis.reading_interval_seconds, params)
-    net = forecast(readings, terms.slot_start, market.slot_seconds, params, as_of=now).net_wh
+    # Memoised per process (exact: keyed on the readings' bytes, see forecast_memo).
+    net = forecast_memo.forecast_of(state, terms.meter, terms.slot_start, market.slot_seconds,
+                                    genesis.reading_interval_seconds, params, as_of=now).net_wh
     available = max(0, net) if terms.side == view.SELL_PB else max(0, -net)
     allowance = available + available * market.forecast_tolerance_percent // 100
     committed = view.committed_wh(state, terms.meter, terms.slot_start, terms.side)

@@ -133,13 +133,17 @@ class OrdererNode:
         self.limits = limits = limits or OrdererLimits()
         self.max_tx_bytes = genesis.limits.max_tx_bytes
         self._durable = durable_acks
-        # tx bytes -> _Seen: each transaction is parsed and verified once per orderer,
+        # tx bytes -> _Seen: each admitted transaction is verified once per orderer,
         # although its id is needed on admission, forwarding, proposal, commit and storage.
         # Keyed by the bytes themselves (equal bytes, equal entry; Python's hash of ~1 KB is
-        # cheaper than a sha256); an entry leaves when its transaction is final, after which
-        # the tx id alone makes every later arrival a duplicate, so the cache holds about what
-        # the pool holds. Bounded in entries and bytes (bytes above `max_tx_bytes` are never
-        # kept): past either bound it starts over, which only costs re-checks.
+        # cheaper than a sha256), which are the bytes the pool holds, so an entry costs little
+        # more than its pool entry. Only admitted transactions are kept: refused or
+        # undecodable bytes never reach a block, and a hostile sender can vary them at will,
+        # so a cached verdict would save nothing it could not bypass while holding their
+        # bytes (a flood of them once left 64 MiB of garbage here for good). An entry leaves
+        # when its transaction is final, after which the tx id alone makes every later
+        # arrival a duplicate. Bounded in entries and bytes: past either bound it starts over,
+        # which only costs re-checks.
         self._seen: dict[bytes, _Seen] = {}
         self._seen_bytes = 0
         self._seen_lock = threading.Lock()
@@ -270,20 +274,25 @@ class OrdererNode:
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
     def _lookup(self, raw: bytes) -> _Seen:
+        """The cached entry of admitted bytes, else a fresh (unkept) one."""
         seen = self._seen.get(raw)
         if seen is None:
-            if len(raw) > self.max_tx_bytes:  # never parsed, never kept
+            if len(raw) > self.max_tx_bytes:  # never parsed
                 return _Seen(b"")
             seen = _Seen(tx_id_of(raw).encode())
-            with self._seen_lock:  # API threads and the loop: keep the byte count exact
-                if len(self._seen) >= _SEEN_LIMIT or \
-                        self._seen_bytes + len(raw) > _SEEN_BYTES:  # refused or never final
-                    self._seen.clear()
-                    self._seen_bytes = 0
-                if raw not in self._seen:
-                    self._seen[raw] = seen
-                    self._seen_bytes += len(raw)
         return seen
+
+    def _keep(self, raw: bytes, seen: _Seen) -> None:
+        """Cache an admitted transaction's entry until it is final."""
+        with self._seen_lock:  # API threads and the loop: keep the byte count exact
+            if raw in self._seen:
+                return
+            if len(self._seen) >= _SEEN_LIMIT or \
+                    self._seen_bytes + len(raw) > _SEEN_BYTES:  # admitted, never final
+                self._seen.clear()
+                self._seen_bytes = 0
+            self._seen[raw] = seen
+            self._seen_bytes += len(raw)
 
     def tx_id(self, raw: bytes) -> bytes:
         """The tx id in an endorsed transaction's bytes (b"" when they do not decode or are
@@ -298,9 +307,10 @@ class OrdererNode:
                          "bytes (genesis limits.max_tx_bytes)")
 
     def admit(self, raw: bytes) -> TxInvalid | None:
-        """The ordering checks (size, decodes, endorsed by an endorser), cached: a
-        transaction is checked once per orderer although it arrives by Broadcast and again
-        in a proposal. None when it may be ordered, else why not."""
+        """The ordering checks (size, decodes, endorsed by an endorser), cached when they
+        pass: a transaction is checked once per orderer although it arrives by Broadcast and
+        again in a proposal (refused bytes are checked again each time). None when it may be
+        ordered, else why not."""
         refused = self.too_large(raw)
         if refused is not None:
             return refused
@@ -309,6 +319,7 @@ class OrdererNode:
             try:
                 check_for_ordering(raw, self._membership)
                 seen.verdict = None
+                self._keep(raw, seen)
             except TxInvalid as exc:
                 seen.verdict = exc
         return seen.verdict  # type: ignore[return-value]

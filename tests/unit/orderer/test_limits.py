@@ -170,16 +170,35 @@ def test_the_pool_is_bounded_in_bytes(consortium_dir: Path, genesis: Genesis,
         orderer.store.close()
 
 
-def test_garbage_never_grows_the_verdict_cache_past_its_bytes(
-        orderer: Orderer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node_module, "_SEEN_BYTES", 1 << 20)
-    for i in range(100):  # 10 MB of distinct garbage, each just under the size limit
-        garbage = i.to_bytes(4, "big") + b"\xff" * 100_000
-        with pytest.raises(Aborted):
-            orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=garbage),
-                                  FakeContext())  # type: ignore[arg-type]
-    assert orderer.node._seen_bytes <= 1 << 20
-    assert sum(map(len, orderer.node._seen)) == orderer.node._seen_bytes
+def test_refused_bytes_are_never_kept_by_the_verdict_cache(
+        orderer: Orderer, consortium_dir: Path) -> None:
+    """Garbage and decodable but refused transactions (here: not endorsed), from clients and
+    in peers' forwards, leave nothing in the cache (a flood of them once left 64 MiB there
+    for good); an admitted transaction stays until it is final."""
+    unendorsed = readings(consortium_dir, 20, endorser=None)
+    for i, raw in enumerate(unendorsed):
+        garbage = i.to_bytes(4, "big") + b"\xff" * 100_000  # just under the size limit
+        for bad in (garbage, raw):
+            with pytest.raises(Aborted):
+                orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=bad),
+                                      FakeContext())  # type: ignore[arg-type]
+    orderer.node.replica.on_message("orderer-2", consensus_pb2.ConsensusMessage(
+        tx_forward=consensus_pb2.TxForward(transactions=[*unendorsed, b"\xfe" * 100_000])), 0.0)
+    assert orderer.node.replica.pending_transactions == 0
+    assert orderer.node._seen == {} and orderer.node._seen_bytes == 0
+    tx = readings(consortium_dir, 1, first=99)[0]
+    assert [r.code for r in orderer.batch([tx])] == [0]
+    assert list(orderer.node._seen) == [tx] and orderer.node._seen_bytes == len(tx)
+
+
+def test_admitted_transactions_never_grow_the_verdict_cache_past_its_bytes(
+        orderer: Orderer, consortium_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    txs = readings(consortium_dir, 40)
+    monkeypatch.setattr(node_module, "_SEEN_BYTES", len(txs[0]) * 10)
+    for tx in txs:
+        assert orderer.node.admit(tx) is None
+        assert orderer.node._seen_bytes <= len(txs[0]) * 10
+        assert sum(map(len, orderer.node._seen)) == orderer.node._seen_bytes
 
 
 def test_the_loop_takes_waiting_submissions_in_groups_bounded_in_bytes() -> None:

@@ -22,9 +22,10 @@ from bench import (
 )
 
 
-def _matching_rpc(profile: str) -> dict:
+def _matching_rpc(profile: str, node_args: dict[str, list[str]] | None = None) -> dict:
     # Always on a network of its own, never on a devnet someone left running.
-    return matching_rpc.run(profile, directory=Path(tempfile.mkdtemp(prefix="gridledger-")))
+    return matching_rpc.run(profile, directory=Path(tempfile.mkdtemp(prefix="gridledger-")),
+                            node_args=node_args)
 
 
 SUITES = {
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--py-spy", action="store_true",
                         help="end_to_end: sample every node with py-spy in the max-rate window")
     parser.add_argument("--node-arg", action="append", default=[], metavar="ROLE=FLAG",
-                        help="end_to_end: an extra flag for every node of ROLE, e.g. "
+                        help="end_to_end, matching_rpc: an extra flag for every node of ROLE, e.g. "
                              "endorser=--cpu-slots=64 (repeatable; for A/B runs)")
     args = parser.parse_args()
     node_args: dict[str, list[str]] = {}
@@ -89,6 +90,9 @@ def main() -> None:
                 args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png",
                 profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None,
                 node_args=node_args)
+            report[name]["node_args"] = node_args
+        elif name == "matching_rpc":
+            report[name] = _matching_rpc(args.profile, node_args)
             report[name]["node_args"] = node_args
         else:
             report[name] = run(args.profile)

@@ -219,7 +219,7 @@ def _reason(error: BaseException) -> str:
 
 
 def run(profile: str = "standard", directory: Path | None = None,
-        rate: float | None = None) -> dict:
+        rate: float | None = None, node_args: dict[str, list[str]] | None = None) -> dict:
     default_rate, seconds = PROFILES[profile]
     rate = rate or default_rate
     directory = directory or Path(".devnet")
@@ -239,6 +239,9 @@ def run(profile: str = "standard", directory: Path | None = None,
         for endorser in network.by_role("endorser"):
             endorser.args += ["--max-requests-per-window", str(int(rate * seconds) + 1_000),
                               "--max-held-percent", str(100 * int(rate * seconds + 1_000))]
+        for role, flags in (node_args or {}).items():
+            for node in network.by_role(role):
+                node.args += flags
         devnet.start(network)
     try:
         requests, setup = _prepare(network, WARM_UP + int(rate * seconds))

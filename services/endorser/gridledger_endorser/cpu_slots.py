@@ -5,9 +5,10 @@ batch signature, for an orderer's durable acknowledgement) far longer than it co
 when many of those threads compute at the same time they all contend for the GIL: every
 switch costs a wake-up and a context switch, and gRPC's own server thread (the one that
 takes new calls off the completion queue, where admission control cannot see them) waits in
-that convoy too, so calls pile up unseen ahead of the handlers. Measured with a trivial
-unary handler over mTLS on this machine (`docs/performance.md`): 255 µs of server CPU per
-call with 64 busy threads against 147 µs with 8.
+that convoy too, so calls pile up unseen ahead of the handlers. `python -m bench.grpc_server`
+(a trivial unary handler over mTLS): 234 µs of server CPU per call with 64 busy threads
+against 138 µs with 8; matching RPC p99 at 1,000 requests/s 174 ms with two slots against
+462 ms without (docs/performance.md).
 
 So the work that needs the GIL for long stretches (verifying, simulating, matching) runs
 inside a slot, a few at a time; the waits run outside any slot. A thread waiting for a slot

@@ -222,7 +222,9 @@ class Membership:
             not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
             signature, tbs = cert.signature, cert.tbs_certificate_bytes
             serial = format(cert.serial_number, "x")
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+            # InvalidVersion (a version field other than v1/v3) is not a ValueError; it
+            # escaped here until the commit fuzz flipped that byte of a certificate.
             # The library's text is left out: it may differ between versions, and the message
             # is recorded in blocks' commit records.
             raise UnknownSigner(f"certificate is not valid DER ({type(exc).__name__})") from exc

@@ -205,7 +205,7 @@ class PeerIdentities:
     def _verify(self, pem: bytes) -> _Subject:
         try:
             cert = x509.load_pem_x509_certificate(pem)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
             raise PeerRefused(f"client certificate is not valid PEM: {exc}") from exc
         # The subject is decoded lazily and may not decode at all (a member CA can sign any
         # bytes): read it here, under the same value rules as signing certificates.

@@ -68,15 +68,20 @@ INT64 = [-(2**63), -1, 0, 1, 2**31, 2**32, 2**63 - 1]
 UINT32 = [0, 1, 2**31, 2**32 - 1]
 INT32 = [-(2**31), -1, 0, 1, 2**31 - 1]
 NAMES = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "issuer", "endorser-1",
-         "mallory", "", "plant-1-pv-1", "pv"]
+         "mallory", "", "plant-1-pv-1", "pv", "treasury", "settlement"]
+# treasury and settlement: the initiating organisation's money roles (tests/conftest.py).
 HONEST = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "issuer", "endorser-1",
-          "admin"]
+          "admin", "treasury", "settlement"]
+# Accounts that hold money in the test genesis (funded meters and plants, the balancing
+# settlement account) and the treasury: where plausible fundings and transfers go.
+MONEY_HOLDERS = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "settlement", "treasury"]
 F = FieldDescriptor
 # The bodies each kind of creator may submit (by name without its number): most transactions
 # get one of these, so they pass authorisation and meet the rules' arithmetic.
 FITTING_BODIES = {
     "meter-": ("meter_reading", "supply_contract", "trade_end", "place_order", "cancel_order",
-               "history_readings", "close_contract", "cancel_contract", "redeem_coins"),
+               "history_readings", "close_contract", "cancel_contract", "redeem_coins",
+               "transfer"),
     "plant-": ("meter_reading", "plant_announcement", "history_readings", "close_contract"),
     "byz-meter": ("meter_reading", "supply_contract", "place_order"),
     "byz-meter-": ("meter_reading", "supply_contract", "trade_end", "place_order",
@@ -84,6 +89,8 @@ FITTING_BODIES = {
     "byz-plant": ("meter_reading", "plant_announcement"),
     "issuer": ("carbon_coin_issue",),
     "admin": ("register_account", "revoke_certificate"),
+    "treasury": ("fund_account", "transfer"),
+    "settlement": ("settle_slot", "close_contract", "transfer"),
 }
 
 
@@ -101,6 +108,7 @@ class World:
         self.transactions = 0
         self.codes: dict[str, int] = {}
         self.valid_by_registered = 0  # VALID transactions created by ledger-registered accounts
+        self.valid_bodies: dict[str, int] = {}  # VALID transactions by body type
         self.now = int(time.time())
         self._counter = 0
         self.strategies: dict[tuple[Any, int], st.SearchStrategy[Any]] = {}
@@ -278,7 +286,8 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
         ("meter_reading", 3), ("plant_announcement", 2), ("supply_contract", 3),
         ("trade_end", 1), ("carbon_coin_issue", 1), ("place_order", 2), ("cancel_order", 1),
         ("register_account", 1), ("revoke_certificate", 1), ("history_readings", 1),
-        ("close_contract", 1), ("cancel_contract", 1), ("redeem_coins", 1))])
+        ("close_contract", 1), ("cancel_contract", 1), ("redeem_coins", 1),
+        ("fund_account", 1), ("transfer", 1), ("settle_slot", 1))])
     cls = type(getattr(transaction_pb2.Transaction(), field))
     value = draw(message(cls, world))
     rnd = draw(st.randoms(use_true_random=True))
@@ -346,6 +355,22 @@ def body(draw: st.DrawFn, world: World, creator: str) -> tuple[str, Any]:
             entry.interval_start = (world.now // INTERVAL - rnd.randint(1, 96 * 8)) * INTERVAL
     elif field in ("close_contract", "cancel_contract"):
         value.contract_id = draw(known_name(world))
+    elif field == "fund_account":
+        value.account = weighted(draw, [(rnd.choice(MONEY_HOLDERS), 6),
+                                        (draw(known_name(world)), 1)])
+        value.amount_micro = weighted(draw, [(rnd.randint(1, 10**9), 4), (value.amount_micro, 1),
+                                             *[(v, 1) for v in UINT64]])
+    elif field == "transfer":
+        value.to = weighted(draw, [(rnd.choice(MONEY_HOLDERS), 6), (draw(known_name(world)), 1)])
+        value.amount_micro = weighted(draw, [(rnd.randint(1, 10**6), 4), (value.amount_micro, 1),
+                                             *[(v, 1) for v in UINT64]])
+    elif field == "settle_slot":
+        # Past slots mostly (after their readings deadline or not yet), some not aligned.
+        slot = world.genesis.market.slot_seconds
+        value.slot_start = weighted(draw, [
+            ((world.now // slot - rnd.randint(1, 48)) * slot, 6),
+            ((world.now // slot + rnd.randint(0, 2)) * slot, 1),
+            (value.slot_start, 1), (rnd.randint(-(2**63), 2**63 - 1), 1)])
     elif field == "redeem_coins":
         value.coins = rnd.choice([value.coins, rnd.randint(1, 1000)])
     elif field == "register_account":
@@ -501,6 +526,14 @@ def commit_block(world: World, transactions: list[bytes]) -> None:
     for raw, code in zip(transactions, result.codes, strict=True):
         if code == Code.TX_VALIDATION_CODE_VALID:
             assert_bound_signers(world, raw)
+            body = _body_of(raw)
+            world.valid_bodies[body] = world.valid_bodies.get(body, 0) + 1
+
+
+def _body_of(raw: bytes) -> str:
+    """The body type of a committed (so well-formed) endorsed transaction."""
+    envelope = envelope_pb2.EndorsedTransaction.FromString(raw).envelope
+    return transaction_pb2.Transaction.FromString(envelope.payload).WhichOneof("body") or ""
 
 
 @pytest.fixture()
@@ -532,4 +565,4 @@ def test_fuzzed_blocks_keep_every_replica_committing_in_agreement(world: World) 
     assert world.valid_by_registered > 0, world.codes
     world.replicas.check_replay()
     print(f"{world.transactions} transactions in {world.replicas.ledgers[0].height} blocks:",
-          world.codes)
+          world.codes, world.valid_bodies)

@@ -69,6 +69,20 @@ def test_hostile_subject_is_an_unknown_signer(genesis: Genesis, consortium_dir: 
             read()
 
 
+def test_a_certificate_with_an_unknown_version_is_an_unknown_signer(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """A version field other than v1/v3 raises cryptography's InvalidVersion, which is not a
+    ValueError: it reached the checks' catch-all as MALFORMED "check failed: InvalidVersion"
+    (found by the commit fuzz flipping one byte of a certificate)."""
+    der = identity(consortium_dir, "meter-1").certificate
+    version = der.find(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))  # [0] EXPLICIT INTEGER 2 (v3)
+    assert version > 0
+    forged = der[:version + 4] + bytes([7]) + der[version + 5:]
+    for read in every_reading(genesis, forged):
+        with pytest.raises(UnknownSigner, match=r"not valid DER \(InvalidVersion\)"):
+            read()
+
+
 @pytest.mark.parametrize("value", ["meter/1", "meter\x001", "meter\n1", "m" * 65])
 def test_subject_values_that_could_break_keys_or_logs_are_refused(
         genesis: Genesis, consortium_dir: Path, value: str) -> None:

@@ -15,12 +15,12 @@ Run: ``.venv/bin/python -m bench.forecast_error [--profile quick|standard]``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from bench.cli import profile_parser
 from gridledger_core.market.forecast import (
     DAY_SECONDS,
     ForecastParams,
@@ -145,9 +145,7 @@ def run(profile: str = "standard") -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="standard")
-    run(parser.parse_args(argv).profile)
+    run(profile_parser(__doc__, PROFILES).parse_args(argv).profile)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ Run: ``.venv/bin/python -m bench.forecast_memo [--profile quick|standard]``.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.cli import profile_parser
 from gridledger.common.v1 import market_pb2, transaction_pb2
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
@@ -136,9 +136,7 @@ def run(profile: str = "standard") -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="standard")
-    run(parser.parse_args(argv).profile)
+    run(profile_parser(__doc__, PROFILES).parse_args(argv).profile)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ Run: ``.venv/bin/python -m bench.matching [--profile quick|standard]``.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import time
 from collections.abc import Sequence
 
+from bench.cli import profile_parser
 from gridledger_core.market import Order, OrderBook, Side
 
 SLOT = 1_767_225_600
@@ -132,9 +132,7 @@ def run(profile: str = "standard") -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="standard")
-    run(parser.parse_args(argv).profile)
+    run(profile_parser(__doc__, PROFILES).parse_args(argv).profile)
 
 
 if __name__ == "__main__":

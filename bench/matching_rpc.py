@@ -22,7 +22,6 @@ Run: ``.venv/bin/python -m bench.matching_rpc [--profile quick|standard] [--dir 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import statistics
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.cli import profile_parser
 from bench.stats import percentile
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
@@ -273,8 +273,7 @@ def run(profile: str = "standard", directory: Path | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="standard")
+    parser = profile_parser(__doc__, PROFILES)
     parser.add_argument("--dir", type=Path, default=Path(".devnet"))
     parser.add_argument("--rate", type=float, help="offered requests/s (default 1,000)")
     args = parser.parse_args(argv)

@@ -64,8 +64,8 @@ def forecast_of(state: view.StateReader, meter: str, slot_start: int, slot_secon
 def forecast_of_raw(raw: Raw, slot_start: int, slot_seconds: int, params: ForecastParams, *,
                     as_of: int | None = None) -> Forecast:
     readings = None
-    hit, known = _ENDS.get(raw)
-    if not hit or known is None:
+    _, known = _ENDS.get(raw)  # a stored entry is never None
+    if known is None:
         readings = _parse(raw)
         ends = tuple(sorted({r.interval_start + r.interval_seconds for r in readings}))
         known = (raw, ends)

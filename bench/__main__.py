@@ -70,6 +70,13 @@ def main() -> None:
     parser.add_argument("--node-arg", action="append", default=[], metavar="ROLE=FLAG",
                         help="end_to_end, matching_rpc: an extra flag for every node of ROLE, e.g. "
                              "endorser=--cpu-slots=64 (repeatable; for A/B runs)")
+    parser.add_argument("--phases", nargs="+", choices=end_to_end.PHASES,
+                        default=list(end_to_end.PHASES),
+                        help="end_to_end: run only these phases (for A/B runs; the 70 %% and "
+                             "2x phases also run max_rate, which measures their capacity)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="end_to_end: jobs in flight per submitter in the max-rate phases "
+                             "(default: the profile's)")
     args = parser.parse_args()
     node_args: dict[str, list[str]] = {}
     for item in args.node_arg:
@@ -89,7 +96,7 @@ def main() -> None:
             report[name] = end_to_end.run(
                 args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png",
                 profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None,
-                node_args=node_args)
+                node_args=node_args, phases=args.phases, window=args.window)
             report[name]["node_args"] = node_args
         elif name == "matching_rpc":
             report[name] = _matching_rpc(args.profile, node_args)

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +135,25 @@ def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
                 if sample.name == f"{name}_bucket":
                     bound = float(sample.labels["le"])
                     total[bound] = total.get(bound, 0.0) + sample.value
+    return total
+
+
+def scrape_counter(nodes: Sequence[devnet.Node], name: str,
+                   where: Callable[[dict[str, str]], bool] = lambda labels: True) -> float:
+    """The sum over `nodes` of counter `name`'s samples whose labels satisfy `where`."""
+    total = 0.0
+    for node in nodes:
+        try:
+            with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as page:
+                text = page.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if sample.name == f"{name}_total" and where(sample.labels):
+                    total += sample.value
     return total
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -50,12 +51,13 @@ class OrdererUnavailable(Exception):
 
 
 class _Pending:
-    __slots__ = ("done", "error", "exhausted_only", "notes", "response", "retry_after_ms",
-                 "tx", "tx_id")
+    __slots__ = ("done", "error", "exhausted_only", "notes", "queued", "response",
+                 "retry_after_ms", "tx", "tx_id")
 
     def __init__(self, tx: bytes, tx_id: str) -> None:
         self.tx = tx
         self.tx_id = tx_id
+        self.queued = time.monotonic()
         self.done = threading.Event()
         self.response: orderer_pb2.BroadcastResponse | None = None
         self.error: BaseException | None = None
@@ -86,28 +88,32 @@ class _Pending:
 
 class Broadcaster:
     def __init__(self, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
-                 timeout: float = 5.0, senders: int = 2) -> None:
+                 timeout: float = 5.0, senders: int = 2, linger: float = 0.0) -> None:
+        """`linger`: seconds a transaction may wait for others to join its BroadcastBatch
+        call (an orderer's cost is mostly per call and per forwarded message, not per
+        transaction); a full batch leaves at once."""
         channels = [secure_channel(address, tls) for _, address in orderers]
         self._setup([(name, orderer_pb2_grpc.OrdererServiceStub(channel))
                      for (name, _), channel in zip(orderers, channels, strict=True)],
-                    timeout, senders)
+                    timeout, senders, linger)
         self._channels = channels
 
     @classmethod
     def over(cls, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-             timeout: float = 5.0, senders: int = 2) -> Broadcaster:
+             timeout: float = 5.0, senders: int = 2, linger: float = 0.0) -> Broadcaster:
         """Over given (orderer name, stub) pairs: for tests."""
         broadcaster = cls.__new__(cls)
-        broadcaster._setup(stubs, timeout, senders)
+        broadcaster._setup(stubs, timeout, senders, linger)
         broadcaster._channels = []
         return broadcaster
 
     def _setup(self, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-               timeout: float, senders: int) -> None:
+               timeout: float, senders: int, linger: float) -> None:
         self._names = [name for name, _ in stubs]
         self._stubs = [stub for _, stub in stubs]
         self._current = 0
         self._timeout = timeout
+        self._linger = linger
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._closed = False
@@ -178,12 +184,21 @@ class Broadcaster:
         return batch
 
     def _next_batch(self) -> list[_Pending] | None:
-        """Whatever is waiting, up to the batch limits; None once closed and empty."""
+        """Whatever is waiting, up to the batch limits, once the oldest has lingered (or the
+        batch is full, or the broadcaster closing); None once closed and empty."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                if self._closed or len(self._queue) >= MAX_BATCH_TXS:
+                    break
+                wait = self._queue[0].queued + self._linger - time.monotonic()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
             batch: list[_Pending] = []
             size = 0
             while self._queue and len(batch) < MAX_BATCH_TXS:

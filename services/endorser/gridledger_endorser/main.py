@@ -43,13 +43,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
                              "grows ahead of admission control (0: unbounded)")
+    parser.add_argument("--broadcast-linger-ms", type=float, default=0.0,
+                        help="how long an endorsed transaction may wait for others to join "
+                             "its call to an orderer (fewer, larger calls and forwards)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger")
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
-    broadcaster = Broadcaster(orderers, tls)
+    broadcaster = Broadcaster(orderers, tls, linger=args.broadcast_linger_ms / 1000)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the replica before the follower starts, then follows it.

@@ -35,6 +35,9 @@ BROADCASTS = Counter("gridledger_orderer_broadcasts",
 REFUSED_CALLS = Counter("gridledger_orderer_refused_calls",
                         "Calls refused with RESOURCE_EXHAUSTED because their kind (broadcast, "
                         "deliver, exchange) is at its concurrency limit.", ["kind"])
+RECEIVED = Counter("gridledger_orderer_messages_received",
+                   "Consensus messages received from peer orderers, by kind (the body's "
+                   "field name), before the rate budget and the inbox admit them.", ["kind"])
 RETRY_AFTER_MS = "50"
 # Per BroadcastBatch call; the bytes limit stays well below the orderer's receive limit
 # (limits.OrdererLimits.max_message_bytes).
@@ -281,6 +284,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServiceServicer):
         with _slot(self._streams, "exchange", sender, context):
             budget = self._budgets.setdefault(sender, PeerBudget(self._node.limits))
             for request in request_iterator:
+                RECEIVED.labels(request.message.WhichOneof("body") or "none").inc()
                 size = request.ByteSize()
                 if not budget.admit(size):
                     INBOUND_DROPPED.labels(sender, "rate").inc()

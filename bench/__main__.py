@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="run only these")
     parser.add_argument("--out", type=Path, default=Path("bench/reports"))
     parser.add_argument("--py-spy", action="store_true",
-                        help="end_to_end: sample every node with py-spy in the max-rate window")
+                        help="end_to_end: sample every node with py-spy (in --py-spy-phase)")
     parser.add_argument("--node-arg", action="append", default=[], metavar="ROLE=FLAG",
                         help="end_to_end, matching_rpc: an extra flag for every node of ROLE, e.g. "
                              "endorser=--cpu-slots=64 (repeatable; for A/B runs)")
@@ -74,6 +74,8 @@ def main() -> None:
                         default=list(end_to_end.PHASES),
                         help="end_to_end: run only these phases (for A/B runs; the 70 %% and "
                              "2x phases also run max_rate, which measures their capacity)")
+    parser.add_argument("--py-spy-phase", choices=end_to_end.PHASES, default="max_rate",
+                        help="end_to_end: the phase --py-spy samples")
     parser.add_argument("--window", type=int, default=None,
                         help="end_to_end: jobs in flight per submitter in the max-rate phases "
                              "(default: the profile's)")
@@ -96,7 +98,8 @@ def main() -> None:
             report[name] = end_to_end.run(
                 args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png",
                 profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None,
-                node_args=node_args, phases=args.phases, window=args.window)
+                node_args=node_args, phases=args.phases, window=args.window,
+                profiled_phase=args.py_spy_phase)
             report[name]["node_args"] = node_args
         elif name == "matching_rpc":
             report[name] = _matching_rpc(args.profile, node_args)

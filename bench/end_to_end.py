@@ -75,8 +75,9 @@ PHASES = ("max_rate", "max_rate_batch_api", "fixed_rate", "rate_70pct_of_max",
 def run(profile: str = "standard", directory: Path | None = None,
         chart_path: Path | None = None, profile_dir: Path | None = None,
         node_args: dict[str, list[str]] | None = None,
-        phases: Sequence[str] = PHASES, window: int | None = None) -> dict:
-    """`profile_dir`: also sample every node with py-spy during the max-rate window.
+        phases: Sequence[str] = PHASES, window: int | None = None,
+        profiled_phase: str = "max_rate") -> dict:
+    """`profile_dir`: also sample every node with py-spy during `profiled_phase`'s window.
     `node_args`: role -> extra command-line flags for its nodes (A/B runs of a setting).
     `phases`: a subset of PHASES, for quick A/B runs (the 70 % and 2x phases need max_rate,
     which is then run too). `window`: overrides the profile's jobs in flight per submitter."""
@@ -84,8 +85,9 @@ def run(profile: str = "standard", directory: Path | None = None,
     if window is not None:
         spec = dataclasses.replace(spec, window=window)
     unknown = set(phases) - set(PHASES)
-    if unknown:
-        raise ValueError(f"unknown phases {sorted(unknown)}; choose from {PHASES}")
+    if unknown or profiled_phase not in PHASES:
+        raise ValueError(f"unknown phases {sorted(unknown | {profiled_phase} - set(PHASES))}; "
+                         f"choose from {PHASES}")
     directory = directory or Path(tempfile.mkdtemp(prefix="gridledger-e2e-"))
     devnet.ensure_consortium(directory / "consortium", meters=spec.meters, plants=1,
                              profile="load")
@@ -95,13 +97,14 @@ def run(profile: str = "standard", directory: Path | None = None,
             node.args += flags
     devnet.start(network, roles=ROLES)
     try:
-        return _run(network, spec, profile, chart_path, profile_dir, set(phases))
+        profiled = {profiled_phase: profile_dir} if profile_dir is not None else {}
+        return _run(network, spec, profile, chart_path, profiled, set(phases))
     finally:
         devnet.stop(network)
 
 
 def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path | None,
-         profile_dir: Path | None, wanted: set[str]) -> dict:
+         profiled: dict[str, Path], wanted: set[str]) -> dict:
     genesis = Genesis.load(network.consortium_dir / "genesis.json")
     meters = workload.meter_names(spec.meters)
     now = int(time.time())
@@ -117,14 +120,16 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
     # measured, for latency below saturation, then twice it, for overload. Each phase ends
     # only when every acknowledged transaction is committed, so none leaks into the next.
     phases = {"max_rate": _phase(network, max_jobs, spec, rate=0.0, duration=spec.max_seconds,
-                                 profile_dir=profile_dir)}
+                                 profile_dir=profiled.get("max_rate"))}
     if "max_rate_batch_api" in wanted:
         phases["max_rate_batch_api"] = _phase(
             network, maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds)), spec,
-            rate=0.0, duration=spec.max_seconds, batch=spec.batch)
+            rate=0.0, duration=spec.max_seconds, batch=spec.batch,
+            profile_dir=profiled.get("max_rate_batch_api"))
     if "fixed_rate" in wanted:
         phases["fixed_rate"] = _phase(network, fixed_jobs, spec, rate=spec.rate,
-                                      duration=spec.rate_seconds)
+                                      duration=spec.rate_seconds,
+                                      profile_dir=profiled.get("fixed_rate"))
     # The open-loop phases below send single SubmitTransaction calls (one per meter), so
     # their reference is the capacity of that API, not the batch API's larger one: 70 % of
     # the batch capacity is more than single calls can carry, and would measure overload.
@@ -133,12 +138,12 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         below = max(10.0, round(0.7 * capacity, -1))
         phases["rate_70pct_of_max"] = _phase(
             network, maker.jobs(int(below * spec.rate_seconds)), spec, rate=below,
-            duration=spec.rate_seconds)
+            duration=spec.rate_seconds, profile_dir=profiled.get("rate_70pct_of_max"))
     if "overload_2x_max" in wanted:
         over = max(20.0, round(2 * capacity, -1))
         phases["overload_2x_max"] = _phase(
             network, maker.jobs(int(over * spec.rate_seconds)), spec, rate=over,
-            duration=spec.rate_seconds)
+            duration=spec.rate_seconds, profile_dir=profiled.get("overload_2x_max"))
     report = {
         "profile": profile,
         "network": {role: len(network.by_role(role)) for role in ROLES},
@@ -147,12 +152,13 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         "peak_rss_mib": {n.name: round(observe.peak_rss_mib(n.pid), 1) for n in network.nodes
                          if n.role in ROLES},
     }
-    if profile_dir is not None:
-        report["profile_max_rate"] = profiling.by_role(
+    for phase, profile_dir in profiled.items():
+        report["profile_by_role"] = profiling.by_role(
             [n for n in network.nodes if n.role in ROLES], profile_dir)
         report["profile_dir"] = str(profile_dir)
+        report["profiled_phase"] = phase
     print(e2e_report.table(report), flush=True)
-    for line in profiling.lines(report.get("profile_max_rate", {})):
+    for line in profiling.lines(report.get("profile_by_role", {})):
         print(line, flush=True)
     if chart_path is not None:
         from bench import chart

@@ -151,8 +151,13 @@ class Broadcaster:
                 self._started = True
                 for thread in self._senders:
                     thread.start()
+            was_empty = not self._queue
             self._queue.extend(pendings)
-            self._cond.notify_all()
+            # A lingering sender wakes when its oldest transaction is due; waking it for every
+            # arrival would cost a thread switch per transaction. It is woken for a first
+            # transaction, and for a full batch.
+            if was_empty or not self._linger or len(self._queue) >= MAX_BATCH_TXS:
+                self._cond.notify_all()
         results: list[orderer_pb2.BroadcastResponse | BaseException] = []
         for pending in pendings:
             pending.done.wait()

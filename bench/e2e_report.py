@@ -98,7 +98,7 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         "shed_by_generator_share": round(sum(1 for r in m.records if r.error == SHED)
                                          / len(m.records), 3) if m.records else None,
         "generator_lag_ms": {"p50": _ms(lag, 50), "p99": _ms(lag, 99)},
-        "retried_calls": sum(r.attempts - 1 for r in m.records),
+        "retried_calls": sum(r.attempts - 1 for r in m.records if r.attempts),  # shed: 0
         "invalid": dict(invalid.most_common()),
         "unaccounted": sum(1 for r in acked if r.tx_id not in committed),
         "all_acknowledged_committed": m.drained,

@@ -173,6 +173,20 @@ def test_refusals_after_every_retry_and_the_accepted_calls_own_latency() -> None
     assert "50.0 %" in table
 
 
+def test_orderer_messages_are_counted_per_committed_transaction() -> None:
+    records = [Record("reading", "a", 101.0, 101.0, 101.6, "", 0.0),
+               Record("reading", "b", 101.0, 101.0, 101.6, "", 0.0)]
+    log = CommitLog("committer-1", {"a": (101.8, V), "b": (101.9, V)}, [BlockSeen(1, 101.9, 2)])
+    measured = _measured(records, [log])
+    measured.orderer_counts = {"broadcast_calls": 1.0, "consensus_messages": 9.0,
+                               "tx_forwards": 3.0}
+    summary, _ = e2e_report.analyse(measured)
+    assert summary["orderer_messages_per_committed_tx"] == {
+        "broadcast_calls": 0.5, "consensus_messages": 4.5, "tx_forwards": 1.5}
+    table = e2e_report.table({"phases": {"max_rate": summary}, "peak_rss_mib": {}})
+    assert "orderers: tx forwards per tx" in table
+
+
 def test_jobs_shed_by_the_generator_and_its_lag_are_counted_apart_from_refusals() -> None:
     records = [
         Record("reading", "a", 101.0, 101.0, 101.6, "", 0.0, 1, 101.4, 101.4),  # 400 ms late
@@ -186,5 +200,6 @@ def test_jobs_shed_by_the_generator_and_its_lag_are_counted_apart_from_refusals(
     assert summary["refused_share"] == 0.25  # only b: shed jobs were never offered
     assert summary["generator_lag_ms"]["p99"] == pytest.approx(400.0)
     assert summary["accepted_call_ms"]["p50"] == pytest.approx(200.0)  # from the real send
+    assert summary["retried_calls"] == 3  # b's; a shed job made no call, so no retry either
     table = e2e_report.table({"phases": {"overload_2x_max": summary}, "peak_rss_mib": {}})
     assert "shed by the load generator" in table and "50.0 %" in table

@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from collections.abc import Sequence
 
 import grpc
@@ -51,13 +50,12 @@ class OrdererUnavailable(Exception):
 
 
 class _Pending:
-    __slots__ = ("done", "error", "exhausted_only", "notes", "queued", "response",
-                 "retry_after_ms", "tx", "tx_id")
+    __slots__ = ("done", "error", "exhausted_only", "notes", "response", "retry_after_ms",
+                 "tx", "tx_id")
 
     def __init__(self, tx: bytes, tx_id: str) -> None:
         self.tx = tx
         self.tx_id = tx_id
-        self.queued = time.monotonic()
         self.done = threading.Event()
         self.response: orderer_pb2.BroadcastResponse | None = None
         self.error: BaseException | None = None
@@ -88,32 +86,28 @@ class _Pending:
 
 class Broadcaster:
     def __init__(self, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
-                 timeout: float = 5.0, senders: int = 2, linger: float = 0.0) -> None:
-        """`linger`: seconds a transaction may wait for others to join its BroadcastBatch
-        call (an orderer's cost is mostly per call and per forwarded message, not per
-        transaction); a full batch leaves at once."""
+                 timeout: float = 5.0, senders: int = 2) -> None:
         channels = [secure_channel(address, tls) for _, address in orderers]
         self._setup([(name, orderer_pb2_grpc.OrdererServiceStub(channel))
                      for (name, _), channel in zip(orderers, channels, strict=True)],
-                    timeout, senders, linger)
+                    timeout, senders)
         self._channels = channels
 
     @classmethod
     def over(cls, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-             timeout: float = 5.0, senders: int = 2, linger: float = 0.0) -> Broadcaster:
+             timeout: float = 5.0, senders: int = 2) -> Broadcaster:
         """Over given (orderer name, stub) pairs: for tests."""
         broadcaster = cls.__new__(cls)
-        broadcaster._setup(stubs, timeout, senders, linger)
+        broadcaster._setup(stubs, timeout, senders)
         broadcaster._channels = []
         return broadcaster
 
     def _setup(self, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-               timeout: float, senders: int, linger: float) -> None:
+               timeout: float, senders: int) -> None:
         self._names = [name for name, _ in stubs]
         self._stubs = [stub for _, stub in stubs]
         self._current = 0
         self._timeout = timeout
-        self._linger = linger
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._closed = False
@@ -151,13 +145,8 @@ class Broadcaster:
                 self._started = True
                 for thread in self._senders:
                     thread.start()
-            was_empty = not self._queue
             self._queue.extend(pendings)
-            # A lingering sender wakes when its oldest transaction is due; waking it for every
-            # arrival would cost a thread switch per transaction. It is woken for a first
-            # transaction, and for a full batch.
-            if was_empty or not self._linger or len(self._queue) >= MAX_BATCH_TXS:
-                self._cond.notify_all()
+            self._cond.notify_all()
         results: list[orderer_pb2.BroadcastResponse | BaseException] = []
         for pending in pendings:
             pending.done.wait()
@@ -189,21 +178,12 @@ class Broadcaster:
         return batch
 
     def _next_batch(self) -> list[_Pending] | None:
-        """Whatever is waiting, up to the batch limits, once the oldest has lingered (or the
-        batch is full, or the broadcaster closing); None once closed and empty."""
+        """Whatever is waiting, up to the batch limits; None once closed and empty."""
         with self._cond:
-            while True:
-                if not self._queue:
-                    if self._closed:
-                        return None
-                    self._cond.wait()
-                    continue
-                if self._closed or len(self._queue) >= MAX_BATCH_TXS:
-                    break
-                wait = self._queue[0].queued + self._linger - time.monotonic()
-                if wait <= 0:
-                    break
-                self._cond.wait(wait)
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
             batch: list[_Pending] = []
             size = 0
             while self._queue and len(batch) < MAX_BATCH_TXS:

@@ -43,19 +43,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
                              "grows ahead of admission control (0: unbounded)")
-    # Measured (docs/performance.md): an orderer's cost is mostly per call and per forwarded
-    # message, and 10 ms more before the ack is small next to a block's consensus.
-    parser.add_argument("--broadcast-linger-ms", type=float, default=10.0,
-                        help="how long an endorsed transaction may wait for others to join "
-                             "its call to an orderer (fewer, larger calls and forwards; 0: "
-                             "send at once)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger")
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
-    broadcaster = Broadcaster(orderers, tls, linger=args.broadcast_linger_ms / 1000)
+    broadcaster = Broadcaster(orderers, tls)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the replica before the follower starts, then follows it.

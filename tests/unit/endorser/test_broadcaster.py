@@ -29,7 +29,7 @@ from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.batch_signer import BatchSigner
-from gridledger_endorser.broadcaster import MAX_BATCH_TXS, Broadcaster, OrdererUnavailable
+from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
 from gridledger_endorser.service import EndorserServicer
 
 Code = grpc.StatusCode
@@ -104,9 +104,9 @@ class FakeOrderer:
         return orderer_pb2.BroadcastResponse(tx_id=result.tx_id, duplicate=result.duplicate)
 
 
-def broadcaster(*orderers: FakeOrderer, senders: int = 1, linger: float = 0.0) -> Broadcaster:
+def broadcaster(*orderers: FakeOrderer, senders: int = 1) -> Broadcaster:
     return Broadcaster.over([(f"orderer-{i + 1}", o) for i, o in enumerate(orderers)],  # type: ignore[misc]
-                            timeout=1.0, senders=senders, linger=linger)
+                            timeout=1.0, senders=senders)
 
 
 def outcome(b: Broadcaster, tx: bytes) -> str:
@@ -135,47 +135,6 @@ def test_concurrent_broadcasts_travel_in_one_batch_call() -> None:
         assert [f.result(5) for f in rest] == [f"ok tx-{i}" for i in range(1, 31)]
     assert [len(batch) for batch in orderer.batches] == [1, 30]
     b.close()
-
-
-def test_transactions_within_the_linger_travel_in_one_call() -> None:
-    """With nothing in flight, the first transaction waits up to the linger for others:
-    ones arriving 20 ms apart share its call instead of each making one."""
-    orderer = FakeOrderer()
-    b = broadcaster(orderer, linger=0.5)
-    started = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        futures = []
-        for i in range(4):
-            futures.append(pool.submit(outcome, b, f"tx-{i}".encode()))
-            time.sleep(0.02)
-        assert [f.result(5) for f in futures] == [f"ok tx-{i}" for i in range(4)]
-    assert [len(batch) for batch in orderer.batches] == [4]
-    assert time.monotonic() - started >= 0.45  # the batch left when the first had lingered
-    b.close()
-
-
-def test_a_full_batch_does_not_linger() -> None:
-    orderer = FakeOrderer()
-    b = broadcaster(orderer, linger=30.0)
-    items = [(f"tx-{i}".encode(), f"tx-{i}") for i in range(MAX_BATCH_TXS)]
-    started = time.monotonic()
-    results = b.broadcast_many(items)
-    assert time.monotonic() - started < 10
-    assert [r.tx_id for r in results] == [tx_id for _, tx_id in items]  # type: ignore[union-attr]
-    assert [len(batch) for batch in orderer.batches] == [MAX_BATCH_TXS]
-    b.close()
-
-
-def test_closing_sends_what_lingers() -> None:
-    orderer = FakeOrderer()
-    b = broadcaster(orderer, linger=30.0)
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(outcome, b, b"tx-0")
-        deadline = time.monotonic() + 5
-        while not b._queue and time.monotonic() < deadline:
-            time.sleep(0.005)
-        b.close()
-        assert waiting.result(5) == "ok tx-0"
 
 
 def test_each_caller_gets_its_own_answer_and_a_refusal_fails_over() -> None:

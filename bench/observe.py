@@ -7,12 +7,13 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
@@ -119,9 +120,9 @@ def machine_cpu_seconds() -> float:
 Buckets = dict[float, float]  # upper bound -> cumulative count
 
 
-def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
-    """The sum over `nodes` of histogram `name`'s cumulative bucket counts."""
-    total: Buckets = {}
+def _samples(nodes: Sequence[devnet.Node], family_name: str) -> Iterator[Sample]:
+    """The samples of metric family `family_name` on every node's metrics page (a node that
+    does not answer contributes none)."""
     for node in nodes:
         try:
             with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as page:
@@ -129,32 +130,25 @@ def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
         except OSError:
             continue
         for family in text_string_to_metric_families(text):
-            if family.name != name:
-                continue
-            for sample in family.samples:
-                if sample.name == f"{name}_bucket":
-                    bound = float(sample.labels["le"])
-                    total[bound] = total.get(bound, 0.0) + sample.value
+            if family.name == family_name:
+                yield from family.samples
+
+
+def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
+    """The sum over `nodes` of histogram `name`'s cumulative bucket counts."""
+    total: Buckets = {}
+    for sample in _samples(nodes, name):
+        if sample.name == f"{name}_bucket":
+            bound = float(sample.labels["le"])
+            total[bound] = total.get(bound, 0.0) + sample.value
     return total
 
 
 def scrape_counter(nodes: Sequence[devnet.Node], name: str,
                    where: Callable[[dict[str, str]], bool] = lambda labels: True) -> float:
     """The sum over `nodes` of counter `name`'s samples whose labels satisfy `where`."""
-    total = 0.0
-    for node in nodes:
-        try:
-            with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as page:
-                text = page.read().decode()
-        except OSError:
-            continue
-        for family in text_string_to_metric_families(text):
-            if family.name != name:
-                continue
-            for sample in family.samples:
-                if sample.name == f"{name}_total" and where(sample.labels):
-                    total += sample.value
-    return total
+    return sum(sample.value for sample in _samples(nodes, name)
+               if sample.name == f"{name}_total" and where(sample.labels))
 
 
 def bucket_delta(after: Buckets, before: Buckets) -> Buckets:

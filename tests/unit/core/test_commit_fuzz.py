@@ -16,6 +16,11 @@ meters and plant are registered on the ledger by its admin in block 0, so its de
 the contract and market rules; the endorser it mints cannot be registered (node roles are the
 genesis's) and its endorsements meet the binding on every path.
 
+Every run starts from the same two blocks: block 0 registers those devices, block 1 holds one
+valid transaction of each money body (fund_account, transfer, settle_slot), which every replica
+must commit VALID. The random draws reach those bodies' valid cases only now and then, so
+without block 1 nothing would show that a valid one commits alike everywhere.
+
 Properties: every replica commits every block with the same codes, messages and state root;
 no transaction's verdict comes from the ledger's catch-all (that would be an unfound root
 cause); the orderers' admission check and the endorser's simulation raise only TxInvalid; a
@@ -45,6 +50,7 @@ from gridledger.common.v1 import (
     envelope_pb2,
     identity_pb2,
     market_pb2,
+    settlement_pb2,
     transaction_pb2,
 )
 from gridledger_core.crypto import Signer, derive_tx_id
@@ -52,8 +58,11 @@ from gridledger_core.energy import certificate
 from gridledger_core.energy.terms import TERMS_FORMAT, contract_id
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Account
+from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import check_endorsed_transaction, check_for_ordering
 from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.ledger import CommitResult
+from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.signing_identity import SigningIdentity
@@ -72,8 +81,9 @@ NAMES = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "issuer", "endor
 # treasury and settlement: the initiating organisation's money roles (tests/conftest.py).
 HONEST = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "issuer", "endorser-1",
           "admin", "treasury", "settlement"]
-# Accounts that hold money in the test genesis (funded meters and plants, the balancing
-# settlement account) and the treasury: where plausible fundings and transfers go.
+# Where plausible fundings and transfers go: the meters and plants (funded in the test genesis),
+# and the settlement account and the treasury (no genesis money: the balancing account is
+# `balancing`, tests/conftest.py), which hold money once funded.
 MONEY_HOLDERS = ["meter-1", "meter-2", "meter-3", "plant-1", "plant-2", "settlement", "treasury"]
 F = FieldDescriptor
 # The bodies each kind of creator may submit (by name without its number): most transactions
@@ -511,7 +521,7 @@ def assert_bound_signers(world: World, raw: bytes) -> None:
                for e in tx.endorsements)
 
 
-def commit_block(world: World, transactions: list[bytes]) -> None:
+def commit_block(world: World, transactions: list[bytes]) -> CommitResult:
     world.now = int(time.time())
     for raw in transactions:
         judge_alone(world, raw)
@@ -528,12 +538,69 @@ def commit_block(world: World, transactions: list[bytes]) -> None:
             assert_bound_signers(world, raw)
             body = _body_of(raw)
             world.valid_bodies[body] = world.valid_bodies.get(body, 0) + 1
+    return result
 
 
 def _body_of(raw: bytes) -> str:
     """The body type of a committed (so well-formed) endorsed transaction."""
     envelope = envelope_pb2.EndorsedTransaction.FromString(raw).envelope
     return transaction_pb2.Transaction.FromString(envelope.payload).WhichOneof("body") or ""
+
+
+# -- block 1: valid money transactions ------------------------------------------------------
+
+FUNDING = 7_000_000
+TRANSFER = 3_000_000
+
+
+def settleable_slot(world: World) -> int:
+    """The latest slot whose readings deadline (slot end + submission window) has passed a
+    slot length ago, so a block cut now settles it whatever second it is cut in."""
+    slot = world.genesis.market.slot_seconds
+    window = world.genesis.reading_submission_window_seconds
+    return ((world.now - window) // slot - 2) * slot
+
+
+def money_block(world: World, slot: int) -> list[bytes]:
+    """One valid transaction of each money body, as the honest accounts send them: the
+    treasury funds the settlement account, which pays meter-2 out of that funding (it holds
+    no genesis money, so only in this order) and settles `slot` (no trades: an empty, valid
+    settlement)."""
+    bodies = [("treasury", "fund_account",
+               settlement_pb2.FundAccount(account="settlement", amount_micro=FUNDING)),
+              ("settlement", "transfer",
+               settlement_pb2.Transfer(to="meter-2", amount_micro=TRANSFER)),
+              ("settlement", "settle_slot", settlement_pb2.SettleSlot(slot_start=slot))]
+    txs = []
+    for creator, field, value in bodies:
+        env = world.ids[creator].new_transaction(field, value, timestamp=world.now - 1)
+        txs.append(envelope_pb2.EndorsedTransaction(
+            envelope=env, endorsements=[world.endorser.endorse(env)]).SerializeToString())
+    return txs
+
+
+def commit_money_block(world: World) -> None:
+    """Block 1 of every run: every replica commits the money block VALID (`Replicas.commit`
+    asserts they agree on codes, messages and state root), and it did what it says."""
+    world.now = int(time.time())
+    slot = settleable_slot(world)
+    before = [{name: money.get_account(StateOverlay(ledger.store), world.genesis,
+                                       name).balance_micro
+               for name in ("meter-2", "settlement")}
+              for ledger in world.replicas.ledgers]
+    txs = money_block(world, slot)
+    result = commit_block(world, txs)
+    assert [Code.Name(c) for c in result.codes] == ["TX_VALIDATION_CODE_VALID"] * len(txs), (
+        result.messages)
+    for ledger, balances in zip(world.replicas.ledgers, before, strict=True):
+        state = StateOverlay(ledger.store)
+        after = {name: money.get_account(state, world.genesis, name).balance_micro
+                 for name in balances}
+        assert after == {"meter-2": balances["meter-2"] + TRANSFER,
+                         "settlement": balances["settlement"] + FUNDING - TRANSFER}
+        raw = ledger.get_state(schema.settlement_key(slot))
+        assert raw is not None
+        assert settlement_pb2.SlotSettlement.FromString(raw).settled_by == "settlement"
 
 
 @pytest.fixture()
@@ -553,6 +620,7 @@ def test_fuzzed_blocks_keep_every_replica_committing_in_agreement(world: World) 
     def run(block: list[bytes]) -> None:
         commit_block(world, block)
 
+    commit_money_block(world)
     run()
     assert world.transactions >= MIN_TRANSACTIONS
     assert all(ledger.height == world.replicas.ledgers[0].height

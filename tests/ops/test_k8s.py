@@ -543,3 +543,20 @@ def test_secrets_script_on_one_organisations_directory(tmp_path: Path) -> None:
         "gridledger-consortium", "gridledger-node-committer-2", "gridledger-node-orderer-2"]
     for key in (org_dir / "ca").glob("*.key"):
         assert base64.b64encode(key.read_bytes()).decode() not in out
+
+
+def test_dev_history_and_pace_reach_only_device_agents(rendered: dict) -> None:
+    """The dev overlay's demo settings (readings history, pace) go to the agents of meters and
+    plants; the issuer and the settlement agent read no device, so they get none."""
+    seen: dict[str, set[str]] = {}
+    for workload in workloads(rendered["dev"]):
+        if component(workload) != "meter-agent":
+            continue
+        (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"]
+                        if c["name"] == "meter-agent"]
+        names = {e["name"] for e in container.get("env", [])}
+        demo = {"GRIDLEDGER_BACKFILL_HOURS", "GRIDLEDGER_PACE"} & names
+        seen.setdefault(kind(workload), set()).add("demo" if demo else "none")
+        assert container["resources"]["requests"] == {"cpu": "20m", "memory": "128Mi"}
+    assert seen == {"meter": {"demo"}, "plant": {"demo"}, "issuer": {"none"},
+                    "settlement": {"none"}}

@@ -3,24 +3,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gridledger.common.v1 import validation_pb2
-
-
-def _plain_codes() -> type:
-    """TxValidationCode's numbers as plain class attributes, with its Name and Value. Every
-    rule names a code on every check (`require(ok, Code.X, ...)`), and the protobuf enum
-    wrapper answers each attribute through a Python `__getattr__` (about 1 µs; 2-5 % of a
-    committer's CPU samples at the max rate); a class attribute is a dictionary lookup."""
-    enum = validation_pb2.TxValidationCode
-    namespace: dict[str, object] = dict(enum.items())
-    namespace["Name"] = staticmethod(enum.Name)
-    namespace["Value"] = staticmethod(enum.Value)
-    return type("TxValidationCode", (), namespace)
-
+from gridledger_core.plain_enum import plain_enum
 
 if TYPE_CHECKING:
     Code = validation_pb2.TxValidationCode
 else:
-    Code = _plain_codes()
+    # Every rule names a code on every check: a plain namespace (plain_enum.py).
+    Code = plain_enum(validation_pb2.TxValidationCode)
 
 
 class TxInvalid(Exception):

@@ -6,6 +6,8 @@ contract holds both until it ends (energy_endings.py), when the plant is paid pr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import energy_pb2
@@ -37,8 +39,12 @@ from gridledger_core.ledger.rules.energy_state import (
 )
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
+from gridledger_core.plain_enum import plain_enum
 
-Status = energy_pb2.ContractStatus
+if TYPE_CHECKING:
+    Status = energy_pb2.ContractStatus
+else:
+    Status = plain_enum(energy_pb2.ContractStatus)
 
 
 def _plant_signer(body: energy_pb2.SupplyContract, ctx: TxContext) -> Identity:

@@ -97,18 +97,23 @@ def run(profile: str = "standard", directory: Path | None = None,
             node.args += flags
     devnet.start(network, roles=ROLES)
     try:
-        profiled = {profiled_phase: profile_dir} if profile_dir is not None else {}
-        return _run(network, spec, profile, chart_path, profiled, set(phases))
+        return _run(network, spec, profile, chart_path, (profiled_phase, profile_dir),
+                    set(phases))
     finally:
         devnet.stop(network)
 
 
 def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path | None,
-         profiled: dict[str, Path], wanted: set[str]) -> dict:
+         profiled: tuple[str, Path | None], wanted: set[str]) -> dict:
     genesis = Genesis.load(network.consortium_dir / "genesis.json")
     meters = workload.meter_names(spec.meters)
     now = int(time.time())
     set_up = _set_up(network, genesis, meters, now)
+    profiled_phase, profile_dir = profiled
+
+    def sampled(phase: str) -> Path | None:  # py-spy's output directory in that phase
+        return profile_dir if phase == profiled_phase else None
+
     maker = workload.JobMaker(network.consortium_dir, genesis, meters, "plant-1", now)
     signing = time.monotonic()
     fixed_jobs = maker.jobs(int(spec.rate * spec.rate_seconds)) \
@@ -120,16 +125,16 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
     # measured, for latency below saturation, then twice it, for overload. Each phase ends
     # only when every acknowledged transaction is committed, so none leaks into the next.
     phases = {"max_rate": _phase(network, max_jobs, spec, rate=0.0, duration=spec.max_seconds,
-                                 profile_dir=profiled.get("max_rate"))}
+                                 profile_dir=sampled("max_rate"))}
     if "max_rate_batch_api" in wanted:
         phases["max_rate_batch_api"] = _phase(
             network, maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds)), spec,
             rate=0.0, duration=spec.max_seconds, batch=spec.batch,
-            profile_dir=profiled.get("max_rate_batch_api"))
+            profile_dir=sampled("max_rate_batch_api"))
     if "fixed_rate" in wanted:
         phases["fixed_rate"] = _phase(network, fixed_jobs, spec, rate=spec.rate,
                                       duration=spec.rate_seconds,
-                                      profile_dir=profiled.get("fixed_rate"))
+                                      profile_dir=sampled("fixed_rate"))
     # The open-loop phases below send single SubmitTransaction calls (one per meter), so
     # their reference is the capacity of that API, not the batch API's larger one: 70 % of
     # the batch capacity is more than single calls can carry, and would measure overload.
@@ -138,12 +143,12 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         below = max(10.0, round(0.7 * capacity, -1))
         phases["rate_70pct_of_max"] = _phase(
             network, maker.jobs(int(below * spec.rate_seconds)), spec, rate=below,
-            duration=spec.rate_seconds, profile_dir=profiled.get("rate_70pct_of_max"))
+            duration=spec.rate_seconds, profile_dir=sampled("rate_70pct_of_max"))
     if "overload_2x_max" in wanted:
         over = max(20.0, round(2 * capacity, -1))
         phases["overload_2x_max"] = _phase(
             network, maker.jobs(int(over * spec.rate_seconds)), spec, rate=over,
-            duration=spec.rate_seconds, profile_dir=profiled.get("overload_2x_max"))
+            duration=spec.rate_seconds, profile_dir=sampled("overload_2x_max"))
     report = {
         "profile": profile,
         "network": {role: len(network.by_role(role)) for role in ROLES},
@@ -152,11 +157,11 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         "peak_rss_mib": {n.name: round(observe.peak_rss_mib(n.pid), 1) for n in network.nodes
                          if n.role in ROLES},
     }
-    for phase, profile_dir in profiled.items():
+    if profile_dir is not None:
         report["profile_by_role"] = profiling.by_role(
             [n for n in network.nodes if n.role in ROLES], profile_dir)
         report["profile_dir"] = str(profile_dir)
-        report["profiled_phase"] = phase
+        report["profiled_phase"] = profiled_phase
     print(e2e_report.table(report), flush=True)
     for line in profiling.lines(report.get("profile_by_role", {})):
         print(line, flush=True)
@@ -308,15 +313,15 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
 
 
 def _orderer_counts(orderers: Sequence[devnet.Node]) -> dict[str, float]:
+    received = "gridledger_orderer_messages_received"
+    samples = observe.scrape(orderers, ["grpc_server_started", received])
     return {
-        "broadcast_calls": observe.scrape_counter(
-            orderers, "grpc_server_started",
+        "broadcast_calls": observe.counter_sum(
+            samples, "grpc_server_started",
             lambda labels: labels.get("grpc_method") in ("Broadcast", "BroadcastBatch")),
-        "consensus_messages": observe.scrape_counter(
-            orderers, "gridledger_orderer_messages_received"),
-        "tx_forwards": observe.scrape_counter(
-            orderers, "gridledger_orderer_messages_received",
-            lambda labels: labels.get("kind") == "tx_forward"),
+        "consensus_messages": observe.counter_sum(samples, received),
+        "tx_forwards": observe.counter_sum(samples, received,
+                                           lambda labels: labels.get("kind") == "tx_forward"),
     }
 
 

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,9 +120,11 @@ def machine_cpu_seconds() -> float:
 Buckets = dict[float, float]  # upper bound -> cumulative count
 
 
-def _samples(nodes: Sequence[devnet.Node], family_name: str) -> Iterator[Sample]:
-    """The samples of metric family `family_name` on every node's metrics page (a node that
-    does not answer contributes none)."""
+def scrape(nodes: Sequence[devnet.Node], family_names: Iterable[str]) -> list[Sample]:
+    """The samples of the named metric families on every node's metrics page, one read of
+    each page (a node that does not answer contributes none)."""
+    wanted = set(family_names)
+    samples: list[Sample] = []
     for node in nodes:
         try:
             with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as page:
@@ -130,24 +132,25 @@ def _samples(nodes: Sequence[devnet.Node], family_name: str) -> Iterator[Sample]
         except OSError:
             continue
         for family in text_string_to_metric_families(text):
-            if family.name == family_name:
-                yield from family.samples
+            if family.name in wanted:
+                samples.extend(family.samples)
+    return samples
 
 
 def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
     """The sum over `nodes` of histogram `name`'s cumulative bucket counts."""
     total: Buckets = {}
-    for sample in _samples(nodes, name):
+    for sample in scrape(nodes, [name]):
         if sample.name == f"{name}_bucket":
             bound = float(sample.labels["le"])
             total[bound] = total.get(bound, 0.0) + sample.value
     return total
 
 
-def scrape_counter(nodes: Sequence[devnet.Node], name: str,
-                   where: Callable[[dict[str, str]], bool] = lambda labels: True) -> float:
-    """The sum over `nodes` of counter `name`'s samples whose labels satisfy `where`."""
-    return sum(sample.value for sample in _samples(nodes, name)
+def counter_sum(samples: Iterable[Sample], name: str,
+                where: Callable[[dict[str, str]], bool] = lambda labels: True) -> float:
+    """The sum of counter `name`'s samples (from `scrape`) whose labels satisfy `where`."""
+    return sum(sample.value for sample in samples
                if sample.name == f"{name}_total" and where(sample.labels))
 
 

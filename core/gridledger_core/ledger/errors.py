@@ -2,14 +2,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gridledger.common.v1 import validation_pb2
+from gridledger.common.v1 import energy_pb2, settlement_pb2, validation_pb2
 from gridledger_core.plain_enum import plain_enum
 
+# The enums the rules name on every check and money movement, as plain namespaces
+# (plain_enum.py); type checkers see the generated enums.
 if TYPE_CHECKING:
     Code = validation_pb2.TxValidationCode
+    EntryKind = settlement_pb2.EntryKind
+    ContractStatus = energy_pb2.ContractStatus
 else:
-    # Every rule names a code on every check: a plain namespace (plain_enum.py).
     Code = plain_enum(validation_pb2.TxValidationCode)
+    EntryKind = plain_enum(settlement_pb2.EntryKind)
+    ContractStatus = plain_enum(energy_pb2.ContractStatus)
 
 
 class TxInvalid(Exception):

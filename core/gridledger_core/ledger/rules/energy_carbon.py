@@ -4,15 +4,13 @@ coins for money with the initiating organisation's treasury (issue 14 item 6).""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from gridledger.common.v1 import energy_pb2, settlement_pb2
 from gridledger_core.crypto import verify_signature
 from gridledger_core.energy import certificate
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
 from gridledger_core.ledger import schema
-from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.errors import Code, ContractStatus, TxInvalid
 from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.rules.energy_state import (
@@ -23,12 +21,8 @@ from gridledger_core.ledger.rules.energy_state import (
 )
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
-from gridledger_core.plain_enum import plain_enum
 
-if TYPE_CHECKING:
-    Status = energy_pb2.ContractStatus
-else:
-    Status = plain_enum(energy_pb2.ContractStatus)
+Status = ContractStatus
 
 
 def _certificate(body: energy_pb2.CarbonCoinIssue, ctx: TxContext) -> energy_pb2.CarbonCertificate:

@@ -6,8 +6,6 @@ contract holds both until it ends (energy_endings.py), when the plant is paid pr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import energy_pb2
@@ -22,7 +20,7 @@ from gridledger_core.energy.terms import (
 from gridledger_core.identity import Identity, Role
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
-from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.errors import Code, ContractStatus, TxInvalid
 from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.rules.energy_delivery import (
@@ -39,12 +37,8 @@ from gridledger_core.ledger.rules.energy_state import (
 )
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
-from gridledger_core.plain_enum import plain_enum
 
-if TYPE_CHECKING:
-    Status = energy_pb2.ContractStatus
-else:
-    Status = plain_enum(energy_pb2.ContractStatus)
+Status = ContractStatus
 
 
 def _plant_signer(body: energy_pb2.SupplyContract, ctx: TxContext) -> Identity:

@@ -16,8 +16,6 @@ delivered too little to earn a coin gets none.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import energy_pb2, settlement_pb2
@@ -26,7 +24,7 @@ from gridledger_core.energy.terms import CANCEL_FORMAT
 from gridledger_core.identity import Role
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
-from gridledger_core.ledger.errors import Code, TxInvalid
+from gridledger_core.ledger.errors import Code, ContractStatus, TxInvalid
 from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.rules.energy_state import (
@@ -39,12 +37,8 @@ from gridledger_core.ledger.rules.energy_state import (
 )
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
-from gridledger_core.plain_enum import plain_enum
 
-if TYPE_CHECKING:
-    Status = energy_pb2.ContractStatus
-else:
-    Status = plain_enum(energy_pb2.ContractStatus)
+Status = ContractStatus
 CONFLICT = Code.TX_VALIDATION_CODE_STATE_CONFLICT
 
 

@@ -11,21 +11,17 @@ except `charge`, which takes what is there and reports the rest as unpaid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gridledger.common.v1 import settlement_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
-from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.errors import Code, EntryKind
 from gridledger_core.ledger.rules.bounds import require_uint64
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import require
-from gridledger_core.plain_enum import plain_enum
 
-if TYPE_CHECKING:
-    Kind = settlement_pb2.EntryKind
-else:
-    Kind = plain_enum(settlement_pb2.EntryKind)
+Kind = EntryKind
 CONFLICT = Code.TX_VALIDATION_CODE_STATE_CONFLICT
 INSUFFICIENT_FUNDS = "insufficient_funds"
 # Money never exceeds this, so every signed delta and sum fits an int64/uint64 field.

@@ -23,12 +23,10 @@ allowed) and the slot's reading intervals per meter (point lookups).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from gridledger.common.v1 import market_pb2, settlement_pb2, transaction_pb2
 from gridledger_core.identity import Role
 from gridledger_core.ledger import schema
-from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.errors import Code, EntryKind
 from gridledger_core.ledger.rules import market as market_rules
 from gridledger_core.ledger.rules import money
 from gridledger_core.ledger.rules.bounds import require_uint64
@@ -36,15 +34,11 @@ from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
 from gridledger_core.market import ledger_view as view
 from gridledger_core.market.settlement_calc import Metered, Position, TradeFacts, positions
-from gridledger_core.plain_enum import plain_enum
 
 INVALID = Code.TX_VALIDATION_CODE_INVALID_BODY
 CONFLICT = Code.TX_VALIDATION_CODE_STATE_CONFLICT
 NOT_AUTHORIZED = Code.TX_VALIDATION_CODE_NOT_AUTHORIZED
-if TYPE_CHECKING:
-    Kind = settlement_pb2.EntryKind
-else:
-    Kind = plain_enum(settlement_pb2.EntryKind)
+Kind = EntryKind
 
 
 def readings_deadline(ctx: TxContext, slot_start: int) -> int:

@@ -52,6 +52,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     # sees plant-1's announcements itself, and can learn of plant-2 only from a neighbour.
     network.node("plant-1").args += ["--announce-seconds", "5"]
     network.node("plant-2").args += ["--announce-seconds", "3600"]
+    # The demo plants' wind turbine: PV alone produces nothing at night at the simulated
+    # site (its typical-year weather), and without production nothing is delivered, so the
+    # test failed whenever CI ran after the site's sunset.
+    for name in ("plant-1", "plant-2"):
+        network.node(name).args += devnet.DEMO_PLANT_ARGS
     buyer = network.node(BUYER)
     buyer.args += ["--contract-wh", str(CONTRACT_WH), "--pv-kwp", "0"]
     network.nodes.remove(buyer)

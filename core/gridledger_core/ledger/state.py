@@ -9,18 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from sortedcontainers import SortedList
+
 from gridledger_core.crypto import sha256
 from gridledger_core.ledger import schema
 from gridledger_core.storage import KeyValueStore
 
 _TOMBSTONE = None
+_ABSENT = object()  # in the undo journal: the key had no write before the savepoint
 
 
 class StateOverlay:
+    """Writes are kept in a dict (point reads) and their keys in a sorted list, so a prefix
+    scan visits only the written keys under its prefix: a block's overlay holds every earlier
+    transaction's writes, and filtering all of them on each scan made a block's cost grow with
+    the square of its size. For the same reason a savepoint is an undo journal of the keys
+    written since, not a copy of every write."""
+
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
         self._writes: dict[str, bytes | None] = {}
-        self._savepoint: dict[str, bytes | None] | None = None
+        self._written = SortedList()
+        self._undo: dict[str, object] | None = None
 
     def get(self, key: str) -> bytes | None:
         if key in self._writes:
@@ -35,14 +45,32 @@ class StateOverlay:
         return [self._writes[k] if k in self._writes else stored[k] for k in keys]
 
     def put(self, key: str, value: bytes) -> None:
-        self._writes[key] = value
+        self._write(key, value)
 
     def delete(self, key: str) -> None:
-        self._writes[key] = _TOMBSTONE
+        self._write(key, _TOMBSTONE)
+
+    def _write(self, key: str, value: bytes | None) -> None:
+        previous = self._writes.get(key, _ABSENT)
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = previous
+        if previous is _ABSENT:
+            self._written.add(key)
+        self._writes[key] = value
+
+    def _pending(self, prefix: str) -> dict[str, bytes | None]:
+        """This overlay's writes under `prefix`: the written keys from `prefix` on, in order,
+        until the first that does not start with it (keys with a prefix are contiguous)."""
+        pending: dict[str, bytes | None] = {}
+        for key in self._written.irange(minimum=prefix):
+            if not key.startswith(prefix):
+                break
+            pending[key] = self._writes[key]
+        return pending
 
     def scan(self, prefix: str, limit: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Committed entries merged with this overlay's writes, in key order."""
-        pending = {k: v for k, v in self._writes.items() if k.startswith(prefix)}
+        pending = self._pending(prefix)
         # With a limit, the store need not be read past limit + len(pending) entries: at
         # most len(pending) of those can be deleted here, so the first `limit` live merged
         # keys are among them (a rule asking "is there any?" costs one read, not the prefix).
@@ -61,15 +89,21 @@ class StateOverlay:
                 return
 
     def savepoint(self) -> None:
-        self._savepoint = dict(self._writes)
+        """Start a journal of what the next writes replace; `rollback` undoes them."""
+        self._undo = {}
 
     def rollback(self) -> None:
-        assert self._savepoint is not None, "rollback without savepoint"
-        self._writes = self._savepoint
-        self._savepoint = None
+        assert self._undo is not None, "rollback without savepoint"
+        for key, previous in self._undo.items():
+            if previous is _ABSENT:
+                del self._writes[key]
+                self._written.remove(key)
+            else:
+                self._writes[key] = previous  # type: ignore[assignment]
+        self._undo = None
 
     def changes(self) -> list[tuple[str, bytes | None]]:
-        return sorted(self._writes.items())
+        return [(key, self._writes[key]) for key in self._written]
 
 
 def next_state_root(previous_root: bytes, block_hash: bytes,

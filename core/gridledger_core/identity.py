@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -100,6 +100,10 @@ MAX_SUBJECT_VALUE = 64
 # Verified certificate chains kept per process (a device signs thousands of transactions
 # with one certificate).
 CHAIN_CACHE_LIMIT = 65_536
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def subject_attr(subject: x509.Name, oid: x509.ObjectIdentifier) -> str:
@@ -236,11 +240,8 @@ class Membership:
             raise UnknownSigner(f"certificate was not issued by the CA of {org}")
         root_key = root.public_key()
         assert isinstance(root_key, Ed25519PublicKey)
-        try:
-            root_key.verify(signature, tbs)
-        except InvalidSignature as exc:
-            raise UnknownSigner(
-                f"certificate signature does not verify against {org}'s CA") from exc
+        if not verify_signature(_raw(root_key), signature, tbs):
+            raise UnknownSigner(f"certificate signature does not verify against {org}'s CA")
         if not isinstance(key, Ed25519PublicKey):
             raise UnknownSigner("signing certificates must carry an Ed25519 key")
         role_name = subject_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
@@ -252,7 +253,7 @@ class Membership:
             name=subject_attr(subject, NameOID.COMMON_NAME),
             org=org,
             role=role,
-            public_key=key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
+            public_key=_raw(key),
             certificate=der,
             serial=serial,
         )

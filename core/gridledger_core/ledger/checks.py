@@ -22,7 +22,6 @@ from gridledger_core.crypto import (
     derive_tx_id,
     endorsement_batch_message,
     endorsement_message,
-    verify_signature,
 )
 from gridledger_core.identity import Identity, Membership, Role, Signers, UnknownSigner
 from gridledger_core.ledger.errors import Code, TxInvalid
@@ -120,7 +119,9 @@ def open_signed(envelope: envelope_pb2.SignedEnvelope, signers: Signers,
         signer = signers.identify(envelope.signer_certificate)
     except UnknownSigner as exc:
         raise TxInvalid(unknown_code, f"{what} signer unknown: {exc}") from exc
-    if not verify_signature(signer.public_key, envelope.signature, envelope.payload):
+    # Through the cache: an endorser verifies the options it signed itself (remembered when
+    # signed) at submit and again at its replica's commit.
+    if not verify_cached(signer.public_key, envelope.signature, envelope.payload):
         raise TxInvalid(bad_signature_code,
                         f"{what} signature of {signer.name} does not verify over its bytes")
     return signer

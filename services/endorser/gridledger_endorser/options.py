@@ -45,6 +45,7 @@ from gridledger_core.market import Order
 from gridledger_core.market import ledger_view as view
 from gridledger_core.market.option_check import request_digest
 from gridledger_core.rpc.errors import EdgeRefusal
+from gridledger_core.sigcache import VERIFIED
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_endorser.book_cache import MATCHED_WH, TRADES, BookCache
 
@@ -262,4 +263,8 @@ class OptionDesk:
         TRADES.labels("proposed").inc(len(result.trades))
         MATCHED_WH.labels("proposed").inc(result.filled)
         signed = self._identity.sign_envelope(option.SerializeToString())
+        # Its own signature: the place_order carrying it is then checked at submit and at the
+        # replica's commit without two more Ed25519 verifications.
+        VERIFIED.remember(self._identity.signer.public_key_bytes, signed.signature,
+                          signed.payload)
         return Proposal(signed, option, allowance)

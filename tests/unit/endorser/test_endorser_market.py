@@ -309,3 +309,17 @@ def test_cancel_removes_the_order_from_the_cache(endorser: Endorser) -> None:
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     assert endorser.book() == ([], [])
     assert endorser.ledger.get_state(schema.order_key(tx_id(sell))) is not None
+
+
+def test_an_order_costs_the_endorser_only_its_meters_signatures(
+        endorser: Endorser, verifications: list[bytes]) -> None:
+    """Request, submit and the replica's commit: the meter's request and its transaction are
+    verified once each; the option the endorser signed itself is never verified again (it was
+    verified at submit and at the replica's commit, two Ed25519 verifications per order)."""
+    response = endorser.request("meter-1", terms("meter-1", SELL, ASK, 1000))
+    envelope = endorser.accept("meter-1", response)
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    request_payload = verifications[0]
+    assert market_pb2.TradeRequest.FromString(request_payload).terms.quantity_wh == 1000
+    assert verifications[1:] == [envelope.payload]  # the transaction, at submit
+    assert response.option.payload not in verifications

@@ -24,8 +24,8 @@ from bench import (
 
 def _matching_rpc(profile: str, node_args: dict[str, list[str]] | None = None) -> dict:
     # Always on a network of its own, never on a devnet someone left running.
-    return matching_rpc.run(profile, directory=Path(tempfile.mkdtemp(prefix="gridledger-")),
-                            node_args=node_args)
+    with tempfile.TemporaryDirectory(prefix="gridledger-") as empty:
+        return matching_rpc.run(profile, directory=Path(empty), node_args=node_args)
 
 
 SUITES = {

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -249,6 +250,7 @@ def run(profile: str = "standard", directory: Path | None = None,
     finally:
         if own is not None:
             devnet.stop(own)
+            shutil.rmtree(own.directory, ignore_errors=True)  # its ledgers and logs
     ms = [v * 1000 for v in latencies]
     result = {
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,

@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-from identity_helpers import issued_by
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from identity_helpers import certificate_for_key, issued_by
 from ledger_helpers import ChainBuilder, endorsed, identity, past_interval, reading
 from market_helpers import BUY, option, place, terms
 from test_energy_rules import World, world  # noqa: F401 - the fixture, shared
 from test_market_rules import ASK, Market, market  # noqa: F401 - the fixture, shared
 
-from gridledger.common.v1 import block_pb2, energy_pb2, envelope_pb2
+from gridledger.common.v1 import block_pb2, energy_pb2, envelope_pb2, transaction_pb2
+from gridledger_core.crypto import derive_tx_id, new_nonce
 from gridledger_core.energy import certificate
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
@@ -158,3 +160,27 @@ def test_a_ca_cannot_make_itself_an_issuer(world: World, energy_dir: Path,  # no
     # The genesis issuer still can.
     code, message, _ = world.issue(cid)
     assert code == VALID, message
+
+
+def test_a_ca_cannot_certify_a_key_that_signs_everything(chain: Chain,
+                                                         consortium_dir: Path) -> None:
+    """community's CA certifies the identity point as its own meter-1's key. OpenSSL's
+    Ed25519 check took one signature (R = identity, S = 0) for every message under that key,
+    so anybody could then sign as meter-1 and meter-1 could disown what it signed; the
+    reading below was committed VALID. The ledger's signature rule refuses small-order keys."""
+    identity_point = bytes([1]) + bytes(31)
+    der = certificate_for_key(consortium_dir, "community", "meter-1", "meter",
+                              Ed25519PublicKey.from_public_bytes(identity_point))
+    nonce = new_nonce()
+    tx = transaction_pb2.Transaction()
+    tx.header.tx_id = derive_tx_id(nonce, der)
+    tx.header.creator, tx.header.nonce = "meter-1", nonce
+    tx.header.timestamp.FromNanoseconds(time.time_ns())
+    tx.meter_reading.CopyFrom(reading("meter-1", past_interval(), produced=999_999, consumed=0))
+    payload = tx.SerializeToString()
+    universal = envelope_pb2.SignedEnvelope(payload=payload, signature=identity_point + bytes(32),
+                                            signer_certificate=der)
+    before = chain.state()
+    [(code, message)] = chain.commit(universal)
+    assert code == "BAD_SIGNATURE", message
+    assert chain.state() == before

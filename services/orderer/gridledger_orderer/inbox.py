@@ -5,7 +5,13 @@ peer can neither crowd out the others nor the clients. Whatever does not fit is 
 once (`put_*` returns False): clients are then told RESOURCE_EXHAUSTED, peer messages are
 dropped (the protocol tolerates loss). The consumer takes every waiting client submission
 in one go (one durable write acknowledges them all), alternating with peer messages so
-neither kind starves the other."""
+neither kind starves the other.
+
+Peer messages that move a height forward (proposals, votes, certificates, round changes,
+block fetches) are taken before bulk ones (transaction forwards, state sync), as CometBFT
+gives its consensus channel priority over the mempool's: a burst of forwards, or a peer
+flooding them within its byte budget, does not hold back the votes of the others. One bulk
+message is still taken after every `BULK_EVERY` urgent ones, so forwards keep flowing."""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ import threading
 from collections import deque
 
 from gridledger.orderer.v1 import consensus_pb2
+
+BULK_KINDS = frozenset({"tx_forward", "sync_request", "sync_response"})
+BULK_EVERY = 4
 
 
 class Submission:
@@ -39,7 +48,9 @@ class Inbox:
         self._cond = threading.Condition()
         self._submissions: deque[Submission] = deque()
         self._client_used = 0
-        self._messages: deque[tuple[str, consensus_pb2.ConsensusMessage, int]] = deque()
+        self._urgent: deque[tuple[str, consensus_pb2.ConsensusMessage, int]] = deque()
+        self._bulk: deque[tuple[str, consensus_pb2.ConsensusMessage, int]] = deque()
+        self._urgent_streak = 0  # urgent messages taken since the last bulk one
         self._peer_used: dict[str, int] = {}
         self._closed = False
         self._messages_turn = False
@@ -61,7 +72,8 @@ class Inbox:
             # limit let through), so a large honest SyncResponse is never refused forever.
             if used and used + size > self._peer_limit:
                 return False
-            self._messages.append((sender, message, size))
+            queue = self._bulk if message.WhichOneof("body") in BULK_KINDS else self._urgent
+            queue.append((sender, message, size))
             self._peer_used[sender] = used + size
             self._cond.notify()
             return True
@@ -85,15 +97,20 @@ class Inbox:
         below their receive limit), or one peer message as (sender, message); None on
         timeout or when closed."""
         with self._cond:
-            if not self._closed and not self._submissions and not self._messages:
+            if not self._closed and not self._submissions and not self._urgent \
+                    and not self._bulk:
                 self._cond.wait(timeout)
             if self._closed:
                 return None
-            take_messages = bool(self._messages) and (
+            take_messages = bool(self._urgent or self._bulk) and (
                 self._messages_turn or not self._submissions)
             if take_messages:
                 self._messages_turn = False
-                sender, message, size = self._messages.popleft()
+                if self._bulk and (not self._urgent or self._urgent_streak >= BULK_EVERY):
+                    queue, self._urgent_streak = self._bulk, 0
+                else:
+                    queue, self._urgent_streak = self._urgent, self._urgent_streak + 1
+                sender, message, size = queue.popleft()
                 left = self._peer_used[sender] - size
                 if left:
                     self._peer_used[sender] = left

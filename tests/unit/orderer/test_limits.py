@@ -21,6 +21,7 @@ from gridledger_core.consensus.actions import Deliver
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc import authz
 from gridledger_core.rpc.peer_identity import PeerIdentities
+from gridledger_orderer import inbox as inbox_module
 from gridledger_orderer import node as node_module
 from gridledger_orderer.inbox import Inbox, Submission
 from gridledger_orderer.limits import OrdererLimits, PeerBudget, StreamSlots, TokenBucket
@@ -342,3 +343,47 @@ def test_peer_budget_counts_bytes_and_messages() -> None:
                                       peer_messages_per_second=1000,
                                       peer_burst_messages=1000), clock=lambda: now[0])
     assert budget.admit(600) and not budget.admit(600) and budget.admit(400)
+
+
+def _forward(n: int) -> consensus_pb2.ConsensusMessage:
+    return consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
+        transactions=[bytes([n]) * 100]))
+
+
+def _vote(n: int) -> consensus_pb2.ConsensusMessage:
+    return consensus_pb2.ConsensusMessage(vote=consensus_pb2.Vote(height=n))
+
+
+def _taken(inbox: Inbox) -> list[tuple[str, int]]:
+    out = []
+    while (item := inbox.get(0.0)) is not None:
+        _, message = item  # type: ignore[misc]
+        kind = message.WhichOneof("body")
+        out.append((kind, message.vote.height if kind == "vote" else
+                    message.tx_forward.transactions[0][0]))
+    return out
+
+
+def test_votes_are_not_held_behind_a_peers_flood_of_forwards() -> None:
+    """A byzantine orderer fills its byte budget with forwards; an honest vote that arrives
+    after them is taken next, not after the whole flood (it was, FIFO across peers)."""
+    inbox = Inbox(client_bytes=1 << 20, peer_bytes=1 << 20)
+    for n in range(50):
+        assert inbox.put_message("orderer-4", _forward(n), 200)
+    assert inbox.put_message("orderer-2", _vote(7), 50)
+    assert _taken(inbox)[0] == ("vote", 7)
+
+
+def test_forwards_still_flow_under_a_stream_of_consensus_messages() -> None:
+    inbox = Inbox(client_bytes=1 << 20, peer_bytes=1 << 20)
+    for n in range(3):
+        assert inbox.put_message("orderer-2", _forward(n), 200)
+    for n in range(12):
+        assert inbox.put_message("orderer-3", _vote(n), 50)
+    taken = _taken(inbox)
+    # Each class keeps its order, and a forward is taken after every BULK_EVERY urgent ones.
+    assert [m for m in taken if m[0] == "vote"] == [("vote", n) for n in range(12)]
+    assert [m for m in taken if m[0] == "tx_forward"] == [("tx_forward", n) for n in range(3)]
+    every = inbox_module.BULK_EVERY
+    assert [i for i, m in enumerate(taken) if m[0] == "tx_forward"] == [
+        every, 2 * every + 1, 3 * every + 2]

@@ -11,7 +11,10 @@ Peer messages that move a height forward (proposals, votes, certificates, round 
 block fetches) are taken before bulk ones (transaction forwards, state sync), as CometBFT
 gives its consensus channel priority over the mempool's: a burst of forwards, or a peer
 flooding them within its byte budget, does not hold back the votes of the others. One bulk
-message is still taken after every `BULK_EVERY` urgent ones, so forwards keep flowing."""
+message is still taken after every `BULK_EVERY` urgent ones, so forwards keep flowing. Within
+each class the peers take turns (one message each, round robin), so a peer that floods
+messages of a class, votes as well as forwards, delays each other peer's next message of
+that class by at most one of its own."""
 
 from __future__ import annotations
 
@@ -41,6 +44,37 @@ class Submission:
         self.done.set()
 
 
+Queued = tuple[str, consensus_pb2.ConsensusMessage, int]  # (sender, message, size)
+
+
+class _TakingTurns:
+    """One class of peer messages: a queue per sender, served in turn."""
+
+    def __init__(self) -> None:
+        self._by_sender: dict[str, deque[Queued]] = {}
+        self._turns: deque[str] = deque()  # senders with something queued, next first
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def append(self, item: Queued) -> None:
+        queue = self._by_sender.get(item[0])
+        if queue is None:
+            queue = self._by_sender[item[0]] = deque()
+            self._turns.append(item[0])
+        queue.append(item)
+
+    def popleft(self) -> Queued:
+        sender = self._turns.popleft()
+        queue = self._by_sender[sender]
+        item = queue.popleft()
+        if queue:
+            self._turns.append(sender)  # its next message waits for the others' turns
+        else:
+            del self._by_sender[sender]
+        return item
+
+
 class Inbox:
     def __init__(self, client_bytes: int, peer_bytes: int) -> None:
         self._client_limit = client_bytes
@@ -48,8 +82,8 @@ class Inbox:
         self._cond = threading.Condition()
         self._submissions: deque[Submission] = deque()
         self._client_used = 0
-        self._urgent: deque[tuple[str, consensus_pb2.ConsensusMessage, int]] = deque()
-        self._bulk: deque[tuple[str, consensus_pb2.ConsensusMessage, int]] = deque()
+        self._urgent = _TakingTurns()
+        self._bulk = _TakingTurns()
         self._urgent_streak = 0  # urgent messages taken since the last bulk one
         self._peer_used: dict[str, int] = {}
         self._closed = False

@@ -387,3 +387,24 @@ def test_forwards_still_flow_under_a_stream_of_consensus_messages() -> None:
     every = inbox_module.BULK_EVERY
     assert [i for i, m in enumerate(taken) if m[0] == "tx_forward"] == [
         every, 2 * every + 1, 3 * every + 2]
+
+
+def test_a_peer_flooding_consensus_messages_delays_anothers_vote_by_one_of_its_own() -> None:
+    """Priority alone is not enough: votes (or round changes) are in the urgent class, so a
+    byzantine orderer flooding them would again hold back an honest vote. Peers take turns."""
+    inbox = Inbox(client_bytes=1 << 20, peer_bytes=1 << 20)
+    for n in range(50):
+        assert inbox.put_message("orderer-4", _vote(100 + n), 50)
+    assert inbox.put_message("orderer-2", _vote(7), 50)
+    assert _taken(inbox).index(("vote", 7)) == 1
+
+
+def test_peers_take_turns_among_forwards_too() -> None:
+    inbox = Inbox(client_bytes=1 << 20, peer_bytes=1 << 20)
+    for n in range(30):
+        assert inbox.put_message("orderer-4", _forward(n), 200)
+    assert inbox.put_message("orderer-2", _forward(99), 200)
+    taken = _taken(inbox)
+    assert taken.index(("tx_forward", 99)) == 1
+    assert [m for m in taken if m != ("tx_forward", 99)] == [
+        ("tx_forward", n) for n in range(30)]  # each peer's own messages keep their order

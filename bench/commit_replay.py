@@ -30,26 +30,27 @@ class ReplayMismatch(AssertionError):
     """A block committed to another state root or other codes than on the live node."""
 
 
-def replay(consortium_dir: Path, ledger_dir: Path, max_transactions: int = 40_000) -> dict:
-    """Commit the blocks in `ledger_dir` (a stopped committer's LMDB) into a fresh ledger:
-    CPU per transaction over the blocks after the first SKIPPED_BLOCKS, up to about
-    `max_transactions` of them."""
+def replay(consortium_dir: Path, ledger_dir: Path) -> dict:
+    """Commit every block in `ledger_dir` (a stopped committer's LMDB) into a fresh ledger,
+    checking each against the live commit record; CPU per transaction over the blocks after
+    the first SKIPPED_BLOCKS."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
     source = LmdbStore(ledger_dir, readonly=True)
     scratch = Path(tempfile.mkdtemp(prefix="gridledger-replay-"))
-    ledger = Ledger(LmdbStore(scratch / "ledger", sync=False), genesis, block_verifier(genesis))
+    store: LmdbStore | None = None
     VERIFIED.clear()  # a fresh committer: nothing verified yet
     transactions = blocks = 0
     cpu = 0.0
     try:
+        store = LmdbStore(scratch / "ledger", sync=False)
+        ledger = Ledger(store, genesis, block_verifier(genesis))
         number = 0
-        while transactions < max_transactions:
-            raw = source.get(schema.block_key(number))
-            if raw is None:
-                break
+        while (raw := source.get(schema.block_key(number))) is not None:
             block = block_pb2.Block.FromString(raw)
-            record = ledger_pb2.BlockCommitRecord.FromString(
-                source.get(schema.commit_record_key(number)) or b"")
+            raw_record = source.get(schema.commit_record_key(number))
+            if raw_record is None:
+                raise ReplayMismatch(f"block {number} has no commit record on the live node")
+            record = ledger_pb2.BlockCommitRecord.FromString(raw_record)
             started = time.process_time()
             result = ledger.commit(block)
             elapsed = time.process_time() - started
@@ -64,7 +65,8 @@ def replay(consortium_dir: Path, ledger_dir: Path, max_transactions: int = 40_00
             number += 1
     finally:
         source.close()
-        ledger.store.close()
+        if store is not None:
+            store.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return {"blocks": blocks, "transactions": transactions,
             "cpu_us_per_tx": round(1e6 * cpu / transactions, 1) if transactions else None,

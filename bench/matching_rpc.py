@@ -247,10 +247,15 @@ def run(profile: str = "standard", directory: Path | None = None,
     try:
         requests, setup = _prepare(network, WARM_UP + int(rate * seconds))
         latencies, errors, sent_rate = _offer(network, requests, rate)
+    except BaseException:
+        if own is not None:
+            print(f"  the run's ledgers and logs are kept in {own.directory}", flush=True)
+        raise
     finally:
         if own is not None:
             devnet.stop(own)
-            shutil.rmtree(own.directory, ignore_errors=True)  # its ledgers and logs
+    if own is not None:
+        shutil.rmtree(own.directory, ignore_errors=True)  # its ledgers and logs
     ms = [v * 1000 for v in latencies]
     result = {
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,

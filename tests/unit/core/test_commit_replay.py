@@ -54,3 +54,16 @@ def test_a_replay_that_reaches_another_state_root_stops(genesis: Genesis, consor
     store.close()
     with pytest.raises(commit_replay.ReplayMismatch, match="block 2 "):
         commit_replay.replay(consortium_dir, ledger_dir)
+
+
+def test_a_block_without_its_commit_record_stops_the_replay(genesis: Genesis,
+                                                            consortium_dir: Path,
+                                                            tmp_path: Path) -> None:
+    ledger_dir = _committed_chain(genesis, consortium_dir, tmp_path)
+    store = LmdbStore(ledger_dir)
+    batch = WriteBatch()
+    batch.delete(schema.commit_record_key(3))
+    store.commit(batch)
+    store.close()
+    with pytest.raises(commit_replay.ReplayMismatch, match="block 3 has no commit record"):
+        commit_replay.replay(consortium_dir, ledger_dir)

@@ -97,3 +97,12 @@ def test_a_non_canonical_s_is_refused(seed: bytes, message: bytes) -> None:
                                            (bytes(32), bytes(63)), (bytes(33), bytes(65))])
 def test_wrong_lengths_are_refused(key: bytes, signature: bytes) -> None:
     assert not verify_signature(key, signature, b"m")
+
+
+@given(message=MESSAGES)
+def test_a_non_canonical_key_encoding_is_refused(message: bytes) -> None:
+    """The identity point encoded as y = p + 1 (an encoding RFC 8032 does not allow)."""
+    p = 2**255 - 19
+    aliased = (p + 1).to_bytes(32, "little")
+    assert not verify_signature(aliased, IDENTITY + bytes(32), message)
+    assert not verify_signature(aliased, aliased + bytes(32), message)

@@ -15,11 +15,13 @@ import pytest
 from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, identity
 from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms, tx_id
+from nacl import bindings as sodium
 from prometheus_client import REGISTRY
 
 from gridledger.common.v1 import block_pb2, envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger.orderer.v1 import orderer_pb2
+from gridledger_core import sigcache
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
@@ -312,14 +314,22 @@ def test_cancel_removes_the_order_from_the_cache(endorser: Endorser) -> None:
 
 
 def test_an_order_costs_the_endorser_only_its_meters_signatures(
-        endorser: Endorser, verifications: list[bytes]) -> None:
+        endorser: Endorser, monkeypatch: pytest.MonkeyPatch) -> None:
     """Request, submit and the replica's commit: the meter's request and its transaction are
     verified once each; the option the endorser signed itself is never verified again (it was
-    verified at submit and at the replica's commit, two Ed25519 verifications per order)."""
+    verified at submit and at the replica's commit, two Ed25519 verifications per order).
+    Counted at libsodium, under the cache and every other caller."""
+    verified: list[bytes] = []
+    real = sodium.crypto_sign_open
+
+    def counting(signed: bytes, public_key: bytes) -> bytes:
+        verified.append(signed[64:])
+        return real(signed, public_key)
+
+    sigcache.VERIFIED.clear()
+    monkeypatch.setattr(sodium, "crypto_sign_open", counting)
     response = endorser.request("meter-1", terms("meter-1", SELL, ASK, 1000))
     envelope = endorser.accept("meter-1", response)
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-    request_payload = verifications[0]
-    assert market_pb2.TradeRequest.FromString(request_payload).terms.quantity_wh == 1000
-    assert verifications[1:] == [envelope.payload]  # the transaction, at submit
-    assert response.option.payload not in verifications
+    assert market_pb2.TradeRequest.FromString(verified[0]).terms.quantity_wh == 1000
+    assert verified[1:] == [envelope.payload]  # the transaction, at submit

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from gridledger.common.v1 import block_pb2, ledger_pb2
+from gridledger.common.v1 import block_pb2
 from gridledger_core.genesis import Genesis
-from gridledger_core.ledger import schema
-from gridledger_core.ledger.block_proof import block_verifier
-from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.ledger.audit import verify_ledger
 from gridledger_core.sigcache import VERIFIED
 from gridledger_core.storage import LmdbStore
 
@@ -31,44 +29,43 @@ class ReplayMismatch(AssertionError):
 
 
 def replay(consortium_dir: Path, ledger_dir: Path) -> dict:
-    """Commit every block in `ledger_dir` (a stopped committer's LMDB) into a fresh ledger,
-    checking each against the live commit record; CPU per transaction over the blocks after
-    the first SKIPPED_BLOCKS."""
+    """`gridctl ledger verify`'s replay of every block in `ledger_dir` (a stopped committer's
+    LMDB) into a fresh LMDB ledger, timed: CPU per transaction over the blocks after the
+    first SKIPPED_BLOCKS."""
     genesis = Genesis.load(consortium_dir / "genesis.json")
-    source = LmdbStore(ledger_dir, readonly=True)
     scratch = Path(tempfile.mkdtemp(prefix="gridledger-replay-"))
-    store: LmdbStore | None = None
+    timed = _Timed()
+
     VERIFIED.clear()  # a fresh committer: nothing verified yet
-    transactions = blocks = 0
-    cpu = 0.0
+    source = LmdbStore(ledger_dir, readonly=True)
     try:
-        store = LmdbStore(scratch / "ledger", sync=False)
-        ledger = Ledger(store, genesis, block_verifier(genesis))
-        number = 0
-        while (raw := source.get(schema.block_key(number))) is not None:
-            block = block_pb2.Block.FromString(raw)
-            raw_record = source.get(schema.commit_record_key(number))
-            if raw_record is None:
-                raise ReplayMismatch(f"block {number} has no commit record on the live node")
-            record = ledger_pb2.BlockCommitRecord.FromString(raw_record)
-            started = time.process_time()
-            result = ledger.commit(block)
-            elapsed = time.process_time() - started
-            if result.state_root != record.state_root or \
-                    list(result.codes) != list(record.validation_codes):
-                raise ReplayMismatch(f"block {number} replays to another state root or other "
-                                     "validation codes than the live committer's")
-            if number >= SKIPPED_BLOCKS:
-                cpu += elapsed
-                transactions += len(block.transactions)
-                blocks += 1
-            number += 1
+        target = LmdbStore(scratch / "ledger", sync=False)
+        try:
+            report = verify_ledger(source, genesis, into=target, observe=timed.add)
+        finally:
+            target.close()
     finally:
         source.close()
-        if store is not None:
-            store.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    if not report.ok:
+        raise ReplayMismatch(f"block {report.problem_height} {report.problem}")
+    blocks, transactions = timed.blocks, timed.transactions
     return {"blocks": blocks, "transactions": transactions,
-            "cpu_us_per_tx": round(1e6 * cpu / transactions, 1) if transactions else None,
+            "cpu_us_per_tx": round(1e6 * timed.cpu / transactions, 1) if transactions else None,
             "txs_per_block": round(transactions / blocks, 1) if blocks else None,
             "identical_to_live": True}
+
+
+@dataclass
+class _Timed:
+    """The blocks after the set-up ones: how many, their transactions, their commit CPU."""
+
+    blocks: int = 0
+    transactions: int = 0
+    cpu: float = 0.0
+
+    def add(self, number: int, block: block_pb2.Block, cpu_seconds: float) -> None:
+        if number >= SKIPPED_BLOCKS:
+            self.blocks += 1
+            self.transactions += len(block.transactions)
+            self.cpu += cpu_seconds

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import shutil
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 import grpc
 
 from bench import commit_replay, e2e_report, observe, profiling, submitter, workload
+from bench.workdir import removed_unless_failed
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import envelope_pb2
@@ -97,7 +97,7 @@ def run(profile: str = "standard", directory: Path | None = None,
     for role, flags in (node_args or {}).items():
         for node in network.by_role(role):
             node.args += flags
-    try:
+    with removed_unless_failed(directory, owned=own_directory):
         devnet.start(network, roles=ROLES)
         try:
             report = _run(network, spec, profile, chart_path, (profiled_phase, profile_dir),
@@ -111,11 +111,6 @@ def run(profile: str = "standard", directory: Path | None = None,
               f"{replayed['cpu_us_per_tx']} us CPU per transaction; state roots and codes "
               "identical to the live committer's", flush=True)
         report["commit_replay"] = replayed
-    except BaseException:
-        print(f"  the run's ledgers and logs are kept in {directory}", flush=True)
-        raise
-    if own_directory:  # hundreds of MB per run
-        shutil.rmtree(directory, ignore_errors=True)
     return report
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import statistics
 import tempfile
 import threading
@@ -36,6 +35,7 @@ import grpc
 
 from bench.cli import profile_parser
 from bench.stats import percentile
+from bench.workdir import removed_unless_failed
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import market_pb2
@@ -244,18 +244,13 @@ def run(profile: str = "standard", directory: Path | None = None,
             for node in network.by_role(role):
                 node.args += flags
         devnet.start(network)
-    try:
-        requests, setup = _prepare(network, WARM_UP + int(rate * seconds))
-        latencies, errors, sent_rate = _offer(network, requests, rate)
-    except BaseException:
-        if own is not None:
-            print(f"  the run's ledgers and logs are kept in {own.directory}", flush=True)
-        raise
-    finally:
-        if own is not None:
-            devnet.stop(own)
-    if own is not None:
-        shutil.rmtree(own.directory, ignore_errors=True)  # its ledgers and logs
+    with removed_unless_failed(network.directory, owned=own is not None):
+        try:
+            requests, setup = _prepare(network, WARM_UP + int(rate * seconds))
+            latencies, errors, sent_rate = _offer(network, requests, rate)
+        finally:
+            if own is not None:
+                devnet.stop(own)
     ms = [v * 1000 for v in latencies]
     result = {
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,

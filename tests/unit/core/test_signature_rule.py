@@ -87,10 +87,9 @@ def test_small_order_keys_verify_nothing(key: bytes, message: bytes, r_index: in
 def test_a_non_canonical_s_is_refused(seed: bytes, message: bytes) -> None:
     signer, key = keypair(seed)
     signature = signer.sign(message)
-    s = int.from_bytes(signature[32:], "little") + L  # the same scalar, encoded >= L
-    if s < 2**256:
-        malleated = signature[:32] + s.to_bytes(32, "little")
-        assert not verify_signature(key, malleated, message)
+    s = int.from_bytes(signature[32:], "little") + L  # the same scalar, encoded >= L (< 2^253)
+    malleated = signature[:32] + s.to_bytes(32, "little")
+    assert not verify_signature(key, malleated, message)
 
 
 @pytest.mark.parametrize("key,signature", [(b"", bytes(64)), (bytes(31), bytes(64)),

@@ -15,8 +15,10 @@ so an item leaves the outbox only when a committer shows it committed VALID. Per
   keep it, back off, retry in order;
 - a definite verdict, INVALID_ARGUMENT / PERMISSION_DENIED / UNAUTHENTICATED /
   FAILED_PRECONDITION -> dead letter with the reason (it will never become valid), except
-  for a reading that ended less than `FRESH_SECONDS` ago: "has not ended yet" is the one
-  reading verdict a clock difference can cause, so a fresh reading is retried instead;
+  the ledger's `reading_not_ended` on a reading that ended less than `FRESH_SECONDS` ago by
+  this clock: the one reading verdict a clock difference can cause, so it is retried. Any
+  other verdict on a fresh reading (say its submission deadline passed: block time only
+  grows) is dead-lettered at once, so it never holds back the readings queued behind it;
 - committed VALID -> removed; committed with any other code -> dead letter, with the block
   number, code and message.
 
@@ -40,6 +42,7 @@ from prometheus_client import Counter, Gauge
 from gridledger.common.v1 import envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger.errors import Code, code_name
+from gridledger_core.ledger.rules.readings import READING_NOT_ENDED
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_meter_agent.commit_watch import CommitConfirmer
@@ -210,7 +213,7 @@ class OutboxSender:
             else:
                 self._sent[seq] = _Sent(envelope_tx_id(envelope), self._clock())
             return "sent"
-        if code in DEFINITE and not self._fresh(envelope):
+        if code in DEFINITE and not self._clock_difference(envelope, details):
             self._dead_letter(seq, code.name, f"{code.name}: {details}")
             return "dead"
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -250,6 +253,11 @@ class OutboxSender:
         self._sent.pop(seq, None)
         self._outbox.dead_letter(seq, reason)
         log.error("reading %d refused for good: %s", seq, reason)
+
+    def _clock_difference(self, envelope: envelope_pb2.SignedEnvelope, details: str) -> bool:
+        """The ledger says the reading's interval has not ended, and by this clock it ended
+        less than FRESH_SECONDS ago: the clocks differ, the reading is retried."""
+        return f"{READING_NOT_ENDED}:" in details and self._fresh(envelope)
 
     def _fresh(self, envelope: envelope_pb2.SignedEnvelope) -> bool:
         """A reading whose interval ended less than FRESH_SECONDS ago by this clock."""

@@ -223,6 +223,31 @@ def test_only_a_definite_verdict_on_a_settled_reading_dead_letters(agent: Agent)
     assert len(agent.outbox.dead_letters()) == 1
 
 
+def test_a_fresh_reading_past_its_deadline_is_dead_lettered_and_holds_nothing_back(
+        agent: Agent, genesis: Genesis) -> None:
+    """Seen in CI on the fast profile (30 s window): a live reading queued behind a meter's
+    backfill reached the endorser a second after its deadline. By the agent's clock it was
+    fresh, so it was retried, in order, for five minutes: every reading behind it waited,
+    the history gate never opened and the meter did not trade. Block time only grows, so a
+    missed deadline is final: dead-letter it and send the rest."""
+    window = genesis.reading_submission_window_seconds
+    late = reading("meter-1", past_interval(window // 900 + 2))  # due a while ago by the ledger
+    later = signed_reading(agent.meter, n=1)
+    lagging = OutboxSender(  # an agent whose clock says the late interval ended 10 s ago
+        agent.outbox, agent.endorser, CommitConfirmer(agent.committer),  # type: ignore[arg-type]
+        resubmit_after=RESUBMIT_AFTER, clock=lambda: agent.clock[0],
+        wall_clock=lambda: late.interval_start + late.interval_seconds + 10)
+    agent.queue(agent.meter.new_transaction("meter_reading", late))
+    agent.queue(later)
+    assert lagging.drain(threading.Event())
+    [(_, reason)] = agent.outbox.dead_letters()
+    assert reason.startswith("INVALID_ARGUMENT: INVALID_BODY: readings_deadline:")
+    assert agent.orderers.sent_tx_ids() == [envelope_tx_id(later)]  # not held back
+    agent.commit_sent()
+    lagging.drain(threading.Event())
+    assert agent.outbox.pending() == 0
+
+
 def test_without_a_committer_the_endorsers_ok_removes_it(
         tmp_path: Path, genesis: Genesis, consortium_dir: Path) -> None:
     weak = make_agent(tmp_path, genesis, consortium_dir, confirm=False)
@@ -324,7 +349,8 @@ def test_backfill_goes_as_onboarding_history_first_then_live_readings(
 
 def test_history_threshold_leaves_a_sending_margin_inside_the_window() -> None:
     assert history_threshold(3600) == 3300
-    assert history_threshold(120) == 90
+    assert history_threshold(120) == 60
+    assert history_threshold(30) == 15  # the fast profile: 15 s to send a live reading
 
 
 # -- admission control and the batch API -------------------------------------------------------

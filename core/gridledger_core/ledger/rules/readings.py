@@ -23,6 +23,9 @@ from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.ledger.transitions_base import TxContext, require
 
 READINGS_DEADLINE = "readings_deadline"
+# The one reading verdict a clock difference between a meter and the block can cause: the
+# meter-agent retries it (and dead-letters every other verdict), so the name is a contract.
+READING_NOT_ENDED = "reading_not_ended"
 ONBOARDING_CLOSED = "onboarding_closed"
 HISTORY_DAYS = 7
 
@@ -56,7 +59,7 @@ def process_meter_reading(state: StateOverlay, ctx: TxContext,
     interval_end = reading.interval_start + interval
     require(interval_end <= ctx.block_time + ctx.genesis.max_clock_skew_seconds,
             Code.TX_VALIDATION_CODE_INVALID_BODY,
-            f"interval ending at {interval_end} has not ended yet")
+            f"{READING_NOT_ENDED}: interval ending at {interval_end} has not ended yet")
     window = ctx.genesis.reading_submission_window_seconds
     require(ctx.block_time <= interval_end + window, Code.TX_VALIDATION_CODE_INVALID_BODY,
             f"{READINGS_DEADLINE}: the reading of the interval ending at {interval_end} was due "
@@ -117,7 +120,8 @@ def process_history_readings(state: StateOverlay, ctx: TxContext,
         # any slot the account can later trade (orders are for slots after their block).
         end = entry.interval_start + interval
         require(end <= ctx.block_time, Code.TX_VALIDATION_CODE_INVALID_BODY,
-                f"history interval ending at {end} has not ended by the block ({ctx.block_time})")
+                f"{READING_NOT_ENDED}: history interval ending at {end} has not ended by the "
+                f"block ({ctx.block_time})")
         key = schema.reading_key(account, entry.interval_start)
         require(state.get(key) is None, Code.TX_VALIDATION_CODE_STATE_CONFLICT,
                 f"a reading of {account} for interval {entry.interval_start} is already on the "

@@ -1,8 +1,10 @@
 """Forwarding endorsed transactions to the orderer cluster, failing over between orderers.
 
-The endorser's handler threads each call `broadcast(bytes, tx id)`; the calls that are waiting
-at the same time travel together in one `BroadcastBatch` call (a gRPC call costs the orderer
-far more than checking one transaction). Every caller still gets its own result.
+The endorser's handler threads each call `seal_and_broadcast` with the envelopes they checked
+(or `broadcast` with an endorsed transaction); the transactions that are waiting at the same
+time travel together in one `BroadcastBatch` call (a gRPC call costs the orderer far more
+than checking one transaction), and the sender thread endorses such a group with one
+signature just before sending it (sealing.py). Every caller still gets its own result.
 
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
@@ -22,22 +24,29 @@ import threading
 from collections.abc import Sequence
 
 import grpc
+from prometheus_client import Histogram
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import envelope_tx_id
+from gridledger_endorser.sealing import MAX_GROUP, Seal, sealed
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED}
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-# Below the orderer's per-call limits (2,000 transactions, 8 MiB).
-MAX_BATCH_TXS = 500
+# Below the orderer's per-call limits (2,000 transactions, 8 MiB); a group is also what one
+# endorsement signature covers.
+MAX_BATCH_TXS = MAX_GROUP
 MAX_BATCH_BYTES = 4 << 20
 # The retry hint given when orderers said RESOURCE_EXHAUSTED without one.
 DEFAULT_RETRY_AFTER_MS = 50
+
+GROUP_SIZE = Histogram("gridledger_endorser_broadcast_batch_transactions",
+                       "Transactions per BroadcastBatch group (what waited together).",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 
 
 class OrdererUnavailable(Exception):
@@ -50,12 +59,18 @@ class OrdererUnavailable(Exception):
 
 
 class _Pending:
-    __slots__ = ("done", "error", "exhausted_only", "notes", "response", "retry_after_ms",
-                 "tx", "tx_id")
+    __slots__ = ("done", "endorsement", "envelope", "error", "exhausted_only", "notes",
+                 "response", "retry_after_ms", "seal", "size", "tx", "tx_id")
 
-    def __init__(self, tx: bytes, tx_id: str) -> None:
-        self.tx = tx
+    def __init__(self, tx: bytes, tx_id: str,
+                 envelope: envelope_pb2.SignedEnvelope | None = None,
+                 seal: Seal | None = None) -> None:
+        self.tx = tx  # the endorsed transaction; b"" until its group is sealed
         self.tx_id = tx_id
+        self.envelope = envelope
+        self.seal = seal
+        self.endorsement: envelope_pb2.Endorsement | None = None
+        self.size = len(tx) if envelope is None else envelope.ByteSize()
         self.done = threading.Event()
         self.response: orderer_pb2.BroadcastResponse | None = None
         self.error: BaseException | None = None
@@ -138,6 +153,22 @@ class Broadcaster:
         gets its own result: an orderer's OK for that tx id, or the error `broadcast` would
         raise (OrdererUnavailable saying why, or what failed here)."""
         pendings = [_Pending(tx, tx_id) for tx, tx_id in items]
+        self._enqueue(pendings)
+        return [self._result(p) for p in pendings]
+
+    def seal_and_broadcast(self, items: Sequence[tuple[envelope_pb2.SignedEnvelope, str]],
+                           seal: Seal
+                           ) -> list[tuple[orderer_pb2.BroadcastResponse | BaseException,
+                                           envelope_pb2.Endorsement | None]]:
+        """`broadcast_many` for checked (envelope, tx id) pairs not yet endorsed: each is
+        endorsed by `seal` together with whatever else leaves in the same BroadcastBatch
+        group. Per item: the result `broadcast_many` gives, and its endorsement (None if
+        sealing failed)."""
+        pendings = [_Pending(b"", tx_id, envelope, seal) for envelope, tx_id in items]
+        self._enqueue(pendings)
+        return [(self._result(p), p.endorsement) for p in pendings]
+
+    def _enqueue(self, pendings: list[_Pending]) -> None:
         with self._cond:
             if self._closed:
                 raise OrdererUnavailable("the broadcaster is closed")
@@ -147,15 +178,14 @@ class Broadcaster:
                     thread.start()
             self._queue.extend(pendings)
             self._cond.notify_all()
-        results: list[orderer_pb2.BroadcastResponse | BaseException] = []
-        for pending in pendings:
-            pending.done.wait()
-            if pending.error is not None:
-                results.append(pending.error)
-            else:
-                assert pending.response is not None
-                results.append(pending.response)
-        return results
+
+    @staticmethod
+    def _result(pending: _Pending) -> orderer_pb2.BroadcastResponse | BaseException:
+        pending.done.wait()
+        if pending.error is not None:
+            return pending.error
+        assert pending.response is not None
+        return pending.response
 
     def close(self) -> None:
         with self._cond:
@@ -187,7 +217,7 @@ class Broadcaster:
             batch: list[_Pending] = []
             size = 0
             while self._queue and len(batch) < MAX_BATCH_TXS:
-                size += len(self._queue[0].tx)
+                size += self._queue[0].size
                 if batch and size > MAX_BATCH_BYTES:
                     break
                 batch.append(self._queue.popleft())
@@ -198,13 +228,36 @@ class Broadcaster:
             batch = self._next_batch()
             if batch is None:
                 return
+            GROUP_SIZE.observe(len(batch))
             try:
-                self._send(batch)
+                ready = self._sealed(batch)
+                if ready:
+                    self._send(ready)
             except BaseException as exc:  # never leave a caller waiting
                 log.exception("broadcast failed")
                 for pending in batch:
                     if not pending.done.is_set():
                         pending.resolve(error=exc)
+
+    @staticmethod
+    def _sealed(batch: list[_Pending]) -> list[_Pending]:
+        """Endorse the group's unsealed transactions, one signature per seal (in practice one
+        for the group); what could not be sealed fails to its callers and is not sent."""
+        groups: dict[Seal, list[_Pending]] = {}
+        for pending in batch:
+            if pending.seal is not None and not pending.tx:
+                groups.setdefault(pending.seal, []).append(pending)
+        for seal, group in groups.items():
+            try:
+                made = sealed([p.envelope for p in group], seal)  # type: ignore[misc]
+            except Exception as exc:  # never leave a caller waiting
+                log.exception("endorsing a group of %d failed", len(group))
+                for pending in group:
+                    pending.resolve(error=exc)
+                continue
+            for pending, (raw, endorsement) in zip(group, made, strict=True):
+                pending.tx, pending.endorsement = raw, endorsement
+        return [p for p in batch if not p.done.is_set()]
 
     def _send(self, batch: list[_Pending]) -> None:
         """Try the orderers in turn from the current one; each gets what the ones before

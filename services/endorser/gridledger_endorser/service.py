@@ -14,7 +14,9 @@ SubmitTransaction answers OK only once an orderer acknowledged that exact transa
 In the last two cases the client retries the same envelope: the tx id makes it idempotent.
 
 SubmitBatch gives each envelope of a batch exactly the outcome SubmitTransaction would (one
-code path, `_submit`); only its endorsement signature is shared by the whole batch.
+code path, `_submit`). Endorsement signatures are shared by whatever leaves for the orderers
+together (the broadcaster seals each BroadcastBatch group: sealing.py), single calls and
+batches alike.
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal, abort_invalid
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
-from gridledger_endorser.batch_signer import DEFAULT_MAX_BATCH, BatchSigner
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
 from gridledger_endorser.cpu_slots import CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL, DeskLimits, OptionDesk
+from gridledger_endorser.sealing import MAX_GROUP, Seal, Sealer
 
 REQUESTS = Counter("gridledger_endorser_requests", "Transactions submitted, by type and result.",
                    ["type", "result"])
 ENDORSE_SECONDS = Histogram("gridledger_endorser_endorse_seconds",
-                            "From request in to endorsement out, before forwarding.",
+                            "From request in to its checks passed, before it is endorsed "
+                            "and forwarded with its broadcast group.",
                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
 MATCHING_SECONDS = Histogram("gridledger_endorser_matching_seconds",
                              "RequestOptions: from trade request in to signed options out.",
@@ -72,14 +75,14 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
     def __init__(self, ledger: Ledger, identity: SigningIdentity, broadcaster: Broadcaster,
                  books: BookCache | None = None, option_ttl: int = DEFAULT_OPTION_TTL,
                  clock: Callable[[], float] = time.time,
-                 signer: BatchSigner | None = None, limits: DeskLimits | None = None,
+                 sealer: Seal | None = None, limits: DeskLimits | None = None,
                  admission: Admission | None = None,
                  cpu_slots: CpuSlots | None = None) -> None:
         self._ledger = ledger
         self._identity = identity
         self._broadcaster = broadcaster
-        # Concurrent submissions share one endorsement signature per batch.
-        self._signer = signer if signer is not None else BatchSigner(identity)
+        # What leaves for the orderers together shares one endorsement signature.
+        self._sealer = sealer if sealer is not None else Sealer(identity)
         self._clock = clock
         self.books = books if books is not None else BookCache(ledger, clock)
         self._desk = OptionDesk(ledger, self.books, identity, option_ttl, clock, limits)
@@ -98,7 +101,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
     def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                           context: grpc.ServicerContext
                           ) -> endorser_pb2.SubmitTransactionResponse:
-        result = self._submit([request.envelope], single=True)[0]
+        result = self._submit([request.envelope])[0]
         if result.code != grpc.StatusCode.OK:
             if result.retry_after_ms:
                 context.set_trailing_metadata((("retry-after-ms", str(result.retry_after_ms)),))
@@ -113,7 +116,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"the batch has {count} envelopes, {size} bytes; at most "
                           f"{MAX_BATCH_ENVELOPES} envelopes and {MAX_BATCH_BYTES} bytes")
-        results = self._submit(list(request.envelopes), single=False)
+        results = self._submit(list(request.envelopes))
         BATCH_ENVELOPES.observe(count)
         return endorser_pb2.SubmitBatchResponse(results=[
             endorser_pb2.SubmitResult(tx_id=r.tx_id, code=r.code.value[0], message=r.message,
@@ -121,8 +124,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                                       retry_after_ms=r.retry_after_ms)
             for r in results])
 
-    def _submit(self, envelopes: list[envelope_pb2.SignedEnvelope],
-                single: bool) -> list[Outcome]:
+    def _submit(self, envelopes: list[envelope_pb2.SignedEnvelope]) -> list[Outcome]:
         """Admit, verify, simulate, endorse and forward; one outcome per envelope, the same
         for an envelope whether it came alone or in a batch. The same tx id twice in one
         batch is handled once and both get that outcome."""
@@ -158,11 +160,8 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         with self._cpu.held():
             checked_work = self._check(work, outcomes)
         if checked_work:
-            payloads = [w.envelope.payload for w in checked_work]
-            endorsements = ([self._signer.endorse(payloads[0])] if single
-                            else self._signer.endorse_many(payloads))
             ENDORSE_SECONDS.observe(time.perf_counter() - start)
-            self._forward(checked_work, endorsements, outcomes)
+            self._forward(checked_work, outcomes)
         for i, envelope in enumerate(envelopes):
             if outcomes[i] is None:  # a repeat of an earlier envelope of this batch
                 outcomes[i] = outcomes[first_of[_claimed_tx_id(envelope)]]
@@ -186,36 +185,20 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             passed.append(w)
         return passed
 
-    def _forward(self, work: list[_Work], endorsements: list[envelope_pb2.Endorsement],
-                 outcomes: list[Outcome | None]) -> None:
-        sending: list[tuple[_Work, envelope_pb2.Endorsement, bytes]] = []
-        limit = self._ledger.genesis.limits.max_tx_bytes
-        for w, endorsement in zip(work, endorsements, strict=True):
-            raw = envelope_pb2.EndorsedTransaction(
-                envelope=w.envelope, endorsements=[endorsement]).SerializeToString()
-            if len(raw) > limit:  # a signer with bigger batches
-                REQUESTS.labels(w.body, "too_large").inc()
-                outcomes[w.index] = Outcome(
-                    w.tx_id, grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the endorsed transaction is {len(raw)} bytes; the genesis limit "
-                    f"max_tx_bytes is {limit}")
-                self._release(w)
-                continue
-            sending.append((w, endorsement, raw))
-        if not sending:
-            return
-        answers: list[object]
+    def _forward(self, work: list[_Work], outcomes: list[Outcome | None]) -> None:
+        """Endorse and hand to the orderers; the endorsement is made with the broadcast group
+        this work leaves in. No size check after signing: a group holds at most MAX_GROUP
+        transactions, whose audit path `_size_refusal` already admitted against."""
+        answers: list[tuple[object, envelope_pb2.Endorsement | None]]
         try:
-            if len(sending) == 1:  # the concurrent single calls coalesce in the broadcaster
-                answers = [self._broadcaster.broadcast(sending[0][2], sending[0][0].tx_id)]
-            else:
-                answers = list(self._broadcaster.broadcast_many(
-                    [(raw, w.tx_id) for w, _, raw in sending]))
+            answers = list(self._broadcaster.seal_and_broadcast(
+                [(w.envelope, w.tx_id) for w in work], self._sealer))
         except Exception as exc:  # OrdererUnavailable, or e.g. closed: nothing acknowledged
-            answers = [exc] * len(sending)
-        for (w, endorsement, _), answer in zip(sending, answers, strict=True):
+            answers = [(exc, None)] * len(work)
+        for w, (answer, endorsement) in zip(work, answers, strict=True):
             outcome = self._answer(w, answer)
             if outcome.code == grpc.StatusCode.OK:
+                assert endorsement is not None
                 outcome.endorsement = endorsement
             else:
                 self._release(w)
@@ -349,7 +332,7 @@ def _claimed_tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:
 
 
 def endorsement_overhead(identity: SigningIdentity,
-                         max_batch: int = DEFAULT_MAX_BATCH) -> int:
+                         max_batch: int = MAX_GROUP) -> int:
     """The most bytes wrapping an envelope into an EndorsedTransaction with one endorsement
     by `identity` can add: the largest batch proof (index, count, audit path of a batch of
     `max_batch`) plus the envelope field's own tag and length."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import InProcess, StatusError
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
@@ -26,7 +27,7 @@ from gridledger_endorser.service import EndorserServicer
 
 
 @dataclass
-class Orderers:
+class Orderers(SealsThenBroadcasts):
     sent: list[bytes] = field(default_factory=list)
 
     def broadcast(self, endorsed_transaction: bytes,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
@@ -122,7 +123,7 @@ def test_retry_hint_is_half_the_budget_or_the_block_interval_within_bounds() -> 
 # -- in the servicer ---------------------------------------------------------------------------
 
 @dataclass
-class Orderers:
+class Orderers(SealsThenBroadcasts):
     sent: list[bytes] = field(default_factory=list)
 
     def broadcast(self, endorsed_transaction: bytes, tx_id: str) -> orderer_pb2.BroadcastResponse:

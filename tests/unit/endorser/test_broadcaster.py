@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,8 @@ from gridledger_core.genesis import Genesis, Limits
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_core.storage import MemoryStore
-from gridledger_endorser.batch_signer import BatchSigner
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
+from gridledger_endorser.sealing import Sealer
 from gridledger_endorser.service import EndorserServicer
 
 Code = grpc.StatusCode
@@ -293,14 +293,14 @@ def test_closed_broadcaster_refuses() -> None:
 
 # -- SubmitTransaction end to end -----------------------------------------------------------
 
-class CountingSigner(BatchSigner):
+class CountingSigner(Sealer):
     def __init__(self, identity: SigningIdentity) -> None:
         super().__init__(identity)
         self.endorsed = 0
 
-    def endorse(self, payload: bytes) -> envelope_pb2.Endorsement:
-        self.endorsed += 1
-        return super().endorse(payload)
+    def __call__(self, payloads: Sequence[bytes]) -> list[envelope_pb2.Endorsement]:
+        self.endorsed += len(payloads)
+        return super().__call__(payloads)
 
 
 @dataclass
@@ -328,7 +328,7 @@ def submitter(genesis: Genesis, consortium_dir: Path, *orderers: FakeOrderer) ->
     endorser = identity(consortium_dir, "endorser-1")
     signer = CountingSigner(endorser)
     servicer = EndorserServicer(Ledger(MemoryStore(), genesis, lambda *_: None), endorser,
-                                broadcaster(*orderers), signer=signer)
+                                broadcaster(*orderers), sealer=signer)
     return Submitter(servicer, signer, identity(consortium_dir, "meter-1"))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, identity
 from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms, tx_id
@@ -36,7 +37,7 @@ ASK = 250_000
 
 
 @dataclass
-class RecordingBroadcaster:
+class RecordingBroadcaster(SealsThenBroadcasts):
     sent: list[bytes] = field(default_factory=list)
 
     def broadcast(self, endorsed_transaction: bytes,

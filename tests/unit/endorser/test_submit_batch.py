@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, endorsed, identity, past_interval, reading
 
@@ -31,7 +32,7 @@ Result = tuple[str, int, str, int]  # tx id, status code, message, retry hint
 
 
 @dataclass
-class Orderers:
+class Orderers(SealsThenBroadcasts):
     """Acknowledges, except: `full` tx ids are refused RESOURCE_EXHAUSTED (hint 70 ms),
     `down` ones get no answer; a tx id seen before is acknowledged as a duplicate."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import InProcess, StatusError
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
@@ -43,7 +44,7 @@ RESUBMIT_AFTER = 30.0
 
 
 @dataclass
-class Orderers:
+class Orderers(SealsThenBroadcasts):
     """Acknowledges every transaction; the test orders `sent` into blocks, or loses it."""
 
     sent: list[bytes] = field(default_factory=list)
@@ -174,7 +175,7 @@ def test_a_committed_invalid_verdict_dead_letters_the_reading(agent: Agent) -> N
 
 def identity_endorse(agent: Agent, envelope: envelope_pb2.SignedEnvelope
                      ) -> envelope_pb2.Endorsement:
-    return agent.endorser.servicer._signer.endorse(envelope.payload)
+    return agent.endorser.servicer._sealer([envelope.payload])[0]
 
 
 def test_already_on_the_ledger_counts_as_submitted_and_is_confirmed(agent: Agent) -> None:

@@ -3,7 +3,14 @@
 Each peer has a queue bounded in messages and in bytes, drained by its own thread into a
 ConsensusService.Exchange stream; a broken stream is re-opened with backoff, and when a peer
 is down or slow its queue drops the oldest messages (the protocol tolerates loss: timeouts
-and sync recover)."""
+and sync recover).
+
+The outgoing side keeps the inbox's two classes (inbox.py): messages that move a height
+forward (proposals, votes, certificates, round changes) are written before bulk ones
+(transaction forwards, state sync), one bulk message after every BULK_EVERY urgent ones so
+forwards keep flowing; and a full queue drops bulk messages first, so a burst of forwards
+neither delays this orderer's votes behind megabytes on a slow stream nor pushes them out
+of the queue."""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from prometheus_client import Counter
 
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
+from gridledger_orderer.inbox import BULK_EVERY, BULK_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,9 @@ class PeerLink:
         self._tls = tls
         self._capacity = capacity
         self._capacity_bytes = capacity_bytes
-        self._queue: deque[tuple[consensus_pb2.ConsensusMessage, int]] = deque()
+        self._urgent: deque[tuple[consensus_pb2.ConsensusMessage, int]] = deque()
+        self._bulk: deque[tuple[consensus_pb2.ConsensusMessage, int]] = deque()
+        self._urgent_streak = 0  # urgent messages written since the last bulk one
         self._bytes = 0
         self._ready = threading.Condition()
         self._stop = threading.Event()
@@ -45,21 +55,38 @@ class PeerLink:
         self._thread.start()
 
     def send(self, message: consensus_pb2.ConsensusMessage, size: int | None = None) -> None:
-        """Queue `message` (`size` bytes, computed when not given), dropping the oldest
-        queued messages while it does not fit; one larger than the whole budget is dropped."""
+        """Queue `message` (`size` bytes, computed when not given). While it does not fit,
+        the oldest bulk message is dropped, or, when none is left, the new message if it is
+        bulk itself, else the oldest urgent one; one larger than the whole budget is
+        dropped."""
         size = message.ByteSize() if size is None else size
+        bulk = message.WhichOneof("body") in BULK_KINDS
         with self._ready:
             if size > self._capacity_bytes:
                 DROPPED.labels(self.name).inc()
                 return
-            while self._queue and (len(self._queue) >= self._capacity
-                                   or self._bytes + size > self._capacity_bytes):
-                _, dropped = self._queue.popleft()
+            while (self._urgent or self._bulk) and (
+                    len(self._urgent) + len(self._bulk) >= self._capacity
+                    or self._bytes + size > self._capacity_bytes):
+                if not self._bulk and bulk:
+                    DROPPED.labels(self.name).inc()  # forwards never push out votes
+                    return
+                _, dropped = (self._bulk or self._urgent).popleft()
                 self._bytes -= dropped
                 DROPPED.labels(self.name).inc()
-            self._queue.append((message, size))
+            (self._bulk if bulk else self._urgent).append((message, size))
             self._bytes += size
             self._ready.notify()
+
+    def _next(self) -> tuple[consensus_pb2.ConsensusMessage, int] | None:
+        """The next message to write (urgent first, one bulk after BULK_EVERY urgent)."""
+        if self._bulk and (not self._urgent or self._urgent_streak >= BULK_EVERY):
+            self._urgent_streak = 0
+            return self._bulk.popleft()
+        if self._urgent:
+            self._urgent_streak += 1
+            return self._urgent.popleft()
+        return None
 
     @property
     def queued_bytes(self) -> int:
@@ -74,13 +101,14 @@ class PeerLink:
     def _requests(self) -> Iterator[consensus_pb2.ExchangeRequest]:
         while not self._stop.is_set():
             with self._ready:
-                if not self._queue:
+                if not self._urgent and not self._bulk:
                     self._ready.wait(1.0)
                 if self._stop.is_set():
                     return
-                if not self._queue:
+                taken = self._next()
+                if taken is None:
                     continue
-                message, size = self._queue.popleft()
+                message, size = taken
                 self._bytes -= size
             yield consensus_pb2.ExchangeRequest(message=message)
 

@@ -6,6 +6,7 @@ client."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,6 +232,47 @@ def test_a_peer_queue_is_bounded_in_bytes() -> None:
     assert link.queued_bytes >= 3 * message.ByteSize()
 
 
+def _written(link: PeerLink, count: int) -> list[str]:
+    """What the link's stream would write next, as 'vote <height>' or 'forward'."""
+    out = []
+    for request in itertools.islice(link._requests(), count):
+        body = request.message.WhichOneof("body")
+        out.append(f"vote {request.message.vote.height}" if body == "vote" else "forward")
+    return out
+
+
+def test_a_vote_is_written_before_forwards_queued_ahead_of_it() -> None:
+    """A burst of transaction forwards (megabytes on a slow stream) must not hold back this
+    orderer's vote: the outgoing queue keeps the inbox's classes. Forwards still flow: one
+    after every BULK_EVERY urgent messages."""
+    link = PeerLink("orderer-2", "127.0.0.1:1", None)  # type: ignore[arg-type]
+    for _ in range(3):
+        link.send(_forward(0, 3000))
+    for height in range(1, 7):
+        link.send(_vote(height))
+    assert _written(link, 9) == ["vote 1", "vote 2", "vote 3", "vote 4", "forward",
+                                 "vote 5", "vote 6", "forward", "forward"]
+    assert link.queued_bytes == 0
+
+
+def test_forwards_filling_the_queue_do_not_push_a_vote_out() -> None:
+    link = PeerLink("orderer-2", "127.0.0.1:1", None, capacity_bytes=10_000)  # type: ignore[arg-type]
+    link.send(_vote(7))
+    for _ in range(10):  # 30 KB of forwards into a 10 KB queue: the oldest forwards go
+        link.send(_forward(0, 3000))
+    assert link.queued_bytes <= 10_000
+    assert _written(link, 1) == ["vote 7"]
+    assert _written(link, 3) == ["forward"] * 3  # the newest three forwards were kept
+    for _ in range(3):
+        link.send(_forward(0, 3000))
+    # An urgent message that does not fit pushes out the oldest forward, never the reverse.
+    big_vote = _vote(8)
+    big_vote.vote.block_hash = b"h" * 2000
+    link.send(big_vote)
+    assert _written(link, 3) == ["vote 8", "forward", "forward"]
+    assert link.queued_bytes == 0
+
+
 # -- inbound rate, concurrent streams ------------------------------------------------------
 
 def test_token_bucket_refills_at_its_rate() -> None:
@@ -345,9 +387,9 @@ def test_peer_budget_counts_bytes_and_messages() -> None:
     assert budget.admit(600) and not budget.admit(600) and budget.admit(400)
 
 
-def _forward(n: int) -> consensus_pb2.ConsensusMessage:
+def _forward(n: int, size: int = 100) -> consensus_pb2.ConsensusMessage:
     return consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
-        transactions=[bytes([n]) * 100]))
+        transactions=[bytes([n]) * size]))
 
 
 def _vote(n: int) -> consensus_pb2.ConsensusMessage:

@@ -130,9 +130,6 @@ class Orderers(SealsThenBroadcasts):
         self.sent.append(endorsed_transaction)
         return orderer_pb2.BroadcastResponse(tx_id=tx_id)
 
-    def broadcast_many(self, items: list[tuple[bytes, str]]
-                       ) -> list[orderer_pb2.BroadcastResponse]:
-        return [self.broadcast(tx, tx_id) for tx, tx_id in items]
 
 
 def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,

@@ -49,16 +49,6 @@ class Orderers(SealsThenBroadcasts):
         self.seen.add(tx_id)
         return orderer_pb2.BroadcastResponse(tx_id=tx_id, duplicate=duplicate)
 
-    def broadcast_many(self, items: list[tuple[bytes, str]]
-                       ) -> list[orderer_pb2.BroadcastResponse | BaseException]:
-        answers: list[orderer_pb2.BroadcastResponse | BaseException] = []
-        for tx, tx_id in items:
-            try:
-                answers.append(self.broadcast(tx, tx_id))
-            except OrdererUnavailable as exc:
-                answers.append(exc)
-        return answers
-
 
 def accept_proof(block: block_pb2.Block, header: block_pb2.BlockHeader,
                  previous: bytes | None) -> None:

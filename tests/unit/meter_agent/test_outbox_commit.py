@@ -54,9 +54,6 @@ class Orderers(SealsThenBroadcasts):
         self.sent.append(endorsed_transaction)
         return orderer_pb2.BroadcastResponse(tx_id=tx_id or self.sent_tx_ids()[-1])
 
-    def broadcast_many(self, items: list[tuple[bytes, str]]
-                       ) -> list[orderer_pb2.BroadcastResponse]:
-        return [self.broadcast(tx, tx_id) for tx, tx_id in items]
 
     def sent_tx_ids(self) -> list[str]:
         return [envelope_tx_id(envelope_pb2.EndorsedTransaction.FromString(tx).envelope)

@@ -27,6 +27,27 @@ BULK_KINDS = frozenset({"tx_forward", "sync_request", "sync_response"})
 BULK_EVERY = 4
 
 
+def is_bulk(message: consensus_pb2.ConsensusMessage) -> bool:
+    """A transaction forward or state sync, as opposed to a message that moves a height."""
+    return message.WhichOneof("body") in BULK_KINDS
+
+
+class BulkShare:
+    """Which class goes next, for the inbox and the outgoing peer queues alike: urgent
+    first, and one bulk message after every BULK_EVERY urgent ones."""
+
+    def __init__(self) -> None:
+        self._urgent_streak = 0  # urgent messages taken since the last bulk one
+
+    def bulk_next(self, urgent_waiting: bool, bulk_waiting: bool) -> bool:
+        """True to take a bulk message now; call only with something waiting."""
+        if bulk_waiting and (not urgent_waiting or self._urgent_streak >= BULK_EVERY):
+            self._urgent_streak = 0
+            return True
+        self._urgent_streak += 1
+        return False
+
+
 class Submission:
     """Transactions one API call asks to have ordered. `done` is set once they are durable
     in this orderer's pool (`error` is None) or could not be made so (`error` says why)."""
@@ -84,7 +105,7 @@ class Inbox:
         self._client_used = 0
         self._urgent = _TakingTurns()
         self._bulk = _TakingTurns()
-        self._urgent_streak = 0  # urgent messages taken since the last bulk one
+        self._share = BulkShare()
         self._peer_used: dict[str, int] = {}
         self._closed = False
         self._messages_turn = False
@@ -106,7 +127,7 @@ class Inbox:
             # limit let through), so a large honest SyncResponse is never refused forever.
             if used and used + size > self._peer_limit:
                 return False
-            queue = self._bulk if message.WhichOneof("body") in BULK_KINDS else self._urgent
+            queue = self._bulk if is_bulk(message) else self._urgent
             queue.append((sender, message, size))
             self._peer_used[sender] = used + size
             self._cond.notify()
@@ -140,10 +161,8 @@ class Inbox:
                 self._messages_turn or not self._submissions)
             if take_messages:
                 self._messages_turn = False
-                if self._bulk and (not self._urgent or self._urgent_streak >= BULK_EVERY):
-                    queue, self._urgent_streak = self._bulk, 0
-                else:
-                    queue, self._urgent_streak = self._urgent, self._urgent_streak + 1
+                queue = (self._bulk if self._share.bulk_next(bool(self._urgent), bool(self._bulk))
+                         else self._urgent)
                 sender, message, size = queue.popleft()
                 left = self._peer_used[sender] - size
                 if left:

@@ -24,7 +24,7 @@ from prometheus_client import Counter
 
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
-from gridledger_orderer.inbox import BULK_EVERY, BULK_KINDS
+from gridledger_orderer.inbox import BulkShare, is_bulk
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class PeerLink:
         self._capacity_bytes = capacity_bytes
         self._urgent: deque[tuple[consensus_pb2.ConsensusMessage, int]] = deque()
         self._bulk: deque[tuple[consensus_pb2.ConsensusMessage, int]] = deque()
-        self._urgent_streak = 0  # urgent messages written since the last bulk one
+        self._share = BulkShare()
         self._bytes = 0
         self._ready = threading.Condition()
         self._stop = threading.Event()
@@ -60,7 +60,7 @@ class PeerLink:
         bulk itself, else the oldest urgent one; one larger than the whole budget is
         dropped."""
         size = message.ByteSize() if size is None else size
-        bulk = message.WhichOneof("body") in BULK_KINDS
+        bulk = is_bulk(message)
         with self._ready:
             if size > self._capacity_bytes:
                 DROPPED.labels(self.name).inc()
@@ -80,13 +80,11 @@ class PeerLink:
 
     def _next(self) -> tuple[consensus_pb2.ConsensusMessage, int] | None:
         """The next message to write (urgent first, one bulk after BULK_EVERY urgent)."""
-        if self._bulk and (not self._urgent or self._urgent_streak >= BULK_EVERY):
-            self._urgent_streak = 0
+        if not self._urgent and not self._bulk:
+            return None
+        if self._share.bulk_next(bool(self._urgent), bool(self._bulk)):
             return self._bulk.popleft()
-        if self._urgent:
-            self._urgent_streak += 1
-            return self._urgent.popleft()
-        return None
+        return self._urgent.popleft()
 
     @property
     def queued_bytes(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ class CountingSealer(Sealer):
         self.groups: list[int] = []
         self.fail = fail
 
-    def __call__(self, payloads):  # type: ignore[no-untyped-def]
+    def __call__(self, payloads: Sequence[bytes]) -> list[envelope_pb2.Endorsement]:
         self.groups.append(len(payloads))
         if self.fail:
             raise RuntimeError("signing failed")
@@ -113,12 +114,12 @@ def test_what_waits_during_a_call_leaves_as_one_group_under_one_signature(
     assert seal.groups == [1, 19]
     assert [len(batch) for batch in orderer.batches] == [1, 19]
     by_id = {envelope_tx_id(e): e for e in envelopes}
+    sent = [envelope_pb2.EndorsedTransaction.FromString(tx) for batch in orderer.batches
+            for tx in batch]
     for tx_id, (answer, endorsement) in results.items():  # type: ignore[misc]
         assert answer.tx_id == tx_id
         checked(by_id[tx_id].payload, endorsement, genesis)
         # What the orderer received is exactly the endorsement the caller got back.
-        sent = [envelope_pb2.EndorsedTransaction.FromString(tx) for batch in orderer.batches
-                for tx in batch]
         assert [t.endorsements[0] for t in sent if envelope_tx_id(t.envelope) == tx_id] == [
             endorsement]
     assert len({e.signature for _, e in results.values()}) == 2  # type: ignore[misc]
@@ -131,7 +132,9 @@ def test_groups_never_exceed_the_maximum(
     seal = CountingSealer(endorser_id)
     b = broadcaster(FakeOrderer())
     items = [(envelopes[i % len(envelopes)], f"id-{i}") for i in range(MAX_GROUP + 44)]
-    b.seal_and_broadcast(items, seal)  # the fake answers another tx id: not the point here
+    # Only the grouping is looked at: the claimed ids "id-<i>" are not the envelopes' own,
+    # so the orderer's answers do not acknowledge them.
+    b.seal_and_broadcast(items, seal)
     assert seal.groups == [MAX_GROUP, 44]
     with pytest.raises(ValueError, match="1 to 256"):
         seal([b"x"] * (MAX_GROUP + 1))

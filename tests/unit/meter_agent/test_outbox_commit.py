@@ -229,7 +229,8 @@ def test_a_fresh_reading_past_its_deadline_is_dead_lettered_and_holds_nothing_ba
     the history gate never opened and the meter did not trade. Block time only grows, so a
     missed deadline is final: dead-letter it and send the rest."""
     window = genesis.reading_submission_window_seconds
-    late = reading("meter-1", past_interval(window // 900 + 2))  # due a while ago by the ledger
+    late = reading("meter-1", past_interval(  # due a while ago by the ledger
+        window // genesis.reading_interval_seconds + 2))
     later = signed_reading(agent.meter, n=1)
     lagging = OutboxSender(  # an agent whose clock says the late interval ended 10 s ago
         agent.outbox, agent.endorser, CommitConfirmer(agent.committer),  # type: ignore[arg-type]

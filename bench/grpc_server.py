@@ -1,9 +1,13 @@
 """What gRPC's Python server itself costs per call (`python -m bench.grpc_server`).
 
-The measurement behind the endorser's CPU slots (services/endorser/.../cpu_slots.py): a
-server process and a client process on loopback, mTLS like the nodes (a throw-away P-256
-certificate), a trivial unary handler, 64 concurrent callers; server CPU per call with 64
-handler threads busy at once against 8: what GIL contention between handler threads costs.
+A server process and a client process on loopback, mTLS like the nodes (a throw-away P-256
+certificate), 64 concurrent callers; server CPU per call:
+- a trivial unary handler on gRPC's threaded server with 64 handler threads busy at once
+  against 8: what GIL contention between handler threads costs (the endorser's CPU slots);
+- a handler computing ~300 µs in Python (about an endorser call) on the threaded server (64
+  and 8 threads) and on the asyncio server, where it runs on the event loop's thread: what
+  the hand-offs between gRPC's polling thread and handler threads cost (the endorser's
+  asyncio server, core rpc/aio_server.py).
 """
 
 from __future__ import annotations
@@ -34,17 +38,55 @@ def _certificate(directory: Path) -> tuple[bytes, bytes]:
     return key.read_bytes(), cert.read_bytes()
 
 
+WORK_ROUNDS = 6_000  # ~300 µs of Python on this machine
+
+
+def _work(rounds: int) -> int:
+    total = 0
+    for i in range(rounds):
+        total += i * i
+    return total
+
+
+_SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
 class _Health(health_pb2_grpc.HealthServicer):
+    def __init__(self, rounds: int) -> None:
+        self._rounds = rounds
+
     def Check(self, request, context):  # type: ignore[no-untyped-def]
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        _work(self._rounds)
+        return _SERVING
 
 
-def _serve(port: int, pem: tuple[bytes, bytes], workers: int) -> None:
+class _AsyncHealth(health_pb2_grpc.HealthServicer):
+    def __init__(self, rounds: int) -> None:
+        self._rounds = rounds
+
+    async def Check(self, request, context):  # type: ignore[no-untyped-def]
+        _work(self._rounds)
+        return _SERVING
+
+
+def _serve(port: int, pem: tuple[bytes, bytes], workers: int, rounds: int) -> None:
+    """workers > 0: the threaded server with that many handler threads; 0: asyncio."""
+    if workers == 0:
+        asyncio.run(_serve_asyncio(port, pem, rounds))
+        return
     server = grpc.server(futures.ThreadPoolExecutor(workers))
-    health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(rounds), server)
     server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([pem]))
     server.start()
     server.wait_for_termination()
+
+
+async def _serve_asyncio(port: int, pem: tuple[bytes, bytes], rounds: int) -> None:
+    server = aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(_AsyncHealth(rounds), server)
+    server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([pem]))
+    await server.start()
+    await server.wait_for_termination()
 
 
 async def _calls(port: int, cert: bytes, count: int, concurrency: int) -> int:
@@ -74,12 +116,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _per_call(pem: tuple[bytes, bytes], workers: int, calls: int) -> dict:
-    """Server CPU per call with `workers` handler threads and 64 concurrent callers."""
+def _per_call(pem: tuple[bytes, bytes], workers: int, calls: int, rounds: int = 0) -> dict:
+    """Server CPU per call with `workers` handler threads (0: the asyncio server) and 64
+    concurrent callers, the handler computing `rounds` rounds."""
     from gridctl.devnet import free_port
     port = free_port()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(port, pem, workers), daemon=True)
+        target=_serve, args=(port, pem, workers, rounds), daemon=True)
     process.start()
     try:
         time.sleep(1.5)
@@ -100,11 +143,19 @@ def run(profile: str = "standard") -> dict:
     with tempfile.TemporaryDirectory() as directory:
         pem = _certificate(Path(directory))
         result: dict = {"per_call": {f"{workers}_threads": _per_call(pem, workers, calls)
-                                     for workers in (64, 8)}}
+                                     for workers in (64, 8)},
+                        "per_call_300us_handler": {
+                            name: _per_call(pem, workers, calls // 2, WORK_ROUNDS)
+                            for name, workers in (("64_threads", 64), ("8_threads", 8),
+                                                  ("asyncio", 0))}}
     for name, figures in result["per_call"].items():
-        print(f"grpc server, {name.replace('_', ' ')} busy: {figures['calls_per_s']:,} calls/s, "
-              f"{figures['server_cpu_us_per_call']} µs server CPU per call; "
-              f"{figures['failed_calls']} calls failed")
+        print(f"grpc server, trivial handler, {name.replace('_', ' ')} busy: "
+              f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "
+              f"server CPU per call; {figures['failed_calls']} calls failed")
+    for name, figures in result["per_call_300us_handler"].items():
+        print(f"grpc server, ~300 µs handler, {name.replace('_', ' ')}: "
+              f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "
+              f"server CPU per call; {figures['failed_calls']} calls failed")
     return result
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,9 +175,8 @@ class AuthzInterceptor(grpc.ServerInterceptor):
 
     def _check(self, method: str, context: grpc.ServicerContext,
                request: Any = None) -> contextvars.Token[Peer | None]:
-        pem = context.auth_context().get("x509_pem_cert")
         try:
-            peer = judge(self._identities, method, pem[0] if pem else None, request)
+            peer = _judge_call(self._identities, method, context, request)
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return _CALLER.set(peer)
@@ -221,6 +221,73 @@ def _streaming(behaviour: Callable[..., Iterator[Any]], check: Callable[..., Any
             with contextlib.suppress(ValueError):
                 _CALLER.reset(token)
     return wrapper
+
+
+def _judge_call(identities: PeerIdentities, method: str, context: Any, request: Any) -> Peer:
+    pem = context.auth_context().get("x509_pem_cert")
+    return judge(identities, method, pem[0] if pem else None, request)
+
+
+class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
+    """AuthzInterceptor for an asyncio server (aio_server.py): the same table and verdicts;
+    handlers there are coroutines or async generators, and an abort is awaited."""
+
+    def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None) -> None:
+        self._identities = PeerIdentities(genesis, account_lookup)
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, _wrap_async(
+                handler, lambda request, context, m=method: self._check(m, context, request)))
+        return cached[1]
+
+    async def _check(self, method: str, context: grpc.aio.ServicerContext,
+                     request: Any) -> None:
+        try:
+            peer = _judge_call(self._identities, method, context, request)
+        except Refused as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        # Each call runs in a task of its own, whose context ends with it: nothing to reset.
+        _CALLER.set(peer)
+
+
+def _wrap_async(handler: Any, check: Callable[[Any, Any], Any]) -> Any:
+    """`handler` with `check(request or None, context)` awaited before its behaviour (the
+    asyncio server's coroutines and async generators; the caller is set for the call's task)."""
+    kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler),
+             ("unary_stream", grpc.unary_stream_rpc_method_handler),
+             ("stream_unary", grpc.stream_unary_rpc_method_handler),
+             ("stream_stream", grpc.stream_stream_rpc_method_handler))
+    for attr, make in kinds:
+        behaviour = getattr(handler, attr)
+        if behaviour is None:
+            continue
+        unary_in = attr.startswith("unary")
+        if inspect.isasyncgenfunction(behaviour):
+            async def stream(request: Any, context: Any, behaviour: Any = behaviour,
+                             unary_in: bool = unary_in) -> AsyncIterator[Any]:
+                await check(request if unary_in else None, context)
+                async for item in behaviour(request, context):
+                    yield item
+            wrapper: Any = stream
+        elif inspect.iscoroutinefunction(behaviour):
+            async def single(request: Any, context: Any, behaviour: Any = behaviour,
+                             unary_in: bool = unary_in) -> Any:
+                await check(request if unary_in else None, context)
+                return await behaviour(request, context)
+            wrapper = single
+        else:  # a synchronous handler on an asyncio server would run on gRPC's thread pool
+            raise TypeError(f"{behaviour!r} is not a coroutine or async generator function")
+        return make(wrapper, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+    return handler
 
 
 def markdown_table() -> str:

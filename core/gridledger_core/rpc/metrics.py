@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -74,6 +75,46 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             with _measured(context, kind, service, method):
                 yield from behaviour(request, context)
         return wrapper
+
+
+class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """MetricsInterceptor for an asyncio server (aio_server.py): the same series."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
+        return cached[1]
+
+    @staticmethod
+    def _wrap(handler: Any, full_method: str) -> Any:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        behaviour = handler.unary_unary
+        if behaviour is not None and inspect.iscoroutinefunction(behaviour):
+            async def unary(request: Any, context: Any) -> Any:
+                with _measured(context, "unary", service, method):
+                    return await behaviour(request, context)
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        streaming = handler.unary_stream
+        if streaming is not None and inspect.isasyncgenfunction(streaming):
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                with _measured(context, "server_stream", service, method):
+                    async for item in streaming(request, context):
+                        yield item
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler  # streaming requests, and writer-style streams, are left unmeasured
 
 
 @contextlib.contextmanager

@@ -126,15 +126,15 @@ class NodeServer:
         log.info("%s stopping", self.name)
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace_seconds)
-        _run_all(self._on_stop)
+        run_all(self._on_stop)
         stopped.wait()
         if self._health_server is not None:
             self._health_server.stop(0).wait()
-        _run_all(self._on_close)
+        run_all(self._on_close)
         log.info("%s stopped", self.name)
 
 
-def _run_all(callbacks: list[Callable[[], None]]) -> None:
+def run_all(callbacks: list[Callable[[], None]]) -> None:
     for callback in callbacks:
         try:
             callback()

@@ -18,10 +18,12 @@ why per orderer; nothing is ever reported as accepted that an orderer did not ac
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from prometheus_client import Histogram
@@ -44,6 +46,10 @@ MAX_BATCH_BYTES = 4 << 20
 # The retry hint given when orderers said RESOURCE_EXHAUSTED without one.
 DEFAULT_RETRY_AFTER_MS = 50
 
+# Per item of seal_and_broadcast: the orderer's OK or why not, and its endorsement.
+Answers = list[tuple[orderer_pb2.BroadcastResponse | BaseException,
+                     envelope_pb2.Endorsement | None]]
+
 GROUP_SIZE = Histogram("gridledger_endorser_broadcast_batch_transactions",
                        "Transactions per BroadcastBatch group (what waited together).",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
@@ -60,7 +66,7 @@ class OrdererUnavailable(Exception):
 
 class _Pending:
     __slots__ = ("done", "endorsement", "envelope", "error", "exhausted_only", "notes",
-                 "response", "retry_after_ms", "seal", "size", "tx", "tx_id")
+                 "on_done", "response", "retry_after_ms", "seal", "size", "tx", "tx_id")
 
     def __init__(self, tx: bytes, tx_id: str,
                  envelope: envelope_pb2.SignedEnvelope | None = None,
@@ -78,6 +84,8 @@ class _Pending:
         self.notes: list[str] = []
         self.exhausted_only = True  # every failure so far was a full pool
         self.retry_after_ms = 0
+        # Called once, on the thread that resolves it (the asyncio callers' wake-up).
+        self.on_done: Callable[[], None] | None = None
 
     def note(self, orderer: str, code: grpc.StatusCode | None, why: str,
              retry_after_ms: int = 0) -> None:
@@ -95,8 +103,18 @@ class _Pending:
 
     def resolve(self, response: orderer_pb2.BroadcastResponse | None = None,
                 error: BaseException | None = None) -> None:
+        first = not self.done.is_set()
         self.response, self.error = response, error
         self.done.set()
+        if first and self.on_done is not None:
+            self.on_done()
+
+    def outcome(self) -> orderer_pb2.BroadcastResponse | BaseException:
+        """The answer of a resolved pending."""
+        if self.error is not None:
+            return self.error
+        assert self.response is not None
+        return self.response
 
 
 class Broadcaster:
@@ -157,9 +175,7 @@ class Broadcaster:
         return [self._result(p) for p in pendings]
 
     def seal_and_broadcast(self, items: Sequence[tuple[envelope_pb2.SignedEnvelope, str]],
-                           seal: Seal
-                           ) -> list[tuple[orderer_pb2.BroadcastResponse | BaseException,
-                                           envelope_pb2.Endorsement | None]]:
+                           seal: Seal) -> Answers:
         """`broadcast_many` for checked (envelope, tx id) pairs not yet endorsed: each is
         endorsed by `seal` together with whatever else leaves in the same BroadcastBatch
         group. Per item: the result `broadcast_many` gives, and its endorsement (None if
@@ -167,6 +183,36 @@ class Broadcaster:
         pendings = [_Pending(b"", tx_id, envelope, seal) for envelope, tx_id in items]
         self._enqueue(pendings)
         return [(self._result(p), p.endorsement) for p in pendings]
+
+    def seal_and_broadcast_async(
+            self, items: Sequence[tuple[envelope_pb2.SignedEnvelope, str]], seal: Seal,
+            loop: asyncio.AbstractEventLoop) -> asyncio.Future[Answers]:
+        """`seal_and_broadcast` for a caller on `loop` (the asyncio server), without
+        blocking it: a future of `loop` that gets the same list once every item has its
+        answer. Call it on the loop's thread; raises OrdererUnavailable when closed."""
+        future: asyncio.Future[Answers] = loop.create_future()
+        pendings = [_Pending(b"", tx_id, envelope, seal) for envelope, tx_id in items]
+        left = len(pendings)
+        lock = threading.Lock()
+
+        def settle() -> None:  # on the loop's thread
+            if not future.done():
+                future.set_result([(p.outcome(), p.endorsement) for p in pendings])
+
+        def one_done() -> None:  # on a sender's thread (or close's)
+            nonlocal left
+            with lock:
+                left -= 1
+                if left:
+                    return
+            # RuntimeError: the loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle)
+
+        for pending in pendings:
+            pending.on_done = one_done
+        self._enqueue(pendings)
+        return future
 
     def _enqueue(self, pendings: list[_Pending]) -> None:
         with self._cond:
@@ -182,10 +228,7 @@ class Broadcaster:
     @staticmethod
     def _result(pending: _Pending) -> orderer_pb2.BroadcastResponse | BaseException:
         pending.done.wait()
-        if pending.error is not None:
-            return pending.error
-        assert pending.response is not None
-        return pending.response
+        return pending.outcome()
 
     def close(self) -> None:
         with self._cond:

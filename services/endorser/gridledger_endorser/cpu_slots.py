@@ -1,6 +1,8 @@
-"""A bound on the handler threads doing Python work at once.
+"""A bound on the handler threads doing Python work at once (the threaded server's).
 
-The endorser serves calls on many gRPC handler threads because a submit *waits* (for its
+The endorser's default asyncio server (aio_service.py) has no handler threads: its calls'
+work all runs on the event loop's thread, so a slot there is always free. This bounds the
+`--grpc-server threads` server, which serves calls on many gRPC handler threads because a submit *waits* (for its
 batch signature, for an orderer's durable acknowledgement) far longer than it computes. But
 when many of those threads compute at the same time they all contend for the GIL: every
 switch costs a wake-up and a context switch, and gRPC's own server thread (the one that

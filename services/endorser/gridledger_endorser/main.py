@@ -10,12 +10,14 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_endorser import admission, options
+from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
@@ -31,14 +33,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds a trade option stays acceptable")
     options.add_flags(parser)
     admission.add_flags(parser)
-    # A submit holds its thread until an orderer acknowledges (an fsync away), and a refusal
-    # by admission control is cheap: enough threads that refusals come from admission control
-    # (with its hint), and gRPC's own refusal (no hint) only beyond the bounded queue.
+    parser.add_argument("--grpc-server", choices=("asyncio", "threads"), default="asyncio",
+                        help="asyncio: every call's work on one event loop, waits as futures "
+                             "(core rpc/aio_server.py); threads: gRPC's thread-pool server, "
+                             "a handler thread per call in progress")
+    # Threads server: a submit holds its thread until an orderer acknowledges (an fsync
+    # away), and a refusal by admission control is cheap: enough threads that refusals come
+    # from admission control (with its hint), and gRPC's own refusal (no hint) only beyond
+    # the bounded queue.
     parser.add_argument("--workers", type=int, default=64,
-                        help="gRPC handler threads")
+                        help="gRPC handler threads (threads server)")
     parser.add_argument("--cpu-slots", type=int, default=DEFAULT_CPU_SLOTS,
-                        help="handler threads that check, simulate or match at once (the "
-                             "rest wait on a lock instead of contending for the GIL)")
+                        help="handler threads that check, simulate or match at once (threads "
+                             "server; the rest wait on a lock instead of contending for the "
+                             "GIL)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
@@ -56,16 +64,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     books = BookCache(ledger)
 
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
-    server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                        genesis=genesis, health_listen=args.health_listen,
-                        account_lookup=ledger_lookup(ledger.get_state),
-                        max_workers=args.workers,
-                        maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
+    common = {"genesis": genesis, "health_listen": args.health_listen,
+              "account_lookup": ledger_lookup(ledger.get_state),
+              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None}
+    server: NodeServer | AioNodeServer
+    if args.grpc_server == "asyncio":
+        server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
+                               **common)
+    else:
+        server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
+                            max_workers=args.workers, **common)
     servicer = EndorserServicer(ledger, identity, broadcaster, books, args.option_ttl,
                                 limits=options.limits_from(args),
                                 admission=admission.Admission(admission.config_from(args)),
                                 cpu_slots=CpuSlots(args.cpu_slots))
-    server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server, servicer,
+    served = AsyncEndorserServicer(servicer) if args.grpc_server == "asyncio" else servicer
+    server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server, served,
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
     # A replica that cannot commit endorses against stale state: report NOT_SERVING then.
     # The book cache and admission control (which counts this endorser's commits) follow it.

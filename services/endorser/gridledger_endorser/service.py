@@ -21,10 +21,11 @@ batches alike.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -42,7 +43,7 @@ from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal, abort_invali
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
-from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
+from gridledger_endorser.broadcaster import Answers, Broadcaster, OrdererUnavailable
 from gridledger_endorser.cpu_slots import CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL, DeskLimits, OptionDesk
 from gridledger_endorser.sealing import MAX_GROUP, Seal, Sealer
@@ -104,48 +105,52 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         result = self._submit([request.envelope])[0]
         if result.code != grpc.StatusCode.OK:
             if result.retry_after_ms:
-                context.set_trailing_metadata((("retry-after-ms", str(result.retry_after_ms)),))
+                context.set_trailing_metadata(retry_trailer(result.retry_after_ms))
             context.abort(result.code, result.message)
-        return endorser_pb2.SubmitTransactionResponse(tx_id=result.tx_id,
-                                                      endorsement=result.endorsement)
+        return single_response(result)
 
     def SubmitBatch(self, request: endorser_pb2.SubmitBatchRequest,
                     context: grpc.ServicerContext) -> endorser_pb2.SubmitBatchResponse:
-        count, size = len(request.envelopes), request.ByteSize()
-        if count > MAX_BATCH_ENVELOPES or size > MAX_BATCH_BYTES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"the batch has {count} envelopes, {size} bytes; at most "
-                          f"{MAX_BATCH_ENVELOPES} envelopes and {MAX_BATCH_BYTES} bytes")
-        results = self._submit(list(request.envelopes))
-        BATCH_ENVELOPES.observe(count)
-        return endorser_pb2.SubmitBatchResponse(results=[
-            endorser_pb2.SubmitResult(tx_id=r.tx_id, code=r.code.value[0], message=r.message,
-                                      endorsement=r.endorsement,
-                                      retry_after_ms=r.retry_after_ms)
-            for r in results])
+        refusal = batch_refusal(request)
+        if refusal:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        return batch_response(self._submit(list(request.envelopes)))
 
     def _submit(self, envelopes: list[envelope_pb2.SignedEnvelope]) -> list[Outcome]:
         """Admit, verify, simulate, endorse and forward; one outcome per envelope, the same
         for an envelope whether it came alone or in a batch. The same tx id twice in one
         batch is handled once and both get that outcome."""
-        start = time.perf_counter()
-        outcomes: list[Outcome | None] = [None] * len(envelopes)
-        first_of: dict[str, int] = {}
-        work: list[_Work] = []
+        submission = self.admit(envelopes)
+        with self._cpu.held():
+            passed = self.check(submission.work, submission)
+        if passed:
+            try:
+                answers = self._broadcaster.seal_and_broadcast(
+                    [(w.envelope, w.tx_id) for w in passed], self._sealer)
+            except Exception as exc:  # OrdererUnavailable (closed): nothing acknowledged
+                answers = [(exc, None)] * len(passed)
+            self.record_answers(passed, answers, submission)
+        return submission.outcomes_in_order()
+
+    # The steps of `_submit`, also taken by the asyncio server's servicer (aio_service.py).
+
+    def admit(self, envelopes: list[envelope_pb2.SignedEnvelope]) -> Submission:
+        """Size limits, repeats within the call and admission control: what is left to
+        check. Refusing costs nothing of the checks."""
+        submission = Submission(envelopes, time.perf_counter())
         claimed: list[tuple[int, str]] = []
         for i, envelope in enumerate(envelopes):
             refusal = self._size_refusal(envelope.ByteSize())
             if refusal is not None:
                 REQUESTS.labels("unknown", "too_large").inc()
-                outcomes[i] = refusal
+                submission.outcomes[i] = refusal
                 continue
             tx_id = _claimed_tx_id(envelope)
-            if tx_id and tx_id in first_of:
-                continue  # a repeat within the batch: takes the first one's outcome below
+            if tx_id and tx_id in submission.first_of:
+                continue  # a repeat within the batch: takes the first one's outcome
             if tx_id:
-                first_of[tx_id] = i
+                submission.first_of[tx_id] = i
             claimed.append((i, tx_id))
-        # Admission first: refusing costs nothing of the checks below.
         admitted = self._admission.admit(t for _, t in claimed if t)
         verdicts = iter(admitted)
         for i, tx_id in claimed:
@@ -153,22 +158,17 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             if verdict is Admitted.REFUSED:
                 REQUESTS.labels("unknown", "admission_full").inc()
                 full = self._admission.full_error()
-                outcomes[i] = Outcome(tx_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(full),
-                                      retry_after_ms=full.retry_after_ms)
+                submission.outcomes[i] = Outcome(
+                    tx_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(full),
+                    retry_after_ms=full.retry_after_ms)
                 continue
-            work.append(_Work(i, envelopes[i], tx_id, bool(tx_id) and verdict is Admitted.NEW))
-        with self._cpu.held():
-            checked_work = self._check(work, outcomes)
-        if checked_work:
-            ENDORSE_SECONDS.observe(time.perf_counter() - start)
-            self._forward(checked_work, outcomes)
-        for i, envelope in enumerate(envelopes):
-            if outcomes[i] is None:  # a repeat of an earlier envelope of this batch
-                outcomes[i] = outcomes[first_of[_claimed_tx_id(envelope)]]
-        return [o for o in outcomes if o is not None]
+            submission.work.append(_Work(i, envelopes[i], tx_id,
+                                         bool(tx_id) and verdict is Admitted.NEW))
+        return submission
 
-    def _check(self, work: list[_Work], outcomes: list[Outcome | None]) -> list[_Work]:
-        """Verify and simulate each at the replica's height; the ones that pass."""
+    def check(self, work: list[_Work], submission: Submission) -> list[_Work]:
+        """Verify and simulate each at the replica's height; the ones that pass (the caller
+        holds a CPU slot, or is the asyncio server's loop)."""
         passed = []
         now = int(self._clock())
         signers = self._ledger.signers(now)
@@ -179,30 +179,38 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                 self._ledger.simulate(checked, now)
             except TxInvalid as exc:
                 REQUESTS.labels(w.body, exc.code_name.lower()).inc()
-                outcomes[w.index] = _invalid(w.tx_id, exc)
+                submission.outcomes[w.index] = _invalid(w.tx_id, exc)
                 self._release(w)
                 continue
             passed.append(w)
+        if passed:
+            ENDORSE_SECONDS.observe(time.perf_counter() - submission.started)
         return passed
 
-    def _forward(self, work: list[_Work], outcomes: list[Outcome | None]) -> None:
-        """Endorse and hand to the orderers; the endorsement is made with the broadcast group
-        this work leaves in. No size check after signing: a group holds at most MAX_GROUP
-        transactions, whose audit path `_size_refusal` already admitted against."""
-        answers: list[tuple[object, envelope_pb2.Endorsement | None]]
+    def forward_async(self, passed: list[_Work], loop: asyncio.AbstractEventLoop
+                      ) -> asyncio.Future[Answers]:
+        """The broadcaster's answers for checked work, as a future of `loop`."""
         try:
-            answers = list(self._broadcaster.seal_and_broadcast(
-                [(w.envelope, w.tx_id) for w in work], self._sealer))
-        except Exception as exc:  # OrdererUnavailable, or e.g. closed: nothing acknowledged
-            answers = [(exc, None)] * len(work)
-        for w, (answer, endorsement) in zip(work, answers, strict=True):
+            return self._broadcaster.seal_and_broadcast_async(
+                [(w.envelope, w.tx_id) for w in passed], self._sealer, loop)
+        except Exception as exc:  # OrdererUnavailable (closed): nothing acknowledged
+            future: asyncio.Future[Answers] = loop.create_future()
+            future.set_result([(exc, None)] * len(passed))
+            return future
+
+    def record_answers(self, passed: list[_Work], answers: Answers,
+                       submission: Submission) -> None:
+        """What the orderers' answers mean for each client; the endorsement is the one its
+        broadcast group was sealed with. No size check after signing: a group holds at most
+        MAX_GROUP transactions, whose audit path `_size_refusal` already admitted against."""
+        for w, (answer, endorsement) in zip(passed, answers, strict=True):
             outcome = self._answer(w, answer)
             if outcome.code == grpc.StatusCode.OK:
                 assert endorsement is not None
                 outcome.endorsement = endorsement
             else:
                 self._release(w)
-            outcomes[w.index] = outcome
+            submission.outcomes[w.index] = outcome
 
     def _answer(self, w: _Work, answer: object) -> Outcome:
         """What an orderer's answer (or the failure to get one) means for the client."""
@@ -258,7 +266,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             self._admission.check("options")
         except Full as exc:
             TRADE_REQUESTS.labels(side, "admission_full").inc()
-            context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
+            context.set_trailing_metadata(retry_trailer(exc.retry_after_ms))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
             with self._cpu.held():
@@ -312,6 +320,53 @@ class _Work:
 
     def __post_init__(self) -> None:
         self.tx_id = self.claimed
+
+
+@dataclass
+class Submission:
+    """One call's envelopes on their way through `admit`, `check` and `record_answers`."""
+
+    envelopes: list[envelope_pb2.SignedEnvelope]
+    started: float
+    outcomes: list[Outcome | None] = field(default_factory=list)
+    first_of: dict[str, int] = field(default_factory=dict)  # tx id -> its first index
+    work: list[_Work] = field(default_factory=list)  # admitted, to check
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.envelopes)
+
+    def outcomes_in_order(self) -> list[Outcome]:
+        """One per envelope; a repeat within the call gets its first occurrence's."""
+        for i, envelope in enumerate(self.envelopes):
+            if self.outcomes[i] is None:
+                self.outcomes[i] = self.outcomes[self.first_of[_claimed_tx_id(envelope)]]
+        return [o for o in self.outcomes if o is not None]
+
+
+def retry_trailer(retry_after_ms: int) -> tuple[tuple[str, str], ...]:
+    return (("retry-after-ms", str(retry_after_ms)),)
+
+
+def single_response(result: Outcome) -> endorser_pb2.SubmitTransactionResponse:
+    return endorser_pb2.SubmitTransactionResponse(tx_id=result.tx_id,
+                                                  endorsement=result.endorsement)
+
+
+def batch_refusal(request: endorser_pb2.SubmitBatchRequest) -> str:
+    """Why the whole batch is refused (INVALID_ARGUMENT), or ""."""
+    count, size = len(request.envelopes), request.ByteSize()
+    if count > MAX_BATCH_ENVELOPES or size > MAX_BATCH_BYTES:
+        return (f"the batch has {count} envelopes, {size} bytes; at most "
+                f"{MAX_BATCH_ENVELOPES} envelopes and {MAX_BATCH_BYTES} bytes")
+    return ""
+
+
+def batch_response(results: list[Outcome]) -> endorser_pb2.SubmitBatchResponse:
+    BATCH_ENVELOPES.observe(len(results))
+    return endorser_pb2.SubmitBatchResponse(results=[
+        endorser_pb2.SubmitResult(tx_id=r.tx_id, code=r.code.value[0], message=r.message,
+                                  endorsement=r.endorsement, retry_after_ms=r.retry_after_ms)
+        for r in results])
 
 
 def _invalid(tx_id: str, error: TxInvalid) -> Outcome:

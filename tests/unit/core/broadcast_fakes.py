@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from gridledger.common.v1 import envelope_pb2
@@ -37,3 +38,13 @@ class SealsThenBroadcasts:
                                        in zip(made, items, strict=True)])
         return [(answer, endorsement) for answer, (_, endorsement)
                 in zip(answers, made, strict=True)]
+
+    def seal_and_broadcast_async(self, items: Sequence[tuple[envelope_pb2.SignedEnvelope, str]],
+                                 seal: Seal, loop: asyncio.AbstractEventLoop
+                                 ) -> asyncio.Future[list[tuple[
+                                     orderer_pb2.BroadcastResponse | BaseException,
+                                     envelope_pb2.Endorsement | None]]]:
+        """The asyncio server's variant: the same answers, as a future already resolved."""
+        future = loop.create_future()
+        future.set_result(self.seal_and_broadcast(items, seal))
+        return future

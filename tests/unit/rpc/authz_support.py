@@ -5,7 +5,7 @@ of any method by its full name that reports the status code."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from gridledger.endorser.v1 import endorser_pb2
 from gridledger.meteragent.v1 import meteragent_pb2
 from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
@@ -103,19 +104,62 @@ def _drain_then_one(requests: Iterator[Any], resp: Any) -> Iterator[Any]:
     yield resp()
 
 
+def _answering_aio_handler(service: Any) -> grpc.GenericRpcHandler:
+    """`_answering_handler` for the asyncio server: coroutines and async generators."""
+    handlers = {}
+    for m in service.methods:
+        resp = _cls(m.output_type)
+        kwargs = {"request_deserializer": _cls(m.input_type).FromString,
+                  "response_serializer": resp.SerializeToString}
+
+        async def drained_one(requests: Any, ctx: Any, r: Any = resp) -> Any:
+            async for _ in requests:
+                pass
+            return r()
+
+        async def drained_stream(requests: Any, ctx: Any, r: Any = resp) -> AsyncIterator[Any]:
+            async for _ in requests:
+                pass
+            yield r()
+
+        async def one_stream(request: Any, ctx: Any, r: Any = resp) -> AsyncIterator[Any]:
+            yield r()
+
+        async def one(request: Any, ctx: Any, r: Any = resp) -> Any:
+            return r()
+
+        if m.client_streaming and m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(drained_stream, **kwargs)
+        elif m.client_streaming:
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(drained_one, **kwargs)
+        elif m.server_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(one_stream, **kwargs)
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(one, **kwargs)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 def answering_server(genesis: Genesis, tls: TlsFiles,
                      replace: dict[str, tuple[Any, Any]] | None = None,
-                     account_lookup: AccountLookup | None = None) -> NodeServer:
-    """A started NodeServer serving every GridLedger service; `replace` maps a service's full
-    name to (register function, servicer) to serve a real servicer instead."""
-    server = NodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls, genesis=genesis,
-                        account_lookup=account_lookup)
+                     account_lookup: AccountLookup | None = None,
+                     kind: str = "threads") -> NodeServer | AioNodeServer:
+    """A started NodeServer (or, `kind` "asyncio", AioNodeServer) serving every GridLedger
+    service; `replace` maps a service's full name to (register function, servicer) to serve
+    a real servicer instead."""
+    server: NodeServer | AioNodeServer
+    if kind == "asyncio":
+        server = AioNodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls,
+                               genesis=genesis, account_lookup=account_lookup)
+    else:
+        server = NodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls,
+                            genesis=genesis, account_lookup=account_lookup)
     for service in OUR_SERVICES:
         if replace and service.full_name in replace:
             register, servicer = replace[service.full_name]
             server.add_service(register, servicer, service.full_name)
         else:
-            handler = _answering_handler(service)
+            handler = (_answering_aio_handler(service) if kind == "asyncio"
+                       else _answering_handler(service))
             server.add_service(lambda _s, srv, h=handler: srv.add_generic_rpc_handlers((h,)),
                                None, service.full_name)
     server.start()

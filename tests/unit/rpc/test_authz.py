@@ -1,6 +1,7 @@
-"""The authorisation table, enforced by NodeServer's interceptor over real mTLS on loopback:
-every RPC with every role's real certificate of the devnet consortium, certificates forged
-with another organisation's TLS CA, and consensus peers pinned to genesis."""
+"""The authorisation table, enforced by NodeServer's interceptor over real mTLS on loopback
+(and by AioNodeServer's, the endorser's asyncio server): every RPC with every role's real
+certificate of the devnet consortium, certificates forged with another organisation's TLS CA,
+and consensus peers pinned to genesis."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from authz_support import (
 from gridledger.meteragent.v1 import meteragent_pb2
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.authz import TABLE, markdown_table
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
@@ -68,9 +70,11 @@ def expected_callers(method: str) -> set[str]:
     return EXPECTED[short]
 
 
-@pytest.fixture(scope="module")
-def server(consortium_dir: Path, genesis: Genesis) -> Iterator[NodeServer]:
-    node = answering_server(genesis, TlsFiles.for_node(consortium_dir, "committer-1"))
+@pytest.fixture(scope="module", params=["threads", "asyncio"])
+def server(consortium_dir: Path, genesis: Genesis,
+           request: pytest.FixtureRequest) -> Iterator[NodeServer | AioNodeServer]:
+    node = answering_server(genesis, TlsFiles.for_node(consortium_dir, "committer-1"),
+                            kind=request.param)
     yield node
     node.stop()
 
@@ -87,7 +91,7 @@ def test_operations_doc_shows_the_code_table() -> None:
 
 
 def test_each_role_may_call_exactly_what_the_table_allows(
-        server: NodeServer, consortium_dir: Path) -> None:
+        server: NodeServer | AioNodeServer, consortium_dir: Path) -> None:
     wrong = []
     for caller in CALLERS:
         with channel_to(server.port, TlsFiles.for_node(consortium_dir, caller)) as channel:
@@ -103,7 +107,7 @@ def test_each_role_may_call_exactly_what_the_table_allows(
     assert wrong == []
 
 
-def test_refusal_names_the_rule(server: NodeServer, consortium_dir: Path) -> None:
+def test_refusal_names_the_rule(server: NodeServer | AioNodeServer, consortium_dir: Path) -> None:
     meter = TlsFiles.for_node(consortium_dir, "meter-1")
     with channel_to(server.port, meter) as channel, pytest.raises(grpc.RpcError) as err:
         channel.unary_unary("/gridledger.orderer.v1.OrdererService/Broadcast")(b"", timeout=10)
@@ -113,7 +117,7 @@ def test_refusal_names_the_rule(server: NodeServer, consortium_dir: Path) -> Non
 
 
 def test_a_meter_asks_a_plant_for_terms_only_for_itself(
-        server: NodeServer, consortium_dir: Path) -> None:
+        server: NodeServer | AioNodeServer, consortium_dir: Path) -> None:
     method = all_methods()["/gridledger.meteragent.v1.MeterAgentService/ProposeContract"]
     with channel_to(server.port, TlsFiles.for_node(consortium_dir, "meter-2")) as channel:
         own = invoke(channel, method, meteragent_pb2.ProposeContractRequest(meter="meter-2"))
@@ -130,7 +134,7 @@ def test_a_meter_asks_a_plant_for_terms_only_for_itself(
     ("community", "meter-1", "community", "wizard", "unknown role"),
 ])
 def test_forged_client_certificates_are_refused(
-        server: NodeServer, consortium_dir: Path, tmp_path: Path,
+        server: NodeServer | AioNodeServer, consortium_dir: Path, tmp_path: Path,
         ca_org: str, cn: str, org: str, ou: str, reason: str) -> None:
     forged = issue_tls(consortium_dir, ca_org, cn, org, ou, tmp_path)
     method = all_methods()["/gridledger.committer.v1.CommitterService/GetChainInfo"]

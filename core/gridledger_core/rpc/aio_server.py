@@ -1,0 +1,172 @@
+"""A node's gRPC server on asyncio: what server.NodeServer offers (mTLS only, the authz table,
+health, reflection, /metrics, graceful SIGTERM), for servicers whose handlers are coroutines.
+
+Why a second server. gRPC's threaded Python server hands every call from its polling thread
+to a handler thread and back, and each hand-off is a GIL transfer between threads (a futex
+wake-up and a context switch). With handlers that compute a few hundred microseconds, that
+costs more than the handler itself: `python -m bench.grpc_server` (a 300 µs Python handler
+over mTLS) 730 µs of server CPU per call with 64 handler threads, 590 µs with 8, 440 µs on
+this server, where the handler runs on the event loop's thread with no hand-off
+(docs/performance.md). The endorser's calls are such calls.
+
+The loop runs in a thread of its own, so a node's main thread keeps its shape: start(), then
+serve_until_signal(); set_serving() and stop() may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.authz import AioAuthzInterceptor
+from gridledger_core.rpc.metrics import AioMetricsInterceptor
+from gridledger_core.rpc.peer_identity import AccountLookup
+from gridledger_core.rpc.server import NODE_INFO, run_all, split_host_port
+from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
+
+log = logging.getLogger(__name__)
+
+
+class AioNodeServer:
+    def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
+                 *, genesis: Genesis, health_listen: str | None = None,
+                 options: Sequence[tuple[str, Any]] = (),
+                 account_lookup: AccountLookup | None = None,
+                 maximum_concurrent_rpcs: int | None = None) -> None:
+        self.name = name
+        self.role = role
+        self._listen = listen
+        self._metrics_listen = metrics_listen
+        self._tls = tls
+        self._genesis = genesis
+        self._account_lookup = account_lookup
+        self._options = list({**dict(SERVER_OPTIONS), **dict(options)}.items())
+        self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
+        self._health_listen = health_listen
+        self._registrations: list[tuple[Callable[[Any, Any], None], Any]] = []
+        self._services: list[str] = []
+        self._on_stop: list[Callable[[], None]] = []
+        self._on_close: list[Callable[[], None]] = []
+        self._stopping = threading.Event()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-grpc",
+                                        daemon=True)
+        self._server: aio.Server | None = None
+        self._health_server: aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the handlers run on (for work that must resolve their futures)."""
+        return self._loop
+
+    def add_service(self, register: Callable[[Any, Any], None], servicer: Any,
+                    full_name: str) -> None:
+        self._registrations.append((register, servicer))
+        self._services.append(full_name)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """As NodeServer.on_stop: run when shutdown starts (end background work here)."""
+        self._on_stop.append(callback)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """As NodeServer.on_close: run after every RPC has finished (close storage here)."""
+        self._on_close.append(callback)
+
+    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._run(self._start())
+        host, port = split_host_port(self._metrics_listen)
+        start_http_server(port, addr=host)
+        NODE_INFO.info({"name": self.name, "role": self.role})
+        log.info("%s (%s) serving gRPC (asyncio) on %s, metrics on %s", self.name, self.role,
+                 self._listen, self._metrics_listen)
+
+    async def _start(self) -> None:
+        server = aio.server(interceptors=[AioMetricsInterceptor(),
+                                          AioAuthzInterceptor(self._genesis,
+                                                              self._account_lookup)],
+                            options=self._options,
+                            maximum_concurrent_rpcs=self._maximum_concurrent_rpcs)
+        for register, servicer in self._registrations:
+            register(servicer, server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_secure_port(self._listen, self._tls.server_credentials())
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._listen}")
+        await server.start()
+        self._server = server
+        if self._health_listen:
+            # Kubelet's gRPC probe presents no client certificate: health alone, plaintext.
+            plain = aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, plain)
+            if plain.add_insecure_port(self._health_listen) == 0:
+                raise OSError(f"cannot listen on {self._health_listen}")
+            await plain.start()
+            self._health_server = plain
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _set_all(self, status: int) -> None:
+        assert self._health is not None
+        for service in ["", *self._services]:
+            await self._health.set(service, status)
+
+    def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        asyncio.run_coroutine_threadsafe(self._set_all(status), self._loop)
+
+    def stop(self) -> None:
+        """Stop at once, without the graceful sequence (in-process tests)."""
+        self._run(self._stop_servers(None))
+        self._end_loop()
+
+    async def _stop_servers(self, grace: float | None) -> None:
+        stopping = [s.stop(grace) for s in (self._server, self._health_server) if s is not None]
+        await asyncio.gather(*stopping)
+
+    def _end_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def serve_until_signal(self, grace_seconds: float = 5.0) -> None:
+        """Block until SIGTERM or SIGINT, then shut down gracefully (as NodeServer)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopping.set())
+        self._stopping.wait()
+        log.info("%s stopping", self.name)
+        assert self._health is not None and self._server is not None
+        self._run(self._health.enter_graceful_shutdown())
+        # New calls are refused from here; running ones get `grace_seconds`, during which the
+        # on_stop callbacks end background work (they may block: not on the loop's thread).
+        stopped = asyncio.run_coroutine_threadsafe(self._server.stop(grace_seconds),
+                                                   self._loop)
+        run_all(self._on_stop)
+        stopped.result()
+        if self._health_server is not None:
+            self._run(self._health_server.stop(0))
+        self._end_loop()
+        run_all(self._on_close)
+        log.info("%s stopped", self.name)
+

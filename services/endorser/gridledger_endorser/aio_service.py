@@ -1,0 +1,117 @@
+"""EndorserService on the asyncio server (core rpc/aio_server.py): the same calls, checks,
+outcomes and statuses as EndorserServicer, whose steps it takes, without a thread per call.
+
+A call's computing (admission, the checks and simulation, matching) runs on the loop's thread,
+where it would have held a CPU slot; its wait for the orderers' acknowledgement is a future the
+broadcaster's sender threads resolve, so no thread sits waiting. Checks of a large batch are
+taken a slice at a time, letting other calls (a meter's RequestOptions) in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_endorser.service import (
+    EndorserServicer,
+    Outcome,
+    Submission,
+    batch_refusal,
+    batch_response,
+    retry_trailer,
+    single_response,
+)
+
+# Checks between two turns of the loop (~10-30 ms of work).
+CHECK_SLICE = 32
+
+
+class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
+    def __init__(self, servicer: EndorserServicer) -> None:
+        self._servicer = servicer
+
+    async def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> endorser_pb2.SubmitTransactionResponse:
+        result = (await self._submit([request.envelope]))[0]
+        if result.code != grpc.StatusCode.OK:
+            await context.abort(result.code, result.message,
+                                retry_trailer(result.retry_after_ms)
+                                if result.retry_after_ms else ())
+        return single_response(result)
+
+    async def SubmitBatch(self, request: endorser_pb2.SubmitBatchRequest,
+                          context: grpc.aio.ServicerContext) -> endorser_pb2.SubmitBatchResponse:
+        refusal = batch_refusal(request)
+        if refusal:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        return batch_response(await self._submit(list(request.envelopes)))
+
+    async def RequestOptions(self, request: endorser_pb2.RequestOptionsRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> endorser_pb2.RequestOptionsResponse:
+        return await _inline(self._servicer.RequestOptions, request, context)
+
+    async def GetBook(self, request: endorser_pb2.GetBookRequest,
+                      context: grpc.aio.ServicerContext) -> endorser_pb2.GetBookResponse:
+        return await _inline(self._servicer.GetBook, request, context)
+
+    async def _submit(self, envelopes: list[Any]) -> list[Outcome]:
+        """EndorserServicer._submit's steps, awaiting the acknowledgements."""
+        servicer = self._servicer
+        submission = servicer.admit(envelopes)
+        passed = []
+        work = submission.work
+        for start in range(0, len(work), CHECK_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            passed += servicer.check(work[start:start + CHECK_SLICE], submission)
+        if passed:
+            answers = servicer.forward_async(passed, asyncio.get_running_loop())
+            try:
+                # Shielded: a caller that goes away does not take the answers with it.
+                servicer.record_answers(passed, await asyncio.shield(answers), submission)
+            except asyncio.CancelledError:
+                # The admission slots of what the orderers refuse are still released.
+                answers.add_done_callback(
+                    lambda done: _recorded(servicer, passed, done, submission))
+                raise
+        return submission.outcomes_in_order()
+
+
+def _recorded(servicer: EndorserServicer, passed: list[Any], done: asyncio.Future[Any],
+              submission: Submission) -> None:
+    servicer.record_answers(passed, done.result(), submission)
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _SyncContext:
+    """What EndorserServicer's RequestOptions and GetBook use of a servicer context, so they
+    run unchanged on the loop: an abort is raised here and re-raised by the asyncio context."""
+
+    def __init__(self) -> None:
+        self.trailing: tuple[tuple[str, str], ...] = ()
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = tuple(metadata)
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Aborted(code, details)
+
+
+async def _inline(method: Callable[[Any, Any], Any], request: Any,
+                  context: grpc.aio.ServicerContext) -> Any:
+    shim = _SyncContext()
+    try:
+        return method(request, shim)
+    except _Aborted as aborted:
+        await context.abort(aborted.code, aborted.details, shim.trailing)

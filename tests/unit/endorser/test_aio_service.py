@@ -1,0 +1,174 @@
+"""The endorser on the asyncio server (AioNodeServer + AsyncEndorserServicer), over real mTLS
+on loopback: every envelope of the batch test's mix gets, on the wire, exactly the status,
+details and retry hint the threaded servicer gives it in process; a refused trade request
+likewise; and a caller that gives up while the orderers have its transaction still has its
+admission slot freed when they refuse it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from broadcast_fakes import SealsThenBroadcasts
+from grpc_helpers import Aborted, FakeContext
+from prometheus_client import REGISTRY
+from test_submit_batch import Orderers, Result, batch, ids, servicer, signed, single
+
+from gridledger.common.v1 import envelope_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.genesis import Genesis
+from gridledger_core.rpc.aio_server import AioNodeServer
+from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
+from gridledger_endorser.admission import Admission, AdmissionConfig
+from gridledger_endorser.aio_service import AsyncEndorserServicer
+from gridledger_endorser.broadcaster import OrdererUnavailable
+from gridledger_endorser.sealing import Seal
+from gridledger_endorser.service import EndorserServicer
+
+__all__ = ["ids"]  # a fixture, used here
+
+
+def _served(s: EndorserServicer, consortium_dir: Path, genesis: Genesis) -> AioNodeServer:
+    server = AioNodeServer("endorser-1", "endorser", "127.0.0.1:0", "127.0.0.1:0",
+                           TlsFiles.for_node(consortium_dir, "endorser-1"), genesis=genesis)
+    server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
+                       AsyncEndorserServicer(s), "gridledger.endorser.v1.EndorserService")
+    server.start()
+    return server
+
+
+@pytest.fixture()
+def serve(consortium_dir: Path, genesis: Genesis) -> Iterator[Any]:
+    servers: list[AioNodeServer] = []
+
+    def start(s: EndorserServicer) -> endorser_pb2_grpc.EndorserServiceStub:
+        servers.append(_served(s, consortium_dir, genesis))
+        channel = grpc.secure_channel(f"localhost:{servers[-1].port}",
+                                      TlsFiles.for_node(consortium_dir, "admin")
+                                      .channel_credentials())
+        return endorser_pb2_grpc.EndorserServiceStub(channel)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def _wire_single(stub: endorser_pb2_grpc.EndorserServiceStub,
+                 envelope: envelope_pb2.SignedEnvelope) -> Result:
+    try:
+        response = stub.SubmitTransaction(
+            endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=10)
+    except grpc.RpcError as exc:
+        hint = dict(exc.trailing_metadata() or ()).get("retry-after-ms", "0")  # type: ignore[attr-defined]
+        return (_claimed(envelope), exc.code().value[0], exc.details(), int(hint))  # type: ignore[attr-defined]
+    assert response.HasField("endorsement")
+    return response.tx_id, 0, "", 0
+
+
+def _claimed(envelope: envelope_pb2.SignedEnvelope) -> str:
+    try:
+        return envelope_tx_id(envelope)
+    except Exception:
+        return ""
+
+
+def _handled(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("grpc_server_handled_total", {
+        "grpc_type": "unary", "grpc_service": "gridledger.endorser.v1.EndorserService",
+        "grpc_method": method, "grpc_code": code}) or 0.0
+
+
+def test_every_envelope_gets_the_threaded_servicers_outcome_on_the_wire(
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity],
+        serve: Any) -> None:
+    m1, m2 = ids["meter-1"], ids["meter-2"]
+    committed = signed(m1, 4)
+    bad_signature = signed(m1, 2)
+    bad_signature.signature = bytes(64)
+    full, down = signed(m2, 1), signed(m2, 2)
+    malformed = envelope_pb2.SignedEnvelope(payload=b"\xff\xff not a transaction",
+                                            signer_certificate=m1.certificate)
+    too_large = signed(m2, 3)
+    too_large.signer_certificate += b" " * genesis.limits.max_tx_bytes
+    mix = [signed(m1, 1), committed, bad_signature, signed(m2, 3, account="meter-1"),
+           signed(m1, 4, produced=999), full, malformed, too_large, down, signed(m2, 4)]
+
+    def orderers() -> Orderers:
+        return Orderers(full={envelope_tx_id(full)}, down={envelope_tx_id(down)})
+
+    in_process = servicer(genesis, consortium_dir, committed, orderers())
+    expected = [single(in_process, e) for e in mix]
+    assert len({code for _, code, _, _ in expected}) >= 6  # the mix covers most outcomes
+    refused_before = _handled("SubmitTransaction", "UNAUTHENTICATED")
+
+    stub = serve(servicer(genesis, consortium_dir, committed, orderers()))
+    assert [_wire_single(stub, e) for e in mix] == expected
+    assert _handled("SubmitTransaction", "UNAUTHENTICATED") == refused_before + 2
+
+    stub = serve(servicer(genesis, consortium_dir, committed, orderers()))
+    response = stub.SubmitBatch(endorser_pb2.SubmitBatchRequest(envelopes=mix), timeout=10)
+    got = [(r.tx_id or _claimed(e), r.code, r.message, r.retry_after_ms)
+           for r, e in zip(response.results, mix, strict=True)]
+    assert got == batch(servicer(genesis, consortium_dir, committed, orderers()), mix)
+
+
+def test_a_refused_trade_request_gets_the_same_status_and_details(
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity],
+        serve: Any) -> None:
+    m1 = ids["meter-1"]
+    request = endorser_pb2.RequestOptionsRequest(request=envelope_pb2.SignedEnvelope(
+        payload=b"not a trade request", signer_certificate=m1.certificate,
+        signature=m1.sign_envelope(b"not a trade request").signature))
+    s = servicer(genesis, consortium_dir, signed(m1, 4), Orderers())
+    with pytest.raises(Aborted) as in_process:
+        s.RequestOptions(request, FakeContext())  # type: ignore[arg-type]
+    stub = serve(servicer(genesis, consortium_dir, signed(m1, 4), Orderers()))
+    with pytest.raises(grpc.RpcError) as on_wire:
+        stub.RequestOptions(request, timeout=10)
+    assert (on_wire.value.code(), on_wire.value.details()) == (  # type: ignore[attr-defined]
+        in_process.value.code, in_process.value.details)
+
+
+class _Unanswered(SealsThenBroadcasts):
+    """Orderers that answer only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, int]] = []
+
+    def seal_and_broadcast_async(self, items: Sequence[tuple[envelope_pb2.SignedEnvelope, str]],
+                                 seal: Seal, loop: asyncio.AbstractEventLoop
+                                 ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append((future, loop, len(items)))
+        return future
+
+    def refuse_all(self) -> None:
+        for future, loop, count in self.waiting:
+            loop.call_soon_threadsafe(future.set_result, [
+                (OrdererUnavailable("orderer-1: UNAVAILABLE: connection refused"), None)
+            ] * count)
+
+
+def test_a_caller_that_gives_up_still_frees_its_slot_when_the_orderers_refuse(
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity],
+        serve: Any) -> None:
+    admission = Admission(AdmissionConfig(budget_ms=1000, floor=5, ceiling=5))
+    orderers = _Unanswered()
+    stub = serve(servicer(genesis, consortium_dir, signed(ids["plant-1"], 1),
+                          orderers, admission))  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as gave_up:
+        stub.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(
+            envelope=signed(ids["meter-1"], 1)), timeout=0.5)
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert admission.in_flight == 1 and len(orderers.waiting) == 1
+    orderers.refuse_all()
+    deadline = time.monotonic() + 5
+    while admission.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert admission.in_flight == 0

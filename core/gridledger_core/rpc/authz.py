@@ -283,8 +283,15 @@ def _wrap_async(handler: Any, check: Callable[[Any, Any], Any]) -> Any:
                 await check(request if unary_in else None, context)
                 return await behaviour(request, context)
             wrapper = single
-        else:  # a synchronous handler on an asyncio server would run on gRPC's thread pool
-            raise TypeError(f"{behaviour!r} is not a coroutine or async generator function")
+        else:
+            # A synchronous method on an asyncio servicer: an unimplemented one of a generated
+            # base class (grpc_health's List). Checked, then refused as unimplemented.
+            async def unimplemented(request: Any, context: Any,
+                                    unary_in: bool = unary_in) -> Any:
+                await check(request if unary_in else None, context)
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                    "method not implemented on this server")
+            wrapper = unimplemented
         return make(wrapper, request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer)
     return handler

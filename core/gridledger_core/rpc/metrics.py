@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import time
@@ -106,15 +107,23 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
                 unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         streaming = handler.unary_stream
+        wrapper: Any = None
         if streaming is not None and inspect.isasyncgenfunction(streaming):
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 with _measured(context, "server_stream", service, method):
                     async for item in streaming(request, context):
                         yield item
+            wrapper = stream
+        elif streaming is not None and inspect.iscoroutinefunction(streaming):
+            async def writes(request: Any, context: Any) -> None:  # writes with context.write
+                with _measured(context, "server_stream", service, method):
+                    await streaming(request, context)
+            wrapper = writes
+        if wrapper is not None:
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
+                wrapper, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        return handler  # streaming requests, and writer-style streams, are left unmeasured
+        return handler  # streaming requests are left unmeasured (none of ours are hot)
 
 
 @contextlib.contextmanager
@@ -128,6 +137,9 @@ def _measured(context: grpc.ServicerContext, kind: str, service: str,
     try:
         yield
         code = _code_of(context)
+    except asyncio.CancelledError:  # the asyncio server's call, cancelled or out of time
+        code = "CANCELLED"
+        raise
     except Exception:
         code = _code_of(context) if context.code() else "UNKNOWN"
         raise

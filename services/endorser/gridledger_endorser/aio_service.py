@@ -4,7 +4,8 @@ outcomes and statuses as EndorserServicer, whose steps it takes, without a threa
 A call's computing (admission, the checks and simulation, matching) runs on the loop's thread,
 where it would have held a CPU slot; its wait for the orderers' acknowledgement is a future the
 broadcaster's sender threads resolve, so no thread sits waiting. Checks of a large batch are
-taken a slice at a time, letting other calls (a meter's RequestOptions) in between.
+taken a slice at a time, letting other calls (a meter's RequestOptions) in between. A
+submission, once admitted, runs to its end whatever its caller does (`_submit`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_endorser.service import (
     EndorserServicer,
     Outcome,
-    Submission,
     batch_refusal,
     batch_response,
     retry_trailer,
@@ -33,6 +33,7 @@ CHECK_SLICE = 32
 class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
     def __init__(self, servicer: EndorserServicer) -> None:
         self._servicer = servicer
+        self._running: set[asyncio.Future[list[Outcome]]] = set()
 
     async def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                                 context: grpc.aio.ServicerContext
@@ -61,7 +62,17 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         return await _inline(self._servicer.GetBook, request, context)
 
     async def _submit(self, envelopes: list[Any]) -> list[Outcome]:
-        """EndorserServicer._submit's steps, awaiting the acknowledgements."""
+        """EndorserServicer._submit's steps, awaiting the acknowledgements. The submission
+        runs as a task of its own that the call only awaits: a caller that goes away (or
+        whose deadline passes) cancels its wait, never the submission, so what it admitted
+        is checked, forwarded and answered, and the admission slots of whatever the orderers
+        do not acknowledge are freed, as on the threaded server."""
+        task = asyncio.ensure_future(self._submission(envelopes))
+        self._running.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def _submission(self, envelopes: list[Any]) -> list[Outcome]:
         servicer = self._servicer
         submission = servicer.admit(envelopes)
         passed = []
@@ -71,21 +82,10 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                 await asyncio.sleep(0)
             passed += servicer.check(work[start:start + CHECK_SLICE], submission)
         if passed:
-            answers = servicer.forward_async(passed, asyncio.get_running_loop())
-            try:
-                # Shielded: a caller that goes away does not take the answers with it.
-                servicer.record_answers(passed, await asyncio.shield(answers), submission)
-            except asyncio.CancelledError:
-                # The admission slots of what the orderers refuse are still released.
-                answers.add_done_callback(
-                    lambda done: _recorded(servicer, passed, done, submission))
-                raise
+            servicer.checked(submission)
+            answers = await servicer.forward_async(passed, asyncio.get_running_loop())
+            servicer.record_answers(passed, answers, submission)
         return submission.outcomes_in_order()
-
-
-def _recorded(servicer: EndorserServicer, passed: list[Any], done: asyncio.Future[Any],
-              submission: Submission) -> None:
-    servicer.record_answers(passed, done.result(), submission)
 
 
 class _Aborted(Exception):

@@ -2,15 +2,15 @@
 
 The endorser's default asyncio server (aio_service.py) has no handler threads: its calls'
 work all runs on the event loop's thread, so a slot there is always free. This bounds the
-`--grpc-server threads` server, which serves calls on many gRPC handler threads because a submit *waits* (for its
-batch signature, for an orderer's durable acknowledgement) far longer than it computes. But
-when many of those threads compute at the same time they all contend for the GIL: every
-switch costs a wake-up and a context switch, and gRPC's own server thread (the one that
-takes new calls off the completion queue, where admission control cannot see them) waits in
-that convoy too, so calls pile up unseen ahead of the handlers. `python -m bench.grpc_server`
-(a trivial unary handler over mTLS): 234 µs of server CPU per call with 64 busy threads
-against 138 µs with 8; matching RPC p99 at 1,000 requests/s 174 ms with two slots against
-462 ms without (docs/performance.md).
+`--grpc-server threads` server, which serves calls on many gRPC handler threads because a
+submit *waits* (for its batch signature, for an orderer's durable acknowledgement) far longer
+than it computes. But when many of those threads compute at the same time they all contend
+for the GIL: every switch costs a wake-up and a context switch, and gRPC's own server thread
+(the one that takes new calls off the completion queue, where admission control cannot see
+them) waits in that convoy too, so calls pile up unseen ahead of the handlers.
+`python -m bench.grpc_server` (a trivial unary handler over mTLS): 234 µs of server CPU per
+call with 64 busy threads against 138 µs with 8; matching RPC p99 at 1,000 requests/s 174 ms
+with two slots against 462 ms without (docs/performance.md).
 
 So the work that needs the GIL for long stretches (verifying, simulating, matching) runs
 inside a slot, a few at a time; the waits run outside any slot. A thread waiting for a slot

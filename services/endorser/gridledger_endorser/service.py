@@ -124,6 +124,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         with self._cpu.held():
             passed = self.check(submission.work, submission)
         if passed:
+            self.checked(submission)
             try:
                 answers = self._broadcaster.seal_and_broadcast(
                     [(w.envelope, w.tx_id) for w in passed], self._sealer)
@@ -183,9 +184,12 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                 self._release(w)
                 continue
             passed.append(w)
-        if passed:
-            ENDORSE_SECONDS.observe(time.perf_counter() - submission.started)
         return passed
+
+    @staticmethod
+    def checked(submission: Submission) -> None:
+        """Every check of the call is done and some passed."""
+        ENDORSE_SECONDS.observe(time.perf_counter() - submission.started)
 
     def forward_async(self, passed: list[_Work], loop: asyncio.AbstractEventLoop
                       ) -> asyncio.Future[Answers]:

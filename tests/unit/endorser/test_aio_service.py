@@ -26,7 +26,7 @@ from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig
-from gridledger_endorser.aio_service import AsyncEndorserServicer
+from gridledger_endorser.aio_service import CHECK_SLICE, AsyncEndorserServicer
 from gridledger_endorser.broadcaster import OrdererUnavailable
 from gridledger_endorser.sealing import Seal
 from gridledger_endorser.service import EndorserServicer
@@ -171,4 +171,42 @@ def test_a_caller_that_gives_up_still_frees_its_slot_when_the_orderers_refuse(
     deadline = time.monotonic() + 5
     while admission.in_flight and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert admission.in_flight == 0
+
+
+def test_a_batch_whose_caller_gives_up_during_its_checks_frees_every_slot(
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity]) -> None:
+    """The call is cancelled between two slices of its checks (on the loop, as gRPC cancels
+    a call whose deadline passed): the rest is still checked, forwarded and answered, so
+    nothing it admitted stays counted in flight."""
+    admission = Admission(AdmissionConfig(budget_ms=1000, floor=200, ceiling=200))
+    orderers = _Unanswered()
+    s = servicer(genesis, consortium_dir, signed(ids["plant-1"], 1), orderers,  # type: ignore[arg-type]
+                 admission)
+    envelopes = [signed(ids[meter], n) for meter in ("meter-1", "meter-2") for n in range(1, 51)]
+    assert len(envelopes) > 3 * CHECK_SLICE
+    request = endorser_pb2.SubmitBatchRequest(envelopes=envelopes)
+
+    async def give_up_then_answer() -> None:
+        call = asyncio.ensure_future(AsyncEndorserServicer(s).SubmitBatch(request, None))  # type: ignore[arg-type]
+        for _ in range(3):  # until the call has admitted the batch and checked a slice
+            if admission.in_flight:
+                break
+            await asyncio.sleep(0)
+        assert admission.in_flight > 0 and not orderers.waiting
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(500):
+            if orderers.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert orderers.waiting, "the checks stopped with the caller"
+        orderers.refuse_all()
+        for _ in range(500):
+            if not admission.in_flight:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(give_up_then_answer())
     assert admission.in_flight == 0

@@ -145,18 +145,21 @@ class BookCache:
     def rebuild(self) -> None:
         """Replace the cache with the open orders of the ledger's slots that are still open."""
         REBUILDS.inc()
+        # The scan runs outside the lock: matching (on the endorser's event loop) waits only
+        # for the swap. The ledger cannot move meanwhile: its one writer, the follower, is
+        # the thread rebuilding (or has not started yet).
+        height = self._ledger.height
+        block_time = max(self._block_time, self._ledger.tip_time())
+        now = max(int(self._clock()), block_time)
+        books = self._new_books()
+        state = StateOverlay(self._ledger.store)
+        start = schema.order_book_prefix(self._first_open_slot(now))
+        for _, value in self._ledger.scan_state("order-book/", start=start):
+            record = view.load_order(state, value.decode())
+            if record is not None and record.remaining_wh and self._open(record, now):
+                books.rest(view.to_book_order(record))
         with self._lock:
-            height = self._ledger.height
-            self._block_time = max(self._block_time, self._ledger.tip_time())
-            now = self._now()
-            first = self._first_open_slot(now)
-            books = self._new_books()
-            state = StateOverlay(self._ledger.store)
-            start = schema.order_book_prefix(first)
-            for _, value in self._ledger.scan_state("order-book/", start=start):
-                record = view.load_order(state, value.decode())
-                if record is not None and record.remaining_wh and self._open(record, now):
-                    books.rest(view.to_book_order(record))
+            self._block_time = max(self._block_time, block_time)
             self._books = books
             self._holds.clear()
             self._held.clear()

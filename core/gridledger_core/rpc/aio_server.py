@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AioAuthzInterceptor
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
-from gridledger_core.rpc.server import NODE_INFO, run_all, split_host_port
+from gridledger_core.rpc.server import NODE_INFO, run_all, split_host_port, wait_for_stop_signal
 from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 
 log = logging.getLogger(__name__)
@@ -152,10 +151,7 @@ class AioNodeServer:
 
     def serve_until_signal(self, grace_seconds: float = 5.0) -> None:
         """Block until SIGTERM or SIGINT, then shut down gracefully (as NodeServer)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stopping.set())
-        self._stopping.wait()
-        log.info("%s stopping", self.name)
+        wait_for_stop_signal(self._stopping, self.name)
         assert self._health is not None and self._server is not None
         self._run(self._health.enter_graceful_shutdown())
         # New calls are refused from here; running ones get `grace_seconds`, during which the

@@ -21,6 +21,7 @@ import grpc
 
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
+from gridledger_core.rpc.handler_cache import WrappedHandlers
 from gridledger_core.rpc.peer_identity import AccountLookup, Peer, PeerIdentities, PeerRefused
 
 ALL = frozenset(Role)
@@ -160,18 +161,11 @@ class AuthzInterceptor(grpc.ServerInterceptor):
     def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None) -> None:
         # account_lookup: ledger-registered meters and plants (None: genesis accounts only).
         self._identities = PeerIdentities(genesis, account_lookup)
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # as MetricsInterceptor: one per method
+        self._handlers = WrappedHandlers(self._wrap)
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
-        return cached[1]
+        return self._handlers.get(continuation(details), details.method)
 
     def _check(self, method: str, context: grpc.ServicerContext,
                request: Any = None) -> contextvars.Token[Peer | None]:
@@ -234,19 +228,12 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None) -> None:
         self._identities = PeerIdentities(genesis, account_lookup)
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._handlers = WrappedHandlers(lambda handler, method: _wrap_async(
+            handler, lambda request, context: self._check(method, context, request)))
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, _wrap_async(
-                handler, lambda request, context, m=method: self._check(m, context, request)))
-        return cached[1]
+        return self._handlers.get(await continuation(details), details.method)
 
     async def _check(self, method: str, context: grpc.aio.ServicerContext,
                      request: Any) -> None:

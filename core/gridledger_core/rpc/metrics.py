@@ -12,6 +12,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
+from gridledger_core.rpc.handler_cache import WrappedHandlers
+
 STARTED = Counter("grpc_server_started", "RPCs started on the server.",
                   ["grpc_type", "grpc_service", "grpc_method"])
 HANDLED = Counter("grpc_server_handled", "RPCs completed on the server, regardless of outcome.",
@@ -32,20 +34,12 @@ def _code_of(context: grpc.ServicerContext) -> str:
 
 class MetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self) -> None:
-        # gRPC asks for every call; a method's wrapped handler is built once (and again only
-        # if the server ever hands out another handler for it), one entry per method.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._handlers = WrappedHandlers(self._wrap)
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
-        return cached[1]
+        return self._handlers.get(continuation(handler_call_details),
+                                  handler_call_details.method)
 
     def _wrap(self, handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")
@@ -82,18 +76,12 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
     """MetricsInterceptor for an asyncio server (aio_server.py): the same series."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._handlers = WrappedHandlers(self._wrap)
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
-        return cached[1]
+        return self._handlers.get(await continuation(handler_call_details),
+                                  handler_call_details.method)
 
     @staticmethod
     def _wrap(handler: Any, full_method: str) -> Any:

@@ -120,10 +120,7 @@ class NodeServer:
 
     def serve_until_signal(self, grace_seconds: float = 5.0) -> None:
         """Block until SIGTERM or SIGINT, then shut down gracefully."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stopping.set())
-        self._stopping.wait()
-        log.info("%s stopping", self.name)
+        wait_for_stop_signal(self._stopping, self.name)
         self._health.enter_graceful_shutdown()
         stopped = self._server.stop(grace_seconds)
         run_all(self._on_stop)
@@ -132,6 +129,14 @@ class NodeServer:
             self._health_server.stop(0).wait()
         run_all(self._on_close)
         log.info("%s stopped", self.name)
+
+
+def wait_for_stop_signal(stopping: threading.Event, name: str) -> None:
+    """Block until SIGTERM or SIGINT (or until `stopping` is set by request_stop)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    stopping.wait()
+    log.info("%s stopping", name)
 
 
 def run_all(callbacks: list[Callable[[], None]]) -> None:

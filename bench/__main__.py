@@ -79,6 +79,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None,
                         help="end_to_end: jobs in flight per submitter in the max-rate phases "
                              "(default: the profile's)")
+    parser.add_argument("--capacity", type=float, default=None,
+                        help="end_to_end: the tx/s the 70 %% and 2x phases are relative to, "
+                             "instead of the run's max rate (A/B runs at one offered rate; "
+                             "max_rate then runs only if named in --phases)")
     args = parser.parse_args()
     node_args: dict[str, list[str]] = {}
     for item in args.node_arg:
@@ -99,7 +103,7 @@ def main() -> None:
                 args.profile, chart_path=args.out / f"e2e-{args.profile}-{stamp}.png",
                 profile_dir=args.out / f"e2e-py-spy-{stamp}" if args.py_spy else None,
                 node_args=node_args, phases=args.phases, window=args.window,
-                profiled_phase=args.py_spy_phase)
+                profiled_phase=args.py_spy_phase, capacity=args.capacity)
             report[name]["node_args"] = node_args
         elif name == "matching_rpc":
             report[name] = _matching_rpc(args.profile, node_args)

@@ -16,6 +16,7 @@ serve_until_signal(); set_serving() and stop() may be called from any thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -142,6 +143,17 @@ class AioNodeServer:
         stopping = [s.stop(grace) for s in (self._server, self._health_server) if s is not None]
         await asyncio.gather(*stopping)
 
+    def _within(self, step: Coroutine[Any, Any, Any] | concurrent.futures.Future[Any],
+                seconds: float) -> None:
+        """A shutdown step, waited for at most `seconds`; past that it is logged and left."""
+        if not isinstance(step, concurrent.futures.Future):
+            step = asyncio.run_coroutine_threadsafe(step, self._loop)
+        try:
+            step.result(seconds)
+        except concurrent.futures.TimeoutError:
+            log.error("%s: a shutdown step took over %.0f s; going on without it", self.name,
+                      seconds)
+
     def _end_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
@@ -153,15 +165,18 @@ class AioNodeServer:
         """Block until SIGTERM or SIGINT, then shut down gracefully (as NodeServer)."""
         wait_for_stop_signal(self._stopping, self.name)
         assert self._health is not None and self._server is not None
-        self._run(self._health.enter_graceful_shutdown())
+        # Each step waits a bounded time: a wedged loop must not keep the process from
+        # closing its storage and exiting (the kubelet would kill it uncleanly instead).
+        bound = grace_seconds + 5
+        self._within(self._health.enter_graceful_shutdown(), bound)
         # New calls are refused from here; running ones get `grace_seconds`, during which the
         # on_stop callbacks end background work (they may block: not on the loop's thread).
         stopped = asyncio.run_coroutine_threadsafe(self._server.stop(grace_seconds),
                                                    self._loop)
         run_all(self._on_stop)
-        stopped.result()
+        self._within(stopped, bound)
         if self._health_server is not None:
-            self._run(self._health_server.stop(0))
+            self._within(self._health_server.stop(0), bound)
         self._end_loop()
         run_all(self._on_close)
         log.info("%s stopped", self.name)

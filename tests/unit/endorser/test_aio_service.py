@@ -7,6 +7,7 @@ admission slot freed when they refuse it."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -210,3 +211,32 @@ def test_a_batch_whose_caller_gives_up_during_its_checks_frees_every_slot(
 
     asyncio.run(give_up_then_answer())
     assert admission.in_flight == 0
+
+
+def test_the_asyncio_server_stops_gracefully_running_its_callbacks_in_order(
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity]) -> None:
+    """As the node's main thread does at SIGTERM: health goes NOT_SERVING, the server stops
+    taking calls, on_stop then on_close run, and serve_until_signal returns."""
+    server = _served(servicer(genesis, consortium_dir, signed(ids["plant-1"], 1), Orderers()),
+                     consortium_dir, genesis)
+    ran: list[str] = []
+    server.on_stop(lambda: ran.append("stop"))
+    server.on_close(lambda: ran.append("close"))
+    channel = grpc.secure_channel(f"localhost:{server.port}",
+                                  TlsFiles.for_node(consortium_dir, "admin").channel_credentials())
+    stub = endorser_pb2_grpc.EndorserServiceStub(channel)
+    assert stub.GetBook(endorser_pb2.GetBookRequest(slot_start=0), timeout=10) is not None
+    server.request_stop()
+    started = time.monotonic()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_until_signal(grace_seconds=0.5)
+    finally:  # it installs the node's own handlers: give pytest its own back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert ran == ["stop", "close"]
+    assert time.monotonic() - started < 5
+    with pytest.raises(grpc.RpcError) as gone:
+        stub.GetBook(endorser_pb2.GetBookRequest(slot_start=0), timeout=2)
+    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    channel.close()

@@ -31,8 +31,14 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AioAuthzInterceptor
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
-from gridledger_core.rpc.server import NODE_INFO, run_all, split_host_port, wait_for_stop_signal
-from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
+from gridledger_core.rpc.server import (
+    NODE_INFO,
+    merged_options,
+    run_all,
+    split_host_port,
+    wait_for_stop_signal,
+)
+from gridledger_core.rpc.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ class AioNodeServer:
         self._tls = tls
         self._genesis = genesis
         self._account_lookup = account_lookup
-        self._options = list({**dict(SERVER_OPTIONS), **dict(options)}.items())
+        self._options = merged_options(options)
         self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
         self._health_listen = health_listen
         self._registrations: list[tuple[Callable[[Any, Any], None], Any]] = []
@@ -65,11 +71,6 @@ class AioNodeServer:
         self._server: aio.Server | None = None
         self._health_server: aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the handlers run on (for work that must resolve their futures)."""
-        return self._loop
 
     def add_service(self, register: Callable[[Any, Any], None], servicer: Any,
                     full_name: str) -> None:

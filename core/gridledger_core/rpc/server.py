@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 NODE_INFO = Info("gridledger_node", "Identity of this GridLedger node.")
 
 
+def merged_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """SERVER_OPTIONS, with `options` overriding those of the same name (e.g. a smaller
+    receive limit)."""
+    return list({**dict(SERVER_OPTIONS), **dict(options)}.items())
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
@@ -45,13 +51,11 @@ class NodeServer:
         self._listen = listen
         self._metrics_listen = metrics_listen
         self._tls = tls
-        # `options` override SERVER_OPTIONS of the same name (e.g. a smaller receive limit).
-        merged = list({**dict(SERVER_OPTIONS), **dict(options)}.items())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                                    # Metrics outermost, so refusals are counted too.
                                    interceptors=[MetricsInterceptor(),
                                                  AuthzInterceptor(genesis, account_lookup)],
-                                   options=merged,
+                                   options=merged_options(options),
                                    # Beyond it gRPC refuses at once (RESOURCE_EXHAUSTED)
                                    # instead of queueing calls for a worker without bound.
                                    maximum_concurrent_rpcs=maximum_concurrent_rpcs)

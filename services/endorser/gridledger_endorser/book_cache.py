@@ -150,7 +150,7 @@ class BookCache:
         # the thread rebuilding (or has not started yet).
         height = self._ledger.height
         block_time = max(self._block_time, self._ledger.tip_time())
-        now = max(int(self._clock()), block_time)
+        now = self._now(block_time)
         books = self._new_books()
         state = StateOverlay(self._ledger.store)
         start = schema.order_book_prefix(self._first_open_slot(now))
@@ -169,10 +169,11 @@ class BookCache:
             self.height = height
             OPEN_ORDERS.set(sum(len(b) for b in books))
 
-    def _now(self) -> int:
-        """The later of this endorser's clock and the last block's time: a slot closed by
-        either is closed (the ledger expires its orders at the first block past closure)."""
-        return max(int(self._clock()), self._block_time)
+    def _now(self, block_time: int | None = None) -> int:
+        """The later of this endorser's clock and the last block's time (`block_time`, or
+        the one applied): a slot closed by either is closed (the ledger expires its orders at
+        the first block past closure)."""
+        return max(int(self._clock()), self._block_time if block_time is None else block_time)
 
     def _close_slots(self, now: int) -> None:
         for slot in [b.slot for b in self._books if self._closed(b.slot, now)]:

@@ -125,12 +125,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             passed = self.check(submission.work, submission)
         if passed:
             self.checked(submission)
-            try:
-                answers = self._broadcaster.seal_and_broadcast(
-                    [(w.envelope, w.tx_id) for w in passed], self._sealer)
-            except Exception as exc:  # OrdererUnavailable (closed): nothing acknowledged
-                answers = [(exc, None)] * len(passed)
-            self.record_answers(passed, answers, submission)
+            self.record_answers(passed, self._forward(passed), submission)
         return submission.outcomes_in_order()
 
     # The steps of `_submit`, also taken by the asyncio server's servicer (aio_service.py).
@@ -191,15 +186,22 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         """Every check of the call is done and some passed."""
         ENDORSE_SECONDS.observe(time.perf_counter() - submission.started)
 
+    def _forward(self, passed: list[_Work]) -> Answers:
+        """Endorse checked work with its broadcast group and wait for the orderers' answers."""
+        try:
+            return self._broadcaster.seal_and_broadcast(_items(passed), self._sealer)
+        except Exception as exc:  # OrdererUnavailable (closed): nothing acknowledged
+            return _unsent(passed, exc)
+
     def forward_async(self, passed: list[_Work], loop: asyncio.AbstractEventLoop
                       ) -> asyncio.Future[Answers]:
-        """The broadcaster's answers for checked work, as a future of `loop`."""
+        """`_forward`'s answers as a future of `loop`, which is not blocked meanwhile."""
         try:
-            return self._broadcaster.seal_and_broadcast_async(
-                [(w.envelope, w.tx_id) for w in passed], self._sealer, loop)
-        except Exception as exc:  # OrdererUnavailable (closed): nothing acknowledged
+            return self._broadcaster.seal_and_broadcast_async(_items(passed), self._sealer,
+                                                              loop)
+        except Exception as exc:
             future: asyncio.Future[Answers] = loop.create_future()
-            future.set_result([(exc, None)] * len(passed))
+            future.set_result(_unsent(passed, exc))
             return future
 
     def record_answers(self, passed: list[_Work], answers: Answers,
@@ -332,7 +334,7 @@ class Submission:
 
     envelopes: list[envelope_pb2.SignedEnvelope]
     started: float
-    outcomes: list[Outcome | None] = field(default_factory=list)
+    outcomes: list[Outcome | None] = field(init=False)  # one per envelope, None until known
     first_of: dict[str, int] = field(default_factory=dict)  # tx id -> its first index
     work: list[_Work] = field(default_factory=list)  # admitted, to check
 
@@ -345,6 +347,15 @@ class Submission:
             if self.outcomes[i] is None:
                 self.outcomes[i] = self.outcomes[self.first_of[_claimed_tx_id(envelope)]]
         return [o for o in self.outcomes if o is not None]
+
+
+def _items(passed: list[_Work]) -> list[tuple[envelope_pb2.SignedEnvelope, str]]:
+    return [(w.envelope, w.tx_id) for w in passed]
+
+
+def _unsent(passed: list[_Work], why: Exception) -> Answers:
+    """Every item's answer when the broadcaster took none of them."""
+    return [(why, None)] * len(passed)
 
 
 def retry_trailer(retry_after_ms: int) -> tuple[tuple[str, str], ...]:

@@ -18,7 +18,7 @@ import pytest
 from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import Aborted, FakeContext
 from prometheus_client import REGISTRY
-from test_submit_batch import Orderers, Result, batch, ids, servicer, signed, single
+from test_submit_batch import Orderers, Result, _claimed, batch, ids, servicer, signed, single
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
@@ -70,13 +70,6 @@ def _wire_single(stub: endorser_pb2_grpc.EndorserServiceStub,
         return (_claimed(envelope), exc.code().value[0], exc.details(), int(hint))  # type: ignore[attr-defined]
     assert response.HasField("endorsement")
     return response.tx_id, 0, "", 0
-
-
-def _claimed(envelope: envelope_pb2.SignedEnvelope) -> str:
-    try:
-        return envelope_tx_id(envelope)
-    except Exception:
-        return ""
 
 
 def _handled(method: str, code: str) -> float:

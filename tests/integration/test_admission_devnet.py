@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,9 @@ import pytest
 from devnet_support import LEDGER_ROLES, committer_stub, dump_logs_on_failure, wait_for
 
 from gridctl import devnet
-from gridctl.loadgen import LoadGenerator, prepare_readings
+from gridctl.loadgen import LoadGenerator, distant_past, prepare_readings
 from gridledger.committer.v1 import committer_pb2
+from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger.errors import Code
 from gridledger_core.rpc.backoff import retry_after_ms
@@ -123,3 +125,40 @@ def test_the_cli_loadgen_and_submit_batch(net: devnet.Network, tmp_path: Path) -
     # Each line has a result; with the tiny bound some may be refused (exit 2), never lost.
     assert sent.returncode in (0, 2), sent.stderr
     assert '"status": "OK"' in sent.stdout
+
+
+def test_a_message_larger_than_a_role_receives_is_refused_before_it_is_read(
+        net: devnet.Network) -> None:
+    """Tried as a hostile member would: an 8 MiB SubmitBatch (twice the batch limit) and a
+    2 MiB committer query. gRPC refuses each with RESOURCE_EXHAUSTED before the message is
+    read into memory or parsed (the endorser's event loop never sees it), and both nodes go on
+    serving. Before, every server accepted 64 MiB: 128 such calls pinned 8 GiB."""
+    # a reading a year behind the other tests' (which walk back from 60 days ago)
+    year_ago = distant_past(900) - 305 * 86400
+    envelope = prepare_readings(net.consortium_dir, ["meter-1"], 1, start=year_ago)[0]
+    huge = envelope_pb2.SignedEnvelope()
+    huge.CopyFrom(envelope)
+    huge.payload += b"\0" * (8 << 20)
+    endorser = endorser_pb2_grpc.EndorserServiceStub(
+        secure_channel(net.by_role("endorser")[0].grpc, net.tls()))
+    with pytest.raises(grpc.RpcError) as refused:
+        endorser.SubmitBatch(endorser_pb2.SubmitBatchRequest(envelopes=[huge]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert "larger than max" in refused.value.details()  # type: ignore[attr-defined]
+
+    committer = committer_stub(net, "committer-1")
+    with pytest.raises(grpc.RpcError) as query_refused:
+        committer.GetTransaction(committer_pb2.GetTransactionRequest(tx_id="x" * (2 << 20)),
+                                 timeout=30)
+    assert query_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+
+    # Both keep serving: the same transaction at its real size is endorsed and committed.
+    for _ in range(20):  # the module's tiny admission bound may still be full a moment
+        answer = endorser.SubmitBatch(endorser_pb2.SubmitBatchRequest(envelopes=[envelope]),
+                                      timeout=60)
+        if answer.results[0].code != FULL:
+            break
+        time.sleep(answer.results[0].retry_after_ms / 1000)
+    assert answer.results[0].code == 0, answer.results[0].message
+    wait_for(lambda: committed_codes(net, [answer.results[0].tx_id]) ==
+             {answer.results[0].tx_id: Code.TX_VALIDATION_CODE_VALID}, 60, "it committed")

@@ -54,5 +54,18 @@ SERVER_OPTIONS = [
 ]
 
 
+# What a server accepts in one message is what its role legitimately receives, not the
+# channels' 64 MiB: gRPC refuses anything larger with RESOURCE_EXHAUSTED before it is read
+# into memory or parsed, so a hostile member's oversized calls cannot pin gigabytes or hold up
+# a server's event loop. Room for the message's own framing on top of its payload limit.
+FRAMING_BYTES = 64 << 10
+QUERY_RECEIVE_BYTES = 1 << 20  # committers' and meter agents' requests: ids, keys, pages
+
+
+def receive_limit(payload_bytes: int) -> tuple[str, int]:
+    """The server option that refuses messages over `payload_bytes` (plus framing)."""
+    return ("grpc.max_receive_message_length", payload_bytes + FRAMING_BYTES)
+
+
 def secure_channel(address: str, tls: TlsFiles) -> grpc.Channel:
     return grpc.secure_channel(address, tls.channel_credentials(), options=CHANNEL_OPTIONS)

@@ -17,7 +17,7 @@ from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
-from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit
 from gridledger_core.storage import LmdbStore
 
 LMDB_SIZE = Gauge("gridledger_ledger_lmdb_size_bytes", "Bytes used by the ledger's LMDB map.")
@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
-                        account_lookup=ledger_lookup(ledger.get_state))
+                        account_lookup=ledger_lookup(ledger.get_state),
+                        options=[receive_limit(QUERY_RECEIVE_BYTES)])
     server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
                        CommitterServicer(ledger, notifier),
                        committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name)

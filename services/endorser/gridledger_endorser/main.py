@@ -13,7 +13,7 @@ from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
-from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.rpc.tls import TlsFiles, receive_limit
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_endorser import admission, options
@@ -22,7 +22,7 @@ from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
-from gridledger_endorser.service import EndorserServicer
+from gridledger_endorser.service import MAX_BATCH_BYTES, EndorserServicer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
-              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None}
+              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None,
+              # the largest message an endorser is sent: a full batch, or one transaction
+              "options": [receive_limit(max(MAX_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
     server: NodeServer | AioNodeServer
     if args.grpc_server == "asyncio":
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,

@@ -31,7 +31,7 @@ from gridledger_core.profiles.household import HouseholdProfile
 from gridledger_core.profiles.plant import PlantProfile
 from gridledger_core.rpc.peer_identity import AccountLookup, RemoteAccounts
 from gridledger_core.rpc.server import NodeServer, split_host_port
-from gridledger_core.rpc.tls import TlsFiles, secure_channel
+from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent import energy_setup, presale
 from gridledger_meter_agent.commit_watch import CommitConfirmer, CommitWatcher
@@ -223,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
-                        account_lookup=account_lookup)
+                        account_lookup=account_lookup,
+                        options=[receive_limit(QUERY_RECEIVE_BYTES)])
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(parts),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)

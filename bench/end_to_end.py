@@ -46,6 +46,7 @@ from gridledger_core.rpc.tls import secure_channel
 
 ROLES = ("orderer", "committer", "endorser")
 FINALITY = "gridledger_orderer_block_finality_seconds"
+GC_PAUSES = "gridledger_gc_pause_seconds"  # every node (core gc_pauses.py)
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,8 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         _sleep_until(t0 + spec.warmup)
         window_start = time.monotonic()
         cpu_before, busy_before = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
+        gc_before = (observe.scrape_histogram(nodes, GC_PAUSES),
+                     observe.histogram_sum(nodes, GC_PAUSES))
         counts_before = _orderer_counts(orderers)
         samplers = profiling.start(nodes, duration - spec.warmup, profile_dir) \
             if profile_dir is not None else []
@@ -303,6 +306,9 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         counts = {k: v - counts_before[k] for k, v in _orderer_counts(orderers).items()}
         finality = observe.bucket_delta(observe.scrape_histogram(orderers, FINALITY),
                                         finality_before)
+        gc_pauses = observe.bucket_delta(observe.scrape_histogram(nodes, GC_PAUSES),
+                                         gc_before[0])
+        gc_seconds = observe.histogram_sum(nodes, GC_PAUSES) - gc_before[1]
         profiling.finish(samplers)
         outcomes = [results.get(timeout=180) for _ in processes]
         for process in processes:
@@ -323,7 +329,7 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         roles={n.name: n.role for n in nodes},
         machine_busy=busy_after - busy_before, finality=finality, drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
-        orderer_counts=counts)
+        orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds)
     summary, series = e2e_report.analyse(measured)
     summary["api"] = f"SubmitBatch x{batch}" if batch else "SubmitTransaction"
     name = f"{rate:,.0f} tx/s offered" if rate else "max rate"

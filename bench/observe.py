@@ -147,6 +147,21 @@ def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
     return total
 
 
+def histogram_sum(nodes: Sequence[devnet.Node], name: str) -> float:
+    """The sum over `nodes` (and every label) of histogram `name`'s `_sum`."""
+    return sum(sample.value for sample in scrape(nodes, [name])
+               if sample.name == f"{name}_sum")
+
+
+def longest(buckets: Buckets) -> float | None:
+    """The upper bound of the bucket that holds the largest observation (cumulative counts:
+    the first bound that counted everything); None when nothing was observed."""
+    total = max(buckets.values(), default=0.0)
+    if total <= 0:
+        return None
+    return min(bound for bound, count in buckets.items() if count >= total)
+
+
 def counter_sum(samples: Iterable[Sample], name: str,
                 where: Callable[[dict[str, str]], bool] = lambda labels: True) -> float:
     """The sum of counter `name`'s samples (from `scrape`) whose labels satisfy `where`."""

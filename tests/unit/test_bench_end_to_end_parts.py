@@ -114,6 +114,13 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
     assert observe.bucket_delta({0.1: 5.0, 1.0: 9.0}, {0.1: 2.0}) == {0.1: 3.0, 1.0: 9.0}
 
 
+def test_the_longest_observation_is_bounded_by_the_first_bucket_that_counted_everything() -> None:
+    assert observe.longest({0.001: 4.0, 0.01: 7.0, 0.1: 7.0, float("inf"): 7.0}) == 0.01
+    assert observe.longest({0.001: 4.0, 1.0: 4.0, float("inf"): 5.0}) == float("inf")
+    assert observe.longest({0.001: 0.0, float("inf"): 0.0}) is None
+    assert observe.longest({}) is None
+
+
 def _measured(records: list[Record], logs: list[CommitLog]) -> e2e_report.Measured:
     return e2e_report.Measured(
         records=records, logs=logs, t0=100.0, window=(101.0, 103.0),

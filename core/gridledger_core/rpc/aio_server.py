@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AioAuthzInterceptor
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
@@ -94,6 +95,7 @@ class AioNodeServer:
         host, port = split_host_port(self._metrics_listen)
         start_http_server(port, addr=host)
         NODE_INFO.info({"name": self.name, "role": self.role})
+        watch_pauses()
         log.info("%s (%s) serving gRPC (asyncio) on %s, metrics on %s", self.name, self.role,
                  self._listen, self._metrics_listen)
 

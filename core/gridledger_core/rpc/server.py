@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Info, start_http_server
 
+from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AuthzInterceptor
 from gridledger_core.rpc.metrics import MetricsInterceptor
@@ -95,6 +96,7 @@ class NodeServer:
         host, port = split_host_port(self._metrics_listen)
         start_http_server(port, addr=host)
         NODE_INFO.info({"name": self.name, "role": self.role})
+        watch_pauses()
         self._server.start()
         if self._health_listen:
             self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))

@@ -10,6 +10,7 @@ from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_committer.service import CommitterServicer
 from gridledger_committer.settlement_metrics import SettlementMetrics
 from gridledger_core import node_config
+from gridledger_core.gc_pauses import freeze_startup_heap
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.on_close(store.close)
     server.start()
     follower.start()
+    freeze_startup_heap()  # started: what lives now lives as long as the process
     server.serve_until_signal()
 
 

@@ -106,8 +106,11 @@ class _Pending:
         first = not self.done.is_set()
         self.response, self.error = response, error
         self.done.set()
-        if first and self.on_done is not None:
-            self.on_done()
+        # Dropped once called: the callback's closure holds its batch's pendings, a cycle
+        # that would outlive the call until a full garbage collection.
+        on_done, self.on_done = self.on_done, None
+        if first and on_done is not None:
+            on_done()
 
     def outcome(self) -> orderer_pb2.BroadcastResponse | BaseException:
         """The answer of a resolved pending."""

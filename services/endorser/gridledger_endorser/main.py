@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core import node_config
+from gridledger_core.gc_pauses import freeze_startup_heap
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.on_close(store.close)
     server.start()
     follower.start()
+    freeze_startup_heap()  # started: what lives now lives as long as the process
     server.serve_until_signal()
 
 

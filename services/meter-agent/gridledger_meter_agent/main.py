@@ -26,6 +26,7 @@ from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.endorser.v1 import endorser_pb2_grpc
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
 from gridledger_core import node_config
+from gridledger_core.gc_pauses import freeze_startup_heap
 from gridledger_core.genesis import Genesis
 from gridledger_core.profiles.household import HouseholdProfile
 from gridledger_core.profiles.plant import PlantProfile
@@ -243,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         daemon=True))
     for thread in threads:
         thread.start()
+    freeze_startup_heap()  # started: what lives now lives as long as the process
     server.serve_until_signal()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
 from gridledger_core import node_config
+from gridledger_core.gc_pauses import freeze_startup_heap
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.rpc.server import NodeServer
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     transport.start()
     node.start()
     trimmer.start()
+    freeze_startup_heap()  # started: what lives now lives as long as the process
     server.serve_until_signal()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from broadcast_fakes import SealsThenBroadcasts
+from gc_helpers import cyclic_garbage
 from grpc_helpers import Aborted, FakeContext
 from prometheus_client import REGISTRY
 from test_submit_batch import Orderers, Result, _claimed, batch, ids, servicer, signed, single
@@ -30,7 +31,7 @@ from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_endorser.aio_service import CHECK_SLICE, AsyncEndorserServicer
 from gridledger_endorser.broadcaster import OrdererUnavailable
 from gridledger_endorser.sealing import Seal
-from gridledger_endorser.service import EndorserServicer
+from gridledger_endorser.service import MAX_BATCH_ENVELOPES, EndorserServicer
 
 __all__ = ["ids"]  # a fixture, used here
 
@@ -233,3 +234,34 @@ def test_the_asyncio_server_stops_gracefully_running_its_callbacks_in_order(
         stub.GetBook(endorser_pb2.GetBookRequest(slot_start=0), timeout=2)
     assert gone.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     channel.close()
+
+
+def test_refusals_leave_no_reference_cycle_and_are_counted_by_code(
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity],
+        serve: Any) -> None:
+    """A refusal ends the call with its status, details and retry hint on the wire, without
+    `context.abort`: gRPC keeps abort's exception on the call, a cycle through the handler's
+    frames per refused call that only a full collection freed, thousands per second when
+    admission control refuses an overload."""
+    m1 = ids["meter-1"]
+    full = signed(m1, 1)
+    stub = serve(servicer(genesis, consortium_dir, signed(m1, 4),
+                          Orderers(full={envelope_tx_id(full)})))
+    _wire_single(stub, signed(m1, 2))  # warm the channel and the server's handlers
+    before = _handled("SubmitTransaction", "RESOURCE_EXHAUSTED")
+    with cyclic_garbage() as garbage:
+        for _ in range(5):
+            assert _wire_single(stub, full)[1:] == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                "orderer-1: RESOURCE_EXHAUSTED: pool full; retry the same envelope after "
+                "70 ms", 70)
+        with pytest.raises(grpc.RpcError) as too_many:
+            stub.SubmitBatch(endorser_pb2.SubmitBatchRequest(
+                envelopes=[full] * (MAX_BATCH_ENVELOPES + 1)), timeout=10)
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as not_a_request:
+            stub.RequestOptions(endorser_pb2.RequestOptionsRequest(), timeout=10)
+        assert not_a_request.value.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
+        del too_many, not_a_request
+    assert _handled("SubmitTransaction", "RESOURCE_EXHAUSTED") == before + 5
+    assert garbage["AbortError"] == 0, garbage.most_common(8)

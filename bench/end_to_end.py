@@ -295,8 +295,7 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         _sleep_until(t0 + spec.warmup)
         window_start = time.monotonic()
         cpu_before, busy_before = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
-        gc_before = (observe.scrape_histogram(nodes, GC_PAUSES),
-                     observe.histogram_sum(nodes, GC_PAUSES))
+        gc_before = observe.scrape(nodes, [GC_PAUSES])
         counts_before = _orderer_counts(orderers)
         samplers = profiling.start(nodes, duration - spec.warmup, profile_dir) \
             if profile_dir is not None else []
@@ -306,9 +305,10 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         counts = {k: v - counts_before[k] for k, v in _orderer_counts(orderers).items()}
         finality = observe.bucket_delta(observe.scrape_histogram(orderers, FINALITY),
                                         finality_before)
-        gc_pauses = observe.bucket_delta(observe.scrape_histogram(nodes, GC_PAUSES),
-                                         gc_before[0])
-        gc_seconds = observe.histogram_sum(nodes, GC_PAUSES) - gc_before[1]
+        gc_after = observe.scrape(nodes, [GC_PAUSES])
+        gc_pauses = observe.bucket_delta(observe.buckets_of(gc_after, GC_PAUSES),
+                                         observe.buckets_of(gc_before, GC_PAUSES))
+        gc_seconds = observe.sum_of(gc_after, GC_PAUSES) - observe.sum_of(gc_before, GC_PAUSES)
         profiling.finish(samplers)
         outcomes = [results.get(timeout=180) for _ in processes]
         for process in processes:

@@ -139,18 +139,22 @@ def scrape(nodes: Sequence[devnet.Node], family_names: Iterable[str]) -> list[Sa
 
 def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:
     """The sum over `nodes` of histogram `name`'s cumulative bucket counts."""
+    return buckets_of(scrape(nodes, [name]), name)
+
+
+def buckets_of(samples: Iterable[Sample], name: str) -> Buckets:
+    """Histogram `name`'s cumulative bucket counts in `samples`, summed over labels."""
     total: Buckets = {}
-    for sample in scrape(nodes, [name]):
+    for sample in samples:
         if sample.name == f"{name}_bucket":
             bound = float(sample.labels["le"])
             total[bound] = total.get(bound, 0.0) + sample.value
     return total
 
 
-def histogram_sum(nodes: Sequence[devnet.Node], name: str) -> float:
-    """The sum over `nodes` (and every label) of histogram `name`'s `_sum`."""
-    return sum(sample.value for sample in scrape(nodes, [name])
-               if sample.name == f"{name}_sum")
+def sum_of(samples: Iterable[Sample], name: str) -> float:
+    """Histogram `name`'s `_sum` in `samples`, summed over labels."""
+    return sum(sample.value for sample in samples if sample.name == f"{name}_sum")
 
 
 def longest(buckets: Buckets) -> float | None:

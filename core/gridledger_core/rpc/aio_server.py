@@ -39,7 +39,7 @@ from gridledger_core.rpc.server import (
     split_host_port,
     wait_for_stop_signal,
 )
-from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.rpc.tls import TlsFiles, receive_limit
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class AioNodeServer:
         self._server = server
         if self._health_listen:
             # Kubelet's gRPC probe presents no client certificate: health alone, plaintext.
-            plain = aio.server()
+            plain = aio.server(options=[receive_limit(0)])  # a health check's few bytes
             health_pb2_grpc.add_HealthServicer_to_server(self._health, plain)
             if plain.add_insecure_port(self._health_listen) == 0:
                 raise OSError(f"cannot listen on {self._health_listen}")

@@ -21,6 +21,7 @@ import grpc
 
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
+from gridledger_core.rpc.aio_context import refuse
 from gridledger_core.rpc.handler_cache import WrappedHandlers
 from gridledger_core.rpc.peer_identity import AccountLookup, Peer, PeerIdentities, PeerRefused
 
@@ -236,18 +237,23 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         return self._handlers.get(await continuation(details), details.method)
 
     async def _check(self, method: str, context: grpc.aio.ServicerContext,
-                     request: Any) -> None:
+                     request: Any) -> bool:
+        """True when the caller may go on; else the call is refused (its status set: no
+        `context.abort`, whose exception gRPC would keep in a cycle, rpc/aio_context.py)."""
         try:
             peer = _judge_call(self._identities, method, context, request)
         except Refused as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            return False
         # Each call runs in a task of its own, whose context ends with it: nothing to reset.
         _CALLER.set(peer)
+        return True
 
 
 def _wrap_async(handler: Any, check: Callable[[Any, Any], Any]) -> Any:
-    """`handler` with `check(request or None, context)` awaited before its behaviour (the
-    asyncio server's coroutines and async generators; the caller is set for the call's task)."""
+    """`handler` with `check(request or None, context)` awaited before its behaviour, which
+    runs only when it returns True (the asyncio server's coroutines and async generators;
+    the caller is set for the call's task)."""
     kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler),
              ("unary_stream", grpc.unary_stream_rpc_method_handler),
              ("stream_unary", grpc.stream_unary_rpc_method_handler),
@@ -260,14 +266,16 @@ def _wrap_async(handler: Any, check: Callable[[Any, Any], Any]) -> Any:
         if inspect.isasyncgenfunction(behaviour):
             async def stream(request: Any, context: Any, behaviour: Any = behaviour,
                              unary_in: bool = unary_in) -> AsyncIterator[Any]:
-                await check(request if unary_in else None, context)
+                if not await check(request if unary_in else None, context):
+                    return
                 async for item in behaviour(request, context):
                     yield item
             wrapper: Any = stream
         elif inspect.iscoroutinefunction(behaviour):
             async def single(request: Any, context: Any, behaviour: Any = behaviour,
                              unary_in: bool = unary_in) -> Any:
-                await check(request if unary_in else None, context)
+                if not await check(request if unary_in else None, context):
+                    return None
                 return await behaviour(request, context)
             wrapper = single
         else:
@@ -275,9 +283,9 @@ def _wrap_async(handler: Any, check: Callable[[Any, Any], Any]) -> Any:
             # base class (grpc_health's List). Checked, then refused as unimplemented.
             async def unimplemented(request: Any, context: Any,
                                     unary_in: bool = unary_in) -> Any:
-                await check(request if unary_in else None, context)
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                    "method not implemented on this server")
+                if await check(request if unary_in else None, context):
+                    refuse(context, grpc.StatusCode.UNIMPLEMENTED,
+                           "method not implemented on this server")
             wrapper = unimplemented
         return make(wrapper, request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer)

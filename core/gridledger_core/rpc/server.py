@@ -20,7 +20,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AuthzInterceptor
 from gridledger_core.rpc.metrics import MetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
-from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
+from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles, receive_limit
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class NodeServer:
         watch_pauses()
         self._server.start()
         if self._health_listen:
-            self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                                              options=[receive_limit(0)])  # a few bytes
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
             if self._health_server.add_insecure_port(self._health_listen) == 0:
                 raise OSError(f"cannot listen on {self._health_listen}")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.rpc.aio_context import Aborted, SyncContext, refuse
 from gridledger_endorser.service import (
     EndorserServicer,
     Outcome,
@@ -40,7 +41,7 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                                 ) -> endorser_pb2.SubmitTransactionResponse:
         result = (await self._submit([request.envelope]))[0]
         if result.code != grpc.StatusCode.OK:
-            return _refused(context, result.code, result.message,
+            return refuse(context, result.code, result.message,
                             retry_trailer(result.retry_after_ms)
                             if result.retry_after_ms else ())
         return single_response(result)
@@ -49,7 +50,7 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                           context: grpc.aio.ServicerContext) -> endorser_pb2.SubmitBatchResponse:
         refusal = batch_refusal(request)
         if refusal:
-            return _refused(context, grpc.StatusCode.INVALID_ARGUMENT, refusal)
+            return refuse(context, grpc.StatusCode.INVALID_ARGUMENT, refusal)
         return batch_response(await self._submit(list(request.envelopes)))
 
     async def RequestOptions(self, request: endorser_pb2.RequestOptionsRequest,
@@ -88,43 +89,10 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         return submission.outcomes_in_order()
 
 
-class _Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-class _SyncContext:
-    """What EndorserServicer's RequestOptions and GetBook use of a servicer context, so they
-    run unchanged on the loop: an abort is raised here and re-raised by the asyncio context."""
-
-    def __init__(self) -> None:
-        self.trailing: tuple[tuple[str, str], ...] = ()
-
-    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.trailing = tuple(metadata)
-
-    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise _Aborted(code, details)
-
-
 async def _inline(method: Callable[[Any, Any], Any], request: Any,
                   context: grpc.aio.ServicerContext) -> Any:
-    shim = _SyncContext()
+    shim = SyncContext(context)
     try:
         return method(request, shim)
-    except _Aborted as aborted:
-        return _refused(context, aborted.code, aborted.details, shim.trailing)
-
-
-def _refused(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str,
-             trailing: tuple[tuple[str, str], ...] = ()) -> Any:
-    """End the call with a non-OK status without `context.abort`: the asyncio server sends
-    the status and discards the (absent) response. `abort` raises an AbortError that gRPC keeps
-    on the call, a reference cycle through the handler's frames that only a full garbage
-    collection frees: one per refusal, at up to thousands per second under overload."""
-    context.set_code(code)
-    context.set_details(details)
-    if trailing:
-        context.set_trailing_metadata(trailing)
-    return None
+    except Aborted as aborted:
+        return refuse(context, aborted.code, aborted.details, shim.trailing)

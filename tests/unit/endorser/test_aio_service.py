@@ -45,19 +45,29 @@ def _served(s: EndorserServicer, consortium_dir: Path, genesis: Genesis) -> AioN
     return server
 
 
-@pytest.fixture()
-def serve(consortium_dir: Path, genesis: Genesis) -> Iterator[Any]:
-    servers: list[AioNodeServer] = []
+class _Serve:
+    """Starts asyncio endorser servers; a stub to the last one as any node."""
 
-    def start(s: EndorserServicer) -> endorser_pb2_grpc.EndorserServiceStub:
-        servers.append(_served(s, consortium_dir, genesis))
-        channel = grpc.secure_channel(f"localhost:{servers[-1].port}",
-                                      TlsFiles.for_node(consortium_dir, "admin")
+    def __init__(self, consortium_dir: Path, genesis: Genesis) -> None:
+        self._consortium_dir, self._genesis = consortium_dir, genesis
+        self.servers: list[AioNodeServer] = []
+
+    def __call__(self, s: EndorserServicer) -> endorser_pb2_grpc.EndorserServiceStub:
+        self.servers.append(_served(s, self._consortium_dir, self._genesis))
+        return self.connect("admin")
+
+    def connect(self, caller: str) -> endorser_pb2_grpc.EndorserServiceStub:
+        channel = grpc.secure_channel(f"localhost:{self.servers[-1].port}",
+                                      TlsFiles.for_node(self._consortium_dir, caller)
                                       .channel_credentials())
         return endorser_pb2_grpc.EndorserServiceStub(channel)
 
-    yield start
-    for server in servers:
+
+@pytest.fixture()
+def serve(consortium_dir: Path, genesis: Genesis) -> Iterator[Any]:
+    started = _Serve(consortium_dir, genesis)
+    yield started
+    for server in started.servers:
         server.stop()
 
 
@@ -262,6 +272,11 @@ def test_refusals_leave_no_reference_cycle_and_are_counted_by_code(
         with pytest.raises(grpc.RpcError) as not_a_request:
             stub.RequestOptions(endorser_pb2.RequestOptionsRequest(), timeout=10)
         assert not_a_request.value.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
-        del too_many, not_a_request
+        # The authorisation interceptor's refusal: a committer may not submit.
+        with pytest.raises(grpc.RpcError) as not_allowed:
+            serve.connect("committer-1").SubmitTransaction(
+                endorser_pb2.SubmitTransactionRequest(envelope=full), timeout=10)
+        assert not_allowed.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        del too_many, not_a_request, not_allowed
     assert _handled("SubmitTransaction", "RESOURCE_EXHAUSTED") == before + 5
     assert garbage["AbortError"] == 0, garbage.most_common(8)

@@ -187,9 +187,25 @@ def progress(net: devnet.Network, load: OnceSubmitter, acks: int = HOLD_ACKS,
     """Paced on progress, not time: the client got `acks` more acknowledgements and the
     chain grew by `blocks` (a fault is held, or the network runs, for that long)."""
     start = len(load.acks.acked)
-    grows(net, blocks, timeout)
+    try:
+        grows(net, blocks, timeout)
+    except AssertionError as stalled:  # say where the transactions stopped
+        raise AssertionError(f"{stalled}; {stall_report(net, load, start)}") from None
     wait_for(lambda: len(load.acks.acked) >= start + acks, timeout,
              f"{acks} more acknowledgements (had {start}; errors {dict(load.acks.errors)})")
+
+
+def stall_report(net: devnet.Network, load: OnceSubmitter, acked_before: int) -> str:
+    """The client's and the endorser's side of a stall: acknowledgements since the step
+    began, the client's errors, and the endorser's admission bound."""
+    endorser = net.by_role("endorser")[0]
+    try:
+        admission = {name: metric(endorser, f"gridledger_endorser_admission_{name}")
+                     for name in ("in_flight", "capacity", "commit_rate")}
+    except OSError as exc:
+        admission = {"metrics": f"unreachable: {exc}"}  # type: ignore[dict-item]
+    return (f"client: {len(load.acks.acked) - acked_before} acknowledged since, sent "
+            f"{load.sent}, errors {dict(load.acks.errors)}; endorser admission {admission}")
 
 
 def acked_not_committed(net: devnet.Network, load: OnceSubmitter, want: int = 3,

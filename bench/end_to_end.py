@@ -40,13 +40,13 @@ from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger_core.gc_pauses import METRIC as GC_PAUSES
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.tls import secure_channel
 
 ROLES = ("orderer", "committer", "endorser")
 FINALITY = "gridledger_orderer_block_finality_seconds"
-GC_PAUSES = "gridledger_gc_pause_seconds"  # every node (core gc_pauses.py)
 
 
 @dataclass(frozen=True)

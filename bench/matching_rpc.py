@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -173,9 +174,17 @@ def _prepare(network: devnet.Network, count: int,
     return requests, setup
 
 
+class Offered(NamedTuple):
+    latencies: list[float]  # s, from each request's scheduled send
+    errors: int
+    reasons: collections.Counter[str]  # refusals by status and reason
+    sent_rate: float  # achieved sends per second
+    send_lags: list[float]  # s each send was behind its schedule: the client's share of a tail
+
+
 def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRequest],
-           rate: float) -> tuple[list[float], int, float]:
-    """Send at ``rate``/s on a fixed schedule; (latencies in s, errors, achieved send rate)."""
+           rate: float) -> Offered:
+    """Send at ``rate``/s on a fixed schedule."""
     channel = secure_channel(network.by_role("endorser")[0].grpc, network.tls())
     stub = endorser_pb2_grpc.EndorserServiceStub(channel)
     warm_up, requests = requests[:WARM_UP], requests[WARM_UP:]
@@ -200,29 +209,21 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
         done.release()
 
     interval = 1.0 / rate
-    SEND_LAGS.clear()
+    send_lags: list[float] = []
     start = time.perf_counter() + 0.05
     for i, request in enumerate(requests):
         scheduled = start + i * interval
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        SEND_LAGS.append(time.perf_counter() - scheduled)
+        send_lags.append(time.perf_counter() - scheduled)
         future = stub.RequestOptions.future(request, timeout=10)
         future.add_done_callback(lambda f, s=scheduled: finished(f, s))
     sent_rate = len(requests) / (time.perf_counter() - start)
     for _ in requests:
         done.acquire(timeout=15)
     channel.close()
-    ERRORS_BY_REASON.clear()
-    ERRORS_BY_REASON.update(reasons)
-    return latencies, errors, sent_rate
-
-
-# The last run's refusals by status and reason (admission control, gRPC's call bound, ...).
-ERRORS_BY_REASON: collections.Counter[str] = collections.Counter()
-# The last run's lag of each send behind its schedule (s): the client's own share of a tail.
-SEND_LAGS: list[float] = []
+    return Offered(latencies, errors, reasons, sent_rate, send_lags)
 
 
 def _reason(error: BaseException) -> str:
@@ -279,30 +280,31 @@ def run(profile: str = "standard", directory: Path | None = None,
             requests, setup = _prepare(network, WARM_UP + int(rate * seconds), history)
             endorsers = network.by_role("endorser")
             before = observe.scrape_histogram(endorsers, SERVER_HISTOGRAM)
-            latencies, errors, sent_rate = _offer(network, requests, rate)
+            offered = _offer(network, requests, rate)
             server = _server_quantiles(before,
                                        observe.scrape_histogram(endorsers, SERVER_HISTOGRAM))
         finally:
             if own is not None:
                 devnet.stop(own)
-    ms = [v * 1000 for v in latencies]
+    ms = [v * 1000 for v in offered.latencies]
+    lags = offered.send_lags
     result = {
         "profile": profile, "offered_rate_per_s": rate, "seconds": seconds,
-        "sent_rate_per_s": round(sent_rate), "requests": len(requests) - WARM_UP,
+        "sent_rate_per_s": round(offered.sent_rate), "requests": len(requests) - WARM_UP,
         "ok": len(ms),
-        "errors": errors, "errors_by_reason": dict(ERRORS_BY_REASON.most_common(4)),
+        "errors": offered.errors, "errors_by_reason": dict(offered.reasons.most_common(4)),
         "p50_ms": round(percentile(ms, 50), 3) if ms else None,
         "p90_ms": round(percentile(ms, 90), 3) if ms else None,
         "p99_ms": round(percentile(ms, 99), 3) if ms else None,
         "max_ms": round(max(ms), 3) if ms else None,
         "mean_ms": round(statistics.fmean(ms), 3) if ms else None,
         "target_p99_ms": TARGET_P99_MS, "endorser_handling": server,
-        "client_send_lag_p99_ms": round(percentile([v * 1000 for v in SEND_LAGS], 99), 3)
-        if SEND_LAGS else None, **setup,
+        "client_send_lag_p99_ms": round(percentile([v * 1000 for v in lags], 99), 3)
+        if lags else None, **setup,
     }
     print(f"matching RPC [{profile}]: offered {rate:,}/s for {seconds:.0f} s (sent "
           f"{result['sent_rate_per_s']:,}/s): p50 {result['p50_ms']} ms, p90 {result['p90_ms']}"
-          f" ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms; {errors} errors "
+          f" ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms; {offered.errors} errors "
           f"{result['errors_by_reason'] or ''} "
           f"(target p99 <= {TARGET_P99_MS} ms)\n  the endorser's own handling time (its "
           f"histogram, {server['calls']:,} calls incl. the demo's): p50 "

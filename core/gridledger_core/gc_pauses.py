@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+METRIC = "gridledger_gc_pause_seconds"
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 GENERATIONS = 3
 
@@ -49,7 +50,7 @@ class GcPauses(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
-            "gridledger_gc_pause_seconds",
+            METRIC,
             "Stop-the-world pauses of Python's cyclic garbage collector, by generation "
             "(2: a full collection).", labels=["generation"])
         for generation in range(GENERATIONS):

@@ -23,8 +23,7 @@ class Aborted(Exception):
 class SyncContext:
     """What the threaded servicers' steps use of a servicer context."""
 
-    def __init__(self, context: grpc.aio.ServicerContext | None = None) -> None:
-        self._context = context
+    def __init__(self) -> None:
         self.trailing: tuple[tuple[str, str], ...] = ()
 
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
@@ -32,10 +31,6 @@ class SyncContext:
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        assert self._context is not None
-        return self._context.auth_context()
 
 
 def refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str,

@@ -91,7 +91,7 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
 
 async def _inline(method: Callable[[Any, Any], Any], request: Any,
                   context: grpc.aio.ServicerContext) -> Any:
-    shim = SyncContext(context)
+    shim = SyncContext()
     try:
         return method(request, shim)
     except Aborted as aborted:

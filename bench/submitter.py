@@ -6,6 +6,10 @@ slow answer never delays the next send, and latency counts from the *scheduled* 
 client lag shows rather than hides), or closed loop with at most `window` jobs in flight
 for the maximum rate. All times are `time.monotonic()`, one clock for every process on the
 machine.
+
+Like a head-end system, a submitter keeps its calls to the endorser within a congestion
+window and pauses every new call for the endorser's retry hint after a refusal (core
+`rpc/congestion.py`); a refused call is sent again once a slot is free and the gate open.
 """
 
 from __future__ import annotations
@@ -24,17 +28,21 @@ from bench.workload import Job, sign_request
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
+from gridledger_core.rpc.congestion import AsyncCallWindow, CallWindow
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
 CALL_TIMEOUT = 30.0
-# A refused (RESOURCE_EXHAUSTED) call is retried after the endorser's hint plus jitter, up to
-# this many calls in all; then the job counts as refused (what a meter would buffer).
+# A refused (RESOURCE_EXHAUSTED) call is retried once the congestion window lets it (after
+# the endorser's hint plus jitter), up to this many calls in all; then the job counts as
+# refused (what a meter would buffer).
 MAX_ATTEMPTS = 4
 BATCH_LINGER = 0.002  # seconds a batch waits for more transactions once one is queued
 SHED = "SHED: the load generator's open-loop bound was reached (not sent)"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.DEADLINE_EXCEEDED}
+             grpc.StatusCode.DEADLINE_EXCEEDED}  # the untimed set-up's retries
+# What tells the congestion window the endorser is overloaded.
+CONGESTION = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class Record(NamedTuple):
@@ -157,7 +165,7 @@ class _Runner:
         self.records: list[Record] = []
         self.cpu_at_start = 0.0
         # A refusal without a hint (gRPC's own concurrency limit) waits 250 ms and doubling.
-        self._backoff = Backoff(base_s=0.25)
+        self._window = AsyncCallWindow(CallWindow(backoff=Backoff(base_s=0.25)))
 
     def _identity(self, meter: str) -> SigningIdentity:
         identity = self._identities.get(meter)
@@ -232,15 +240,16 @@ class _Runner:
             return
         answer = None
         for attempt in range(self._spec.attempts):
+            sent_at = await self._window.acquire()
             # Stamped and signed now, not when the job was made: the endorser refuses
             # requests more than its --request-window off its clock.
             request = endorser_pb2.RequestOptionsRequest(
                 request=sign_request(self._identity(job.meter), job.payload))
             try:
                 answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
-                break
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
+                self._settle(code, sent_at, retry_after_ms(exc))
                 if code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
                         attempt + 1 == self._spec.attempts:
                     self.records.append(Record("order", "", due, 0.0, 0.0,
@@ -248,7 +257,9 @@ class _Runner:
                                                time.monotonic() - due, attempt + 1,
                                                started=started))
                     return
-                await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(exc)))
+                continue
+            self._window.admitted()
+            break
         assert answer is not None
         matched = time.monotonic()
         envelope = self._identity(job.meter).new_transaction(
@@ -258,24 +269,34 @@ class _Runner:
 
     async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
                       matching: float, started: float) -> None:
-        """Submit, retrying after RESOURCE_EXHAUSTED (the hint plus jitter); latency still
-        counts from `sent` (a reading's schedule), `last_sent` is when each call was made."""
+        """Submit, retrying after RESOURCE_EXHAUSTED (when the window lets it: the hint plus
+        jitter); latency still counts from `sent` (a reading's schedule), `last_sent` is
+        when each call was made."""
         envelope = envelope_pb2.SignedEnvelope.FromString(payload)
         for attempt in range(self._spec.attempts):
-            last_sent = time.monotonic()
+            last_sent = await self._window.acquire()
             try:
                 await self._one(envelope)
-                self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
-                                           matching, attempt + 1, last_sent, started))
-                return
             except _Failed as failed:
+                self._settle(failed.code, last_sent, failed.retry_ms)
                 if failed.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
                         attempt + 1 == self._spec.attempts:
                     self.records.append(Record(kind, tx_id, due, sent, 0.0,
                                                reason_of(failed.code, failed.details),
                                                matching, attempt + 1, last_sent, started))
                     return
-                await asyncio.sleep(self._backoff.delay(attempt, failed.retry_ms))
+                continue
+            self._window.admitted()
+            self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
+                                       matching, attempt + 1, last_sent, started))
+            return
+
+    def _settle(self, code: grpc.StatusCode, sent_at: float, hint_ms: int) -> None:
+        """A failed call's slot back to the window: a congestion signal, or not."""
+        if code in CONGESTION:
+            self._window.refused(sent_at, hint_ms)
+        else:
+            self._window.ended()
 
     async def _one(self, envelope: envelope_pb2.SignedEnvelope) -> None:
         """One submission of the envelope: OK, or _Failed."""

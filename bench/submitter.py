@@ -8,8 +8,8 @@ for the maximum rate. All times are `time.monotonic()`, one clock for every proc
 machine.
 
 Like a head-end system, a submitter keeps its calls to the endorser within a congestion
-window and pauses every new call for the endorser's retry hint after a refusal (core
-`rpc/congestion.py`); a refused call is sent again once a slot is free and the gate open.
+window that shrinks when the endorser refuses (core `rpc/congestion.py`); a refused call
+waits for the endorser's retry hint plus jitter, then for a slot, and is sent again.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
 CALL_TIMEOUT = 30.0
-# A refused (RESOURCE_EXHAUSTED) call is retried once the congestion window lets it (after
-# the endorser's hint plus jitter), up to this many calls in all; then the job counts as
+# A refused (RESOURCE_EXHAUSTED) call is retried after the endorser's hint plus jitter (and a
+# slot in the congestion window), up to this many calls in all; then the job counts as
 # refused (what a meter would buffer).
 MAX_ATTEMPTS = 4
 BATCH_LINGER = 0.002  # seconds a batch waits for more transactions once one is queued
@@ -164,8 +164,9 @@ class _Runner:
         self._identities: dict[str, SigningIdentity] = {}
         self.records: list[Record] = []
         self.cpu_at_start = 0.0
+        self._window = AsyncCallWindow(CallWindow())
         # A refusal without a hint (gRPC's own concurrency limit) waits 250 ms and doubling.
-        self._window = AsyncCallWindow(CallWindow(backoff=Backoff(base_s=0.25)))
+        self._backoff = Backoff(base_s=0.25)
 
     def _identity(self, meter: str) -> SigningIdentity:
         identity = self._identities.get(meter)
@@ -249,7 +250,7 @@ class _Runner:
                 answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                self._settle(code, sent_at, retry_after_ms(exc))
+                self._settle(code, sent_at)
                 if code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
                         attempt + 1 == self._spec.attempts:
                     self.records.append(Record("order", "", due, 0.0, 0.0,
@@ -257,6 +258,7 @@ class _Runner:
                                                time.monotonic() - due, attempt + 1,
                                                started=started))
                     return
+                await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(exc)))
                 continue
             self._window.admitted()
             break
@@ -269,32 +271,33 @@ class _Runner:
 
     async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
                       matching: float, started: float) -> None:
-        """Submit, retrying after RESOURCE_EXHAUSTED (when the window lets it: the hint plus
-        jitter); latency still counts from `sent` (a reading's schedule), `last_sent` is
-        when each call was made."""
+        """Submit, retrying after RESOURCE_EXHAUSTED (the hint plus jitter, then a slot in
+        the window); latency still counts from `sent` (a reading's schedule), `last_sent`
+        is when each call was made."""
         envelope = envelope_pb2.SignedEnvelope.FromString(payload)
         for attempt in range(self._spec.attempts):
             last_sent = await self._window.acquire()
             try:
                 await self._one(envelope)
             except _Failed as failed:
-                self._settle(failed.code, last_sent, failed.retry_ms)
+                self._settle(failed.code, last_sent)
                 if failed.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
                         attempt + 1 == self._spec.attempts:
                     self.records.append(Record(kind, tx_id, due, sent, 0.0,
                                                reason_of(failed.code, failed.details),
                                                matching, attempt + 1, last_sent, started))
                     return
+                await asyncio.sleep(self._backoff.delay(attempt, failed.retry_ms))
                 continue
             self._window.admitted()
             self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
                                        matching, attempt + 1, last_sent, started))
             return
 
-    def _settle(self, code: grpc.StatusCode, sent_at: float, hint_ms: int) -> None:
+    def _settle(self, code: grpc.StatusCode, sent_at: float) -> None:
         """A failed call's slot back to the window: a congestion signal, or not."""
         if code in CONGESTION:
-            self._window.refused(sent_at, hint_ms)
+            self._window.refused(sent_at)
         else:
             self._window.ended()
 

@@ -43,7 +43,7 @@ from gridledger.common.v1 import envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger.errors import Code, code_name
 from gridledger_core.ledger.rules.readings import READING_NOT_ENDED
-from gridledger_core.rpc.backoff import Backoff, RetryGate, retry_after_ms
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_meter_agent.commit_watch import CommitConfirmer
 from gridledger_meter_agent.outbox import Outbox
@@ -106,8 +106,9 @@ class OutboxSender:
         self.wake = threading.Event()
         self._batch_size = max(1, batch_size)
         self._use_batch = True  # until the endorser answers UNIMPLEMENTED
-        # No sending while admission control's hint (plus jitter) runs.
-        self._gate = RetryGate(backoff, clock)
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._not_before = 0.0  # (clock) no sending before this: admission control's hint
+        self._refusals = 0  # consecutive rounds refused RESOURCE_EXHAUSTED
 
     @property
     def awaiting(self) -> int:
@@ -130,7 +131,7 @@ class OutboxSender:
                          seq, sent.tx_id, self._resubmit_after)
             due.append((seq, payload))
         reachable = True
-        if due and self._gate.wait_s() == 0:
+        if due and self._clock() >= self._not_before:
             reachable = self._send(due, stop)
         if self._confirm is not None and self._sent:
             self._look_for_commits()
@@ -161,13 +162,12 @@ class OutboxSender:
                              self._outbox.pending())
             if verdict == "exhausted":
                 if progressed:
-                    self._gate.progressed()  # some got in: wait the hint, do not grow
-                self._gate.refused(hint_ms)
-                THROTTLED.inc()
+                    self._refusals = 0  # some got in: wait the hint, do not grow the backoff
+                self._exhausted(hint_ms)
                 return True  # reachable: it said when to come back
             if verdict == "transient":
                 return False
-            self._gate.progressed()
+            self._refusals = 0
         return True
 
     def _submit(self, chunk: list[tuple[int, envelope_pb2.SignedEnvelope]]
@@ -219,6 +219,13 @@ class OutboxSender:
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return "exhausted"
         return "transient"
+
+    def _exhausted(self, hint_ms: int) -> None:
+        """Refused by admission control: wait the hint plus jitter, longer if it repeats."""
+        delay = self._backoff.delay(self._refusals, hint_ms)
+        self._not_before = max(self._not_before, self._clock() + delay)
+        self._refusals += 1
+        THROTTLED.inc()
 
     def _look_for_commits(self) -> None:
         assert self._confirm is not None

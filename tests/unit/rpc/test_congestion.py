@@ -1,0 +1,184 @@
+"""Client-side congestion control: the AIMD window of calls in flight, as a pure rule
+(injected clock) and as asyncio waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gridledger_core.rpc.congestion import DECREASE, AsyncCallWindow, CallWindow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def window(initial: float = 4, clock: Clock | None = None, ceiling: float = 1024
+           ) -> CallWindow:
+    return CallWindow(initial=initial, ceiling=ceiling, clock=clock or Clock())
+
+
+def test_slow_start_doubles_the_window_each_round_trip() -> None:
+    w = window(initial=4)
+    for expected in (8, 16, 32):
+        sent = [w.start() for _ in range(int(w.window))]
+        assert None not in sent and w.start() is None  # full
+        for _ in sent:
+            w.admitted()
+        assert w.window == expected
+
+
+def test_one_burst_of_refusals_cuts_the_window_once_then_it_grows_by_one_per_round_trip(
+) -> None:
+    clock = Clock()
+    w = window(initial=16, clock=clock)
+    sent = [w.start() for _ in range(16)]
+    clock.now += 0.01
+    for at in sent:
+        assert at is not None
+        w.refused(at)
+    assert w.window == pytest.approx(16 * DECREASE)  # not 16 * DECREASE**16
+    clock.now += 0.01
+    late = w.start()  # sent after the cut: its refusal is a new signal
+    assert late is not None
+    w.refused(late)
+    assert w.window == pytest.approx(16 * DECREASE ** 2)
+    before = w.window
+    for _ in range(3):  # three round trips of admitted calls
+        calls = [w.start() for _ in range(int(w.window))]
+        for _ in calls:
+            w.admitted()
+    assert before + 2.5 < w.window < before + 3.5  # + about 1 per round trip, no doubling
+
+
+def test_the_window_never_falls_below_its_floor() -> None:
+    clock = Clock()
+    w = window(initial=2, clock=clock)
+    for _ in range(10):
+        at = w.start()
+        assert at is not None
+        clock.now += 1
+        w.refused(at)
+    assert w.window == 1 and w.start() is not None
+
+
+def test_other_outcomes_free_the_slot_without_moving_the_window() -> None:
+    w = window(initial=2)
+    assert w.start() is not None and w.start() is not None and w.start() is None
+    w.ended()
+    assert w.window == 2 and w.start() is not None
+
+
+def test_an_outcome_for_a_call_never_started_is_a_bug() -> None:
+    with pytest.raises(RuntimeError):
+        window().admitted()
+    with pytest.raises(ValueError):
+        CallWindow(initial=0.5, floor=1)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["start", "ok", "refused", "ended", "tick"]),
+                          st.integers(0, 2_000)), max_size=300))
+def test_the_window_stays_within_its_bounds_and_never_over_commits(
+        steps: list[tuple[str, int]]) -> None:
+    clock = Clock()
+    w = window(initial=4, clock=clock, ceiling=64)
+    in_flight: list[float] = []
+    for op, value in steps:
+        if op == "start":
+            at = w.start()
+            if at is not None:
+                assert len(in_flight) < w.window  # a slot was free
+                in_flight.append(at)
+        elif op == "tick":
+            clock.now += value / 1000
+        elif in_flight:
+            at = in_flight.pop(value % len(in_flight))
+            if op == "ok":
+                w.admitted()
+            elif op == "refused":
+                w.refused(at)
+            else:
+                w.ended()
+        assert 1 <= w.window <= 64
+        assert w.in_flight == len(in_flight)
+
+
+# -- asyncio --------------------------------------------------------------------------------
+
+def test_waiters_take_slots_first_come_first_served_as_calls_end() -> None:
+    async def scenario() -> list[int]:
+        w = AsyncCallWindow(window(initial=2))
+        order: list[int] = []
+
+        async def call(i: int) -> None:
+            await w.acquire()
+            order.append(i)
+
+        holders = [await w.acquire(), await w.acquire()]
+        tasks = [asyncio.create_task(call(i)) for i in range(5)]
+        await asyncio.sleep(0)
+        assert order == []  # the window is full
+        for _ in holders:
+            w.ended()
+        await asyncio.sleep(0)
+        assert order == [0, 1]
+        for _ in range(3):
+            w.ended()
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+
+
+def test_a_cancelled_waiter_passes_its_turn_on() -> None:
+    async def scenario() -> None:
+        w = AsyncCallWindow(window(initial=1))
+        await w.acquire()
+        first = asyncio.create_task(w.acquire())
+        second = asyncio.create_task(w.acquire())
+        await asyncio.sleep(0)
+        w.ended()  # wakes `first` ...
+        first.cancel()  # ... which is cancelled before it runs
+        await asyncio.wait_for(second, timeout=5)
+        assert w.state.in_flight == 1
+
+    asyncio.run(scenario())
+
+
+def test_many_calls_with_random_outcomes_all_finish() -> None:
+    """Liveness: whatever the mix of admissions, refusals and other endings, every call
+    gets a slot eventually and no slot leaks."""
+    async def scenario() -> None:
+        rng = random.Random(7)
+        w = AsyncCallWindow(CallWindow())
+        finished = 0
+
+        async def job() -> None:
+            nonlocal finished
+            for _ in range(3):
+                sent = await w.acquire()
+                await asyncio.sleep(rng.random() * 0.002)
+                draw = rng.random()
+                if draw < 0.2:
+                    w.refused(sent)
+                    continue
+                if draw < 0.9:
+                    w.admitted()
+                else:
+                    w.ended()
+                break
+            finished += 1
+
+        await asyncio.wait_for(asyncio.gather(*(job() for _ in range(500))), timeout=60)
+        assert finished == 500 and w.state.in_flight == 0
+
+    asyncio.run(scenario())

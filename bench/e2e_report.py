@@ -25,6 +25,7 @@ class Measured:
     cpu: dict[str, float]  # node -> CPU seconds inside the window
     roles: dict[str, str]  # node -> role
     machine_busy: float  # busy CPU seconds of the whole machine inside the window
+    machine_steal: float  # of which the hypervisor gave to other guests (steal)
     finality: Buckets  # the orderers' block finality histogram, this phase only
     drained: bool  # every acknowledged transaction committed on every committer
     offered_rate: float  # 0 for the max-rate phase
@@ -113,6 +114,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         if valid_in_window else None,
         "gc_pause_longest": _bucket_text(longest(m.gc_pauses)),
         "machine_busy_fraction": round(m.machine_busy / (seconds * (os.cpu_count() or 1)), 3),
+        "machine_steal_fraction": round(m.machine_steal / (seconds * (os.cpu_count() or 1)),
+                                        3),
         "submitter_cpu_seconds": round(m.submitter_cpu, 1),
         "submitter_cpu_ms_per_job": round(m.submitter_cpu / len(m.records) * 1000, 3)
         if m.records else None,
@@ -210,6 +213,8 @@ def table(report: dict) -> str:
         lambda s: f"{_fmt(s.get('gc_pause_ms_per_committed_tx'))}; "
                   f"{_fmt(s.get('gc_pause_longest'))}")
     row("machine busy (2 cores = 1.0)", lambda s: s["machine_busy_fraction"])
+    row("of which steal (the host ran other guests)",
+        lambda s: s.get("machine_steal_fraction"))
     row("load generator CPU ms per job", lambda s: s["submitter_cpu_ms_per_job"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]

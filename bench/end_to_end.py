@@ -327,7 +327,8 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
                                                                            window_end),
         cpu={n.name: cpu_after[n.name] - cpu_before[n.name] for n in nodes},
         roles={n.name: n.role for n in nodes},
-        machine_busy=busy_after - busy_before, finality=finality, drained=drained,
+        machine_busy=busy_after.busy - busy_before.busy,
+        machine_steal=busy_after.steal - busy_before.steal, finality=finality, drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
         orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds)
     summary, series = e2e_report.analyse(measured)

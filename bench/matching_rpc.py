@@ -280,7 +280,10 @@ def run(profile: str = "standard", directory: Path | None = None,
             requests, setup = _prepare(network, WARM_UP + int(rate * seconds), history)
             endorsers = network.by_role("endorser")
             before = observe.scrape_histogram(endorsers, SERVER_HISTOGRAM)
+            cpu_before, started = observe.machine_cpu_seconds(), time.monotonic()
             offered = _offer(network, requests, rate)
+            steal = observe.steal_fraction(cpu_before, observe.machine_cpu_seconds(),
+                                           time.monotonic() - started)
             server = _server_quantiles(before,
                                        observe.scrape_histogram(endorsers, SERVER_HISTOGRAM))
         finally:
@@ -300,7 +303,10 @@ def run(profile: str = "standard", directory: Path | None = None,
         "mean_ms": round(statistics.fmean(ms), 3) if ms else None,
         "target_p99_ms": TARGET_P99_MS, "endorser_handling": server,
         "client_send_lag_p99_ms": round(percentile([v * 1000 for v in lags], 99), 3)
-        if lags else None, **setup,
+        if lags else None,
+        # The host ran other guests for this share of the machine: a tail in a run with
+        # steal is partly the host's (docs/performance.md, eighth round).
+        "machine_steal_fraction": steal, **setup,
     }
     print(f"matching RPC [{profile}]: offered {rate:,}/s for {seconds:.0f} s (sent "
           f"{result['sent_rate_per_s']:,}/s): p50 {result['p50_ms']} ms, p90 {result['p90_ms']}"
@@ -309,7 +315,8 @@ def run(profile: str = "standard", directory: Path | None = None,
           f"(target p99 <= {TARGET_P99_MS} ms)\n  the endorser's own handling time (its "
           f"histogram, {server['calls']:,} calls incl. the demo's): p50 "
           f"{server['p50_ms']} ms, p99 {server['p99_ms']} ms; the client's "
-          f"sends behind schedule p99 {result['client_send_lag_p99_ms']} ms"
+          f"sends behind schedule p99 {result['client_send_lag_p99_ms']} ms; the host's "
+          f"steal {steal:.1%} of the machine"
           f"\n  each request is matched against "
           f"{setup['resting_sells']} resting sells in slot {setup['slot']} ({setup['buyer']} "
           f"bidding a tick under {setup['seller']}'s best ask)")

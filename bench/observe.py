@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -108,11 +109,24 @@ def cpu_by_node(nodes: Sequence[devnet.Node]) -> dict[str, float]:
     return {n.name: cpu_seconds(n.pid) for n in nodes}
 
 
-def machine_cpu_seconds() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores), from /proc/stat."""
+class MachineCpu(NamedTuple):
+    """CPU seconds of the whole machine so far (all cores), from /proc/stat."""
+
+    busy: float  # not idle: our processes, the kernel, and steal
+    steal: float  # time the hypervisor gave this virtual machine's CPUs to other guests
+
+
+def machine_cpu_seconds() -> MachineCpu:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+    return MachineCpu((sum(fields[:8]) - idle) / CLOCK_TICKS, fields[7] / CLOCK_TICKS)
+
+
+def steal_fraction(before: MachineCpu, after: MachineCpu, seconds: float) -> float:
+    """Share of all cores' time the hypervisor ran other guests: on a shared host a phase
+    with steal ran on less machine than one without, so its figures are not comparable."""
+    return round((after.steal - before.steal) / (seconds * (os.cpu_count() or 1)), 3) \
+        if seconds > 0 else 0.0
 
 
 # -- Prometheus histograms ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ from Prometheus histograms, and the figures it derives from raw observations."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def _measured(records: list[Record], logs: list[CommitLog]) -> e2e_report.Measur
         cpu={"orderer-1": 1.0, "orderer-2": 1.0, "committer-1": 0.5, "endorser-1": 0.5},
         roles={"orderer-1": "orderer", "orderer-2": "orderer", "committer-1": "committer",
                "endorser-1": "endorser"},
-        machine_busy=3.0, finality={0.1: 1.0, 0.2: 2.0, float("inf"): 2.0}, drained=True,
+        machine_busy=3.0, machine_steal=0.4,
+        finality={0.1: 1.0, 0.2: 2.0, float("inf"): 2.0}, drained=True,
         offered_rate=10.0, submitter_cpu=0.2)
 
 
@@ -154,6 +156,9 @@ def test_analyse_counts_only_transactions_committed_everywhere_in_the_window(
                                                   "orderer": 1000.0}
     assert summary["blocks_per_s"] == 1.5 and summary["avg_block_transactions"] == 1.3
     assert summary["block_finality_p99_ms"] == pytest.approx(198.0)
+    cores = os.cpu_count() or 1  # busy and steal: shares of every core's 2 s window
+    assert summary["machine_busy_fraction"] == round(3.0 / (2 * cores), 3)
+    assert summary["machine_steal_fraction"] == round(0.4 / (2 * cores), 3)
     assert series["committed_per_s"] == [0, 2, 0] and sum(series["sent_per_s"]) == 5
     report = {"phases": {"fixed_rate": summary, "max_rate": summary},
               "peak_rss_mib": {"orderer-1": 70.0}}
@@ -210,3 +215,12 @@ def test_jobs_shed_by_the_generator_and_its_lag_are_counted_apart_from_refusals(
     assert summary["retried_calls"] == 3  # b's; a shed job made no call, so no retry either
     table = e2e_report.table({"phases": {"overload_2x_max": summary}, "peak_rss_mib": {}})
     assert "shed by the load generator" in table and "50.0 %" in table
+
+
+def test_steal_is_the_share_of_every_core_the_host_gave_to_other_guests() -> None:
+    cores = os.cpu_count() or 1
+    before, after = observe.MachineCpu(10.0, 1.0), observe.MachineCpu(20.0, 1.0 + cores)
+    assert observe.steal_fraction(before, after, seconds=4.0) == 0.25
+    assert observe.steal_fraction(before, after, seconds=0.0) == 0.0
+    now = observe.machine_cpu_seconds()
+    assert now.busy >= now.steal >= 0

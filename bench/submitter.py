@@ -9,7 +9,7 @@ machine.
 
 Like a head-end system, a submitter keeps its calls to the endorser within a congestion
 window that shrinks when the endorser refuses (core `rpc/congestion.py`); a refused call
-waits for the endorser's retry hint plus jitter, then for a slot, and is sent again.
+waits at least the endorser's retry hint (plus jitter), then for a slot, and is sent again.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class Record(NamedTuple):
     matching: float  # RequestOptions latency from `scheduled`, orders only
     attempts: int = 1  # calls made for the job's transaction (retries after RESOURCE_EXHAUSTED)
     last_sent: float = 0.0  # when the last call was sent (the accepted one, if acknowledged)
-    started: float = 0.0  # when the job's first call was made (its lag behind `scheduled`)
+    # When the job's first call was sent (its lag behind `scheduled`: the generator's own,
+    # and the wait for a slot in the congestion window).
+    started: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,20 +141,35 @@ class _Batcher:
 
     async def _call(self, batch: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]]
                     ) -> None:
+        """One SubmitBatch; every transaction's future gets an outcome, whatever happens
+        (a future left pending would hold its job, and its window slot, for good)."""
+        futures = [future for _, future in batch]
         request = endorser_pb2.SubmitBatchRequest(envelopes=[e for e, _ in batch])
         try:
             response = await self._stub.SubmitBatch(request, timeout=CALL_TIMEOUT)
+            if len(response.results) != len(batch):
+                raise _Failed(grpc.StatusCode.UNKNOWN, f"answered {len(response.results)} "
+                              f"results for {len(batch)} envelopes", 0)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
         except grpc.RpcError as exc:
             failed = _Failed(exc.code(), exc.details() or "", retry_after_ms(exc))  # type: ignore[attr-defined]
-            for _, future in batch:
-                future.set_exception(failed)
+        except Exception as exc:  # a malformed answer, or a bug: fail the batch
+            failed = exc if isinstance(exc, _Failed) else \
+                _Failed(grpc.StatusCode.UNKNOWN, repr(exc), 0)
+        else:
+            for future, result in zip(futures, response.results, strict=True):
+                if result.code == 0:
+                    future.set_result(None)
+                else:
+                    future.set_exception(_Failed(
+                        _CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.message,
+                        result.retry_after_ms))
             return
-        for (_, future), result in zip(batch, response.results, strict=True):
-            if result.code == 0:
-                future.set_result(None)
-            else:
-                future.set_exception(_Failed(_CODES.get(result.code, grpc.StatusCode.UNKNOWN),
-                                             result.message, result.retry_after_ms))
+        for future in futures:
+            future.set_exception(failed)
 
 
 class _Runner:
@@ -235,33 +252,36 @@ class _Runner:
         return tasks
 
     async def _job(self, job: Job, due: float) -> None:
-        started = time.monotonic()
         if job.kind != "order":
-            await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0, started)
+            await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0, None)
             return
         answer = None
+        started = None
         for attempt in range(self._spec.attempts):
-            sent_at = await self._window.acquire()
-            # Stamped and signed now, not when the job was made: the endorser refuses
-            # requests more than its --request-window off its clock.
-            request = endorser_pb2.RequestOptionsRequest(
-                request=sign_request(self._identity(job.meter), job.payload))
-            try:
-                answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                self._settle(code, sent_at)
-                if code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
-                        attempt + 1 == self._spec.attempts:
-                    self.records.append(Record("order", "", due, 0.0, 0.0,
-                                               "options " + reason(exc),
-                                               time.monotonic() - due, attempt + 1,
-                                               started=started))
-                    return
-                await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(exc)))
-                continue
-            self._window.admitted()
-            break
+            error: grpc.RpcError | None = None
+            async with self._window.call() as call:
+                started = call.sent_at if started is None else started
+                # Stamped and signed now, not when the job was made: the endorser refuses
+                # requests more than its --request-window off its clock.
+                request = endorser_pb2.RequestOptionsRequest(
+                    request=sign_request(self._identity(job.meter), job.payload))
+                try:
+                    answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
+                    call.admitted()
+                except grpc.RpcError as exc:
+                    error = exc
+                    if exc.code() in CONGESTION:  # type: ignore[attr-defined]
+                        call.refused()
+            if error is None:
+                break
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or \
+                    attempt + 1 == self._spec.attempts:  # type: ignore[attr-defined]
+                self.records.append(Record("order", "", due, 0.0, 0.0,
+                                           "options " + reason(error),
+                                           time.monotonic() - due, attempt + 1,
+                                           started=started or 0.0))
+                return
+            await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(error)))
         assert answer is not None
         matched = time.monotonic()
         envelope = self._identity(job.meter).new_transaction(
@@ -270,36 +290,34 @@ class _Runner:
                            time.monotonic(), matched - due, started)
 
     async def _submit(self, kind: str, tx_id: str, payload: bytes, due: float, sent: float,
-                      matching: float, started: float) -> None:
-        """Submit, retrying after RESOURCE_EXHAUSTED (the hint plus jitter, then a slot in
-        the window); latency still counts from `sent` (a reading's schedule), `last_sent`
-        is when each call was made."""
+                      matching: float, started: float | None) -> None:
+        """Submit, retrying after RESOURCE_EXHAUSTED (at least the hint, then a slot in the
+        window); latency still counts from `sent` (a reading's schedule), `last_sent` is
+        when each call was made, `started` the job's first call (this one's if None)."""
         envelope = envelope_pb2.SignedEnvelope.FromString(payload)
         for attempt in range(self._spec.attempts):
-            last_sent = await self._window.acquire()
-            try:
-                await self._one(envelope)
-            except _Failed as failed:
-                self._settle(failed.code, last_sent)
-                if failed.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
-                        attempt + 1 == self._spec.attempts:
-                    self.records.append(Record(kind, tx_id, due, sent, 0.0,
-                                               reason_of(failed.code, failed.details),
-                                               matching, attempt + 1, last_sent, started))
-                    return
-                await asyncio.sleep(self._backoff.delay(attempt, failed.retry_ms))
-                continue
-            self._window.admitted()
-            self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
-                                       matching, attempt + 1, last_sent, started))
-            return
-
-    def _settle(self, code: grpc.StatusCode, sent_at: float) -> None:
-        """A failed call's slot back to the window: a congestion signal, or not."""
-        if code in CONGESTION:
-            self._window.refused(sent_at)
-        else:
-            self._window.ended()
+            failure: _Failed | None = None
+            async with self._window.call() as call:
+                last_sent = call.sent_at
+                started = last_sent if started is None else started
+                try:
+                    await self._one(envelope)
+                    call.admitted()
+                except _Failed as failed:
+                    failure = failed
+                    if failed.code in CONGESTION:
+                        call.refused()
+            if failure is None:
+                self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
+                                           matching, attempt + 1, last_sent, started))
+                return
+            if failure.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
+                    attempt + 1 == self._spec.attempts:
+                self.records.append(Record(kind, tx_id, due, sent, 0.0,
+                                           reason_of(failure.code, failure.details),
+                                           matching, attempt + 1, last_sent, started))
+                return
+            await asyncio.sleep(self._backoff.delay(attempt, failure.retry_ms))
 
     async def _one(self, envelope: envelope_pb2.SignedEnvelope) -> None:
         """One submission of the envelope: OK, or _Failed."""

@@ -10,27 +10,30 @@ round). So a client bounds its calls in flight by a window that follows what get
 admitted, as TCP's congestion window follows what gets through (AIMD):
 
 - every admitted call grows the window: by 1 until the first refusal (slow start, which
-  doubles it each round trip), then by 1/window (about 1 each round trip);
+  doubles it each round trip), then by 1/window (about 1 each round trip); but only up to
+  twice the most calls it had in flight, so a lightly loaded client cannot store up a burst;
 - a refusal (RESOURCE_EXHAUSTED, or a deadline passed) shrinks it to `DECREASE` of itself,
   at most once per round trip: only a call sent after the last cut can cut again, so the
   refusals of one burst are one signal, not a collapse to the floor.
 
-The refused call itself waits for the endorser's hint plus jitter (`backoff.Backoff`)
-before it asks for a slot again. New calls are not paused (as a single-call client such as
-the meter agent pauses): the window already shrank, and pausing every call for the hint
-drained the pipeline and left the network idle (measured: 8-12 % of the machine unused at
-2x). A call waiting for a slot waits in the client's own bounded outbox, where the client
-sheds what it cannot hold; the endorser then sees about as many calls as it admits.
-`CallWindow` is the pure rule (the clock is injected); `AsyncCallWindow` makes asyncio
-tasks wait for a slot, first come first served.
+The refused call itself waits at least the endorser's hint (`backoff.Backoff`: the hint or
+the exponential delay, whichever is longer, plus jitter) before it asks for a slot again.
+New calls are not paused, as a one-call-at-a-time client such as the meter agent pauses: the
+window already shrank, and pausing every call for the hint drained the pipeline and left
+the network idle (measured: 8-12 % of the machine unused at 2x). A call waiting for a slot
+waits in the client's own bounded outbox, where the client sheds what it cannot hold; the
+endorser then sees about as many calls as it admits. `CallWindow` is the pure rule (the
+clock is injected); `AsyncCallWindow` makes asyncio tasks wait for a slot, first come first
+served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 INITIAL_WINDOW = 8.0
 MIN_WINDOW = 1.0
@@ -56,7 +59,8 @@ class CallWindow:
         self._floor, self._ceiling = floor, ceiling
         self._clock = clock
         self._slow_start = True
-        self._last_cut = float("-inf")  # when the window was last halved (clock)
+        self._last_cut = float("-inf")  # when the window was last cut (clock)
+        self._peak = 0  # the most calls in flight since the last cut
 
     def free(self) -> int:
         """Slots a call could take now."""
@@ -66,10 +70,15 @@ class CallWindow:
         if self.free() == 0:
             return None
         self.in_flight += 1
+        self._peak = max(self._peak, self.in_flight)
         return self._clock()
 
     def admitted(self) -> None:
         self._end()
+        if self._peak * 2 < self.window:
+            # Not the limit (RFC 7661's idea): growing here would only store up a burst
+            # for the next stall, so the window stays within twice the most ever used.
+            return
         grown = self.window + (1.0 if self._slow_start else 1.0 / self.window)
         self.window = min(self._ceiling, grown)
 
@@ -80,6 +89,7 @@ class CallWindow:
             self.window = max(self._floor, self.window * DECREASE)
             self._slow_start = False
             self._last_cut = self._clock()
+            self._peak = self.in_flight
 
     def ended(self) -> None:
         """Any other outcome (a verdict on the request, the endorser unreachable): the
@@ -92,60 +102,70 @@ class CallWindow:
         self.in_flight -= 1
 
 
+class Call:
+    """One call's slot in an `AsyncCallWindow.call()` block: mark it `admitted()` or
+    `refused()`; unmarked (another verdict, an exception, a cancellation) it just ends."""
+
+    __slots__ = ("outcome", "sent_at")
+
+    def __init__(self, sent_at: float) -> None:
+        self.sent_at = sent_at
+        self.outcome = "ended"
+
+    def admitted(self) -> None:
+        self.outcome = "admitted"
+
+    def refused(self) -> None:
+        self.outcome = "refused"
+
+
 class AsyncCallWindow:
-    """`CallWindow` for asyncio tasks: `await acquire()` waits for the gate and a slot
-    (first come, first served) and returns the send time; then one of `admitted`, `refused`
-    or `ended`. Wakes only as many waiters as there are free slots."""
+    """`CallWindow` for asyncio tasks. `async with window.call() as call:` waits for a slot
+    (first come, first served), and gives it back on leaving the block, however it is left.
+    A waiter is handed its slot when it is woken, so it cannot lose it to a newcomer."""
 
     def __init__(self, window: CallWindow) -> None:
         self.state = window
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._woken = 0  # waiters woken for a slot that have not run yet
+        self._waiters: collections.deque[asyncio.Future[float]] = collections.deque()
 
-    async def acquire(self) -> float:
-        if not self._waiters and self._woken == 0:
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[Call]:
+        call = Call(await self._acquire())
+        try:
+            yield call
+        finally:
+            if call.outcome == "admitted":
+                self.state.admitted()
+            elif call.outcome == "refused":
+                self.state.refused(call.sent_at)
+            else:
+                self.state.ended()
+            self._wake()
+
+    async def _acquire(self) -> float:
+        """A slot: its send time."""
+        if not self._waiters:
             sent_at = self.state.start()
             if sent_at is not None:
                 return sent_at
-        first = True
-        while True:
-            waiter = asyncio.get_running_loop().create_future()
-            if first:
-                self._waiters.append(waiter)
-            else:  # lost its slot (the window shrank): keeps its turn
-                self._waiters.appendleft(waiter)
-            first = False
-            self._wake()
-            try:
-                await waiter
-            except asyncio.CancelledError:
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():  # no slot was taken for it; drop it if still queued
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-                else:  # woken, then cancelled: pass the turn on
-                    self._woken -= 1
-                    self._wake()
-                raise
-            self._woken -= 1
-            sent_at = self.state.start()
-            if sent_at is not None:
-                return sent_at
-
-    def admitted(self) -> None:
-        self.state.admitted()
-        self._wake()
-
-    def refused(self, sent_at: float) -> None:
-        self.state.refused(sent_at)
-        self._wake()
-
-    def ended(self) -> None:
-        self.state.ended()
-        self._wake()
+            else:  # handed a slot, then cancelled before it ran: give the slot back
+                self.state.ended()
+                self._wake()
+            raise
 
     def _wake(self) -> None:
-        """Wake as many waiters as there are free slots."""
-        free = self.state.free() - self._woken
-        while free > 0 and self._waiters:
-            self._waiters.popleft().set_result(None)
-            self._woken += 1
-            free -= 1
+        """Hand free slots to the waiters in their order."""
+        while self._waiters and self.state.free() > 0:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled one is skipped (its task removes nothing)
+                sent_at = self.state.start()
+                assert sent_at is not None
+                waiter.set_result(sent_at)

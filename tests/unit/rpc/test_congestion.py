@@ -111,45 +111,98 @@ def test_the_window_stays_within_its_bounds_and_never_over_commits(
         assert w.in_flight == len(in_flight)
 
 
+def test_a_window_that_is_not_the_limit_does_not_grow() -> None:
+    """One call at a time, admitted a thousand times: growing would store up a burst."""
+    w = window(initial=8)
+    for _ in range(1_000):
+        assert w.start() is not None
+        w.admitted()
+    assert w.window == 8
+
+
 # -- asyncio --------------------------------------------------------------------------------
 
 def test_waiters_take_slots_first_come_first_served_as_calls_end() -> None:
     async def scenario() -> list[int]:
         w = AsyncCallWindow(window(initial=2))
         order: list[int] = []
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with w.call():
+                await release.wait()
 
         async def call(i: int) -> None:
-            await w.acquire()
-            order.append(i)
+            async with w.call():
+                order.append(i)
 
-        holders = [await w.acquire(), await w.acquire()]
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await asyncio.sleep(0)
         tasks = [asyncio.create_task(call(i)) for i in range(5)]
         await asyncio.sleep(0)
         assert order == []  # the window is full
-        for _ in holders:
-            w.ended()
-        await asyncio.sleep(0)
-        assert order == [0, 1]
-        for _ in range(3):
-            w.ended()
-            await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
+        release.set()
+        await asyncio.gather(*holders, *tasks)
+        assert w.state.in_flight == 0
         return order
 
     assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
 
 
-def test_a_cancelled_waiter_passes_its_turn_on() -> None:
+def test_a_slot_is_given_back_however_the_block_is_left() -> None:
+    async def scenario() -> None:
+        w = AsyncCallWindow(window(initial=4))
+        with pytest.raises(RuntimeError):
+            async with w.call():
+                raise RuntimeError("a bug in the caller")
+        async with w.call() as call:
+            call.refused()
+        assert w.state.in_flight == 0 and w.state.window == pytest.approx(4 * DECREASE)
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_waiter_cancelled_before_a_slot_frees_is_skipped() -> None:
     async def scenario() -> None:
         w = AsyncCallWindow(window(initial=1))
-        await w.acquire()
-        first = asyncio.create_task(w.acquire())
-        second = asyncio.create_task(w.acquire())
-        await asyncio.sleep(0)
-        w.ended()  # wakes `first` ...
-        first.cancel()  # ... which is cancelled before it runs
+        got: list[str] = []
+
+        async def wait(name: str) -> None:
+            async with w.call():
+                got.append(name)
+
+        async with w.call():
+            first, second = asyncio.create_task(wait("first")), asyncio.create_task(
+                wait("second"))
+            await asyncio.sleep(0)  # both queued
+            first.cancel()  # its future is cancelled now, its task runs later
+        # leaving the block freed the slot in between: `second` got it, not the cancelled one
         await asyncio.wait_for(second, timeout=5)
-        assert w.state.in_flight == 1
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert got == ["second"] and w.state.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_woken_waiter_cancelled_before_it_runs_passes_its_slot_on() -> None:
+    async def scenario() -> None:
+        w = AsyncCallWindow(window(initial=1))
+        got: list[str] = []
+
+        async def wait(name: str) -> None:
+            async with w.call():
+                got.append(name)
+
+        async with w.call():
+            first, second = asyncio.create_task(wait("first")), asyncio.create_task(
+                wait("second"))
+            await asyncio.sleep(0)  # both queued
+        first.cancel()  # handed the freed slot, but has not run yet
+        await asyncio.wait_for(second, timeout=5)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert got == ["second"] and w.state.in_flight == 0
 
     asyncio.run(scenario())
 
@@ -158,27 +211,26 @@ def test_many_calls_with_random_outcomes_all_finish() -> None:
     """Liveness: whatever the mix of admissions, refusals and other endings, every call
     gets a slot eventually and no slot leaks."""
     async def scenario() -> None:
-        rng = random.Random(7)
         w = AsyncCallWindow(CallWindow())
         finished = 0
 
-        async def job() -> None:
+        async def job(seed: int) -> None:
             nonlocal finished
+            rng = random.Random(seed)  # its own draws, whatever the interleaving
             for _ in range(3):
-                sent = await w.acquire()
-                await asyncio.sleep(rng.random() * 0.002)
-                draw = rng.random()
-                if draw < 0.2:
-                    w.refused(sent)
-                    continue
-                if draw < 0.9:
-                    w.admitted()
-                else:
-                    w.ended()
+                async with w.call() as call:
+                    for _ in range(rng.randrange(4)):
+                        await asyncio.sleep(0)
+                    draw = rng.random()
+                    if draw < 0.2:
+                        call.refused()
+                        continue
+                    if draw < 0.9:
+                        call.admitted()
                 break
             finished += 1
 
-        await asyncio.wait_for(asyncio.gather(*(job() for _ in range(500))), timeout=60)
+        await asyncio.wait_for(asyncio.gather(*(job(i) for i in range(500))), timeout=60)
         assert finished == 500 and w.state.in_flight == 0
 
     asyncio.run(scenario())

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.observe import VALID, Buckets, CommitLog, histogram_quantile, longest
+from bench.observe import VALID, Buckets, CommitLog, histogram_quantile, longest, share_of_machine
 from bench.stats import percentile
 from bench.submitter import SHED, Record
 from gridledger.common.v1 import validation_pb2
@@ -113,9 +112,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         "gc_pause_ms_per_committed_tx": round(m.gc_seconds / valid_in_window * 1000, 4)
         if valid_in_window else None,
         "gc_pause_longest": _bucket_text(longest(m.gc_pauses)),
-        "machine_busy_fraction": round(m.machine_busy / (seconds * (os.cpu_count() or 1)), 3),
-        "machine_steal_fraction": round(m.machine_steal / (seconds * (os.cpu_count() or 1)),
-                                        3),
+        "machine_busy_fraction": share_of_machine(m.machine_busy, seconds),
+        "machine_steal_fraction": share_of_machine(m.machine_steal, seconds),
         "submitter_cpu_seconds": round(m.submitter_cpu, 1),
         "submitter_cpu_ms_per_job": round(m.submitter_cpu / len(m.records) * 1000, 3)
         if m.records else None,

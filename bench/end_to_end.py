@@ -294,14 +294,14 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         go.set()
         _sleep_until(t0 + spec.warmup)
         window_start = time.monotonic()
-        cpu_before, busy_before = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
+        cpu_before, machine_before = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
         gc_before = observe.scrape(nodes, [GC_PAUSES])
         counts_before = _orderer_counts(orderers)
         samplers = profiling.start(nodes, duration - spec.warmup, profile_dir) \
             if profile_dir is not None else []
         _sleep_until(t0 + duration)
         window_end = time.monotonic()
-        cpu_after, busy_after = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
+        cpu_after, machine_after = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
         counts = {k: v - counts_before[k] for k, v in _orderer_counts(orderers).items()}
         finality = observe.bucket_delta(observe.scrape_histogram(orderers, FINALITY),
                                         finality_before)
@@ -327,8 +327,9 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
                                                                            window_end),
         cpu={n.name: cpu_after[n.name] - cpu_before[n.name] for n in nodes},
         roles={n.name: n.role for n in nodes},
-        machine_busy=busy_after.busy - busy_before.busy,
-        machine_steal=busy_after.steal - busy_before.steal, finality=finality, drained=drained,
+        machine_busy=machine_after.busy - machine_before.busy,
+        machine_steal=machine_after.steal - machine_before.steal, finality=finality,
+        drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
         orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds)
     summary, series = e2e_report.analyse(measured)

@@ -122,11 +122,15 @@ def machine_cpu_seconds() -> MachineCpu:
     return MachineCpu((sum(fields[:8]) - idle) / CLOCK_TICKS, fields[7] / CLOCK_TICKS)
 
 
+def share_of_machine(cpu_seconds: float, seconds: float) -> float:
+    """CPU seconds as a share of every core's `seconds` (2 cores busy throughout = 1.0)."""
+    return round(cpu_seconds / (seconds * (os.cpu_count() or 1)), 3) if seconds > 0 else 0.0
+
+
 def steal_fraction(before: MachineCpu, after: MachineCpu, seconds: float) -> float:
     """Share of all cores' time the hypervisor ran other guests: on a shared host a phase
     with steal ran on less machine than one without, so its figures are not comparable."""
-    return round((after.steal - before.steal) / (seconds * (os.cpu_count() or 1)), 3) \
-        if seconds > 0 else 0.0
+    return share_of_machine(after.steal - before.steal, seconds)
 
 
 # -- Prometheus histograms ---------------------------------------------------------------------

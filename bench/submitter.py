@@ -18,9 +18,10 @@ import asyncio
 import re
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
@@ -31,6 +32,8 @@ from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.congestion import AsyncCallWindow, CallWindow
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
+
+T = TypeVar("T")
 
 CALL_TIMEOUT = 30.0
 # A refused (RESOURCE_EXHAUSTED) call is retried after the endorser's hint plus jitter (and a
@@ -102,6 +105,10 @@ class _Failed(Exception):
         super().__init__(details)
         self.code, self.details, self.retry_ms = code, details, retry_ms
 
+    @classmethod
+    def of(cls, exc: grpc.RpcError) -> _Failed:
+        return cls(exc.code(), exc.details() or "", retry_after_ms(exc))  # type: ignore[attr-defined]
+
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -155,7 +162,7 @@ class _Batcher:
                 future.cancel()
             raise
         except grpc.RpcError as exc:
-            failed = _Failed(exc.code(), exc.details() or "", retry_after_ms(exc))  # type: ignore[attr-defined]
+            failed = _Failed.of(exc)
         except Exception as exc:  # a malformed answer, or a bug: fail the batch
             failed = exc if isinstance(exc, _Failed) else \
                 _Failed(grpc.StatusCode.UNKNOWN, repr(exc), 0)
@@ -255,33 +262,26 @@ class _Runner:
         if job.kind != "order":
             await self._submit(job.kind, job.tx_id, job.payload, due, due, 0.0, None)
             return
-        answer = None
+
+        def options() -> Awaitable[endorser_pb2.RequestOptionsResponse]:
+            # Stamped and signed now, not when the job was made: the endorser refuses
+            # requests more than its --request-window off its clock.
+            return self._stub.RequestOptions(endorser_pb2.RequestOptionsRequest(
+                request=sign_request(self._identity(job.meter), job.payload)),
+                timeout=CALL_TIMEOUT)
+
         started = None
         for attempt in range(self._spec.attempts):
-            error: grpc.RpcError | None = None
-            async with self._window.call() as call:
-                started = call.sent_at if started is None else started
-                # Stamped and signed now, not when the job was made: the endorser refuses
-                # requests more than its --request-window off its clock.
-                request = endorser_pb2.RequestOptionsRequest(
-                    request=sign_request(self._identity(job.meter), job.payload))
-                try:
-                    answer = await self._stub.RequestOptions(request, timeout=CALL_TIMEOUT)
-                    call.admitted()
-                except grpc.RpcError as exc:
-                    error = exc
-                    if exc.code() in CONGESTION:  # type: ignore[attr-defined]
-                        call.refused()
-            if error is None:
+            answer, failure, sent_at = await self._attempt(options)
+            started = sent_at if started is None else started
+            if failure is None:
                 break
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or \
-                    attempt + 1 == self._spec.attempts:  # type: ignore[attr-defined]
-                self.records.append(Record("order", "", due, 0.0, 0.0,
-                                           "options " + reason(error),
-                                           time.monotonic() - due, attempt + 1,
-                                           started=started or 0.0))
+            if not self._retries(failure, attempt):
+                self.records.append(Record("order", "", due, 0.0, 0.0, "options " + reason_of(
+                    failure.code, failure.details), time.monotonic() - due, attempt + 1,
+                    started=started or 0.0))
                 return
-            await asyncio.sleep(self._backoff.delay(attempt, retry_after_ms(error)))
+            await asyncio.sleep(self._backoff.delay(attempt, failure.retry_ms))
         assert answer is not None
         matched = time.monotonic()
         envelope = self._identity(job.meter).new_transaction(
@@ -296,28 +296,42 @@ class _Runner:
         when each call was made, `started` the job's first call (this one's if None)."""
         envelope = envelope_pb2.SignedEnvelope.FromString(payload)
         for attempt in range(self._spec.attempts):
-            failure: _Failed | None = None
-            async with self._window.call() as call:
-                last_sent = call.sent_at
-                started = last_sent if started is None else started
-                try:
-                    await self._one(envelope)
-                    call.admitted()
-                except _Failed as failed:
-                    failure = failed
-                    if failed.code in CONGESTION:
-                        call.refused()
+            _, failure, last_sent = await self._attempt(lambda: self._one(envelope))
+            started = last_sent if started is None else started
             if failure is None:
                 self.records.append(Record(kind, tx_id, due, sent, time.monotonic(), "",
                                            matching, attempt + 1, last_sent, started))
                 return
-            if failure.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
-                    attempt + 1 == self._spec.attempts:
+            if not self._retries(failure, attempt):
                 self.records.append(Record(kind, tx_id, due, sent, 0.0,
                                            reason_of(failure.code, failure.details),
                                            matching, attempt + 1, last_sent, started))
                 return
             await asyncio.sleep(self._backoff.delay(attempt, failure.retry_ms))
+
+    async def _attempt(self, send: Callable[[], Awaitable[T]]
+                       ) -> tuple[T | None, _Failed | None, float]:
+        """One call within the congestion window: (answer, None, sent at) or (None, failure,
+        sent at). Refused or timed out, it cuts the window; however it ends, its slot is
+        given back."""
+        async with self._window.call() as call:
+            try:
+                answer = await send()
+            except grpc.RpcError as exc:
+                failure = _Failed.of(exc)
+            except _Failed as failed:
+                failure = failed
+            else:
+                call.admitted()
+                return answer, None, call.sent_at
+            if failure.code in CONGESTION:
+                call.refused()
+            return None, failure, call.sent_at
+
+    def _retries(self, failure: _Failed, attempt: int) -> bool:
+        """Only admission control's refusal is sent again, up to the job's attempts."""
+        return failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED and \
+            attempt + 1 < self._spec.attempts
 
     async def _one(self, envelope: envelope_pb2.SignedEnvelope) -> None:
         """One submission of the envelope: OK, or _Failed."""
@@ -328,7 +342,7 @@ class _Runner:
             await self._stub.SubmitTransaction(
                 endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
-            raise _Failed(exc.code(), exc.details() or "", retry_after_ms(exc)) from exc  # type: ignore[attr-defined]
+            raise _Failed.of(exc) from exc
 
 
 def main(spec: Spec, ready: Any, go: Any, start: Any, results: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger.errors import Code
 from gridledger_core.rpc.backoff import retry_after_ms
-from gridledger_core.rpc.tls import secure_channel
+from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 CEILING = 8
 FULL = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -162,3 +163,56 @@ def test_a_message_larger_than_a_role_receives_is_refused_before_it_is_read(
     assert answer.results[0].code == 0, answer.results[0].message
     wait_for(lambda: committed_codes(net, [answer.results[0].tx_id]) ==
              {answer.results[0].tx_id: Code.TX_VALIDATION_CODE_VALID}, 60, "it committed")
+
+
+def test_a_member_flooding_the_endorser_does_not_shut_out_another_member(
+        net: devnet.Network) -> None:
+    """Tried as a hostile member would: utility's head-end system relays readings as fast as
+    it can and resends every refused one at once, ignoring the hints, so it holds the
+    endorser's whole in-flight bound. The community's, sending one reading at a time, is
+    never refused: two members with transactions in flight share the bound (at least the
+    floor of 4), so each may hold 2 whatever the other does. Before, its calls were refused
+    whenever the flood had refilled the bound first."""
+    earlier = distant_past(900) - 100 * 86400  # clear of the other tests' intervals
+    flood = prepare_readings(net.consortium_dir, ["meter-1", "meter-2"], 3000,
+                             start=earlier)
+    own = prepare_readings(net.consortium_dir, ["meter-3"], 12, start=earlier)
+    endorser = net.by_role("endorser")[0]
+    stop = threading.Event()
+    flood_refused = 0
+
+    def relay_flood() -> None:
+        nonlocal flood_refused
+        stub = endorser_pb2_grpc.EndorserServiceStub(secure_channel(
+            endorser.grpc, TlsFiles.for_node(net.consortium_dir, "utility-admin")))
+        pending = list(flood)
+        while pending and not stop.is_set():
+            answer = stub.SubmitBatch(endorser_pb2.SubmitBatchRequest(envelopes=pending[:16]),
+                                      timeout=60)
+            refused = [e for e, r in zip(pending[:16], answer.results, strict=True)
+                       if r.code == FULL]
+            flood_refused += len(refused)
+            pending = refused + pending[16:]
+
+    flooder = threading.Thread(target=relay_flood, daemon=True)
+    flooder.start()
+    stub = endorser_pb2_grpc.EndorserServiceStub(secure_channel(
+        endorser.grpc, TlsFiles.for_node(net.consortium_dir, "community-admin")))
+    try:
+        wait_for(lambda: flood_refused > 0, 60, "the flood holds the whole bound")
+        answers = []
+        for envelope in own:
+            result = stub.SubmitBatch(endorser_pb2.SubmitBatchRequest(envelopes=[envelope]),
+                                      timeout=60).results[0]
+            answers.append((result.code, result.message))
+            if result.code == 0:
+                wait_for(lambda r=result: committed_codes(net, [r.tx_id]) ==
+                         {r.tx_id: Code.TX_VALIDATION_CODE_VALID}, 60, "it committed")
+    finally:
+        stop.set()
+        flooder.join(timeout=120)
+    assert answers == [(0, "")] * len(own)
+    assert flood_refused > 0
+    text = urllib.request.urlopen(f"http://{endorser.metrics}/metrics", timeout=5).read().decode()
+    assert 'gridledger_endorser_admission_refused_by_member_total{member="utility"}' in text
+    assert 'gridledger_endorser_admission_refused_by_member_total{member="community"}' not in text

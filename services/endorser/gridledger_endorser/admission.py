@@ -27,6 +27,16 @@ call), or the mean interval between the replica's blocks (when slots free up) if
 longer, at most the budget; at least `MIN_RETRY_MS`. An acknowledged transaction that
 never shows up in a block (lost by a faulty orderer: the client resubmits it) stops counting
 after `forget_after` seconds, so the bound cannot leak shut.
+
+**Members share the bound fairly.** A member (the organisation of the caller's verified TLS
+identity: a hostile member holds its own CA, but cannot speak for another organisation)
+whose client floods the endorser would otherwise hold the whole in-flight set, and every
+other member's calls would be refused. So the bound is shared max-min fairly among the
+members with transactions in flight: a member below its share (capacity / active members)
+is admitted even when the total is at capacity (up to a hard bound of twice the capacity);
+a member at or above its share only borrows what is idle (the total is below capacity). A
+flooding member therefore keeps what nobody else asks for and no more, and the others get
+their share at once; what the flood borrowed drains within about the budget, as it commits.
 """
 
 from __future__ import annotations
@@ -47,6 +57,12 @@ ADMITTED = Counter("gridledger_endorser_admission_admitted",
 REFUSED = Counter("gridledger_endorser_admission_refused",
                   "Calls refused RESOURCE_EXHAUSTED because the in-flight bound was reached.",
                   ["kind"])
+REFUSED_BY_MEMBER = Counter("gridledger_endorser_admission_refused_by_member",
+                            "Transactions and RequestOptions calls refused by admission "
+                            "control, by the caller's organisation (at its share of the bound).",
+                            ["member"])
+HELD = Gauge("gridledger_endorser_admission_held",
+             "Transactions in flight, by the organisation admission control charged.", ["member"])
 FORGOTTEN = Counter("gridledger_endorser_admission_forgotten",
                     "Acknowledged transactions never seen committed within forget_after "
                     "(they stop counting as in flight).")
@@ -80,12 +96,17 @@ class Admitted(enum.Enum):
 
 
 class Full(Exception):
-    """The in-flight bound is reached: refuse with RESOURCE_EXHAUSTED, retry after the hint."""
+    """The in-flight bound is reached and the member holds its share of it: refuse with
+    RESOURCE_EXHAUSTED, retry after the hint."""
 
-    def __init__(self, in_flight: int, capacity: int, retry_after_ms: int) -> None:
+    def __init__(self, in_flight: int, capacity: int, retry_after_ms: int,
+                 member: str = "", held: int = 0, share: int = 0) -> None:
+        whose = (f"; {member or 'this caller'} holds {held}, its fair share is {share}"
+                 if share else "")
         super().__init__(f"the endorser is at its admission bound ({in_flight} transactions in "
                          f"flight, capacity {capacity}: what the network commits within the "
-                         f"latency budget); retry the same envelope after {retry_after_ms} ms")
+                         f"latency budget{whose}); retry the same envelope after "
+                         f"{retry_after_ms} ms")
         self.retry_after_ms = retry_after_ms
 
 
@@ -95,8 +116,9 @@ class Admission:
         self._config = config
         self._clock = clock
         self._lock = threading.Lock()
-        # tx id -> when admitted; insertion order is admission order (for forgetting).
-        self._in_flight: dict[str, float] = {}
+        # tx id -> (when admitted, member); insertion order is admission order (for forgetting).
+        self._in_flight: dict[str, tuple[float, str]] = {}
+        self._held: collections.Counter[str] = collections.Counter()  # member -> in flight
         self._commits: collections.deque[tuple[float, int]] = collections.deque()  # (at, n)
         self._committed_in_window = 0
         self._blocks: collections.deque[float] = collections.deque(maxlen=32)
@@ -123,7 +145,11 @@ class Admission:
 
     def retry_after_ms(self) -> int:
         with self._lock:
-            blocks = list(self._blocks)
+            return self._retry_after_ms()
+
+    def _retry_after_ms(self) -> int:
+        """(Under the lock.)"""
+        blocks = self._blocks
         interval_ms = ((blocks[-1] - blocks[0]) / (len(blocks) - 1) * 1000
                        if len(blocks) >= 2 else MIN_RETRY_MS)
         upper = max(MIN_RETRY_MS, self._config.budget_ms)
@@ -133,24 +159,44 @@ class Admission:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def held_by(self, member: str) -> int:
+        """Transactions `member` has in flight."""
+        with self._lock:
+            return self._held[member]
+
     # -- admitting -----------------------------------------------------------------------
 
-    def check(self, kind: str = "options") -> None:
-        """Raise Full if nothing more may enter now (for calls that lead to a transaction
-        soon, e.g. RequestOptions), without reserving anything."""
+    def _share(self, member: str, capacity: int) -> int:
+        """`member`'s fair share of `capacity`: an equal part for each member with
+        something in flight, counting `member` itself (under the lock)."""
+        active = len(self._held) + (member not in self._held)
+        return -(-capacity // active)
+
+    def _may_enter(self, member: str, capacity: int) -> bool:
+        """Idle capacity is lent to whoever asks; below its share a member enters up to
+        twice the capacity (under the lock)."""
+        total = len(self._in_flight)
+        return total < capacity or (total < 2 * capacity
+                                    and self._held[member] < self._share(member, capacity))
+
+    def check(self, kind: str = "options", member: str = "") -> None:
+        """Raise Full if nothing more of `member`'s may enter now (for calls that lead to a
+        transaction soon, e.g. RequestOptions), without reserving anything."""
         capacity = self.capacity()
         with self._lock:
             self._forget(self._clock())
-            in_flight = len(self._in_flight)
-        if in_flight >= capacity:
-            REFUSED.labels(kind).inc()
-            raise Full(in_flight, capacity, self.retry_after_ms())
+            if not self._may_enter(member, capacity):
+                REFUSED.labels(kind).inc()
+                REFUSED_BY_MEMBER.labels(member or "unknown").inc()
+                raise self._full(member, capacity)
         ADMITTED.labels(kind).inc()
 
-    def admit(self, tx_ids: Iterable[str], kind: str = "submit") -> list[Admitted]:
-        """Admit transactions in order while there is room. A tx id already in flight is let
-        through again without counting twice (a client's retry of the same envelope is
-        idempotent downstream); the caller releases only what was counted NEW."""
+    def admit(self, tx_ids: Iterable[str], kind: str = "submit",
+              member: str = "") -> list[Admitted]:
+        """Admit `member`'s transactions in order while it may enter. A tx id already in
+        flight is let through again without counting twice (a client's retry of the same
+        envelope is idempotent downstream); the caller releases only what was counted
+        NEW."""
         capacity = self.capacity()
         results: list[Admitted] = []
         with self._lock:
@@ -159,28 +205,55 @@ class Admission:
             for tx_id in tx_ids:
                 if tx_id in self._in_flight:
                     results.append(Admitted.AGAIN)
-                elif len(self._in_flight) < capacity:
-                    self._in_flight[tx_id] = now
+                elif self._may_enter(member, capacity):
+                    self._in_flight[tx_id] = (now, member)
+                    self._held[member] += 1
                     results.append(Admitted.NEW)
                 else:
                     results.append(Admitted.REFUSED)
             IN_FLIGHT.set(len(self._in_flight))
+            self._show_held([member])
         admitted = sum(1 for r in results if r is not Admitted.REFUSED)
         if admitted:
             ADMITTED.labels(kind).inc(admitted)
         if admitted < len(results):
             REFUSED.labels(kind).inc(len(results) - admitted)
+            REFUSED_BY_MEMBER.labels(member or "unknown").inc(len(results) - admitted)
         return results
 
     def release(self, tx_id: str) -> None:
         """The transaction was not acknowledged by any orderer (or refused here after
         admission): it is not in flight."""
         with self._lock:
-            self._in_flight.pop(tx_id, None)
+            member = self._drop(tx_id)
+            if member is not None:
+                self._show_held([member])
             IN_FLIGHT.set(len(self._in_flight))
 
-    def full_error(self) -> Full:
-        return Full(len(self._in_flight), self.capacity(), self.retry_after_ms())
+    def full_error(self, member: str = "") -> Full:
+        capacity = self.capacity()
+        with self._lock:
+            return self._full(member, capacity)
+
+    def _full(self, member: str, capacity: int) -> Full:
+        return Full(len(self._in_flight), capacity, self._retry_after_ms(), member,
+                    self._held[member], self._share(member, capacity))
+
+    def _drop(self, tx_id: str) -> str | None:
+        """No longer in flight; its member, None if it was not in flight (under the lock;
+        the caller updates HELD)."""
+        entry = self._in_flight.pop(tx_id, None)
+        if entry is None:
+            return None
+        member = entry[1]
+        self._held[member] -= 1
+        if not self._held[member]:
+            del self._held[member]  # no longer active: the others' shares grow
+        return member
+
+    def _show_held(self, members: Iterable[str]) -> None:
+        for member in members:
+            HELD.labels(member or "unknown").set(self._held[member])
 
     # -- observing commits ---------------------------------------------------------------
 
@@ -189,9 +262,13 @@ class Admission:
         with self._lock:
             now = self._clock()
             mine = 0
+            members: set[str] = set()
             for tx_id in tx_ids:
-                if self._in_flight.pop(tx_id, None) is not None:
+                member = self._drop(tx_id)
+                if member is not None:
+                    members.add(member)
                     mine += 1
+            self._show_held(members)
             if mine:
                 self._commits.append((now, mine))
                 self._committed_in_window += mine
@@ -209,10 +286,10 @@ class Admission:
     def _forget(self, now: float) -> None:
         limit = now - self._config.forget_after_s
         while self._in_flight:
-            tx_id, at = next(iter(self._in_flight.items()))
+            tx_id, (at, _) = next(iter(self._in_flight.items()))
             if at >= limit:
                 return
-            del self._in_flight[tx_id]
+            self._show_held([m for m in [self._drop(tx_id)] if m is not None])
             FORGOTTEN.inc()
 
 

@@ -39,6 +39,7 @@ from gridledger_core.ledger.errors import TxInvalid
 from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
+from gridledger_core.rpc.authz import current_caller
 from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal, abort_invalid
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
@@ -147,13 +148,14 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             if tx_id:
                 submission.first_of[tx_id] = i
             claimed.append((i, tx_id))
-        admitted = self._admission.admit(t for _, t in claimed if t)
+        member = _member()
+        admitted = self._admission.admit((t for _, t in claimed if t), member=member)
         verdicts = iter(admitted)
         for i, tx_id in claimed:
             verdict = next(verdicts) if tx_id else Admitted.NEW
             if verdict is Admitted.REFUSED:
                 REQUESTS.labels("unknown", "admission_full").inc()
-                full = self._admission.full_error()
+                full = self._admission.full_error(member)
                 submission.outcomes[i] = Outcome(
                     tx_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(full),
                     retry_after_ms=full.retry_after_ms)
@@ -269,7 +271,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         try:
             # An option leads to a place_order within seconds: not taken when that would be
             # refused anyway (and its hold would block others' energy for nothing).
-            self._admission.check("options")
+            self._admission.check("options", _member())
         except Full as exc:
             TRADE_REQUESTS.labels(side, "admission_full").inc()
             context.set_trailing_metadata(retry_trailer(exc.retry_after_ms))
@@ -313,6 +315,13 @@ class Outcome:
     message: str
     endorsement: envelope_pb2.Endorsement | None = None
     retry_after_ms: int = 0
+
+
+def _member() -> str:
+    """The member admission control charges for this call: the organisation of the caller's
+    verified TLS identity ("" when no interceptor runs: tests, tools)."""
+    caller = current_caller()
+    return caller.org if caller is not None else ""
 
 
 @dataclass

@@ -6,21 +6,29 @@ acknowledged is forwarded and commits. Time is an injected clock: nothing here w
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
 from broadcast_fakes import SealsThenBroadcasts
 from grpc_helpers import Aborted, FakeContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ledger_helpers import ChainBuilder, identity, past_interval, reading
 
 from gridledger.common.v1 import block_pb2, envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger.orderer.v1 import orderer_pb2
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc import authz
+from gridledger_core.rpc.peer_identity import Peer
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import (
@@ -31,6 +39,8 @@ from gridledger_endorser.admission import (
     Full,
 )
 from gridledger_endorser.service import EndorserServicer
+
+T = TypeVar("T")
 
 
 class Clock:
@@ -43,6 +53,13 @@ class Clock:
 
 def admission(clock: Clock, **config: float) -> Admission:
     return Admission(AdmissionConfig(**config), clock)  # type: ignore[arg-type]
+
+
+def put_in_flight(a: Admission, ids: list[str]) -> None:
+    """As if admitted earlier, whatever the bound is now."""
+    for tx_id in ids:
+        a._in_flight[tx_id] = (a._clock(), "")
+        a._held[""] += 1
 
 
 def test_capacity_is_budget_times_observed_rate_between_floor_and_ceiling() -> None:
@@ -58,14 +75,14 @@ def test_capacity_is_budget_times_observed_rate_between_floor_and_ceiling() -> N
     for block in range(1, 6):  # 5 blocks of 100 over 5 s: 100/s -> 200 in flight
         clock.now += 1
         ids = [f"b{block}-{i}" for i in range(100)]
-        a._in_flight.update(dict.fromkeys(ids, clock.now))
+        put_in_flight(a, ids)
         a.on_block(ids)
     assert a.capacity() == 200
     clock.now += 6  # the window passed without commits: back to the floor
     assert a.capacity() == 10
     for i in range(3):
         ids = [f"c{i}-{j}" for j in range(1000)]
-        a._in_flight.update(dict.fromkeys(ids, clock.now))
+        put_in_flight(a, ids)
         a.on_block(ids)
     assert a.capacity() == 500  # the ceiling
 
@@ -218,3 +235,85 @@ def test_an_invalid_transaction_does_not_keep_a_slot(node: Node) -> None:
     other.signature = bytes(64)
     assert node.submit(other)[0] == "UNAUTHENTICATED"
     assert node.admission.in_flight == 0
+
+
+# -- members share the bound -------------------------------------------------------------------
+
+def test_a_member_below_its_share_enters_even_when_a_flooding_member_holds_the_bound() -> None:
+    """Tried as a hostile member would: its head-end system fills the whole in-flight bound
+    and retries every refusal at once. Another member still gets its share at once, and the
+    flooding member gets back only what is idle."""
+    a = admission(Clock(), budget_ms=1000, floor=10, ceiling=10)
+    assert a.admit([f"f{i}" for i in range(12)], member="hostile") == (
+        [Admitted.NEW] * 10 + [Admitted.REFUSED] * 2)  # alone: all the idle capacity
+    assert a.admit([f"h{i}" for i in range(6)], member="honest") == (
+        [Admitted.NEW] * 5 + [Admitted.REFUSED])  # its share of two: 5, over the bound
+    assert a.in_flight == 15
+    with pytest.raises(Full) as refused:
+        a.check(member="hostile")
+    assert "hostile holds 10, its fair share is 5" in str(refused.value)
+    a.on_block([f"f{i}" for i in range(5)])  # the flood drains to its share: still refused
+    assert a.admit(["f-next"], member="hostile") == [Admitted.REFUSED]
+    a.on_block([f"h{i}" for i in range(5)])  # the honest member is done: idle is lent again
+    assert a.admit([f"g{i}" for i in range(6)], member="hostile") == (
+        [Admitted.NEW] * 5 + [Admitted.REFUSED])
+    a.check(member="honest")  # below its share: options too
+
+
+def test_a_members_retry_of_an_in_flight_tx_passes_and_its_slots_free_on_commit() -> None:
+    a = admission(Clock(), budget_ms=1000, floor=4, ceiling=4)
+    assert a.admit(["x", "y"], member="m") == [Admitted.NEW] * 2
+    assert a.admit(["x"], member="other") == [Admitted.AGAIN]  # counted once, for m
+    assert (a.held_by("m"), a.held_by("other")) == (2, 0)
+    a.release("x")
+    a.on_block(["y"])
+    assert (a.held_by("m"), a.in_flight) == (0, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 12),
+                                st.floats(0, 1)), max_size=40),
+       capacity=st.integers(1, 20))
+def test_members_below_their_share_enter_at_once_and_the_total_stays_within_twice_the_bound(
+        steps: list[tuple[str, int, float]], capacity: int) -> None:
+    a = admission(Clock(), budget_ms=1000, floor=capacity, ceiling=capacity)
+    held: dict[str, list[str]] = {m: [] for m in "abc"}
+    serial = 0
+    for member, asked, committed_share in steps:
+        others = sum(1 for m in "abc" if m != member and held[m])
+        share = -(-capacity // (others + 1))
+        before = len(held[member])
+        ids = [f"{member}{serial + i}" for i in range(asked)]
+        serial += asked
+        verdicts = a.admit(ids, member=member)
+        entered = [tx for tx, v in zip(ids, verdicts, strict=True) if v is Admitted.NEW]
+        room = 2 * capacity - a.in_flight + len(entered)  # the hard bound, before the call
+        assert len(entered) >= min(asked, share - before, room)  # its share, at once
+        held[member] += entered
+        assert a.in_flight == sum(map(len, held.values())) <= 2 * capacity
+        done = held[member][:int(len(held[member]) * committed_share)]
+        a.on_block(done)
+        held[member] = held[member][len(done):]
+
+
+def as_caller(peer: Peer, call: Callable[[], T]) -> T:
+    """`call` as the interceptor runs a servicer: with `peer` as the verified caller."""
+    def run() -> T:
+        authz._CALLER.set(peer)
+        return call()
+    return contextvars.copy_context().run(run)
+
+
+def test_the_servicer_charges_the_callers_organisation(node: Node,
+                                                       consortium_dir: Path) -> None:
+    """A member's relay holding the whole bound does not shut out another member."""
+    relay = Peer("utility-admin", "utility", Role.ADMIN)
+    meter_2 = identity(consortium_dir, "meter-2")
+    relayed = [as_caller(relay, lambda n=n: node.submit(signed(node.meter, n))[0])
+               for n in (2, 3, 4)]
+    assert relayed == ["OK", "OK", "RESOURCE_EXHAUSTED"]
+    own = Peer("meter-2", "community", Role.METER)
+    assert as_caller(own, lambda: node.submit(signed(meter_2, 2))) == ("OK", {})
+    assert as_caller(own, lambda: node.submit(signed(meter_2, 3)))[0] == "RESOURCE_EXHAUSTED"
+    assert (node.admission.held_by("utility"), node.admission.held_by("community")) == (2, 1)
+    assert node.commit_sent() == [Code.TX_VALIDATION_CODE_VALID] * 3

@@ -6,6 +6,7 @@ tests drive them directly."""
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -35,12 +36,17 @@ class OrdererLimits:
     peer_burst_bytes: float = 40 << 20
     peer_messages_per_second: float = 5_000
     peer_burst_messages: float = 20_000
-    # Concurrent Deliver streams in total and per client identity (TLS common name).
+    # Concurrent Deliver streams in total, per client identity (its TLS account) and per
+    # member (the account's organisation: a member's CA can issue many client certificates,
+    # so a per-certificate cap alone would let one member take the total).
     deliver_streams: int = 16
     deliver_streams_per_client: int = 4
+    deliver_streams_per_member: int = 8
     # Concurrent unary Broadcast / BroadcastBatch calls being handled (they wait for one
-    # group commit together, so more waiting calls cost no more fsyncs).
+    # group commit together, so more waiting calls cost no more fsyncs), in total and per
+    # member (an endorser sends on two; one member's flood leaves the rest to the others).
     broadcast_calls: int = 32
+    broadcast_calls_per_member: int = 8
     # Concurrent Exchange streams per peer orderer (one, plus one while it reconnects).
     exchange_streams_per_peer: int = 2
 
@@ -89,34 +95,37 @@ class PeerBudget:
 
 
 class StreamSlots:
-    """At most `total` concurrent holders, and at most `per_identity` per identity."""
+    """At most `total` concurrent holders, at most `per_identity` per identity and at most
+    `per_member` (default: `total`) per member, the identity's organisation."""
 
-    def __init__(self, total: int, per_identity: int) -> None:
+    def __init__(self, total: int, per_identity: int, per_member: int | None = None) -> None:
         self._total = total
         self._per_identity = per_identity
-        self._held: dict[str, int] = {}
+        self._per_member = total if per_member is None else per_member
+        self._held: collections.Counter[str] = collections.Counter()
+        self._held_by_member: collections.Counter[str] = collections.Counter()
         self._count = 0
         self._lock = threading.Lock()
 
-    def acquire(self, identity: str) -> bool:
+    def acquire(self, identity: str, member: str = "") -> bool:
         with self._lock:
-            mine = self._held.get(identity, 0)
-            if self._count >= self._total or mine >= self._per_identity:
+            if (self._count >= self._total or self._held[identity] >= self._per_identity
+                    or self._held_by_member[member] >= self._per_member):
                 return False
-            self._held[identity] = mine + 1
+            self._held[identity] += 1
+            self._held_by_member[member] += 1
             self._count += 1
             return True
 
-    def release(self, identity: str) -> None:
+    def release(self, identity: str, member: str = "") -> None:
         with self._lock:
-            mine = self._held.get(identity, 0)
-            if mine <= 0:
+            if self._held[identity] <= 0 or self._held_by_member[member] <= 0:
                 return
             self._count -= 1
-            if mine == 1:
-                del self._held[identity]
-            else:
-                self._held[identity] = mine - 1
+            for held, key in ((self._held, identity), (self._held_by_member, member)):
+                held[key] -= 1
+                if not held[key]:
+                    del held[key]
 
     @property
     def in_use(self) -> int:

@@ -45,25 +45,33 @@ MAX_BATCH_TXS = 2_000
 MAX_BATCH_BYTES = 8 << 20
 
 
-def _client(context: grpc.ServicerContext) -> str:
-    """The caller's identity for per-client limits: its TLS certificate's common name."""
+def _client(context: grpc.ServicerContext) -> tuple[str, str]:
+    """The caller's account and member (organisation) for per-client and per-member limits,
+    as the authorisation interceptor verified them; without one (tests, tools) the TLS
+    certificate's common name and no member."""
+    caller = current_caller()
+    if caller is not None:
+        return caller.name, caller.org
     names = context.auth_context().get("x509_common_name") or [b""]
-    return names[0].decode(errors="replace")
+    return names[0].decode(errors="replace"), ""
 
 
 @contextlib.contextmanager
-def _slot(slots: StreamSlots, kind: str, identity: str,
-          context: grpc.ServicerContext) -> Iterator[None]:
-    """Hold one of `slots` for the call, or refuse it with RESOURCE_EXHAUSTED."""
-    if not slots.acquire(identity):
+def _slot(slots: StreamSlots, kind: str, context: grpc.ServicerContext,
+          caller: tuple[str, str]) -> Iterator[None]:
+    """Hold one of `slots` for the call of `caller` (account, member), or refuse it with
+    RESOURCE_EXHAUSTED."""
+    identity, member = caller
+    if not slots.acquire(identity, member):
         REFUSED_CALLS.labels(kind).inc()
         context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"too many concurrent {kind} calls; retry after {RETRY_AFTER_MS} ms")
+                      f"too many concurrent {kind} calls (in all, from {identity} or from its "
+                      f"organisation {member or '?'}); retry after {RETRY_AFTER_MS} ms")
     try:
         yield
     finally:
-        slots.release(identity)
+        slots.release(identity, member)
 
 
 def _exhausted_result(result: orderer_pb2.BroadcastResult) -> None:
@@ -79,8 +87,10 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._store = store
         self._notifier = notifier
         limits = node.limits
-        self._broadcasts = StreamSlots(limits.broadcast_calls, limits.broadcast_calls)
-        self._delivers = StreamSlots(limits.deliver_streams, limits.deliver_streams_per_client)
+        self._broadcasts = StreamSlots(limits.broadcast_calls, limits.broadcast_calls,
+                                       limits.broadcast_calls_per_member)
+        self._delivers = StreamSlots(limits.deliver_streams, limits.deliver_streams_per_client,
+                                     limits.deliver_streams_per_member)
 
     def _judge(self, raw: bytes, tx_id: bytes, full: bool,
                earlier: set[bytes]) -> tuple[str, TxInvalid | None]:
@@ -120,7 +130,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
 
     def Broadcast(self, request: orderer_pb2.BroadcastRequest,
                   context: grpc.ServicerContext) -> orderer_pb2.BroadcastResponse:
-        with _slot(self._broadcasts, "broadcast", "", context):
+        with _slot(self._broadcasts, "broadcast", context, _client(context)):
             return self._broadcast(request.endorsed_transaction, context)
 
     def _broadcast(self, raw: bytes,
@@ -153,7 +163,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
 
     def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
                        context: grpc.ServicerContext) -> orderer_pb2.BroadcastBatchResponse:
-        with _slot(self._broadcasts, "broadcast", "", context):
+        with _slot(self._broadcasts, "broadcast", context, _client(context)):
             return self._broadcast_batch(list(request.endorsed_transactions), context)
 
     def _broadcast_batch(self, raws: list[bytes], context: grpc.ServicerContext,
@@ -227,7 +237,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
 
     def Deliver(self, request: orderer_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
-        with _slot(self._delivers, "deliver", _client(context), context):
+        with _slot(self._delivers, "deliver", context, _client(context)):
             yield from self._deliver(request, context)
 
     def _deliver(self, request: orderer_pb2.DeliverRequest,
@@ -281,7 +291,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServiceServicer):
         if sender is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "only the consortium's orderers may exchange consensus messages")
-        with _slot(self._streams, "exchange", sender, context):
+        with _slot(self._streams, "exchange", context, (sender, "")):
             budget = self._budgets.setdefault(sender, PeerBudget(self._node.limits))
             for request in request_iterator:
                 RECEIVED.labels(request.message.WhichOneof("body") or "none").inc()

@@ -20,8 +20,9 @@ from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.consensus.actions import Deliver
 from gridledger_core.genesis import Genesis
+from gridledger_core.identity import Role
 from gridledger_core.rpc import authz
-from gridledger_core.rpc.peer_identity import PeerIdentities
+from gridledger_core.rpc.peer_identity import Peer, PeerIdentities
 from gridledger_orderer import inbox as inbox_module
 from gridledger_orderer import node as node_module
 from gridledger_orderer.inbox import Inbox, Submission
@@ -291,6 +292,57 @@ def test_stream_slots_per_identity_and_in_total() -> None:
     assert slots.acquire("b") and not slots.acquire("c")
     slots.release("a")
     assert slots.acquire("c") and slots.in_use == 3
+
+
+def test_stream_slots_per_member() -> None:
+    slots = StreamSlots(total=4, per_identity=2, per_member=2)
+    assert slots.acquire("a", "m") and slots.acquire("b", "m")
+    assert not slots.acquire("c", "m")  # another certificate of the same member
+    assert slots.acquire("d", "n") and slots.acquire("d", "n") and not slots.acquire("e", "n")
+    slots.release("a", "m")
+    slots.release("a", "m")  # not held any more: nothing to release
+    assert slots.acquire("c", "m") and slots.in_use == 4
+
+
+def test_one_members_certificates_cannot_take_every_deliver_stream(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    """Tried as a hostile member would: its CA issues client certificates to three admin
+    accounts (each within the per-client cap) and opens as many Deliver streams as the
+    orderer takes. Before, they took the total and another member's committer was refused
+    its one follower stream."""
+    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=6,
+                   deliver_streams_per_client=2, deliver_streams_per_member=3)
+    header = block_pb2.BlockHeader(number=0).SerializeToString()
+    orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
+    request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
+
+    def open_stream(peer: Peer) -> Iterator[orderer_pb2.DeliverResponse]:
+        token = authz._CALLER.set(peer)
+        try:
+            stream = orderer.api.Deliver(request, Context(peer.name))  # type: ignore[arg-type]
+            next(stream)  # holds its slot from here on
+        finally:
+            authz._CALLER.reset(token)
+        return stream
+
+    hostile = [Peer(f"utility-admin-{i}", "utility", Role.ADMIN) for i in range(3)]
+    streams = []
+    try:
+        refused = 0
+        for peer in hostile:
+            for _ in range(2):
+                try:
+                    streams.append(open_stream(peer))
+                except Aborted as exc:
+                    assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "organisation utility" in exc.details
+                    refused += 1
+        assert (len(streams), refused) == (3, 3)
+        streams.append(open_stream(Peer("committer-1", "gridops", Role.COMMITTER)))
+    finally:
+        for stream in streams:
+            stream.close()
+        orderer.store.close()
 
 
 def test_deliver_streams_are_capped_per_client_and_in_total(

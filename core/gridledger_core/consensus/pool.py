@@ -1,8 +1,14 @@
-"""Pending transactions of one orderer, in arrival order, unique by tx id."""
+"""Pending transactions of one orderer, in arrival order, unique by tx id, each charged to
+the member (organisation) that endorsed it.
+
+Members share the pool: past half of either bound (transactions or bytes) a member adds only
+within its equal share of the other half, and blocks are cut with the members taking turns.
+So a member that floods the ordering service with valid transactions neither shuts the
+others out of the pool nor makes their next transaction wait behind its backlog."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 class _Entry:
     tx: bytes
     arrived: float
+    member: str
 
 
 class TxPool:
@@ -22,6 +29,9 @@ class TxPool:
         self.capacity = capacity
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
+        # member -> its tx ids in arrival order; a member leaves when it has none.
+        self._by_member: dict[str, OrderedDict[bytes, None]] = {}
+        self._member_bytes: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -37,19 +47,51 @@ class TxPool:
     def full(self) -> bool:
         return len(self._entries) >= self.capacity
 
-    def add(self, tx_id: bytes, tx: bytes, now: float, *, force: bool = False) -> bool:
+    def held_by(self, member: str) -> tuple[int, int]:
+        """(transactions, bytes) of `member`'s in the pool."""
+        return len(self._by_member.get(member, ())), self._member_bytes[member]
+
+    def room_for(self, member: str, *, max_bytes: int, count: int, size: int,
+                 member_count: int | None = None, member_size: int | None = None) -> bool:
+        """Whether `count` more transactions of `size` bytes in all, of which `member_count`
+        and `member_size` are `member`'s (default: all of them), fit: within the capacity and
+        `max_bytes`, and past half of either only within `member`'s share of the other half
+        (an equal part for each member with transactions here, counting `member`)."""
+        member_count = count if member_count is None else member_count
+        member_size = size if member_size is None else member_size
+        total_count, total_bytes = len(self._entries) + count, self._bytes + size
+        if total_count > self.capacity or total_bytes > max_bytes:
+            return False
+        if 2 * total_count <= self.capacity and 2 * total_bytes <= max_bytes:
+            return True
+        held_count, held_bytes = self.held_by(member)
+        halves = 2 * (len(self._by_member) + (member not in self._by_member))
+        return ((held_count + member_count) * halves <= self.capacity
+                and (held_bytes + member_size) * halves <= max_bytes)
+
+    def add(self, tx_id: bytes, tx: bytes, now: float, *, force: bool = False,
+            member: str = "") -> bool:
         """True when added (new id and room left; with `force`, room is not checked)."""
         if tx_id in self._entries or (self.full and not force):
             return False
-        self._entries[tx_id] = _Entry(tx, now)
+        self._entries[tx_id] = _Entry(tx, now, member)
         self._bytes += len(tx)
+        self._by_member.setdefault(member, OrderedDict())[tx_id] = None
+        self._member_bytes[member] += len(tx)
         return True
 
     def discard(self, tx_ids: Iterable[bytes]) -> None:
         for tx_id in tx_ids:
             entry = self._entries.pop(tx_id, None)
-            if entry is not None:
-                self._bytes -= len(entry.tx)
+            if entry is None:
+                continue
+            self._bytes -= len(entry.tx)
+            mine = self._by_member[entry.member]
+            del mine[tx_id]
+            self._member_bytes[entry.member] -= len(entry.tx)
+            if not mine:
+                del self._by_member[entry.member]
+                del self._member_bytes[entry.member]
 
     def get(self, tx_id: bytes) -> bytes | None:
         entry = self._entries.get(tx_id)
@@ -64,3 +106,16 @@ class TxPool:
         """(tx id, tx bytes) in arrival order."""
         for tx_id, entry in self._entries.items():
             yield tx_id, entry.tx
+
+    def in_turns(self) -> Iterator[tuple[bytes, bytes]]:
+        """(tx id, tx bytes), the members taking turns, one transaction each, each member's
+        in arrival order: how a block is cut. Do not change the pool while iterating."""
+        queues = [iter(ids) for ids in self._by_member.values()]
+        while queues:
+            waiting = []
+            for queue in queues:
+                tx_id = next(queue, None)
+                if tx_id is not None:
+                    waiting.append(queue)
+                    yield tx_id, self._entries[tx_id].tx
+            queues = waiting

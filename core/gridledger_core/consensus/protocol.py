@@ -172,6 +172,9 @@ class Dependencies:
     validate_tx: Callable[[bytes], bool | str]  # True, or False / a reason string
     tx_id_of: Callable[[bytes], bytes]
     get_block: Callable[[int], block_pb2.Block | None]  # final block by number, from storage
+    # The member (organisation) a validated transaction is charged to in the pool: the one
+    # that endorsed it. Members take turns when a block is cut (pool.py).
+    member_of: Callable[[bytes], str] = lambda tx: ""
 
 
 @dataclass(frozen=True)
@@ -518,7 +521,7 @@ class Replica:
             return False
         if not validated and self.deps.validate_tx(tx) is not True:
             return False
-        return self.pool.add(tx_id, tx, now, force=force)
+        return self.pool.add(tx_id, tx, now, force=force, member=self.deps.member_of(tx))
 
     def _on_tx_forward(self, fwd: consensus_pb2.TxForward, now: float, out: list[Action]) -> None:
         added = False
@@ -599,7 +602,7 @@ class Replica:
     def _cut_block(self, now: float) -> block_pb2.Block | None:
         txs: list[bytes] = []
         size = 0
-        for _, tx in self.pool.items():  # validated when pooled
+        for _, tx in self.pool.in_turns():  # validated when pooled; members take turns
             if len(txs) >= self.config.max_batch_txs:
                 break
             if size + len(tx) > self.config.max_batch_bytes and txs:

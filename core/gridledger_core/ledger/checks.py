@@ -146,15 +146,29 @@ def check_endorsed_transaction(raw: bytes, signers: Signers) -> CheckedTransacti
     return checked
 
 
+@dataclass(frozen=True)
+class Orderable:
+    """A transaction that passed the ordering checks."""
+
+    tx_id: str
+    member: str  # the organisation of its first endorser: what the orderers' pool charges
+
+
 def check_for_ordering(raw: bytes, membership: Membership,
                        max_tx_bytes: int | None = None) -> str:
+    """`check_orderable`'s tx id."""
+    return check_orderable(raw, membership, max_tx_bytes).tx_id
+
+
+def check_orderable(raw: bytes, membership: Membership,
+                    max_tx_bytes: int | None = None) -> Orderable:
     """What an orderer checks before ordering a transaction: its size (when `max_tx_bytes` is
     given: the genesis limit committers enforce), it decodes, names a tx id, its creator's
     certificate chains to its organisation's CA and is the header's creator, and it carries
-    valid endorsements; returns the tx id. The creator's signature was checked by the endorser
-    that endorsed it and is checked again by every committer, so the orderers do not spend a
-    third verification on it; the certificate check is cached per certificate, so it is cheap
-    and keeps unparseable identities out of blocks.
+    valid endorsements; returns its tx id and endorsing member. The creator's signature was
+    checked by the endorser that endorsed it and is checked again by every committer, so the
+    orderers do not spend a third verification on it; the certificate check is cached per
+    certificate, so it is cheap and keeps unparseable identities out of blocks.
 
     Raises only TxInvalid: an unexpected exception becomes MALFORMED ("check failed: <type>"),
     so no transaction's bytes can break an orderer's admission or proposal validation."""
@@ -167,7 +181,8 @@ def check_for_ordering(raw: bytes, membership: Membership,
                         f"check failed: {type(exc).__name__}") from exc
 
 
-def _check_for_ordering(raw: bytes, membership: Membership, max_tx_bytes: int | None) -> str:
+def _check_for_ordering(raw: bytes, membership: Membership,
+                        max_tx_bytes: int | None) -> Orderable:
     if max_tx_bytes is not None and len(raw) > max_tx_bytes:
         raise TxInvalid(Code.TX_VALIDATION_CODE_MALFORMED,
                         f"transaction of {len(raw)} bytes exceeds max_tx_bytes {max_tx_bytes}")
@@ -190,6 +205,6 @@ def _check_for_ordering(raw: bytes, membership: Membership, max_tx_bytes: int | 
     if tx.header.creator != creator.name:
         raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
                         f"header creator {tx.header.creator!r} is not the signer {creator.name!r}")
-    check_endorsements(endorsed.envelope.payload, endorsed.endorsements,
-                       Signers(membership, None, None))
-    return tx.header.tx_id
+    endorsers = check_endorsements(endorsed.envelope.payload, endorsed.endorsements,
+                                   Signers(membership, None, None))
+    return Orderable(tx.header.tx_id, endorsers[0].org)

@@ -14,6 +14,7 @@ transaction that stores the block (`OrdererStore.apply`).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import threading
@@ -36,10 +37,11 @@ from gridledger_core.consensus.actions import (
     SetTimer,
 )
 from gridledger_core.consensus.certificate import ed25519_verifier
+from gridledger_core.consensus.pool import TxPool
 from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
 from gridledger_core.genesis import Genesis
-from gridledger_core.ledger.checks import check_for_ordering
+from gridledger_core.ledger.checks import check_orderable
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_orderer.inbox import Inbox, Submission
@@ -100,13 +102,14 @@ class NotDurable(Exception):
 
 class _Seen:
     """What this orderer knows about one transaction's bytes: its tx id (b"" when the bytes
-    do not decode) and, once checked, the ordering verdict."""
+    do not decode) and, once checked, the ordering verdict and the member it is charged to."""
 
-    __slots__ = ("tx_id", "verdict")
+    __slots__ = ("member", "tx_id", "verdict")
 
     def __init__(self, tx_id: bytes) -> None:
         self.tx_id = tx_id
         self.verdict: TxInvalid | object | None = _UNCHECKED
+        self.member = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,30 @@ class OrderingParams:
     max_batch_bytes: int = 1 << 20
     max_batch_wait: float = 0.05
     round_timeout: float = 1.0
+
+
+class PoolRoom:
+    """What one Broadcast call may still add to the pool, its own additions counted: within
+    the pool's bounds and, when the pool is past half full, within each member's share
+    (pool.py)."""
+
+    def __init__(self, pool: TxPool, max_bytes: int) -> None:
+        self._pool = pool
+        self._max_bytes = max_bytes
+        self._count: collections.Counter[str] = collections.Counter()
+        self._bytes: collections.Counter[str] = collections.Counter()
+
+    def take(self, member: str, size: int) -> bool:
+        """Reserve room for one transaction of `member`'s, `size` bytes; False if none."""
+        if not self._pool.room_for(member, max_bytes=self._max_bytes,
+                                   count=self._count.total() + 1,
+                                   size=self._bytes.total() + size,
+                                   member_count=self._count[member] + 1,
+                                   member_size=self._bytes[member] + size):
+            return False
+        self._count[member] += 1
+        self._bytes[member] += size
+        return True
 
 
 class OrdererNode:
@@ -170,6 +197,7 @@ class OrdererNode:
             validate_tx=self._validate_tx,
             tx_id_of=self.tx_id,
             get_block=store.block,
+            member_of=self.member_of,
         )
         self.replica = Replica(config, deps, tip, known_tx_ids=store.tx_ids(),
                                persisted=store.persisted())
@@ -227,10 +255,9 @@ class OrdererNode:
             return False
         return True
 
-    def pool_has_room(self, size: int) -> bool:
-        """Room in the pool for `size` more bytes, by count and by bytes (the API's check)."""
-        pool = self.replica.pool
-        return not pool.full and pool.total_bytes + size <= self.limits.pool_bytes
+    def pool_room(self) -> PoolRoom:
+        """What one Broadcast call may add to the pool (the API's check)."""
+        return PoolRoom(self.replica.pool, self.limits.pool_bytes)
 
     def start(self) -> None:
         self._execute(self.replica.on_start(time.time()))
@@ -317,12 +344,17 @@ class OrdererNode:
         seen = self._lookup(raw)
         if seen.verdict is _UNCHECKED:
             try:
-                check_for_ordering(raw, self._membership)
+                seen.member = check_orderable(raw, self._membership).member
                 seen.verdict = None
                 self._keep(raw, seen)
             except TxInvalid as exc:
                 seen.verdict = exc
         return seen.verdict  # type: ignore[return-value]
+
+    def member_of(self, raw: bytes) -> str:
+        """The member an admitted transaction is charged to in the pool (its endorser's
+        organisation)."""
+        return self._lookup(raw).member
 
     def _validate_tx(self, raw: bytes) -> bool | str:
         """The replica's view of `admit`: True, or the reason."""

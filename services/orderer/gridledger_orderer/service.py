@@ -27,7 +27,7 @@ from gridledger_core.rpc.authz import current_caller
 from gridledger_core.rpc.errors import STATUS_OF_CODE, abort_invalid
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.limits import PeerBudget, StreamSlots
-from gridledger_orderer.node import INBOUND_DROPPED, NotDurable, OrdererNode, Overloaded
+from gridledger_orderer.node import INBOUND_DROPPED, NotDurable, OrdererNode, Overloaded, PoolRoom
 from gridledger_orderer.store import OrdererStore, tx_id_of
 
 BROADCASTS = Counter("gridledger_orderer_broadcasts",
@@ -92,12 +92,12 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._delivers = StreamSlots(limits.deliver_streams, limits.deliver_streams_per_client,
                                      limits.deliver_streams_per_member)
 
-    def _judge(self, raw: bytes, tx_id: bytes, full: bool,
+    def _judge(self, raw: bytes, tx_id: bytes, room: PoolRoom,
                earlier: set[bytes]) -> tuple[str, TxInvalid | None]:
         """Broadcast's verdict on one transaction (counted): "duplicate" (final, or earlier
         in the same call), "pending" (a duplicate of a transaction in the pool: answered
         `duplicate` once durable here too), "rejected" (with why), "resource_exhausted" when
-        `full`, else "accepted"."""
+        the call's `room` has none left for its member, else "accepted" (room taken)."""
         if tx_id in earlier:
             verdict, refused = "duplicate", None
         elif tx_id in self._node.replica.pool:
@@ -107,7 +107,8 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         else:
             refused = self._node.admit(raw)
             verdict = "rejected" if refused is not None else \
-                "resource_exhausted" if full else "accepted"
+                "accepted" if room.take(self._node.member_of(raw), len(raw)) else \
+                "resource_exhausted"
         BROADCASTS.labels("duplicate" if verdict == "pending" else verdict).inc()
         return verdict, refused
 
@@ -144,8 +145,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
             BROADCASTS.labels("malformed").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "endorsed_transaction is not a decodable EndorsedTransaction")
-        verdict, refused = self._judge(raw, tx_id, not self._node.pool_has_room(len(raw)),
-                                       set())
+        verdict, refused = self._judge(raw, tx_id, self._node.pool_room(), set())
         if verdict == "duplicate":
             return orderer_pb2.BroadcastResponse(tx_id=tx_id.decode(), duplicate=True)
         if refused is not None:
@@ -190,10 +190,8 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"endorsed_transactions[{index}] is not a decodable "
                               "EndorsedTransaction with a tx id; nothing was admitted")
-        # Room is checked once for the batch, like Broadcast checks it per call.
-        pool = self._node.replica.pool
-        room = pool.capacity - len(pool)
-        room_bytes = self._node.limits.pool_bytes - pool.total_bytes
+        # Room is checked for the batch as a whole, its own additions counted.
+        room = self._node.pool_room()
         results: list[orderer_pb2.BroadcastResult] = []
         durable: list[tuple[orderer_pb2.BroadcastResult, bytes]] = []
         in_batch: set[bytes] = set()
@@ -206,8 +204,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
                 result.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
                 result.message = f"{too_large.code_name}: {too_large.message}"
                 continue
-            full = room <= 0 or room_bytes < len(raw)
-            verdict, refused = self._judge(raw, tx_id, full, in_batch)
+            verdict, refused = self._judge(raw, tx_id, room, in_batch)
             if verdict in ("duplicate", "pending"):
                 result.duplicate = True
                 if verdict == "pending":
@@ -219,8 +216,6 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
             elif verdict == "resource_exhausted":
                 _exhausted_result(result)
             else:
-                room -= 1
-                room_bytes -= len(raw)
                 in_batch.add(tx_id)
                 durable.append((result, raw))
         if durable:

@@ -20,8 +20,10 @@ from orderer_helpers import Orderer, readings
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2
+from gridledger_core.consensus.pool import TxPool
 from gridledger_core.genesis import Genesis
 from gridledger_orderer import service
+from gridledger_orderer.node import PoolRoom
 from gridledger_orderer.store import tx_id_of
 
 
@@ -94,7 +96,7 @@ def test_too_many_bytes_is_refused_whole(orderer: Orderer, consortium_dir: Path,
 
 def test_backpressure_when_the_pool_is_full(orderer: Orderer, consortium_dir: Path) -> None:
     pool = orderer.node.replica.pool
-    pool.capacity = 3
+    pool.capacity = 6  # one member alone fills half of it (its share, past half: pool.py)
     txs = readings(consortium_dir, 5)
     orderer.node.replica.on_transactions(txs[:1], 0.0)  # one pending: room for two more
     results = orderer.batch(txs)
@@ -107,19 +109,21 @@ def test_backpressure_when_the_pool_is_full(orderer: Orderer, consortium_dir: Pa
 
 def test_acknowledged_transactions_are_pooled_even_above_capacity(
         orderer: Orderer, consortium_dir: Path) -> None:
-    """Two batches judged before the loop ran (each saw room for two): both wait in the
-    inbox, the loop takes both at once and pools all four, although that overshoots the
-    capacity, and writes them in one durable transaction before both calls answer OK."""
+    """Three batches judged before the loop ran (each saw room for two: half the pool, its
+    member's share): all wait in the inbox, the loop takes them at once and pools all six,
+    although that overshoots the capacity, and writes them in one durable transaction before
+    the calls answer OK."""
     replica = orderer.node.replica
-    replica.pool.capacity = 2
-    txs = readings(consortium_dir, 4)
+    replica.pool.capacity = 4
+    txs = readings(consortium_dir, 6)
     answers: list[list[orderer_pb2.BroadcastResult]] = []
 
     def call(part: list[bytes]) -> None:
         request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=part)
         answers.append(list(orderer.api.BroadcastBatch(request, FakeContext()).results))  # type: ignore[arg-type]
 
-    threads = [threading.Thread(target=call, args=(part,)) for part in (txs[:2], txs[2:])]
+    threads = [threading.Thread(target=call, args=(part,))
+               for part in (txs[:2], txs[2:4], txs[4:])]
     for thread in threads:
         thread.start()
     while orderer.node._inbox.client_bytes() < sum(map(len, txs)):
@@ -129,7 +133,7 @@ def test_acknowledged_transactions_are_pooled_even_above_capacity(
     for thread in threads:
         thread.join()
     assert all(r.code == 0 for answer in answers for r in answer)
-    assert replica.pending_transactions == 4
+    assert replica.pending_transactions == 6
     assert all(replica.knows_tx(tx_id_of(tx).encode()) for tx in txs)
     assert sorted(raw for _, raw in orderer.store.pooled()) == sorted(txs)
 
@@ -144,3 +148,15 @@ def test_unary_broadcast_still_answers(orderer: Orderer, consortium_dir: Path) -
         orderer.api.Broadcast(orderer_pb2.BroadcastRequest(endorsed_transaction=b"\xff"),
                               FakeContext())  # type: ignore[arg-type]
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_one_call_counts_its_own_additions_against_its_members_share() -> None:
+    """Past half of the pool a member adds only within its share of half the pool
+    (core consensus/pool.py); a BroadcastBatch is judged before any of it is pooled, so
+    its own earlier transactions count."""
+    pool = TxPool(capacity=40)
+    for i in range(20):  # a flooding member alone: half the pool
+        assert pool.add(f"f{i}".encode(), b"x" * 10, 0.0, member="hostile")
+    room = PoolRoom(pool, max_bytes=1_000)
+    assert [room.take("honest", 10) for _ in range(12)] == [True] * 10 + [False] * 2
+    assert not room.take("hostile", 10)

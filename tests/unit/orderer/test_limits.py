@@ -162,12 +162,12 @@ def test_peer_messages_beyond_their_budget_are_dropped(
 def test_the_pool_is_bounded_in_bytes(consortium_dir: Path, genesis: Genesis,
                                       tmp_path: Path) -> None:
     txs = readings(consortium_dir, 4)
-    orderer = make(consortium_dir, genesis, tmp_path, pool_bytes=len(txs[0]) * 2 + 10)
+    orderer = make(consortium_dir, genesis, tmp_path, pool_bytes=len(txs[0]) * 4 + 10)
     try:
-        results = orderer.batch(txs[:3])
+        results = orderer.batch(txs[:3])  # one member alone: half the pool's bytes
         assert [r.code for r in results] == [0, 0, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]]
         forward = consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
-            transactions=[txs[3]]))
+            transactions=txs[1:4]))  # a peer's forward fits only the whole pool's bound
         assert not orderer.node.receive("orderer-2", forward, forward.ByteSize())
     finally:
         orderer.store.close()

@@ -17,8 +17,9 @@ from gridctl.loadgen import LoadGenerator, prepare_readings
 from gridctl.output import emit, fail
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES, submit_batches
 
-BATCH_LIMIT = 1_000  # the endorser's SubmitBatch limit
+BATCH_LIMIT = SUBMIT_BATCH_ENVELOPES  # the endorser's SubmitBatch limit (and 4 MiB a call)
 
 
 def cmd_loadgen(args: argparse.Namespace) -> None:
@@ -67,8 +68,7 @@ def cmd_submit_batch(args: argparse.Namespace) -> None:
     _, channel, stub = connect.endorser(args.dir, args.node)
     rows: list[dict[str, Any]] = []
     with channel:
-        for first in range(0, len(envelopes), args.batch):
-            chunk = envelopes[first:first + args.batch]
+        for chunk in submit_batches(envelopes, lambda e: e.ByteSize(), max_count=args.batch):
             response = connect.call(stub.SubmitBatch,
                                     endorser_pb2.SubmitBatchRequest(envelopes=chunk), 60.0)
             rows += [{"tx_id": r.tx_id, "status": _status(r.code), "message": r.message,
@@ -100,5 +100,6 @@ def register(sub: Any) -> None:
                                 "with SubmitBatch; one result each (exit 2 if any refused)")
     batch.add_argument("file", type=Path)
     batch.add_argument("--batch", type=int, default=BATCH_LIMIT, metavar="N",
-                       help=f"envelopes per call (at most {BATCH_LIMIT})")
+                       help=f"envelopes per call (at most {BATCH_LIMIT}; "
+                            "calls are split at 4 MiB too)")
     batch.set_defaults(func=cmd_submit_batch)

@@ -41,6 +41,7 @@ from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.authz import current_caller
 from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal, abort_invalid
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES, SUBMIT_BATCH_ENVELOPES
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
 from gridledger_endorser.book_cache import BookCache, HeldByOptions
@@ -65,8 +66,9 @@ BATCH_ENVELOPES = Histogram("gridledger_endorser_submit_batch_envelopes",
 log = logging.getLogger(__name__)
 # SubmitBatch's own limits (whole-call INVALID_ARGUMENT above them): below the broadcaster's
 # batch and the gRPC receive limit, and what one call's thread checks in well under a second.
-MAX_BATCH_ENVELOPES = 1_000
-MAX_BATCH_BYTES = 4 << 20
+# Written once in core (rpc/submit_batches.py), where clients split their calls by them.
+MAX_BATCH_ENVELOPES = SUBMIT_BATCH_ENVELOPES
+MAX_BATCH_BYTES = SUBMIT_BATCH_BYTES
 
 TRADE_REQUESTS = Counter("gridledger_endorser_trade_requests",
                          "Trade requests, by side and result (accepted, or the failed "

@@ -44,6 +44,7 @@ from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger.errors import Code, code_name
 from gridledger_core.ledger.rules.readings import READING_NOT_ENDED
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
+from gridledger_core.rpc.submit_batches import submit_batches
 from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_meter_agent.commit_watch import CommitConfirmer
 from gridledger_meter_agent.outbox import Outbox
@@ -140,11 +141,11 @@ class OutboxSender:
         return reachable
 
     def _send(self, due: list[tuple[int, bytes]], stop: threading.Event) -> bool:
-        for first in range(0, len(due), self._batch_size):
+        for run in submit_batches(due, lambda item: len(item[1]), max_count=self._batch_size):
             if stop.is_set():
                 return True
             chunk = [(seq, envelope_pb2.SignedEnvelope.FromString(payload))
-                     for seq, payload in due[first:first + self._batch_size]]
+                     for seq, payload in run]
             results = self._submit(chunk)
             verdict = "sent"
             hint_ms = 0

@@ -48,6 +48,7 @@ from gridledger_core.sigcache import VERIFIED
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
+from gridledger_orderer.limits import OrdererLimits
 from gridledger_orderer.node import ACK_GROUP, OrdererNode, OrderingParams
 from gridledger_orderer.service import OrdererServicer
 from gridledger_orderer.store import OrdererStore, tx_id_of
@@ -331,6 +332,9 @@ class _Context:
     def set_trailing_metadata(self, metadata: object) -> None:
         pass
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}  # no TLS peer: one anonymous client
+
 
 def _acknowledge_all(consortium: Path, directory: Path, txs: list[bytes], *, durable: bool,
                      callers: int, batch: int) -> dict:
@@ -339,8 +343,10 @@ def _acknowledge_all(consortium: Path, directory: Path, txs: list[bytes], *, dur
     store = OrdererStore(LmdbStore(directory))
     # No peers: nothing becomes final, every transaction stays pending (the pool's capacity
     # is above the count), so the loop does only what acknowledging needs.
+    # The callers stand for several members' endorsers: no per-member cap on their calls.
+    limits = OrdererLimits(broadcast_calls_per_member=OrdererLimits().broadcast_calls)
     node = OrdererNode(genesis, identity, store, Transport([], None),  # type: ignore[arg-type]
-                       OrderingParams(), lambda block: None, durable_acks=durable)
+                       OrderingParams(), lambda block: None, limits, durable_acks=durable)
     api = OrdererServicer(node, store, HeightNotifier(lambda: 0))
     node.start()
     chunks = [txs[i:i + batch] for i in range(0, len(txs), batch)]

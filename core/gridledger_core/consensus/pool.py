@@ -1,10 +1,12 @@
 """Pending transactions of one orderer, in arrival order, unique by tx id, each charged to
-the member (organisation) that endorsed it.
+a member: the organisation of its creator.
 
 Members share the pool: past half of either bound (transactions or bytes) a member adds only
-within its equal share of the other half, and blocks are cut with the members taking turns.
-So a member that floods the ordering service with valid transactions neither shuts the
-others out of the pool nor makes their next transaction wait behind its backlog."""
+within its equal share of that half, whether its transactions come from clients or from
+peer orderers' forwards; and blocks are cut with the members taking turns, a different one
+first at each height. So a member that floods the ordering service with valid transactions
+(through its own endorser or orderer) neither shuts the others out of the pool nor makes
+their next transaction wait behind its backlog."""
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ class TxPool:
     so whichever orderer the lottery makes primary can propose it; ids leave the pool when a
     block containing them becomes final. Only validated transactions enter."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 256 << 20) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
         # member -> its tx ids in arrival order; a member leaves when it has none.
@@ -51,28 +54,31 @@ class TxPool:
         """(transactions, bytes) of `member`'s in the pool."""
         return len(self._by_member.get(member, ())), self._member_bytes[member]
 
-    def room_for(self, member: str, *, max_bytes: int, count: int, size: int,
+    def room_for(self, member: str, *, count: int, size: int,
                  member_count: int | None = None, member_size: int | None = None) -> bool:
         """Whether `count` more transactions of `size` bytes in all, of which `member_count`
         and `member_size` are `member`'s (default: all of them), fit: within the capacity and
-        `max_bytes`, and past half of either only within `member`'s share of the other half
-        (an equal part for each member with transactions here, counting `member`)."""
+        `max_bytes`, and past half of either only within `member`'s share of that half (an
+        equal part for each member with transactions here, counting `member`)."""
         member_count = count if member_count is None else member_count
         member_size = size if member_size is None else member_size
         total_count, total_bytes = len(self._entries) + count, self._bytes + size
-        if total_count > self.capacity or total_bytes > max_bytes:
+        if total_count > self.capacity or total_bytes > self.max_bytes:
             return False
-        if 2 * total_count <= self.capacity and 2 * total_bytes <= max_bytes:
+        if 2 * total_count <= self.capacity and 2 * total_bytes <= self.max_bytes:
             return True
         held_count, held_bytes = self.held_by(member)
         halves = 2 * (len(self._by_member) + (member not in self._by_member))
         return ((held_count + member_count) * halves <= self.capacity
-                and (held_bytes + member_size) * halves <= max_bytes)
+                and (held_bytes + member_size) * halves <= self.max_bytes)
 
     def add(self, tx_id: bytes, tx: bytes, now: float, *, force: bool = False,
             member: str = "") -> bool:
-        """True when added (new id and room left; with `force`, room is not checked)."""
-        if tx_id in self._entries or (self.full and not force):
+        """True when added: a new id with room for it in `member`'s share (`room_for`);
+        with `force` (acknowledged transactions: their room was judged by the API), room is
+        not checked."""
+        if tx_id in self._entries or (
+                not force and not self.room_for(member, count=1, size=len(tx))):
             return False
         self._entries[tx_id] = _Entry(tx, now, member)
         self._bytes += len(tx)
@@ -107,10 +113,15 @@ class TxPool:
         for tx_id, entry in self._entries.items():
             yield tx_id, entry.tx
 
-    def in_turns(self) -> Iterator[tuple[bytes, bytes]]:
+    def in_turns(self, first: int = 0) -> Iterator[tuple[bytes, bytes]]:
         """(tx id, tx bytes), the members taking turns, one transaction each, each member's
-        in arrival order: how a block is cut. Do not change the pool while iterating."""
+        in arrival order, starting with the member at `first` (modulo the members, in order
+        of their arrival): how a block is cut, `first` its height, so no member is always
+        first. Do not change the pool while iterating."""
         queues = [iter(ids) for ids in self._by_member.values()]
+        if queues:
+            start = first % len(queues)
+            queues = queues[start:] + queues[:start]
         while queues:
             waiting = []
             for queue in queues:

@@ -130,6 +130,9 @@ _ROUND_WINDOW = 64  # proposals kept for rounds this far ahead
 # Rounds above this are ignored wherever they come from, so round + 1 always fits the
 # uint32 round fields (honest rounds grow by one per timeout: it is never reached).
 MAX_ROUND = 1 << 30
+# Transactions a cut passes over because they would take the block past its byte limit before
+# it stops looking (a large one of one member does not end the block for every other member).
+_CUT_MISSES = 64
 # The range google.protobuf.Timestamp allows (0001-01-01 to 9999-12-31): a stamp outside it
 # would make every reader of the block (ToDatetime, ToNanoseconds) raise.
 _MIN_SECONDS = -62_135_596_800
@@ -149,6 +152,7 @@ class ReplicaConfig:
     max_clock_skew: float = 5.0
     max_backoff_exponent: int = 5
     max_pool_txs: int = 100_000
+    max_pool_bytes: int = 256 << 20
     sync_batch: int = 16
     # A SyncResponse stops before the block that would take it past this many bytes (but
     # always carries at least one block, so a replica behind large blocks still progresses).
@@ -224,7 +228,7 @@ class Replica:
         self.orderers = dict(config.orderers)
         self.quorum = Quorum(len(self.orderers))
         self.known_ids: set[bytes] = set(known_tx_ids)
-        self.pool = TxPool(config.max_pool_txs)
+        self.pool = TxPool(config.max_pool_txs, config.max_pool_bytes)
         self.height = tip.height
         self.previous_hash = tip.previous_hash
         self.previous_seed = tip.previous_seed
@@ -602,11 +606,16 @@ class Replica:
     def _cut_block(self, now: float) -> block_pb2.Block | None:
         txs: list[bytes] = []
         size = 0
-        for _, tx in self.pool.in_turns():  # validated when pooled; members take turns
+        misses = 0
+        # Validated when pooled; the members take turns, a different one first each height.
+        for _, tx in self.pool.in_turns(first=self.height):
             if len(txs) >= self.config.max_batch_txs:
                 break
             if size + len(tx) > self.config.max_batch_bytes and txs:
-                break
+                misses += 1  # others' smaller ones may still fit, but the cut stays bounded
+                if misses > _CUT_MISSES:
+                    break
+                continue
             txs.append(tx)
             size += len(tx)
         if not txs:

@@ -151,7 +151,9 @@ class Orderable:
     """A transaction that passed the ordering checks."""
 
     tx_id: str
-    member: str  # the organisation of its first endorser: what the orderers' pool charges
+    # The organisation of its creator (verified: its certificate chains to that organisation's
+    # CA): the member the orderers' pool charges, whoever endorsed or relayed it.
+    member: str
 
 
 def check_for_ordering(raw: bytes, membership: Membership,
@@ -165,7 +167,7 @@ def check_orderable(raw: bytes, membership: Membership,
     """What an orderer checks before ordering a transaction: its size (when `max_tx_bytes` is
     given: the genesis limit committers enforce), it decodes, names a tx id, its creator's
     certificate chains to its organisation's CA and is the header's creator, and it carries
-    valid endorsements; returns its tx id and endorsing member. The creator's signature was
+    valid endorsements; returns its tx id and its creator's member. The creator's signature was
     checked by the endorser that endorsed it and is checked again by every committer, so the
     orderers do not spend a third verification on it; the certificate check is cached per
     certificate, so it is cheap and keeps unparseable identities out of blocks.
@@ -205,6 +207,6 @@ def _check_for_ordering(raw: bytes, membership: Membership,
     if tx.header.creator != creator.name:
         raise TxInvalid(Code.TX_VALIDATION_CODE_BAD_HEADER,
                         f"header creator {tx.header.creator!r} is not the signer {creator.name!r}")
-    endorsers = check_endorsements(endorsed.envelope.payload, endorsed.endorsements,
-                                   Signers(membership, None, None))
-    return Orderable(tx.header.tx_id, endorsers[0].org)
+    check_endorsements(endorsed.envelope.payload, endorsed.endorsements,
+                       Signers(membership, None, None))
+    return Orderable(tx.header.tx_id, creator.org)

@@ -125,16 +125,14 @@ class PoolRoom:
     the pool's bounds and, when the pool is past half full, within each member's share
     (pool.py)."""
 
-    def __init__(self, pool: TxPool, max_bytes: int) -> None:
+    def __init__(self, pool: TxPool) -> None:
         self._pool = pool
-        self._max_bytes = max_bytes
         self._count: collections.Counter[str] = collections.Counter()
         self._bytes: collections.Counter[str] = collections.Counter()
 
     def take(self, member: str, size: int) -> bool:
         """Reserve room for one transaction of `member`'s, `size` bytes; False if none."""
-        if not self._pool.room_for(member, max_bytes=self._max_bytes,
-                                   count=self._count.total() + 1,
+        if not self._pool.room_for(member, count=self._count.total() + 1,
                                    size=self._bytes.total() + size,
                                    member_count=self._count[member] + 1,
                                    member_size=self._bytes[member] + size):
@@ -188,7 +186,8 @@ class OrdererNode:
                                max_batch_txs=params.max_batch_txs,
                                max_batch_bytes=params.max_batch_bytes,
                                max_batch_wait=params.max_batch_wait,
-                               round_timeout=params.round_timeout)
+                               round_timeout=params.round_timeout,
+                               max_pool_bytes=limits.pool_bytes)
         deps = Dependencies(
             sign=identity.signer.sign,
             verify_sig=ed25519_verifier(genesis.orderer_keys),
@@ -257,7 +256,7 @@ class OrdererNode:
 
     def pool_room(self) -> PoolRoom:
         """What one Broadcast call may add to the pool (the API's check)."""
-        return PoolRoom(self.replica.pool, self.limits.pool_bytes)
+        return PoolRoom(self.replica.pool)
 
     def start(self) -> None:
         self._execute(self.replica.on_start(time.time()))
@@ -352,9 +351,14 @@ class OrdererNode:
         return seen.verdict  # type: ignore[return-value]
 
     def member_of(self, raw: bytes) -> str:
-        """The member an admitted transaction is charged to in the pool (its endorser's
-        organisation)."""
-        return self._lookup(raw).member
+        """The member an admitted transaction is charged to in the pool (its creator's
+        organisation). Checked again if the verdict cache lost it meanwhile (it starts over
+        when full), so the charge never depends on what the cache holds."""
+        seen = self._seen.get(raw)
+        if seen is None:
+            self.admit(raw)
+            seen = self._lookup(raw)
+        return seen.member
 
     def _validate_tx(self, raw: bytes) -> bool | str:
         """The replica's view of `admit`: True, or the reason."""

@@ -1,6 +1,7 @@
 """The orderers' pool shared by members: past half full, a member adds only within its share
-of half the pool, and blocks are cut with the members taking turns. Tried as a hostile member
-would: its endorser floods the ordering service with valid transactions."""
+of half the pool (from clients or from peers' forwards), and blocks are cut with the members
+taking turns. Tried as a hostile member would: its endorser or its orderer floods the ordering
+service with valid transactions."""
 
 from __future__ import annotations
 
@@ -21,16 +22,17 @@ def add(pool: TxPool, member: str, n: int, size: int = 10, start: int = 0) -> li
     """Add `n` transactions of `member` while the pool has room for them; the ids added."""
     added = []
     for i in range(start, start + n):
-        if not pool.room_for(member, max_bytes=MAX_BYTES, count=1, size=size):
-            break
         tx_id = f"{member}-{i}".encode()
-        assert pool.add(tx_id, b"x" * size, float(i), member=member)
+        room = pool.room_for(member, count=1, size=size)
+        assert pool.add(tx_id, b"x" * size, float(i), member=member) == room  # as forwards
+        if not room:
+            break
         added.append(tx_id)
     return added
 
 
 def test_a_flooding_member_fills_half_and_another_member_still_finds_its_share() -> None:
-    pool = TxPool(capacity=40)
+    pool = TxPool(capacity=40, max_bytes=MAX_BYTES)
     assert len(add(pool, "hostile", 100)) == 20  # alone: half the pool, then its share of it
     assert len(add(pool, "honest", 100)) == 10  # half of half: the two members' shares
     assert add(pool, "hostile", 1, start=100) == []
@@ -39,7 +41,7 @@ def test_a_flooding_member_fills_half_and_another_member_still_finds_its_share()
 
 
 def test_shares_hold_in_bytes_too() -> None:
-    pool = TxPool(capacity=1_000)
+    pool = TxPool(capacity=1_000, max_bytes=MAX_BYTES)
     assert len(add(pool, "hostile", 100, size=50)) == 10  # 500 bytes: half of MAX_BYTES
     assert len(add(pool, "honest", 100, size=50)) == 5  # 250 bytes: its share of that half
 
@@ -52,6 +54,8 @@ def test_blocks_are_cut_with_the_members_taking_turns() -> None:
         pool.add(f"h{i}".encode(), b"x", 1000.0 + i, member="honest")
     first = [tx_id for tx_id, _ in zip(pool.in_turns(), range(6), strict=False)]
     assert [tx_id for tx_id, _ in first] == [b"f0", b"h0", b"f1", b"h1", b"f2", b"h2"]
+    later = [tx_id for (tx_id, _), _ in zip(pool.in_turns(first=1), range(2), strict=False)]
+    assert later == [b"h0", b"f0"]  # the next height starts with the next member
     assert [tx_id for tx_id, _ in pool.items()][:2] == [b"f0", b"f1"]  # arrival order kept
 
 
@@ -61,7 +65,7 @@ def test_blocks_are_cut_with_the_members_taking_turns() -> None:
        capacity=st.integers(2, 60))
 def test_the_bounds_always_hold_and_a_member_below_its_share_enters(
         steps: list[tuple[str, int, int, float]], capacity: int) -> None:
-    pool = TxPool(capacity)
+    pool = TxPool(capacity, MAX_BYTES)
     serial = 0
     for member, wanted, size, committed in steps:
         count, held_bytes = pool.held_by(member)

@@ -154,9 +154,9 @@ def test_one_call_counts_its_own_additions_against_its_members_share() -> None:
     """Past half of the pool a member adds only within its share of half the pool
     (core consensus/pool.py); a BroadcastBatch is judged before any of it is pooled, so
     its own earlier transactions count."""
-    pool = TxPool(capacity=40)
+    pool = TxPool(capacity=40, max_bytes=1_000)
     for i in range(20):  # a flooding member alone: half the pool
         assert pool.add(f"f{i}".encode(), b"x" * 10, 0.0, member="hostile")
-    room = PoolRoom(pool, max_bytes=1_000)
+    room = PoolRoom(pool)
     assert [room.take("honest", 10) for _ in range(12)] == [True] * 10 + [False] * 2
     assert not room.take("hostile", 10)

@@ -8,11 +8,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridledger_core.rpc.submit_batches import (
-    SUBMIT_BATCH_BYTES,
-    SUBMIT_BATCH_ENVELOPES,
-    submit_batches,
-)
+from gridledger_core.rpc.submit_batches import submit_batches
 
 
 @given(sizes=st.lists(st.integers(0, 400), max_size=60), max_count=st.integers(1, 8),
@@ -29,8 +25,3 @@ def test_runs_keep_order_and_both_limits(sizes: list[int], max_count: int,
         assert len(run) == max_count or \
             sum(size + 6 for _, size in [*run, following[0]]) > max_bytes
 
-
-def test_the_defaults_are_the_endorsers_limits() -> None:
-    from gridledger_endorser.service import MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES
-
-    assert (SUBMIT_BATCH_ENVELOPES, SUBMIT_BATCH_BYTES) == (MAX_BATCH_ENVELOPES, MAX_BATCH_BYTES)

@@ -221,6 +221,8 @@ def orderer_only(profile: str, workdir: Path, *, batched: bool = True,
     consortium = workdir / "consortium"
     devnet.ensure_consortium(consortium, profile="load")
     network = devnet.plan(workdir, consortium, demo=False)
+    for orderer in network.by_role("orderer"):  # one client stands for every member's endorser
+        orderer.args += ["--broadcast-calls-per-member", str(UNARY_IN_FLIGHT_PER_ORDERER)]
     devnet.start(network, roles=("orderer",))
     channels = [secure_channel(o.grpc, network.tls()) for o in network.by_role("orderer")]
     stubs = [orderer_pb2_grpc.OrdererServiceStub(c) for c in channels]

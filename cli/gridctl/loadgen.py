@@ -19,6 +19,7 @@ import grpc
 from gridledger.common.v1 import envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
+from gridledger_core.rpc.submit_batches import submit_batches
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
@@ -112,7 +113,8 @@ class LoadGenerator:
             sent += len(chunk)
             next_at += len(chunk) * interval
             if self._batch:
-                self._submit_batch(chunk)
+                for run in submit_batches(chunk, lambda e: e.ByteSize(), max_count=size):
+                    self._submit_batch(run)
             else:
                 self._submit(chunk[0])
 

@@ -176,8 +176,8 @@ class Dependencies:
     validate_tx: Callable[[bytes], bool | str]  # True, or False / a reason string
     tx_id_of: Callable[[bytes], bytes]
     get_block: Callable[[int], block_pb2.Block | None]  # final block by number, from storage
-    # The member (organisation) a validated transaction is charged to in the pool: the one
-    # that endorsed it. Members take turns when a block is cut (pool.py).
+    # The member (organisation) a validated transaction is charged to in the pool: its
+    # creator's. Members share the pool and take turns when a block is cut (pool.py).
     member_of: Callable[[bytes], str] = lambda tx: ""
 
 

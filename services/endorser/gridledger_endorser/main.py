@@ -14,6 +14,7 @@ from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES
 from gridledger_core.rpc.tls import TlsFiles, receive_limit
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
@@ -23,7 +24,7 @@ from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import Broadcaster
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
-from gridledger_endorser.service import MAX_BATCH_BYTES, EndorserServicer
+from gridledger_endorser.service import EndorserServicer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "account_lookup": ledger_lookup(ledger.get_state),
               "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None,
               # the largest message an endorser is sent: a full batch, or one transaction
-              "options": [receive_limit(max(MAX_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
+              "options": [receive_limit(max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
     server: NodeServer | AioNodeServer
     if args.grpc_server == "asyncio":
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,

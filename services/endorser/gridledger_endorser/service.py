@@ -64,11 +64,10 @@ BATCH_ENVELOPES = Histogram("gridledger_endorser_submit_batch_envelopes",
                             "Envelopes per SubmitBatch call.",
                             buckets=(1, 4, 16, 64, 128, 256, 512, 1000))
 log = logging.getLogger(__name__)
-# SubmitBatch's own limits (whole-call INVALID_ARGUMENT above them): below the broadcaster's
-# batch and the gRPC receive limit, and what one call's thread checks in well under a second.
-# Written once in core (rpc/submit_batches.py), where clients split their calls by them.
-MAX_BATCH_ENVELOPES = SUBMIT_BATCH_ENVELOPES
-MAX_BATCH_BYTES = SUBMIT_BATCH_BYTES
+# SubmitBatch's own limits (whole-call INVALID_ARGUMENT above them) are core's
+# SUBMIT_BATCH_ENVELOPES and SUBMIT_BATCH_BYTES (rpc/submit_batches.py, where clients split
+# their calls by them): below the broadcaster's batch and the gRPC receive limit, and what
+# one call checks in well under a second.
 
 TRADE_REQUESTS = Counter("gridledger_endorser_trade_requests",
                          "Trade requests, by side and result (accepted, or the failed "
@@ -153,11 +152,12 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         member = _member()
         admitted = self._admission.admit((t for _, t in claimed if t), member=member)
         verdicts = iter(admitted)
+        full: Full | None = None  # the call's one refusal, made when first needed
         for i, tx_id in claimed:
             verdict = next(verdicts) if tx_id else Admitted.NEW
             if verdict is Admitted.REFUSED:
                 REQUESTS.labels("unknown", "admission_full").inc()
-                full = self._admission.full_error(member)
+                full = full or self._admission.full_error(member)
                 submission.outcomes[i] = Outcome(
                     tx_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(full),
                     retry_after_ms=full.retry_after_ms)
@@ -381,9 +381,9 @@ def single_response(result: Outcome) -> endorser_pb2.SubmitTransactionResponse:
 def batch_refusal(request: endorser_pb2.SubmitBatchRequest) -> str:
     """Why the whole batch is refused (INVALID_ARGUMENT), or ""."""
     count, size = len(request.envelopes), request.ByteSize()
-    if count > MAX_BATCH_ENVELOPES or size > MAX_BATCH_BYTES:
+    if count > SUBMIT_BATCH_ENVELOPES or size > SUBMIT_BATCH_BYTES:
         return (f"the batch has {count} envelopes, {size} bytes; at most "
-                f"{MAX_BATCH_ENVELOPES} envelopes and {MAX_BATCH_BYTES} bytes")
+                f"{SUBMIT_BATCH_ENVELOPES} envelopes and {SUBMIT_BATCH_BYTES} bytes")
     return ""
 
 

@@ -25,13 +25,14 @@ from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.aio_server import AioNodeServer
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_endorser.aio_service import CHECK_SLICE, AsyncEndorserServicer
 from gridledger_endorser.broadcaster import OrdererUnavailable
 from gridledger_endorser.sealing import Seal
-from gridledger_endorser.service import MAX_BATCH_ENVELOPES, EndorserServicer
+from gridledger_endorser.service import EndorserServicer
 
 __all__ = ["ids"]  # a fixture, used here
 
@@ -267,7 +268,7 @@ def test_refusals_leave_no_reference_cycle_and_are_counted_by_code(
                 "70 ms", 70)
         with pytest.raises(grpc.RpcError) as too_many:
             stub.SubmitBatch(endorser_pb2.SubmitBatchRequest(
-                envelopes=[full] * (MAX_BATCH_ENVELOPES + 1)), timeout=10)
+                envelopes=[full] * (SUBMIT_BATCH_ENVELOPES + 1)), timeout=10)
         assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as not_a_request:
             stub.RequestOptions(endorser_pb2.RequestOptionsRequest(), timeout=10)

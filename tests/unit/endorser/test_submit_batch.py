@@ -22,11 +22,12 @@ from gridledger.orderer.v1 import orderer_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_endorser.broadcaster import OrdererUnavailable
-from gridledger_endorser.service import MAX_BATCH_ENVELOPES, EndorserServicer
+from gridledger_endorser.service import EndorserServicer
 
 Result = tuple[str, int, str, int]  # tx id, status code, message, retry hint
 
@@ -148,9 +149,9 @@ def test_the_calls_own_limit_refuses_the_whole_call(genesis: Genesis, consortium
     envelope = signed(ids["meter-1"], 2)
     with pytest.raises(Aborted) as refused:
         s.SubmitBatch(endorser_pb2.SubmitBatchRequest(
-            envelopes=[envelope] * (MAX_BATCH_ENVELOPES + 1)), FakeContext())  # type: ignore[arg-type]
+            envelopes=[envelope] * (SUBMIT_BATCH_ENVELOPES + 1)), FakeContext())  # type: ignore[arg-type]
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"at most {MAX_BATCH_ENVELOPES} envelopes" in refused.value.details
+    assert f"at most {SUBMIT_BATCH_ENVELOPES} envelopes" in refused.value.details
     assert batch(s, []) == []
 
 

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -221,8 +221,12 @@ def orderer_only(profile: str, workdir: Path, *, batched: bool = True,
     consortium = workdir / "consortium"
     devnet.ensure_consortium(consortium, profile="load")
     network = devnet.plan(workdir, consortium, demo=False)
-    for orderer in network.by_role("orderer"):  # one client stands for every member's endorser
-        orderer.args += ["--broadcast-calls-per-member", str(UNARY_IN_FLIGHT_PER_ORDERER)]
+    # One client stands for every member's endorser: its calls must fit in one member's
+    # share (the total / the consortium's members), so the total grows with it.
+    members = len(Genesis.load(consortium / "genesis.json").organizations)
+    for orderer in network.by_role("orderer"):
+        orderer.args += ["--broadcast-calls", str(UNARY_IN_FLIGHT_PER_ORDERER * members),
+                         "--broadcast-calls-per-member", str(UNARY_IN_FLIGHT_PER_ORDERER)]
     devnet.start(network, roles=("orderer",))
     channels = [secure_channel(o.grpc, network.tls()) for o in network.by_role("orderer")]
     stubs = [orderer_pb2_grpc.OrdererServiceStub(c) for c in channels]
@@ -345,8 +349,11 @@ def _acknowledge_all(consortium: Path, directory: Path, txs: list[bytes], *, dur
     store = OrdererStore(LmdbStore(directory))
     # No peers: nothing becomes final, every transaction stays pending (the pool's capacity
     # is above the count), so the loop does only what acknowledging needs.
-    # The callers stand for several members' endorsers: no per-member cap on their calls.
-    limits = OrdererLimits(broadcast_calls_per_member=OrdererLimits().broadcast_calls)
+    # The callers stand for several members' endorsers: one member's share (the total / the
+    # members) must take all their calls.
+    calls = OrdererLimits().broadcast_calls
+    limits = OrdererLimits(broadcast_calls=calls * len(genesis.organizations),
+                           broadcast_calls_per_member=calls)
     node = OrdererNode(genesis, identity, store, Transport([], None),  # type: ignore[arg-type]
                        OrderingParams(), lambda block: None, limits, durable_acks=durable)
     api = OrdererServicer(node, store, HeightNotifier(lambda: 0))
@@ -419,18 +426,21 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def profile_orderers(count: int, out: Path, *, py_spy: bool, rate: float | None,
-                     batched: bool) -> dict:
-    """Start the 4 orderers, broadcast `count` readings (at `rate`, or all at once) and report
-    CPU seconds per transaction of each orderer and of this client; with `py_spy`, also record
-    each orderer with `py-spy record --gil` (collapsed stacks in `out`)."""
+                     batched: bool, orderer_args: Sequence[str] = ()) -> dict:
+    """Start the 4 orderers (with `orderer_args` added to their command lines), broadcast
+    `count` readings (at `rate`, or all at once) and report CPU seconds per transaction of
+    each orderer and of this client; with `py_spy`, also record each orderer with
+    `py-spy record --gil` (collapsed stacks in `out`)."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         consortium = workdir / "consortium"
         devnet.ensure_consortium(consortium, profile="load")
         network = devnet.plan(workdir, consortium, demo=False)
-        devnet.start(network, roles=("orderer",))
         orderers = network.by_role("orderer")
+        for orderer in orderers:
+            orderer.args.extend(orderer_args)
+        devnet.start(network, roles=("orderer",))
         channels = [secure_channel(o.grpc, network.tls()) for o in orderers]
         stubs = [orderer_pb2_grpc.OrdererServiceStub(c) for c in channels]
         follower = Follower(orderers[0].grpc, network)
@@ -486,12 +496,14 @@ def main() -> None:
                         help="instead: what durable acknowledgement costs, in process")
     parser.add_argument("--per-call", type=int, default=32,
                         help="with --durable-ack: transactions per call (1: unary Broadcast)")
+    parser.add_argument("--orderer-arg", action="append", default=[], metavar="FLAG",
+                        help="added to every orderer's command line (repeatable)")
     args = parser.parse_args()
     if args.durable_ack:
         durable_ack_cost(args.count, batch=args.per_call)
         return
     profile_orderers(args.count, args.out, py_spy=args.py_spy, rate=args.rate,
-                     batched=not args.unary)
+                     batched=not args.unary, orderer_args=args.orderer_arg)
 
 
 if __name__ == "__main__":

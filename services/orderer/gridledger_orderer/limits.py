@@ -38,17 +38,27 @@ class OrdererLimits:
     peer_burst_messages: float = 20_000
     # Concurrent Deliver streams in total, per client identity (its TLS account) and per
     # member (the account's organisation: a member's CA can issue many client certificates,
-    # so a per-certificate cap alone would let one member take the total).
+    # so a per-certificate cap alone would let one member take the total). A member's cap is
+    # also never above its equal share of the total (`member_cap`).
     deliver_streams: int = 16
     deliver_streams_per_client: int = 4
     deliver_streams_per_member: int = 8
     # Concurrent unary Broadcast / BroadcastBatch calls being handled (they wait for one
     # group commit together, so more waiting calls cost no more fsyncs), in total and per
-    # member (an endorser sends on two; one member's flood leaves the rest to the others).
+    # member (an endorser sends on two; one member's flood leaves the rest to the others;
+    # never above its equal share of the total either).
     broadcast_calls: int = 32
     broadcast_calls_per_member: int = 8
     # Concurrent Exchange streams per peer orderer (one, plus one while it reconnects).
     exchange_streams_per_peer: int = 2
+
+    def member_cap(self, total: int, per_member: int, members: int) -> int:
+        """What one member may hold of `total` concurrent slots: `per_member`, but never
+        more than an equal share among the consortium's `members` (at least one). A
+        stream or call cannot be taken back once granted, so a member that took more than
+        its share would leave another below its own; with equal shares every member keeps
+        its share however the others use theirs."""
+        return max(1, min(per_member, total // max(1, members)))
 
     def worker_threads(self, peers: int) -> int:
         """gRPC handler threads: every capped kind at its cap, every peer's Exchange streams,

@@ -87,10 +87,15 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._store = store
         self._notifier = notifier
         limits = node.limits
-        self._broadcasts = StreamSlots(limits.broadcast_calls, limits.broadcast_calls,
-                                       limits.broadcast_calls_per_member)
-        self._delivers = StreamSlots(limits.deliver_streams, limits.deliver_streams_per_client,
-                                     limits.deliver_streams_per_member)
+        members = node.member_count
+        self._broadcasts = StreamSlots(
+            limits.broadcast_calls, limits.broadcast_calls,
+            limits.member_cap(limits.broadcast_calls, limits.broadcast_calls_per_member,
+                              members))
+        self._delivers = StreamSlots(
+            limits.deliver_streams, limits.deliver_streams_per_client,
+            limits.member_cap(limits.deliver_streams, limits.deliver_streams_per_member,
+                              members))
 
     def _judge(self, raw: bytes, tx_id: bytes, room: PoolRoom,
                earlier: set[bytes]) -> tuple[str, TxInvalid | None]:

@@ -310,7 +310,7 @@ def test_one_members_certificates_cannot_take_every_deliver_stream(
     accounts (each within the per-client cap) and opens as many Deliver streams as the
     orderer takes. Before, they took the total and another member's committer was refused
     its one follower stream."""
-    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=6,
+    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=12,
                    deliver_streams_per_client=2, deliver_streams_per_member=3)
     header = block_pb2.BlockHeader(number=0).SerializeToString()
     orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
@@ -345,29 +345,85 @@ def test_one_members_certificates_cannot_take_every_deliver_stream(
         orderer.store.close()
 
 
+def test_a_member_holds_no_more_than_its_share_of_the_deliver_streams(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    """Tried as a hostile member would, with the default limits: its CA issues four client
+    accounts and they open every Deliver stream the orderer grants them. Before, a member
+    could hold 8 of the 16 streams whatever the consortium's size, so with four members the
+    last ones to come were refused the streams of their own share (16 / 4)."""
+    orderer = make(consortium_dir, genesis, tmp_path)
+    header = block_pb2.BlockHeader(number=0).SerializeToString()
+    orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
+    request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
+    limits = OrdererLimits()
+    share = limits.deliver_streams // len(genesis.organizations)
+    assert share < limits.deliver_streams_per_member  # the configured cap alone is not enough
+
+    def open_stream(peer: Peer) -> Iterator[orderer_pb2.DeliverResponse]:
+        token = authz._CALLER.set(peer)
+        try:
+            stream = orderer.api.Deliver(request, Context(peer.name))  # type: ignore[arg-type]
+            next(stream)  # holds its slot from here on
+        finally:
+            authz._CALLER.reset(token)
+        return stream
+
+    streams = []
+    try:
+        for i in range(4):
+            peer = Peer(f"utility-reader-{i}", "utility", Role.ADMIN)
+            for _ in range(limits.deliver_streams_per_client):
+                try:
+                    streams.append(open_stream(peer))
+                except Aborted as exc:
+                    assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(streams) == share
+        for org in sorted({o.name for o in genesis.organizations} - {"utility"}):
+            reader = Peer(f"{org}-reader", org, Role.ADMIN)
+            streams.extend(open_stream(reader) for _ in range(share))  # none refused
+        assert len(streams) == limits.deliver_streams
+    finally:
+        for stream in streams:
+            stream.close()
+        orderer.store.close()
+
+
+def test_member_cap_is_an_equal_share_at_most() -> None:
+    limits = OrdererLimits()
+    assert limits.member_cap(16, 8, members=4) == 4
+    assert limits.member_cap(16, 8, members=1) == 8  # the configured cap still holds
+    assert limits.member_cap(16, 8, members=40) == 1  # every member may still follow
+
+
 def test_deliver_streams_are_capped_per_client_and_in_total(
         consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
-    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=3,
-                   deliver_streams_per_client=2)
+    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=8,
+                   deliver_streams_per_client=2)  # 2 per member: 8 / 4 members
     header = block_pb2.BlockHeader(number=0).SerializeToString()
     orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
     request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
 
-    def open_stream(client: str) -> Iterator[orderer_pb2.DeliverResponse]:
-        stream = orderer.api.Deliver(request, Context(client))  # type: ignore[arg-type]
-        next(stream)  # holds its slot from here on
+    def open_stream(client: str, org: str) -> Iterator[orderer_pb2.DeliverResponse]:
+        token = authz._CALLER.set(Peer(client, org, Role.COMMITTER))
+        try:
+            stream = orderer.api.Deliver(request, Context(client))  # type: ignore[arg-type]
+            next(stream)  # holds its slot from here on
+        finally:
+            authz._CALLER.reset(token)
         return stream
 
     try:
-        streams = [open_stream("committer-1"), open_stream("committer-1")]
+        streams = [open_stream("committer-1", "gridops"), open_stream("committer-1", "gridops")]
         with pytest.raises(Aborted) as refused:
-            open_stream("committer-1")
+            open_stream("committer-1", "gridops")
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        streams.append(open_stream("committer-2"))
+        for client, org in (("committer-2", "utility"), ("committer-3", "community"),
+                            ("committer-4", "solarco")):
+            streams += [open_stream(client, org), open_stream(client, org)]
         with pytest.raises(Aborted):
-            open_stream("committer-3")  # the total
+            open_stream("committer-5", "newco")  # the total
         streams.pop(0).close()  # a follower leaves: its slot is free again
-        streams.append(open_stream("committer-3"))
+        streams.append(open_stream("committer-5", "newco"))
     finally:
         orderer.store.close()
 

@@ -30,6 +30,7 @@ from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.congestion import AsyncCallWindow, CallWindow
+from gridledger_core.rpc.submit_batches import submit_batches
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
@@ -115,8 +116,9 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 class _Batcher:
     """Coalesces the runner's concurrent submissions into SubmitBatch calls: the first
-    queued transaction waits BATCH_LINGER for company (at most `size` per call); calls run
-    concurrently, each transaction gets its own result."""
+    queued transaction waits BATCH_LINGER for company (at most `size` per call, and within
+    the endorser's byte bound); calls run concurrently, each transaction gets its own
+    result."""
 
     def __init__(self, stub: endorser_pb2_grpc.EndorserServiceStub, size: int) -> None:
         self._stub = stub
@@ -140,8 +142,9 @@ class _Batcher:
         self._send()
 
     def _send(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:self._size], self._queue[self._size:]
+        queued, self._queue = self._queue, []
+        for batch in submit_batches(queued, lambda item: item[0].ByteSize(),
+                                    max_count=self._size):  # the endorser's bytes bound too
             task = asyncio.create_task(self._call(batch))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)

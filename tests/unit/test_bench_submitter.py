@@ -16,6 +16,7 @@ from bench.workload import Job
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.rpc.backoff import RETRY_AFTER
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES
 from gridledger_core.rpc.tls import TlsFiles
 
 HINT_MS = 400  # above the generator's own 250 ms floor, so the check below can fail
@@ -85,3 +86,31 @@ def test_an_overloaded_endorser_sees_few_refused_calls_and_each_retried_after_it
     for refused_at, envelope in endorser.refusals:
         again = [at for at, e in endorser.calls if e == envelope and at > refused_at]
         assert again and again[0] - refused_at >= HINT_MS / 1000
+
+
+class RecordingBatchEndorser:
+    """Answers every SubmitBatch with OK results; keeps each request's size."""
+
+    def __init__(self) -> None:
+        self.request_bytes: list[int] = []
+
+    async def SubmitBatch(self, request: endorser_pb2.SubmitBatchRequest,
+                          timeout: float) -> endorser_pb2.SubmitBatchResponse:
+        self.request_bytes.append(request.ByteSize())
+        return endorser_pb2.SubmitBatchResponse(results=[
+            endorser_pb2.SubmitResult(tx_id="t") for _ in request.envelopes])
+
+
+def test_the_batch_api_generator_keeps_each_call_within_the_endorsers_byte_bound() -> None:
+    """Envelopes of a megabyte (history chunks) in a run: chunked by count alone, 100 of
+    them made one call of 100 MiB, which the endorser refuses whole (INVALID_ARGUMENT)."""
+    endorser = RecordingBatchEndorser()
+    batcher = submitter._Batcher(endorser, 100)  # type: ignore[arg-type]
+    large = [envelope_pb2.SignedEnvelope(payload=bytes([i]) * (1 << 20)) for i in range(10)]
+
+    async def drive() -> None:
+        await asyncio.gather(*(batcher.submit(envelope) for envelope in large))
+
+    asyncio.run(drive())
+    assert len(endorser.request_bytes) > 1
+    assert max(endorser.request_bytes) <= SUBMIT_BATCH_BYTES

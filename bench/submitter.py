@@ -30,7 +30,7 @@ from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.congestion import AsyncCallWindow, CallWindow
-from gridledger_core.rpc.submit_batches import submit_batches
+from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES, submit_batches
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 
@@ -143,8 +143,8 @@ class _Batcher:
 
     def _send(self) -> None:
         queued, self._queue = self._queue, []
-        for batch in submit_batches(queued, lambda item: item[0].ByteSize(),
-                                    max_count=self._size):  # the endorser's bytes bound too
+        for batch in submit_batches(queued, lambda item: item[0].ByteSize(),  # bytes too
+                                    max_count=min(self._size, SUBMIT_BATCH_ENVELOPES)):
             task = asyncio.create_task(self._call(batch))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)

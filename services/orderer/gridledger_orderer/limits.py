@@ -7,10 +7,13 @@ tests drive them directly."""
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,17 @@ class OrdererLimits:
         its share would leave another below its own; with equal shares every member keeps
         its share however the others use theirs."""
         return max(1, min(per_member, total // max(1, members)))
+
+    def warn_if_short(self, members: int) -> None:
+        """Log when the totals cannot give every member what one needs (a Deliver stream;
+        two Broadcast calls, as an endorser sends on two): shares then round up to one and
+        the members together may ask for more than the total."""
+        if self.deliver_streams < members:
+            log.warning("--deliver-streams %d is below one stream per member (%d members)",
+                        self.deliver_streams, members)
+        if self.broadcast_calls < 2 * members:
+            log.warning("--broadcast-calls %d is below two calls per member (%d members)",
+                        self.broadcast_calls, members)
 
     def worker_threads(self, peers: int) -> int:
         """gRPC handler threads: every capped kind at its cap, every peer's Exchange streams,

@@ -155,7 +155,7 @@ class OrdererNode:
         self._transport = transport
         self._on_deliver = on_deliver
         self._membership = genesis.membership
-        self.member_count = len(genesis.organizations)  # members that share every bound
+        self.organization_count = len(genesis.organizations)  # members sharing every bound
         self.limits = limits = limits or OrdererLimits()
         self.max_tx_bytes = genesis.limits.max_tx_bytes
         self._durable = durable_acks

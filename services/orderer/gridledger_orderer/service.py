@@ -87,7 +87,8 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
         self._store = store
         self._notifier = notifier
         limits = node.limits
-        members = node.member_count
+        members = node.organization_count
+        limits.warn_if_short(members)
         self._broadcasts = StreamSlots(
             limits.broadcast_calls, limits.broadcast_calls,
             limits.member_cap(limits.broadcast_calls, limits.broadcast_calls_per_member,

@@ -388,17 +388,22 @@ def test_a_member_holds_no_more_than_its_share_of_the_deliver_streams(
         orderer.store.close()
 
 
-def test_member_cap_is_an_equal_share_at_most() -> None:
+def test_member_cap_is_an_equal_share_at_most(caplog: pytest.LogCaptureFixture) -> None:
     limits = OrdererLimits()
     assert limits.member_cap(16, 8, members=4) == 4
     assert limits.member_cap(16, 8, members=1) == 8  # the configured cap still holds
     assert limits.member_cap(16, 8, members=40) == 1  # every member may still follow
+    limits.warn_if_short(4)
+    assert not caplog.records
+    limits.warn_if_short(40)  # the shares no longer add up to the totals: the operator hears
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["--deliver-streams",
+                                                                   "--broadcast-calls"]
 
 
-def test_deliver_streams_are_capped_per_client_and_in_total(
+def test_deliver_streams_are_capped_per_client_per_member_and_in_total(
         consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
-    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=8,
-                   deliver_streams_per_client=2)  # 2 per member: 8 / 4 members
+    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=12,
+                   deliver_streams_per_client=2)  # 3 per member: 12 / 4 members
     header = block_pb2.BlockHeader(number=0).SerializeToString()
     orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
     request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
@@ -415,11 +420,15 @@ def test_deliver_streams_are_capped_per_client_and_in_total(
     try:
         streams = [open_stream("committer-1", "gridops"), open_stream("committer-1", "gridops")]
         with pytest.raises(Aborted) as refused:
-            open_stream("committer-1", "gridops")
+            open_stream("committer-1", "gridops")  # the client's cap (its member has room)
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        for client, org in (("committer-2", "utility"), ("committer-3", "community"),
-                            ("committer-4", "solarco")):
-            streams += [open_stream(client, org), open_stream(client, org)]
+        streams.append(open_stream("admin", "gridops"))
+        with pytest.raises(Aborted):
+            open_stream("endorser-1", "gridops")  # the member's share
+        for client, org in (("committer-2", "utility"), ("meter-1", "community"),
+                            ("plant-1", "solarco")):
+            streams += [open_stream(client, org), open_stream(client, org),
+                        open_stream(f"{client}-b", org)]
         with pytest.raises(Aborted):
             open_stream("committer-5", "newco")  # the total
         streams.pop(0).close()  # a follower leaves: its slot is free again

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -304,14 +304,10 @@ def test_stream_slots_per_member() -> None:
     assert slots.acquire("c", "m") and slots.in_use == 4
 
 
-def test_one_members_certificates_cannot_take_every_deliver_stream(
-        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
-    """Tried as a hostile member would: its CA issues client certificates to three admin
-    accounts (each within the per-client cap) and opens as many Deliver streams as the
-    orderer takes. Before, they took the total and another member's committer was refused
-    its one follower stream."""
-    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=12,
-                   deliver_streams_per_client=2, deliver_streams_per_member=3)
+def _follower_streams(orderer: Orderer) -> Callable[[Peer], Iterator[orderer_pb2.DeliverResponse]]:
+    """Give the orderer block 0 and return `open_stream(peer)`: a following Deliver stream
+    called as `peer` (as the authorisation interceptor would have verified it), holding its
+    slot once it has sent the first block."""
     header = block_pb2.BlockHeader(number=0).SerializeToString()
     orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
     request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
@@ -324,6 +320,19 @@ def test_one_members_certificates_cannot_take_every_deliver_stream(
         finally:
             authz._CALLER.reset(token)
         return stream
+
+    return open_stream
+
+
+def test_one_members_certificates_cannot_take_every_deliver_stream(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    """Tried as a hostile member would: its CA issues client certificates to three admin
+    accounts (each within the per-client cap) and opens as many Deliver streams as the
+    orderer takes. Before, they took the total and another member's committer was refused
+    its one follower stream."""
+    orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=12,
+                   deliver_streams_per_client=2, deliver_streams_per_member=3)
+    open_stream = _follower_streams(orderer)
 
     hostile = [Peer(f"utility-admin-{i}", "utility", Role.ADMIN) for i in range(3)]
     streams = []
@@ -352,21 +361,10 @@ def test_a_member_holds_no_more_than_its_share_of_the_deliver_streams(
     could hold 8 of the 16 streams whatever the consortium's size, so with four members the
     last ones to come were refused the streams of their own share (16 / 4)."""
     orderer = make(consortium_dir, genesis, tmp_path)
-    header = block_pb2.BlockHeader(number=0).SerializeToString()
-    orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
-    request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
+    open_stream = _follower_streams(orderer)
     limits = OrdererLimits()
     share = limits.deliver_streams // len(genesis.organizations)
     assert share < limits.deliver_streams_per_member  # the configured cap alone is not enough
-
-    def open_stream(peer: Peer) -> Iterator[orderer_pb2.DeliverResponse]:
-        token = authz._CALLER.set(peer)
-        try:
-            stream = orderer.api.Deliver(request, Context(peer.name))  # type: ignore[arg-type]
-            next(stream)  # holds its slot from here on
-        finally:
-            authz._CALLER.reset(token)
-        return stream
 
     streams = []
     try:
@@ -404,18 +402,10 @@ def test_deliver_streams_are_capped_per_client_per_member_and_in_total(
         consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
     orderer = make(consortium_dir, genesis, tmp_path, deliver_streams=12,
                    deliver_streams_per_client=2)  # 3 per member: 12 / 4 members
-    header = block_pb2.BlockHeader(number=0).SerializeToString()
-    orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
-    request = orderer_pb2.DeliverRequest(start_number=0, follow=True)
+    open_peer_stream = _follower_streams(orderer)
 
     def open_stream(client: str, org: str) -> Iterator[orderer_pb2.DeliverResponse]:
-        token = authz._CALLER.set(Peer(client, org, Role.COMMITTER))
-        try:
-            stream = orderer.api.Deliver(request, Context(client))  # type: ignore[arg-type]
-            next(stream)  # holds its slot from here on
-        finally:
-            authz._CALLER.reset(token)
-        return stream
+        return open_peer_stream(Peer(client, org, Role.COMMITTER))
 
     try:
         streams = [open_stream("committer-1", "gridops"), open_stream("committer-1", "gridops")]

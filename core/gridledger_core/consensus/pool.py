@@ -27,7 +27,7 @@ class TxPool:
     so whichever orderer the lottery makes primary can propose it; ids leave the pool when a
     block containing them becomes final. Only validated transactions enter."""
 
-    def __init__(self, capacity: int, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()

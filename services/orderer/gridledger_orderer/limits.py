@@ -55,7 +55,8 @@ class OrdererLimits:
     # Concurrent Exchange streams per peer orderer (one, plus one while it reconnects).
     exchange_streams_per_peer: int = 2
 
-    def member_cap(self, total: int, per_member: int, members: int) -> int:
+    @staticmethod
+    def member_cap(total: int, per_member: int, members: int) -> int:
         """What one member may hold of `total` concurrent slots: `per_member`, but never
         more than an equal share among the consortium's `members` (at least one). A
         stream or call cannot be taken back once granted, so a member that took more than

@@ -246,8 +246,8 @@ class OrdererNode:
 
     def receive(self, sender: str, message: consensus_pb2.ConsensusMessage, size: int) -> bool:
         """A peer's message, `size` bytes; False (and counted) when it was dropped."""
-        if message.HasField("tx_forward") and \
-                self.replica.pool.total_bytes + size > self.limits.pool_bytes:
+        pool = self.replica.pool
+        if message.HasField("tx_forward") and pool.total_bytes + size > pool.max_bytes:
             INBOUND_DROPPED.labels(sender, "pool").inc()
             return False
         if not self._inbox.put_message(sender, message, size):
@@ -333,14 +333,14 @@ class OrdererNode:
                          f"transaction is {len(raw)} bytes; the limit is {self.max_tx_bytes} "
                          "bytes (genesis limits.max_tx_bytes)")
 
-    def admit(self, raw: bytes) -> TxInvalid | None:
-        """The ordering checks (size, decodes, endorsed by an endorser), cached when they
-        pass: a transaction is checked once per orderer although it arrives by Broadcast and
-        again in a proposal (refused bytes are checked again each time). None when it may be
-        ordered, else why not."""
+    def _checked(self, raw: bytes) -> _Seen:
+        """`raw`'s entry with its ordering verdict (and, when admitted, its member): the
+        cached one, else checked now and cached when it passes."""
         refused = self.too_large(raw)
         if refused is not None:
-            return refused
+            seen = _Seen(b"")
+            seen.verdict = refused
+            return seen
         seen = self._lookup(raw)
         if seen.verdict is _UNCHECKED:
             try:
@@ -349,17 +349,20 @@ class OrdererNode:
                 self._keep(raw, seen)
             except TxInvalid as exc:
                 seen.verdict = exc
-        return seen.verdict  # type: ignore[return-value]
+        return seen
+
+    def admit(self, raw: bytes) -> TxInvalid | None:
+        """The ordering checks (size, decodes, endorsed by an endorser), cached when they
+        pass: a transaction is checked once per orderer although it arrives by Broadcast and
+        again in a proposal (refused bytes are checked again each time). None when it may be
+        ordered, else why not."""
+        return self._checked(raw).verdict  # type: ignore[return-value]
 
     def member_of(self, raw: bytes) -> str:
         """The member an admitted transaction is charged to in the pool (its creator's
-        organisation). Checked again if the verdict cache lost it meanwhile (it starts over
-        when full), so the charge never depends on what the cache holds."""
-        seen = self._seen.get(raw)
-        if seen is None:
-            self.admit(raw)
-            seen = self._lookup(raw)
-        return seen.member
+        organisation), from the same entry as its verdict, so the charge never depends on
+        what the cache (which starts over when full) still holds."""
+        return self._checked(raw).member
 
     def _validate_tx(self, raw: bytes) -> bool | str:
         """The replica's view of `admit`: True, or the reason."""

@@ -47,7 +47,7 @@ def test_shares_hold_in_bytes_too() -> None:
 
 
 def test_blocks_are_cut_with_the_members_taking_turns() -> None:
-    pool = TxPool(capacity=10_000)
+    pool = TxPool(capacity=10_000, max_bytes=MAX_BYTES)
     for i in range(500):  # the flood arrived first
         pool.add(f"f{i}".encode(), b"x", float(i), member="hostile")
     for i in range(3):

@@ -2,8 +2,9 @@
 
 A real gRPC server in a child process is sent 16 concurrent 16 MiB requests (refused at
 once, as an orderer refuses oversized broadcasts); its resident memory afterwards is
-compared with and without `memory.tune_allocator` and `memory.trim`. Without them the
-freed buffers stayed (+209 MiB when this was written); with them, +10 MiB."""
+compared with and without `memory.tune_allocator` and `memory.trim` (the least growth over a
+settling second, so a buffer gRPC frees a moment late is not counted). Without them the
+freed buffers stayed (+196 to +380 MiB); with them, +2 to +10 MiB."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 
 CHILD = r'''
 import sys
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -57,9 +59,19 @@ def one(i: int) -> None:
 with futures.ThreadPoolExecutor(16) as pool:
     list(pool.map(one, range(16)))
 channel.close()
-if tuned:
-    memory.trim()
-print(rss() - before)
+# gRPC frees a finished call's buffers on its own threads, possibly just after the answer: on
+# a loaded machine one or two 16 MiB buffers can still be live at the first reading. What
+# *stays* is the least growth seen over a settling second, read the same way in both modes.
+least = None
+for _ in range(10):
+    if tuned:
+        memory.trim()
+    growth = rss() - before
+    least = growth if least is None else min(least, growth)
+    if least < 16:
+        break
+    time.sleep(0.1)
+print(least)
 '''
 
 

@@ -8,7 +8,8 @@ the public APIs, each with fresh jobs from `bench.workload`:
   them, for the sustained committed throughput;
 - **fixed rate**: the profile's offered rate (the target's 1,000 tx/s), open loop, from
   `submitters` processes;
-- **max rate, batch API**: as max rate, the transactions in SubmitBatch calls (`batch` each);
+- **max rate, batch API**: as max rate, as a head-end system calls: the trade requests in
+  RequestOptionsBatch calls and the transactions in SubmitBatch calls (`batch` each);
 - **70 % of max**: open loop at 70 % of the throughput the max-rate phases measured, to see
   latency below saturation (the chart shows whether it stays flat there);
 - **2x max (overload)**: open loop at twice that capacity: admission control should refuse
@@ -333,7 +334,8 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
         orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds)
     summary, series = e2e_report.analyse(measured)
-    summary["api"] = f"SubmitBatch x{batch}" if batch else "SubmitTransaction"
+    summary["api"] = (f"SubmitBatch, RequestOptionsBatch x{batch}" if batch
+                      else "SubmitTransaction")
     name = f"{rate:,.0f} tx/s offered" if rate else "max rate"
     print(e2e_report.phase_line(f"{name} ({summary['api']})", summary), flush=True)
     return summary, series

@@ -114,27 +114,33 @@ class _Failed(Exception):
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class _Batcher:
-    """Coalesces the runner's concurrent submissions into SubmitBatch calls: the first
-    queued transaction waits BATCH_LINGER for company (at most `size` per call, and within
-    the endorser's byte bound); calls run concurrently, each transaction gets its own
-    result."""
+# One envelope's result in a batch call: (gRPC code, message, retry hint in ms, answer).
+_Result = tuple[int, str, int, Any]
+_SendBatch = Callable[[list[envelope_pb2.SignedEnvelope]], Awaitable[list[_Result]]]
 
-    def __init__(self, stub: endorser_pb2_grpc.EndorserServiceStub, size: int) -> None:
-        self._stub = stub
+
+class _Batcher:
+    """Coalesces the runner's concurrent calls of one kind into batch calls (`send`: one
+    SubmitBatch or RequestOptionsBatch): the first queued envelope waits BATCH_LINGER for
+    company (at most `size` per call, and within the endorser's byte bound); calls run
+    concurrently, each envelope gets its own result."""
+
+    def __init__(self, send: _SendBatch, size: int) -> None:
+        self._send_batch = send
         self._size = size
         self._queue: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]] = []
         self._flush: asyncio.Task | None = None
         self._calls: set[asyncio.Task] = set()
 
-    async def submit(self, envelope: envelope_pb2.SignedEnvelope) -> None:
+    async def submit(self, envelope: envelope_pb2.SignedEnvelope) -> Any:
+        """The envelope's answer in its batch, or _Failed with its status."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append((envelope, future))
         if len(self._queue) >= self._size:
             self._send()
         elif self._flush is None:
             self._flush = asyncio.create_task(self._linger())
-        await future
+        return await future
 
     async def _linger(self) -> None:
         await asyncio.sleep(BATCH_LINGER)
@@ -151,14 +157,13 @@ class _Batcher:
 
     async def _call(self, batch: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]]
                     ) -> None:
-        """One SubmitBatch; every transaction's future gets an outcome, whatever happens
-        (a future left pending would hold its job, and its window slot, for good)."""
+        """One batch call; every envelope's future gets an outcome, whatever happens (a
+        future left pending would hold its job, and its window slot, for good)."""
         futures = [future for _, future in batch]
-        request = endorser_pb2.SubmitBatchRequest(envelopes=[e for e, _ in batch])
         try:
-            response = await self._stub.SubmitBatch(request, timeout=CALL_TIMEOUT)
-            if len(response.results) != len(batch):
-                raise _Failed(grpc.StatusCode.UNKNOWN, f"answered {len(response.results)} "
+            results = await self._send_batch([e for e, _ in batch])
+            if len(results) != len(batch):
+                raise _Failed(grpc.StatusCode.UNKNOWN, f"answered {len(results)} "
                               f"results for {len(batch)} envelopes", 0)
         except asyncio.CancelledError:
             for future in futures:
@@ -170,16 +175,34 @@ class _Batcher:
             failed = exc if isinstance(exc, _Failed) else \
                 _Failed(grpc.StatusCode.UNKNOWN, repr(exc), 0)
         else:
-            for future, result in zip(futures, response.results, strict=True):
-                if result.code == 0:
-                    future.set_result(None)
+            for future, (code, message, retry_ms, answer) in zip(futures, results, strict=True):
+                if code == 0:
+                    future.set_result(answer)
                 else:
                     future.set_exception(_Failed(
-                        _CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.message,
-                        result.retry_after_ms))
+                        _CODES.get(code, grpc.StatusCode.UNKNOWN), message, retry_ms))
             return
         for future in futures:
             future.set_exception(failed)
+
+
+def submit_batcher(stub: endorser_pb2_grpc.EndorserServiceStub, size: int) -> _Batcher:
+    """Transactions in SubmitBatch calls."""
+    async def send(envelopes: list[envelope_pb2.SignedEnvelope]) -> list[_Result]:
+        response = await stub.SubmitBatch(
+            endorser_pb2.SubmitBatchRequest(envelopes=envelopes), timeout=CALL_TIMEOUT)
+        return [(r.code, r.message, r.retry_after_ms, None) for r in response.results]
+    return _Batcher(send, size)
+
+
+def options_batcher(stub: endorser_pb2_grpc.EndorserServiceStub, size: int) -> _Batcher:
+    """Signed trade requests in RequestOptionsBatch calls; each answer is the request's
+    RequestOptionsResponse."""
+    async def send(requests: list[envelope_pb2.SignedEnvelope]) -> list[_Result]:
+        response = await stub.RequestOptionsBatch(
+            endorser_pb2.RequestOptionsBatchRequest(requests=requests), timeout=CALL_TIMEOUT)
+        return [(r.code, r.message, r.retry_after_ms, r.options) for r in response.results]
+    return _Batcher(send, size)
 
 
 class _Runner:
@@ -189,6 +212,8 @@ class _Runner:
     def __init__(self, spec: Spec) -> None:
         self._spec = spec
         self._identities: dict[str, SigningIdentity] = {}
+        self._batcher: _Batcher | None = None  # SubmitBatch, with spec.batch
+        self._options_batcher: _Batcher | None = None  # RequestOptionsBatch, likewise
         self.records: list[Record] = []
         self.cpu_at_start = 0.0
         self._window = AsyncCallWindow(CallWindow())
@@ -208,7 +233,9 @@ class _Runner:
                                            options=CHANNEL_OPTIONS) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
             self._stub = endorser_pb2_grpc.EndorserServiceStub(channel)
-            self._batcher = _Batcher(self._stub, spec.batch) if spec.batch > 0 else None
+            self._batcher = submit_batcher(self._stub, spec.batch) if spec.batch else None
+            self._options_batcher = (options_batcher(self._stub, spec.batch) if spec.batch
+                                     else None)
             for job in spec.jobs:
                 if job.kind == "order":
                     self._identity(job.meter)
@@ -269,9 +296,11 @@ class _Runner:
         def options() -> Awaitable[endorser_pb2.RequestOptionsResponse]:
             # Stamped and signed now, not when the job was made: the endorser refuses
             # requests more than its --request-window off its clock.
-            return self._stub.RequestOptions(endorser_pb2.RequestOptionsRequest(
-                request=sign_request(self._identity(job.meter), job.payload)),
-                timeout=CALL_TIMEOUT)
+            request = sign_request(self._identity(job.meter), job.payload)
+            if self._options_batcher is not None:
+                return self._options_batcher.submit(request)
+            return self._stub.RequestOptions(
+                endorser_pb2.RequestOptionsRequest(request=request), timeout=CALL_TIMEOUT)
 
         started = None
         for attempt in range(self._spec.attempts):

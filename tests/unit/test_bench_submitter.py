@@ -105,7 +105,7 @@ def test_the_batch_api_generator_keeps_each_call_within_the_endorsers_byte_bound
     """Envelopes of a megabyte (history chunks) in a run: chunked by count alone, 100 of
     them made one call of 100 MiB, which the endorser refuses whole (INVALID_ARGUMENT)."""
     endorser = RecordingBatchEndorser()
-    batcher = submitter._Batcher(endorser, 100)  # type: ignore[arg-type]
+    batcher = submitter.submit_batcher(endorser, 100)  # type: ignore[arg-type]
     large = [envelope_pb2.SignedEnvelope(payload=bytes([i]) * (1 << 20)) for i in range(10)]
 
     async def drive() -> None:
@@ -114,3 +114,44 @@ def test_the_batch_api_generator_keeps_each_call_within_the_endorsers_byte_bound
     asyncio.run(drive())
     assert len(endorser.request_bytes) > 1
     assert max(endorser.request_bytes) <= SUBMIT_BATCH_BYTES
+
+
+class OptionsBatchEndorser:
+    """Answers RequestOptionsBatch: an option for every request whose payload is even-numbered,
+    ABORTED for the others."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []  # requests per call
+
+    async def RequestOptionsBatch(self, request: endorser_pb2.RequestOptionsBatchRequest,
+                                  timeout: float) -> endorser_pb2.RequestOptionsBatchResponse:
+        self.calls.append(len(request.requests))
+        results = []
+        for r in request.requests:
+            n = int(r.payload)
+            if n % 2 == 0:
+                results.append(endorser_pb2.OptionsResult(
+                    code=0, options=endorser_pb2.RequestOptionsResponse(forecast_net_wh=n)))
+            else:
+                results.append(endorser_pb2.OptionsResult(
+                    code=grpc.StatusCode.ABORTED.value[0], message=f"held {n}"))
+        return endorser_pb2.RequestOptionsBatchResponse(results=results)
+
+
+def test_the_batch_api_generator_requests_options_in_batches_each_job_its_own_answer() -> None:
+    endorser = OptionsBatchEndorser()
+    batcher = submitter.options_batcher(endorser, 100)  # type: ignore[arg-type]
+
+    async def one(n: int) -> int | str:
+        try:
+            answer = await batcher.submit(envelope_pb2.SignedEnvelope(payload=b"%d" % n))
+        except submitter._Failed as failed:
+            return f"{failed.code.name}: {failed.details}"
+        return answer.forecast_net_wh
+
+    async def drive() -> list[int | str]:
+        return await asyncio.gather(*(one(n) for n in range(250)))
+
+    answers = asyncio.run(drive())
+    assert endorser.calls == [100, 100, 50]  # 250 concurrent requests, three calls
+    assert answers == [n if n % 2 == 0 else f"ABORTED: held {n}" for n in range(250)]

@@ -79,6 +79,10 @@ TABLE: dict[str, Rule] = {
     _ENDORSER + "RequestOptions": _rule(
         R.METER, R.ADMIN,
         why="meters trade (presale); admins for `gridctl order place` on a meter's behalf"),
+    _ENDORSER + "RequestOptionsBatch": _rule(
+        R.METER, R.ADMIN,
+        why="as RequestOptions: each request's own signer is judged, so a head-end system "
+            "(an admin account of its organisation) may relay many meters' trade requests"),
     _ENDORSER + "GetBook": _READ,
     **{_COMMITTER + m: _READ for m in (
         "GetChainInfo", "GetBlock", "GetTransaction", "GetState", "ListReadings",

@@ -4,7 +4,8 @@ outcomes and statuses as EndorserServicer, whose steps it takes, without a threa
 A call's computing (admission, the checks and simulation, matching) runs on the loop's thread,
 where it would have held a CPU slot; its wait for the orderers' acknowledgement is a future the
 broadcaster's sender threads resolve, so no thread sits waiting. Checks of a large batch are
-taken a slice at a time, letting other calls (a meter's RequestOptions) in between. A
+taken a slice at a time, letting other calls (a meter's RequestOptions) in between; so are
+the trade requests of a RequestOptionsBatch. A
 submission, once admitted, runs to its end whatever its caller does (`_submit`).
 """
 
@@ -23,6 +24,9 @@ from gridledger_endorser.service import (
     Outcome,
     batch_refusal,
     batch_response,
+    member_of_caller,
+    options_batch_refusal,
+    options_batch_response,
     retry_trailer,
     single_response,
 )
@@ -57,6 +61,22 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                              context: grpc.aio.ServicerContext
                              ) -> endorser_pb2.RequestOptionsResponse:
         return await _inline(self._servicer.RequestOptions, request, context)
+
+    async def RequestOptionsBatch(self, request: endorser_pb2.RequestOptionsBatchRequest,
+                                  context: grpc.aio.ServicerContext
+                                  ) -> endorser_pb2.RequestOptionsBatchResponse:
+        refusal = options_batch_refusal(request)
+        if refusal:
+            return refuse(context, grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        member = member_of_caller()
+        requests = request.requests
+        results = []
+        for start in range(0, len(requests), CHECK_SLICE):
+            if start:  # a slice at a time: single calls get in between
+                await asyncio.sleep(0)
+            results += [self._servicer.options(r, member)
+                        for r in requests[start:start + CHECK_SLICE]]
+        return options_batch_response(results)
 
     async def GetBook(self, request: endorser_pb2.GetBookRequest,
                       context: grpc.aio.ServicerContext) -> endorser_pb2.GetBookResponse:

@@ -1,5 +1,5 @@
 """EndorserService: verify, simulate with the shared rules, endorse, forward; and the
-pre-sale market's options (RequestOptions) and book depth (GetBook).
+pre-sale market's options (RequestOptions, RequestOptionsBatch) and book depth (GetBook).
 
 SubmitTransaction answers OK only once an orderer acknowledged that exact transaction
 (accepted or already known). Every other outcome is a status the client can act on:
@@ -14,9 +14,10 @@ SubmitTransaction answers OK only once an orderer acknowledged that exact transa
 In the last two cases the client retries the same envelope: the tx id makes it idempotent.
 
 SubmitBatch gives each envelope of a batch exactly the outcome SubmitTransaction would (one
-code path, `_submit`). Endorsement signatures are shared by whatever leaves for the orderers
-together (the broadcaster seals each BroadcastBatch group: sealing.py), single calls and
-batches alike.
+code path, `_submit`); RequestOptionsBatch each trade request the outcome RequestOptions
+would (one code path, `options`). Endorsement signatures are shared by whatever leaves for
+the orderers together (the broadcaster seals each BroadcastBatch group: sealing.py), single
+calls and batches alike.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.authz import current_caller
-from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal, abort_invalid
+from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES, SUBMIT_BATCH_ENVELOPES
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
@@ -63,6 +64,9 @@ MATCHING_SECONDS = Histogram("gridledger_endorser_matching_seconds",
 BATCH_ENVELOPES = Histogram("gridledger_endorser_submit_batch_envelopes",
                             "Envelopes per SubmitBatch call.",
                             buckets=(1, 4, 16, 64, 128, 256, 512, 1000))
+OPTIONS_BATCH_REQUESTS = Histogram("gridledger_endorser_options_batch_requests",
+                                   "Trade requests per RequestOptionsBatch call.",
+                                   buckets=(1, 4, 16, 64, 128, 256, 512, 1000))
 log = logging.getLogger(__name__)
 # SubmitBatch's own limits (whole-call INVALID_ARGUMENT above them) are core's
 # SUBMIT_BATCH_ENVELOPES and SUBMIT_BATCH_BYTES (rpc/submit_batches.py, where clients split
@@ -149,7 +153,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             if tx_id:
                 submission.first_of[tx_id] = i
             claimed.append((i, tx_id))
-        member = _member()
+        member = member_of_caller()
         admitted = self._admission.admit((t for _, t in claimed if t), member=member)
         verdicts = iter(admitted)
         full: Full | None = None  # the call's one refusal, made when first needed
@@ -268,34 +272,55 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
 
     def RequestOptions(self, request: endorser_pb2.RequestOptionsRequest,
                        context: grpc.ServicerContext) -> endorser_pb2.RequestOptionsResponse:
+        result = self.options(request.request, member_of_caller())
+        if result.code != grpc.StatusCode.OK:
+            if result.retry_after_ms:
+                context.set_trailing_metadata(retry_trailer(result.retry_after_ms))
+            context.abort(result.code, result.message)
+        assert result.response is not None
+        return result.response
+
+    def RequestOptionsBatch(self, request: endorser_pb2.RequestOptionsBatchRequest,
+                            context: grpc.ServicerContext
+                            ) -> endorser_pb2.RequestOptionsBatchResponse:
+        refusal = options_batch_refusal(request)
+        if refusal:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        member = member_of_caller()
+        return options_batch_response([self.options(r, member) for r in request.requests])
+
+    def options(self, envelope: envelope_pb2.SignedEnvelope, member: str) -> OptionsOutcome:
+        """One trade request, from signed request in to signed option out (or the status
+        that refuses it): the same whether it came alone or in a batch."""
         start = time.perf_counter()
-        side = _request_side(request.request.payload)
+        side = _request_side(envelope.payload)
         try:
             # An option leads to a place_order within seconds: not taken when that would be
             # refused anyway (and its hold would block others' energy for nothing).
-            self._admission.check("options", _member())
+            self._admission.check("options", member)
         except Full as exc:
             TRADE_REQUESTS.labels(side, "admission_full").inc()
-            context.set_trailing_metadata(retry_trailer(exc.retry_after_ms))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            return OptionsOutcome(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
+                                  retry_after_ms=exc.retry_after_ms)
         try:
             with self._cpu.held():
-                proposal = self._desk.propose(request.request)
+                proposal = self._desk.propose(envelope)
         except TxInvalid as exc:
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
                       else exc.code_name.lower())
             TRADE_REQUESTS.labels(side, result).inc()
-            abort_invalid(context, exc)
+            refused = _invalid("", exc)
+            return OptionsOutcome(refused.code, refused.message)
         except HeldByOptions as exc:
             TRADE_REQUESTS.labels(side, "held_by_options").inc()
-            context.abort(grpc.StatusCode.ABORTED, str(exc))
+            return OptionsOutcome(grpc.StatusCode.ABORTED, str(exc))
         TRADE_REQUESTS.labels(side, "accepted").inc()
         allowance = proposal.allowance
         response = endorser_pb2.RequestOptionsResponse(
             option=proposal.envelope, forecast_net_wh=allowance.forecast_net_wh,
             allowance_wh=allowance.allowance_wh, committed_wh=allowance.committed_wh)
         MATCHING_SECONDS.observe(time.perf_counter() - start)
-        return response
+        return OptionsOutcome(grpc.StatusCode.OK, response=response)
 
     def GetBook(self, request: endorser_pb2.GetBookRequest,
                 context: grpc.ServicerContext) -> endorser_pb2.GetBookResponse:
@@ -319,7 +344,15 @@ class Outcome:
     retry_after_ms: int = 0
 
 
-def _member() -> str:
+@dataclass
+class OptionsOutcome:
+    code: grpc.StatusCode
+    message: str = ""
+    response: endorser_pb2.RequestOptionsResponse | None = None  # with OK
+    retry_after_ms: int = 0
+
+
+def member_of_caller() -> str:
     """The member admission control charges for this call: the organisation of the caller's
     verified TLS identity ("" when no interceptor runs: tests, tools)."""
     caller = current_caller()
@@ -380,10 +413,19 @@ def single_response(result: Outcome) -> endorser_pb2.SubmitTransactionResponse:
 
 def batch_refusal(request: endorser_pb2.SubmitBatchRequest) -> str:
     """Why the whole batch is refused (INVALID_ARGUMENT), or ""."""
-    count, size = len(request.envelopes), request.ByteSize()
+    return _over_batch_limits(len(request.envelopes), request.ByteSize(), "envelopes")
+
+
+def options_batch_refusal(request: endorser_pb2.RequestOptionsBatchRequest) -> str:
+    """Why the whole batch of trade requests is refused (INVALID_ARGUMENT), or "": the
+    same limits as SubmitBatch's."""
+    return _over_batch_limits(len(request.requests), request.ByteSize(), "requests")
+
+
+def _over_batch_limits(count: int, size: int, what: str) -> str:
     if count > SUBMIT_BATCH_ENVELOPES or size > SUBMIT_BATCH_BYTES:
-        return (f"the batch has {count} envelopes, {size} bytes; at most "
-                f"{SUBMIT_BATCH_ENVELOPES} envelopes and {SUBMIT_BATCH_BYTES} bytes")
+        return (f"the batch has {count} {what}, {size} bytes; at most "
+                f"{SUBMIT_BATCH_ENVELOPES} {what} and {SUBMIT_BATCH_BYTES} bytes")
     return ""
 
 
@@ -392,6 +434,15 @@ def batch_response(results: list[Outcome]) -> endorser_pb2.SubmitBatchResponse:
     return endorser_pb2.SubmitBatchResponse(results=[
         endorser_pb2.SubmitResult(tx_id=r.tx_id, code=r.code.value[0], message=r.message,
                                   endorsement=r.endorsement, retry_after_ms=r.retry_after_ms)
+        for r in results])
+
+
+def options_batch_response(results: list[OptionsOutcome]
+                           ) -> endorser_pb2.RequestOptionsBatchResponse:
+    OPTIONS_BATCH_REQUESTS.observe(len(results))
+    return endorser_pb2.RequestOptionsBatchResponse(results=[
+        endorser_pb2.OptionsResult(code=r.code.value[0], message=r.message, options=r.response,
+                                   retry_after_ms=r.retry_after_ms)
         for r in results])
 
 

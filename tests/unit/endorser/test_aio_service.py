@@ -1,8 +1,8 @@
 """The endorser on the asyncio server (AioNodeServer + AsyncEndorserServicer), over real mTLS
 on loopback: every envelope of the batch test's mix gets, on the wire, exactly the status,
-details and retry hint the threaded servicer gives it in process; a refused trade request
-likewise; and a caller that gives up while the orderers have its transaction still has its
-admission slot freed when they refuse it."""
+details and retry hint the threaded servicer gives it in process; a refused trade request,
+and every request of a batch of them, likewise; and a caller that gives up while the
+orderers have its transaction still has its admission slot freed when they refuse it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ import pytest
 from broadcast_fakes import SealsThenBroadcasts
 from gc_helpers import cyclic_garbage
 from grpc_helpers import Aborted, FakeContext
+from market_helpers import BUY, SELL, signed_request, terms
 from prometheus_client import REGISTRY
+from test_endorser_market import ASK
+from test_options_batch import _option as option_of
+from test_options_batch import batch as options_batch
+from test_options_batch import with_resting_sell
 from test_submit_batch import Orderers, Result, _claimed, batch, ids, servicer, signed, single
 
 from gridledger.common.v1 import envelope_pb2
@@ -139,6 +144,33 @@ def test_a_refused_trade_request_gets_the_same_status_and_details(
         stub.RequestOptions(request, timeout=10)
     assert (on_wire.value.code(), on_wire.value.details()) == (  # type: ignore[attr-defined]
         in_process.value.code, in_process.value.details)
+
+
+def test_a_batch_of_trade_requests_gets_the_threaded_servicers_outcomes_on_the_wire(
+        genesis: Genesis, consortium_dir: Path, serve: Any) -> None:
+    in_process = with_resting_sell(genesis, consortium_dir)
+    ids, now = in_process.ids, int(in_process.clock[0])
+    bad_signature = signed_request(ids["meter-2"], terms("meter-2", BUY, ASK, 1000), now)
+    bad_signature.signature = bytes(64)
+    # More than one slice, so the loop turns between slices.
+    mix = [signed_request(ids["meter-2"], terms("meter-2", BUY, ASK, 2000), now),
+           signed_request(ids["meter-3"], terms("meter-3", BUY, ASK, 1000), now),  # held
+           signed_request(ids["meter-1"], terms("meter-1", SELL, 250_500, 1000), now),
+           bad_signature] + [
+        signed_request(ids["meter-1"], terms("meter-1", SELL, ASK + i * 1000, 1000), now)
+        for i in range(CHECK_SLICE + 3)]
+    expected = options_batch(in_process, mix)
+    assert len({code for code, _, _, _ in expected}) == 4
+    stub = serve(with_resting_sell(genesis, consortium_dir).servicer)
+    response = stub.RequestOptionsBatch(
+        endorser_pb2.RequestOptionsBatchRequest(requests=mix), timeout=10)
+    got = [(r.code, r.message, option_of(r.options) if r.code == 0 else None, r.retry_after_ms)
+           for r in response.results]
+    assert got == expected
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RequestOptionsBatch(endorser_pb2.RequestOptionsBatchRequest(
+            requests=mix[:1] * (SUBMIT_BATCH_ENVELOPES + 1)), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
 
 
 class _Unanswered(SealsThenBroadcasts):

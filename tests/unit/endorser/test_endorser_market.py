@@ -30,6 +30,7 @@ from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import MemoryStore
+from gridledger_endorser.admission import Admission
 from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.service import EndorserServicer
 
@@ -93,6 +94,12 @@ class Endorser:
 
 @pytest.fixture()
 def endorser(genesis: Genesis, consortium_dir: Path) -> Endorser:
+    return make_endorser(genesis, consortium_dir)
+
+
+def make_endorser(genesis: Genesis, consortium_dir: Path,
+                  admission: Admission | None = None) -> Endorser:
+    """An endorser whose replica holds two days of three meters' history."""
     ids = {n: identity(consortium_dir, n)
            for n in ("endorser-1", "meter-1", "meter-2", "meter-3", "plant-1")}
     ledger = Ledger(MemoryStore(), genesis, accept_proof)
@@ -105,7 +112,8 @@ def endorser(genesis: Genesis, consortium_dir: Path) -> Endorser:
         Code.TX_VALIDATION_CODE_VALID}
     broadcaster = RecordingBroadcaster()
     clock = [float(NOW)]
-    servicer = EndorserServicer(ledger, e, broadcaster, clock=lambda: clock[0])  # type: ignore[arg-type]
+    servicer = EndorserServicer(ledger, e, broadcaster, clock=lambda: clock[0],  # type: ignore[arg-type]
+                                admission=admission)
     return Endorser(servicer, ledger, chain, broadcaster, ids, clock)
 
 

@@ -47,6 +47,7 @@ EXPECTED: dict[str, set[str]] = {
     "EndorserService/SubmitTransaction": {"meter-1", "plant-1", "issuer", "admin"},
     "EndorserService/SubmitBatch": {"meter-1", "plant-1", "issuer", "admin"},
     "EndorserService/RequestOptions": {"meter-1", "admin"},
+    "EndorserService/RequestOptionsBatch": {"meter-1", "admin"},
     "EndorserService/GetBook": EVERYONE,
     "MeterAgentService/GetStatus": {"admin"},
     "MeterAgentService/GetPlantDirectory": {"meter-1", "plant-1", "admin"},

@@ -465,6 +465,7 @@ def profile_orderers(count: int, out: Path, *, py_spy: bool, rate: float | None,
             elapsed = max(follower.final_at[t] for t in ids) - started
             cpu = {o.name: _cpu_seconds(o.pid) - before[o.name] for o in orderers}
             client_cpu = time.process_time() - client_before
+            blocks = sum(1 for b in follower.blocks if b.transactions)
         finally:
             for proc in spies:
                 proc.send_signal(signal.SIGINT)
@@ -477,6 +478,8 @@ def profile_orderers(count: int, out: Path, *, py_spy: bool, rate: float | None,
     result = {"broadcast": "batched" if batched else "unary",
               "transactions": count, "seconds": round(elapsed, 2),
               "tx_per_s": round(count / elapsed),
+              "blocks_per_s": round(blocks / elapsed, 1),
+              "avg_block_tx": round(count / max(blocks, 1), 1),
               "orderer_cpu_ms_per_tx": {k: round(v / count * 1000, 3) for k, v in cpu.items()},
               "orderers_cpu_ms_per_tx": round(sum(cpu.values()) / count * 1000, 3),
               "client_cpu_ms_per_tx": round(client_cpu / count * 1000, 3)}

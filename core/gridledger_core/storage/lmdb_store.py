@@ -4,9 +4,14 @@ Settings and why:
 - `sync=True, metasync=True`: a commit returns only after the data and meta pages are on disk,
   so an acknowledged block survives power loss; LMDB's copy-on-write B+tree means a crash at
   any instant leaves either the previous or the new transaction, never half of one.
-- `map_size` starts at `initial_map_size` and doubles when a write hits MapFullError, up to
-  `max_map_size`; LMDB needs the map to be reserved up front, and growing lazily keeps small
-  nodes small.
+- `map_size` (64 GiB) is reserved once, at open, and never changed. It is address space, not
+  memory or disk: the file grows with what is written (a fresh ledger is a few hundred KiB).
+  Growing the map later is not safe in a node: LMDB allows no transaction in the process
+  while `mdb_env_set_mapsize` runs, and a node reads from other threads while its one writer
+  commits (an endorser's trade requests while its replica commits a block). The doubling
+  this replaced failed those reads ("Attempt to operate on closed/deleted/dropped object";
+  the benchmark found it) and could hang the writer. A full map is a node fault
+  (`StoreFull`), like a full disk.
 - `max_readers` is raised for gRPC's thread pools; every read uses its own short transaction.
 """
 
@@ -20,18 +25,19 @@ import lmdb
 
 from gridledger_core.storage.base import WriteBatch, prefix_end
 
-DEFAULT_INITIAL_MAP_SIZE = 64 * 1024 * 1024
-DEFAULT_MAX_MAP_SIZE = 64 * 1024 * 1024 * 1024
+DEFAULT_MAP_SIZE = 64 * 1024 * 1024 * 1024
+
+
+class StoreFull(lmdb.MapFullError):
+    """The store reached its map size: a node fault (like a full disk), never a verdict."""
 
 
 class LmdbStore:
-    def __init__(self, path: Path, *, initial_map_size: int = DEFAULT_INITIAL_MAP_SIZE,
-                 max_map_size: int = DEFAULT_MAX_MAP_SIZE, sync: bool = True,
+    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True,
                  readonly: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._max_map_size = max_map_size
-        self._env = lmdb.open(str(path), map_size=initial_map_size, sync=sync, metasync=sync,
+        self._env = lmdb.open(str(path), map_size=map_size, sync=sync, metasync=sync,
                               max_readers=512, max_dbs=0, readonly=readonly, lock=True)
 
     def get(self, key: bytes) -> bytes | None:
@@ -59,23 +65,16 @@ class LmdbStore:
             yield LmdbSnapshot(txn)
 
     def commit(self, batch: WriteBatch) -> None:
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    for key, value in batch.operations.items():
-                        if value is None:
-                            txn.delete(key)
-                        else:
-                            txn.put(key, value)
-                return
-            except lmdb.MapFullError:
-                self._grow()
-
-    def _grow(self) -> None:
-        current = self._env.info()["map_size"]
-        if current >= self._max_map_size:
-            raise lmdb.MapFullError(f"LMDB map at {self.path} reached its maximum {current} bytes")
-        self._env.set_mapsize(min(current * 2, self._max_map_size))
+        try:
+            with self._env.begin(write=True) as txn:
+                for key, value in batch.operations.items():
+                    if value is None:
+                        txn.delete(key)
+                    else:
+                        txn.put(key, value)
+        except lmdb.MapFullError as exc:  # nothing of the batch was written
+            raise StoreFull(f"the LMDB store at {self.path} is full: its map of "
+                            f"{self._env.info()['map_size']} bytes is used up") from exc
 
     def size_bytes(self) -> int:
         info = self._env.info()

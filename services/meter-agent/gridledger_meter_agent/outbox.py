@@ -36,7 +36,7 @@ def _seq(n: int) -> bytes:
 class Outbox:
     def __init__(self, path: Path, capacity: int = DEFAULT_CAPACITY,
                  dead_capacity: int = DEFAULT_DEAD_CAPACITY) -> None:
-        self._store = LmdbStore(path, initial_map_size=16 * 1024 * 1024)
+        self._store = LmdbStore(path)
         raw = self._store.get(NEXT_SEQ)
         self._next = int.from_bytes(raw, "big") if raw else 1
         self._lock = threading.Lock()

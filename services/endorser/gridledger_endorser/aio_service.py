@@ -74,7 +74,7 @@ class AsyncEndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         for start in range(0, len(requests), CHECK_SLICE):
             if start:  # a slice at a time: single calls get in between
                 await asyncio.sleep(0)
-            results += [self._servicer.options(r, member)
+            results += [self._servicer.options_in_batch(r, member)
                         for r in requests[start:start + CHECK_SLICE]]
         return options_batch_response(results)
 

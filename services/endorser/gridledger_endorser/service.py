@@ -287,7 +287,20 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         if refusal:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
         member = member_of_caller()
-        return options_batch_response([self.options(r, member) for r in request.requests])
+        return options_batch_response([self.options_in_batch(r, member)
+                                       for r in request.requests])
+
+    def options_in_batch(self, envelope: envelope_pb2.SignedEnvelope,
+                         member: str) -> OptionsOutcome:
+        """`options` for one request of a batch: an unexpected failure (a bug, or this
+        node's storage) answers that request UNKNOWN, as it fails only its own call when
+        sent alone, instead of failing the batch and the options already given in it."""
+        try:
+            return self.options(envelope, member)
+        except Exception as exc:
+            log.exception("a trade request of a batch failed unexpectedly")
+            return OptionsOutcome(grpc.StatusCode.UNKNOWN,
+                                  f"Unexpected {type(exc)}: {exc}")  # as gRPC words it
 
     def options(self, envelope: envelope_pb2.SignedEnvelope, member: str) -> OptionsOutcome:
         """One trade request, from signed request in to signed option out (or the status

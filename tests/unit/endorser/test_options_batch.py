@@ -13,13 +13,14 @@ import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
 from market_helpers import BUY, SELL, signed_request, terms
+from prometheus_client import REGISTRY
 from test_endorser_market import ASK, Endorser, make_endorser
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES
-from gridledger_endorser.admission import Admission, AdmissionConfig
+from gridledger_endorser.admission import Admission, AdmissionConfig, Full
 
 # code, message, (trade quantities, rest) of the option when OK, retry hint
 Result = tuple[int, str, tuple[list[int], int] | None, int]
@@ -60,6 +61,23 @@ def with_resting_sell(genesis: Genesis, consortium_dir: Path,
     return e
 
 
+def _counted() -> dict[tuple[str, ...], float]:
+    """The trade-request counters by (side, result), and the matching histogram's count."""
+    counted: dict[tuple[str, ...], float] = {}
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "gridledger_endorser_trade_requests_total":
+                counted[(sample.labels["side"], sample.labels["result"])] = sample.value
+            elif sample.name == "gridledger_endorser_matching_seconds_count":
+                counted[("matching",)] = sample.value
+    return counted
+
+
+def _delta(before: dict[tuple[str, ...], float],
+           after: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
 def test_batch_results_equal_single_call_results(genesis: Genesis,
                                                  consortium_dir: Path) -> None:
     one_by_one = with_resting_sell(genesis, consortium_dir)
@@ -78,9 +96,13 @@ def test_batch_results_equal_single_call_results(genesis: Genesis,
         signed_request(ids["meter-1"], terms("meter-1", SELL, ASK, 6700), now),  # > forecast
         signed_request(ids["meter-1"], terms("meter-1", SELL, ASK + 1000, 1000), now),  # rests
     ]
+    batched = with_resting_sell(genesis, consortium_dir)
+    before = _counted()
     expected = [single(one_by_one, r) for r in mix]
-    got = batch(with_resting_sell(genesis, consortium_dir), mix)
+    between = _counted()
+    got = batch(batched, mix)
     assert got == expected
+    assert _delta(between, _counted()) == _delta(before, between)  # the same metrics
     codes = [grpc.StatusCode.OK, grpc.StatusCode.ABORTED, grpc.StatusCode.OK,
              grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
              grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,22 +112,61 @@ def test_batch_results_equal_single_call_results(genesis: Genesis,
     assert "held by options" in got[1][1]
 
 
-def test_admission_answers_a_prefix_and_refuses_the_rest_with_a_hint(
+def _full(e: Endorser, admission: Admission) -> Endorser:
+    """`e` with its admission bound taken by submissions in flight."""
+    n = 0
+    while True:
+        try:
+            admission.check()
+        except Full:
+            return e
+        admission.admit([f"in-flight-{n}"])
+        n += 1
+
+
+def test_admission_refuses_each_request_as_the_single_call_when_the_network_is_full(
         genesis: Genesis, consortium_dir: Path) -> None:
-    admission = Admission(AdmissionConfig(budget_ms=1000, floor=2, ceiling=2))
-    e = make_endorser(genesis, consortium_dir, admission)
+    def bound() -> Admission:
+        return Admission(AdmissionConfig(budget_ms=1000, floor=2, ceiling=2))
+
+    first, second = bound(), bound()
+    one_by_one = _full(with_resting_sell(genesis, consortium_dir, first), first)
+    ids, now = one_by_one.ids, int(one_by_one.clock[0])
+    requests = [signed_request(ids["meter-2"], terms("meter-2", BUY, ASK, 1000), now),
+                signed_request(ids["meter-3"], terms("meter-3", BUY, ASK, 1000), now)]
+    expected = [single(one_by_one, r) for r in requests]
+    got = batch(_full(with_resting_sell(genesis, consortium_dir, second), second), requests)
+    assert got == expected
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert all(code == exhausted and hint > 0 and "admission bound" in message
+               for code, message, _, hint in got)
+    # Below the bound, the same requests are answered.
+    assert [code for code, _, _, _ in batch(with_resting_sell(genesis, consortium_dir),
+                                            requests)] == [0, 0]
+
+
+def test_an_unexpected_failure_answers_only_its_own_request(
+        genesis: Genesis, consortium_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = with_resting_sell(genesis, consortium_dir)
     ids, now = e.ids, int(e.clock[0])
-    # Two submissions in flight fill the bound; trade requests are then refused at once.
-    admission.admit(["in-flight-1"])
-    requests = [signed_request(ids["meter-1"], terms("meter-1", SELL, ASK + i * 1000, 1000), now)
-                for i in range(3)]
-    assert [code for code, _, _, _ in batch(e, requests)] == [0, 0, 0]
-    admission.admit(["in-flight-2"])
-    got = batch(e, requests[:2])
-    full = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-    assert [code for code, _, _, _ in got] == [full, full]
-    assert all(hint > 0 and "admission bound" in message for _, message, _, hint in got)
-    assert e.broadcaster.sent == []
+    requests = [signed_request(ids["meter-2"], terms("meter-2", BUY, ASK, 1000), now),
+                signed_request(ids["meter-3"], terms("meter-3", BUY, ASK - 1000, 1000), now),
+                signed_request(ids["meter-3"], terms("meter-3", BUY, ASK, 1000), now)]
+    desk = e.servicer._desk
+    propose = desk.propose
+
+    def fails_on_the_second(envelope: envelope_pb2.SignedEnvelope) -> object:
+        if envelope is requests[1] or envelope == requests[1]:
+            raise RuntimeError("storage went away")
+        return propose(envelope)
+
+    monkeypatch.setattr(desk, "propose", fails_on_the_second)
+    with pytest.raises(RuntimeError):  # alone, it fails its own call (gRPC: UNKNOWN)
+        single(e, requests[1])
+    got = batch(e, requests)
+    assert [code for code, _, _, _ in got] == [0, grpc.StatusCode.UNKNOWN.value[0], 0]
+    assert "storage went away" in got[1][1]
+    assert got[0][2] == ([1000], 0) and got[2][2] == ([1000], 0)
 
 
 def test_the_calls_own_limit_refuses_the_whole_call(genesis: Genesis,

@@ -30,8 +30,13 @@ class EdgeRefusal(TxInvalid):
         self.status = status
 
 
-def abort_invalid(context: grpc.ServicerContext, error: TxInvalid) -> NoReturn:
+def status_of(error: TxInvalid) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and details that refuse `error`, in a call or in a batch's result."""
     if isinstance(error, EdgeRefusal):
-        context.abort(error.status, error.message)
-    status = STATUS_OF_CODE.get(error.code, grpc.StatusCode.INVALID_ARGUMENT)
-    context.abort(status, f"{error.code_name}: {error.message}")
+        return error.status, error.message
+    return (STATUS_OF_CODE.get(error.code, grpc.StatusCode.INVALID_ARGUMENT),
+            f"{error.code_name}: {error.message}")
+
+
+def abort_invalid(context: grpc.ServicerContext, error: TxInvalid) -> NoReturn:
+    context.abort(*status_of(error))

@@ -41,7 +41,7 @@ from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.ledger.rules.market import ConditionFailed, market_open
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.authz import current_caller
-from gridledger_core.rpc.errors import STATUS_OF_CODE, EdgeRefusal
+from gridledger_core.rpc.errors import status_of
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES, SUBMIT_BATCH_ENVELOPES
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
@@ -322,8 +322,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
                       else exc.code_name.lower())
             TRADE_REQUESTS.labels(side, result).inc()
-            refused = _invalid("", exc)
-            return OptionsOutcome(refused.code, refused.message)
+            return OptionsOutcome(*status_of(exc))
         except HeldByOptions as exc:
             TRADE_REQUESTS.labels(side, "held_by_options").inc()
             return OptionsOutcome(grpc.StatusCode.ABORTED, str(exc))
@@ -461,10 +460,7 @@ def options_batch_response(results: list[OptionsOutcome]
 
 def _invalid(tx_id: str, error: TxInvalid) -> Outcome:
     """The status and message abort_invalid gives, as an outcome."""
-    if isinstance(error, EdgeRefusal):
-        return Outcome(tx_id, error.status, error.message)
-    status = STATUS_OF_CODE.get(error.code, grpc.StatusCode.INVALID_ARGUMENT)
-    return Outcome(tx_id, status, f"{error.code_name}: {error.message}")
+    return Outcome(tx_id, *status_of(error))
 
 
 def _claimed_tx_id(envelope: envelope_pb2.SignedEnvelope) -> str:

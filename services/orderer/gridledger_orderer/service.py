@@ -24,7 +24,7 @@ from gridledger.orderer.v1 import (
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import TxInvalid
 from gridledger_core.rpc.authz import current_caller
-from gridledger_core.rpc.errors import STATUS_OF_CODE, abort_invalid
+from gridledger_core.rpc.errors import abort_invalid, status_of
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_orderer.limits import PeerBudget, StreamSlots
 from gridledger_orderer.node import INBOUND_DROPPED, NotDurable, OrdererNode, Overloaded, PoolRoom
@@ -216,9 +216,8 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
                 if verdict == "pending":
                     durable.append((result, raw))
             elif refused is not None:
-                status = STATUS_OF_CODE.get(refused.code, grpc.StatusCode.INVALID_ARGUMENT)
+                status, result.message = status_of(refused)
                 result.code = status.value[0]
-                result.message = f"{refused.code_name}: {refused.message}"
             elif verdict == "resource_exhausted":
                 _exhausted_result(result)
             else:

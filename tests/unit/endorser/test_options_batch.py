@@ -156,7 +156,7 @@ def test_an_unexpected_failure_answers_only_its_own_request(
     propose = desk.propose
 
     def fails_on_the_second(envelope: envelope_pb2.SignedEnvelope) -> object:
-        if envelope is requests[1] or envelope == requests[1]:
+        if envelope == requests[1]:
             raise RuntimeError("storage went away")
         return propose(envelope)
 

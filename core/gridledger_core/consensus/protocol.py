@@ -130,6 +130,10 @@ _ROUND_WINDOW = 64  # proposals kept for rounds this far ahead
 # Rounds above this are ignored wherever they come from, so round + 1 always fits the
 # uint32 round fields (honest rounds grow by one per timeout: it is never reached).
 MAX_ROUND = 1 << 30
+# Heights whose final tx ids a replica keeps in memory after finalising them (from then on
+# the adapter's store answers ``Dependencies.is_final``): bounded, and far more heights than
+# one input (a SyncResponse carries up to ``sync_batch`` blocks) can finalise.
+_RECENT_FINAL = 64
 # Transactions a cut passes over because they would take the block past its byte limit before
 # it stops looking (a large one of one member does not end the block for every other member).
 _CUT_MISSES = 64
@@ -176,6 +180,11 @@ class Dependencies:
     validate_tx: Callable[[bytes], bool | str]  # True, or False / a reason string
     tx_id_of: Callable[[bytes], bytes]
     get_block: Callable[[int], block_pb2.Block | None]  # final block by number, from storage
+    # Whether a tx id is in a final block the adapter has stored (a key read, not a set in
+    # memory: every id ever ordered would grow without bound). Ids of the blocks this
+    # replica finalised since start are also kept in memory for a while (``_RECENT_FINAL``),
+    # as the adapter stores a Deliver only after the input that produced it.
+    is_final: Callable[[bytes], bool] = lambda tx_id: False
     # The member (organisation) a validated transaction is charged to in the pool: its
     # creator's. Members share the pool and take turns when a block is cut (pool.py).
     member_of: Callable[[bytes], str] = lambda tx: ""
@@ -217,7 +226,6 @@ class Replica:
         config: ReplicaConfig,
         deps: Dependencies,
         tip: ChainTip,
-        known_tx_ids: Iterable[bytes] = (),
         persisted: Mapping[str, bytes] | None = None,
     ) -> None:
         if config.orderer_id not in config.orderers:
@@ -227,7 +235,8 @@ class Replica:
         self.me = config.orderer_id
         self.orderers = dict(config.orderers)
         self.quorum = Quorum(len(self.orderers))
-        self.known_ids: set[bytes] = set(known_tx_ids)
+        # Final tx ids of the last _RECENT_FINAL heights this replica finalised, by height.
+        self._recent_final: dict[int, frozenset[bytes]] = {}
         self.pool = TxPool(config.max_pool_txs, config.max_pool_bytes)
         self.height = tip.height
         self.previous_hash = tip.previous_hash
@@ -273,7 +282,17 @@ class Replica:
 
     def knows_tx(self, tx_id: bytes) -> bool:
         """True when the id is pending here or already final (Broadcast ``duplicate``)."""
-        return tx_id in self.pool or tx_id in self.known_ids
+        return tx_id in self.pool or self.is_final(tx_id)
+
+    def is_final(self, tx_id: bytes) -> bool:
+        """True when the id is in a final block (finalised here lately, or stored)."""
+        return any(tx_id in ids for ids in self._recent_final.values()) or \
+            self.deps.is_final(tx_id)
+
+    @property
+    def final_ids_in_memory(self) -> int:
+        """Final tx ids held in memory (bounded by _RECENT_FINAL heights of blocks)."""
+        return sum(len(ids) for ids in self._recent_final.values())
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -521,7 +540,7 @@ class Replica:
         """Pool a transaction not seen before; garbage never enters, so it never keeps the
         round timer running. ``force``: even when the pool is full."""
         tx_id = self.deps.tx_id_of(tx)
-        if tx_id in self.known_ids or tx_id in self.pool or (self.pool.full and not force):
+        if tx_id in self.pool or (self.pool.full and not force) or self.is_final(tx_id):
             return False
         if not validated and self.deps.validate_tx(tx) is not True:
             return False
@@ -679,7 +698,7 @@ class Replica:
         seen: set[bytes] = set()
         for tx in block.transactions:
             tx_id = self.deps.tx_id_of(tx)
-            if tx_id in seen or tx_id in self.known_ids:
+            if tx_id in seen or self.is_final(tx_id):
                 return f"duplicate tx id {tx_id.hex()}"
             seen.add(tx_id)
             if self.pool.get(tx_id) == tx:
@@ -1023,7 +1042,8 @@ class Replica:
     def _commit(self, block: block_pb2.Block, seed: bytes, now: float, out: list[Action]) -> None:
         out.append(Deliver(block, seed))
         ids = [self.deps.tx_id_of(tx) for tx in block.transactions]
-        self.known_ids.update(ids)
+        self._recent_final[self.height] = frozenset(ids)
+        self._recent_final.pop(self.height - _RECENT_FINAL, None)
         self.pool.discard(ids)
         self.height += 1
         self.previous_hash = block_hash(block.header)

@@ -322,9 +322,8 @@ class Simulation:
             )
         else:
             tip = ChainTip(0, GENESIS_PREVIOUS_HASH, self.genesis_seed)
-        known = [tx_id_of(tx) for blk in durable.blocks for tx in blk.transactions]
         deps = simulated_dependencies(self.crypto, oid, durable.blocks)
-        return Replica(self.config_for(oid), deps, tip, known, dict(durable.records))
+        return Replica(self.config_for(oid), deps, tip, dict(durable.records))
 
     def _instances_of(self, oid: str) -> list[Instance]:
         return [inst for inst in self.instances.values() if inst.orderer == oid]
@@ -792,6 +791,7 @@ def simulated_dependencies(crypto: Crypto, oid: str, blocks: list[block_pb2.Bloc
                            ) -> Dependencies:
     """A replica's injected dependencies in a simulation: the cluster's crypto (stand-in or
     real), the simulator's transaction format and the replica's own durable block list."""
+    final = FinalIds(blocks)
     return Dependencies(
         sign=crypto.signer(oid),
         verify_sig=crypto.verify_sig,
@@ -800,4 +800,21 @@ def simulated_dependencies(crypto: Crypto, oid: str, blocks: list[block_pb2.Bloc
         validate_tx=validate_tx,
         tx_id_of=tx_id_of,
         get_block=lambda number: blocks[number] if number < len(blocks) else None,
+        is_final=final.contains,
     )
+
+
+class FinalIds:
+    """The tx ids of a durable block list that only grows (an orderer's stored chain): the
+    simulator's stand-in for the orderer store's tx-id index."""
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        self._blocks = blocks
+        self._indexed = 0
+        self._ids: set[bytes] = set()
+
+    def contains(self, tx_id: bytes) -> bool:
+        for block in self._blocks[self._indexed:]:
+            self._ids.update(tx_id_of(tx) for tx in block.transactions)
+        self._indexed = len(self._blocks)
+        return tx_id in self._ids

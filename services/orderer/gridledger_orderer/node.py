@@ -85,7 +85,6 @@ RESTORED = Counter("gridledger_orderer_pool_restored",
                    "Acknowledged transactions fed back to the replica from the LMDB pool "
                    "on start.")
 
-_UNCHECKED = object()
 _SEEN_LIMIT = 200_000  # entries kept before the cache starts over
 _SEEN_BYTES = 64 << 20  # bytes of keys kept before the cache starts over
 _ARRIVALS_LIMIT = 200_000
@@ -101,14 +100,14 @@ class NotDurable(Exception):
 
 
 class _Seen:
-    """What this orderer knows about one transaction's bytes: its tx id (b"" when the bytes
-    do not decode) and, once checked, the ordering verdict and the member it is charged to."""
+    """What this orderer knows about one transaction's bytes: the ordering verdict (None:
+    admitted) and, when admitted, its tx id and the member it is charged to."""
 
     __slots__ = ("member", "tx_id", "verdict")
 
     def __init__(self, tx_id: bytes) -> None:
         self.tx_id = tx_id
-        self.verdict: TxInvalid | object | None = _UNCHECKED
+        self.verdict: TxInvalid | None = None
         self.member = ""
 
 
@@ -197,10 +196,10 @@ class OrdererNode:
             validate_tx=self._validate_tx,
             tx_id_of=self.tx_id,
             get_block=store.block,
+            is_final=lambda tx_id: self._store.is_final(tx_id),
             member_of=self.member_of,
         )
-        self.replica = Replica(config, deps, tip, known_tx_ids=store.tx_ids(),
-                               persisted=store.persisted())
+        self.replica = Replica(config, deps, tip, persisted=store.persisted())
         self._inbox = Inbox(limits.inbox_client_bytes, limits.inbox_peer_bytes)
         self._timers: list[tuple[float, str]] = []
         self._stop = threading.Event()
@@ -280,7 +279,7 @@ class OrdererNode:
         entries = self._store.pooled()
         if not entries:
             return
-        restored = [raw for tx_id, raw in entries if tx_id not in self.replica.known_ids]
+        restored = [raw for tx_id, raw in entries if not self.replica.is_final(tx_id)]
         # In chunks, as the loop takes client calls: each becomes one TxForward, which must
         # stay below the peers' receive limit.
         chunks: list[list[bytes]] = [[]]
@@ -300,15 +299,6 @@ class OrdererNode:
 
     # -- admission (also used by the Broadcast API) ----------------------------------------
 
-    def _lookup(self, raw: bytes) -> _Seen:
-        """The cached entry of admitted bytes, else a fresh (unkept) one."""
-        seen = self._seen.get(raw)
-        if seen is None:
-            if len(raw) > self.max_tx_bytes:  # never parsed
-                return _Seen(b"")
-            seen = _Seen(tx_id_of(raw).encode())
-        return seen
-
     def _keep(self, raw: bytes, seen: _Seen) -> None:
         """Cache an admitted transaction's entry until it is final."""
         with self._seen_lock:  # API threads and the loop: keep the byte count exact
@@ -323,8 +313,13 @@ class OrdererNode:
 
     def tx_id(self, raw: bytes) -> bytes:
         """The tx id in an endorsed transaction's bytes (b"" when they do not decode or are
-        larger than the consortium's limit)."""
-        return self._lookup(raw).tx_id
+        larger than the consortium's limit). Bytes not seen yet are checked for ordering at
+        once (and cached when admitted): the check reads the id too, and nearly every id
+        asked for is of a transaction about to be pooled or validated, so it is parsed once."""
+        seen = self._checked(raw)
+        if seen.verdict is None or len(raw) > self.max_tx_bytes:
+            return seen.tx_id
+        return tx_id_of(raw).encode()  # refused bytes (never kept): parsed for their id
 
     def too_large(self, raw: bytes) -> TxInvalid | None:
         if len(raw) <= self.max_tx_bytes:
@@ -334,21 +329,23 @@ class OrdererNode:
                          "bytes (genesis limits.max_tx_bytes)")
 
     def _checked(self, raw: bytes) -> _Seen:
-        """`raw`'s entry with its ordering verdict (and, when admitted, its member): the
-        cached one, else checked now and cached when it passes."""
+        """`raw`'s entry with its ordering verdict (and, when admitted, its tx id and member):
+        the cached one, else checked now and cached when it passes."""
+        seen = self._seen.get(raw)
+        if seen is not None:  # only admitted entries are kept
+            return seen
+        seen = _Seen(b"")
         refused = self.too_large(raw)
-        if refused is not None:
-            seen = _Seen(b"")
+        if refused is not None:  # never parsed
             seen.verdict = refused
             return seen
-        seen = self._lookup(raw)
-        if seen.verdict is _UNCHECKED:
-            try:
-                seen.member = check_orderable(raw, self._membership).member
-                seen.verdict = None
-                self._keep(raw, seen)
-            except TxInvalid as exc:
-                seen.verdict = exc
+        try:
+            orderable = check_orderable(raw, self._membership)
+        except TxInvalid as exc:
+            seen.verdict = exc
+            return seen
+        seen.tx_id, seen.member, seen.verdict = orderable.tx_id.encode(), orderable.member, None
+        self._keep(raw, seen)
         return seen
 
     def admit(self, raw: bytes) -> TxInvalid | None:
@@ -356,7 +353,7 @@ class OrdererNode:
         pass: a transaction is checked once per orderer although it arrives by Broadcast and
         again in a proposal (refused bytes are checked again each time). None when it may be
         ordered, else why not."""
-        return self._checked(raw).verdict  # type: ignore[return-value]
+        return self._checked(raw).verdict
 
     def member_of(self, raw: bytes) -> str:
         """The member an admitted transaction is charged to in the pool (its creator's
@@ -419,9 +416,9 @@ class OrdererNode:
             actions = self.replica.on_transactions(batch, now)
             pool: list[tuple[bytes, bytes]] = []
             if self._durable:
-                known = self.replica.known_ids  # final already: nothing to keep
+                final = self.replica.is_final  # final already: nothing to keep
                 pool = [(tx_id, raw) for raw in batch
-                        if (tx_id := self.tx_id(raw)) and tx_id not in known]
+                        if (tx_id := self.tx_id(raw)) and not final(tx_id)]
                 ACK_GROUP.observe(len(pool))
             self._execute(actions, pool)
             error = None

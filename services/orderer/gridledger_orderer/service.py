@@ -108,7 +108,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
             verdict, refused = "duplicate", None
         elif tx_id in self._node.replica.pool:
             verdict, refused = "pending", None
-        elif tx_id in self._node.replica.known_ids or self._store.has_tx(tx_id.decode()):
+        elif self._node.replica.is_final(tx_id):
             verdict, refused = "duplicate", None
         else:
             refused = self._node.admit(raw)

@@ -89,13 +89,10 @@ class OrdererStore:
     def seed(self, number: int) -> bytes | None:
         return self._store.get(SEED + _number(number))
 
-    def has_tx(self, tx_id: str) -> bool:
-        return self._store.get(TX + tx_id.encode()) is not None
-
-    def tx_ids(self) -> list[bytes]:
-        """Every tx id in a final block (the replica refuses to order one twice)."""
-        offset = len(TX)
-        return [k[offset:] for k, _ in self._store.scan(TX)]
+    def is_final(self, tx_id: bytes) -> bool:
+        """Whether a stored final block holds this tx id (the replica refuses to order one
+        twice; a key read, so no orderer holds every id ever ordered in memory)."""
+        return self._store.get(TX + tx_id) is not None
 
     def persisted(self) -> dict[str, bytes]:
         offset = len(CONSENSUS)

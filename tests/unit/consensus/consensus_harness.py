@@ -22,7 +22,6 @@ from gridledger_core.consensus.signing import (
 from gridledger_core.consensus.simulation import (
     Crypto,
     simulated_dependencies,
-    tx_id_of,
 )
 
 GENESIS_SEED = lottery.genesis_seed(b"unit-test-genesis")
@@ -71,8 +70,7 @@ class Cluster:
         seeds: list[bytes],
     ) -> Replica:
         deps = simulated_dependencies(self.crypto, oid, blocks)
-        known = [tx_id_of(tx) for blk in blocks for tx in blk.transactions]
-        return Replica(self.config(oid), deps, self.tip(blocks, seeds), known, records)
+        return Replica(self.config(oid), deps, self.tip(blocks, seeds), records)
 
     @staticmethod
     def tip(blocks: list[block_pb2.Block], seeds: list[bytes]) -> ChainTip:

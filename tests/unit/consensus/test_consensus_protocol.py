@@ -9,7 +9,7 @@ from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus import lottery
 from gridledger_core.consensus.actions import Persist, Send
-from gridledger_core.consensus.protocol import STATE_KEY, ChainTip, Replica
+from gridledger_core.consensus.protocol import _RECENT_FINAL, STATE_KEY, ChainTip, Replica
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, Phase, block_hash
 from gridledger_core.consensus.simulation import tx_id_of
 
@@ -255,6 +255,45 @@ def test_record_ahead_of_the_chain_is_refused() -> None:
             cluster.config("o0"),
             cluster.nodes["o0"].replica.deps,
             ChainTip(0, GENESIS_PREVIOUS_HASH, cluster.tip([], []).previous_seed),
-            (),
             {STATE_KEY: state.SerializeToString()},
         )
+
+
+def test_final_tx_ids_are_held_in_memory_only_for_recent_heights() -> None:
+    """An orderer that kept every final tx id in memory (and read them all at start) grew
+    without bound with the chain; older ids are now answered by the store (is_final)."""
+    cluster = Cluster()
+    heights = _RECENT_FINAL + 6
+    for i in range(heights):
+        cluster.submit(cluster.ids[i % 4], [f"ok:{i}".encode()])
+        cluster.advance(0.2)
+    assert all(node.replica.height == heights for node in cluster.nodes.values())
+    first = tx_id_of(b"ok:0")
+    for node in cluster.nodes.values():
+        assert node.replica.final_ids_in_memory == _RECENT_FINAL  # one per block kept
+        assert node.replica.knows_tx(first)  # final long ago: from the stored blocks
+    # Submitted or forwarded again, it is not pooled; proposed again, it gets no vote.
+    primary = cluster.primary(0)
+    target = bystander(cluster, primary)
+    replica = cluster.nodes[target].replica
+    assert replica.on_transactions([b"ok:0"], cluster.now) == []
+    forward = consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
+        transactions=[b"ok:0"]))
+    replica.on_message(primary, forward, cluster.now)
+    assert replica.pending_transactions == 0
+    again = cluster.pre_block(primary, [b"ok:0"], height=heights,
+                              previous_hash=replica.previous_hash,
+                              previous_seed=replica.previous_seed,
+                              timestamp_ns=int(cluster.now * 1e9))
+    assert votes(replica.on_message(primary, proposal(again), cluster.now), PREPARE) == []
+    fresh = cluster.pre_block(primary, [b"ok:fresh"], height=heights,
+                              previous_hash=replica.previous_hash,
+                              previous_seed=replica.previous_seed,
+                              timestamp_ns=int(cluster.now * 1e9))
+    other = cluster.nodes[bystander(cluster, primary, target)].replica
+    assert votes(other.on_message(primary, proposal(fresh), cluster.now), PREPARE)  # control
+    # A restarted replica reads no ids at start and still knows every final one.
+    cluster.restart(target)
+    restarted = cluster.nodes[target].replica
+    assert restarted.final_ids_in_memory == 0
+    assert restarted.knows_tx(first) and restarted.knows_tx(tx_id_of(f"ok:{heights - 1}".encode()))

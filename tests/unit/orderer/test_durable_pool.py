@@ -95,7 +95,7 @@ def test_a_final_block_takes_its_transactions_out_of_the_pool(orderer: Orderer,
     assert len(orderer.store.pooled()) == 3
     orderer.store.apply([final_block(0, txs[:2])], orderer.node.tx_id)
     assert [raw for _, raw in orderer.store.pooled()] == [txs[2]]
-    assert orderer.store.has_tx(tx_id_of(txs[0]))
+    assert orderer.store.is_final(tx_id_of(txs[0]).encode())
 
 
 def test_a_pooled_transaction_already_final_is_dropped_on_restart(
@@ -110,6 +110,9 @@ def test_a_pooled_transaction_already_final_is_dropped_on_restart(
     try:
         assert pending_ids(restarted) == {tx_id_of(txs[1])}
         assert [raw for _, raw in restarted.store.pooled()] == [txs[1]]
+        # Final, as the store says (no orderer holds every final id in memory): duplicate.
+        assert restarted.node.replica.final_ids_in_memory == 0
+        assert restarted.batch(txs[:1])[0].duplicate
     finally:
         restarted.store.close()
 

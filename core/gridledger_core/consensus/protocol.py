@@ -89,6 +89,7 @@ asks again at once (responses are cut by count and by bytes).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -235,8 +236,10 @@ class Replica:
         self.me = config.orderer_id
         self.orderers = dict(config.orderers)
         self.quorum = Quorum(len(self.orderers))
-        # Final tx ids of the last _RECENT_FINAL heights this replica finalised, by height.
-        self._recent_final: dict[int, frozenset[bytes]] = {}
+        # Final tx ids of the last _RECENT_FINAL heights this replica finalised (one set to
+        # look up, one list per height to forget them by).
+        self._recent_final: set[bytes] = set()
+        self._recent_heights: deque[list[bytes]] = deque()
         self.pool = TxPool(config.max_pool_txs, config.max_pool_bytes)
         self.height = tip.height
         self.previous_hash = tip.previous_hash
@@ -286,13 +289,12 @@ class Replica:
 
     def is_final(self, tx_id: bytes) -> bool:
         """True when the id is in a final block (finalised here lately, or stored)."""
-        return any(tx_id in ids for ids in self._recent_final.values()) or \
-            self.deps.is_final(tx_id)
+        return tx_id in self._recent_final or self.deps.is_final(tx_id)
 
     @property
     def final_ids_in_memory(self) -> int:
         """Final tx ids held in memory (bounded by _RECENT_FINAL heights of blocks)."""
-        return sum(len(ids) for ids in self._recent_final.values())
+        return len(self._recent_final)
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -698,11 +700,13 @@ class Replica:
         seen: set[bytes] = set()
         for tx in block.transactions:
             tx_id = self.deps.tx_id_of(tx)
-            if tx_id in seen or self.is_final(tx_id):
+            if tx_id in seen:
                 return f"duplicate tx id {tx_id.hex()}"
             seen.add(tx_id)
             if self.pool.get(tx_id) == tx:
-                continue  # these exact bytes were validated when they entered the pool
+                continue  # validated when pooled, and a final id leaves the pool
+            if self.is_final(tx_id):
+                return f"duplicate tx id {tx_id.hex()}"
             result = self.deps.validate_tx(tx)
             if result is not True:
                 return f"invalid tx {tx_id.hex()}: {result or 'rejected'}"
@@ -1042,8 +1046,10 @@ class Replica:
     def _commit(self, block: block_pb2.Block, seed: bytes, now: float, out: list[Action]) -> None:
         out.append(Deliver(block, seed))
         ids = [self.deps.tx_id_of(tx) for tx in block.transactions]
-        self._recent_final[self.height] = frozenset(ids)
-        self._recent_final.pop(self.height - _RECENT_FINAL, None)
+        self._recent_final.update(ids)
+        self._recent_heights.append(ids)
+        if len(self._recent_heights) > _RECENT_FINAL:
+            self._recent_final.difference_update(self._recent_heights.popleft())
         self.pool.discard(ids)
         self.height += 1
         self.previous_hash = block_hash(block.header)

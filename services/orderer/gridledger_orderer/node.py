@@ -416,9 +416,10 @@ class OrdererNode:
             actions = self.replica.on_transactions(batch, now)
             pool: list[tuple[bytes, bytes]] = []
             if self._durable:
-                final = self.replica.is_final  # final already: nothing to keep
-                pool = [(tx_id, raw) for raw in batch
-                        if (tx_id := self.tx_id(raw)) and not final(tx_id)]
+                # Final already: nothing to keep (a pooled id is not final: blocks drop theirs).
+                pooled, final = self.replica.pool, self.replica.is_final
+                pool = [(tx_id, raw) for raw in batch if (tx_id := self.tx_id(raw))
+                        and (tx_id in pooled or not final(tx_id))]
                 ACK_GROUP.observe(len(pool))
             self._execute(actions, pool)
             error = None

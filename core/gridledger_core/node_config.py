@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from gridledger_core.storage.lmdb_store import DEFAULT_MAP_SIZE
+
 ENV_PREFIX = "GRIDLEDGER_"
 
 
@@ -30,8 +32,16 @@ def base_parser(role: str) -> argparse.ArgumentParser:
                         help="also serve gRPC health checking, in plaintext, on HOST:PORT "
                              "(for Kubernetes probes, which cannot present a client cert)")
     parser.add_argument("--data-dir", type=Path, help="directory for this node's LMDB data")
+    parser.add_argument("--lmdb-map-gib", type=int, default=DEFAULT_MAP_SIZE >> 30,
+                        help="most GiB the node's LMDB store may hold (address space reserved "
+                             "at start, not disk; writes fail beyond it)")
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def lmdb_map_size(args: argparse.Namespace) -> int:
+    """The LMDB map size in bytes that `--lmdb-map-gib` asks for."""
+    return int(args.lmdb_map_gib) << 30
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,

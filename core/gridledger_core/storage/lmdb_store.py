@@ -4,14 +4,15 @@ Settings and why:
 - `sync=True, metasync=True`: a commit returns only after the data and meta pages are on disk,
   so an acknowledged block survives power loss; LMDB's copy-on-write B+tree means a crash at
   any instant leaves either the previous or the new transaction, never half of one.
-- `map_size` (64 GiB) is reserved once, at open, and never changed. It is address space, not
+- `map_size` (64 GiB unless a node's `--lmdb-map-gib` says otherwise) is reserved once, at
+  open, and never changed. It is address space, not
   memory or disk: the file grows with what is written (a fresh ledger is a few hundred KiB).
   Growing the map later is not safe in a node: LMDB allows no transaction in the process
   while `mdb_env_set_mapsize` runs, and a node reads from other threads while its one writer
   commits (an endorser's trade requests while its replica commits a block). The doubling
   this replaced failed those reads ("Attempt to operate on closed/deleted/dropped object";
   the benchmark found it) and could hang the writer. A full map is a node fault
-  (`StoreFull`), like a full disk.
+  (`StoreFull`), like a full disk; nodes export how full it is (`storage/metrics.py`).
 - `max_readers` is raised for gRPC's thread pools; every read uses its own short transaction.
 """
 
@@ -80,6 +81,10 @@ class LmdbStore:
         info = self._env.info()
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])
+
+    def map_size_bytes(self) -> int:
+        """The map reserved at open: the most the store can hold (StoreFull beyond)."""
+        return int(self._env.info()["map_size"])
 
     def copy_to(self, destination: Path) -> None:
         """A consistent copy of the live environment (LMDB's own hot backup, compacted)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import Gauge
-
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_committer.service import CommitterServicer
 from gridledger_committer.settlement_metrics import SettlementMetrics
@@ -20,8 +18,7 @@ from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit
 from gridledger_core.storage import LmdbStore
-
-LMDB_SIZE = Gauge("gridledger_ledger_lmdb_size_bytes", "Bytes used by the ledger's LMDB map.")
+from gridledger_core.storage.metrics import export_store_size
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -30,11 +27,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="NAME=HOST:PORT of an orderer to pull blocks from (repeatable)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
-    store = LmdbStore(args.data_dir / "ledger")
+    store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     notifier = HeightNotifier(lambda: ledger.height)
-    LMDB_SIZE.set_function(store.size_bytes)
+    export_store_size(store, "ledger")
     settlement_metrics = SettlementMetrics(ledger)
     settlement_metrics.restore()
 

@@ -18,6 +18,7 @@ from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES
 from gridledger_core.rpc.tls import TlsFiles, receive_limit
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_core.storage.metrics import export_store_size
 from gridledger_endorser import admission, options
 from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
@@ -55,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "grows ahead of admission control (0: unbounded)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
-    store = LmdbStore(args.data_dir / "ledger")
+    store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
+    export_store_size(store, "ledger")
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)

@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.mode in ("meter", "plant"):  # the reading pipeline, as it always was
         profile = make_profile(args, args.name, args.mode)
         parts.driver = make_driver(args, profile, int(time.time()))
-        parts.outbox = Outbox(args.data_dir / "outbox", capacity=args.outbox_capacity)
+        parts.outbox = Outbox(args.data_dir / "outbox", capacity=args.outbox_capacity,
+                              map_size=node_config.lmdb_map_size(args))
         # Backfill too old to be a live reading goes as onboarding history.
         parts.reader = IntervalReader(parts.driver, identity, parts.outbox,
                                       genesis.reading_interval_seconds,

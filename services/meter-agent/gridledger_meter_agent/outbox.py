@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gridledger_core.storage import LmdbStore, WriteBatch
+from gridledger_core.storage.lmdb_store import DEFAULT_MAP_SIZE
 
 QUEUE = b"q/"
 META = b"m/"
@@ -35,8 +36,9 @@ def _seq(n: int) -> bytes:
 
 class Outbox:
     def __init__(self, path: Path, capacity: int = DEFAULT_CAPACITY,
-                 dead_capacity: int = DEFAULT_DEAD_CAPACITY) -> None:
-        self._store = LmdbStore(path)
+                 dead_capacity: int = DEFAULT_DEAD_CAPACITY,
+                 map_size: int = DEFAULT_MAP_SIZE) -> None:
+        self._store = LmdbStore(path, map_size=map_size)
         raw = self._store.get(NEXT_SEQ)
         self._next = int.from_bytes(raw, "big") if raw else 1
         self._lock = threading.Lock()

@@ -14,6 +14,7 @@ from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
+from gridledger_core.storage.metrics import export_store_size
 from gridledger_orderer import memory
 from gridledger_orderer.limits import OrdererLimits
 from gridledger_orderer.node import OrdererNode, OrderingParams
@@ -45,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if identity.name not in genesis.orderer_keys:
         raise SystemExit(f"{identity.name} is not an orderer of the genesis configuration")
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
-    store = OrdererStore(LmdbStore(args.data_dir / "orderer"))
+    lmdb_store = LmdbStore(args.data_dir / "orderer", map_size=node_config.lmdb_map_size(args))
+    export_store_size(lmdb_store, "orderer")
+    store = OrdererStore(lmdb_store)
     # Deployments may hand every orderer the full member list; it never dials itself.
     peers = [(name, address) for name, address in node_config.parse_peers(args.peer, "--peer")
              if name != identity.name]

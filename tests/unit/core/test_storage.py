@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
+from gridledger_core import node_config
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore, StoreFull, WriteBatch
+from gridledger_core.storage.metrics import export_store_size
 
 
 @pytest.fixture(params=["memory", "lmdb"])
@@ -175,3 +178,24 @@ def test_overlay_get_many_sees_its_own_writes_over_the_store() -> None:
     keys = ["a", "b", "c", "d", "b"]
     assert overlay.get_many(keys) == [overlay.get(k) for k in keys] == [None, b"20", b"3",
                                                                         None, b"20"]
+
+
+def test_a_node_exports_how_full_its_store_is(tmp_path: Path) -> None:
+    """Used and map bytes as gauges (the GridLedgerStoreFilling alert divides them), for the
+    map size the node's --lmdb-map-gib asked for."""
+    parser = node_config.base_parser("test")
+    args = node_config.parse(parser, ["--name", "n", "--consortium-dir", "/c",
+                                      "--data-dir", str(tmp_path), "--lmdb-map-gib", "2"])
+    store = LmdbStore(tmp_path / "exported", map_size=node_config.lmdb_map_size(args))
+    try:
+        export_store_size(store, "exported")
+        used = REGISTRY.get_sample_value("gridledger_lmdb_used_bytes", {"store": "exported"})
+        assert REGISTRY.get_sample_value("gridledger_lmdb_map_bytes",
+                                         {"store": "exported"}) == 2 << 30
+        batch = WriteBatch()
+        batch.put(b"k", b"v" * 1_000_000)
+        store.commit(batch)
+        grown = REGISTRY.get_sample_value("gridledger_lmdb_used_bytes", {"store": "exported"})
+        assert used is not None and grown is not None and grown >= used + 1_000_000
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ from gridledger_core import node_config
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore, StoreFull, WriteBatch
-from gridledger_core.storage.metrics import export_store_size
+from gridledger_core.storage.metrics import MAP_BYTES, USED_BYTES, export_store_size
 
 
 @pytest.fixture(params=["memory", "lmdb"])
@@ -198,4 +198,7 @@ def test_a_node_exports_how_full_its_store_is(tmp_path: Path) -> None:
         grown = REGISTRY.get_sample_value("gridledger_lmdb_used_bytes", {"store": "exported"})
         assert used is not None and grown is not None and grown >= used + 1_000_000
     finally:
+        # The registry is the process's: a closed store left in it fails every later scrape.
+        USED_BYTES.remove("exported")
+        MAP_BYTES.remove("exported")
         store.close()

@@ -4,6 +4,10 @@ GridLedgerStoreFilling alert compares these two gauges long before that."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import lmdb
 from prometheus_client import Gauge
 
 from gridledger_core.storage.lmdb_store import LmdbStore
@@ -18,5 +22,17 @@ MAP_BYTES = Gauge("gridledger_lmdb_map_bytes",
 
 def export_store_size(store: LmdbStore, name: str) -> None:
     """Serve `store`'s used and map bytes as gauges, read at every scrape."""
-    USED_BYTES.labels(name).set_function(store.size_bytes)
-    MAP_BYTES.labels(name).set_function(store.map_size_bytes)
+    USED_BYTES.labels(name).set_function(_unless_closed(store.size_bytes))
+    MAP_BYTES.labels(name).set_function(_unless_closed(store.map_size_bytes))
+
+
+def _unless_closed(read: Callable[[], int]) -> Callable[[], float]:
+    """`read`, or NaN once the store is closed: a node closes its store while stopping and
+    its metrics endpoint may still be scraped, and a gauge that raises fails the whole
+    scrape (every metric of the node), not just itself."""
+    def value() -> float:
+        try:
+            return float(read())
+        except lmdb.Error:
+            return math.nan
+    return value

@@ -1,5 +1,6 @@
 """One conformance suite, run against every storage backend."""
 
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,8 +198,10 @@ def test_a_node_exports_how_full_its_store_is(tmp_path: Path) -> None:
         store.commit(batch)
         grown = REGISTRY.get_sample_value("gridledger_lmdb_used_bytes", {"store": "exported"})
         assert used is not None and grown is not None and grown >= used + 1_000_000
+        store.close()  # as a stopping node does while its endpoint may still be scraped
+        closed = REGISTRY.get_sample_value("gridledger_lmdb_used_bytes", {"store": "exported"})
+        assert closed is not None and math.isnan(closed)  # no figure, and no failed scrape
     finally:
-        # The registry is the process's: a closed store left in it fails every later scrape.
-        USED_BYTES.remove("exported")
+        USED_BYTES.remove("exported")  # the registry is the process's: leave no dead series
         MAP_BYTES.remove("exported")
         store.close()

@@ -14,10 +14,19 @@ order is taken out of the cached order until the option's place_order reaches a 
 resting energy twice (which the ledger would refuse at commit as an over-fill), at the cost
 of keeping that energy from other buyers for at most the option's lifetime.
 
-Gate closure: the ledger expires a slot's open orders in the first block at or after its gate
-closure (block time). The cache drops a slot's book once the later of this endorser's clock
-and the last block's time reaches the slot's gate closure (at each block, and before any read),
-so neither options nor GetBook ever show an order that is, or is about to be, expired.
+Members share what options hold. Each meter's holds are capped by its own allowance
+(options.py), but a member's CA can enrol any number of meters: without a bound per member,
+its meters could request options for all of a slot's energy, never place them, and renew them
+as they expire, so no other member could trade in that slot. So what one side of a slot offers
+(resting in the cache plus held by options) is shared equally among the members whose meters
+asked for it in the last ``DEMAND_SECONDS``: a member whose options already hold energy there
+may add an option only while all it holds stays within its share (all of it while it is the
+only one asking). Its first option there may take any quantity (one order may clear a thin
+book, as in any market) while it is in good standing: the energy its options let lapse
+(expire without reaching a block) in the last ten minutes is no more than the energy its
+meters placed on the ledger (hold_conduct.py). So a member that holds without placing keeps
+another member from its share for at most one option's lifetime after that member first asks.
+The member is the organisation of the request's verified signer.
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ from gridledger.common.v1 import market_pb2
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import CommitResult, Ledger
+from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
-from gridledger_core.market import BookSet, Depth, MatchResult, Order, Side
+from gridledger_core.market import BookSet, Depth, MatchResult, Order, OrderBook, Side
 from gridledger_core.market import ledger_view as view
+from gridledger_endorser.hold_conduct import WINDOW_SECONDS, HoldConduct
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,12 @@ MATCHED_WH = Counter("gridledger_endorser_matched_energy_wh",
 HELD_OPTIONS = Gauge("gridledger_endorser_held_options",
                      "Outstanding options whose trades hold resting quantity in the book cache.")
 HOLD_GRACE_SECONDS = 2  # a place_order sealed just before expiry may still be in a block
+DEMAND_SECONDS = 60  # a member that asked for a slot's side this recently shares its energy
+
+
+class MemberHoldsItsShare(Exception):
+    """The request's member already holds its share of the slot's offered energy through
+    outstanding options: they end at their block (or expiry), so ask again after it."""
 
 
 class HeldByOptions(Exception):
@@ -63,6 +80,8 @@ class _Hold:
     slot: int
     maker_side: Side
     prices: tuple[int, ...]  # of the makers it holds
+    member: str  # the organisation whose meter requested the option
+    wh: int  # all it holds
 
 
 OPEN_ORDERS = Gauge("gridledger_endorser_book_open_orders",
@@ -80,6 +99,12 @@ class BookCache:
         self._holds: dict[str, _Hold] = {}  # option id -> what it holds
         self._held: dict[str, int] = {}  # maker order id -> Wh held by outstanding options
         self._slot_holds: dict[int, set[str]] = {}  # slot -> option ids holding in it
+        # (slot, maker side) -> Wh held there by all options, and by each member's options
+        self._side_held: dict[tuple[int, Side], int] = {}
+        self._member_held: dict[tuple[int, Side], dict[str, int]] = {}
+        self._conduct = HoldConduct()  # how each member's options ended recently
+        # (slot, maker side) -> member -> when its meters last asked to take from it
+        self._demand: dict[tuple[int, Side], dict[str, int]] = {}
         # (expiry, option id), oldest first; ids already released are skipped when popped.
         self._expiries: list[tuple[int, str]] = []
         self.height = 0  # ledger height the cache reflects
@@ -91,22 +116,28 @@ class BookCache:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def match(self, order: Order, hold: tuple[str, int] | None = None,
+    def match(self, order: Order, hold: tuple[str, int] | None = None, member: str = "",
               ) -> tuple[MatchResult, dict[str, str], int]:
         """Propose (never apply) ``order`` against its slot's book: the result, the owners of
         the resting orders it trades with, and the ledger height of the book. With ``hold``
-        = (option id, expiry), the traded quantities are held for that option. Raises
-        HeldByOptions if the order's remainder would rest across held energy."""
+        = (option id, expiry), the traded quantities are held for that option, requested by
+        a meter of ``member``. Raises HeldByOptions if the order's remainder would rest
+        across held energy, MemberHoldsItsShare if the hold would take the member past its
+        share; either leaves the cache as it was."""
         with self._lock:
             now = self._now()
             self._expire(now)
             self._close_slots(now)
             book = self._books.book(order.slot)
+            if hold is not None:  # even if refused below: it asked, so it shares
+                self._demand.setdefault((order.slot, order.side.opposite), {})[member] = now
             result = book.match(order)
             if result.remaining and self._crosses_held(order):
                 raise HeldByOptions(
                     f"the remainder of {result.remaining} Wh would rest across energy held by "
                     "options that are not committed yet; request again after the next block")
+            if hold is not None and result.filled:
+                self._check_member_share(book, order, member, result.filled, now)
             owners = {}
             for trade in result.trades:
                 maker = book.get(trade.maker_id)
@@ -118,13 +149,55 @@ class BookCache:
                     book.fill(trade)
                     self._held[trade.maker_id] = self._held.get(trade.maker_id, 0) + \
                         trade.quantity
-                self._holds[option_id] = _Hold(
+                taken = _Hold(
                     expires_at, tuple((t.maker_id, t.quantity) for t in result.trades),
-                    order.slot, order.side.opposite, tuple(t.price for t in result.trades))
+                    order.slot, order.side.opposite, tuple(t.price for t in result.trades),
+                    member, result.filled)
+                self._holds[option_id] = taken
+                self._count_held(taken, taken.wh)
                 self._slot_holds.setdefault(order.slot, set()).add(option_id)
                 heapq.heappush(self._expiries, (expires_at, option_id))
                 HELD_OPTIONS.set(len(self._holds))
             return result, owners, self.height
+
+    def _check_member_share(self, book: OrderBook, order: Order, member: str, wh: int,
+                            now: int) -> None:
+        key = (order.slot, order.side.opposite)
+        held = self._member_held.get(key, {}).get(member, 0)
+        placed, lapsed = self._conduct.totals(member, now)
+        if not held and lapsed <= placed:
+            return  # its first option on this side may take any quantity
+        asking = self._demand[key]
+        for other in [m for m, at in asking.items() if at + DEMAND_SECONDS < now]:
+            del asking[other]
+        offered = book.open_quantity(key[1]) + self._side_held.get(key, 0)
+        share = offered // len(asking)  # the member itself is one of them
+        if held + wh > share:
+            why = (f"its outstanding options hold {held} Wh there" if held else
+                   f"its options let {lapsed} Wh lapse unplaced in the last "
+                   f"{WINDOW_SECONDS} s and its meters placed {placed} Wh")
+            raise MemberHoldsItsShare(
+                f"{member or 'this member'} may hold at most {share} Wh of slot "
+                f"{order.slot}'s {key[1].value} offers (the {offered} Wh offered, shared by "
+                f"the {len(asking)} members asking for them) and {why}; {held + wh} Wh would "
+                "exceed that: request less, or again after its options' block")
+
+    def _count_held(self, hold: _Hold, wh: int) -> None:
+        """Add (or, negative, take away) `wh` held by `hold`'s member on its slot's side."""
+        key = (hold.slot, hold.maker_side)
+        side_held = self._side_held.get(key, 0) + wh
+        members = self._member_held.setdefault(key, {})
+        member_held = members.get(hold.member, 0) + wh
+        if side_held:
+            self._side_held[key] = side_held
+        else:
+            self._side_held.pop(key, None)
+        if member_held:
+            members[hold.member] = member_held
+        else:
+            members.pop(hold.member, None)
+        if not members:
+            del self._member_held[key]
 
     def depth(self, slot_start: int, levels: int | None = None) -> tuple[Depth, int]:
         with self._lock:
@@ -164,6 +237,10 @@ class BookCache:
             self._holds.clear()
             self._held.clear()
             self._slot_holds.clear()
+            self._side_held.clear()
+            self._member_held.clear()
+            self._conduct.clear()
+            self._demand.clear()
             self._expiries.clear()
             HELD_OPTIONS.set(0)
             self.height = height
@@ -178,6 +255,8 @@ class BookCache:
     def _close_slots(self, now: int) -> None:
         for slot in [b.slot for b in self._books if self._closed(b.slot, now)]:
             self._books.close(slot)
+            for side in Side:
+                self._demand.pop((slot, side), None)
         OPEN_ORDERS.set(sum(len(b) for b in self._books))
 
     def _first_open_slot(self, now: int) -> int:
@@ -202,6 +281,7 @@ class BookCache:
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
         settled: list[str] = []  # options that reached a block, valid or not: holds end
+        placed: list[str] = []  # valid place_orders (order ids)
         committed_trades: list[market_pb2.ProposedTrade] = []
         for index, tx in enumerate(result.transactions):
             if tx is None:
@@ -214,6 +294,7 @@ class BookCache:
                 touched += [t.maker_order_id for t in option.trades]
                 if valid:
                     touched.append(tx.header.tx_id)
+                    placed.append(tx.header.tx_id)
                     committed_trades += option.trades
             elif body == "cancel_order" and valid:
                 touched.append(tx.cancel_order.order_id)
@@ -223,12 +304,22 @@ class BookCache:
             now = self._now()
             for option_id in settled:
                 self._release(option_id)
+            for order_id in placed:
+                record = view.load_order(state, order_id)
+                if record is not None:
+                    self._conduct.placed(self._member_of(state, record.owner),
+                                         record.quantity_wh, now)
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
             self._close_slots(now)
             self.height = result.number + 1
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
+
+    def _member_of(self, state: StateOverlay, account: str) -> str:
+        known = (self._ledger.genesis.membership.accounts.get(account)
+                 or LedgerAccounts(state).registered(account))
+        return known.org if known is not None else ""
 
     def _sync(self, state: StateOverlay, order_id: str, now: int) -> None:
         """Make the cached order equal to the ledger's record (or absent if not open)."""
@@ -261,6 +352,7 @@ class BookCache:
         hold = self._holds.pop(option_id, None)
         if hold is None:
             return []
+        self._count_held(hold, -hold.wh)
         in_slot = self._slot_holds[hold.slot]
         in_slot.discard(option_id)
         if not in_slot:
@@ -278,6 +370,9 @@ class BookCache:
         state: StateOverlay | None = None
         while self._expiries and self._expiries[0][0] + HOLD_GRACE_SECONDS < now:
             _, option_id = heapq.heappop(self._expiries)
+            hold = self._holds.get(option_id)
+            if hold is not None:  # not released by a block: it lapsed unplaced
+                self._conduct.lapsed(hold.member, hold.wh, now)
             for maker_id in self._release(option_id):  # nothing if already released
                 state = state or StateOverlay(self._ledger.store)
                 self._sync(state, maker_id, now)

@@ -18,6 +18,9 @@ not ledger rules, so they use its clock):
   ``max_held_percent`` % of its allowance left for that slot and side (RESOURCE_EXHAUSTED).
   Without it, repeated requests each pass the allowance check (which counts only what is on
   the ledger) and together hold all of a slot's liquidity.
+
+Held energy per member (book_cache.py): a member's CA can enrol any number of meters, so a
+slot's energy is also shared among the members asking for it.
 """
 
 from __future__ import annotations
@@ -247,7 +250,8 @@ class OptionDesk:
         reserved = self._held.reserve(signer.name, terms, allowance.left_wh, now)
         held_wh = 0
         try:
-            result, owners, height = self._books.match(order, hold=(option_id, expires_at))
+            result, owners, height = self._books.match(order, hold=(option_id, expires_at),
+                                                       member=signer.org)
             held_wh = result.filled
         finally:
             self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)

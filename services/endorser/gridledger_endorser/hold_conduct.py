@@ -1,0 +1,70 @@
+"""How each member's options ended recently: energy placed on the ledger against energy let
+lapse.
+
+An option holds resting energy until its place_order reaches a block or it expires. A member
+whose options lapse more than it places orders holds energy without trading it;
+book_cache.py then holds it to its share of a slot. Placing counts whether the order trades
+or rests: either way its energy (or money) is escrowed on the ledger and a resting order is
+offered to every member. Counted per member (organisation) over a sliding window of
+``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so memory is members x buckets whatever the
+rate of options.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+WINDOW_SECONDS = 600
+BUCKET_SECONDS = 60
+
+
+@dataclass
+class _Bucket:
+    start: int
+    placed_wh: int = 0
+    lapsed_wh: int = 0
+
+
+class HoldConduct:
+    """Wh each member's meters placed (valid place_orders, traded or resting) and let lapse
+    (options that expired holding energy without reaching a block) within the last window.
+    Not thread-safe: the book cache's lock guards it."""
+
+    def __init__(self, window: int = WINDOW_SECONDS, bucket: int = BUCKET_SECONDS) -> None:
+        self._window = window
+        self._bucket = bucket
+        self._members: dict[str, deque[_Bucket]] = {}
+
+    def placed(self, member: str, wh: int, now: int) -> None:
+        self._current(member, now).placed_wh += wh
+
+    def lapsed(self, member: str, wh: int, now: int) -> None:
+        self._current(member, now).lapsed_wh += wh
+
+    def totals(self, member: str, now: int) -> tuple[int, int]:
+        """(placed, lapsed) Wh of `member` within the window."""
+        buckets = self._members.get(member)
+        if buckets is None:
+            return 0, 0
+        self._forget(member, buckets, now)
+        return (sum(b.placed_wh for b in buckets), sum(b.lapsed_wh for b in buckets))
+
+    def clear(self) -> None:
+        self._members.clear()
+
+    def _current(self, member: str, now: int) -> _Bucket:
+        start = now - now % self._bucket
+        buckets = self._members.get(member)
+        if buckets is not None:
+            self._forget(member, buckets, now)
+        buckets = self._members.setdefault(member, deque())
+        if not buckets or buckets[-1].start < start:
+            buckets.append(_Bucket(start))
+        return buckets[-1]
+
+    def _forget(self, member: str, buckets: deque[_Bucket], now: int) -> None:
+        while buckets and buckets[0].start + self._bucket <= now - self._window:
+            buckets.popleft()
+        if not buckets:
+            self._members.pop(member, None)

@@ -50,7 +50,13 @@ from gridledger_core.market.option_check import request_digest
 from gridledger_core.rpc.errors import EdgeRefusal
 from gridledger_core.sigcache import VERIFIED
 from gridledger_core.signing_identity import SigningIdentity
-from gridledger_endorser.book_cache import MATCHED_WH, TRADES, BookCache
+from gridledger_endorser.book_cache import (
+    MATCHED_WH,
+    TRADES,
+    BookCache,
+    HeldByOptions,
+    MemberHoldsItsShare,
+)
 
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
 REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
@@ -89,7 +95,8 @@ class RequestFreshness:
     def __init__(self, limits: DeskLimits) -> None:
         self._window = limits.request_window
         self._per_meter = limits.max_requests_per_window
-        self._seen: set[tuple[str, bytes]] = set()
+        # (meter, nonce) -> when it is forgotten (its request stale)
+        self._seen: dict[tuple[str, bytes], int] = {}
         self._forget: list[tuple[int, str, bytes]] = []  # (forget at, meter, nonce)
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -115,8 +122,10 @@ class RequestFreshness:
                               "a new request")
         with self._lock:
             while self._forget and self._forget[0][0] < now:
-                _, old_meter, old_nonce = heapq.heappop(self._forget)
-                self._seen.discard((old_meter, old_nonce))
+                at_expiry, old_meter, old_nonce = heapq.heappop(self._forget)
+                # Not if forgotten when refused (and maybe admitted again since).
+                if self._seen.get((old_meter, old_nonce)) == at_expiry:
+                    del self._seen[(old_meter, old_nonce)]
                 self._count[old_meter] -= 1
                 if not self._count[old_meter]:
                     del self._count[old_meter]
@@ -130,10 +139,18 @@ class RequestFreshness:
                                   grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"{meter} made {self._per_meter} trade requests within "
                                   f"{self._window} s (max-requests-per-window); retry later")
-            self._seen.add((meter, nonce))
             # After this the request is stale, so its nonce need not be remembered.
+            self._seen[(meter, nonce)] = at + self._window
             heapq.heappush(self._forget, (at + self._window, meter, nonce))
             self._count[meter] = self._count.get(meter, 0) + 1
+
+    def forget(self, meter: str, request: market_pb2.TradeRequest) -> None:
+        """The request was refused for now (held energy, shares): the same signed request
+        may be sent again after the hint. It still counts as a request made within the
+        window (its expiry entry stays), so a meter refused again and again is bounded by
+        max_requests_per_window like any other."""
+        with self._lock:
+            self._seen.pop((meter, request.nonce), None)
 
 
 @dataclass
@@ -247,14 +264,19 @@ class OptionDesk:
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,
                       terms.quantity_wh, REQUEST_SEQUENCE, terms.slot_start)
         option_id, expires_at = os.urandom(16).hex(), now + self._ttl
-        reserved = self._held.reserve(signer.name, terms, allowance.left_wh, now)
-        held_wh = 0
         try:
-            result, owners, height = self._books.match(order, hold=(option_id, expires_at),
-                                                       member=signer.org)
-            held_wh = result.filled
-        finally:
-            self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)
+            reserved = self._held.reserve(signer.name, terms, allowance.left_wh, now)
+            held_wh = 0
+            try:
+                result, owners, height = self._books.match(
+                    order, hold=(option_id, expires_at), member=signer.org)
+                held_wh = result.filled
+            finally:
+                self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)
+        except (EdgeRefusal, HeldByOptions, MemberHoldsItsShare):
+            # Refused for now, not answered: the same signed request may come again.
+            self._fresh.forget(signer.name, request)
+            raise
         option = market_pb2.TradeOption(
             option_id=option_id, endorser=self._identity.name, terms=terms,
             trades=[market_pb2.ProposedTrade(maker_order_id=t.maker_id, maker=owners[t.maker_id],

@@ -112,18 +112,26 @@ def test_a_member_in_good_standing_may_clear_a_thin_book_with_one_option(e: Endo
     assert _buy(e, "rival-3", 6000) == 6000
 
 
-def test_the_refusal_carries_a_retry_hint(e: Endorser) -> None:
-    assert _buy(e, "rival-1", 3000) == 3000
+def test_the_refusal_carries_a_retry_hint_and_the_same_request_may_come_again(
+        e: Endorser) -> None:
+    held = e.request("rival-1", terms("rival-1", BUY, ASK, 3000))
     assert _buy(e, "meter-2", 1000, price=ASK - 10_000) == 0  # asks (rests below the ask)
     request = signed_request(e.ids["rival-2"], terms("rival-2", BUY, ASK, 100), int(e.clock[0]))
     outcome = e.servicer.options(request, member="rival")
     assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED and outcome.retry_after_ms > 0
-    # The batch answers it the same way, and the book is as it was.
-    again = signed_request(e.ids["rival-2"], terms("rival-2", BUY, ASK, 100), int(e.clock[0]))
-    batch = e.servicer.options_in_batch(again, "rival")
-    assert batch.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # In a batch it is answered the same way (the refused request was not "answered": its
+    # nonce is not used up), and the book is as it was.
+    assert e.servicer.options_in_batch(request, "rival").code == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
     book = e.servicer.GetBook(endorser_pb2.GetBookRequest(slot_start=SLOT), None)  # type: ignore[arg-type]
     assert [(a.price, a.quantity_wh) for a in book.asks] == [(ASK, 3000)]
+    # Once the rival's option is placed (its hold ends), the same signed request is answered.
+    e.accept("rival-1", held)
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    again = e.servicer.options(request, member="rival")
+    assert again.code == grpc.StatusCode.OK and again.response is not None
+    # Answered once: a third time it is a replay.
+    assert e.servicer.options(request, member="rival").code == grpc.StatusCode.ALREADY_EXISTS
 
 
 def test_hold_conduct_forgets_after_its_window_and_stays_bounded() -> None:

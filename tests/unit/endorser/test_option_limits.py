@@ -129,6 +129,25 @@ def test_nonces_are_remembered_only_while_their_request_is_fresh() -> None:
     assert stale.value.status == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_a_nonce_refused_then_answered_stays_remembered_for_its_answered_request() -> None:
+    fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5))
+    fresh.admit("meter-1", _request(b"\x01", 1000), 1000)
+    fresh.forget("meter-1", _request(b"\x01", 1000))  # refused for now
+    fresh.admit("meter-1", _request(b"\x01", 1020), 1020)  # same nonce, answered
+    # The first request's expiry (1030) passes; the answered one is fresh until 1050.
+    with pytest.raises(EdgeRefusal) as replay:
+        fresh.admit("meter-1", _request(b"\x01", 1020), 1035)
+    assert replay.value.status == grpc.StatusCode.ALREADY_EXISTS
+    # A refused request still counts as made within the window (the answered one and four
+    # refused ones make five).
+    for nonce in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        fresh.admit("meter-1", _request(nonce, 1035), 1035)
+        fresh.forget("meter-1", _request(nonce, 1035))
+    with pytest.raises(EdgeRefusal) as many:
+        fresh.admit("meter-1", _request(b"\x06", 1035), 1035)
+    assert many.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 @pytest.fixture()
 def e(endorser: Endorser) -> Endorser:  # noqa: F811 - the imported fixture, shorter name
     return endorser
@@ -137,12 +156,15 @@ def e(endorser: Endorser) -> Endorser:  # noqa: F811 - the imported fixture, sho
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["meter-1", "meter-2"]), st.binary(min_size=1,
                                                                              max_size=2),
-                          st.integers(-40, 40), st.integers(0, 20)), max_size=60))
-def test_an_exact_request_is_never_admitted_twice_and_memory_stays_bounded(
-        calls: list[tuple[str, bytes, int, int]]) -> None:
+                          st.integers(-40, 40), st.integers(0, 20), st.booleans()),
+                max_size=60))
+def test_an_exact_request_is_never_answered_twice_and_memory_stays_bounded(
+        calls: list[tuple[str, bytes, int, int, bool]]) -> None:
+    """Refused for now (held energy, shares: `forget`), the same request may come again;
+    answered, never again."""
     fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5))
-    now, admitted = 1_000, set()
-    for meter, nonce, offset, step in calls:
+    now, answered = 1_000, set()
+    for meter, nonce, offset, step, refused_for_now in calls:
         now += step
         request = _request(nonce, now + offset)
         try:
@@ -150,7 +172,10 @@ def test_an_exact_request_is_never_admitted_twice_and_memory_stays_bounded(
         except EdgeRefusal:
             continue
         key = (meter, nonce, request.requested_at)
-        assert key not in admitted
+        assert key not in answered
         assert abs(offset) <= 30
-        admitted.add(key)
-        assert fresh.remembered <= 2 * 5
+        if refused_for_now:
+            fresh.forget(meter, request)
+        else:
+            answered.add(key)
+        assert fresh.remembered <= sum(fresh._count.values()) <= 2 * 5

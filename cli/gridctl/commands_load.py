@@ -71,14 +71,14 @@ def cmd_submit_batch(args: argparse.Namespace) -> None:
         for chunk in submit_batches(envelopes, lambda e: e.ByteSize(), max_count=args.batch):
             response = connect.call(stub.SubmitBatch,
                                     endorser_pb2.SubmitBatchRequest(envelopes=chunk), 60.0)
-            rows += [{"tx_id": r.tx_id, "status": _status(r.code), "message": r.message,
+            rows += [{"tx_id": r.tx_id, "status": status_name(r.code), "message": r.message,
                       "retry_after_ms": r.retry_after_ms} for r in response.results]
     emit(rows, args.json, ["tx_id", "status", "retry_after_ms", "message"])
     if any(r["status"] not in ("OK", "ALREADY_EXISTS") for r in rows):
         raise SystemExit(2)
 
 
-def _status(code: int) -> str:
+def status_name(code: int) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 

@@ -14,6 +14,7 @@ import grpc
 from gridctl import (
     commands_energy,
     commands_enrol,
+    commands_headend,
     commands_identity,
     commands_ledger,
     commands_load,
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_enrol.register(sub)
     commands_orderer.register(sub)
     commands_load.register(sub)
+    commands_headend.register(sub)
     return parser
 
 

@@ -18,15 +18,17 @@ Members share what options hold. Each meter's holds are capped by its own allowa
 (options.py), but a member's CA can enrol any number of meters: without a bound per member,
 its meters could request options for all of a slot's energy, never place them, and renew them
 as they expire, so no other member could trade in that slot. So what one side of a slot offers
-(resting in the cache plus held by options) is shared equally among the members whose meters
-asked for it in the last ``DEMAND_SECONDS``: a member whose options already hold energy there
-may add an option only while all it holds stays within its share (all of it while it is the
-only one asking). Its first option there may take any quantity (one order may clear a thin
-book, as in any market) while it is in good standing: the energy its options let lapse
-(expire without reaching a block) in the last ten minutes is no more than the energy its
-meters placed on the ledger (hold_conduct.py). So a member that holds without placing keeps
-another member from its share for at most one option's lifetime after that member first asks.
-The member is the organisation of the request's verified signer.
+(resting in the cache plus held by options) is shared equally among the members that asked
+to take from it in the last ``DEMAND_SECONDS`` (a request whose price crosses energy there,
+resting or held): a member whose options already hold energy there may add an option only
+while all it holds stays within its share (all of it while it is the only one asking). Its
+first option there may take any quantity (one order may clear a thin book, as in any market)
+while it is in good standing: the energy its options let lapse (expired, or their place_order
+invalid in its block) in the last ten minutes is no more than the energy its options traded
+(their place_order valid; hold_conduct.py). So a member that holds without trading is held to
+its share. The member is the organisation of the caller's verified TLS identity (a head-end
+system's, or the meter's own), whose calls got the options; without one (tests, in-process
+tools), the request signer's organisation.
 """
 
 from __future__ import annotations
@@ -38,13 +40,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
 
 from gridledger.common.v1 import market_pb2
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import CommitResult, Ledger
-from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import BookSet, Depth, MatchResult, Order, OrderBook, Side
 from gridledger_core.market import ledger_view as view
@@ -80,7 +82,8 @@ class _Hold:
     slot: int
     maker_side: Side
     prices: tuple[int, ...]  # of the makers it holds
-    member: str  # the organisation whose meter requested the option
+    member: str  # the organisation that asked for the option (options.py)
+    meter: str  # whose order it is: only its place_order ends the hold in a block
     wh: int  # all it holds
 
 
@@ -129,10 +132,13 @@ class BookCache:
             self._expire(now)
             self._close_slots(now)
             book = self._books.book(order.slot)
-            if hold is not None:  # even if refused below: it asked, so it shares
-                self._demand.setdefault((order.slot, order.side.opposite), {})[member] = now
             result = book.match(order)
-            if result.remaining and self._crosses_held(order):
+            crosses_held = bool(result.remaining) and self._crosses_held(order)
+            if hold is not None and (result.filled or crosses_held):
+                # It asked to take energy there (even if refused below: a member that finds
+                # everything held must count, or it never gets its share).
+                self._demand.setdefault((order.slot, order.side.opposite), {})[member] = now
+            if crosses_held:
                 raise HeldByOptions(
                     f"the remainder of {result.remaining} Wh would rest across energy held by "
                     "options that are not committed yet; request again after the next block")
@@ -152,7 +158,7 @@ class BookCache:
                 taken = _Hold(
                     expires_at, tuple((t.maker_id, t.quantity) for t in result.trades),
                     order.slot, order.side.opposite, tuple(t.price for t in result.trades),
-                    member, result.filled)
+                    member, order.owner, result.filled)
                 self._holds[option_id] = taken
                 self._count_held(taken, taken.wh)
                 self._slot_holds.setdefault(order.slot, set()).add(option_id)
@@ -164,8 +170,8 @@ class BookCache:
                             now: int) -> None:
         key = (order.slot, order.side.opposite)
         held = self._member_held.get(key, {}).get(member, 0)
-        placed, lapsed = self._conduct.totals(member, now)
-        if not held and lapsed <= placed:
+        traded, lapsed = self._conduct.totals(member, now)
+        if not held and lapsed <= traded:
             return  # its first option on this side may take any quantity
         asking = self._demand[key]
         for other in [m for m, at in asking.items() if at + DEMAND_SECONDS < now]:
@@ -174,8 +180,8 @@ class BookCache:
         share = offered // len(asking)  # the member itself is one of them
         if held + wh > share:
             why = (f"its outstanding options hold {held} Wh there" if held else
-                   f"its options let {lapsed} Wh lapse unplaced in the last "
-                   f"{WINDOW_SECONDS} s and its meters placed {placed} Wh")
+                   f"its options let {lapsed} Wh lapse in the last {WINDOW_SECONDS} s and "
+                   f"traded {traded} Wh")
             raise MemberHoldsItsShare(
                 f"{member or 'this member'} may hold at most {share} Wh of slot "
                 f"{order.slot}'s {key[1].value} offers (the {offered} Wh offered, shared by "
@@ -239,8 +245,6 @@ class BookCache:
             self._slot_holds.clear()
             self._side_held.clear()
             self._member_held.clear()
-            self._conduct.clear()
-            self._demand.clear()
             self._expiries.clear()
             HELD_OPTIONS.set(0)
             self.height = height
@@ -280,8 +284,8 @@ class BookCache:
 
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
-        settled: list[str] = []  # options that reached a block, valid or not: holds end
-        placed: list[str] = []  # valid place_orders (order ids)
+        # options whose place_order reached a block: (option id, its creator, valid)
+        settled: list[tuple[str, str, bool]] = []
         committed_trades: list[market_pb2.ProposedTrade] = []
         for index, tx in enumerate(result.transactions):
             if tx is None:
@@ -289,12 +293,14 @@ class BookCache:
             body = tx.WhichOneof("body")
             valid = result.codes[index] == Code.TX_VALIDATION_CODE_VALID
             if body == "place_order":
-                option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                settled.append(option.option_id)
+                try:
+                    option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
+                except DecodeError:
+                    continue  # invalid (only a hostile endorser gets it into a block)
+                settled.append((option.option_id, tx.header.creator, valid))
                 touched += [t.maker_order_id for t in option.trades]
                 if valid:
                     touched.append(tx.header.tx_id)
-                    placed.append(tx.header.tx_id)
                     committed_trades += option.trades
             elif body == "cancel_order" and valid:
                 touched.append(tx.cancel_order.order_id)
@@ -302,24 +308,22 @@ class BookCache:
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
-            for option_id in settled:
+            for option_id, creator, valid in settled:
+                hold = self._holds.get(option_id)
+                if hold is None or hold.meter != creator:
+                    continue  # not held, or not its meter's order: it ends nothing
+                # Traded, or lapsed as surely as an expired one (e.g. sent at its expiry).
+                if valid:
+                    self._conduct.traded(hold.member, hold.wh, now)
+                else:
+                    self._conduct.lapsed(hold.member, hold.wh, now)
                 self._release(option_id)
-            for order_id in placed:
-                record = view.load_order(state, order_id)
-                if record is not None:
-                    self._conduct.placed(self._member_of(state, record.owner),
-                                         record.quantity_wh, now)
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
             self._close_slots(now)
             self.height = result.number + 1
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
-
-    def _member_of(self, state: StateOverlay, account: str) -> str:
-        known = (self._ledger.genesis.membership.accounts.get(account)
-                 or LedgerAccounts(state).registered(account))
-        return known.org if known is not None else ""
 
     def _sync(self, state: StateOverlay, order_id: str, now: int) -> None:
         """Make the cached order equal to the ledger's record (or absent if not open)."""

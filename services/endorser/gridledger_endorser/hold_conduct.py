@@ -1,11 +1,10 @@
-"""How each member's options ended recently: energy placed on the ledger against energy let
-lapse.
+"""How each member's options ended recently: energy traded against energy let lapse.
 
 An option holds resting energy until its place_order reaches a block or it expires. A member
-whose options lapse more than it places orders holds energy without trading it;
-book_cache.py then holds it to its share of a slot. Placing counts whether the order trades
-or rests: either way its energy (or money) is escrowed on the ledger and a resting order is
-offered to every member. Counted per member (organisation) over a sliding window of
+whose options lapse (expire, or their place_order is invalid in its block) more than they
+trade holds energy without trading it; book_cache.py then holds it to its share of a slot.
+Only trades count for it: a trade cannot be taken back, where a resting order can be
+cancelled in the next block. Counted per member (organisation) over a sliding window of
 ``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so memory is members x buckets whatever the
 rate of options.
 """
@@ -22,13 +21,13 @@ BUCKET_SECONDS = 60
 @dataclass
 class _Bucket:
     start: int
-    placed_wh: int = 0
+    traded_wh: int = 0
     lapsed_wh: int = 0
 
 
 class HoldConduct:
-    """Wh each member's meters placed (valid place_orders, traded or resting) and let lapse
-    (options that expired holding energy without reaching a block) within the last window.
+    """Wh each member's options traded (their place_order valid in its block) and let lapse
+    (expired without reaching a block, or their place_order invalid) within the last window.
     Not thread-safe: the book cache's lock guards it."""
 
     def __init__(self, window: int = WINDOW_SECONDS, bucket: int = BUCKET_SECONDS) -> None:
@@ -36,22 +35,19 @@ class HoldConduct:
         self._bucket = bucket
         self._members: dict[str, deque[_Bucket]] = {}
 
-    def placed(self, member: str, wh: int, now: int) -> None:
-        self._current(member, now).placed_wh += wh
+    def traded(self, member: str, wh: int, now: int) -> None:
+        self._current(member, now).traded_wh += wh
 
     def lapsed(self, member: str, wh: int, now: int) -> None:
         self._current(member, now).lapsed_wh += wh
 
     def totals(self, member: str, now: int) -> tuple[int, int]:
-        """(placed, lapsed) Wh of `member` within the window."""
+        """(traded, lapsed) Wh of `member`'s options within the window."""
         buckets = self._members.get(member)
         if buckets is None:
             return 0, 0
         self._forget(member, buckets, now)
-        return (sum(b.placed_wh for b in buckets), sum(b.lapsed_wh for b in buckets))
-
-    def clear(self) -> None:
-        self._members.clear()
+        return (sum(b.traded_wh for b in buckets), sum(b.lapsed_wh for b in buckets))
 
     def _current(self, member: str, now: int) -> _Bucket:
         start = now - now % self._bucket

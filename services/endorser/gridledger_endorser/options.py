@@ -149,8 +149,11 @@ class RequestFreshness:
         may be sent again after the hint. It still counts as a request made within the
         window (its expiry entry stays), so a meter refused again and again is bounded by
         max_requests_per_window like any other."""
+        key = (meter, request.nonce)
         with self._lock:
-            self._seen.pop((meter, request.nonce), None)
+            # Only this request's entry (the nonce may have expired and been admitted anew).
+            if self._seen.get(key) == request.requested_at + self._window:
+                del self._seen[key]
 
 
 @dataclass
@@ -252,9 +255,11 @@ class OptionDesk:
     def _option_used(self, option_id: str) -> bool:
         return StateOverlay(self._ledger.store).get(schema.option_key(option_id)) is not None
 
-    def propose(self, envelope: envelope_pb2.SignedEnvelope) -> Proposal:
+    def propose(self, envelope: envelope_pb2.SignedEnvelope, member: str = "") -> Proposal:
         """Check the signed request and return the signed option; raises TxInvalid (a
-        ``ConditionFailed`` for a preset condition) without recording anything."""
+        ``ConditionFailed`` for a preset condition) without recording anything. `member` is
+        the caller's verified organisation, which the option's hold is charged to (the
+        signer's when there is none: tests, in-process tools)."""
         now = int(self._clock())
         signer, request = verify_request(envelope, self._ledger, now)
         terms = request.terms
@@ -269,7 +274,7 @@ class OptionDesk:
             held_wh = 0
             try:
                 result, owners, height = self._books.match(
-                    order, hold=(option_id, expires_at), member=signer.org)
+                    order, hold=(option_id, expires_at), member=member or signer.org)
                 held_wh = result.filled
             finally:
                 self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)

@@ -317,7 +317,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                                   retry_after_ms=exc.retry_after_ms)
         try:
             with self._cpu.held():
-                proposal = self._desk.propose(envelope)
+                proposal = self._desk.propose(envelope, member)
         except TxInvalid as exc:
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
                       else exc.code_name.lower())

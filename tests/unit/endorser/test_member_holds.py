@@ -1,17 +1,19 @@
 """Members share what options hold (book_cache.py): tried as a hostile member would, whose CA
 enrols as many meters as it likes, each with a large deficit, that ask for options on all of a
-slot's energy and never place them. The real servicer over a Ledger on a MemoryStore, as in
-test_endorser_market, with a second member ("rival") beside the devnet's community."""
+slot's energy and never place them (or place them to fail, or relay another member's meters'
+requests and drop the options). The real servicer over a Ledger on a MemoryStore, as in
+test_endorser_market, with a second member ("rival") beside the devnet's community. Calls
+without a TLS caller are charged to the signer's organisation."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_helpers import Aborted
 from ledger_helpers import ChainBuilder, identity
-from market_helpers import BUY, NOW, SELL, SLOT, history, signed_request, terms
+from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms
 from test_endorser_market import ASK, Endorser, RecordingBroadcaster, _option, accept_proof
 
 from gridledger.endorser.v1 import endorser_pb2
@@ -41,8 +43,13 @@ def two_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@dataclass
+class TwoMembers(Endorser):
+    options: dict[str, endorser_pb2.RequestOptionsResponse] = field(default_factory=dict)
+
+
 @pytest.fixture()
-def e(two_members: Path) -> Endorser:
+def e(two_members: Path) -> TwoMembers:
     """meter-1 (community) rests an ask of 6,000 Wh; meter-2 (community) and every rival
     meter have a deficit of 6,000 Wh (allowance 6,600)."""
     genesis = Genesis.load(two_members / "genesis.json")
@@ -58,64 +65,130 @@ def e(two_members: Path) -> Endorser:
     clock = [float(NOW)]
     servicer = EndorserServicer(ledger, endorser, RecordingBroadcaster(),  # type: ignore[arg-type]
                                 clock=lambda: clock[0])
-    made = Endorser(servicer, ledger, chain, servicer._broadcaster, ids, clock)  # type: ignore[arg-type]
+    made = TwoMembers(servicer, ledger, chain, servicer._broadcaster, ids, clock)  # type: ignore[arg-type]
     made.accept("meter-1", made.request("meter-1", terms("meter-1", SELL, ASK, 6000)))
     assert made.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     return made
 
 
-def _buy(e: Endorser, meter: str, wh: int, price: int = ASK) -> int:
-    """Wh the option for `meter`'s buy trades (it holds that much until its block)."""
-    option = _option(e.request(meter, terms(meter, BUY, price, wh)))
-    return sum(t.quantity_wh for t in option.trades)
+def _ask(e: TwoMembers, meter: str, wh: int, price: int = ASK, member: str = ""
+         ) -> tuple[grpc.StatusCode, str, int]:
+    """(status, message, Wh its option trades) of `meter`'s buy, called by `member`."""
+    request = signed_request(e.ids[meter], terms(meter, BUY, price, wh), int(e.clock[0]))
+    out = e.servicer.options(request, member)
+    traded = 0
+    if out.response is not None:
+        e.options[meter] = out.response
+        traded = sum(t.quantity_wh for t in _option(out.response).trades)
+    return out.code, out.message, traded
 
 
-def _refused(e: Endorser, meter: str, wh: int) -> Aborted:
-    with pytest.raises(Aborted) as err:
-        e.request(meter, terms(meter, BUY, ASK, wh))
-    return err.value
+def _takes(e: TwoMembers, meter: str, wh: int, member: str = "") -> None:
+    code, message, traded = _ask(e, meter, wh, member=member)
+    assert (code, traded) == (grpc.StatusCode.OK, wh), message
+
+
+def _exhausted(e: TwoMembers, meter: str, wh: int) -> str:
+    code, message, _ = _ask(e, meter, wh)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    return message
+
+
+def _places(e: TwoMembers, meter: str, block_time: int = NOW) -> list[int]:
+    """`meter` places its last option; the block (at `block_time`) is committed."""
+    e.submit(place(e.ids[meter], e.options[meter].option))
+    result = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=block_time))
+    e.broadcaster.sent.clear()
+    e.servicer.books.on_commit(result)
+    return result.codes
+
+
+LAPSED = NOW + 40  # past every option of NOW's expiry (30 s) and its grace (2 s)
 
 
 def test_a_member_shares_a_slot_once_another_asks_and_lapsing_costs_its_first_option(
-        e: Endorser) -> None:
+        e: TwoMembers) -> None:
     # While only the rival asks, its meters may hold all the slot's 6,000 Wh.
-    assert _buy(e, "rival-1", 3000) == 3000
-    assert _buy(e, "rival-2", 3000) == 3000
+    _takes(e, "rival-1", 3000)
+    _takes(e, "rival-2", 3000)
     # The community asks: everything is held (its remainder would rest across it). From now
     # on the two share the slot's 6,000 Wh.
-    assert _refused(e, "meter-2", 3000).code == grpc.StatusCode.ABORTED
+    assert _ask(e, "meter-2", 3000)[0] == grpc.StatusCode.ABORTED
 
     # The rival's options lapse unplaced. It asks again before the community does: no first
-    # option of any size now (it let 6,000 Wh lapse and placed nothing), only its share.
-    e.clock[0] = NOW + 40
-    err = _refused(e, "rival-1", 6000)
-    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "at most 3000 Wh" in err.details and "shared by the 2 members" in err.details
-    assert "let 6000 Wh lapse" in err.details and "placed 0 Wh" in err.details
-    assert _buy(e, "rival-1", 2000) == 2000
-    assert _buy(e, "rival-2", 1000) == 1000
-    err = _refused(e, "rival-3", 100)
-    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "hold 3000 Wh" in err.details
+    # option of any size now (it let 6,000 Wh lapse and traded nothing), only its share.
+    e.clock[0] = LAPSED
+    message = _exhausted(e, "rival-1", 6000)
+    assert "at most 3000 Wh" in message and "shared by the 2 members" in message
+    assert "let 6000 Wh lapse" in message and "traded 0 Wh" in message
+    _takes(e, "rival-1", 2000)
+    _takes(e, "rival-2", 1000)
+    assert "hold 3000 Wh" in _exhausted(e, "rival-3", 100)
     # The community finds its share free.
-    assert _buy(e, "meter-2", 3000) == 3000
+    _takes(e, "meter-2", 3000)
 
 
-def test_a_member_in_good_standing_may_clear_a_thin_book_with_one_option(e: Endorser) -> None:
-    # The community asked first; the rival's first option may still take all 6,000 Wh.
-    assert _buy(e, "meter-2", 100, price=ASK - 10_000) == 0  # rests below the ask: asked
-    assert _buy(e, "rival-1", 6000) == 6000
-    e.clock[0] = NOW + 40  # it lapses
-    assert _refused(e, "rival-1", 6000).code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    # Placing orders on the ledger restores its standing: a resting bid of 6,000 Wh.
-    e.accept("rival-2", e.request("rival-2", terms("rival-2", BUY, ASK - 10_000, 6000)))
-    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-    assert _buy(e, "rival-3", 6000) == 6000
+def test_a_member_in_good_standing_may_clear_a_thin_book_and_trading_restores_it(
+        e: TwoMembers) -> None:
+    _takes(e, "meter-2", 1000)  # the community asks (and holds 1,000 Wh)
+    _takes(e, "rival-1", 5000)  # the rival's first option takes the rest, above its 3,000
+    e.clock[0] = LAPSED  # both lapse
+    _exhausted(e, "rival-1", 5000)
+    # A resting order placed on the ledger does not restore it (it could be cancelled in the
+    # next block); trades do.
+    code, _, traded = _ask(e, "rival-2", 6000, price=ASK - 10_000)
+    assert (code, traded) == (grpc.StatusCode.OK, 0)
+    assert _places(e, "rival-2", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
+    assert "traded 0 Wh" in _exhausted(e, "rival-1", 5000)
+    _takes(e, "rival-1", 3000)
+    assert _places(e, "rival-1", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
+    _takes(e, "rival-3", 1500)
+    assert _places(e, "rival-3", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
+    # Traded 4,500 of 5,000 lapsed: still its share only (1,500 left, 750 each).
+    assert "at most 750 Wh" in _exhausted(e, "rival-1", 1500)
+    _takes(e, "rival-1", 500)
+    assert _places(e, "rival-1", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
+    # Traded 5,000: in good standing again, its first option takes the whole 1,000 left.
+    _takes(e, "rival-3", 1000)
+
+
+def test_a_place_order_that_fails_in_its_block_counts_as_lapsed(e: TwoMembers) -> None:
+    """The rival places each option at its expiry, so the endorser (at its clock) accepts
+    it and the block (later) refuses it: before, the hold ended without a lapse, and the
+    next first option took the whole slot again."""
+    _takes(e, "rival-1", 6000)
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.clock[0] = expiry
+    assert _places(e, "rival-1", block_time=expiry + 1) != [Code.TX_VALIDATION_CODE_VALID]
+    assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
+    # Nor does the book cache's rebuild (after a block it could not apply) forget it.
+    e.servicer.books.rebuild()
+    assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
+
+
+def test_a_relayed_request_is_charged_to_the_relaying_member(e: TwoMembers) -> None:
+    """The rival's head-end system relays the community's meters' signed requests and drops
+    the options: the lapses are the rival's, not the community's."""
+    _takes(e, "meter-2", 6000, member="rival")
+    assert _ask(e, "meter-2", 500)[0] == grpc.StatusCode.ABORTED  # the community asks
+    e.clock[0] = LAPSED
+    assert "let 6000 Wh lapse" in _exhausted(e, "rival-1", 6000)  # the rival's standing
+    _takes(e, "meter-2", 6000)  # the community's own first option: all of it
+
+
+def test_a_request_that_takes_nothing_is_not_asking(e: TwoMembers) -> None:
+    # A bid below every ask holds nothing and lapses nothing: it does not shrink the shares.
+    code, _, traded = _ask(e, "meter-2", 1000, price=ASK - 10_000)
+    assert (code, traded) == (grpc.StatusCode.OK, 0)
+    _takes(e, "rival-1", 3000)
+    _takes(e, "rival-2", 3000)  # the rival is still the only member asking
 
 
 def test_the_refusal_carries_a_retry_hint_and_the_same_request_may_come_again(
-        e: Endorser) -> None:
-    held = e.request("rival-1", terms("rival-1", BUY, ASK, 3000))
-    assert _buy(e, "meter-2", 1000, price=ASK - 10_000) == 0  # asks (rests below the ask)
+        e: TwoMembers) -> None:
+    _takes(e, "rival-1", 3000)
+    _takes(e, "meter-2", 1000)  # the community asks (and holds 1,000)
     request = signed_request(e.ids["rival-2"], terms("rival-2", BUY, ASK, 100), int(e.clock[0]))
     outcome = e.servicer.options(request, member="rival")
     assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED and outcome.retry_after_ms > 0
@@ -124,10 +197,9 @@ def test_the_refusal_carries_a_retry_hint_and_the_same_request_may_come_again(
     assert e.servicer.options_in_batch(request, "rival").code == \
         grpc.StatusCode.RESOURCE_EXHAUSTED
     book = e.servicer.GetBook(endorser_pb2.GetBookRequest(slot_start=SLOT), None)  # type: ignore[arg-type]
-    assert [(a.price, a.quantity_wh) for a in book.asks] == [(ASK, 3000)]
+    assert [(a.price, a.quantity_wh) for a in book.asks] == [(ASK, 2000)]
     # Once the rival's option is placed (its hold ends), the same signed request is answered.
-    e.accept("rival-1", held)
-    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert _places(e, "rival-1") == [Code.TX_VALIDATION_CODE_VALID]
     again = e.servicer.options(request, member="rival")
     assert again.code == grpc.StatusCode.OK and again.response is not None
     # Answered once: a third time it is a replay.
@@ -137,10 +209,10 @@ def test_the_refusal_carries_a_retry_hint_and_the_same_request_may_come_again(
 def test_hold_conduct_forgets_after_its_window_and_stays_bounded() -> None:
     conduct = HoldConduct(window=600, bucket=60)
     conduct.lapsed("rival", 6000, now=1_000)
-    conduct.placed("rival", 2000, now=1_100)
+    conduct.traded("rival", 2000, now=1_100)
     assert conduct.totals("rival", now=1_200) == (2000, 6000)
     for t in range(1_200, 100_000, 7):  # a long run of events: at most 11 buckets kept
-        conduct.placed("rival", 1, now=t)
+        conduct.traded("rival", 1, now=t)
     assert len(conduct._members["rival"]) <= 11
     assert conduct.totals("rival", now=200_000) == (0, 0)
     assert "rival" not in conduct._members

@@ -155,10 +155,10 @@ def test_an_unexpected_failure_answers_only_its_own_request(
     desk = e.servicer._desk
     propose = desk.propose
 
-    def fails_on_the_second(envelope: envelope_pb2.SignedEnvelope) -> object:
+    def fails_on_the_second(envelope: envelope_pb2.SignedEnvelope, member: str = "") -> object:
         if envelope == requests[1]:
             raise RuntimeError("storage went away")
-        return propose(envelope)
+        return propose(envelope, member)
 
     monkeypatch.setattr(desk, "propose", fails_on_the_second)
     with pytest.raises(RuntimeError):  # alone, it fails its own call (gRPC: UNKNOWN)

@@ -7,7 +7,8 @@
    writes each option it got, with its request, to OPTIONS.
 3. ``gridctl accept-options OPTIONS --as METER --write PLACES``: each meter checks the
    options answering its own requests (option_check.py: an endorser's signature, this very
-   request's digest, the exact terms) and signs the PlaceOrder accepting each.
+   request's digest, the exact terms, not expired) and signs the PlaceOrder accepting each,
+   at most one per request (in this run).
 4. ``gridctl submit-batch PLACES``: the head-end system submits them with SubmitBatch.
 
 Files hold one protobuf-JSON message (or, for OPTIONS, one JSON object) a line."""
@@ -21,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from gridctl import connect
 from gridctl.commands_load import read_envelopes, status_name
@@ -58,7 +61,7 @@ def cmd_trade_request(args: argparse.Namespace) -> None:
 def _terms(envelope: envelope_pb2.SignedEnvelope) -> market_pb2.OrderTerms:
     try:
         return market_pb2.TradeRequest.FromString(envelope.payload).terms
-    except Exception:  # the endorser judges it; here it only names the meter
+    except DecodeError:  # the endorser judges it; here it only names the meter
         return market_pb2.OrderTerms()
 
 
@@ -68,33 +71,62 @@ def cmd_request_options_batch(args: argparse.Namespace) -> None:
         fail(f"{args.file}: no trade requests")
     _, channel, stub = connect.endorser(args.dir, args.node)
     rows: list[dict[str, Any]] = []
-    answered: list[str] = []
-    with channel:
-        sent = 0
-        for chunk in submit_batches(requests, lambda e: e.ByteSize(), max_count=args.batch):
-            response = connect.call(stub.RequestOptionsBatch,
-                                    endorser_pb2.RequestOptionsBatchRequest(requests=chunk),
-                                    60.0)
-            for request, result in zip(chunk, response.results, strict=True):
-                sent += 1
-                row: dict[str, Any] = {"line": sent, "meter": _terms(request).meter,
-                                       "status": status_name(result.code),
-                                       "retry_after_ms": result.retry_after_ms,
-                                       "message": result.message}
-                if result.code == 0:
-                    option = market_pb2.TradeOption.FromString(result.options.option.payload)
-                    row |= {"option_id": option.option_id,
-                            "traded_wh": sum(t.quantity_wh for t in option.trades),
-                            "rest_wh": option.rest_wh}
-                    answered.append(json.dumps({
-                        "request": json_format.MessageToDict(request),
-                        "option": json_format.MessageToDict(result.options.option)}) + "\n")
-                rows.append(row)
-    if args.options_out is not None:
-        args.options_out.write_text("".join(answered))
+    # Written as each call answers: an option already given holds energy and used its
+    # request's nonce, so a later call's failure must not lose it.
+    out = args.options_out.open("w") if args.options_out is not None else None
+    failed = ""
+    try:
+        with channel:
+            for chunk in submit_batches(requests, lambda e: e.ByteSize(),
+                                        max_count=args.batch):
+                if failed:
+                    rows += [_row(len(rows) + 1, r, "NOT_SENT", failed) for r in chunk]
+                    continue
+                try:
+                    response = stub.RequestOptionsBatch(
+                        endorser_pb2.RequestOptionsBatchRequest(requests=chunk), timeout=60.0)
+                except grpc.RpcError as exc:
+                    failed = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                    rows += [_row(len(rows) + 1, r, "NOT_ANSWERED", failed) for r in chunk]
+                    continue
+                if len(response.results) != len(chunk):
+                    failed = (f"the endorser answered {len(response.results)} results for "
+                              f"{len(chunk)} requests")
+                    rows += [_row(len(rows) + 1, r, "NOT_ANSWERED", failed) for r in chunk]
+                    continue
+                for request, result in zip(chunk, response.results, strict=True):
+                    row = _row(len(rows) + 1, request, status_name(result.code),
+                               result.message, result.retry_after_ms)
+                    if result.code == 0:
+                        row |= _option_summary(result.options.option)
+                        if out is not None:
+                            out.write(json.dumps({
+                                "request": json_format.MessageToDict(request),
+                                "option": json_format.MessageToDict(result.options.option)})
+                                + "\n")
+                            out.flush()
+                    rows.append(row)
+    finally:
+        if out is not None:
+            out.close()
     emit(rows, args.json, RESULT_COLUMNS)
-    if len(answered) < len(rows):
+    if any(r["status"] != "OK" for r in rows):
         raise SystemExit(2)
+
+
+def _row(line: int, request: envelope_pb2.SignedEnvelope, status: str, message: str,
+         retry_after_ms: int = 0) -> dict[str, Any]:
+    return {"line": line, "meter": _terms(request).meter, "status": status,
+            "retry_after_ms": retry_after_ms, "message": message}
+
+
+def _option_summary(envelope: envelope_pb2.SignedEnvelope) -> dict[str, Any]:
+    try:
+        option = market_pb2.TradeOption.FromString(envelope.payload)
+    except DecodeError:
+        return {"option_id": "(undecodable)"}
+    return {"option_id": option.option_id,
+            "traded_wh": sum(t.quantity_wh for t in option.trades), "rest_wh": option.rest_wh}
 
 
 def cmd_accept_options(args: argparse.Namespace) -> None:
@@ -104,6 +136,11 @@ def cmd_accept_options(args: argparse.Namespace) -> None:
     now = int(time.time())
     rows: list[dict[str, Any]] = []
     accepted: list[str] = []
+    signed_for: set[bytes] = set()  # request nonces already answered by a signed order
+
+    def refuse(number: int, message: str) -> None:
+        rows.append({"line": number, "status": "REFUSED", "option_id": "", "message": message})
+
     for number, line in enumerate(args.file.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -114,26 +151,39 @@ def cmd_accept_options(args: argparse.Namespace) -> None:
                                                     envelope_pb2.SignedEnvelope())
         except (ValueError, KeyError, TypeError, json_format.ParseError) as exc:
             fail(f"{args.file}:{number}: not a request and its option ({exc})")
-        if _terms(request).meter != meter.name:
-            continue  # another meter's
+        if request.signer_certificate != meter.certificate:
+            continue  # another meter's request
         if not verify_signature(meter.signer.public_key_bytes, request.signature,
                                 request.payload):
-            # Altered on its way (or not this meter's): sign nothing for it.
-            rows.append({"line": number, "status": "REFUSED",
-                         "message": "the request does not carry this meter's signature"})
+            # Altered on its way: sign nothing for it.
+            refuse(number, "the request does not carry this meter's signature")
             continue
         try:
+            nonce = market_pb2.TradeRequest.FromString(request.payload).nonce
             option = accept_option(option_envelope, request.payload, genesis, now)
-        except OptionRefused as exc:
-            rows.append({"line": number, "status": "REFUSED", "message": str(exc)})
+        except DecodeError:
+            refuse(number, "the request is not a TradeRequest")
             continue
+        except OptionRefused as exc:
+            refuse(number, str(exc))
+            continue
+        if option.expires_at < now:
+            refuse(number, f"the option expired at {option.expires_at} (now {now})")
+            continue
+        if nonce in signed_for:
+            # A second option for one request (a duplicate line, another endorser's answer):
+            # signing both would buy or sell twice what the meter asked for.
+            refuse(number, "an option for this request is already signed above")
+            continue
+        signed_for.add(nonce)
         place = meter.new_transaction("place_order", market_pb2.PlaceOrder(
             option=option_envelope), timestamp=now)
         accepted.append(_json_line(place))
         rows.append({"line": number, "status": "SIGNED", "option_id": option.option_id,
                      "message": ""})
-    with args.write.open("a") as out:
-        out.write("".join(accepted))
+    if accepted:
+        with args.write.open("a") as out:
+            out.write("".join(accepted))
     emit(rows, args.json, ["line", "status", "option_id", "message"])
     if any(r["status"] == "REFUSED" for r in rows):
         raise SystemExit(5)

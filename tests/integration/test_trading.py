@@ -211,7 +211,8 @@ def test_a_head_end_system_trades_for_its_meters_with_the_batch_apis(
     into one file; the head-end system gets their options in one RequestOptionsBatch call;
     each meter checks the options for its own requests and signs the PlaceOrders; the
     head-end system submits them with SubmitBatch, and they commit. A swapped option (the
-    other meter's, handed back as this one's) is refused and nothing is signed for it."""
+    other meter's, handed back as this one's) is refused and nothing is signed for it; an
+    option handed back twice is signed once."""
     genesis = Genesis.load(network.consortium_dir / "genesis.json")
     c1 = committer_stub(network, "committer-1")
     expected = BACKFILL_HOURS * 3600 // genesis.reading_interval_seconds
@@ -247,7 +248,15 @@ def test_a_head_end_system_trades_for_its_meters_with_the_batch_apis(
     refused = gridctl(network, "accept-options", str(swapped), "--as", SELLER, "--write",
                       str(places))
     assert refused.returncode == 5 and "REFUSED" in refused.stdout
-    assert not places.exists() or not places.read_text()
+    assert not places.exists()
+    # ... or hands it its own option twice: it signs one PlaceOrder, not two.
+    twice, once = tmp_path / "twice", tmp_path / "once"
+    twice.write_text(lines[0] + "\n" + lines[0] + "\n")
+    deduped = gridctl(network, "accept-options", str(twice), "--as", SELLER, "--write",
+                      str(once))
+    assert deduped.returncode == 5
+    assert [r["status"] for r in json.loads(deduped.stdout)] == ["SIGNED", "REFUSED"]
+    assert len(once.read_text().splitlines()) == 1
 
     for meter in (SELLER, BUYER):
         accepted = gridctl(network, "accept-options", str(options), "--as", meter, "--write",

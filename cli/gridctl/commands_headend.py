@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from gridctl import connect
-from gridctl.commands_load import read_envelopes, status_name
+from gridctl.commands_load import add_batch_file_flags, read_envelopes, status_name
 from gridctl.commands_market import SIDES, parse_slot, signer
 from gridctl.output import emit, fail
 from gridledger.common.v1 import envelope_pb2, market_pb2
@@ -35,7 +35,7 @@ from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.crypto import verify_signature
 from gridledger_core.genesis import Genesis
 from gridledger_core.market.option_check import OptionRefused, accept_option
-from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES, submit_batches
+from gridledger_core.rpc.submit_batches import submit_batches
 
 RESULT_COLUMNS = ["line", "meter", "status", "option_id", "traded_wh", "rest_wh",
                   "retry_after_ms", "message"]
@@ -206,10 +206,7 @@ def register(sub: Any) -> None:
     batch = sub.add_parser("request-options-batch", parents=[common],
                            help="ask for options on a file of signed trade requests with "
                                 "RequestOptionsBatch; one result each (exit 2 if any refused)")
-    batch.add_argument("file", type=Path)
-    batch.add_argument("--batch", type=int, default=SUBMIT_BATCH_ENVELOPES, metavar="N",
-                       help=f"requests per call (at most {SUBMIT_BATCH_ENVELOPES}; "
-                            "calls are split at 4 MiB too)")
+    add_batch_file_flags(batch, "requests")
     batch.add_argument("--options-out", type=Path, metavar="FILE",
                        help="write each option with its request to FILE (for accept-options)")
     batch.set_defaults(func=cmd_request_options_batch)

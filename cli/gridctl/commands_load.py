@@ -98,8 +98,13 @@ def register(sub: Any) -> None:
     batch = sub.add_parser("submit-batch", parents=[common],
                            help="submit a file of signed envelopes (protobuf JSON, one a line) "
                                 "with SubmitBatch; one result each (exit 2 if any refused)")
-    batch.add_argument("file", type=Path)
-    batch.add_argument("--batch", type=int, default=BATCH_LIMIT, metavar="N",
-                       help=f"envelopes per call (at most {BATCH_LIMIT}; "
-                            "calls are split at 4 MiB too)")
+    add_batch_file_flags(batch, "envelopes")
     batch.set_defaults(func=cmd_submit_batch)
+
+
+def add_batch_file_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """A file of signed messages sent in batch calls of up to --batch."""
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--batch", type=int, default=BATCH_LIMIT, metavar="N",
+                        help=f"{what} per call (at most {BATCH_LIMIT}; calls are split at "
+                             "4 MiB too)")

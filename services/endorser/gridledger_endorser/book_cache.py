@@ -9,8 +9,9 @@ commit-time rules (a stale option), never the ledger's consistency. If an update
 (it should not), the whole cache is rebuilt from the ledger.
 
 Options hold what they take: the quantity an outstanding option trades against a resting
-order is taken out of the cached order until the option's place_order reaches a block
-(valid or not) or the option expires. Concurrent requests are then never offered the same
+order is taken out of the cached order until the option's place_order is valid in a block or
+the option expires (an invalid one ends nothing: the option may still be placed, and its
+unverified payload may name any option). Concurrent requests are then never offered the same
 resting energy twice (which the ledger would refuse at commit as an over-fill), at the cost
 of keeping that energy from other buyers for at most the option's lifetime.
 
@@ -23,8 +24,8 @@ to take from it in the last ``DEMAND_SECONDS`` (a request whose price crosses en
 resting or held): a member whose options already hold energy there may add an option only
 while all it holds stays within its share (all of it while it is the only one asking). Its
 first option there may take any quantity (one order may clear a thin book, as in any market)
-while it is in good standing: the energy its options let lapse (expired, or their place_order
-invalid in its block) in the last ten minutes is no more than the energy its options traded
+while it is in good standing: the energy its options let lapse (expired without a valid
+place_order) in the last ten minutes is no more than the energy its options traded
 (their place_order valid; hold_conduct.py). So a member that holds without trading is held to
 its share. The member is the organisation of the caller's verified TLS identity (a head-end
 system's, or the meter's own), whose calls got the options; without one (tests, in-process
@@ -40,7 +41,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
 
 from gridledger.common.v1 import market_pb2
@@ -83,7 +83,6 @@ class _Hold:
     maker_side: Side
     prices: tuple[int, ...]  # of the makers it holds
     member: str  # the organisation that asked for the option (options.py)
-    meter: str  # whose order it is: only its place_order ends the hold in a block
     wh: int  # all it holds
 
 
@@ -158,7 +157,7 @@ class BookCache:
                 taken = _Hold(
                     expires_at, tuple((t.maker_id, t.quantity) for t in result.trades),
                     order.slot, order.side.opposite, tuple(t.price for t in result.trades),
-                    member, order.owner, result.filled)
+                    member, result.filled)
                 self._holds[option_id] = taken
                 self._count_held(taken, taken.wh)
                 self._slot_holds.setdefault(order.slot, set()).add(option_id)
@@ -284,40 +283,31 @@ class BookCache:
 
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
-        # options whose place_order reached a block: (option id, its creator, valid)
-        settled: list[tuple[str, str, bool]] = []
+        traded: list[str] = []  # options whose place_order is valid in this block: holds end
         committed_trades: list[market_pb2.ProposedTrade] = []
         for index, tx in enumerate(result.transactions):
-            if tx is None:
+            if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
+                # An invalid place_order ends no hold: its option may still be placed validly
+                # until it expires (and its payload, unverified, may name any option or maker).
                 continue
             body = tx.WhichOneof("body")
-            valid = result.codes[index] == Code.TX_VALIDATION_CODE_VALID
             if body == "place_order":
-                try:
-                    option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                except DecodeError:
-                    continue  # invalid (only a hostile endorser gets it into a block)
-                settled.append((option.option_id, tx.header.creator, valid))
+                option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
+                traded.append(option.option_id)
                 touched += [t.maker_order_id for t in option.trades]
-                if valid:
-                    touched.append(tx.header.tx_id)
-                    committed_trades += option.trades
-            elif body == "cancel_order" and valid:
+                touched.append(tx.header.tx_id)
+                committed_trades += option.trades
+            elif body == "cancel_order":
                 touched.append(tx.cancel_order.order_id)
         state = StateOverlay(self._ledger.store)
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
-            for option_id, creator, valid in settled:
+            for option_id in traded:
                 hold = self._holds.get(option_id)
-                if hold is None or hold.meter != creator:
-                    continue  # not held, or not its meter's order: it ends nothing
-                # Traded, or lapsed as surely as an expired one (e.g. sent at its expiry).
-                if valid:
+                if hold is not None:
                     self._conduct.traded(hold.member, hold.wh, now)
-                else:
-                    self._conduct.lapsed(hold.member, hold.wh, now)
-                self._release(option_id)
+                    touched[:0] = self._release(option_id)  # the makers it held, re-read
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
             self._close_slots(now)

@@ -1,7 +1,7 @@
 """How each member's options ended recently: energy traded against energy let lapse.
 
 An option holds resting energy until its place_order reaches a block or it expires. A member
-whose options lapse (expire, or their place_order is invalid in its block) more than they
+whose options lapse (expire without a valid place_order) more than they
 trade holds energy without trading it; book_cache.py then holds it to its share of a slot.
 Only trades count for it: a trade cannot be taken back, where a resting order can be
 cancelled in the next block. Counted per member (organisation) over a sliding window of
@@ -27,7 +27,7 @@ class _Bucket:
 
 class HoldConduct:
     """Wh each member's options traded (their place_order valid in its block) and let lapse
-    (expired without reaching a block, or their place_order invalid) within the last window.
+    (expired without a valid place_order) within the last window.
     Not thread-safe: the book cache's lock guards it."""
 
     def __init__(self, window: int = WINDOW_SECONDS, bucket: int = BUCKET_SECONDS) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ledger_helpers import ChainBuilder, identity
+from ledger_helpers import ChainBuilder, endorsed, identity
 from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms
 from test_endorser_market import ASK, Endorser, RecordingBroadcaster, _option, accept_proof
 
+from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.consortium import NodeSpec, OrgSpec, create_consortium, default_topology
 from gridledger_core.genesis import Genesis
@@ -152,19 +153,45 @@ def test_a_member_in_good_standing_may_clear_a_thin_book_and_trading_restores_it
     _takes(e, "rival-3", 1000)
 
 
-def test_a_place_order_that_fails_in_its_block_counts_as_lapsed(e: TwoMembers) -> None:
-    """The rival places each option at its expiry, so the endorser (at its clock) accepts
-    it and the block (later) refuses it: before, the hold ended without a lapse, and the
-    next first option took the whole slot again."""
+def test_a_place_order_that_fails_in_its_block_ends_no_hold_and_it_lapses(
+        e: TwoMembers) -> None:
+    """The rival places its option at its expiry, so the endorser (at its clock) accepts it
+    and the block (later) refuses it: before, the hold ended without a lapse, and the next
+    first option took the whole slot again. Now an invalid place_order ends nothing; the
+    option lapses at its expiry."""
     _takes(e, "rival-1", 6000)
     assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
     expiry = _option(e.options["rival-1"]).expires_at
     e.clock[0] = expiry
     assert _places(e, "rival-1", block_time=expiry + 1) != [Code.TX_VALIDATION_CODE_VALID]
+    e.clock[0] = expiry + 3  # past the grace
     assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
     # Nor does the book cache's rebuild (after a block it could not apply) forget it.
     e.servicer.books.rebuild()
     assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
+
+
+def test_a_forged_place_order_neither_ends_a_hold_nor_hides_its_energy(e: TwoMembers) -> None:
+    """The rival's meter signs a place_order whose option payload only names its own option
+    (no endorser signature), and its own endorser gets it into a block, where it is invalid.
+    Before, that ended the hold without re-reading the makers it held: their energy stayed
+    out of the book for good. Now the hold lasts until the option expires, then the energy is
+    back."""
+    _takes(e, "rival-1", 6000)
+    option_id = _option(e.options["rival-1"]).option_id
+    forged = envelope_pb2.SignedEnvelope(
+        payload=market_pb2.TradeOption(option_id=option_id).SerializeToString())
+    e.broadcaster.sent.append(endorsed(e.ids["rival-1"].new_transaction(
+        "place_order", market_pb2.PlaceOrder(option=forged), timestamp=NOW), e.ids["endorser-1"]))
+    result = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=NOW))
+    e.broadcaster.sent.clear()
+    e.servicer.books.on_commit(result)
+    assert result.codes != [Code.TX_VALIDATION_CODE_VALID]
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # still held
+    e.clock[0] = LAPSED
+    _takes(e, "meter-2", 3000)  # the energy is back (the rival's option lapsed)
+    book = e.servicer.GetBook(endorser_pb2.GetBookRequest(slot_start=SLOT), None)  # type: ignore[arg-type]
+    assert [(a.price, a.quantity_wh) for a in book.asks] == [(ASK, 3000)]
 
 
 def test_a_relayed_request_is_charged_to_the_relaying_member(e: TwoMembers) -> None:

@@ -27,8 +27,8 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from gridctl import connect
-from gridctl.commands_load import add_batch_file_flags, read_envelopes, status_name
-from gridctl.commands_market import SIDES, parse_slot, signer
+from gridctl.commands_load import add_batch_file_flags, json_line, read_envelopes, status_name
+from gridctl.commands_market import add_terms_flags, signer, terms_from
 from gridctl.output import emit, fail
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
@@ -41,19 +41,13 @@ RESULT_COLUMNS = ["line", "meter", "status", "option_id", "traded_wh", "rest_wh"
                   "retry_after_ms", "message"]
 
 
-def _json_line(message: Any) -> str:
-    return json_format.MessageToJson(message, indent=None) + "\n"
-
-
 def cmd_trade_request(args: argparse.Namespace) -> None:
     network = connect.load_network(args.dir)
     meter = signer(network, args.as_meter)
-    terms = market_pb2.OrderTerms(meter=meter.name, side=SIDES[args.side], slot_start=args.slot,
-                                  price=args.price, quantity_wh=args.quantity)
-    request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
+    request = market_pb2.TradeRequest(terms=terms_from(args, meter.name), nonce=os.urandom(16),
                                       requested_at=int(time.time()))
     with args.write.open("a") as out:
-        out.write(_json_line(meter.sign_envelope(request.SerializeToString())))
+        out.write(json_line(meter.sign_envelope(request.SerializeToString())))
     emit({"meter": meter.name, "nonce": request.nonce.hex(), "file": str(args.write)},
          args.json)
 
@@ -178,7 +172,7 @@ def cmd_accept_options(args: argparse.Namespace) -> None:
         signed_for.add(nonce)
         place = meter.new_transaction("place_order", market_pb2.PlaceOrder(
             option=option_envelope), timestamp=now)
-        accepted.append(_json_line(place))
+        accepted.append(json_line(place))
         rows.append({"line": number, "status": "SIGNED", "option_id": option.option_id,
                      "message": ""})
     if accepted:
@@ -194,11 +188,7 @@ def register(sub: Any) -> None:
     request = sub.add_parser("trade-request", parents=[common],
                              help="a meter signs a trade request into a file (sends nothing)")
     request.add_argument("--as", dest="as_meter", required=True, metavar="METER")
-    request.add_argument("--side", choices=sorted(SIDES), required=True)
-    request.add_argument("--slot", type=parse_slot, required=True,
-                         help="delivery slot start: Unix seconds or ISO 8601")
-    request.add_argument("--price", type=int, required=True, help="limit price, µ/kWh")
-    request.add_argument("--quantity", type=int, required=True, help="energy, Wh")
+    add_terms_flags(request)
     request.add_argument("--write", type=Path, required=True, metavar="FILE",
                          help="append the signed request to FILE (protobuf JSON, one a line)")
     request.set_defaults(func=cmd_trade_request)

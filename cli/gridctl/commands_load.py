@@ -47,8 +47,12 @@ def cmd_loadgen(args: argparse.Namespace) -> None:
 
 def write_envelopes(path: Path, envelopes: list[envelope_pb2.SignedEnvelope]) -> None:
     """One SignedEnvelope per line, in protobuf JSON (what grpcurl and submit-batch read)."""
-    path.write_text("".join(json_format.MessageToJson(e, indent=None) + "\n"
-                            for e in envelopes))
+    path.write_text("".join(json_line(e) for e in envelopes))
+
+
+def json_line(message: Any) -> str:
+    """A message as one line of protobuf JSON (the files of submit-batch and its kin)."""
+    return json_format.MessageToJson(message, indent=None) + "\n"
 
 
 def read_envelopes(path: Path) -> list[envelope_pb2.SignedEnvelope]:

@@ -118,11 +118,24 @@ def request_and_accept(stub: Any, meter: SigningIdentity, terms: market_pb2.Orde
     return answer, option, envelope
 
 
+def add_terms_flags(parser: argparse.ArgumentParser) -> None:
+    """An order's terms: --side, --slot, --price, --quantity (`terms_from` reads them)."""
+    parser.add_argument("--side", choices=sorted(SIDES), required=True)
+    parser.add_argument("--slot", type=parse_slot, required=True,
+                        help="delivery slot start: Unix seconds or ISO 8601")
+    parser.add_argument("--price", type=int, required=True, help="limit price, µ/kWh")
+    parser.add_argument("--quantity", type=int, required=True, help="energy, Wh")
+
+
+def terms_from(args: argparse.Namespace, meter: str) -> market_pb2.OrderTerms:
+    return market_pb2.OrderTerms(meter=meter, side=SIDES[args.side], slot_start=args.slot,
+                                 price=args.price, quantity_wh=args.quantity)
+
+
 def cmd_order_place(args: argparse.Namespace) -> None:
     network, channel, stub = connect.endorser(args.dir, args.endorser)
     meter = signer(network, args.as_meter)
-    terms = market_pb2.OrderTerms(meter=meter.name, side=SIDES[args.side], slot_start=args.slot,
-                                  price=args.price, quantity_wh=args.quantity)
+    terms = terms_from(args, meter.name)
     genesis = Genesis.load(network.consortium_dir / "genesis.json")
     with channel:
         answer, option, envelope = request_and_accept(stub, meter, terms, genesis,
@@ -242,11 +255,7 @@ def register(sub: Any) -> None:
                                                                            required=True)
     place = order.add_parser("place", parents=[common, signing],
                              help="request options, accept them, wait for the commit")
-    place.add_argument("--side", choices=sorted(SIDES), required=True)
-    place.add_argument("--slot", type=parse_slot, required=True,
-                       help="delivery slot start: Unix seconds or ISO 8601")
-    place.add_argument("--price", type=int, required=True, help="limit price, µ/kWh")
-    place.add_argument("--quantity", type=int, required=True, help="energy, Wh")
+    add_terms_flags(place)
     place.set_defaults(func=cmd_order_place)
     cancel = order.add_parser("cancel", parents=[common, signing], help="cancel an open order")
     cancel.add_argument("order_id")

@@ -101,8 +101,7 @@ class BookCache:
         self._holds: dict[str, _Hold] = {}  # option id -> what it holds
         self._held: dict[str, int] = {}  # maker order id -> Wh held by outstanding options
         self._slot_holds: dict[int, set[str]] = {}  # slot -> option ids holding in it
-        # (slot, maker side) -> Wh held there by all options, and by each member's options
-        self._side_held: dict[tuple[int, Side], int] = {}
+        # (slot, maker side) -> member -> Wh its options hold there
         self._member_held: dict[tuple[int, Side], dict[str, int]] = {}
         self._conduct = HoldConduct()  # how each member's options ended recently
         # (slot, maker side) -> member -> when its meters last asked to take from it
@@ -168,14 +167,15 @@ class BookCache:
     def _check_member_share(self, book: OrderBook, order: Order, member: str, wh: int,
                             now: int) -> None:
         key = (order.slot, order.side.opposite)
-        held = self._member_held.get(key, {}).get(member, 0)
+        holding = self._member_held.get(key, {})
+        held = holding.get(member, 0)
         traded, lapsed = self._conduct.totals(member, now)
         if not held and lapsed <= traded:
             return  # its first option on this side may take any quantity
         asking = self._demand[key]
         for other in [m for m, at in asking.items() if at + DEMAND_SECONDS < now]:
             del asking[other]
-        offered = book.open_quantity(key[1]) + self._side_held.get(key, 0)
+        offered = book.open_quantity(key[1]) + sum(holding.values())  # few members
         share = offered // len(asking)  # the member itself is one of them
         if held + wh > share:
             why = (f"its outstanding options hold {held} Wh there" if held else
@@ -190,13 +190,8 @@ class BookCache:
     def _count_held(self, hold: _Hold, wh: int) -> None:
         """Add (or, negative, take away) `wh` held by `hold`'s member on its slot's side."""
         key = (hold.slot, hold.maker_side)
-        side_held = self._side_held.get(key, 0) + wh
         members = self._member_held.setdefault(key, {})
         member_held = members.get(hold.member, 0) + wh
-        if side_held:
-            self._side_held[key] = side_held
-        else:
-            self._side_held.pop(key, None)
         if member_held:
             members[hold.member] = member_held
         else:
@@ -242,7 +237,6 @@ class BookCache:
             self._holds.clear()
             self._held.clear()
             self._slot_holds.clear()
-            self._side_held.clear()
             self._member_held.clear()
             self._expiries.clear()
             HELD_OPTIONS.set(0)

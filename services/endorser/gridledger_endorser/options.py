@@ -139,9 +139,9 @@ class RequestFreshness:
                                   grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"{meter} made {self._per_meter} trade requests within "
                                   f"{self._window} s (max-requests-per-window); retry later")
-            # After this the request is stale, so its nonce need not be remembered.
-            self._seen[(meter, nonce)] = at + self._window
-            heapq.heappush(self._forget, (at + self._window, meter, nonce))
+            forget_at = self._stale_after(request)
+            self._seen[(meter, nonce)] = forget_at
+            heapq.heappush(self._forget, (forget_at, meter, nonce))
             self._count[meter] = self._count.get(meter, 0) + 1
 
     def forget(self, meter: str, request: market_pb2.TradeRequest) -> None:
@@ -152,8 +152,12 @@ class RequestFreshness:
         key = (meter, request.nonce)
         with self._lock:
             # Only this request's entry (the nonce may have expired and been admitted anew).
-            if self._seen.get(key) == request.requested_at + self._window:
+            if self._seen.get(key) == self._stale_after(request):
                 del self._seen[key]
+
+    def _stale_after(self, request: market_pb2.TradeRequest) -> int:
+        """When `request` is stale, so its nonce need not be remembered."""
+        return request.requested_at + self._window
 
 
 @dataclass

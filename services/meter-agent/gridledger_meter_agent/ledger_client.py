@@ -6,7 +6,7 @@ again after a restart, so they need no local queue."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -14,10 +14,12 @@ from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger.common.v1 import energy_pb2, envelope_pb2, transaction_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.ledger import schema
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import envelope_tx_id
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED}
+SUBMIT_BACKOFF = Backoff(base_s=0.5, cap_s=5.0)
 
 
 class Refused(Exception):
@@ -32,15 +34,18 @@ class Refused(Exception):
 class LedgerClient:
     def __init__(self, endorser: endorser_pb2_grpc.EndorserServiceStub,
                  committer: committer_pb2_grpc.CommitterServiceStub,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, backoff: Backoff = SUBMIT_BACKOFF,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.endorser = endorser
         self.committer = committer
         self.timeout = timeout
+        self.backoff = backoff
+        self.sleep = sleep
 
     def submit(self, envelope: envelope_pb2.SignedEnvelope, attempts: int = 5) -> str:
-        """Submit, retrying the same envelope while the network is down (the ledger
-        deduplicates by tx id). Raises Refused, or grpc.RpcError when it stays down."""
-        delay = 0.5
+        """Submit, retrying the same envelope while the network is down or refuses for now
+        (the ledger deduplicates by tx id), after the endorser's retry hint plus jitter.
+        Raises Refused, or grpc.RpcError when it stays down."""
         for attempt in range(attempts):
             try:
                 return self.endorser.SubmitTransaction(
@@ -54,9 +59,19 @@ class LedgerClient:
                     raise Refused(code, exc.details()) from exc  # type: ignore[attr-defined]
                 if attempt == attempts - 1:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self.sleep(self.backoff.delay(attempt, retry_after_ms(exc)))
         raise AssertionError("unreachable")
+
+    def transaction_code(self, tx_id: str) -> int | None:
+        """The transaction's validation code if it is in a block, None if not (yet)."""
+        try:
+            return self.committer.GetTransaction(
+                committer_pb2.GetTransactionRequest(tx_id=tx_id),
+                timeout=self.timeout).validation_code
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise
+            return None
 
     def wait_committed(self, tx_id: str, timeout: float = 60.0) -> tuple[int, str] | None:
         """(validation code, message) once the transaction is in a block; None on timeout."""

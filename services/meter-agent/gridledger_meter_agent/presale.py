@@ -9,6 +9,15 @@ much is refused with the condition's name, logged and counted, and never retried
 slot. Before signing, the agent checks the option (market/option_check.py): signed by a
 consortium endorser, answering this very request (digest), with exactly the terms asked and
 trades within the limit; otherwise it signs nothing, logs why and counts the condition.
+
+A refusal for now is not the end of the slot (issue 15: clients back off with jitter). The
+endorser at its admission bound or holding the member to its share (RESOURCE_EXHAUSTED, with
+a retry hint), energy held by others' options (ABORTED), or an endorser away (UNAVAILABLE,
+DEADLINE_EXCEEDED): the agent asks again, with a new signed request, after the hint plus
+jitter (longer while it repeats), as long as the slot's market is open. A PlaceOrder whose
+submission was never acknowledged is sent again as is (the ledger deduplicates by tx id)
+while its option is valid; after that the agent asks a committer whether it got in before
+it asks for a new option, so one slot never gets two orders.
 """
 
 from __future__ import annotations
@@ -19,16 +28,20 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 import grpc
 from prometheus_client import Counter
 
-from gridledger.common.v1 import market_pb2
+from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.consensus.protocol import ReplicaConfig
 from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.errors import Code
 from gridledger_core.market.forecast import ForecastParams, Reading, forecast, history_window
 from gridledger_core.market.option_check import OptionRefused, accept_option
-from gridledger_core.signing_identity import SigningIdentity
+from gridledger_core.rpc.backoff import Backoff, retry_after_ms
+from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
 
 log = logging.getLogger(__name__)
@@ -38,6 +51,18 @@ ORDERS = Counter("gridledger_meter_presale_orders",
 OPTIONS_REFUSED = Counter("gridledger_meter_presale_options_refused",
                           "Endorser options this meter refused to sign, by condition "
                           "(option_check.CONDITIONS).", ["condition"])
+RETRIES = Counter("gridledger_meter_presale_retries",
+                  "Pre-sale attempts refused for now and tried again later, by status.",
+                  ["status"])
+
+# Refused for now, not for good: ask again later (with a new request).
+FOR_NOW = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+           grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# A block's time may trail the wall clock by the cluster's skew bound: a PlaceOrder not yet
+# on the ledger this long after its option expired can no longer be valid in any block.
+EXPIRY_MARGIN_S = 2 * ReplicaConfig.max_clock_skew + 1
+# Trading is not urgent within a slot's open market: start at a second, at most a minute.
+RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
 
 
 @dataclass(frozen=True)
@@ -77,16 +102,38 @@ def policy_from(args: argparse.Namespace) -> PresalePolicy:
                          args.presale_every, args.presale_lead)
 
 
+class Outcome(Enum):
+    PLACED = "placed"
+    NOTHING_TO_OFFER = "nothing_to_offer"
+    OPTION_REFUSED = "option_refused"  # this agent would not sign the endorser's option
+    REFUSED = "refused"  # for good: a preset condition, a rule
+    GATE_CLOSED = "gate_closed"  # refused for now until the slot's market closed
+    LATER = "later"  # refused for now: asked again after a backoff
+
+
+@dataclass
+class _Retry:
+    """A slot refused for now: when to try again, and a PlaceOrder not yet acknowledged."""
+
+    attempts: int
+    not_before: float
+    placing: envelope_pb2.SignedEnvelope | None = None
+    option_expires_at: int = 0
+    side_name: str = ""
+
+
 class PresaleTrader:
     def __init__(self, identity: SigningIdentity, genesis: Genesis, ledger: LedgerClient,
-                 policy: PresalePolicy) -> None:
+                 policy: PresalePolicy, backoff: Backoff = RETRY_BACKOFF) -> None:
         self._identity = identity
         self._genesis = genesis
         self._market = genesis.market
         self._ledger = ledger
         self._policy = policy
+        self._backoff = backoff
         self._params = ForecastParams(window_days=genesis.market.forecast_window_days)
         self._done: set[int] = set()
+        self._retries: dict[int, _Retry] = {}  # slot -> its next attempt
 
     def next_slot(self, now: int) -> int:
         """The earliest delivery slot whose market is still open at `now` plus the lead."""
@@ -102,52 +149,134 @@ class PresaleTrader:
         return forecast(history, slot, self._market.slot_seconds, self._params,
                         as_of=now).net_wh
 
-    def step(self, now: int | None = None, slot: int | None = None) -> None:
-        """Place this meter's order for `slot` (default: the next open one) as of `now`."""
-        now = int(time.time()) if now is None else now
-        slot = self.next_slot(now) if slot is None else slot
+    def next_retry(self) -> float | None:
+        """When the earliest slot refused for now is due again (wall-clock seconds)."""
+        return min((r.not_before for r in self._retries.values()), default=None)
+
+    def step(self, now: float | None = None, slot: int | None = None) -> Outcome | None:
+        """Place this meter's order for `slot` (default: the next open one) as of `now`, and
+        try again every slot refused for now whose backoff has passed. Returns what became
+        of `slot` (None: nothing was due for it)."""
+        now = time.time() if now is None else now
+        slot = self.next_slot(int(now)) if slot is None else slot
+        for waiting in sorted(self._retries):
+            if waiting != slot:
+                self._attempt(waiting, now)
+        return self._attempt(slot, now)
+
+    def _attempt(self, slot: int, now: float) -> Outcome | None:
         if slot in self._done:
-            return
+            return None
+        retry = self._retries.get(slot)
+        if retry is not None and now < retry.not_before:
+            return None
+        if retry is not None and now + self._market.gate_closure_seconds >= slot:
+            outcome = Outcome.GATE_CLOSED
+        elif retry is not None and retry.placing is not None:
+            outcome = self._resume_placing(slot, retry, int(now))
+        else:
+            outcome = self._order(slot, int(now))
+        if outcome is Outcome.LATER:
+            return outcome
+        self._retries.pop(slot, None)
+        self._done.add(slot)
+        return outcome
+
+    def _order(self, slot: int, now: int) -> Outcome:
         net = self.net_forecast(slot, now)
         side = market_pb2.ORDER_SIDE_SELL if net > 0 else market_pb2.ORDER_SIDE_BUY
+        side_name = "sell" if side == market_pb2.ORDER_SIDE_SELL else "buy"
         lot = self._market.lot_wh
         quantity = abs(net) * self._policy.share_percent // 100 // lot * lot
-        self._done.add(slot)
-        side_name = "sell" if side == market_pb2.ORDER_SIDE_SELL else "buy"
         if quantity == 0:
             ORDERS.labels(side_name, "nothing_to_offer").inc()
-            return
+            return Outcome.NOTHING_TO_OFFER
         price = self._policy.sell_price if side == market_pb2.ORDER_SIDE_SELL \
             else self._policy.buy_price
         terms = market_pb2.OrderTerms(meter=self._identity.name, side=side, slot_start=slot,
                                       price=price, quantity_wh=quantity)
+        # A new nonce on every attempt: an answer lost on the way (DEADLINE_EXCEEDED) was
+        # answered, and its nonce is spent.
         request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16), requested_at=now)
         payload = request.SerializeToString()
+        what = f"pre-sale {side_name} of {quantity} Wh at {price} for slot {slot}"
         try:
             answer = self._ledger.endorser.RequestOptions(endorser_pb2.RequestOptionsRequest(
                 request=self._identity.sign_envelope(payload)), timeout=self._ledger.timeout)
             accept_option(answer.option, payload, self._genesis, now)
-            envelope = self._identity.new_transaction(
-                "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
-            self._ledger.submit(envelope)
         except OptionRefused as exc:
             OPTIONS_REFUSED.labels(exc.condition).inc()
             ORDERS.labels(side_name, "option_refused").inc()
-            log.warning("pre-sale %s of %d Wh for slot %d: the endorser's option was not "
-                        "signed: %s", side_name, quantity, slot, exc)
-            return
+            log.warning("%s: the endorser's option was not signed: %s", what, exc)
+            return Outcome.OPTION_REFUSED
+        except grpc.RpcError as exc:
+            return self._refused(slot, what, side_name, exc, now)
+        option = market_pb2.TradeOption.FromString(answer.option.payload)
+        placing = self._identity.new_transaction(
+            "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
+        return self._place(slot, what, side_name, placing, option.expires_at, now)
+
+    def _place(self, slot: int, what: str, side_name: str,
+               placing: envelope_pb2.SignedEnvelope, expires_at: int, now: int) -> Outcome:
+        try:
+            self._ledger.submit(placing)
         except (Refused, grpc.RpcError) as exc:
-            ORDERS.labels(side_name, "refused").inc()
-            log.warning("pre-sale %s of %d Wh for slot %d refused: %s", side_name, quantity,
-                        slot, exc)
-            return
+            outcome = self._refused(slot, what, side_name, exc, now)
+            if outcome is Outcome.LATER:  # maybe acknowledged after all: never a second order
+                retry = self._retries[slot]
+                retry.placing, retry.option_expires_at = placing, expires_at
+                retry.side_name = side_name
+            return outcome
         ORDERS.labels(side_name, "placed").inc()
-        log.info("placed a pre-sale %s of %d Wh at %d for slot %d", side_name, quantity, price,
-                 slot)
+        log.info("placed a %s", what)
+        return Outcome.PLACED
+
+    def _resume_placing(self, slot: int, retry: _Retry, now: int) -> Outcome:
+        """The slot's PlaceOrder was not acknowledged: send it again while its option is
+        valid; once no block can take it, order anew unless it got in meanwhile."""
+        assert retry.placing is not None
+        what = f"pre-sale order {envelope_tx_id(retry.placing)} for slot {slot}"
+        side_name = retry.side_name
+        if now <= retry.option_expires_at:
+            return self._place(slot, what, side_name, retry.placing, retry.option_expires_at,
+                               now)
+        if now <= retry.option_expires_at + EXPIRY_MARGIN_S:
+            retry.not_before = retry.option_expires_at + EXPIRY_MARGIN_S + 1
+            return Outcome.LATER
+        try:
+            found = self._ledger.transaction_code(envelope_tx_id(retry.placing))
+        except grpc.RpcError as exc:  # the committer is away: ask it later
+            return self._refused(slot, what, side_name, exc, now)
+        if found == Code.TX_VALIDATION_CODE_VALID:
+            ORDERS.labels(side_name, "placed").inc()
+            log.info("placed a %s (acknowledged late)", what)
+            return Outcome.PLACED
+        retry.placing = None  # it can no longer be placed: a new request
+        return self._order(slot, now)
+
+    def _refused(self, slot: int, what: str, side_name: str, exc: Exception,
+                 now: float) -> Outcome:
+        code = exc.status if isinstance(exc, Refused) else exc.code()  # type: ignore[attr-defined]
+        if code not in FOR_NOW:
+            ORDERS.labels(side_name, "refused").inc()
+            log.warning("%s refused: %s", what, exc)
+            return Outcome.REFUSED
+        retry = self._retries.setdefault(slot, _Retry(0, now))
+        retry.not_before = now + self._backoff.delay(retry.attempts, retry_after_ms(exc))
+        retry.attempts += 1
+        RETRIES.labels(code.name).inc()
+        log.info("%s refused for now (%s): again in %.1f s", what, code.name,
+                 retry.not_before - now)
+        return Outcome.LATER
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self._policy.every_seconds):
+        wait = self._policy.every_seconds
+        while not stop.wait(wait):
             try:
                 self.step()
-            except grpc.RpcError as exc:  # the committer or endorser is away: next round
+            except grpc.RpcError as exc:  # the committer is away (forecast): next round
                 log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]
+            due = self.next_retry()
+            wait = self._policy.every_seconds if due is None else \
+                max(0.05, min(self._policy.every_seconds, due - time.time()))
+

@@ -1,0 +1,220 @@
+"""The meter-agent's pre-sale trader when the endorser refuses for now (issue 15: clients back
+off with jitter). A real endorser servicer and committer in process, reached through a stub
+that fails as a gRPC channel does (status, details, trailing metadata).
+
+Before, a slot refused for now (admission bound, an answer lost on the way) was given up for
+good: the meter did not trade that slot at all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_helpers import Aborted, FakeContext
+from market_helpers import NOW, SLOT
+from test_endorser_market import Endorser, make_endorser
+
+from gridledger.committer.v1 import committer_pb2
+from gridledger.common.v1 import envelope_pb2, market_pb2
+from gridledger_committer.service import CommitterServicer
+from gridledger_core.genesis import Genesis
+from gridledger_core.ledger.errors import Code
+from gridledger_core.rpc.backoff import Backoff
+from gridledger_core.rpc.height_notifier import HeightNotifier
+from gridledger_core.signing_identity import envelope_tx_id
+from gridledger_endorser.admission import Admission, AdmissionConfig
+from gridledger_meter_agent.ledger_client import LedgerClient
+from gridledger_meter_agent.presale import EXPIRY_MARGIN_S, Outcome, PresalePolicy, PresaleTrader
+
+
+class _CallError(grpc.RpcError):
+    """What a failed call raises on a real channel."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: Any = ()) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._trailers
+
+
+class _Wire:
+    """Calls a servicer as a stub would; `lose[name]` answers lost after the call was
+    handled, `drop[name]` calls that never arrive (both: how many more, and the status)."""
+
+    def __init__(self, servicer: Any) -> None:
+        self._servicer = servicer
+        self.calls: dict[str, int] = {}
+        self.lose: dict[str, tuple[int, grpc.StatusCode]] = {}
+        self.drop: dict[str, tuple[int, grpc.StatusCode]] = {}
+
+    def _take(self, table: dict[str, tuple[int, grpc.StatusCode]],
+              name: str) -> grpc.StatusCode | None:
+        left, code = table.get(name, (0, grpc.StatusCode.OK))
+        if not left:
+            return None
+        table[name] = (left - 1, code)
+        return code
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._servicer, name)
+
+        def call(request: Any, timeout: float | None = None) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            dropped = self._take(self.drop, name)
+            if dropped is not None:
+                raise _CallError(dropped, "connection refused")
+            context = FakeContext()
+            try:
+                answer = method(request, context)
+            except Aborted as exc:
+                raise _CallError(exc.code, exc.details,
+                                 getattr(context, "trailers", ())) from None
+            lost = self._take(self.lose, name)
+            if lost is not None:
+                raise _CallError(lost, "the answer was lost")
+            return answer
+        return call
+
+
+def _trader(e: Endorser, endorser_wire: _Wire, sell_price: int = 240_000) -> PresaleTrader:
+    committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
+    client = LedgerClient(endorser_wire, _Wire(committer),  # type: ignore[arg-type]
+                          sleep=lambda _s: None)
+    policy = PresalePolicy(share_percent=50, sell_price=sell_price, buy_price=260_000)
+    # No jitter: the test knows when the retry is due.
+    return PresaleTrader(e.ids["meter-1"], e.ledger.genesis, client, policy,
+                         backoff=Backoff(base_s=1.0, cap_s=60.0, draw=lambda: 0.0))
+
+
+def _orders(e: Endorser) -> list[tuple[int, int]]:
+    committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
+    found = committer.ListOrders(committer_pb2.ListOrdersRequest(meter="meter-1"),
+                                 FakeContext()).orders  # type: ignore[arg-type]
+    return [(o.side, o.quantity_wh) for o in found]
+
+
+@pytest.fixture()
+def full_admission() -> Admission:
+    """One transaction may be in flight, with a 4 s latency budget: the hint is 2 s."""
+    return Admission(AdmissionConfig(budget_ms=4_000, floor=1, ceiling=1))
+
+
+def test_refused_at_the_admission_bound_asks_again_after_the_hint(
+        genesis: Genesis, consortium_dir: Path, full_admission: Admission) -> None:
+    e = make_endorser(genesis, consortium_dir, admission=full_admission)
+    # Two other members fill the bound (and the room lent to a member below its share).
+    full_admission.admit(["other-1"], member="org-a")
+    full_admission.admit(["other-2"], member="org-b")
+    wire = _Wire(e.servicer)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    assert wire.calls == {"RequestOptions": 1}
+    assert trader.next_retry() == NOW + 2.0  # the endorser's hint, not the 1 s base
+    assert trader.step(NOW + 1.9, slot=SLOT) is None  # not before the hint
+    assert wire.calls == {"RequestOptions": 1}
+    full_admission.release("other-1")
+    full_admission.release("other-2")
+    assert trader.step(NOW + 2, slot=SLOT) is Outcome.PLACED
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+    assert trader.step(NOW + 100, slot=SLOT) is None  # one order per slot
+
+
+def test_refusals_for_now_back_off_longer_while_they_repeat(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.drop["RequestOptions"] = (3, grpc.StatusCode.UNAVAILABLE)  # no hint: exponential
+    trader = _trader(e, wire)
+    now = float(NOW)
+    waits = []
+    for _ in range(3):
+        assert trader.step(now, slot=SLOT) is Outcome.LATER
+        due = trader.next_retry()
+        assert due is not None
+        waits.append(due - now)
+        now = due
+    assert waits == [1.0, 2.0, 4.0]
+    assert trader.step(now, slot=SLOT) is Outcome.PLACED
+
+
+def test_a_lost_acknowledgement_resends_the_same_order_never_a_second(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    # Every attempt of the first submission is handled, and every answer is lost.
+    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    assert trader.step(NOW + 1, slot=SLOT) is Outcome.PLACED  # the same envelope, answered
+    assert wire.calls == {"RequestOptions": 1, "SubmitTransaction": 6}
+    sent = [envelope_pb2.EndorsedTransaction.FromString(raw) for raw in e.broadcaster.sent]
+    assert len({envelope_tx_id(t.envelope) for t in sent}) == 1
+    codes = e.commit_broadcast()  # each attempt was forwarded; orderers dedupe, this fake not
+    assert codes.count(Code.TX_VALIDATION_CODE_VALID) == 1
+    assert set(codes) == {Code.TX_VALIDATION_CODE_VALID, Code.TX_VALIDATION_CODE_DUPLICATE_TXID}
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+
+
+def test_an_order_that_got_in_unacknowledged_is_not_placed_again(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.lose["SubmitTransaction"] = (10, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    # It got in meanwhile (the later attempts of the same tx id are duplicates).
+    assert set(e.commit_broadcast()) == {Code.TX_VALIDATION_CODE_VALID,
+                                         Code.TX_VALIDATION_CODE_DUPLICATE_TXID}
+    expires_at = NOW + 30
+    # While its option may still be in a block, nothing new is asked for.
+    assert trader.step(expires_at + 1, slot=SLOT) is Outcome.LATER
+    assert wire.calls["RequestOptions"] == 1
+    assert trader.step(expires_at + EXPIRY_MARGIN_S + 1, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 1
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+
+
+def test_an_order_that_never_arrived_is_asked_for_anew_after_its_option_expired(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.drop["SubmitTransaction"] = (5, grpc.StatusCode.UNAVAILABLE)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    later = NOW + 30 + EXPIRY_MARGIN_S + 1
+    e.clock[0] = later  # the endorser's clock moved on as well
+    assert trader.step(later, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 2  # a new request: the old option is dead
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+
+
+def test_no_retry_once_the_slot_market_closed_nor_after_a_refusal_for_good(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.drop["RequestOptions"] = (1, grpc.StatusCode.UNAVAILABLE)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    gate = SLOT - genesis.market.gate_closure_seconds
+    assert trader.step(gate, slot=SLOT) is Outcome.GATE_CLOSED
+    assert trader.next_retry() is None
+    assert wire.calls == {"RequestOptions": 1}
+    # A preset condition refuses for good (a price beyond the band): asked once.
+    e2 = make_endorser(genesis, consortium_dir)
+    wire2 = _Wire(e2.servicer)
+    greedy = _trader(e2, wire2, sell_price=10**12)
+    assert greedy.step(NOW, slot=SLOT) is Outcome.REFUSED
+    assert greedy.step(NOW + 100, slot=SLOT) is None
+    assert wire2.calls == {"RequestOptions": 1}

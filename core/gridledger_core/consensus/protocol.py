@@ -108,6 +108,7 @@ from gridledger_core.consensus.actions import (
     Send,
     SetTimer,
 )
+from gridledger_core.consensus.clock import MAX_CLOCK_SKEW_S
 from gridledger_core.consensus.limits import PeerRateLimiter
 from gridledger_core.consensus.pool import TxPool
 from gridledger_core.consensus.quorum import Quorum
@@ -154,7 +155,7 @@ class ReplicaConfig:
     max_batch_wait: float = 0.05
     round_timeout: float = 1.0
     # How far ahead of this orderer's clock a proposed block's timestamp may be (seconds).
-    max_clock_skew: float = 5.0
+    max_clock_skew: float = MAX_CLOCK_SKEW_S
     max_backoff_exponent: int = 5
     max_pool_txs: int = 100_000
     max_pool_bytes: int = 256 << 20

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge
 
 from gridledger.common.v1 import market_pb2
+from gridledger_core.consensus.clock import DEADLINE_SETTLED_AFTER_S
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import CommitResult, Ledger
@@ -60,7 +61,8 @@ MATCHED_WH = Counter("gridledger_endorser_matched_energy_wh",
                      "Energy of the trades proposed in options and committed, Wh.", ["stage"])
 HELD_OPTIONS = Gauge("gridledger_endorser_held_options",
                      "Outstanding options whose trades hold resting quantity in the book cache.")
-HOLD_GRACE_SECONDS = 2  # a place_order sealed just before expiry may still be in a block
+# A place_order may still be valid in a block whose time trails this clock (consensus/clock.py).
+HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S
 DEMAND_SECONDS = 60  # a member that asked for a slot's side this recently shares its energy
 
 
@@ -89,6 +91,9 @@ class _Hold:
 OPEN_ORDERS = Gauge("gridledger_endorser_book_open_orders",
                     "Open orders in the endorser's book cache, all slots.")
 REBUILDS = Counter("gridledger_endorser_book_rebuilds", "Full rebuilds of the book cache.")
+HOLDS_ENDED_BY_CANCEL = Counter(
+    "gridledger_endorser_holds_ended_by_cancel",
+    "Options whose hold ended because a maker they trade with was cancelled (not a lapse).")
 
 
 class BookCache:
@@ -279,6 +284,7 @@ class BookCache:
         touched: list[str] = []
         traded: list[str] = []  # options whose place_order is valid in this block: holds end
         committed_trades: list[market_pb2.ProposedTrade] = []
+        cancelled: list[str] = []  # resting orders cancelled in this block
         for index, tx in enumerate(result.transactions):
             if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
                 # An invalid place_order ends no hold: its option may still be placed validly
@@ -293,6 +299,7 @@ class BookCache:
                 committed_trades += option.trades
             elif body == "cancel_order":
                 touched.append(tx.cancel_order.order_id)
+                cancelled.append(tx.cancel_order.order_id)
         state = StateOverlay(self._ledger.store)
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
@@ -302,6 +309,8 @@ class BookCache:
                 if hold is not None:
                     self._conduct.traded(hold.member, hold.wh, now)
                     touched[:0] = self._release(option_id)  # the makers it held, re-read
+            for order_id in cancelled:
+                touched[:0] = self._end_holds_on(state, order_id)
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
             self._close_slots(now)
@@ -355,8 +364,13 @@ class BookCache:
         return [maker_id for maker_id, _ in hold.takes]
 
     def _expire(self, now: int) -> None:
+        """End the holds of options that can no longer be placed: a block's time is past
+        their expiry (block times never go back), or this clock is past it by more than
+        block times may trail it (an idle chain)."""
         state: StateOverlay | None = None
-        while self._expiries and self._expiries[0][0] + HOLD_GRACE_SECONDS < now:
+        clock = int(self._clock())
+        while self._expiries and (self._expiries[0][0] < self._block_time
+                                  or self._expiries[0][0] + HOLD_GRACE_SECONDS < clock):
             _, option_id = heapq.heappop(self._expiries)
             hold = self._holds.get(option_id)
             if hold is not None:  # not released by a block: it lapsed unplaced
@@ -364,4 +378,21 @@ class BookCache:
             for maker_id in self._release(option_id):  # nothing if already released
                 state = state or StateOverlay(self._ledger.store)
                 self._sync(state, maker_id, now)
+
+    def _end_holds_on(self, state: StateOverlay, maker_id: str) -> list[str]:
+        """A valid cancel_order of a maker that options hold: those options can no longer be
+        placed (a place_order trades all it proposes or nothing), through no fault of their
+        members, so their holds end now, and uncharged. Returns the makers to re-read."""
+        if maker_id not in self._held:
+            return []
+        record = view.load_order(state, maker_id)
+        if record is None:
+            return []
+        dead = [option_id for option_id in self._slot_holds.get(record.slot_start, ())
+                if any(m == maker_id for m, _ in self._holds[option_id].takes)]
+        makers: list[str] = []
+        for option_id in dead:
+            makers += self._release(option_id)
+        HOLDS_ENDED_BY_CANCEL.inc(len(dead))
+        return makers
 

@@ -37,6 +37,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
+from gridledger_core.consensus.clock import DEADLINE_SETTLED_AFTER_S
 from gridledger_core.identity import Identity
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
@@ -60,7 +61,7 @@ from gridledger_endorser.book_cache import (
 
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
 REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
-HOLD_GRACE_SECONDS = 2  # as the book cache: a place_order sealed at expiry may still commit
+HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S  # as the book cache: a place_order may still commit
 MAX_NONCE_BYTES = 64
 
 

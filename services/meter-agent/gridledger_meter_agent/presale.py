@@ -35,7 +35,7 @@ from prometheus_client import Counter
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
-from gridledger_core.consensus.protocol import ReplicaConfig
+from gridledger_core.consensus.clock import DEADLINE_SETTLED_AFTER_S
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code
 from gridledger_core.market.forecast import ForecastParams, Reading, forecast, history_window
@@ -58,9 +58,9 @@ RETRIES = Counter("gridledger_meter_presale_retries",
 # Refused for now, not for good: ask again later (with a new request).
 FOR_NOW = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-# A block's time may trail the wall clock by the cluster's skew bound: a PlaceOrder not yet
-# on the ledger this long after its option expired can no longer be valid in any block.
-EXPIRY_MARGIN_S = 2 * ReplicaConfig.max_clock_skew + 1
+# A PlaceOrder not on the ledger this long after its option expired can no longer be valid
+# in any block (block times trail the clocks by at most the cluster's skew).
+EXPIRY_MARGIN_S = DEADLINE_SETTLED_AFTER_S
 # Trading is not urgent within a slot's open market: start at a second, at most a minute.
 RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
 

@@ -31,7 +31,7 @@ from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import Admission
-from gridledger_endorser.book_cache import BookCache
+from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS, BookCache
 from gridledger_endorser.service import EndorserServicer
 
 ASK = 250_000
@@ -265,7 +265,7 @@ def test_an_unused_option_holds_energy_only_until_it_expires(endorser: Endorser)
     endorser.commit_broadcast()
     unused = endorser.request("meter-2", terms("meter-2", BUY, ASK, 1500))
     assert endorser.book() == ([], [(ASK, 500, 1)])
-    endorser.clock[0] = _option(unused).expires_at + 3  # past expiry and the grace
+    endorser.clock[0] = _option(unused).expires_at + HOLD_GRACE_SECONDS + 1  # past the grace
     later = endorser.request("meter-3", terms("meter-3", BUY, ASK, 2000))
     assert [t.quantity_wh for t in _option(later).trades] == [2000]
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_helpers import Aborted
 from ledger_helpers import ChainBuilder, endorsed, identity
-from market_helpers import BUY, NOW, SELL, SLOT, history, place, signed_request, terms
+from market_helpers import BUY, NOW, SELL, SLOT, cancel, history, place, signed_request, terms
+from prometheus_client import REGISTRY
 from test_endorser_market import ASK, Endorser, RecordingBroadcaster, _option, accept_proof
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
@@ -24,6 +26,7 @@ from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.storage import MemoryStore
+from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS
 from gridledger_endorser.hold_conduct import HoldConduct
 from gridledger_endorser.service import EndorserServicer
 
@@ -104,7 +107,7 @@ def _places(e: TwoMembers, meter: str, block_time: int = NOW) -> list[int]:
     return result.codes
 
 
-LAPSED = NOW + 40  # past every option of NOW's expiry (30 s) and its grace (2 s)
+LAPSED = NOW + 30 + HOLD_GRACE_SECONDS + 1  # past every option of NOW's expiry (30 s) and its grace
 
 
 def test_a_member_shares_a_slot_once_another_asks_and_lapsing_costs_its_first_option(
@@ -164,11 +167,52 @@ def test_a_place_order_that_fails_in_its_block_ends_no_hold_and_it_lapses(
     expiry = _option(e.options["rival-1"]).expires_at
     e.clock[0] = expiry
     assert _places(e, "rival-1", block_time=expiry + 1) != [Code.TX_VALIDATION_CODE_VALID]
-    e.clock[0] = expiry + 3  # past the grace
+    e.clock[0] = expiry + 1  # the block's time is past the expiry: no block can place it
     assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
     # Nor does the book cache's rebuild (after a block it could not apply) forget it.
     e.servicer.books.rebuild()
     assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
+
+
+def test_a_hold_lasts_while_a_block_may_still_place_its_option(e: TwoMembers) -> None:
+    """Block times trail the endorser's clock by up to the cluster's skew. Before, a hold
+    ended 2 s past expiry by this clock: its energy went to the next request (whose option
+    then over-filled at commit) while the first option was still placed validly, and its
+    member was charged a lapse for energy it traded. Now it lasts until a block's time is
+    past the expiry (or this clock is past it by more than block times may trail)."""
+    _takes(e, "rival-1", 6000)
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.clock[0] = expiry - 1
+    e.submit(place(e.ids["rival-1"], e.options["rival-1"].option))  # sealed in time
+    e.clock[0] = expiry + 3  # its block has not come yet
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # still held
+    result = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=expiry))
+    e.servicer.books.on_commit(result)
+    assert result.codes == [Code.TX_VALIDATION_CODE_VALID]
+    assert e.servicer.books._conduct.totals("rival", expiry + 3) == (6000, 0)  # traded
+
+
+def test_a_seller_cancelling_what_an_option_holds_costs_the_option_no_lapse(
+        e: TwoMembers) -> None:
+    """A seller cancels the order another member's option trades with, before its
+    place_order: the option can no longer be placed (a place_order trades all or nothing),
+    through no fault of its member. Before, its hold stayed until expiry and was charged as a
+    lapse, so any seller could put another member in bad standing (held to its share) at
+    will. Now the hold ends in the cancel's block, uncharged."""
+    [(_, order_id, _, _)] = e.servicer.books.open_orders()
+    _takes(e, "rival-1", 6000)
+    e.submit(cancel(e.ids["meter-1"], order_id))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert REGISTRY.get_sample_value("gridledger_endorser_held_options") == 0
+    with pytest.raises(Aborted, match="over-fill"):  # dead, as said
+        e.submit(place(e.ids["rival-1"], e.options["rival-1"].option))
+    # The seller lists again; both members ask; the rival is in good standing: its first
+    # option may take more than its share.
+    e.accept("meter-1", e.request("meter-1", terms("meter-1", SELL, ASK, 6000)))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    _takes(e, "meter-2", 1000)
+    e.clock[0] = LAPSED
+    _takes(e, "rival-2", 5000)
 
 
 def test_a_forged_place_order_neither_ends_a_hold_nor_hides_its_energy(e: TwoMembers) -> None:

@@ -17,6 +17,7 @@ from test_endorser_market import ASK, Endorser, _option, endorser  # noqa: F401 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.rpc.errors import EdgeRefusal
+from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS
 from gridledger_endorser.options import DeskLimits, RequestFreshness
 from gridledger_endorser.service import EndorserServicer
 
@@ -63,7 +64,7 @@ def test_repeated_requests_cannot_hold_more_than_the_meters_allowance(e: Endorse
 def test_the_cap_frees_when_the_options_expire_or_reach_the_ledger(e: Endorser) -> None:
     _liquidity(e, 6000)
     held = e.request("meter-3", terms("meter-3", BUY, ASK, 2000))
-    e.clock[0] = _option(held).expires_at + 3  # past expiry and the grace
+    e.clock[0] = _option(held).expires_at + HOLD_GRACE_SECONDS + 1  # past expiry and the grace
     again = e.request("meter-3", terms("meter-3", BUY, ASK, 2000))
     assert sum(t.quantity_wh for t in _option(again).trades) == 2000
     e.accept("meter-3", again)

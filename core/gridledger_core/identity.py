@@ -158,6 +158,14 @@ class Membership:
         """The genesis accounts."""
         return self._accounts
 
+    def account(self, name: str, ledger: AccountBook | None) -> Account | None:
+        """The account `name` (its organisation and role): in the genesis, else registered
+        on the ledger (`ledger`: the state's accounts; None: the genesis only)."""
+        account = self._accounts.get(name)
+        if account is None and ledger is not None:
+            account = ledger.registered(name)
+        return account
+
     def certificate(self, certificate_der: bytes) -> Identity:
         """What a certificate says (CN, O, OU, key), checked only for its chain to the CA of
         the organisation it names: no validity time, no account binding. For tools and for
@@ -193,9 +201,7 @@ class Membership:
         if at is not None and not not_before <= at <= not_after:
             raise UnknownSigner(f"certificate of {identity.name} is expired or not yet valid at "
                                 f"{at} (valid from {not_before} to {not_after})")
-        account = self._accounts.get(identity.name)
-        if account is None and ledger is not None:
-            account = ledger.registered(identity.name)
+        account = self.account(identity.name, ledger)
         if account is None:
             raise UnknownSigner(f"{identity.name} is not an account of the consortium (neither "
                                 "in the genesis nor registered on the ledger)")

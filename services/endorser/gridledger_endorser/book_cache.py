@@ -48,6 +48,7 @@ from gridledger_core.consensus.clock import DEADLINE_SETTLED_AFTER_S
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import CommitResult, Ledger
+from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import BookSet, Depth, MatchResult, Order, OrderBook, Side
 from gridledger_core.market import ledger_view as view
@@ -282,7 +283,8 @@ class BookCache:
 
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
-        traded: list[str] = []  # options whose place_order is valid in this block: holds end
+        # Options whose place_order is valid in this block (their holds end), with their trades.
+        traded: list[tuple[str, list[market_pb2.ProposedTrade]]] = []
         committed_trades: list[market_pb2.ProposedTrade] = []
         cancelled: list[str] = []  # resting orders cancelled in this block
         for index, tx in enumerate(result.transactions):
@@ -293,7 +295,7 @@ class BookCache:
             body = tx.WhichOneof("body")
             if body == "place_order":
                 option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                traded.append(option.option_id)
+                traded.append((option.option_id, list(option.trades)))
                 touched += [t.maker_order_id for t in option.trades]
                 touched.append(tx.header.tx_id)
                 committed_trades += option.trades
@@ -304,10 +306,11 @@ class BookCache:
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
-            for option_id in traded:
+            for option_id, trades in traded:
                 hold = self._holds.get(option_id)
                 if hold is not None:
-                    self._conduct.traded(hold.member, hold.wh, now)
+                    self._conduct.traded(hold.member, self._with_others(state, hold.member,
+                                                                        trades), now)
                     touched[:0] = self._release(option_id)  # the makers it held, re-read
             for order_id in cancelled:
                 touched[:0] = self._end_holds_on(state, order_id)
@@ -317,6 +320,17 @@ class BookCache:
             self.height = result.number + 1
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
+
+    def _with_others(self, state: StateOverlay, member: str,
+                     trades: list[market_pb2.ProposedTrade]) -> int:
+        """Wh of `trades` whose maker is another member's: a member trading between its own
+        meters moves nothing between members, so it earns no standing."""
+        membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
+
+        def org(name: str) -> str:
+            account = membership.account(name, accounts)
+            return account.org if account is not None else ""
+        return sum(t.quantity_wh for t in trades if org(t.maker) != member)
 
     def _sync(self, state: StateOverlay, order_id: str, now: int) -> None:
         """Make the cached order equal to the ledger's record (or absent if not open)."""

@@ -56,14 +56,20 @@ class TwoMembers(Endorser):
 def e(two_members: Path) -> TwoMembers:
     """meter-1 (community) rests an ask of 6,000 Wh; meter-2 (community) and every rival
     meter have a deficit of 6,000 Wh (allowance 6,600)."""
+    return _two_members(two_members)
+
+
+def _two_members(two_members: Path, sellers: tuple[str, ...] = ("meter-1",)) -> TwoMembers:
+    """As `e`, with each of `sellers` a surplus of 6,000 Wh (only meter-1 rests an ask)."""
     genesis = Genesis.load(two_members / "genesis.json")
     ids = {n: identity(two_members, n) for n in ("endorser-1", "meter-1", "meter-2", *RIVALS)}
     ledger = Ledger(MemoryStore(), genesis, accept_proof)
     chain = ChainBuilder()
     endorser = ids["endorser-1"]
-    txs = history(ids["meter-1"], endorser, SLOT, produced=2000, consumed=500)
-    for buyer in ("meter-2", *RIVALS):
-        txs += history(ids[buyer], endorser, SLOT, produced=0, consumed=1500)
+    txs = []
+    for meter in ("meter-1", "meter-2", *RIVALS):
+        produced, consumed = (2000, 500) if meter in sellers else (0, 1500)
+        txs += history(ids[meter], endorser, SLOT, produced=produced, consumed=consumed)
     assert set(ledger.commit(chain.block(txs, timestamp=NOW)).codes) == {
         Code.TX_VALIDATION_CODE_VALID}
     clock = [float(NOW)]
@@ -213,6 +219,27 @@ def test_a_seller_cancelling_what_an_option_holds_costs_the_option_no_lapse(
     _takes(e, "meter-2", 1000)
     e.clock[0] = LAPSED
     _takes(e, "rival-2", 5000)
+
+
+def test_trading_between_its_own_meters_does_not_restore_a_members_standing(
+        two_members: Path) -> None:
+    """The rival lets 6,000 Wh lapse, then its buyer takes 6,000 Wh from its own seller
+    (rival-3) and places it: nothing moved between members. Before, that trade restored its
+    standing, so a member could hold the others' energy, let it lapse, and wash its record
+    with itself at will. Now only trades with another member's makers count."""
+    e = _two_members(two_members, sellers=("meter-1", "rival-3"))
+    _takes(e, "rival-1", 6000)
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
+    e.clock[0] = LAPSED  # the rival's 6,000 Wh lapse
+    cheaper = ASK - 10_000
+    e.accept("rival-3", e.request("rival-3", terms("rival-3", SELL, cheaper, 6000)))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    code, message, traded = _ask(e, "rival-1", 6000, price=cheaper)  # its own seller only
+    assert (code, traded) == (grpc.StatusCode.OK, 6000), message
+    assert _places(e, "rival-1", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
+    # Still in bad standing: its share of meter-1's 6,000 Wh (two members ask), no more.
+    message = _exhausted(e, "rival-2", 6000)
+    assert "let 6000 Wh lapse" in message and "traded 0 Wh" in message
 
 
 def test_a_forged_place_order_neither_ends_a_hold_nor_hides_its_energy(e: TwoMembers) -> None:

@@ -283,8 +283,9 @@ class BookCache:
 
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
-        # Options whose place_order is valid in this block (their holds end), with their trades.
-        traded: list[tuple[str, list[market_pb2.ProposedTrade]]] = []
+        # Options whose place_order is valid in this block (their holds end): (option id, the
+        # taking meter, its trades).
+        traded: list[tuple[str, str, list[market_pb2.ProposedTrade]]] = []
         committed_trades: list[market_pb2.ProposedTrade] = []
         cancelled: list[str] = []  # resting orders cancelled in this block
         for index, tx in enumerate(result.transactions):
@@ -295,7 +296,7 @@ class BookCache:
             body = tx.WhichOneof("body")
             if body == "place_order":
                 option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                traded.append((option.option_id, list(option.trades)))
+                traded.append((option.option_id, tx.header.creator, list(option.trades)))
                 touched += [t.maker_order_id for t in option.trades]
                 touched.append(tx.header.tx_id)
                 committed_trades += option.trades
@@ -306,11 +307,11 @@ class BookCache:
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
-            for option_id, trades in traded:
+            for option_id, taker, trades in traded:
                 hold = self._holds.get(option_id)
                 if hold is not None:
-                    self._conduct.traded(hold.member, self._with_others(state, hold.member,
-                                                                        trades), now)
+                    self._conduct.traded(hold.member, self._earned(state, hold.member, taker,
+                                                                   trades), now)
                     touched[:0] = self._release(option_id)  # the makers it held, re-read
             for order_id in cancelled:
                 touched[:0] = self._end_holds_on(state, order_id)
@@ -321,15 +322,18 @@ class BookCache:
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
 
-    def _with_others(self, state: StateOverlay, member: str,
-                     trades: list[market_pb2.ProposedTrade]) -> int:
-        """Wh of `trades` whose maker is another member's: a member trading between its own
-        meters moves nothing between members, so it earns no standing."""
+    def _earned(self, state: StateOverlay, member: str, taker: str,
+                trades: list[market_pb2.ProposedTrade]) -> int:
+        """The Wh of `trades` that count for `member`'s standing: its own meter took them
+        from another member's makers. Trading between its own meters moves nothing between
+        members; trades of another member's meter it relayed are that member's."""
         membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
 
         def org(name: str) -> str:
             account = membership.account(name, accounts)
             return account.org if account is not None else ""
+        if org(taker) != member:
+            return 0
         return sum(t.quantity_wh for t in trades if org(t.maker) != member)
 
     def _sync(self, state: StateOverlay, order_id: str, now: int) -> None:

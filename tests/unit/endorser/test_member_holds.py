@@ -275,6 +275,21 @@ def test_a_relayed_request_is_charged_to_the_relaying_member(e: TwoMembers) -> N
     _takes(e, "meter-2", 6000)  # the community's own first option: all of it
 
 
+def test_trades_a_member_relays_for_another_members_meter_earn_it_no_standing(
+        e: TwoMembers) -> None:
+    """The rival lets 3,000 Wh lapse, then relays a community meter's request and the
+    community places it: a trade between two community meters. Before, it counted for the
+    rival (its call got the option), so relaying others' trades washed its lapses. Now a
+    trade counts only for the member whose own meter took it."""
+    _takes(e, "rival-1", 3000)
+    _takes(e, "meter-2", 500)  # the community asks (its 500 Wh lapse too)
+    e.clock[0] = LAPSED
+    _takes(e, "meter-2", 3000, member="rival")  # the rival's share: 6,000 / 2
+    assert _places(e, "meter-2", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
+    message = _exhausted(e, "rival-2", 3000)  # its share of the 3,000 Wh left: 1,500
+    assert "let 3000 Wh lapse" in message and "traded 0 Wh" in message
+
+
 def test_a_request_that_takes_nothing_is_not_asking(e: TwoMembers) -> None:
     # A bid below every ask holds nothing and lapses nothing: it does not shrink the shares.
     code, _, traded = _ask(e, "meter-2", 1000, price=ASK - 10_000)

@@ -25,9 +25,11 @@ class EdgeRefusal(TxInvalid):
     """A refusal at a node's edge (not a ledger rule) with its own gRPC status, e.g. a cap
     (RESOURCE_EXHAUSTED); the validation code is only for metrics labels."""
 
-    def __init__(self, code: int, status: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: int, status: grpc.StatusCode, message: str,
+                 retry_after_ms: int = 0) -> None:
         super().__init__(code, message)
         self.status = status
+        self.retry_after_ms = retry_after_ms  # for a refusal for now: when to come back
 
 
 def status_of(error: TxInvalid) -> tuple[grpc.StatusCode, str]:

@@ -68,8 +68,13 @@ DEMAND_SECONDS = 60  # a member that asked for a slot's side this recently share
 
 
 class MemberHoldsItsShare(Exception):
-    """The request's member already holds its share of the slot's offered energy through
-    outstanding options: they end at their block (or expiry), so ask again after it."""
+    """The request would take its member past its share of the slot's offered energy: its
+    outstanding options hold it (they end at their block or expiry), or, in bad standing, the
+    request alone exceeds it. `retry_after_ms`: when the share may grow (0: at its block)."""
+
+    def __init__(self, message: str, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class HeldByOptions(Exception):
@@ -184,14 +189,22 @@ class BookCache:
         offered = book.open_quantity(key[1]) + sum(holding.values())  # few members
         share = offered // len(asking)  # the member itself is one of them
         if held + wh > share:
-            why = (f"its outstanding options hold {held} Wh there" if held else
-                   f"its options let {lapsed} Wh lapse in the last {WINDOW_SECONDS} s and "
-                   f"traded {traded} Wh")
+            whose = (f"{member or 'this member'} may hold at most {share} Wh of slot "
+                     f"{order.slot}'s {key[1].value} offers (the {offered} Wh offered, shared "
+                     f"by the {len(asking)} members asking for them)")
+            less = f"request at most {max(0, share - held)} Wh"
+            if held:
+                raise MemberHoldsItsShare(
+                    f"{whose} and its outstanding options hold {held} Wh there; {held + wh} "
+                    f"Wh would exceed that: {less}, or again after its options' block")
+            # In bad standing: the share grows when another member stops asking.
+            others = [at for m, at in asking.items() if m != member]
+            wait_s = max(1, min(others) + DEMAND_SECONDS + 1 - now) if others else 1
             raise MemberHoldsItsShare(
-                f"{member or 'this member'} may hold at most {share} Wh of slot "
-                f"{order.slot}'s {key[1].value} offers (the {offered} Wh offered, shared by "
-                f"the {len(asking)} members asking for them) and {why}; {held + wh} Wh would "
-                "exceed that: request less, or again after its options' block")
+                f"{whose}, as its options let {lapsed} Wh lapse in the last {WINDOW_SECONDS} "
+                f"s and traded {traded} Wh with other members (its first option may take more "
+                f"again once they traded as much as they let lapse); {wh} Wh would exceed "
+                f"that: {less}, or again in {wait_s} s", retry_after_ms=wait_s * 1000)
 
     def _count_held(self, hold: _Hold, wh: int) -> None:
         """Add (or, negative, take away) `wh` held by `hold`'s member on its slot's side."""

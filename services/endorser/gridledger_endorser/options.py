@@ -61,6 +61,7 @@ from gridledger_endorser.book_cache import (
 
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
 REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
+MIN_CAP_RETRY_MS = 100
 HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S  # as the book cache: a place_order may still commit
 MAX_NONCE_BYTES = 64
 
@@ -191,14 +192,21 @@ class HeldEnergy:
         with self._lock:
             holdings = self._meters.setdefault(meter, _MeterHoldings())
             holdings.items = [h for h in holdings.items if not self._over(h, now)]
-            held = sum(h.wh for h in holdings.items if h.key == key)
+            here = [h for h in holdings.items if h.key == key]
+            held = sum(h.wh for h in here)
             if held + terms.quantity_wh > cap:
+                # At the latest when its first option there stops holding (a block may place
+                # one sooner); a reservation still being matched ends within the call.
+                ends = [h.expires_at + HOLD_GRACE_SECONDS + 1 for h in here if h.option_id]
+                wait_ms = max(MIN_CAP_RETRY_MS, (min(ends) - now) * 1000 if ends else 0)
                 raise EdgeRefusal(
                     Code.TX_VALIDATION_CODE_STATE_CONFLICT, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{meter}'s outstanding options hold {held} Wh of slot {terms.slot_start} "
                     f"({view.side_name(terms.side)}); with {terms.quantity_wh} Wh more that "
                     f"exceeds its cap of {cap} Wh ({self._percent}% of its allowance left, "
-                    "max-held-percent); submit or let those options expire first")
+                    f"max-held-percent); request at most {max(0, cap - held)} Wh, or submit or "
+                    f"let those options expire first (within {wait_ms} ms)",
+                    retry_after_ms=wait_ms)
             holding = _Holding("", key, terms.quantity_wh, now + 1)
             holdings.items.append(holding)
             return holding

@@ -322,15 +322,18 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
                       else exc.code_name.lower())
             TRADE_REQUESTS.labels(side, result).inc()
-            return OptionsOutcome(*status_of(exc))
+            return OptionsOutcome(*status_of(exc),
+                                  retry_after_ms=getattr(exc, "retry_after_ms", 0))
         except HeldByOptions as exc:
             TRADE_REQUESTS.labels(side, "held_by_options").inc()
             return OptionsOutcome(grpc.StatusCode.ABORTED, str(exc))
         except MemberHoldsItsShare as exc:
             TRADE_REQUESTS.labels(side, "member_share").inc()
-            # Its options' holds end at their block: the mean block interval is the hint.
+            # Its options' holds end at their block: the mean block interval is the hint
+            # (a member in bad standing holding nothing is told when its share may grow).
             return OptionsOutcome(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
-                                  retry_after_ms=self._admission.retry_after_ms())
+                                  retry_after_ms=exc.retry_after_ms
+                                  or self._admission.retry_after_ms())
         TRADE_REQUESTS.labels(side, "accepted").inc()
         allowance = proposal.allowance
         response = endorser_pb2.RequestOptionsResponse(

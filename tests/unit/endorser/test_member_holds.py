@@ -131,6 +131,9 @@ def test_a_member_shares_a_slot_once_another_asks_and_lapsing_costs_its_first_op
     message = _exhausted(e, "rival-1", 6000)
     assert "at most 3000 Wh" in message and "shared by the 2 members" in message
     assert "let 6000 Wh lapse" in message and "traded 0 Wh" in message
+    # Its share grows when the community stops asking (60 s after its last request at NOW).
+    request = signed_request(e.ids["rival-1"], terms("rival-1", BUY, ASK, 6000), LAPSED)
+    assert e.servicer.options(request, "").retry_after_ms == (NOW + 61 - LAPSED) * 1000
     _takes(e, "rival-1", 2000)
     _takes(e, "rival-2", 1000)
     assert "hold 3000 Wh" in _exhausted(e, "rival-3", 100)

@@ -55,6 +55,11 @@ def test_repeated_requests_cannot_hold_more_than_the_meters_allowance(e: Endorse
     err = _refused(e, _signed(e, "meter-3", terms("meter-3", BUY, ASK, 2000), NOW))
     assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "hold 2000 Wh" in err.details and "cap of 2200 Wh" in err.details
+    assert "request at most 200 Wh" in err.details
+    # It says when to come back: once its first option stops holding (expiry and grace).
+    refused = e.servicer.options(_signed(e, "meter-3", terms("meter-3", BUY, ASK, 2000), NOW),
+                                 "")
+    assert refused.retry_after_ms == (30 + HOLD_GRACE_SECONDS + 1) * 1000
     assert e.book() == ([], [(ASK, 4000, 1)])  # the rest stays for others
     # What is left under the cap may still be asked for.
     assert sum(t.quantity_wh for t in _option(

@@ -9,9 +9,12 @@ commit-time rules (a stale option), never the ledger's consistency. If an update
 (it should not), the whole cache is rebuilt from the ledger.
 
 Options hold what they take: the quantity an outstanding option trades against a resting
-order is taken out of the cached order until the option's place_order is valid in a block or
-the option expires (an invalid one ends nothing: the option may still be placed, and its
-unverified payload may name any option). Concurrent requests are then never offered the same
+order is taken out of the cached order until the option's place_order is valid in a block,
+a block fills or cancels that order so the option can no longer be placed (through any
+endorser), or the option expires: a block's time is past its expiry, or this clock is past
+it by more than block times trail it when rounds go well (the lapse is charged only once a
+block shows it). An invalid place_order ends nothing: the option may still be placed, and its
+unverified payload may name any option. Concurrent requests are then never offered the same
 resting energy twice (which the ledger would refuse at commit as an over-fill), at the cost
 of keeping that energy from other buyers for at most the option's lifetime.
 
@@ -25,11 +28,11 @@ resting or held): a member whose options already hold energy there may add an op
 while all it holds stays within its share (all of it while it is the only one asking). Its
 first option there may take any quantity (one order may clear a thin book, as in any market)
 while it is in good standing: the energy its options let lapse (expired without a valid
-place_order) in the last ten minutes is no more than the energy its options traded
-(their place_order valid; hold_conduct.py). So a member that holds without trading is held to
-its share. The member is the organisation of the caller's verified TLS identity (a head-end
-system's, or the meter's own), whose calls got the options; without one (tests, in-process
-tools), the request signer's organisation.
+place_order, or made void by its own member's fill or cancel) in the last ten minutes is no
+more than the energy its own meters' options traded with other members (hold_conduct.py).
+So a member that holds without trading is held to its share. The member is the organisation
+of the caller's verified TLS identity (a head-end system's, or the meter's own), whose calls
+got the options; without one (tests, in-process tools), the request signer's organisation.
 """
 
 from __future__ import annotations
@@ -97,9 +100,13 @@ class _Hold:
 OPEN_ORDERS = Gauge("gridledger_endorser_book_open_orders",
                     "Open orders in the endorser's book cache, all slots.")
 REBUILDS = Counter("gridledger_endorser_book_rebuilds", "Full rebuilds of the book cache.")
-HOLDS_ENDED_BY_CANCEL = Counter(
-    "gridledger_endorser_holds_ended_by_cancel",
-    "Options whose hold ended because a maker they trade with was cancelled (not a lapse).")
+HOLDS_ENDED_EARLY = Counter(
+    "gridledger_endorser_holds_ended_early",
+    "Options whose hold ended before expiry because a block filled or cancelled a maker they "
+    "trade with, by whether their member was charged a lapse (its own doing).", ["charged"])
+# Holds the clock released whose lapse awaits a block past their expiry (bounded: beyond it
+# the oldest are dropped uncharged).
+MAX_UNSETTLED = 100_000
 
 
 class BookCache:
@@ -119,6 +126,10 @@ class BookCache:
         self._demand: dict[tuple[int, Side], dict[str, int]] = {}
         # (expiry, option id), oldest first; ids already released are skipped when popped.
         self._expiries: list[tuple[int, str]] = []
+        # option id -> (member, Wh, expiry) of holds the clock released, not yet charged;
+        # and their (expiry, option id), oldest first.
+        self._unsettled: dict[str, tuple[str, int, int]] = {}
+        self._unsettled_expiries: list[tuple[int, str]] = []
         self.height = 0  # ledger height the cache reflects
         self._block_time = 0  # header time of the last block applied
         self.rebuild()
@@ -218,6 +229,11 @@ class BookCache:
         if not members:
             del self._member_held[key]
 
+    def holds(self, option_id: str) -> bool:
+        """Does the option still hold energy here (not placed, expired or made void)?"""
+        with self._lock:
+            return option_id in self._holds
+
     def depth(self, slot_start: int, levels: int | None = None) -> tuple[Depth, int]:
         with self._lock:
             self._close_slots(self._now())
@@ -300,7 +316,8 @@ class BookCache:
         # taking meter, its trades).
         traded: list[tuple[str, str, list[market_pb2.ProposedTrade]]] = []
         committed_trades: list[market_pb2.ProposedTrade] = []
-        cancelled: list[str] = []  # resting orders cancelled in this block
+        # Resting orders this block filled or cancelled -> the account that did it.
+        consumed: dict[str, str] = {}
         for index, tx in enumerate(result.transactions):
             if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
                 # An invalid place_order ends no hold: its option may still be placed validly
@@ -313,27 +330,38 @@ class BookCache:
                 touched += [t.maker_order_id for t in option.trades]
                 touched.append(tx.header.tx_id)
                 committed_trades += option.trades
+                consumed.update((t.maker_order_id, tx.header.creator) for t in option.trades)
             elif body == "cancel_order":
                 touched.append(tx.cancel_order.order_id)
-                cancelled.append(tx.cancel_order.order_id)
+                consumed[tx.cancel_order.order_id] = tx.header.creator
         state = StateOverlay(self._ledger.store)
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
             for option_id, taker, trades in traded:
-                hold = self._holds.get(option_id)
-                if hold is not None:
-                    self._conduct.traded(hold.member, self._earned(state, hold.member, taker,
-                                                                   trades), now)
-                    touched[:0] = self._release(option_id)  # the makers it held, re-read
-            for order_id in cancelled:
-                touched[:0] = self._end_holds_on(state, order_id)
+                member = self._placed(option_id)
+                if member is not None:
+                    self._conduct.traded(member, self._earned(state, member, taker, trades),
+                                         now)
+                touched[:0] = self._release(option_id)  # the makers it held, re-read
+            for order_id, by in consumed.items():
+                touched[:0] = self._end_holds_on(state, order_id, by, now)
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
+            self._expire(now)
             self._close_slots(now)
             self.height = result.number + 1
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
+
+    def _placed(self, option_id: str) -> str | None:
+        """The member whose option this block placed, if this endorser issued it and has
+        not charged it as lapsed: its hold, or a hold released by the clock alone."""
+        hold = self._holds.get(option_id)
+        if hold is not None:
+            return hold.member
+        unsettled = self._unsettled.pop(option_id, None)
+        return unsettled[0] if unsettled is not None else None
 
     def _earned(self, state: StateOverlay, member: str, taker: str,
                 trades: list[market_pb2.ProposedTrade]) -> int:
@@ -397,33 +425,61 @@ class BookCache:
     def _expire(self, now: int) -> None:
         """End the holds of options that can no longer be placed: a block's time is past
         their expiry (block times never go back), or this clock is past it by more than
-        block times may trail it (an idle chain)."""
+        block times trail it when rounds go well (an idle chain). A hold the clock alone
+        ended is charged as lapsed only once a block's time passes its expiry (a locked
+        pre-block re-proposed after round changes keeps its older time and may still place
+        it: then it counts as traded)."""
         state: StateOverlay | None = None
         clock = int(self._clock())
         while self._expiries and (self._expiries[0][0] < self._block_time
                                   or self._expiries[0][0] + HOLD_GRACE_SECONDS < clock):
-            _, option_id = heapq.heappop(self._expiries)
+            expires_at, option_id = heapq.heappop(self._expiries)
             hold = self._holds.get(option_id)
-            if hold is not None:  # not released by a block: it lapsed unplaced
-                self._conduct.lapsed(hold.member, hold.wh, now)
+            if hold is not None:  # not released by a block: it lapsed unplaced, or may have
+                if expires_at < self._block_time:
+                    self._conduct.lapsed(hold.member, hold.wh, now)
+                else:
+                    self._unsettled[option_id] = (hold.member, hold.wh, expires_at)
+                    heapq.heappush(self._unsettled_expiries, (expires_at, option_id))
             for maker_id in self._release(option_id):  # nothing if already released
                 state = state or StateOverlay(self._ledger.store)
                 self._sync(state, maker_id, now)
+        pending = self._unsettled_expiries
+        while pending and (pending[0][0] < self._block_time
+                           or len(self._unsettled) > MAX_UNSETTLED):
+            expires_at, option_id = heapq.heappop(pending)
+            unsettled = self._unsettled.pop(option_id, None)
+            if unsettled is not None and expires_at < self._block_time:
+                self._conduct.lapsed(unsettled[0], unsettled[1], now)
 
-    def _end_holds_on(self, state: StateOverlay, maker_id: str) -> list[str]:
-        """A valid cancel_order of a maker that options hold: those options can no longer be
-        placed (a place_order trades all it proposes or nothing), through no fault of their
-        members, so their holds end now, and uncharged. Returns the makers to re-read."""
-        if maker_id not in self._held:
-            return []
-        record = view.load_order(state, maker_id)
+    def _end_holds_on(self, state: StateOverlay, maker_id: str, by: str, now: int
+                      ) -> list[str]:
+        """`by` filled or cancelled the resting order `maker_id` in a block (through any
+        endorser). The options holding more of it than is left can no longer be placed (a
+        place_order trades all it proposes or nothing): their holds end now, the earliest
+        to expire kept while what is left covers them. An ended hold is charged as lapsed
+        only when `by` is an account of its own member (it cancelled or took its own
+        option's energy); another member's doing costs it nothing. Returns the makers to
+        re-read."""
+        record = view.load_order(state, maker_id) if maker_id in self._held else None
         if record is None:
             return []
-        dead = [option_id for option_id in self._slot_holds.get(record.slot_start, ())
-                if any(m == maker_id for m, _ in self._holds[option_id].takes)]
+        left = record.remaining_wh if self._open(record, now) else 0
+        holding = sorted((self._holds[option_id].expires_at, option_id)
+                         for option_id in self._slot_holds.get(record.slot_start, ())
+                         if any(m == maker_id for m, _ in self._holds[option_id].takes))
+        membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
+        account = membership.account(by, accounts)
         makers: list[str] = []
-        for option_id in dead:
+        for _, option_id in holding:
+            hold = self._holds[option_id]
+            wh = sum(q for m, q in hold.takes if m == maker_id)
+            if wh <= left:
+                left -= wh
+                continue
+            charged = account is not None and account.org == hold.member
+            if charged:
+                self._conduct.lapsed(hold.member, hold.wh, now)
+            HOLDS_ENDED_EARLY.labels("yes" if charged else "no").inc()
             makers += self._release(option_id)
-        HOLDS_ENDED_BY_CANCEL.inc(len(dead))
         return makers
-

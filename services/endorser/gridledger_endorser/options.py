@@ -180,7 +180,7 @@ class HeldEnergy:
 
     def __init__(self, percent: int, used: Callable[[str], bool]) -> None:
         self._percent = percent
-        self._used = used  # option id -> already on the ledger
+        self._used = used  # option id -> placed on the ledger or no longer holding
         self._meters: dict[str, _MeterHoldings] = {}
         self._lock = threading.Lock()
 
@@ -263,10 +263,14 @@ class OptionDesk:
         self._clock = clock
         limits = limits or DeskLimits()
         self._fresh = RequestFreshness(limits)
-        self._held = HeldEnergy(limits.max_held_percent, self._option_used)
+        self._held = HeldEnergy(limits.max_held_percent, self._option_ended)
 
-    def _option_used(self, option_id: str) -> bool:
-        return StateOverlay(self._ledger.store).get(schema.option_key(option_id)) is not None
+    def _option_ended(self, option_id: str) -> bool:
+        """On the ledger, or no longer holding in the book cache (expired, or made void by a
+        maker's fill or cancel): it no longer counts against its meter's cap."""
+        return (not self._books.holds(option_id)
+                or StateOverlay(self._ledger.store).get(schema.option_key(option_id))
+                is not None)
 
     def propose(self, envelope: envelope_pb2.SignedEnvelope, member: str = "") -> Proposal:
         """Check the signed request and return the signed option; raises TxInvalid (a

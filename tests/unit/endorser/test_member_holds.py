@@ -12,10 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_helpers import Aborted
+from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, endorsed, identity
 from market_helpers import BUY, NOW, SELL, SLOT, cancel, history, place, signed_request, terms
-from prometheus_client import REGISTRY
 from test_endorser_market import ASK, Endorser, RecordingBroadcaster, _option, accept_proof
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
@@ -116,6 +115,14 @@ def _places(e: TwoMembers, meter: str, block_time: int = NOW) -> list[int]:
 LAPSED = NOW + 30 + HOLD_GRACE_SECONDS + 1  # past every option of NOW's expiry (30 s) and its grace
 
 
+def _lapse(e: TwoMembers) -> None:
+    """Time passes beyond every option of NOW (and its grace), and a block shows it: a lapse
+    is charged only once a block's time is past the option's expiry."""
+    e.clock[0] = LAPSED
+    result = e.ledger.commit(e.chain.block([], timestamp=LAPSED))
+    e.servicer.books.on_commit(result)
+
+
 def test_a_member_shares_a_slot_once_another_asks_and_lapsing_costs_its_first_option(
         e: TwoMembers) -> None:
     # While only the rival asks, its meters may hold all the slot's 6,000 Wh.
@@ -127,7 +134,7 @@ def test_a_member_shares_a_slot_once_another_asks_and_lapsing_costs_its_first_op
 
     # The rival's options lapse unplaced. It asks again before the community does: no first
     # option of any size now (it let 6,000 Wh lapse and traded nothing), only its share.
-    e.clock[0] = LAPSED
+    _lapse(e)
     message = _exhausted(e, "rival-1", 6000)
     assert "at most 3000 Wh" in message and "shared by the 2 members" in message
     assert "let 6000 Wh lapse" in message and "traded 0 Wh" in message
@@ -145,7 +152,7 @@ def test_a_member_in_good_standing_may_clear_a_thin_book_and_trading_restores_it
         e: TwoMembers) -> None:
     _takes(e, "meter-2", 1000)  # the community asks (and holds 1,000 Wh)
     _takes(e, "rival-1", 5000)  # the rival's first option takes the rest, above its 3,000
-    e.clock[0] = LAPSED  # both lapse
+    _lapse(e)  # both lapse
     _exhausted(e, "rival-1", 5000)
     # A resting order placed on the ledger does not restore it (it could be cancelled in the
     # next block); trades do.
@@ -212,7 +219,7 @@ def test_a_seller_cancelling_what_an_option_holds_costs_the_option_no_lapse(
     _takes(e, "rival-1", 6000)
     e.submit(cancel(e.ids["meter-1"], order_id))
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-    assert REGISTRY.get_sample_value("gridledger_endorser_held_options") == 0
+    assert not e.servicer.books.holds(_option(e.options["rival-1"]).option_id)
     with pytest.raises(Aborted, match="over-fill"):  # dead, as said
         e.submit(place(e.ids["rival-1"], e.options["rival-1"].option))
     # The seller lists again; both members ask; the rival is in good standing: its first
@@ -220,8 +227,76 @@ def test_a_seller_cancelling_what_an_option_holds_costs_the_option_no_lapse(
     e.accept("meter-1", e.request("meter-1", terms("meter-1", SELL, ASK, 6000)))
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     _takes(e, "meter-2", 1000)
-    e.clock[0] = LAPSED
+    _lapse(e)
     _takes(e, "rival-2", 5000)
+
+
+def test_a_member_cancelling_what_its_own_option_holds_is_charged_the_lapse(
+        two_members: Path) -> None:
+    """The rival's option takes its own cheap ask and all of the community's energy; just
+    before expiry the rival cancels its own ask, which kills the whole option. That must cost
+    it the lapse as letting it expire would (else it holds everything, renews, and its record
+    stays clean), unlike a cancel by another member."""
+    e = _two_members(two_members, sellers=("meter-1", "rival-3"))
+    cheap = ASK - 10_000
+    e.accept("rival-3", e.request("rival-3", terms("rival-3", SELL, cheap, 1000)))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    [own] = [o for (_, o, price, _) in e.servicer.books.open_orders() if price == cheap]
+    _takes(e, "rival-1", 6600)  # its first option, in good standing: 1,000 + 5,600
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
+    e.clock[0] = _option(e.options["rival-1"]).expires_at - 1
+    e.submit(cancel(e.ids["rival-3"], own))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert e.servicer.books._conduct.totals("rival", int(e.clock[0])) == (0, 6600)
+
+
+def test_energy_another_endorser_placed_first_costs_the_option_holding_it_nothing(
+        e: TwoMembers) -> None:
+    """Each endorser holds only for its own options. The rival asks another endorser (here a
+    second instance over the same replica) for the energy the community's option holds on
+    this one, and places it first: the community's option is dead. Before, its hold stayed
+    until expiry and was charged as a lapse, and its meter's cap stayed taken; now both end
+    in that block, uncharged."""
+    _takes(e, "meter-2", 6000)  # holds all 6,000 Wh here
+    theirs = EndorserServicer(e.ledger, e.ids["endorser-1"], RecordingBroadcaster(),  # type: ignore[arg-type]
+                              clock=lambda: e.clock[0])
+    out = theirs.options(signed_request(e.ids["rival-1"], terms("rival-1", BUY, ASK, 6000),
+                                        NOW), "")
+    assert out.code == grpc.StatusCode.OK and out.response is not None, out.message
+    theirs.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(
+        envelope=place(e.ids["rival-1"], out.response.option)), FakeContext())  # type: ignore[arg-type]
+    result = e.ledger.commit(e.chain.block(theirs._broadcaster.sent, timestamp=NOW + 1))  # type: ignore[attr-defined]
+    assert result.codes == [Code.TX_VALIDATION_CODE_VALID]
+    e.servicer.books.on_commit(result)
+    assert not e.servicer.books.holds(_option(e.options["meter-2"]).option_id)
+    code, message, traded = _ask(e, "meter-2", 6000)  # its cap is free again: it may rest
+    assert (code, traded) == (grpc.StatusCode.OK, 0), message
+    _lapse(e)
+    assert e.servicer.books._conduct.totals("community", LAPSED) == (0, 0)
+
+
+def test_a_hold_the_clock_ended_is_charged_only_once_a_block_is_past_its_expiry(
+        e: TwoMembers) -> None:
+    """A locked pre-block re-proposed after round changes keeps its older time, so a block
+    may place an option long after this clock passed its expiry. A hold the clock alone ended
+    frees the energy but is charged as lapsed only once a block's time is past the expiry;
+    placed before that, it counts as traded."""
+    _takes(e, "rival-1", 3000)
+    _takes(e, "rival-2", 3000)
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.clock[0] = expiry - 1
+    e.submit(place(e.ids["rival-1"], e.options["rival-1"].option))
+    e.clock[0] = expiry + HOLD_GRACE_SECONDS + 30  # rounds changed; no block for a while
+    assert _ask(e, "meter-2", 100)[0] == grpc.StatusCode.OK  # the energy is free again
+    assert e.servicer.books._conduct.totals("rival", int(e.clock[0])) == (0, 0)  # not yet
+    late = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=expiry))  # old time
+    e.broadcaster.sent.clear()
+    e.servicer.books.on_commit(late)
+    assert late.codes == [Code.TX_VALIDATION_CODE_VALID]
+    assert e.servicer.books._conduct.totals("rival", int(e.clock[0])) == (3000, 0)
+    past = e.ledger.commit(e.chain.block([], timestamp=expiry + 1))  # rival-2's lapsed
+    e.servicer.books.on_commit(past)
+    assert e.servicer.books._conduct.totals("rival", int(e.clock[0])) == (3000, 3000)
 
 
 def test_trading_between_its_own_meters_does_not_restore_a_members_standing(
@@ -233,7 +308,7 @@ def test_trading_between_its_own_meters_does_not_restore_a_members_standing(
     e = _two_members(two_members, sellers=("meter-1", "rival-3"))
     _takes(e, "rival-1", 6000)
     assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
-    e.clock[0] = LAPSED  # the rival's 6,000 Wh lapse
+    _lapse(e)  # the rival's 6,000 Wh lapse
     cheaper = ASK - 10_000
     e.accept("rival-3", e.request("rival-3", terms("rival-3", SELL, cheaper, 6000)))
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
@@ -262,7 +337,7 @@ def test_a_forged_place_order_neither_ends_a_hold_nor_hides_its_energy(e: TwoMem
     e.servicer.books.on_commit(result)
     assert result.codes != [Code.TX_VALIDATION_CODE_VALID]
     assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # still held
-    e.clock[0] = LAPSED
+    _lapse(e)
     _takes(e, "meter-2", 3000)  # the energy is back (the rival's option lapsed)
     book = e.servicer.GetBook(endorser_pb2.GetBookRequest(slot_start=SLOT), None)  # type: ignore[arg-type]
     assert [(a.price, a.quantity_wh) for a in book.asks] == [(ASK, 3000)]
@@ -273,7 +348,7 @@ def test_a_relayed_request_is_charged_to_the_relaying_member(e: TwoMembers) -> N
     the options: the lapses are the rival's, not the community's."""
     _takes(e, "meter-2", 6000, member="rival")
     assert _ask(e, "meter-2", 500)[0] == grpc.StatusCode.ABORTED  # the community asks
-    e.clock[0] = LAPSED
+    _lapse(e)
     assert "let 6000 Wh lapse" in _exhausted(e, "rival-1", 6000)  # the rival's standing
     _takes(e, "meter-2", 6000)  # the community's own first option: all of it
 
@@ -286,7 +361,7 @@ def test_trades_a_member_relays_for_another_members_meter_earn_it_no_standing(
     trade counts only for the member whose own meter took it."""
     _takes(e, "rival-1", 3000)
     _takes(e, "meter-2", 500)  # the community asks (its 500 Wh lapse too)
-    e.clock[0] = LAPSED
+    _lapse(e)
     _takes(e, "meter-2", 3000, member="rival")  # the rival's share: 6,000 / 2
     assert _places(e, "meter-2", LAPSED) == [Code.TX_VALIDATION_CODE_VALID]
     message = _exhausted(e, "rival-2", 3000)  # its share of the 3,000 Wh left: 1,500

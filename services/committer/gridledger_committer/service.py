@@ -27,11 +27,14 @@ class CommitterServicer(EnergyQueries, SettlementQueries,
 
     def GetChainInfo(self, request: committer_pb2.GetChainInfoRequest,
                      context: grpc.ServicerContext) -> committer_pb2.GetChainInfoResponse:
+        # The time first: a block committed in between only makes the rest newer.
+        last_block_time = self._ledger.tip_time()
         chain = self._ledger.chain
         return committer_pb2.GetChainInfoResponse(height=chain.height,
                                                   last_block_hash=chain.last_block_hash,
                                                   state_root=chain.state_root,
-                                                  transactions=chain.transactions)
+                                                  transactions=chain.transactions,
+                                                  last_block_time=last_block_time)
 
     def GetBlock(self, request: committer_pb2.GetBlockRequest,
                  context: grpc.ServicerContext) -> committer_pb2.GetBlockResponse:

@@ -62,6 +62,11 @@ class LedgerClient:
                 self.sleep(self.backoff.delay(attempt, retry_after_ms(exc)))
         raise AssertionError("unreachable")
 
+    def last_block_time(self) -> int:
+        """The committer's last block's time (Unix seconds; 0 before any block)."""
+        return self.committer.GetChainInfo(committer_pb2.GetChainInfoRequest(),
+                                           timeout=self.timeout).last_block_time
+
     def transaction_code(self, tx_id: str) -> int | None:
         """The transaction's validation code if it is in a block, None if not (yet)."""
         try:

@@ -14,10 +14,13 @@ A refusal for now is not the end of the slot (issue 15: clients back off with ji
 endorser at its admission bound or holding the member to its share (RESOURCE_EXHAUSTED, with
 a retry hint), energy held by others' options (ABORTED), or an endorser away (UNAVAILABLE,
 DEADLINE_EXCEEDED): the agent asks again, with a new signed request, after the hint plus
-jitter (longer while it repeats), as long as the slot's market is open. A PlaceOrder whose
-submission was never acknowledged is sent again as is (the ledger deduplicates by tx id)
-while its option is valid; after that the agent asks a committer whether it got in before
-it asks for a new option, so one slot never gets two orders.
+jitter (longer while it repeats), as long as the slot's market is open; so is a committer
+that cannot answer the forecast. A PlaceOrder whose submission was never acknowledged is sent
+again as is (the ledger deduplicates by tx id) while its option is valid (not after the
+endorser said the option is dead: a maker filled or cancelled). Then only the chain can say
+whether it got in: once the committer's last block is past the option's expiry (block times
+never go back), the agent looks the transaction up there and asks for a new option only if it
+is not VALID; until then it waits. So one slot never gets two orders, whatever the clocks.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from prometheus_client import Counter
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
-from gridledger_core.consensus.clock import DEADLINE_SETTLED_AFTER_S
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code
 from gridledger_core.market.forecast import ForecastParams, Reading, forecast, history_window
@@ -58,11 +60,9 @@ RETRIES = Counter("gridledger_meter_presale_retries",
 # Refused for now, not for good: ask again later (with a new request).
 FOR_NOW = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-# A PlaceOrder not on the ledger this long after its option expired can no longer be valid
-# in any block (block times trail the clocks by at most the cluster's skew).
-EXPIRY_MARGIN_S = DEADLINE_SETTLED_AFTER_S
-# Trading is not urgent within a slot's open market: start at a second, at most a minute.
-RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)
+# Trading is not urgent within a slot's open market: start at a second, at most two minutes
+# (a member held to its share is told to come back within about one).
+RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=120.0)
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ class _Retry:
     placing: envelope_pb2.SignedEnvelope | None = None
     option_expires_at: int = 0
     side_name: str = ""
+    resend: bool = True  # False once the endorser said its option is dead
 
 
 class PresaleTrader:
@@ -170,12 +171,15 @@ class PresaleTrader:
         retry = self._retries.get(slot)
         if retry is not None and now < retry.not_before:
             return None
-        if retry is not None and now + self._market.gate_closure_seconds >= slot:
-            outcome = Outcome.GATE_CLOSED
-        elif retry is not None and retry.placing is not None:
-            outcome = self._resume_placing(slot, retry, int(now))
-        else:
-            outcome = self._order(slot, int(now))
+        try:
+            if retry is not None and now + self._market.gate_closure_seconds >= slot:
+                outcome = self._gate_closed(slot, retry)
+            elif retry is not None and retry.placing is not None:
+                outcome = self._resume_placing(slot, retry, int(now))
+            else:
+                outcome = self._order(slot, int(now))
+        except grpc.RpcError as exc:  # a committer's answer is missing (forecast, chain)
+            outcome = self._later(slot, f"pre-sale for slot {slot}", exc, now)
         if outcome is Outcome.LATER:
             return outcome
         self._retries.pop(slot, None)
@@ -210,7 +214,10 @@ class PresaleTrader:
             log.warning("%s: the endorser's option was not signed: %s", what, exc)
             return Outcome.OPTION_REFUSED
         except grpc.RpcError as exc:
-            return self._refused(slot, what, side_name, exc, now)
+            outcome = self._refused(slot, what, side_name, exc, now)
+            if outcome is Outcome.LATER:
+                self._retries[slot].side_name = side_name
+            return outcome
         option = market_pb2.TradeOption.FromString(answer.option.payload)
         placing = self._identity.new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
@@ -221,11 +228,17 @@ class PresaleTrader:
         try:
             self._ledger.submit(placing)
         except (Refused, grpc.RpcError) as exc:
-            outcome = self._refused(slot, what, side_name, exc, now)
-            if outcome is Outcome.LATER:  # maybe acknowledged after all: never a second order
-                retry = self._retries[slot]
-                retry.placing, retry.option_expires_at = placing, expires_at
-                retry.side_name = side_name
+            code = _status(exc)
+            # Refused for now, or its option is dead at the endorser (a maker filled or
+            # cancelled, expired): either way an earlier attempt may have been acknowledged,
+            # so the chain decides before a new request; never a second order.
+            dead = code == grpc.StatusCode.FAILED_PRECONDITION
+            if code not in FOR_NOW and not dead:
+                return self._refused(slot, what, side_name, exc, now)
+            outcome = self._later(slot, what, exc, now)
+            retry = self._retries[slot]
+            retry.placing, retry.option_expires_at = placing, expires_at
+            retry.side_name, retry.resend = side_name, not dead
             return outcome
         ORDERS.labels(side_name, "placed").inc()
         log.info("placed a %s", what)
@@ -233,20 +246,20 @@ class PresaleTrader:
 
     def _resume_placing(self, slot: int, retry: _Retry, now: int) -> Outcome:
         """The slot's PlaceOrder was not acknowledged: send it again while its option is
-        valid; once no block can take it, order anew unless it got in meanwhile."""
+        valid. Then only the chain can say whether it got in: once the committer's last
+        block is past the option's expiry (block times never go back, so no later block can
+        place it), it is on the ledger or never will be; until then, wait."""
         assert retry.placing is not None
         what = f"pre-sale order {envelope_tx_id(retry.placing)} for slot {slot}"
         side_name = retry.side_name
-        if now <= retry.option_expires_at:
+        if retry.resend and now <= retry.option_expires_at:
             return self._place(slot, what, side_name, retry.placing, retry.option_expires_at,
                                now)
-        if now <= retry.option_expires_at + EXPIRY_MARGIN_S:
-            retry.not_before = retry.option_expires_at + EXPIRY_MARGIN_S + 1
+        if self._ledger.last_block_time() <= retry.option_expires_at:
+            retry.not_before = now + self._backoff.delay(retry.attempts)
+            retry.attempts += 1
             return Outcome.LATER
-        try:
-            found = self._ledger.transaction_code(envelope_tx_id(retry.placing))
-        except grpc.RpcError as exc:  # the committer is away: ask it later
-            return self._refused(slot, what, side_name, exc, now)
+        found = self._ledger.transaction_code(envelope_tx_id(retry.placing))
         if found == Code.TX_VALIDATION_CODE_VALID:
             ORDERS.labels(side_name, "placed").inc()
             log.info("placed a %s (acknowledged late)", what)
@@ -256,11 +269,15 @@ class PresaleTrader:
 
     def _refused(self, slot: int, what: str, side_name: str, exc: Exception,
                  now: float) -> Outcome:
-        code = exc.status if isinstance(exc, Refused) else exc.code()  # type: ignore[attr-defined]
-        if code not in FOR_NOW:
-            ORDERS.labels(side_name, "refused").inc()
-            log.warning("%s refused: %s", what, exc)
-            return Outcome.REFUSED
+        if _status(exc) in FOR_NOW:
+            return self._later(slot, what, exc, now)
+        ORDERS.labels(side_name, "refused").inc()
+        log.warning("%s refused: %s", what, exc)
+        return Outcome.REFUSED
+
+    def _later(self, slot: int, what: str, exc: Exception, now: float) -> Outcome:
+        """Try the slot again after the server's hint plus jitter, longer while it repeats."""
+        code = _status(exc)
         retry = self._retries.setdefault(slot, _Retry(0, now))
         retry.not_before = now + self._backoff.delay(retry.attempts, retry_after_ms(exc))
         retry.attempts += 1
@@ -268,6 +285,13 @@ class PresaleTrader:
         log.info("%s refused for now (%s): again in %.1f s", what, code.name,
                  retry.not_before - now)
         return Outcome.LATER
+
+    def _gate_closed(self, slot: int, retry: _Retry) -> Outcome:
+        side_name = retry.side_name or "unknown"
+        ORDERS.labels(side_name, "gate_closed").inc()
+        log.warning("pre-sale for slot %d: refused for now until its market closed (%d "
+                    "attempts)", slot, retry.attempts)
+        return Outcome.GATE_CLOSED
 
     def run(self, stop: threading.Event) -> None:
         wait = self._policy.every_seconds
@@ -280,3 +304,6 @@ class PresaleTrader:
             wait = self._policy.every_seconds if due is None else \
                 max(0.05, min(self._policy.every_seconds, due - time.time()))
 
+
+def _status(exc: Exception) -> grpc.StatusCode:
+    return exc.status if isinstance(exc, Refused) else exc.code()  # type: ignore[attr-defined]

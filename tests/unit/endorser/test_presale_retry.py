@@ -14,20 +14,23 @@ from typing import Any
 import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
-from market_helpers import NOW, SLOT
-from test_endorser_market import Endorser, make_endorser
+from market_helpers import NOW, SELL, SLOT, cancel, terms
+from prometheus_client import REGISTRY
+from test_endorser_market import Endorser, accept_proof, make_endorser
 
 from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger_committer.service import CommitterServicer
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.backoff import Backoff
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.signing_identity import envelope_tx_id
+from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_meter_agent.ledger_client import LedgerClient
-from gridledger_meter_agent.presale import EXPIRY_MARGIN_S, Outcome, PresalePolicy, PresaleTrader
+from gridledger_meter_agent.presale import Outcome, PresalePolicy, PresaleTrader
 
 
 class _CallError(grpc.RpcError):
@@ -56,6 +59,7 @@ class _Wire:
         self.calls: dict[str, int] = {}
         self.lose: dict[str, tuple[int, grpc.StatusCode]] = {}
         self.drop: dict[str, tuple[int, grpc.StatusCode]] = {}
+        self.before: dict[str, Callable[[], None]] = {}  # run once before the next call
 
     def _take(self, table: dict[str, tuple[int, grpc.StatusCode]],
               name: str) -> grpc.StatusCode | None:
@@ -70,6 +74,9 @@ class _Wire:
 
         def call(request: Any, timeout: float | None = None) -> Any:
             self.calls[name] = self.calls.get(name, 0) + 1
+            hook = self.before.pop(name, None)
+            if hook is not None:
+                hook()
             dropped = self._take(self.drop, name)
             if dropped is not None:
                 raise _CallError(dropped, "connection refused")
@@ -86,13 +93,14 @@ class _Wire:
         return call
 
 
-def _trader(e: Endorser, endorser_wire: _Wire, sell_price: int = 240_000) -> PresaleTrader:
+def _trader(e: Endorser, endorser_wire: _Wire, sell_price: int = 240_000,
+            meter: str = "meter-1") -> PresaleTrader:
     committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
     client = LedgerClient(endorser_wire, _Wire(committer),  # type: ignore[arg-type]
                           sleep=lambda _s: None)
     policy = PresalePolicy(share_percent=50, sell_price=sell_price, buy_price=260_000)
     # No jitter: the test knows when the retry is due.
-    return PresaleTrader(e.ids["meter-1"], e.ledger.genesis, client, policy,
+    return PresaleTrader(e.ids[meter], e.ledger.genesis, client, policy,
                          backoff=Backoff(base_s=1.0, cap_s=60.0, draw=lambda: 0.0))
 
 
@@ -166,6 +174,14 @@ def test_a_lost_acknowledgement_resends_the_same_order_never_a_second(
     assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
 
 
+def _block_at(e: Endorser, timestamp: int) -> None:
+    """A block (empty) at `timestamp`: the chain's time moves on."""
+    e.servicer.books.on_commit(e.ledger.commit(e.chain.block([], timestamp=timestamp)))
+
+
+EXPIRES_AT = NOW + 30  # of an option the endorser issues at NOW
+
+
 def test_an_order_that_got_in_unacknowledged_is_not_placed_again(
         genesis: Genesis, consortium_dir: Path) -> None:
     e = make_endorser(genesis, consortium_dir)
@@ -176,12 +192,32 @@ def test_an_order_that_got_in_unacknowledged_is_not_placed_again(
     # It got in meanwhile (the later attempts of the same tx id are duplicates).
     assert set(e.commit_broadcast()) == {Code.TX_VALIDATION_CODE_VALID,
                                          Code.TX_VALIDATION_CODE_DUPLICATE_TXID}
-    expires_at = NOW + 30
-    # While its option may still be in a block, nothing new is asked for.
-    assert trader.step(expires_at + 1, slot=SLOT) is Outcome.LATER
+    # Until a block's time is past its option's expiry, whatever the agent's clock says,
+    # nothing new is asked for.
+    assert trader.step(EXPIRES_AT + 100, slot=SLOT) is Outcome.LATER
     assert wire.calls["RequestOptions"] == 1
-    assert trader.step(expires_at + EXPIRY_MARGIN_S + 1, slot=SLOT) is Outcome.PLACED
+    _block_at(e, EXPIRES_AT + 1)
+    assert trader.step(EXPIRES_AT + 200, slot=SLOT) is Outcome.PLACED
     assert wire.calls["RequestOptions"] == 1
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+
+
+def test_a_lagging_committer_cannot_make_it_order_twice(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """The agent's committer has not yet applied the block with the first order (it lags),
+    so it answers NOT_FOUND. Before, the agent took that as "never placed" once its clock
+    was past the expiry and ordered again: two orders for one slot."""
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    behind = Ledger(MemoryStore(), genesis, accept_proof)  # a committer at height 0
+    trader._ledger.committer = _Wire(CommitterServicer(behind, HeightNotifier(lambda: 0)))
+    e.clock[0] = EXPIRES_AT + 100
+    assert trader.step(EXPIRES_AT + 100, slot=SLOT) is Outcome.LATER
+    assert wire.calls["RequestOptions"] == 1
+    e.commit_broadcast()
     assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
 
 
@@ -192,12 +228,56 @@ def test_an_order_that_never_arrived_is_asked_for_anew_after_its_option_expired(
     wire.drop["SubmitTransaction"] = (5, grpc.StatusCode.UNAVAILABLE)
     trader = _trader(e, wire)
     assert trader.step(NOW, slot=SLOT) is Outcome.LATER
-    later = NOW + 30 + EXPIRY_MARGIN_S + 1
+    later = EXPIRES_AT + 2
     e.clock[0] = later  # the endorser's clock moved on as well
+    _block_at(e, EXPIRES_AT + 1)
     assert trader.step(later, slot=SLOT) is Outcome.PLACED
     assert wire.calls["RequestOptions"] == 2  # a new request: the old option is dead
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+
+
+def test_an_option_made_void_by_a_cancel_is_not_the_end_of_the_slot(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """A buyer's option trades with a resting sell that its seller cancels before the buyer
+    submits: the endorser refuses the PlaceOrder (FAILED_PRECONDITION, "request new
+    options"). Before, the agent gave up the slot for good; now it waits until the chain shows
+    the option can no longer be placed and asks again."""
+    e = make_endorser(genesis, consortium_dir)
+    e.accept("meter-1", e.request("meter-1", terms("meter-1", SELL, 240_000, 3000)))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    [(_, resting, _, _)] = e.servicer.books.open_orders()
+    wire = _Wire(e.servicer)
+
+    def seller_cancels() -> None:
+        e.submit(cancel(e.ids["meter-1"], resting))
+        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    wire.before["SubmitTransaction"] = seller_cancels
+    buyer = _trader(e, wire, meter="meter-2")
+    assert buyer.step(NOW, slot=SLOT) is Outcome.LATER
+    assert wire.calls == {"RequestOptions": 1, "SubmitTransaction": 1}
+    assert buyer.step(NOW + 5, slot=SLOT) is Outcome.LATER  # not resent: it is dead
+    assert wire.calls["SubmitTransaction"] == 1
+    _block_at(e, EXPIRES_AT + 1)
+    e.clock[0] = EXPIRES_AT + 2
+    assert buyer.step(EXPIRES_AT + 2, slot=SLOT) is Outcome.PLACED  # a new buy, resting
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+
+
+def test_a_committer_away_delays_the_slot_by_the_backoff_not_a_poll(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    trader = _trader(e, wire)
+    committer = trader._ledger.committer
+    committer.drop["ListReadings"] = (2, grpc.StatusCode.UNAVAILABLE)  # the forecast's reads
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    assert trader.next_retry() == NOW + 1.0
+    assert trader.step(NOW + 0.5, slot=SLOT) is None  # not before
+    assert trader.step(NOW + 1, slot=SLOT) is Outcome.LATER
+    assert trader.next_retry() == NOW + 1 + 2.0
+    assert committer.calls["ListReadings"] == 2
+    assert trader.step(NOW + 3, slot=SLOT) is Outcome.PLACED
 
 
 def test_no_retry_once_the_slot_market_closed_nor_after_a_refusal_for_good(
@@ -208,7 +288,10 @@ def test_no_retry_once_the_slot_market_closed_nor_after_a_refusal_for_good(
     trader = _trader(e, wire)
     assert trader.step(NOW, slot=SLOT) is Outcome.LATER
     gate = SLOT - genesis.market.gate_closure_seconds
+    closed = ("gridledger_meter_presale_orders_total", {"side": "sell", "result": "gate_closed"})
+    before = REGISTRY.get_sample_value(*closed) or 0
     assert trader.step(gate, slot=SLOT) is Outcome.GATE_CLOSED
+    assert REGISTRY.get_sample_value(*closed) == before + 1
     assert trader.next_retry() is None
     assert wire.calls == {"RequestOptions": 1}
     # A preset condition refuses for good (a price beyond the band): asked once.

@@ -97,21 +97,34 @@ class _Hold:
     wh: int  # all it holds
 
 
+@dataclass
+class _Unsettled:
+    member: str
+    wh: int
+    expires_at: int
+    charge: bool  # charged as lapsed if no block places it (False: made void by others)
+
+
 OPEN_ORDERS = Gauge("gridledger_endorser_book_open_orders",
                     "Open orders in the endorser's book cache, all slots.")
 REBUILDS = Counter("gridledger_endorser_book_rebuilds", "Full rebuilds of the book cache.")
 HOLDS_ENDED_EARLY = Counter(
     "gridledger_endorser_holds_ended_early",
-    "Options whose hold ended before expiry because a block filled or cancelled a maker they "
-    "trade with, by whether their member was charged a lapse (its own doing).", ["charged"])
-# Holds the clock released whose lapse awaits a block past their expiry (bounded: beyond it
-# the oldest are dropped uncharged).
+    "Options whose hold ended before expiry because a block filled, cancelled or closed a "
+    "maker they trade with, by whether their member is charged if unplaced (its own cancel).",
+    ["charged"])
+# Ended holds awaiting a block past their expiry (only a chain without blocks for long
+# gathers many): beyond this the oldest are settled at once, as lapses where due.
 MAX_UNSETTLED = 100_000
 
 
 class BookCache:
-    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ledger: Ledger, endorser: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`endorser`: this endorser's name; only its own options hold here (an option id is
+        only unique per endorser)."""
         self._ledger = ledger
+        self._endorser = endorser
         self._clock = clock
         self._market = ledger.genesis.market
         self._lock = threading.Lock()
@@ -126,10 +139,12 @@ class BookCache:
         self._demand: dict[tuple[int, Side], dict[str, int]] = {}
         # (expiry, option id), oldest first; ids already released are skipped when popped.
         self._expiries: list[tuple[int, str]] = []
-        # option id -> (member, Wh, expiry) of holds the clock released, not yet charged;
-        # and their (expiry, option id), oldest first.
-        self._unsettled: dict[str, tuple[str, int, int]] = {}
+        # Options whose hold ended unplaced while a block may still place them: credited if
+        # one does, else settled once a block's time passes their expiry; with their
+        # (expiry, option id), oldest first, and each member's Wh that will be charged.
+        self._unsettled: dict[str, _Unsettled] = {}
         self._unsettled_expiries: list[tuple[int, str]] = []
+        self._pending_lapse: dict[str, int] = {}
         self.height = 0  # ledger height the cache reflects
         self._block_time = 0  # header time of the last block applied
         self.rebuild()
@@ -192,6 +207,9 @@ class BookCache:
         holding = self._member_held.get(key, {})
         held = holding.get(member, 0)
         traded, lapsed = self._conduct.totals(member, now)
+        # Options that ended unplaced count as lapsed until a block says otherwise (on a
+        # chain without blocks they would never be charged).
+        lapsed += self._pending_lapse.get(member, 0)
         if not held and lapsed <= traded:
             return  # its first option on this side may take any quantity
         asking = self._demand[key]
@@ -312,12 +330,13 @@ class BookCache:
 
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
-        # Options whose place_order is valid in this block (their holds end): (option id, the
-        # taking meter, its trades).
+        # This endorser's options placed validly in this block: (option id, the taking meter,
+        # its trades). An option of another endorser may carry the same id: not ours.
         traded: list[tuple[str, str, list[market_pb2.ProposedTrade]]] = []
         committed_trades: list[market_pb2.ProposedTrade] = []
-        # Resting orders this block filled or cancelled -> the account that did it.
-        consumed: dict[str, str] = {}
+        # Resting orders this block filled, cancelled or expired -> the accounts that
+        # cancelled them (only a cancel by the holding member's own account is its doing).
+        consumed: dict[str, set[str]] = {order_id: set() for order_id in result.expired_orders}
         for index, tx in enumerate(result.transactions):
             if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
                 # An invalid place_order ends no hold: its option may still be placed validly
@@ -326,42 +345,49 @@ class BookCache:
             body = tx.WhichOneof("body")
             if body == "place_order":
                 option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                traded.append((option.option_id, tx.header.creator, list(option.trades)))
+                if option.endorser == self._endorser:
+                    traded.append((option.option_id, tx.header.creator, list(option.trades)))
                 touched += [t.maker_order_id for t in option.trades]
                 touched.append(tx.header.tx_id)
                 committed_trades += option.trades
-                consumed.update((t.maker_order_id, tx.header.creator) for t in option.trades)
+                for t in option.trades:
+                    consumed.setdefault(t.maker_order_id, set())
             elif body == "cancel_order":
                 touched.append(tx.cancel_order.order_id)
-                consumed[tx.cancel_order.order_id] = tx.header.creator
+                consumed.setdefault(tx.cancel_order.order_id, set()).add(tx.header.creator)
         state = StateOverlay(self._ledger.store)
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
+            # First what this block's time settles: an option expired before it is a lapse
+            # whatever the block does to its makers.
+            self._expire(now)
             for option_id, taker, trades in traded:
                 member = self._placed(option_id)
                 if member is not None:
                     self._conduct.traded(member, self._earned(state, member, taker, trades),
                                          now)
                 touched[:0] = self._release(option_id)  # the makers it held, re-read
-            for order_id, by in consumed.items():
-                touched[:0] = self._end_holds_on(state, order_id, by, now)
+            for order_id, cancelled_by in consumed.items():
+                touched[:0] = self._end_holds_on(state, order_id, cancelled_by)
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
-            self._expire(now)
             self._close_slots(now)
             self.height = result.number + 1
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
 
     def _placed(self, option_id: str) -> str | None:
-        """The member whose option this block placed, if this endorser issued it and has
-        not charged it as lapsed: its hold, or a hold released by the clock alone."""
+        """The member whose option (ours) this block placed, unless already settled: its
+        hold, or a hold that ended unplaced while a block could still place it."""
         hold = self._holds.get(option_id)
         if hold is not None:
             return hold.member
         unsettled = self._unsettled.pop(option_id, None)
-        return unsettled[0] if unsettled is not None else None
+        if unsettled is None:
+            return None
+        self._count_pending(unsettled, -1)
+        return unsettled.member
 
     def _earned(self, state: StateOverlay, member: str, taker: str,
                 trades: list[market_pb2.ProposedTrade]) -> int:
@@ -424,52 +450,69 @@ class BookCache:
 
     def _expire(self, now: int) -> None:
         """End the holds of options that can no longer be placed: a block's time is past
-        their expiry (block times never go back), or this clock is past it by more than
-        block times trail it when rounds go well (an idle chain). A hold the clock alone
-        ended is charged as lapsed only once a block's time passes its expiry (a locked
-        pre-block re-proposed after round changes keeps its older time and may still place
-        it: then it counts as traded)."""
+        their expiry (block times never go back): a lapse; or this clock is past it by more
+        than block times trail it while rounds go well (an idle chain): the energy is free
+        again, the lapse pending until a block's time passes the expiry (a locked pre-block
+        re-proposed after round changes keeps its older time and may still place it: then
+        it counts as traded). Then settle what blocks have passed."""
         state: StateOverlay | None = None
         clock = int(self._clock())
         while self._expiries and (self._expiries[0][0] < self._block_time
                                   or self._expiries[0][0] + HOLD_GRACE_SECONDS < clock):
-            expires_at, option_id = heapq.heappop(self._expiries)
-            hold = self._holds.get(option_id)
-            if hold is not None:  # not released by a block: it lapsed unplaced, or may have
-                if expires_at < self._block_time:
-                    self._conduct.lapsed(hold.member, hold.wh, now)
-                else:
-                    self._unsettled[option_id] = (hold.member, hold.wh, expires_at)
-                    heapq.heappush(self._unsettled_expiries, (expires_at, option_id))
-            for maker_id in self._release(option_id):  # nothing if already released
+            _, option_id = heapq.heappop(self._expiries)
+            for maker_id in self._end_unplaced(option_id, charge=True):
                 state = state or StateOverlay(self._ledger.store)
                 self._sync(state, maker_id, now)
         pending = self._unsettled_expiries
         while pending and (pending[0][0] < self._block_time
                            or len(self._unsettled) > MAX_UNSETTLED):
-            expires_at, option_id = heapq.heappop(pending)
+            _, option_id = heapq.heappop(pending)
             unsettled = self._unsettled.pop(option_id, None)
-            if unsettled is not None and expires_at < self._block_time:
-                self._conduct.lapsed(unsettled[0], unsettled[1], now)
+            if unsettled is not None:
+                self._count_pending(unsettled, -1)
+                if unsettled.charge:
+                    self._conduct.lapsed(unsettled.member, unsettled.wh, now)
 
-    def _end_holds_on(self, state: StateOverlay, maker_id: str, by: str, now: int
+    def _end_unplaced(self, option_id: str, charge: bool) -> list[str]:
+        """End a hold whose option was not placed (nothing if already ended); it awaits a
+        block past its expiry, charged then if `charge`. Returns the makers to re-read."""
+        hold = self._holds.get(option_id)
+        if hold is None:
+            return []
+        unsettled = _Unsettled(hold.member, hold.wh, hold.expires_at, charge)
+        self._unsettled[option_id] = unsettled
+        self._count_pending(unsettled, +1)
+        heapq.heappush(self._unsettled_expiries, (hold.expires_at, option_id))
+        return self._release(option_id)
+
+    def _count_pending(self, unsettled: _Unsettled, sign: int) -> None:
+        if not unsettled.charge:
+            return
+        left = self._pending_lapse.get(unsettled.member, 0) + sign * unsettled.wh
+        if left:
+            self._pending_lapse[unsettled.member] = left
+        else:
+            self._pending_lapse.pop(unsettled.member, None)
+
+    def _end_holds_on(self, state: StateOverlay, maker_id: str, cancelled_by: set[str]
                       ) -> list[str]:
-        """`by` filled or cancelled the resting order `maker_id` in a block (through any
-        endorser). The options holding more of it than is left can no longer be placed (a
-        place_order trades all it proposes or nothing): their holds end now, the earliest
-        to expire kept while what is left covers them. An ended hold is charged as lapsed
-        only when `by` is an account of its own member (it cancelled or took its own
-        option's energy); another member's doing costs it nothing. Returns the makers to
-        re-read."""
+        """A block filled, cancelled or (at gate closure) expired the resting order
+        `maker_id`. The options holding more of it than the ledger has left can no longer
+        be placed (a place_order trades all it proposes or nothing): their holds end now,
+        the earliest to expire kept while what is left covers them. One is charged as
+        lapsed, if no block places it, only when an account of its own member cancelled the
+        order (else cancelling its own ask would wash its lapses); another member's fill or
+        cancel, through any endorser, costs it nothing. Returns the makers to re-read."""
         record = view.load_order(state, maker_id) if maker_id in self._held else None
         if record is None:
             return []
-        left = record.remaining_wh if self._open(record, now) else 0
+        left = record.remaining_wh  # the ledger's: 0 once cancelled or expired at closure
         holding = sorted((self._holds[option_id].expires_at, option_id)
                          for option_id in self._slot_holds.get(record.slot_start, ())
                          if any(m == maker_id for m, _ in self._holds[option_id].takes))
         membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
-        account = membership.account(by, accounts)
+        cancellers = {a.org for a in (membership.account(n, accounts) for n in cancelled_by)
+                      if a is not None}
         makers: list[str] = []
         for _, option_id in holding:
             hold = self._holds[option_id]
@@ -477,9 +520,7 @@ class BookCache:
             if wh <= left:
                 left -= wh
                 continue
-            charged = account is not None and account.org == hold.member
-            if charged:
-                self._conduct.lapsed(hold.member, hold.wh, now)
-            HOLDS_ENDED_EARLY.labels("yes" if charged else "no").inc()
-            makers += self._release(option_id)
+            charge = hold.member in cancellers
+            HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
+            makers += self._end_unplaced(option_id, charge)
         return makers

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the replica before the follower starts, then follows it.
-    books = BookCache(ledger)
+    books = BookCache(ledger, identity.name)
 
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,

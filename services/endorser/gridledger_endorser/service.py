@@ -91,7 +91,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         # What leaves for the orderers together shares one endorsement signature.
         self._sealer = sealer if sealer is not None else Sealer(identity)
         self._clock = clock
-        self.books = books if books is not None else BookCache(ledger, clock)
+        self.books = books if books is not None else BookCache(ledger, identity.name, clock)
         self._desk = OptionDesk(ledger, self.books, identity, option_ttl, clock, limits)
         self._endorsement_overhead = endorsement_overhead(identity)
         # Off unless given (tests, tools); main.py always gives one.

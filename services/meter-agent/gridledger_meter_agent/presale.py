@@ -20,7 +20,10 @@ again as is (the ledger deduplicates by tx id) while its option is valid (not af
 endorser said the option is dead: a maker filled or cancelled). Then only the chain can say
 whether it got in: once the committer's last block is past the option's expiry (block times
 never go back), the agent looks the transaction up there and asks for a new option only if it
-is not VALID; until then it waits. So one slot never gets two orders, whatever the clocks.
+is not VALID; until then it waits (looking again every few seconds, and once more at gate
+closure). Before its first request for a slot it asks the committer whether this meter already
+has an order there (an earlier run of the agent). So a slot never gets two orders, whatever
+the clocks.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from enum import Enum
 import grpc
 from prometheus_client import Counter
 
+from gridledger.committer.v1 import committer_pb2
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger_core.genesis import Genesis
@@ -63,6 +67,7 @@ FOR_NOW = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
 # Trading is not urgent within a slot's open market: start at a second, at most two minutes
 # (a member held to its share is told to come back within about one).
 RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=120.0)
+CHAIN_POLL_S = 2.0  # while waiting for a block past an option's expiry
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,9 @@ class PresaleTrader:
         return outcome
 
     def _order(self, slot: int, now: int) -> Outcome:
+        if slot not in self._retries and self._has_order(slot):
+            # Placed by this meter before (an earlier run of the agent): one order per slot.
+            return Outcome.PLACED
         net = self.net_forecast(slot, now)
         side = market_pb2.ORDER_SIDE_SELL if net > 0 else market_pb2.ORDER_SIDE_BUY
         side_name = "sell" if side == market_pb2.ORDER_SIDE_SELL else "buy"
@@ -223,6 +231,12 @@ class PresaleTrader:
             "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
         return self._place(slot, what, side_name, placing, option.expires_at, now)
 
+    def _has_order(self, slot: int) -> bool:
+        """Does the ledger hold an order of this meter for `slot`?"""
+        found = self._ledger.committer.ListOrders(committer_pb2.ListOrdersRequest(
+            meter=self._identity.name, slot_start=slot, page_size=1), timeout=self._ledger.timeout)
+        return bool(found.orders)
+
     def _place(self, slot: int, what: str, side_name: str,
                placing: envelope_pb2.SignedEnvelope, expires_at: int, now: int) -> Outcome:
         try:
@@ -256,8 +270,8 @@ class PresaleTrader:
             return self._place(slot, what, side_name, retry.placing, retry.option_expires_at,
                                now)
         if self._ledger.last_block_time() <= retry.option_expires_at:
-            retry.not_before = now + self._backoff.delay(retry.attempts)
-            retry.attempts += 1
+            # The deciding block comes about when the option expires: look again soon.
+            retry.not_before = max(now + CHAIN_POLL_S, retry.option_expires_at + 1)
             return Outcome.LATER
         found = self._ledger.transaction_code(envelope_tx_id(retry.placing))
         if found == Code.TX_VALIDATION_CODE_VALID:
@@ -288,6 +302,13 @@ class PresaleTrader:
 
     def _gate_closed(self, slot: int, retry: _Retry) -> Outcome:
         side_name = retry.side_name or "unknown"
+        if retry.placing is not None:  # an order awaiting proof may have got in
+            tx_id = envelope_tx_id(retry.placing)
+            if self._ledger.transaction_code(tx_id) == Code.TX_VALIDATION_CODE_VALID:
+                ORDERS.labels(side_name, "placed").inc()
+                log.info("placed pre-sale order %s for slot %d (found at gate closure)",
+                         tx_id, slot)
+                return Outcome.PLACED
         ORDERS.labels(side_name, "gate_closed").inc()
         log.warning("pre-sale for slot %d: refused for now until its market closed (%d "
                     "attempts)", slot, retry.attempts)

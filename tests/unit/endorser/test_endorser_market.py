@@ -230,7 +230,7 @@ def test_options_trades_partial_fills_and_the_book_cache(endorser: Endorser) -> 
     assert endorser.book() == ([(ASK, 200, 1)], [])
 
     # The book rebuilt from the ledger (an endorser restart) is the same book.
-    rebuilt = BookCache(endorser.ledger, clock=lambda: NOW)
+    rebuilt = BookCache(endorser.ledger, "endorser-1", clock=lambda: NOW)
     assert rebuilt.open_orders() == endorser.servicer.books.open_orders()
     assert (REGISTRY.get_sample_value("gridledger_endorser_matching_seconds_count") or 0.0) == \
         matched_before + 3

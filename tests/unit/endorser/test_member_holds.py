@@ -247,7 +247,10 @@ def test_a_member_cancelling_what_its_own_option_holds_is_charged_the_lapse(
     e.clock[0] = _option(e.options["rival-1"]).expires_at - 1
     e.submit(cancel(e.ids["rival-3"], own))
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-    assert e.servicer.books._conduct.totals("rival", int(e.clock[0])) == (0, 6600)
+    # At once it counts as lapsed for its standing: its next first option gets its share.
+    assert "let 6600 Wh lapse" in _exhausted(e, "rival-2", 5000)
+    _lapse(e)  # and once a block is past the expiry, the lapse is on its record
+    assert e.servicer.books._conduct.totals("rival", LAPSED) == (0, 6600)
 
 
 def test_energy_another_endorser_placed_first_costs_the_option_holding_it_nothing(
@@ -297,6 +300,130 @@ def test_a_hold_the_clock_ended_is_charged_only_once_a_block_is_past_its_expiry(
     past = e.ledger.commit(e.chain.block([], timestamp=expiry + 1))  # rival-2's lapsed
     e.servicer.books.on_commit(past)
     assert e.servicer.books._conduct.totals("rival", int(e.clock[0])) == (3000, 3000)
+
+
+def _theirs(e: TwoMembers) -> EndorserServicer:
+    """Another endorser over the same replica: its options hold nothing here."""
+    return EndorserServicer(e.ledger, e.ids["endorser-1"], RecordingBroadcaster(),  # type: ignore[arg-type]
+                            clock=lambda: e.clock[0])
+
+
+def _placed_by(e: TwoMembers, endorser: EndorserServicer, meter: str, wh: int) -> bytes:
+    """`meter` buys `wh` through `endorser` and places it: the endorsed transaction."""
+    out = endorser.options(signed_request(e.ids[meter], terms(meter, BUY, ASK, wh),
+                                          int(e.clock[0])), "")
+    assert out.code == grpc.StatusCode.OK and out.response is not None, out.message
+    endorser.SubmitTransaction(endorser_pb2.SubmitTransactionRequest(
+        envelope=place(e.ids[meter], out.response.option)), FakeContext())  # type: ignore[arg-type]
+    return endorser._broadcaster.sent.pop()  # type: ignore[attr-defined,no-any-return]
+
+
+def _sealed(e: TwoMembers, meter: str) -> bytes:
+    """`meter`'s last option placed through this endorser, not yet in a block."""
+    e.submit(place(e.ids[meter], e.options[meter].option))
+    return e.broadcaster.sent.pop()
+
+
+def _block(e: TwoMembers, raws: list[bytes], at: int) -> list[int]:
+    result = e.ledger.commit(e.chain.block(raws, timestamp=at))
+    e.servicer.books.on_commit(result)
+    return result.codes
+
+
+def _standing(e: TwoMembers, member: str = "rival") -> tuple[int, int]:
+    return e.servicer.books._conduct.totals(member, int(e.clock[0]))
+
+
+def test_on_a_chain_without_blocks_an_unplaced_option_still_costs_its_standing(
+        e: TwoMembers) -> None:
+    """With no block after an option's expiry (an idle chain: orderers cut no empty blocks)
+    its lapse cannot be charged yet. Before, its member was then in good standing again and
+    took all the slot's energy with a new first option, again and again."""
+    _takes(e, "rival-1", 6000)
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
+    e.clock[0] = NOW + 30 + HOLD_GRACE_SECONDS + 1  # no block since
+    assert "let 6000 Wh lapse" in _exhausted(e, "rival-2", 6000)
+
+
+def test_a_late_block_placing_an_option_the_clock_released_charges_no_one(
+        e: TwoMembers) -> None:
+    """The clock ended rival-1's hold (3,000 Wh) and the energy went to rival-2's new option;
+    then a block with an older time places rival-1's option after all. rival-2's option is
+    dead through no cancel of the rival's: rival-1's trade is credited and nothing lapses."""
+    _takes(e, "rival-1", 3000)
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.clock[0] = expiry - 1
+    first = _sealed(e, "rival-1")
+    e.clock[0] = expiry + HOLD_GRACE_SECONDS + 2
+    _takes(e, "rival-2", 6000)
+    assert _block(e, [first], expiry) == [Code.TX_VALIDATION_CODE_VALID]
+    _block(e, [], int(e.clock[0]))  # past both expiries
+    assert _standing(e) == (3000, 0)
+
+
+def test_an_option_made_void_and_then_placed_anyway_is_credited(e: TwoMembers) -> None:
+    """Another endorser's buyer takes 3,000 of the 6,000 Wh two rival options hold; the
+    later-expiring one loses its hold. rival-2 places that one anyway, before its sibling:
+    valid on the ledger. Before, it was not credited and the sibling was charged."""
+    _takes(e, "rival-1", 3000)
+    e.clock[0] = NOW + 1
+    _takes(e, "rival-2", 3000)
+    assert _block(e, [_placed_by(e, _theirs(e), "meter-2", 3000)], NOW + 2) == [
+        Code.TX_VALIDATION_CODE_VALID]
+    books = e.servicer.books
+    assert books.holds(_option(e.options["rival-1"]).option_id)
+    assert not books.holds(_option(e.options["rival-2"]).option_id)
+    assert _block(e, [_sealed(e, "rival-2")], NOW + 3) == [Code.TX_VALIDATION_CODE_VALID]
+    _block(e, [], NOW + 40)
+    assert _standing(e) == (3000, 0)
+
+
+@pytest.mark.parametrize("foreign_first", [True, False])
+def test_who_is_charged_does_not_depend_on_the_order_within_a_block(
+        e: TwoMembers, foreign_first: bool) -> None:
+    _takes(e, "rival-1", 3000)
+    e.clock[0] = NOW + 1
+    _takes(e, "rival-2", 3000)
+    foreign, own = _placed_by(e, _theirs(e), "meter-2", 1000), _sealed(e, "rival-2")
+    block = [foreign, own] if foreign_first else [own, foreign]
+    assert _block(e, block, NOW + 2) == [Code.TX_VALIDATION_CODE_VALID] * 2
+    _block(e, [], NOW + 40)
+    assert _standing(e) == (3000, 0)  # rival-1's option, made void by a fill: not charged
+
+
+def test_a_hold_survives_this_endorsers_clock_passing_gate_closure(e: TwoMembers) -> None:
+    """Blocks timed before gate closure may still place options after this endorser's clock
+    passed it: a fill of the maker must not end the others' holds as if the slot closed."""
+    closure = SLOT - e.ledger.genesis.market.gate_closure_seconds
+    e.clock[0] = closure - 5
+    _takes(e, "rival-1", 3000)
+    _takes(e, "rival-2", 3000)
+    second, first = _sealed(e, "rival-2"), _sealed(e, "rival-1")
+    e.clock[0] = closure + 1
+    assert _block(e, [second], closure - 2) == [Code.TX_VALIDATION_CODE_VALID]
+    assert _block(e, [first], closure - 1) == [Code.TX_VALIDATION_CODE_VALID]
+    assert _standing(e) == (6000, 0)
+
+
+def test_an_expired_option_is_a_lapse_even_if_the_block_that_shows_it_fills_its_maker(
+        e: TwoMembers) -> None:
+    _takes(e, "rival-1", 3000)
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.clock[0] = expiry + 1
+    assert _block(e, [_placed_by(e, _theirs(e), "meter-2", 4000)], expiry + 1) == [
+        Code.TX_VALIDATION_CODE_VALID]
+    assert _standing(e) == (0, 3000)
+
+
+def test_a_hold_on_an_order_expired_at_gate_closure_ends_uncharged(e: TwoMembers) -> None:
+    closure = SLOT - e.ledger.genesis.market.gate_closure_seconds
+    e.clock[0] = closure - 5
+    _takes(e, "rival-1", 3000)
+    _block(e, [], closure)  # its prologue expires the slot's orders
+    assert not e.servicer.books.holds(_option(e.options["rival-1"]).option_id)
+    e.clock[0] = closure + 60
+    _block(e, [], closure + 60)
+    assert _standing(e) == (0, 0)
 
 
 def test_trading_between_its_own_meters_does_not_restore_a_members_standing(

@@ -30,7 +30,7 @@ from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_meter_agent.ledger_client import LedgerClient
-from gridledger_meter_agent.presale import Outcome, PresalePolicy, PresaleTrader
+from gridledger_meter_agent.presale import CHAIN_POLL_S, Outcome, PresalePolicy, PresaleTrader
 
 
 class _CallError(grpc.RpcError):
@@ -262,6 +262,40 @@ def test_an_option_made_void_by_a_cancel_is_not_the_end_of_the_slot(
     e.clock[0] = EXPIRES_AT + 2
     assert buyer.step(EXPIRES_AT + 2, slot=SLOT) is Outcome.PLACED  # a new buy, resting
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+
+
+def test_waiting_for_the_chain_looks_again_soon_and_once_more_at_gate_closure(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """While it waits for a block past its option's expiry the agent looks every few seconds
+    (before: an exponential backoff that grew to minutes, losing slots near gate closure);
+    and an order that got in is found at gate closure (before: reported gate_closed)."""
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    e.commit_broadcast()  # it got in; no block after it
+    now = float(EXPIRES_AT + 1)
+    for _ in range(5):
+        assert trader.step(now, slot=SLOT) is Outcome.LATER
+        due = trader.next_retry()
+        assert due is not None and due - now <= CHAIN_POLL_S
+        now = due
+    gate = SLOT - genesis.market.gate_closure_seconds
+    assert trader.step(gate, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 1
+
+
+def test_an_agent_restarted_does_not_order_again_for_a_slot_it_ordered(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    assert _trader(e, _Wire(e.servicer)).step(NOW, slot=SLOT) is Outcome.PLACED
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    wire = _Wire(e.servicer)
+    restarted = _trader(e, wire)  # a new process: no memory of the slot
+    assert restarted.step(NOW + 60, slot=SLOT) is Outcome.PLACED
+    assert "RequestOptions" not in wire.calls
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
 
 
 def test_a_committer_away_delays_the_slot_by_the_backoff_not_a_poll(

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_helpers import Aborted, FakeContext
+from grpc_helpers import Aborted, FakeContext, StatusError
 from market_helpers import NOW, SELL, SLOT, cancel, terms
 from prometheus_client import REGISTRY
 from test_endorser_market import Endorser, accept_proof, make_endorser
@@ -31,23 +31,6 @@ from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.presale import CHAIN_POLL_S, Outcome, PresalePolicy, PresaleTrader
-
-
-class _CallError(grpc.RpcError):
-    """What a failed call raises on a real channel."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, trailers: Any = ()) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self._code, self._details, self._trailers = code, details, trailers
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> Any:
-        return self._trailers
 
 
 class _Wire:
@@ -79,16 +62,16 @@ class _Wire:
                 hook()
             dropped = self._take(self.drop, name)
             if dropped is not None:
-                raise _CallError(dropped, "connection refused")
+                raise StatusError(dropped, "connection refused")
             context = FakeContext()
             try:
                 answer = method(request, context)
             except Aborted as exc:
-                raise _CallError(exc.code, exc.details,
+                raise StatusError(exc.code, exc.details,
                                  getattr(context, "trailers", ())) from None
             lost = self._take(self.lose, name)
             if lost is not None:
-                raise _CallError(lost, "the answer was lost")
+                raise StatusError(lost, "the answer was lost")
             return answer
         return call
 

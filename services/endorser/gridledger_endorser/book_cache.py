@@ -8,15 +8,18 @@ ledger by the block being applied, and an option matched against a lagging book 
 commit-time rules (a stale option), never the ledger's consistency. If an update ever fails
 (it should not), the whole cache is rebuilt from the ledger.
 
-Options hold what they take: the quantity an outstanding option trades against a resting
-order is taken out of the cached order until the option's place_order is valid in a block,
-a block fills or cancels that order so the option can no longer be placed (through any
-endorser), or the option expires: a block's time is past its expiry, or this clock is past
-it by more than block times trail it when rounds go well (the lapse is charged only once a
-block shows it). An invalid place_order ends nothing: the option may still be placed, and its
-unverified payload may name any option. Concurrent requests are then never offered the same
-resting energy twice (which the ledger would refuse at commit as an over-fill), at the cost
-of keeping that energy from other buyers for at most the option's lifetime.
+Options hold what they take: the quantity one of this endorser's outstanding options trades
+against a resting order is taken out of the cached order until the option's place_order is
+valid in a block, a block fills, cancels or (at gate closure) expires that order so the
+option can no longer be placed, or the option expires (at gate closure at the latest): a
+block's time is past its expiry, or this clock is past it by more than block times trail it
+while rounds go well. A hold that ends unplaced is settled by the chain: credited if a block
+places the option after all, else a lapse once a block's time passes its expiry, unless
+another member's doing voided it; until then it counts as lapsed for its member's standing.
+An invalid place_order ends nothing: the option may still be placed, and its unverified
+payload may name any option. Concurrent requests are then never offered the same resting
+energy twice (which the ledger would refuse at commit as an over-fill), at the cost of
+keeping that energy from other buyers for the option's lifetime plus at most 11 s.
 
 Members share what options hold. Each meter's holds are capped by its own allowance
 (options.py), but a member's CA can enrol any number of meters: without a bound per member,
@@ -28,8 +31,9 @@ resting or held): a member whose options already hold energy there may add an op
 while all it holds stays within its share (all of it while it is the only one asking). Its
 first option there may take any quantity (one order may clear a thin book, as in any market)
 while it is in good standing: the energy its options let lapse (expired without a valid
-place_order, or made void by its own member's fill or cancel) in the last ten minutes is no
-more than the energy its own meters' options traded with other members (hold_conduct.py).
+place_order, or made void by its own member's cancel or fill through another endorser) in
+the last ten minutes is no more than the energy its own meters' options traded with other
+members (hold_conduct.py).
 So a member that holds without trading is held to its share. The member is the organisation
 of the caller's verified TLS identity (a head-end system's, or the meter's own), whose calls
 got the options; without one (tests, in-process tools), the request signer's organisation.
@@ -132,6 +136,7 @@ class BookCache:
         self._holds: dict[str, _Hold] = {}  # option id -> what it holds
         self._held: dict[str, int] = {}  # maker order id -> Wh held by outstanding options
         self._slot_holds: dict[int, set[str]] = {}  # slot -> option ids holding in it
+        self._maker_holds: dict[str, set[str]] = {}  # maker order id -> option ids on it
         # (slot, maker side) -> member -> Wh its options hold there
         self._member_held: dict[tuple[int, Side], dict[str, int]] = {}
         self._conduct = HoldConduct()  # how each member's options ended recently
@@ -197,6 +202,8 @@ class BookCache:
                 self._holds[option_id] = taken
                 self._count_held(taken, taken.wh)
                 self._slot_holds.setdefault(order.slot, set()).add(option_id)
+                for trade in result.trades:
+                    self._maker_holds.setdefault(trade.maker_id, set()).add(option_id)
                 heapq.heappush(self._expiries, (expires_at, option_id))
                 HELD_OPTIONS.set(len(self._holds))
             return result, owners, self.height
@@ -286,10 +293,14 @@ class BookCache:
                 books.rest(view.to_book_order(record))
         with self._lock:
             self._block_time = max(self._block_time, block_time)
+            # Open holds end (the new books hold nothing); the chain settles them as usual.
+            for option_id in list(self._holds):
+                self._end_unplaced(option_id, charge=True)
             self._books = books
             self._holds.clear()
             self._held.clear()
             self._slot_holds.clear()
+            self._maker_holds.clear()
             self._member_held.clear()
             self._expiries.clear()
             HELD_OPTIONS.set(0)
@@ -334,8 +345,9 @@ class BookCache:
         # its trades). An option of another endorser may carry the same id: not ours.
         traded: list[tuple[str, str, list[market_pb2.ProposedTrade]]] = []
         committed_trades: list[market_pb2.ProposedTrade] = []
-        # Resting orders this block filled, cancelled or expired -> the accounts that
-        # cancelled them (only a cancel by the holding member's own account is its doing).
+        # Resting orders this block filled, cancelled or expired -> the accounts that did it
+        # outside this endorser's options (their cancel, or a fill through another endorser):
+        # a hold they void is charged when one is of the holding member.
         consumed: dict[str, set[str]] = {order_id: set() for order_id in result.expired_orders}
         for index, tx in enumerate(result.transactions):
             if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
@@ -345,13 +357,16 @@ class BookCache:
             body = tx.WhichOneof("body")
             if body == "place_order":
                 option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                if option.endorser == self._endorser:
+                ours = option.endorser == self._endorser
+                if ours:
                     traded.append((option.option_id, tx.header.creator, list(option.trades)))
                 touched += [t.maker_order_id for t in option.trades]
                 touched.append(tx.header.tx_id)
                 committed_trades += option.trades
                 for t in option.trades:
-                    consumed.setdefault(t.maker_order_id, set())
+                    doers = consumed.setdefault(t.maker_order_id, set())
+                    if not ours:  # ours were held here: no hold was voided to make room
+                        doers.add(tx.header.creator)
             elif body == "cancel_order":
                 touched.append(tx.cancel_order.order_id)
                 consumed.setdefault(tx.cancel_order.order_id, set()).add(tx.header.creator)
@@ -368,8 +383,8 @@ class BookCache:
                     self._conduct.traded(member, self._earned(state, member, taker, trades),
                                          now)
                 touched[:0] = self._release(option_id)  # the makers it held, re-read
-            for order_id, cancelled_by in consumed.items():
-                touched[:0] = self._end_holds_on(state, order_id, cancelled_by)
+            for order_id, doers in consumed.items():
+                touched[:0] = self._end_holds_on(state, order_id, doers)
             for order_id in [*result.expired_orders, *touched]:  # makers before the taker
                 self._sync(state, order_id, now)
             self._close_slots(now)
@@ -445,6 +460,11 @@ class BookCache:
                 self._held[maker_id] = left
             else:
                 self._held.pop(maker_id, None)
+            on_maker = self._maker_holds.get(maker_id)
+            if on_maker is not None:
+                on_maker.discard(option_id)
+                if not on_maker:
+                    del self._maker_holds[maker_id]
         HELD_OPTIONS.set(len(self._holds))
         return [maker_id for maker_id, _ in hold.takes]
 
@@ -494,25 +514,26 @@ class BookCache:
         else:
             self._pending_lapse.pop(unsettled.member, None)
 
-    def _end_holds_on(self, state: StateOverlay, maker_id: str, cancelled_by: set[str]
+    def _end_holds_on(self, state: StateOverlay, maker_id: str, doers: set[str]
                       ) -> list[str]:
         """A block filled, cancelled or (at gate closure) expired the resting order
         `maker_id`. The options holding more of it than the ledger has left can no longer
         be placed (a place_order trades all it proposes or nothing): their holds end now,
         the earliest to expire kept while what is left covers them. One is charged as
-        lapsed, if no block places it, only when an account of its own member cancelled the
-        order (else cancelling its own ask would wash its lapses); another member's fill or
-        cancel, through any endorser, costs it nothing. Returns the makers to re-read."""
-        record = view.load_order(state, maker_id) if maker_id in self._held else None
-        if record is None:
+        lapsed, if no block places it, when `doers` (who cancelled it, or filled it through
+        another endorser) include an account of its own member: else voiding its own option
+        would wash its lapses; another member's doing costs it nothing. Returns the makers
+        to re-read."""
+        holding_ids = self._maker_holds.get(maker_id)
+        record = view.load_order(state, maker_id) if holding_ids else None
+        if record is None or not holding_ids:
             return []
         left = record.remaining_wh  # the ledger's: 0 once cancelled or expired at closure
         holding = sorted((self._holds[option_id].expires_at, option_id)
-                         for option_id in self._slot_holds.get(record.slot_start, ())
-                         if any(m == maker_id for m, _ in self._holds[option_id].takes))
+                         for option_id in holding_ids)
         membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
-        cancellers = {a.org for a in (membership.account(n, accounts) for n in cancelled_by)
-                      if a is not None}
+        responsible = {a.org for a in (membership.account(n, accounts) for n in doers)
+                       if a is not None}
         makers: list[str] = []
         for _, option_id in holding:
             hold = self._holds[option_id]
@@ -520,7 +541,7 @@ class BookCache:
             if wh <= left:
                 left -= wh
                 continue
-            charge = hold.member in cancellers
+            charge = hold.member in responsible
             HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
             makers += self._end_unplaced(option_id, charge)
         return makers

@@ -285,7 +285,9 @@ class OptionDesk:
                                 signer, terms, now)
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,
                       terms.quantity_wh, REQUEST_SEQUENCE, terms.slot_start)
-        option_id, expires_at = os.urandom(16).hex(), now + self._ttl
+        # No block at or after gate closure can place it: its hold (and its lapse) ends there.
+        closure = terms.slot_start - self._ledger.genesis.market.gate_closure_seconds
+        option_id, expires_at = os.urandom(16).hex(), min(now + self._ttl, closure - 1)
         try:
             reserved = self._held.reserve(signer.name, terms, allowance.left_wh, now)
             held_wh = 0

@@ -22,8 +22,9 @@ whether it got in: once the committer's last block is past the option's expiry (
 never go back), the agent looks the transaction up there and asks for a new option only if it
 is not VALID; until then it waits (looking again every few seconds, and once more at gate
 closure). Before its first request for a slot it asks the committer whether this meter already
-has an order there (an earlier run of the agent). So a slot never gets two orders, whatever
-the clocks.
+has an order there (an earlier run of the agent). So a slot gets no second order whatever the
+clocks, except across a restart while the earlier run's PlaceOrder was still in flight (not
+yet in a block); even then the ledger keeps the meter's orders within its allowance.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class PresaleTrader:
         self._params = ForecastParams(window_days=genesis.market.forecast_window_days)
         self._done: set[int] = set()
         self._retries: dict[int, _Retry] = {}  # slot -> its next attempt
+        self._looked_up: set[int] = set()  # slots the ledger showed no order of ours in
 
     def next_slot(self, now: int) -> int:
         """The earliest delivery slot whose market is still open at `now` plus the lead."""
@@ -165,19 +167,24 @@ class PresaleTrader:
         of `slot` (None: nothing was due for it)."""
         now = time.time() if now is None else now
         slot = self.next_slot(int(now)) if slot is None else slot
+        # Slots whose market closed need no memory (bounded by the open slots).
+        horizon = now + self._market.gate_closure_seconds
+        self._done = {s for s in self._done if s > horizon}
+        self._looked_up = {s for s in self._looked_up if s > horizon}
         for waiting in sorted(self._retries):
             if waiting != slot:
                 self._attempt(waiting, now)
         return self._attempt(slot, now)
 
     def _attempt(self, slot: int, now: float) -> Outcome | None:
-        if slot in self._done:
+        closed = now + self._market.gate_closure_seconds >= slot
+        if slot in self._done or (closed and slot not in self._retries):
             return None
         retry = self._retries.get(slot)
         if retry is not None and now < retry.not_before:
             return None
         try:
-            if retry is not None and now + self._market.gate_closure_seconds >= slot:
+            if retry is not None and closed:
                 outcome = self._gate_closed(slot, retry)
             elif retry is not None and retry.placing is not None:
                 outcome = self._resume_placing(slot, retry, int(now))
@@ -192,9 +199,10 @@ class PresaleTrader:
         return outcome
 
     def _order(self, slot: int, now: int) -> Outcome:
-        if slot not in self._retries and self._has_order(slot):
-            # Placed by this meter before (an earlier run of the agent): one order per slot.
-            return Outcome.PLACED
+        if slot not in self._looked_up:
+            if self._has_order(slot):  # placed before (an earlier run of the agent)
+                return Outcome.PLACED
+            self._looked_up.add(slot)  # only once answered (a failure retries the look)
         net = self.net_forecast(slot, now)
         side = market_pb2.ORDER_SIDE_SELL if net > 0 else market_pb2.ORDER_SIDE_BUY
         side_name = "sell" if side == market_pb2.ORDER_SIDE_SELL else "buy"

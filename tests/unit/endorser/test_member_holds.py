@@ -37,7 +37,8 @@ FUNDS = 10**12
 def two_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
     topology = default_topology()
     topology.orgs.append(OrgSpec("rival", [*(NodeSpec(n, Role.METER) for n in RIVALS),
-                                           NodeSpec("rival-admin", Role.ADMIN)]))
+                                           NodeSpec("rival-admin", Role.ADMIN),
+                                           NodeSpec("rival-endorser", Role.ENDORSER)]))
     balancing = sorted(topology.names(Role.SETTLEMENT))[0]
     funded = [*topology.names(Role.METER), *topology.names(Role.PLANT), balancing]
     directory = tmp_path_factory.mktemp("two-members")
@@ -61,7 +62,8 @@ def e(two_members: Path) -> TwoMembers:
 def _two_members(two_members: Path, sellers: tuple[str, ...] = ("meter-1",)) -> TwoMembers:
     """As `e`, with each of `sellers` a surplus of 6,000 Wh (only meter-1 rests an ask)."""
     genesis = Genesis.load(two_members / "genesis.json")
-    ids = {n: identity(two_members, n) for n in ("endorser-1", "meter-1", "meter-2", *RIVALS)}
+    ids = {n: identity(two_members, n)
+           for n in ("endorser-1", "rival-endorser", "meter-1", "meter-2", *RIVALS)}
     ledger = Ledger(MemoryStore(), genesis, accept_proof)
     chain = ChainBuilder()
     endorser = ids["endorser-1"]
@@ -303,8 +305,8 @@ def test_a_hold_the_clock_ended_is_charged_only_once_a_block_is_past_its_expiry(
 
 
 def _theirs(e: TwoMembers) -> EndorserServicer:
-    """Another endorser over the same replica: its options hold nothing here."""
-    return EndorserServicer(e.ledger, e.ids["endorser-1"], RecordingBroadcaster(),  # type: ignore[arg-type]
+    """The rival's own endorser over the same replica: its options hold nothing here."""
+    return EndorserServicer(e.ledger, e.ids["rival-endorser"], RecordingBroadcaster(),  # type: ignore[arg-type]
                             clock=lambda: e.clock[0])
 
 
@@ -415,14 +417,53 @@ def test_an_expired_option_is_a_lapse_even_if_the_block_that_shows_it_fills_its_
     assert _standing(e) == (0, 3000)
 
 
-def test_a_hold_on_an_order_expired_at_gate_closure_ends_uncharged(e: TwoMembers) -> None:
+def test_an_option_unplaced_at_gate_closure_is_a_lapse(e: TwoMembers) -> None:
+    """No block at or after gate closure can place an option: it expires there. Before, it
+    expired 30 s after issue whatever the closure, and the block that closed the slot (its
+    orders expired) ended the hold as if another member had taken the energy: uncharged, so a
+    member could hold every slot's last half minute for free."""
     closure = SLOT - e.ledger.genesis.market.gate_closure_seconds
-    e.clock[0] = closure - 5
-    _takes(e, "rival-1", 3000)
+    e.clock[0] = closure - 25
+    _takes(e, "rival-1", 6000)
+    assert _option(e.options["rival-1"]).expires_at == closure - 1
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
     _block(e, [], closure)  # its prologue expires the slot's orders
     assert not e.servicer.books.holds(_option(e.options["rival-1"]).option_id)
-    e.clock[0] = closure + 60
-    _block(e, [], closure + 60)
+    assert _standing(e) == (0, 6000)
+
+
+def test_a_member_voiding_its_own_option_through_another_endorser_is_charged(
+        e: TwoMembers) -> None:
+    """The rival's option here holds all 6,000 Wh; just before expiry a rival meter buys one
+    lot of it through the rival's own endorser, which voids the option here. That must cost
+    the lapse (else one lot per cycle keeps the slot held while its record stays clean)."""
+    _takes(e, "rival-1", 6000)
+    assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # the community asks
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.clock[0] = expiry - 1
+    assert _block(e, [_placed_by(e, _theirs(e), "rival-2", 1000)], expiry - 1) == [
+        Code.TX_VALIDATION_CODE_VALID]
+    assert "let 6000 Wh lapse" in _exhausted(e, "rival-3", 5000)
+    _block(e, [], expiry + 1)
+    assert _standing(e) == (0, 6000)
+
+
+def test_another_endorsers_option_with_the_same_id_neither_ends_nor_credits_a_hold(
+        e: TwoMembers) -> None:
+    """Option ids are chosen by each endorser. The rival's endorser signs an option that
+    reuses the id of the rival's option here (a bid of its own meter's) and places it:
+    before, that ended the hold here without a lapse. Only this endorser's options count."""
+    _takes(e, "rival-1", 6000)
+    held = _option(e.options["rival-1"])
+    forged = market_pb2.TradeOption(  # a bid that rests below every ask: trades nothing
+        option_id=held.option_id, endorser="rival-endorser",
+        terms=terms("rival-2", BUY, ASK - 10_000, 500), rest_wh=500, issued_at=NOW,
+        expires_at=NOW + 30)
+    signed = e.ids["rival-endorser"].sign_envelope(forged.SerializeToString())
+    envelope = place(e.ids["rival-2"], signed)
+    assert _block(e, [endorsed(envelope, e.ids["rival-endorser"])], NOW + 1) == [
+        Code.TX_VALIDATION_CODE_VALID]
+    assert e.servicer.books.holds(held.option_id)
     assert _standing(e) == (0, 0)
 
 

@@ -279,6 +279,12 @@ def test_an_agent_restarted_does_not_order_again_for_a_slot_it_ordered(
     assert restarted.step(NOW + 60, slot=SLOT) is Outcome.PLACED
     assert "RequestOptions" not in wire.calls
     assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+    # A look that fails is looked again (before: the slot counted as looked up).
+    again = _trader(e, wire)
+    again._ledger.committer.drop["ListOrders"] = (1, grpc.StatusCode.UNAVAILABLE)
+    assert again.step(NOW + 60, slot=SLOT) is Outcome.LATER
+    assert again.step(NOW + 62, slot=SLOT) is Outcome.PLACED
+    assert "RequestOptions" not in wire.calls
 
 
 def test_a_committer_away_delays_the_slot_by_the_backoff_not_a_poll(

@@ -40,6 +40,7 @@ from gridledger_meter_agent.drivers import MeterDriver, ModbusTcpMeter, Simulate
 from gridledger_meter_agent.issuer import Issuer
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.outbox import DEFAULT_CAPACITY, Outbox
+from gridledger_meter_agent.placements import PlacementJournal
 from gridledger_meter_agent.readings import IntervalReader, history_threshold
 from gridledger_meter_agent.sender import DEFAULT_RESUBMIT_AFTER, OutboxSender
 from gridledger_meter_agent.service import AgentParts, MeterAgentServicer
@@ -204,7 +205,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             parts.buyer.ready = history_in.is_set
             policy = presale.policy_from(args)
             if policy.share_percent:
-                trader = presale.PresaleTrader(identity, genesis, ledger, policy)
+                journal = PlacementJournal(args.data_dir / "presale")
+                closers.append(journal.close)
+                trader = presale.PresaleTrader(identity, genesis, ledger, policy,
+                                               journal=journal)
                 threads.append(threading.Thread(
                     target=lambda: history_in.wait() and trader.run(stop),
                     name="presale", daemon=True))

@@ -23,8 +23,8 @@ never go back), the agent looks the transaction up there and asks for a new opti
 is not VALID; until then it waits (looking again every few seconds, and once more at gate
 closure). Before its first request for a slot it asks the committer whether this meter already
 has an order there (an earlier run of the agent). So a slot gets no second order whatever the
-clocks, except across a restart while the earlier run's PlaceOrder was still in flight (not
-yet in a block); even then the ledger keeps the meter's orders within its allowance.
+clocks, also across restarts: every PlaceOrder is journalled (placements.py) before it is
+first sent, and a restarted agent resumes it the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
+from gridledger_meter_agent.placements import Placement, PlacementJournal
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,10 @@ class _Retry:
 
 class PresaleTrader:
     def __init__(self, identity: SigningIdentity, genesis: Genesis, ledger: LedgerClient,
-                 policy: PresalePolicy, backoff: Backoff = RETRY_BACKOFF) -> None:
+                 policy: PresalePolicy, backoff: Backoff = RETRY_BACKOFF,
+                 journal: PlacementJournal | None = None) -> None:
+        """`journal`: where signed PlaceOrders are kept until their slot closes (the agent's
+        data directory), so a restarted agent resumes them instead of ordering again."""
         self._identity = identity
         self._genesis = genesis
         self._market = genesis.market
@@ -142,6 +146,8 @@ class PresaleTrader:
         self._done: set[int] = set()
         self._retries: dict[int, _Retry] = {}  # slot -> its next attempt
         self._looked_up: set[int] = set()  # slots the ledger showed no order of ours in
+        self._journal = journal
+        self._restored = journal is None
 
     def next_slot(self, now: int) -> int:
         """The earliest delivery slot whose market is still open at `now` plus the lead."""
@@ -171,6 +177,10 @@ class PresaleTrader:
         horizon = now + self._market.gate_closure_seconds
         self._done = {s for s in self._done if s > horizon}
         self._looked_up = {s for s in self._looked_up if s > horizon}
+        if self._journal is not None:
+            if not self._restored:
+                self._restore(int(horizon))
+            self._journal.forget_up_to(int(horizon))
         for waiting in sorted(self._retries):
             if waiting != slot:
                 self._attempt(waiting, now)
@@ -237,7 +247,20 @@ class PresaleTrader:
         option = market_pb2.TradeOption.FromString(answer.option.payload)
         placing = self._identity.new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
+        if self._journal is not None:  # before it leaves: a restart resumes it
+            self._journal.record(Placement(slot, placing, option.expires_at, side_name))
         return self._place(slot, what, side_name, placing, option.expires_at, now)
+
+    def _restore(self, horizon: int) -> None:
+        """The PlaceOrders an earlier run signed for slots still open: resumed as if their
+        acknowledgement was lost (sent again while valid, then the chain decides)."""
+        assert self._journal is not None
+        for placement in self._journal.open_placements(after=horizon):
+            self._retries[placement.slot] = _Retry(
+                0, 0.0, placement.placing, placement.option_expires_at, placement.side_name)
+            log.info("resuming pre-sale order %s for slot %d from the journal",
+                     envelope_tx_id(placement.placing), placement.slot)
+        self._restored = True
 
     def _has_order(self, slot: int) -> bool:
         """Does the ledger hold an order of this meter for `slot`?"""

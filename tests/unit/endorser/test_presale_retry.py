@@ -30,6 +30,7 @@ from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_meter_agent.ledger_client import LedgerClient
+from gridledger_meter_agent.placements import PlacementJournal
 from gridledger_meter_agent.presale import CHAIN_POLL_S, Outcome, PresalePolicy, PresaleTrader
 
 
@@ -77,14 +78,15 @@ class _Wire:
 
 
 def _trader(e: Endorser, endorser_wire: _Wire, sell_price: int = 240_000,
-            meter: str = "meter-1") -> PresaleTrader:
+            meter: str = "meter-1", journal: PlacementJournal | None = None) -> PresaleTrader:
     committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
     client = LedgerClient(endorser_wire, _Wire(committer),  # type: ignore[arg-type]
                           sleep=lambda _s: None)
     policy = PresalePolicy(share_percent=50, sell_price=sell_price, buy_price=260_000)
     # No jitter: the test knows when the retry is due.
     return PresaleTrader(e.ids[meter], e.ledger.genesis, client, policy,
-                         backoff=Backoff(base_s=1.0, cap_s=60.0, draw=lambda: 0.0))
+                         backoff=Backoff(base_s=1.0, cap_s=60.0, draw=lambda: 0.0),
+                         journal=journal)
 
 
 def _orders(e: Endorser) -> list[tuple[int, int]]:
@@ -285,6 +287,32 @@ def test_an_agent_restarted_does_not_order_again_for_a_slot_it_ordered(
     assert again.step(NOW + 60, slot=SLOT) is Outcome.LATER
     assert again.step(NOW + 62, slot=SLOT) is Outcome.PLACED
     assert "RequestOptions" not in wire.calls
+
+
+@pytest.mark.parametrize("acknowledged", [True, False])
+def test_a_restart_while_the_order_is_in_flight_resumes_it_never_a_second(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path, acknowledged: bool) -> None:
+    """The agent is restarted after its PlaceOrder left (acknowledged or not) but before any
+    block carries it: the committer knows no order yet. Before, the new run ordered again
+    (two orders for one slot); now it resumes the journalled PlaceOrder."""
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    if not acknowledged:
+        wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
+    journal = PlacementJournal(tmp_path / "presale")
+    first = _trader(e, wire, journal=journal)
+    assert first.step(NOW, slot=SLOT) is (Outcome.PLACED if acknowledged else Outcome.LATER)
+    journal.close()  # the process ends; nothing is in a block yet
+    journal = PlacementJournal(tmp_path / "presale")
+    restarted = _trader(e, wire, journal=journal)
+    assert restarted.step(NOW + 5, slot=SLOT) is Outcome.PLACED  # the same envelope again
+    assert wire.calls["RequestOptions"] == 1
+    e.commit_broadcast()
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+    # Once the slot's market closed, its record goes.
+    restarted.step(SLOT, slot=SLOT + 3600)
+    assert journal.open_placements(after=0) == []
+    journal.close()
 
 
 def test_a_committer_away_delays_the_slot_by_the_backoff_not_a_poll(

@@ -114,8 +114,8 @@ OPEN_ORDERS = Gauge("gridledger_endorser_book_open_orders",
 REBUILDS = Counter("gridledger_endorser_book_rebuilds", "Full rebuilds of the book cache.")
 HOLDS_ENDED_EARLY = Counter(
     "gridledger_endorser_holds_ended_early",
-    "Options whose hold ended before expiry because a block filled, cancelled or closed a "
-    "maker they trade with, by whether their member is charged if unplaced (its own cancel).",
+    "Options whose hold ended before expiry because a block filled or cancelled a maker they "
+    "trade with, by whether their member is charged if unplaced (its own doing).",
     ["charged"])
 # Ended holds awaiting a block past their expiry (only a chain without blocks for long
 # gathers many): beyond this the oldest are settled at once, as lapses where due.
@@ -293,9 +293,11 @@ class BookCache:
                 books.rest(view.to_book_order(record))
         with self._lock:
             self._block_time = max(self._block_time, block_time)
-            # Open holds end (the new books hold nothing); the chain settles them as usual.
+            # Open holds end (the new books hold nothing), credited if a block places them
+            # yet, never charged: a rebuild follows a failure here (a block half applied), so
+            # who voided them, or whether that block placed them, is not known.
             for option_id in list(self._holds):
-                self._end_unplaced(option_id, charge=True)
+                self._end_unplaced(option_id, charge=False)
             self._books = books
             self._holds.clear()
             self._held.clear()

@@ -62,6 +62,7 @@ from gridledger_endorser.book_cache import (
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
 REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
 MIN_CAP_RETRY_MS = 100
+MIN_OPTION_SECONDS = 3  # the least life an option is offered with before its gate closure
 HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S  # as the book cache: a place_order may still commit
 MAX_NONCE_BYTES = 64
 
@@ -285,8 +286,15 @@ class OptionDesk:
                                 signer, terms, now)
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,
                       terms.quantity_wh, REQUEST_SEQUENCE, terms.slot_start)
-        # No block at or after gate closure can place it: its hold (and its lapse) ends there.
+        # No block at or after gate closure can place it: its hold (and its lapse) ends there;
+        # one that could live only a moment there would lapse (charged): not offered.
         closure = terms.slot_start - self._ledger.genesis.market.gate_closure_seconds
+        if closure - 1 - now < MIN_OPTION_SECONDS:
+            raise EdgeRefusal(Code.TX_VALIDATION_CODE_STATE_CONFLICT,
+                              grpc.StatusCode.FAILED_PRECONDITION,
+                              f"slot {terms.slot_start}'s market closes at {closure}, "
+                              f"{closure - now} s from now: too late for an option to reach a "
+                              f"block (at least {MIN_OPTION_SECONDS} s); order a later slot")
         option_id, expires_at = os.urandom(16).hex(), min(now + self._ttl, closure - 1)
         try:
             reserved = self._held.reserve(signer.name, terms, allowance.left_wh, now)

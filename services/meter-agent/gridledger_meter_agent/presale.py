@@ -271,7 +271,7 @@ class PresaleTrader:
     def _place(self, slot: int, what: str, side_name: str,
                placing: envelope_pb2.SignedEnvelope, expires_at: int, now: int) -> Outcome:
         try:
-            self._ledger.submit(placing)
+            acknowledged = self._ledger.submit(placing)
         except (Refused, grpc.RpcError) as exc:
             code = _status(exc)
             # Refused for now, or its option is dead at the endorser (a maker filled or
@@ -285,6 +285,18 @@ class PresaleTrader:
             retry.placing, retry.option_expires_at = placing, expires_at
             retry.side_name, retry.resend = side_name, not dead
             return outcome
+        if not acknowledged:  # ALREADY_EXISTS: in a block already, valid or not
+            code = self._ledger.transaction_code(envelope_tx_id(placing))
+            if code is None:  # the committer has not applied that block yet: it decides
+                retry = self._retries.setdefault(slot, _Retry(0, now))
+                retry.placing, retry.option_expires_at = placing, expires_at
+                retry.side_name, retry.resend = side_name, False
+                retry.not_before = now + CHAIN_POLL_S
+                return Outcome.LATER
+            if code != Code.TX_VALIDATION_CODE_VALID:
+                log.warning("%s was committed invalid (code %s): ordering anew", what, code)
+                self._retries.pop(slot, None)
+                return self._order(slot, now)
         ORDERS.labels(side_name, "placed").inc()
         log.info("placed a %s", what)
         return Outcome.PLACED
@@ -352,6 +364,8 @@ class PresaleTrader:
                 self.step()
             except grpc.RpcError as exc:  # the committer is away (forecast): next round
                 log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]
+            except Exception:  # a bug or the disk: logged, and the thread goes on
+                log.exception("pre-sale step failed")
             due = self.next_retry()
             wait = self._policy.every_seconds if due is None else \
                 max(0.05, min(self._policy.every_seconds, due - time.time()))

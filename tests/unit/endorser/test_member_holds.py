@@ -467,6 +467,25 @@ def test_another_endorsers_option_with_the_same_id_neither_ends_nor_credits_a_ho
     assert _standing(e) == (0, 0)
 
 
+def test_a_rebuild_ends_open_holds_without_charging_anyone(e: TwoMembers) -> None:
+    """A rebuild follows a failure in applying a block, so whether that block placed or
+    voided an open option is not known: the holds end, credited if a block places them,
+    never charged."""
+    _takes(e, "rival-1", 6000)
+    e.servicer.books.rebuild()
+    assert not e.servicer.books.holds(_option(e.options["rival-1"]).option_id)
+    _takes(e, "rival-2", 6000)  # its standing is good: a first option of any size
+    _block(e, [], NOW + 31)  # both expired unplaced: only rival-2's, held after, is charged
+    assert _standing(e) == (0, 6000)
+
+
+def test_no_option_is_offered_too_late_to_reach_a_block(e: TwoMembers) -> None:
+    closure = SLOT - e.ledger.genesis.market.gate_closure_seconds
+    e.clock[0] = closure - 2
+    code, message, _ = _ask(e, "rival-1", 1000)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "too late" in message, message
+
+
 def test_trading_between_its_own_meters_does_not_restore_a_members_standing(
         two_members: Path) -> None:
     """The rival lets 6,000 Wh lapse, then its buyer takes 6,000 Wh from its own seller

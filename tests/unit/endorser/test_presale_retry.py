@@ -27,7 +27,7 @@ from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc.backoff import Backoff
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.signing_identity import envelope_tx_id
-from gridledger_core.storage import MemoryStore
+from gridledger_core.storage import MemoryStore, WriteBatch
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.placements import PlacementJournal
@@ -312,6 +312,45 @@ def test_a_restart_while_the_order_is_in_flight_resumes_it_never_a_second(
     # Once the slot's market closed, its record goes.
     restarted.step(SLOT, slot=SLOT + 3600)
     assert journal.open_placements(after=0) == []
+    journal.close()
+
+
+def test_a_resent_order_found_committed_invalid_is_ordered_anew(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+    """The journalled PlaceOrder reached a block after its option expired (invalid there). Sent
+    again after a restart it is ALREADY_EXISTS: before, that counted as placed and the slot
+    had no order; now the agent looks it up and orders anew."""
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
+    journal = PlacementJournal(tmp_path / "presale")
+    assert _trader(e, wire, journal=journal).step(NOW, slot=SLOT) is Outcome.LATER
+    late = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=EXPIRES_AT + 1))
+    e.broadcaster.sent.clear()
+    e.servicer.books.on_commit(late)
+    assert Code.TX_VALIDATION_CODE_VALID not in late.codes
+    journal.close()
+    journal = PlacementJournal(tmp_path / "presale")
+    e.clock[0] = EXPIRES_AT + 2
+    restarted = _trader(e, wire, journal=journal)
+    assert restarted.step(NOW + 5, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 2
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+    journal.close()
+
+
+def test_a_damaged_journal_record_is_dropped_not_fatal(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+    journal = PlacementJournal(tmp_path / "presale")
+    batch = WriteBatch()
+    batch.put(b"p/" + SLOT.to_bytes(8, "big"), b"\x00" * 9 + b"\xff\xff garbage")
+    journal._store.commit(batch)
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    assert _trader(e, wire, journal=journal).step(NOW, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 1
+    assert [p.slot for p in journal.open_placements(after=0)] == [SLOT]  # the new, sound one
     journal.close()
 
 

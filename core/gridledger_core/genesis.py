@@ -32,6 +32,11 @@ class MarketParams:
     forecast_window_days: int = 7
     forecast_tolerance_percent: int = 10
 
+    def gate_closure(self, slot_start: int) -> int:
+        """When the market of the slot delivering at `slot_start` closes: orders placed or
+        cancelled at a time before this only."""
+        return slot_start - self.gate_closure_seconds
+
 
 @dataclass(frozen=True)
 class SettlementParams:

@@ -328,7 +328,7 @@ class BookCache:
 
     def _closed(self, slot_start: int, now: int) -> bool:
         """Past gate closure: the slot's orders are final and can no longer trade."""
-        return now >= slot_start - self._market.gate_closure_seconds
+        return now >= self._market.gate_closure(slot_start)
 
     def _open(self, record: market_pb2.OrderRecord, now: int) -> bool:
         return not self._closed(record.slot_start, now)
@@ -379,15 +379,18 @@ class BookCache:
             # First what this block's time settles: an option expired before it is a lapse
             # whatever the block does to its makers.
             self._expire(now)
+            accounts = LedgerAccounts(state)
+            reread: list[str] = []  # makers whose holds ended
             for option_id, taker, trades in traded:
                 member = self._placed(option_id)
                 if member is not None:
-                    self._conduct.traded(member, self._earned(state, member, taker, trades),
+                    self._conduct.traded(member, self._earned(accounts, member, taker, trades),
                                          now)
-                touched[:0] = self._release(option_id)  # the makers it held, re-read
+                reread += self._release(option_id)
             for order_id, doers in consumed.items():
-                touched[:0] = self._end_holds_on(state, order_id, doers)
-            for order_id in [*result.expired_orders, *touched]:  # makers before the taker
+                reread += self._end_holds_on(state, accounts, order_id, doers)
+            # Makers before the takers (a taker's rest must not cross a maker not yet re-read).
+            for order_id in [*result.expired_orders, *reread, *touched]:
                 self._sync(state, order_id, now)
             self._close_slots(now)
             self.height = result.number + 1
@@ -406,19 +409,19 @@ class BookCache:
         self._count_pending(unsettled, -1)
         return unsettled.member
 
-    def _earned(self, state: StateOverlay, member: str, taker: str,
+    def _earned(self, accounts: LedgerAccounts, member: str, taker: str,
                 trades: list[market_pb2.ProposedTrade]) -> int:
         """The Wh of `trades` that count for `member`'s standing: its own meter took them
         from another member's makers. Trading between its own meters moves nothing between
         members; trades of another member's meter it relayed are that member's."""
-        membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
-
-        def org(name: str) -> str:
-            account = membership.account(name, accounts)
-            return account.org if account is not None else ""
-        if org(taker) != member:
+        if self._org(accounts, taker) != member:
             return 0
-        return sum(t.quantity_wh for t in trades if org(t.maker) != member)
+        return sum(t.quantity_wh for t in trades if self._org(accounts, t.maker) != member)
+
+    def _org(self, accounts: LedgerAccounts, name: str) -> str:
+        """The organisation of account `name` ("" if it is none)."""
+        account = self._ledger.genesis.membership.account(name, accounts)
+        return account.org if account is not None else ""
 
     def _sync(self, state: StateOverlay, order_id: str, now: int) -> None:
         """Make the cached order equal to the ledger's record (or absent if not open)."""
@@ -516,8 +519,8 @@ class BookCache:
         else:
             self._pending_lapse.pop(unsettled.member, None)
 
-    def _end_holds_on(self, state: StateOverlay, maker_id: str, doers: set[str]
-                      ) -> list[str]:
+    def _end_holds_on(self, state: StateOverlay, accounts: LedgerAccounts, maker_id: str,
+                      doers: set[str]) -> list[str]:
         """A block filled, cancelled or (at gate closure) expired the resting order
         `maker_id`. The options holding more of it than the ledger has left can no longer
         be placed (a place_order trades all it proposes or nothing): their holds end now,
@@ -533,9 +536,7 @@ class BookCache:
         left = record.remaining_wh  # the ledger's: 0 once cancelled or expired at closure
         holding = sorted((self._holds[option_id].expires_at, option_id)
                          for option_id in holding_ids)
-        membership, accounts = self._ledger.genesis.membership, LedgerAccounts(state)
-        responsible = {a.org for a in (membership.account(n, accounts) for n in doers)
-                       if a is not None}
+        responsible = {self._org(accounts, name) for name in doers} - {""}
         makers: list[str] = []
         for _, option_id in holding:
             hold = self._holds[option_id]

@@ -37,9 +37,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
-from gridledger_core.consensus.clock import DEADLINE_SETTLED_AFTER_S
 from gridledger_core.identity import Identity
-from gridledger_core.ledger import schema
 from gridledger_core.ledger.checks import open_signed
 from gridledger_core.ledger.errors import Code, TxInvalid
 from gridledger_core.ledger.ledger import Ledger
@@ -52,6 +50,7 @@ from gridledger_core.rpc.errors import EdgeRefusal
 from gridledger_core.sigcache import VERIFIED
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_endorser.book_cache import (
+    HOLD_GRACE_SECONDS,
     MATCHED_WH,
     TRADES,
     BookCache,
@@ -63,7 +62,6 @@ DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
 REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
 MIN_CAP_RETRY_MS = 100
 MIN_OPTION_SECONDS = 3  # the least life an option is offered with before its gate closure
-HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S  # as the book cache: a place_order may still commit
 MAX_NONCE_BYTES = 64
 
 
@@ -267,11 +265,9 @@ class OptionDesk:
         self._held = HeldEnergy(limits.max_held_percent, self._option_ended)
 
     def _option_ended(self, option_id: str) -> bool:
-        """On the ledger, or no longer holding in the book cache (expired, or made void by a
+        """No longer holding in the book cache (placed in a block, expired, or made void by a
         maker's fill or cancel): it no longer counts against its meter's cap."""
-        return (not self._books.holds(option_id)
-                or StateOverlay(self._ledger.store).get(schema.option_key(option_id))
-                is not None)
+        return not self._books.holds(option_id)
 
     def propose(self, envelope: envelope_pb2.SignedEnvelope, member: str = "") -> Proposal:
         """Check the signed request and return the signed option; raises TxInvalid (a
@@ -288,7 +284,7 @@ class OptionDesk:
                       terms.quantity_wh, REQUEST_SEQUENCE, terms.slot_start)
         # No block at or after gate closure can place it: its hold (and its lapse) ends there;
         # one that could live only a moment there would lapse (charged): not offered.
-        closure = terms.slot_start - self._ledger.genesis.market.gate_closure_seconds
+        closure = self._ledger.genesis.market.gate_closure(terms.slot_start)
         if closure - 1 - now < MIN_OPTION_SECONDS:
             raise EdgeRefusal(Code.TX_VALIDATION_CODE_STATE_CONFLICT,
                               grpc.StatusCode.FAILED_PRECONDITION,

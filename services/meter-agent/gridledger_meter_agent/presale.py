@@ -49,7 +49,7 @@ from gridledger_core.market.forecast import ForecastParams, Reading, forecast, h
 from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
-from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
+from gridledger_meter_agent.ledger_client import TRANSIENT, LedgerClient, Refused, readings
 from gridledger_meter_agent.placements import Placement, PlacementJournal
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ RETRIES = Counter("gridledger_meter_presale_retries",
                   ["status"])
 
 # Refused for now, not for good: ask again later (with a new request).
-FOR_NOW = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-           grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+FOR_NOW = TRANSIENT | {grpc.StatusCode.ABORTED}  # ABORTED: energy others' options hold
 # Trading is not urgent within a slot's open market: start at a second, at most two minutes
 # (a member held to its share is told to come back within about one).
 RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=120.0)
@@ -187,7 +186,7 @@ class PresaleTrader:
         return self._attempt(slot, now)
 
     def _attempt(self, slot: int, now: float) -> Outcome | None:
-        closed = now + self._market.gate_closure_seconds >= slot
+        closed = now >= self._market.gate_closure(slot)
         if slot in self._done or (closed and slot not in self._retries):
             return None
         retry = self._retries.get(slot)
@@ -281,25 +280,28 @@ class PresaleTrader:
             if code not in FOR_NOW and not dead:
                 return self._refused(slot, what, side_name, exc, now)
             outcome = self._later(slot, what, exc, now)
-            retry = self._retries[slot]
-            retry.placing, retry.option_expires_at = placing, expires_at
-            retry.side_name, retry.resend = side_name, not dead
+            self._pending(slot, placing, expires_at, side_name, resend=not dead)
             return outcome
         if not acknowledged:  # ALREADY_EXISTS: in a block already, valid or not
             code = self._ledger.transaction_code(envelope_tx_id(placing))
             if code is None:  # the committer has not applied that block yet: it decides
-                retry = self._retries.setdefault(slot, _Retry(0, now))
-                retry.placing, retry.option_expires_at = placing, expires_at
-                retry.side_name, retry.resend = side_name, False
-                retry.not_before = now + CHAIN_POLL_S
+                self._pending(slot, placing, expires_at, side_name,
+                              resend=False).not_before = now + CHAIN_POLL_S
                 return Outcome.LATER
             if code != Code.TX_VALIDATION_CODE_VALID:
                 log.warning("%s was committed invalid (code %s): ordering anew", what, code)
                 self._retries.pop(slot, None)
                 return self._order(slot, now)
-        ORDERS.labels(side_name, "placed").inc()
-        log.info("placed a %s", what)
-        return Outcome.PLACED
+        return _placed(side_name, what)
+
+    def _pending(self, slot: int, placing: envelope_pb2.SignedEnvelope, expires_at: int,
+                 side_name: str, resend: bool) -> _Retry:
+        """The slot's retry now awaits `placing` (maybe acknowledged): never a second order
+        until the chain says it cannot land."""
+        retry = self._retries.setdefault(slot, _Retry(0, 0.0))
+        retry.placing, retry.option_expires_at = placing, expires_at
+        retry.side_name, retry.resend = side_name, resend
+        return retry
 
     def _resume_placing(self, slot: int, retry: _Retry, now: int) -> Outcome:
         """The slot's PlaceOrder was not acknowledged: send it again while its option is
@@ -318,9 +320,7 @@ class PresaleTrader:
             return Outcome.LATER
         found = self._ledger.transaction_code(envelope_tx_id(retry.placing))
         if found == Code.TX_VALIDATION_CODE_VALID:
-            ORDERS.labels(side_name, "placed").inc()
-            log.info("placed a %s (acknowledged late)", what)
-            return Outcome.PLACED
+            return _placed(side_name, f"{what} (acknowledged late)")
         retry.placing = None  # it can no longer be placed: a new request
         return self._order(slot, now)
 
@@ -348,10 +348,8 @@ class PresaleTrader:
         if retry.placing is not None:  # an order awaiting proof may have got in
             tx_id = envelope_tx_id(retry.placing)
             if self._ledger.transaction_code(tx_id) == Code.TX_VALIDATION_CODE_VALID:
-                ORDERS.labels(side_name, "placed").inc()
-                log.info("placed pre-sale order %s for slot %d (found at gate closure)",
-                         tx_id, slot)
-                return Outcome.PLACED
+                return _placed(side_name, f"pre-sale order {tx_id} for slot {slot} (found at "
+                                          "gate closure)")
         ORDERS.labels(side_name, "gate_closed").inc()
         log.warning("pre-sale for slot %d: refused for now until its market closed (%d "
                     "attempts)", slot, retry.attempts)
@@ -369,6 +367,12 @@ class PresaleTrader:
             due = self.next_retry()
             wait = self._policy.every_seconds if due is None else \
                 max(0.05, min(self._policy.every_seconds, due - time.time()))
+
+
+def _placed(side_name: str, what: str) -> Outcome:
+    ORDERS.labels(side_name, "placed").inc()
+    log.info("placed a %s", what)
+    return Outcome.PLACED
 
 
 def _status(exc: Exception) -> grpc.StatusCode:

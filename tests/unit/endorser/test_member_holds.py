@@ -448,7 +448,7 @@ def test_a_member_voiding_its_own_option_through_another_endorser_is_charged(
     assert _standing(e) == (0, 6000)
 
 
-def test_another_endorsers_option_with_the_same_id_neither_ends_nor_credits_a_hold(
+def test_another_endorsers_option_with_the_same_id_does_not_end_a_hold(
         e: TwoMembers) -> None:
     """Option ids are chosen by each endorser. The rival's endorser signs an option that
     reuses the id of the rival's option here (a bid of its own meter's) and places it:

@@ -89,6 +89,17 @@ def _trader(e: Endorser, endorser_wire: _Wire, sell_price: int = 240_000,
                          journal=journal)
 
 
+def _answers_lost(e: Endorser, times: int = 5, journal: PlacementJournal | None = None
+                  ) -> tuple[_Wire, PresaleTrader]:
+    """A trader whose first PlaceOrder is handled by the endorser every time it is sent,
+    and whose answers are lost `times` times (every attempt of its first step: LATER)."""
+    wire = _Wire(e.servicer)
+    wire.lose["SubmitTransaction"] = (times, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire, journal=journal)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    return wire, trader
+
+
 def _orders(e: Endorser) -> list[tuple[int, int]]:
     committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
     found = committer.ListOrders(committer_pb2.ListOrdersRequest(meter="meter-1"),
@@ -144,11 +155,7 @@ def test_refusals_for_now_back_off_longer_while_they_repeat(
 def test_a_lost_acknowledgement_resends_the_same_order_never_a_second(
         genesis: Genesis, consortium_dir: Path) -> None:
     e = make_endorser(genesis, consortium_dir)
-    wire = _Wire(e.servicer)
-    # Every attempt of the first submission is handled, and every answer is lost.
-    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
-    trader = _trader(e, wire)
-    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    wire, trader = _answers_lost(e)
     assert trader.step(NOW + 1, slot=SLOT) is Outcome.PLACED  # the same envelope, answered
     assert wire.calls == {"RequestOptions": 1, "SubmitTransaction": 6}
     sent = [envelope_pb2.EndorsedTransaction.FromString(raw) for raw in e.broadcaster.sent]
@@ -170,10 +177,7 @@ EXPIRES_AT = NOW + 30  # of an option the endorser issues at NOW
 def test_an_order_that_got_in_unacknowledged_is_not_placed_again(
         genesis: Genesis, consortium_dir: Path) -> None:
     e = make_endorser(genesis, consortium_dir)
-    wire = _Wire(e.servicer)
-    wire.lose["SubmitTransaction"] = (10, grpc.StatusCode.DEADLINE_EXCEEDED)
-    trader = _trader(e, wire)
-    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    wire, trader = _answers_lost(e, times=10)
     # It got in meanwhile (the later attempts of the same tx id are duplicates).
     assert set(e.commit_broadcast()) == {Code.TX_VALIDATION_CODE_VALID,
                                          Code.TX_VALIDATION_CODE_DUPLICATE_TXID}
@@ -193,10 +197,7 @@ def test_a_lagging_committer_cannot_make_it_order_twice(
     so it answers NOT_FOUND. Before, the agent took that as "never placed" once its clock
     was past the expiry and ordered again: two orders for one slot."""
     e = make_endorser(genesis, consortium_dir)
-    wire = _Wire(e.servicer)
-    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
-    trader = _trader(e, wire)
-    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    wire, trader = _answers_lost(e)
     behind = Ledger(MemoryStore(), genesis, accept_proof)  # a committer at height 0
     trader._ledger.committer = _Wire(CommitterServicer(behind, HeightNotifier(lambda: 0)))
     e.clock[0] = EXPIRES_AT + 100
@@ -255,10 +256,7 @@ def test_waiting_for_the_chain_looks_again_soon_and_once_more_at_gate_closure(
     (before: an exponential backoff that grew to minutes, losing slots near gate closure);
     and an order that got in is found at gate closure (before: reported gate_closed)."""
     e = make_endorser(genesis, consortium_dir)
-    wire = _Wire(e.servicer)
-    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
-    trader = _trader(e, wire)
-    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    wire, trader = _answers_lost(e)
     e.commit_broadcast()  # it got in; no block after it
     now = float(EXPIRES_AT + 1)
     for _ in range(5):
@@ -321,10 +319,8 @@ def test_a_resent_order_found_committed_invalid_is_ordered_anew(
     again after a restart it is ALREADY_EXISTS: before, that counted as placed and the slot
     had no order; now the agent looks it up and orders anew."""
     e = make_endorser(genesis, consortium_dir)
-    wire = _Wire(e.servicer)
-    wire.lose["SubmitTransaction"] = (5, grpc.StatusCode.DEADLINE_EXCEEDED)
     journal = PlacementJournal(tmp_path / "presale")
-    assert _trader(e, wire, journal=journal).step(NOW, slot=SLOT) is Outcome.LATER
+    wire, _ = _answers_lost(e, journal=journal)
     late = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=EXPIRES_AT + 1))
     e.broadcaster.sent.clear()
     e.servicer.books.on_commit(late)

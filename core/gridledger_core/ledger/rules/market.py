@@ -105,7 +105,7 @@ def forecast_params(market: MarketParams) -> ForecastParams:
 
 def market_open(market: MarketParams, slot_start: int, now: int) -> bool:
     """The slot's market is open from ``open_before`` until ``gate_closure`` before delivery."""
-    return slot_start - market.open_before_seconds <= now < slot_start - market.gate_closure_seconds
+    return slot_start - market.open_before_seconds <= now < market.gate_closure(slot_start)
 
 
 def check_terms(state: view.StateReader, genesis: Genesis, signer: Identity,
@@ -124,7 +124,7 @@ def check_terms(state: view.StateReader, genesis: Genesis, signer: Identity,
                INVALID, f"slot start {slot} is not a multiple of the {market.slot_seconds} s slot")
     _condition(market_open(market, slot, now), Condition.SLOT_NOT_OPEN, CONFLICT,
                f"the market of slot {slot} is open from {slot - market.open_before_seconds} "
-               f"until {slot - market.gate_closure_seconds} (gate closure); it is {now}")
+               f"until {market.gate_closure(slot)} (gate closure); it is {now}")
     low, high = max(market.price_min, 1), market.price_max
     _condition(low <= terms.price <= high, Condition.PRICE_OUT_OF_BAND, INVALID,
                f"price {terms.price} µ/kWh is outside the band [{low}, {high}]")
@@ -381,7 +381,7 @@ def process_cancel_order(state: StateOverlay, ctx: TxContext,
     assert record is not None
     require(record.owner == creator.name, NOT_AUTHORIZED,
             f"order {body.order_id} belongs to {record.owner}, not {creator.name}")
-    closure = record.slot_start - ctx.genesis.market.gate_closure_seconds
+    closure = ctx.genesis.market.gate_closure(record.slot_start)
     require(ctx.block_time < closure, CONFLICT,
             f"the market of slot {record.slot_start} closed at {closure}; the order is final")
     require(record.remaining_wh > 0, CONFLICT,

@@ -23,7 +23,9 @@ Pre-sale market (issue 3; slot = slot start, 12 digits; seq = market sequence, 1
                                                     its orders), 8 bytes BE
     trade/<slot>/<seq>                              TradeRecord
     trade-meter/<meter>/<slot>/<seq>                "<slot>/<seq>" of the trade's key
-    option/<option id>                              tx id of the PlaceOrder that used it
+    option/<endorser>/<option id>                   tx id of the PlaceOrder that used it
+                                                    (ids are the issuing endorser's: another
+                                                    endorser reusing one cannot spend it)
     market/sequence                                 last market sequence number, 8 bytes BE
 
 New-energy trading (issue 6):
@@ -129,8 +131,9 @@ def trade_meter_key(meter: str, slot_start: int, sequence: int) -> str:
     return f"{trade_meter_prefix(meter, slot_start)}{sequence:012d}"
 
 
-def option_key(option_id: str) -> str:
-    return f"option/{option_id}"
+def option_key(endorser: str, option_id: str) -> str:
+    # Account names hold no "/" (rules/identity.py), so the key is unambiguous.
+    return f"option/{endorser}/{option_id}"
 
 
 # -- new-energy trading (issue 6) -------------------------------------------------------------

@@ -467,6 +467,29 @@ def test_another_endorsers_option_with_the_same_id_does_not_end_a_hold(
     assert _standing(e) == (0, 0)
 
 
+def test_another_endorser_reusing_an_option_id_cannot_spend_the_victims_option(
+        e: TwoMembers) -> None:
+    """Tried as a hostile member would whose orderer (or relaying endorser) sees a meter's
+    PlaceOrder in flight: its own endorser signs an option with the same id, its meter places
+    it ahead in the same block. Before, the victim's order was then invalid ("option already
+    used", for good); option ids are the issuing endorser's, so both orders stand."""
+    _takes(e, "meter-2", 3000)
+    victim = _option(e.options["meter-2"])
+    forged = market_pb2.TradeOption(  # a bid that rests below every ask: trades nothing
+        option_id=victim.option_id, endorser="rival-endorser",
+        terms=terms("rival-1", BUY, ASK - 10_000, 500), rest_wh=500, issued_at=NOW,
+        expires_at=NOW + 30)
+    hijack = place(e.ids["rival-1"], e.ids["rival-endorser"].sign_envelope(
+        forged.SerializeToString()))
+    e.submit(place(e.ids["meter-2"], e.options["meter-2"].option))
+    first = [endorsed(hijack, e.ids["rival-endorser"])]
+    assert _block(e, first + e.broadcaster.sent, NOW + 1) == [
+        Code.TX_VALIDATION_CODE_VALID, Code.TX_VALIDATION_CODE_VALID]
+    e.broadcaster.sent.clear()
+    assert not e.servicer.books.holds(victim.option_id)  # placed: its hold ended, uncharged
+    assert _standing(e, "community") == (0, 0)
+
+
 def test_a_rebuild_ends_open_holds_without_charging_anyone(e: TwoMembers) -> None:
     """A rebuild follows a failure in applying a block, so whether that block placed or
     voided an open option is not known: the holds end, credited if a block places them,

@@ -252,7 +252,9 @@ def process_place_order(state: StateOverlay, ctx: TxContext, body: market_pb2.Pl
     require(ctx.block_time <= option.expires_at, CONFLICT,
             f"option {option.option_id} expired at {option.expires_at} (block time "
             f"{ctx.block_time}); request new options")
-    used_by = state.get(schema.option_key(option.option_id))
+    # Keyed by its endorser too: an id seen in flight (by a relaying endorser, or an orderer
+    # holding the PlaceOrder) and signed into another endorser's option must not spend it.
+    used_by = state.get(schema.option_key(option.endorser, option.option_id))
     require(used_by is None, CONFLICT,
             f"option {option.option_id} was already used by transaction "
             f"{(used_by or b'').decode()}")
@@ -291,7 +293,7 @@ def process_place_order(state: StateOverlay, ctx: TxContext, body: market_pb2.Pl
     require_uint64(view.committed_wh(state, creator.name, terms.slot_start, terms.side) + added,
                    CONFLICT, f"{creator.name}'s committed energy in slot {terms.slot_start}")
     view.add_committed_wh(state, creator.name, terms.slot_start, terms.side, added)
-    state.put(schema.option_key(option.option_id), order_id.encode())
+    state.put(schema.option_key(option.endorser, option.option_id), order_id.encode())
 
 
 def _check_trade(state: StateOverlay, market: MarketParams, taker: str,

@@ -13,6 +13,11 @@ not ledger rules, so they use its clock):
   (FAILED_PRECONDITION / ALREADY_EXISTS). Memory is bounded: a nonce is forgotten once its
   request would be stale anyway, and a meter may have at most ``max_requests_per_window``
   remembered requests (RESOURCE_EXHAUSTED beyond).
+- Answered once: the very same signed request sent again while fresh (its answer was lost
+  on the way) gets the same option back, not a second one: a second option would hold the
+  energy again and leave the first to lapse, charged to the meter's member. Answers are kept
+  while their request is fresh, within ``max_kept_answer_bytes`` (beyond it a resend is
+  refused ALREADY_EXISTS, as before, and the meter signs a new request).
 - Held energy: the energy a meter's outstanding options hold in the book (matched, not yet on
   the ledger, not expired) plus the new request's quantity may not exceed
   ``max_held_percent`` % of its allowance left for that slot and side (RESOURCE_EXHAUSTED).
@@ -31,7 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -63,6 +68,7 @@ REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
 MIN_CAP_RETRY_MS = 100
 MIN_OPTION_SECONDS = 3  # the least life an option is offered with before its gate closure
 MAX_NONCE_BYTES = 64
+KEPT_OVERHEAD = 256  # bytes a kept answer costs beside its option's (objects, dict entry)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class DeskLimits:
     request_window: int = 30  # seconds a request's requested_at may differ from our clock
     max_requests_per_window: int = 1_000  # remembered nonces per meter
     max_held_percent: int = 100  # of the meter's allowance left (slot, side)
+    max_kept_answer_bytes: int = 32 * 2**20  # answers kept for resent requests, in all
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,21 +90,38 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-held-percent", type=int, default=d.max_held_percent,
                         help="energy a meter's outstanding options may hold, in percent of "
                              "its allowance left for the slot and side")
+    parser.add_argument("--max-kept-answer-bytes", type=int, default=d.max_kept_answer_bytes,
+                        help="bytes of options kept, while their request is fresh, to answer "
+                             "the same request sent again (its answer lost) with the same "
+                             "option")
 
 
 def limits_from(args: argparse.Namespace) -> DeskLimits:
     return DeskLimits(args.request_window, args.max_requests_per_window,
-                      args.max_held_percent)
+                      args.max_held_percent, args.max_kept_answer_bytes)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """The answer to a request, for the same request sent again."""
+
+    digest: bytes  # of the request's signed payload: the same nonce with other terms is not it
+    proposal: Proposal
+    size: int  # bytes counted against max_kept_answer_bytes
 
 
 class RequestFreshness:
-    """Refuses stale, future and replayed trade requests, in bounded memory."""
+    """Refuses stale, future and replayed trade requests, in bounded memory, and keeps the
+    answers to fresh requests for their resending."""
 
     def __init__(self, limits: DeskLimits) -> None:
         self._window = limits.request_window
         self._per_meter = limits.max_requests_per_window
+        self._max_kept_bytes = limits.max_kept_answer_bytes
         # (meter, nonce) -> when it is forgotten (its request stale)
         self._seen: dict[tuple[str, bytes], int] = {}
+        self._kept: dict[tuple[str, bytes], _Kept] = {}
+        self.kept_bytes = 0
         self._forget: list[tuple[int, str, bytes]] = []  # (forget at, meter, nonce)
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -127,6 +151,7 @@ class RequestFreshness:
                 # Not if forgotten when refused (and maybe admitted again since).
                 if self._seen.get((old_meter, old_nonce)) == at_expiry:
                     del self._seen[(old_meter, old_nonce)]
+                    self._drop_kept((old_meter, old_nonce))
                 self._count[old_meter] -= 1
                 if not self._count[old_meter]:
                     del self._count[old_meter]
@@ -155,6 +180,40 @@ class RequestFreshness:
             # Only this request's entry (the nonce may have expired and been admitted anew).
             if self._seen.get(key) == self._stale_after(request):
                 del self._seen[key]
+                self._drop_kept(key)
+
+    def keep(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
+             proposal: Proposal) -> None:
+        """`proposal` answered the request: kept for its resending while the request is
+        fresh, if the bytes kept allow it."""
+        key = (meter, request.nonce)
+        size = proposal.envelope.ByteSize() + proposal.option.ByteSize() + KEPT_OVERHEAD
+        with self._lock:
+            if self._seen.get(key) != self._stale_after(request) or key in self._kept:
+                return  # no longer this request's entry
+            if self.kept_bytes + size > self._max_kept_bytes:
+                return
+            self._kept[key] = _Kept(digest, proposal, size)
+            self.kept_bytes += size
+
+    def answered(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
+                 now: int) -> Proposal | None:
+        """The answer already given to this very request (same meter, nonce and signed
+        payload) if it is still fresh and its answer was kept; else None."""
+        if abs(now - request.requested_at) > self._window:
+            return None  # admit() refuses it as stale
+        key = (meter, request.nonce)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None or kept.digest != digest or \
+                    self._seen.get(key) != self._stale_after(request):
+                return None
+            return kept.proposal
+
+    def _drop_kept(self, key: tuple[str, bytes]) -> None:
+        kept = self._kept.pop(key, None)
+        if kept is not None:
+            self.kept_bytes -= kept.size
 
     def _stale_after(self, request: market_pb2.TradeRequest) -> int:
         """When `request` is stale, so its nonce need not be remembered."""
@@ -234,6 +293,7 @@ class Proposal:
     envelope: envelope_pb2.SignedEnvelope
     option: market_pb2.TradeOption
     allowance: Allowance
+    again: bool = False  # the kept answer to the same request, sent again
 
 
 def verify_request(envelope: envelope_pb2.SignedEnvelope, ledger: Ledger,
@@ -277,6 +337,10 @@ class OptionDesk:
         now = int(self._clock())
         signer, request = verify_request(envelope, self._ledger, now)
         terms = request.terms
+        digest = request_digest(envelope.payload)
+        again = self._fresh.answered(signer.name, request, digest, now)
+        if again is not None:
+            return self._again(again, now)
         self._fresh.admit(signer.name, request, now)
         allowance = check_terms(StateOverlay(self._ledger.store), self._ledger.genesis,
                                 signer, terms, now)
@@ -313,7 +377,7 @@ class OptionDesk:
             rest_wh=result.remaining, cancelled_wh=result.prevented, issued_at=now,
             expires_at=expires_at, ledger_height=height,
             # The meter compares it with its own request before it signs (option_check.py).
-            request_digest=request_digest(envelope.payload))
+            request_digest=digest)
         TRADES.labels("proposed").inc(len(result.trades))
         MATCHED_WH.labels("proposed").inc(result.filled)
         signed = self._identity.sign_envelope(option.SerializeToString())
@@ -321,4 +385,20 @@ class OptionDesk:
         # replica's commit without two more Ed25519 verifications.
         VERIFIED.remember(self._identity.signer.public_key_bytes, signed.signature,
                           signed.payload)
-        return Proposal(signed, option, allowance)
+        proposal = Proposal(signed, option, allowance)
+        self._fresh.keep(signer.name, request, digest, proposal)
+        return proposal
+
+    def _again(self, kept: Proposal, now: int) -> Proposal:
+        """The kept answer, while it can still become a trade: else the meter is told to
+        sign a new request (ALREADY_EXISTS, as for any request answered before)."""
+        option = kept.option
+        if option.expires_at - now < MIN_OPTION_SECONDS or \
+                (option.trades and not self._books.holds(option.option_id)):
+            raise EdgeRefusal(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
+                              grpc.StatusCode.ALREADY_EXISTS,
+                              f"trade request of {option.terms.meter} was already answered "
+                              f"with option {option.option_id}, which can no longer be placed "
+                              "(expired, or the energy it held is gone); sign a new request "
+                              "with a new nonce")
+        return replace(kept, again=True)

@@ -334,7 +334,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
             return OptionsOutcome(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
                                   retry_after_ms=exc.retry_after_ms
                                   or self._admission.retry_after_ms())
-        TRADE_REQUESTS.labels(side, "accepted").inc()
+        TRADE_REQUESTS.labels(side, "answered_again" if proposal.again else "accepted").inc()
         allowance = proposal.allowance
         response = endorser_pb2.RequestOptionsResponse(
             option=proposal.envelope, forecast_net_wh=allowance.forecast_net_wh,

@@ -13,9 +13,12 @@ trades within the limit; otherwise it signs nothing, logs why and counts the con
 A refusal for now is not the end of the slot (issue 15: clients back off with jitter). The
 endorser at its admission bound or holding the member to its share (RESOURCE_EXHAUSTED, with
 a retry hint), energy held by others' options (ABORTED), or an endorser away (UNAVAILABLE,
-DEADLINE_EXCEEDED): the agent asks again, with a new signed request, after the hint plus
-jitter (longer while it repeats), as long as the slot's market is open; so is a committer
-that cannot answer the forecast. A PlaceOrder whose submission was never acknowledged is sent
+DEADLINE_EXCEEDED): the agent asks again after the hint plus jitter (longer while it
+repeats), as long as the slot's market is open; so is a committer that cannot answer the
+forecast. It sends the very same signed request again while that is fresh (the endorser
+answers it with the option it gave before, if the answer was lost on the way: no second
+hold, and no lapse of the first charged to the member), a new one after that or when the
+endorser no longer has the answer. A PlaceOrder whose submission was never acknowledged is sent
 again as is (the ledger deduplicates by tx id) while its option is valid (not after the
 endorser said the option is dead: a maker filled or cancelled). Then only the chain can say
 whether it got in: once the committer's last block is past the option's expiry (block times
@@ -63,12 +66,18 @@ RETRIES = Counter("gridledger_meter_presale_retries",
                   "Pre-sale attempts refused for now and tried again later, by status.",
                   ["status"])
 
-# Refused for now, not for good: ask again later (with a new request).
+# Refused for now, not for good: ask again later.
 FOR_NOW = TRANSIENT | {grpc.StatusCode.ABORTED}  # ABORTED: energy others' options hold
 # Trading is not urgent within a slot's open market: start at a second, at most two minutes
 # (a member held to its share is told to come back within about one).
 RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=120.0)
 CHAIN_POLL_S = 2.0  # while waiting for a block past an option's expiry
+# A trade request is sent again as is for this long after it was made: within the
+# endorser's default 30 s request window with up to 10 s between the two clocks.
+REQUEST_REUSE_S = 20
+# The endorser's answer to a request sent again that it cannot answer the same way: it
+# dropped the answer (ALREADY_EXISTS) or finds the request stale (FAILED_PRECONDITION).
+REQUEST_SPENT = {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION}
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class _Retry:
     option_expires_at: int = 0
     side_name: str = ""
     resend: bool = True  # False once the endorser said its option is dead
+    request: envelope_pb2.SignedEnvelope | None = None  # the trade request last sent
+    requested_at: int = 0
 
 
 class PresaleTrader:
@@ -212,43 +223,66 @@ class PresaleTrader:
             if self._has_order(slot):  # placed before (an earlier run of the agent)
                 return Outcome.PLACED
             self._looked_up.add(slot)  # only once answered (a failure retries the look)
-        net = self.net_forecast(slot, now)
-        side = market_pb2.ORDER_SIDE_SELL if net > 0 else market_pb2.ORDER_SIDE_BUY
-        side_name = "sell" if side == market_pb2.ORDER_SIDE_SELL else "buy"
-        lot = self._market.lot_wh
-        quantity = abs(net) * self._policy.share_percent // 100 // lot * lot
-        if quantity == 0:
-            ORDERS.labels(side_name, "nothing_to_offer").inc()
-            return Outcome.NOTHING_TO_OFFER
-        price = self._policy.sell_price if side == market_pb2.ORDER_SIDE_SELL \
-            else self._policy.buy_price
-        terms = market_pb2.OrderTerms(meter=self._identity.name, side=side, slot_start=slot,
-                                      price=price, quantity_wh=quantity)
-        # A new nonce on every attempt: an answer lost on the way (DEADLINE_EXCEEDED) was
-        # answered, and its nonce is spent.
-        request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16), requested_at=now)
-        payload = request.SerializeToString()
-        what = f"pre-sale {side_name} of {quantity} Wh at {price} for slot {slot}"
+        retry = self._retries.get(slot)
+        again = retry is not None and retry.request is not None and \
+            now - retry.requested_at <= REQUEST_REUSE_S
+        if again:
+            assert retry is not None and retry.request is not None
+            signed = retry.request
+            terms = market_pb2.TradeRequest.FromString(signed.payload).terms
+        else:
+            terms_or_none = self._terms(slot, now)
+            if terms_or_none is None:
+                return Outcome.NOTHING_TO_OFFER
+            terms = terms_or_none
+            request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
+                                              requested_at=now)
+            signed = self._identity.sign_envelope(request.SerializeToString())
+        side_name = "sell" if terms.side == market_pb2.ORDER_SIDE_SELL else "buy"
+        what = f"pre-sale {side_name} of {terms.quantity_wh} Wh at {terms.price} for slot {slot}"
         try:
             answer = self._ledger.endorser.RequestOptions(endorser_pb2.RequestOptionsRequest(
-                request=self._identity.sign_envelope(payload)), timeout=self._ledger.timeout)
-            accept_option(answer.option, payload, self._genesis, now)
+                request=signed), timeout=self._ledger.timeout)
+            accept_option(answer.option, signed.payload, self._genesis, now)
         except OptionRefused as exc:
             OPTIONS_REFUSED.labels(exc.condition).inc()
             ORDERS.labels(side_name, "option_refused").inc()
             log.warning("%s: the endorser's option was not signed: %s", what, exc)
             return Outcome.OPTION_REFUSED
         except grpc.RpcError as exc:
+            if again and _status(exc) in REQUEST_SPENT:
+                assert retry is not None
+                retry.request = None  # it cannot be answered again: a new request, now
+                return self._order(slot, now)
             outcome = self._refused(slot, what, side_name, exc, now)
             if outcome is Outcome.LATER:
-                self._retries[slot].side_name = side_name
+                retry = self._retries[slot]
+                retry.side_name = side_name
+                if not again:  # its answer may have been lost: the same request next time
+                    retry.request, retry.requested_at = signed, now
             return outcome
+        if retry is not None:  # answered: what comes next is about its option
+            retry.request = None
         option = market_pb2.TradeOption.FromString(answer.option.payload)
         placing = self._identity.new_transaction(
             "place_order", market_pb2.PlaceOrder(option=answer.option), timestamp=now)
         if self._journal is not None:  # before it leaves: a restart resumes it
             self._journal.record(Placement(slot, placing, option.expires_at, side_name))
         return self._place(slot, what, side_name, placing, option.expires_at, now)
+
+    def _terms(self, slot: int, now: int) -> market_pb2.OrderTerms | None:
+        """This meter's order for `slot` under its policy (None: nothing to offer)."""
+        net = self.net_forecast(slot, now)
+        side = market_pb2.ORDER_SIDE_SELL if net > 0 else market_pb2.ORDER_SIDE_BUY
+        lot = self._market.lot_wh
+        quantity = abs(net) * self._policy.share_percent // 100 // lot * lot
+        if quantity == 0:
+            ORDERS.labels("sell" if net > 0 else "buy", "nothing_to_offer").inc()
+            return None
+        price = self._policy.sell_price if side == market_pb2.ORDER_SIDE_SELL \
+            else self._policy.buy_price
+        return market_pb2.OrderTerms(meter=self._identity.name, side=side, slot_start=slot,
+                                     price=price, quantity_wh=quantity)
 
     def _restore(self, horizon: int) -> None:
         """The PlaceOrders an earlier run signed for slots still open: resumed as if their

@@ -16,9 +16,11 @@ from test_endorser_market import ASK, Endorser, _option, endorser  # noqa: F401 
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger.endorser.v1 import endorser_pb2
+from gridledger_core.ledger.errors import Code
+from gridledger_core.ledger.rules.market import Allowance
 from gridledger_core.rpc.errors import EdgeRefusal
 from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS
-from gridledger_endorser.options import DeskLimits, RequestFreshness
+from gridledger_endorser.options import KEPT_OVERHEAD, DeskLimits, Proposal, RequestFreshness
 from gridledger_endorser.service import EndorserServicer
 
 
@@ -100,9 +102,14 @@ def test_stale_or_future_requests_are_refused(e: Endorser, offset: int) -> None:
 
 
 def test_a_request_is_answered_once(e: Endorser) -> None:
+    """Sent again, the very same signed request gets the same option (its answer may have
+    been lost); the same nonce with other terms is refused."""
     envelope = _signed(e, "meter-1", terms("meter-1", SELL, ASK, 1000), NOW - 30)
-    _ask(e, envelope)
-    err = _refused(e, envelope)
+    first = _ask(e, envelope)
+    assert _ask(e, envelope).option == first.option
+    other = _signed(e, "meter-1", terms("meter-1", SELL, ASK, 2000), NOW - 30,
+                    market_pb2.TradeRequest.FromString(envelope.payload).nonce)
+    err = _refused(e, other)
     assert err.code == grpc.StatusCode.ALREADY_EXISTS and "already answered" in err.details
     # Another meter may use the same nonce: nonces are per signer.
     nonce = market_pb2.TradeRequest.FromString(envelope.payload).nonce
@@ -159,6 +166,11 @@ def e(endorser: Endorser) -> Endorser:  # noqa: F811 - the imported fixture, sho
     return endorser
 
 
+KEPT = Proposal(envelope_pb2.SignedEnvelope(), market_pb2.TradeOption(),
+                Allowance(0, 0, 0))
+KEPT_SIZE = KEPT_OVERHEAD
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["meter-1", "meter-2"]), st.binary(min_size=1,
                                                                              max_size=2),
@@ -168,7 +180,8 @@ def test_an_exact_request_is_never_answered_twice_and_memory_stays_bounded(
         calls: list[tuple[str, bytes, int, int, bool]]) -> None:
     """Refused for now (held energy, shares: `forget`), the same request may come again;
     answered, never again."""
-    fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5))
+    fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5,
+                                        max_kept_answer_bytes=3 * KEPT_SIZE))
     now, answered = 1_000, set()
     for meter, nonce, offset, step, refused_for_now in calls:
         now += step
@@ -185,3 +198,51 @@ def test_an_exact_request_is_never_answered_twice_and_memory_stays_bounded(
         else:
             answered.add(key)
         assert fresh.remembered <= sum(fresh._count.values()) <= 2 * 5
+        if not refused_for_now:  # answered: kept while fresh, within its byte bound
+            room = fresh.kept_bytes + KEPT_SIZE <= 3 * KEPT_SIZE
+            fresh.keep(meter, request, b"digest", KEPT)
+            assert fresh.answered(meter, request, b"digest", now) is (KEPT if room else None)
+            assert fresh.answered(meter, request, b"other", now) is None
+        assert len(fresh._kept) <= fresh.remembered
+        assert fresh.kept_bytes == sum(k.size for k in fresh._kept.values()) <= 3 * KEPT_SIZE
+
+
+def test_an_answer_lost_on_the_way_costs_no_second_hold(e: Endorser) -> None:
+    """The meter never saw its option (DEADLINE_EXCEEDED) and sends the same request again.
+    Before, that was refused (ALREADY_EXISTS) and the meter's new request held the energy a
+    second time, the first option left to lapse (charged to its member); now the same
+    option comes back, and the energy is held once."""
+    _liquidity(e, 6000)
+    envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 3000), NOW)
+    first = _ask(e, envelope)
+    e.clock[0] = NOW + 5
+    again = _ask(e, envelope)
+    assert again.option == first.option
+    assert e.book() == ([], [(ASK, 3000, 1)])  # held once: 3,000 of 6,000 Wh left
+    e.accept("meter-2", again)
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+
+
+def test_a_kept_answer_that_can_no_longer_trade_is_not_given_again(e: Endorser) -> None:
+    _liquidity(e, 6000)
+    envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 3000), NOW)
+    option = _option(_ask(e, envelope))
+    e.clock[0] = option.expires_at - 2  # too little time left to reach a block
+    err = _refused(e, envelope)
+    assert err.code == grpc.StatusCode.ALREADY_EXISTS and "sign a new request" in err.details
+    # Placed (or made void): its energy is no longer held for it.
+    e.clock[0] = NOW
+    placed = _signed(e, "meter-3", terms("meter-3", BUY, ASK, 1000), NOW)
+    e.accept("meter-3", _ask(e, placed))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert _refused(e, placed).code == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_answers_are_kept_within_their_byte_bound(e: Endorser) -> None:
+    _liquidity(e, 6000)
+    e.servicer = EndorserServicer(e.ledger, e.ids["endorser-1"], e.broadcaster,  # type: ignore[arg-type]
+                                  clock=lambda: e.clock[0],
+                                  limits=DeskLimits(max_kept_answer_bytes=1))
+    envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 1000), NOW)
+    _ask(e, envelope)
+    assert _refused(e, envelope).code == grpc.StatusCode.ALREADY_EXISTS  # not kept: as before

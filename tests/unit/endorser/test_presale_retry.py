@@ -31,7 +31,15 @@ from gridledger_core.storage import MemoryStore, WriteBatch
 from gridledger_endorser.admission import Admission, AdmissionConfig
 from gridledger_meter_agent.ledger_client import LedgerClient
 from gridledger_meter_agent.placements import PlacementJournal
-from gridledger_meter_agent.presale import CHAIN_POLL_S, Outcome, PresalePolicy, PresaleTrader
+from gridledger_endorser.options import DeskLimits
+from gridledger_endorser.service import EndorserServicer
+from gridledger_meter_agent.presale import (
+    CHAIN_POLL_S,
+    REQUEST_REUSE_S,
+    Outcome,
+    PresalePolicy,
+    PresaleTrader,
+)
 
 
 class _Wire:
@@ -44,6 +52,7 @@ class _Wire:
         self.lose: dict[str, tuple[int, grpc.StatusCode]] = {}
         self.drop: dict[str, tuple[int, grpc.StatusCode]] = {}
         self.before: dict[str, Callable[[], None]] = {}  # run once before the next call
+        self.answered: dict[str, list[Any]] = {}  # every answer given, lost or not
 
     def _take(self, table: dict[str, tuple[int, grpc.StatusCode]],
               name: str) -> grpc.StatusCode | None:
@@ -70,6 +79,7 @@ class _Wire:
             except Aborted as exc:
                 raise StatusError(exc.code, exc.details,
                                  getattr(context, "trailers", ())) from None
+            self.answered.setdefault(name, []).append(answer)
             lost = self._take(self.lose, name)
             if lost is not None:
                 raise StatusError(lost, "the answer was lost")
@@ -150,6 +160,61 @@ def test_refusals_for_now_back_off_longer_while_they_repeat(
         now = due
     assert waits == [1.0, 2.0, 4.0]
     assert trader.step(now, slot=SLOT) is Outcome.PLACED
+
+
+def _placed_option_ids(e: Endorser, meter: str = "meter-1") -> list[str]:
+    committer = CommitterServicer(e.ledger, HeightNotifier(lambda: e.ledger.height))
+    found = committer.ListOrders(committer_pb2.ListOrdersRequest(meter=meter),
+                                 FakeContext()).orders  # type: ignore[arg-type]
+    return [o.option_id for o in found]
+
+
+def test_a_lost_option_is_asked_for_with_the_same_request_and_placed(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """The endorser answered but the answer was lost. Before, the agent signed a new request:
+    a second option held the energy again and the first lapsed, charged to its member. Now
+    it sends the same request, the endorser gives the same option, and that one is placed."""
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.lose["RequestOptions"] = (1, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    e.clock[0] = NOW + 1
+    assert trader.step(NOW + 1, slot=SLOT) is Outcome.PLACED
+    first, second = wire.answered["RequestOptions"]
+    assert second.option == first.option
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    lost = market_pb2.TradeOption.FromString(first.option.payload)
+    assert _placed_option_ids(e) == [lost.option_id]
+
+
+def test_a_request_the_endorser_cannot_answer_again_is_made_anew_at_once(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """Too old to send again, or the endorser kept no answer (ALREADY_EXISTS): a new
+    request with a new nonce, not the end of the slot."""
+    e = make_endorser(genesis, consortium_dir)
+    e.servicer = EndorserServicer(e.ledger, e.ids["endorser-1"], e.broadcaster,  # type: ignore[arg-type]
+                                  clock=lambda: e.clock[0],
+                                  limits=DeskLimits(max_kept_answer_bytes=1))
+    wire = _Wire(e.servicer)
+    wire.lose["RequestOptions"] = (1, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    assert trader.step(NOW + 1, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 3  # lost; refused ALREADY_EXISTS; answered
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    # Past the reuse time the agent does not even try the old one.
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.lose["RequestOptions"] = (1, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trader = _trader(e, wire)
+    assert trader.step(NOW, slot=SLOT) is Outcome.LATER
+    later = NOW + REQUEST_REUSE_S + 1
+    e.clock[0] = later
+    assert trader.step(later, slot=SLOT) is Outcome.PLACED
+    assert wire.calls["RequestOptions"] == 2
+    first, second = wire.answered["RequestOptions"]
+    assert second.option.payload != first.option.payload
 
 
 def test_a_lost_acknowledgement_resends_the_same_order_never_a_second(

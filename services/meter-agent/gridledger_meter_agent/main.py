@@ -30,6 +30,7 @@ from gridledger_core.gc_pauses import freeze_startup_heap
 from gridledger_core.genesis import Genesis
 from gridledger_core.profiles.household import HouseholdProfile
 from gridledger_core.profiles.plant import PlantProfile
+from gridledger_core.rpc.health_board import HealthBoard
 from gridledger_core.rpc.peer_identity import AccountLookup, RemoteAccounts
 from gridledger_core.rpc.server import NodeServer, split_host_port
 from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit, secure_channel
@@ -151,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     parts = AgentParts(args.name, args.mode)
     stop = threading.Event()
+    # Each working thread reports on its own (`server` is bound below, before any starts).
+    health = HealthBoard(lambda serving: server.set_serving(serving))
     threads: list[threading.Thread] = []
     closers = []
     channel = secure_channel(args.endorser, tls)
@@ -184,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads.append(threading.Thread(
             target=run_agent, name="agent", daemon=True,
             args=(parts.reader, parts.sender, stop, args.backfill_hours * 3600, args.pace,
-                  lambda serving: server.set_serving(serving),
+                  health.reporter("readings"),
                   max(1.0, min(10.0, genesis.reading_interval_seconds / 4)))))
         closers += [parts.driver.close, parts.outbox.close]
 
@@ -209,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 closers.append(journal.close)
                 trader = presale.PresaleTrader(identity, genesis, ledger, policy,
                                                journal=journal)
+                on_health = health.reporter("presale")
                 threads.append(threading.Thread(
-                    target=lambda: history_in.wait() and trader.run(stop),
+                    target=lambda: history_in.wait() and trader.run(stop, on_health),
                     name="presale", daemon=True))
         elif args.mode == "issuer":
             parts.issuer = Issuer(identity, genesis, ledger)
@@ -224,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
                         threading.Thread(target=parts.settler.run,
                                          args=(stop, watcher.changed,
-                                               lambda serving: server.set_serving(serving)),
+                                               health.reporter("settlement")),
                                          name="settler", daemon=True)]
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,

@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -389,15 +390,28 @@ class PresaleTrader:
                     "attempts)", slot, retry.attempts)
         return Outcome.GATE_CLOSED
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event,
+            on_health: Callable[[bool], None] = lambda healthy: None) -> None:
+        """Trade until stopped. A step that fails unexpectedly (a bug, the journal's disk)
+        is logged and reported unhealthy (the node goes NOT_SERVING, not silent) until a
+        step completes again; the thread goes on either way."""
         wait = self._policy.every_seconds
+        healthy = True
         while not stop.wait(wait):
             try:
                 self.step()
             except grpc.RpcError as exc:  # the committer is away (forecast): next round
                 log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]
-            except Exception:  # a bug or the disk: logged, and the thread goes on
-                log.exception("pre-sale step failed")
+            except Exception:
+                log.exception("pre-sale step failed; the node reports NOT_SERVING until a "
+                              "step completes")
+                if healthy:
+                    healthy = False
+                    on_health(False)
+            else:
+                if not healthy:
+                    healthy = True
+                    on_health(True)
             due = self.next_retry()
             wait = self._policy.every_seconds if due is None else \
                 max(0.05, min(self._policy.every_seconds, due - time.time()))

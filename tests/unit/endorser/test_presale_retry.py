@@ -7,6 +7,8 @@ good: the meter did not trade that slot at all."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,10 @@ from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_core.storage import MemoryStore, WriteBatch
 from gridledger_endorser.admission import Admission, AdmissionConfig
-from gridledger_meter_agent.ledger_client import LedgerClient
-from gridledger_meter_agent.placements import PlacementJournal
 from gridledger_endorser.options import DeskLimits
 from gridledger_endorser.service import EndorserServicer
+from gridledger_meter_agent.ledger_client import LedgerClient
+from gridledger_meter_agent.placements import PlacementJournal
 from gridledger_meter_agent.presale import (
     CHAIN_POLL_S,
     REQUEST_REUSE_S,
@@ -452,3 +454,28 @@ def test_no_retry_once_the_slot_market_closed_nor_after_a_refusal_for_good(
     assert greedy.step(NOW, slot=SLOT) is Outcome.REFUSED
     assert greedy.step(NOW + 100, slot=SLOT) is None
     assert wire2.calls == {"RequestOptions": 1}
+
+
+def test_a_failing_step_turns_the_agent_not_serving_until_a_step_completes(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """A step that fails unexpectedly (a bug, the journal's disk) was only logged: the thread
+    went on failing behind a SERVING health check. Now it reports unhealthy until a step
+    completes, and keeps going."""
+    e = make_endorser(genesis, consortium_dir)
+    trader = _trader(e, _Wire(e.servicer))
+    trader._policy = dataclasses.replace(trader._policy, every_seconds=0.001)
+    stop = threading.Event()
+    reports: list[bool] = []
+    failures = [OSError("journal: no space left on device")] * 3
+
+    def step() -> None:
+        if failures:
+            raise failures.pop()
+        stop.set()
+
+    trader.step = step  # type: ignore[method-assign]
+    thread = threading.Thread(target=trader.run, args=(stop, reports.append))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert reports == [False, True]

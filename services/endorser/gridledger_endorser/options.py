@@ -14,10 +14,14 @@ not ledger rules, so they use its clock):
   request would be stale anyway, and a meter may have at most ``max_requests_per_window``
   remembered requests (RESOURCE_EXHAUSTED beyond).
 - Answered once: the very same signed request sent again while fresh (its answer was lost
-  on the way) gets the same option back, not a second one: a second option would hold the
-  energy again and leave the first to lapse, charged to the meter's member. Answers are kept
-  while their request is fresh, within ``max_kept_answer_bytes`` (beyond it a resend is
-  refused ALREADY_EXISTS, as before, and the meter signs a new request).
+  on the way) by the same member gets the same option back, not a second one: a second
+  option would hold the energy again and leave the first to lapse, charged to the meter's
+  member. Only options that hold energy are kept (losing one that trades nothing costs
+  nothing), as serialized bytes, while their request is fresh and within
+  ``max_kept_answer_bytes``, of which each organisation may use an equal share (so no member
+  can crowd out the others'); beyond it a resend is refused ALREADY_EXISTS, as before, and
+  the meter signs a new request. A resend that arrives while its first copy is still being
+  answered is told to come back (ABORTED with a short retry hint), not refused.
 - Held energy: the energy a meter's outstanding options hold in the book (matched, not yet on
   the ledger, not expired) plus the new request's quantity may not exceed
   ``max_held_percent`` % of its allowance left for that slot and side (RESOURCE_EXHAUSTED).
@@ -36,7 +40,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -68,7 +72,10 @@ REQUEST_SEQUENCE = 2**62  # the request is newer than any resting order
 MIN_CAP_RETRY_MS = 100
 MIN_OPTION_SECONDS = 3  # the least life an option is offered with before its gate closure
 MAX_NONCE_BYTES = 64
-KEPT_OVERHEAD = 256  # bytes a kept answer costs beside its option's (objects, dict entry)
+# Bytes a kept answer costs beside its serialized option (objects, dict entry; measured about
+# 400 for a 783-byte option).
+KEPT_OVERHEAD = 512
+PENDING_RETRY_MS = 100  # a resend of a request still being answered comes back after this
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,9 @@ class _Kept:
     """The answer to a request, for the same request sent again."""
 
     digest: bytes  # of the request's signed payload: the same nonce with other terms is not it
-    proposal: Proposal
+    member: str  # who asked: only the same member is answered again
+    option: bytes  # the signed option (a SignedEnvelope), serialized
+    allowance: Allowance
     size: int  # bytes counted against max_kept_answer_bytes
 
 
@@ -114,14 +123,18 @@ class RequestFreshness:
     """Refuses stale, future and replayed trade requests, in bounded memory, and keeps the
     answers to fresh requests for their resending."""
 
-    def __init__(self, limits: DeskLimits) -> None:
+    def __init__(self, limits: DeskLimits, members: int = 1) -> None:
+        """`members`: the consortium's organisations, which share the kept bytes equally."""
         self._window = limits.request_window
         self._per_meter = limits.max_requests_per_window
         self._max_kept_bytes = limits.max_kept_answer_bytes
+        self._member_kept_bytes = limits.max_kept_answer_bytes // max(1, members)
         # (meter, nonce) -> when it is forgotten (its request stale)
         self._seen: dict[tuple[str, bytes], int] = {}
+        self._pending: set[tuple[str, bytes]] = set()  # admitted, being answered
         self._kept: dict[tuple[str, bytes], _Kept] = {}
         self.kept_bytes = 0
+        self._kept_by_member: dict[str, int] = {}
         self._forget: list[tuple[int, str, bytes]] = []  # (forget at, meter, nonce)
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -155,6 +168,8 @@ class RequestFreshness:
                 self._count[old_meter] -= 1
                 if not self._count[old_meter]:
                     del self._count[old_meter]
+            if (meter, nonce) in self._pending:
+                raise _being_answered(meter, nonce)
             if (meter, nonce) in self._seen:
                 raise EdgeRefusal(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
                                   grpc.StatusCode.ALREADY_EXISTS,
@@ -167,6 +182,7 @@ class RequestFreshness:
                                   f"{self._window} s (max-requests-per-window); retry later")
             forget_at = self._stale_after(request)
             self._seen[(meter, nonce)] = forget_at
+            self._pending.add((meter, nonce))
             heapq.heappush(self._forget, (forget_at, meter, nonce))
             self._count[meter] = self._count.get(meter, 0) + 1
 
@@ -182,42 +198,70 @@ class RequestFreshness:
                 del self._seen[key]
                 self._drop_kept(key)
 
-    def keep(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
-             proposal: Proposal) -> None:
-        """`proposal` answered the request: kept for its resending while the request is
-        fresh, if the bytes kept allow it."""
+    def answered_with(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
+                      member: str, proposal: Proposal | None) -> None:
+        """The admitted request's answer is out: `proposal`, or None (refused). An option
+        that holds energy is kept for the same request sent again while it is fresh, if the
+        bytes kept (in all, and by `member`) allow it."""
         key = (meter, request.nonce)
-        size = proposal.envelope.ByteSize() + proposal.option.ByteSize() + KEPT_OVERHEAD
         with self._lock:
+            self._pending.discard(key)
+            if proposal is None or not proposal.option.trades:
+                return
             if self._seen.get(key) != self._stale_after(request) or key in self._kept:
                 return  # no longer this request's entry
-            if self.kept_bytes + size > self._max_kept_bytes:
+            option = proposal.envelope.SerializeToString()
+            size = len(option) + len(digest) + len(member) + KEPT_OVERHEAD
+            by_member = self._kept_by_member.get(member, 0)
+            if self.kept_bytes + size > self._max_kept_bytes or \
+                    by_member + size > self._member_kept_bytes:
                 return
-            self._kept[key] = _Kept(digest, proposal, size)
+            self._kept[key] = _Kept(digest, member, option, proposal.allowance, size)
             self.kept_bytes += size
+            self._kept_by_member[member] = by_member + size
 
     def answered(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
-                 now: int) -> Proposal | None:
-        """The answer already given to this very request (same meter, nonce and signed
-        payload) if it is still fresh and its answer was kept; else None."""
+                 member: str, now: int) -> tuple[envelope_pb2.SignedEnvelope, Allowance] | None:
+        """The option already given to this very request (same meter, nonce and signed
+        payload, asked by the same member) if the request is still fresh and its answer was
+        kept; else None. Raises EdgeRefusal (ABORTED, come back soon) while the request's
+        first copy is still being answered."""
         if abs(now - request.requested_at) > self._window:
             return None  # admit() refuses it as stale
         key = (meter, request.nonce)
         with self._lock:
-            kept = self._kept.get(key)
-            if kept is None or kept.digest != digest or \
-                    self._seen.get(key) != self._stale_after(request):
+            if self._seen.get(key) != self._stale_after(request):
                 return None
-            return kept.proposal
+            if key in self._pending:
+                raise _being_answered(meter, request.nonce)
+            kept = self._kept.get(key)
+            if kept is None or kept.digest != digest or kept.member != member:
+                return None
+            option, allowance = kept.option, kept.allowance
+        return envelope_pb2.SignedEnvelope.FromString(option), allowance
 
     def _drop_kept(self, key: tuple[str, bytes]) -> None:
+        self._pending.discard(key)
         kept = self._kept.pop(key, None)
         if kept is not None:
             self.kept_bytes -= kept.size
+            left = self._kept_by_member[kept.member] - kept.size
+            if left:
+                self._kept_by_member[kept.member] = left
+            else:
+                del self._kept_by_member[kept.member]
 
     def _stale_after(self, request: market_pb2.TradeRequest) -> int:
         """When `request` is stale, so its nonce need not be remembered."""
         return request.requested_at + self._window
+
+
+def _being_answered(meter: str, nonce: bytes) -> EdgeRefusal:
+    """A copy of a request whose first copy is still being answered: come back shortly (its
+    answer is then kept, or the request refused)."""
+    return EdgeRefusal(Code.TX_VALIDATION_CODE_STATE_CONFLICT, grpc.StatusCode.ABORTED,
+                       f"trade request of {meter} with nonce {nonce.hex()} is still being "
+                       "answered; send it again shortly", retry_after_ms=PENDING_RETRY_MS)
 
 
 @dataclass
@@ -321,7 +365,8 @@ class OptionDesk:
         self._ttl = option_ttl
         self._clock = clock
         limits = limits or DeskLimits()
-        self._fresh = RequestFreshness(limits)
+        self._fresh = RequestFreshness(limits,
+                                       members=len(ledger.genesis.membership.organisations))
         self._held = HeldEnergy(limits.max_held_percent, self._option_ended)
 
     def _option_ended(self, option_id: str) -> bool:
@@ -336,12 +381,24 @@ class OptionDesk:
         signer's when there is none: tests, in-process tools)."""
         now = int(self._clock())
         signer, request = verify_request(envelope, self._ledger, now)
-        terms = request.terms
+        member = member or signer.org
         digest = request_digest(envelope.payload)
-        again = self._fresh.answered(signer.name, request, digest, now)
+        again = self._fresh.answered(signer.name, request, digest, member, now)
         if again is not None:
-            return self._again(again, now)
+            return self._again(*again, now)
         self._fresh.admit(signer.name, request, now)
+        proposal = None
+        try:
+            proposal = self._answer(signer, request, digest, member, now)
+            return proposal
+        finally:
+            self._fresh.answered_with(signer.name, request, digest, member, proposal)
+
+    def _answer(self, signer: Identity, request: market_pb2.TradeRequest, digest: bytes,
+                member: str, now: int) -> Proposal:
+        """The signed option for an admitted request (or a refusal: TxInvalid, EdgeRefusal,
+        or refused for now, when the request is forgotten so it may come again)."""
+        terms = request.terms
         allowance = check_terms(StateOverlay(self._ledger.store), self._ledger.genesis,
                                 signer, terms, now)
         order = Order("(request)", terms.meter, view.side_of(terms.side), terms.price,
@@ -361,7 +418,7 @@ class OptionDesk:
             held_wh = 0
             try:
                 result, owners, height = self._books.match(
-                    order, hold=(option_id, expires_at), member=member or signer.org)
+                    order, hold=(option_id, expires_at), member=member)
                 held_wh = result.filled
             finally:
                 self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)
@@ -385,20 +442,19 @@ class OptionDesk:
         # replica's commit without two more Ed25519 verifications.
         VERIFIED.remember(self._identity.signer.public_key_bytes, signed.signature,
                           signed.payload)
-        proposal = Proposal(signed, option, allowance)
-        self._fresh.keep(signer.name, request, digest, proposal)
-        return proposal
+        return Proposal(signed, option, allowance)
 
-    def _again(self, kept: Proposal, now: int) -> Proposal:
+    def _again(self, signed: envelope_pb2.SignedEnvelope, allowance: Allowance,
+               now: int) -> Proposal:
         """The kept answer, while it can still become a trade: else the meter is told to
         sign a new request (ALREADY_EXISTS, as for any request answered before)."""
-        option = kept.option
+        option = market_pb2.TradeOption.FromString(signed.payload)
         if option.expires_at - now < MIN_OPTION_SECONDS or \
-                (option.trades and not self._books.holds(option.option_id)):
+                not self._books.holds(option.option_id):
             raise EdgeRefusal(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
                               grpc.StatusCode.ALREADY_EXISTS,
                               f"trade request of {option.terms.meter} was already answered "
                               f"with option {option.option_id}, which can no longer be placed "
                               "(expired, or the energy it held is gone); sign a new request "
                               "with a new nonce")
-        return replace(kept, again=True)
+        return Proposal(signed, option, allowance, again=True)

@@ -5,8 +5,9 @@ ledger, and offer a share of it under a price policy.
 One order per slot: the agent asks the endorser for options (RequestOptions), accepts them
 by signing a PlaceOrder that carries the endorser-signed option unchanged, and submits it.
 The endorser re-checks everything (forecast, allowance, band), so a policy that asks too
-much is refused with the condition's name, logged and counted, and never retried for that
-slot. Before signing, the agent checks the option (market/option_check.py): signed by a
+much is refused with the condition's name, logged and counted, and not retried for that
+slot (unless it answers a request sent again, which is then made anew once). Before
+signing, the agent checks the option (market/option_check.py): signed by a
 consortium endorser, answering this very request (digest), with exactly the terms asked and
 trades within the limit; otherwise it signs nothing, logs why and counts the condition.
 
@@ -18,7 +19,9 @@ repeats), as long as the slot's market is open; so is a committer that cannot an
 forecast. It sends the very same signed request again while that is fresh (the endorser
 answers it with the option it gave before, if the answer was lost on the way: no second
 hold, and no lapse of the first charged to the member), a new one after that or when the
-endorser no longer has the answer. A PlaceOrder whose submission was never acknowledged is sent
+endorser no longer has the answer. That request lives in memory only: an agent restarted
+between a lost answer and its resend makes a new request (its first option then lapses).
+A PlaceOrder whose submission was never acknowledged is sent
 again as is (the ledger deduplicates by tx id) while its option is valid (not after the
 endorser said the option is dead: a maker filled or cancelled). Then only the chain can say
 whether it got in: once the committer's last block is past the option's expiry (block times

@@ -603,8 +603,9 @@ def test_the_refusal_carries_a_retry_hint_and_the_same_request_may_come_again(
     assert _places(e, "rival-1") == [Code.TX_VALIDATION_CODE_VALID]
     again = e.servicer.options(request, member="rival")
     assert again.code == grpc.StatusCode.OK and again.response is not None
-    # Answered once: a third time it is a replay.
-    assert e.servicer.options(request, member="rival").code == grpc.StatusCode.ALREADY_EXISTS
+    # Answered once: a third time it gets the same option (its answer may have been lost).
+    third = e.servicer.options(request, member="rival")
+    assert third.response is not None and third.response.option == again.response.option
 
 
 def test_hold_conduct_forgets_after_its_window_and_stays_bounded() -> None:

@@ -103,17 +103,52 @@ def test_stale_or_future_requests_are_refused(e: Endorser, offset: int) -> None:
 
 def test_a_request_is_answered_once(e: Endorser) -> None:
     """Sent again, the very same signed request gets the same option (its answer may have
-    been lost); the same nonce with other terms is refused."""
-    envelope = _signed(e, "meter-1", terms("meter-1", SELL, ASK, 1000), NOW - 30)
+    been lost) when that option holds energy; one that holds nothing is not kept (losing it
+    costs nothing: a new request). The same nonce with other terms is refused."""
+    _liquidity(e, 6000)
+    envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 1000), NOW - 30)
     first = _ask(e, envelope)
     assert _ask(e, envelope).option == first.option
-    other = _signed(e, "meter-1", terms("meter-1", SELL, ASK, 2000), NOW - 30,
+    other = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 2000), NOW - 30,
                     market_pb2.TradeRequest.FromString(envelope.payload).nonce)
     err = _refused(e, other)
     assert err.code == grpc.StatusCode.ALREADY_EXISTS and "already answered" in err.details
+    rests = _signed(e, "meter-1", terms("meter-1", SELL, ASK, 500), NOW)
+    _ask(e, rests)
+    err = _refused(e, rests)
+    assert err.code == grpc.StatusCode.ALREADY_EXISTS and "already answered" in err.details
     # Another meter may use the same nonce: nonces are per signer.
     nonce = market_pb2.TradeRequest.FromString(envelope.payload).nonce
-    _ask(e, _signed(e, "meter-2", terms("meter-2", BUY, ASK - 5000, 1000), NOW, nonce))
+    _ask(e, _signed(e, "meter-3", terms("meter-3", BUY, ASK - 5000, 1000), NOW, nonce))
+
+
+def test_a_kept_option_goes_only_to_the_member_that_asked(e: Endorser) -> None:
+    """Whoever else holds the signed request (a relaying head-end of another member) gets no
+    copy of the option: its trades, makers and expiry are the asking member's."""
+    _liquidity(e, 6000)
+    envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 1000), NOW)
+    first = e.servicer.options(envelope, "community")
+    assert first.code == grpc.StatusCode.OK
+    assert e.servicer.options(envelope, "solarco").code == grpc.StatusCode.ALREADY_EXISTS
+    again = e.servicer.options(envelope, "community")
+    assert again.response is not None and first.response is not None
+    assert again.response.option == first.response.option
+
+
+def test_a_copy_sent_while_the_first_is_being_answered_is_told_to_come_back(
+        e: Endorser) -> None:
+    """Two copies of one request in flight (the first one's answer is slow: the client
+    timed out and sent it again). Before, the second got ALREADY_EXISTS and the meter signed
+    a new request: a second hold, the first left to lapse."""
+    _liquidity(e, 6000)
+    envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 1000), NOW)
+    fresh = e.servicer._desk._fresh
+    request = market_pb2.TradeRequest.FromString(envelope.payload)
+    fresh.admit("meter-2", request, NOW)  # the first copy, being answered
+    second = e.servicer.options(envelope, "")
+    assert second.code == grpc.StatusCode.ABORTED and second.retry_after_ms > 0
+    assert "still being answered" in second.message
+    fresh.answered_with("meter-2", request, b"", "community", None)  # it was refused
 
 
 def test_a_request_without_a_nonce_is_refused(e: Endorser) -> None:
@@ -147,6 +182,7 @@ def test_a_nonce_refused_then_answered_stays_remembered_for_its_answered_request
     fresh.admit("meter-1", _request(b"\x01", 1000), 1000)
     fresh.forget("meter-1", _request(b"\x01", 1000))  # refused for now
     fresh.admit("meter-1", _request(b"\x01", 1020), 1020)  # same nonce, answered
+    fresh.answered_with("meter-1", _request(b"\x01", 1020), b"", "org", None)
     # The first request's expiry (1030) passes; the answered one is fresh until 1050.
     with pytest.raises(EdgeRefusal) as replay:
         fresh.admit("meter-1", _request(b"\x01", 1020), 1035)
@@ -166,9 +202,9 @@ def e(endorser: Endorser) -> Endorser:  # noqa: F811 - the imported fixture, sho
     return endorser
 
 
-KEPT = Proposal(envelope_pb2.SignedEnvelope(), market_pb2.TradeOption(),
-                Allowance(0, 0, 0))
-KEPT_SIZE = KEPT_OVERHEAD
+KEPT = Proposal(envelope_pb2.SignedEnvelope(), market_pb2.TradeOption(
+    trades=[market_pb2.ProposedTrade(quantity_wh=1)]), Allowance(0, 0, 0))
+KEPT_SIZE = len(b"digest") + len("org") + KEPT_OVERHEAD
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,10 +212,11 @@ KEPT_SIZE = KEPT_OVERHEAD
                                                                              max_size=2),
                           st.integers(-40, 40), st.integers(0, 20), st.booleans()),
                 max_size=60))
-def test_an_exact_request_is_never_answered_twice_and_memory_stays_bounded(
+def test_an_exact_request_is_admitted_once_and_memory_stays_bounded(
         calls: list[tuple[str, bytes, int, int, bool]]) -> None:
     """Refused for now (held energy, shares: `forget`), the same request may come again;
-    answered, never again."""
+    answered, it is never admitted again (its kept answer, if any, goes only to the same
+    member and payload), and what is kept stays within its byte bound."""
     fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5,
                                         max_kept_answer_bytes=3 * KEPT_SIZE))
     now, answered = 1_000, set()
@@ -195,14 +232,16 @@ def test_an_exact_request_is_never_answered_twice_and_memory_stays_bounded(
         assert abs(offset) <= 30
         if refused_for_now:
             fresh.forget(meter, request)
-        else:
+            fresh.answered_with(meter, request, b"digest", "org", None)
+        else:  # answered: kept while fresh, within its byte bound, for the same member only
             answered.add(key)
-        assert fresh.remembered <= sum(fresh._count.values()) <= 2 * 5
-        if not refused_for_now:  # answered: kept while fresh, within its byte bound
             room = fresh.kept_bytes + KEPT_SIZE <= 3 * KEPT_SIZE
-            fresh.keep(meter, request, b"digest", KEPT)
-            assert fresh.answered(meter, request, b"digest", now) is (KEPT if room else None)
-            assert fresh.answered(meter, request, b"other", now) is None
+            fresh.answered_with(meter, request, b"digest", "org", KEPT)
+            assert (fresh.answered(meter, request, b"digest", "org", now) is not None) == room
+            assert fresh.answered(meter, request, b"other", "org", now) is None
+            assert fresh.answered(meter, request, b"digest", "another org", now) is None
+        assert fresh.remembered <= sum(fresh._count.values()) <= 2 * 5
+        assert not fresh._pending
         assert len(fresh._kept) <= fresh.remembered
         assert fresh.kept_bytes == sum(k.size for k in fresh._kept.values()) <= 3 * KEPT_SIZE
 

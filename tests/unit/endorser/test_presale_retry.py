@@ -177,9 +177,11 @@ def test_a_lost_option_is_asked_for_with_the_same_request_and_placed(
     a second option held the energy again and the first lapsed, charged to its member. Now
     it sends the same request, the endorser gives the same option, and that one is placed."""
     e = make_endorser(genesis, consortium_dir)
+    e.accept("meter-1", e.request("meter-1", terms("meter-1", SELL, 250_000, 6000)))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     wire = _Wire(e.servicer)
     wire.lose["RequestOptions"] = (1, grpc.StatusCode.DEADLINE_EXCEEDED)
-    trader = _trader(e, wire)
+    trader = _trader(e, wire, meter="meter-2")  # a buyer: its option takes meter-1's ask
     assert trader.step(NOW, slot=SLOT) is Outcome.LATER
     e.clock[0] = NOW + 1
     assert trader.step(NOW + 1, slot=SLOT) is Outcome.PLACED
@@ -187,7 +189,8 @@ def test_a_lost_option_is_asked_for_with_the_same_request_and_placed(
     assert second.option == first.option
     assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     lost = market_pb2.TradeOption.FromString(first.option.payload)
-    assert _placed_option_ids(e) == [lost.option_id]
+    assert lost.trades
+    assert _placed_option_ids(e, "meter-2") == [lost.option_id]
 
 
 def test_a_request_the_endorser_cannot_answer_again_is_made_anew_at_once(

@@ -546,8 +546,11 @@ class BookCache:
             if wh <= left:
                 left -= wh
                 continue
+            # Counted against the free voids only when the option also held other makers'
+            # energy, which the void released without a trade (collusion's gain).
+            others = any(m != maker_id for m, _ in hold.takes)
             charge = hold.member in responsible or \
-                not self._conduct.void_is_free(hold.member, now)
+                (others and not self._conduct.void_is_free(hold.member, now))
             HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
             makers += self._end_unplaced(option_id, charge)
         return makers

@@ -9,12 +9,13 @@ cancelled in the next block. Counted per member (organisation) over a sliding wi
 rate of options.
 
 An option made void by another member (its cancel, or its fill through another endorser,
-of a maker the option trades with) is not its holder's fault, and costs it nothing, but
-only ``FREE_VOIDS`` times per window: two colluding members could otherwise hold a slot's
-energy for ever uncharged (one rests a tiny ask, the other's option takes it with everyone
-else's energy, the first cancels it just before the option expires). An honest member
-rarely sees that many voids; when it does, the excess counts as lapsed, which puts it in bad
-standing only if it let more lapse than it traded.
+of a maker the option trades with) is not its holder's fault, and costs it nothing; but
+when the option also held other makers' energy, only ``FREE_VOIDS`` times per window: two
+colluding members could otherwise hold a slot's energy for ever uncharged (one rests a tiny
+ask, the other's option takes it with everyone else's energy, the first cancels it just
+before the option expires). An honest member rarely sees that many voids; when it does, the
+excess counts as lapsed, which puts it in bad standing only if it let more lapse than it
+traded.
 """
 
 from __future__ import annotations

@@ -648,6 +648,25 @@ def test_hold_conduct_forgets_after_its_window_and_stays_bounded() -> None:
     assert "rival" not in conduct._members
 
 
+def test_a_seller_voiding_options_that_take_only_its_own_ask_never_charges_them(
+        e: TwoMembers) -> None:
+    """The limit on free voids is for options that also held others' energy: a seller that
+    cancels again and again what options take of its own asks alone releases nothing but its
+    own energy, and cannot put the takers' member in bad standing that way."""
+    cheap = ASK - 10_000
+    for round_ in range(FREE_VOIDS + 2):
+        e.accept(ACCOMPLICE, e.request(ACCOMPLICE, terms(ACCOMPLICE, SELL, cheap, 100)))
+        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+        [ask] = [o for (_, o, price, _) in e.servicer.books.open_orders() if price == cheap]
+        rival = RIVALS[round_ % len(RIVALS)]
+        _takes(e, rival, 100)
+        e.submit(cancel(e.ids[ACCOMPLICE], ask))
+        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+        e.clock[0] += 1
+    _lapse(e)
+    assert e.servicer.books._conduct.totals("rival", LAPSED) == (0, 0)
+
+
 def test_free_voids_are_counted_per_member_within_the_window() -> None:
     conduct = HoldConduct(window=600, bucket=60)
     assert [conduct.void_is_free("rival", now=1_000 + i) for i in range(FREE_VOIDS + 1)] == \

@@ -10,8 +10,14 @@ round). So a client bounds its calls in flight by a window that follows what get
 admitted, as TCP's congestion window follows what gets through (AIMD):
 
 - every admitted call grows the window: by 1 until the first refusal (slow start, which
-  doubles it each round trip), then by 1/window (about 1 each round trip); but only up to
-  twice the most calls it had in flight, so a lightly loaded client cannot store up a burst;
+  doubles it each round trip); after a cut, as CUBIC does (RFC 9438): back towards the
+  window it had before the cut along a cubic of the time since, reached after
+  K = cbrt(W_max (1 - DECREASE) / CUBIC_C) seconds, slowly near it, faster beyond; at least
+  by 1/window per admitted call (about 1 each round trip, Reno's pace) and at most by 1;
+  but only up to twice the most calls it had in flight, so a lightly loaded client cannot
+  store up a burst. Reno's pace alone took longer than a 30 s overload phase to win back one
+  cut of a window of 200 calls with round trips of half a second, so a client held its
+  calls (and the network sat below capacity) long after the refusals had stopped;
 - a refusal (RESOURCE_EXHAUSTED, or a deadline passed) shrinks it to `DECREASE` of itself,
   at most once per round trip: only a call sent after the last cut can cut again, so the
   refusals of one burst are one signal, not a collapse to the floor.
@@ -41,6 +47,9 @@ MAX_WINDOW = 1024.0
 # As CUBIC's 0.7 rather than Reno's 0.5: the endorser's bound follows the commit rate and a
 # refusal is often one block's hiccup, so a milder cut keeps the pipeline fuller.
 DECREASE = 0.7
+# RFC 9438's constant (window in calls, time in seconds): back to the pre-cut window within
+# 3-6 s for windows of 50-200 calls.
+CUBIC_C = 0.4
 
 
 class CallWindow:
@@ -60,6 +69,7 @@ class CallWindow:
         self._clock = clock
         self._slow_start = True
         self._last_cut = float("-inf")  # when the window was last cut (clock)
+        self._window_at_cut = initial  # W_max: the window just before the last cut
         self._peak = 0  # the most calls in flight since the last cut
 
     def free(self) -> int:
@@ -79,17 +89,29 @@ class CallWindow:
             # Not the limit (RFC 7661's idea): growing here would only store up a burst
             # for the next stall, so the window stays within twice the most ever used.
             return
-        grown = self.window + (1.0 if self._slow_start else 1.0 / self.window)
+        if self._slow_start:
+            grown = self.window + 1.0
+        else:
+            reno = self.window + 1.0 / self.window
+            grown = max(reno, min(self._cubic(self._clock() - self._last_cut),
+                                  self.window + 1.0))
         self.window = min(self._ceiling, grown)
 
     def refused(self, sent_at: float) -> None:
         """Refused (RESOURCE_EXHAUSTED) or timed out: the call sent at `sent_at`."""
         self._end()
         if sent_at > self._last_cut:  # one cut per burst of refusals
+            self._window_at_cut = self.window
             self.window = max(self._floor, self.window * DECREASE)
             self._slow_start = False
             self._last_cut = self._clock()
             self._peak = self.in_flight
+
+    def _cubic(self, since_cut: float) -> float:
+        """CUBIC's window `since_cut` seconds after the last cut."""
+        w_max = self._window_at_cut
+        k = (w_max * (1 - DECREASE) / CUBIC_C) ** (1 / 3)
+        return CUBIC_C * (since_cut - k) ** 3 + w_max
 
     def ended(self) -> None:
         """Any other outcome (a verdict on the request, the endorser unreachable): the

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridledger_core.rpc.congestion import DECREASE, AsyncCallWindow, CallWindow
+from gridledger_core.rpc.congestion import CUBIC_C, DECREASE, AsyncCallWindow, CallWindow
 
 
 class Clock:
@@ -57,6 +57,37 @@ def test_one_burst_of_refusals_cuts_the_window_once_then_it_grows_by_one_per_rou
         for _ in calls:
             w.admitted()
     assert before + 2.5 < w.window < before + 3.5  # + about 1 per round trip, no doubling
+
+
+def test_after_a_cut_the_window_is_won_back_within_seconds_not_minutes() -> None:
+    """Round trips of 0.5 s, a window of 200 calls cut once: Reno's +1 per round trip took
+    60 round trips (30 s, a whole overload phase) to win back the 60 calls; along CUBIC's
+    curve the window is back after K = cbrt(200 * 0.3 / 0.4) = 5.3 s, then probes beyond
+    it slowly."""
+    clock = Clock()
+    w = window(initial=200, clock=clock)
+    sent = [w.start() for _ in range(200)]
+    clock.now += 0.5
+    assert sent[0] is not None
+    w.refused(sent[0])
+    for _ in sent[1:]:
+        w.ended()
+    assert w.window == pytest.approx(200 * DECREASE)
+    k = (200 * (1 - DECREASE) / CUBIC_C) ** (1 / 3)
+    trips = 0
+    while w.window < 199:  # full windows of admitted calls, a round trip each
+        calls = [w.start() for _ in range(int(w.window))]
+        clock.now += 0.5
+        for _ in calls:
+            w.admitted()
+        trips += 1
+    assert trips * 0.5 <= k + 1.0  # Reno: 30 s
+    for _ in range(4):  # near the old window it grows slowly: a plateau, not a jump
+        calls = [w.start() for _ in range(int(w.window))]
+        clock.now += 0.5
+        for _ in calls:
+            w.admitted()
+    assert w.window < 215
 
 
 def test_the_window_never_falls_below_its_floor() -> None:

@@ -237,23 +237,30 @@ def test_a_seller_cancelling_what_an_option_holds_costs_the_option_no_lapse(
     _takes(e, "rival-2", 5000)
 
 
+def _voided_by_the_accomplice(e: TwoMembers, rounds: int, takes_wh: int) -> None:
+    """`rounds` times: the accomplice rests a 100 Wh ask below every other, a rival meter's
+    option takes `takes_wh` (that ask first), and the accomplice cancels its ask, which
+    makes the option void."""
+    cheap = ASK - 10_000
+    for round_ in range(rounds):
+        e.accept(ACCOMPLICE, e.request(ACCOMPLICE, terms(ACCOMPLICE, SELL, cheap, 100)))
+        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+        [bait] = [o for (_, o, price, _) in e.servicer.books.open_orders() if price == cheap]
+        rival = RIVALS[round_ % len(RIVALS)]
+        _takes(e, rival, takes_wh)
+        e.submit(cancel(e.ids[ACCOMPLICE], bait))
+        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+        assert not e.servicer.books.holds(_option(e.options[rival]).option_id)
+        e.clock[0] += 1
+
+
 def test_colluding_members_cannot_void_options_uncharged_for_ever(e: TwoMembers) -> None:
     """Tried as two colluding members would: the accomplice rests a tiny cheap ask, the
     rival's option takes it with all the community's energy, and the accomplice cancels it
     before the option expires. The option is void through "another member's doing", so it
     cost the rival nothing, again and again: the community's energy held for ever. Now only
     the first FREE_VOIDS voids in a window are free; beyond, they count as lapsed."""
-    cheap = ASK - 10_000
-    for round_ in range(FREE_VOIDS + 1):
-        e.accept(ACCOMPLICE, e.request(ACCOMPLICE, terms(ACCOMPLICE, SELL, cheap, 100)))
-        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-        [bait] = [o for (_, o, price, _) in e.servicer.books.open_orders() if price == cheap]
-        rival = RIVALS[round_ % len(RIVALS)]
-        _takes(e, rival, 6100)  # the bait and all of the community's ask
-        e.submit(cancel(e.ids[ACCOMPLICE], bait))
-        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-        assert not e.servicer.books.holds(_option(e.options[rival]).option_id)
-        e.clock[0] += 1
+    _voided_by_the_accomplice(e, FREE_VOIDS + 1, 6100)  # the bait and all of the community's
     _lapse(e)
     assert e.servicer.books._conduct.totals("rival", LAPSED) == (0, 6100)  # the last one
     # In bad standing: once the community asks too, the rival is held to its share.
@@ -476,6 +483,17 @@ def test_a_member_voiding_its_own_option_through_another_endorser_is_charged(
     assert _standing(e) == (0, 6000)
 
 
+def _rival_option_reusing(e: TwoMembers, option_id: str, meter: str
+                          ) -> envelope_pb2.SignedEnvelope:
+    """`meter`'s PlaceOrder of an option the rival's endorser signed with `option_id`: a bid
+    that rests below every ask (it trades nothing)."""
+    forged = market_pb2.TradeOption(
+        option_id=option_id, endorser="rival-endorser",
+        terms=terms(meter, BUY, ASK - 10_000, 500), rest_wh=500, issued_at=NOW,
+        expires_at=NOW + 30)
+    return place(e.ids[meter], e.ids["rival-endorser"].sign_envelope(forged.SerializeToString()))
+
+
 def test_another_endorsers_option_with_the_same_id_does_not_end_a_hold(
         e: TwoMembers) -> None:
     """Option ids are chosen by each endorser. The rival's endorser signs an option that
@@ -483,12 +501,7 @@ def test_another_endorsers_option_with_the_same_id_does_not_end_a_hold(
     before, that ended the hold here without a lapse. Only this endorser's options count."""
     _takes(e, "rival-1", 6000)
     held = _option(e.options["rival-1"])
-    forged = market_pb2.TradeOption(  # a bid that rests below every ask: trades nothing
-        option_id=held.option_id, endorser="rival-endorser",
-        terms=terms("rival-2", BUY, ASK - 10_000, 500), rest_wh=500, issued_at=NOW,
-        expires_at=NOW + 30)
-    signed = e.ids["rival-endorser"].sign_envelope(forged.SerializeToString())
-    envelope = place(e.ids["rival-2"], signed)
+    envelope = _rival_option_reusing(e, held.option_id, "rival-2")
     assert _block(e, [endorsed(envelope, e.ids["rival-endorser"])], NOW + 1) == [
         Code.TX_VALIDATION_CODE_VALID]
     assert e.servicer.books.holds(held.option_id)
@@ -503,12 +516,7 @@ def test_another_endorser_reusing_an_option_id_cannot_spend_the_victims_option(
     used", for good); option ids are the issuing endorser's, so both orders stand."""
     _takes(e, "meter-2", 3000)
     victim = _option(e.options["meter-2"])
-    forged = market_pb2.TradeOption(  # a bid that rests below every ask: trades nothing
-        option_id=victim.option_id, endorser="rival-endorser",
-        terms=terms("rival-1", BUY, ASK - 10_000, 500), rest_wh=500, issued_at=NOW,
-        expires_at=NOW + 30)
-    hijack = place(e.ids["rival-1"], e.ids["rival-endorser"].sign_envelope(
-        forged.SerializeToString()))
+    hijack = _rival_option_reusing(e, victim.option_id, "rival-1")
     e.submit(place(e.ids["meter-2"], e.options["meter-2"].option))
     first = [endorsed(hijack, e.ids["rival-endorser"])]
     assert _block(e, first + e.broadcaster.sent, NOW + 1) == [
@@ -653,16 +661,7 @@ def test_a_seller_voiding_options_that_take_only_its_own_ask_never_charges_them(
     """The limit on free voids is for options that also held others' energy: a seller that
     cancels again and again what options take of its own asks alone releases nothing but its
     own energy, and cannot put the takers' member in bad standing that way."""
-    cheap = ASK - 10_000
-    for round_ in range(FREE_VOIDS + 2):
-        e.accept(ACCOMPLICE, e.request(ACCOMPLICE, terms(ACCOMPLICE, SELL, cheap, 100)))
-        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-        [ask] = [o for (_, o, price, _) in e.servicer.books.open_orders() if price == cheap]
-        rival = RIVALS[round_ % len(RIVALS)]
-        _takes(e, rival, 100)
-        e.submit(cancel(e.ids[ACCOMPLICE], ask))
-        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-        e.clock[0] += 1
+    _voided_by_the_accomplice(e, FREE_VOIDS + 2, 100)  # its own ask alone
     _lapse(e)
     assert e.servicer.books._conduct.totals("rival", LAPSED) == (0, 0)
 

@@ -15,8 +15,7 @@ option can no longer be placed, or the option expires (at gate closure at the la
 block's time is past its expiry, or this clock is past it by more than block times trail it
 while rounds go well. A hold that ends unplaced is settled by the chain: credited if a block
 places the option after all, else a lapse once a block's time passes its expiry, unless
-another member's doing voided it (free up to three times in ten minutes, hold_conduct.py);
-until then it counts as lapsed for its member's standing.
+another member's doing voided it; until then it counts as lapsed for its member's standing.
 An invalid place_order ends nothing: the option may still be placed, and its unverified
 payload may name any option. Concurrent requests are then never offered the same resting
 energy twice (which the ledger would refuse at commit as an over-fill), at the cost of
@@ -389,7 +388,7 @@ class BookCache:
                                          now)
                 reread += self._release(option_id)
             for order_id, doers in consumed.items():
-                reread += self._end_holds_on(state, accounts, order_id, doers, now)
+                reread += self._end_holds_on(state, accounts, order_id, doers)
             # Makers before the takers (a taker's rest must not cross a maker not yet re-read).
             for order_id in [*result.expired_orders, *reread, *touched]:
                 self._sync(state, order_id, now)
@@ -521,16 +520,15 @@ class BookCache:
             self._pending_lapse.pop(unsettled.member, None)
 
     def _end_holds_on(self, state: StateOverlay, accounts: LedgerAccounts, maker_id: str,
-                      doers: set[str], now: int) -> list[str]:
+                      doers: set[str]) -> list[str]:
         """A block filled, cancelled or (at gate closure) expired the resting order
         `maker_id`. The options holding more of it than the ledger has left can no longer
         be placed (a place_order trades all it proposes or nothing): their holds end now,
         the earliest to expire kept while what is left covers them. One is charged as
         lapsed, if no block places it, when `doers` (who cancelled it, or filled it through
         another endorser) include an account of its own member: else voiding its own option
-        would wash its lapses; another member's doing costs it nothing, up to
-        FREE_VOIDS times a window (hold_conduct.py: else two colluding members hold energy
-        uncharged for ever). Returns the makers to re-read."""
+        would wash its lapses; another member's doing costs it nothing. Returns the makers
+        to re-read."""
         holding_ids = self._maker_holds.get(maker_id)
         record = view.load_order(state, maker_id) if holding_ids else None
         if record is None or not holding_ids:
@@ -546,11 +544,7 @@ class BookCache:
             if wh <= left:
                 left -= wh
                 continue
-            # Counted against the free voids only when the option also held other makers'
-            # energy, which the void released without a trade (collusion's gain).
-            others = any(m != maker_id for m, _ in hold.takes)
-            charge = hold.member in responsible or \
-                (others and not self._conduct.void_is_free(hold.member, now))
+            charge = hold.member in responsible
             HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
             makers += self._end_unplaced(option_id, charge)
         return makers

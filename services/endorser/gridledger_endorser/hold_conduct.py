@@ -7,15 +7,6 @@ Only trades count for it: a trade cannot be taken back, where a resting order ca
 cancelled in the next block. Counted per member (organisation) over a sliding window of
 ``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so memory is members x buckets whatever the
 rate of options.
-
-An option made void by another member (its cancel, or its fill through another endorser,
-of a maker the option trades with) is not its holder's fault, and costs it nothing; but
-when the option also held other makers' energy, only ``FREE_VOIDS`` times per window: two
-colluding members could otherwise hold a slot's energy for ever uncharged (one rests a tiny
-ask, the other's option takes it with everyone else's energy, the first cancels it just
-before the option expires). An honest member rarely sees that many voids; when it does, the
-excess counts as lapsed, which puts it in bad standing only if it let more lapse than it
-traded.
 """
 
 from __future__ import annotations
@@ -25,7 +16,6 @@ from dataclasses import dataclass
 
 WINDOW_SECONDS = 600
 BUCKET_SECONDS = 60
-FREE_VOIDS = 3  # options per member per window that others may void without a charge
 
 
 @dataclass
@@ -33,7 +23,6 @@ class _Bucket:
     start: int
     traded_wh: int = 0
     lapsed_wh: int = 0
-    voids: int = 0  # options of the member made void by others
 
 
 class HoldConduct:
@@ -51,12 +40,6 @@ class HoldConduct:
 
     def lapsed(self, member: str, wh: int, now: int) -> None:
         self._current(member, now).lapsed_wh += wh
-
-    def void_is_free(self, member: str, now: int) -> bool:
-        """Another member voided one of `member`'s options: True while that has happened at
-        most FREE_VOIDS times in the window (uncharged), else False (charge it as lapsed)."""
-        self._current(member, now).voids += 1
-        return sum(b.voids for b in self._members[member]) <= FREE_VOIDS
 
     def totals(self, member: str, now: int) -> tuple[int, int]:
         """(traded, lapsed) Wh of `member`'s options within the window."""

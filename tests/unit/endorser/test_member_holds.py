@@ -26,11 +26,10 @@ from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS
-from gridledger_endorser.hold_conduct import FREE_VOIDS, HoldConduct
+from gridledger_endorser.hold_conduct import HoldConduct
 from gridledger_endorser.service import EndorserServicer
 
 RIVALS = ("rival-1", "rival-2", "rival-3")
-ACCOMPLICE = "accomplice-1"
 FUNDS = 10**12
 
 
@@ -40,9 +39,6 @@ def two_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
     topology.orgs.append(OrgSpec("rival", [*(NodeSpec(n, Role.METER) for n in RIVALS),
                                            NodeSpec("rival-admin", Role.ADMIN),
                                            NodeSpec("rival-endorser", Role.ENDORSER)]))
-    # A third member, for collusion with the rival.
-    topology.orgs.append(OrgSpec("accomplice", [NodeSpec(ACCOMPLICE, Role.METER),
-                                                NodeSpec("accomplice-admin", Role.ADMIN)]))
     balancing = sorted(topology.names(Role.SETTLEMENT))[0]
     funded = [*topology.names(Role.METER), *topology.names(Role.PLANT), balancing]
     directory = tmp_path_factory.mktemp("two-members")
@@ -67,13 +63,13 @@ def _two_members(two_members: Path, sellers: tuple[str, ...] = ("meter-1",)) -> 
     """As `e`, with each of `sellers` a surplus of 6,000 Wh (only meter-1 rests an ask)."""
     genesis = Genesis.load(two_members / "genesis.json")
     ids = {n: identity(two_members, n)
-           for n in ("endorser-1", "rival-endorser", "meter-1", "meter-2", *RIVALS, ACCOMPLICE)}
+           for n in ("endorser-1", "rival-endorser", "meter-1", "meter-2", *RIVALS)}
     ledger = Ledger(MemoryStore(), genesis, accept_proof)
     chain = ChainBuilder()
     endorser = ids["endorser-1"]
     txs = []
-    for meter in ("meter-1", "meter-2", *RIVALS, ACCOMPLICE):
-        produced, consumed = (2000, 500) if meter in (*sellers, ACCOMPLICE) else (0, 1500)
+    for meter in ("meter-1", "meter-2", *RIVALS):
+        produced, consumed = (2000, 500) if meter in sellers else (0, 1500)
         txs += history(ids[meter], endorser, SLOT, produced=produced, consumed=consumed)
     assert set(ledger.commit(chain.block(txs, timestamp=NOW)).codes) == {
         Code.TX_VALIDATION_CODE_VALID}
@@ -235,37 +231,6 @@ def test_a_seller_cancelling_what_an_option_holds_costs_the_option_no_lapse(
     _takes(e, "meter-2", 1000)
     _lapse(e)
     _takes(e, "rival-2", 5000)
-
-
-def _voided_by_the_accomplice(e: TwoMembers, rounds: int, takes_wh: int) -> None:
-    """`rounds` times: the accomplice rests a 100 Wh ask below every other, a rival meter's
-    option takes `takes_wh` (that ask first), and the accomplice cancels its ask, which
-    makes the option void."""
-    cheap = ASK - 10_000
-    for round_ in range(rounds):
-        e.accept(ACCOMPLICE, e.request(ACCOMPLICE, terms(ACCOMPLICE, SELL, cheap, 100)))
-        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-        [bait] = [o for (_, o, price, _) in e.servicer.books.open_orders() if price == cheap]
-        rival = RIVALS[round_ % len(RIVALS)]
-        _takes(e, rival, takes_wh)
-        e.submit(cancel(e.ids[ACCOMPLICE], bait))
-        assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
-        assert not e.servicer.books.holds(_option(e.options[rival]).option_id)
-        e.clock[0] += 1
-
-
-def test_colluding_members_cannot_void_options_uncharged_for_ever(e: TwoMembers) -> None:
-    """Tried as two colluding members would: the accomplice rests a tiny cheap ask, the
-    rival's option takes it with all the community's energy, and the accomplice cancels it
-    before the option expires. The option is void through "another member's doing", so it
-    cost the rival nothing, again and again: the community's energy held for ever. Now only
-    the first FREE_VOIDS voids in a window are free; beyond, they count as lapsed."""
-    _voided_by_the_accomplice(e, FREE_VOIDS + 1, 6100)  # the bait and all of the community's
-    _lapse(e)
-    assert e.servicer.books._conduct.totals("rival", LAPSED) == (0, 6100)  # the last one
-    # In bad standing: once the community asks too, the rival is held to its share.
-    _takes(e, "meter-2", 1000)
-    assert "let 6100 Wh lapse" in _exhausted(e, "rival-1", 5000)
 
 
 def test_a_member_cancelling_what_its_own_option_holds_is_charged_the_lapse(
@@ -654,21 +619,3 @@ def test_hold_conduct_forgets_after_its_window_and_stays_bounded() -> None:
     assert len(conduct._members["rival"]) <= 11
     assert conduct.totals("rival", now=200_000) == (0, 0)
     assert "rival" not in conduct._members
-
-
-def test_a_seller_voiding_options_that_take_only_its_own_ask_never_charges_them(
-        e: TwoMembers) -> None:
-    """The limit on free voids is for options that also held others' energy: a seller that
-    cancels again and again what options take of its own asks alone releases nothing but its
-    own energy, and cannot put the takers' member in bad standing that way."""
-    _voided_by_the_accomplice(e, FREE_VOIDS + 2, 100)  # its own ask alone
-    _lapse(e)
-    assert e.servicer.books._conduct.totals("rival", LAPSED) == (0, 0)
-
-
-def test_free_voids_are_counted_per_member_within_the_window() -> None:
-    conduct = HoldConduct(window=600, bucket=60)
-    assert [conduct.void_is_free("rival", now=1_000 + i) for i in range(FREE_VOIDS + 1)] == \
-        [True] * FREE_VOIDS + [False]
-    assert conduct.void_is_free("community", now=1_010)  # another member's own count
-    assert conduct.void_is_free("rival", now=1_000 + 600 + 60)  # the window has passed

@@ -9,10 +9,13 @@ when it changes.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 from prometheus_client import Gauge
+
+log = logging.getLogger(__name__)
 
 COMPONENT_HEALTHY = Gauge("gridledger_component_healthy",
                           "1 while the node's component last reported it works, 0 while it "
@@ -47,6 +50,10 @@ class HealthBoard:
             serving = not self._failing
             if serving == self._serving:
                 return
-            self._serving = serving
             # Under the lock: two reports cannot publish their statuses out of order.
-            self._publish(serving)
+            try:
+                self._publish(serving)
+            except Exception:  # e.g. the server's loop closed at shutdown: tried again later
+                log.exception("publishing health %s failed", serving)
+                return
+            self._serving = serving

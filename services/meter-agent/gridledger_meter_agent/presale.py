@@ -76,6 +76,7 @@ FOR_NOW = TRANSIENT | {grpc.StatusCode.ABORTED}  # ABORTED: energy others' optio
 # (a member held to its share is told to come back within about one).
 RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=120.0)
 CHAIN_POLL_S = 2.0  # while waiting for a block past an option's expiry
+UNHEALTHY_AFTER = 3  # unexpected step failures in a row before the agent is NOT_SERVING
 # A trade request is sent again as is for this long after it was made: within the
 # endorser's default 30 s request window with up to 10 s between the two clocks.
 REQUEST_REUSE_S = 20
@@ -396,25 +397,26 @@ class PresaleTrader:
     def run(self, stop: threading.Event,
             on_health: Callable[[bool], None] = lambda healthy: None) -> None:
         """Trade until stopped. A step that fails unexpectedly (a bug, the journal's disk)
-        is logged and reported unhealthy (the node goes NOT_SERVING, not silent) until a
-        step completes again; the thread goes on either way."""
+        is logged; UNHEALTHY_AFTER of them in a row are reported unhealthy (the node goes
+        NOT_SERVING, not silent: one passing failure must not get the agent restarted)
+        until a step completes again; the thread goes on either way."""
         wait = self._policy.every_seconds
-        healthy = True
+        failed = 0
         while not stop.wait(wait):
             try:
                 self.step()
             except grpc.RpcError as exc:  # the committer is away (forecast): next round
                 log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]
             except Exception:
-                log.exception("pre-sale step failed; the node reports NOT_SERVING until a "
-                              "step completes")
-                if healthy:
-                    healthy = False
+                failed += 1
+                log.exception("pre-sale step failed (%d in a row; NOT_SERVING from %d)",
+                              failed, UNHEALTHY_AFTER)
+                if failed == UNHEALTHY_AFTER:
                     on_health(False)
             else:
-                if not healthy:
-                    healthy = True
+                if failed >= UNHEALTHY_AFTER:
                     on_health(True)
+                failed = 0
             due = self.next_retry()
             wait = self._policy.every_seconds if due is None else \
                 max(0.05, min(self._policy.every_seconds, due - time.time()))

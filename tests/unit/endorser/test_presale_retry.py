@@ -38,6 +38,7 @@ from gridledger_meter_agent.placements import PlacementJournal
 from gridledger_meter_agent.presale import (
     CHAIN_POLL_S,
     REQUEST_REUSE_S,
+    UNHEALTHY_AFTER,
     Outcome,
     PresalePolicy,
     PresaleTrader,
@@ -462,14 +463,14 @@ def test_no_retry_once_the_slot_market_closed_nor_after_a_refusal_for_good(
 def test_a_failing_step_turns_the_agent_not_serving_until_a_step_completes(
         genesis: Genesis, consortium_dir: Path) -> None:
     """A step that fails unexpectedly (a bug, the journal's disk) was only logged: the thread
-    went on failing behind a SERVING health check. Now it reports unhealthy until a step
-    completes, and keeps going."""
+    went on failing behind a SERVING health check. Now three in a row report it unhealthy
+    until a step completes (one passing failure does not), and it keeps going."""
     e = make_endorser(genesis, consortium_dir)
     trader = _trader(e, _Wire(e.servicer))
     trader._policy = dataclasses.replace(trader._policy, every_seconds=0.001)
     stop = threading.Event()
     reports: list[bool] = []
-    failures = [OSError("journal: no space left on device")] * 3
+    failures = [OSError("journal: no space left on device")] * UNHEALTHY_AFTER
 
     def step() -> None:
         if failures:
@@ -482,3 +483,25 @@ def test_a_failing_step_turns_the_agent_not_serving_until_a_step_completes(
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert reports == [False, True]
+
+
+def test_one_failing_step_does_not_turn_the_agent_not_serving(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    trader = _trader(e, _Wire(e.servicer))
+    trader._policy = dataclasses.replace(trader._policy, every_seconds=0.001)
+    stop = threading.Event()
+    reports: list[bool] = []
+    outcomes = [None, OSError("a passing fault")] * 3  # popped from the end
+
+    def step() -> None:
+        if not outcomes:
+            stop.set()
+            return
+        failure = outcomes.pop()
+        if failure is not None:
+            raise failure
+
+    trader.step = step  # type: ignore[method-assign]
+    trader.run(stop, reports.append)
+    assert reports == []

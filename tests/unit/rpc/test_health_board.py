@@ -38,3 +38,20 @@ def test_serving_exactly_while_every_component_last_reported_healthy(
     # Published only on a change: no two equal statuses in a row, and never SERVING first.
     assert all(a != b for a, b in itertools.pairwise(published))
     assert published[:1] in ([], [False])
+
+
+def test_a_status_that_could_not_be_published_is_published_on_the_next_report() -> None:
+    published: list[bool] = []
+    fail = [True]
+
+    def publish(serving: bool) -> None:
+        if fail[0]:
+            raise RuntimeError("the server's loop is closed")
+        published.append(serving)
+
+    board = HealthBoard(publish)
+    report = board.reporter("presale")
+    report(False)  # does not raise into the reporting thread
+    fail[0] = False
+    report(False)
+    assert published == [False]

@@ -241,7 +241,8 @@ class RequestFreshness:
         return envelope_pb2.SignedEnvelope.FromString(option), allowance
 
     def _drop_kept(self, key: tuple[str, bytes]) -> None:
-        self._pending.discard(key)
+        # Not its pending mark: only the call that admitted it (answered_with) ends that, or
+        # a copy admitted after a refusal for now could lose its mark to the first call.
         kept = self._kept.pop(key, None)
         if kept is not None:
             self.kept_bytes -= kept.size

@@ -181,6 +181,7 @@ def test_a_nonce_refused_then_answered_stays_remembered_for_its_answered_request
     fresh = RequestFreshness(DeskLimits(request_window=30, max_requests_per_window=5))
     fresh.admit("meter-1", _request(b"\x01", 1000), 1000)
     fresh.forget("meter-1", _request(b"\x01", 1000))  # refused for now
+    fresh.answered_with("meter-1", _request(b"\x01", 1000), b"", "org", None)
     fresh.admit("meter-1", _request(b"\x01", 1020), 1020)  # same nonce, answered
     fresh.answered_with("meter-1", _request(b"\x01", 1020), b"", "org", None)
     # The first request's expiry (1030) passes; the answered one is fresh until 1050.
@@ -192,6 +193,7 @@ def test_a_nonce_refused_then_answered_stays_remembered_for_its_answered_request
     for nonce in (b"\x02", b"\x03", b"\x04", b"\x05"):
         fresh.admit("meter-1", _request(nonce, 1035), 1035)
         fresh.forget("meter-1", _request(nonce, 1035))
+        fresh.answered_with("meter-1", _request(nonce, 1035), b"", "org", None)
     with pytest.raises(EdgeRefusal) as many:
         fresh.admit("meter-1", _request(b"\x06", 1035), 1035)
     assert many.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -285,3 +287,21 @@ def test_answers_are_kept_within_their_byte_bound(e: Endorser) -> None:
     envelope = _signed(e, "meter-2", terms("meter-2", BUY, ASK, 1000), NOW)
     _ask(e, envelope)
     assert _refused(e, envelope).code == grpc.StatusCode.ALREADY_EXISTS  # not kept: as before
+
+
+def test_a_copy_is_not_admitted_between_a_refusal_for_now_and_its_answer() -> None:
+    """Refused for now, the request is forgotten before its call has answered. A copy
+    admitted in that gap had its "being answered" mark removed by the first call's end, so
+    a third copy got ALREADY_EXISTS (and its meter signed a new request: a second hold)."""
+    fresh = RequestFreshness(DeskLimits(request_window=30))
+    request = _request(b"\x01", 1000)
+    fresh.admit("meter-1", request, 1000)
+    fresh.forget("meter-1", request)  # refused for now; its call has not answered yet
+    with pytest.raises(EdgeRefusal) as err:
+        fresh.admit("meter-1", request, 1000)
+    assert err.value.status == grpc.StatusCode.ABORTED
+    fresh.answered_with("meter-1", request, b"", "org", None)  # the first call answers
+    fresh.admit("meter-1", request, 1000)  # now the copy is admitted
+    with pytest.raises(EdgeRefusal) as again:
+        fresh.admit("meter-1", request, 1000)
+    assert again.value.status == grpc.StatusCode.ABORTED  # still being answered

@@ -12,8 +12,9 @@ admitted, as TCP's congestion window follows what gets through (AIMD):
 - every admitted call grows the window: by 1 until the first refusal (slow start, which
   doubles it each round trip); after a cut, as CUBIC does (RFC 9438): back towards the
   window it had before the cut along a cubic of the time since, reached after
-  K = cbrt(W_max (1 - DECREASE) / CUBIC_C) seconds, slowly near it, faster beyond; at least
-  by 1/window per admitted call (about 1 each round trip, Reno's pace) and at most by 1;
+  K = cbrt(W_max (1 - DECREASE) / CUBIC_C) seconds, slowly near it, faster beyond; each
+  admitted call moves it 1/window of the way to the curve (capped at 1.5 x the window: at
+  most +50 % a round trip), at least by 1/window (about 1 each round trip, Reno's pace);
   but only up to twice the most calls it had in flight, so a lightly loaded client cannot
   store up a burst. Reno's pace alone took longer than a 30 s overload phase to win back one
   cut of a window of 200 calls with round trips of half a second, so a client held its
@@ -70,6 +71,7 @@ class CallWindow:
         self._slow_start = True
         self._last_cut = float("-inf")  # when the window was last cut (clock)
         self._window_at_cut = initial  # W_max: the window just before the last cut
+        self._k = 0.0  # seconds from the last cut until the curve is back at W_max
         self._peak = 0  # the most calls in flight since the last cut
 
     def free(self) -> int:
@@ -92,9 +94,11 @@ class CallWindow:
         if self._slow_start:
             grown = self.window + 1.0
         else:
-            reno = self.window + 1.0 / self.window
-            grown = max(reno, min(self._cubic(self._clock() - self._last_cut),
-                                  self.window + 1.0))
+            # RFC 9438 4.2: each admitted call moves the window 1/window of the way to the
+            # curve, the curve capped at 1.5 x the window (so it never doubles per round
+            # trip once far past the old size); Reno's pace is the least.
+            target = min(self._cubic(self._clock() - self._last_cut), 1.5 * self.window)
+            grown = self.window + max(1.0, target - self.window) / self.window
         self.window = min(self._ceiling, grown)
 
     def refused(self, sent_at: float) -> None:
@@ -103,15 +107,16 @@ class CallWindow:
         if sent_at > self._last_cut:  # one cut per burst of refusals
             self._window_at_cut = self.window
             self.window = max(self._floor, self.window * DECREASE)
+            # K: when the curve is back at the old size, from where the window now is (the
+            # floor may have kept it above DECREASE of it).
+            self._k = ((self._window_at_cut - self.window) / CUBIC_C) ** (1 / 3)
             self._slow_start = False
             self._last_cut = self._clock()
             self._peak = self.in_flight
 
     def _cubic(self, since_cut: float) -> float:
         """CUBIC's window `since_cut` seconds after the last cut."""
-        w_max = self._window_at_cut
-        k = (w_max * (1 - DECREASE) / CUBIC_C) ** (1 / 3)
-        return CUBIC_C * (since_cut - k) ** 3 + w_max
+        return CUBIC_C * (since_cut - self._k) ** 3 + self._window_at_cut
 
     def ended(self) -> None:
         """Any other outcome (a verdict on the request, the endorser unreachable): the

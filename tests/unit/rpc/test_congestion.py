@@ -90,6 +90,25 @@ def test_after_a_cut_the_window_is_won_back_within_seconds_not_minutes() -> None
     assert w.window < 215
 
 
+def test_long_after_a_cut_the_window_grows_at_most_half_again_per_round_trip() -> None:
+    """Far past the old size the curve is steep; following it per call doubled the window
+    every round trip (70 -> 140 -> 280 ...), slow start again. RFC 9438 caps the target at
+    1.5 x the window."""
+    clock = Clock()
+    w = window(initial=100, clock=clock)
+    at = w.start()
+    assert at is not None
+    clock.now += 0.5
+    w.refused(at)
+    clock.now += 60  # a minute later: the curve is far above the window
+    for _ in range(3):
+        before = w.window
+        calls = [w.start() for _ in range(int(w.window))]
+        for _ in calls:
+            w.admitted()
+        assert before + 1 <= w.window <= 1.5 * before + 1
+
+
 def test_the_window_never_falls_below_its_floor() -> None:
     clock = Clock()
     w = window(initial=2, clock=clock)

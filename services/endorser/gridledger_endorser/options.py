@@ -114,6 +114,7 @@ class _Kept:
 
     digest: bytes  # of the request's signed payload: the same nonce with other terms is not it
     member: str  # who asked: only the same member is answered again
+    option_id: str
     option: bytes  # the signed option (a SignedEnvelope), serialized
     allowance: Allowance
     size: int  # bytes counted against max_kept_answer_bytes
@@ -123,8 +124,12 @@ class RequestFreshness:
     """Refuses stale, future and replayed trade requests, in bounded memory, and keeps the
     answers to fresh requests for their resending."""
 
-    def __init__(self, limits: DeskLimits, members: int = 1) -> None:
-        """`members`: the consortium's organisations, which share the kept bytes equally."""
+    def __init__(self, limits: DeskLimits, members: int = 1,
+                 holds: Callable[[str], bool] = lambda option_id: True) -> None:
+        """`members`: the consortium's organisations, which share the kept bytes equally.
+        `holds(option id)`: whether an option still holds energy; a kept answer whose option
+        no longer does (placed, void, expired) makes room for a new one when bytes run out."""
+        self._holds = holds
         self._window = limits.request_window
         self._per_meter = limits.max_requests_per_window
         self._max_kept_bytes = limits.max_kept_answer_bytes
@@ -211,14 +216,26 @@ class RequestFreshness:
             if self._seen.get(key) != self._stale_after(request) or key in self._kept:
                 return  # no longer this request's entry
             option = proposal.envelope.SerializeToString()
-            size = len(option) + len(digest) + len(member) + KEPT_OVERHEAD
-            by_member = self._kept_by_member.get(member, 0)
-            if self.kept_bytes + size > self._max_kept_bytes or \
-                    by_member + size > self._member_kept_bytes:
-                return
-            self._kept[key] = _Kept(digest, member, option, proposal.allowance, size)
+            option_id = proposal.option.option_id
+            size = len(option) + len(digest) + len(member) + len(option_id) + KEPT_OVERHEAD
+            if not self._room(member, size):
+                self._drop_dead_answers()
+                if not self._room(member, size):
+                    return
+            self._kept[key] = _Kept(digest, member, option_id, option, proposal.allowance,
+                                    size)
             self.kept_bytes += size
-            self._kept_by_member[member] = by_member + size
+            self._kept_by_member[member] = self._kept_by_member.get(member, 0) + size
+
+    def _room(self, member: str, size: int) -> bool:
+        return self.kept_bytes + size <= self._max_kept_bytes and \
+            self._kept_by_member.get(member, 0) + size <= self._member_kept_bytes
+
+    def _drop_dead_answers(self) -> None:
+        """Drop the kept answers whose option no longer holds: they would only be refused
+        (ALREADY_EXISTS) if asked for again. Runs only when bytes ran out."""
+        for key in [k for k, kept in self._kept.items() if not self._holds(kept.option_id)]:
+            self._drop_kept(key)
 
     def answered(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
                  member: str, now: int) -> tuple[envelope_pb2.SignedEnvelope, Allowance] | None:
@@ -257,12 +274,15 @@ class RequestFreshness:
         return request.requested_at + self._window
 
 
-def _being_answered(meter: str, nonce: bytes) -> EdgeRefusal:
+class BeingAnswered(EdgeRefusal):
     """A copy of a request whose first copy is still being answered: come back shortly (its
     answer is then kept, or the request refused)."""
-    return EdgeRefusal(Code.TX_VALIDATION_CODE_STATE_CONFLICT, grpc.StatusCode.ABORTED,
-                       f"trade request of {meter} with nonce {nonce.hex()} is still being "
-                       "answered; send it again shortly", retry_after_ms=PENDING_RETRY_MS)
+
+
+def _being_answered(meter: str, nonce: bytes) -> BeingAnswered:
+    return BeingAnswered(Code.TX_VALIDATION_CODE_STATE_CONFLICT, grpc.StatusCode.ABORTED,
+                         f"trade request of {meter} with nonce {nonce.hex()} is still being "
+                         "answered; send it again shortly", retry_after_ms=PENDING_RETRY_MS)
 
 
 @dataclass
@@ -367,7 +387,8 @@ class OptionDesk:
         self._clock = clock
         limits = limits or DeskLimits()
         self._fresh = RequestFreshness(limits,
-                                       members=len(ledger.genesis.membership.organisations))
+                                       members=len(ledger.genesis.membership.organisations),
+                                       holds=books.holds)
         self._held = HeldEnergy(limits.max_held_percent, self._option_ended)
 
     def _option_ended(self, option_id: str) -> bool:

@@ -48,7 +48,7 @@ from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, 
 from gridledger_endorser.book_cache import BookCache, HeldByOptions, MemberHoldsItsShare
 from gridledger_endorser.broadcaster import Answers, Broadcaster, OrdererUnavailable
 from gridledger_endorser.cpu_slots import CpuSlots
-from gridledger_endorser.options import DEFAULT_OPTION_TTL, DeskLimits, OptionDesk
+from gridledger_endorser.options import DEFAULT_OPTION_TTL, BeingAnswered, DeskLimits, OptionDesk
 from gridledger_endorser.sealing import MAX_GROUP, Seal, Sealer
 
 REQUESTS = Counter("gridledger_endorser_requests", "Transactions submitted, by type and result.",
@@ -321,6 +321,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
                 proposal = self._desk.propose(envelope, member)
         except TxInvalid as exc:
             result = (exc.condition.value if isinstance(exc, ConditionFailed)
+                      else "being_answered" if isinstance(exc, BeingAnswered)
                       else exc.code_name.lower())
             TRADE_REQUESTS.labels(side, result).inc()
             return OptionsOutcome(*status_of(exc),

@@ -12,6 +12,7 @@ from grpc_helpers import Aborted, FakeContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from market_helpers import BUY, NOW, SELL, terms
+from prometheus_client import REGISTRY
 from test_endorser_market import ASK, Endorser, _option, endorser  # noqa: F401 - fixture
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
@@ -145,9 +146,13 @@ def test_a_copy_sent_while_the_first_is_being_answered_is_told_to_come_back(
     fresh = e.servicer._desk._fresh
     request = market_pb2.TradeRequest.FromString(envelope.payload)
     fresh.admit("meter-2", request, NOW)  # the first copy, being answered
+    counted = REGISTRY.get_sample_value("gridledger_endorser_trade_requests_total",
+                                        {"side": "buy", "result": "being_answered"}) or 0
     second = e.servicer.options(envelope, "")
     assert second.code == grpc.StatusCode.ABORTED and second.retry_after_ms > 0
     assert "still being answered" in second.message
+    assert REGISTRY.get_sample_value("gridledger_endorser_trade_requests_total",
+                                     {"side": "buy", "result": "being_answered"}) == counted + 1
     fresh.answered_with("meter-2", request, b"", "community", None)  # it was refused
 
 
@@ -305,3 +310,29 @@ def test_a_copy_is_not_admitted_between_a_refusal_for_now_and_its_answer() -> No
     with pytest.raises(EdgeRefusal) as again:
         fresh.admit("meter-1", request, 1000)
     assert again.value.status == grpc.StatusCode.ABORTED  # still being answered
+
+
+def test_answers_whose_option_no_longer_holds_make_room_for_new_ones() -> None:
+    """A busy member's share filled with answers whose options were placed (or voided) in
+    the meantime: they could only be refused if asked for again, so a new answer replaces
+    them instead of going unkept."""
+    holding = {"a", "b"}
+
+    def proposal(option_id: str) -> Proposal:
+        return Proposal(envelope_pb2.SignedEnvelope(), market_pb2.TradeOption(
+            option_id=option_id, trades=[market_pb2.ProposedTrade(quantity_wh=1)]),
+            Allowance(0, 0, 0))
+
+    one = len(b"d") + len("org") + len("a") + KEPT_OVERHEAD  # one kept answer's bytes
+    fresh = RequestFreshness(DeskLimits(max_kept_answer_bytes=one),
+                             holds=lambda option_id: option_id in holding)
+    requests = [_request(bytes([i]), 1000) for i in (1, 2, 3)]
+    for request, option_id in zip(requests, "abc", strict=True):
+        fresh.admit("meter-1", request, 1000)
+        fresh.answered_with("meter-1", request, b"d", "org", proposal(option_id))
+        if option_id == "b":  # no room while "a" holds
+            assert fresh.answered("meter-1", request, b"d", "org", 1000) is None
+            holding.discard("a")  # "a" is placed
+    assert fresh.answered("meter-1", requests[0], b"d", "org", 1000) is None  # dropped
+    assert fresh.answered("meter-1", requests[2], b"d", "org", 1000) is not None
+    assert fresh.kept_bytes == one

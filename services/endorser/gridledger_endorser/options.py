@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import os
 import threading
 import time
@@ -76,6 +77,10 @@ MAX_NONCE_BYTES = 64
 # 400 for a 783-byte option).
 KEPT_OVERHEAD = 512
 PENDING_RETRY_MS = 100  # a resend of a request still being answered comes back after this
+# Kept answers looked at, oldest first, for one whose option no longer holds when a member's
+# bytes ran out: a member whose answers all still hold must not make each of its requests
+# scan (and lock the book cache for) every answer kept.
+DEAD_ANSWER_SCAN = 64
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,9 @@ class RequestFreshness:
         self._pending: set[tuple[str, bytes]] = set()  # admitted, being answered
         self._kept: dict[tuple[str, bytes], _Kept] = {}
         self.kept_bytes = 0
-        self._kept_by_member: dict[str, int] = {}
+        # member -> its kept answers' keys, oldest first (dicts keep insertion order)
+        self._kept_by_member: dict[str, dict[tuple[str, bytes], None]] = {}
+        self._member_bytes: dict[str, int] = {}
         self._forget: list[tuple[int, str, bytes]] = []  # (forget at, meter, nonce)
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -219,22 +226,25 @@ class RequestFreshness:
             option_id = proposal.option.option_id
             size = len(option) + len(digest) + len(member) + len(option_id) + KEPT_OVERHEAD
             if not self._room(member, size):
-                self._drop_dead_answers()
+                self._drop_dead_answers(member)
                 if not self._room(member, size):
                     return
             self._kept[key] = _Kept(digest, member, option_id, option, proposal.allowance,
                                     size)
             self.kept_bytes += size
-            self._kept_by_member[member] = self._kept_by_member.get(member, 0) + size
+            self._kept_by_member.setdefault(member, {})[key] = None
+            self._member_bytes[member] = self._member_bytes.get(member, 0) + size
 
     def _room(self, member: str, size: int) -> bool:
         return self.kept_bytes + size <= self._max_kept_bytes and \
-            self._kept_by_member.get(member, 0) + size <= self._member_kept_bytes
+            self._member_bytes.get(member, 0) + size <= self._member_kept_bytes
 
-    def _drop_dead_answers(self) -> None:
-        """Drop the kept answers whose option no longer holds: they would only be refused
-        (ALREADY_EXISTS) if asked for again. Runs only when bytes ran out."""
-        for key in [k for k, kept in self._kept.items() if not self._holds(kept.option_id)]:
+    def _drop_dead_answers(self, member: str) -> None:
+        """Drop `member`'s kept answers whose option no longer holds (they would only be
+        refused, ALREADY_EXISTS, if asked for again), among its DEAD_ANSWER_SCAN oldest: the
+        oldest are the likeliest placed or expired. Runs only when its bytes ran out."""
+        oldest = list(itertools.islice(self._kept_by_member.get(member, {}), DEAD_ANSWER_SCAN))
+        for key in [k for k in oldest if not self._holds(self._kept[k].option_id)]:
             self._drop_kept(key)
 
     def answered(self, meter: str, request: market_pb2.TradeRequest, digest: bytes,
@@ -261,13 +271,15 @@ class RequestFreshness:
         # Not its pending mark: only the call that admitted it (answered_with) ends that, or
         # a copy admitted after a refusal for now could lose its mark to the first call.
         kept = self._kept.pop(key, None)
-        if kept is not None:
-            self.kept_bytes -= kept.size
-            left = self._kept_by_member[kept.member] - kept.size
-            if left:
-                self._kept_by_member[kept.member] = left
-            else:
-                del self._kept_by_member[kept.member]
+        if kept is None:
+            return
+        self.kept_bytes -= kept.size
+        keys = self._kept_by_member[kept.member]
+        del keys[key]
+        if keys:
+            self._member_bytes[kept.member] -= kept.size
+        else:
+            del self._kept_by_member[kept.member], self._member_bytes[kept.member]
 
     def _stale_after(self, request: market_pb2.TradeRequest) -> int:
         """When `request` is stale, so its nonce need not be remembered."""

@@ -21,7 +21,13 @@ from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.rules.market import Allowance
 from gridledger_core.rpc.errors import EdgeRefusal
 from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS
-from gridledger_endorser.options import KEPT_OVERHEAD, DeskLimits, Proposal, RequestFreshness
+from gridledger_endorser.options import (
+    DEAD_ANSWER_SCAN,
+    KEPT_OVERHEAD,
+    DeskLimits,
+    Proposal,
+    RequestFreshness,
+)
 from gridledger_endorser.service import EndorserServicer
 
 
@@ -312,16 +318,35 @@ def test_a_copy_is_not_admitted_between_a_refusal_for_now_and_its_answer() -> No
     assert again.value.status == grpc.StatusCode.ABORTED  # still being answered
 
 
+def _kept_proposal(option_id: str) -> Proposal:
+    return Proposal(envelope_pb2.SignedEnvelope(), market_pb2.TradeOption(
+        option_id=option_id, trades=[market_pb2.ProposedTrade(quantity_wh=1)]),
+        Allowance(0, 0, 0))
+
+
+def test_a_member_whose_answers_all_hold_does_not_scan_them_all_per_request() -> None:
+    """Out of bytes, a member's next answer looks at its oldest DEAD_ANSWER_SCAN answers for
+    one that no longer holds, not at every answer kept (each look takes the book cache's
+    lock, on the endorser's one loop)."""
+    looked = []
+    one = len(b"d") + len("org") + len("o0000") + KEPT_OVERHEAD
+    count = 3 * DEAD_ANSWER_SCAN
+    fresh = RequestFreshness(DeskLimits(max_kept_answer_bytes=count * one,
+                                        max_requests_per_window=count + 1),
+                             holds=lambda option_id: looked.append(option_id) or True)
+    for i in range(count + 1):
+        request = _request(i.to_bytes(2, "big"), 1000)
+        fresh.admit("meter-1", request, 1000)
+        fresh.answered_with("meter-1", request, b"d", "org", _kept_proposal(f"o{i:04d}"))
+    assert looked == [f"o{i:04d}" for i in range(DEAD_ANSWER_SCAN)]  # the oldest only
+    assert fresh.kept_bytes == count * one  # all still hold: the last one was not kept
+
+
 def test_answers_whose_option_no_longer_holds_make_room_for_new_ones() -> None:
     """A busy member's share filled with answers whose options were placed (or voided) in
     the meantime: they could only be refused if asked for again, so a new answer replaces
     them instead of going unkept."""
     holding = {"a", "b"}
-
-    def proposal(option_id: str) -> Proposal:
-        return Proposal(envelope_pb2.SignedEnvelope(), market_pb2.TradeOption(
-            option_id=option_id, trades=[market_pb2.ProposedTrade(quantity_wh=1)]),
-            Allowance(0, 0, 0))
 
     one = len(b"d") + len("org") + len("a") + KEPT_OVERHEAD  # one kept answer's bytes
     fresh = RequestFreshness(DeskLimits(max_kept_answer_bytes=one),
@@ -329,7 +354,7 @@ def test_answers_whose_option_no_longer_holds_make_room_for_new_ones() -> None:
     requests = [_request(bytes([i]), 1000) for i in (1, 2, 3)]
     for request, option_id in zip(requests, "abc", strict=True):
         fresh.admit("meter-1", request, 1000)
-        fresh.answered_with("meter-1", request, b"d", "org", proposal(option_id))
+        fresh.answered_with("meter-1", request, b"d", "org", _kept_proposal(option_id))
         if option_id == "b":  # no room while "a" holds
             assert fresh.answered("meter-1", request, b"d", "org", 1000) is None
             holding.discard("a")  # "a" is placed

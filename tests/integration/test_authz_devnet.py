@@ -1,11 +1,12 @@
 """The authorisation table on a real devnet (real processes, the launcher `gridctl devnet up`
 uses): a meter cannot reach the orderers' client API, a certificate forged with another
 organisation's TLS CA cannot join consensus, a meter cannot make a plant sign terms for
-another meter; and the network itself (orderers' Exchange, Deliver, Broadcast, every agent)
-keeps working under it."""
+another meter, a member holding calls open takes only its share of any node; and the network
+itself (orderers' Exchange, Deliver, Broadcast, every agent) keeps working under it."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +16,15 @@ import pytest
 from devnet_support import committer_stub, height, ledger_network, wait_for
 
 from gridctl import devnet
+from gridledger.committer.v1 import committer_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger.meteragent.v1 import meteragent_pb2, meteragent_pb2_grpc
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 # The certificate forger of the unit tests (tests/unit/rpc), with the consortium's CA keys.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "rpc"))
-from authz_support import issue_tls
+from authz_support import SilentCalls, issue_tls
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +76,58 @@ def test_a_meter_asks_a_plant_only_for_its_own_terms(net: devnet.Network) -> Non
                                                                     energy_wh=100), timeout=10)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "meter-2 may ask only for its own account" in err.value.details()
+
+
+def test_a_member_holding_calls_open_on_every_node_does_not_stop_the_others(
+        net: devnet.Network) -> None:
+    """Tried as a hostile member would: solarco's plant opens calls on every kind of node and
+    never sends their requests. Before, they took every handler thread of the orderer,
+    committer and meter agent (a unary handler waits for its request on a thread) and every
+    place of the endorser's call bound: no other member's call was served."""
+    hostile = _as(net, "plant-1")  # solarco
+    targets = [("orderer-1", "/grpc.health.v1.Health/Check", 90),
+               ("committer-1", "/gridledger.committer.v1.CommitterService/GetChainInfo", 90),
+               ("endorser-1", "/gridledger.endorser.v1.EndorserService/GetBook", 600),
+               ("meter-2", "/gridledger.meteragent.v1.MeterAgentService/GetPlantDirectory", 60)]
+    held = [SilentCalls(net.node(name).grpc, hostile, method, count)
+            for name, method, count in targets]
+    try:
+        # The other members are served by every node, at once.
+        admin = _as(net, "admin")  # gridops
+        calls = [
+            lambda: committer_stub(net, "committer-1").GetChainInfo(
+                committer_pb2.GetChainInfoRequest(), timeout=5),
+            lambda: orderer_pb2_grpc.OrdererServiceStub(
+                secure_channel(net.node("orderer-1").grpc, admin)).ListEvidence(
+                orderer_pb2.ListEvidenceRequest(), timeout=5),
+            lambda: endorser_pb2_grpc.EndorserServiceStub(
+                secure_channel(net.node("endorser-1").grpc, admin)).GetBook(
+                endorser_pb2.GetBookRequest(), timeout=5),
+            lambda: meteragent_pb2_grpc.MeterAgentServiceStub(
+                secure_channel(net.node("meter-2").grpc, admin)).GetStatus(
+                meteragent_pb2.GetStatusRequest(), timeout=5)]
+        for call in calls:
+            try:
+                call()
+            except grpc.RpcError as exc:  # answered, if not OK (GetBook of slot 0)
+                assert exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED,  # type: ignore[attr-defined]
+                                          grpc.StatusCode.DEADLINE_EXCEEDED), exc
+        for (name, _, _), silent in zip(targets, held, strict=True):
+            refused = silent.refused()  # beyond solarco's share, at once, with a hint
+            assert refused, name
+            assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint > 0
+                       for code, _, hint in refused), (name, refused[:3])
+        # And the network goes on: another member's transaction (gridops's admin registers a
+        # device; gridctl waits for its commit) reaches both committers.
+        c1, c2 = committer_stub(net, "committer-1"), committer_stub(net, "committer-2")
+        start = height(c1)
+        for step in ("issue", "register"):
+            done = subprocess.run(
+                [sys.executable, "-m", "gridctl.main", "identity", step, "meter-71", "--org",
+                 "community", "--role", "meter", "--dir", str(net.directory)],
+                capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: height(c1) > start and height(c2) > start, 60, "its block on both")
+    finally:
+        for silent in held:
+            silent.close()

@@ -29,7 +29,8 @@ from prometheus_client import start_http_server
 
 from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
-from gridledger_core.rpc.authz import AioAuthzInterceptor
+from gridledger_core.rpc.authz import UNBOUNDED, AioAuthzInterceptor
+from gridledger_core.rpc.call_shares import CallShares, per_member
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.server import (
@@ -49,7 +50,11 @@ class AioNodeServer:
                  *, genesis: Genesis, health_listen: str | None = None,
                  options: Sequence[tuple[str, Any]] = (),
                  account_lookup: AccountLookup | None = None,
-                 maximum_concurrent_rpcs: int | None = None) -> None:
+                 maximum_concurrent_rpcs: int | None = None,
+                 calls_per_member: int | None = None) -> None:
+        """`calls_per_member`: the calls one member (organisation) may have in progress
+        (call_shares.py); by default an equal share of `maximum_concurrent_rpcs` (gRPC's own
+        bound, which counts a call from its start), unbounded when neither is set."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -59,6 +64,10 @@ class AioNodeServer:
         self._account_lookup = account_lookup
         self._options = merged_options(options)
         self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
+        share = calls_per_member or (per_member(maximum_concurrent_rpcs,
+                                                len(genesis.organizations))
+                                     if maximum_concurrent_rpcs else UNBOUNDED)
+        self.shares = CallShares(share)
         self._health_listen = health_listen
         self._registrations: list[tuple[Callable[[Any, Any], None], Any]] = []
         self._services: list[str] = []
@@ -102,7 +111,8 @@ class AioNodeServer:
     async def _start(self) -> None:
         server = aio.server(interceptors=[AioMetricsInterceptor(),
                                           AioAuthzInterceptor(self._genesis,
-                                                              self._account_lookup)],
+                                                              self._account_lookup,
+                                                              self.shares)],
                             options=self._options,
                             maximum_concurrent_rpcs=self._maximum_concurrent_rpcs)
         for register, servicer in self._registrations:

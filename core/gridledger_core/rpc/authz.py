@@ -22,10 +22,13 @@ import grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
 from gridledger_core.rpc.aio_context import refuse
-from gridledger_core.rpc.handler_cache import WrappedHandlers
+from gridledger_core.rpc.backoff import RETRY_AFTER
+from gridledger_core.rpc.call_shares import RETRY_AFTER_MS, CallShares
+from gridledger_core.rpc.handler_cache import WrappedHandlers, mark_wire_kind
 from gridledger_core.rpc.peer_identity import AccountLookup, Peer, PeerIdentities, PeerRefused
 
 ALL = frozenset(Role)
+UNBOUNDED = 1 << 30  # a member's share of calls when the server sets none (in-process tests)
 
 
 @dataclass(frozen=True)
@@ -152,148 +155,261 @@ def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
     if rule.pinned_orderer and not peer.pinned_orderer:
         raise Refused(f"{name}: {peer.name} did not present the TLS certificate genesis pins "
                       "for it; only the genesis orderers may call")
-    if rule.own_account and request is not None:
-        asked = getattr(request, rule.own_account)
-        if asked != peer.name:
-            raise Refused(f"{name}: {peer.name} may ask only for its own account, not "
-                          f"{rule.own_account} {asked!r}")
+    if request is not None:
+        judge_request(full_method, peer, request)
     return peer
 
 
-class AuthzInterceptor(grpc.ServerInterceptor):
-    """Applies TABLE to every call before the servicer sees it."""
+def judge_request(full_method: str, peer: Peer, request: Any) -> None:
+    """What `full_method`'s rule asks of the request of its judged caller `peer`, or
+    Refused (a method without a rule never gets this far: `judge` refused it)."""
+    rule = TABLE[full_method]
+    if rule.own_account:
+        asked = getattr(request, rule.own_account)
+        if asked != peer.name:
+            raise Refused(f"{short_name(full_method)}: {peer.name} may ask only for its own "
+                          f"account, not {rule.own_account} {asked!r}")
 
-    def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None) -> None:
+
+class AuthzInterceptor(grpc.ServerInterceptor):
+    """Applies TABLE to every call before the servicer sees it, and holds each caller's
+    member to its share of the server's calls in progress (call_shares.py).
+
+    Every method is served as if its request were a stream: gRPC then runs the handler as
+    soon as the call starts, so the caller is judged and counted before its request arrives
+    (a unary handler would wait for the request first, holding a handler thread or a place
+    of the server's bound for any caller that never sends it). The one request is then read
+    and judged (`Rule.own_account`) before the method sees it."""
+
+    def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None,
+                 shares: CallShares | None = None) -> None:
         # account_lookup: ledger-registered meters and plants (None: genesis accounts only).
         self._identities = PeerIdentities(genesis, account_lookup)
+        self._shares = shares or CallShares(UNBOUNDED)
         self._handlers = WrappedHandlers(self._wrap)
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(continuation(details), details.method)
 
-    def _check(self, method: str, context: grpc.ServicerContext,
-               request: Any = None) -> contextvars.Token[Peer | None]:
+    def _admit(self, method: str, context: grpc.ServicerContext) -> tuple[Peer, _Place]:
+        """The judged caller and the place it holds until the call ends, or the call ends
+        here (PERMISSION_DENIED, or RESOURCE_EXHAUSTED beyond its member's share)."""
         try:
-            peer = _judge_call(self._identities, method, context, request)
+            peer = _judge_call(self._identities, method, context)
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        return _CALLER.set(peer)
+        if not self._shares.enter(peer.org):
+            context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{short_name(method)}: {self._shares.refusal(peer.org)}")
+        return peer, _Place(self._shares, peer.org)  # given back in the handler's finally
+
+    @staticmethod
+    def _request(requests: Iterator[Any], method: str, context: grpc.ServicerContext,
+                 peer: Peer) -> Any:
+        for request in requests:
+            try:
+                judge_request(method, peer, request)
+            except Refused as exc:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            return request
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_REQUEST.format(short_name(method)))
 
     def _wrap(self, handler: Any, method: str) -> Any:
-        check = self._check
-        kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-                 ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
-                 ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
-                 ("stream_stream", grpc.stream_stream_rpc_method_handler, True))
-        for attr, make, streams_out in kinds:
+        kinds = (("unary_unary", grpc.stream_unary_rpc_method_handler, False, "unary"),
+                 ("unary_stream", grpc.stream_stream_rpc_method_handler, True, "server_stream"),
+                 ("stream_unary", grpc.stream_unary_rpc_method_handler, False, None),
+                 ("stream_stream", grpc.stream_stream_rpc_method_handler, True, None))
+        for attr, make, streams_out, unary_kind in kinds:
             behaviour = getattr(handler, attr)
             if behaviour is None:
                 continue
-            unary_in = attr.startswith("unary")
-            wrapper = (_streaming(behaviour, check, method, unary_in) if streams_out
-                       else _single(behaviour, check, method, unary_in))
+            unary_in = unary_kind is not None
+            wrapper = (self._streaming(behaviour, method, unary_in) if streams_out
+                       else self._single(behaviour, method, unary_in))
+            if unary_kind is not None:
+                mark_wire_kind(wrapper, unary_kind)
             return make(wrapper, request_deserializer=handler.request_deserializer,
                         response_serializer=handler.response_serializer)
         return handler
 
+    def _single(self, behaviour: Callable[..., Any], method: str,
+                unary_in: bool) -> Callable[..., Any]:
+        def wrapper(requests: Any, context: grpc.ServicerContext) -> Any:
+            peer, place = self._admit(method, context)
+            try:
+                request = self._request(requests, method, context, peer) if unary_in \
+                    else requests
+                token = _CALLER.set(peer)
+                try:
+                    return behaviour(request, context)
+                finally:
+                    _CALLER.reset(token)
+            finally:
+                place.release()
+        return wrapper
 
-def _single(behaviour: Callable[..., Any], check: Callable[..., Any], method: str,
-            unary_in: bool) -> Callable[..., Any]:
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        token = check(method, context, request if unary_in else None)
-        try:
-            return behaviour(request, context)
-        finally:
-            _CALLER.reset(token)
-    return wrapper
+    def _streaming(self, behaviour: Callable[..., Iterator[Any]], method: str,
+                   unary_in: bool) -> Callable[..., Iterator[Any]]:
+        def wrapper(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            peer, place = self._admit(method, context)
+            # Also when the call ends: a stream the client left may never be closed.
+            context.add_callback(place.release)
+            try:
+                request = self._request(requests, method, context, peer) if unary_in \
+                    else requests
+                token = _CALLER.set(peer)
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    # A generator resumed in another context has nothing to undo here.
+                    with contextlib.suppress(ValueError):
+                        _CALLER.reset(token)
+            finally:
+                place.release()
+        return wrapper
 
 
-def _streaming(behaviour: Callable[..., Iterator[Any]], check: Callable[..., Any], method: str,
-               unary_in: bool) -> Callable[..., Iterator[Any]]:
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        token = check(method, context, request if unary_in else None)
-        try:
-            yield from behaviour(request, context)
-        finally:
-            # A generator resumed in another context has nothing to undo here.
-            with contextlib.suppress(ValueError):
-                _CALLER.reset(token)
-    return wrapper
+_NO_REQUEST = "{} requires exactly one request message"
 
 
-def _judge_call(identities: PeerIdentities, method: str, context: Any, request: Any) -> Peer:
+class _Place:
+    """One call's place in its member's share, given back once (when the handler ends, or
+    when gRPC reports the call over, whichever comes first)."""
+
+    __slots__ = ("_member", "_shares")
+
+    def __init__(self, shares: CallShares, member: str) -> None:
+        self._shares: CallShares | None = shares
+        self._member = member
+
+    def release(self, *_: Any) -> None:
+        shares, self._shares = self._shares, None
+        if shares is not None:
+            shares.leave(self._member)
+
+
+def _judge_call(identities: PeerIdentities, method: str, context: Any) -> Peer:
     pem = context.auth_context().get("x509_pem_cert")
-    return judge(identities, method, pem[0] if pem else None, request)
+    return judge(identities, method, pem[0] if pem else None)
 
 
 class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
-    """AuthzInterceptor for an asyncio server (aio_server.py): the same table and verdicts;
-    handlers there are coroutines or async generators, and an abort is awaited."""
+    """AuthzInterceptor for an asyncio server (aio_server.py): the same table, shares and
+    verdicts; handlers there are coroutines or async generators, and a refusal sets the
+    call's status (no `context.abort`, whose exception gRPC would keep in a cycle,
+    rpc/aio_context.py)."""
 
-    def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None) -> None:
+    def __init__(self, genesis: Genesis, account_lookup: AccountLookup | None = None,
+                 shares: CallShares | None = None) -> None:
         self._identities = PeerIdentities(genesis, account_lookup)
-        self._handlers = WrappedHandlers(lambda handler, method: _wrap_async(
-            handler, lambda request, context: self._check(method, context, request)))
+        self._shares = shares or CallShares(UNBOUNDED)
+        self._handlers = WrappedHandlers(self._wrap)
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(await continuation(details), details.method)
 
-    async def _check(self, method: str, context: grpc.aio.ServicerContext,
-                     request: Any) -> bool:
-        """True when the caller may go on; else the call is refused (its status set: no
-        `context.abort`, whose exception gRPC would keep in a cycle, rpc/aio_context.py)."""
+    def _admit(self, method: str, context: grpc.aio.ServicerContext
+               ) -> tuple[Peer, _Place] | None:
+        """As AuthzInterceptor._admit; None when the call was refused."""
         try:
-            peer = _judge_call(self._identities, method, context, request)
+            peer = _judge_call(self._identities, method, context)
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-            return False
+            return None
+        if not self._shares.enter(peer.org):
+            refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   f"{short_name(method)}: {self._shares.refusal(peer.org)}",
+                   ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
+            return None
+        # Given back in the handler's `finally`: a cancelled call's task gets CancelledError
+        # at its await, also inside an async generator.
+        place = _Place(self._shares, peer.org)
         # Each call runs in a task of its own, whose context ends with it: nothing to reset.
         _CALLER.set(peer)
-        return True
+        return peer, place
 
+    @staticmethod
+    async def _request(method: str, context: grpc.aio.ServicerContext,
+                       peer: Peer) -> tuple[bool, Any]:
+        """(True, the one request) or (False, None) with the call refused. Read with
+        `context.read()`: the request iterator gRPC also offers is an async generator, a
+        tenth of a trivial call's cost more."""
+        request = await context.read()
+        if request is grpc.aio.EOF:
+            refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   _NO_REQUEST.format(short_name(method)))
+            return False, None
+        try:
+            judge_request(method, peer, request)
+        except Refused as exc:
+            refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            return False, None
+        return True, request
 
-def _wrap_async(handler: Any, check: Callable[[Any, Any], Any]) -> Any:
-    """`handler` with `check(request or None, context)` awaited before its behaviour, which
-    runs only when it returns True (the asyncio server's coroutines and async generators;
-    the caller is set for the call's task)."""
-    kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler),
-             ("unary_stream", grpc.unary_stream_rpc_method_handler),
-             ("stream_unary", grpc.stream_unary_rpc_method_handler),
-             ("stream_stream", grpc.stream_stream_rpc_method_handler))
-    for attr, make in kinds:
-        behaviour = getattr(handler, attr)
-        if behaviour is None:
-            continue
-        unary_in = attr.startswith("unary")
+    def _wrap(self, handler: Any, method: str) -> Any:
+        kinds = (("unary_unary", grpc.stream_unary_rpc_method_handler, "unary"),
+                 ("unary_stream", grpc.stream_stream_rpc_method_handler, "server_stream"),
+                 ("stream_unary", grpc.stream_unary_rpc_method_handler, None),
+                 ("stream_stream", grpc.stream_stream_rpc_method_handler, None))
+        for attr, make, unary_kind in kinds:
+            behaviour = getattr(handler, attr)
+            if behaviour is None:
+                continue
+            wrapper = self._wrapper(behaviour, method, unary_kind is not None)
+            if unary_kind is not None:
+                mark_wire_kind(wrapper, unary_kind)
+            return make(wrapper, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+        return handler
+
+    def _wrapper(self, behaviour: Any, method: str, unary_in: bool) -> Any:
+        admit, read = self._admit, self._request
         if inspect.isasyncgenfunction(behaviour):
-            async def stream(request: Any, context: Any, behaviour: Any = behaviour,
-                             unary_in: bool = unary_in) -> AsyncIterator[Any]:
-                if not await check(request if unary_in else None, context):
+            async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                admitted = admit(method, context)
+                if admitted is None:
                     return
-                async for item in behaviour(request, context):
-                    yield item
-            wrapper: Any = stream
-        elif inspect.iscoroutinefunction(behaviour):
-            async def single(request: Any, context: Any, behaviour: Any = behaviour,
-                             unary_in: bool = unary_in) -> Any:
-                if not await check(request if unary_in else None, context):
+                peer, place = admitted
+                try:
+                    request = requests
+                    if unary_in:
+                        ok, request = await read(method, context, peer)
+                        if not ok:
+                            return
+                    async for item in behaviour(request, context):
+                        yield item
+                finally:
+                    place.release()
+            return stream
+        if inspect.iscoroutinefunction(behaviour):
+            async def single(requests: Any, context: Any) -> Any:
+                admitted = admit(method, context)
+                if admitted is None:
                     return None
-                return await behaviour(request, context)
-            wrapper = single
-        else:
-            # A synchronous method on an asyncio servicer: an unimplemented one of a generated
-            # base class (grpc_health's List). Checked, then refused as unimplemented.
-            async def unimplemented(request: Any, context: Any,
-                                    unary_in: bool = unary_in) -> Any:
-                if await check(request if unary_in else None, context):
-                    refuse(context, grpc.StatusCode.UNIMPLEMENTED,
-                           "method not implemented on this server")
-            wrapper = unimplemented
-        return make(wrapper, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
-    return handler
+                peer, place = admitted
+                try:
+                    request = requests
+                    if unary_in:
+                        ok, request = await read(method, context, peer)
+                        if not ok:
+                            return None
+                    return await behaviour(request, context)
+                finally:
+                    place.release()
+            return single
+
+        # A synchronous method on an asyncio servicer: an unimplemented one of a generated
+        # base class (grpc_health's List). Judged, then refused as unimplemented.
+        async def unimplemented(requests: Any, context: Any) -> Any:
+            admitted = admit(method, context)
+            if admitted is not None:
+                admitted[1].release()
+                refuse(context, grpc.StatusCode.UNIMPLEMENTED,
+                       "method not implemented on this server")
+        return unimplemented
 
 
 def markdown_table() -> str:

@@ -3,6 +3,11 @@
 gRPC asks an interceptor for every call; wrapping the method's handler each time would cost
 on every call. A method's wrapper is built once, and again only if the server ever hands out
 another handler for it: one entry per method, so the map is bounded by the services served.
+
+The authorisation interceptor serves every method as if its request were a stream, so that
+the caller is judged (and counted against its member's share) before the request arrives
+(authz.py); it marks such a wrapper with the method's kind on the wire, which the metrics
+interceptor reports instead of the kind gRPC sees.
 """
 
 from __future__ import annotations
@@ -24,3 +29,17 @@ class WrappedHandlers:
         if cached is None or cached[0] is not handler:
             cached = self._wrapped[method] = (handler, self._wrap(handler, method))
         return cached[1]
+
+
+_WIRE_KIND = "gridledger_wire_kind"
+
+
+def mark_wire_kind(behaviour: Any, kind: str) -> Any:
+    """Record that `behaviour` serves a method whose kind on the wire is `kind` ("unary",
+    "server_stream") though it takes its request as a stream."""
+    setattr(behaviour, _WIRE_KIND, kind)
+    return behaviour
+
+
+def wire_kind(behaviour: Any) -> str | None:
+    return getattr(behaviour, _WIRE_KIND, None)

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from gridledger_core.rpc.handler_cache import WrappedHandlers
+from gridledger_core.rpc.handler_cache import WrappedHandlers, wire_kind
 
 STARTED = Counter("grpc_server_started", "RPCs started on the server.",
                   ["grpc_type", "grpc_service", "grpc_method"])
@@ -43,14 +43,17 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def _wrap(self, handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, "unary", service, method),
+        # Unary requests taken as a stream (authz.py) are measured as the wire's kind.
+        single, make_single = _single_response(handler)
+        if single is not None:
+            return make_single(
+                self._wrap_unary(single, "unary", service, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, "server_stream", service, method),
+        streaming, make_stream = _streamed_response(handler)
+        if streaming is not None:
+            return make_stream(
+                self._wrap_stream(streaming, "server_stream", service, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler  # streaming requests are left unmeasured (none of ours are hot)
@@ -86,15 +89,15 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     def _wrap(handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")
-        behaviour = handler.unary_unary
+        behaviour, make_single = _single_response(handler)
         if behaviour is not None and inspect.iscoroutinefunction(behaviour):
             async def unary(request: Any, context: Any) -> Any:
                 with _measured(context, "unary", service, method):
                     return await behaviour(request, context)
-            return grpc.unary_unary_rpc_method_handler(
+            return make_single(
                 unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        streaming = handler.unary_stream
+        streaming, make_stream = _streamed_response(handler)
         wrapper: Any = None
         if streaming is not None and inspect.isasyncgenfunction(streaming):
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -108,10 +111,28 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
                     await streaming(request, context)
             wrapper = writes
         if wrapper is not None:
-            return grpc.unary_stream_rpc_method_handler(
+            return make_stream(
                 wrapper, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler  # streaming requests are left unmeasured (none of ours are hot)
+
+
+def _single_response(handler: Any) -> tuple[Any, Any]:
+    """(behaviour, handler factory) of a method that is unary on the wire, else (None, _)."""
+    if handler.unary_unary:
+        return handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    if handler.stream_unary and wire_kind(handler.stream_unary) == "unary":
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    return None, None
+
+
+def _streamed_response(handler: Any) -> tuple[Any, Any]:
+    """(behaviour, handler factory) of a server-streaming method, else (None, _)."""
+    if handler.unary_stream:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    if handler.stream_stream and wire_kind(handler.stream_stream) == "server_stream":
+        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    return None, None
 
 
 @contextlib.contextmanager

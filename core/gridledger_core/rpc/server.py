@@ -18,6 +18,7 @@ from prometheus_client import Info, start_http_server
 from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AuthzInterceptor
+from gridledger_core.rpc.call_shares import CallShares, per_member
 from gridledger_core.rpc.metrics import MetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles, receive_limit
@@ -25,6 +26,8 @@ from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles, receive_limit
 log = logging.getLogger(__name__)
 
 NODE_INFO = Info("gridledger_node", "Identity of this GridLedger node.")
+DEFAULT_CALLS_PER_MEMBER = 8
+SPARE_THREADS = 4  # beyond the members' shares: calls refused at once still need a thread
 
 
 def merged_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -40,22 +43,33 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 class NodeServer:
     def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
-                 *, genesis: Genesis, max_workers: int = 32,
+                 *, genesis: Genesis, max_workers: int | None = None,
                  health_listen: str | None = None,
                  options: Sequence[tuple[str, Any]] = (),
                  account_lookup: AccountLookup | None = None,
-                 maximum_concurrent_rpcs: int | None = None) -> None:
+                 maximum_concurrent_rpcs: int | None = None,
+                 calls_per_member: int | None = None) -> None:
         """`account_lookup` lets callers be meters and plants registered on the ledger
-        (peer_identity.ledger_lookup / RemoteAccounts); without it, genesis accounts only."""
+        (peer_identity.ledger_lookup / RemoteAccounts); without it, genesis accounts only.
+        `calls_per_member`: the calls one member (organisation) may have in progress (by
+        default an equal share of `max_workers`, or DEFAULT_CALLS_PER_MEMBER); every call
+        holds a handler thread from its start (call_shares.py), so `max_workers` defaults to
+        every member's share and a few threads more."""
         self.name = name
         self.role = role
         self._listen = listen
         self._metrics_listen = metrics_listen
         self._tls = tls
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+        members = len(genesis.organizations)
+        share = calls_per_member or (per_member(max_workers, members) if max_workers
+                                     else DEFAULT_CALLS_PER_MEMBER)
+        self.shares = CallShares(share)
+        workers = max_workers or members * share + SPARE_THREADS
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                    # Metrics outermost, so refusals are counted too.
                                    interceptors=[MetricsInterceptor(),
-                                                 AuthzInterceptor(genesis, account_lookup)],
+                                                 AuthzInterceptor(genesis, account_lookup,
+                                                                  self.shares)],
                                    options=merged_options(options),
                                    # Beyond it gRPC refuses at once (RESOURCE_EXHAUSTED)
                                    # instead of queueing calls for a worker without bound.

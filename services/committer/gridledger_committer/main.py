@@ -20,6 +20,9 @@ from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit
 from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
 
+# Calls one member may have in progress (rpc/call_shares.py); each is a handler thread.
+CALLS_PER_MEMBER = 16
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("committer")
@@ -43,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
                         account_lookup=ledger_lookup(ledger.get_state),
+                        # each meter agent holds a SubscribeCommits stream or two
+                        calls_per_member=CALLS_PER_MEMBER,
                         options=[receive_limit(QUERY_RECEIVE_BYTES)])
     server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
                        CommitterServicer(ledger, notifier),

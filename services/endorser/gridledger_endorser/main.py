@@ -29,6 +29,10 @@ from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
+# gRPC's own bound sits this many calls per member above the members' shares together: a
+# call it counts from its start is then refused by its member's share (with a hint) first.
+MEMBER_ROOM = 4
+
 
 def _positive_ms(text: str) -> float:
     value = float(text)
@@ -59,10 +63,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="handler threads that check, simulate or match at once (threads "
                              "server; the rest wait on a lock instead of contending for the "
                              "GIL)")
-    parser.add_argument("--max-concurrent-rpcs", type=int, default=128,
+    parser.add_argument("--calls-per-member", type=int, default=128,
+                        help="calls one member (organisation) may have in progress on the "
+                             "asyncio server, counted from each call's start; beyond it the "
+                             "call is refused at once, RESOURCE_EXHAUSTED with a retry hint "
+                             "(threads server: an equal share of --workers)")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=0,
                         help="calls in progress or waiting for a handler thread; beyond it "
-                             "gRPC refuses at once with RESOURCE_EXHAUSTED, so no queue "
-                             "grows ahead of admission control (0: unbounded)")
+                             "gRPC refuses at once with RESOURCE_EXHAUSTED (no hint), so no "
+                             "queue grows ahead of admission control (0: the members' shares "
+                             "together and a little room, so their own refusal comes first)")
     parser.add_argument("--gil-switch-ms", type=_positive_ms, default=1.0,
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "
@@ -87,13 +97,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
-              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None,
+              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or (
+                  (args.calls_per_member + MEMBER_ROOM) * len(genesis.organizations)),
               # the largest message an endorser is sent: a full batch, or one transaction
               "options": [receive_limit(max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
     server: NodeServer | AioNodeServer
     if args.grpc_server == "asyncio":
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                               **common)
+                               calls_per_member=args.calls_per_member, **common)
     else:
         server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                             max_workers=args.workers, **common)

@@ -75,11 +75,21 @@ class OrdererLimits:
             log.warning("--broadcast-calls %d is below two calls per member (%d members)",
                         self.broadcast_calls, members)
 
-    def worker_threads(self, peers: int) -> int:
-        """gRPC handler threads: every capped kind at its cap, every peer's Exchange streams,
-        and a few for health and reflection, so no kind can take another's threads."""
-        return (self.deliver_streams + self.broadcast_calls
-                + self.exchange_streams_per_peer * peers + 4)
+    def member_calls(self, members: int, orderers_per_member: int) -> int:
+        """The calls one member may have in progress here (rpc/call_shares.py: every call
+        holds a handler thread from its start, before its request arrives): its Deliver
+        streams and Broadcast calls at their member caps, its orderers' Exchange streams,
+        and two more (queries, health, reflection)."""
+        return (self.member_cap(self.deliver_streams, self.deliver_streams_per_member, members)
+                + self.member_cap(self.broadcast_calls, self.broadcast_calls_per_member,
+                                  members)
+                + self.exchange_streams_per_peer * orderers_per_member + 2)
+
+    def worker_threads(self, members: int, orderers_per_member: int) -> int:
+        """gRPC handler threads: every member's share of calls in progress, so a member
+        that holds its whole share (with streams, or calls that never send their request)
+        takes no thread from another, and a few more for health checks."""
+        return members * self.member_calls(members, orderers_per_member) + 4
 
 
 class TokenBucket:

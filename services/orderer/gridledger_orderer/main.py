@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
@@ -58,9 +59,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                             args.round_timeout)
     node = OrdererNode(genesis, identity, store, transport, params, notifier.grew, limits)
 
+    members = len(genesis.organizations)
+    orderers_per_member = max(Counter(o.org for o in genesis.orderers).values())
     server = NodeServer(args.name, "orderer", args.listen, args.metrics_listen, tls,
                         genesis=genesis,
-                        max_workers=limits.worker_threads(len(genesis.orderers)),
+                        max_workers=limits.worker_threads(members, orderers_per_member),
+                        calls_per_member=limits.member_calls(members, orderers_per_member),
                         health_listen=args.health_listen,
                         options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                                  # streams one connection may hold open at once

@@ -557,3 +557,19 @@ def test_peers_take_turns_among_forwards_too() -> None:
     assert taken.index(("tx_forward", 99)) == 1
     assert [m for m in taken if m != ("tx_forward", 99)] == [
         ("tx_forward", n) for n in range(30)]  # each peer's own messages keep their order
+
+
+@pytest.mark.parametrize(("members", "orderers_per_member"), [(4, 2), (4, 1), (7, 1), (20, 1)])
+def test_every_member_has_threads_for_its_caps_whatever_the_others_hold(
+        members: int, orderers_per_member: int) -> None:
+    """Each call holds a handler thread from its start (rpc/call_shares.py): a member's share
+    of calls covers its Deliver streams and Broadcast calls at their member caps and its
+    orderers' Exchange streams, and the threads cover every member's share at once."""
+    limits = OrdererLimits()
+    share = limits.member_calls(members, orderers_per_member)
+    deliver = OrdererLimits.member_cap(limits.deliver_streams, limits.deliver_streams_per_member,
+                                       members)
+    broadcast = OrdererLimits.member_cap(limits.broadcast_calls,
+                                         limits.broadcast_calls_per_member, members)
+    assert share >= deliver + broadcast + limits.exchange_streams_per_peer * orderers_per_member
+    assert limits.worker_threads(members, orderers_per_member) >= members * share

@@ -4,7 +4,9 @@ of any method by its full name that reports the status code."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from gridledger.meteragent.v1 import meteragent_pb2
 from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.aio_server import AioNodeServer
+from gridledger_core.rpc.backoff import retry_after_ms
 from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.tls import TlsFiles
@@ -142,17 +145,17 @@ def _answering_aio_handler(service: Any) -> grpc.GenericRpcHandler:
 def answering_server(genesis: Genesis, tls: TlsFiles,
                      replace: dict[str, tuple[Any, Any]] | None = None,
                      account_lookup: AccountLookup | None = None,
-                     kind: str = "threads") -> NodeServer | AioNodeServer:
+                     kind: str = "threads", **bounds: Any) -> NodeServer | AioNodeServer:
     """A started NodeServer (or, `kind` "asyncio", AioNodeServer) serving every GridLedger
     service; `replace` maps a service's full name to (register function, servicer) to serve
-    a real servicer instead."""
+    a real servicer instead; `bounds`: the server's bounds on calls (max_workers, ...)."""
     server: NodeServer | AioNodeServer
     if kind == "asyncio":
         server = AioNodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls,
-                               genesis=genesis, account_lookup=account_lookup)
+                               genesis=genesis, account_lookup=account_lookup, **bounds)
     else:
         server = NodeServer("test", "test", "127.0.0.1:0", "127.0.0.1:0", tls,
-                            genesis=genesis, account_lookup=account_lookup)
+                            genesis=genesis, account_lookup=account_lookup, **bounds)
     for service in OUR_SERVICES:
         if replace and service.full_name in replace:
             register, servicer = replace[service.full_name]
@@ -196,3 +199,58 @@ def invoke(channel: grpc.Channel, method: MethodDescriptor,
 
 def channel_to(port: int, tls: TlsFiles) -> grpc.Channel:
     return grpc.secure_channel(f"localhost:{port}", tls.channel_credentials())
+
+
+class SilentCalls:
+    """Calls to `method` that start and never send their request: a client opens the
+    stream (its headers reach the server) and then waits, as a hostile one may for ever."""
+
+    def __init__(self, address: str, tls: TlsFiles, method: str, count: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._never: asyncio.Event | None = None
+        self.calls: list[Any] = []
+        self._run(self._open(address, tls, method, count))
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    async def _open(self, address: str, tls: TlsFiles, method: str, count: int) -> None:
+        self._never = asyncio.Event()
+        # Several connections: a server may allow few streams on one (the orderer's 64).
+        self._channels = [grpc.aio.secure_channel(address, tls.channel_credentials(),
+                                                  options=[("grpc.use_local_subchannel_pool", 1)])
+                          for _ in range(-(-count // 32))]
+        never = self._never
+
+        async def silence() -> AsyncIterator[bytes]:
+            await never.wait()
+            yield b""
+
+        self.calls = [self._channels[i // 32].stream_unary(method)(silence())
+                      for i in range(count)]
+        await asyncio.sleep(0.5)  # every call started on the server
+
+    def refused(self) -> list[tuple[grpc.StatusCode, str, int]]:
+        """The calls the server ended already: (code, details, retry hint ms)."""
+        async def ended() -> list[tuple[grpc.StatusCode, str, int]]:
+            out = []
+            for call in self.calls:
+                if call.done():
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError as exc:
+                        out.append((exc.code(), exc.details() or "", retry_after_ms(exc)))
+            return out
+        return self._run(ended())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        async def end() -> None:
+            for call in self.calls:
+                call.cancel()
+            for channel in self._channels:
+                await channel.close()
+        self._run(end())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

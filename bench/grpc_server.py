@@ -7,7 +7,11 @@ certificate), 64 concurrent callers; server CPU per call:
 - a handler computing ~300 µs in Python (about an endorser call) on the threaded server (64
   and 8 threads) and on the asyncio server, where it runs on the event loop's thread: what
   the hand-offs between gRPC's polling thread and handler threads cost (the endorser's
-  asyncio server, core rpc/aio_server.py).
+  asyncio server, core rpc/aio_server.py);
+- a trivial handler on the nodes' own servers (NodeServer, AioNodeServer) with a consortium's
+  certificates: what the interceptors every call passes cost on top (metrics, the caller
+  judged by its certificate and counted against its member's share as the call starts,
+  core rpc/authz.py and rpc/call_shares.py).
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ import multiprocessing
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
+from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS
 
 
@@ -138,6 +146,87 @@ def _per_call(pem: tuple[bytes, bytes], workers: int, calls: int, rounds: int = 
         process.join()
 
 
+class _ChainInfo:
+    """A committer servicer whose GetChainInfo answers at once (threads or asyncio)."""
+
+    def GetChainInfo(self, request, context):  # type: ignore[no-untyped-def]
+        return committer_pb2.GetChainInfoResponse(height=1)
+
+
+class _AsyncChainInfo:
+    async def GetChainInfo(self, request, context):  # type: ignore[no-untyped-def]
+        return committer_pb2.GetChainInfoResponse(height=1)
+
+
+def _serve_node(port: int, consortium: str, kind: str) -> None:
+    """The node server of `kind` ("threads", "asyncio") answering GetChainInfo, with room for
+    the benchmark's one member's 64 concurrent calls."""
+    from gridledger_core.genesis import Genesis
+    from gridledger_core.rpc.aio_server import AioNodeServer
+    from gridledger_core.rpc.server import NodeServer
+    from gridledger_core.rpc.tls import TlsFiles
+    directory = Path(consortium)
+    genesis = Genesis.load(directory / "genesis.json")
+    tls = TlsFiles.for_node(directory, "committer-1")
+    name = committer_pb2.DESCRIPTOR.services_by_name["CommitterService"].full_name
+    server: Any
+    if kind == "asyncio":
+        server = AioNodeServer("bench", "committer", f"127.0.0.1:{port}", "127.0.0.1:0", tls,
+                               genesis=genesis, calls_per_member=128)
+        server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
+                           _AsyncChainInfo(), name)
+    else:
+        server = NodeServer("bench", "committer", f"127.0.0.1:{port}", "127.0.0.1:0", tls,
+                            genesis=genesis, max_workers=4 * 64 + 4, calls_per_member=64)
+        server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
+                           _ChainInfo(), name)
+    server.start()
+    threading.Event().wait()
+
+
+async def _node_calls(port: int, consortium: Path, count: int, concurrency: int) -> int:
+    from gridledger_core.rpc.tls import TlsFiles
+    tls = TlsFiles.for_node(consortium, "admin")
+    channel = aio.secure_channel(f"localhost:{port}", tls.channel_credentials(),
+                                 options=CHANNEL_OPTIONS)
+    stub = committer_pb2_grpc.CommitterServiceStub(channel)
+    request = committer_pb2.GetChainInfoRequest()
+    failed = 0
+
+    async def worker(n: int) -> None:
+        nonlocal failed
+        for _ in range(n):
+            try:
+                await stub.GetChainInfo(request, timeout=30)
+            except grpc.RpcError:
+                failed += 1
+
+    await asyncio.gather(*[worker(count // concurrency) for _ in range(concurrency)])
+    await channel.close()
+    return failed
+
+
+def _per_node_call(consortium: Path, kind: str, calls: int) -> dict:
+    """Server CPU per call of the node server of `kind`, 64 concurrent callers."""
+    from gridctl.devnet import free_port
+    port = free_port()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_node, args=(port, str(consortium), kind), daemon=True)
+    process.start()
+    try:
+        time.sleep(2.5)
+        asyncio.run(_node_calls(port, consortium, 200, 8))  # connect, warm up
+        before, started = _cpu_seconds(process.pid), time.perf_counter()
+        failed = asyncio.run(_node_calls(port, consortium, calls, 64))
+        elapsed = time.perf_counter() - started
+        return {"calls_per_s": round(calls / elapsed), "failed_calls": failed,
+                "server_cpu_us_per_call": round((_cpu_seconds(process.pid) - before)
+                                                / calls * 1e6)}
+    finally:
+        process.kill()
+        process.join()
+
+
 def run(profile: str = "standard") -> dict:
     calls = 4_000 if profile == "quick" else 20_000
     with tempfile.TemporaryDirectory() as directory:
@@ -148,12 +237,20 @@ def run(profile: str = "standard") -> dict:
                             name: _per_call(pem, workers, calls // 2, WORK_ROUNDS)
                             for name, workers in (("64_threads", 64), ("8_threads", 8),
                                                   ("asyncio", 0))}}
+        consortium = Path(directory) / "consortium"
+        create_consortium(consortium, default_topology())
+        result["per_call_node_server"] = {kind: _per_node_call(consortium, kind, calls // 2)
+                                          for kind in ("threads", "asyncio")}
     for name, figures in result["per_call"].items():
         print(f"grpc server, trivial handler, {name.replace('_', ' ')} busy: "
               f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "
               f"server CPU per call; {figures['failed_calls']} calls failed")
     for name, figures in result["per_call_300us_handler"].items():
         print(f"grpc server, ~300 µs handler, {name.replace('_', ' ')}: "
+              f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "
+              f"server CPU per call; {figures['failed_calls']} calls failed")
+    for name, figures in result["per_call_node_server"].items():
+        print(f"node server ({name}), trivial handler behind the interceptors: "
               f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "
               f"server CPU per call; {figures['failed_calls']} calls failed")
     return result

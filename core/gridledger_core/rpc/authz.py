@@ -136,6 +136,20 @@ class Refused(Exception):
     """PERMISSION_DENIED, with the rule's name in the message."""
 
 
+def member_of_caller(identities: PeerIdentities, full_method: str, pem: bytes | None) -> str:
+    """The organisation whose TLS CA issued the caller's certificate `pem` (its account not
+    yet looked up), or Refused naming the rule."""
+    name = short_name(full_method)
+    if full_method not in TABLE:
+        raise Refused(f"{name}: no authorisation rule for this method; refused")
+    if not pem:
+        raise Refused(f"{name}: a client certificate is required")
+    try:
+        return identities.member_of(pem)
+    except PeerRefused as exc:
+        raise Refused(f"{name}: {exc}") from exc
+
+
 def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
           request: Any = None) -> Peer:
     """The verified caller of `full_method`, or Refused naming the rule."""
@@ -192,18 +206,26 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                           details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(continuation(details), details.method)
 
-    def _admit(self, method: str, context: grpc.ServicerContext) -> tuple[Peer, _Place]:
-        """The judged caller and the place it holds until the call ends, or the call ends
-        here (PERMISSION_DENIED, or RESOURCE_EXHAUSTED beyond its member's share)."""
+    def _enter(self, method: str, context: grpc.ServicerContext) -> str:
+        """Take a place in the caller's member's share, by the organisation whose TLS CA
+        issued its certificate (before its account is looked up: a meter agent asks its
+        committer, and those lookups count against the caller too); its member, or the call
+        ends here (PERMISSION_DENIED, or RESOURCE_EXHAUSTED beyond the share)."""
         try:
-            peer = _judge_call(self._identities, method, context)
+            member = member_of_caller(self._identities, method, _pem(context))
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        if not self._shares.enter(peer.org):
+        if not self._shares.enter(member):
             context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{short_name(method)}: {self._shares.refusal(peer.org)}")
-        return peer, _Place(self._shares, peer.org)  # given back in the handler's finally
+                          f"{short_name(method)}: {self._shares.refusal(member)}")
+        return member
+
+    def _judge(self, method: str, context: grpc.ServicerContext) -> Peer:
+        try:
+            return judge(self._identities, method, _pem(context))
+        except Refused as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
     @staticmethod
     def _request(requests: Iterator[Any], method: str, context: grpc.ServicerContext,
@@ -237,8 +259,9 @@ class AuthzInterceptor(grpc.ServerInterceptor):
     def _single(self, behaviour: Callable[..., Any], method: str,
                 unary_in: bool) -> Callable[..., Any]:
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Any:
-            peer, place = self._admit(method, context)
+            member = self._enter(method, context)
             try:
+                peer = self._judge(method, context)
                 request = self._request(requests, method, context, peer) if unary_in \
                     else requests
                 token = _CALLER.set(peer)
@@ -247,16 +270,18 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                 finally:
                     _CALLER.reset(token)
             finally:
-                place.release()
+                self._shares.leave(member)
         return wrapper
 
     def _streaming(self, behaviour: Callable[..., Iterator[Any]], method: str,
                    unary_in: bool) -> Callable[..., Iterator[Any]]:
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            peer, place = self._admit(method, context)
-            # Also when the call ends: a stream the client left may never be closed.
-            context.add_callback(place.release)
+            # The place is given back only when the generator ends (gRPC drops it, closing
+            # it, once the call is over), never when the call ends: its thread may still be
+            # busy in the servicer, and a place must stand for a thread.
+            member = self._enter(method, context)
             try:
+                peer = self._judge(method, context)
                 request = self._request(requests, method, context, peer) if unary_in \
                     else requests
                 token = _CALLER.set(peer)
@@ -267,32 +292,16 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                     with contextlib.suppress(ValueError):
                         _CALLER.reset(token)
             finally:
-                place.release()
+                self._shares.leave(member)
         return wrapper
 
 
 _NO_REQUEST = "{} requires exactly one request message"
 
 
-class _Place:
-    """One call's place in its member's share, given back once (when the handler ends, or
-    when gRPC reports the call over, whichever comes first)."""
-
-    __slots__ = ("_member", "_shares")
-
-    def __init__(self, shares: CallShares, member: str) -> None:
-        self._shares: CallShares | None = shares
-        self._member = member
-
-    def release(self, *_: Any) -> None:
-        shares, self._shares = self._shares, None
-        if shares is not None:
-            shares.leave(self._member)
-
-
-def _judge_call(identities: PeerIdentities, method: str, context: Any) -> Peer:
+def _pem(context: Any) -> bytes | None:
     pem = context.auth_context().get("x509_pem_cert")
-    return judge(identities, method, pem[0] if pem else None)
+    return pem[0] if pem else None
 
 
 class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
@@ -311,25 +320,30 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                                 details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(await continuation(details), details.method)
 
-    def _admit(self, method: str, context: grpc.aio.ServicerContext
-               ) -> tuple[Peer, _Place] | None:
-        """As AuthzInterceptor._admit; None when the call was refused."""
+    def _enter(self, method: str, context: grpc.aio.ServicerContext) -> str | None:
+        """As AuthzInterceptor._enter; None when the call was refused."""
         try:
-            peer = _judge_call(self._identities, method, context)
+            member = member_of_caller(self._identities, method, _pem(context))
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return None
-        if not self._shares.enter(peer.org):
+        if not self._shares.enter(member):
             refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   f"{short_name(method)}: {self._shares.refusal(peer.org)}",
+                   f"{short_name(method)}: {self._shares.refusal(member)}",
                    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             return None
-        # Given back in the handler's `finally`: a cancelled call's task gets CancelledError
-        # at its await, also inside an async generator.
-        place = _Place(self._shares, peer.org)
-        # Each call runs in a task of its own, whose context ends with it: nothing to reset.
+        return member
+
+    def _judge(self, method: str, context: grpc.aio.ServicerContext) -> Peer | None:
+        """The judged caller, set for the call's task (each call runs in a task of its own,
+        whose context ends with it: nothing to reset); None when it was refused."""
+        try:
+            peer = judge(self._identities, method, _pem(context))
+        except Refused as exc:
+            refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            return None
         _CALLER.set(peer)
-        return peer, place
+        return peer
 
     @staticmethod
     async def _request(method: str, context: grpc.aio.ServicerContext,
@@ -366,14 +380,19 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def _wrapper(self, behaviour: Any, method: str, unary_in: bool) -> Any:
-        admit, read = self._admit, self._request
+        # A place is given back in the handler's `finally`: a cancelled call's task gets
+        # CancelledError at its await, also inside an async generator.
+        enter, judge_caller, read, shares = self._enter, self._judge, self._request, \
+            self._shares
         if inspect.isasyncgenfunction(behaviour):
             async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                admitted = admit(method, context)
-                if admitted is None:
+                member = enter(method, context)
+                if member is None:
                     return
-                peer, place = admitted
                 try:
+                    peer = judge_caller(method, context)
+                    if peer is None:
+                        return
                     request = requests
                     if unary_in:
                         ok, request = await read(method, context, peer)
@@ -382,15 +401,17 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                     async for item in behaviour(request, context):
                         yield item
                 finally:
-                    place.release()
+                    shares.leave(member)
             return stream
         if inspect.iscoroutinefunction(behaviour):
             async def single(requests: Any, context: Any) -> Any:
-                admitted = admit(method, context)
-                if admitted is None:
+                member = enter(method, context)
+                if member is None:
                     return None
-                peer, place = admitted
                 try:
+                    peer = judge_caller(method, context)
+                    if peer is None:
+                        return None
                     request = requests
                     if unary_in:
                         ok, request = await read(method, context, peer)
@@ -398,17 +419,21 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                             return None
                     return await behaviour(request, context)
                 finally:
-                    place.release()
+                    shares.leave(member)
             return single
 
         # A synchronous method on an asyncio servicer: an unimplemented one of a generated
         # base class (grpc_health's List). Judged, then refused as unimplemented.
         async def unimplemented(requests: Any, context: Any) -> Any:
-            admitted = admit(method, context)
-            if admitted is not None:
-                admitted[1].release()
-                refuse(context, grpc.StatusCode.UNIMPLEMENTED,
-                       "method not implemented on this server")
+            member = enter(method, context)
+            if member is None:
+                return
+            try:
+                if judge_caller(method, context) is not None:
+                    refuse(context, grpc.StatusCode.UNIMPLEMENTED,
+                           "method not implemented on this server")
+            finally:
+                shares.leave(member)
         return unimplemented
 
 

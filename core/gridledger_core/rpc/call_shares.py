@@ -13,7 +13,8 @@ caller's certificate: a hostile member holds its own CA and can issue any number
 certificates, but only in its own name) from its start to its end, and a member may hold
 at most an equal share of the server's places. A call beyond its member's share is refused
 at once, RESOURCE_EXHAUSTED with a retry hint, and holds nothing; the other members keep
-their shares whatever one member does (call_gate.py applies this to every call).
+their shares whatever one member does (authz.py's interceptors apply this to every
+call).
 """
 
 from __future__ import annotations

@@ -107,15 +107,20 @@ def ledger_lookup(get_state: Callable[[str], bytes | None]) -> AccountLookup:
 class RemoteAccounts:
     """An AccountLookup through another node's state (the meter-agent asks its committer):
     a miss or a failure is remembered for `ttl` seconds, so unknown callers cannot make this
-    node call out once per RPC, and a registration is seen at most `ttl` after it commits."""
+    node call out once per RPC, and a registration is seen at most `ttl` after it commits.
+    At most `concurrent` lookups are out at once (beyond, a caller is refused for now and
+    nothing is remembered): the node's own calls to the committer count against its own
+    member's share there (rpc/call_shares.py), and callers with ever new names must not
+    spend that share for it."""
 
     def __init__(self, get_state: Callable[[str], bytes | None], ttl: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, concurrent: int = 2) -> None:
         self._get_state = get_state
         self._ttl = ttl
         self._clock = clock
         self._misses: dict[str, tuple[float, str]] = {}  # name -> (until, why)
         self._lock = threading.Lock()
+        self._out = threading.BoundedSemaphore(concurrent)
 
     def __call__(self, name: str) -> Account | None:
         now = self._clock()
@@ -124,12 +129,17 @@ class RemoteAccounts:
             if miss[1]:
                 raise LookupError(miss[1])
             return None
+        if not self._out.acquire(blocking=False):
+            raise LookupError(f"{name} cannot be looked up now: this node is looking up other "
+                              "callers; call again")
         why = ""
         try:
             account = parse_account(name, self._get_state(account_key(name)))
         except Exception as exc:  # any failure of the remote read refuses, never crashes
             account, why = None, f"looking {name} up failed: {exc}"
             log.warning("%s", why)
+        finally:
+            self._out.release()
         if account is None:
             with self._lock:
                 _bounded_put(self._misses, name, (now + self._ttl, why))
@@ -169,6 +179,14 @@ class PeerIdentities:
 
     def identify(self, pem: bytes) -> Peer:
         """The account `pem` (the presented client certificate) proves, or PeerRefused."""
+        return self._admit(self._subject(pem))
+
+    def member_of(self, pem: bytes) -> str:
+        """The organisation whose TLS CA issued `pem`, or PeerRefused; the account it names
+        is not looked up (`identify` does that, on the ledger where it must)."""
+        return self._subject(pem).org
+
+    def _subject(self, pem: bytes) -> _Subject:
         key = sha256(pem)
         verdict = self._cache.get(key)
         if verdict is None:
@@ -180,7 +198,7 @@ class PeerIdentities:
                 _bounded_put(self._cache, key, verdict)
         if isinstance(verdict, str):
             raise PeerRefused(verdict)
-        return self._admit(verdict)
+        return verdict
 
     def _admit(self, subject: _Subject) -> Peer:
         name, org, role = subject.name, subject.org, subject.role

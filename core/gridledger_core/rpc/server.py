@@ -65,6 +65,9 @@ class NodeServer:
                                      else DEFAULT_CALLS_PER_MEMBER)
         self.shares = CallShares(share)
         workers = max_workers or members * share + SPARE_THREADS
+        # Calls waiting for a thread (to be served, or refused by their member's share) are
+        # bounded too: beyond as many again, gRPC refuses at once (no hint).
+        maximum_concurrent_rpcs = maximum_concurrent_rpcs or 2 * workers
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                    # Metrics outermost, so refusals are counted too.
                                    interceptors=[MetricsInterceptor(),

@@ -20,14 +20,15 @@ from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit
 from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
 
-# Calls one member may have in progress (rpc/call_shares.py); each is a handler thread.
-CALLS_PER_MEMBER = 16
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("committer")
     parser.add_argument("--orderer", action="append", default=[],
                         help="NAME=HOST:PORT of an orderer to pull blocks from (repeatable)")
+    parser.add_argument("--calls-per-member", type=int, default=16,
+                        help="calls one member (organisation) may have in progress, each on a "
+                             "handler thread from its start; each meter agent holds a "
+                             "SubscribeCommits stream or two")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
@@ -46,8 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server = NodeServer(args.name, "committer", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
                         account_lookup=ledger_lookup(ledger.get_state),
-                        # each meter agent holds a SubscribeCommits stream or two
-                        calls_per_member=CALLS_PER_MEMBER,
+                        calls_per_member=args.calls_per_member,
                         options=[receive_limit(QUERY_RECEIVE_BYTES)])
     server.add_service(committer_pb2_grpc.add_CommitterServiceServicer_to_server,
                        CommitterServicer(ledger, notifier),

@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED (no hint), so no "
                              "queue grows ahead of admission control (0: the members' shares "
-                             "together and a little room, so their own refusal comes first)")
+                             "together and a little room, so their own refusal comes first; "
+                             "threads server: twice --workers)")
     parser.add_argument("--gil-switch-ms", type=_positive_ms, default=1.0,
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
               "maximum_concurrent_rpcs": args.max_concurrent_rpcs or (
-                  (args.calls_per_member + MEMBER_ROOM) * len(genesis.organizations)),
+                  (args.calls_per_member + MEMBER_ROOM) * len(genesis.organizations)
+                  if args.grpc_server == "asyncio" else 2 * args.workers),
               # the largest message an endorser is sent: a full batch, or one transaction
               "options": [receive_limit(max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
     server: NodeServer | AioNodeServer

@@ -32,7 +32,7 @@ from gridledger_core.profiles.household import HouseholdProfile
 from gridledger_core.profiles.plant import PlantProfile
 from gridledger_core.rpc.health_board import HealthBoard
 from gridledger_core.rpc.peer_identity import AccountLookup, RemoteAccounts
-from gridledger_core.rpc.server import NodeServer, split_host_port
+from gridledger_core.rpc.server import DEFAULT_CALLS_PER_MEMBER, NodeServer, split_host_port
 from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent import energy_setup, presale
@@ -116,6 +116,10 @@ def _state_at(committer: committer_pb2_grpc.CommitterServiceStub, key: str) -> b
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("meter-agent")
+    parser.add_argument("--calls-per-member", type=int, default=DEFAULT_CALLS_PER_MEMBER,
+                        help="calls one member (organisation) may have in progress here "
+                             "(neighbours' plant directories, rankings), each on a handler "
+                             "thread from its start")
     parser.add_argument("--mode", choices=["meter", "plant", "issuer", "settlement"],
                         default="meter")
     parser.add_argument("--endorser", help="HOST:PORT of the endorser")
@@ -234,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
                         genesis=genesis, health_listen=args.health_listen,
                         account_lookup=account_lookup,
+                        calls_per_member=args.calls_per_member,
                         options=[receive_limit(QUERY_RECEIVE_BYTES)])
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(parts),

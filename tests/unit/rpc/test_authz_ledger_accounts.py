@@ -6,6 +6,8 @@ it. The meter-agent's remote lookup (RemoteAccounts) remembers misses only for i
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +183,38 @@ def test_a_failing_remote_lookup_refuses_with_the_reason(
     garbage = PeerIdentities(genesis, RemoteAccounts(lambda key: b"\xff\x00junk", clock=Clock()))
     with pytest.raises(PeerRefused, match="nor registered on the ledger"):
         garbage.identify(pem)
+
+
+def test_remote_lookups_out_at_once_are_bounded_and_a_busy_refusal_is_not_remembered(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+    """The agent's own reads at its committer count against its own member's share there
+    (rpc/call_shares.py): callers with ever new names must not make it spend that share."""
+    release = threading.Event()
+    reads: list[str] = []
+
+    def slow(key: str) -> bytes | None:
+        reads.append(key)
+        release.wait(10)
+        return None
+
+    identities = PeerIdentities(genesis, RemoteAccounts(slow, clock=Clock(), concurrent=1))
+    pem = pem_of(consortium_dir, tmp_path, "meter-75")
+
+    def look_up() -> None:
+        with contextlib.suppress(PeerRefused):
+            identities.identify(pem)
+
+    first = threading.Thread(target=look_up)
+    first.start()
+    for _ in range(100):
+        if reads:
+            break
+        time.sleep(0.01)
+    second = pem_of(consortium_dir, tmp_path, "meter-76")
+    with pytest.raises(PeerRefused, match="cannot be looked up now"):
+        identities.identify(second)
+    release.set()
+    first.join(timeout=10)
+    with pytest.raises(PeerRefused, match="nor registered on the ledger"):
+        identities.identify(second)  # looked up now: the busy refusal was not remembered
+    assert reads == ["account/meter-75", "account/meter-76"]

@@ -9,15 +9,17 @@ bound, so no other member's call was served: one member halted any node it could
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from authz_support import SilentCalls, answering_server
+from authz_support import SilentCalls, answering_server, issue_tls
 from grpc_health.v1 import health_pb2
 
-from gridledger.committer.v1 import committer_pb2
+from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.call_shares import CallShares, per_member
@@ -26,6 +28,7 @@ from gridledger_core.rpc.tls import TlsFiles
 
 CHAIN_INFO = "/gridledger.committer.v1.CommitterService/GetChainInfo"
 WATCH = "/grpc.health.v1.Health/Watch"
+SUBSCRIBE = "/gridledger.committer.v1.CommitterService/SubscribeCommits"
 PLACES = 8  # the server's places: max_workers (threads) or gRPC's bound (asyncio)
 
 
@@ -147,3 +150,80 @@ def test_unary_calls_are_still_measured_as_unary(
     assert _chain_info(server.port, TlsFiles.for_node(consortium_dir, "admin")) \
         == grpc.StatusCode.OK
     assert REGISTRY.get_sample_value("grpc_server_handled_total", labels) == before + 1
+
+
+class _SlowStreams(committer_pb2_grpc.CommitterServiceServicer):
+    """A committer servicer whose SubscribeCommits answers once, then looks whether its
+    client is still there only once a second (as the real one waits for the next block)."""
+
+    def SubscribeCommits(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield committer_pb2.SubscribeCommitsResponse()
+        while context.is_active():
+            time.sleep(1.0)
+
+
+def test_a_stream_its_client_left_holds_its_place_while_its_thread_is_busy(
+        consortium_dir: Path, genesis: Genesis) -> None:
+    """Tried as a hostile member would: open streams with a very short deadline, again and
+    again. Each handler thread stays in the servicer until it notices the client left; if
+    the place came back when the call ended, the member would take every thread."""
+    server = answering_server(
+        genesis, TlsFiles.for_node(consortium_dir, "committer-1"), max_workers=PLACES,
+        replace={"gridledger.committer.v1.CommitterService": (
+            committer_pb2_grpc.add_CommitterServiceServicer_to_server, _SlowStreams())})
+    try:
+        meter = TlsFiles.for_node(consortium_dir, "meter-1")
+        with grpc.secure_channel(f"localhost:{server.port}",
+                                 meter.channel_credentials()) as channel:
+            subscribe = channel.unary_stream(
+                SUBSCRIBE, request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=committer_pb2.SubscribeCommitsResponse.FromString)
+            for _ in range(2):
+                stream = subscribe(committer_pb2.SubscribeCommitsRequest(), timeout=0.3)
+                next(stream)
+            time.sleep(0.5)  # both calls are over; their threads are still in the servicer
+            with pytest.raises(grpc.RpcError) as third:
+                next(subscribe(committer_pb2.SubscribeCommitsRequest(), timeout=5))
+            assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for _ in range(40):
+            if server.shares.held("community") == 0:
+                break
+            time.sleep(0.1)
+        assert server.shares.held("community") == 0  # given back once the threads are done
+    finally:
+        server.stop()
+
+
+def test_a_caller_is_counted_before_its_account_is_looked_up(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    """A meter agent looks ledger-registered devices up at its committer: certificates with
+    ever new names, issued by a hostile member's own CA, must not hold threads (or those
+    lookups) beyond that member's share while the lookups are out."""
+    release = threading.Event()
+
+    def slow_lookup(name: str) -> Any:
+        release.wait(10)
+        return None
+
+    server = answering_server(genesis, TlsFiles.for_node(consortium_dir, "committer-1"),
+                              account_lookup=slow_lookup, max_workers=PLACES)
+    try:
+        unknown = [issue_tls(consortium_dir, "community", f"meter-{90 + i}", "community",
+                             "meter", tmp_path / str(i)) for i in range(PLACES)]
+        outcomes: list[grpc.StatusCode] = []
+        callers = [threading.Thread(target=lambda tls=tls: outcomes.append(
+            _chain_info(server.port, tls))) for tls in unknown]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)
+        # community's two places are taken by lookups; its other calls were refused at once
+        assert outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == PLACES - 2
+        assert _chain_info(server.port, TlsFiles.for_node(consortium_dir, "admin")) \
+            == grpc.StatusCode.OK
+        release.set()
+        for caller in callers:
+            caller.join(timeout=10)
+        assert outcomes.count(grpc.StatusCode.PERMISSION_DENIED) == 2
+    finally:
+        release.set()
+        server.stop()

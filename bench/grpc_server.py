@@ -146,14 +146,14 @@ def _per_call(pem: tuple[bytes, bytes], workers: int, calls: int, rounds: int = 
         process.join()
 
 
-class _ChainInfo:
+class _ChainInfo(committer_pb2_grpc.CommitterServiceServicer):
     """A committer servicer whose GetChainInfo answers at once (threads or asyncio)."""
 
     def GetChainInfo(self, request, context):  # type: ignore[no-untyped-def]
         return committer_pb2.GetChainInfoResponse(height=1)
 
 
-class _AsyncChainInfo:
+class _AsyncChainInfo(committer_pb2_grpc.CommitterServiceServicer):
     async def GetChainInfo(self, request, context):  # type: ignore[no-untyped-def]
         return committer_pb2.GetChainInfoResponse(height=1)
 

@@ -25,7 +25,13 @@ from gridledger_core.rpc.aio_context import refuse
 from gridledger_core.rpc.backoff import RETRY_AFTER
 from gridledger_core.rpc.call_shares import RETRY_AFTER_MS, CallShares
 from gridledger_core.rpc.handler_cache import WrappedHandlers, mark_wire_kind
-from gridledger_core.rpc.peer_identity import AccountLookup, Peer, PeerIdentities, PeerRefused
+from gridledger_core.rpc.peer_identity import (
+    AccountLookup,
+    Peer,
+    PeerIdentities,
+    PeerRefused,
+    Subject,
+)
 
 ALL = frozenset(Role)
 UNBOUNDED = 1 << 30  # a member's share of calls when the server sets none (in-process tests)
@@ -136,16 +142,16 @@ class Refused(Exception):
     """PERMISSION_DENIED, with the rule's name in the message."""
 
 
-def member_of_caller(identities: PeerIdentities, full_method: str, pem: bytes | None) -> str:
-    """The organisation whose TLS CA issued the caller's certificate `pem` (its account not
-    yet looked up), or Refused naming the rule."""
+def caller_subject(identities: PeerIdentities, full_method: str, pem: bytes | None) -> Subject:
+    """What the caller's certificate `pem` proves by itself (its organisation: the one whose
+    TLS CA issued it; its account not yet looked up), or Refused naming the rule."""
     name = short_name(full_method)
     if full_method not in TABLE:
         raise Refused(f"{name}: no authorisation rule for this method; refused")
     if not pem:
         raise Refused(f"{name}: a client certificate is required")
     try:
-        return identities.member_of(pem)
+        return identities.subject(pem)
     except PeerRefused as exc:
         raise Refused(f"{name}: {exc}") from exc
 
@@ -153,14 +159,17 @@ def member_of_caller(identities: PeerIdentities, full_method: str, pem: bytes | 
 def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
           request: Any = None) -> Peer:
     """The verified caller of `full_method`, or Refused naming the rule."""
+    return judge_subject(identities, full_method,
+                         caller_subject(identities, full_method, pem), request)
+
+
+def judge_subject(identities: PeerIdentities, full_method: str, subject: Subject,
+                  request: Any = None) -> Peer:
+    """`judge` of a caller whose certificate was read (`caller_subject`)."""
     name = short_name(full_method)
-    rule = TABLE.get(full_method)
-    if rule is None:
-        raise Refused(f"{name}: no authorisation rule for this method; refused")
-    if not pem:
-        raise Refused(f"{name}: a client certificate is required")
+    rule = TABLE[full_method]
     try:
-        peer = identities.identify(pem)
+        peer = identities.admit(subject)
     except PeerRefused as exc:
         raise Refused(f"{name}: {exc}") from exc
     if peer.role not in rule.roles:
@@ -206,24 +215,24 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                           details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(continuation(details), details.method)
 
-    def _enter(self, method: str, context: grpc.ServicerContext) -> str:
+    def _enter(self, method: str, context: grpc.ServicerContext) -> Subject:
         """Take a place in the caller's member's share, by the organisation whose TLS CA
         issued its certificate (before its account is looked up: a meter agent asks its
-        committer, and those lookups count against the caller too); its member, or the call
+        committer, and those lookups count against the caller too); its certificate, or the call
         ends here (PERMISSION_DENIED, or RESOURCE_EXHAUSTED beyond the share)."""
         try:
-            member = member_of_caller(self._identities, method, _pem(context))
+            subject = caller_subject(self._identities, method, _pem(context))
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        if not self._shares.enter(member):
+        if not self._shares.enter(subject.org):
             context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{short_name(method)}: {self._shares.refusal(member)}")
-        return member
+                          f"{short_name(method)}: {self._shares.refusal(subject.org)}")
+        return subject
 
-    def _judge(self, method: str, context: grpc.ServicerContext) -> Peer:
+    def _judge(self, method: str, context: grpc.ServicerContext, subject: Subject) -> Peer:
         try:
-            return judge(self._identities, method, _pem(context))
+            return judge_subject(self._identities, method, subject)
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
@@ -259,9 +268,9 @@ class AuthzInterceptor(grpc.ServerInterceptor):
     def _single(self, behaviour: Callable[..., Any], method: str,
                 unary_in: bool) -> Callable[..., Any]:
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Any:
-            member = self._enter(method, context)
+            subject = self._enter(method, context)
             try:
-                peer = self._judge(method, context)
+                peer = self._judge(method, context, subject)
                 request = self._request(requests, method, context, peer) if unary_in \
                     else requests
                 token = _CALLER.set(peer)
@@ -270,7 +279,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                 finally:
                     _CALLER.reset(token)
             finally:
-                self._shares.leave(member)
+                self._shares.leave(subject.org)
         return wrapper
 
     def _streaming(self, behaviour: Callable[..., Iterator[Any]], method: str,
@@ -279,9 +288,9 @@ class AuthzInterceptor(grpc.ServerInterceptor):
             # The place is given back only when the generator ends (gRPC drops it, closing
             # it, once the call is over), never when the call ends: its thread may still be
             # busy in the servicer, and a place must stand for a thread.
-            member = self._enter(method, context)
+            subject = self._enter(method, context)
             try:
-                peer = self._judge(method, context)
+                peer = self._judge(method, context, subject)
                 request = self._request(requests, method, context, peer) if unary_in \
                     else requests
                 token = _CALLER.set(peer)
@@ -292,7 +301,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                     with contextlib.suppress(ValueError):
                         _CALLER.reset(token)
             finally:
-                self._shares.leave(member)
+                self._shares.leave(subject.org)
         return wrapper
 
 
@@ -320,25 +329,26 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                                 details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(await continuation(details), details.method)
 
-    def _enter(self, method: str, context: grpc.aio.ServicerContext) -> str | None:
+    def _enter(self, method: str, context: grpc.aio.ServicerContext) -> Subject | None:
         """As AuthzInterceptor._enter; None when the call was refused."""
         try:
-            member = member_of_caller(self._identities, method, _pem(context))
+            subject = caller_subject(self._identities, method, _pem(context))
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return None
-        if not self._shares.enter(member):
+        if not self._shares.enter(subject.org):
             refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   f"{short_name(method)}: {self._shares.refusal(member)}",
+                   f"{short_name(method)}: {self._shares.refusal(subject.org)}",
                    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             return None
-        return member
+        return subject
 
-    def _judge(self, method: str, context: grpc.aio.ServicerContext) -> Peer | None:
+    def _judge(self, method: str, context: grpc.aio.ServicerContext,
+               subject: Subject) -> Peer | None:
         """The judged caller, set for the call's task (each call runs in a task of its own,
         whose context ends with it: nothing to reset); None when it was refused."""
         try:
-            peer = judge(self._identities, method, _pem(context))
+            peer = judge_subject(self._identities, method, subject)
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return None
@@ -386,11 +396,11 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
             self._shares
         if inspect.isasyncgenfunction(behaviour):
             async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                member = enter(method, context)
-                if member is None:
+                subject = enter(method, context)
+                if subject is None:
                     return
                 try:
-                    peer = judge_caller(method, context)
+                    peer = judge_caller(method, context, subject)
                     if peer is None:
                         return
                     request = requests
@@ -401,15 +411,15 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                     async for item in behaviour(request, context):
                         yield item
                 finally:
-                    shares.leave(member)
+                    shares.leave(subject.org)
             return stream
         if inspect.iscoroutinefunction(behaviour):
             async def single(requests: Any, context: Any) -> Any:
-                member = enter(method, context)
-                if member is None:
+                subject = enter(method, context)
+                if subject is None:
                     return None
                 try:
-                    peer = judge_caller(method, context)
+                    peer = judge_caller(method, context, subject)
                     if peer is None:
                         return None
                     request = requests
@@ -419,21 +429,21 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                             return None
                     return await behaviour(request, context)
                 finally:
-                    shares.leave(member)
+                    shares.leave(subject.org)
             return single
 
         # A synchronous method on an asyncio servicer: an unimplemented one of a generated
         # base class (grpc_health's List). Judged, then refused as unimplemented.
         async def unimplemented(requests: Any, context: Any) -> Any:
-            member = enter(method, context)
-            if member is None:
+            subject = enter(method, context)
+            if subject is None:
                 return
             try:
-                if judge_caller(method, context) is not None:
+                if judge_caller(method, context, subject) is not None:
                     refuse(context, grpc.StatusCode.UNIMPLEMENTED,
                            "method not implemented on this server")
             finally:
-                shares.leave(member)
+                shares.leave(subject.org)
         return unimplemented
 
 

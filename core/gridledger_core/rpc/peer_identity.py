@@ -149,7 +149,7 @@ class RemoteAccounts:
 
 
 @dataclass(frozen=True)
-class _Subject:
+class Subject:
     """What a certificate proves by itself: issued by the TLS CA of `org`, naming `name`
     in `role` (whether that is an account is judged per call)."""
 
@@ -173,20 +173,17 @@ class PeerIdentities:
                       for o in genesis.orderers if o.tls_certificate_pem}
         # A refusal is kept as its reason, never as the exception object: re-raising one
         # object grows its traceback on every call (a refused client calling in a loop).
-        self._cache: dict[bytes, _Subject | str] = {}
+        self._cache: dict[bytes, Subject | str] = {}
         self._registered: dict[str, Account] = {}  # ledger registrations seen (permanent)
         self._lock = threading.Lock()
 
     def identify(self, pem: bytes) -> Peer:
         """The account `pem` (the presented client certificate) proves, or PeerRefused."""
-        return self._admit(self._subject(pem))
+        return self.admit(self.subject(pem))
 
-    def member_of(self, pem: bytes) -> str:
-        """The organisation whose TLS CA issued `pem`, or PeerRefused; the account it names
-        is not looked up (`identify` does that, on the ledger where it must)."""
-        return self._subject(pem).org
-
-    def _subject(self, pem: bytes) -> _Subject:
+    def subject(self, pem: bytes) -> Subject:
+        """What `pem` proves by itself (its organisation is the one whose TLS CA issued
+        it), or PeerRefused; the account it names is not looked up yet (`admit`)."""
         key = sha256(pem)
         verdict = self._cache.get(key)
         if verdict is None:
@@ -200,7 +197,9 @@ class PeerIdentities:
             raise PeerRefused(verdict)
         return verdict
 
-    def _admit(self, subject: _Subject) -> Peer:
+    def admit(self, subject: Subject) -> Peer:
+        """The account `subject` names, looked up (on the ledger, where it must), or
+        PeerRefused."""
         name, org, role = subject.name, subject.org, subject.role
         account = self._accounts.get(name)
         if account is None and self._lookup is not None and role in LEDGER_ROLES:
@@ -220,7 +219,7 @@ class PeerIdentities:
                               f"{role.value}{nor}")
         return Peer(name, org, role, subject.pinned_orderer)
 
-    def _verify(self, pem: bytes) -> _Subject:
+    def _verify(self, pem: bytes) -> Subject:
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
@@ -252,4 +251,4 @@ class PeerIdentities:
                               f"{name}") from exc
         pin = self._pins.get(fingerprint(cert.public_bytes(serialization.Encoding.DER)))
         pinned = pin[0] if pin is not None and pin == (name, org) else ""
-        return _Subject(name, org, role, pinned)
+        return Subject(name, org, role, pinned)

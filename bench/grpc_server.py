@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -98,19 +99,25 @@ async def _serve_asyncio(port: int, pem: tuple[bytes, bytes], rounds: int) -> No
 
 
 async def _calls(port: int, cert: bytes, count: int, concurrency: int) -> int:
-    """`count` calls, `concurrency` at a time; how many failed."""
+    """`count` health checks, `concurrency` at a time; how many failed."""
     channel = aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(cert),
                                  options=[*CHANNEL_OPTIONS,
                                           ("grpc.ssl_target_name_override", "localhost")])
-    stub = health_pb2_grpc.HealthStub(channel)
-    request = health_pb2.HealthCheckRequest()
+    return await _drive(channel, health_pb2_grpc.HealthStub(channel).Check,
+                        health_pb2.HealthCheckRequest(), count, concurrency)
+
+
+async def _drive(channel: aio.Channel, method: Any, request: Any, count: int,
+                 concurrency: int) -> int:
+    """`count` calls of `method`, `concurrency` at a time, then the channel closed; how
+    many failed."""
     failed = 0
 
     async def worker(n: int) -> None:
         nonlocal failed
         for _ in range(n):
             try:
-                await stub.Check(request, timeout=30)
+                await method(request, timeout=30)
             except grpc.RpcError:
                 failed += 1
 
@@ -127,16 +134,25 @@ def _cpu_seconds(pid: int) -> float:
 def _per_call(pem: tuple[bytes, bytes], workers: int, calls: int, rounds: int = 0) -> dict:
     """Server CPU per call with `workers` handler threads (0: the asyncio server) and 64
     concurrent callers, the handler computing `rounds` rounds."""
+    return _measured(_serve, (pem, workers, rounds),
+                     lambda port, count, at_once: _calls(port, pem[1], count, at_once),
+                     calls, settle=1.5)
+
+
+def _measured(serve: Callable[..., None], args: tuple, drive: Callable[[int, int, int], Any],
+              calls: int, settle: float) -> dict:
+    """Server CPU per call: `serve(port, *args)` in a process of its own, `drive(port,
+    count, concurrency)` (a coroutine: how many calls failed) calling it, 64 at a time."""
     from gridctl.devnet import free_port
     port = free_port()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(port, pem, workers, rounds), daemon=True)
+        target=serve, args=(port, *args), daemon=True)
     process.start()
     try:
-        time.sleep(1.5)
-        asyncio.run(_calls(port, pem[1], 200, 8))  # connect, warm up
+        time.sleep(settle)
+        asyncio.run(drive(port, 200, 8))  # connect, warm up
         before, started = _cpu_seconds(process.pid), time.perf_counter()
-        failed = asyncio.run(_calls(port, pem[1], calls, 64))
+        failed = asyncio.run(drive(port, calls, 64))
         elapsed = time.perf_counter() - started
         return {"calls_per_s": round(calls / elapsed), "failed_calls": failed,
                 "server_cpu_us_per_call": round((_cpu_seconds(process.pid) - before)
@@ -189,42 +205,16 @@ async def _node_calls(port: int, consortium: Path, count: int, concurrency: int)
     tls = TlsFiles.for_node(consortium, "admin")
     channel = aio.secure_channel(f"localhost:{port}", tls.channel_credentials(),
                                  options=CHANNEL_OPTIONS)
-    stub = committer_pb2_grpc.CommitterServiceStub(channel)
-    request = committer_pb2.GetChainInfoRequest()
-    failed = 0
-
-    async def worker(n: int) -> None:
-        nonlocal failed
-        for _ in range(n):
-            try:
-                await stub.GetChainInfo(request, timeout=30)
-            except grpc.RpcError:
-                failed += 1
-
-    await asyncio.gather(*[worker(count // concurrency) for _ in range(concurrency)])
-    await channel.close()
-    return failed
+    return await _drive(channel, committer_pb2_grpc.CommitterServiceStub(channel).GetChainInfo,
+                        committer_pb2.GetChainInfoRequest(), count, concurrency)
 
 
 def _per_node_call(consortium: Path, kind: str, calls: int) -> dict:
     """Server CPU per call of the node server of `kind`, 64 concurrent callers."""
-    from gridctl.devnet import free_port
-    port = free_port()
-    process = multiprocessing.get_context("spawn").Process(
-        target=_serve_node, args=(port, str(consortium), kind), daemon=True)
-    process.start()
-    try:
-        time.sleep(2.5)
-        asyncio.run(_node_calls(port, consortium, 200, 8))  # connect, warm up
-        before, started = _cpu_seconds(process.pid), time.perf_counter()
-        failed = asyncio.run(_node_calls(port, consortium, calls, 64))
-        elapsed = time.perf_counter() - started
-        return {"calls_per_s": round(calls / elapsed), "failed_calls": failed,
-                "server_cpu_us_per_call": round((_cpu_seconds(process.pid) - before)
-                                                / calls * 1e6)}
-    finally:
-        process.kill()
-        process.join()
+    return _measured(_serve_node, (str(consortium), kind),
+                     lambda port, count, at_once: _node_calls(port, consortium, count,
+                                                              at_once),
+                     calls, settle=2.5)
 
 
 def run(profile: str = "standard") -> dict:

@@ -236,6 +236,13 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
+    def _begin(self, method: str, context: grpc.ServicerContext, subject: Subject,
+               requests: Any, unary_in: bool) -> tuple[Peer, Any]:
+        """The judged caller (its place taken) and what its method is given: the one
+        request, read now, or the request stream."""
+        peer = self._judge(method, context, subject)
+        return peer, self._request(requests, method, context, peer) if unary_in else requests
+
     @staticmethod
     def _request(requests: Iterator[Any], method: str, context: grpc.ServicerContext,
                  peer: Peer) -> Any:
@@ -270,9 +277,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Any:
             subject = self._enter(method, context)
             try:
-                peer = self._judge(method, context, subject)
-                request = self._request(requests, method, context, peer) if unary_in \
-                    else requests
+                peer, request = self._begin(method, context, subject, requests, unary_in)
                 token = _CALLER.set(peer)
                 try:
                     return behaviour(request, context)
@@ -290,9 +295,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
             # busy in the servicer, and a place must stand for a thread.
             subject = self._enter(method, context)
             try:
-                peer = self._judge(method, context, subject)
-                request = self._request(requests, method, context, peer) if unary_in \
-                    else requests
+                peer, request = self._begin(method, context, subject, requests, unary_in)
                 token = _CALLER.set(peer)
                 try:
                     yield from behaviour(request, context)

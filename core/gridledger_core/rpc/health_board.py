@@ -23,12 +23,22 @@ COMPONENT_HEALTHY = Gauge("gridledger_component_healthy",
 
 
 class HealthBoard:
-    def __init__(self, publish: Callable[[bool], None]) -> None:
-        """`publish(serving)` sets the node's health (e.g. NodeServer.set_serving)."""
+    def __init__(self, publish: Callable[[bool], None] | None = None) -> None:
+        """`publish(serving)` sets the node's health (e.g. NodeServer.set_serving); it may
+        be attached later (`attach`), once the server exists: reports before then are kept
+        and the combined status published at `attach`."""
         self._publish = publish
         self._failing: set[str] = set()
-        self._serving = True
+        self._serving = True  # what was last published (a new server starts SERVING)
         self._lock = threading.Lock()
+
+    def attach(self, publish: Callable[[bool], None]) -> None:
+        """Publish to `publish` from now on, starting with the status the components' reports
+        so far make (if it is not the new server's SERVING)."""
+        with self._lock:
+            self._publish = publish
+            self._serving = True
+            self._publish_if_changed()
 
     def reporter(self, component: str) -> Callable[[bool], None]:
         """The `on_health(healthy)` callback of one component."""
@@ -47,13 +57,16 @@ class HealthBoard:
                 self._failing.discard(component)
             else:
                 self._failing.add(component)
-            serving = not self._failing
-            if serving == self._serving:
-                return
-            # Under the lock: two reports cannot publish their statuses out of order.
-            try:
-                self._publish(serving)
-            except Exception:  # e.g. the server's loop closed at shutdown: tried again later
-                log.exception("publishing health %s failed", serving)
-                return
-            self._serving = serving
+            self._publish_if_changed()
+
+    def _publish_if_changed(self) -> None:
+        """Under the lock: two reports cannot publish their statuses out of order."""
+        serving = not self._failing
+        if serving == self._serving or self._publish is None:
+            return
+        try:
+            self._publish(serving)
+        except Exception:  # e.g. the server's loop closed at shutdown: tried again later
+            log.exception("publishing health %s failed", serving)
+            return
+        self._serving = serving

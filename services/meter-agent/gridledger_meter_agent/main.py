@@ -156,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     parts = AgentParts(args.name, args.mode)
     stop = threading.Event()
-    # Each working thread reports on its own (`server` is bound below, before any starts).
-    health = HealthBoard(lambda serving: server.set_serving(serving))
+    # Each working thread reports on its own; the board publishes to the server once it
+    # exists (attached below, before any thread starts).
+    health = HealthBoard()
     threads: list[threading.Thread] = []
     closers = []
     channel = secure_channel(args.endorser, tls)
@@ -240,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         account_lookup=account_lookup,
                         calls_per_member=args.calls_per_member,
                         options=[receive_limit(QUERY_RECEIVE_BYTES)])
+    health.attach(server.set_serving)
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(parts),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)

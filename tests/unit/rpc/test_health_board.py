@@ -55,3 +55,19 @@ def test_a_status_that_could_not_be_published_is_published_on_the_next_report() 
     fail[0] = False
     report(False)
     assert published == [False]
+
+
+def test_reports_before_the_server_exists_are_published_when_it_is_attached() -> None:
+    board = HealthBoard()  # the node's server is made after the components that report
+    readings = board.reporter("readings")
+    readings(False)
+    published: list[bool] = []
+    board.attach(published.append)
+    assert published == [False]
+    readings(True)
+    assert published == [False, True]
+    quiet: list[bool] = []
+    healthy = HealthBoard()
+    healthy.reporter("readings")(True)
+    healthy.attach(quiet.append)
+    assert quiet == []  # a new server already says SERVING

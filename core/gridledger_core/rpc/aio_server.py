@@ -29,8 +29,8 @@ from prometheus_client import start_http_server
 
 from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
-from gridledger_core.rpc.authz import UNBOUNDED, AioAuthzInterceptor
-from gridledger_core.rpc.call_shares import CallShares, per_member
+from gridledger_core.rpc.authz import AioAuthzInterceptor
+from gridledger_core.rpc.call_shares import UNBOUNDED, CallShares, per_member
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.server import (
@@ -43,6 +43,7 @@ from gridledger_core.rpc.server import (
 from gridledger_core.rpc.tls import TlsFiles, receive_limit
 
 log = logging.getLogger(__name__)
+MEMBER_ROOM = 4  # calls per member gRPC's own bound leaves above the members' shares
 
 
 class AioNodeServer:
@@ -54,7 +55,9 @@ class AioNodeServer:
                  calls_per_member: int | None = None) -> None:
         """`calls_per_member`: the calls one member (organisation) may have in progress
         (call_shares.py); by default an equal share of `maximum_concurrent_rpcs` (gRPC's own
-        bound, which counts a call from its start), unbounded when neither is set."""
+        bound, which counts a call from its start), unbounded when neither is set. Given
+        shares and no bound, gRPC's bound sits MEMBER_ROOM calls per member above the
+        shares together, so a member's own refusal (with its hint) comes first."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -63,10 +66,12 @@ class AioNodeServer:
         self._genesis = genesis
         self._account_lookup = account_lookup
         self._options = merged_options(options)
-        self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
-        share = calls_per_member or (per_member(maximum_concurrent_rpcs,
-                                                len(genesis.organizations))
+        members = len(genesis.organizations)
+        share = calls_per_member or (per_member(maximum_concurrent_rpcs, members)
                                      if maximum_concurrent_rpcs else UNBOUNDED)
+        if not maximum_concurrent_rpcs and calls_per_member:
+            maximum_concurrent_rpcs = (calls_per_member + MEMBER_ROOM) * members
+        self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
         self.shares = CallShares(share)
         self._health_listen = health_listen
         self._registrations: list[tuple[Callable[[Any, Any], None], Any]] = []

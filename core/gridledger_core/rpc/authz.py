@@ -23,7 +23,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
 from gridledger_core.rpc.aio_context import refuse
 from gridledger_core.rpc.backoff import RETRY_AFTER
-from gridledger_core.rpc.call_shares import RETRY_AFTER_MS, CallShares
+from gridledger_core.rpc.call_shares import RETRY_AFTER_MS, UNBOUNDED, CallShares
 from gridledger_core.rpc.handler_cache import WrappedHandlers, mark_wire_kind
 from gridledger_core.rpc.peer_identity import (
     AccountLookup,
@@ -34,7 +34,6 @@ from gridledger_core.rpc.peer_identity import (
 )
 
 ALL = frozenset(Role)
-UNBOUNDED = 1 << 30  # a member's share of calls when the server sets none (in-process tests)
 
 
 @dataclass(frozen=True)
@@ -145,15 +144,15 @@ class Refused(Exception):
 def caller_subject(identities: PeerIdentities, full_method: str, pem: bytes | None) -> Subject:
     """What the caller's certificate `pem` proves by itself (its organisation: the one whose
     TLS CA issued it; its account not yet looked up), or Refused naming the rule."""
-    name = short_name(full_method)
     if full_method not in TABLE:
-        raise Refused(f"{name}: no authorisation rule for this method; refused")
+        raise Refused(f"{short_name(full_method)}: no authorisation rule for this method; "
+                      "refused")
     if not pem:
-        raise Refused(f"{name}: a client certificate is required")
+        raise Refused(f"{short_name(full_method)}: a client certificate is required")
     try:
         return identities.subject(pem)
     except PeerRefused as exc:
-        raise Refused(f"{name}: {exc}") from exc
+        raise Refused(f"{short_name(full_method)}: {exc}") from exc
 
 
 def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
@@ -165,19 +164,19 @@ def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
 
 def judge_subject(identities: PeerIdentities, full_method: str, subject: Subject,
                   request: Any = None) -> Peer:
-    """`judge` of a caller whose certificate was read (`caller_subject`)."""
-    name = short_name(full_method)
+    """`judge` of a caller whose certificate was read (`caller_subject`). Messages are made
+    only for a refusal: this runs on every call."""
     rule = TABLE[full_method]
     try:
         peer = identities.admit(subject)
     except PeerRefused as exc:
-        raise Refused(f"{name}: {exc}") from exc
+        raise Refused(f"{short_name(full_method)}: {exc}") from exc
     if peer.role not in rule.roles:
-        raise Refused(f"{name}: role {peer.role.value} of {peer.org} ({peer.name}) may not "
-                      f"call; allowed: {_roles(rule)}")
+        raise Refused(f"{short_name(full_method)}: role {peer.role.value} of {peer.org} "
+                      f"({peer.name}) may not call; allowed: {_roles(rule)}")
     if rule.pinned_orderer and not peer.pinned_orderer:
-        raise Refused(f"{name}: {peer.name} did not present the TLS certificate genesis pins "
-                      "for it; only the genesis orderers may call")
+        raise Refused(f"{short_name(full_method)}: {peer.name} did not present the TLS "
+                      "certificate genesis pins for it; only the genesis orderers may call")
     if request is not None:
         judge_request(full_method, peer, request)
     return peer
@@ -192,6 +191,30 @@ def judge_request(full_method: str, peer: Peer, request: Any) -> None:
         if asked != peer.name:
             raise Refused(f"{short_name(full_method)}: {peer.name} may ask only for its own "
                           f"account, not {rule.own_account} {asked!r}")
+
+
+# Each kind of handler gRPC may hand out -> the handler the interceptors serve it with (the
+# request always taken as a stream), whether responses stream, and the kind on the wire of
+# a method whose one request is read by the interceptor (None: the request is a stream).
+_KINDS = (("unary_unary", grpc.stream_unary_rpc_method_handler, False, "unary"),
+          ("unary_stream", grpc.stream_stream_rpc_method_handler, True, "server_stream"),
+          ("stream_unary", grpc.stream_unary_rpc_method_handler, False, None),
+          ("stream_stream", grpc.stream_stream_rpc_method_handler, True, None))
+
+
+def _rewrapped(handler: Any, wrap: Callable[[Any, bool, bool], Any]) -> Any:
+    """`handler` served as a stream-request handler around `wrap(behaviour, streams_out,
+    unary_in)`, marked with its kind on the wire (handler_cache.mark_wire_kind)."""
+    for attr, make, streams_out, unary_kind in _KINDS:
+        behaviour = getattr(handler, attr)
+        if behaviour is None:
+            continue
+        wrapper = wrap(behaviour, streams_out, unary_kind is not None)
+        if unary_kind is not None:
+            mark_wire_kind(wrapper, unary_kind)
+        return make(wrapper, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+    return handler
 
 
 class AuthzInterceptor(grpc.ServerInterceptor):
@@ -255,22 +278,9 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_REQUEST.format(short_name(method)))
 
     def _wrap(self, handler: Any, method: str) -> Any:
-        kinds = (("unary_unary", grpc.stream_unary_rpc_method_handler, False, "unary"),
-                 ("unary_stream", grpc.stream_stream_rpc_method_handler, True, "server_stream"),
-                 ("stream_unary", grpc.stream_unary_rpc_method_handler, False, None),
-                 ("stream_stream", grpc.stream_stream_rpc_method_handler, True, None))
-        for attr, make, streams_out, unary_kind in kinds:
-            behaviour = getattr(handler, attr)
-            if behaviour is None:
-                continue
-            unary_in = unary_kind is not None
-            wrapper = (self._streaming(behaviour, method, unary_in) if streams_out
-                       else self._single(behaviour, method, unary_in))
-            if unary_kind is not None:
-                mark_wire_kind(wrapper, unary_kind)
-            return make(wrapper, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-        return handler
+        return _rewrapped(handler, lambda behaviour, streams_out, unary_in: (
+            self._streaming(behaviour, method, unary_in) if streams_out
+            else self._single(behaviour, method, unary_in)))
 
     def _single(self, behaviour: Callable[..., Any], method: str,
                 unary_in: bool) -> Callable[..., Any]:
@@ -376,43 +386,35 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
             return False, None
         return True, request
 
+    async def _begin(self, method: str, context: grpc.aio.ServicerContext, subject: Subject,
+                     requests: Any, unary_in: bool) -> tuple[bool, Any]:
+        """As AuthzInterceptor._begin: (True, what the method is given: the one request,
+        read now, or the request stream) or (False, None) with the call refused."""
+        peer = self._judge(method, context, subject)
+        if peer is None:
+            return False, None
+        if not unary_in:
+            return True, requests
+        return await self._request(method, context, peer)
+
     def _wrap(self, handler: Any, method: str) -> Any:
-        kinds = (("unary_unary", grpc.stream_unary_rpc_method_handler, "unary"),
-                 ("unary_stream", grpc.stream_stream_rpc_method_handler, "server_stream"),
-                 ("stream_unary", grpc.stream_unary_rpc_method_handler, None),
-                 ("stream_stream", grpc.stream_stream_rpc_method_handler, None))
-        for attr, make, unary_kind in kinds:
-            behaviour = getattr(handler, attr)
-            if behaviour is None:
-                continue
-            wrapper = self._wrapper(behaviour, method, unary_kind is not None)
-            if unary_kind is not None:
-                mark_wire_kind(wrapper, unary_kind)
-            return make(wrapper, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-        return handler
+        return _rewrapped(handler, lambda behaviour, _streams_out, unary_in:
+                          self._wrapper(behaviour, method, unary_in))
 
     def _wrapper(self, behaviour: Any, method: str, unary_in: bool) -> Any:
         # A place is given back in the handler's `finally`: a cancelled call's task gets
         # CancelledError at its await, also inside an async generator.
-        enter, judge_caller, read, shares = self._enter, self._judge, self._request, \
-            self._shares
+        enter, begin, shares = self._enter, self._begin, self._shares
         if inspect.isasyncgenfunction(behaviour):
             async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
                 subject = enter(method, context)
                 if subject is None:
                     return
                 try:
-                    peer = judge_caller(method, context, subject)
-                    if peer is None:
-                        return
-                    request = requests
-                    if unary_in:
-                        ok, request = await read(method, context, peer)
-                        if not ok:
-                            return
-                    async for item in behaviour(request, context):
-                        yield item
+                    ok, request = await begin(method, context, subject, requests, unary_in)
+                    if ok:
+                        async for item in behaviour(request, context):
+                            yield item
                 finally:
                     shares.leave(subject.org)
             return stream
@@ -422,15 +424,8 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                 if subject is None:
                     return None
                 try:
-                    peer = judge_caller(method, context, subject)
-                    if peer is None:
-                        return None
-                    request = requests
-                    if unary_in:
-                        ok, request = await read(method, context, peer)
-                        if not ok:
-                            return None
-                    return await behaviour(request, context)
+                    ok, request = await begin(method, context, subject, requests, unary_in)
+                    return await behaviour(request, context) if ok else None
                 finally:
                     shares.leave(subject.org)
             return single
@@ -442,7 +437,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
             if subject is None:
                 return
             try:
-                if judge_caller(method, context, subject) is not None:
+                if self._judge(method, context, subject) is not None:
                     refuse(context, grpc.StatusCode.UNIMPLEMENTED,
                            "method not implemented on this server")
             finally:

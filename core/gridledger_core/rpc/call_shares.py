@@ -33,6 +33,7 @@ REFUSED = Counter("gridledger_rpc_member_calls_refused",
 # A refused client waits this long before calling again: calls end within milliseconds
 # unless they are streams, and a member that holds its share with streams is told so.
 RETRY_AFTER_MS = 200
+UNBOUNDED = 1 << 30  # a member's share of calls when the server sets none (in-process tests)
 
 
 def per_member(total: int, members: int) -> int:

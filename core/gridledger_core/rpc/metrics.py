@@ -43,20 +43,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def _wrap(self, handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")
-        # Unary requests taken as a stream (authz.py) are measured as the wire's kind.
-        single, make_single = _single_response(handler)
-        if single is not None:
-            return make_single(
-                self._wrap_unary(single, "unary", service, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        streaming, make_stream = _streamed_response(handler)
-        if streaming is not None:
-            return make_stream(
-                self._wrap_stream(streaming, "server_stream", service, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler  # streaming requests are left unmeasured (none of ours are hot)
+        found = _measured_kind(handler)
+        if found is None:
+            return handler  # streaming requests are left unmeasured (none of ours are hot)
+        kind, behaviour, make = found
+        wrap = self._wrap_unary if kind == "unary" else self._wrap_stream
+        return make(wrap(behaviour, kind, service, method),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
 
     @staticmethod
     def _wrap_unary(behaviour: Callable[..., Any], kind: str, service: str,
@@ -89,50 +83,52 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     def _wrap(handler: Any, full_method: str) -> Any:
         service, _, method = full_method.lstrip("/").rpartition("/")
-        behaviour, make_single = _single_response(handler)
-        if behaviour is not None and inspect.iscoroutinefunction(behaviour):
-            async def unary(request: Any, context: Any) -> Any:
-                with _measured(context, "unary", service, method):
-                    return await behaviour(request, context)
-            return make_single(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        streaming, make_stream = _streamed_response(handler)
+        found = _measured_kind(handler)
+        if found is None:
+            return handler  # streaming requests are left unmeasured (none of ours are hot)
+        kind, behaviour, make = found
         wrapper: Any = None
-        if streaming is not None and inspect.isasyncgenfunction(streaming):
+        if kind == "unary" and inspect.iscoroutinefunction(behaviour):
+            async def unary(request: Any, context: Any) -> Any:
+                with _measured(context, kind, service, method):
+                    return await behaviour(request, context)
+            wrapper = unary
+        elif kind == "server_stream" and inspect.isasyncgenfunction(behaviour):
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                with _measured(context, "server_stream", service, method):
-                    async for item in streaming(request, context):
+                with _measured(context, kind, service, method):
+                    async for item in behaviour(request, context):
                         yield item
             wrapper = stream
-        elif streaming is not None and inspect.iscoroutinefunction(streaming):
+        elif kind == "server_stream" and inspect.iscoroutinefunction(behaviour):
             async def writes(request: Any, context: Any) -> None:  # writes with context.write
-                with _measured(context, "server_stream", service, method):
-                    await streaming(request, context)
+                with _measured(context, kind, service, method):
+                    await behaviour(request, context)
             wrapper = writes
-        if wrapper is not None:
-            return make_stream(
-                wrapper, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler  # streaming requests are left unmeasured (none of ours are hot)
+        if wrapper is None:
+            return handler
+        return make(wrapper, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
 
 
-def _single_response(handler: Any) -> tuple[Any, Any]:
-    """(behaviour, handler factory) of a method that is unary on the wire, else (None, _)."""
-    if handler.unary_unary:
-        return handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    if handler.stream_unary and wire_kind(handler.stream_unary) == "unary":
-        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    return None, None
+# The kinds the metrics measure: (handler attribute, kind on the wire, handler factory). A
+# unary request taken as a stream (authz.py) is measured as the wire's kind.
+_MEASURED = (("unary_unary", "unary", grpc.unary_unary_rpc_method_handler),
+             ("stream_unary", "unary", grpc.stream_unary_rpc_method_handler),
+             ("unary_stream", "server_stream", grpc.unary_stream_rpc_method_handler),
+             ("stream_stream", "server_stream", grpc.stream_stream_rpc_method_handler))
 
 
-def _streamed_response(handler: Any) -> tuple[Any, Any]:
-    """(behaviour, handler factory) of a server-streaming method, else (None, _)."""
-    if handler.unary_stream:
-        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    if handler.stream_stream and wire_kind(handler.stream_stream) == "server_stream":
-        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    return None, None
+def _measured_kind(handler: Any) -> tuple[str, Any, Any] | None:
+    """(kind on the wire, behaviour, handler factory) of a method with a unary request on
+    the wire, else None."""
+    for attr, kind, make in _MEASURED:
+        behaviour = getattr(handler, attr)
+        if behaviour is None:
+            continue
+        if attr.startswith("stream") and wire_kind(behaviour) != kind:
+            return None  # a request that really streams
+        return kind, behaviour, make
+    return None
 
 
 @contextlib.contextmanager

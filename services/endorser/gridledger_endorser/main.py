@@ -29,10 +29,6 @@ from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
-# gRPC's own bound sits this many calls per member above the members' shares together: a
-# call it counts from its start is then refused by its member's share (with a hint) first.
-MEMBER_ROOM = 4
-
 
 def _positive_ms(text: str) -> float:
     value = float(text)
@@ -98,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
-              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or (
-                  (args.calls_per_member + MEMBER_ROOM) * len(genesis.organizations)
-                  if args.grpc_server == "asyncio" else 2 * args.workers),
+              # 0: the server's own default (above the members' shares; threads: twice
+              # the handler threads)
+              "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None,
               # the largest message an endorser is sent: a full batch, or one transaction
               "options": [receive_limit(max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
     server: NodeServer | AioNodeServer

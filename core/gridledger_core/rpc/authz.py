@@ -27,6 +27,7 @@ from gridledger_core.rpc.call_shares import RETRY_AFTER_MS, UNBOUNDED, CallShare
 from gridledger_core.rpc.handler_cache import WrappedHandlers, mark_wire_kind
 from gridledger_core.rpc.peer_identity import (
     AccountLookup,
+    LookupUnavailable,
     Peer,
     PeerIdentities,
     PeerRefused,
@@ -138,7 +139,23 @@ def _roles(rule: Rule) -> str:
 
 
 class Refused(Exception):
-    """PERMISSION_DENIED, with the rule's name in the message."""
+    """PERMISSION_DENIED, with the rule's name in the message; UNAVAILABLE with a retry
+    hint when the caller's account could not be looked up now (no verdict on it)."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return (grpc.StatusCode.PERMISSION_DENIED if self.retry_after_ms is None
+                else grpc.StatusCode.UNAVAILABLE)
+
+    @property
+    def trailing(self) -> tuple[tuple[str, str], ...]:
+        """The retry hint, as trailing metadata."""
+        return () if self.retry_after_ms is None else (
+            (RETRY_AFTER, str(self.retry_after_ms)),)
 
 
 def caller_subject(identities: PeerIdentities, full_method: str, pem: bytes | None) -> Subject:
@@ -169,6 +186,8 @@ def judge_subject(identities: PeerIdentities, full_method: str, subject: Subject
     rule = TABLE[full_method]
     try:
         peer = identities.admit(subject)
+    except LookupUnavailable as exc:
+        raise Refused(f"{short_name(full_method)}: {exc}", exc.retry_after_ms) from exc
     except PeerRefused as exc:
         raise Refused(f"{short_name(full_method)}: {exc}") from exc
     if peer.role not in rule.roles:
@@ -257,7 +276,9 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         try:
             return judge_subject(self._identities, method, subject)
         except Refused as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            if exc.trailing:
+                context.set_trailing_metadata(exc.trailing)
+            context.abort(exc.code, str(exc))
 
     def _begin(self, method: str, context: grpc.ServicerContext, subject: Subject,
                requests: Any, unary_in: bool) -> tuple[Peer, Any]:
@@ -363,7 +384,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         try:
             peer = judge_subject(self._identities, method, subject)
         except Refused as exc:
-            refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            refuse(context, exc.code, str(exc), exc.trailing)
             return None
         _CALLER.set(peer)
         return peer

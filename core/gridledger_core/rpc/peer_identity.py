@@ -52,6 +52,20 @@ class PeerRefused(Exception):
     """The certificate proves no consortium account; the message says why."""
 
 
+# When a caller whose lookup failed for now should call again, unless the failure is
+# remembered for longer (RemoteAccounts).
+LOOKUP_RETRY_AFTER_MS = 200
+
+
+class LookupUnavailable(PeerRefused):
+    """The caller's account could not be looked up now (the lookup is busy or its source
+    unreachable): no verdict on the caller, who may call again after `retry_after_ms`."""
+
+    def __init__(self, message: str, retry_after_ms: int = LOOKUP_RETRY_AFTER_MS) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 @dataclass(frozen=True)
 class Peer:
     """A verified TLS caller."""
@@ -108,10 +122,11 @@ class RemoteAccounts:
     """An AccountLookup through another node's state (the meter-agent asks its committer):
     a miss or a failure is remembered for `ttl` seconds, so unknown callers cannot make this
     node call out once per RPC, and a registration is seen at most `ttl` after it commits.
-    At most `concurrent` lookups are out at once (beyond, a caller is refused for now and
-    nothing is remembered): the node's own calls to the committer count against its own
-    member's share there (rpc/call_shares.py), and callers with ever new names must not
-    spend that share for it."""
+    A failure is no verdict on the caller: it raises LookupUnavailable with the time left
+    before the next try. At most `concurrent` lookups are out at once (beyond, a caller is
+    refused for now, LookupUnavailable again, and nothing is remembered): the node's own
+    calls to the committer count against its own member's share there
+    (rpc/call_shares.py), and callers with ever new names must not spend that share."""
 
     def __init__(self, get_state: Callable[[str], bytes | None], ttl: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, concurrent: int = 2) -> None:
@@ -127,11 +142,11 @@ class RemoteAccounts:
         miss = self._misses.get(name)
         if miss is not None and now < miss[0]:
             if miss[1]:
-                raise LookupError(miss[1])
+                raise LookupUnavailable(miss[1], max(1, int((miss[0] - now) * 1000)))
             return None
         if not self._out.acquire(blocking=False):
-            raise LookupError(f"{name} cannot be looked up now: this node is looking up other "
-                              "callers; call again")
+            raise LookupUnavailable(f"{name} cannot be looked up now: this node is looking up "
+                                    "other callers; call again")
         why = ""
         try:
             account = parse_account(name, self._get_state(account_key(name)))
@@ -144,7 +159,7 @@ class RemoteAccounts:
             with self._lock:
                 _bounded_put(self._misses, name, (now + self._ttl, why))
             if why:
-                raise LookupError(why)
+                raise LookupUnavailable(why, int(self._ttl * 1000))
         return account
 
 
@@ -207,9 +222,12 @@ class PeerIdentities:
             if account is None:
                 try:
                     account = self._lookup(name)
-                except Exception as exc:
-                    raise PeerRefused(f"{name} could not be looked up on the ledger: "
-                                      f"{exc}") from exc
+                except LookupUnavailable as exc:
+                    raise LookupUnavailable(f"{name} could not be looked up on the ledger: "
+                                            f"{exc}", exc.retry_after_ms) from exc
+                except Exception as exc:  # a failed lookup is no verdict on the caller
+                    raise LookupUnavailable(f"{name} could not be looked up on the ledger: "
+                                            f"{exc}") from exc
                 if account is not None and account.role in LEDGER_ROLES:
                     with self._lock:
                         _bounded_put(self._registered, name, account)

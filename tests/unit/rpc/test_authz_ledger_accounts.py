@@ -23,7 +23,10 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Account, Role
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.rpc.backoff import retry_after_ms
 from gridledger_core.rpc.peer_identity import (
+    LOOKUP_RETRY_AFTER_MS,
+    LookupUnavailable,
     PeerIdentities,
     PeerRefused,
     RemoteAccounts,
@@ -170,15 +173,22 @@ def test_remote_lookup_remembers_a_miss_only_for_its_ttl(
     assert reads == ["account/meter-73"] * 2  # a registration is remembered for good
 
 
-def test_a_failing_remote_lookup_refuses_with_the_reason(
+def test_a_failing_remote_lookup_refuses_for_now_with_the_reason_and_when_to_come_back(
         genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
     def unreachable(key: str) -> bytes | None:
         raise ConnectionError("committer unreachable")
 
-    identities = PeerIdentities(genesis, RemoteAccounts(unreachable, clock=Clock()))
+    clock = Clock()
+    identities = PeerIdentities(genesis, RemoteAccounts(unreachable, ttl=10.0, clock=clock))
     pem = pem_of(consortium_dir, tmp_path, "meter-74")
-    with pytest.raises(PeerRefused, match=r"could not be looked up.*committer unreachable"):
+    with pytest.raises(LookupUnavailable,
+                       match=r"could not be looked up.*committer unreachable") as first:
         identities.identify(pem)
+    assert first.value.retry_after_ms == 10_000  # the failure is remembered for the TTL
+    clock.now += 4.0
+    with pytest.raises(LookupUnavailable) as again:
+        identities.identify(pem)
+    assert again.value.retry_after_ms == 6_000  # what is left of it
     # A hostile or corrupt value under account/<name> is no account either.
     garbage = PeerIdentities(genesis, RemoteAccounts(lambda key: b"\xff\x00junk", clock=Clock()))
     with pytest.raises(PeerRefused, match="nor registered on the ledger"):
@@ -211,10 +221,35 @@ def test_remote_lookups_out_at_once_are_bounded_and_a_busy_refusal_is_not_rememb
             break
         time.sleep(0.01)
     second = pem_of(consortium_dir, tmp_path, "meter-76")
-    with pytest.raises(PeerRefused, match="cannot be looked up now"):
+    with pytest.raises(LookupUnavailable, match="cannot be looked up now") as busy:
         identities.identify(second)
+    assert busy.value.retry_after_ms == LOOKUP_RETRY_AFTER_MS
     release.set()
     first.join(timeout=10)
     with pytest.raises(PeerRefused, match="nor registered on the ledger"):
         identities.identify(second)  # looked up now: the busy refusal was not remembered
     assert reads == ["account/meter-75", "account/meter-76"]
+
+
+@pytest.mark.parametrize("kind", ["threads", "asyncio"])
+def test_a_caller_whose_lookup_failed_is_told_to_come_back_not_refused_for_good(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path, kind: str) -> None:
+    """A lookup that failed (the meter agent's committer unreachable, or its lookups busy)
+    is no verdict on the caller: UNAVAILABLE with a retry hint, which clients retry, not
+    PERMISSION_DENIED, which they take as final."""
+    def unreachable(key: str) -> bytes | None:
+        raise ConnectionError("committer unreachable")
+
+    node = answering_server(genesis, TlsFiles.for_node(consortium_dir, "endorser-1"),
+                            account_lookup=RemoteAccounts(unreachable, ttl=3.0), kind=kind)
+    try:
+        meter = tls_of(consortium_dir, tmp_path, "community", "meter-77", Role.METER)
+        with channel_to(node.port, meter) as channel, pytest.raises(grpc.RpcError) as refused:
+            endorser_pb2_grpc.EndorserServiceStub(channel).SubmitTransaction(
+                endorser_pb2.SubmitTransactionRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert "meter-77 could not be looked up on the ledger" in \
+            refused.value.details()  # type: ignore[attr-defined]
+        assert 0 < retry_after_ms(refused.value) <= 3_000  # type: ignore[arg-type]
+    finally:
+        node.stop()

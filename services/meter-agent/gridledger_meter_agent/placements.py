@@ -1,5 +1,5 @@
-"""The pre-sale trader's journal of signed PlaceOrders: an LMDB environment of its own in the
-agent's data directory (``presale/``).
+"""The pre-sale trader's journal of signed trade requests and PlaceOrders: an LMDB
+environment of its own in the agent's data directory (``presale/``).
 
 A PlaceOrder is written (synced) before it is first submitted and kept until its slot's
 market closes. An agent restarted while one was in flight, acknowledged or not, finds it
@@ -7,9 +7,16 @@ here: it sends the same envelope again (the ledger deduplicates by tx id) and le
 decide before it asks for a new option, instead of trusting a committer that has not seen
 the order yet. So a slot gets no second order across restarts either.
 
-One record per slot (the latest PlaceOrder for it): key ``p/`` + slot (8 bytes, big-endian,
-so records scan in slot order), value = option expiry (8 bytes) + side (1 byte: 1 sell,
-0 buy) + the signed envelope's bytes.
+A trade request is written the same way before it is first sent, until its option's
+PlaceOrder replaces it (in the same write) or the slot's market closes: an agent restarted
+before the endorser's answer reached it sends the very same request again while it is fresh,
+and the endorser answers it with the option it kept (no second hold; the first option does
+not lapse, charged to the member).
+
+One record of each kind per slot (the latest): key ``p/`` (PlaceOrder) or ``r/`` (request)
++ slot (8 bytes, big-endian, so records scan in slot order); a PlaceOrder's value = option
+expiry (8 bytes) + side (1 byte: 1 sell, 0 buy) + the signed envelope's bytes; a request's =
+when it was made (8 bytes) + the signed envelope's bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from gridledger_core.storage import LmdbStore, WriteBatch
 log = logging.getLogger(__name__)
 
 PREFIX = b"p/"
+REQUEST_PREFIX = b"r/"
+PREFIXES = (PREFIX, REQUEST_PREFIX)
 MAP_SIZE = 64 * 1024 * 1024  # a record per open slot: a few KiB each
 
 
@@ -39,8 +48,19 @@ class Placement:
     side_name: str  # "sell" or "buy"
 
 
-def _key(slot: int) -> bytes:
-    return PREFIX + slot.to_bytes(8, "big", signed=True)
+@dataclass(frozen=True)
+class PendingRequest:
+    slot: int
+    request: envelope_pb2.SignedEnvelope
+    requested_at: int
+
+
+def _key(slot: int, prefix: bytes = PREFIX) -> bytes:
+    return prefix + slot.to_bytes(8, "big", signed=True)
+
+
+def _slot(key: bytes) -> int:
+    return int.from_bytes(key[len(PREFIX):], "big", signed=True)
 
 
 class JournalClosed(RuntimeError):
@@ -55,12 +75,22 @@ class PlacementJournal:
         self._closed = False
 
     def record(self, placement: Placement) -> None:
-        """Durably, before the PlaceOrder leaves: it replaces the slot's earlier one."""
+        """Durably, before the PlaceOrder leaves: it replaces the slot's earlier one, and
+        the request its option answers."""
         value = (placement.option_expires_at.to_bytes(8, "big", signed=True)
                  + (b"\x01" if placement.side_name == "sell" else b"\x00")
                  + placement.placing.SerializeToString())
         batch = WriteBatch()
         batch.put(_key(placement.slot), value)
+        batch.delete(_key(placement.slot, REQUEST_PREFIX))
+        self._commit(batch)
+
+    def record_request(self, pending: PendingRequest) -> None:
+        """Durably, before the trade request leaves: it replaces the slot's earlier one."""
+        batch = WriteBatch()
+        batch.put(_key(pending.slot, REQUEST_PREFIX),
+                  pending.requested_at.to_bytes(8, "big", signed=True)
+                  + pending.request.SerializeToString())
         self._commit(batch)
 
     def _commit(self, batch: WriteBatch) -> None:
@@ -73,20 +103,33 @@ class PlacementJournal:
         """The recorded PlaceOrders of slots after `after` (still open), oldest slot first.
         A record that does not decode (a damaged disk) is logged and dropped: the slot is
         then ordered as if nothing was recorded."""
+        return [Placement(slot, placing, int.from_bytes(value[:8], "big", signed=True),
+                          "sell" if value[8:9] == b"\x01" else "buy")
+                for slot, value, placing in self._open(PREFIX, after, 9)]
+
+    def open_requests(self, after: int) -> list[PendingRequest]:
+        """The recorded trade requests of slots after `after` whose option was not
+        accepted, oldest slot first (damaged records dropped, as open_placements)."""
+        return [PendingRequest(slot, request, int.from_bytes(value[:8], "big", signed=True))
+                for slot, value, request in self._open(REQUEST_PREFIX, after, 8)]
+
+    def _open(self, prefix: bytes, after: int, header: int
+              ) -> list[tuple[int, bytes, envelope_pb2.SignedEnvelope]]:
+        """(slot, value, the envelope after `header` bytes) of `prefix`'s records of slots
+        after `after`; records that do not decode are logged and deleted."""
         found, damaged = [], WriteBatch()
-        for key, value in self._store.scan(PREFIX, start=_key(after + 1)):
+        for key, value in self._store.scan(prefix, start=_key(after + 1, prefix)):
             try:
-                placing = envelope_pb2.SignedEnvelope.FromString(value[9:])
-                if len(key) != len(PREFIX) + 8 or len(value) <= 9 or not placing.payload:
+                envelope = envelope_pb2.SignedEnvelope.FromString(value[header:])
+                if len(key) != len(prefix) + 8 or len(value) <= header or not envelope.payload:
                     raise ValueError(f"{len(value)} bytes")
-                envelope_tx_id(placing)
+                if prefix == PREFIX:
+                    envelope_tx_id(envelope)
             except (DecodeError, ValueError) as exc:
                 log.error("pre-sale journal record %s is damaged (%s): dropped", key.hex(), exc)
                 damaged.delete(key)
                 continue
-            found.append(Placement(int.from_bytes(key[len(PREFIX):], "big", signed=True),
-                                   placing, int.from_bytes(value[:8], "big", signed=True),
-                                   "sell" if value[8:9] == b"\x01" else "buy"))
+            found.append((_slot(key), value, envelope))
         if damaged:
             self._commit(damaged)
         return found
@@ -94,10 +137,11 @@ class PlacementJournal:
     def forget_up_to(self, slot: int) -> None:
         """Drop the records of slots up to `slot` (their markets closed)."""
         batch = WriteBatch()
-        for key, _ in self._store.scan(PREFIX, start=None):
-            if int.from_bytes(key[len(PREFIX):], "big", signed=True) > slot:
-                break
-            batch.delete(key)
+        for prefix in PREFIXES:
+            for key, _ in self._store.scan(prefix, start=None):
+                if _slot(key) > slot:
+                    break
+                batch.delete(key)
         if batch:
             self._commit(batch)
 

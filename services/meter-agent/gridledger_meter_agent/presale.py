@@ -19,8 +19,8 @@ repeats), as long as the slot's market is open; so is a committer that cannot an
 forecast. It sends the very same signed request again while that is fresh (the endorser
 answers it with the option it gave before, if the answer was lost on the way: no second
 hold, and no lapse of the first charged to the member), a new one after that or when the
-endorser no longer has the answer. That request lives in memory only: an agent restarted
-between a lost answer and its resend makes a new request (its first option then lapses).
+endorser no longer has the answer. The request is journalled before it first leaves, so an
+agent restarted before the answer reached it sends the same request again too.
 A PlaceOrder whose submission was never acknowledged is sent
 again as is (the ledger deduplicates by tx id) while its option is valid (not after the
 endorser said the option is dead: a maker filled or cancelled). Then only the chain can say
@@ -57,7 +57,7 @@ from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_meter_agent.ledger_client import TRANSIENT, LedgerClient, Refused, readings
-from gridledger_meter_agent.placements import Placement, PlacementJournal
+from gridledger_meter_agent.placements import PendingRequest, Placement, PlacementJournal
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,9 @@ class PresaleTrader:
     def __init__(self, identity: SigningIdentity, genesis: Genesis, ledger: LedgerClient,
                  policy: PresalePolicy, backoff: Backoff = RETRY_BACKOFF,
                  journal: PlacementJournal | None = None) -> None:
-        """`journal`: where signed PlaceOrders are kept until their slot closes (the agent's
-        data directory), so a restarted agent resumes them instead of ordering again."""
+        """`journal`: where signed trade requests and PlaceOrders are kept until their slot
+        closes (the agent's data directory), so a restarted agent resumes them instead of
+        asking or ordering again."""
         self._identity = identity
         self._genesis = genesis
         self._market = genesis.market
@@ -243,6 +244,8 @@ class PresaleTrader:
             request = market_pb2.TradeRequest(terms=terms, nonce=os.urandom(16),
                                               requested_at=now)
             signed = self._identity.sign_envelope(request.SerializeToString())
+            if self._journal is not None:  # before it leaves: a restart sends it again
+                self._journal.record_request(PendingRequest(slot, signed, now))
         side_name = "sell" if terms.side == market_pb2.ORDER_SIDE_SELL else "buy"
         what = f"pre-sale {side_name} of {terms.quantity_wh} Wh at {terms.price} for slot {slot}"
         try:
@@ -291,13 +294,23 @@ class PresaleTrader:
 
     def _restore(self, horizon: int) -> None:
         """The PlaceOrders an earlier run signed for slots still open: resumed as if their
-        acknowledgement was lost (sent again while valid, then the chain decides)."""
+        acknowledgement was lost (sent again while valid, then the chain decides); and its
+        trade requests not answered yet, as if their answer was lost."""
         assert self._journal is not None
         for placement in self._journal.open_placements(after=horizon):
             self._retries[placement.slot] = _Retry(
                 0, 0.0, placement.placing, placement.option_expires_at, placement.side_name)
             log.info("resuming pre-sale order %s for slot %d from the journal",
                      envelope_tx_id(placement.placing), placement.slot)
+        # A request whose option was not accepted: its answer may have been lost with the
+        # earlier run; sent again as is while fresh (`_order`), so the endorser gives the
+        # option it kept instead of holding energy for a second one.
+        for pending in self._journal.open_requests(after=horizon):
+            if pending.slot not in self._retries:
+                self._retries[pending.slot] = _Retry(0, 0.0, request=pending.request,
+                                                     requested_at=pending.requested_at)
+                log.info("resuming pre-sale request for slot %d from the journal",
+                         pending.slot)
         self._restored = True
 
     def _has_order(self, slot: int) -> bool:

@@ -26,6 +26,7 @@ from gridledger_committer.service import CommitterServicer
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.market.option_check import request_digest
 from gridledger_core.rpc.backoff import Backoff
 from gridledger_core.rpc.height_notifier import HeightNotifier
 from gridledger_core.signing_identity import envelope_tx_id
@@ -384,6 +385,57 @@ def test_a_restart_while_the_order_is_in_flight_resumes_it_never_a_second(
     journal.close()
 
 
+def test_a_restart_before_the_option_arrived_asks_with_the_same_request(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+    """The endorser answered a trade request (and holds energy for its option), but the
+    agent was restarted before the answer reached it. Before, the request lived in memory
+    only: the new run signed a new one, found the energy held by the first option (which
+    then lapsed, charged to its member). Now the request is journalled before it leaves and
+    the new run sends it again: the endorser gives the kept option, and that one is placed."""
+    e = make_endorser(genesis, consortium_dir)
+    e.accept("meter-1", e.request("meter-1", terms("meter-1", SELL, 250_000, 6000)))
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    wire = _Wire(e.servicer)
+    wire.lose["RequestOptions"] = (1, grpc.StatusCode.UNAVAILABLE)  # the process ends
+    journal = PlacementJournal(tmp_path / "presale")
+    first = _trader(e, wire, meter="meter-2", journal=journal)
+    assert first.step(NOW, slot=SLOT) is Outcome.LATER
+    journal.close()
+    journal = PlacementJournal(tmp_path / "presale")
+    e.clock[0] = NOW + 3
+    restarted = _trader(e, wire, meter="meter-2", journal=journal)
+    assert restarted.step(NOW + 3, slot=SLOT) is Outcome.PLACED
+    lost, resent = wire.answered["RequestOptions"]
+    assert resent.option == lost.option
+    assert journal.open_requests(after=0) == []  # the PlaceOrder replaced it
+    assert e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    taken = market_pb2.TradeOption.FromString(lost.option.payload)
+    assert taken.trades
+    assert _placed_option_ids(e, "meter-2") == [taken.option_id]
+    journal.close()
+
+
+def test_a_journalled_request_too_old_to_send_again_is_made_anew(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    wire.drop["RequestOptions"] = (1, grpc.StatusCode.UNAVAILABLE)
+    journal = PlacementJournal(tmp_path / "presale")
+    assert _trader(e, wire, journal=journal).step(NOW, slot=SLOT) is Outcome.LATER
+    [pending] = journal.open_requests(after=0)
+    journal.close()
+    later = NOW + REQUEST_REUSE_S + 1
+    e.clock[0] = later
+    journal = PlacementJournal(tmp_path / "presale")
+    assert _trader(e, wire, journal=journal).step(later, slot=SLOT) is Outcome.PLACED
+    [answer] = wire.answered["RequestOptions"]
+    option = market_pb2.TradeOption.FromString(answer.option.payload)
+    assert option.request_digest != request_digest(pending.request.payload)  # a new one
+    assert _orders(e) == [] and e.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert _orders(e) == [(market_pb2.ORDER_SIDE_SELL, 3000)]
+    journal.close()
+
+
 def test_a_resent_order_found_committed_invalid_is_ordered_anew(
         genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
     """The journalled PlaceOrder reached a block after its option expired (invalid there). Sent
@@ -412,12 +464,14 @@ def test_a_damaged_journal_record_is_dropped_not_fatal(
     journal = PlacementJournal(tmp_path / "presale")
     batch = WriteBatch()
     batch.put(b"p/" + SLOT.to_bytes(8, "big"), b"\x00" * 9 + b"\xff\xff garbage")
+    batch.put(b"r/" + SLOT.to_bytes(8, "big"), b"\x00" * 8 + b"\xff\xff garbage")
     journal._store.commit(batch)
     e = make_endorser(genesis, consortium_dir)
     wire = _Wire(e.servicer)
     assert _trader(e, wire, journal=journal).step(NOW, slot=SLOT) is Outcome.PLACED
     assert wire.calls["RequestOptions"] == 1
     assert [p.slot for p in journal.open_placements(after=0)] == [SLOT]  # the new, sound one
+    assert journal.open_requests(after=0) == []  # dropped, then replaced by the PlaceOrder
     journal.close()
 
 

@@ -34,7 +34,12 @@ while it is in good standing: the energy its options let lapse (expired without 
 place_order, or made void by its own member's cancel or fill through another endorser) in
 the last ten minutes is no more than the energy its own meters' options traded with other
 members (hold_conduct.py).
-So a member that holds without trading is held to its share. The member is the organisation
+So a member that holds without trading is held to its share. A void by another member's
+doing being free, two members could take turns holding a third member's energy (one's option
+takes the other's cheap order with it, the other cancels before the option lapses): a void by
+the maker's own member of an option that also held a third member's energy counts against the
+maker's member, and beyond VOID_BUDGET its resting orders are no longer combined with other
+members' energy in one option (`_without_voiders`). The member is the organisation
 of the caller's verified TLS identity (a head-end system's, or the meter's own), whose calls
 got the options; without one (tests, in-process tools), the request signer's organisation.
 """
@@ -59,7 +64,7 @@ from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import BookSet, Depth, MatchResult, Order, OrderBook, Side
 from gridledger_core.market import ledger_view as view
-from gridledger_endorser.hold_conduct import WINDOW_SECONDS, HoldConduct
+from gridledger_endorser.hold_conduct import BUCKET_SECONDS, WINDOW_SECONDS, HoldConduct
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,10 @@ HELD_OPTIONS = Gauge("gridledger_endorser_held_options",
 # A place_order may still be valid in a block whose time trails this clock (consensus/clock.py).
 HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S
 DEMAND_SECONDS = 60  # a member that asked for a slot's side this recently shares its energy
+# Other members' options a member may void (cancelling, or filling through another endorser,
+# its own order they held with a third member's energy) within the conduct window before
+# this endorser no longer combines its resting orders with other members' energy.
+VOID_BUDGET = 3
 
 
 class MemberHoldsItsShare(Exception):
@@ -80,6 +89,16 @@ class MemberHoldsItsShare(Exception):
     request alone exceeds it. `retry_after_ms`: when the share may grow (0: at its block)."""
 
     def __init__(self, message: str, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class NotCombined(Exception):
+    """The request would take the resting orders of a member that voided other members'
+    options beyond VOID_BUDGET together with another member's energy, and without them
+    what is left would rest across them. `retry_after_ms`: when its count may fall."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
 
@@ -94,6 +113,7 @@ class HeldByOptions(Exception):
 class _Hold:
     expires_at: int
     takes: tuple[tuple[str, int], ...]  # (maker order id, Wh)
+    owners: tuple[str, ...]  # the makers' owners (accounts), as `takes`
     slot: int
     maker_side: Side
     prices: tuple[int, ...]  # of the makers it holds
@@ -117,6 +137,10 @@ HOLDS_ENDED_EARLY = Counter(
     "Options whose hold ended before expiry because a block filled or cancelled a maker they "
     "trade with, by whether their member is charged if unplaced (its own doing).",
     ["charged"])
+VOIDED = Counter(
+    "gridledger_endorser_options_voided_by_maker_member",
+    "Options voided by the member of one of their makers (its own cancel, or a fill through "
+    "another endorser) while they also held a third member's energy (VOID_BUDGET).")
 # Ended holds awaiting a block past their expiry (only a chain without blocks for long
 # gathers many): beyond this the oldest are settled at once, as lapses where due.
 MAX_UNSETTLED = 100_000
@@ -173,6 +197,8 @@ class BookCache:
             self._close_slots(now)
             book = self._books.book(order.slot)
             result = book.match(order)
+            if hold is not None and result.trades:
+                result = self._without_voiders(book, order, result, now)
             crosses_held = bool(result.remaining) and self._crosses_held(order)
             if hold is not None and (result.filled or crosses_held):
                 # It asked to take energy there (even if refused below: a member that finds
@@ -197,8 +223,9 @@ class BookCache:
                         trade.quantity
                 taken = _Hold(
                     expires_at, tuple((t.maker_id, t.quantity) for t in result.trades),
-                    order.slot, order.side.opposite, tuple(t.price for t in result.trades),
-                    member, result.filled)
+                    tuple(owners[t.maker_id] for t in result.trades), order.slot,
+                    order.side.opposite, tuple(t.price for t in result.trades), member,
+                    result.filled)
                 self._holds[option_id] = taken
                 self._count_held(taken, taken.wh)
                 self._slot_holds.setdefault(order.slot, set()).add(option_id)
@@ -207,6 +234,40 @@ class BookCache:
                 heapq.heappush(self._expiries, (expires_at, option_id))
                 HELD_OPTIONS.set(len(self._holds))
             return result, owners, self.height
+
+    def _without_voiders(self, book: OrderBook, order: Order, result: MatchResult,
+                         now: int) -> MatchResult:
+        """`result`, unless it combines the resting orders of a member that voided other
+        members' options beyond VOID_BUDGET (hold_conduct.py) with another member's energy:
+        then the match passing over that member's orders, if it fills `order`; else what
+        rested would cross them (the ledger refuses that), so NotCombined. Its orders alone
+        may still be taken: voiding such an option holds no third member's energy."""
+        voiders = self._conduct.voiders(VOID_BUDGET, now)
+        if not voiders:
+            return result
+        accounts = LedgerAccounts(StateOverlay(self._ledger.store))
+        passed_over: set[str] = set()
+        while True:
+            members = {}
+            for trade in result.trades:
+                maker = book.get(trade.maker_id)
+                assert maker is not None
+                members[maker.owner] = self._org(accounts, maker.owner)
+            flagged = {owner for owner, member in members.items() if member in voiders}
+            if not flagged or len(set(members.values())) < 2:
+                break
+            passed_over |= flagged
+            result = book.match(order, frozenset(passed_over))
+        if passed_over and (result.remaining or result.prevented):
+            names = sorted({self._org(accounts, owner) for owner in passed_over})
+            raise NotCombined(
+                f"{', '.join(names)} voided other members' options more than {VOID_BUDGET} "
+                f"times in the last {WINDOW_SECONDS} s (cancelling its own orders they held "
+                "with a third member's energy): this endorser does not combine its resting "
+                f"orders with other members' energy in one option; without them "
+                f"{result.filled} Wh can be taken: request at most that, or its orders alone",
+                retry_after_ms=BUCKET_SECONDS * 1000)
+        return result
 
     def _check_member_share(self, book: OrderBook, order: Order, member: str, wh: int,
                             now: int) -> None:
@@ -388,7 +449,7 @@ class BookCache:
                                          now)
                 reread += self._release(option_id)
             for order_id, doers in consumed.items():
-                reread += self._end_holds_on(state, accounts, order_id, doers)
+                reread += self._end_holds_on(state, accounts, order_id, doers, now)
             # Makers before the takers (a taker's rest must not cross a maker not yet re-read).
             for order_id in [*result.expired_orders, *reread, *touched]:
                 self._sync(state, order_id, now)
@@ -520,15 +581,19 @@ class BookCache:
             self._pending_lapse.pop(unsettled.member, None)
 
     def _end_holds_on(self, state: StateOverlay, accounts: LedgerAccounts, maker_id: str,
-                      doers: set[str]) -> list[str]:
+                      doers: set[str], now: int) -> list[str]:
         """A block filled, cancelled or (at gate closure) expired the resting order
         `maker_id`. The options holding more of it than the ledger has left can no longer
         be placed (a place_order trades all it proposes or nothing): their holds end now,
         the earliest to expire kept while what is left covers them. One is charged as
         lapsed, if no block places it, when `doers` (who cancelled it, or filled it through
         another endorser) include an account of its own member: else voiding its own option
-        would wash its lapses; another member's doing costs it nothing. Returns the makers
-        to re-read."""
+        would wash its lapses; another member's doing costs it nothing. When that is the
+        maker's own member and the option also held a third member's energy, the void
+        counts against the maker's member (VOID_BUDGET): else two members could take turns,
+        one holding a third's energy, the other voiding the hold for it before it lapses,
+        so the third's energy stays held and nobody is charged. Returns the makers to
+        re-read."""
         holding_ids = self._maker_holds.get(maker_id)
         record = view.load_order(state, maker_id) if holding_ids else None
         if record is None or not holding_ids:
@@ -537,6 +602,7 @@ class BookCache:
         holding = sorted((self._holds[option_id].expires_at, option_id)
                          for option_id in holding_ids)
         responsible = {self._org(accounts, name) for name in doers} - {""}
+        maker_member = self._org(accounts, record.owner)
         makers: list[str] = []
         for _, option_id in holding:
             hold = self._holds[option_id]
@@ -545,6 +611,11 @@ class BookCache:
                 left -= wh
                 continue
             charge = hold.member in responsible
+            if (not charge and maker_member in responsible
+                    and any(self._org(accounts, owner) not in (hold.member, maker_member)
+                            for owner in hold.owners)):
+                self._conduct.voided(maker_member, now)
+                VOIDED.inc()
             HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
             makers += self._end_unplaced(option_id, charge)
         return makers

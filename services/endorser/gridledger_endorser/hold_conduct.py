@@ -1,12 +1,16 @@
-"""How each member's options ended recently: energy traded against energy let lapse.
+"""How each member's options ended recently: energy traded against energy let lapse; and
+how often each member voided other members' options that held third members' energy.
 
 An option holds resting energy until its place_order reaches a block or it expires. A member
 whose options lapse (expire without a valid place_order) more than they
 trade holds energy without trading it; book_cache.py then holds it to its share of a slot.
 Only trades count for it: a trade cannot be taken back, where a resting order can be
-cancelled in the next block. Counted per member (organisation) over a sliding window of
-``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so memory is members x buckets whatever the
-rate of options.
+cancelled in the next block. A member that cancels (or fills through another endorser) its
+own resting order while another member's option holds it together with a third member's
+energy voids that option, uncharged to its holder: counted here against the voiding member
+(book_cache.py stops combining its orders with others' beyond a budget). Counted per member
+(organisation) over a sliding window of ``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so
+memory is members x buckets whatever the rate of options.
 """
 
 from __future__ import annotations
@@ -23,23 +27,45 @@ class _Bucket:
     start: int
     traded_wh: int = 0
     lapsed_wh: int = 0
+    voids: int = 0  # other members' options this member voided
 
 
 class HoldConduct:
     """Wh each member's options traded (their place_order valid in its block) and let lapse
-    (expired without a valid place_order) within the last window.
+    (expired without a valid place_order), and the options of others it voided, within the
+    last window.
     Not thread-safe: the book cache's lock guards it."""
 
     def __init__(self, window: int = WINDOW_SECONDS, bucket: int = BUCKET_SECONDS) -> None:
         self._window = window
         self._bucket = bucket
         self._members: dict[str, deque[_Bucket]] = {}
+        self._voiding: set[str] = set()  # members with voids counted (maybe forgotten since)
 
     def traded(self, member: str, wh: int, now: int) -> None:
         self._current(member, now).traded_wh += wh
 
     def lapsed(self, member: str, wh: int, now: int) -> None:
         self._current(member, now).lapsed_wh += wh
+
+    def voided(self, member: str, now: int) -> None:
+        self._current(member, now).voids += 1
+        self._voiding.add(member)
+
+    def voiders(self, budget: int, now: int) -> set[str]:
+        """The members that voided more than `budget` options of others within the window
+        (asked on every option: nothing to scan unless some member voided any)."""
+        found = set()
+        for member in list(self._voiding):
+            buckets = self._members.get(member)
+            if buckets is not None:
+                self._forget(member, buckets, now)
+            voids = sum(b.voids for b in self._members.get(member, ()))
+            if not voids:
+                self._voiding.discard(member)
+            elif voids > budget:
+                found.add(member)
+        return found
 
     def totals(self, member: str, now: int) -> tuple[int, int]:
         """(traded, lapsed) Wh of `member`'s options within the window."""

@@ -66,6 +66,7 @@ from gridledger_endorser.book_cache import (
     BookCache,
     HeldByOptions,
     MemberHoldsItsShare,
+    NotCombined,
 )
 
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
@@ -456,7 +457,7 @@ class OptionDesk:
                 held_wh = result.filled
             finally:
                 self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)
-        except (EdgeRefusal, HeldByOptions, MemberHoldsItsShare):
+        except (EdgeRefusal, HeldByOptions, MemberHoldsItsShare, NotCombined):
             # Refused for now, not answered: the same signed request may come again.
             self._fresh.forget(signer.name, request)
             raise

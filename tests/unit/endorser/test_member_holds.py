@@ -59,16 +59,18 @@ def e(two_members: Path) -> TwoMembers:
     return _two_members(two_members)
 
 
-def _two_members(two_members: Path, sellers: tuple[str, ...] = ("meter-1",)) -> TwoMembers:
-    """As `e`, with each of `sellers` a surplus of 6,000 Wh (only meter-1 rests an ask)."""
+def _two_members(two_members: Path, sellers: tuple[str, ...] = ("meter-1",),
+                 more_meters: tuple[str, ...] = ()) -> TwoMembers:
+    """As `e`, with each of `sellers` a surplus of 6,000 Wh (only meter-1 rests an ask);
+    `more_meters`: meters of further members in the consortium, with histories too."""
     genesis = Genesis.load(two_members / "genesis.json")
-    ids = {n: identity(two_members, n)
-           for n in ("endorser-1", "rival-endorser", "meter-1", "meter-2", *RIVALS)}
+    meters = ("meter-1", "meter-2", *RIVALS, *more_meters)
+    ids = {n: identity(two_members, n) for n in ("endorser-1", "rival-endorser", *meters)}
     ledger = Ledger(MemoryStore(), genesis, accept_proof)
     chain = ChainBuilder()
     endorser = ids["endorser-1"]
     txs = []
-    for meter in ("meter-1", "meter-2", *RIVALS):
+    for meter in meters:
         produced, consumed = (2000, 500) if meter in sellers else (0, 1500)
         txs += history(ids[meter], endorser, SLOT, produced=produced, consumed=consumed)
     assert set(ledger.commit(chain.block(txs, timestamp=NOW)).codes) == {

@@ -229,11 +229,8 @@ class OrderBook:
 
     # ---- proposing (pure) ----------------------------------------------------------------
 
-    def match(self, order: Order, passed_over: frozenset[str] = frozenset()) -> MatchResult:
-        """Propose the trades ``order`` would make against the book, without mutating it.
-        Resting orders of the owners in ``passed_over`` are not traded with (what is left
-        then rests or is prevented as if they were not there: the caller decides whether it
-        may, since they still cross it)."""
+    def match(self, order: Order) -> MatchResult:
+        """Propose the trades ``order`` would make against the book, without mutating it."""
         self._check_incoming(order)
         side = order.side
         book_side = self._asks if side is BUY else self._bids
@@ -255,8 +252,6 @@ class OrderBook:
                 open_qty = maker.remaining
                 if not open_qty:
                     continue  # lazily deleted
-                if passed_over and maker.owner in passed_over:
-                    continue
                 if maker.owner == owner:
                     blocked_by = maker.order_id
                     break

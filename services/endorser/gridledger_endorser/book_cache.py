@@ -36,10 +36,9 @@ the last ten minutes is no more than the energy its own meters' options traded w
 members (hold_conduct.py).
 So a member that holds without trading is held to its share. A void by another member's
 doing being free, two members could take turns holding a third member's energy (one's option
-takes the other's cheap order with it, the other cancels before the option lapses): a void by
-the maker's own member of an option that also held a third member's energy counts against the
-maker's member, and beyond VOID_BUDGET its resting orders are no longer combined with other
-members' energy in one option (`_without_voiders`). The member is the organisation
+takes the other's small order with it, the other cancels or fills it before the option
+lapses): beyond VOID_BUDGET such voids by one member within the window, the holder is charged
+(`_voided_in_turns`). The member is the organisation
 of the caller's verified TLS identity (a head-end system's, or the meter's own), whose calls
 got the options; without one (tests, in-process tools), the request signer's organisation.
 """
@@ -64,7 +63,7 @@ from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import BookSet, Depth, MatchResult, Order, OrderBook, Side
 from gridledger_core.market import ledger_view as view
-from gridledger_endorser.hold_conduct import BUCKET_SECONDS, WINDOW_SECONDS, HoldConduct
+from gridledger_endorser.hold_conduct import WINDOW_SECONDS, HoldConduct
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +76,9 @@ HELD_OPTIONS = Gauge("gridledger_endorser_held_options",
 # A place_order may still be valid in a block whose time trails this clock (consensus/clock.py).
 HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S
 DEMAND_SECONDS = 60  # a member that asked for a slot's side this recently shares its energy
-# Other members' options a member may void (cancelling, or filling through another endorser,
-# its own order they held with a third member's energy) within the conduct window before
-# this endorser no longer combines its resting orders with other members' energy.
+# Options of one member that another member's doing may void (its cancel, or its fill
+# through another endorser) within the conduct window, while they also held a third
+# member's energy, before such a void by that member is charged to the holder as a lapse.
 VOID_BUDGET = 3
 
 
@@ -89,16 +88,6 @@ class MemberHoldsItsShare(Exception):
     request alone exceeds it. `retry_after_ms`: when the share may grow (0: at its block)."""
 
     def __init__(self, message: str, retry_after_ms: int = 0) -> None:
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
-
-
-class NotCombined(Exception):
-    """The request would take the resting orders of a member that voided other members'
-    options beyond VOID_BUDGET together with another member's energy, and without them
-    what is left would rest across them. `retry_after_ms`: when its count may fall."""
-
-    def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
 
@@ -138,9 +127,9 @@ HOLDS_ENDED_EARLY = Counter(
     "trade with, by whether their member is charged if unplaced (its own doing).",
     ["charged"])
 VOIDED = Counter(
-    "gridledger_endorser_options_voided_by_maker_member",
-    "Options voided by the member of one of their makers (its own cancel, or a fill through "
-    "another endorser) while they also held a third member's energy (VOID_BUDGET).")
+    "gridledger_endorser_options_voided_holding_others",
+    "Options voided by another member's doing (its cancel, or its fill through another "
+    "endorser) while they also held a third member's energy (counted towards VOID_BUDGET).")
 # Ended holds awaiting a block past their expiry (only a chain without blocks for long
 # gathers many): beyond this the oldest are settled at once, as lapses where due.
 MAX_UNSETTLED = 100_000
@@ -197,8 +186,6 @@ class BookCache:
             self._close_slots(now)
             book = self._books.book(order.slot)
             result = book.match(order)
-            if hold is not None and result.trades:
-                result = self._without_voiders(book, order, result, now)
             crosses_held = bool(result.remaining) and self._crosses_held(order)
             if hold is not None and (result.filled or crosses_held):
                 # It asked to take energy there (even if refused below: a member that finds
@@ -234,40 +221,6 @@ class BookCache:
                 heapq.heappush(self._expiries, (expires_at, option_id))
                 HELD_OPTIONS.set(len(self._holds))
             return result, owners, self.height
-
-    def _without_voiders(self, book: OrderBook, order: Order, result: MatchResult,
-                         now: int) -> MatchResult:
-        """`result`, unless it combines the resting orders of a member that voided other
-        members' options beyond VOID_BUDGET (hold_conduct.py) with another member's energy:
-        then the match passing over that member's orders, if it fills `order`; else what
-        rested would cross them (the ledger refuses that), so NotCombined. Its orders alone
-        may still be taken: voiding such an option holds no third member's energy."""
-        voiders = self._conduct.voiders(VOID_BUDGET, now)
-        if not voiders:
-            return result
-        accounts = LedgerAccounts(StateOverlay(self._ledger.store))
-        passed_over: set[str] = set()
-        while True:
-            members = {}
-            for trade in result.trades:
-                maker = book.get(trade.maker_id)
-                assert maker is not None
-                members[maker.owner] = self._org(accounts, maker.owner)
-            flagged = {owner for owner, member in members.items() if member in voiders}
-            if not flagged or len(set(members.values())) < 2:
-                break
-            passed_over |= flagged
-            result = book.match(order, frozenset(passed_over))
-        if passed_over and (result.remaining or result.prevented):
-            names = sorted({self._org(accounts, owner) for owner in passed_over})
-            raise NotCombined(
-                f"{', '.join(names)} voided other members' options more than {VOID_BUDGET} "
-                f"times in the last {WINDOW_SECONDS} s (cancelling its own orders they held "
-                "with a third member's energy): this endorser does not combine its resting "
-                f"orders with other members' energy in one option; without them "
-                f"{result.filled} Wh can be taken: request at most that, or its orders alone",
-                retry_after_ms=BUCKET_SECONDS * 1000)
-        return result
 
     def _check_member_share(self, book: OrderBook, order: Order, member: str, wh: int,
                             now: int) -> None:
@@ -571,6 +524,24 @@ class BookCache:
         heapq.heappush(self._unsettled_expiries, (hold.expires_at, option_id))
         return self._release(option_id)
 
+    def _voided_in_turns(self, accounts: LedgerAccounts, hold: _Hold, responsible: set[str],
+                         now: int) -> bool:
+        """Count a void of `hold` by the other members in `responsible` when the option also
+        held a third member's energy; True once one of them voided more than VOID_BUDGET of
+        its member's such options within the window. Two members taking turns (one's option
+        takes the other's small order with a third member's energy, the other cancels its
+        order, or fills one lot through another endorser, before the option lapses) would
+        else keep the third member's energy held with nobody charged; the holder is the one
+        it serves, so the holder is charged. An honest holder pays only when the same member
+        voids its options that often."""
+        members = {self._org(accounts, owner) for owner in hold.owners}
+        charged = False
+        for doer in responsible - {hold.member}:
+            if members - {hold.member, doer}:
+                VOIDED.inc()
+                charged |= self._conduct.voided(hold.member, doer, now) > VOID_BUDGET
+        return charged
+
     def _count_pending(self, unsettled: _Unsettled, sign: int) -> None:
         if not unsettled.charge:
             return
@@ -588,12 +559,9 @@ class BookCache:
         the earliest to expire kept while what is left covers them. One is charged as
         lapsed, if no block places it, when `doers` (who cancelled it, or filled it through
         another endorser) include an account of its own member: else voiding its own option
-        would wash its lapses; another member's doing costs it nothing. When that is the
-        maker's own member and the option also held a third member's energy, the void
-        counts against the maker's member (VOID_BUDGET): else two members could take turns,
-        one holding a third's energy, the other voiding the hold for it before it lapses,
-        so the third's energy stays held and nobody is charged. Returns the makers to
-        re-read."""
+        would wash its lapses; another member's doing costs it nothing, unless that member
+        voided more than VOID_BUDGET of its options holding a third member's energy within
+        the window (`_voided_in_turns`). Returns the makers to re-read."""
         holding_ids = self._maker_holds.get(maker_id)
         record = view.load_order(state, maker_id) if holding_ids else None
         if record is None or not holding_ids:
@@ -602,7 +570,6 @@ class BookCache:
         holding = sorted((self._holds[option_id].expires_at, option_id)
                          for option_id in holding_ids)
         responsible = {self._org(accounts, name) for name in doers} - {""}
-        maker_member = self._org(accounts, record.owner)
         makers: list[str] = []
         for _, option_id in holding:
             hold = self._holds[option_id]
@@ -610,12 +577,8 @@ class BookCache:
             if wh <= left:
                 left -= wh
                 continue
-            charge = hold.member in responsible
-            if (not charge and maker_member in responsible
-                    and any(self._org(accounts, owner) not in (hold.member, maker_member)
-                            for owner in hold.owners)):
-                self._conduct.voided(maker_member, now)
-                VOIDED.inc()
+            charge = hold.member in responsible or self._voided_in_turns(
+                accounts, hold, responsible, now)
             HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
             makers += self._end_unplaced(option_id, charge)
         return makers

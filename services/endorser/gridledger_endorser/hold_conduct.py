@@ -1,22 +1,23 @@
-"""How each member's options ended recently: energy traded against energy let lapse; and
-how often each member voided other members' options that held third members' energy.
+"""How each member's options ended recently: energy traded against energy let lapse, and
+how often another member's doing voided them while they held a third member's energy.
 
 An option holds resting energy until its place_order reaches a block or it expires. A member
 whose options lapse (expire without a valid place_order) more than they
 trade holds energy without trading it; book_cache.py then holds it to its share of a slot.
 Only trades count for it: a trade cannot be taken back, where a resting order can be
-cancelled in the next block. A member that cancels (or fills through another endorser) its
-own resting order while another member's option holds it together with a third member's
-energy voids that option, uncharged to its holder: counted here against the voiding member
-(book_cache.py stops combining its orders with others' beyond a budget). Counted per member
-(organisation) over a sliding window of ``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so
-memory is members x buckets whatever the rate of options.
+cancelled in the next block. A void by another member's doing (its cancel, or its fill through
+another endorser) costs the holder nothing, but is counted per (holder, voiding member): two
+members taking turns, one holding a third member's energy and the other voiding the hold
+before it lapses, are caught by that count (book_cache.py charges the holder beyond a
+budget). Counted per member (organisation) over a sliding window of
+``WINDOW_SECONDS`` in ``BUCKET_SECONDS`` buckets, so memory is members x buckets whatever the
+rate of options.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 WINDOW_SECONDS = 600
 BUCKET_SECONDS = 60
@@ -27,20 +28,19 @@ class _Bucket:
     start: int
     traded_wh: int = 0
     lapsed_wh: int = 0
-    voids: int = 0  # other members' options this member voided
+    voided_by: dict[str, int] = field(default_factory=dict)  # voiding member -> options
 
 
 class HoldConduct:
     """Wh each member's options traded (their place_order valid in its block) and let lapse
-    (expired without a valid place_order), and the options of others it voided, within the
-    last window.
+    (expired without a valid place_order), and which members voided them, within the last
+    window.
     Not thread-safe: the book cache's lock guards it."""
 
     def __init__(self, window: int = WINDOW_SECONDS, bucket: int = BUCKET_SECONDS) -> None:
         self._window = window
         self._bucket = bucket
         self._members: dict[str, deque[_Bucket]] = {}
-        self._voiding: set[str] = set()  # members with voids counted (maybe forgotten since)
 
     def traded(self, member: str, wh: int, now: int) -> None:
         self._current(member, now).traded_wh += wh
@@ -48,24 +48,12 @@ class HoldConduct:
     def lapsed(self, member: str, wh: int, now: int) -> None:
         self._current(member, now).lapsed_wh += wh
 
-    def voided(self, member: str, now: int) -> None:
-        self._current(member, now).voids += 1
-        self._voiding.add(member)
-
-    def voiders(self, budget: int, now: int) -> set[str]:
-        """The members that voided more than `budget` options of others within the window
-        (asked on every option: nothing to scan unless some member voided any)."""
-        found = set()
-        for member in list(self._voiding):
-            buckets = self._members.get(member)
-            if buckets is not None:
-                self._forget(member, buckets, now)
-            voids = sum(b.voids for b in self._members.get(member, ()))
-            if not voids:
-                self._voiding.discard(member)
-            elif voids > budget:
-                found.add(member)
-        return found
+    def voided(self, member: str, by: str, now: int) -> int:
+        """Count one option of `member` voided by member `by`'s doing; how many `by` voided
+        within the window, this one included."""
+        bucket = self._current(member, now)
+        bucket.voided_by[by] = bucket.voided_by.get(by, 0) + 1
+        return sum(b.voided_by.get(by, 0) for b in self._members[member])
 
     def totals(self, member: str, now: int) -> tuple[int, int]:
         """(traded, lapsed) Wh of `member`'s options within the window."""

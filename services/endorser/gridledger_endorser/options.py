@@ -66,7 +66,6 @@ from gridledger_endorser.book_cache import (
     BookCache,
     HeldByOptions,
     MemberHoldsItsShare,
-    NotCombined,
 )
 
 DEFAULT_OPTION_TTL = 30  # seconds an option can wait for its block
@@ -457,7 +456,7 @@ class OptionDesk:
                 held_wh = result.filled
             finally:
                 self._held.settle(signer.name, reserved, option_id, held_wh, expires_at)
-        except (EdgeRefusal, HeldByOptions, MemberHoldsItsShare, NotCombined):
+        except (EdgeRefusal, HeldByOptions, MemberHoldsItsShare):
             # Refused for now, not answered: the same signed request may come again.
             self._fresh.forget(signer.name, request)
             raise

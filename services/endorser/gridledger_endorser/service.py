@@ -45,12 +45,7 @@ from gridledger_core.rpc.errors import status_of
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES, SUBMIT_BATCH_ENVELOPES
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_endorser.admission import Admission, AdmissionConfig, Admitted, Full
-from gridledger_endorser.book_cache import (
-    BookCache,
-    HeldByOptions,
-    MemberHoldsItsShare,
-    NotCombined,
-)
+from gridledger_endorser.book_cache import BookCache, HeldByOptions, MemberHoldsItsShare
 from gridledger_endorser.broadcaster import Answers, Broadcaster, OrdererUnavailable
 from gridledger_endorser.cpu_slots import CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL, BeingAnswered, DeskLimits, OptionDesk
@@ -334,10 +329,6 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         except HeldByOptions as exc:
             TRADE_REQUESTS.labels(side, "held_by_options").inc()
             return OptionsOutcome(grpc.StatusCode.ABORTED, str(exc))
-        except NotCombined as exc:
-            TRADE_REQUESTS.labels(side, "not_combined").inc()
-            return OptionsOutcome(grpc.StatusCode.ABORTED, str(exc),
-                                  retry_after_ms=exc.retry_after_ms)
         except MemberHoldsItsShare as exc:
             TRADE_REQUESTS.labels(side, "member_share").inc()
             # Its options' holds end at their block: the mean block interval is the hint

@@ -207,26 +207,3 @@ def test_proposals_applied_through_the_ledger_path_give_the_same_book(
         orders[order.order_id] = committed
     assert book.depth() == reference.depth()
     assert state(book) == state(reference)
-
-
-@settings(max_examples=150, deadline=None)
-@given(operations, st.integers(0, 3), st.sampled_from([Side.BUY, Side.SELL]),
-       st.integers(MID - 4, MID + 4), st.integers(1, 12), st.sets(st.integers(0, 3)))
-def test_passing_over_owners_matches_as_a_book_without_their_orders(
-    ops: list[tuple], owner: int, side: Side, ticks: int, lots: int, passed: set[int]
-) -> None:
-    """``match(order, passed_over)`` (the endorser passing over a voiding member's orders,
-    book_cache.py) proposes what ``match`` would against the same book without those
-    owners' orders, and changes nothing."""
-    book, _ = run_operations(ops)
-    passed_over = frozenset(f"m{p}" for p in passed)
-    without = OrderBook(SLOT, tick=TICK, lot=LOT)
-    for resting in (o for s in (Side.BUY, Side.SELL) for o in book.orders(s)):
-        if resting.owner not in passed_over:
-            without.rest(Order(resting.order_id, resting.owner, resting.side, resting.price,
-                               resting.quantity, resting.sequence, resting.slot,
-                               list(resting.fills)))
-    incoming = Order("incoming", f"m{owner}", side, ticks * TICK, lots * LOT, 10**6, SLOT)
-    before = state(book)
-    assert book.match(incoming, passed_over) == without.match(incoming)
-    assert state(book) == before

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from gridledger.common.v1 import envelope_pb2
+from gridledger.common.v1 import envelope_pb2, market_pb2
 from gridledger_core.signing_identity import envelope_tx_id
 from gridledger_core.storage import LmdbStore, WriteBatch
 
@@ -99,6 +99,15 @@ class PlacementJournal:
                 raise JournalClosed("the pre-sale journal is closed (the agent is stopping)")
             self._store.commit(batch)
 
+    def forget_request(self, slot: int) -> None:
+        """The slot's request is settled (answered, or refused for good): not to be sent
+        again by a restarted agent."""
+        key = _key(slot, REQUEST_PREFIX)
+        if self._store.get(key) is not None:
+            batch = WriteBatch()
+            batch.delete(key)
+            self._commit(batch)
+
     def open_placements(self, after: int) -> list[Placement]:
         """The recorded PlaceOrders of slots after `after` (still open), oldest slot first.
         A record that does not decode (a damaged disk) is logged and dropped: the slot is
@@ -125,6 +134,8 @@ class PlacementJournal:
                     raise ValueError(f"{len(value)} bytes")
                 if prefix == PREFIX:
                     envelope_tx_id(envelope)
+                else:
+                    market_pb2.TradeRequest.FromString(envelope.payload)
             except (DecodeError, ValueError) as exc:
                 log.error("pre-sale journal record %s is damaged (%s): dropped", key.hex(), exc)
                 damaged.delete(key)

@@ -195,7 +195,7 @@ class PresaleTrader:
         self._looked_up = {s for s in self._looked_up if s > horizon}
         if self._journal is not None:
             if not self._restored:
-                self._restore(int(horizon))
+                self._restore(int(horizon), now)
             self._journal.forget_up_to(int(horizon))
         for waiting in sorted(self._retries):
             if waiting != slot:
@@ -222,6 +222,8 @@ class PresaleTrader:
             return outcome
         self._retries.pop(slot, None)
         self._done.add(slot)
+        if self._journal is not None:  # settled: a restart must not ask for it again
+            self._journal.forget_request(slot)
         return outcome
 
     def _order(self, slot: int, now: int) -> Outcome:
@@ -292,7 +294,7 @@ class PresaleTrader:
         return market_pb2.OrderTerms(meter=self._identity.name, side=side, slot_start=slot,
                                      price=price, quantity_wh=quantity)
 
-    def _restore(self, horizon: int) -> None:
+    def _restore(self, horizon: int, now: float) -> None:
         """The PlaceOrders an earlier run signed for slots still open: resumed as if their
         acknowledgement was lost (sent again while valid, then the chain decides); and its
         trade requests not answered yet, as if their answer was lost."""
@@ -306,7 +308,9 @@ class PresaleTrader:
         # earlier run; sent again as is while fresh (`_order`), so the endorser gives the
         # option it kept instead of holding energy for a second one.
         for pending in self._journal.open_requests(after=horizon):
-            if pending.slot not in self._retries:
+            # A stale one would be made anew: the slot is then the next one's business.
+            fresh = now - pending.requested_at <= REQUEST_REUSE_S
+            if fresh and pending.slot not in self._retries:
                 self._retries[pending.slot] = _Retry(0, 0.0, request=pending.request,
                                                      requested_at=pending.requested_at)
                 log.info("resuming pre-sale request for slot %d from the journal",

@@ -436,6 +436,24 @@ def test_a_journalled_request_too_old_to_send_again_is_made_anew(
     journal.close()
 
 
+def test_a_request_refused_for_good_is_not_asked_again_after_a_restart(
+        genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
+    """Its journal record goes with the refusal: a restarted agent does not bring the slot
+    back (a slot other than the next is otherwise only retried while refused for now)."""
+    e = make_endorser(genesis, consortium_dir)
+    wire = _Wire(e.servicer)
+    journal = PlacementJournal(tmp_path / "presale")
+    greedy = _trader(e, wire, sell_price=10**12, journal=journal)  # beyond the price band
+    assert greedy.step(NOW, slot=SLOT) is Outcome.REFUSED
+    assert journal.open_requests(after=0) == []
+    journal.close()
+    journal = PlacementJournal(tmp_path / "presale")
+    restarted = _trader(e, wire, sell_price=10**12, journal=journal)
+    restarted.step(NOW + 1, slot=SLOT + 3600)  # the next slot is another one now
+    assert wire.calls["RequestOptions"] == 1  # SLOT was not asked for again
+    journal.close()
+
+
 def test_a_resent_order_found_committed_invalid_is_ordered_anew(
         genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
     """The journalled PlaceOrder reached a block after its option expired (invalid there). Sent
@@ -465,13 +483,16 @@ def test_a_damaged_journal_record_is_dropped_not_fatal(
     batch = WriteBatch()
     batch.put(b"p/" + SLOT.to_bytes(8, "big"), b"\x00" * 9 + b"\xff\xff garbage")
     batch.put(b"r/" + SLOT.to_bytes(8, "big"), b"\x00" * 8 + b"\xff\xff garbage")
+    # An envelope that decodes around a payload that is no TradeRequest.
+    batch.put(b"r/" + (SLOT + 3600).to_bytes(8, "big"), NOW.to_bytes(8, "big")
+              + envelope_pb2.SignedEnvelope(payload=b"\xff\xff not a request").SerializeToString())
     journal._store.commit(batch)
     e = make_endorser(genesis, consortium_dir)
     wire = _Wire(e.servicer)
     assert _trader(e, wire, journal=journal).step(NOW, slot=SLOT) is Outcome.PLACED
     assert wire.calls["RequestOptions"] == 1
     assert [p.slot for p in journal.open_placements(after=0)] == [SLOT]  # the new, sound one
-    assert journal.open_requests(after=0) == []  # dropped, then replaced by the PlaceOrder
+    assert journal.open_requests(after=0) == []  # both dropped (the first then replaced)
     journal.close()
 
 

@@ -37,8 +37,8 @@ members (hold_conduct.py).
 So a member that holds without trading is held to its share. A void by another member's
 doing being free, two members could take turns holding a third member's energy (one's option
 takes the other's small order with it, the other cancels or fills it before the option
-lapses): beyond VOID_BUDGET such voids by one member within the window, the holder is charged
-(`_voided_in_turns`). The member is the organisation
+lapses): beyond VOID_BUDGET such voids of one holder's options within the window, the holder
+is charged (`_voided_in_turns`). The member is the organisation
 of the caller's verified TLS identity (a head-end system's, or the meter's own), whose calls
 got the options; without one (tests, in-process tools), the request signer's organisation.
 """
@@ -76,9 +76,9 @@ HELD_OPTIONS = Gauge("gridledger_endorser_held_options",
 # A place_order may still be valid in a block whose time trails this clock (consensus/clock.py).
 HOLD_GRACE_SECONDS = DEADLINE_SETTLED_AFTER_S
 DEMAND_SECONDS = 60  # a member that asked for a slot's side this recently shares its energy
-# Options of one member that another member's doing may void (its cancel, or its fill
-# through another endorser) within the conduct window, while they also held a third
-# member's energy, before such a void by that member is charged to the holder as a lapse.
+# Options of one member that other members' doing may void (a cancel, or a fill through
+# another endorser) within the conduct window, while they also held a third member's
+# energy, before each further such void is charged to the holder as a lapse.
 VOID_BUDGET = 3
 
 
@@ -129,7 +129,8 @@ HOLDS_ENDED_EARLY = Counter(
 VOIDED = Counter(
     "gridledger_endorser_options_voided_holding_others",
     "Options voided by another member's doing (its cancel, or its fill through another "
-    "endorser) while they also held a third member's energy (counted towards VOID_BUDGET).")
+    "endorser) while they also held a third member's energy (counted towards VOID_BUDGET; "
+    "charged: beyond it).", ["charged"])
 # Ended holds awaiting a block past their expiry (only a chain without blocks for long
 # gathers many): beyond this the oldest are settled at once, as lapses where due.
 MAX_UNSETTLED = 100_000
@@ -524,22 +525,27 @@ class BookCache:
         heapq.heappush(self._unsettled_expiries, (hold.expires_at, option_id))
         return self._release(option_id)
 
-    def _voided_in_turns(self, accounts: LedgerAccounts, hold: _Hold, responsible: set[str],
-                         now: int) -> bool:
-        """Count a void of `hold` by the other members in `responsible` when the option also
-        held a third member's energy; True once one of them voided more than VOID_BUDGET of
-        its member's such options within the window. Two members taking turns (one's option
-        takes the other's small order with a third member's energy, the other cancels its
-        order, or fills one lot through another endorser, before the option lapses) would
-        else keep the third member's energy held with nobody charged; the holder is the one
-        it serves, so the holder is charged. An honest holder pays only when the same member
-        voids its options that often."""
-        members = {self._org(accounts, owner) for owner in hold.owners}
-        charged = False
-        for doer in responsible - {hold.member}:
-            if members - {hold.member, doer}:
-                VOIDED.inc()
-                charged |= self._conduct.voided(hold.member, doer, now) > VOID_BUDGET
+    def _voided_in_turns(self, accounts: LedgerAccounts, hold: _Hold, maker_member: str,
+                         responsible: set[str], now: int) -> bool:
+        """Count a void of `hold` by other members (`responsible`, the doers' members) of the
+        maker of member `maker_member`, when the option also held a third member's energy
+        (neither the holder's, nor the doers', nor the voided maker's); True once more than
+        VOID_BUDGET of the holder's options were so voided within the window. Members
+        taking turns (one's option takes another's small order with a third member's
+        energy; that one cancels it, or a colluder fills one lot of it through another
+        endorser, before the option lapses) would else keep the third member's energy held
+        with nobody charged; the holder is the one the turns serve, so the holder is
+        charged. A fill racing this endorser's option for the one maker it holds is not
+        counted (it holds nobody else's energy)."""
+        doers = responsible - {hold.member}
+        if not doers:
+            return False
+        left = {self._org(accounts, owner) for owner in hold.owners} - doers - {
+            hold.member, maker_member}
+        if not left:
+            return False
+        charged = self._conduct.voided(hold.member, now) > VOID_BUDGET
+        VOIDED.labels("yes" if charged else "no").inc()
         return charged
 
     def _count_pending(self, unsettled: _Unsettled, sign: int) -> None:
@@ -559,9 +565,9 @@ class BookCache:
         the earliest to expire kept while what is left covers them. One is charged as
         lapsed, if no block places it, when `doers` (who cancelled it, or filled it through
         another endorser) include an account of its own member: else voiding its own option
-        would wash its lapses; another member's doing costs it nothing, unless that member
-        voided more than VOID_BUDGET of its options holding a third member's energy within
-        the window (`_voided_in_turns`). Returns the makers to re-read."""
+        would wash its lapses; another member's doing costs it nothing, unless more than
+        VOID_BUDGET of its options holding a third member's energy were so voided within the
+        window (`_voided_in_turns`). Returns the makers to re-read."""
         holding_ids = self._maker_holds.get(maker_id)
         record = view.load_order(state, maker_id) if holding_ids else None
         if record is None or not holding_ids:
@@ -570,6 +576,7 @@ class BookCache:
         holding = sorted((self._holds[option_id].expires_at, option_id)
                          for option_id in holding_ids)
         responsible = {self._org(accounts, name) for name in doers} - {""}
+        maker_member = self._org(accounts, record.owner)
         makers: list[str] = []
         for _, option_id in holding:
             hold = self._holds[option_id]
@@ -578,7 +585,7 @@ class BookCache:
                 left -= wh
                 continue
             charge = hold.member in responsible or self._voided_in_turns(
-                accounts, hold, responsible, now)
+                accounts, hold, maker_member, responsible, now)
             HOLDS_ENDED_EARLY.labels("yes" if charge else "no").inc()
             makers += self._end_unplaced(option_id, charge)
         return makers

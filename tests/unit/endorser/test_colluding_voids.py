@@ -4,8 +4,9 @@ with the third member's energy; before the option expires the voider cancels its
 colluder fills one lot of it through another endorser), which voids the option "by another
 member's doing": before, the holder was never charged and asked again at once with a clean
 record, as often as it liked, so the third member's energy stayed held and nobody was
-charged. Now such voids are counted per (holder, voiding member), and beyond the budget the
-holder, whom they serve, is charged the lapse."""
+charged. Now such voids are counted per holder, and beyond the budget the holder, whom they
+serve, is charged the lapse. A fill that races an option for the one maker it holds harms no
+third member and is not counted."""
 
 from __future__ import annotations
 
@@ -32,21 +33,25 @@ from gridledger_core.consortium import NodeSpec, OrgSpec, create_consortium, def
 from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
 from gridledger_endorser.book_cache import VOID_BUDGET
+from gridledger_endorser.hold_conduct import BUCKET_SECONDS, WINDOW_SECONDS, HoldConduct
 
 BROKERS = ("broker-1", "broker-2")
+TRADER = "trader-1"  # a fourth member's meter: the colluder filling through another endorser
 CHEAP = ASK - 10_000
 
 
 @pytest.fixture(scope="module")
 def three_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The devnet's community (the third member), a rival (the holder) and a broker (the
-    voider)."""
+    """The devnet's community (the third member), a rival (the holder), a broker (the
+    voider) and a trader (a colluder)."""
     topology = default_topology()
     topology.orgs.append(OrgSpec("rival", [*(NodeSpec(n, Role.METER) for n in RIVALS),
                                            NodeSpec("rival-admin", Role.ADMIN),
                                            NodeSpec("rival-endorser", Role.ENDORSER)]))
     topology.orgs.append(OrgSpec("broker", [*(NodeSpec(n, Role.METER) for n in BROKERS),
                                             NodeSpec("broker-admin", Role.ADMIN)]))
+    topology.orgs.append(OrgSpec("trader", [NodeSpec(TRADER, Role.METER),
+                                            NodeSpec("trader-admin", Role.ADMIN)]))
     balancing = sorted(topology.names(Role.SETTLEMENT))[0]
     funded = [*topology.names(Role.METER), *topology.names(Role.PLANT), balancing]
     directory = tmp_path_factory.mktemp("three-members")
@@ -59,7 +64,8 @@ def three_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def e(three_members: Path) -> TwoMembers:
     """meter-1 (community) rests an ask of 6,000 Wh at ASK; the brokers have a surplus, the
     rival's meters a deficit (allowance 6,600 Wh)."""
-    return _two_members(three_members, sellers=("meter-1", *BROKERS), more_meters=BROKERS)
+    return _two_members(three_members, sellers=("meter-1", *BROKERS),
+                        more_meters=(*BROKERS, TRADER))
 
 
 def _cheap_ask(e: TwoMembers, broker: str = "broker-1") -> str:
@@ -86,9 +92,9 @@ def _cancel_void(e: TwoMembers, order_id: str) -> None:
 
 
 def _fill_void(e: TwoMembers, order_id: str) -> None:
-    """A colluding third party (here the community's meter-2) buys one lot of the broker's
-    ask through another endorser: the option holding it here is void."""
-    assert _block(e, [_placed_by(e, _theirs(e), "meter-2", 100)], int(e.clock[0])) == [
+    """A colluder (a fourth member) buys one lot of the broker's ask through another
+    endorser: the option holding it here is void."""
+    assert _block(e, [_placed_by(e, _theirs(e), TRADER, 100)], int(e.clock[0])) == [
         Code.TX_VALIDATION_CODE_VALID]
 
 
@@ -113,13 +119,22 @@ def test_members_taking_turns_cannot_keep_a_third_members_energy_held_uncharged(
     assert "let 6600 Wh lapse" in _exhausted(e, "rival-2", 6000)
 
 
+@pytest.mark.parametrize("void", [_cancel_void, _fill_void])
 def test_a_void_of_an_option_holding_no_third_members_energy_is_not_counted(
-        e: TwoMembers) -> None:
-    """A seller cancelling the order an option holds with nobody else's energy harms no
-    third member: that stays free however often (the holder is the victim, not served)."""
+        e: TwoMembers, void: object) -> None:
+    """A seller cancelling the order an option holds with nobody else's energy, or another
+    endorser's buyer racing the option for it, harms no third member: that stays free
+    however often (the holder is the victim there, not served)."""
     for _ in range(VOID_BUDGET + 2):
         order_id = _cheap_ask(e)
         _takes(e, "rival-1", 600)  # the broker's 600 Wh only
-        _cancel_void(e, order_id)
+        void(e, order_id)  # type: ignore[operator]
     assert _pending_lapse(e) == 0
     _takes(e, "rival-1", 6000)  # in good standing: its first option takes all it asks
+
+
+def test_voids_are_forgotten_after_the_window() -> None:
+    conduct = HoldConduct()
+    for _ in range(VOID_BUDGET):
+        assert conduct.voided("rival", 1_000) <= VOID_BUDGET
+    assert conduct.voided("rival", 1_000 + WINDOW_SECONDS + BUCKET_SECONDS) == 1

@@ -20,7 +20,9 @@ forecast. It sends the very same signed request again while that is fresh (the e
 answers it with the option it gave before, if the answer was lost on the way: no second
 hold, and no lapse of the first charged to the member), a new one after that or when the
 endorser no longer has the answer. The request is journalled before it first leaves, so an
-agent restarted before the answer reached it sends the same request again too.
+agent restarted before the answer reached it sends the same request again too (while fresh;
+a slot other than the next whose request went stale meanwhile is not taken up again, as an
+agent without a journal would not).
 A PlaceOrder whose submission was never acknowledged is sent
 again as is (the ledger deduplicates by tx id) while its option is valid (not after the
 endorser said the option is dead: a maker filled or cancelled). Then only the chain can say

@@ -17,8 +17,6 @@ import pytest
 from market_helpers import SELL, cancel, terms
 from test_endorser_market import ASK, _option
 from test_member_holds import (
-    FUNDS,
-    RIVALS,
     TwoMembers,
     _ask,
     _block,
@@ -27,9 +25,10 @@ from test_member_holds import (
     _takes,
     _theirs,
     _two_members,
+    funded_consortium,
 )
 
-from gridledger_core.consortium import NodeSpec, OrgSpec, create_consortium, default_topology
+from gridledger_core.consortium import NodeSpec, OrgSpec
 from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
 from gridledger_endorser.book_cache import VOID_BUDGET
@@ -44,20 +43,11 @@ CHEAP = ASK - 10_000
 def three_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The devnet's community (the third member), a rival (the holder), a broker (the
     voider) and a trader (a colluder)."""
-    topology = default_topology()
-    topology.orgs.append(OrgSpec("rival", [*(NodeSpec(n, Role.METER) for n in RIVALS),
-                                           NodeSpec("rival-admin", Role.ADMIN),
-                                           NodeSpec("rival-endorser", Role.ENDORSER)]))
-    topology.orgs.append(OrgSpec("broker", [*(NodeSpec(n, Role.METER) for n in BROKERS),
-                                            NodeSpec("broker-admin", Role.ADMIN)]))
-    topology.orgs.append(OrgSpec("trader", [NodeSpec(TRADER, Role.METER),
-                                            NodeSpec("trader-admin", Role.ADMIN)]))
-    balancing = sorted(topology.names(Role.SETTLEMENT))[0]
-    funded = [*topology.names(Role.METER), *topology.names(Role.PLANT), balancing]
-    directory = tmp_path_factory.mktemp("three-members")
-    create_consortium(directory, topology, settlement={
-        "balancing_account": balancing, "allocations": {n: FUNDS for n in funded}})
-    return directory
+    return funded_consortium(
+        tmp_path_factory.mktemp("three-members"),
+        OrgSpec("broker", [*(NodeSpec(n, Role.METER) for n in BROKERS),
+                           NodeSpec("broker-admin", Role.ADMIN)]),
+        OrgSpec("trader", [NodeSpec(TRADER, Role.METER), NodeSpec("trader-admin", Role.ADMIN)]))
 
 
 @pytest.fixture()

@@ -35,13 +35,19 @@ FUNDS = 10**12
 
 @pytest.fixture(scope="module")
 def two_members(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return funded_consortium(tmp_path_factory.mktemp("two-members"))
+
+
+def funded_consortium(directory: Path, *more: OrgSpec) -> Path:
+    """The devnet's organisations, a rival (meters and an endorser) and `more`, every meter
+    and plant funded; made in `directory`."""
     topology = default_topology()
     topology.orgs.append(OrgSpec("rival", [*(NodeSpec(n, Role.METER) for n in RIVALS),
                                            NodeSpec("rival-admin", Role.ADMIN),
                                            NodeSpec("rival-endorser", Role.ENDORSER)]))
+    topology.orgs.extend(more)
     balancing = sorted(topology.names(Role.SETTLEMENT))[0]
     funded = [*topology.names(Role.METER), *topology.names(Role.PLANT), balancing]
-    directory = tmp_path_factory.mktemp("two-members")
     create_consortium(directory, topology, settlement={
         "balancing_account": balancing, "allocations": {n: FUNDS for n in funded}})
     return directory

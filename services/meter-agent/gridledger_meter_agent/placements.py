@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def _slot(key: bytes) -> int:
     return int.from_bytes(key[len(PREFIX):], "big", signed=True)
 
 
+def _trade_request(envelope: envelope_pb2.SignedEnvelope) -> market_pb2.TradeRequest:
+    return market_pb2.TradeRequest.FromString(envelope.payload)
+
+
 class JournalClosed(RuntimeError):
     """The agent is stopping: nothing more is recorded (so nothing more is sent)."""
 
@@ -93,20 +98,21 @@ class PlacementJournal:
                   + pending.request.SerializeToString())
         self._commit(batch)
 
-    def _commit(self, batch: WriteBatch) -> None:
+    def _commit(self, batch: WriteBatch, unless_absent: bytes | None = None) -> None:
+        """Write `batch` (nothing when the key `unless_absent` is not there)."""
         with self._lock:
             if self._closed:
                 raise JournalClosed("the pre-sale journal is closed (the agent is stopping)")
-            self._store.commit(batch)
+            if unless_absent is None or self._store.get(unless_absent) is not None:
+                self._store.commit(batch)
 
     def forget_request(self, slot: int) -> None:
         """The slot's request is settled (answered, or refused for good): not to be sent
         again by a restarted agent."""
         key = _key(slot, REQUEST_PREFIX)
-        if self._store.get(key) is not None:
-            batch = WriteBatch()
-            batch.delete(key)
-            self._commit(batch)
+        batch = WriteBatch()
+        batch.delete(key)
+        self._commit(batch, unless_absent=key)
 
     def open_placements(self, after: int) -> list[Placement]:
         """The recorded PlaceOrders of slots after `after` (still open), oldest slot first.
@@ -114,28 +120,28 @@ class PlacementJournal:
         then ordered as if nothing was recorded."""
         return [Placement(slot, placing, int.from_bytes(value[:8], "big", signed=True),
                           "sell" if value[8:9] == b"\x01" else "buy")
-                for slot, value, placing in self._open(PREFIX, after, 9)]
+                for slot, value, placing in self._open(PREFIX, after, 9, envelope_tx_id)]
 
     def open_requests(self, after: int) -> list[PendingRequest]:
         """The recorded trade requests of slots after `after` whose option was not
         accepted, oldest slot first (damaged records dropped, as open_placements)."""
         return [PendingRequest(slot, request, int.from_bytes(value[:8], "big", signed=True))
-                for slot, value, request in self._open(REQUEST_PREFIX, after, 8)]
+                for slot, value, request in self._open(REQUEST_PREFIX, after, 8,
+                                                       _trade_request)]
 
-    def _open(self, prefix: bytes, after: int, header: int
+    def _open(self, prefix: bytes, after: int, header: int,
+              check: Callable[[envelope_pb2.SignedEnvelope], object]
               ) -> list[tuple[int, bytes, envelope_pb2.SignedEnvelope]]:
         """(slot, value, the envelope after `header` bytes) of `prefix`'s records of slots
-        after `after`; records that do not decode are logged and deleted."""
+        after `after`; records that do not decode, or whose envelope `check` refuses
+        (DecodeError, ValueError), are logged and deleted."""
         found, damaged = [], WriteBatch()
         for key, value in self._store.scan(prefix, start=_key(after + 1, prefix)):
             try:
                 envelope = envelope_pb2.SignedEnvelope.FromString(value[header:])
                 if len(key) != len(prefix) + 8 or len(value) <= header or not envelope.payload:
                     raise ValueError(f"{len(value)} bytes")
-                if prefix == PREFIX:
-                    envelope_tx_id(envelope)
-                else:
-                    market_pb2.TradeRequest.FromString(envelope.payload)
+                check(envelope)
             except (DecodeError, ValueError) as exc:
                 log.error("pre-sale journal record %s is damaged (%s): dropped", key.hex(), exc)
                 damaged.delete(key)

@@ -33,6 +33,7 @@ from gridledger_core.rpc.peer_identity import (
     PeerRefused,
     Subject,
 )
+from gridledger_core.rpc.request_timing import request_arrived
 
 ALL = frozenset(Role)
 
@@ -291,6 +292,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
     def _request(requests: Iterator[Any], method: str, context: grpc.ServicerContext,
                  peer: Peer) -> Any:
         for request in requests:
+            request_arrived()
             try:
                 judge_request(method, peer, request)
             except Refused as exc:
@@ -396,6 +398,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         `context.read()`: the request iterator gRPC also offers is an async generator, a
         tenth of a trivial call's cost more."""
         request = await context.read()
+        request_arrived()
         if request is grpc.aio.EOF:
             refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                    _NO_REQUEST.format(short_name(method)))

@@ -13,6 +13,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from gridledger_core.rpc.handler_cache import WrappedHandlers, wire_kind
+from gridledger_core.rpc.request_timing import REQUEST_ARRIVED
 
 STARTED = Counter("grpc_server_started", "RPCs started on the server.",
                   ["grpc_type", "grpc_service", "grpc_method"])
@@ -134,9 +135,13 @@ def _measured_kind(handler: Any) -> tuple[str, Any, Any] | None:
 @contextlib.contextmanager
 def _measured(context: grpc.ServicerContext, kind: str, service: str,
               method: str) -> Iterator[None]:
-    """Count the call, time it, and record its final status code (an abort sets the code on
-    the context before it raises; any other exception is UNKNOWN)."""
+    """Count the call, time it (a unary call from its request's arrival, request_timing.py),
+    and record its final status code (an abort sets the code on the context before it
+    raises; any other exception is UNKNOWN)."""
     STARTED.labels(kind, service, method).inc()
+    # Only a unary call's handler surely ends in the context it began in (a stream's
+    # generator may be closed on another thread); its thread or task may have served others.
+    token = REQUEST_ARRIVED.set(0.0) if kind == "unary" else None
     start = time.perf_counter()
     code = "OK"  # also for a stream the client closed (GeneratorExit), as before
     try:
@@ -150,4 +155,7 @@ def _measured(context: grpc.ServicerContext, kind: str, service: str,
         raise
     finally:
         HANDLED.labels(kind, service, method, code).inc()
+        if token is not None:
+            start = max(start, REQUEST_ARRIVED.get())
+            REQUEST_ARRIVED.reset(token)
         HANDLING.labels(kind, service, method).observe(time.perf_counter() - start)

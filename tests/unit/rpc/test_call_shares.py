@@ -154,6 +154,29 @@ def test_unary_calls_are_still_measured_as_unary(
     assert REGISTRY.get_sample_value("grpc_server_handled_total", labels) == before + 1
 
 
+def test_a_unary_calls_handling_time_starts_when_its_request_arrives(
+        server: NodeServer | AioNodeServer, consortium_dir: Path) -> None:
+    """Its handler now starts with the call (served as a stream, so the caller is judged
+    first): the time the client takes to send its request is not the server's handling."""
+    from prometheus_client import REGISTRY
+    labels = {"grpc_type": "unary", "grpc_service": "gridledger.committer.v1.CommitterService",
+              "grpc_method": "GetChainInfo"}
+    before = REGISTRY.get_sample_value("grpc_server_handling_seconds_sum", labels) or 0.0
+    delay = 1.0
+
+    def late() -> Iterator[committer_pb2.GetChainInfoRequest]:
+        time.sleep(delay)  # the call is open; its request comes a second later
+        yield committer_pb2.GetChainInfoRequest()
+
+    admin = TlsFiles.for_node(consortium_dir, "admin")
+    with grpc.secure_channel(f"localhost:{server.port}", admin.channel_credentials()) as channel:
+        channel.stream_unary(CHAIN_INFO, request_serializer=lambda m: m.SerializeToString(),
+                             response_deserializer=committer_pb2.GetChainInfoResponse
+                             .FromString)(late(), timeout=10)
+    handled = REGISTRY.get_sample_value("grpc_server_handling_seconds_sum", labels) - before
+    assert 0 < handled < delay / 2  # a trivial handler; before, more than the delay
+
+
 class _SlowStreams(committer_pb2_grpc.CommitterServiceServicer):
     """A committer servicer whose SubscribeCommits answers once, then looks whether its
     client is still there only every few seconds (as the real one waits for the next block,

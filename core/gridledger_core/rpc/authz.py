@@ -173,17 +173,10 @@ def caller_subject(identities: PeerIdentities, full_method: str, pem: bytes | No
         raise Refused(f"{short_name(full_method)}: {exc}") from exc
 
 
-def judge(identities: PeerIdentities, full_method: str, pem: bytes | None,
-          request: Any = None) -> Peer:
-    """The verified caller of `full_method`, or Refused naming the rule."""
-    return judge_subject(identities, full_method,
-                         caller_subject(identities, full_method, pem), request)
-
-
-def judge_subject(identities: PeerIdentities, full_method: str, subject: Subject,
-                  request: Any = None) -> Peer:
-    """`judge` of a caller whose certificate was read (`caller_subject`). Messages are made
-    only for a refusal: this runs on every call."""
+def judge_subject(identities: PeerIdentities, full_method: str, subject: Subject) -> Peer:
+    """The verified caller of `full_method`, whose certificate was read (`caller_subject`),
+    or Refused naming the rule; its request is judged apart (`judge_request`), once read.
+    Messages are made only for a refusal: this runs on every call."""
     rule = TABLE[full_method]
     try:
         peer = identities.admit(subject)
@@ -197,14 +190,12 @@ def judge_subject(identities: PeerIdentities, full_method: str, subject: Subject
     if rule.pinned_orderer and not peer.pinned_orderer:
         raise Refused(f"{short_name(full_method)}: {peer.name} did not present the TLS "
                       "certificate genesis pins for it; only the genesis orderers may call")
-    if request is not None:
-        judge_request(full_method, peer, request)
     return peer
 
 
 def judge_request(full_method: str, peer: Peer, request: Any) -> None:
     """What `full_method`'s rule asks of the request of its judged caller `peer`, or
-    Refused (a method without a rule never gets this far: `judge` refused it)."""
+    Refused (a method without a rule never gets this far: `caller_subject` refused it)."""
     rule = TABLE[full_method]
     if rule.own_account:
         asked = getattr(request, rule.own_account)

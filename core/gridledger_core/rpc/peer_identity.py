@@ -222,12 +222,11 @@ class PeerIdentities:
             if account is None:
                 try:
                     account = self._lookup(name)
-                except LookupUnavailable as exc:
-                    raise LookupUnavailable(f"{name} could not be looked up on the ledger: "
-                                            f"{exc}", exc.retry_after_ms) from exc
                 except Exception as exc:  # a failed lookup is no verdict on the caller
+                    retry = (exc.retry_after_ms if isinstance(exc, LookupUnavailable)
+                             else LOOKUP_RETRY_AFTER_MS)
                     raise LookupUnavailable(f"{name} could not be looked up on the ledger: "
-                                            f"{exc}") from exc
+                                            f"{exc}", retry) from exc
                 if account is not None and account.role in LEDGER_ROLES:
                     with self._lock:
                         _bounded_put(self._registered, name, account)

@@ -61,7 +61,8 @@ def _key(slot: int, prefix: bytes = PREFIX) -> bytes:
 
 
 def _slot(key: bytes) -> int:
-    return int.from_bytes(key[len(PREFIX):], "big", signed=True)
+    """The slot of a record's key, whichever its prefix (`_key`)."""
+    return int.from_bytes(key[-8:], "big", signed=True)
 
 
 def _trade_request(envelope: envelope_pb2.SignedEnvelope) -> market_pb2.TradeRequest:

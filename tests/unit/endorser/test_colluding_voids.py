@@ -10,6 +10,7 @@ third member and is not counted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -88,19 +89,22 @@ def _fill_void(e: TwoMembers, order_id: str) -> None:
         Code.TX_VALIDATION_CODE_VALID]
 
 
+Void = Callable[[TwoMembers, str], None]  # ends, by another member's doing, an option's hold
+
+
 def _pending_lapse(e: TwoMembers) -> int:
     return e.servicer.books._pending_lapse.get("rival", 0)
 
 
 @pytest.mark.parametrize("void", [_cancel_void, _fill_void])
 def test_members_taking_turns_cannot_keep_a_third_members_energy_held_uncharged(
-        e: TwoMembers, void: object) -> None:
+        e: TwoMembers, void: Void) -> None:
     for turn in range(VOID_BUDGET + 1):
         order_id = _cheap_ask(e)
         option_id = _holds_both(e)
         if not turn:  # the community asks too (all is held): a holder in bad standing
             assert _ask(e, "meter-2", 1000)[0] == grpc.StatusCode.ABORTED  # gets its share
-        void(e, order_id)  # type: ignore[operator]
+        void(e, order_id)
         assert not e.servicer.books.holds(option_id)
         if turn < VOID_BUDGET:  # another member's doing: free, within the budget
             assert _pending_lapse(e) == 0
@@ -111,14 +115,14 @@ def test_members_taking_turns_cannot_keep_a_third_members_energy_held_uncharged(
 
 @pytest.mark.parametrize("void", [_cancel_void, _fill_void])
 def test_a_void_of_an_option_holding_no_third_members_energy_is_not_counted(
-        e: TwoMembers, void: object) -> None:
+        e: TwoMembers, void: Void) -> None:
     """A seller cancelling the order an option holds with nobody else's energy, or another
     endorser's buyer racing the option for it, harms no third member: that stays free
     however often (the holder is the victim there, not served)."""
     for _ in range(VOID_BUDGET + 2):
         order_id = _cheap_ask(e)
         _takes(e, "rival-1", 600)  # the broker's 600 Wh only
-        void(e, order_id)  # type: ignore[operator]
+        void(e, order_id)
     assert _pending_lapse(e) == 0
     _takes(e, "rival-1", 6000)  # in good standing: its first option takes all it asks
 

@@ -434,7 +434,9 @@ def _exchange_as_verified_peer(servicer: ConsensusServicer, genesis: Genesis, pe
                                requests: Iterator[consensus_pb2.ExchangeRequest]) -> None:
     """Call Exchange as the authorisation interceptor would: with its verdict on the caller's
     pinned certificate in the call's context (the servicer trusts only that verdict)."""
-    peer = authz.judge(PeerIdentities(genesis), _EXCHANGE, pem)
+    identities = PeerIdentities(genesis)
+    peer = authz.judge_subject(identities, _EXCHANGE,
+                               authz.caller_subject(identities, _EXCHANGE, pem))
     token = authz._CALLER.set(peer)
     try:
         servicer.Exchange(requests, Context(peer.name, pem))  # type: ignore[arg-type]

@@ -6,6 +6,15 @@ time travel together in one `BroadcastBatch` call (a gRPC call costs the orderer
 than checking one transaction), and the sender thread endorses such a group with one
 signature just before sending it (sealing.py). Every caller still gets its own result.
 
+One group is in flight at a time: what arrives meanwhile waits for its answer and leaves as
+the next group. A group costs every node of the network about the same whatever its size
+(the orderer's call, its forward to each peer orderer, the group's endorsement signature
+verified by every orderer and committer), and an idle second sender taking each arrival at
+once made groups half as large with nothing gained but the wait for one orderer's durable
+write. The second sender starts a group alongside only when the one in flight has been out
+for `overlap_after` seconds (an orderer slow to answer, or down until the call's timeout),
+or when a whole group is waiting already.
+
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
 `duplicate`) for *that* transaction (the result's tx id must be the caller's). Anything else
@@ -23,6 +32,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -45,6 +55,9 @@ MAX_BATCH_TXS = MAX_GROUP
 MAX_BATCH_BYTES = 4 << 20
 # The retry hint given when orderers said RESOURCE_EXHAUSTED without one.
 DEFAULT_RETRY_AFTER_MS = 50
+# How long a group may be in flight before the next one leaves alongside it: well above an
+# orderer's usual answer (a synced write), well below the call's timeout.
+DEFAULT_OVERLAP_AFTER = 0.05
 
 # Per item of seal_and_broadcast: the orderer's OK or why not, and its endorsement.
 Answers = list[tuple[orderer_pb2.BroadcastResponse | BaseException,
@@ -122,35 +135,42 @@ class _Pending:
 
 class Broadcaster:
     def __init__(self, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
-                 timeout: float = 5.0, senders: int = 2) -> None:
+                 timeout: float = 5.0, senders: int = 2,
+                 overlap_after: float = DEFAULT_OVERLAP_AFTER) -> None:
         channels = [secure_channel(address, tls) for _, address in orderers]
         self._setup([(name, orderer_pb2_grpc.OrdererServiceStub(channel))
                      for (name, _), channel in zip(orderers, channels, strict=True)],
-                    timeout, senders)
+                    timeout, senders, overlap_after)
         self._channels = channels
 
     @classmethod
     def over(cls, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-             timeout: float = 5.0, senders: int = 2) -> Broadcaster:
+             timeout: float = 5.0, senders: int = 2,
+             overlap_after: float = DEFAULT_OVERLAP_AFTER) -> Broadcaster:
         """Over given (orderer name, stub) pairs: for tests."""
         broadcaster = cls.__new__(cls)
-        broadcaster._setup(stubs, timeout, senders)
+        broadcaster._setup(stubs, timeout, senders, overlap_after)
         broadcaster._channels = []
         return broadcaster
 
     def _setup(self, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-               timeout: float, senders: int) -> None:
+               timeout: float, senders: int, overlap_after: float) -> None:
         self._names = [name for name, _ in stubs]
         self._stubs = [stub for _, stub in stubs]
         self._current = 0
         self._timeout = timeout
+        self._overlap_after = overlap_after
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_bytes = 0
+        # When each group in flight left (monotonic), by sender.
+        self._in_flight: dict[int, float] = {}
         self._closed = False
         # More than one sender, so a batch stuck on a dead orderer until the timeout does not
         # hold up the next one; started on first use.
-        self._senders = [threading.Thread(target=self._send_loop, name=f"broadcast-{i}",
-                                          daemon=True) for i in range(senders)]
+        self._senders = [threading.Thread(target=self._send_loop, args=(i,),
+                                          name=f"broadcast-{i}", daemon=True)
+                         for i in range(senders)]
         self._started = False
 
     def broadcast(self, endorsed_transaction: bytes,
@@ -226,6 +246,7 @@ class Broadcaster:
                 for thread in self._senders:
                     thread.start()
             self._queue.extend(pendings)
+            self._queued_bytes += sum(p.size for p in pendings)
             self._cond.notify_all()
 
     @staticmethod
@@ -251,15 +272,34 @@ class Broadcaster:
         with self._cond:
             batch = list(self._queue)
             self._queue.clear()
+            self._queued_bytes = 0
         return batch
 
-    def _next_batch(self) -> list[_Pending] | None:
-        """Whatever is waiting, up to the batch limits; None once closed and empty."""
+    def _overlap_wait(self) -> float:
+        """0 when a group may leave now (nothing in flight, a whole group waiting, or the
+        oldest group in flight out for `overlap_after`), else how long until it may. Call
+        with the lock held and something queued."""
+        if not self._in_flight or self._closed or len(self._queue) >= MAX_BATCH_TXS \
+                or self._queued_bytes >= MAX_BATCH_BYTES:
+            return 0.0
+        out_for = time.monotonic() - min(self._in_flight.values())
+        return max(0.0, self._overlap_after - out_for)
+
+    def _next_batch(self, sender: int) -> list[_Pending] | None:
+        """Whatever is waiting, up to the batch limits, once it may leave (`_overlap_wait`);
+        None once closed and empty. The group counts as in flight for `sender` until
+        `_landed`."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                wait = self._overlap_wait()
+                if not wait:
+                    break
+                self._cond.wait(wait)
             batch: list[_Pending] = []
             size = 0
             while self._queue and len(batch) < MAX_BATCH_TXS:
@@ -267,11 +307,19 @@ class Broadcaster:
                 if batch and size > MAX_BATCH_BYTES:
                     break
                 batch.append(self._queue.popleft())
+            self._queued_bytes -= sum(p.size for p in batch)
+            self._in_flight[sender] = time.monotonic()
             return batch
 
-    def _send_loop(self) -> None:
+    def _landed(self, sender: int) -> None:
+        """`sender`'s group has its answers: the next may leave."""
+        with self._cond:
+            self._in_flight.pop(sender, None)
+            self._cond.notify_all()
+
+    def _send_loop(self, sender: int) -> None:
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(sender)
             if batch is None:
                 return
             GROUP_SIZE.observe(len(batch))
@@ -284,6 +332,8 @@ class Broadcaster:
                 for pending in batch:
                     if not pending.done.is_set():
                         pending.resolve(error=exc)
+            finally:
+                self._landed(sender)
 
     @staticmethod
     def _sealed(batch: list[_Pending]) -> list[_Pending]:

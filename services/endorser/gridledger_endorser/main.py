@@ -24,7 +24,7 @@ from gridledger_core.storage.metrics import export_store_size
 from gridledger_endorser import admission, options
 from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
-from gridledger_endorser.broadcaster import Broadcaster
+from gridledger_endorser.broadcaster import DEFAULT_OVERLAP_AFTER, Broadcaster
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
@@ -34,6 +34,13 @@ def _positive_ms(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1000:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1000 ms, not {text}")
+    return value
+
+
+def _overlap_ms(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 5000:  # beyond the broadcast timeout a second group never leaves
+        raise argparse.ArgumentTypeError(f"must be 0 to 5000 ms, not {text}")
     return value
 
 
@@ -74,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "
                              "block) computes; Python's default is 5 ms")
+    parser.add_argument("--broadcast-overlap-ms", type=_overlap_ms,
+                        default=DEFAULT_OVERLAP_AFTER * 1000,
+                        help="how long a group of transactions may wait for an orderer's "
+                             "answer before the next group leaves alongside it (broadcaster.py: "
+                             "one group in flight makes groups larger; 0 sends each arrival at "
+                             "once when a sender is free)")
     args = node_config.parse(parser, argv)
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps
@@ -85,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
-    broadcaster = Broadcaster(orderers, tls)
+    broadcaster = Broadcaster(orderers, tls, overlap_after=args.broadcast_overlap_ms / 1000)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the replica before the follower starts, then follows it.

@@ -107,9 +107,10 @@ class FakeOrderer:
         return orderer_pb2.BroadcastResponse(tx_id=result.tx_id, duplicate=result.duplicate)
 
 
-def broadcaster(*orderers: FakeOrderer, senders: int = 1) -> Broadcaster:
+def broadcaster(*orderers: FakeOrderer, senders: int = 1,
+                overlap_after: float = 0.05) -> Broadcaster:
     return Broadcaster.over([(f"orderer-{i + 1}", o) for i, o in enumerate(orderers)],  # type: ignore[misc]
-                            timeout=1.0, senders=senders)
+                            timeout=1.0, senders=senders, overlap_after=overlap_after)
 
 
 def outcome(b: Broadcaster, tx: bytes) -> str:
@@ -137,6 +138,74 @@ def test_concurrent_broadcasts_travel_in_one_batch_call() -> None:
         assert first.result(5) == "ok tx-0"
         assert [f.result(5) for f in rest] == [f"ok tx-{i}" for i in range(1, 31)]
     assert [len(batch) for batch in orderer.batches] == [1, 30]
+    b.close()
+
+
+def _queued(b: Broadcaster, count: int) -> bool:
+    deadline = time.monotonic() + 5
+    while len(b._queue) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return len(b._queue) == count
+
+
+def _entered(orderer: FakeOrderer, calls: int) -> bool:
+    deadline = time.monotonic() + 5
+    while len(orderer.batches) < calls and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return len(orderer.batches) == calls
+
+
+def test_an_idle_second_sender_waits_for_the_group_in_flight() -> None:
+    """With two senders (the endorser's), arrivals while a group is at the orderer leave
+    together once it is answered: each group costs every node about the same, and the idle
+    sender taking each arrival at once split them into groups of one or two."""
+    orderer = FakeOrderer()
+    orderer.gate = threading.Event()
+    b = broadcaster(orderer, senders=2, overlap_after=5.0)
+    with ThreadPoolExecutor(40) as pool:
+        first = pool.submit(outcome, b, b"tx-0")
+        assert orderer.entered.wait(5)
+        rest = [pool.submit(outcome, b, f"tx-{i}".encode()) for i in range(1, 31)]
+        assert _queued(b, 30), "the idle sender took arrivals while a group was in flight"
+        orderer.gate.set()
+        assert first.result(5) == "ok tx-0"
+        assert [f.result(5) for f in rest] == [f"ok tx-{i}" for i in range(1, 31)]
+    assert [len(batch) for batch in orderer.batches] == [1, 30]
+    b.close()
+
+
+def test_a_group_out_too_long_lets_the_next_leave_alongside() -> None:
+    """An orderer slow to answer (or down until the call's timeout) holds the next group
+    back for `overlap_after` at most: then the second sender sends it."""
+    orderer = FakeOrderer()
+    orderer.gate = threading.Event()
+    b = broadcaster(orderer, senders=2, overlap_after=0.05)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(outcome, b, b"tx-0")
+        assert orderer.entered.wait(5)
+        second = pool.submit(outcome, b, b"tx-1")
+        assert _entered(orderer, 2), "the next group waited for the stuck one"
+        orderer.gate.set()
+        assert (first.result(5), second.result(5)) == ("ok tx-0", "ok tx-1")
+    b.close()
+
+
+def test_a_whole_group_waiting_leaves_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gridledger_endorser import broadcaster as module
+    monkeypatch.setattr(module, "MAX_BATCH_TXS", 10)
+    orderer = FakeOrderer()
+    orderer.gate = threading.Event()
+    b = broadcaster(orderer, senders=2, overlap_after=5.0)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(outcome, b, b"tx-0")
+        assert orderer.entered.wait(5)
+        group = pool.submit(b.broadcast_many, [(f"tx-{i}".encode(), f"tx-{i}")
+                                               for i in range(1, 11)])
+        assert _entered(orderer, 2), "a full group waited for the one in flight"
+        orderer.gate.set()
+        assert first.result(5) == "ok tx-0"
+        assert [a.tx_id for a in group.result(5)] == [f"tx-{i}" for i in range(1, 11)]
+    assert [len(batch) for batch in orderer.batches] == [1, 10]
     b.close()
 
 

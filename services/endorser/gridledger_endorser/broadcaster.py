@@ -245,9 +245,14 @@ class Broadcaster:
                 self._started = True
                 for thread in self._senders:
                     thread.start()
+            was_empty = not self._queue
             self._queue.extend(pendings)
             self._queued_bytes += sum(p.size for p in pendings)
-            self._cond.notify_all()
+            # Wake a sender when it may send, or once per group to time the overlap: while a
+            # group is in flight its sender takes what waits when it lands, and waking the
+            # other at every arrival cost a thread switch and a GIL hand-off per call.
+            if was_empty or not self._overlap_wait():
+                self._cond.notify()
 
     @staticmethod
     def _result(pending: _Pending) -> orderer_pb2.BroadcastResponse | BaseException:
@@ -312,10 +317,9 @@ class Broadcaster:
             return batch
 
     def _landed(self, sender: int) -> None:
-        """`sender`'s group has its answers: the next may leave."""
+        """`sender`'s group has its answers; the sender itself takes the next (no wake-up)."""
         with self._cond:
             self._in_flight.pop(sender, None)
-            self._cond.notify_all()
 
     def _send_loop(self, sender: int) -> None:
         while True:

@@ -14,10 +14,19 @@ The bound is measured, not configured (Little's law: in flight = rate x time in 
 where the observed commit rate is how many of *this endorser's* transactions its replica saw
 committed (valid or not) per second over the last `window` seconds. At saturation the in-flight
 set drains at the commit rate, so a transaction admitted at the bound waits about `budget`
-before its commit. The estimate bootstraps itself: with only `floor` in flight the commit
-rate is floor / (unloaded latency), and the bound becomes budget / (unloaded latency) times
-that, so it grows by that factor per window until the network, not the bound, limits the rate
-(which needs a budget above the unloaded submit->commit latency, a few hundred ms). Counting
+before its commit.
+
+A window in which the endorser ran empty measured what was asked, not what the network can
+commit, so it can only raise the estimate; only a window busy throughout lowers it (as a
+congestion controller does not shrink on application-limited samples, RFC 7661). Without
+this an endorser idle for one window fell back to `floor`, and the next burst (a gate
+closure's readings, a head-end system's upload) was refused for several windows while the
+network stood idle. A network that slows under load still lowers the bound within a window.
+
+The estimate bootstraps itself: with only `floor` in flight the commit rate is floor /
+(unloaded latency), and the bound becomes budget / (unloaded latency) times that, so it grows
+by that factor per window until the network, not the bound, limits the rate (which needs a
+budget above the unloaded submit->commit latency, a few hundred ms). Counting
 only this endorser's own transactions shares the network between several endorsers in
 proportion to what each gets committed, instead of each claiming the whole rate.
 
@@ -123,6 +132,8 @@ class Admission:
         self._committed_in_window = 0
         self._blocks: collections.deque[float] = collections.deque(maxlen=32)
         self._started = clock()
+        self._estimated_rate = 0.0  # commits/s: the capacity estimate (module docstring)
+        self._empty_at = self._started  # when nothing was last in flight
         CAPACITY.set(self.capacity())
 
     # -- estimate ------------------------------------------------------------------------
@@ -131,17 +142,31 @@ class Admission:
         """This endorser's transactions committed per second over the last window (over
         the time since start while that is shorter)."""
         with self._lock:
-            now = self._clock()
-            self._expire_commits(now)
-            span = min(self._config.window_s, max(now - self._started, 1e-3))
-            return self._committed_in_window / span
+            return self._windowed_rate(self._clock())
+
+    def _windowed_rate(self, now: float) -> float:
+        """(Under the lock.)"""
+        self._expire_commits(now)
+        span = min(self._config.window_s, max(now - self._started, 1e-3))
+        return self._committed_in_window / span
 
     def capacity(self) -> int:
         c = self._config
         if c.budget_ms <= 0:
             return c.ceiling
-        estimate = int(c.budget_ms / 1000 * self.commit_rate())
-        return max(c.floor, min(c.ceiling, estimate))
+        with self._lock:
+            rate = self._capacity_rate(self._clock())
+        return max(c.floor, min(c.ceiling, int(c.budget_ms / 1000 * rate)))
+
+    def _capacity_rate(self, now: float) -> float:
+        """The estimated commits/s the network gives this endorser: the windowed commit
+        rate when the endorser was busy throughout the window, else the higher of it and
+        the estimate so far (under the lock)."""
+        rate = self._windowed_rate(now)
+        busy = bool(self._in_flight) and self._empty_at < now - self._config.window_s
+        if busy or rate > self._estimated_rate:
+            self._estimated_rate = rate
+        return self._estimated_rate
 
     def retry_after_ms(self) -> int:
         with self._lock:
@@ -249,6 +274,8 @@ class Admission:
         self._held[member] -= 1
         if not self._held[member]:
             del self._held[member]  # no longer active: the others' shares grow
+        if not self._in_flight:
+            self._empty_at = self._clock()
         return member
 
     def _show_held(self, members: Iterable[str]) -> None:

@@ -78,13 +78,51 @@ def test_capacity_is_budget_times_observed_rate_between_floor_and_ceiling() -> N
         put_in_flight(a, ids)
         a.on_block(ids)
     assert a.capacity() == 200
-    clock.now += 6  # the window passed without commits: back to the floor
-    assert a.capacity() == 10
     for i in range(3):
         ids = [f"c{i}-{j}" for j in range(1000)]
         put_in_flight(a, ids)
         a.on_block(ids)
     assert a.capacity() == 500  # the ceiling
+
+
+def _saturated_blocks(a: Admission, clock: Clock, per_block: int, blocks: int,
+                     tag: str) -> None:
+    """One block a second of `per_block` of ours, the endorser held at its bound meanwhile
+    (something more asked and refused), so never empty."""
+    for block in range(blocks):
+        clock.now += 1
+        room = max(a.capacity(), per_block + 1) - a.in_flight
+        if room > 0:
+            put_in_flight(a, [f"{tag}-fill{block}-{i}" for i in range(room)])
+        assert a.admit([f"{tag}-refused-{block}"]) == [Admitted.REFUSED]
+        committed = list(a._in_flight)[:per_block]
+        a.on_block(committed)
+    clock.now += 0.5  # a window now holds exactly five of these blocks
+
+
+def test_an_idle_endorser_keeps_the_capacity_it_measured() -> None:
+    """Tried as a grid operator's burst would: the endorser measured 100 tx/s under load,
+    then nothing was asked for a minute (a quiet hour before a gate closure); a burst of 150
+    readings then arrives. An idle window measures demand, not capacity: the old estimate
+    fell back to the floor (10) and refused 140 of them while the network stood idle."""
+    clock = Clock()
+    a = admission(clock, budget_ms=2000, floor=10, ceiling=5000, window_s=5.0)
+    _saturated_blocks(a, clock, 100, 8, "load")
+    assert a.capacity() == 200
+    a.on_block(list(a._in_flight))  # everything in flight commits, then a quiet minute
+    clock.now += 60
+    assert a.commit_rate() == 0 and a.capacity() >= 200
+    burst = [f"burst-{i}" for i in range(150)]
+    assert a.admit(burst) == [Admitted.NEW] * 150
+
+
+def test_a_network_slower_under_load_lowers_the_bound_within_a_window() -> None:
+    clock = Clock()
+    a = admission(clock, budget_ms=2000, floor=10, ceiling=5000, window_s=5.0)
+    _saturated_blocks(a, clock, 100, 8, "fast")
+    assert a.capacity() == 200
+    _saturated_blocks(a, clock, 20, 6, "slow")  # an orderer lost: 20 of ours a second
+    assert a.capacity() == 40  # 20/s x 2 s
 
 
 def test_only_this_endorsers_transactions_count_toward_the_rate() -> None:

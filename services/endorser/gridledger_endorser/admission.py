@@ -16,12 +16,17 @@ committed (valid or not) per second over the last `window` seconds. At saturatio
 set drains at the commit rate, so a transaction admitted at the bound waits about `budget`
 before its commit.
 
-A window in which the endorser ran empty measured what was asked, not what the network can
-commit, so it can only raise the estimate; only a window busy throughout lowers it (as a
-congestion controller does not shrink on application-limited samples, RFC 7661). Without
-this an endorser idle for one window fell back to `floor`, and the next burst (a gate
-closure's readings, a head-end system's upload) was refused for several windows while the
-network stood idle. A network that slows under load still lowers the bound within a window.
+The capacity estimate is that rate only when the window measured capacity: when this
+endorser's in-flight set stayed at half its bound or more throughout it (RFC 7661's
+validated window). Any other window measured what was asked, not what the network can
+commit, and can only raise the estimate. Without this an endorser that was asked little for
+one window (idle, a trickle, or one acknowledged transaction an orderer lost) fell back to
+`floor`, and the next burst (a gate closure's readings, a head-end system's upload) was
+refused for several windows while the network stood idle. A network that slows under load
+still lowers the bound after one window, since its in-flight set then stays near the bound.
+The estimate does not decay while little is asked: a burst after a quiet hour in which the
+network slowed is admitted at the old bound and waits past the budget for one window, until
+the bound follows.
 
 The estimate bootstraps itself: with only `floor` in flight the commit rate is floor /
 (unloaded latency), and the bound becomes budget / (unloaded latency) times that, so it grows
@@ -133,7 +138,7 @@ class Admission:
         self._blocks: collections.deque[float] = collections.deque(maxlen=32)
         self._started = clock()
         self._estimated_rate = 0.0  # commits/s: the capacity estimate (module docstring)
-        self._empty_at = self._started  # when nothing was last in flight
+        self._below_half_at = self._started  # when in flight was last below half the bound
         CAPACITY.set(self.capacity())
 
     # -- estimate ------------------------------------------------------------------------
@@ -151,22 +156,34 @@ class Admission:
         return self._committed_in_window / span
 
     def capacity(self) -> int:
+        with self._lock:
+            return self._bound(self._capacity_rate(self._clock()))
+
+    def _bound(self, rate: float) -> int:
         c = self._config
         if c.budget_ms <= 0:
             return c.ceiling
-        with self._lock:
-            rate = self._capacity_rate(self._clock())
         return max(c.floor, min(c.ceiling, int(c.budget_ms / 1000 * rate)))
 
     def _capacity_rate(self, now: float) -> float:
-        """The estimated commits/s the network gives this endorser: the windowed commit
-        rate when the endorser was busy throughout the window, else the higher of it and
-        the estimate so far (under the lock)."""
+        """The estimated commits/s the network gives this endorser (under the lock): the
+        windowed commit rate while the first window fills, then that rate when the window
+        was validated (in flight at half the bound or more throughout), else the higher of
+        it and the estimate so far."""
+        self._see_in_flight(now)
         rate = self._windowed_rate(now)
-        busy = bool(self._in_flight) and self._empty_at < now - self._config.window_s
-        if busy or rate > self._estimated_rate:
+        since = now - self._config.window_s
+        if self._started > since:
+            return rate
+        if self._below_half_at < since or rate > self._estimated_rate:
             self._estimated_rate = rate
         return self._estimated_rate
+
+    def _see_in_flight(self, now: float) -> None:
+        """Remember when the in-flight set was last seen below half the bound: at each
+        estimate (every admission asks for one) and each drop (under the lock)."""
+        if 2 * len(self._in_flight) < self._bound(self._estimated_rate):
+            self._below_half_at = now
 
     def retry_after_ms(self) -> int:
         with self._lock:
@@ -274,8 +291,7 @@ class Admission:
         self._held[member] -= 1
         if not self._held[member]:
             del self._held[member]  # no longer active: the others' shares grow
-        if not self._in_flight:
-            self._empty_at = self._clock()
+        self._see_in_flight(self._clock())
         return member
 
     def _show_held(self, members: Iterable[str]) -> None:

@@ -314,6 +314,8 @@ class Broadcaster:
                 batch.append(self._queue.popleft())
             self._queued_bytes -= sum(p.size for p in batch)
             self._in_flight[sender] = time.monotonic()
+            if self._queue:  # more than a group: the other sender sends it or times it
+                self._cond.notify()
             return batch
 
     def _landed(self, sender: int) -> None:

@@ -209,6 +209,28 @@ def test_a_whole_group_waiting_leaves_at_once(monkeypatch: pytest.MonkeyPatch) -
     b.close()
 
 
+def test_more_than_a_group_at_once_leaves_as_groups_side_by_side(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One arrival of more than a group (a SubmitBatch) with both senders idle: the first
+    takes a group, and the rest does not wait for its answer (the second sender was left
+    asleep, so a hung orderer held the rest for its whole timeout)."""
+    from gridledger_endorser import broadcaster as module
+    monkeypatch.setattr(module, "MAX_BATCH_TXS", 10)
+    orderer = FakeOrderer()
+    b = broadcaster(orderer, senders=2, overlap_after=5.0)
+    assert outcome(b, b"warm") == "ok warm"  # both senders started, now idle
+    time.sleep(0.2)  # ... and asleep
+    gate = orderer.gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(b.broadcast_many, [(f"tx-{i}".encode(), f"tx-{i}")
+                                                 for i in range(25)])
+        assert _entered(orderer, 3), "the rest waited for the first group's answer"
+        gate.set()
+        assert [a.tx_id for a in answers.result(5)] == [f"tx-{i}" for i in range(25)]
+    assert sorted(len(batch) for batch in orderer.batches) == [1, 5, 10, 10]
+    b.close()
+
+
 def test_each_caller_gets_its_own_answer_and_a_refusal_fails_over() -> None:
     """An orderer refusing what the endorser found valid must not condemn it: a hostile or
     broken orderer would otherwise make every client drop valid transactions."""

@@ -9,11 +9,12 @@ genesis size limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,58 +156,55 @@ def _entered(orderer: FakeOrderer, calls: int) -> bool:
     return len(orderer.batches) == calls
 
 
-def test_an_idle_second_sender_waits_for_the_group_in_flight() -> None:
-    """With two senders (the endorser's), arrivals while a group is at the orderer leave
-    together once it is answered: each group costs every node about the same, and the idle
-    sender taking each arrival at once split them into groups of one or two."""
+@contextlib.contextmanager
+def first_group_held(overlap_after: float) -> Iterator[tuple[
+        FakeOrderer, Broadcaster, threading.Event, ThreadPoolExecutor, Future[str]]]:
+    """Two senders (the endorser's); the first group (b"tx-0") held at the orderer until
+    its gate opens."""
     orderer = FakeOrderer()
-    orderer.gate = threading.Event()
-    b = broadcaster(orderer, senders=2, overlap_after=5.0)
+    gate = orderer.gate = threading.Event()
+    b = broadcaster(orderer, senders=2, overlap_after=overlap_after)
     with ThreadPoolExecutor(40) as pool:
         first = pool.submit(outcome, b, b"tx-0")
         assert orderer.entered.wait(5)
+        yield orderer, b, gate, pool, first
+        gate.set()
+        assert first.result(5) == "ok tx-0"
+    b.close()
+
+
+def test_an_idle_second_sender_waits_for_the_group_in_flight() -> None:
+    """Arrivals while a group is at the orderer leave together once it is answered: each
+    group costs every node about the same, and the idle sender taking each arrival at once
+    split them into groups of one or two."""
+    with first_group_held(overlap_after=5.0) as (orderer, b, gate, pool, _):
         rest = [pool.submit(outcome, b, f"tx-{i}".encode()) for i in range(1, 31)]
         assert _queued(b, 30), "the idle sender took arrivals while a group was in flight"
-        orderer.gate.set()
-        assert first.result(5) == "ok tx-0"
+        gate.set()
         assert [f.result(5) for f in rest] == [f"ok tx-{i}" for i in range(1, 31)]
     assert [len(batch) for batch in orderer.batches] == [1, 30]
-    b.close()
 
 
 def test_a_group_out_too_long_lets_the_next_leave_alongside() -> None:
     """An orderer slow to answer (or down until the call's timeout) holds the next group
     back for `overlap_after` at most: then the second sender sends it."""
-    orderer = FakeOrderer()
-    orderer.gate = threading.Event()
-    b = broadcaster(orderer, senders=2, overlap_after=0.05)
-    with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(outcome, b, b"tx-0")
-        assert orderer.entered.wait(5)
+    with first_group_held(overlap_after=0.05) as (orderer, b, gate, pool, _):
         second = pool.submit(outcome, b, b"tx-1")
         assert _entered(orderer, 2), "the next group waited for the stuck one"
-        orderer.gate.set()
-        assert (first.result(5), second.result(5)) == ("ok tx-0", "ok tx-1")
-    b.close()
+        gate.set()
+        assert second.result(5) == "ok tx-1"
 
 
 def test_a_whole_group_waiting_leaves_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from gridledger_endorser import broadcaster as module
     monkeypatch.setattr(module, "MAX_BATCH_TXS", 10)
-    orderer = FakeOrderer()
-    orderer.gate = threading.Event()
-    b = broadcaster(orderer, senders=2, overlap_after=5.0)
-    with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(outcome, b, b"tx-0")
-        assert orderer.entered.wait(5)
+    with first_group_held(overlap_after=5.0) as (orderer, b, gate, pool, _):
         group = pool.submit(b.broadcast_many, [(f"tx-{i}".encode(), f"tx-{i}")
                                                for i in range(1, 11)])
         assert _entered(orderer, 2), "a full group waited for the one in flight"
-        orderer.gate.set()
-        assert first.result(5) == "ok tx-0"
+        gate.set()
         assert [a.tx_id for a in group.result(5)] == [f"tx-{i}" for i in range(1, 11)]
     assert [len(batch) for batch in orderer.batches] == [1, 10]
-    b.close()
 
 
 def test_more_than_a_group_at_once_leaves_as_groups_side_by_side(

@@ -181,7 +181,7 @@ class Admission:
 
     def _see_in_flight(self, now: float) -> None:
         """Remember when the in-flight set was last seen below half the bound: at each
-        estimate (every admission asks for one) and each drop (under the lock)."""
+        estimate (every admission asks for one) and after it shrank (under the lock)."""
         if 2 * len(self._in_flight) < self._bound(self._estimated_rate):
             self._below_half_at = now
 
@@ -270,6 +270,7 @@ class Admission:
             member = self._drop(tx_id)
             if member is not None:
                 self._show_held([member])
+            self._see_in_flight(self._clock())
             IN_FLIGHT.set(len(self._in_flight))
 
     def full_error(self, member: str = "") -> Full:
@@ -291,7 +292,6 @@ class Admission:
         self._held[member] -= 1
         if not self._held[member]:
             del self._held[member]  # no longer active: the others' shares grow
-        self._see_in_flight(self._clock())
         return member
 
     def _show_held(self, members: Iterable[str]) -> None:
@@ -317,6 +317,7 @@ class Admission:
                 self._committed_in_window += mine
             self._blocks.append(now)
             self._expire_commits(now)
+            self._see_in_flight(now)
             IN_FLIGHT.set(len(self._in_flight))
         rate = self.commit_rate()
         COMMIT_RATE.set(rate)
@@ -334,6 +335,7 @@ class Admission:
                 return
             self._show_held([m for m in [self._drop(tx_id)] if m is not None])
             FORGOTTEN.inc()
+            self._see_in_flight(now)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -59,11 +59,10 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         if len(times) == len(m.logs):
             committed[tx_id] = (max(times), code)
     acked = [r for r in m.records if r.acked]
-    ours = {r.tx_id for r in acked}
-    kind_of = {r.tx_id: r.kind for r in acked}
+    ours = {r.tx_id: r.kind for r in acked}  # tx id -> its job's kind
     # The mix matters: an order costs every role several times what a reading does, so
     # phases are compared at their committed mix, not only their count.
-    valid_by_kind = Counter(kind_of[t] for t, (at, code) in committed.items()
+    valid_by_kind = Counter(ours[t] for t, (at, code) in committed.items()
                             if t in ours and code == VALID and start <= at <= end)
     valid_in_window = sum(valid_by_kind.values())
     latencies = [committed[r.tx_id][0] - r.submitted for r in acked

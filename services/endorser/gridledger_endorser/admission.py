@@ -167,21 +167,21 @@ class Admission:
 
     def _capacity_rate(self, now: float) -> float:
         """The estimated commits/s the network gives this endorser (under the lock): the
-        windowed commit rate while the first window fills, then that rate when the window
-        was validated (in flight at half the bound or more throughout), else the higher of
-        it and the estimate so far."""
+        windowed commit rate while the first window fills or when the window was validated
+        (in flight at half the bound or more throughout), else the higher of it and the
+        estimate so far."""
         self._see_in_flight(now)
         rate = self._windowed_rate(now)
         since = now - self._config.window_s
-        if self._started > since:
-            return rate
-        if self._below_half_at < since or rate > self._estimated_rate:
+        if self._started > since or self._below_half_at < since or \
+                rate > self._estimated_rate:
             self._estimated_rate = rate
         return self._estimated_rate
 
     def _see_in_flight(self, now: float) -> None:
-        """Remember when the in-flight set was last seen below half the bound: at each
-        estimate (every admission asks for one) and after it shrank (under the lock)."""
+        """Remember when the in-flight set was last seen below half the bound (under the
+        lock): at each estimate, which every admission and every block asks for, and after
+        forgetting (which admissions do after their estimate)."""
         if 2 * len(self._in_flight) < self._bound(self._estimated_rate):
             self._below_half_at = now
 
@@ -270,7 +270,6 @@ class Admission:
             member = self._drop(tx_id)
             if member is not None:
                 self._show_held([member])
-            self._see_in_flight(self._clock())
             IN_FLIGHT.set(len(self._in_flight))
 
     def full_error(self, member: str = "") -> Full:
@@ -316,12 +315,11 @@ class Admission:
                 self._commits.append((now, mine))
                 self._committed_in_window += mine
             self._blocks.append(now)
-            self._expire_commits(now)
-            self._see_in_flight(now)
+            rate = self._windowed_rate(now)
+            capacity = self._bound(self._capacity_rate(now))
             IN_FLIGHT.set(len(self._in_flight))
-        rate = self.commit_rate()
         COMMIT_RATE.set(rate)
-        CAPACITY.set(self.capacity())
+        CAPACITY.set(capacity)
 
     def _expire_commits(self, now: float) -> None:
         while self._commits and self._commits[0][0] < now - self._config.window_s:
@@ -329,12 +327,15 @@ class Admission:
 
     def _forget(self, now: float) -> None:
         limit = now - self._config.forget_after_s
+        forgot = False
         while self._in_flight:
             tx_id, (at, _) = next(iter(self._in_flight.items()))
             if at >= limit:
-                return
+                break
             self._show_held([m for m in [self._drop(tx_id)] if m is not None])
             FORGOTTEN.inc()
+            forgot = True
+        if forgot:
             self._see_in_flight(now)
 
 

@@ -308,11 +308,11 @@ class Broadcaster:
             batch: list[_Pending] = []
             size = 0
             while self._queue and len(batch) < MAX_BATCH_TXS:
-                size += self._queue[0].size
-                if batch and size > MAX_BATCH_BYTES:
+                if batch and size + self._queue[0].size > MAX_BATCH_BYTES:
                     break
+                size += self._queue[0].size
                 batch.append(self._queue.popleft())
-            self._queued_bytes -= sum(p.size for p in batch)
+            self._queued_bytes -= size
             self._in_flight[sender] = time.monotonic()
             if self._queue:  # more than a group: the other sender sends it or times it
                 self._cond.notify()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core import node_config
@@ -30,18 +30,18 @@ from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
 
-def _positive_ms(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1000 ms, not {text}")
-    return value
-
-
-def _overlap_ms(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 5000:  # beyond the broadcast timeout a second group never leaves
-        raise argparse.ArgumentTypeError(f"must be 0 to 5000 ms, not {text}")
-    return value
+def _ms(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: milliseconds above `low` (or equal, with `zero`) and at most
+    `high`."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (low <= value if zero else low < value) or value > high:
+            bounds = (f"{low:g} to {high:g} ms" if zero
+                      else f"above {low:g} and at most {high:g} ms")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+    parse.__name__ = "milliseconds"  # argparse names the type in "invalid ... value"
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -77,16 +77,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "queue grows ahead of admission control (0: the members' shares "
                              "together and a little room, so their own refusal comes first; "
                              "threads server: twice --workers)")
-    parser.add_argument("--gil-switch-ms", type=_positive_ms, default=1.0,
+    parser.add_argument("--gil-switch-ms", type=_ms(0, 1000), default=1.0,
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "
                              "block) computes; Python's default is 5 ms")
-    parser.add_argument("--broadcast-overlap-ms", type=_overlap_ms,
+    parser.add_argument("--broadcast-overlap-ms", type=_ms(0, 5000, zero=True),
                         default=DEFAULT_OVERLAP_AFTER * 1000,
                         help="how long a group of transactions may wait for an orderer's "
                              "answer before the next group leaves alongside it (broadcaster.py: "
                              "one group in flight makes groups larger; 0 sends each arrival at "
-                             "once when a sender is free)")
+                             "once when a sender is free; at most the 5 s broadcast timeout)")
     args = node_config.parse(parser, argv)
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps

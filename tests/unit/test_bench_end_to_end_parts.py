@@ -148,6 +148,8 @@ def test_analyse_counts_only_transactions_committed_everywhere_in_the_window(
     assert summary["committed_valid_tx_per_s"] == 1.0  # a and b, over 2 s
     assert summary["submit_to_commit_ms"]["samples"] == 3  # a, b, d (c is not everywhere)
     assert summary["submit_to_commit_ms"]["p50"] == 300.0  # b: 101.9 - 101.6
+    assert summary["submit_to_commit_p99_ms_by_kind"] == {"order": pytest.approx(300.0),
+                                                          "reading": pytest.approx(300.0)}
     assert summary["matching_ms"] == {"p50": 50.0, "p99": 100.0, "samples": 2}
     assert summary["rejected"] == {"FAILED_PRECONDITION: x": 1}
     assert summary["invalid"] == {"STATE_CONFLICT": 1}

@@ -139,7 +139,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         # transaction: fewer is more transactions per gRPC message).
         "orderer_messages_per_committed_tx": {
             name: round(count / valid_in_window, 3) if valid_in_window else None
-            for name, count in sorted(m.orderer_counts.items())},
+            for name, count in sorted(m.orderer_counts.items()) if name != "round_changes"},
+        "orderer_round_changes": m.orderer_counts.get("round_changes"),
     }
     return summary, _series(m, committed, ours)
 
@@ -228,6 +229,7 @@ def table(report: dict) -> str:
     for name in ("broadcast_calls", "consensus_messages", "tx_forwards"):
         row(f"orderers: {name.replace('_', ' ')} per tx",
             lambda s, n=name: s.get("orderer_messages_per_committed_tx", {}).get(n))
+    row("orderers: round changes (all orderers)", lambda s: s.get("orderer_round_changes"))
     row("CPU ms per tx: all roles", lambda s: s["cpu_ms_per_committed_tx_total"])
     row("GC pauses (orderers, committers, endorser): ms per tx; longest",
         lambda s: f"{_fmt(s.get('gc_pause_ms_per_committed_tx'))}; "

@@ -343,8 +343,12 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
 
 def _orderer_counts(orderers: Sequence[devnet.Node]) -> dict[str, float]:
     received = "gridledger_orderer_messages_received"
-    samples = observe.scrape(orderers, ["grpc_server_started", received])
+    rounds = "gridledger_orderer_round_changes"
+    samples = observe.scrape(orderers, ["grpc_server_started", received, rounds])
     return {
+        # Each orderer counts the rounds it entered above 0 (a primary that did not get its
+        # block through within the round timeout): a stall of the whole network.
+        "round_changes": observe.counter_sum(samples, rounds),
         "broadcast_calls": observe.counter_sum(
             samples, "grpc_server_started",
             lambda labels: labels.get("grpc_method") in ("Broadcast", "BroadcastBatch")),

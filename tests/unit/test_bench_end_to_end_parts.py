@@ -193,12 +193,14 @@ def test_orderer_messages_are_counted_per_committed_transaction() -> None:
     log = CommitLog("committer-1", {"a": (101.8, V), "b": (101.9, V)}, [BlockSeen(1, 101.9, 2)])
     measured = _measured(records, [log])
     measured.orderer_counts = {"broadcast_calls": 1.0, "consensus_messages": 9.0,
-                               "tx_forwards": 3.0}
+                               "tx_forwards": 3.0, "round_changes": 2.0}
     summary, _ = e2e_report.analyse(measured)
     assert summary["orderer_messages_per_committed_tx"] == {
         "broadcast_calls": 0.5, "consensus_messages": 4.5, "tx_forwards": 1.5}
+    assert summary["orderer_round_changes"] == 2.0  # a count, not per transaction
     table = e2e_report.table({"phases": {"max_rate": summary}, "peak_rss_mib": {}})
     assert "orderers: tx forwards per tx" in table
+    assert "orderers: round changes (all orderers)" in table
 
 
 def test_jobs_shed_by_the_generator_and_its_lag_are_counted_apart_from_refusals() -> None:

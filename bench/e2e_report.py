@@ -37,6 +37,8 @@ class Measured:
     # generations) and their total in seconds.
     gc_pauses: Buckets = field(default_factory=dict)
     gc_seconds: float = 0.0
+    # Ed25519 verifications per second on one core, timed just before the phase.
+    machine_ed25519_verify_per_s: float | None = None
 
 
 def _order_share(by_kind: dict[str, int] | None) -> str | None:
@@ -129,6 +131,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         "gc_pause_ms_per_committed_tx": round(m.gc_seconds / valid_in_window * 1000, 4)
         if valid_in_window else None,
         "gc_pause_longest": _bucket_text(longest(m.gc_pauses)),
+        "machine_ed25519_verify_per_s_before": round(m.machine_ed25519_verify_per_s)
+        if m.machine_ed25519_verify_per_s is not None else None,
         "machine_busy_fraction": share_of_machine(m.machine_busy, seconds),
         "machine_steal_fraction": share_of_machine(m.machine_steal, seconds),
         "submitter_cpu_seconds": round(m.submitter_cpu, 1),
@@ -234,6 +238,8 @@ def table(report: dict) -> str:
     row("GC pauses (orderers, committers, endorser): ms per tx; longest",
         lambda s: f"{_fmt(s.get('gc_pause_ms_per_committed_tx'))}; "
                   f"{_fmt(s.get('gc_pause_longest'))}")
+    row("machine speed before the phase: Ed25519 verifications/s (one core)",
+        lambda s: s.get("machine_ed25519_verify_per_s_before"))
     row("machine busy (2 cores = 1.0)", lambda s: s["machine_busy_fraction"])
     row("of which steal (the host ran other guests)",
         lambda s: s.get("machine_steal_fraction"))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import commit_replay, e2e_report, observe, profiling, submitter, workload
+from bench import commit_replay, e2e_report, limits, observe, profiling, submitter, workload
 from bench.workdir import removed_unless_failed
 from gridctl import devnet
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
@@ -47,6 +47,8 @@ from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.rpc.tls import secure_channel
 
 ROLES = ("orderer", "committer", "endorser")
+# Ed25519 verifications timed before each phase (about 0.2 s): the machine's speed then.
+SPEED_PROBE_VERIFICATIONS = 4_000
 FINALITY = "gridledger_orderer_block_finality_seconds"
 
 
@@ -273,6 +275,10 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
            batch: int = 0) -> tuple[dict, dict]:
     nodes = [n for n in network.nodes if n.role in ROLES]
     orderers = network.by_role("orderer")
+    # The host's speed drifts by a fifth and more within one run (same code, same work: CPU
+    # per transaction follows it), so each phase is read against its own: timed here, with
+    # the network idle after the previous phase drained.
+    speed = limits.ed25519_verifications_per_second(SPEED_PROBE_VERIFICATIONS)
     followers = [observe.CommitFollower(network, c, _height(network))
                  for c in network.by_role("committer")]
     endorser = network.by_role("endorser")[0]
@@ -332,7 +338,8 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         machine_steal=machine_after.steal - machine_before.steal, finality=finality,
         drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
-        orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds)
+        orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds,
+        machine_ed25519_verify_per_s=speed)
     summary, series = e2e_report.analyse(measured)
     summary["api"] = (f"SubmitBatch, RequestOptionsBatch x{batch}" if batch
                       else "SubmitTransaction")

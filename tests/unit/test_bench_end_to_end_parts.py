@@ -144,7 +144,10 @@ def test_analyse_counts_only_transactions_committed_everywhere_in_the_window(
                                       "d": (102.7, INVALID)},
                       [BlockSeen(1, 101.2, 1), BlockSeen(2, 101.9, 1), BlockSeen(3, 102.7, 2)])
     second = CommitLog("committer-2", {"a": (101.3, V), "b": (101.8, V), "d": (102.8, INVALID)})
-    summary, series = e2e_report.analyse(_measured(records, [first, second]))
+    measured = _measured(records, [first, second])
+    measured.machine_ed25519_verify_per_s = 18_123.4
+    summary, series = e2e_report.analyse(measured)
+    assert summary["machine_ed25519_verify_per_s_before"] == 18_123
     assert summary["committed_valid_tx_per_s"] == 1.0  # a and b, over 2 s
     assert summary["submit_to_commit_ms"]["samples"] == 3  # a, b, d (c is not everywhere)
     assert summary["submit_to_commit_ms"]["p50"] == 300.0  # b: 101.9 - 101.6
@@ -165,6 +168,7 @@ def test_analyse_counts_only_transactions_committed_everywhere_in_the_window(
     report = {"phases": {"fixed_rate": summary, "max_rate": summary},
               "peak_rss_mib": {"orderer-1": 70.0}}
     assert "committed (valid) tx/s" in e2e_report.table(report)
+    assert "18,123" in e2e_report.table(report)  # the machine's speed before the phase
     chart.render({"fixed_rate": series}, tmp_path / "c.png", title="test")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -10,13 +10,15 @@ per committed transaction fell by a fifth (docs/performance.md, "The endorser on
 loop").
 
 The loop runs in a thread of its own, so a node's main thread keeps its shape: start(), then
-serve_until_signal(); set_serving() and stop() may be called from any thread.
+serve_until_signal(); set_serving() and stop() may be called from any thread. How late the
+loop runs what is due is exported as `gridledger_loop_lag_seconds` (loop_lag.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,6 +33,7 @@ from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.authz import AioAuthzInterceptor
 from gridledger_core.rpc.call_shares import UNBOUNDED, CallShares, per_member
+from gridledger_core.rpc.loop_lag import watch_lag
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
 from gridledger_core.rpc.server import (
@@ -86,6 +89,7 @@ class AioNodeServer:
         self._server: aio.Server | None = None
         self._health_server: aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._lag_probe: asyncio.Task[None] | None = None
 
     def add_service(self, register: Callable[[Any, Any], None], servicer: Any,
                     full_name: str) -> None:
@@ -141,6 +145,7 @@ class AioNodeServer:
             await plain.start()
             self._health_server = plain
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        self._lag_probe = asyncio.ensure_future(watch_lag())
 
     async def _set_all(self, status: int) -> None:
         assert self._health is not None
@@ -172,7 +177,14 @@ class AioNodeServer:
             log.error("%s: a shutdown step took over %.0f s; going on without it", self.name,
                       seconds)
 
+    async def _end_lag_probe(self) -> None:
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_probe
+
     def _end_loop(self) -> None:
+        self._within(self._end_lag_probe(), 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

@@ -55,14 +55,12 @@ class AioNodeServer:
                  options: Sequence[tuple[str, Any]] = (),
                  account_lookup: AccountLookup | None = None,
                  maximum_concurrent_rpcs: int | None = None,
-                 calls_per_member: int | None = None, borrowable_calls: int = 0) -> None:
+                 calls_per_member: int | None = None) -> None:
         """`calls_per_member`: the calls one member (organisation) may have in progress
         (call_shares.py); by default an equal share of `maximum_concurrent_rpcs` (gRPC's own
-        bound, which counts a call from its start), unbounded when neither is set.
-        `borrowable_calls`: places beyond the shares together that a member at its share may
-        borrow while idle. Given shares and no bound, gRPC's bound sits MEMBER_ROOM calls per
-        member above the shares and the lendable places together, so a member's own
-        refusal (with its hint) comes first."""
+        bound, which counts a call from its start), unbounded when neither is set. Given
+        shares and no bound, gRPC's bound sits MEMBER_ROOM calls per member above the
+        shares together, so a member's own refusal (with its hint) comes first."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -75,10 +73,9 @@ class AioNodeServer:
         share = calls_per_member or (per_member(maximum_concurrent_rpcs, members)
                                      if maximum_concurrent_rpcs else UNBOUNDED)
         if not maximum_concurrent_rpcs and calls_per_member:
-            maximum_concurrent_rpcs = ((calls_per_member + MEMBER_ROOM) * members
-                                       + borrowable_calls)
+            maximum_concurrent_rpcs = (calls_per_member + MEMBER_ROOM) * members
         self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
-        self.shares = CallShares(share, members=members, borrowable=borrowable_calls)
+        self.shares = CallShares(share)
         self._health_listen = health_listen
         self._registrations: list[tuple[Callable[[Any, Any], None], Any]] = []
         self._services: list[str] = []

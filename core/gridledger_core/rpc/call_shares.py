@@ -15,18 +15,6 @@ at most an equal share of the server's places. A call beyond its member's share 
 at once, RESOURCE_EXHAUSTED with a retry hint, and holds nothing; the other members keep
 their shares whatever one member does (authz.py's interceptors apply this to every
 call).
-
-**Lending idle places** (`borrowable`, the asyncio endorser's; 0 on the threaded servers,
-whose places are threads). With equal shares alone, one member's clients were refused at
-their share while every other member's places stood idle: the benchmark's one member,
-whose calls each wait for an orderer's durable write, hit the endorser's 128 whenever
-that write stalled for a few hundred milliseconds at 70 % of capacity, and every refused
-job waited for the hint (docs/performance.md, eighteenth round). So a member at its share
-may also take an idle place, as long as every other member could still take its whole
-share at once: the places the others hold, or their share where they hold less, together
-with the borrower's, stay within the members' shares together plus `borrowable`. A member
-below its share always enters; what one member borrowed, even held for good by calls that
-never end, never takes a place another member's share needs.
 """
 
 from __future__ import annotations
@@ -58,17 +46,10 @@ class CallShares:
     """At most `share` calls in progress per member (thread-safe). Members are the genesis
     organisations, so the counters (and metric labels) are bounded by the consortium."""
 
-    def __init__(self, share: int, *, members: int = 1, borrowable: int = 0) -> None:
-        """`members`: the consortium's organisations (each has `share` places reserved);
-        `borrowable`: places beyond the shares together that a member at its share may
-        take while they are idle (0: none)."""
+    def __init__(self, share: int) -> None:
         if share < 1:
             raise ValueError(f"a member's share of calls must be at least 1, not {share}")
-        if borrowable < 0:
-            raise ValueError(f"borrowable places must be at least 0, not {borrowable}")
         self.share = share
-        self.members = max(1, members)
-        self.borrowable = borrowable
         self._held: dict[str, int] = {}
         self._gauges: dict[str, Any] = {}  # member -> its HELD child (labels() costs a lookup)
         self._lock = threading.Lock()
@@ -77,8 +58,10 @@ class CallShares:
         """Take one of `member`'s places; False (nothing taken) when it holds its share."""
         with self._lock:
             held = self._held.get(member, 0)
-            refused = not self._may_enter(member, held)
-            if not refused:
+            if held >= self.share:
+                refused = True
+            else:
+                refused = False
                 self._held[member] = held + 1
             gauge = self._gauges.get(member)
             if gauge is None:
@@ -88,18 +71,6 @@ class CallShares:
             return False
         gauge.inc()
         return True
-
-    def _may_enter(self, member: str, held: int) -> bool:
-        """Below its share, or an idle place every other member's share leaves free (under
-        the lock; members are the genesis organisations, so this is a short loop)."""
-        if held < self.share:
-            return True
-        if not self.borrowable:
-            return False
-        others = [count for name, count in self._held.items() if name != member]
-        without_calls = max(0, self.members - 1 - len(others))
-        reserved = sum(max(count, self.share) for count in others) + without_calls * self.share
-        return held + 1 + reserved <= self.share * self.members + self.borrowable
 
     def leave(self, member: str) -> None:
         """Give back a place taken by `enter`."""
@@ -117,7 +88,6 @@ class CallShares:
             return self._held.get(member, 0)
 
     def refusal(self, member: str) -> str:
-        borrowed = (" and no idle place is left to borrow" if self.borrowable else "")
         return (f"{member} holds its share of this server's calls in progress ({self.share} "
-                "calls: the server's places shared equally among the consortium's members)"
-                f"{borrowed}; call again when one of them has ended")
+                "calls: the server's places shared equally among the consortium's members); "
+                "call again when one of them has ended")

@@ -44,14 +44,6 @@ def _ms(low: float, high: float, *, zero: bool = False) -> Callable[[str], float
     return parse
 
 
-def _places(text: str) -> int:
-    """An argparse type: a number of call places, 0 or more."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("endorser")
     parser.add_argument("--orderer", action="append", default=[],
@@ -79,11 +71,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "asyncio server, counted from each call's start; beyond it the "
                              "call is refused at once, RESOURCE_EXHAUSTED with a retry hint "
                              "(threads server: an equal share of --workers)")
-    parser.add_argument("--borrowable-calls", type=_places, default=512,
-                        help="asyncio server: places beyond the members' shares together "
-                             "that a member at its share may take while they are idle; "
-                             "every other member can still take its whole share at once "
-                             "(0: each member stops at its share)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=0,
                         help="calls in progress or waiting for a handler thread; beyond it "
                              "gRPC refuses at once with RESOURCE_EXHAUSTED (no hint), so no "
@@ -128,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server: NodeServer | AioNodeServer
     if args.grpc_server == "asyncio":
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                               calls_per_member=args.calls_per_member,
-                               borrowable_calls=args.borrowable_calls, **common)
+                               calls_per_member=args.calls_per_member, **common)
     else:
         server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                             max_workers=args.workers, **common)

@@ -47,44 +47,6 @@ def test_a_member_holds_at_most_its_share() -> None:
         CallShares(0)
 
 
-def test_a_member_alone_borrows_the_places_the_others_leave_idle() -> None:
-    # Four members, a share of 2 each and 4 places to lend: a member alone may hold its
-    # share and every lendable place (the others' shares stay reserved for them).
-    shares = CallShares(2, members=4, borrowable=4)
-    for _ in range(6):
-        assert shares.enter("community")
-    assert not shares.enter("community")
-    assert "no idle place is left to borrow" in shares.refusal("community")
-    # Without lending (the threaded servers) it stops at its share, as before.
-    alone = CallShares(2, members=4)
-    assert [alone.enter("community") for _ in range(3)] == [True, True, False]
-
-
-def test_what_one_member_borrowed_never_takes_another_members_share() -> None:
-    shares = CallShares(2, members=4, borrowable=4)
-    for _ in range(6):  # hostile: borrows every idle place and never gives them back
-        assert shares.enter("community")
-    for member in ("gridops", "utility", "solarco"):
-        assert shares.enter(member) and shares.enter(member)  # each its whole share
-        assert not shares.enter(member)  # nothing left to borrow
-    assert shares.held("community") == 6
-
-
-def test_borrowers_share_the_lendable_places_and_get_them_back_as_calls_end() -> None:
-    shares = CallShares(2, members=4, borrowable=4)
-    for _ in range(4):  # its share and 2 borrowed
-        assert shares.enter("gridops")
-    for _ in range(4):  # its share and the 2 lendable places left
-        assert shares.enter("community")
-    assert not shares.enter("community") and not shares.enter("gridops")
-    assert shares.enter("utility") and shares.enter("utility")  # shares stay reserved
-    shares.leave("gridops")  # a borrowed place comes back
-    assert shares.enter("community")
-    assert not shares.enter("gridops")
-    with pytest.raises(ValueError):
-        CallShares(2, members=4, borrowable=-1)
-
-
 def test_an_equal_share_of_the_places_is_at_least_one() -> None:
     assert per_member(64, 4) == 16
     assert per_member(8, 3) == 2
@@ -149,33 +111,6 @@ def test_calls_that_never_send_their_request_hold_only_their_members_share(
     # Its places come back when its calls end.
     assert _released(server, "community", 5.0)
     assert _chain_info(server.port, hostile) == grpc.StatusCode.OK
-
-
-def test_the_asyncio_server_lends_idle_places_but_keeps_every_members_share(
-        consortium_dir: Path, genesis: Genesis) -> None:
-    # The endorser's server: 2 places a member, 4 to lend; gRPC's own bound sits above
-    # both, so a borrowed call is not refused by gRPC without a hint.
-    server = answering_server(genesis, TlsFiles.for_node(consortium_dir, "committer-1"),
-                              kind="asyncio", calls_per_member=2, borrowable_calls=4)
-    hostile = TlsFiles.for_node(consortium_dir, "meter-1")  # community
-    silent = SilentCalls(f"localhost:{server.port}", hostile, CHAIN_INFO, 12)
-    try:
-        refused = silent.refused()
-        assert server.shares.held("community") == 6  # its share and every lendable place
-        assert len(refused) == 6
-        for code, details, hint in refused:
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "no idle place is left to borrow" in details
-            assert hint > 0
-        for caller in ("admin", "committer-2", "plant-1"):  # each other member's share
-            assert _chain_info(server.port, TlsFiles.for_node(consortium_dir, caller)) \
-                == grpc.StatusCode.OK, caller
-    finally:
-        silent.close()
-        try:
-            assert _released(server, "community", 5.0)
-        finally:
-            server.stop()
 
 
 def test_streams_held_open_count_against_their_member(

@@ -275,9 +275,9 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
            batch: int = 0) -> tuple[dict, dict]:
     nodes = [n for n in network.nodes if n.role in ROLES]
     orderers = network.by_role("orderer")
-    # The host's speed drifts by a fifth and more within one run (same code, same work: CPU
-    # per transaction follows it), so each phase is read against its own: timed here, with
-    # the network idle after the previous phase drained.
+    # The same phase moves by more between runs than most changes do, so each phase says
+    # whether the host's compute speed moved: timed here, with the network idle after the
+    # previous phase drained.
     speed = limits.ed25519_verifications_per_second(SPEED_PROBE_VERIFICATIONS)
     followers = [observe.CommitFollower(network, c, _height(network))
                  for c in network.by_role("committer")]

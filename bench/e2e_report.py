@@ -206,7 +206,7 @@ def table(report: dict) -> str:
             f"p99 <= {TARGET_P99_MS:.0f} at 70 %" if p == "p99" else "")
     row("submit->commit p99 ms by kind", lambda s: "; ".join(
         f"{kind} {_fmt(p99)}"
-        for kind, p99 in s.get("submit_to_commit_p99_ms_by_kind", {}).items()))
+        for kind, p99 in s.get("submit_to_commit_p99_ms_by_kind", {}).items()) or None)
     row("accepted call (send->ack) p50 / p99 ms",
         lambda s: f"{_fmt(s['accepted_call_ms']['p50'])} / {_fmt(s['accepted_call_ms']['p99'])}")
     row("ack->commit p50 / p99 ms",
@@ -233,7 +233,8 @@ def table(report: dict) -> str:
     for name in ("broadcast_calls", "consensus_messages", "tx_forwards"):
         row(f"orderers: {name.replace('_', ' ')} per tx",
             lambda s, n=name: s.get("orderer_messages_per_committed_tx", {}).get(n))
-    row("orderers: round changes (all orderers)", lambda s: s.get("orderer_round_changes"))
+    row("orderers: round changes in the window (all orderers)",
+        lambda s: s.get("orderer_round_changes"))
     row("CPU ms per tx: all roles", lambda s: s["cpu_ms_per_committed_tx_total"])
     row("GC pauses (orderers, committers, endorser): ms per tx; longest",
         lambda s: f"{_fmt(s.get('gc_pause_ms_per_committed_tx'))}; "

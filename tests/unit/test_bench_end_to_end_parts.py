@@ -204,7 +204,7 @@ def test_orderer_messages_are_counted_per_committed_transaction() -> None:
     assert summary["orderer_round_changes"] == 2.0  # a count, not per transaction
     table = e2e_report.table({"phases": {"max_rate": summary}, "peak_rss_mib": {}})
     assert "orderers: tx forwards per tx" in table
-    assert "orderers: round changes (all orderers)" in table
+    assert "orderers: round changes in the window (all orderers)" in table
 
 
 def test_jobs_shed_by_the_generator_and_its_lag_are_counted_apart_from_refusals() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -178,13 +177,14 @@ class AioNodeServer:
                       seconds)
 
     async def _end_lag_probe(self) -> None:
-        if self._lag_probe is not None:
-            self._lag_probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag_probe
+        probe = self._lag_probe
+        if probe is not None and not probe.done():
+            probe.cancel()
+            await asyncio.wait({probe})  # never raises, whatever ended the probe
 
     def _end_loop(self) -> None:
-        self._within(self._end_lag_probe(), 5)
+        if self._loop.is_running():
+            self._within(self._end_lag_probe(), 1)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

@@ -33,6 +33,8 @@ class Measured:
     # BroadcastBatch calls started), "consensus_messages" (received from peers), and
     # "tx_forwards" (of those, TxForward messages).
     orderer_counts: dict[str, float] = field(default_factory=dict)
+    # Rounds the orderers entered above 0 in the window (all orderers together).
+    orderer_round_changes: float | None = None
     # The measured nodes' garbage-collector pauses in the window: their histogram (all
     # generations) and their total in seconds.
     gc_pauses: Buckets = field(default_factory=dict)
@@ -143,8 +145,8 @@ def analyse(m: Measured) -> tuple[dict, dict]:
         # transaction: fewer is more transactions per gRPC message).
         "orderer_messages_per_committed_tx": {
             name: round(count / valid_in_window, 3) if valid_in_window else None
-            for name, count in sorted(m.orderer_counts.items()) if name != "round_changes"},
-        "orderer_round_changes": m.orderer_counts.get("round_changes"),
+            for name, count in sorted(m.orderer_counts.items())},
+        "orderer_round_changes": m.orderer_round_changes,
     }
     return summary, _series(m, committed, ours)
 

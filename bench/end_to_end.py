@@ -310,6 +310,7 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         window_end = time.monotonic()
         cpu_after, machine_after = observe.cpu_by_node(nodes), observe.machine_cpu_seconds()
         counts = {k: v - counts_before[k] for k, v in _orderer_counts(orderers).items()}
+        round_changes = counts.pop("round_changes")
         finality = observe.bucket_delta(observe.scrape_histogram(orderers, FINALITY),
                                         finality_before)
         gc_after = observe.scrape(nodes, [GC_PAUSES])
@@ -338,7 +339,8 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         machine_steal=machine_after.steal - machine_before.steal, finality=finality,
         drained=drained,
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
-        orderer_counts=counts, gc_pauses=gc_pauses, gc_seconds=gc_seconds,
+        orderer_counts=counts, orderer_round_changes=round_changes, gc_pauses=gc_pauses,
+        gc_seconds=gc_seconds,
         machine_ed25519_verify_per_s=speed)
     summary, series = e2e_report.analyse(measured)
     summary["api"] = (f"SubmitBatch, RequestOptionsBatch x{batch}" if batch

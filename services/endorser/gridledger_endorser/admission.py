@@ -157,7 +157,8 @@ class Admission:
 
     def capacity(self) -> int:
         with self._lock:
-            return self._bound(self._capacity_rate(self._clock()))
+            now = self._clock()
+            return self._bound(self._capacity_rate(now, self._windowed_rate(now)))
 
     def _bound(self, rate: float) -> int:
         c = self._config
@@ -165,13 +166,12 @@ class Admission:
             return c.ceiling
         return max(c.floor, min(c.ceiling, int(c.budget_ms / 1000 * rate)))
 
-    def _capacity_rate(self, now: float) -> float:
+    def _capacity_rate(self, now: float, rate: float) -> float:
         """The estimated commits/s the network gives this endorser (under the lock): the
         windowed commit rate while the first window fills or when the window was validated
         (in flight at half the bound or more throughout), else the higher of it and the
-        estimate so far."""
+        estimate so far. `rate` is the windowed commit rate at `now`."""
         self._see_in_flight(now)
-        rate = self._windowed_rate(now)
         since = now - self._config.window_s
         if self._started > since or self._below_half_at < since or \
                 rate > self._estimated_rate:
@@ -316,7 +316,7 @@ class Admission:
                 self._committed_in_window += mine
             self._blocks.append(now)
             rate = self._windowed_rate(now)
-            capacity = self._bound(self._capacity_rate(now))
+            capacity = self._bound(self._capacity_rate(now, rate))
             IN_FLIGHT.set(len(self._in_flight))
         COMMIT_RATE.set(rate)
         CAPACITY.set(capacity)

@@ -66,7 +66,9 @@ def summarise(files: Sequence[Path]) -> dict:
     for path in files:
         if not path.exists():
             continue
-        for line in path.read_text().splitlines():
+        # py-spy's nonblocking sampler can read a frame's name mid-update: such bytes are
+        # not UTF-8, and one of them must not lose a whole run's report.
+        for line in path.read_text(errors="replace").splitlines():
             stack, _, count_text = line.rpartition(" ")
             if not stack or not count_text.isdigit():
                 continue

@@ -233,3 +233,16 @@ def test_steal_is_the_share_of_every_core_the_host_gave_to_other_guests() -> Non
     assert observe.steal_fraction(before, after, seconds=0.0) == 0.0
     now = observe.machine_cpu_seconds()
     assert now.busy >= now.steal >= 0
+
+
+def test_a_profile_with_a_garbled_frame_is_still_summarised(tmp_path: Path) -> None:
+    # py-spy's nonblocking sampler once wrote a frame name of bytes that are not UTF-8; the
+    # summary used to raise on it and the run lost its whole report.
+    from bench import profiling
+
+    stacks = tmp_path / "committer-1.txt"
+    stacks.write_bytes(b"main (node.py:1);commit (follower.py:2) 3\n"
+                       b"\xfc\xb3\x87\xb0 (\xef\xbf\xbd:-1) 1\n")
+    summary = profiling.summarise([stacks])
+    assert summary["samples"] == 4
+    assert ("commit (follower.py)", 0.75) in summary["self"]

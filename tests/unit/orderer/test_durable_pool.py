@@ -147,3 +147,17 @@ def test_a_restart_forwards_its_pool_in_groups_below_the_peers_limit(
         assert pending_ids(restarted) == {tx_id_of(tx) for tx in txs}
     finally:
         restarted.store.close()
+
+
+def test_each_synced_write_of_the_consensus_thread_is_timed(orderer: Orderer,
+                                                            consortium_dir: Path) -> None:
+    """`gridledger_orderer_store_write_seconds` counts the synced writes the consensus
+    thread waits for (a slow disk stalls consensus: operators must see it)."""
+    from prometheus_client import REGISTRY
+
+    def writes() -> float:
+        return REGISTRY.get_sample_value("gridledger_orderer_store_write_seconds_count") or 0.0
+
+    before = writes()
+    assert all(r.code == 0 for r in orderer.batch(readings(consortium_dir, 2)))
+    assert writes() == before + 1  # one group, one synced write

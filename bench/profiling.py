@@ -68,7 +68,7 @@ def summarise(files: Sequence[Path]) -> dict:
             continue
         # py-spy's nonblocking sampler can read a frame's name mid-update: such bytes are
         # not UTF-8, and one of them must not lose a whole run's report.
-        for line in path.read_text(errors="replace").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             stack, _, count_text = line.rpartition(" ")
             if not stack or not count_text.isdigit():
                 continue

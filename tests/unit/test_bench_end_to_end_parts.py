@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from bench import chart, e2e_report, observe, workload
+from bench import chart, e2e_report, observe, profiling, workload
 from bench.observe import BlockSeen, CommitLog
 from bench.submitter import SHED, Record
 from gridledger.common.v1 import envelope_pb2, market_pb2, transaction_pb2, validation_pb2
@@ -238,8 +238,6 @@ def test_steal_is_the_share_of_every_core_the_host_gave_to_other_guests() -> Non
 def test_a_profile_with_a_garbled_frame_is_still_summarised(tmp_path: Path) -> None:
     # py-spy's nonblocking sampler once wrote a frame name of bytes that are not UTF-8; the
     # summary used to raise on it and the run lost its whole report.
-    from bench import profiling
-
     stacks = tmp_path / "committer-1.txt"
     stacks.write_bytes(b"main (node.py:1);commit (follower.py:2) 3\n"
                        b"\xfc\xb3\x87\xb0 (\xef\xbf\xbd:-1) 1\n")

@@ -77,9 +77,11 @@ ACK_GROUP = Histogram("gridledger_orderer_ack_group_transactions",
                       "Transactions made durable (and acknowledged) by one synced write.",
                       buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
 STORE_WRITE = Histogram("gridledger_orderer_store_write_seconds",
-                        "One synced LMDB write by the consensus thread (pool entries, votes, "
-                        "blocks); the thread waits for it before sending that step's messages.",
-                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+                        "One write of pool entries, votes and blocks by the consensus thread, "
+                        "from building it to the synced commit's return (failed ones too); "
+                        "the thread sends that step's messages only after it.",
+                        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                 0.05, 0.1, 0.25, 1))
 INBOUND_DROPPED = Counter("gridledger_orderer_inbound_dropped",
                           "Consensus messages from a peer dropped on arrival, by reason: rate "
                           "(over its token bucket), queue (its inbox budget is full), pool "
@@ -435,9 +437,11 @@ class OrdererNode:
         durable = [a for a in actions if isinstance(a, Persist | Deliver)]
         if durable or pool:
             started = time.monotonic()
-            delivered = self._store.apply(durable, self.tx_id, pool)  # type: ignore[arg-type]
-            now = time.monotonic()
-            STORE_WRITE.observe(now - started)
+            try:
+                delivered = self._store.apply(durable, self.tx_id, pool)  # type: ignore[arg-type]
+            finally:
+                now = time.monotonic()
+                STORE_WRITE.observe(now - started)
             for block in delivered:
                 self._observe_final(block, now)
                 self._on_deliver(block)

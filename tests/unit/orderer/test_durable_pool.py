@@ -161,3 +161,11 @@ def test_each_synced_write_of_the_consensus_thread_is_timed(orderer: Orderer,
     before = writes()
     assert all(r.code == 0 for r in orderer.batch(readings(consortium_dir, 2)))
     assert writes() == before + 1  # one group, one synced write
+    orderer.node._execute([])  # nothing durable: no write, nothing timed
+    assert writes() == before + 1
+    orderer.store.close()
+    orderer.store = OrdererStore(LmdbStore(orderer.store._store.path, readonly=True))
+    orderer.node._store = orderer.api._store = orderer.store  # writes now fail
+    refused = orderer.batch(readings(consortium_dir, 1))[0]
+    assert refused.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert writes() == before + 2  # a failed write is timed too

@@ -15,6 +15,16 @@ write. The second sender starts a group alongside only when the one in flight ha
 for `overlap_after` seconds (an orderer slow to answer, or down until the call's timeout),
 or when a whole group is waiting already.
 
+Which orderer: the one that last took transactions, so that one orderer gets the groups
+(and forwards them) while it answers in time. But an orderer of another member may be
+hostile, and one that answers OK just before each call's timeout would otherwise keep every
+group of this endorser waiting that long. So a group that leaves alongside one in flight
+starts at the next orderer (the one in flight is what made it leave), and an orderer whose
+OK came later than `overlap_after` is not tried first again: the next one is. An honest
+orderer in a stall loses the lead to its neighbour, which costs nothing (every orderer
+forwards what it takes); a slow or hostile one keeps at most the groups that reach it when
+every orderer before it is failing or slow.
+
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
 `duplicate`) for *that* transaction (the result's tx id must be the caller's). Anything else
@@ -36,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
@@ -66,6 +76,10 @@ Answers = list[tuple[orderer_pb2.BroadcastResponse | BaseException,
 GROUP_SIZE = Histogram("gridledger_endorser_broadcast_batch_transactions",
                        "Transactions per BroadcastBatch group (what waited together).",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+LATE_ANSWERS = Counter("gridledger_endorser_broadcast_late_answers",
+                       "BroadcastBatch calls an orderer answered with acknowledgements later "
+                       "than --broadcast-overlap-ms, by orderer: each passed the lead to the "
+                       "next orderer.", ["orderer"])
 
 
 class OrdererUnavailable(Exception):
@@ -165,6 +179,8 @@ class Broadcaster:
         self._queued_bytes = 0
         # When each group in flight left (monotonic), by sender.
         self._in_flight: dict[int, float] = {}
+        # The orderer each sender's call is at now (index), so another group starts elsewhere.
+        self._calling: dict[int, int] = {}
         self._closed = False
         # More than one sender, so a batch stuck on a dead orderer until the timeout does not
         # hold up the next one; started on first use.
@@ -332,7 +348,7 @@ class Broadcaster:
             try:
                 ready = self._sealed(batch)
                 if ready:
-                    self._send(ready)
+                    self._send(ready, sender)
             except BaseException as exc:  # never leave a caller waiting
                 log.exception("broadcast failed")
                 for pending in batch:
@@ -361,35 +377,71 @@ class Broadcaster:
                 pending.tx, pending.endorsement = raw, endorsement
         return [p for p in batch if not p.done.is_set()]
 
-    def _send(self, batch: list[_Pending]) -> None:
-        """Try the orderers in turn from the current one; each gets what the ones before
-        did not acknowledge."""
+    def _send(self, batch: list[_Pending], sender: int = 0) -> None:
+        """Try the orderers in turn from the current one (the next one when another sender's
+        call is at it); each gets what the ones before did not acknowledge."""
+        count = len(self._stubs)
         start = self._current
+        with self._cond:
+            if count > 1 and start in (i for s, i in self._calling.items() if s != sender):
+                start = (start + 1) % count
         left = batch
-        for attempt in range(len(self._stubs)):
-            index = (start + attempt) % len(self._stubs)
-            name = self._names[index]
-            request = orderer_pb2.BroadcastBatchRequest(
-                endorsed_transactions=[p.tx for p in left])
-            try:
-                response = self._stubs[index].BroadcastBatch(request, timeout=self._timeout)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code == grpc.StatusCode.UNIMPLEMENTED:
-                    taken = self._send_unary(index, left)  # an older orderer
-                else:
-                    for pending in left:
-                        pending.note(name, code, _status_text(code, exc.details()))  # type: ignore[attr-defined]
-                    continue
-            else:
-                taken = self._take(name, left, response)
-            left = [pending for pending in left if not pending.done.is_set()]
-            if taken:
-                self._current = index  # it took transactions: start there next time
-            if not left:
-                return
+        tried: list[int] = []
+        try:
+            for attempt in range(count):
+                index = (start + attempt) % count
+                with self._cond:
+                    self._calling[sender] = index
+                left, taken, answered_in = self._call(index, left)
+                if taken:
+                    late = answered_in > self._overlap_after
+                    if late:
+                        LATE_ANSWERS.labels(self._names[index]).inc()
+                    self._lead(index, tried, slow=late)
+                tried.append(index)
+                if not left:
+                    return
+        finally:
+            with self._cond:
+                self._calling.pop(sender, None)
         for pending in left:
             pending.give_up()
+
+    def _call(self, index: int, batch: list[_Pending]
+              ) -> tuple[list[_Pending], int, float]:
+        """One orderer's try at `batch`: (what it did not acknowledge, how many it did, the
+        seconds its answer took)."""
+        name = self._names[index]
+        request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=[p.tx for p in batch])
+        started = time.monotonic()
+        try:
+            response = self._stubs[index].BroadcastBatch(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code != grpc.StatusCode.UNIMPLEMENTED:
+                for pending in batch:
+                    pending.note(name, code, _status_text(code, exc.details()))  # type: ignore[attr-defined]
+                return batch, 0, time.monotonic() - started
+            taken = self._send_unary(index, batch)  # an older orderer
+        else:
+            taken = self._take(name, batch, response)
+        answered_in = time.monotonic() - started
+        return [pending for pending in batch if not pending.done.is_set()], taken, answered_in
+
+    def _lead(self, index: int, failed: list[int], slow: bool) -> None:
+        """Orderer `index` took transactions after the orderers `failed` of this call took
+        none: it is tried first next time, unless its answer was slow; then the next one
+        after it that did not just fail is (or `index` itself, if none is left). A slow
+        answer landing late changes nothing if another call moved the lead meanwhile."""
+        count = len(self._stubs)
+        with self._cond:
+            if not slow:
+                self._current = index
+                return
+            if self._current != index and self._current not in failed:
+                return  # another sender's call put an orderer that answered in time first
+            others = [(index + k) % count for k in range(1, count)]
+            self._current = next((i for i in others if i not in failed), index)
 
     def _take(self, name: str, batch: list[_Pending],
               response: orderer_pb2.BroadcastBatchResponse) -> int:

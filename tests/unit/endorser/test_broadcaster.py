@@ -521,3 +521,68 @@ def test_an_answered_asyncio_broadcast_leaves_no_reference_cycle(consortium_dir:
         del answers
         b.close()  # its sender threads' last batch goes with them
     assert garbage["_Pending"] == 0, garbage.most_common(8)
+
+
+class SlowOrderer(FakeOrderer):
+    """Answers OK, but only after `delay` seconds: a hostile member's orderer that keeps just
+    inside the call's timeout, or an honest one in a stall."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
+                       timeout: float) -> orderer_pb2.BroadcastBatchResponse:
+        time.sleep(self.delay)
+        return super().BroadcastBatch(request, timeout)
+
+
+def test_an_orderer_that_answers_late_loses_the_lead() -> None:
+    """Tried as a hostile member would: its orderer answers OK, but late. Before, the
+    orderer that last took transactions was tried first, so it held every group of the
+    endorser for its delay; now a late answer passes the lead to the next orderer."""
+    from prometheus_client import REGISTRY
+
+    def late(orderer: str) -> float:
+        return REGISTRY.get_sample_value("gridledger_endorser_broadcast_late_answers_total",
+                                         {"orderer": orderer}) or 0.0
+
+    before = late("orderer-1"), late("orderer-2")
+    slow, fast = SlowOrderer(delay=0.3), FakeOrderer()
+    b = broadcaster(slow, fast, overlap_after=0.05)
+    assert [outcome(b, f"tx-{i}".encode()) for i in range(5)] == [
+        f"ok tx-{i}" for i in range(5)]
+    assert slow.batches == [[b"tx-0"]]
+    assert fast.batches == [[f"tx-{i}".encode()] for i in range(1, 5)]
+    assert (late("orderer-1"), late("orderer-2")) == (before[0] + 1, before[1])  # operators see it
+    b.close()
+
+
+def test_a_late_answer_after_a_failure_does_not_lead_back_to_the_failed_orderer() -> None:
+    down, slow, fast = FakeOrderer(fails=Code.UNAVAILABLE), SlowOrderer(delay=0.2), FakeOrderer()
+    b = broadcaster(down, slow, fast, overlap_after=0.05)
+    assert outcome(b, b"x") == "ok x"  # down fails, slow takes it late
+    assert outcome(b, b"y") == "ok y"
+    assert down.batches == [[b"x"]]
+    assert slow.batches == [[b"x"]]
+    assert fast.batches == [[b"y"]]
+    b.close()
+
+
+def test_a_group_alongside_a_stuck_one_goes_to_another_orderer() -> None:
+    """Tried as a hostile member would: its orderer holds a call and never answers. The
+    group that leaves alongside (after `overlap_after`) went to the same orderer before, so
+    both waited for the call's timeout; now it starts at the next orderer."""
+    stuck, other = FakeOrderer(), FakeOrderer()
+    gate = stuck.gate = threading.Event()
+    b = broadcaster(stuck, other, senders=2, overlap_after=0.05)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(outcome, b, b"tx-0")
+        assert stuck.entered.wait(5)
+        second = pool.submit(outcome, b, b"tx-1")
+        assert second.result(3) == "ok tx-1"  # answered while the first is still held
+        assert not first.done()
+        assert other.batches == [[b"tx-1"]]
+        gate.set()
+        assert first.result(5) == "ok tx-0"
+    b.close()

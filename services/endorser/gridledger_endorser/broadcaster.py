@@ -15,15 +15,10 @@ write. The second sender starts a group alongside only when the one in flight ha
 for `overlap_after` seconds (an orderer slow to answer, or down until the call's timeout),
 or when a whole group is waiting already.
 
-Which orderer: the one that last took transactions, so that one orderer gets the groups
-(and forwards them) while it answers in time. But an orderer of another member may be
-hostile, and one that answers OK just before each call's timeout would otherwise keep every
-group of this endorser waiting that long. So a group that leaves alongside one in flight
-starts at the next orderer (the one in flight is what made it leave), and an orderer whose
-OK came later than `overlap_after` is not tried first again: the next one is. An honest
-orderer in a stall loses the lead to its neighbour, which costs nothing (every orderer
-forwards what it takes); a slow or hostile one keeps at most the groups that reach it when
-every orderer before it is failing or slow.
+Which orderer, and in what order after it: `orderer_choice.py` (the one that last
+acknowledged in time leads; one that failed or answered later than `late_after`, by default
+`overlap_after`, is tried after the others for a cool-down; one another sender's call is at
+comes after the free ones).
 
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
@@ -52,6 +47,7 @@ from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import envelope_tx_id
+from gridledger_endorser.orderer_choice import OrdererChoice
 from gridledger_endorser.sealing import MAX_GROUP, Seal, sealed
 
 log = logging.getLogger(__name__)
@@ -76,10 +72,10 @@ Answers = list[tuple[orderer_pb2.BroadcastResponse | BaseException,
 GROUP_SIZE = Histogram("gridledger_endorser_broadcast_batch_transactions",
                        "Transactions per BroadcastBatch group (what waited together).",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-LATE_ANSWERS = Counter("gridledger_endorser_broadcast_late_answers",
-                       "BroadcastBatch calls an orderer answered with acknowledgements later "
-                       "than --broadcast-overlap-ms, by orderer: each passed the lead to the "
-                       "next orderer.", ["orderer"])
+COOLDOWNS = Counter("gridledger_endorser_orderer_cooldowns",
+                    "Times an orderer was put after the others for a while, by orderer and "
+                    "why: 'late' (it acknowledged after --broadcast-overlap-ms), 'failed' (the "
+                    "call failed or it acknowledged nothing).", ["orderer", "reason"])
 
 
 class OrdererUnavailable(Exception):
@@ -154,26 +150,33 @@ class Broadcaster:
         channels = [secure_channel(address, tls) for _, address in orderers]
         self._setup([(name, orderer_pb2_grpc.OrdererServiceStub(channel))
                      for (name, _), channel in zip(orderers, channels, strict=True)],
-                    timeout, senders, overlap_after)
+                    timeout, senders, overlap_after, None, time.monotonic)
         self._channels = channels
 
     @classmethod
     def over(cls, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
              timeout: float = 5.0, senders: int = 2,
-             overlap_after: float = DEFAULT_OVERLAP_AFTER) -> Broadcaster:
-        """Over given (orderer name, stub) pairs: for tests."""
+             overlap_after: float = DEFAULT_OVERLAP_AFTER, late_after: float | None = None,
+             clock: Callable[[], float] = time.monotonic) -> Broadcaster:
+        """Over given (orderer name, stub) pairs: for tests and the orderer-only benchmark.
+        `late_after` (default `overlap_after`): an answer later than this strikes its orderer;
+        `clock` times answers and cool-downs."""
         broadcaster = cls.__new__(cls)
-        broadcaster._setup(stubs, timeout, senders, overlap_after)
+        broadcaster._setup(stubs, timeout, senders, overlap_after, late_after, clock)
         broadcaster._channels = []
         return broadcaster
 
     def _setup(self, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
-               timeout: float, senders: int, overlap_after: float) -> None:
+               timeout: float, senders: int, overlap_after: float, late_after: float | None,
+               clock: Callable[[], float]) -> None:
         self._names = [name for name, _ in stubs]
         self._stubs = [stub for _, stub in stubs]
-        self._current = 0
+        self._choice = OrdererChoice(len(stubs), clock)
+        self._clock = clock
         self._timeout = timeout
         self._overlap_after = overlap_after
+        # 0 (send at once) makes no answer late: lateness is relative to a wait.
+        self._late_after = overlap_after if late_after is None else late_after
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_bytes = 0
@@ -377,28 +380,27 @@ class Broadcaster:
                 pending.tx, pending.endorsement = raw, endorsement
         return [p for p in batch if not p.done.is_set()]
 
-    def _send(self, batch: list[_Pending], sender: int = 0) -> None:
-        """Try the orderers in turn from the current one (the next one when another sender's
-        call is at it); each gets what the ones before did not acknowledge."""
-        count = len(self._stubs)
-        start = self._current
+    def _send(self, batch: list[_Pending], sender: int) -> None:
+        """Try the orderers in `OrdererChoice`'s order (the other senders' calls counted as
+        busy); each gets what the ones before did not acknowledge."""
         with self._cond:
-            if count > 1 and start in (i for s, i in self._calling.items() if s != sender):
-                start = (start + 1) % count
+            order = self._choice.order(
+                {index for other, index in self._calling.items() if other != sender})
+            self._calling[sender] = order[0]
         left = batch
-        tried: list[int] = []
         try:
-            for attempt in range(count):
-                index = (start + attempt) % count
+            for index in order:
                 with self._cond:
                     self._calling[sender] = index
                 left, taken, answered_in = self._call(index, left)
-                if taken:
-                    late = answered_in > self._overlap_after
-                    if late:
-                        LATE_ANSWERS.labels(self._names[index]).inc()
-                    self._lead(index, tried, slow=late)
-                tried.append(index)
+                late = self._late_after > 0 and answered_in > self._late_after
+                with self._cond:
+                    if taken and not late:
+                        self._choice.in_time(index)
+                    else:
+                        self._choice.strike(index)
+                if late or not taken:
+                    COOLDOWNS.labels(self._names[index], "late" if taken else "failed").inc()
                 if not left:
                     return
         finally:
@@ -413,35 +415,22 @@ class Broadcaster:
         seconds its answer took)."""
         name = self._names[index]
         request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=[p.tx for p in batch])
-        started = time.monotonic()
+        started = self._clock()
         try:
             response = self._stubs[index].BroadcastBatch(request, timeout=self._timeout)
         except grpc.RpcError as exc:
+            answered_in = self._clock() - started
             code = exc.code()  # type: ignore[attr-defined]
             if code != grpc.StatusCode.UNIMPLEMENTED:
                 for pending in batch:
                     pending.note(name, code, _status_text(code, exc.details()))  # type: ignore[attr-defined]
-                return batch, 0, time.monotonic() - started
-            taken = self._send_unary(index, batch)  # an older orderer
+                return batch, 0, answered_in
+            # An older orderer: its unary calls, one after another, are not timed as one.
+            taken, answered_in = self._send_unary(index, batch), 0.0
         else:
+            answered_in = self._clock() - started  # the orderer's answer, not our handling of it
             taken = self._take(name, batch, response)
-        answered_in = time.monotonic() - started
         return [pending for pending in batch if not pending.done.is_set()], taken, answered_in
-
-    def _lead(self, index: int, failed: list[int], slow: bool) -> None:
-        """Orderer `index` took transactions after the orderers `failed` of this call took
-        none: it is tried first next time, unless its answer was slow; then the next one
-        after it that did not just fail is (or `index` itself, if none is left). A slow
-        answer landing late changes nothing if another call moved the lead meanwhile."""
-        count = len(self._stubs)
-        with self._cond:
-            if not slow:
-                self._current = index
-                return
-            if self._current != index and self._current not in failed:
-                return  # another sender's call put an orderer that answered in time first
-            others = [(index + k) % count for k in range(1, count)]
-            self._current = next((i for i in others if i not in failed), index)
 
     def _take(self, name: str, batch: list[_Pending],
               response: orderer_pb2.BroadcastBatchResponse) -> int:

@@ -84,10 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--broadcast-overlap-ms", type=_ms(0, 5000, zero=True),
                         default=DEFAULT_OVERLAP_AFTER * 1000,
                         help="how long a group of transactions may wait for an orderer's "
-                             "answer before the next group leaves alongside it, at the next "
-                             "orderer; an orderer answering later loses the lead (broadcaster.py: "
-                             "one group in flight makes groups larger; 0 sends each arrival at "
-                             "once when a sender is free; at most the 5 s broadcast timeout)")
+                             "answer before the next group leaves alongside it (at another "
+                             "orderer first), and how late an answer may be before its orderer "
+                             "cools down (orderer_choice.py); one group in flight makes groups "
+                             "larger; 0 sends each arrival at once when a sender is free; at "
+                             "most the 5 s broadcast timeout")
     args = node_config.parse(parser, argv)
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps

@@ -108,10 +108,22 @@ class FakeOrderer:
         return orderer_pb2.BroadcastResponse(tx_id=result.tx_id, duplicate=result.duplicate)
 
 
-def broadcaster(*orderers: FakeOrderer, senders: int = 1,
-                overlap_after: float = 0.05) -> Broadcaster:
+class FakeClock:
+    """The broadcaster's clock for answers and cool-downs: it moves only when told, so how
+    late an orderer answers never depends on how loaded the test machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def broadcaster(*orderers: FakeOrderer, senders: int = 1, overlap_after: float = 0.05,
+                clock: FakeClock | None = None) -> Broadcaster:
     return Broadcaster.over([(f"orderer-{i + 1}", o) for i, o in enumerate(orderers)],  # type: ignore[misc]
-                            timeout=1.0, senders=senders, overlap_after=overlap_after)
+                            timeout=1.0, senders=senders, overlap_after=overlap_after,
+                            clock=clock or FakeClock())
 
 
 def outcome(b: Broadcaster, tx: bytes) -> str:
@@ -524,46 +536,50 @@ def test_an_answered_asyncio_broadcast_leaves_no_reference_cycle(consortium_dir:
 
 
 class SlowOrderer(FakeOrderer):
-    """Answers OK, but only after `delay` seconds: a hostile member's orderer that keeps just
-    inside the call's timeout, or an honest one in a stall."""
+    """Answers OK, but `delay` seconds later on `clock`: a hostile member's orderer that keeps
+    just inside the call's timeout, or an honest one in a stall."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, clock: FakeClock, delay: float) -> None:
         super().__init__()
+        self.clock = clock
         self.delay = delay
 
     def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
                        timeout: float) -> orderer_pb2.BroadcastBatchResponse:
-        time.sleep(self.delay)
+        self.clock.now += self.delay
         return super().BroadcastBatch(request, timeout)
+
+
+def _cooldowns(orderer: str, reason: str) -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("gridledger_endorser_orderer_cooldowns_total",
+                                     {"orderer": orderer, "reason": reason}) or 0.0
 
 
 def test_an_orderer_that_answers_late_loses_the_lead() -> None:
     """Tried as a hostile member would: its orderer answers OK, but late. Before, the
     orderer that last took transactions was tried first, so it held every group of the
-    endorser for its delay; now a late answer passes the lead to the next orderer."""
-    from prometheus_client import REGISTRY
-
-    def late(orderer: str) -> float:
-        return REGISTRY.get_sample_value("gridledger_endorser_broadcast_late_answers_total",
-                                         {"orderer": orderer}) or 0.0
-
-    before = late("orderer-1"), late("orderer-2")
-    slow, fast = SlowOrderer(delay=0.3), FakeOrderer()
-    b = broadcaster(slow, fast, overlap_after=0.05)
+    endorser for its delay; now it is tried after the others for a cool-down."""
+    before = _cooldowns("orderer-1", "late")
+    clock = FakeClock()
+    slow, fast = SlowOrderer(clock, delay=4.9), FakeOrderer()
+    b = broadcaster(slow, fast, overlap_after=0.05, clock=clock)
     assert [outcome(b, f"tx-{i}".encode()) for i in range(5)] == [
         f"ok tx-{i}" for i in range(5)]
     assert slow.batches == [[b"tx-0"]]
     assert fast.batches == [[f"tx-{i}".encode()] for i in range(1, 5)]
-    assert (late("orderer-1"), late("orderer-2")) == (before[0] + 1, before[1])  # operators see it
+    assert _cooldowns("orderer-1", "late") == before + 1  # operators see it
     b.close()
 
 
-def test_a_late_answer_after_a_failure_does_not_lead_back_to_the_failed_orderer() -> None:
-    down, slow, fast = FakeOrderer(fails=Code.UNAVAILABLE), SlowOrderer(delay=0.2), FakeOrderer()
-    b = broadcaster(down, slow, fast, overlap_after=0.05)
-    assert outcome(b, b"x") == "ok x"  # down fails, slow takes it late
+def test_orderers_that_just_failed_or_answered_late_are_tried_after_the_others() -> None:
+    clock = FakeClock()
+    down_1, down_2 = FakeOrderer(fails=Code.UNAVAILABLE), FakeOrderer(fails=Code.UNAVAILABLE)
+    slow, fast = SlowOrderer(clock, delay=0.5), FakeOrderer()  # late, within the cool-down
+    b = broadcaster(down_1, down_2, slow, fast, clock=clock)
+    assert outcome(b, b"x") == "ok x"  # both fail, slow takes it late: all three cool down
     assert outcome(b, b"y") == "ok y"
-    assert down.batches == [[b"x"]]
+    assert down_1.batches == [[b"x"]] and down_2.batches == [[b"x"]]
     assert slow.batches == [[b"x"]]
     assert fast.batches == [[b"y"]]
     b.close()

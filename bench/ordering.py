@@ -187,7 +187,8 @@ def broadcast_batched(stubs: list, txs: list[bytes], rate: float | None) -> dict
     `rate` per second or as fast as possible; returns tx id -> send time. A transaction no
     orderer takes (queues full) is retried after 50 ms."""
     names = [f"orderer-{i + 1}" for i in range(len(stubs))]
-    # No answer counts as late: each broadcaster stays on its own orderer under saturation.
+    # No answer counts as late (a full pool is no strike either): each broadcaster stays on
+    # its own orderer under saturation.
     broadcasters = [Broadcaster.over([(names[(i + k) % len(stubs)], stubs[(i + k) % len(stubs)])
                                       for k in range(len(stubs))], timeout=30,
                                      late_after=math.inf)

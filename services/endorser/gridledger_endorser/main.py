@@ -24,7 +24,7 @@ from gridledger_core.storage.metrics import export_store_size
 from gridledger_endorser import admission, options
 from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
-from gridledger_endorser.broadcaster import DEFAULT_OVERLAP_AFTER, Broadcaster
+from gridledger_endorser.broadcaster import DEFAULT_LATE_AFTER, DEFAULT_OVERLAP_AFTER, Broadcaster
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
@@ -85,10 +85,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         default=DEFAULT_OVERLAP_AFTER * 1000,
                         help="how long a group of transactions may wait for an orderer's "
                              "answer before the next group leaves alongside it (at another "
-                             "orderer first), and how late an answer may be before its orderer "
-                             "cools down (orderer_choice.py); one group in flight makes groups "
+                             "orderer first; broadcaster.py: one group in flight makes groups "
                              "larger; 0 sends each arrival at once when a sender is free; at "
-                             "most the 5 s broadcast timeout")
+                             "most the 5 s broadcast timeout)")
+    parser.add_argument("--broadcast-late-ms", type=_ms(10, 5000, zero=True),
+                        default=DEFAULT_LATE_AFTER * 1000,
+                        help="an orderer that acknowledges later than this is tried after the "
+                             "others for a cool-down (orderer_choice.py: a hostile orderer "
+                             "answering just inside the timeout must not hold every group)")
     args = node_config.parse(parser, argv)
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps
@@ -100,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
-    broadcaster = Broadcaster(orderers, tls, overlap_after=args.broadcast_overlap_ms / 1000)
+    broadcaster = Broadcaster(orderers, tls, overlap_after=args.broadcast_overlap_ms / 1000,
+                              late_after=args.broadcast_late_ms / 1000)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the replica before the follower starts, then follows it.

@@ -602,3 +602,51 @@ def test_a_group_alongside_a_stuck_one_goes_to_another_orderer() -> None:
         gate.set()
         assert first.result(5) == "ok tx-0"
     b.close()
+
+
+class SlowUnaryOrderer(FakeOrderer):
+    """Says it has no BroadcastBatch, then answers each unary Broadcast OK `delay` seconds
+    later on `clock`: a hostile orderer trying to dodge the late-answer rule."""
+
+    def __init__(self, clock: FakeClock, delay: float) -> None:
+        super().__init__(unary=True)
+        self.clock = clock
+        self.delay = delay
+
+    def Broadcast(self, request: orderer_pb2.BroadcastRequest,
+                  timeout: float) -> orderer_pb2.BroadcastResponse:
+        self.clock.now += self.delay
+        return super().Broadcast(request, timeout)
+
+
+def test_the_unary_fallback_is_timed_as_a_whole() -> None:
+    clock = FakeClock()
+    dodger, fast = SlowUnaryOrderer(clock, delay=0.1), FakeOrderer()
+    b = broadcaster(dodger, fast, clock=clock)
+    assert b.broadcast_many([(b"a", "a"), (b"b", "b"), (b"c", "c")]) == [
+        orderer_pb2.BroadcastResponse(tx_id=t) for t in "abc"]  # 0.3 s in all: late
+    assert outcome(b, b"d") == "ok d"
+    assert dodger.unary_calls == [b"a", b"b", b"c"]
+    assert fast.batches == [[b"d"]]
+    b.close()
+
+
+def test_the_unary_fallback_holds_a_group_for_one_timeout_at_most() -> None:
+    clock = FakeClock()
+    dodger = SlowUnaryOrderer(clock, delay=0.6)  # the helper's timeout is 1 s
+    fast = FakeOrderer()
+    b = broadcaster(dodger, fast, clock=clock)
+    items = [(t.encode(), t) for t in "abcd"]
+    assert b.broadcast_many(items) == [orderer_pb2.BroadcastResponse(tx_id=t) for t in "abcd"]
+    assert dodger.unary_calls == [b"a", b"b"]  # then the second's answer ended the time
+    assert fast.batches == [[b"c", b"d"]]
+    b.close()
+
+
+def test_a_full_pool_answered_in_time_is_no_fault_of_the_orderer() -> None:
+    before = _cooldowns("orderer-1", "failed")
+    full = FakeOrderer(lambda tx: refused(tx, Code.RESOURCE_EXHAUSTED, "ordering queue is full"))
+    b = broadcaster(full, FakeOrderer())
+    assert outcome(b, b"x") == "ok x"
+    assert _cooldowns("orderer-1", "failed") == before
+    b.close()

@@ -4,7 +4,7 @@ that doubles; busy ones after the free ones. Pure, with a fake clock."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridledger_endorser.orderer_choice import COOLDOWN_FIRST, COOLDOWN_MAX, OrdererChoice
@@ -46,21 +46,46 @@ def test_strikes_in_a_row_double_the_cooldown_up_to_its_cap_and_an_answer_in_tim
     assert choice.strike(1) == COOLDOWN_FIRST
 
 
-def test_busy_orderers_come_after_free_ones_and_cooling_ones_last_soonest_first() -> None:
+def test_cooling_orderers_come_after_ready_ones_soonest_first_and_busy_ones_last() -> None:
+    """A group leaves alongside another only when that call is out too long already: it
+    goes anywhere else first, cooling orderers included."""
     clock = Clock()
     choice = OrdererChoice(4, clock)
     choice.strike(1)
-    choice.strike(1)  # 2 s
+    choice.strike(1)  # orderer 1 cools down until 2.0
     clock.now += 0.5
-    choice.strike(3)  # until 1.5; orderer 1 cools down until 2.0
-    assert choice.order(busy={0}) == [2, 0, 3, 1]
+    choice.strike(3)  # orderer 3 until 1.5
+    assert choice.order(busy={0}) == [2, 3, 1, 0]
+    assert choice.order(busy={2}) == [0, 3, 1, 2]
 
 
+def test_an_orderer_recovering_while_the_order_is_made_is_still_in_it() -> None:
+    class Ticking(Clock):
+        def __call__(self) -> float:
+            self.now += 0.5  # a strike at 0.5 cools until 1.5: the next order reads 1.0, 1.5
+            return self.now
+
+    clock = Ticking()
+    choice = OrdererChoice(1, clock)
+    choice.strike(0)  # 1 s from the strike's reading
+    for _ in range(6):
+        assert choice.order() == [0]
+
+
+def test_strikes_long_past_are_forgotten() -> None:
+    clock = Clock()
+    choice = OrdererChoice(2, clock)
+    assert [choice.strike(1) for _ in range(3)] == [1.0, 2.0, 4.0]
+    clock.now += 4.0 + COOLDOWN_MAX + 1  # a clean spell after the last cool-down
+    assert choice.strike(1) == COOLDOWN_FIRST
+
+
+@settings(deadline=None)
 @given(count=st.integers(1, 6),
        steps=st.lists(st.tuples(st.sampled_from(["in_time", "strike", "tick"]),
                                 st.integers(0, 5), st.floats(0, 100)), max_size=40),
        busy=st.sets(st.integers(0, 5)))
-def test_every_orderer_is_always_tried_once_free_and_ready_ones_first(
+def test_every_orderer_is_tried_once_free_ones_first_ready_before_cooling(
         count: int, steps: list[tuple[str, int, float]], busy: set[int]) -> None:
     clock = Clock()
     choice = OrdererChoice(count, clock)
@@ -71,5 +96,10 @@ def test_every_orderer_is_always_tried_once_free_and_ready_ones_first(
             getattr(choice, action)(index % count)
     order = choice.order(busy)
     assert sorted(order) == list(range(count))
-    ready = [i for i in order if i not in busy and not choice.cooling(i)]
-    assert order[:len(ready)] == ready
+    free = [i for i in order if i not in busy]
+    assert order[:len(free)] == free  # the busy ones last
+    for group in (free, [i for i in order if i in busy]):
+        ready = [i for i in group if not choice.cooling(i)]
+        assert group[:len(ready)] == ready
+    if choice.lead not in busy and not choice.cooling(choice.lead):
+        assert order[0] == choice.lead

@@ -88,11 +88,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "orderer first; broadcaster.py: one group in flight makes groups "
                              "larger; 0 sends each arrival at once when a sender is free; at "
                              "most the 5 s broadcast timeout)")
-    parser.add_argument("--broadcast-late-ms", type=_ms(10, 5000, zero=True),
+    parser.add_argument("--broadcast-late-ms", type=_ms(10, 1000, zero=True),
                         default=DEFAULT_LATE_AFTER * 1000,
-                        help="an orderer that acknowledges later than this is tried after the "
-                             "others for a cool-down (orderer_choice.py: a hostile orderer "
-                             "answering just inside the timeout must not hold every group)")
+                        help="10 to 1,000 ms (default 250): an orderer that answers later is "
+                             "tried after the others for a cool-down (orderer_choice.py: a "
+                             "hostile orderer answering just inside the 5 s timeout must not "
+                             "hold every group; so at most a fifth of it)")
     args = node_config.parse(parser, argv)
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps

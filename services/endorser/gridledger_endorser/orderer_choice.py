@@ -2,20 +2,22 @@
 
 The orderer that last acknowledged transactions in time leads: it gets the groups (and
 forwards them to its peers) while it keeps answering in time. Every orderer is still tried
-for every group, but one that just failed a call (an error, the timeout, a malformed answer)
-or acknowledged later than `late_after` (the broadcaster's; 250 ms) is put after the others
-for a cool-down that doubles with each strike in a row (1 s, 2 s, ... at most 60 s); an
-answer in time that acknowledges something ends the row, and so does a clean minute after
-the last cool-down. An answer in time that refuses each transaction on its own (a full
-pool) is no strike. Orderers another sender's call is at come after all the others: a group
-leaves alongside only when that call is out too long already.
+for every group, but one that fails a call, answers wrongly, refuses a transaction for any
+reason but a full pool, or answers later than the broadcaster's `late_after` (250 ms) gets a
+strike: it loses the lead, and is tried after the others for a cool-down that doubles with
+each strike (1 s, 2 s, ... at most 60 s). Strikes are forgotten only after a clean minute
+following the last cool-down, and until then an answer in time does not give the lead
+back. Saying in time that its pool is full is no strike. Orderers another sender's call is
+at come after all the others: a group leaves alongside only when that call is out too long
+already.
 
-An orderer of another member may be hostile. One that answers OK just inside the call's
-timeout, or holds calls until it, is then tried first again only after its cool-down, and
-only if it answers a group in time; so it delays about one group per cool-down instead of
-every group of the endorser. While it leads it can still add up to `late_after` to each
-group. An honest orderer in a stall loses the lead at no cost, since every orderer forwards
-what it takes.
+An orderer of another member may be hostile. One that answers just inside the call's
+timeout, or holds calls until it, delays the group it holds; then it no longer leads, and
+it gets groups only when every orderer before it is failing, cooling or busy, for cool-downs
+that grow to a minute. While it leads it can add up to `late_after` to each group. With two
+orderers, or when every other one is cooling or busy, the struck one is still tried next:
+every orderer is tried for every group. An honest orderer in a stall loses the lead at no
+cost, since every orderer forwards what it takes.
 
 Pure: the clock is injected; the broadcaster calls it under its own lock.
 """
@@ -61,20 +63,25 @@ class OrdererChoice:
         return self._cool_until[index] > self._clock()
 
     def in_time(self, index: int) -> None:
-        """`index` acknowledged transactions in time: it leads, its strikes are forgotten."""
-        self.lead = index
-        self._strikes[index] = 0
-        self._cool_until[index] = float("-inf")
+        """`index` acknowledged transactions in time: it leads, unless it was struck within
+        the last COOLDOWN_MAX after its cool-down (an answer in time between late ones must
+        not win the lead back at once)."""
+        self._forget_old_strikes(index)
+        if not self._strikes[index]:
+            self.lead = index
 
     def strike(self, index: int) -> float:
-        """`index` failed a call or answered late: it cools down; returns for how long. Strikes
-        count in a row: an answer in time ends the row, and so does a clean spell of
-        COOLDOWN_MAX after the last cool-down (an orderer that is rarely tried is not
-        charged for a stall long past)."""
-        now = self._clock()
-        if now - self._cool_until[index] > COOLDOWN_MAX:
-            self._strikes[index] = 0
+        """`index` failed a call or answered late: it cools down, for longer with each strike
+        until a clean spell of COOLDOWN_MAX after its last cool-down; it loses the lead to
+        the next orderer. Returns the cool-down in seconds."""
+        self._forget_old_strikes(index)
         self._strikes[index] += 1
         seconds = min(COOLDOWN_MAX, COOLDOWN_FIRST * 2 ** min(self._strikes[index] - 1, 16))
-        self._cool_until[index] = now + seconds
+        self._cool_until[index] = self._clock() + seconds
+        if self.lead == index:
+            self.lead = (index + 1) % self._count
         return seconds
+
+    def _forget_old_strikes(self, index: int) -> None:
+        if self._clock() - self._cool_until[index] > COOLDOWN_MAX:
+            self._strikes[index] = 0

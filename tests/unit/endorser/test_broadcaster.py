@@ -123,7 +123,7 @@ def broadcaster(*orderers: FakeOrderer, senders: int = 1, overlap_after: float =
                 clock: FakeClock | None = None) -> Broadcaster:
     return Broadcaster.over([(f"orderer-{i + 1}", o) for i, o in enumerate(orderers)],  # type: ignore[misc]
                             timeout=1.0, senders=senders, overlap_after=overlap_after,
-                            clock=clock or FakeClock())
+                            late_after=0.25, clock=clock or FakeClock())
 
 
 def outcome(b: Broadcaster, tx: bytes) -> str:
@@ -615,6 +615,10 @@ class SlowUnaryOrderer(FakeOrderer):
 
     def Broadcast(self, request: orderer_pb2.BroadcastRequest,
                   timeout: float) -> orderer_pb2.BroadcastResponse:
+        if self.delay > timeout:  # as gRPC would: the call ends at its deadline
+            self.clock.now += timeout
+            self.unary_calls.append(request.endorsed_transaction)
+            raise BroadcastRefused(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
         self.clock.now += self.delay
         return super().Broadcast(request, timeout)
 
@@ -638,8 +642,8 @@ def test_the_unary_fallback_holds_a_group_for_one_timeout_at_most() -> None:
     b = broadcaster(dodger, fast, clock=clock)
     items = [(t.encode(), t) for t in "abcd"]
     assert b.broadcast_many(items) == [orderer_pb2.BroadcastResponse(tx_id=t) for t in "abcd"]
-    assert dodger.unary_calls == [b"a", b"b"]  # then the second's answer ended the time
-    assert fast.batches == [[b"c", b"d"]]
+    assert dodger.unary_calls == [b"a", b"b"]  # b reached the group's deadline
+    assert fast.batches == [[b"b", b"c", b"d"]]
     b.close()
 
 
@@ -649,4 +653,60 @@ def test_a_full_pool_answered_in_time_is_no_fault_of_the_orderer() -> None:
     b = broadcaster(full, FakeOrderer())
     assert outcome(b, b"x") == "ok x"
     assert _cooldowns("orderer-1", "failed") == before
+    b.close()
+
+
+class Scripted(FakeOrderer):
+    """Answers each BroadcastBatch call with the next of `answers`: (seconds on `clock`,
+    per-transaction result function, or a status code the whole call fails with)."""
+
+    def __init__(self, clock: FakeClock,
+                 answers: list[tuple[float, Callable[[bytes], orderer_pb2.BroadcastResult]
+                                     | grpc.StatusCode]]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.answers = answers
+
+    def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
+                       timeout: float) -> orderer_pb2.BroadcastBatchResponse:
+        seconds, answer = self.answers.pop(0)
+        self.clock.now += seconds
+        self.batches.append(list(request.endorsed_transactions))
+        if isinstance(answer, grpc.StatusCode):
+            raise BroadcastRefused(answer, answer.name)
+        return orderer_pb2.BroadcastBatchResponse(
+            results=[answer(tx) for tx in request.endorsed_transactions])
+
+
+def _full(tx: bytes) -> orderer_pb2.BroadcastResult:
+    return refused(tx, Code.RESOURCE_EXHAUSTED, "ordering queue is full")
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    ((4.9, _full), "late"),  # held, then "full": late all the same
+    ((0.0, lambda tx: refused(tx, Code.INVALID_ARGUMENT, "no")), "failed"),  # not its call
+    ((0.0, lambda tx: ok(tx) if tx == b"a" else orderer_pb2.BroadcastResult(tx_id="forged")),
+     "failed"),  # one acknowledged, one answered wrongly
+])
+def test_what_strikes_an_orderer(answer: tuple, reason: str) -> None:
+    clock = FakeClock()
+    suspect, other = Scripted(clock, [answer]), FakeOrderer()
+    before = _cooldowns("orderer-1", reason)
+    b = broadcaster(suspect, other, clock=clock)
+    b.broadcast_many([(b"a", "a"), (b"b", "b")])
+    assert outcome(b, b"c") == "ok c"
+    assert _cooldowns("orderer-1", reason) == before + 1
+    assert suspect.batches == [[b"a", b"b"]]  # struck: c went to the other orderer
+    b.close()
+
+
+@pytest.mark.parametrize("answer", [(0.0, _full), (0.0, Code.RESOURCE_EXHAUSTED)])
+def test_a_full_orderer_saying_so_in_time_is_not_struck(answer: tuple) -> None:
+    clock = FakeClock()
+    full = Scripted(clock, [answer])
+    b = broadcaster(full, FakeOrderer(), clock=clock)
+    before = _cooldowns("orderer-1", "failed") + _cooldowns("orderer-1", "late")
+    assert outcome(b, b"x") == "ok x"  # the other orderer took it (and leads now)
+    assert _cooldowns("orderer-1", "failed") + _cooldowns("orderer-1", "late") == before
+    assert not b._choice.cooling(0)  # it only said it was full
     b.close()

@@ -25,25 +25,48 @@ def test_the_lead_goes_first_and_the_ring_follows() -> None:
     assert choice.order() == [2, 3, 0, 1]
 
 
-def test_a_struck_orderer_waits_out_its_cooldown_after_the_others() -> None:
+def test_a_struck_orderer_loses_the_lead_and_waits_out_its_cooldown_after_the_others(
+) -> None:
     clock = Clock()
     choice = OrdererChoice(3, clock)
     assert choice.strike(0) == COOLDOWN_FIRST
-    assert choice.order() == [1, 2, 0]  # the lead itself, while it cools down
+    assert choice.order() == [1, 2, 0]
     clock.now += COOLDOWN_FIRST
-    assert choice.order() == [0, 1, 2]
+    assert choice.order() == [1, 2, 0]  # ready again, but the lead moved on
 
 
-def test_strikes_in_a_row_double_the_cooldown_up_to_its_cap_and_an_answer_in_time_ends_them(
+def test_strikes_double_the_cooldown_up_to_its_cap_and_are_forgotten_after_a_clean_minute(
 ) -> None:
-    choice = OrdererChoice(2, Clock())
+    clock = Clock()
+    choice = OrdererChoice(2, clock)
     seconds = [choice.strike(1) for _ in range(10)]
     assert seconds[:4] == [COOLDOWN_FIRST, 2 * COOLDOWN_FIRST, 4 * COOLDOWN_FIRST,
                            8 * COOLDOWN_FIRST]
     assert max(seconds) == COOLDOWN_MAX
+    clock.now += COOLDOWN_MAX
+    choice.in_time(1)  # in time, but struck within the last minute: no lead yet
+    assert choice.order() == [0, 1]
+    clock.now += COOLDOWN_MAX + 1
     choice.in_time(1)
     assert choice.order() == [1, 0]
     assert choice.strike(1) == COOLDOWN_FIRST
+
+
+def test_an_answer_in_time_between_late_ones_does_not_win_the_lead_back() -> None:
+    """Tried as a hostile member would: its orderer alternates a quick answer and one held
+    until just inside the timeout. Before, the quick one made it lead again with its strikes
+    wiped, so it held every second group for a 1 s cool-down each time."""
+    clock = Clock()
+    choice = OrdererChoice(2, clock)
+    choice.in_time(0)
+    choice.strike(0)  # held one
+    cooldowns = []
+    for _ in range(5):
+        clock.now += 5.0
+        choice.in_time(0)  # a quick one, when it was tried
+        assert choice.order() == [1, 0]
+        cooldowns.append(choice.strike(0))  # and the next held one
+    assert cooldowns == [2.0, 4.0, 8.0, 16.0, 32.0]
 
 
 def test_cooling_orderers_come_after_ready_ones_soonest_first_and_busy_ones_last() -> None:

@@ -15,10 +15,10 @@ write. The second sender starts a group alongside only when the one in flight ha
 for `overlap_after` seconds (an orderer slow to answer, or down until the call's timeout),
 or when a whole group is waiting already.
 
-Which orderer, and in what order after it: `orderer_choice.py` (the one that last
-acknowledged in time leads; one whose call failed or was answered wrongly, or that
-acknowledged later than `late_after`, is tried after the others for a cool-down; one
-another sender's call is at comes after all the others).
+Which orderer, and in what order after it: `orderer_choice.py` (an orderer whose call
+fails, whose answer is malformed or refuses a transaction for another reason than a full
+pool, or that answers later than `late_after`, loses the lead and is tried after the others
+for a cool-down; one another sender's call is at comes after all the others).
 
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
@@ -82,10 +82,11 @@ ANSWER_SECONDS = Histogram("gridledger_endorser_orderer_answer_seconds",
                            "sees it: what --broadcast-late-ms is compared with.", ["orderer"],
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 COOLDOWNS = Counter("gridledger_endorser_orderer_cooldowns",
-                    "Times an orderer was put after the others for a while, by orderer and "
-                    "why: 'late' (it answered after --broadcast-late-ms), 'failed' (the call "
-                    "failed, or its answer was malformed or refused a transaction for "
-                    "another reason than a full pool).", ["orderer", "reason"])
+                    "Strikes: times an orderer was put after the others (losing the lead) "
+                    "for a while, by orderer and why: 'failed' (the call failed or timed out, "
+                    "or its answer was malformed or refused a transaction for another reason "
+                    "than a full pool), 'late' (otherwise, it answered after "
+                    "--broadcast-late-ms).", ["orderer", "reason"])
 
 
 class OrdererUnavailable(Exception):
@@ -420,15 +421,17 @@ class Broadcaster:
             pending.give_up()
 
     def _call(self, index: int, batch: list[_Pending]) -> tuple[list[_Pending], str]:
-        """One orderer's try at `batch`: (what it did not acknowledge, its verdict). "late":
-        whatever it answered, it answered after `late_after`; "failed": the call failed, or
-        its answer refused a transaction for any reason but a full pool or was malformed;
-        "in_time": it acknowledged some and did nothing of the above; "refused": it only
-        said it is full (RESOURCE_EXHAUSTED), in time: no fault of the orderer."""
+        """One orderer's try at `batch`: (what it did not acknowledge, its verdict). "failed":
+        the call failed (a timeout too), or its answer refused a transaction for any reason
+        but a full pool or was malformed; "late": otherwise, it answered after `late_after`
+        (even only to say it is full); "in_time": it acknowledged some and did nothing of the
+        above; "refused": it only said it is full (RESOURCE_EXHAUSTED), in time: no fault of
+        the orderer."""
         name = self._names[index]
         request = orderer_pb2.BroadcastBatchRequest(endorsed_transactions=[p.tx for p in batch])
         started = self._clock()
         answered: float | None = None  # when the batch call's answer came
+        code: grpc.StatusCode | None = None  # the batch call's failure
         try:
             response = self._stubs[index].BroadcastBatch(request, timeout=self._timeout)
         except grpc.RpcError as exc:
@@ -443,11 +446,12 @@ class Broadcaster:
             answered = self._clock()  # the orderer's answer, not our handling of it
             taken, faulty = self._take(name, batch, response)
         answered_in = (self._clock() if answered is None else answered) - started
-        ANSWER_SECONDS.labels(name).observe(answered_in)
-        if answered_in > self._late_after:
-            verdict = "late"
-        elif faulty:
+        if answered is not None or code == grpc.StatusCode.UNIMPLEMENTED:
+            ANSWER_SECONDS.labels(name).observe(answered_in)  # an answer, not a failure
+        if faulty:
             verdict = "failed"
+        elif answered_in > self._late_after:
+            verdict = "late"
         else:
             verdict = "in_time" if taken else "refused"
         return [pending for pending in batch if not pending.done.is_set()], verdict

@@ -1,23 +1,25 @@
 """Which orderer the endorser's broadcaster tries first, and in what order after it.
 
-The orderer that last acknowledged transactions in time leads: it gets the groups (and
-forwards them to its peers) while it keeps answering in time. Every orderer is still tried
-for every group, but one that fails a call, answers wrongly, refuses a transaction for any
-reason but a full pool, or answers later than the broadcaster's `late_after` (250 ms) gets a
-strike: it loses the lead, and is tried after the others for a cool-down that doubles with
-each strike (1 s, 2 s, ... at most 60 s). Strikes are forgotten only after a clean minute
-following the last cool-down, and until then an answer in time does not give the lead
-back. Saying in time that its pool is full is no strike. Orderers another sender's call is
-at come after all the others: a group leaves alongside only when that call is out too long
-already.
+The lead gets the groups (and forwards them to its peers) while it keeps answering in time:
+the last orderer to acknowledge in time that has no recent strikes (or fewer than the lead).
+Every orderer is still tried for every group, but one that fails a call, answers wrongly,
+refuses a transaction for any reason but a full pool, or answers later than the
+broadcaster's `late_after` (250 ms) gets a strike: the lead passes to the next orderer
+round the ring without recent strikes (failing that, the one with the fewest), and the
+struck one is tried after the others for a cool-down that doubles with each strike (1 s,
+2 s, ... at most 60 s). Strikes are forgotten only after a clean minute following the last
+cool-down; until then an answer in time does not give the lead back. Saying in time that
+its pool is full is no strike. Orderers another sender's call is at come after all the
+others: a group leaves alongside only when that call is out too long already.
 
 An orderer of another member may be hostile. One that answers just inside the call's
-timeout, or holds calls until it, delays the group it holds; then it no longer leads, and
-it gets groups only when every orderer before it is failing, cooling or busy, for cool-downs
-that grow to a minute. While it leads it can add up to `late_after` to each group. With two
-orderers, or when every other one is cooling or busy, the struck one is still tried next:
-every orderer is tried for every group. An honest orderer in a stall loses the lead at no
-cost, since every orderer forwards what it takes.
+timeout, or holds calls until it, delays the group it holds; then it no longer leads, is
+not handed the lead while a clean orderer exists, and gets groups first only when every
+orderer ahead of it is failing, cooling or busy, for cool-downs that grow to a minute. While
+it leads it can add up to `late_after` to each group. Every orderer is tried for every
+group, so with two orderers the struck one is still next in line, and first while the
+other cools down or is busy. An honest orderer in a stall loses the lead at no cost, since
+every orderer forwards what it takes.
 
 Pure: the clock is injected; the broadcaster calls it under its own lock.
 """
@@ -63,11 +65,12 @@ class OrdererChoice:
         return self._cool_until[index] > self._clock()
 
     def in_time(self, index: int) -> None:
-        """`index` acknowledged transactions in time: it leads, unless it was struck within
-        the last COOLDOWN_MAX after its cool-down (an answer in time between late ones must
-        not win the lead back at once)."""
+        """`index` acknowledged transactions in time: it leads if it has no recent strikes
+        (an answer in time between late ones must not win the lead back at once), or fewer
+        than the lead has."""
         self._forget_old_strikes(index)
-        if not self._strikes[index]:
+        self._forget_old_strikes(self.lead)
+        if not self._strikes[index] or self._strikes[index] < self._strikes[self.lead]:
             self.lead = index
 
     def strike(self, index: int) -> float:
@@ -79,8 +82,21 @@ class OrdererChoice:
         seconds = min(COOLDOWN_MAX, COOLDOWN_FIRST * 2 ** min(self._strikes[index] - 1, 16))
         self._cool_until[index] = self._clock() + seconds
         if self.lead == index:
-            self.lead = (index + 1) % self._count
+            self.lead = self._successor(index)
         return seconds
+
+    def _successor(self, index: int) -> int:
+        """Who leads after `index` is struck: the next orderer round the ring with no recent
+        strikes and not cooling down; failing that, the one with the fewest strikes, then
+        the soonest recovered (never one merely because it comes next)."""
+        now = self._clock()
+        others = [(index + k) % self._count for k in range(1, self._count)]
+        for i in others:
+            self._forget_old_strikes(i)
+        clean = [i for i in others if not self._strikes[i] and self._cool_until[i] <= now]
+        if clean:
+            return clean[0]
+        return min(others, key=lambda i: (self._strikes[i], self._cool_until[i]), default=index)
 
     def _forget_old_strikes(self, index: int) -> None:
         if self._clock() - self._cool_until[index] > COOLDOWN_MAX:

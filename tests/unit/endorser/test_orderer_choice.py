@@ -126,3 +126,28 @@ def test_every_orderer_is_tried_once_free_ones_first_ready_before_cooling(
         assert group[:len(ready)] == ready
     if choice.lead not in busy and not choice.cooling(choice.lead):
         assert order[0] == choice.lead
+
+
+def test_a_strike_hands_the_lead_to_a_clean_orderer_not_merely_the_next() -> None:
+    """Tried as a hostile member would: its orderer (1) was struck; when the honest lead
+    before it (0) is struck once, the lead went to it for coming next in the ring."""
+    clock = Clock()
+    choice = OrdererChoice(3, clock)
+    choice.strike(1)
+    clock.now += 10
+    choice.in_time(0)
+    choice.strike(0)
+    assert choice.order()[0] == 2
+
+
+def test_with_every_orderer_struck_the_lead_goes_to_the_fewest_strikes() -> None:
+    clock = Clock()
+    choice = OrdererChoice(3, clock)
+    choice.strike(1)
+    choice.strike(1)
+    choice.strike(2)
+    clock.now += 10
+    choice.strike(0)  # the lead: 1 and 2 were struck within the minute
+    assert choice.lead == 2
+    choice.in_time(1)  # more strikes than the lead: no lead
+    assert choice.lead == 2

@@ -58,10 +58,8 @@ class CallShares:
         """Take one of `member`'s places; False (nothing taken) when it holds its share."""
         with self._lock:
             held = self._held.get(member, 0)
-            if held >= self.share:
-                refused = True
-            else:
-                refused = False
+            refused = held >= self.share
+            if not refused:
                 self._held[member] = held + 1
             gauge = self._gauges.get(member)
             if gauge is None:

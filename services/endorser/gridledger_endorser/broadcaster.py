@@ -61,6 +61,9 @@ MAX_BATCH_TXS = MAX_GROUP
 MAX_BATCH_BYTES = 4 << 20
 # The retry hint given when orderers said RESOURCE_EXHAUSTED without one.
 DEFAULT_RETRY_AFTER_MS = 50
+# The longest hint an orderer's word can put on the endorser's clients (an honest orderer says
+# 50 ms; a hostile one could otherwise tell every client of this endorser to wait for days).
+MAX_RETRY_AFTER_MS = 1000
 # How long a group may be in flight before the next one leaves alongside it: well above an
 # orderer's usual answer (a synced write), well below the call's timeout.
 DEFAULT_OVERLAP_AFTER = 0.05
@@ -125,8 +128,8 @@ class _Pending:
              retry_after_ms: int = 0) -> None:
         self.notes.append(f"{orderer}: {why}")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            self.retry_after_ms = max(self.retry_after_ms,
-                                      retry_after_ms or DEFAULT_RETRY_AFTER_MS)
+            hint = min(retry_after_ms or DEFAULT_RETRY_AFTER_MS, MAX_RETRY_AFTER_MS)
+            self.retry_after_ms = max(self.retry_after_ms, hint)
         else:
             self.exhausted_only = False
 

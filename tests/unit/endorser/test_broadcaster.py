@@ -32,7 +32,7 @@ from gridledger_core.genesis import Genesis, Limits
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_core.storage import MemoryStore
-from gridledger_endorser.broadcaster import Broadcaster, OrdererUnavailable
+from gridledger_endorser.broadcaster import MAX_RETRY_AFTER_MS, Broadcaster, OrdererUnavailable
 from gridledger_endorser.sealing import Sealer
 from gridledger_endorser.service import EndorserServicer
 
@@ -325,6 +325,22 @@ def test_every_orderer_full_gives_the_retry_hint() -> None:
     with pytest.raises(OrdererUnavailable) as raised:
         b.broadcast(b"x", "x")
     assert raised.value.retry_after_ms == 0  # one was down: plain UNAVAILABLE
+    b.close()
+
+
+def test_an_orderers_retry_hint_is_capped() -> None:
+    """Tried as a hostile member would: its orderer says full with a hint of 2**32 - 1 ms
+    (49 days), which the endorser would pass on to every client when the others are full."""
+    def full(hint: int) -> Callable[[bytes], orderer_pb2.BroadcastResult]:
+        def answer(tx: bytes) -> orderer_pb2.BroadcastResult:
+            result = refused(tx, Code.RESOURCE_EXHAUSTED, "ordering queue is full")
+            result.retry_after_ms = hint
+            return result
+        return answer
+    b = broadcaster(FakeOrderer(full(2**32 - 1)), FakeOrderer(full(80)))
+    with pytest.raises(OrdererUnavailable) as raised:
+        b.broadcast(b"x", "x")
+    assert raised.value.retry_after_ms == MAX_RETRY_AFTER_MS
     b.close()
 
 

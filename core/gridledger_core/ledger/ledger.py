@@ -144,19 +144,23 @@ class Ledger:
     def _apply(self, block: block_pb2.Block, header: block_pb2.BlockHeader) -> CommitResult:
         this_hash = block_hash(block.header)
         result = CommitResult(header.number, this_hash, b"", block_time=header.timestamp.seconds)
-        state = StateOverlay(self.store)
-        result.expired_orders = self._expire_closed_slots(
-            state, BlockContext(self.genesis, header.timestamp.seconds, header.number))
-        seen: set[str] = set()
         first_index: dict[str, int] = {}  # new tx id -> its position; duplicates keep the first
-        for index, raw in enumerate(block.transactions):
-            tx_id, code, message = self._execute(raw, state, header.timestamp.seconds, seen,
-                                                 result)
-            result.tx_ids.append(tx_id)
-            result.codes.append(code)
-            result.messages.append(message)
-            if tx_id and code != Code.TX_VALIDATION_CODE_DUPLICATE_TXID:
-                first_index[tx_id] = index
+        # Every read of the block from one read transaction (about ten per transaction
+        # otherwise); it ends before the block's write.
+        with self.store.snapshot() as committed:
+            state = StateOverlay(committed)
+            result.expired_orders = self._expire_closed_slots(
+                committed, state,
+                BlockContext(self.genesis, header.timestamp.seconds, header.number))
+            seen: set[str] = set()
+            for index, raw in enumerate(block.transactions):
+                tx_id, code, message = self._execute(raw, committed, state,
+                                                     header.timestamp.seconds, seen, result)
+                result.tx_ids.append(tx_id)
+                result.codes.append(code)
+                result.messages.append(message)
+                if tx_id and code != Code.TX_VALIDATION_CODE_DUPLICATE_TXID:
+                    first_index[tx_id] = index
         changes = state.changes()
         result.state_root = next_state_root(self._chain.state_root, this_hash, changes)
         batch = WriteBatch()
@@ -184,7 +188,8 @@ class Ledger:
         self._tip_header = block.header
         return result
 
-    def _expire_closed_slots(self, state: StateOverlay, ctx: BlockContext) -> list[str]:
+    def _expire_closed_slots(self, committed: KeyValueStore, state: StateOverlay,
+                             ctx: BlockContext) -> list[str]:
         """The block prologue: expire every open order of each slot whose gate closure is at
         or before the block time. Book keys sort by slot, so it reads the first open order
         and stops at the first slot still open: one point read when nothing closed, else the
@@ -195,14 +200,14 @@ class Ledger:
         start: bytes | None = None
         expired: list[str] = []
         while True:
-            first = next(iter(self.store.scan(book, start=start, limit=1)), None)
+            first = next(iter(committed.scan(book, start=start, limit=1)), None)
             if first is None:
                 return expired
             slot = int(first[0][len(book):].split(b"/", 1)[0])
             if ctx.block_time < slot - gate:
                 return expired
             slot_prefix = schema.order_book_prefix(slot)
-            for key, value in self.store.scan(schema.state_key(slot_prefix)):
+            for key, value in committed.scan(schema.state_key(slot_prefix)):
                 order_id = value.decode()
                 state.delete(key[len(schema.STATE):].decode())
                 try:
@@ -216,8 +221,9 @@ class Ledger:
                     log.exception("expiring order %s at block %d failed", order_id, ctx.height)
             start = prefix_end(schema.state_key(slot_prefix))
 
-    def _execute(self, raw: bytes, state: StateOverlay, block_time: int, seen: set[str],
-                 result: CommitResult) -> tuple[str, int, str]:
+    def _execute(self, raw: bytes, committed: KeyValueStore, state: StateOverlay,
+                 block_time: int, seen: set[str], result: CommitResult
+                 ) -> tuple[str, int, str]:
         """Validate and apply one transaction; returns (tx id or "", code, message).
 
         Whatever the bytes, this returns a verdict: TxInvalid carries its own, anything else
@@ -238,7 +244,7 @@ class Ledger:
             tx_id = checked.tx_id
             result.transactions[decoded] = checked.tx
             result.tx_timestamps.append(checked.tx.header.timestamp.ToNanoseconds() / 1e9)
-            if tx_id in seen or self.store.get(schema.tx_key(tx_id)) is not None:
+            if tx_id in seen or committed.get(schema.tx_key(tx_id)) is not None:
                 seen.add(tx_id)
                 raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
                                 f"transaction {tx_id} is already on the ledger")
@@ -274,17 +280,22 @@ class Ledger:
         """Run the transaction's rules against the current state without writing anything.
 
         Raises TxInvalid exactly as a committer would at this height."""
-        if self.store.get(schema.tx_key(checked.tx_id)) is not None:
-            raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
-                            f"transaction {checked.tx_id} is already on the ledger")
-        self._check_time(checked, now)
-        try:
-            apply_transaction(StateOverlay(self.store),
-                              TxContext(checked, self.genesis, now, self.height, self.signers(now)))
-        except (TxInvalid, *NODE_FAULTS):
-            raise
-        except Exception as exc:  # the verdict a committer would record
-            raise unexpected_verdict("rule", exc) from exc
+        # One committed state for every read (a block committed meanwhile is seen whole or
+        # not at all), from one read transaction.
+        with self.store.snapshot() as committed:
+            if committed.get(schema.tx_key(checked.tx_id)) is not None:
+                raise TxInvalid(Code.TX_VALIDATION_CODE_DUPLICATE_TXID,
+                                f"transaction {checked.tx_id} is already on the ledger")
+            self._check_time(checked, now)
+            state = StateOverlay(committed)
+            signers = Signers(self.genesis.membership, now, LedgerAccounts(state))
+            try:
+                apply_transaction(state, TxContext(checked, self.genesis, now, self.height,
+                                                   signers))
+            except (TxInvalid, *NODE_FAULTS):
+                raise
+            except Exception as exc:  # the verdict a committer would record
+                raise unexpected_verdict("rule", exc) from exc
 
     def signers(self, at: int) -> Signers:
         """How the endorser judges signers at admission: at its clock `at`, against the

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 
@@ -37,6 +38,12 @@ class KeyValueStore(Protocol):
 
     def commit(self, batch: WriteBatch) -> None:
         """Apply the whole batch atomically and durably."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[KeyValueStore]:
+        """The reads of this store for many reads (a block's execution), ending with the
+        `with` block: in LMDB one read transaction, so one consistent moment and one begin
+        instead of one per read; not for writing."""
         ...
 
     def close(self) -> None: ...

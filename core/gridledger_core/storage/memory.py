@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -50,6 +51,12 @@ class MemoryStore:
                     if key not in self._data:
                         bisect.insort(self._keys, key)
                     self._data[key] = value
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[MemoryStore]:
+        """The store itself: without isolation from a commit in another thread (a test
+        backend; the ledger commits only after its block's view has ended)."""
+        yield self
 
     def close(self) -> None:
         pass

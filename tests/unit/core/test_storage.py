@@ -160,6 +160,26 @@ def test_readers_in_other_threads_never_fail_while_the_store_grows(tmp_path: Pat
     assert failures == []
 
 
+def test_a_snapshot_reads_as_the_store(store: KeyValueStore) -> None:
+    put_all(store, {b"p/a": b"1", b"p/b": b"2", b"q": b"3"})
+    with store.snapshot() as view:
+        assert view.get(b"p/a") == b"1" and view.get(b"x") is None
+        assert view.get_many([b"q", b"x", b"p/b"]) == [b"3", None, b"2"]
+        assert list(view.scan(b"p/", reverse=True)) == [(b"p/b", b"2"), (b"p/a", b"1")]
+
+
+def test_an_lmdb_snapshot_keeps_its_moment_while_the_store_commits(tmp_path: Path) -> None:
+    """The ledger executes a block over one snapshot: a commit meanwhile (the endorser's
+    replica, while a simulation reads) is seen whole or not at all."""
+    s = LmdbStore(tmp_path / "db")
+    put_all(s, {b"a": b"1"})
+    with s.snapshot() as view:
+        put_all(s, {b"a": b"2", b"b": b"2"})
+        assert view.get_many([b"a", b"b"]) == [b"1", None]
+    assert s.get_many([b"a", b"b"]) == [b"2", b"2"]
+    s.close()
+
+
 def test_lmdb_survives_reopen(tmp_path: Path) -> None:
     s = LmdbStore(tmp_path / "db")
     put_all(s, {b"a": b"1"})

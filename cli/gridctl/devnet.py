@@ -181,10 +181,12 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     genesis = Genesis.load(consortium_dir / "genesis.json")
     names = sorted((consortium_dir / "nodes").iterdir())
     roles: dict[str, Role] = {}
+    orgs: dict[str, str] = {}
     for node_dir in names:
         identity = genesis.membership.certificate(
             SigningIdentity.load(consortium_dir, node_dir.name).certificate)
         roles[identity.name] = identity.role
+        orgs[identity.name] = identity.org
     nodes: list[Node] = []
 
     def add(name: str, role: str) -> Node:
@@ -205,6 +207,12 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     endorsers = [add(n, "endorser") for n, r in sorted(roles.items()) if r == Role.ENDORSER]
     for node in committers + endorsers:
         node.args += orderer_flags
+    # Every process runs on this host: an endorser reads its own organisation's committer's
+    # ledger instead of keeping a replica (core ledger/store_follower.py).
+    for endorser in endorsers:
+        own = [c for c in committers if orgs[c.name] == orgs[endorser.name]]
+        if own:
+            endorser.args += [COMMITTER_LEDGER, str(Path(own[0].data_dir) / "ledger")]
     devices = [(n, r) for n, r in sorted(roles.items()) if r in (Role.METER, Role.PLANT)]
     for name, role in devices:
         agent = add(name, "meter-agent")
@@ -253,6 +261,7 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
 
 
 ROLE_ORDER = ("orderer", "committer", "endorser", "meter-agent")
+COMMITTER_LEDGER = "--committer-ledger"
 
 
 def start(network: Network, *, wait: float = 60.0,

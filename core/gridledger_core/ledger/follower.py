@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from gridledger.common.v1 import block_pb2
+from gridledger.common.v1 import block_pb2, ledger_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.ledger import BlockRejected, CommitResult, Ledger
@@ -52,7 +52,8 @@ FAILOVERS = Counter("gridledger_ledger_orderer_failovers",
                     "Times this node switched to another orderer.")
 # reason: deliver (the stream failed), rejected_block (an orderer sent a block this node
 # refuses), commit_error (the ledger raised unexpectedly: a bug, or storage), on_commit (a
-# listener of committed blocks raised; the block itself is committed).
+# listener of committed blocks raised; the block itself is committed), read_error (an
+# endorser could not read its committer's ledger: store_follower.py).
 FOLLOWER_FAILURES = Counter("gridledger_ledger_follower_failures",
                             "Failures of the block follower, by reason.", ["reason"])
 FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
@@ -62,6 +63,60 @@ FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
 # health status from it (NodeServer.set_serving).
 HealthCallback = Callable[[bool, str], None]
 MAX_ERROR_BACKOFF = 30.0
+
+
+class FollowerHealth:
+    """A follower's health: why it is unhealthy ("" while healthy), reported (log, gauge,
+    `on_health`) only when it changes."""
+
+    def __init__(self, what: str, ledger: Ledger, on_health: HealthCallback | None) -> None:
+        self._what = what
+        self._ledger = ledger
+        self._on_health = on_health
+        self._lock = threading.Lock()
+        self.problem = ""
+        FOLLOWER_HEALTHY.set(1)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problem
+
+    def set(self, healthy: bool, why: str) -> None:
+        with self._lock:
+            was_healthy = not self.problem
+            self.problem = "" if healthy else why
+        if was_healthy == healthy:
+            return
+        FOLLOWER_HEALTHY.set(1 if healthy else 0)
+        if healthy:
+            log.info("%s recovered at height %d", self._what, self._ledger.height)
+        else:
+            log.error("%s unhealthy, node reports NOT_SERVING: %s", self._what, why)
+        if self._on_health is not None:
+            try:
+                self._on_health(healthy, why)
+            except Exception:
+                log.exception("health callback failed")
+
+
+def publish_tip(chain: ledger_pb2.ChainState) -> None:
+    HEIGHT.set(chain.height)
+    LAST_HASH_PREFIX.set(int.from_bytes(chain.last_block_hash[:6] or bytes(6), "big"))
+    STATE_ROOT_PREFIX.set(int.from_bytes(chain.state_root[:6], "big"))
+
+
+def pass_on(result: CommitResult, on_commit: Callable[[CommitResult], None] | None) -> None:
+    """After a block is committed: its transactions' latency, then the listener (whose
+    failure must not stop the follower: the block is committed)."""
+    now = time.time()
+    for timestamp in result.tx_timestamps:
+        SUBMIT_TO_COMMIT.observe(max(0.0, now - timestamp))
+    if on_commit is not None:
+        try:
+            on_commit(result)
+        except Exception:
+            FOLLOWER_FAILURES.labels("on_commit").inc()
+            log.exception("on_commit listener failed for block %d", result.number)
 
 
 class BlockFollower:
@@ -80,21 +135,18 @@ class BlockFollower:
         self._thread = threading.Thread(target=self._run, name="block-follower", daemon=True)
         self._current = 0
         self._call: grpc.Future | None = None
-        self._on_health = on_health
-        self._health_lock = threading.Lock()
-        self._problem = ""  # why the follower is unhealthy; "" while it is healthy
+        self._health = FollowerHealth("block follower", ledger, on_health)
         self._rejected_in_a_row = 0
-        FOLLOWER_HEALTHY.set(1)
-        self._publish_tip()
+        publish_tip(ledger.chain)
 
     @property
     def healthy(self) -> bool:
-        return not self._problem
+        return self._health.healthy
 
     @property
     def problem(self) -> str:
         """Why the follower is not healthy ("" when it is)."""
-        return self._problem
+        return self._health.problem
 
     def start(self) -> None:
         self._thread.start()
@@ -147,22 +199,7 @@ class BlockFollower:
             self._stop.wait(backoff)
 
     def _set_health(self, healthy: bool, why: str) -> None:
-        """Record the follower's health; report (log, gauge, callback) only changes."""
-        with self._health_lock:
-            was_healthy = not self._problem
-            self._problem = "" if healthy else why
-        if was_healthy == healthy:
-            return
-        FOLLOWER_HEALTHY.set(1 if healthy else 0)
-        if healthy:
-            log.info("block follower recovered at height %d", self._ledger.height)
-        else:
-            log.error("block follower unhealthy, node reports NOT_SERVING: %s", why)
-        if self._on_health is not None:
-            try:
-                self._on_health(healthy, why)
-            except Exception:
-                log.exception("health callback failed")
+        self._health.set(healthy, why)
 
     def _follow(self, orderer_id: str, address: str) -> bool:
         """Stream blocks from one orderer until it fails or goes quiet; True if any committed."""
@@ -188,28 +225,14 @@ class BlockFollower:
     def _commit(self, block: block_pb2.Block) -> None:
         start = time.perf_counter()
         result = self._ledger.commit(block)
-        now = time.time()
         COMMIT_SECONDS.observe(time.perf_counter() - start)
-        self._publish_tip()
+        publish_tip(self._ledger.chain)
         self._rejected_in_a_row = 0
         if not self.healthy:
             self._set_health(True, "")
         for code in result.codes:
             TRANSACTIONS.labels(_code_label(code)).inc()
-        for timestamp in result.tx_timestamps:
-            SUBMIT_TO_COMMIT.observe(max(0.0, now - timestamp))
-        if self._on_commit is not None:
-            try:
-                self._on_commit(result)
-            except Exception:  # the block is committed; a listener's failure must not stop us
-                FOLLOWER_FAILURES.labels("on_commit").inc()
-                log.exception("on_commit listener failed for block %d", result.number)
-
-    def _publish_tip(self) -> None:
-        chain = self._ledger.chain
-        HEIGHT.set(chain.height)
-        LAST_HASH_PREFIX.set(int.from_bytes(chain.last_block_hash[:6] or bytes(6), "big"))
-        STATE_ROOT_PREFIX.set(int.from_bytes(chain.state_root[:6], "big"))
+        pass_on(result, self._on_commit)
 
 
 def _code_label(code: int) -> str:

@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 NODE_FAULTS: tuple[type[BaseException], ...] = (lmdb.Error, OSError, MemoryError)
 
 
+def _valid_transaction(raw: bytes) -> transaction_pb2.Transaction:
+    """A committed valid transaction's body (it decoded when it was judged)."""
+    endorsed = envelope_pb2.EndorsedTransaction.FromString(raw)
+    return transaction_pb2.Transaction.FromString(endorsed.envelope.payload)
+
+
 def unexpected_verdict(stage: str, exc: Exception) -> TxInvalid:
     """The deterministic verdict on a transaction whose judging raised something other than
     TxInvalid: a bug, or content a check did not foresee. Same code and message on every
@@ -168,7 +174,8 @@ class Ledger:
         record = ledger_pb2.BlockCommitRecord(block_hash=this_hash, state_root=result.state_root,
                                               validation_codes=result.codes,
                                               messages=result.messages,
-                                              tx_ids=result.tx_ids)
+                                              tx_ids=result.tx_ids,
+                                              expired_orders=result.expired_orders)
         batch.put(schema.commit_record_key(header.number), record.SerializeToString())
         for tx_id, index in first_index.items():
             location = ledger_pb2.TxLocation(block_number=header.number, index=index)
@@ -186,6 +193,45 @@ class Ledger:
         self.store.commit(batch)
         self._chain = chain
         self._tip_header = block.header
+        return result
+
+    # -- following a ledger another process commits (an endorser on its committer's) --------
+
+    def follow_stored(self) -> CommitResult | None:
+        """The next block the store holds beyond this object's height, as `commit` returned it
+        to the process that committed it (from the stored block and commit record; nothing
+        is executed), or None when there is none yet: the same tx ids, codes, messages,
+        block time and expired orders, and the decoded transaction of each valid one (None
+        for the others, and their header times left out). For a ledger this process only
+        reads: its organisation's committer writes the store."""
+        with self._commit_lock, self.store.snapshot() as stored:
+            raw = stored.get(schema.CHAIN_STATE)
+            number = self.height
+            if raw is None or ledger_pb2.ChainState.FromString(raw).height <= number:
+                return None
+            block_raw = stored.get(schema.block_key(number))
+            record_raw = stored.get(schema.commit_record_key(number))
+        if block_raw is None or record_raw is None:  # written in one transaction with it
+            raise lmdb.CorruptedError(f"block {number} or its commit record is missing")
+        block = block_pb2.Block.FromString(block_raw)
+        record = ledger_pb2.BlockCommitRecord.FromString(record_raw)
+        header = block_pb2.BlockHeader.FromString(block.header)
+        result = CommitResult(number, record.block_hash, record.state_root,
+                              tx_ids=list(record.tx_ids), codes=list(record.validation_codes),
+                              messages=list(record.messages),
+                              block_time=header.timestamp.seconds,
+                              expired_orders=list(record.expired_orders))
+        for raw_tx, code in zip(block.transactions, result.codes, strict=True):
+            tx = _valid_transaction(raw_tx) if code == Code.TX_VALIDATION_CODE_VALID else None
+            result.transactions.append(tx)
+            if tx is not None:
+                result.tx_timestamps.append(tx.header.timestamp.ToNanoseconds() / 1e9)
+        with self._commit_lock:
+            self._chain = ledger_pb2.ChainState(
+                height=number + 1, last_block_hash=record.block_hash,
+                state_root=record.state_root,
+                transactions=self._chain.transactions + len(block.transactions))
+            self._tip_header = block.header
         return result
 
     def _expire_closed_slots(self, committed: KeyValueStore, state: StateOverlay,

@@ -36,10 +36,16 @@ class StoreFull(lmdb.MapFullError):
 class LmdbStore:
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True,
                  readonly: bool = False) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._env = lmdb.open(str(path), map_size=map_size, sync=sync, metasync=sync,
                               max_readers=512, max_dbs=0, readonly=readonly, lock=True)
+        if not readonly:
+            # Free the reader slots of processes that died holding one (a committer killed
+            # while its endorser, reading the same files, kept the lock file open): a stale
+            # slot pins old pages, and the file would grow instead of reusing them.
+            self._env.reader_check()
 
     def get(self, key: bytes) -> bytes | None:
         with self._env.begin(buffers=False) as txn:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core import node_config
@@ -13,6 +16,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.ledger.store_follower import StoreFollower
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
@@ -29,6 +33,8 @@ from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
+log = logging.getLogger("gridledger_endorser")
+
 
 def _ms(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
     """An argparse type: milliseconds above `low` (or equal, with `zero`) and at most
@@ -42,6 +48,18 @@ def _ms(low: float, high: float, *, zero: bool = False) -> Callable[[str], float
         return value
     parse.__name__ = "milliseconds"  # argparse names the type in "invalid ... value"
     return parse
+
+
+def _committer_store(path: Path, map_size: int) -> LmdbStore:
+    """The committer's ledger, read-only, once the committer has created it (a pod's
+    containers start in any order)."""
+    waited = 0.0
+    while not (path / "data.mdb").exists():
+        if waited % 10 == 0:
+            log.info("waiting for the committer's ledger at %s", path)
+        time.sleep(0.5)
+        waited += 0.5
+    return LmdbStore(path, map_size=map_size, readonly=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -94,14 +112,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "tried after the others for a cool-down (orderer_choice.py: a "
                              "hostile orderer answering just inside the 5 s timeout must not "
                              "hold every group; so at most a fifth of it)")
+    parser.add_argument("--committer-ledger", type=Path, default=None,
+                        help="the LMDB ledger directory of this organisation's own committer "
+                             "on the same host or pod (its --data-dir/ledger): read it instead "
+                             "of keeping a replica that re-executes every block "
+                             "(core ledger/store_follower.py); default: a replica in "
+                             "--data-dir, following the orderers")
     args = node_config.parse(parser, argv)
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps
     # (matching RPC p99 at 1,000/s, five pairs: 30-72 ms at 5 ms, 8-48 ms at 1 ms).
     sys.setswitchinterval(args.gil_switch_ms / 1000)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
-    store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
-    export_store_size(store, "ledger")
+    if args.committer_ledger is None:
+        store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
+        export_store_size(store, "ledger")
+    else:
+        store = _committer_store(args.committer_ledger, node_config.lmdb_map_size(args))
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
@@ -134,10 +161,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     served = AsyncEndorserServicer(servicer) if args.grpc_server == "asyncio" else servicer
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server, served,
                        endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].full_name)
-    # A replica that cannot commit endorses against stale state: report NOT_SERVING then.
-    # The book cache and admission control (which counts this endorser's commits) follow it.
-    follower = BlockFollower(ledger, orderers, tls, on_commit=servicer.on_commit,
-                             on_health=lambda ok, _why: server.set_serving(ok))
+    # A replica that cannot commit (or a ledger that cannot be read) endorses against stale
+    # state: report NOT_SERVING then. The book cache and admission control (which counts
+    # this endorser's commits) follow it.
+    follower: BlockFollower | StoreFollower
+    if args.committer_ledger is None:
+        follower = BlockFollower(ledger, orderers, tls, on_commit=servicer.on_commit,
+                                 on_health=lambda ok, _why: server.set_serving(ok))
+    else:
+        follower = StoreFollower(ledger, on_commit=servicer.on_commit,
+                                 on_health=lambda ok, _why: server.set_serving(ok))
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
     server.on_close(store.close)

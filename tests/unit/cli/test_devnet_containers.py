@@ -14,7 +14,10 @@ def test_container_args_keep_the_plan_but_use_the_manifests_paths(consortium_dir
     devnet_containers.plan(network)
     for node in network.nodes:
         args = devnet_containers.container_args(node)
-        assert len(args) == len(node.args)
+        # A container sees only its own volume: an endorser keeps a replica there.
+        dropped = 2 if devnet.COMMITTER_LEDGER in node.args else 0
+        assert len(args) == len(node.args) - dropped
+        assert devnet.COMMITTER_LEDGER not in args
         given = dict(zip(args[::2], args[1::2], strict=False))
         assert given["--consortium-dir"] == "/etc/gridledger/consortium"
         assert given["--data-dir"] == "/var/lib/gridledger"
@@ -44,3 +47,13 @@ def test_container_names_differ_per_devnet_directory(consortium_dir: Path,
     assert devnet_containers.container_name(a, node_a) != devnet_containers.container_name(
         b, node_b)
     assert devnet_containers.container_name(a, node_a).endswith("-committer-1")
+
+
+def test_an_endorser_reads_its_own_organisations_committers_ledger(consortium_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """On one host the devnet's endorser (gridops) reads committer-1's ledger (gridops), never
+    committer-2's (utility: another organisation's word it must not take)."""
+    network = devnet.plan(tmp_path, consortium_dir, demo=False)
+    [endorser] = network.by_role("endorser")
+    at = endorser.args.index(devnet.COMMITTER_LEDGER)
+    assert endorser.args[at + 1] == str(Path(network.node("committer-1").data_dir) / "ledger")

@@ -264,6 +264,15 @@ ROLE_ORDER = ("orderer", "committer", "endorser", "meter-agent")
 COMMITTER_LEDGER = "--committer-ledger"
 
 
+def with_own_replica(args: list[str]) -> list[str]:
+    """An endorser's planned flags without `--committer-ledger`: it keeps its own replica
+    (a container, as in the manifests, sees only its own data volume)."""
+    if COMMITTER_LEDGER not in args:
+        return list(args)
+    at = args.index(COMMITTER_LEDGER)
+    return args[:at] + args[at + 2:]
+
+
 def start(network: Network, *, wait: float = 60.0,
           roles: tuple[str, ...] = ROLE_ORDER) -> None:
     """Start the nodes of `roles` (orderers first), record pids, wait until all report

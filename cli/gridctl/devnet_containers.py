@@ -99,12 +99,9 @@ def _chown(path: Path) -> None:
 def container_args(node: devnet.Node) -> list[str]:
     """The node's planned flags with the manifests' in-container paths. An endorser keeps
     its own replica, as in the manifests (a container sees only its own data volume)."""
-    args = list(node.args)
+    args = devnet.with_own_replica(node.args)
     for flag, value in (("--consortium-dir", CONSORTIUM_MOUNT), ("--data-dir", DATA_MOUNT)):
         args[args.index(flag) + 1] = value
-    if devnet.COMMITTER_LEDGER in args:
-        at = args.index(devnet.COMMITTER_LEDGER)
-        del args[at:at + 2]
     return args
 
 

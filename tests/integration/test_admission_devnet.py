@@ -36,9 +36,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     directory = tmp_path_factory.mktemp("admission")
     devnet.ensure_consortium(directory / "consortium", profile="load")  # past readings
     network = devnet.plan(directory, directory / "consortium", demo=False)
-    network.by_role("endorser")[0].args += [
-        "--admission-latency-budget-ms", "100", "--admission-floor", "4",
-        "--admission-ceiling", str(CEILING)]
+    endorser = network.by_role("endorser")[0]
+    # This suite runs the endorser with its own replica following the orderers (the
+    # manifests' setting); the others read committer-1's ledger (the devnet's).
+    endorser.args = [*devnet.with_own_replica(endorser.args),
+                     "--admission-latency-budget-ms", "100", "--admission-floor", "4",
+                     "--admission-ceiling", str(CEILING)]
     devnet.start(network, roles=LEDGER_ROLES)
     try:
         yield network

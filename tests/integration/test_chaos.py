@@ -5,9 +5,10 @@ The test signs meter readings with the consortium's meter identities and submits
 to the endorser at a steady rate, recording every tx id the endorser answered OK for (errors
 are fine: the client was told). Meanwhile it kills -9 and restarts a meter-agent (its demo
 readings must all reach the ledger, without a gap), kills -9 and restarts an orderer, freezes one,
-kills two others in turn (never more than f = 1 down at a time), kills -9 a committer, kills
--9 the endorser, and once kills every orderer together (the primary frozen first, so
-acknowledged transactions sit only in the pools). Afterwards every acknowledged
+kills two others in turn (never more than f = 1 down at a time), kills -9 each committer
+(committer-1's ledger is the one the endorser reads), kills -9 the endorser, and once
+kills every orderer together (the primary frozen first, so acknowledged transactions sit
+only in the pools). Afterwards every acknowledged
 transaction must be committed VALID on both committers, both chains identical, and
 `gridctl ledger verify` must pass on a hot backup of a committer.
 
@@ -323,6 +324,14 @@ def test_every_acknowledged_transaction_survives_process_chaos(
     kill9(committer2)
     progress(net, load)
     devnet.restart_node(net, committer2)
+    progress(net, load)
+
+    # The endorser reads committer-1's ledger (same organisation, same host): the writer
+    # dies with the reader's environment open, and comes back under it.
+    timeline.mark("kill -9 committer-1 (whose ledger the endorser reads), restart it")
+    committer1 = net.node("committer-1")
+    kill9(committer1)
+    devnet.restart_node(net, committer1)
     progress(net, load)
 
     timeline.mark("kill -9 the endorser, start it again")

@@ -210,9 +210,9 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
     # Every process runs on this host: an endorser reads its own organisation's committer's
     # ledger instead of keeping a replica (core ledger/store_follower.py).
     for endorser in endorsers:
-        own = [c for c in committers if orgs[c.name] == orgs[endorser.name]]
-        if own:
-            endorser.args += [COMMITTER_LEDGER, str(Path(own[0].data_dir) / "ledger")]
+        own = own_committer(endorser, committers, orgs)
+        if own is not None:
+            endorser.args += [COMMITTER_LEDGER, str(Path(own.data_dir) / "ledger")]
     devices = [(n, r) for n, r in sorted(roles.items()) if r in (Role.METER, Role.PLANT)]
     for name, role in devices:
         agent = add(name, "meter-agent")
@@ -258,6 +258,12 @@ def plan(directory: Path, consortium_dir: Path, *, demo: bool = True,
         add(name, "meter-agent").args += ["--mode", mode, "--endorser", endorsers[0].grpc,
                                           "--committer", committers[0].grpc]
     return Network(directory, consortium_dir, nodes)
+
+
+def own_committer(endorser: Node, committers: list[Node], orgs: dict[str, str]) -> Node | None:
+    """The first committer of the endorser's own organisation (`orgs`: node -> organisation):
+    the only ledger it may take the state from. None: its organisation runs no committer."""
+    return next((c for c in committers if orgs[c.name] == orgs[endorser.name]), None)
 
 
 ROLE_ORDER = ("orderer", "committer", "endorser", "meter-agent")

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,18 @@ def acked_not_committed(net: devnet.Network, load: OnceSubmitter, want: int = 3,
             return waiting
 
 
+def endorser_follows(net: devnet.Network, timeout: float = 60) -> None:
+    """The endorser reads committer-1's ledger up to its height, healthy, and no block was
+    lost to its book cache or admission control (a listener's failure is counted)."""
+    endorser = net.by_role("endorser")[0]
+    target = height(committer_stub(net, "committer-1"))
+    wait_for(lambda: (metric(endorser, "gridledger_ledger_height") or 0) >= target, timeout,
+             f"the endorser to read committer-1's ledger up to height {target}")
+    assert metric(endorser, "gridledger_ledger_follower_healthy") == 1
+    text = urllib.request.urlopen(f"http://{endorser.metrics}/metrics", timeout=5).read()
+    assert b'gridledger_ledger_follower_failures_total{reason="on_commit"}' not in text
+
+
 def kill9(node: devnet.Node) -> None:
     devnet.stop_node(node, sig=signal.SIGKILL)
 
@@ -333,12 +346,14 @@ def test_every_acknowledged_transaction_survives_process_chaos(
     kill9(committer1)
     devnet.restart_node(net, committer1)
     progress(net, load)
+    endorser_follows(net)
 
     timeline.mark("kill -9 the endorser, start it again")
     endorser = net.by_role("endorser")[0]
     kill9(endorser)
     devnet.restart_node(net, endorser)
     progress(net, load)
+    endorser_follows(net)
 
     # Freeze the primary first (still at most f down): until the round times out nobody
     # proposes, so what the other orderers acknowledge meanwhile is only in their pools.

@@ -106,8 +106,10 @@ def publish_tip(chain: ledger_pb2.ChainState) -> None:
 
 
 def pass_on(result: CommitResult, on_commit: Callable[[CommitResult], None] | None) -> None:
-    """After a block is committed: its transactions' latency, then the listener (whose
-    failure must not stop the follower: the block is committed)."""
+    """After a block is committed: its transactions' codes and latency, then the listener
+    (whose failure must not stop the follower: the block is committed)."""
+    for code in result.codes:
+        TRANSACTIONS.labels(_code_label(code)).inc()
     now = time.time()
     for timestamp in result.tx_timestamps:
         SUBMIT_TO_COMMIT.observe(max(0.0, now - timestamp))
@@ -230,8 +232,6 @@ class BlockFollower:
         self._rejected_in_a_row = 0
         if not self.healthy:
             self._set_health(True, "")
-        for code in result.codes:
-            TRANSACTIONS.labels(_code_label(code)).inc()
         pass_on(result, self._on_commit)
 
 

@@ -61,6 +61,10 @@ class BlockRejected(Exception):
     """A block that is not the next valid final block; nothing of it was written."""
 
 
+class StoreMismatch(Exception):
+    """A followed store that is not the chain followed so far (`Ledger.follow_stored`)."""
+
+
 # Checks the ordering-service proof of a block (quorum certificate, lottery, VRF, proposer
 # signature) given the previous block's header bytes (None for block 0). Raises BlockRejected.
 BlockVerifier = Callable[[block_pb2.Block, block_pb2.BlockHeader, bytes | None], None]
@@ -82,6 +86,24 @@ class CommitResult:
     # The block's header time, and the orders its prologue expired at gate closure.
     block_time: int = 0
     expired_orders: list[str] = field(default_factory=list)
+    # A follower of a stored ledger may pass several blocks as one result: the first one's
+    # number (`number` is the last's), and the committed state as of the last, open only
+    # while listeners are called (None: the ledger's store is that state until they return).
+    first_number: int = -1
+    committed_state: KeyValueStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.first_number < 0:
+            self.first_number = self.number
+
+    def extend(self, later: CommitResult) -> None:
+        """Append the next block's result: as if one block held both blocks' transactions."""
+        self.number, self.block_hash, self.state_root = (later.number, later.block_hash,
+                                                         later.state_root)
+        for name in ("tx_ids", "codes", "messages", "tx_timestamps", "transactions",
+                     "expired_orders"):
+            getattr(self, name).extend(getattr(later, name))
+        self.block_time = max(self.block_time, later.block_time)
 
 
 class Ledger:
@@ -197,42 +219,77 @@ class Ledger:
 
     # -- following a ledger another process commits (an endorser on its committer's) --------
 
-    def follow_stored(self) -> CommitResult | None:
-        """The next block the store holds beyond this object's height, as `commit` returned it
-        to the process that committed it (from the stored block and commit record; nothing
-        is executed), or None when there is none yet: the same tx ids, codes, messages,
-        block time and expired orders, and the decoded transaction of each valid one (None
-        for the others, and their header times left out). For a ledger this process only
-        reads: its organisation's committer writes the store."""
-        with self._commit_lock, self.store.snapshot() as stored:
-            raw = stored.get(schema.CHAIN_STATE)
-            number = self.height
-            if raw is None or ledger_pb2.ChainState.FromString(raw).height <= number:
-                return None
-            block_raw = stored.get(schema.block_key(number))
-            record_raw = stored.get(schema.commit_record_key(number))
+    def follow_stored(self, listener: Callable[[CommitResult], None]) -> int:
+        """Take every block the store holds beyond this object's height, as one CommitResult
+        (what `commit` returned for each, in order, from the stored blocks and commit records;
+        nothing is executed), and call `listener` with it while its `committed_state` (the
+        store as of its last block) is open. Returns the number of blocks taken (0: none, the
+        listener is not called). For a ledger this process only reads: its organisation's
+        committer writes the store. The result holds the decoded transaction of each valid
+        transaction (None for the others), and header times of the valid ones only.
+
+        Raises StoreMismatch when the store is not the chain followed so far (lower, or a
+        block that does not chain on): another ledger was put in its place."""
+        with self.store.snapshot() as stored:
+            with self._commit_lock:
+                merged = self._take_stored(stored)
+            if merged is None:
+                return 0
+            merged.committed_state = stored
+            try:
+                listener(merged)
+            finally:
+                merged.committed_state = None  # the snapshot ends here
+            return merged.number - merged.first_number + 1
+
+    def _take_stored(self, stored: KeyValueStore) -> CommitResult | None:
+        """(Under the commit lock.) The stored blocks beyond this height, merged; advances."""
+        raw = stored.get(schema.CHAIN_STATE)
+        height = ledger_pb2.ChainState.FromString(raw).height if raw else 0
+        if height < self.height:
+            raise StoreMismatch(f"the ledger read holds {height} blocks; {self.height} were "
+                                "followed from it")
+        merged: CommitResult | None = None
+        chain, tip = self._chain, self._tip_header
+        for number in range(self.height, height):  # all or nothing: a mismatch takes none
+            result, chain, tip = self._stored_result(stored, number, chain)
+            if merged is None:
+                merged = result
+            else:
+                merged.extend(result)
+        self._chain, self._tip_header = chain, tip
+        return merged
+
+    @staticmethod
+    def _stored_result(stored: KeyValueStore, number: int, chain: ledger_pb2.ChainState
+                       ) -> tuple[CommitResult, ledger_pb2.ChainState, bytes]:
+        """Block `number`'s result, and the chain state and tip header after it."""
+        block_raw = stored.get(schema.block_key(number))
+        record_raw = stored.get(schema.commit_record_key(number))
         if block_raw is None or record_raw is None:  # written in one transaction with it
-            raise lmdb.CorruptedError(f"block {number} or its commit record is missing")
+            raise StoreMismatch(f"block {number} or its commit record is missing")
         block = block_pb2.Block.FromString(block_raw)
         record = ledger_pb2.BlockCommitRecord.FromString(record_raw)
         header = block_pb2.BlockHeader.FromString(block.header)
+        previous = chain.last_block_hash or GENESIS_PREVIOUS_HASH
+        if (header.number != number or header.previous_hash != previous
+                or record.block_hash != block_hash(block.header)):
+            raise StoreMismatch(f"block {number} of the ledger read does not chain on the "
+                                "blocks followed from it")
         result = CommitResult(number, record.block_hash, record.state_root,
                               tx_ids=list(record.tx_ids), codes=list(record.validation_codes),
                               messages=list(record.messages),
                               block_time=header.timestamp.seconds,
-                              expired_orders=list(record.expired_orders))
+                              expired_orders=list(record.expired_orders), first_number=number)
         for raw_tx, code in zip(block.transactions, result.codes, strict=True):
             tx = _valid_transaction(raw_tx) if code == Code.TX_VALIDATION_CODE_VALID else None
             result.transactions.append(tx)
             if tx is not None:
                 result.tx_timestamps.append(tx.header.timestamp.ToNanoseconds() / 1e9)
-        with self._commit_lock:
-            self._chain = ledger_pb2.ChainState(
-                height=number + 1, last_block_hash=record.block_hash,
-                state_root=record.state_root,
-                transactions=self._chain.transactions + len(block.transactions))
-            self._tip_header = block.header
-        return result
+        after = ledger_pb2.ChainState(
+            height=number + 1, last_block_hash=record.block_hash, state_root=record.state_root,
+            transactions=chain.transactions + len(block.transactions))
+        return result, after, block.header
 
     def _expire_closed_slots(self, committed: KeyValueStore, state: StateOverlay,
                              ctx: BlockContext) -> list[str]:

@@ -1,29 +1,43 @@
 """Following a ledger another process commits: an endorser reading its own organisation's
 committer's LMDB (same host or pod) instead of keeping a replica of its own.
 
-A replica re-executes every block (signatures, rules, a synced write): measured at 15-27 % of
-an endorser's CPU and a Deliver stream on an orderer (docs/performance.md). The committer of
+A replica re-executes every block (signatures, rules, a synced write): 15-27 % of an
+endorser's CPU, and a Deliver stream on an orderer (docs/performance.md). The committer of
 the same organisation has done exactly that work and written the result; an organisation
 trusts its own nodes, so its endorser may read that ledger (LMDB serves readers in other
-processes from the same files, each read transaction one committed moment) and only learn,
-block by block, what was committed (`Ledger.follow_stored`) for its book cache and admission
-control. Nothing of another organisation is trusted more than before: the committer judged
-every block and transaction by the shared rules.
+processes from the same files, each read transaction one committed moment) and only learn
+what was committed (`Ledger.follow_stored`), for its book cache and admission control.
+Nothing of another organisation is trusted more than before: the committer judged every
+block and transaction by the shared rules.
 
-The thread polls the store's chain height (one read transaction, a few microseconds) every
-`poll` seconds when there is nothing new. It never stops by itself: a failure to read (the
-committer's store gone, a map resized by a restart with a larger `--lmdb-map-size`) is
-logged, counted in `gridledger_ledger_follower_failures_total{reason="read_error"}`,
-reported through `on_health(False, why)` and retried with backoff; the first block read
-afterwards reports `on_health(True, "")`. Whether the committer itself keeps up with the
-orderers is its own health (a pod is ready only when both containers are)."""
+The thread looks at the store's chain height (one read transaction, a few microseconds)
+every `poll` seconds after a block, backing off to `IDLE_POLL` while nothing arrives; what
+arrived since the last look is passed on as one result, with the snapshot it was read from
+(so the book cache applies it against exactly that state, however far the committer has
+gone since). It never stops by itself, and never serves stale state silently:
+
+- a read that fails (the store unreadable, a map resized by a committer restarted with a
+  larger `--lmdb-map-gib`), or a store that is not the chain followed so far (lower, or not
+  chaining on), is logged, counted in
+  `gridledger_ledger_follower_failures_total{reason="read_error"}`, reported through
+  `on_health(False, why)` and retried with backoff;
+- while no block arrives for `watch_after` seconds, `stalled(height)` is asked every
+  `watch_after` seconds why (the endorser: its files were replaced, or an orderer holds a
+  final block the committer has not written); a reason reports `on_health(False, reason)`.
+
+The first block read afterwards reports `on_health(True, "")`."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
+import grpc
+
+from gridledger.common.v1 import block_pb2
+from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.ledger.follower import (
     FOLLOWER_FAILURES,
     MAX_ERROR_BACKOFF,
@@ -32,19 +46,31 @@ from gridledger_core.ledger.follower import (
     pass_on,
     publish_tip,
 )
-from gridledger_core.ledger.ledger import CommitResult, Ledger
+from gridledger_core.ledger.ledger import BlockVerifier, CommitResult, Ledger
+from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLL = 0.002  # seconds between looks at an unchanged store: a block is seen within it
+DEFAULT_POLL = 0.002  # seconds between looks right after a block: it is seen within that
+IDLE_POLL = 0.02  # ... growing to this while nothing arrives (an idle thread wakes 50 times/s)
+DEFAULT_WATCH_AFTER = 5.0  # seconds without a block before asking `stalled`, and between asks
 
 
 class StoreFollower:
     def __init__(self, ledger: Ledger, on_commit: Callable[[CommitResult], None] | None = None,
-                 on_health: HealthCallback | None = None, poll: float = DEFAULT_POLL) -> None:
+                 on_health: HealthCallback | None = None, *,
+                 stalled: Callable[[int], str] | None = None, poll: float = DEFAULT_POLL,
+                 watch_after: float = DEFAULT_WATCH_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
         self._on_commit = on_commit
+        self._stalled = stalled
         self._poll = poll
+        self._watch_after = watch_after
+        self._clock = clock
+        self._last_block = clock()
+        self._last_watch = self._last_block
+        self._stall = ""  # why the ledger read is stale, from `stalled`
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-follower", daemon=True)
         self._health = FollowerHealth("store follower", ledger, on_health)
@@ -68,6 +94,7 @@ class StoreFollower:
 
     def _run(self) -> None:
         backoff = 0.1
+        wait = self._poll
         while not self._stop.is_set():
             try:
                 followed = self.step()
@@ -81,16 +108,74 @@ class StoreFollower:
                 backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
                 continue
             backoff = 0.1
+            wait = self._poll if followed else min(wait * 2, max(IDLE_POLL, self._poll))
             if not followed:
-                self._stop.wait(self._poll)
+                self._stop.wait(wait)
 
     def step(self) -> bool:
-        """Take the next stored block, if any: True when one was taken."""
-        result = self._ledger.follow_stored()
-        if not self.healthy:  # the store was read again
-            self._health.set(True, "")
-        if result is None:
-            return False
+        """Take what the store holds beyond this height, if anything: True when a block was
+        taken. Otherwise, after `watch_after` seconds without one, ask `stalled` why. A read
+        that worked ends a read error; a block ends a stall."""
+        taken = self._ledger.follow_stored(self._pass_on)
+        now = self._clock()
+        if taken:
+            self._last_block = now
+            self._stall = ""
+        elif (self._stalled is not None and now - self._last_block >= self._watch_after
+              and now - self._last_watch >= self._watch_after):
+            self._last_watch = now
+            self._stall = self._stalled(self._ledger.height)
+        self._health.set(not self._stall, self._stall)
+        return bool(taken)
+
+    def _pass_on(self, result: CommitResult) -> None:
         publish_tip(self._ledger.chain)
         pass_on(result, self._on_commit)
+
+
+class OrdererProbe:
+    """`stalled` for an endorser reading its committer's ledger: names an orderer that holds
+    block `height` final (verified with the consortium's block proof, so a hostile orderer
+    cannot make the endorser look stale), while the ledger read stays below it. An idle chain
+    (no orderer has the block yet) is not a stall."""
+
+    def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
+                 verify_block: BlockVerifier, timeout: float = 3.0) -> None:
+        self._ledger = ledger
+        self._orderers = list(orderers)
+        self._tls = tls
+        self._verify = verify_block
+        self._timeout = timeout
+
+    def holder(self, height: int) -> str:
+        """The first orderer that delivers a valid final block `height`, or ""."""
+        for name, address in self._orderers:
+            try:
+                block = self._first_block(address, height)
+            except grpc.RpcError:
+                continue
+            if block is not None and self._final(block, height):
+                return name
+        return ""
+
+    def _first_block(self, address: str, height: int) -> block_pb2.Block | None:
+        with secure_channel(address, self._tls) as channel:
+            call = orderer_pb2_grpc.OrdererServiceStub(channel).Deliver(
+                orderer_pb2.DeliverRequest(start_number=height, follow=False),
+                timeout=self._timeout)
+            try:
+                for response in call:
+                    return response.block
+            finally:
+                call.cancel()
+        return None
+
+    def _final(self, block: block_pb2.Block, height: int) -> bool:
+        try:
+            header = block_pb2.BlockHeader.FromString(block.header)
+            if header.number != height:
+                return False
+            self._verify(block, header, self._ledger.previous_header_bytes())
+        except Exception:  # a block this node would refuse says nothing about the committer
+            return False
         return True

@@ -29,6 +29,14 @@ from gridledger_core.storage.base import WriteBatch, prefix_end
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024 * 1024
 
 
+READER_CHECK_EVERY = 256  # commits between two looks for dead processes' reader slots
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = (path / "data.mdb").stat()
+    return stat.st_dev, stat.st_ino
+
+
 class StoreFull(lmdb.MapFullError):
     """The store reached its map size: a node fault (like a full disk), never a verdict."""
 
@@ -36,16 +44,28 @@ class StoreFull(lmdb.MapFullError):
 class LmdbStore:
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True,
                  readonly: bool = False) -> None:
+        """`readonly`: another process writes these files (an endorser reading its
+        committer's ledger); `map_size` 0 then takes the writer's."""
         if not readonly:
             path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._env = lmdb.open(str(path), map_size=map_size, sync=sync, metasync=sync,
                               max_readers=512, max_dbs=0, readonly=readonly, lock=True)
-        if not readonly:
-            # Free the reader slots of processes that died holding one (a committer killed
-            # while its endorser, reading the same files, kept the lock file open): a stale
-            # slot pins old pages, and the file would grow instead of reusing them.
-            self._env.reader_check()
+        self._files = _identity(path)
+        self._commits = 0
+        # Free the reader slots of processes that died holding one (an endorser killed while
+        # reading its committer's files, or the committer killed while the endorser kept the
+        # lock file open): a stale slot pins old pages, and the file would grow instead of
+        # reusing them. Again every READER_CHECK_EVERY commits, for readers that die later.
+        self._env.reader_check()
+
+    def replaced(self) -> bool:
+        """Whether the files at this path are no longer the ones opened (a ledger directory
+        emptied or swapped under a reader: it would go on reading the old ones)."""
+        try:
+            return _identity(self.path) != self._files
+        except OSError:
+            return True
 
     def get(self, key: bytes) -> bytes | None:
         with self._env.begin(buffers=False) as txn:
@@ -72,6 +92,9 @@ class LmdbStore:
             yield LmdbSnapshot(txn)
 
     def commit(self, batch: WriteBatch) -> None:
+        self._commits += 1
+        if self._commits % READER_CHECK_EVERY == 0:
+            self._env.reader_check()
         try:
             with self._env.begin(write=True) as txn:
                 for key, value in batch.operations.items():

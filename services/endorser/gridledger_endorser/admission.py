@@ -2,16 +2,16 @@
 budget, and refuses the rest at once (RESOURCE_EXHAUSTED with a retry hint).
 
 The quantity bounded is this endorser's *in flight*: transactions it admitted (being checked,
-endorsed, forwarded) or that an orderer acknowledged and its own ledger replica has not yet
-seen in a block. Every queue between a client and the ledger (the endorser's handler and
-broadcaster queues, the orderers' pools, the blocks being agreed) holds only in-flight
-transactions, so bounding it bounds them all.
+endorsed, forwarded) or that an orderer acknowledged and the ledger it follows (its replica,
+or its organisation's committer's) has not yet shown in a block. Every queue between a client
+and the ledger (the endorser's handler and broadcaster queues, the orderers' pools, the
+blocks being agreed) holds only in-flight transactions, so bounding it bounds them all.
 
 The bound is measured, not configured (Little's law: in flight = rate x time in flight):
 
     capacity = clamp(budget x observed commit rate, floor, ceiling)
 
-where the observed commit rate is how many of *this endorser's* transactions its replica saw
+where the observed commit rate is how many of *this endorser's* transactions its ledger showed
 committed (valid or not) per second over the last `window` seconds. At saturation the in-flight
 set drains at the commit rate, so a transaction admitted at the bound waits about `budget`
 before its commit.
@@ -83,7 +83,8 @@ FORGOTTEN = Counter("gridledger_endorser_admission_forgotten",
 CAPACITY = Gauge("gridledger_endorser_admission_capacity",
                  "Estimated capacity: transactions this endorser may have in flight.")
 IN_FLIGHT = Gauge("gridledger_endorser_admission_in_flight",
-                  "Transactions admitted and not yet seen committed by the replica.")
+                  "Transactions admitted and not yet seen committed on the ledger this "
+                  "endorser follows.")
 COMMIT_RATE = Gauge("gridledger_endorser_admission_commit_rate",
                     "This endorser's transactions committed per second (observed, windowed).")
 
@@ -300,7 +301,8 @@ class Admission:
     # -- observing commits ---------------------------------------------------------------
 
     def on_block(self, tx_ids: Iterable[str]) -> None:
-        """The replica committed a block with these transactions (valid or not)."""
+        """The ledger followed committed these transactions (valid or not), in one block or
+        several read together."""
         with self._lock:
             now = self._clock()
             mine = 0

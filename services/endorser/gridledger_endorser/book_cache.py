@@ -1,10 +1,12 @@
-"""The endorser's order books: a cache of the open orders on its ledger replica.
+"""The endorser's order books: a cache of the open orders on the ledger it follows (its
+replica, or its organisation's committer's ledger).
 
 It is rebuilt from the ledger at start (every open order of every slot whose market has not
-closed) and updated from each committed block: for every valid market transaction, the
-orders it touched are re-read from the ledger and put in the book as the ledger now has them.
-So the cache never holds an order, or a quantity, the ledger does not; it can only lag the
-ledger by the block being applied, and an option matched against a lagging book fails the
+closed) and updated from each committed block (or run of blocks read together from the
+committer's ledger): for every valid market transaction, the orders it touched are re-read
+from the state as of that block and put in the book as the ledger then had them. So the
+cache never holds an order, or a quantity, the ledger does not; it can only lag the
+ledger by the blocks being applied, and an option matched against a lagging book fails the
 commit-time rules (a stale option), never the ledger's consistency. If an update ever fails
 (it should not), the whole cache is rebuilt from the ledger.
 
@@ -63,6 +65,7 @@ from gridledger_core.ledger.rules.identity import LedgerAccounts
 from gridledger_core.ledger.state import StateOverlay
 from gridledger_core.market import BookSet, Depth, MatchResult, Order, OrderBook, Side
 from gridledger_core.market import ledger_view as view
+from gridledger_core.storage import KeyValueStore
 from gridledger_endorser.hold_conduct import WINDOW_SECONDS, HoldConduct
 
 log = logging.getLogger(__name__)
@@ -290,19 +293,22 @@ class BookCache:
 
     # -- following the ledger ----------------------------------------------------------------
 
-    def rebuild(self) -> None:
-        """Replace the cache with the open orders of the ledger's slots that are still open."""
+    def rebuild(self, committed: KeyValueStore | None = None) -> None:
+        """Replace the cache with the open orders of the ledger's slots that are still open:
+        as of the ledger's height, read from `committed` (the state at that height, when the
+        ledger's store may have moved on: another process writes it) or its store."""
         REBUILDS.inc()
         # The scan runs outside the lock: matching (on the endorser's event loop) waits only
-        # for the swap. The ledger cannot move meanwhile: its one writer, the follower, is
-        # the thread rebuilding (or has not started yet).
+        # for the swap. The ledger's height cannot move meanwhile: its follower is the thread
+        # rebuilding (or has not started yet).
         height = self._ledger.height
         block_time = max(self._block_time, self._ledger.tip_time())
         now = self._now(block_time)
         books = self._new_books()
-        state = StateOverlay(self._ledger.store)
-        start = schema.order_book_prefix(self._first_open_slot(now))
-        for _, value in self._ledger.scan_state("order-book/", start=start):
+        store = committed or self._ledger.store
+        state = StateOverlay(store)
+        start = schema.state_key(schema.order_book_prefix(self._first_open_slot(now)))
+        for _, value in store.scan(schema.state_key("order-book/"), start=start):
             record = view.load_order(state, value.decode())
             if record is not None and record.remaining_wh and self._open(record, now):
                 books.rest(view.to_book_order(record))
@@ -349,12 +355,14 @@ class BookCache:
         return not self._closed(record.slot_start, now)
 
     def on_commit(self, result: CommitResult) -> None:
-        """BlockFollower's callback: apply the block's valid market transactions."""
+        """The ledger follower's callback: apply the block's (or blocks') valid market
+        transactions, against the state as of its last block (`result.committed_state`
+        when the ledger's store may have moved on)."""
         try:
             self._apply(result)
         except Exception:
             log.exception("book cache update for block %d failed; rebuilding", result.number)
-            self.rebuild()
+            self.rebuild(result.committed_state)
 
     def _apply(self, result: CommitResult) -> None:
         touched: list[str] = []
@@ -387,13 +395,13 @@ class BookCache:
             elif body == "cancel_order":
                 touched.append(tx.cancel_order.order_id)
                 consumed.setdefault(tx.cancel_order.order_id, set()).add(tx.header.creator)
-        state = StateOverlay(self._ledger.store)
+        state = StateOverlay(result.committed_state or self._ledger.store)
         with self._lock:
             self._block_time = max(self._block_time, result.block_time)
             now = self._now()
             # First what this block's time settles: an option expired before it is a lapse
             # whatever the block does to its makers.
-            self._expire(now)
+            self._expire(now, state)
             accounts = LedgerAccounts(state)
             reread: list[str] = []  # makers whose holds ended
             for option_id, taker, trades in traded:
@@ -488,14 +496,14 @@ class BookCache:
         HELD_OPTIONS.set(len(self._holds))
         return [maker_id for maker_id, _ in hold.takes]
 
-    def _expire(self, now: int) -> None:
+    def _expire(self, now: int, state: StateOverlay | None = None) -> None:
         """End the holds of options that can no longer be placed: a block's time is past
         their expiry (block times never go back): a lapse; or this clock is past it by more
         than block times trail it while rounds go well (an idle chain): the energy is free
         again, the lapse pending until a block's time passes the expiry (a locked pre-block
         re-proposed after round changes keeps its older time and may still place it: then
-        it counts as traded). Then settle what blocks have passed."""
-        state: StateOverlay | None = None
+        it counts as traded). Then settle what blocks have passed. Makers are re-read from
+        `state` (a block's, while one is applied), else from the ledger as it is now."""
         clock = int(self._clock())
         while self._expiries and (self._expiries[0][0] < self._block_time
                                   or self._expiries[0][0] + HOLD_GRACE_SECONDS < clock):

@@ -1,13 +1,17 @@
-"""gridledger-endorser: a ledger replica plus admission, endorsement and forwarding."""
+"""gridledger-endorser: a ledger (its replica, or its organisation's committer's) plus admission,
+endorsement and forwarding."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import lmdb
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core import node_config
@@ -16,7 +20,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
-from gridledger_core.ledger.store_follower import StoreFollower
+from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
@@ -50,16 +54,40 @@ def _ms(low: float, high: float, *, zero: bool = False) -> Callable[[str], float
     return parse
 
 
-def _committer_store(path: Path, map_size: int) -> LmdbStore:
-    """The committer's ledger, read-only, once the committer has created it (a pod's
-    containers start in any order)."""
-    waited = 0.0
-    while not (path / "data.mdb").exists():
-        if waited % 10 == 0:
+def _committer_store(path: Path) -> LmdbStore:
+    """The committer's ledger, read-only with the committer's map size, once the committer
+    has created it (a pod's containers start in any order). LMDB needs its lock file
+    writable by every process that reads: without it readers are not registered and the
+    writer may reuse pages they still read, so the endorser refuses to start."""
+    waited = 0
+    while True:
+        if (path / "data.mdb").exists():
+            if not os.access(path / "lock.mdb", os.W_OK):
+                raise SystemExit(f"{path / 'lock.mdb'} is not writable by this process: the "
+                                 "endorser must share the committer's volume read-write")
+            try:
+                return LmdbStore(path, map_size=0, readonly=True)
+            except lmdb.Error as exc:  # created, its header not written yet
+                if waited % 20 == 0:
+                    log.info("the committer's ledger at %s cannot be opened yet: %s", path, exc)
+        elif waited % 20 == 0:
             log.info("waiting for the committer's ledger at %s", path)
         time.sleep(0.5)
-        waited += 0.5
-    return LmdbStore(path, map_size=map_size, readonly=True)
+        waited += 1
+
+
+def _stalled(store: LmdbStore, probe: OrdererProbe) -> Callable[[int], str]:
+    """Why the committer's ledger is not moving, if it is not idle."""
+    def why(height: int) -> str:
+        if store.replaced():
+            return (f"the committer's ledger at {store.path} was replaced under this endorser; "
+                    "restart it")
+        holder = probe.holder(height)
+        if holder:
+            return (f"the committer's ledger stays at height {height} while {holder} holds "
+                    f"block {height} final")
+        return ""
+    return why
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -128,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
         export_store_size(store, "ledger")
     else:
-        store = _committer_store(args.committer_ledger, node_config.lmdb_map_size(args))
+        store = _committer_store(args.committer_ledger)
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
@@ -136,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               late_after=args.broadcast_late_ms / 1000)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
-    # The book cache is rebuilt from the replica before the follower starts, then follows it.
+    # The book cache is rebuilt from the ledger before the follower starts, then follows it.
     books = BookCache(ledger, identity.name)
 
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
@@ -169,8 +197,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         follower = BlockFollower(ledger, orderers, tls, on_commit=servicer.on_commit,
                                  on_health=lambda ok, _why: server.set_serving(ok))
     else:
+        probe = OrdererProbe(ledger, orderers, tls, block_verifier(genesis))
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
-                                 on_health=lambda ok, _why: server.set_serving(ok))
+                                 on_health=lambda ok, _why: server.set_serving(ok),
+                                 stalled=_stalled(store, probe))
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
     server.on_close(store.close)

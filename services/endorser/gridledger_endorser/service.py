@@ -5,7 +5,7 @@ SubmitTransaction answers OK only once an orderer acknowledged that exact transa
 (accepted or already known). Every other outcome is a status the client can act on:
 - INVALID_ARGUMENT / UNAUTHENTICATED / PERMISSION_DENIED / ALREADY_EXISTS /
   FAILED_PRECONDITION (rpc/errors.py): this endorser's own verdict on the envelope, at its
-  replica's height (ALREADY_EXISTS: the tx id is on the ledger already);
+  ledger's height (ALREADY_EXISTS: the tx id is on the ledger already);
 - RESOURCE_EXHAUSTED with a `retry-after-ms` trailer: admission control (admission.py: the
   network cannot commit more within the latency budget; refused before any work), or every
   orderer was full;
@@ -102,9 +102,12 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         self._cpu = cpu_slots if cpu_slots is not None else CpuSlots()
 
     def on_commit(self, result: CommitResult) -> None:
-        """The replica's commit listener: the book cache, then admission control."""
-        self.books.on_commit(result)
-        self._admission.on_block(result.tx_ids)
+        """The ledger follower's listener: the book cache, then admission control (which
+        must count the block's transactions even if the cache failed on it)."""
+        try:
+            self.books.on_commit(result)
+        finally:
+            self._admission.on_block(result.tx_ids)
 
     def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                           context: grpc.ServicerContext
@@ -172,7 +175,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         return submission
 
     def check(self, work: list[_Work], submission: Submission) -> list[_Work]:
-        """Verify and simulate each at the replica's height; the ones that pass (the caller
+        """Verify and simulate each at the ledger's height; the ones that pass (the caller
         holds a CPU slot, or is the asyncio server's loop)."""
         passed = []
         now = int(self._clock())

@@ -57,3 +57,13 @@ def test_an_endorser_reads_its_own_organisations_committers_ledger(consortium_di
     [endorser] = network.by_role("endorser")
     at = endorser.args.index(devnet.COMMITTER_LEDGER)
     assert endorser.args[at + 1] == str(Path(network.node("committer-1").data_dir) / "ledger")
+
+
+def test_an_endorser_never_takes_another_organisations_committer() -> None:
+    def node(name: str, role: str) -> devnet.Node:
+        return devnet.Node(name, role, "", "", f"/data/{name}", "")
+    endorser = node("endorser-9", "endorser")
+    others = [node("committer-1", "committer"), node("committer-2", "committer")]
+    orgs = {"endorser-9": "utility", "committer-1": "gridops", "committer-2": "utility"}
+    assert devnet.own_committer(endorser, others, orgs) is others[1]
+    assert devnet.own_committer(endorser, others[:1], orgs) is None

@@ -1,26 +1,38 @@
-"""An endorser reading its organisation's committer's ledger (core ledger/store_follower.py):
-`Ledger.follow_stored` gives, block by block, what `Ledger.commit` gave the committer (valid
-and invalid transactions, trades, a cancel, orders expired at gate closure), without executing
-anything; the follower keeps going through read failures and a failing listener, and says so
-in its health."""
+"""An endorser reading its organisation's committer's ledger (core ledger/store_follower.py).
+
+`Ledger.follow_stored` gives what `Ledger.commit` gave the committer (valid and invalid
+transactions, trades, a cancel, orders expired at gate closure), one block or several read
+together with the state as of the last one, without executing anything; a committer in
+another process is killed -9 under the reader; a store that is not the chain followed is
+refused. The follower keeps going through read failures and a failing listener, and says in
+its health when the ledger read is stale while an orderer holds a final block."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import lmdb
 import pytest
-from ledger_helpers import endorsed
+from ledger_helpers import ChainBuilder, endorsed
 from market_helpers import BUY, SELL
 from settlement_helpers import GATE, VALID, Net, new_net, tx_id
+from signed_blocks import DeliverServer
 
+from gridledger.common.v1 import block_pb2, envelope_pb2
+from gridledger_core.consensus.signing import block_hash
 from gridledger_core.genesis import Genesis
-from gridledger_core.ledger.ledger import CommitResult, Ledger
-from gridledger_core.ledger.store_follower import StoreFollower
+from gridledger_core.ledger.block_proof import block_verifier
+from gridledger_core.ledger.ledger import CommitResult, Ledger, StoreMismatch
+from gridledger_core.ledger.state import StateOverlay
+from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower
+from gridledger_core.market import ledger_view as view
+from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore
 
 ASK = 250_000
@@ -35,26 +47,47 @@ def net(genesis: Genesis, consortium_dir: Path) -> Net:
     return new_net(genesis, consortium_dir)
 
 
-def commit(net: Net, *envelopes: object, at: int | None = None) -> CommitResult:
+def block_of(net: Net, *envelopes: envelope_pb2.SignedEnvelope,
+             at: int | None = None) -> block_pb2.Block:
+    """The next block of `net`'s chain (kept in `net.blocks`), not committed anywhere yet."""
     net.time = at if at is not None else net.time
-    block = net.chain.block([endorsed(e, net.endorser) for e in envelopes],  # type: ignore[arg-type]
-                            timestamp=net.time)
+    block = net.chain.block([endorsed(e, net.endorser) for e in envelopes], timestamp=net.time)
     net.blocks.append(block)
-    return net.ledger.commit(block)
+    return block
 
 
-def same_as_committed(followed: CommitResult | None, committed: CommitResult) -> None:
+def commit(net: Net, *envelopes: envelope_pb2.SignedEnvelope,
+           at: int | None = None) -> CommitResult:
+    return net.ledger.commit(block_of(net, *envelopes, at=at))
+
+
+def follow(reader: Ledger) -> CommitResult | None:
+    """What one `follow_stored` passes its listener (a copy: the snapshot ends with it)."""
+    taken: list[CommitResult] = []
+    count = reader.follow_stored(lambda r: taken.append(dataclasses.replace(r)))
+    assert count == (taken[0].number - taken[0].first_number + 1 if taken else 0)
+    return taken[0] if taken else None
+
+
+def same_as_committed(followed: CommitResult | None, *committed: CommitResult) -> None:
+    """`followed` is `committed`: one block's result, or several blocks' together."""
     assert followed is not None
-    for name in ("number", "block_hash", "state_root", "tx_ids", "codes", "messages",
-                 "block_time", "expired_orders"):
-        assert getattr(followed, name) == getattr(committed, name), name
-    assert followed.transactions == [tx if code == VALID else None for tx, code in
-                                     zip(committed.transactions, committed.codes, strict=True)]
+    assert (followed.first_number, followed.number) == (committed[0].number,
+                                                         committed[-1].number)
+    assert (followed.block_hash, followed.state_root) == (committed[-1].block_hash,
+                                                          committed[-1].state_root)
+    assert followed.block_time == max(c.block_time for c in committed)
+    for name in ("tx_ids", "codes", "messages", "expired_orders"):
+        assert getattr(followed, name) == [x for c in committed for x in getattr(c, name)], name
+    assert followed.transactions == [tx if code == VALID else None for c in committed
+                                     for tx, code in zip(c.transactions, c.codes, strict=True)]
 
 
-def trading(net: Net) -> list[CommitResult]:
-    """Blocks after the set-up one: orders that rest, a trade, two invalid transactions, and
-    the gate closure that expires the slot's open orders."""
+def trading(net: Net, each: Callable[[CommitResult], None] = lambda _: None
+            ) -> list[CommitResult]:
+    """Blocks after the set-up one (`each` is called after each commit): orders that rest, a
+    trade, two invalid transactions, and the gate closure that expires the slot's open
+    orders."""
     sell = net.order("meter-1", SELL, ASK, 3000)
     steps = [
         (sell, net.order("meter-2", BUY, 200_000, 1000)),  # one rests, one does not cross
@@ -62,8 +95,10 @@ def trading(net: Net) -> list[CommitResult]:
         (net.transfer("meter-2", "meter-1", 10**18),),  # invalid: more than it holds
         (net.cancel("meter-3", tx_id(sell)),),  # invalid: not its order
     ]
-    committed = [commit(net, *envelopes) for envelopes in steps]
-    committed.append(commit(net, at=GATE))  # the prologue expires the slot's open orders
+    committed = []
+    for envelopes in [*steps, ()]:  # the last at gate closure: the prologue expires orders
+        committed.append(commit(net, *envelopes, at=None if envelopes else GATE))
+        each(committed[-1])
     assert committed[-1].expired_orders, "the gate closure block expired nothing"
     assert {c for r in committed[2:4] for c in r.codes} != {VALID}
     return committed
@@ -73,12 +108,73 @@ def test_follow_stored_gives_each_block_as_its_commit_gave_it(net: Net,
                                                               genesis: Genesis) -> None:
     reader = Ledger(net.ledger.store, genesis, accept_proof)  # the same store, read only
     assert reader.height == net.ledger.height  # the set-up block is already stored
-    assert reader.follow_stored() is None
-    for result in trading(net):
-        same_as_committed(reader.follow_stored(), result)
-    assert reader.follow_stored() is None
+    assert follow(reader) is None
+    trading(net, lambda result: same_as_committed(follow(reader), result))
+    assert follow(reader) is None
     assert reader.chain == net.ledger.chain
     assert reader.previous_header_bytes() == net.blocks[-1].header
+
+
+def test_blocks_read_together_come_as_one_result_with_the_state_of_the_last(
+        tmp_path: Path, net: Net, genesis: Genesis) -> None:
+    """The committer may be blocks ahead when the endorser looks, and commit more while the
+    book cache applies them: the cache gets those blocks together, and the state it reads is
+    as of their last block, not the committer's newer one."""
+    store = LmdbStore(tmp_path / "ledger")  # one environment, shared by writer and reader
+    writer = Ledger(store, genesis, accept_proof)
+    writer.commit(net.blocks[0])
+    reader = Ledger(store, genesis, accept_proof)
+
+    def both(envelope: envelope_pb2.SignedEnvelope) -> CommitResult:
+        """Committed by `net` too, so its next options match against the same book."""
+        block = block_of(net, envelope)
+        net.ledger.commit(block)
+        return writer.commit(block)
+
+    sell = net.order("meter-1", SELL, ASK, 3000)
+    results = [both(sell), both(net.order("meter-2", BUY, ASK, 1000))]
+    later = block_of(net, net.order("meter-3", BUY, ASK, 500))
+    seen: list[tuple[int, int, int]] = []
+
+    def listener(result: CommitResult) -> None:
+        writer.commit(later)  # meanwhile the committer fills more of the resting sell
+        assert result.committed_state is not None
+        as_of = view.load_order(StateOverlay(result.committed_state), tx_id(sell))
+        now = view.load_order(StateOverlay(store), tx_id(sell))
+        assert as_of is not None and now is not None
+        seen.append((result.first_number, result.number, as_of.remaining_wh))
+        assert now.remaining_wh == 1500
+        same_as_committed(dataclasses.replace(result), *results)
+
+    assert reader.follow_stored(listener) == 2
+    assert seen == [(1, 2, 2000)]
+    assert (reader.height, writer.height) == (3, 4)
+    store.close()
+
+
+def test_a_store_that_is_not_the_chain_followed_is_refused(net: Net, genesis: Genesis) -> None:
+    """Another ledger put in the place of the committer's (emptied, or another chain): the
+    endorser must not go on as if its book and admission counts still held."""
+    reader = Ledger(net.ledger.store, genesis, accept_proof)
+    trading(net)
+    assert follow(reader) is not None
+    followed = reader.chain
+    shorter = MemoryStore()
+    Ledger(shorter, genesis, accept_proof).commit(net.blocks[0])
+    reader.store = shorter
+    with pytest.raises(StoreMismatch, match="holds 1 blocks"):
+        follow(reader)
+    other = MemoryStore()  # longer, but another chain from block 1 on
+    replica = Ledger(other, genesis, accept_proof)
+    replica.commit(net.blocks[0])
+    forked = ChainBuilder()
+    forked.number, forked.previous = 1, block_hash(net.blocks[0].header)
+    for _ in net.blocks:
+        replica.commit(forked.block([], timestamp=net.time))
+    reader.store = other
+    with pytest.raises(StoreMismatch, match="does not chain on"):
+        follow(reader)
+    assert reader.chain == followed  # nothing of either was taken
 
 
 # A committer in its own process: commits the given blocks up to each height read from
@@ -106,8 +202,9 @@ for line in sys.stdin:
 
 def test_another_process_commits_and_is_killed_while_the_ledger_is_followed(
         net: Net, genesis: Genesis, consortium_dir: Path, tmp_path: Path) -> None:
-    """The devnet's arrangement: the committer's process writes its LMDB, the endorser's reads
-    it read-only; the committer is killed -9 and started again under the reader."""
+    """The devnet's arrangement: the committer's process writes its LMDB, the endorser's
+    reads it read-only (with the committer's map size); the committer is killed -9 and
+    started again under the reader."""
     trading(net)
     replay = Ledger(MemoryStore(), genesis, accept_proof)  # what the committer returns
     committed = [replay.commit(block) for block in net.blocks]
@@ -131,22 +228,21 @@ def test_another_process_commits_and_is_killed_while_the_ledger_is_followed(
     first = committer()
     try:
         commit_to(first, 1)
-        reader = Ledger(LmdbStore(ledger_dir, readonly=True), genesis, accept_proof)
+        reader = Ledger(LmdbStore(ledger_dir, map_size=0, readonly=True), genesis, accept_proof)
         assert reader.height == 1
         commit_to(first, 3)
-        for number in (1, 2):
-            same_as_committed(reader.follow_stored(), committed[number])
-        assert reader.follow_stored() is None
+        same_as_committed(follow(reader), *committed[1:3])
+        assert follow(reader) is None
     finally:
         first.kill()  # SIGKILL, with the reader's environment open
         first.wait()
     second = committer()
     try:
         commit_to(second, len(net.blocks))
-        for number in range(3, len(net.blocks)):
-            same_as_committed(reader.follow_stored(), committed[number])
-        assert reader.follow_stored() is None
+        same_as_committed(follow(reader), *committed[3:])
+        assert follow(reader) is None
         assert reader.chain == replay.chain
+        assert not reader.store.replaced()  # type: ignore[attr-defined]
     finally:
         second.kill()
         second.wait()
@@ -154,7 +250,7 @@ def test_another_process_commits_and_is_killed_while_the_ledger_is_followed(
 
 
 class Flaky:
-    """A store whose reads fail while `failing` is set (the committer's store gone)."""
+    """A store whose reads fail while `failing` is set (the committer's store unreadable)."""
 
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
@@ -162,45 +258,113 @@ class Flaky:
 
     def snapshot(self) -> AbstractContextManager[KeyValueStore]:
         if self.failing.is_set():
-            raise lmdb.ReadonlyError("the committer's ledger went away")
+            raise lmdb.ReadonlyError("the committer's ledger cannot be read")
         return self.store.snapshot()
 
     def get(self, key: bytes) -> bytes | None:
         return self.store.get(key)
 
 
+class Watch:
+    """A follower's health and listener calls, waited on."""
+
+    def __init__(self) -> None:
+        self.health: list[tuple[bool, str]] = []
+        self.seen: list[tuple[int, int]] = []
+        self.changed = threading.Condition()
+
+    def on_health(self, ok: bool, why: str) -> None:
+        with self.changed:
+            self.health.append((ok, why))
+            self.changed.notify_all()
+
+    def on_commit(self, result: CommitResult) -> None:
+        with self.changed:
+            self.seen.append((result.first_number, result.number))
+            self.changed.notify_all()
+        raise RuntimeError("a listener's bug")  # counted; the follower goes on
+
+    def until(self, done: Callable[[], bool]) -> None:
+        with self.changed:
+            assert self.changed.wait_for(done, timeout=10), (self.health, self.seen)
+
+
 def test_the_follower_reports_read_failures_and_recovers(net: Net, genesis: Genesis) -> None:
     flaky = Flaky(net.ledger.store)
     reader = Ledger(flaky, genesis, accept_proof)  # type: ignore[arg-type]
-    health: list[tuple[bool, str]] = []
-    seen: list[int] = []
-    changed = threading.Condition()
-
-    def on_health(ok: bool, why: str) -> None:
-        with changed:
-            health.append((ok, why))
-            changed.notify_all()
-
-    def on_commit(result: CommitResult) -> None:
-        with changed:
-            seen.append(result.number)
-            changed.notify_all()
-        raise RuntimeError("a listener's bug")  # counted; the follower goes on
-
-    follower = StoreFollower(reader, on_commit=on_commit, on_health=on_health, poll=0.001)
+    watch = Watch()
+    follower = StoreFollower(reader, on_commit=watch.on_commit, on_health=watch.on_health,
+                             poll=0.001)
     follower.start()
     try:
         flaky.failing.set()
-        with changed:
-            assert changed.wait_for(lambda: health, timeout=10)
-        assert health[0][0] is False and "went away" in health[0][1]
+        watch.until(lambda: bool(watch.health))
+        assert watch.health[0][0] is False and "cannot be read" in watch.health[0][1]
         assert not follower.healthy and "ReadonlyError" in follower.problem
         first = commit(net, net.order("meter-1", SELL, ASK, 1000))
-        flaky.failing.clear()
         second = commit(net, net.order("meter-2", BUY, ASK, 500))
-        with changed:
-            assert changed.wait_for(lambda: len(seen) == 2 and len(health) == 2, timeout=10)
-        assert seen == [first.number, second.number]
-        assert health[1] == (True, "") and follower.healthy
+        flaky.failing.clear()
+        watch.until(lambda: len(watch.health) == 2 and bool(watch.seen))
+        assert watch.seen == [(first.number, second.number)]  # read together, passed on
+        assert watch.health[1] == (True, "") and follower.healthy
     finally:
         follower.stop()
+
+
+def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
+        net: Net, genesis: Genesis) -> None:
+    """The committer stopped, hung, or behind: no read fails, the store just stays. Asked
+    after `watch_after` seconds without a block, `stalled` names why; a block ends it. An
+    idle chain is not stale."""
+    reader = Ledger(net.ledger.store, genesis, accept_proof)
+    asked: list[int] = []
+    holder = {"why": ""}
+
+    def stalled(height: int) -> str:
+        asked.append(height)
+        return holder["why"]
+
+    now = [0.0]
+    watch = Watch()
+    follower = StoreFollower(reader, on_health=watch.on_health, stalled=stalled,
+                             watch_after=5.0, clock=lambda: now[0])
+    assert follower.step() is False and asked == []  # not yet asked
+    now[0] = 5.0
+    assert follower.step() is False and asked == [1] and follower.healthy  # idle
+    holder["why"] = "orderer-2 holds block 1 final"
+    now[0] = 7.0
+    follower.step()
+    assert asked == [1]  # asked at most every watch_after seconds
+    now[0] = 10.0
+    follower.step()
+    assert not follower.healthy and follower.problem == "orderer-2 holds block 1 final"
+    commit(net, net.order("meter-1", SELL, ASK, 1000))
+    assert follower.step() is True and follower.healthy
+    assert watch.health == [(False, "orderer-2 holds block 1 final"), (True, "")]
+
+
+def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """What says the committer's ledger is stale: an orderer that delivers block `height`
+    with a valid proof. A block a hostile orderer made up (no quorum) says nothing."""
+    signed = new_net(genesis, consortium_dir, signed=True)
+    reader = Ledger(signed.ledger.store, genesis, block_verifier(genesis))
+    honest, hostile = DeliverServer(consortium_dir), DeliverServer(consortium_dir, "orderer-2")
+    try:
+        for block in signed.blocks:
+            honest.append(block)
+            hostile.append(block)
+        probe = OrdererProbe(reader, [("orderer-2", hostile.address),
+                                      ("orderer-1", honest.address)],
+                             TlsFiles.for_node(consortium_dir, "endorser-1"),
+                             block_verifier(genesis))
+        assert probe.holder(reader.height) == ""  # nobody has the next block: idle
+        made_up = ChainBuilder()  # chains on, carries no certificate
+        made_up.number, made_up.previous = reader.height, reader.chain.last_block_hash
+        hostile.append(made_up.block([]))
+        assert probe.holder(reader.height) == ""
+        honest.append(block_of(signed, signed.order("meter-1", SELL, ASK, 1000)))
+        assert probe.holder(reader.height) == "orderer-1"
+    finally:
+        honest.stop()
+        hostile.stop()

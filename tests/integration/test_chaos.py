@@ -239,6 +239,8 @@ def endorser_follows(net: devnet.Network, timeout: float = 60) -> None:
     wait_for(lambda: (metric(endorser, "gridledger_ledger_height") or 0) >= target, timeout,
              f"the endorser to read committer-1's ledger up to height {target}")
     assert metric(endorser, "gridledger_ledger_follower_healthy") == 1
+    # The book cache was built once, at start: no block failed to apply (which rebuilds it).
+    assert metric(endorser, "gridledger_endorser_book_rebuilds_total") == 1
     text = urllib.request.urlopen(f"http://{endorser.metrics}/metrics", timeout=5).read()
     assert b'gridledger_ledger_follower_failures_total{reason="on_commit"}' not in text
 

@@ -236,7 +236,10 @@ class BlockFollower:
 
 
 def _code_label(code: int) -> str:
-    return code_name(code).lower()
+    try:
+        return code_name(code).lower()
+    except ValueError:  # a code of a newer committer (mixed versions during an upgrade)
+        return str(code)
 
 
 class _IdleWatchdog:

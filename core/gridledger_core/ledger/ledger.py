@@ -86,24 +86,37 @@ class CommitResult:
     # The block's header time, and the orders its prologue expired at gate closure.
     block_time: int = 0
     expired_orders: list[str] = field(default_factory=list)
-    # A follower of a stored ledger may pass several blocks as one result: the first one's
-    # number (`number` is the last's), and the committed state as of the last, open only
-    # while listeners are called (None: the ledger's store is that state until they return).
+    # A follower of a stored ledger may pass several blocks as one result (`joined`): the
+    # first one's number (`number` is the last's), each block's own result in `parts`, and
+    # the committed state as of the last block, open only while listeners are called (None:
+    # the ledger's store is that state until they return).
     first_number: int = -1
+    parts: list[CommitResult] = field(default_factory=list)
     committed_state: KeyValueStore | None = None
 
     def __post_init__(self) -> None:
         if self.first_number < 0:
             self.first_number = self.number
 
-    def extend(self, later: CommitResult) -> None:
-        """Append the next block's result: as if one block held both blocks' transactions."""
-        self.number, self.block_hash, self.state_root = (later.number, later.block_hash,
-                                                         later.state_root)
+    @property
+    def blocks(self) -> list[CommitResult]:
+        """Each block's own result, in order (this one when it is one block)."""
+        return self.parts or [self]
+
+    @classmethod
+    def joined(cls, parts: list[CommitResult]) -> CommitResult:
+        """Consecutive blocks' results as one: every transaction in order, the last block's
+        hash, root and time, every expired order, and the blocks themselves in `parts`."""
+        if len(parts) == 1:
+            return parts[0]
+        last = parts[-1]
+        joined = cls(last.number, last.block_hash, last.state_root, block_time=last.block_time,
+                     first_number=parts[0].number, parts=parts)
         for name in ("tx_ids", "codes", "messages", "tx_timestamps", "transactions",
                      "expired_orders"):
-            getattr(self, name).extend(getattr(later, name))
-        self.block_time = max(self.block_time, later.block_time)
+            for part in parts:
+                getattr(joined, name).extend(getattr(part, name))
+        return joined
 
 
 class Ledger:
@@ -221,44 +234,43 @@ class Ledger:
 
     def follow_stored(self, listener: Callable[[CommitResult], None]) -> int:
         """Take every block the store holds beyond this object's height, as one CommitResult
-        (what `commit` returned for each, in order, from the stored blocks and commit records;
-        nothing is executed), and call `listener` with it while its `committed_state` (the
-        store as of its last block) is open. Returns the number of blocks taken (0: none, the
-        listener is not called). For a ledger this process only reads: its organisation's
-        committer writes the store. The result holds the decoded transaction of each valid
-        transaction (None for the others), and header times of the valid ones only.
+        (`CommitResult.joined` of what `commit` returned for each, from the stored blocks and
+        commit records; nothing is executed), and call `listener` with it while its
+        `committed_state` (the store as of its last block) is open. Returns the number of
+        blocks taken (0: none, the listener is not called). For a ledger this process only
+        reads: its organisation's committer writes the store. The result holds the decoded
+        transaction of each valid transaction (None for the others), and header times of the
+        valid ones only.
 
         Raises StoreMismatch when the store is not the chain followed so far (lower, or a
         block that does not chain on): another ledger was put in its place."""
         with self.store.snapshot() as stored:
             with self._commit_lock:
-                merged = self._take_stored(stored)
-            if merged is None:
+                parts = self._take_stored(stored)
+            if not parts:
                 return 0
-            merged.committed_state = stored
+            result = CommitResult.joined(parts)
+            result.committed_state = stored
             try:
-                listener(merged)
+                listener(result)
             finally:
-                merged.committed_state = None  # the snapshot ends here
-            return merged.number - merged.first_number + 1
+                result.committed_state = None  # the snapshot ends here
+            return len(parts)
 
-    def _take_stored(self, stored: KeyValueStore) -> CommitResult | None:
-        """(Under the commit lock.) The stored blocks beyond this height, merged; advances."""
+    def _take_stored(self, stored: KeyValueStore) -> list[CommitResult]:
+        """(Under the commit lock.) The stored blocks beyond this height; advances."""
         raw = stored.get(schema.CHAIN_STATE)
         height = ledger_pb2.ChainState.FromString(raw).height if raw else 0
         if height < self.height:
             raise StoreMismatch(f"the ledger read holds {height} blocks; {self.height} were "
                                 "followed from it")
-        merged: CommitResult | None = None
+        parts: list[CommitResult] = []
         chain, tip = self._chain, self._tip_header
         for number in range(self.height, height):  # all or nothing: a mismatch takes none
             result, chain, tip = self._stored_result(stored, number, chain)
-            if merged is None:
-                merged = result
-            else:
-                merged.extend(result)
+            parts.append(result)
         self._chain, self._tip_header = chain, tip
-        return merged
+        return parts
 
     @staticmethod
     def _stored_result(stored: KeyValueStore, number: int, chain: ledger_pb2.ChainState

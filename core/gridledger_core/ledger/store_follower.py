@@ -21,11 +21,13 @@ gone since). It never stops by itself, and never serves stale state silently:
   chaining on), is logged, counted in
   `gridledger_ledger_follower_failures_total{reason="read_error"}`, reported through
   `on_health(False, why)` and retried with backoff;
-- while no block arrives for `watch_after` seconds, `stalled(height)` is asked every
-  `watch_after` seconds why (the endorser: its files were replaced, or an orderer holds a
-  final block the committer has not written); a reason reports `on_health(False, reason)`.
+- while no block arrives for `watch_after` seconds, its watch thread asks `stalled(height)`
+  every `watch_after` seconds why (the endorser: its files were replaced, or an orderer
+  delivers the next block with a valid proof); the same reason twice in a row reports
+  `on_health(False, reason)`. A committer that writes blocks but lags behind the orderers
+  is not detected this way (a block comes within every watch).
 
-The first block read afterwards reports `on_health(True, "")`."""
+A read that works again ends a read error; a block read ends a stall."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import grpc
+import lmdb
 
 from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
@@ -59,8 +61,8 @@ DEFAULT_WATCH_AFTER = 5.0  # seconds without a block before asking `stalled`, an
 class StoreFollower:
     def __init__(self, ledger: Ledger, on_commit: Callable[[CommitResult], None] | None = None,
                  on_health: HealthCallback | None = None, *,
-                 stalled: Callable[[int], str] | None = None, poll: float = DEFAULT_POLL,
-                 watch_after: float = DEFAULT_WATCH_AFTER,
+                 stalled: Callable[[int], str | None] | None = None,
+                 poll: float = DEFAULT_POLL, watch_after: float = DEFAULT_WATCH_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
         self._on_commit = on_commit
@@ -68,11 +70,15 @@ class StoreFollower:
         self._poll = poll
         self._watch_after = watch_after
         self._clock = clock
+        self._lock = threading.Lock()
         self._last_block = clock()
-        self._last_watch = self._last_block
-        self._stall = ""  # why the ledger read is stale, from `stalled`
+        self._read_error = ""  # why the last read failed
+        self._stall = ""  # why the ledger read is stale, as `stalled` said twice in a row
+        self._stall_seen = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="store-follower", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name="store-follower", daemon=True),
+            threading.Thread(target=self._watch, name="store-watch", daemon=True)]
         self._health = FollowerHealth("store follower", ledger, on_health)
         publish_tip(ledger.chain)
 
@@ -86,11 +92,14 @@ class StoreFollower:
         return self._health.problem
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=5)
 
     def _run(self) -> None:
         backoff = 0.1
@@ -102,8 +111,11 @@ class StoreFollower:
                 FOLLOWER_FAILURES.labels("read_error").inc()
                 log.exception("reading the committer's ledger failed at height %d; retrying",
                               self._ledger.height)
-                self._health.set(False, f"reading the committer's ledger failed at height "
-                                        f"{self._ledger.height}: {type(exc).__name__}: {exc}")
+                advice = ("; the committer's map grew: restart this endorser"
+                          if isinstance(exc, lmdb.MapResizedError) else "")
+                self._report(read_error=f"reading the committer's ledger failed at height "
+                                        f"{self._ledger.height}: {type(exc).__name__}: {exc}"
+                                        f"{advice}")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
                 continue
@@ -114,19 +126,52 @@ class StoreFollower:
 
     def step(self) -> bool:
         """Take what the store holds beyond this height, if anything: True when a block was
-        taken. Otherwise, after `watch_after` seconds without one, ask `stalled` why. A read
-        that worked ends a read error; a block ends a stall."""
+        taken. A read that worked ends a read error; a block ends a stall."""
         taken = self._ledger.follow_stored(self._pass_on)
-        now = self._clock()
         if taken:
-            self._last_block = now
-            self._stall = ""
-        elif (self._stalled is not None and now - self._last_block >= self._watch_after
-              and now - self._last_watch >= self._watch_after):
-            self._last_watch = now
-            self._stall = self._stalled(self._ledger.height)
-        self._health.set(not self._stall, self._stall)
+            with self._lock:
+                self._last_block = self._clock()
+                self._stall, self._stall_seen = "", 0
+        self._report(read_error="")
         return bool(taken)
+
+    def _watch(self) -> None:
+        """Its own thread: a probe may wait on orderers, never on the store's next block."""
+        while not self._stop.wait(self._watch_after):
+            self.watch_once()
+
+    def watch_once(self) -> None:
+        """After `watch_after` seconds without a block, ask `stalled` why: a reason given
+        twice in a row at the same height is a stall (not the moment between an orderer
+        finalising a block and the committer writing it); "" ends one; None (it could not
+        tell: orderers unreachable) keeps the verdict as it is."""
+        if self._stalled is None:
+            return
+        with self._lock:
+            if self._clock() - self._last_block < self._watch_after:
+                return
+            height = self._ledger.height
+        try:
+            why = self._stalled(height)
+        except Exception:  # a probe's failure says nothing about the ledger
+            log.exception("could not tell whether the committer's ledger is stale")
+            return
+        if why is None:
+            return
+        with self._lock:
+            if height != self._ledger.height:  # a block came meanwhile
+                return
+            self._stall_seen = self._stall_seen + 1 if why else 0
+            self._stall = why if why and self._stall_seen >= 2 else ("" if not why
+                                                                    else self._stall)
+        self._report()
+
+    def _report(self, read_error: str | None = None) -> None:
+        with self._lock:
+            if read_error is not None:
+                self._read_error = read_error
+            why = self._read_error or self._stall
+        self._health.set(not why, why)
 
     def _pass_on(self, result: CommitResult) -> None:
         publish_tip(self._ledger.chain)
@@ -136,38 +181,44 @@ class StoreFollower:
 class OrdererProbe:
     """`stalled` for an endorser reading its committer's ledger: names an orderer that holds
     block `height` final (verified with the consortium's block proof, so a hostile orderer
-    cannot make the endorser look stale), while the ledger read stays below it. An idle chain
-    (no orderer has the block yet) is not a stall."""
+    cannot make the endorser look stale), while the ledger read stays below it. "" when
+    every orderer answered without it (an idle chain is not a stall); None when it cannot
+    be told (none had it, and some could not be asked)."""
 
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
-                 verify_block: BlockVerifier, timeout: float = 3.0) -> None:
+                 verify_block: BlockVerifier, timeout: float = 2.0) -> None:
         self._ledger = ledger
-        self._orderers = list(orderers)
-        self._tls = tls
+        self._channels = [(name, secure_channel(address, tls)) for name, address in orderers]
+        self._stubs = [(name, orderer_pb2_grpc.OrdererServiceStub(channel))
+                       for name, channel in self._channels]
         self._verify = verify_block
         self._timeout = timeout
 
-    def holder(self, height: int) -> str:
-        """The first orderer that delivers a valid final block `height`, or ""."""
-        for name, address in self._orderers:
+    def holder(self, height: int) -> str | None:
+        unknown = False
+        for name, stub in self._stubs:
             try:
-                block = self._first_block(address, height)
-            except grpc.RpcError:
+                block = self._first_block(stub, height)
+            except Exception:  # unreachable, slow, or an answer that does not decode
+                unknown = True
                 continue
             if block is not None and self._final(block, height):
                 return name
-        return ""
+        return None if unknown else ""
 
-    def _first_block(self, address: str, height: int) -> block_pb2.Block | None:
-        with secure_channel(address, self._tls) as channel:
-            call = orderer_pb2_grpc.OrdererServiceStub(channel).Deliver(
-                orderer_pb2.DeliverRequest(start_number=height, follow=False),
-                timeout=self._timeout)
-            try:
-                for response in call:
-                    return response.block
-            finally:
-                call.cancel()
+    def close(self) -> None:
+        for _, channel in self._channels:
+            channel.close()
+
+    def _first_block(self, stub: orderer_pb2_grpc.OrdererServiceStub, height: int
+                     ) -> block_pb2.Block | None:
+        call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=height, follow=False),
+                            timeout=self._timeout)
+        try:
+            for response in call:
+                return response.block
+        finally:
+            call.cancel()
         return None
 
     def _final(self, block: block_pb2.Block, height: int) -> bool:

@@ -32,9 +32,11 @@ DEFAULT_MAP_SIZE = 64 * 1024 * 1024 * 1024
 READER_CHECK_EVERY = 256  # commits between two looks for dead processes' reader slots
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    stat = (path / "data.mdb").stat()
-    return stat.st_dev, stat.st_ino
+def _identity(path: Path) -> tuple[tuple[int, int], ...]:
+    """Which files these are: a lock file made anew splits the readers' table as surely as
+    a data file swapped."""
+    stats = [(path / name).stat() for name in ("data.mdb", "lock.mdb")]
+    return tuple((stat.st_dev, stat.st_ino) for stat in stats)
 
 
 class StoreFull(lmdb.MapFullError):
@@ -51,7 +53,7 @@ class LmdbStore:
         self.path = path
         self._env = lmdb.open(str(path), map_size=map_size, sync=sync, metasync=sync,
                               max_readers=512, max_dbs=0, readonly=readonly, lock=True)
-        self._files = _identity(path)
+        self._files = _identity(path)  # after the open: the files it opened, or newer
         self._commits = 0
         # Free the reader slots of processes that died holding one (an endorser killed while
         # reading its committer's files, or the committer killed while the endorser kept the

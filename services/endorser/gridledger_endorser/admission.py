@@ -300,9 +300,9 @@ class Admission:
 
     # -- observing commits ---------------------------------------------------------------
 
-    def on_block(self, tx_ids: Iterable[str]) -> None:
-        """The ledger followed committed these transactions (valid or not), in one block or
-        several read together."""
+    def on_block(self, tx_ids: Iterable[str], blocks: int = 1) -> None:
+        """The ledger followed committed these transactions (valid or not), in `blocks`
+        blocks read together."""
         with self._lock:
             now = self._clock()
             mine = 0
@@ -316,7 +316,7 @@ class Admission:
             if mine:
                 self._commits.append((now, mine))
                 self._committed_in_window += mine
-            self._blocks.append(now)
+            self._blocks.extend([now] * blocks)  # the mean interval spans every block
             rate = self._windowed_rate(now)
             capacity = self._bound(self._capacity_rate(now, rate))
             IN_FLIGHT.set(len(self._in_flight))

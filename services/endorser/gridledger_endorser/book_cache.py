@@ -139,6 +139,58 @@ VOIDED = Counter(
 MAX_UNSETTLED = 100_000
 
 
+@dataclass
+class _BlockChanges:
+    """What one committed block did to the market, as the book cache needs it."""
+
+    block_time: int
+    # This endorser's options placed validly in the block: (option id, the taking meter, its
+    # trades). An option of another endorser may carry the same id: not ours.
+    traded: list[tuple[str, str, list[market_pb2.ProposedTrade]]]
+    trades: list[market_pb2.ProposedTrade]  # every trade the block committed
+    # Resting orders the block filled, cancelled or expired -> the accounts that did it
+    # outside this endorser's options (their cancel, or a fill through another endorser): a
+    # hold they void is charged when one is of the holding member.
+    consumed: dict[str, set[str]]
+    taken: dict[str, int]  # Wh the block's trades took from each resting order
+    ended: list[str]  # resting orders the block cancelled or expired
+    touched: list[str]  # orders to re-read: makers and takers of its trades, cancelled ones
+    expired: list[str]  # orders its prologue expired at gate closure
+
+    @classmethod
+    def of(cls, result: CommitResult, endorser: str) -> _BlockChanges:
+        block = cls(result.block_time, [], [], {order_id: set() for order_id in
+                                                 result.expired_orders},
+                    {}, list(result.expired_orders), [], list(result.expired_orders))
+        for index, tx in enumerate(result.transactions):
+            if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
+                # An invalid place_order ends no hold: its option may still be placed validly
+                # until it expires (and its payload, unverified, may name any option or maker).
+                continue
+            body = tx.WhichOneof("body")
+            if body == "place_order":
+                option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
+                ours = option.endorser == endorser
+                if ours:
+                    block.traded.append((option.option_id, tx.header.creator,
+                                         list(option.trades)))
+                block.touched += [t.maker_order_id for t in option.trades]
+                block.touched.append(tx.header.tx_id)
+                block.trades += option.trades
+                for t in option.trades:
+                    block.taken[t.maker_order_id] = (block.taken.get(t.maker_order_id, 0)
+                                                     + t.quantity_wh)
+                    doers = block.consumed.setdefault(t.maker_order_id, set())
+                    if not ours:  # ours were held here: no hold was voided to make room
+                        doers.add(tx.header.creator)
+            elif body == "cancel_order":
+                block.touched.append(tx.cancel_order.order_id)
+                block.ended.append(tx.cancel_order.order_id)
+                block.consumed.setdefault(tx.cancel_order.order_id, set()).add(
+                    tx.header.creator)
+        return block
+
+
 class BookCache:
     def __init__(self, ledger: Ledger, endorser: str,
                  clock: Callable[[], float] = time.time) -> None:
@@ -365,58 +417,55 @@ class BookCache:
             self.rebuild(result.committed_state)
 
     def _apply(self, result: CommitResult) -> None:
-        touched: list[str] = []
-        # This endorser's options placed validly in this block: (option id, the taking meter,
-        # its trades). An option of another endorser may carry the same id: not ours.
-        traded: list[tuple[str, str, list[market_pb2.ProposedTrade]]] = []
-        committed_trades: list[market_pb2.ProposedTrade] = []
-        # Resting orders this block filled, cancelled or expired -> the accounts that did it
-        # outside this endorser's options (their cancel, or a fill through another endorser):
-        # a hold they void is charged when one is of the holding member.
-        consumed: dict[str, set[str]] = {order_id: set() for order_id in result.expired_orders}
-        for index, tx in enumerate(result.transactions):
-            if tx is None or result.codes[index] != Code.TX_VALIDATION_CODE_VALID:
-                # An invalid place_order ends no hold: its option may still be placed validly
-                # until it expires (and its payload, unverified, may name any option or maker).
-                continue
-            body = tx.WhichOneof("body")
-            if body == "place_order":
-                option = market_pb2.TradeOption.FromString(tx.place_order.option.payload)
-                ours = option.endorser == self._endorser
-                if ours:
-                    traded.append((option.option_id, tx.header.creator, list(option.trades)))
-                touched += [t.maker_order_id for t in option.trades]
-                touched.append(tx.header.tx_id)
-                committed_trades += option.trades
-                for t in option.trades:
-                    doers = consumed.setdefault(t.maker_order_id, set())
-                    if not ours:  # ours were held here: no hold was voided to make room
-                        doers.add(tx.header.creator)
-            elif body == "cancel_order":
-                touched.append(tx.cancel_order.order_id)
-                consumed.setdefault(tx.cancel_order.order_id, set()).add(tx.header.creator)
+        """Apply a block, or a run of blocks read together from the committer's ledger: each
+        block in turn for what depends on its time and on who did what in it (expiries, our
+        options it placed, the holds its fills, cancels and expiries void), the state read
+        once, as of the last block (`result.committed_state`, else the ledger's store)."""
+        blocks = [_BlockChanges.of(part, self._endorser) for part in result.blocks]
+        # What the blocks after each one took from each resting order (fills, a cancel, an
+        # expiry): the state read is the last block's, and a hold is judged against what
+        # its maker had left after its own block.
+        removed_after: list[dict[str, int]] = [{} for _ in blocks]
         state = StateOverlay(result.committed_state or self._ledger.store)
+        for index in range(len(blocks) - 1, 0, -1):
+            later = dict(removed_after[index])
+            for maker_id, wh in blocks[index].taken.items():
+                later[maker_id] = later.get(maker_id, 0) + wh
+            for maker_id in blocks[index].ended:
+                record = view.load_order(state, maker_id)
+                if record is not None:
+                    later[maker_id] = (later.get(maker_id, 0) + record.cancelled_wh
+                                       + record.expired_wh)
+            removed_after[index - 1] = later
+        touched: list[str] = []
+        expired: list[str] = []
         with self._lock:
-            self._block_time = max(self._block_time, result.block_time)
-            now = self._now()
-            # First what this block's time settles: an option expired before it is a lapse
-            # whatever the block does to its makers.
-            self._expire(now, state)
             accounts = LedgerAccounts(state)
             reread: list[str] = []  # makers whose holds ended
-            for option_id, taker, trades in traded:
-                member = self._placed(option_id)
-                if member is not None:
-                    self._conduct.traded(member, self._earned(accounts, member, taker, trades),
-                                         now)
-                reread += self._release(option_id)
-            for order_id, doers in consumed.items():
-                reread += self._end_holds_on(state, accounts, order_id, doers, now)
+            for block, later in zip(blocks, removed_after, strict=True):
+                self._block_time = max(self._block_time, block.block_time)
+                now = self._now()
+                # First what this block's time settles: an option expired before it is a
+                # lapse whatever the block does to its makers.
+                self._expire(now, state)
+                for option_id, taker, trades in block.traded:
+                    member = self._placed(option_id)
+                    if member is not None:
+                        self._conduct.traded(member, self._earned(accounts, member, taker,
+                                                                  trades), now)
+                    reread += self._release(option_id)
+                for order_id, doers in block.consumed.items():
+                    reread += self._end_holds_on(state, accounts, order_id, doers, now,
+                                                 later.get(order_id, 0))
+                touched += block.touched
+                expired += block.expired
+            now = self._now()
             # Makers before the takers (a taker's rest must not cross a maker not yet re-read).
-            for order_id in [*result.expired_orders, *reread, *touched]:
+            for order_id in [*expired, *reread, *touched]:
                 self._sync(state, order_id, now)
             self._close_slots(now)
             self.height = result.number + 1
+        committed_trades = [t for block in blocks for t in block.trades]
         TRADES.labels("committed").inc(len(committed_trades))
         MATCHED_WH.labels("committed").inc(sum(t.quantity_wh for t in committed_trades))
 
@@ -566,7 +615,7 @@ class BookCache:
             self._pending_lapse.pop(unsettled.member, None)
 
     def _end_holds_on(self, state: StateOverlay, accounts: LedgerAccounts, maker_id: str,
-                      doers: set[str], now: int) -> list[str]:
+                      doers: set[str], now: int, removed_after: int = 0) -> list[str]:
         """A block filled, cancelled or (at gate closure) expired the resting order
         `maker_id`. The options holding more of it than the ledger has left can no longer
         be placed (a place_order trades all it proposes or nothing): their holds end now,
@@ -575,12 +624,15 @@ class BookCache:
         another endorser) include an account of its own member: else voiding its own option
         would wash its lapses; another member's doing costs it nothing, unless more than
         VOID_BUDGET of its options holding a third member's energy were so voided within the
-        window (`_voided_in_turns`). Returns the makers to re-read."""
+        window (`_voided_in_turns`). `removed_after`: what blocks after this one (read
+        together with it) took from the order, added back to the state's remainder.
+        Returns the makers to re-read."""
         holding_ids = self._maker_holds.get(maker_id)
         record = view.load_order(state, maker_id) if holding_ids else None
         if record is None or not holding_ids:
             return []
-        left = record.remaining_wh  # the ledger's: 0 once cancelled or expired at closure
+        # The ledger's after this block: 0 once cancelled or expired at closure.
+        left = record.remaining_wh + removed_after
         holding = sorted((self._holds[option_id].expires_at, option_id)
                          for option_id in holding_ids)
         responsible = {self._org(accounts, name) for name in doers} - {""}

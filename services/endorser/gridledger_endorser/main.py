@@ -59,16 +59,20 @@ def _committer_store(path: Path) -> LmdbStore:
     has created it (a pod's containers start in any order). LMDB needs its lock file
     writable by every process that reads: without it readers are not registered and the
     writer may reuse pages they still read, so the endorser refuses to start."""
-    waited = 0
+    waited = failed = 0
     while True:
-        if (path / "data.mdb").exists():
+        if (path / "data.mdb").exists() and (path / "lock.mdb").exists():
             if not os.access(path / "lock.mdb", os.W_OK):
                 raise SystemExit(f"{path / 'lock.mdb'} is not writable by this process: the "
                                  "endorser must share the committer's volume read-write")
             try:
                 return LmdbStore(path, map_size=0, readonly=True)
             except lmdb.Error as exc:  # created, its header not written yet
-                if waited % 20 == 0:
+                failed += 1
+                if failed > 120:  # a minute: not a ledger being created
+                    raise SystemExit(f"the committer's ledger at {path} cannot be opened: "
+                                     f"{exc}") from exc
+                if failed % 20 == 1:
                     log.info("the committer's ledger at %s cannot be opened yet: %s", path, exc)
         elif waited % 20 == 0:
             log.info("waiting for the committer's ledger at %s", path)
@@ -76,9 +80,9 @@ def _committer_store(path: Path) -> LmdbStore:
         waited += 1
 
 
-def _stalled(store: LmdbStore, probe: OrdererProbe) -> Callable[[int], str]:
-    """Why the committer's ledger is not moving, if it is not idle."""
-    def why(height: int) -> str:
+def _stalled(store: LmdbStore, probe: OrdererProbe) -> Callable[[int], str | None]:
+    """Why the committer's ledger is not moving, if it is not idle (None: cannot tell)."""
+    def why(height: int) -> str | None:
         if store.replaced():
             return (f"the committer's ledger at {store.path} was replaced under this endorser; "
                     "restart it")
@@ -86,7 +90,7 @@ def _stalled(store: LmdbStore, probe: OrdererProbe) -> Callable[[int], str]:
         if holder:
             return (f"the committer's ledger stays at height {height} while {holder} holds "
                     f"block {height} final")
-        return ""
+        return holder
     return why
 
 
@@ -201,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
                                  on_health=lambda ok, _why: server.set_serving(ok),
                                  stalled=_stalled(store, probe))
+        server.on_close(probe.close)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
     server.on_close(store.close)

@@ -107,7 +107,7 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         try:
             self.books.on_commit(result)
         finally:
-            self._admission.on_block(result.tx_ids)
+            self._admission.on_block(result.tx_ids, len(result.blocks))
 
     def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                           context: grpc.ServicerContext

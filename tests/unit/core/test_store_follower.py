@@ -313,31 +313,41 @@ def test_the_follower_reports_read_failures_and_recovers(net: Net, genesis: Gene
 
 def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
         net: Net, genesis: Genesis) -> None:
-    """The committer stopped, hung, or behind: no read fails, the store just stays. Asked
-    after `watch_after` seconds without a block, `stalled` names why; a block ends it. An
-    idle chain is not stale."""
+    """The committer stopped, hung, or behind: no read fails, the store just stays. After
+    `watch_after` seconds without a block, `stalled` is asked why; the same reason twice in a
+    row is a stall (not the moment between an orderer's decision and the committer's
+    write); "I cannot tell" keeps the verdict; a block ends it. An idle chain is not stale."""
     reader = Ledger(net.ledger.store, genesis, accept_proof)
     asked: list[int] = []
-    holder = {"why": ""}
+    answer: dict[str, str | None] = {"why": ""}
 
-    def stalled(height: int) -> str:
+    def stalled(height: int) -> str | None:
         asked.append(height)
-        return holder["why"]
+        return answer["why"]
 
     now = [0.0]
     watch = Watch()
     follower = StoreFollower(reader, on_health=watch.on_health, stalled=stalled,
                              watch_after=5.0, clock=lambda: now[0])
-    assert follower.step() is False and asked == []  # not yet asked
+    follower.watch_once()
+    assert asked == []  # a block (the start) less than 5 s ago: not asked
     now[0] = 5.0
-    assert follower.step() is False and asked == [1] and follower.healthy  # idle
-    holder["why"] = "orderer-2 holds block 1 final"
-    now[0] = 7.0
-    follower.step()
-    assert asked == [1]  # asked at most every watch_after seconds
-    now[0] = 10.0
-    follower.step()
+    follower.watch_once()
+    assert asked == [1] and follower.healthy  # idle
+    answer["why"] = "orderer-2 holds block 1 final"
+    follower.watch_once()
+    assert follower.healthy  # once may be the moment before the committer writes it
+    answer["why"] = None
+    follower.watch_once()
+    assert follower.healthy  # cannot tell: no verdict; and the count starts again
+    answer["why"] = "orderer-2 holds block 1 final"
+    follower.watch_once()
+    follower.watch_once()
     assert not follower.healthy and follower.problem == "orderer-2 holds block 1 final"
+    answer["why"] = None
+    follower.watch_once()
+    assert not follower.healthy  # cannot tell: the stall stands
+    assert follower.step() is False and not follower.healthy  # a read is not a block
     commit(net, net.order("meter-1", SELL, ASK, 1000))
     assert follower.step() is True and follower.healthy
     assert watch.health == [(False, "orderer-2 holds block 1 final"), (True, "")]
@@ -365,6 +375,10 @@ def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
         assert probe.holder(reader.height) == ""
         honest.append(block_of(signed, signed.order("meter-1", SELL, ASK, 1000)))
         assert probe.holder(reader.height) == "orderer-1"
+        hostile.stop()  # one cannot be asked, the other has nothing: cannot tell
+        honest.blocks.pop()
+        assert probe.holder(reader.height) is None
+        probe.close()
     finally:
         honest.stop()
         hostile.stop()

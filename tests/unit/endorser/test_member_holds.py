@@ -14,7 +14,18 @@ import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
 from ledger_helpers import ChainBuilder, endorsed, identity
-from market_helpers import BUY, NOW, SELL, SLOT, cancel, history, place, signed_request, terms
+from market_helpers import (
+    BUY,
+    NOW,
+    SELL,
+    SLOT,
+    cancel,
+    history,
+    option,
+    place,
+    signed_request,
+    terms,
+)
 from test_endorser_market import ASK, Endorser, RecordingBroadcaster, _option, accept_proof
 
 from gridledger.common.v1 import envelope_pb2, market_pb2
@@ -23,7 +34,7 @@ from gridledger_core.consortium import NodeSpec, OrgSpec, create_consortium, def
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
-from gridledger_core.ledger.ledger import Ledger
+from gridledger_core.ledger.ledger import CommitResult, Ledger
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.book_cache import HOLD_GRACE_SECONDS
 from gridledger_endorser.hold_conduct import HoldConduct
@@ -627,3 +638,69 @@ def test_hold_conduct_forgets_after_its_window_and_stays_bounded() -> None:
     assert len(conduct._members["rival"]) <= 11
     assert conduct.totals("rival", now=200_000) == (0, 0)
     assert "rival" not in conduct._members
+
+
+def _judged(e: TwoMembers, member: str = "rival") -> tuple[int, int]:
+    """(traded, lapsed) Wh of `member` as the cache judges it, pending lapses included."""
+    books = e.servicer.books
+    traded, lapsed = books._conduct.totals(member, LAPSED)
+    return traded, lapsed + books._pending_lapse.get(member, 0)
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_blocks_read_together_are_judged_as_block_by_block(two_members: Path,
+                                                           together: bool) -> None:
+    """An endorser reading its committer's ledger may see several blocks at once (after a
+    busy moment, a read error, a restart): its option placed in the first (in time), a
+    second block past the option's expiry. Credited as traded, as block by block; judged
+    as one block at the last one's time, the placed option lapsed."""
+    e = _two_members(two_members)
+    _takes(e, "rival-1", 2000)
+    expiry = _option(e.options["rival-1"]).expires_at
+    e.submit(place(e.ids["rival-1"], e.options["rival-1"].option))
+    placed = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=NOW))
+    e.broadcaster.sent.clear()
+    later = e.ledger.commit(e.chain.block([], timestamp=expiry + 1))
+    if together:
+        run = CommitResult.joined([placed, later])
+        run.committed_state = e.ledger.store
+        e.servicer.books.on_commit(run)
+    else:
+        e.servicer.books.on_commit(placed)
+        e.servicer.books.on_commit(later)
+    assert _judged(e) == (2000, 0)
+    assert e.servicer.books.height == e.ledger.height
+    assert e.servicer.books.open_orders()[0][3] == 4000  # meter-1's ask, 2,000 Wh traded
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_blocks_read_together_judge_each_hold_against_its_own_blocks_remainder(
+        two_members: Path, together: bool) -> None:
+    """Two options hold 2,000 Wh each of meter-1's 6,000 Wh ask. In one block another
+    endorser's option fills 2,000 of it (4,000 left: both holds still fit); in the next the
+    first option is placed (2,000 left, the second still fits). Read together, the state is
+    the second block's: judged by that remainder, the first block ended the second hold."""
+    e = _two_members(two_members)
+    [(_, maker_id, _, _)] = e.servicer.books.open_orders()
+    _takes(e, "rival-1", 2000)
+    _takes(e, "rival-2", 2000)
+    second = _option(e.options["rival-2"]).option_id
+    elsewhere = option(e.ids["rival-endorser"], terms("meter-2", BUY, ASK, 2000),
+                       [(maker_id, "meter-1", ASK, 2000)])
+    filled = e.ledger.commit(e.chain.block(
+        [endorsed(place(e.ids["meter-2"], elsewhere), e.ids["rival-endorser"])],
+        timestamp=NOW))
+    if not together:
+        e.servicer.books.on_commit(filled)
+    e.submit(place(e.ids["rival-1"], e.options["rival-1"].option))
+    placed = e.ledger.commit(e.chain.block(e.broadcaster.sent, timestamp=NOW))
+    e.broadcaster.sent.clear()
+    assert filled.codes == placed.codes == [Code.TX_VALIDATION_CODE_VALID]
+    if together:
+        run = CommitResult.joined([filled, placed])
+        run.committed_state = e.ledger.store
+        e.servicer.books.on_commit(run)
+    else:
+        e.servicer.books.on_commit(placed)
+    assert second in e.servicer.books._holds  # still placeable: 2,000 Wh left for it
+    assert _judged(e) == (2000, 0)

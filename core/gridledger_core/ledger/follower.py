@@ -99,6 +99,21 @@ class FollowerHealth:
                 log.exception("health callback failed")
 
 
+class Follower:
+    """What a node asks of its ledger follower, whichever it is: whether it is healthy."""
+
+    _health: FollowerHealth
+
+    @property
+    def healthy(self) -> bool:
+        return self._health.healthy
+
+    @property
+    def problem(self) -> str:
+        """Why the follower is not healthy ("" when it is)."""
+        return self._health.problem
+
+
 def publish_tip(chain: ledger_pb2.ChainState) -> None:
     HEIGHT.set(chain.height)
     LAST_HASH_PREFIX.set(int.from_bytes(chain.last_block_hash[:6] or bytes(6), "big"))
@@ -121,7 +136,7 @@ def pass_on(result: CommitResult, on_commit: Callable[[CommitResult], None] | No
             log.exception("on_commit listener failed for block %d", result.number)
 
 
-class BlockFollower:
+class BlockFollower(Follower):
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
                  on_commit: Callable[[CommitResult], None] | None = None,
                  idle_timeout: float = 30.0, on_health: HealthCallback | None = None) -> None:
@@ -140,15 +155,6 @@ class BlockFollower:
         self._health = FollowerHealth("block follower", ledger, on_health)
         self._rejected_in_a_row = 0
         publish_tip(ledger.chain)
-
-    @property
-    def healthy(self) -> bool:
-        return self._health.healthy
-
-    @property
-    def problem(self) -> str:
-        """Why the follower is not healthy ("" when it is)."""
-        return self._health.problem
 
     def start(self) -> None:
         self._thread.start()

@@ -43,6 +43,7 @@ from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.ledger.follower import (
     FOLLOWER_FAILURES,
     MAX_ERROR_BACKOFF,
+    Follower,
     FollowerHealth,
     HealthCallback,
     pass_on,
@@ -58,7 +59,7 @@ IDLE_POLL = 0.02  # ... growing to this while nothing arrives (an idle thread wa
 DEFAULT_WATCH_AFTER = 5.0  # seconds without a block before asking `stalled`, and between asks
 
 
-class StoreFollower:
+class StoreFollower(Follower):
     def __init__(self, ledger: Ledger, on_commit: Callable[[CommitResult], None] | None = None,
                  on_health: HealthCallback | None = None, *,
                  stalled: Callable[[int], str | None] | None = None,
@@ -81,15 +82,6 @@ class StoreFollower:
             threading.Thread(target=self._watch, name="store-watch", daemon=True)]
         self._health = FollowerHealth("store follower", ledger, on_health)
         publish_tip(ledger.chain)
-
-    @property
-    def healthy(self) -> bool:
-        return self._health.healthy
-
-    @property
-    def problem(self) -> str:
-        """Why the follower is not healthy ("" when it is)."""
-        return self._health.problem
 
     def start(self) -> None:
         for thread in self._threads:

@@ -647,6 +647,15 @@ def _judged(e: TwoMembers, member: str = "rival") -> tuple[int, int]:
     return traded, lapsed + books._pending_lapse.get(member, 0)
 
 
+def _read_together(e: TwoMembers, *results: CommitResult) -> None:
+    """The blocks reach the book cache as an endorser reading its committer's ledger gets
+    them when they were committed since its last look: one result, the state as of the
+    last."""
+    run = CommitResult.joined(list(results))
+    run.committed_state = e.ledger.store
+    e.servicer.books.on_commit(run)
+
+
 @pytest.mark.parametrize("together", [False, True])
 def test_blocks_read_together_are_judged_as_block_by_block(two_members: Path,
                                                            together: bool) -> None:
@@ -662,9 +671,7 @@ def test_blocks_read_together_are_judged_as_block_by_block(two_members: Path,
     e.broadcaster.sent.clear()
     later = e.ledger.commit(e.chain.block([], timestamp=expiry + 1))
     if together:
-        run = CommitResult.joined([placed, later])
-        run.committed_state = e.ledger.store
-        e.servicer.books.on_commit(run)
+        _read_together(e, placed, later)
     else:
         e.servicer.books.on_commit(placed)
         e.servicer.books.on_commit(later)
@@ -697,9 +704,7 @@ def test_blocks_read_together_judge_each_hold_against_its_own_blocks_remainder(
     e.broadcaster.sent.clear()
     assert filled.codes == placed.codes == [Code.TX_VALIDATION_CODE_VALID]
     if together:
-        run = CommitResult.joined([filled, placed])
-        run.committed_state = e.ledger.store
-        e.servicer.books.on_commit(run)
+        _read_together(e, filled, placed)
     else:
         e.servicer.books.on_commit(placed)
     assert second in e.servicer.books._holds  # still placeable: 2,000 Wh left for it

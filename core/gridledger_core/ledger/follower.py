@@ -82,25 +82,28 @@ class FollowerHealth:
         return not self.problem
 
     def set(self, healthy: bool, why: str) -> None:
+        # Reported under the lock: two threads reporting (a store follower's) must not land
+        # their callbacks in the other order than their changes (the callback, the server's
+        # set_serving, does not block and never calls back).
         with self._lock:
             was_healthy = not self.problem
             self.problem = "" if healthy else why
-        if was_healthy == healthy:
-            return
-        FOLLOWER_HEALTHY.set(1 if healthy else 0)
-        if healthy:
-            log.info("%s recovered at height %d", self._what, self._ledger.height)
-        else:
-            log.error("%s unhealthy, node reports NOT_SERVING: %s", self._what, why)
-        if self._on_health is not None:
-            try:
-                self._on_health(healthy, why)
-            except Exception:
-                log.exception("health callback failed")
+            if was_healthy == healthy:
+                return
+            FOLLOWER_HEALTHY.set(1 if healthy else 0)
+            if healthy:
+                log.info("%s recovered at height %d", self._what, self._ledger.height)
+            else:
+                log.error("%s unhealthy, node reports NOT_SERVING: %s", self._what, why)
+            if self._on_health is not None:
+                try:
+                    self._on_health(healthy, why)
+                except Exception:
+                    log.exception("health callback failed")
 
 
 class Follower:
-    """What a node asks of its ledger follower, whichever it is: whether it is healthy."""
+    """Either ledger follower's health, as its node's callback was told it."""
 
     _health: FollowerHealth
 

@@ -1,8 +1,8 @@
 """Following a ledger another process commits: an endorser reading its own organisation's
 committer's LMDB (same host or pod) instead of keeping a replica of its own.
 
-A replica re-executes every block (signatures, rules, a synced write): 15-27 % of an
-endorser's CPU, and a Deliver stream on an orderer (docs/performance.md). The committer of
+A replica re-executes every block (signatures, rules, a synced write): about a quarter of
+an endorser's CPU, and a Deliver stream on an orderer (docs/performance.md). The committer of
 the same organisation has done exactly that work and written the result; an organisation
 trusts its own nodes, so its endorser may read that ledger (LMDB serves readers in other
 processes from the same files, each read transaction one committed moment) and only learn
@@ -21,9 +21,10 @@ gone since). It never stops by itself, and never serves stale state silently:
   chaining on), is logged, counted in
   `gridledger_ledger_follower_failures_total{reason="read_error"}`, reported through
   `on_health(False, why)` and retried with backoff;
-- while no block arrives for `watch_after` seconds, its watch thread asks `stalled(height)`
-  every `watch_after` seconds why (the endorser: its files were replaced, or an orderer
-  delivers the next block with a valid proof); the same reason twice in a row reports
+- every `watch_after` seconds its watch thread asks `broken()` (the endorser: were its
+  files replaced?), a reason never cleared; and while no block has arrived for
+  `watch_after` seconds, `stalled(height)` (the endorser: does an orderer deliver the next
+  block with a valid proof?): the same reason twice in a row at one height reports
   `on_health(False, reason)`. A committer that writes blocks but lags behind the orderers
   is not detected this way (a block comes within every watch).
 
@@ -63,11 +64,13 @@ class StoreFollower(Follower):
     def __init__(self, ledger: Ledger, on_commit: Callable[[CommitResult], None] | None = None,
                  on_health: HealthCallback | None = None, *,
                  stalled: Callable[[int], str | None] | None = None,
-                 poll: float = DEFAULT_POLL, watch_after: float = DEFAULT_WATCH_AFTER,
+                 broken: Callable[[], str] | None = None, poll: float = DEFAULT_POLL,
+                 watch_after: float = DEFAULT_WATCH_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
         self._on_commit = on_commit
         self._stalled = stalled
+        self._broken = broken
         self._poll = poll
         self._watch_after = watch_after
         self._clock = clock
@@ -75,7 +78,8 @@ class StoreFollower(Follower):
         self._last_block = clock()
         self._read_error = ""  # why the last read failed
         self._stall = ""  # why the ledger read is stale, as `stalled` said twice in a row
-        self._stall_seen = 0
+        self._last_answer: tuple[int, str] = (-1, "")  # `stalled`'s last (height, reason)
+        self._broken_why = ""  # why the files read can no longer be trusted (never cleared)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name="store-follower", daemon=True),
@@ -112,9 +116,11 @@ class StoreFollower(Follower):
                 backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
                 continue
             backoff = 0.1
-            wait = self._poll if followed else min(wait * 2, max(IDLE_POLL, self._poll))
-            if not followed:
+            if followed:
+                wait = self._poll  # the next look soon: blocks come in bursts
+            else:
                 self._stop.wait(wait)
+                wait = min(wait * 2, max(IDLE_POLL, self._poll))
 
     def step(self) -> bool:
         """Take what the store holds beyond this height, if anything: True when a block was
@@ -123,7 +129,7 @@ class StoreFollower(Follower):
         if taken:
             with self._lock:
                 self._last_block = self._clock()
-                self._stall, self._stall_seen = "", 0
+                self._stall, self._last_answer = "", (-1, "")
         self._report(read_error="")
         return bool(taken)
 
@@ -133,10 +139,15 @@ class StoreFollower(Follower):
             self.watch_once()
 
     def watch_once(self) -> None:
-        """After `watch_after` seconds without a block, ask `stalled` why: a reason given
-        twice in a row at the same height is a stall (not the moment between an orderer
-        finalising a block and the committer writing it); "" ends one; None (it could not
-        tell: orderers unreachable) keeps the verdict as it is."""
+        """Every tick, `broken` (files replaced: never cleared, whatever blocks come). After
+        `watch_after` seconds without a block, ask `stalled` why: the same reason twice in a
+        row at the same height is a stall (not the moment between an orderer finalising a
+        block and the committer writing it); "" ends one; None (it could not tell: orderers
+        unreachable) keeps the verdict as it is."""
+        if self._broken is not None and not self._broken_why:
+            self._broken_why = self._broken()
+            if self._broken_why:
+                self._report()
         if self._stalled is None:
             return
         with self._lock:
@@ -153,16 +164,18 @@ class StoreFollower(Follower):
         with self._lock:
             if height != self._ledger.height:  # a block came meanwhile
                 return
-            self._stall_seen = self._stall_seen + 1 if why else 0
-            self._stall = why if why and self._stall_seen >= 2 else ("" if not why
-                                                                    else self._stall)
+            if not why:
+                self._stall = ""
+            elif self._last_answer == (height, why):
+                self._stall = why
+            self._last_answer = (height, why)
         self._report()
 
     def _report(self, read_error: str | None = None) -> None:
         with self._lock:
             if read_error is not None:
                 self._read_error = read_error
-            why = self._read_error or self._stall
+            why = self._broken_why or self._read_error or self._stall
         self._health.set(not why, why)
 
     def _pass_on(self, result: CommitResult) -> None:

@@ -80,12 +80,20 @@ def _committer_store(path: Path) -> LmdbStore:
         waited += 1
 
 
-def _stalled(store: LmdbStore, probe: OrdererProbe) -> Callable[[int], str | None]:
-    """Why the committer's ledger is not moving, if it is not idle (None: cannot tell)."""
-    def why(height: int) -> str | None:
+def _replaced(store: LmdbStore) -> Callable[[], str]:
+    """Why the committer's ledger files can no longer be trusted: replaced under this reader
+    (a new lock file splits LMDB's reader table; a new data file is another ledger)."""
+    def why() -> str:
         if store.replaced():
             return (f"the committer's ledger at {store.path} was replaced under this endorser; "
                     "restart it")
+        return ""
+    return why
+
+
+def _stalled(probe: OrdererProbe) -> Callable[[int], str | None]:
+    """Why the committer's ledger is not moving, if it is not idle (None: cannot tell)."""
+    def why(height: int) -> str | None:
         holder = probe.holder(height)
         if holder:
             return (f"the committer's ledger stays at height {height} while {holder} holds "
@@ -204,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         probe = OrdererProbe(ledger, orderers, tls, block_verifier(genesis))
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
                                  on_health=lambda ok, _why: server.set_serving(ok),
-                                 stalled=_stalled(store, probe))
+                                 stalled=_stalled(probe), broken=_replaced(store))
         server.on_close(probe.close)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)

@@ -339,7 +339,7 @@ def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
     assert follower.healthy  # once may be the moment before the committer writes it
     answer["why"] = None
     follower.watch_once()
-    assert follower.healthy  # cannot tell: no verdict; and the count starts again
+    assert follower.healthy  # cannot tell: no verdict either way
     answer["why"] = "orderer-2 holds block 1 final"
     follower.watch_once()
     follower.watch_once()
@@ -351,6 +351,24 @@ def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
     commit(net, net.order("meter-1", SELL, ASK, 1000))
     assert follower.step() is True and follower.healthy
     assert watch.health == [(False, "orderer-2 holds block 1 final"), (True, "")]
+
+
+def test_files_replaced_under_the_reader_are_reported_whatever_blocks_come(
+        net: Net, genesis: Genesis) -> None:
+    """A lock file made anew (or a data file swapped) under the endorser: the committer no
+    longer sees its readers and may reuse pages it reads. Checked every watch tick, also
+    while blocks come, and never cleared by one."""
+    reader = Ledger(net.ledger.store, genesis, accept_proof)
+    replaced = {"why": ""}
+    follower = StoreFollower(reader, broken=lambda: replaced["why"])
+    follower.watch_once()
+    assert follower.healthy
+    replaced["why"] = "the committer's ledger was replaced under this endorser; restart it"
+    commit(net, net.order("meter-1", SELL, ASK, 1000))
+    follower.watch_once()  # a block just came: still checked
+    assert not follower.healthy and "replaced" in follower.problem
+    commit(net, net.order("meter-2", BUY, ASK, 500))
+    assert follower.step() is True and not follower.healthy
 
 
 def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(

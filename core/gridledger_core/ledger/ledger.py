@@ -86,17 +86,17 @@ class CommitResult:
     # The block's header time, and the orders its prologue expired at gate closure.
     block_time: int = 0
     expired_orders: list[str] = field(default_factory=list)
-    # A follower of a stored ledger may pass several blocks as one result (`joined`): the
-    # first one's number (`number` is the last's), each block's own result in `parts`, and
-    # the committed state as of the last block, open only while listeners are called (None:
-    # the ledger's store is that state until they return).
-    first_number: int = -1
+    # A follower of a stored ledger may pass several blocks as one result (`joined`): each
+    # block's own result in `parts` (`number` is the last's), and the committed state as of
+    # the last block, open only while listeners are called (None: the ledger's store is that
+    # state until they return).
     parts: list[CommitResult] = field(default_factory=list)
     committed_state: KeyValueStore | None = None
 
-    def __post_init__(self) -> None:
-        if self.first_number < 0:
-            self.first_number = self.number
+    @property
+    def first_number(self) -> int:
+        """The first block's number (`number` is the last's)."""
+        return self.parts[0].number if self.parts else self.number
 
     @property
     def blocks(self) -> list[CommitResult]:
@@ -111,7 +111,7 @@ class CommitResult:
             return parts[0]
         last = parts[-1]
         joined = cls(last.number, last.block_hash, last.state_root, block_time=last.block_time,
-                     first_number=parts[0].number, parts=parts)
+                     parts=parts)
         for name in ("tx_ids", "codes", "messages", "tx_timestamps", "transactions",
                      "expired_orders"):
             for part in parts:
@@ -292,7 +292,7 @@ class Ledger:
                               tx_ids=list(record.tx_ids), codes=list(record.validation_codes),
                               messages=list(record.messages),
                               block_time=header.timestamp.seconds,
-                              expired_orders=list(record.expired_orders), first_number=number)
+                              expired_orders=list(record.expired_orders))
         for raw_tx, code in zip(block.transactions, result.codes, strict=True):
             tx = _valid_transaction(raw_tx) if code == Code.TX_VALIDATION_CODE_VALID else None
             result.transactions.append(tx)

@@ -130,13 +130,17 @@ class StoreFollower(Follower):
             with self._lock:
                 self._last_block = self._clock()
                 self._stall, self._last_answer = "", (-1, "")
-        self._report(read_error="")
+        if taken or self._read_error:  # nothing to report on an empty look (500 a second)
+            self._report(read_error="")
         return bool(taken)
 
     def _watch(self) -> None:
         """Its own thread: a probe may wait on orderers, never on the store's next block."""
         while not self._stop.wait(self._watch_after):
-            self.watch_once()
+            try:
+                self.watch_once()
+            except Exception:  # the watch must outlive a bug: else staleness goes unseen
+                log.exception("watching the committer's ledger failed; watching on")
 
     def watch_once(self) -> None:
         """Every tick, `broken` (files replaced: never cleared, whatever blocks come). After
@@ -198,6 +202,15 @@ class OrdererProbe:
                        for name, channel in self._channels]
         self._verify = verify_block
         self._timeout = timeout
+
+    def stalled(self, height: int) -> str | None:
+        """`StoreFollower`'s `stalled`: why the ledger read is stale at `height`, "" when it
+        is not (idle), None when it cannot be told."""
+        holder = self.holder(height)
+        if holder:
+            return (f"the committer's ledger stays at height {height} while {holder} holds "
+                    f"block {height} final")
+        return holder
 
     def holder(self, height: int) -> str | None:
         unknown = False

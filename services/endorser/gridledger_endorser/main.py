@@ -91,17 +91,6 @@ def _replaced(store: LmdbStore) -> Callable[[], str]:
     return why
 
 
-def _stalled(probe: OrdererProbe) -> Callable[[int], str | None]:
-    """Why the committer's ledger is not moving, if it is not idle (None: cannot tell)."""
-    def why(height: int) -> str | None:
-        holder = probe.holder(height)
-        if holder:
-            return (f"the committer's ledger stays at height {height} while {holder} holds "
-                    f"block {height} final")
-        return holder
-    return why
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("endorser")
     parser.add_argument("--orderer", action="append", default=[],
@@ -212,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         probe = OrdererProbe(ledger, orderers, tls, block_verifier(genesis))
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
                                  on_health=lambda ok, _why: server.set_serving(ok),
-                                 stalled=_stalled(probe), broken=_replaced(store))
+                                 stalled=probe.stalled, broken=_replaced(store))
         server.on_close(probe.close)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)

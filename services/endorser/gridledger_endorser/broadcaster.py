@@ -15,6 +15,15 @@ write. The second sender starts a group alongside only when the one in flight ha
 for `overlap_after` seconds (an orderer slow to answer, or down until the call's timeout),
 or when a whole group is waiting already.
 
+With nothing in flight, a group smaller than `LINGER_TXS` waits until its first transaction
+has waited `linger` (10 ms) for more to join it, as Kafka's producer lingers. Below
+saturation the sender is often idle when a transaction arrives, and each one then left
+alone or nearly: at 470 tx/s a call carried 4-5 transactions, and each call cost the lead
+orderer its checks, a synced write and a forward to every peer (the lead orderer used twice
+the CPU of the others). Lingering halves the calls and forwards there and at the max rate;
+a transaction waits at most `linger` more, and a group that arrives while another is in
+flight (it waited already) or a whole one leaves at once.
+
 Which orderer, and in what order after it: `orderer_choice.py` (an orderer whose call
 fails, whose answer is malformed or refuses a transaction for another reason than a full
 pool, or that answers later than `late_after`, loses the lead and is tried after the others
@@ -67,6 +76,11 @@ MAX_RETRY_AFTER_MS = 1000
 # How long a group may be in flight before the next one leaves alongside it: well above an
 # orderer's usual answer (a synced write), well below the call's timeout.
 DEFAULT_OVERLAP_AFTER = 0.05
+# With nothing in flight, how long a small group waits for more (module docstring), and the
+# size at which it leaves at once: well above the 4-5 transactions a call carried at 70 % of
+# capacity, below the 12-19 of the max rate.
+DEFAULT_LINGER = 0.01
+LINGER_TXS = 32
 # An answer later than this strikes its orderer (orderer_choice.py): rare for an honest
 # orderer on the bench machine under load (3-6 % of its answers, as the endorser sees them,
 # took over 50 ms), far below the call's timeout a hostile one could otherwise use.
@@ -103,7 +117,8 @@ class OrdererUnavailable(Exception):
 
 class _Pending:
     __slots__ = ("done", "endorsement", "envelope", "error", "exhausted_only", "notes",
-                 "on_done", "response", "retry_after_ms", "seal", "size", "tx", "tx_id")
+                 "on_done", "queued_at", "response", "retry_after_ms", "seal", "size", "tx",
+                 "tx_id")
 
     def __init__(self, tx: bytes, tx_id: str,
                  envelope: envelope_pb2.SignedEnvelope | None = None,
@@ -114,6 +129,7 @@ class _Pending:
         self.seal = seal
         self.endorsement: envelope_pb2.Endorsement | None = None
         self.size = len(tx) if envelope is None else envelope.ByteSize()
+        self.queued_at = 0.0  # monotonic, set when it joins the queue
         self.done = threading.Event()
         self.response: orderer_pb2.BroadcastResponse | None = None
         self.error: BaseException | None = None
@@ -161,36 +177,38 @@ class Broadcaster:
     def __init__(self, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
                  timeout: float = 5.0, senders: int = 2,
                  overlap_after: float = DEFAULT_OVERLAP_AFTER,
-                 late_after: float = DEFAULT_LATE_AFTER) -> None:
+                 late_after: float = DEFAULT_LATE_AFTER,
+                 linger: float = DEFAULT_LINGER) -> None:
         channels = [secure_channel(address, tls) for _, address in orderers]
         self._setup([(name, orderer_pb2_grpc.OrdererServiceStub(channel))
                      for (name, _), channel in zip(orderers, channels, strict=True)],
-                    timeout, senders, overlap_after, late_after, time.monotonic)
+                    timeout, senders, overlap_after, late_after, linger, time.monotonic)
         self._channels = channels
 
     @classmethod
     def over(cls, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
              timeout: float = 5.0, senders: int = 2,
              overlap_after: float = DEFAULT_OVERLAP_AFTER,
-             late_after: float = DEFAULT_LATE_AFTER,
+             late_after: float = DEFAULT_LATE_AFTER, linger: float = DEFAULT_LINGER,
              clock: Callable[[], float] = time.monotonic) -> Broadcaster:
         """Over given (orderer name, stub) pairs: for tests and the orderer-only benchmark.
         `late_after`: an acknowledgement later than this strikes its orderer; `clock` times
         answers and cool-downs."""
         broadcaster = cls.__new__(cls)
-        broadcaster._setup(stubs, timeout, senders, overlap_after, late_after, clock)
+        broadcaster._setup(stubs, timeout, senders, overlap_after, late_after, linger, clock)
         broadcaster._channels = []
         return broadcaster
 
     def _setup(self, stubs: Sequence[tuple[str, orderer_pb2_grpc.OrdererServiceStub]],
                timeout: float, senders: int, overlap_after: float, late_after: float,
-               clock: Callable[[], float]) -> None:
+               linger: float, clock: Callable[[], float]) -> None:
         self._names = [name for name, _ in stubs]
         self._stubs = [stub for _, stub in stubs]
         self._choice = OrdererChoice(len(stubs), clock)
         self._clock = clock
         self._timeout = timeout
         self._overlap_after = overlap_after
+        self._linger = linger
         self._late_after = late_after
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -280,12 +298,15 @@ class Broadcaster:
                 for thread in self._senders:
                     thread.start()
             was_empty = not self._queue
+            now = time.monotonic()
+            for pending in pendings:
+                pending.queued_at = now
             self._queue.extend(pendings)
             self._queued_bytes += sum(p.size for p in pendings)
             # Wake a sender when it may send, or once per group to time the overlap: while a
             # group is in flight its sender takes what waits when it lands, and waking the
             # other at every arrival cost a thread switch and a GIL hand-off per call.
-            if was_empty or not self._overlap_wait():
+            if was_empty or not self._wait_to_send():
                 self._cond.notify()
 
     @staticmethod
@@ -314,18 +335,24 @@ class Broadcaster:
             self._queued_bytes = 0
         return batch
 
-    def _overlap_wait(self) -> float:
-        """0 when a group may leave now (nothing in flight, a whole group waiting, or the
-        oldest group in flight out for `overlap_after`), else how long until it may. Call
-        with the lock held and something queued."""
-        if not self._in_flight or self._closed or len(self._queue) >= MAX_BATCH_TXS \
+    def _wait_to_send(self) -> float:
+        """0 when a group may leave now, else how long until it may: a whole group leaves
+        at once; with a group in flight, the next when that one has been out for
+        `overlap_after` (or lands first); with none, one of `LINGER_TXS` or more at once, a
+        smaller one when its oldest transaction has waited `linger`. Call with the lock
+        held and something queued."""
+        if self._closed or len(self._queue) >= MAX_BATCH_TXS \
                 or self._queued_bytes >= MAX_BATCH_BYTES:
             return 0.0
-        out_for = time.monotonic() - min(self._in_flight.values())
-        return max(0.0, self._overlap_after - out_for)
+        now = time.monotonic()
+        if self._in_flight:
+            return max(0.0, self._overlap_after - (now - min(self._in_flight.values())))
+        if len(self._queue) >= LINGER_TXS:
+            return 0.0
+        return max(0.0, self._queue[0].queued_at + self._linger - now)
 
     def _next_batch(self, sender: int) -> list[_Pending] | None:
-        """Whatever is waiting, up to the batch limits, once it may leave (`_overlap_wait`);
+        """Whatever is waiting, up to the batch limits, once it may leave (`_wait_to_send`);
         None once closed and empty. The group counts as in flight for `sender` until
         `_landed`."""
         with self._cond:
@@ -335,7 +362,7 @@ class Broadcaster:
                         return None
                     self._cond.wait()
                     continue
-                wait = self._overlap_wait()
+                wait = self._wait_to_send()
                 if not wait:
                     break
                 self._cond.wait(wait)

@@ -32,7 +32,13 @@ from gridledger_core.storage.metrics import export_store_size
 from gridledger_endorser import admission, options
 from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
-from gridledger_endorser.broadcaster import DEFAULT_LATE_AFTER, DEFAULT_OVERLAP_AFTER, Broadcaster
+from gridledger_endorser.broadcaster import (
+    DEFAULT_LATE_AFTER,
+    DEFAULT_LINGER,
+    DEFAULT_OVERLAP_AFTER,
+    LINGER_TXS,
+    Broadcaster,
+)
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
@@ -135,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "orderer first; broadcaster.py: one group in flight makes groups "
                              "larger; 0 sends each arrival at once when a sender is free; at "
                              "most the 5 s broadcast timeout)")
+    parser.add_argument("--broadcast-linger-ms", type=_ms(0, 1000, zero=True),
+                        default=DEFAULT_LINGER * 1000,
+                        help="with no group at an orderer, how long a group of fewer than "
+                             f"{LINGER_TXS} transactions waits for more to join it "
+                             "(broadcaster.py: fewer calls and forwards below saturation; 0 "
+                             "sends at once; at most 1,000 ms)")
     parser.add_argument("--broadcast-late-ms", type=_ms(10, 1000, zero=True),
                         default=DEFAULT_LATE_AFTER * 1000,
                         help="10 to 1,000 ms (default 250): an orderer that answers later is "
@@ -161,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     orderers = node_config.parse_peers(args.orderer)
-    broadcaster = Broadcaster(orderers, tls, overlap_after=args.broadcast_overlap_ms / 1000,
+    broadcaster = Broadcaster(orderers, tls, linger=args.broadcast_linger_ms / 1000,
+                              overlap_after=args.broadcast_overlap_ms / 1000,
                               late_after=args.broadcast_late_ms / 1000)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from gridledger.orderer.v1 import consensus_pb2, consensus_pb2_grpc, orderer_pb2, orderer_pb2_grpc
 from gridledger_core import node_config
+from gridledger_core.consensus.protocol import DEFAULT_MAX_BATCH_WAIT
 from gridledger_core.gc_pauses import freeze_startup_heap
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc.height_notifier import HeightNotifier
@@ -31,8 +32,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="NAME=HOST:PORT of another orderer (repeatable)")
     parser.add_argument("--max-batch-txs", type=int, default=500)
     parser.add_argument("--max-batch-bytes", type=int, default=1 << 20)
-    parser.add_argument("--max-batch-wait", type=float, default=0.05,
-                        help="seconds the oldest pending transaction may wait for a block")
+    parser.add_argument("--max-batch-wait", type=float, default=DEFAULT_MAX_BATCH_WAIT,
+                        help="seconds the oldest pending transaction may wait for a block "
+                             f"(default {DEFAULT_MAX_BATCH_WAIT:g}: fewer, larger blocks below "
+                             "saturation)")
     parser.add_argument("--round-timeout", type=float, default=1.0,
                         help="base round timeout in seconds (doubles per failed round)")
     for field in dataclasses.fields(OrdererLimits):  # the bounds (docs/operations.md)

@@ -38,7 +38,13 @@ from gridledger_core.consensus.actions import (
 )
 from gridledger_core.consensus.certificate import ed25519_verifier
 from gridledger_core.consensus.pool import TxPool
-from gridledger_core.consensus.protocol import ChainTip, Dependencies, Replica, ReplicaConfig
+from gridledger_core.consensus.protocol import (
+    DEFAULT_MAX_BATCH_WAIT,
+    ChainTip,
+    Dependencies,
+    Replica,
+    ReplicaConfig,
+)
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, block_hash
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.checks import check_orderable
@@ -121,7 +127,7 @@ class _Seen:
 class OrderingParams:
     max_batch_txs: int = 500
     max_batch_bytes: int = 1 << 20
-    max_batch_wait: float = 0.05
+    max_batch_wait: float = DEFAULT_MAX_BATCH_WAIT
     round_timeout: float = 1.0
 
 

@@ -120,10 +120,12 @@ class FakeClock:
 
 
 def broadcaster(*orderers: FakeOrderer, senders: int = 1, overlap_after: float = 0.05,
-                clock: FakeClock | None = None) -> Broadcaster:
+                clock: FakeClock | None = None, linger: float = 0.0) -> Broadcaster:
+    """Without the linger unless asked (the tests of grouping by what is in flight would
+    otherwise also see it)."""
     return Broadcaster.over([(f"orderer-{i + 1}", o) for i, o in enumerate(orderers)],  # type: ignore[misc]
                             timeout=1.0, senders=senders, overlap_after=overlap_after,
-                            late_after=0.25, clock=clock or FakeClock())
+                            late_after=0.25, linger=linger, clock=clock or FakeClock())
 
 
 def outcome(b: Broadcaster, tx: bytes) -> str:
@@ -217,6 +219,64 @@ def test_a_whole_group_waiting_leaves_at_once(monkeypatch: pytest.MonkeyPatch) -
         gate.set()
         assert [a.tx_id for a in group.result(5)] == [f"tx-{i}" for i in range(1, 11)]
     assert [len(batch) for batch in orderer.batches] == [1, 10]
+
+
+def test_with_nothing_in_flight_a_small_group_lingers_for_more() -> None:
+    """Below saturation the sender is idle when a transaction arrives: it waits `linger`
+    from that arrival for more to join, so one call (one synced write and one forward to
+    each peer at the orderer) carries them all, and it never leaves before."""
+    orderer = FakeOrderer()
+    entered_at: list[float] = []
+    answer = orderer.per_tx
+
+    def timed(tx: bytes) -> orderer_pb2.BroadcastResult:
+        entered_at.append(time.monotonic())
+        return answer(tx)
+
+    orderer.per_tx = timed
+    b = broadcaster(orderer, senders=2, linger=0.5)
+    with ThreadPoolExecutor(8) as pool:
+        started = time.monotonic()
+        first = pool.submit(outcome, b, b"tx-0")
+        rest = [pool.submit(outcome, b, f"tx-{i}".encode()) for i in range(1, 6)]
+        assert first.result(5) == "ok tx-0"
+        assert [f.result(5) for f in rest] == [f"ok tx-{i}" for i in range(1, 6)]
+    assert [len(batch) for batch in orderer.batches] == [6]
+    assert entered_at[0] - started >= 0.5
+    b.close()
+
+
+def test_a_group_of_linger_txs_does_not_linger() -> None:
+    from gridledger_endorser.broadcaster import LINGER_TXS
+    orderer = FakeOrderer()
+    b = broadcaster(orderer, linger=60.0)
+    with ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(b.broadcast_many, [(f"tx-{i}".encode(), f"tx-{i}")
+                                                 for i in range(LINGER_TXS)])
+        assert _entered(orderer, 1), "a group of LINGER_TXS waited for the linger"
+        assert len(answers.result(5)) == LINGER_TXS
+    b.close()
+
+
+def test_the_linger_runs_from_arrival_also_behind_a_group_in_flight() -> None:
+    """What queued behind a group in flight has waited already: once that group is
+    answered it leaves when its first transaction's linger is over, not a linger later."""
+    from gridledger_endorser.broadcaster import _Pending
+    b = broadcaster(FakeOrderer(), linger=60.0)
+    now = time.monotonic()
+    for age in (90.0, 1.0):  # queued 90 s ago (behind a slow group), then 1 s ago
+        pending = _Pending(b"tx", "tx")
+        pending.queued_at = now - age
+        b._queue.append(pending)
+    with b._cond:
+        b._in_flight[0] = now
+        assert b._wait_to_send() > 0  # a group is in flight: wait for it (overlap)
+        del b._in_flight[0]
+        assert b._wait_to_send() == 0  # landed: the first has waited over the linger
+        b._queue.popleft()
+        assert 58.0 < b._wait_to_send() <= 59.0  # the other has 59 s of its linger left
+    b._queue.clear()
+    b.close()
 
 
 def test_more_than_a_group_at_once_leaves_as_groups_side_by_side(

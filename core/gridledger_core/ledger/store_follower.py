@@ -25,10 +25,15 @@ gone since). It never stops by itself, and never serves stale state silently:
   files replaced?), a reason never cleared; and while no block has arrived for
   `watch_after` seconds, `stalled(height)` (the endorser: does an orderer deliver the next
   block with a valid proof?): the same reason twice in a row at one height reports
-  `on_health(False, reason)`. A committer that writes blocks but lags behind the orderers
-  is not detected this way (a block comes within every watch).
+  `on_health(False, reason)`;
+- and while blocks do come, `lagging(height)` (the endorser: does an orderer hold the next
+  block final, stamped more than `MAX_LAG` seconds ago?): a committer that writes, but
+  slower than the orderers decide (a slow disk, a starved process), leaves the endorser
+  simulating against state that much behind. Said on two ticks in a row, it reports
+  `on_health(False, reason)` until a tick finds no lag.
 
-A read that works again ends a read error; a block read ends a stall."""
+A read that works again ends a read error; a block read ends a stall; only the probe ends
+a lag."""
 
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ import lmdb
 
 from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
+from gridledger_core.consensus.protocol import block_time
 from gridledger_core.ledger.follower import (
     FOLLOWER_FAILURES,
     MAX_ERROR_BACKOFF,
@@ -58,18 +64,25 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL = 0.002  # seconds between looks right after a block: it is seen within that
 IDLE_POLL = 0.02  # ... growing to this while nothing arrives (an idle thread wakes 50 times/s)
 DEFAULT_WATCH_AFTER = 5.0  # seconds without a block before asking `stalled`, and between asks
+# How far behind the orderers (the age of the first block it lacks, by this node's clock) the
+# ledger read may be before the endorser stops serving: far above a committer's usual delay
+# (well under a second) and a primary's clock skew (5 s), far below the minutes a meter's
+# trade slot lasts.
+MAX_LAG = 30.0
 
 
 class StoreFollower(Follower):
     def __init__(self, ledger: Ledger, on_commit: Callable[[CommitResult], None] | None = None,
                  on_health: HealthCallback | None = None, *,
                  stalled: Callable[[int], str | None] | None = None,
+                 lagging: Callable[[int], str | None] | None = None,
                  broken: Callable[[], str] | None = None, poll: float = DEFAULT_POLL,
                  watch_after: float = DEFAULT_WATCH_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
         self._on_commit = on_commit
         self._stalled = stalled
+        self._lagging = lagging
         self._broken = broken
         self._poll = poll
         self._watch_after = watch_after
@@ -79,6 +92,8 @@ class StoreFollower(Follower):
         self._read_error = ""  # why the last read failed
         self._stall = ""  # why the ledger read is stale, as `stalled` said twice in a row
         self._last_answer: tuple[int, str] = (-1, "")  # `stalled`'s last (height, reason)
+        self._lag = ""  # why the ledger read lags the orderers, as `lagging` said twice in a row
+        self._lag_said = False  # `lagging` found a lag at the last tick it could tell
         self._broken_why = ""  # why the files read can no longer be trusted (never cleared)
         self._stop = threading.Event()
         self._threads = [
@@ -147,17 +162,21 @@ class StoreFollower(Follower):
         `watch_after` seconds without a block, ask `stalled` why: the same reason twice in a
         row at the same height is a stall (not the moment between an orderer finalising a
         block and the committer writing it); "" ends one; None (it could not tell: orderers
-        unreachable) keeps the verdict as it is."""
+        unreachable) keeps the verdict as it is. While blocks come, ask `lagging` instead: a
+        lag on two ticks in a row is reported, until a tick finds none."""
         if self._broken is not None and not self._broken_why:
             self._broken_why = self._broken()
             if self._broken_why:
                 self._report()
+        with self._lock:
+            blocks_come = self._clock() - self._last_block < self._watch_after
+            height = self._ledger.height
+        if blocks_come:
+            if self._lagging is not None:
+                self._watch_lag(height)
+            return
         if self._stalled is None:
             return
-        with self._lock:
-            if self._clock() - self._last_block < self._watch_after:
-                return
-            height = self._ledger.height
         try:
             why = self._stalled(height)
         except Exception:  # a probe's failure says nothing about the ledger
@@ -175,11 +194,28 @@ class StoreFollower(Follower):
             self._last_answer = (height, why)
         self._report()
 
+    def _watch_lag(self, height: int) -> None:
+        assert self._lagging is not None
+        try:
+            why = self._lagging(height)
+        except Exception:  # a probe's failure says nothing about the ledger
+            log.exception("could not tell whether the committer's ledger lags")
+            return
+        if why is None:
+            return
+        with self._lock:
+            if why and self._lag_said:
+                self._lag = why
+            elif not why:
+                self._lag = ""
+            self._lag_said = bool(why)
+        self._report()
+
     def _report(self, read_error: str | None = None) -> None:
         with self._lock:
             if read_error is not None:
                 self._read_error = read_error
-            why = self._broken_why or self._read_error or self._stall
+            why = self._broken_why or self._read_error or self._stall or self._lag
         self._health.set(not why, why)
 
     def _pass_on(self, result: CommitResult) -> None:
@@ -188,15 +224,19 @@ class StoreFollower(Follower):
 
 
 class OrdererProbe:
-    """`stalled` for an endorser reading its committer's ledger: names an orderer that holds
-    block `height` final (verified with the consortium's block proof, so a hostile orderer
-    cannot make the endorser look stale), while the ledger read stays below it. "" when
-    every orderer answered without it (an idle chain is not a stall); None when it cannot
-    be told (none had it, and some could not be asked)."""
+    """`stalled` and `lagging` for an endorser reading its committer's ledger: names an
+    orderer that holds block `height` final (verified with the consortium's block proof
+    against the ledger's block before it, so a hostile orderer cannot make the endorser look
+    stale), while the ledger read stays below it. "" when every orderer answered without it
+    (an idle chain is not a stall) or, for `lagging`, its stamp is recent; None when it
+    cannot be told (none had it, and some could not be asked)."""
 
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
-                 verify_block: BlockVerifier, timeout: float = 2.0) -> None:
+                 verify_block: BlockVerifier, timeout: float = 2.0, max_lag: float = MAX_LAG,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._ledger = ledger
+        self._max_lag = max_lag
+        self._wall_clock = wall_clock
         self._channels = [(name, secure_channel(address, tls)) for name, address in orderers]
         self._stubs = [(name, orderer_pb2_grpc.OrdererServiceStub(channel))
                        for name, channel in self._channels]
@@ -212,7 +252,29 @@ class OrdererProbe:
                     f"block {height} final")
         return holder
 
+    def lagging(self, height: int) -> str | None:
+        """`StoreFollower`'s `lagging`: why the ledger read lags, when an orderer holds block
+        `height` final stamped more than `max_lag` seconds ago by this node's clock (a
+        primary's stamp is within the consortium's clock skew of honest orderers' clocks),
+        "" when none does, None when it cannot be told."""
+        held = self.held(height)
+        if held is None:
+            return None
+        holder, stamped = held
+        age = self._wall_clock() - stamped
+        if not holder or age <= self._max_lag:
+            return ""
+        return (f"the committer's ledger lags the orderers: it lacks block {height}, final at "
+                f"{holder} and stamped {age:.0f} s ago (more than {self._max_lag:g} s)")
+
     def holder(self, height: int) -> str | None:
+        held = self.held(height)
+        return None if held is None else held[0]
+
+    def held(self, height: int) -> tuple[str, float] | None:
+        """(the first orderer that delivers block `height` final, the block's time stamp);
+        ("", 0.0) when every orderer answered without it; None when it cannot be told."""
+        previous = self._header_before(height)
         unknown = False
         for name, stub in self._stubs:
             try:
@@ -220,9 +282,20 @@ class OrdererProbe:
             except Exception:  # unreachable, slow, or an answer that does not decode
                 unknown = True
                 continue
-            if block is not None and self._final(block, height):
-                return name
-        return None if unknown else ""
+            stamped = None if block is None else self._final_time(block, height, previous)
+            if stamped is not None:
+                return name, stamped
+        return None if unknown else ("", 0.0)
+
+    def _header_before(self, height: int) -> bytes | None:
+        """The header of the ledger's block `height - 1` (read by number: the follower may
+        move the tip meanwhile)."""
+        if height == 0:
+            return None
+        stored = self._ledger.get_block(height - 1)
+        if stored is None:
+            raise RuntimeError(f"the ledger read has no block {height - 1}")
+        return stored[0].header
 
     def close(self) -> None:
         for _, channel in self._channels:
@@ -239,12 +312,16 @@ class OrdererProbe:
             call.cancel()
         return None
 
-    def _final(self, block: block_pb2.Block, height: int) -> bool:
+    def _final_time(self, block: block_pb2.Block, height: int,
+                    previous: bytes | None) -> float | None:
+        """The time stamp of `block` if it is block `height`, final on the chain read so far
+        (its proof verified), else None."""
         try:
             header = block_pb2.BlockHeader.FromString(block.header)
             if header.number != height:
-                return False
-            self._verify(block, header, self._ledger.previous_header_bytes())
+                return None
+            self._verify(block, header, previous)
         except Exception:  # a block this node would refuse says nothing about the committer
-            return False
-        return True
+            return None
+        stamped = block_time(header)
+        return self._wall_clock() if stamped is None else stamped

@@ -214,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         probe = OrdererProbe(ledger, orderers, tls, block_verifier(genesis))
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
                                  on_health=lambda ok, _why: server.set_serving(ok),
-                                 stalled=probe.stalled, broken=_replaced(store))
+                                 stalled=probe.stalled, lagging=probe.lagging,
+                                 broken=_replaced(store))
         server.on_close(probe.close)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)

@@ -353,6 +353,52 @@ def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
     assert watch.health == [(False, "orderer-2 holds block 1 final"), (True, "")]
 
 
+def test_a_ledger_that_lags_while_blocks_come_is_reported_until_a_look_finds_none(
+        net: Net, genesis: Genesis) -> None:
+    """A committer that writes blocks, but slower than the orderers decide: every tick while
+    blocks come asks `lagging` (never `stalled`); a lag said on two ticks in a row makes the
+    endorser NOT_SERVING, "cannot tell" keeps the verdict, blocks do not end it (a lagging
+    committer writes them), a look that finds no lag does."""
+    reader = Ledger(net.ledger.store, genesis, accept_proof)
+    asked: dict[str, list[int]] = {"stalled": [], "lagging": []}
+    answer: dict[str, str | None] = {"why": ""}
+
+    def stalled(height: int) -> str | None:
+        asked["stalled"].append(height)
+        return ""
+
+    def lagging(height: int) -> str | None:
+        asked["lagging"].append(height)
+        return answer["why"]
+
+    now = [0.0]
+    follower = StoreFollower(reader, stalled=stalled, lagging=lagging, watch_after=5.0,
+                             clock=lambda: now[0])
+    follower.watch_once()
+    assert asked == {"stalled": [], "lagging": [1]} and follower.healthy
+    answer["why"] = "it lacks block 1, final at orderer-1 and stamped 40 s ago"
+    follower.watch_once()
+    assert follower.healthy  # once: a committer's hiccup
+    answer["why"] = None
+    follower.watch_once()
+    assert follower.healthy  # cannot tell: the tick before still counts
+    answer["why"] = "it lacks block 1, final at orderer-1 and stamped 45 s ago"
+    follower.watch_once()
+    assert not follower.healthy and "45 s ago" in follower.problem
+    commit(net, net.order("meter-1", SELL, ASK, 1000))
+    assert follower.step() is True
+    assert not follower.healthy  # a block from a lagging committer ends nothing
+    answer["why"] = "it lacks block 2, final at orderer-1 and stamped 41 s ago"
+    follower.watch_once()
+    assert not follower.healthy and "block 2" in follower.problem
+    answer["why"] = ""
+    follower.watch_once()
+    assert follower.healthy and asked["stalled"] == []
+    now[0] = 20.0  # no block for 5 s: the stall check instead
+    follower.watch_once()
+    assert asked["stalled"] == [2] and asked["lagging"] == [1, 1, 1, 1, 2, 2]
+
+
 def test_files_replaced_under_the_reader_are_reported_whatever_blocks_come(
         net: Net, genesis: Genesis) -> None:
     """A lock file made anew (or a data file swapped) under the endorser: the committer no
@@ -396,6 +442,48 @@ def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
         hostile.stop()  # one cannot be asked, the other has nothing: cannot tell
         honest.blocks.pop()
         assert probe.holder(reader.height) is None
+        probe.close()
+    finally:
+        honest.stop()
+        hostile.stop()
+
+
+def test_the_orderer_probe_says_a_ledger_lags_only_for_an_old_valid_final_block(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """Lag is an orderer delivering the block after the ledger's tip, final (its proof
+    verified against the ledger's own block before it), stamped more than `max_lag` seconds
+    before this node's clock: a hostile orderer's made-up block says nothing, and a recent
+    one is the usual moment before the committer writes it."""
+    signed = new_net(genesis, consortium_dir, signed=True)
+    reader = Ledger(signed.ledger.store, genesis, block_verifier(genesis))
+    honest, hostile = DeliverServer(consortium_dir), DeliverServer(consortium_dir, "orderer-2")
+    now = [0.0]
+    try:
+        for block in signed.blocks:
+            honest.append(block)
+            hostile.append(block)
+        probe = OrdererProbe(reader, [("orderer-2", hostile.address),
+                                      ("orderer-1", honest.address)],
+                             TlsFiles.for_node(consortium_dir, "endorser-1"),
+                             block_verifier(genesis), max_lag=30.0, wall_clock=lambda: now[0])
+        assert probe.lagging(reader.height) == ""  # nobody has the next block
+        made_up = ChainBuilder()  # chains on, carries no certificate, stamped long ago
+        made_up.number, made_up.previous = reader.height, reader.chain.last_block_hash
+        hostile.append(made_up.block([], timestamp=1_000.0))
+        now[0] = 1_000_000.0
+        assert probe.lagging(reader.height) == ""
+        final = block_of(signed, signed.order("meter-1", SELL, ASK, 1000))
+        honest.append(final)
+        stamped = block_pb2.BlockHeader.FromString(final.header).timestamp.seconds
+        now[0] = stamped + 29.0
+        assert probe.lagging(reader.height) == ""  # final 29 s ago: not yet a lag
+        now[0] = stamped + 31.0
+        why = probe.lagging(reader.height)
+        assert why is not None and f"lacks block {reader.height}" in why and \
+            "orderer-1" in why and "31 s ago" in why
+        hostile.stop()
+        honest.blocks.pop()
+        assert probe.lagging(reader.height) is None  # one cannot be asked: cannot tell
         probe.close()
     finally:
         honest.stop()

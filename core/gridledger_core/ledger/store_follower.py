@@ -303,7 +303,8 @@ class OrdererProbe:
 
     def _first_block(self, stub: orderer_pb2_grpc.OrdererServiceStub, height: int
                      ) -> block_pb2.Block | None:
-        call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=height, follow=False),
+        call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=height, follow=False,
+                                                       limit=1),
                             timeout=self._timeout)
         try:
             for response in call:

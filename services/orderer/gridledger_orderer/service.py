@@ -243,7 +243,8 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
     def _deliver(self, request: orderer_pb2.DeliverRequest,
                  context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
         number = request.start_number
-        while context.is_active():
+        end = number + request.limit if request.limit else None
+        while context.is_active() and (end is None or number < end):
             if number >= self._store.height:
                 if not request.follow:
                     return

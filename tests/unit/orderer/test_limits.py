@@ -324,6 +324,32 @@ def _follower_streams(orderer: Orderer) -> Callable[[Peer], Iterator[orderer_pb2
     return open_stream
 
 
+def test_a_deliver_stream_ends_after_its_limit(consortium_dir: Path, genesis: Genesis,
+                                               tmp_path: Path) -> None:
+    """`limit` bounds what one Deliver sends (a probe asking whether one block is final gets
+    that block, not every block to the tip); 0 is no limit; a following stream with a limit
+    ends at it instead of waiting for more."""
+    orderer = make(consortium_dir, genesis, tmp_path)
+    for number in range(3):
+        header = block_pb2.BlockHeader(number=number).SerializeToString()
+        orderer.store.apply([Deliver(block_pb2.Block(header=header), b"seed")])
+    peer = Peer("committer-1", "gridops", Role.COMMITTER)
+
+    def numbers(**request: int | bool) -> list[int]:
+        token = authz._CALLER.set(peer)
+        try:
+            stream = orderer.api.Deliver(orderer_pb2.DeliverRequest(**request),  # type: ignore[arg-type]
+                                         Context(peer.name))
+            return [block_pb2.BlockHeader.FromString(r.block.header).number for r in stream]
+        finally:
+            authz._CALLER.reset(token)
+
+    assert numbers(start_number=1, limit=1) == [1]
+    assert numbers(start_number=0) == [0, 1, 2]
+    assert numbers(start_number=1, limit=5) == [1, 2]
+    assert numbers(start_number=0, follow=True, limit=2) == [0, 1]
+
+
 def test_one_members_certificates_cannot_take_every_deliver_stream(
         consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
     """Tried as a hostile member would: its CA issues client certificates to three admin

@@ -26,14 +26,17 @@ gone since). It never stops by itself, and never serves stale state silently:
   `watch_after` seconds, `stalled(height)` (the endorser: does an orderer deliver the next
   block with a valid proof?): the same reason twice in a row at one height reports
   `on_health(False, reason)`;
-- and while blocks do come, `lagging(height)` (the endorser: does an orderer hold the next
-  block final, stamped more than `MAX_LAG` seconds ago?): a committer that writes, but
-  slower than the orderers decide (a slow disk, a starved process), leaves the endorser
-  simulating against state that much behind. Said on two ticks in a row, it reports
-  `on_health(False, reason)` until a tick finds no lag.
+- and every tick, `lagging(height)` (the endorser: does an orderer hold the next block
+  final, stamped more than `MAX_LAG` seconds ago by this node's clock?): a committer that
+  writes, but slower than the orderers decide (a slow disk, a starved process), leaves the
+  endorser simulating against state that much behind. Said on two ticks in a row (one is
+  the moment before the committer writes a block that was slow to agree: a locked block
+  re-proposed after round changes keeps its first stamp), it reports `on_health(False,
+  reason)`, for as long as every tick says it again.
 
-A read that works again ends a read error; a block read ends a stall; only the probe ends
-a lag."""
+A read that works again ends a read error; a block read ends a stall; any tick that does
+not find the lag again ends a lag (also one that cannot ask the orderers: a lag is only
+ever reported on evidence, so an orderer that cannot be asked cannot keep a node down)."""
 
 from __future__ import annotations
 
@@ -64,10 +67,10 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL = 0.002  # seconds between looks right after a block: it is seen within that
 IDLE_POLL = 0.02  # ... growing to this while nothing arrives (an idle thread wakes 50 times/s)
 DEFAULT_WATCH_AFTER = 5.0  # seconds without a block before asking `stalled`, and between asks
-# How far behind the orderers (the age of the first block it lacks, by this node's clock) the
-# ledger read may be before the endorser stops serving: far above a committer's usual delay
-# (well under a second) and a primary's clock skew (5 s), far below the minutes a meter's
-# trade slot lasts.
+# How far behind the orderers (the age of the first block it lacks, its stamp against this
+# node's clock) the ledger read may be before the endorser stops serving: far above a
+# committer's usual delay (well under a second), a primary's clock skew (5 s) and an honest
+# node's clock error, far below the minutes a meter's trade slot lasts.
 MAX_LAG = 30.0
 
 
@@ -93,7 +96,7 @@ class StoreFollower(Follower):
         self._stall = ""  # why the ledger read is stale, as `stalled` said twice in a row
         self._last_answer: tuple[int, str] = (-1, "")  # `stalled`'s last (height, reason)
         self._lag = ""  # why the ledger read lags the orderers, as `lagging` said twice in a row
-        self._lag_said = False  # `lagging` found a lag at the last tick it could tell
+        self._lag_said = False  # `lagging` found a lag at the last tick
         self._broken_why = ""  # why the files read can no longer be trusted (never cleared)
         self._stop = threading.Event()
         self._threads = [
@@ -162,8 +165,8 @@ class StoreFollower(Follower):
         `watch_after` seconds without a block, ask `stalled` why: the same reason twice in a
         row at the same height is a stall (not the moment between an orderer finalising a
         block and the committer writing it); "" ends one; None (it could not tell: orderers
-        unreachable) keeps the verdict as it is. While blocks come, ask `lagging` instead: a
-        lag on two ticks in a row is reported, until a tick finds none."""
+        unreachable) keeps the verdict as it is. Every tick, `lagging` too: a lag found on two
+        ticks in a row is reported until a tick does not find it."""
         if self._broken is not None and not self._broken_why:
             self._broken_why = self._broken()
             if self._broken_why:
@@ -171,11 +174,9 @@ class StoreFollower(Follower):
         with self._lock:
             blocks_come = self._clock() - self._last_block < self._watch_after
             height = self._ledger.height
-        if blocks_come:
-            if self._lagging is not None:
-                self._watch_lag(height)
-            return
-        if self._stalled is None:
+        if self._lagging is not None:
+            self._watch_lag(height)
+        if blocks_come or self._stalled is None:
             return
         try:
             why = self._stalled(height)
@@ -195,19 +196,16 @@ class StoreFollower(Follower):
         self._report()
 
     def _watch_lag(self, height: int) -> None:
+        """A lag is reported on evidence only: found now and at the tick before. A tick that
+        does not find it (none, or it cannot tell, or the probe failed) ends it."""
         assert self._lagging is not None
         try:
-            why = self._lagging(height)
-        except Exception:  # a probe's failure says nothing about the ledger
+            why = self._lagging(height) or ""
+        except Exception:  # a probe's failure is no evidence of a lag
             log.exception("could not tell whether the committer's ledger lags")
-            return
-        if why is None:
-            return
+            why = ""
         with self._lock:
-            if why and self._lag_said:
-                self._lag = why
-            elif not why:
-                self._lag = ""
+            self._lag = why if why and self._lag_said else ""
             self._lag_said = bool(why)
         self._report()
 

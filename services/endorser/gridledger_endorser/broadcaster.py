@@ -20,9 +20,10 @@ has waited `linger` (10 ms) for more to join it, as Kafka's producer lingers. Be
 saturation the sender is often idle when a transaction arrives, and each one then left
 alone or nearly: at 470 tx/s a call carried 4-5 transactions, and each call cost the lead
 orderer its checks, a synced write and a forward to every peer (the lead orderer used twice
-the CPU of the others). Lingering halves the calls and forwards there and at the max rate;
-a transaction waits at most `linger` more, and a group that arrives while another is in
-flight (it waited already) or a whole one leaves at once.
+the CPU of the others). Lingering halves the calls and forwards there and at the max rate.
+The linger runs from a group's first arrival, also while another group is in flight (so
+once that one is answered, what queued behind it has usually waited long enough already): a
+transaction waits at most `linger` more than it would have; a whole group leaves at once.
 
 Which orderer, and in what order after it: `orderer_choice.py` (an orderer whose call
 fails, whose answer is malformed or refuses a transaction for another reason than a full

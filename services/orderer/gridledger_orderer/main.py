@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,15 @@ from gridledger_orderer.store import OrdererStore
 from gridledger_orderer.transport import Transport
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: seconds above 0 and at most 60 (NaN, which would cut a block only
+    when full, and infinity are refused)."""
+    value = float(text)
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 60 s, not {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     memory.tune_allocator()  # before any thread starts (memory.py says why)
     parser = node_config.base_parser("orderer")
@@ -32,17 +42,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="NAME=HOST:PORT of another orderer (repeatable)")
     parser.add_argument("--max-batch-txs", type=int, default=500)
     parser.add_argument("--max-batch-bytes", type=int, default=1 << 20)
-    parser.add_argument("--max-batch-wait", type=float, default=DEFAULT_MAX_BATCH_WAIT,
+    parser.add_argument("--max-batch-wait", type=_seconds, default=DEFAULT_MAX_BATCH_WAIT,
                         help="seconds the oldest pending transaction may wait for a block "
                              f"(default {DEFAULT_MAX_BATCH_WAIT:g}: fewer, larger blocks below "
-                             "saturation)")
-    parser.add_argument("--round-timeout", type=float, default=1.0,
+                             "saturation; below --round-timeout)")
+    parser.add_argument("--round-timeout", type=_seconds, default=1.0,
                         help="base round timeout in seconds (doubles per failed round)")
     for field in dataclasses.fields(OrdererLimits):  # the bounds (docs/operations.md)
         default = getattr(OrdererLimits(), field.name)
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
                             default=default, help=f"limit (default {default})")
     args = node_config.parse(parser, argv)
+    if args.max_batch_wait >= args.round_timeout:  # replicas would time out waiting for it
+        parser.error(f"--max-batch-wait ({args.max_batch_wait:g} s) must be below "
+                     f"--round-timeout ({args.round_timeout:g} s)")
     limits = OrdererLimits(**{f.name: getattr(args, f.name)
                               for f in dataclasses.fields(OrdererLimits)})
     genesis = Genesis.load(args.consortium_dir / "genesis.json")

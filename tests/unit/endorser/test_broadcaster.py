@@ -234,7 +234,7 @@ def test_with_nothing_in_flight_a_small_group_lingers_for_more() -> None:
         return answer(tx)
 
     orderer.per_tx = timed
-    b = broadcaster(orderer, senders=2, linger=0.5)
+    b = broadcaster(orderer, senders=2, linger=1.0)
     with ThreadPoolExecutor(8) as pool:
         started = time.monotonic()
         first = pool.submit(outcome, b, b"tx-0")
@@ -242,20 +242,43 @@ def test_with_nothing_in_flight_a_small_group_lingers_for_more() -> None:
         assert first.result(5) == "ok tx-0"
         assert [f.result(5) for f in rest] == [f"ok tx-{i}" for i in range(1, 6)]
     assert [len(batch) for batch in orderer.batches] == [6]
-    assert entered_at[0] - started >= 0.5
+    assert entered_at[0] - started >= 1.0
     b.close()
 
 
 def test_a_group_of_linger_txs_does_not_linger() -> None:
     from gridledger_endorser.broadcaster import LINGER_TXS
     orderer = FakeOrderer()
-    b = broadcaster(orderer, linger=60.0)
+    b = broadcaster(orderer, linger=30.0)
     with ThreadPoolExecutor(1) as pool:
         answers = pool.submit(b.broadcast_many, [(f"tx-{i}".encode(), f"tx-{i}")
                                                  for i in range(LINGER_TXS)])
-        assert _entered(orderer, 1), "a group of LINGER_TXS waited for the linger"
+        try:
+            assert _entered(orderer, 1), "a group of LINGER_TXS waited for the linger"
+        finally:
+            b.close()  # sends what lingers, so a failure does not wait it out
         assert len(answers.result(5)) == LINGER_TXS
-    b.close()
+
+
+def test_the_arrival_that_makes_a_lingering_group_whole_sends_it() -> None:
+    """The sender lingers over a small group; the arrival that brings it to LINGER_TXS
+    wakes it, and the group leaves without waiting out the linger."""
+    from gridledger_endorser.broadcaster import LINGER_TXS
+    orderer = FakeOrderer()
+    b = broadcaster(orderer, linger=30.0)
+    with ThreadPoolExecutor(2) as pool:
+        most = pool.submit(b.broadcast_many, [(f"tx-{i}".encode(), f"tx-{i}")
+                                              for i in range(LINGER_TXS - 1)])
+        try:
+            assert _queued(b, LINGER_TXS - 1)
+            time.sleep(0.1)  # the sender is waiting out the linger now
+            assert orderer.batches == []
+            last = pool.submit(outcome, b, b"tx-last")
+            assert _entered(orderer, 1), "the whole group waited for the linger"
+        finally:
+            b.close()
+        assert len(most.result(5)) == LINGER_TXS - 1 and last.result(5) == "ok tx-last"
+    assert [len(batch) for batch in orderer.batches] == [LINGER_TXS]
 
 
 def test_the_linger_runs_from_arrival_also_behind_a_group_in_flight() -> None:

@@ -9,13 +9,15 @@ its health when the ledger read is stale while an orderer holds a final block.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import lmdb
 import pytest
@@ -418,10 +420,19 @@ def test_files_replaced_under_the_reader_are_reported_whatever_blocks_come(
     assert follower.step() is True and not follower.healthy
 
 
-def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
-        genesis: Genesis, consortium_dir: Path) -> None:
-    """What says the committer's ledger is stale: an orderer that delivers block `height`
-    with a valid proof. A block a hostile orderer made up (no quorum) says nothing."""
+class ProbeRig(NamedTuple):
+    signed: Net  # the chain (signed blocks, checked by the production verifier)
+    reader: Ledger  # the endorser's read of it
+    honest: DeliverServer  # orderer-1
+    hostile: DeliverServer  # orderer-2, asked first
+    probe: OrdererProbe
+
+
+@contextlib.contextmanager
+def probe_of_two_orderers(genesis: Genesis, consortium_dir: Path,
+                          **probe: Any) -> Iterator[ProbeRig]:
+    """A reader of a signed chain, an honest and a hostile orderer that both hold it, and
+    an OrdererProbe over them."""
     signed = new_net(genesis, consortium_dir, signed=True)
     reader = Ledger(signed.ledger.store, genesis, block_verifier(genesis))
     honest, hostile = DeliverServer(consortium_dir), DeliverServer(consortium_dir, "orderer-2")
@@ -429,24 +440,39 @@ def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
         for block in signed.blocks:
             honest.append(block)
             hostile.append(block)
-        probe = OrdererProbe(reader, [("orderer-2", hostile.address),
-                                      ("orderer-1", honest.address)],
-                             TlsFiles.for_node(consortium_dir, "endorser-1"),
-                             block_verifier(genesis))
-        assert probe.holder(reader.height) == ""  # nobody has the next block: idle
-        made_up = ChainBuilder()  # chains on, carries no certificate
-        made_up.number, made_up.previous = reader.height, reader.chain.last_block_hash
-        hostile.append(made_up.block([]))
-        assert probe.holder(reader.height) == ""
-        honest.append(block_of(signed, signed.order("meter-1", SELL, ASK, 1000)))
-        assert probe.holder(reader.height) == "orderer-1"
-        hostile.stop()  # one cannot be asked, the other has nothing: cannot tell
-        honest.blocks.pop()
-        assert probe.holder(reader.height) is None
-        probe.close()
+        made = OrdererProbe(reader, [("orderer-2", hostile.address),
+                                     ("orderer-1", honest.address)],
+                            TlsFiles.for_node(consortium_dir, "endorser-1"),
+                            block_verifier(genesis), **probe)
+        yield ProbeRig(signed, reader, honest, hostile, made)
+        made.close()
     finally:
         honest.stop()
         hostile.stop()
+
+
+def made_up_next_block(reader: Ledger, timestamp: float | None = None) -> block_pb2.Block:
+    """The block after the reader's tip as a hostile orderer could make it: it chains on and
+    carries no certificate."""
+    made_up = ChainBuilder()
+    made_up.number, made_up.previous = reader.height, reader.chain.last_block_hash
+    return made_up.block([], timestamp=timestamp)
+
+
+def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
+        genesis: Genesis, consortium_dir: Path) -> None:
+    """What says the committer's ledger is stale: an orderer that delivers block `height`
+    with a valid proof. A block a hostile orderer made up (no quorum) says nothing."""
+    with probe_of_two_orderers(genesis, consortium_dir) as (signed, reader, honest, hostile,
+                                                             probe):
+        assert probe.holder(reader.height) == ""  # nobody has the next block: idle
+        hostile.append(made_up_next_block(reader))
+        assert probe.holder(reader.height) == ""
+        honest.append(block_of(signed, signed.order("meter-1", SELL, ASK, 1000)))
+        assert probe.holder(reader.height) == "orderer-1"
+        hostile.stop()
+        honest.blocks.pop()  # one cannot be asked, the other has nothing: cannot tell
+        assert probe.holder(reader.height) is None
 
 
 def test_the_orderer_probe_says_a_ledger_lags_only_for_an_old_valid_final_block(
@@ -455,22 +481,11 @@ def test_the_orderer_probe_says_a_ledger_lags_only_for_an_old_valid_final_block(
     verified against the ledger's own block before it), stamped more than `max_lag` seconds
     before this node's clock: a hostile orderer's made-up block says nothing, and a recent
     one is the usual moment before the committer writes it."""
-    signed = new_net(genesis, consortium_dir, signed=True)
-    reader = Ledger(signed.ledger.store, genesis, block_verifier(genesis))
-    honest, hostile = DeliverServer(consortium_dir), DeliverServer(consortium_dir, "orderer-2")
     now = [0.0]
-    try:
-        for block in signed.blocks:
-            honest.append(block)
-            hostile.append(block)
-        probe = OrdererProbe(reader, [("orderer-2", hostile.address),
-                                      ("orderer-1", honest.address)],
-                             TlsFiles.for_node(consortium_dir, "endorser-1"),
-                             block_verifier(genesis), max_lag=30.0, wall_clock=lambda: now[0])
+    with probe_of_two_orderers(genesis, consortium_dir, max_lag=30.0, wall_clock=lambda: now[0]
+                               ) as (signed, reader, honest, hostile, probe):
         assert probe.lagging(reader.height) == ""  # nobody has the next block
-        made_up = ChainBuilder()  # chains on, carries no certificate, stamped long ago
-        made_up.number, made_up.previous = reader.height, reader.chain.last_block_hash
-        hostile.append(made_up.block([], timestamp=1_000.0))
+        hostile.append(made_up_next_block(reader, timestamp=1_000.0))
         now[0] = 1_000_000.0
         assert probe.lagging(reader.height) == ""
         final = block_of(signed, signed.order("meter-1", SELL, ASK, 1000))
@@ -485,7 +500,3 @@ def test_the_orderer_probe_says_a_ledger_lags_only_for_an_old_valid_final_block(
         hostile.stop()
         honest.blocks.pop()
         assert probe.lagging(reader.height) is None  # one cannot be asked: cannot tell
-        probe.close()
-    finally:
-        honest.stop()
-        hostile.stop()

@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gridledger_core.storage.lmdb_store import DEFAULT_MAP_SIZE
@@ -37,6 +37,29 @@ def base_parser(role: str) -> argparse.ArgumentParser:
                              "at start, not disk; writes fail beyond it)")
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _bounded(unit: str, name: str, low: float, high: float,
+             zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)  # NaN and infinity fail the comparisons below
+        if not (low <= value if zero else low < value) or value > high:
+            bounds = (f"{low:g} to {high:g} {unit}" if zero
+                      else f"above {low:g} and at most {high:g} {unit}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+    parse.__name__ = name  # argparse names the type in "invalid ... value"
+    return parse
+
+
+def milliseconds(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: milliseconds above `low` (or equal, with `zero`) and at most `high`."""
+    return _bounded("ms", "milliseconds", low, high, zero)
+
+
+def seconds(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: seconds above `low` (or equal, with `zero`) and at most `high`."""
+    return _bounded("s", "seconds", low, high, zero)
 
 
 def lmdb_map_size(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@ endorsement and forwarding."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -44,20 +43,6 @@ from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
 log = logging.getLogger("gridledger_endorser")
-
-
-def _ms(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
-    """An argparse type: milliseconds above `low` (or equal, with `zero`) and at most
-    `high`."""
-    def parse(text: str) -> float:
-        value = float(text)
-        if not (low <= value if zero else low < value) or value > high:
-            bounds = (f"{low:g} to {high:g} ms" if zero
-                      else f"above {low:g} and at most {high:g} ms")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
-        return value
-    parse.__name__ = "milliseconds"  # argparse names the type in "invalid ... value"
-    return parse
 
 
 def _committer_store(path: Path) -> LmdbStore:
@@ -130,24 +115,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "queue grows ahead of admission control (0: the members' shares "
                              "together and a little room, so their own refusal comes first; "
                              "threads server: twice --workers)")
-    parser.add_argument("--gil-switch-ms", type=_ms(0, 1000), default=1.0,
+    parser.add_argument("--gil-switch-ms", type=node_config.milliseconds(0, 1000), default=1.0,
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "
                              "block) computes; Python's default is 5 ms")
-    parser.add_argument("--broadcast-overlap-ms", type=_ms(0, 5000, zero=True),
+    parser.add_argument("--broadcast-overlap-ms", type=node_config.milliseconds(0, 5000, zero=True),
                         default=DEFAULT_OVERLAP_AFTER * 1000,
                         help="how long a group of transactions may wait for an orderer's "
                              "answer before the next group leaves alongside it (at another "
                              "orderer first; broadcaster.py: one group in flight makes groups "
                              "larger; 0 sends each arrival at once when a sender is free; at "
                              "most the 5 s broadcast timeout)")
-    parser.add_argument("--broadcast-linger-ms", type=_ms(0, 1000, zero=True),
+    parser.add_argument("--broadcast-linger-ms", type=node_config.milliseconds(0, 1000, zero=True),
                         default=DEFAULT_LINGER * 1000,
                         help="with no group at an orderer, how long a group of fewer than "
                              f"{LINGER_TXS} transactions waits for more to join it "
                              "(broadcaster.py: fewer calls and forwards below saturation; 0 "
                              "sends at once; at most 1,000 ms)")
-    parser.add_argument("--broadcast-late-ms", type=_ms(10, 1000, zero=True),
+    parser.add_argument("--broadcast-late-ms", type=node_config.milliseconds(10, 1000, zero=True),
                         default=DEFAULT_LATE_AFTER * 1000,
                         help="10 to 1,000 ms (default 250): an orderer that answers later is "
                              "tried after the others for a cool-down (orderer_choice.py: a "

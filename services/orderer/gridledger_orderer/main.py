@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
@@ -25,14 +24,8 @@ from gridledger_orderer.service import ConsensusServicer, OrdererServicer
 from gridledger_orderer.store import OrdererStore
 from gridledger_orderer.transport import Transport
 
-
-def _seconds(text: str) -> float:
-    """An argparse type: seconds above 0 and at most 60 (NaN, which would cut a block only
-    when full, and infinity are refused)."""
-    value = float(text)
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 60 s, not {text}")
-    return value
+# Block wait and round timeout: NaN (a block cut only when full) and infinity are refused.
+_SECONDS = node_config.seconds(0, 60)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -42,11 +35,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="NAME=HOST:PORT of another orderer (repeatable)")
     parser.add_argument("--max-batch-txs", type=int, default=500)
     parser.add_argument("--max-batch-bytes", type=int, default=1 << 20)
-    parser.add_argument("--max-batch-wait", type=_seconds, default=DEFAULT_MAX_BATCH_WAIT,
+    parser.add_argument("--max-batch-wait", type=_SECONDS, default=DEFAULT_MAX_BATCH_WAIT,
                         help="seconds the oldest pending transaction may wait for a block "
                              f"(default {DEFAULT_MAX_BATCH_WAIT:g}: fewer, larger blocks below "
                              "saturation; below --round-timeout)")
-    parser.add_argument("--round-timeout", type=_seconds, default=1.0,
+    parser.add_argument("--round-timeout", type=_SECONDS, default=1.0,
                         help="base round timeout in seconds (doubles per failed round)")
     for field in dataclasses.fields(OrdererLimits):  # the bounds (docs/operations.md)
         default = getattr(OrdererLimits(), field.name)

@@ -14,8 +14,8 @@ from gridledger_orderer import main as orderer_main
 def test_a_wait_must_be_a_positive_finite_number_of_seconds(text: str) -> None:
     """NaN compared false everywhere: a NaN block wait cut a block only when it was full."""
     with pytest.raises(Exception, match="above 0 and at most 60 s"):
-        orderer_main._seconds(text)
-    assert math.isclose(orderer_main._seconds("0.1"), 0.1)
+        orderer_main._SECONDS(text)
+    assert math.isclose(orderer_main._SECONDS("0.1"), 0.1)
 
 
 def test_a_block_wait_not_below_the_round_timeout_is_refused(

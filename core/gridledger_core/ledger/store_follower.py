@@ -22,17 +22,18 @@ gone since). It never stops by itself, and never serves stale state silently:
   `gridledger_ledger_follower_failures_total{reason="read_error"}`, reported through
   `on_health(False, why)` and retried with backoff;
 - every `watch_after` seconds its watch thread asks `broken()` (the endorser: were its
-  files replaced?), a reason never cleared; and while no block has arrived for
-  `watch_after` seconds, `stalled(height)` (the endorser: does an orderer deliver the next
-  block with a valid proof?): the same reason twice in a row at one height reports
-  `on_health(False, reason)`;
-- and every tick, `lagging(height)` (the endorser: does an orderer hold the next block
-  final, stamped more than `MAX_LAG` seconds ago by this node's clock?): a committer that
-  writes, but slower than the orderers decide (a slow disk, a starved process), leaves the
-  endorser simulating against state that much behind. Said on two ticks in a row (one is
-  the moment before the committer writes a block that was slow to agree: a locked block
-  re-proposed after round changes keeps its first stamp), it reports `on_health(False,
-  reason)`, for as long as every tick says it again.
+  files replaced?), a reason never cleared; and `probe(height)` once (the endorser: does an
+  orderer hold the next block final, with a valid proof, and since when?), which gives two
+  verdicts from that one look at the orderers:
+  - the stall: used only while no block has arrived for `watch_after` seconds; the same
+    reason twice in a row at one height reports `on_health(False, reason)`;
+  - the lag (the next block final at an orderer and stamped more than `MAX_LAG` seconds ago
+    by this node's clock): a committer that writes, but slower than the orderers decide (a
+    slow disk, a starved process), leaves the endorser simulating against state that much
+    behind. Found on two ticks in a row (one is the moment before the committer writes a
+    block that was slow to agree: a locked block re-proposed after round changes keeps its
+    first stamp), it reports `on_health(False, reason)`, for as long as every tick finds it
+    again.
 
 A read that works again ends a read error; a block read ends a stall; any tick that does
 not find the lag again ends a lag (also one that cannot ask the orderers: a lag is only
@@ -44,6 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import lmdb
 
@@ -74,18 +76,24 @@ DEFAULT_WATCH_AFTER = 5.0  # seconds without a block before asking `stalled`, an
 MAX_LAG = 30.0
 
 
+class Verdicts(NamedTuple):
+    """What one look at the orderers says about the ledger read at a height: each a reason,
+    "" for none, or None when it cannot be told (orderers unreachable)."""
+
+    stall: str | None  # the ledger read stays below a block an orderer holds final
+    lag: str | None  # ... and that block was stamped more than MAX_LAG seconds ago
+
+
 class StoreFollower(Follower):
     def __init__(self, ledger: Ledger, on_commit: Callable[[CommitResult], None] | None = None,
                  on_health: HealthCallback | None = None, *,
-                 stalled: Callable[[int], str | None] | None = None,
-                 lagging: Callable[[int], str | None] | None = None,
+                 probe: Callable[[int], Verdicts] | None = None,
                  broken: Callable[[], str] | None = None, poll: float = DEFAULT_POLL,
                  watch_after: float = DEFAULT_WATCH_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger = ledger
         self._on_commit = on_commit
-        self._stalled = stalled
-        self._lagging = lagging
+        self._probe = probe
         self._broken = broken
         self._poll = poll
         self._watch_after = watch_after
@@ -94,9 +102,9 @@ class StoreFollower(Follower):
         self._last_block = clock()
         self._read_error = ""  # why the last read failed
         self._stall = ""  # why the ledger read is stale, as `stalled` said twice in a row
-        self._last_answer: tuple[int, str] = (-1, "")  # `stalled`'s last (height, reason)
-        self._lag = ""  # why the ledger read lags the orderers, as `lagging` said twice in a row
-        self._lag_said = False  # `lagging` found a lag at the last tick
+        self._last_answer: tuple[int, str] = (-1, "")  # the last stall verdict: height, reason
+        self._lag = ""  # why the ledger read lags the orderers, found on two ticks in a row
+        self._lag_said = False  # the last tick found a lag
         self._broken_why = ""  # why the files read can no longer be trusted (never cleared)
         self._stop = threading.Event()
         self._threads = [
@@ -161,52 +169,40 @@ class StoreFollower(Follower):
                 log.exception("watching the committer's ledger failed; watching on")
 
     def watch_once(self) -> None:
-        """Every tick, `broken` (files replaced: never cleared, whatever blocks come). After
-        `watch_after` seconds without a block, ask `stalled` why: the same reason twice in a
-        row at the same height is a stall (not the moment between an orderer finalising a
-        block and the committer writing it); "" ends one; None (it could not tell: orderers
-        unreachable) keeps the verdict as it is. Every tick, `lagging` too: a lag found on two
-        ticks in a row is reported until a tick does not find it."""
+        """Every tick, `broken` (files replaced: never cleared, whatever blocks come), and one
+        look at the orderers (`probe`) for both verdicts. Its lag counts every tick: found on
+        two ticks in a row it is reported until a tick does not find it (also one that cannot
+        tell, or whose probe failed: a lag is only ever reported on evidence). Its stall counts
+        only after `watch_after` seconds without a block: the same reason twice in a row at
+        the same height is a stall (not the moment between an orderer finalising a block and
+        the committer writing it); "" ends one; None (orderers unreachable) keeps the verdict
+        as it is."""
         if self._broken is not None and not self._broken_why:
             self._broken_why = self._broken()
             if self._broken_why:
                 self._report()
+        if self._probe is None:
+            return
         with self._lock:
-            blocks_come = self._clock() - self._last_block < self._watch_after
             height = self._ledger.height
-        if self._lagging is not None:
-            self._watch_lag(height)
-        if blocks_come or self._stalled is None:
-            return
         try:
-            why = self._stalled(height)
+            verdicts: Verdicts | None = self._probe(height)
         except Exception:  # a probe's failure says nothing about the ledger
-            log.exception("could not tell whether the committer's ledger is stale")
-            return
-        if why is None:
-            return
+            log.exception("could not tell whether the committer's ledger is stale or lags")
+            verdicts = None
         with self._lock:
-            if height != self._ledger.height:  # a block came meanwhile
-                return
-            if not why:
-                self._stall = ""
-            elif self._last_answer == (height, why):
-                self._stall = why
-            self._last_answer = (height, why)
-        self._report()
-
-    def _watch_lag(self, height: int) -> None:
-        """A lag is reported on evidence only: found now and at the tick before. A tick that
-        does not find it (none, or it cannot tell, or the probe failed) ends it."""
-        assert self._lagging is not None
-        try:
-            why = self._lagging(height) or ""
-        except Exception:  # a probe's failure is no evidence of a lag
-            log.exception("could not tell whether the committer's ledger lags")
-            why = ""
-        with self._lock:
-            self._lag = why if why and self._lag_said else ""
-            self._lag_said = bool(why)
+            lag = (verdicts.lag if verdicts is not None else None) or ""
+            self._lag = lag if lag and self._lag_said else ""
+            self._lag_said = bool(lag)
+            blocks_come = self._clock() - self._last_block < self._watch_after
+            why = None if verdicts is None or blocks_come else verdicts.stall
+            # None: cannot tell; a block that came meanwhile ends a stall by itself
+            if why is not None and height == self._ledger.height:
+                if not why:
+                    self._stall = ""
+                elif self._last_answer == (height, why):
+                    self._stall = why
+                self._last_answer = (height, why)
         self._report()
 
     def _report(self, read_error: str | None = None) -> None:
@@ -222,12 +218,10 @@ class StoreFollower(Follower):
 
 
 class OrdererProbe:
-    """`stalled` and `lagging` for an endorser reading its committer's ledger: names an
-    orderer that holds block `height` final (verified with the consortium's block proof
-    against the ledger's block before it, so a hostile orderer cannot make the endorser look
-    stale), while the ledger read stays below it. "" when every orderer answered without it
-    (an idle chain is not a stall) or, for `lagging`, its stamp is recent; None when it
-    cannot be told (none had it, and some could not be asked)."""
+    """`StoreFollower`'s `probe` for an endorser reading its committer's ledger: one look at
+    the orderers for the first that holds block `height` final (verified with the
+    consortium's block proof against the ledger's block before it, so a hostile orderer cannot
+    make the endorser look stale or lagging) while the ledger read stays below it."""
 
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
                  verify_block: BlockVerifier, timeout: float = 2.0, max_lag: float = MAX_LAG,
@@ -241,33 +235,27 @@ class OrdererProbe:
         self._verify = verify_block
         self._timeout = timeout
 
-    def stalled(self, height: int) -> str | None:
-        """`StoreFollower`'s `stalled`: why the ledger read is stale at `height`, "" when it
-        is not (idle), None when it cannot be told."""
-        holder = self.holder(height)
-        if holder:
-            return (f"the committer's ledger stays at height {height} while {holder} holds "
-                    f"block {height} final")
-        return holder
-
-    def lagging(self, height: int) -> str | None:
-        """`StoreFollower`'s `lagging`: why the ledger read lags, when an orderer holds block
-        `height` final stamped more than `max_lag` seconds ago by this node's clock (a
-        primary's stamp is within the consortium's clock skew of honest orderers' clocks),
-        "" when none does, None when it cannot be told."""
+    def verdicts(self, height: int) -> Verdicts:
+        """The stall: why the ledger read is stale at `height` (an orderer holds block
+        `height` final), "" when every orderer answered without it (an idle chain is not a
+        stall). The lag: why it lags, when that block was stamped more than `max_lag` seconds
+        ago by this node's clock (a primary's stamp is within the consortium's clock skew of
+        honest orderers' clocks), "" when not. Both None when it cannot be told (none had
+        it, and some could not be asked)."""
         held = self.held(height)
         if held is None:
-            return None
+            return Verdicts(None, None)
         holder, stamped = held
+        if not holder:
+            return Verdicts("", "")
+        stall = (f"the committer's ledger stays at height {height} while {holder} holds "
+                 f"block {height} final")
         age = self._wall_clock() - stamped
-        if not holder or age <= self._max_lag:
-            return ""
-        return (f"the committer's ledger lags the orderers: it lacks block {height}, final at "
-                f"{holder} and stamped {age:.0f} s ago (more than {self._max_lag:g} s)")
-
-    def holder(self, height: int) -> str | None:
-        held = self.held(height)
-        return None if held is None else held[0]
+        if age <= self._max_lag:
+            return Verdicts(stall, "")
+        return Verdicts(stall, f"the committer's ledger lags the orderers: it lacks block "
+                               f"{height}, final at {holder} and stamped {age:.0f} s ago (more "
+                               f"than {self._max_lag:g} s)")
 
     def held(self, height: int) -> tuple[str, float] | None:
         """(the first orderer that delivers block `height` final, the block's time stamp);

@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         probe = OrdererProbe(ledger, orderers, tls, block_verifier(genesis))
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
                                  on_health=lambda ok, _why: server.set_serving(ok),
-                                 stalled=probe.stalled, lagging=probe.lagging,
+                                 probe=probe.verdicts,
                                  broken=_replaced(store))
         server.on_close(probe.close)
     server.on_stop(follower.stop)

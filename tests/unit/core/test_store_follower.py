@@ -32,7 +32,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.ledger import CommitResult, Ledger, StoreMismatch
 from gridledger_core.ledger.state import StateOverlay
-from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower
+from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower, Verdicts
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore
@@ -315,27 +315,31 @@ def test_the_follower_reports_read_failures_and_recovers(net: Net, genesis: Gene
 
 def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
         net: Net, genesis: Genesis) -> None:
-    """The committer stopped, hung, or behind: no read fails, the store just stays. After
-    `watch_after` seconds without a block, `stalled` is asked why; the same reason twice in a
-    row is a stall (not the moment between an orderer's decision and the committer's
-    write); "I cannot tell" keeps the verdict; a block ends it. An idle chain is not stale."""
+    """The committer stopped, hung, or behind: no read fails, the store just stays. Every
+    tick looks at the orderers once; only after `watch_after` seconds without a block does
+    the look's stall verdict count: the same reason twice in a row is a stall (not the moment
+    between an orderer's decision and the committer's write); "I cannot tell" keeps the
+    verdict; a block ends it. An idle chain is not stale."""
     reader = Ledger(net.ledger.store, genesis, accept_proof)
     asked: list[int] = []
     answer: dict[str, str | None] = {"why": ""}
 
-    def stalled(height: int) -> str | None:
+    def probe(height: int) -> Verdicts:
         asked.append(height)
-        return answer["why"]
+        return Verdicts(answer["why"], "")
 
     now = [0.0]
     watch = Watch()
-    follower = StoreFollower(reader, on_health=watch.on_health, stalled=stalled,
+    follower = StoreFollower(reader, on_health=watch.on_health, probe=probe,
                              watch_after=5.0, clock=lambda: now[0])
+    answer["why"] = "orderer-2 holds block 1 final"
     follower.watch_once()
-    assert asked == []  # a block (the start) less than 5 s ago: not asked
+    follower.watch_once()
+    assert asked == [1, 1] and follower.healthy  # a block (the start) under 5 s ago: no stall
     now[0] = 5.0
+    answer["why"] = ""
     follower.watch_once()
-    assert asked == [1] and follower.healthy  # idle
+    assert asked == [1, 1, 1] and follower.healthy  # idle
     answer["why"] = "orderer-2 holds block 1 final"
     follower.watch_once()
     assert follower.healthy  # once may be the moment before the committer writes it
@@ -356,30 +360,25 @@ def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
 
 
 def test_a_lag_is_reported_while_two_ticks_in_a_row_find_it(net: Net, genesis: Genesis) -> None:
-    """A committer that writes blocks, but slower than the orderers decide: every tick asks
-    `lagging`; a lag found on two ticks in a row makes the endorser NOT_SERVING, and any tick
-    that does not find it again ends it: "none", "cannot tell" (an orderer that cannot be
-    asked must not keep a node down) or a failed probe. Blocks end nothing (a lagging
-    committer writes them); one finding alone, or two apart, is the moment before a slow
-    block is written."""
+    """A committer that writes blocks, but slower than the orderers decide: every tick's look
+    at the orderers gives a lag verdict; a lag found on two ticks in a row makes the endorser
+    NOT_SERVING, and any tick that does not find it again ends it: "none", "cannot tell" (an
+    orderer that cannot be asked must not keep a node down) or a failed probe. Blocks end
+    nothing (a lagging committer writes them); one finding alone, or two apart, is the
+    moment before a slow block is written. One look per tick, idle or not."""
     reader = Ledger(net.ledger.store, genesis, accept_proof)
-    asked: dict[str, list[int]] = {"stalled": [], "lagging": []}
+    asked: list[int] = []
     answers: list[str | Exception | None] = []
 
-    def stalled(height: int) -> str | None:
-        asked["stalled"].append(height)
-        return ""
-
-    def lagging(height: int) -> str | None:
-        asked["lagging"].append(height)
+    def probe(height: int) -> Verdicts:
+        asked.append(height)
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return Verdicts(None if answer is None else "", answer)
 
     now = [0.0]
-    follower = StoreFollower(reader, stalled=stalled, lagging=lagging, watch_after=5.0,
-                             clock=lambda: now[0])
+    follower = StoreFollower(reader, probe=probe, watch_after=5.0, clock=lambda: now[0])
 
     def tick(answer: str | Exception | None) -> bool:
         answers.append(answer)
@@ -396,10 +395,10 @@ def test_a_lag_is_reported_while_two_ticks_in_a_row_find_it(net: Net, genesis: G
     assert tick(None)  # cannot tell: no evidence, no lag
     assert tick(lag) and not tick(lag) and tick(RuntimeError("probe bug"))
     assert tick(lag) and not tick(lag) and tick("")
-    assert asked["stalled"] == []
-    now[0] = 20.0  # no block for 5 s: the stall check too, and the lag check still
+    ticks = len(asked)
+    now[0] = 20.0  # no block for 5 s: the stall verdict counts too, from the same look
     assert tick("")
-    assert asked["stalled"] == [2] and asked["lagging"][-1] == 2
+    assert asked[ticks:] == [2]
 
 
 def test_files_replaced_under_the_reader_are_reported_whatever_blocks_come(
@@ -465,14 +464,15 @@ def test_the_orderer_probe_names_an_orderer_only_for_a_valid_final_block(
     with a valid proof. A block a hostile orderer made up (no quorum) says nothing."""
     with probe_of_two_orderers(genesis, consortium_dir) as (signed, reader, honest, hostile,
                                                              probe):
-        assert probe.holder(reader.height) == ""  # nobody has the next block: idle
+        assert probe.verdicts(reader.height) == ("", "")  # nobody has the next block: idle
         hostile.append(made_up_next_block(reader))
-        assert probe.holder(reader.height) == ""
+        assert probe.verdicts(reader.height) == ("", "")
         honest.append(block_of(signed, signed.order("meter-1", SELL, ASK, 1000)))
-        assert probe.holder(reader.height) == "orderer-1"
+        stall = probe.verdicts(reader.height).stall
+        assert stall is not None and "orderer-1 holds block" in stall
         hostile.stop()
         honest.blocks.pop()  # one cannot be asked, the other has nothing: cannot tell
-        assert probe.holder(reader.height) is None
+        assert probe.verdicts(reader.height) == (None, None)
 
 
 def test_the_orderer_probe_says_a_ledger_lags_only_for_an_old_valid_final_block(
@@ -484,19 +484,19 @@ def test_the_orderer_probe_says_a_ledger_lags_only_for_an_old_valid_final_block(
     now = [0.0]
     with probe_of_two_orderers(genesis, consortium_dir, max_lag=30.0, wall_clock=lambda: now[0]
                                ) as (signed, reader, honest, hostile, probe):
-        assert probe.lagging(reader.height) == ""  # nobody has the next block
+        assert probe.verdicts(reader.height).lag == ""  # nobody has the next block
         hostile.append(made_up_next_block(reader, timestamp=1_000.0))
         now[0] = 1_000_000.0
-        assert probe.lagging(reader.height) == ""
+        assert probe.verdicts(reader.height).lag == ""
         final = block_of(signed, signed.order("meter-1", SELL, ASK, 1000))
         honest.append(final)
         stamped = block_pb2.BlockHeader.FromString(final.header).timestamp.seconds
         now[0] = stamped + 29.0
-        assert probe.lagging(reader.height) == ""  # final 29 s ago: not yet a lag
+        assert probe.verdicts(reader.height).lag == ""  # final 29 s ago: not yet a lag
         now[0] = stamped + 31.0
-        why = probe.lagging(reader.height)
+        why = probe.verdicts(reader.height).lag
         assert why is not None and f"lacks block {reader.height}" in why and \
             "orderer-1" in why and "31 s ago" in why
         hostile.stop()
         honest.blocks.pop()
-        assert probe.lagging(reader.height) is None  # one cannot be asked: cannot tell
+        assert probe.verdicts(reader.height).lag is None  # one cannot be asked: cannot tell

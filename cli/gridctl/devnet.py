@@ -272,7 +272,7 @@ COMMITTER_LEDGER = "--committer-ledger"
 
 def with_own_replica(args: list[str]) -> list[str]:
     """An endorser's planned flags without `--committer-ledger`: it keeps its own replica
-    (a container, as in the manifests, sees only its own data volume)."""
+    (a container outside its committer's pod sees only its own data volume)."""
     if COMMITTER_LEDGER not in args:
         return list(args)
     at = args.index(COMMITTER_LEDGER)

@@ -98,7 +98,8 @@ def _chown(path: Path) -> None:
 
 def container_args(node: devnet.Node) -> list[str]:
     """The node's planned flags with the manifests' in-container paths. An endorser keeps
-    its own replica, as in the manifests (a container sees only its own data volume)."""
+    its own replica: these containers are not one pod (the manifests run it in its
+    committer's pod), so a container sees only its own data volume and PID namespace."""
     args = devnet.with_own_replica(node.args)
     for flag, value in (("--consortium-dir", CONSORTIUM_MOUNT), ("--data-dir", DATA_MOUNT)):
         args[args.index(flag) + 1] = value

@@ -38,17 +38,15 @@ def playable(overlay: list[dict], secrets: list[dict]) -> list[dict]:
             continue
         doc = copy.deepcopy(doc)
         spec = doc["spec"]["template"]["spec"]
-        (container,) = spec["containers"]
         # Declarations only (Services name them); kube play would publish them, which needs
         # a network of its own that this machine does not set up.
-        container.pop("ports", None)
+        for container in spec["containers"]:
+            container.pop("ports", None)
         for volume in list(spec["volumes"]):
             if "projected" not in volume:
                 continue
             spec["volumes"].remove(volume)
             projected = volume["projected"]
-            mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
-            container["volumeMounts"].remove(mount)
             # path directory -> (key -> content); kube play 4.3 writes ConfigMap items only at
             # the top of a volume, so each directory becomes its own volume mounted there.
             dirs: dict[str, dict[str, str]] = {}
@@ -65,17 +63,27 @@ def playable(overlay: list[dict], secrets: list[dict]) -> list[dict]:
                     value = found[item["key"]]
                     dirs.setdefault(directory, {})[filename] = (
                         base64.b64decode(value).decode() if decode else value)
-            for i, (directory, data) in enumerate(sorted(dirs.items())):
+            for i, (_, data) in enumerate(sorted(dirs.items())):
                 name = f"{doc['metadata']['name']}-{volume['name']}-{i}"
                 out.append({"apiVersion": "v1", "kind": "ConfigMap",
                             "metadata": {"name": name}, "data": data})
                 spec["volumes"].append({"name": name, "configMap": {
                     "name": name, "defaultMode": projected.get("defaultMode", 0o440)}})
-                # The top directory's volume is mounted writable only so that the runtime can
-                # make the mount point of the keys' directory inside it; its files stay
-                # root-owned and the container's uid cannot write them.
-                container["volumeMounts"].append({
-                    "name": name, "readOnly": bool(directory),
-                    "mountPath": f"{mount['mountPath']}/{directory}".rstrip("/")})
+            # Every container that mounted the projected volume (in a pod of two nodes, each
+            # mounts its own) mounts its directories instead.
+            for container in spec["containers"]:
+                mount = next((m for m in container["volumeMounts"]
+                              if m["name"] == volume["name"]), None)
+                if mount is None:
+                    continue
+                container["volumeMounts"].remove(mount)
+                for i, (directory, _) in enumerate(sorted(dirs.items())):
+                    # The top directory's volume is mounted writable only so that the runtime
+                    # can make the mount point of the keys' directory inside it; its files stay
+                    # root-owned and the container's uid cannot write them.
+                    container["volumeMounts"].append({
+                        "name": f"{doc['metadata']['name']}-{volume['name']}-{i}",
+                        "readOnly": bool(directory),
+                        "mountPath": f"{mount['mountPath']}/{directory}".rstrip("/")})
         out.append(doc)
     return out

@@ -166,8 +166,10 @@ def test_kube_play_runs_the_dev_overlay(engine: str, tmp_path: Path) -> None:
     k8s/consortium-secrets.sh (and the volume claims), played by `podman kube play`, each
     pod in a network namespace of its own (loopback only: this machine has no pod network, so
     the pods cannot reach each other). Each pod must pass the manifests' probes, asked as the
-    kubelet asks them: plaintext gRPC health on 7051, overall (liveness) and for the role's
-    service (readiness), and serve /metrics on 9464, as uid 10001 with only its own keys."""
+    kubelet asks them: plaintext gRPC health (7051; the endorser's 7061), overall (liveness)
+    and for the role's service (readiness), and serve /metrics (9464; 9465), as uid 10001
+    with only its own keys. committer-1's pod runs endorser-1 too, reading committer-1's
+    ledger through their shared volume and PID namespace: both must pass."""
     if engine != "podman":
         pytest.fail("kube play needs podman")
     consortium = tmp_path / "consortium"
@@ -182,7 +184,8 @@ def test_kube_play_runs_the_dev_overlay(engine: str, tmp_path: Path) -> None:
     play.write_text(yaml.safe_dump_all(docs))
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    assert len(deployments) == 14  # 4 orderers, 2 committers, endorser, 7 agents
+    # 4 orderers, 2 committers (committer-1's pod also runs the endorser), 7 agents
+    assert len(deployments) == 13
     podman(engine, "kube", "down", str(play), check=False)
     podman(engine, "volume", "rm", "--force", *claims, check=False)
     try:
@@ -197,14 +200,14 @@ def test_kube_play_runs_the_dev_overlay(engine: str, tmp_path: Path) -> None:
 PROBE = """
 import sys, urllib.request, grpc
 from grpc_health.v1 import health_pb2 as pb, health_pb2_grpc
-stub = health_pb2_grpc.HealthStub(grpc.insecure_channel("127.0.0.1:7051"))
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{sys.argv[2]}"))
 for service in ("", sys.argv[1]):
     try:
         status = stub.Check(pb.HealthCheckRequest(service=service), timeout=2).status
         print(pb.HealthCheckResponse.ServingStatus.Name(status))
     except grpc.RpcError as exc:
         print(exc.code().name)
-text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=2).read().decode()
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[3]}/metrics", timeout=2).read().decode()
 print("metrics" if "gridledger_node_info" in text else "no-metrics")
 """
 SERVICES = {"orderer": "gridledger.orderer.v1.OrdererService",
@@ -214,13 +217,19 @@ SERVICES = {"orderer": "gridledger.orderer.v1.OrdererService",
 
 
 def _check_pod(engine: str, deployment: dict) -> None:
-    spec = deployment["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        _check_container(engine, deployment, container)
+
+
+def _check_container(engine: str, deployment: dict, container: dict) -> None:
     name = f"{deployment['metadata']['name']}-pod-0-{container['name']}"
     node = next(e["value"] for e in container["env"] if e["name"] == "GRIDLEDGER_NAME")
     service = SERVICES[container["name"]]
+    args = container["args"]
+    health, metrics = (args[args.index(flag) + 1].rpartition(":")[2]
+                       for flag in ("--health-listen", "--metrics-listen"))
     # The readiness probe is what the manifests say it is.
-    assert container["readinessProbe"]["grpc"] == {"port": 7051, "service": service}
+    assert container["readinessProbe"]["grpc"] == {"port": int(health), "service": service}
     # Alone in its pod the settlement agent cannot reach the committer: after three failed
     # passes it must say so (settler.py), which takes it out of service under a kubelet.
     status = "NOT_SERVING" if node == "settlement" else "SERVING"
@@ -228,8 +237,8 @@ def _check_pod(engine: str, deployment: dict) -> None:
 
     def ready() -> bool:
         nonlocal last
-        result = podman(engine, "exec", "-i", name, "python", "-", service, check=False,
-                        stdin=PROBE)
+        result = podman(engine, "exec", "-i", name, "python", "-", service, health, metrics,
+                        check=False, stdin=PROBE)
         last = result.stdout + result.stderr
         return last.split() == [status, status, "metrics"]
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -30,8 +31,7 @@ OVERLAYS = {"dev": 4, "production": 7}  # orderers in each
 ROLE_MODULES = {"orderer": "gridledger_orderer.main", "committer": "gridledger_committer.main",
                 "endorser": "gridledger_endorser.main",
                 "meter-agent": "gridledger_meter_agent.main"}
-# Flags the manifests use that the shared code does not offer yet (requested; see
-# docs/operations.md). Remove an entry once it lands.
+# A container's declared port (by what it carries) and the flag that makes the node listen there.
 PORTS = {"grpc": "--listen", "metrics": "--metrics-listen", "health": "--health-listen"}
 
 
@@ -95,14 +95,34 @@ def flags(args: list[str]) -> dict[str, str]:
     return result
 
 
-def pod_names(workload: dict) -> list[str]:
-    if workload["kind"] == "StatefulSet":
-        start = workload["spec"].get("ordinals", {}).get("start", 0)
-        return [f"{workload['metadata']['name']}-{i}"
-                for i in range(start, start + workload["spec"]["replicas"])]
-    env = {e["name"]: e.get("value") for e in workload["spec"]["template"]["spec"]
-           ["containers"][0].get("env", [])}
-    return [env["GRIDLEDGER_NAME"]]
+class Node(NamedTuple):
+    """A node as the manifests run it: one container of a workload's pod (a pod may run two
+    nodes of one organisation: the endorser in its committer's pod)."""
+
+    name: str  # GRIDLEDGER_NAME: its identity, and the keys it mounts
+    role: str  # the container's name: orderer, committer, endorser or meter-agent
+    kind: str  # the role, or a meter agent's device role (meter, plant, issuer, settlement)
+    labels: dict  # its pod's labels, which the Services and network policies select
+    workload: dict
+    container: dict
+
+    def port(self, what: str) -> int:
+        """The port it listens on for `what` (a key of PORTS), from its flags."""
+        return port_of(flags(self.container["args"])[PORTS[what]])
+
+
+def nodes(docs: list[dict]) -> list[Node]:
+    found = []
+    for workload in workloads(docs):
+        assert workload["spec"]["replicas"] == 1
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            role = container["name"]
+            kind = labels.get("gridledger.io/device-role", role) if role == "meter-agent" \
+                else role
+            found.append(Node(env["GRIDLEDGER_NAME"], role, kind, labels, workload, container))
+    return found
 
 
 def port_of(address: str) -> int:
@@ -179,9 +199,8 @@ def test_service_monitor_selects_the_metrics_ports(rendered: dict) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_commands_flags_and_environment_exist(rendered: dict, overlay: str) -> None:
     scripts = console_scripts()
-    for workload in workloads(rendered[overlay]):
-        role = component(workload)
-        (container,) = workload["spec"]["template"]["spec"]["containers"]
+    for node in nodes(rendered[overlay]):
+        role, container, workload = node.role, node.container, node.workload
         assert container["command"] == [f"gridledger-{role}"]
         assert container["command"][0] in scripts
         assert container["image"].split(":")[0].endswith(f"gridledger/{role}")
@@ -263,8 +282,9 @@ def test_tls_certificates_cover_the_names_peers_and_clients_dial(
                                     for n in names)
 
     docs = rendered[overlay]
-    for workload in workloads(docs):
-        given = flags(workload["spec"]["template"]["spec"]["containers"][0]["args"])
+    for node in nodes(docs):
+        workload = node.workload
+        given = flags(node.container["args"])
         for flag in ("--peer", "--orderer"):
             for item in given.get(flag, "").split(",") if flag in given else []:
                 name, address = item.split("=", 1)
@@ -272,10 +292,10 @@ def test_tls_certificates_cover_the_names_peers_and_clients_dial(
         for flag in ("--endorser", "--committer"):
             if flag in given:
                 host = given[flag].rpartition(":")[0]
-                target = next(w for w in workloads(docs)
-                              if component(w) == flag.removeprefix("--"))
-                for pod in pod_names(target):
-                    assert covered(host, sans(pod)), (host, pod)
+                targets = [n.name for n in nodes(docs) if n.role == flag.removeprefix("--")]
+                assert targets
+                for target in targets:
+                    assert covered(host, sans(target)), (host, target)
         spec = workload["spec"]["template"]["spec"]
         if "hostname" in spec:
             assert covered(f"{spec['hostname']}.{spec['subdomain']}", sans(spec["hostname"]))
@@ -341,29 +361,98 @@ def _secret_items(spec: dict) -> list[tuple[str, str]]:
     return items
 
 
+def _mounted_secrets(spec: dict, container: dict) -> set[str]:
+    """The node Secrets a container can read: those of the volumes it mounts."""
+    mounted = {m["name"] for m in container["volumeMounts"]}
+    return {name for volume in spec.get("volumes", []) if volume["name"] in mounted
+            for name, _ in _secret_items({"volumes": [volume]})}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_pod_mounts_only_its_own_keys(rendered: dict, overlay: str) -> None:
-    """One compromised pod must not yield another node's keys (a quorum of orderers' signing
-    keys, say): each pod mounts exactly one node Secret, its own, and every node's Secret is
-    mounted by exactly one workload of one replica."""
+def test_every_pod_mounts_only_its_own_keys(rendered: dict, consortiums: dict,
+                                            overlay: str) -> None:
+    """One compromised pod must not yield another organisation's keys, nor another node's
+    of its own beyond the pod (a quorum of orderers' signing keys, say): each container
+    mounts exactly one node Secret, its own node's; a pod holds only the Secrets of the nodes
+    it runs, all of one organisation (the endorser shares its committer's pod); and every
+    node's Secret is mounted by exactly one container of one single-replica workload."""
+    genesis = Genesis.load(consortiums[OVERLAYS[overlay]]["dir"] / "genesis.json")
     mounted_by: dict[str, list[str]] = {}
-    roles = set()
     for workload in workloads(rendered[overlay]):
-        roles.add(component(workload))
         spec = workload["spec"]["template"]["spec"]
-        (name,) = pod_names(workload)  # one pod per workload: a Secret per pod
+        run = nodes([workload])
         items = _secret_items(spec)
-        assert {secret for secret, _ in items} == {f"gridledger-node-{name}"}, (name, items)
+        assert {secret for secret, _ in items} == {f"gridledger-node-{n.name}" for n in run}
         assert {path for _, path in items} == {
-            f"nodes/{name}/{f}" for f in ("signing.pem", "signing.key", "tls.pem", "tls.key")}
-        for container in spec["containers"]:
-            for mount in container["volumeMounts"]:
+            f"nodes/{n.name}/{f}" for n in run
+            for f in ("signing.pem", "signing.key", "tls.pem", "tls.key")}
+        assert len({genesis.accounts[n.name].org for n in run}) == 1, [n.name for n in run]
+        for node in run:
+            assert _mounted_secrets(spec, node.container) == {f"gridledger-node-{node.name}"}
+            for mount in node.container["volumeMounts"]:
                 assert "subPathExpr" not in mount  # what a pod may read is what it mounts
-        mounted_by.setdefault(f"gridledger-node-{name}", []).append(workload["metadata"]["name"])
-    assert roles == {"orderer", "committer", "endorser", "meter-agent"}
+            mounted_by.setdefault(f"gridledger-node-{node.name}", []).append(
+                f"{workload['metadata']['name']}/{node.role}")
+    assert {n.role for n in nodes(rendered[overlay])} == {
+        "orderer", "committer", "endorser", "meter-agent"}
     assert all(len(users) == 1 for users in mounted_by.values()), mounted_by
     assert len([s for s in mounted_by if s.startswith("gridledger-node-orderer-")]) == \
         OVERLAYS[overlay]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_node_listens_on_the_ports_its_pod_declares_and_services_target(
+        rendered: dict, overlay: str) -> None:
+    """Containers of one pod share its network namespace: their ports must differ, each
+    container must declare the ports its flags listen on (and probe its own health port),
+    and every Service must target, by name, a port its pods declare, of the role it serves
+    (the endorser's Service the endorser's port in its committer's pod)."""
+    docs = rendered[overlay]
+    declared: dict[str, dict[str, tuple[int, str]]] = {}  # workload -> name -> (port, role)
+    for node in nodes(docs):
+        ports = {p["name"]: p["containerPort"] for p in node.container["ports"]}
+        assert sorted(ports.values()) == sorted(node.port(what) for what in PORTS), node.name
+        health = node.port("health")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert node.container[probe]["grpc"]["port"] == health, (node.name, probe)
+        pod = declared.setdefault(node.workload["metadata"]["name"], {})
+        for name, port in ports.items():
+            assert name not in pod and port not in {p for p, _ in pod.values()}, node.name
+            pod[name] = (port, node.role)
+    for service in [d for d in docs if d["kind"] == "Service"]:
+        role = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        selected = [w for w in workloads(docs)
+                    if matches({"matchLabels": service["spec"]["selector"]},
+                               w["spec"]["template"]["metadata"]["labels"])]
+        assert selected, service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            for workload in selected:
+                target = declared[workload["metadata"]["name"]][port["targetPort"]]
+                assert target[1] == role, (service["metadata"]["name"], port)
+                kind = "grpc" if port["name"] == "grpc" else "metrics"
+                assert any(target[0] == n.port(kind) for n in nodes([workload])
+                           if n.role == role)
+        # Annotation-based scraping: a Service's annotations name its role's metrics port.
+        annotated = service["metadata"].get("annotations", {}).get("prometheus.io/port")
+        if annotated is not None:
+            assert {int(annotated)} == {n.port("metrics") for w in selected
+                                        for n in nodes([w]) if n.role == role}
+    # ... and a pod's name the metrics port of its own component (the committer's in
+    # committer-1's pod); every node is scraped by one of the two.
+    scraped = set()
+    for workload in workloads(docs):
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        (node,) = [n for n in nodes([workload]) if n.role == component(workload)]
+        assert int(annotations["prometheus.io/port"]) == node.port("metrics")
+        scraped.add(node.name)
+    for service in [d for d in docs if d["kind"] == "Service"
+                    and "prometheus.io/port" in d["metadata"].get("annotations", {})]:
+        scraped |= {n.name for w in workloads(docs) for n in nodes([w])
+                    if matches({"matchLabels": service["spec"]["selector"]},
+                               w["spec"]["template"]["metadata"]["labels"])
+                    and n.port("metrics") == int(service["metadata"]["annotations"][
+                        "prometheus.io/port"])}
+    assert scraped == {n.name for n in nodes(docs)}
 
 
 # -- network policies -------------------------------------------------------------------------
@@ -440,12 +529,15 @@ def test_meters_reach_the_agents_they_call(rendered: dict, overlay: str) -> None
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_allow_only_the_protocol(rendered: dict, overlay: str) -> None:
+    """Between every two nodes (by their pods' labels, to the port the callee listens on;
+    the endorser at its own port in its committer's pod), exactly the protocol's calls; no
+    node reaches another's metrics, and Prometheus reaches every node's metrics only."""
     docs = rendered[overlay]
     deny = [d for d in docs if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"] == {}]
     assert len(deny) == 1 and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert not deny[0]["spec"].get("ingress") and not deny[0]["spec"].get("egress")
-    labels = {kind(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)}
-    assert {"meter", "plant", "issuer", "settlement"} <= set(labels)
+    every = nodes(docs)
+    assert {"meter", "plant", "issuer", "settlement", "endorser"} <= {n.kind for n in every}
     devices = ("meter", "plant", "issuer", "settlement")
     flows = {(d, s) for d in devices for s in ("endorser", "committer")} | {
         ("endorser", "orderer"), ("committer", "orderer"), ("orderer", "orderer"),
@@ -453,16 +545,20 @@ def test_network_policies_allow_only_the_protocol(rendered: dict, overlay: str) 
         # other meters' and plants' agents; plants, the issuer and the settlement agent call
         # no agent.
         ("meter", "meter"), ("meter", "plant")}
-    for src in labels:
-        for dst in labels:
-            expected = (src, dst) in flows
-            assert allowed(docs, labels[src], labels[dst], 7050) == expected, (src, dst)
-            assert not allowed(docs, labels[src], labels[dst], 9464), (src, dst)
+    for src in every:
+        for dst in every:
+            if src.workload is dst.workload:
+                continue  # one pod: loopback, which no policy governs
+            expected = (src.kind, dst.kind) in flows
+            grpc, metrics = dst.port("grpc"), dst.port("metrics")
+            assert allowed(docs, src.labels, dst.labels, grpc) == expected, (src, dst)
+            assert not allowed(docs, src.labels, dst.labels, metrics), (src.name, dst.name)
     prometheus = {"app.kubernetes.io/name": "prometheus"}
-    for dst in labels.values():
-        assert allowed(docs, prometheus, dst, 9464, src_ns="monitoring")
-        assert not allowed(docs, prometheus, dst, 7050, src_ns="monitoring")
-        assert not allowed(docs, {"app": "other"}, dst, 9464, src_ns="monitoring")
+    for dst in every:
+        assert allowed(docs, prometheus, dst.labels, dst.port("metrics"), src_ns="monitoring")
+        assert not allowed(docs, prometheus, dst.labels, dst.port("grpc"), src_ns="monitoring")
+        assert not allowed(docs, {"app": "other"}, dst.labels, dst.port("metrics"),
+                           src_ns="monitoring")
 
 
 # -- the initiating organisation's settlement agent (issue 14) --------------------------------
@@ -504,9 +600,10 @@ def test_settlement_agent_runs_with_only_its_key_and_reaches_only_the_ledger(
             assert f"gridledger-node-{kept_off}" not in mounted, workload["metadata"]["name"]
 
     labels = agent["spec"]["template"]["metadata"]["labels"]
-    by_kind = {kind(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)}
-    for dst in ("endorser", "committer"):
-        assert allowed(docs, labels, by_kind[dst], 7050), dst
+    every = nodes(docs)
+    ledger = [n for n in every if n.kind in ("endorser", "committer")]
+    for dst in ledger:
+        assert allowed(docs, labels, dst.labels, dst.port("grpc")), dst.name
     reached = set()
     for policy in [d for d in docs if d["kind"] == "NetworkPolicy"
                    and matches(d["spec"]["podSelector"], labels)
@@ -519,11 +616,13 @@ def test_settlement_agent_runs_with_only_its_key_and_reaches_only_the_ledger(
                     assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
                     assert {p["port"] for p in rule["ports"]} == {53}
                     continue
-                assert [p["port"] for p in rule["ports"]] == [7050]
-                reached |= {k for k, lab in by_kind.items() if matches(peer["podSelector"], lab)}
+                ports = [p["port"] for p in rule["ports"]]
+                peers = [n for n in every if matches(peer["podSelector"], n.labels)]
+                assert ports in [[n.port("grpc")] for n in peers], ports  # gRPC only
+                reached |= {n.kind for n in peers if [n.port("grpc")] == ports}
     assert reached == {"endorser", "committer"}, reached
-    for src in by_kind.values():
-        assert not allowed(docs, src, labels, 7050)
+    for src in every:
+        assert not allowed(docs, src.labels, labels, 7050)
 
 
 def test_secrets_script_on_one_organisations_directory(tmp_path: Path) -> None:

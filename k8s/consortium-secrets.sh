@@ -3,7 +3,8 @@
 #   ConfigMap gridledger-consortium     genesis.json and tls-ca-bundle.pem (public)
 #   Secret gridledger-node-<name>       signing.pem, signing.key, tls.pem, tls.key of one node
 # printed as YAML on stdout. Each Secret is mounted by exactly one pod, that node's (one
-# Deployment per node, see k8s/base/nodes/), so a compromised pod holds only its own keys.
+# Deployment per node, see k8s/base/nodes/; endorser-1 runs in committer-1's pod, both of one
+# organisation), so a compromised pod holds only its own nodes' keys.
 # Identities that no pod runs get no Secret and stay off the cluster: the operators' CLI keys
 # (role admin: gridctl, registrations, revocations; role treasury: `gridctl account fund`)
 # and the genesis balancing account (settlement.balancing_account), whose key no process

@@ -217,8 +217,14 @@ SERVICES = {"orderer": "gridledger.orderer.v1.OrdererService",
 
 
 def _check_pod(engine: str, deployment: dict) -> None:
-    for container in deployment["spec"]["template"]["spec"]["containers"]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    for container in containers:
         _check_container(engine, deployment, container)
+    if len(containers) > 1:  # the endorser beside its committer: one PID namespace (LMDB)
+        namespaces = {podman(engine, "exec", f"{deployment['metadata']['name']}-pod-0-"
+                             f"{c['name']}", "readlink", "/proc/self/ns/pid").stdout.strip()
+                      for c in containers}
+        assert len(namespaces) == 1, namespaces
 
 
 def _check_container(engine: str, deployment: dict, container: dict) -> None:

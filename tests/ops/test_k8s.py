@@ -386,6 +386,10 @@ def test_every_pod_mounts_only_its_own_keys(rendered: dict, consortiums: dict,
         assert {path for _, path in items} == {
             f"nodes/{n.name}/{f}" for n in run
             for f in ("signing.pem", "signing.key", "tls.pem", "tls.key")}
+        # One node a pod, or an endorser beside a committer of its own organisation: never
+        # two orderers (a quorum's keys), nor nodes of two organisations.
+        assert len(run) == 1 or sorted(n.role for n in run) == ["committer", "endorser"], \
+            [n.name for n in run]
         assert len({genesis.accounts[n.name].org for n in run}) == 1, [n.name for n in run]
         for node in run:
             assert _mounted_secrets(spec, node.container) == {f"gridledger-node-{node.name}"}
@@ -401,6 +405,41 @@ def test_every_pod_mounts_only_its_own_keys(rendered: dict, consortiums: dict,
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_endorser_reads_its_committers_ledger_in_one_pod(rendered: dict,
+                                                              overlay: str) -> None:
+    """Every endorser runs beside a committer, reading its ledger: `--committer-ledger` is the
+    committer's `--data-dir` + /ledger, on one volume both mount read-write at those paths
+    (the endorser must write LMDB's lock file), in one PID namespace (LMDB registers readers
+    by process id), with no data directory of its own. Both ask every orderer."""
+    docs = rendered[overlay]
+    endorsers = [n for n in nodes(docs) if n.role == "endorser"]
+    assert endorsers
+    orderers = {n.name for n in nodes(docs) if n.role == "orderer"}
+    for endorser in endorsers:
+        spec = endorser.workload["spec"]["template"]["spec"]
+        (committer,) = [n for n in nodes([endorser.workload]) if n.role == "committer"]
+        assert spec["shareProcessNamespace"] is True
+        given, committer_given = flags(endorser.container["args"]), flags(
+            committer.container["args"])
+        assert given["--committer-ledger"] == f"{committer_given['--data-dir']}/ledger"
+
+        def data_mount(node: Node, path: str) -> dict:
+            (mount,) = [m for m in node.container["volumeMounts"] if m["mountPath"] == path]
+            return mount
+        ours = data_mount(endorser, given["--data-dir"])
+        theirs = data_mount(committer, committer_given["--data-dir"])
+        assert ours["name"] == theirs["name"] and ours["mountPath"] == theirs["mountPath"]
+        assert not ours.get("readOnly") and not theirs.get("readOnly")
+        for node in (endorser, committer):
+            asked = {item.split("=", 1)[0]
+                     for item in flags(node.container["args"])["--orderer"].split(",")}
+            assert asked == orderers, (node.name, asked)
+    # No other endorser Deployment, and no volume claim of its own.
+    names = {d["metadata"]["name"] for d in docs}
+    assert not names & {"endorser-1", "endorser-1-data"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_node_listens_on_the_ports_its_pod_declares_and_services_target(
         rendered: dict, overlay: str) -> None:
     """Containers of one pod share its network namespace: their ports must differ, each
@@ -411,6 +450,9 @@ def test_each_node_listens_on_the_ports_its_pod_declares_and_services_target(
     declared: dict[str, dict[str, tuple[int, str]]] = {}  # workload -> name -> (port, role)
     for node in nodes(docs):
         ports = {p["name"]: p["containerPort"] for p in node.container["ports"]}
+        for name in ports:  # IANA_SVC_NAME, which the schema does not check
+            assert len(name) <= 15 and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name) \
+                and re.search("[a-z]", name), name
         assert sorted(ports.values()) == sorted(node.port(what) for what in PORTS), node.name
         health = node.port("health")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):

@@ -10,6 +10,11 @@ failure like a Deployment's pod, and serve plaintext health on a `--health-liste
 for the kubelet. Networking is the host's (this machine has no container network set up), so
 every node keeps its own loopback ports from the plan instead of 7050/7051/9464.
 
+With podman, an endorser runs as the manifests run it: in a pod with its organisation's
+committer (one PID namespace, held by the pod's infra container, so either container can
+restart alone), the committer's data volume mounted at the same path, reading its ledger
+(`--committer-ledger`). Docker has no pods: there the endorser keeps a replica of its own.
+
 `<dir>/containers.json` records the engine and the container of every node; its presence
 makes `gridctl devnet status/down` (and `devnet.stop`) act on the containers.
 """
@@ -96,14 +101,29 @@ def _chown(path: Path) -> None:
         os.chown(path, UID, UID)
 
 
-def container_args(node: devnet.Node) -> list[str]:
-    """The node's planned flags with the manifests' in-container paths. An endorser keeps
-    its own replica: these containers are not one pod (the manifests run it in its
-    committer's pod), so a container sees only its own data volume and PID namespace."""
-    args = devnet.with_own_replica(node.args)
-    for flag, value in (("--consortium-dir", CONSORTIUM_MOUNT), ("--data-dir", DATA_MOUNT)):
-        args[args.index(flag) + 1] = value
+def container_args(node: devnet.Node, beside: devnet.Node | None = None) -> list[str]:
+    """The node's planned flags with the manifests' in-container paths. `beside`: the
+    committer in whose pod an endorser runs (its data volume at DATA_MOUNT, so the ledger at
+    DATA_MOUNT/ledger); without one an endorser keeps its own replica (a container outside
+    its committer's pod sees only its own data volume and PID namespace)."""
+    args = list(node.args) if beside is not None else devnet.with_own_replica(node.args)
+    for flag, value in (("--consortium-dir", CONSORTIUM_MOUNT), ("--data-dir", DATA_MOUNT),
+                        (devnet.COMMITTER_LEDGER, f"{DATA_MOUNT}/ledger")):
+        if flag in args:
+            args[args.index(flag) + 1] = value
     return args
+
+
+def pods(network: devnet.Network) -> dict[str, devnet.Node]:
+    """endorser name -> the committer whose ledger it reads (`--committer-ledger` in the
+    plan): the two that share a pod."""
+    by_ledger = {str(Path(c.data_dir) / "ledger"): c for c in network.by_role("committer")}
+    return {e.name: by_ledger[e.args[e.args.index(devnet.COMMITTER_LEDGER) + 1]]
+            for e in network.by_role("endorser") if devnet.COMMITTER_LEDGER in e.args}
+
+
+def pod_name(network: devnet.Network, committer: devnet.Node) -> str:
+    return f"{container_name(network, committer)}-pod"
 
 
 def plan(network: devnet.Network) -> None:
@@ -122,15 +142,23 @@ def start(network: devnet.Network, *, tag: str = "dev", wait: float = 120.0) -> 
         raise SystemExit(f"images missing: {', '.join(f'gridledger/{r}:{tag}' for r in missing)};"
                          " build them with `make images`")
     plan(network)
+    shared = pods(network) if eng == "podman" else {}
     # Recorded before any container is made, so a failed start still stops what it started.
     record = {"engine": eng, "tag": tag,
-              "containers": {n.name: container_name(network, n) for n in network.nodes}}
+              "containers": {n.name: container_name(network, n) for n in network.nodes},
+              "pods": sorted({pod_name(network, c) for c in shared.values()})}
     (network.directory / RECORD).write_text(json.dumps(record, indent=2))
     (network.directory / "logs").mkdir(parents=True, exist_ok=True)
     try:
+        for committer in shared.values():
+            _make_pod(eng, network, committer)
+        hosts = {c.name: c for c in shared.values()}  # committers with an endorser
         for role in devnet.ROLE_ORDER:
             for node in network.by_role(role):
-                _run_node(eng, network, node, tag)
+                beside = shared.get(node.name)
+                host = beside or hosts.get(node.name)  # the committer of its pod, if any
+                _run_node(eng, network, node, tag, beside=beside,
+                          pod=pod_name(network, host) if host is not None else None)
             refresh(network)
             network.save()
             for node in network.by_role(role):
@@ -141,10 +169,22 @@ def start(network: devnet.Network, *, tag: str = "dev", wait: float = 120.0) -> 
     network.save()
 
 
-def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str) -> None:
+def _make_pod(eng: str, network: devnet.Network, committer: devnet.Node) -> None:
+    """A committer's pod, the host's network, one PID namespace (LMDB tells live readers
+    from dead ones by process id) held by the pod's infra container."""
+    name = pod_name(network, committer)
+    run(eng, "pod", "rm", "--force", name, check=False)
+    run(eng, "pod", "create", "--name", name, "--network", "host", "--share", "pid,ipc,uts",
+        "--label", f"io.gridledger.devnet={network.directory.resolve()}")
+
+
+def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str, *,
+              beside: devnet.Node | None = None, pod: str | None = None) -> None:
+    """`pod`: the pod it joins (else the host's network); `beside`: for an endorser, the
+    committer whose data volume it mounts and whose ledger it reads."""
     name = container_name(network, node)
     run(eng, "rm", "--force", name, check=False)
-    data = Path(node.data_dir)
+    data = Path((beside or node).data_dir)
     data.mkdir(parents=True, exist_ok=True)
     _chown(data)
     consortium = _stage_consortium(network, node)
@@ -152,7 +192,8 @@ def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str) ->
     log.unlink(missing_ok=True)
     # Podman writes the container's output to the node's usual log file; Docker keeps its own.
     logging = ["--log-driver", "k8s-file", "--log-opt", f"path={log}"] if eng == "podman" else []
-    run(eng, "run", "--detach", "--name", name, "--network", "host",
+    placed = ["--pod", pod] if pod is not None else ["--network", "host"]
+    run(eng, "run", "--detach", "--name", name, *placed,
         "--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--restart", "always", "--stop-timeout", "10",
@@ -161,7 +202,7 @@ def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str) ->
         *logging,
         "--volume", f"{consortium}:{CONSORTIUM_MOUNT}:ro",
         "--volume", f"{data}:{DATA_MOUNT}",
-        f"gridledger/{node.role}:{tag}", *container_args(node))
+        f"gridledger/{node.role}:{tag}", *container_args(node, beside))
 
 
 def _record(network: devnet.Network) -> dict:
@@ -216,6 +257,8 @@ def stop(network: devnet.Network) -> None:
         if names:
             run(eng, "stop", "--time", "10", *names, check=False)
             run(eng, "rm", "--force", *names, check=False)
+    for pod in doc.get("pods", []):
+        run(eng, "pod", "rm", "--force", pod, check=False)
     for node in network.nodes:
         node.pid = 0
     network.save()

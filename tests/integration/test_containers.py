@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from devnet_support import committer_stub, dump_logs_on_failure, height, same_chain, wait_for
+from devnet_support import (
+    committer_stub,
+    dump_logs_on_failure,
+    height,
+    metric,
+    same_chain,
+    wait_for,
+)
 from kube_play_support import playable
 from test_readme_grpcurl import readme_commands
 
@@ -102,6 +109,9 @@ def network(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         left = podman(engine, "ps", "-a", "--filter",
                       f"label=io.gridledger.devnet={directory.resolve()}", "-q").stdout
         assert not left.strip(), "devnet down left containers behind"
+        pods = podman(engine, "pod", "ls", "--filter",
+                      f"label=io.gridledger.devnet={directory.resolve()}", "-q").stdout
+        assert not pods.strip(), "devnet down left a pod behind"
 
 
 class TestContainerisedConsortium:
@@ -114,14 +124,29 @@ class TestContainerisedConsortium:
         for node in network.nodes:
             state = states[node.name]
             assert state["running"] and state["read_only"], node.name
-            uid = Path(f"/proc/{state['pid']}/status").read_text().split("Uid:")[1].split()[0]
-            assert uid == "10001", node.name
+            # The node's own process (in a pod, PID 1 of the namespace is the infra's).
+            status = Path(f"/proc/{state['pid']}/status").read_text()
+            assert status.split("Uid:")[1].split()[0] == "10001", node.name
+            assert status.split("CapEff:")[1].split()[0] == "0000000000000000", node.name
             name = devnet_containers.container_name(network, node)
             inside = podman(engine, "exec", name, "sh", "-c",
-                            "ls /etc/gridledger/consortium; ls /etc/gridledger/consortium/nodes; "
-                            "grep -c CapEff:.0000000000000000 /proc/1/status").stdout.split()
-            assert inside == ["genesis.json", "nodes", "tls-ca-bundle.pem", node.name, "1"], \
+                            "ls /etc/gridledger/consortium; ls /etc/gridledger/consortium/nodes"
+                            ).stdout.split()
+            assert inside == ["genesis.json", "nodes", "tls-ca-bundle.pem", node.name], \
                 (node.name, inside)
+
+    def test_the_endorser_reads_its_committers_ledger_in_their_pod(
+            self, engine: str, network: devnet.Network) -> None:
+        """As the manifests run it: endorser-1 in committer-1's pod, one PID namespace (the
+        infra container's, not the committer's: either restarts alone), reading the ledger
+        on committer-1's volume."""
+        pid_ns = {name: podman(engine, "exec", devnet_containers.container_name(
+                      network, network.node(name)), "readlink", "/proc/self/ns/pid").stdout
+                  for name in ("endorser-1", "committer-1", "committer-2")}
+        assert pid_ns["endorser-1"] == pid_ns["committer-1"] != pid_ns["committer-2"]
+        args = json.loads(podman(engine, "inspect", devnet_containers.container_name(
+            network, network.node("endorser-1"))).stdout)[0]["Config"]["Cmd"]
+        assert args[args.index("--committer-ledger") + 1] == "/var/lib/gridledger/ledger"
 
     def test_committers_commit_identical_blocks(self, network: devnet.Network) -> None:
         c1 = committer_stub(network, "committer-1")
@@ -159,6 +184,32 @@ class TestContainerisedConsortium:
         target = height(c1) + 2  # blocks committed while it was down and after
         wait_for(lambda: height(c2) >= target, 180, f"committer-2 to reach height {target}")
         assert same_chain(network) >= target
+
+    def test_the_pods_committer_crashes_and_its_endorser_keeps_reading(
+            self, network: devnet.Network) -> None:
+        """committer-1 SIGKILLed in its pod: the engine restarts it alone (the endorser
+        beside it is not restarted: the pod's infra container holds their PID namespace),
+        and the endorser is SERVING again and follows the blocks committer-1 writes after
+        its restart."""
+        victim, endorser = network.node("committer-1"), network.node("endorser-1")
+        before = devnet_containers.state(network)
+        devnet_containers.kill(network, victim)
+        wait_for(lambda: devnet_containers.state(network)[victim.name]["restarts"]
+                 > before[victim.name]["restarts"] and devnet_containers.state(network)[
+                     victim.name]["running"], 60, "the engine to restart committer-1")
+        devnet_containers.refresh(network)
+        devnet.wait_healthy(network, victim, 120)
+        after = devnet_containers.state(network)[endorser.name]
+        assert after["running"] and after["restarts"] == before[endorser.name]["restarts"]
+        assert after["pid"] == before[endorser.name]["pid"]
+        devnet.wait_healthy(network, endorser, 60)
+        # The demo's readings keep coming: blocks committer-1 writes after its restart reach
+        # the endorser's read of its ledger.
+        c1 = committer_stub(network, "committer-1")
+        target = height(c1) + 2
+        wait_for(lambda: (metric(endorser, "gridledger_ledger_height") or 0) >= target, 120,
+                 f"the endorser's read of committer-1's ledger to reach height {target}")
+        devnet.wait_healthy(network, endorser, 10)
 
 
 def test_kube_play_runs_the_dev_overlay(engine: str, tmp_path: Path) -> None:

@@ -67,3 +67,24 @@ def test_an_endorser_never_takes_another_organisations_committer() -> None:
     orgs = {"endorser-9": "utility", "committer-1": "gridops", "committer-2": "utility"}
     assert devnet.own_committer(endorser, others, orgs) is others[1]
     assert devnet.own_committer(endorser, others[:1], orgs) is None
+
+
+def test_with_podman_an_endorser_shares_its_committers_pod_and_reads_its_ledger(
+        consortium_dir: Path, tmp_path: Path) -> None:
+    """As the manifests run it: the endorser beside the committer of its own organisation
+    (the plan's --committer-ledger), that committer's volume at the same path, so the
+    ledger at /var/lib/gridledger/ledger; without a pod (Docker) a replica of its own."""
+    network = devnet.plan(tmp_path, consortium_dir, demo=False)
+    devnet_containers.plan(network)
+    shared = devnet_containers.pods(network)
+    assert {e: c.name for e, c in shared.items()} == {"endorser-1": "committer-1"}
+    endorser = network.node("endorser-1")
+    args = devnet_containers.container_args(endorser, shared["endorser-1"])
+    given = dict(zip(args[::2], args[1::2], strict=False))
+    assert given["--committer-ledger"] == "/var/lib/gridledger/ledger"
+    assert given["--data-dir"] == "/var/lib/gridledger"
+    assert len(args) == len(endorser.args)
+    assert devnet.COMMITTER_LEDGER not in devnet_containers.container_args(endorser)
+    assert devnet_containers.pod_name(network, shared["endorser-1"]) == \
+        devnet_containers.container_name(network, network.node("committer-1")) + "-pod"
+

@@ -1,8 +1,14 @@
 """Where each role's CPU goes under load: py-spy samples every node process during the
 measured window, keeping only the thread that holds the GIL (Python running, or C code
-called without releasing it, as Ed25519 verification is; an fsync or a wait on the network
+called without releasing it, as protobuf's parsing is; an fsync or a wait on the network
 releases it and does not count). The collapsed stacks are summarised per role as the
-functions holding the most samples (self) and the most stacks (inclusive)."""
+functions holding the most samples (self) and the most stacks (inclusive).
+
+Ed25519 verification (libsodium through PyNaCl's cffi bindings) releases the GIL, so these
+profiles show only its Python wrapper: a commit replay sampled without `--gil` puts 37 % of
+a committer's commit CPU in `crypto_sign_open` where the GIL profile of the live committer
+shows 5 % (docs/performance.md, twenty-second round). Read a role's share of signature
+checks from the commit replay or from `--gil`-less samples, not from here."""
 
 from __future__ import annotations
 

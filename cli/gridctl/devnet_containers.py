@@ -12,8 +12,9 @@ every node keeps its own loopback ports from the plan instead of 7050/7051/9464.
 
 With podman, an endorser runs as the manifests run it: in a pod with its organisation's
 committer (one PID namespace, held by the pod's infra container, so either container can
-restart alone), the committer's data volume mounted at the same path, reading its ledger
-(`--committer-ledger`). Docker has no pods: there the endorser keeps a replica of its own.
+restart alone), as its own user in the committer's group, the committer's data volume
+mounted at the same path, reading its ledger (`--committer-ledger`). Docker has no pods:
+there the endorser keeps a replica of its own.
 
 `<dir>/containers.json` records the engine and the container of every node; its presence
 makes `gridctl devnet status/down` (and `devnet.stop`) act on the containers.
@@ -35,6 +36,10 @@ RECORD = "containers.json"
 CONSORTIUM_MOUNT = "/etc/gridledger/consortium"
 DATA_MOUNT = "/var/lib/gridledger"
 UID = 10001
+# An endorser in its committer's pod runs as its own user in the committer's group, as in
+# the manifests: in one PID namespace a container of the same user could read the other's
+# keys through /proc/<pid>/root.
+ENDORSER_UID = 10002
 KEY_FILES = ("signing.pem", "signing.key", "tls.pem", "tls.key")
 # deploy/images/containers.conf of the source tree gridctl runs from (an editable install).
 _CONF = Path(__file__).resolve().parents[2] / "deploy" / "images" / "containers.conf"
@@ -193,6 +198,8 @@ def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str, *,
     # Podman writes the container's output to the node's usual log file; Docker keeps its own.
     logging = ["--log-driver", "k8s-file", "--log-opt", f"path={log}"] if eng == "podman" else []
     placed = ["--pod", pod] if pod is not None else ["--network", "host"]
+    if beside is not None:
+        placed += ["--user", f"{ENDORSER_UID}:{UID}"]
     run(eng, "run", "--detach", "--name", name, *placed,
         "--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",

@@ -41,6 +41,12 @@ BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 
+def _pid_inside(host_pid: int) -> int:
+    """A process's id in its own PID namespace (the last of NSpid in its status)."""
+    status = Path(f"/proc/{host_pid}/status").read_text()
+    return int(status.split("NSpid:")[1].splitlines()[0].split()[-1])
+
+
 def engine_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy/images/containers.conf")}
 
@@ -124,9 +130,12 @@ class TestContainerisedConsortium:
         for node in network.nodes:
             state = states[node.name]
             assert state["running"] and state["read_only"], node.name
-            # The node's own process (in a pod, PID 1 of the namespace is the infra's).
+            # The node's own process (in a pod, PID 1 of the namespace is the infra's); the
+            # endorser in its committer's pod as its own user, in the committer's group.
             status = Path(f"/proc/{state['pid']}/status").read_text()
-            assert status.split("Uid:")[1].split()[0] == "10001", node.name
+            user = "10002" if node.name == "endorser-1" else "10001"
+            assert status.split("Uid:")[1].split()[0] == user, node.name
+            assert status.split("Gid:")[1].split()[0] == "10001", node.name
             assert status.split("CapEff:")[1].split()[0] == "0000000000000000", node.name
             name = devnet_containers.container_name(network, node)
             inside = podman(engine, "exec", name, "sh", "-c",
@@ -147,6 +156,13 @@ class TestContainerisedConsortium:
         args = json.loads(podman(engine, "inspect", devnet_containers.container_name(
             network, network.node("endorser-1"))).stdout)[0]["Config"]["Cmd"]
         assert args[args.index("--committer-ledger") + 1] == "/var/lib/gridledger/ledger"
+        # Its own user: the committer's keys are out of its reach through /proc.
+        pid = devnet_containers.state(network)["committer-1"]["pid"]
+        tried = podman(engine, "exec", devnet_containers.container_name(
+            network, network.node("endorser-1")), "sh", "-c",
+            f"cat /proc/{_pid_inside(pid)}/root/etc/gridledger/consortium/nodes/committer-1/"
+            "signing.key 2>&1; true").stdout
+        assert "Permission denied" in tried and "PRIVATE KEY" not in tried, tried
 
     def test_committers_commit_identical_blocks(self, network: devnet.Network) -> None:
         c1 = committer_stub(network, "committer-1")
@@ -272,10 +288,18 @@ def _check_pod(engine: str, deployment: dict) -> None:
     for container in containers:
         _check_container(engine, deployment, container)
     if len(containers) > 1:  # the endorser beside its committer: one PID namespace (LMDB)
-        namespaces = {podman(engine, "exec", f"{deployment['metadata']['name']}-pod-0-"
-                             f"{c['name']}", "readlink", "/proc/self/ns/pid").stdout.strip()
-                      for c in containers}
+        names = [f"{deployment['metadata']['name']}-pod-0-{c['name']}" for c in containers]
+        namespaces = {podman(engine, "exec", name, "readlink", "/proc/self/ns/pid"
+                             ).stdout.strip() for name in names}
         assert len(namespaces) == 1, namespaces
+        # ... and each its own user: neither reads the other's keys through /proc.
+        for name, other in ((names[0], containers[1]), (names[1], containers[0])):
+            node = next(e["value"] for e in other["env"] if e["name"] == "GRIDLEDGER_NAME")
+            tried = podman(engine, "exec", name, "sh", "-c",
+                           f"for p in /proc/[0-9]*; do grep -qs gridledger-{other['name']} "
+                           f"$p/cmdline && cat $p/root/etc/gridledger/consortium/nodes/{node}"
+                           "/signing.key; done 2>&1; true").stdout
+            assert "Permission denied" in tried and "PRIVATE KEY" not in tried, tried
 
 
 def _check_container(engine: str, deployment: dict, container: dict) -> None:
@@ -303,5 +327,7 @@ def _check_container(engine: str, deployment: dict, container: dict) -> None:
     inside = podman(engine, "exec", name, "sh", "-c",
                     "id -u; ls /etc/gridledger/consortium/nodes; touch /x 2>&1 || true").stdout
     uid, keys, touched = inside.splitlines()[:3]
-    assert (uid, keys) == ("10001", node), inside
+    user = container["securityContext"].get(
+        "runAsUser", deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"])
+    assert (uid, keys) == (str(user), node), inside
     assert "Read-only file system" in touched

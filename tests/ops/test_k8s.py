@@ -419,6 +419,13 @@ def test_the_endorser_reads_its_committers_ledger_in_one_pod(rendered: dict,
         spec = endorser.workload["spec"]["template"]["spec"]
         (committer,) = [n for n in nodes([endorser.workload]) if n.role == "committer"]
         assert spec["shareProcessNamespace"] is True
+        # Its own user in the committer's group: one PID namespace lets a container read
+        # another's files through /proc/<pid>/root only when both run as the same user.
+        user = {n.role: n.container["securityContext"].get(
+            "runAsUser", spec["securityContext"]["runAsUser"]) for n in (endorser, committer)}
+        assert user["endorser"] != user["committer"], user
+        assert "runAsGroup" not in endorser.container["securityContext"]
+        assert spec["securityContext"]["runAsGroup"] == spec["securityContext"]["fsGroup"]
         given, committer_given = flags(endorser.container["args"]), flags(
             committer.container["args"])
         assert given["--committer-ledger"] == f"{committer_given['--data-dir']}/ledger"

@@ -19,6 +19,8 @@ Settings and why:
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -39,20 +41,36 @@ def _identity(path: Path) -> tuple[tuple[int, int], ...]:
     return tuple((stat.st_dev, stat.st_ino) for stat in stats)
 
 
+def _group_writable(lock: Path) -> None:
+    """Add group write to the lock file (what the process umask took away). An endorser
+    beside its committer runs as its own user in the committer's group, so that neither can
+    read the other's keys through /proc (docs/operations.md, "Endorser"); it needs to write
+    this file. A file this process cannot change is left as it is: the endorser then refuses
+    to start and says why."""
+    mode = lock.stat().st_mode
+    if not mode & stat.S_IWGRP:
+        with contextlib.suppress(OSError):
+            os.chmod(lock, stat.S_IMODE(mode) | stat.S_IWGRP)
+
+
 class StoreFull(lmdb.MapFullError):
     """The store reached its map size: a node fault (like a full disk), never a verdict."""
 
 
 class LmdbStore:
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, group_readers: bool = False) -> None:
         """`readonly`: another process writes these files (an endorser reading its
-        committer's ledger); `map_size` 0 then takes the writer's."""
+        committer's ledger); `map_size` 0 then takes the writer's. `group_readers` (the
+        writer): such readers may run as another user of this process's group, so the lock
+        file, where LMDB's readers register, is made group-writable."""
         if not readonly:
             path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._env = lmdb.open(str(path), map_size=map_size, sync=sync, metasync=sync,
                               max_readers=512, max_dbs=0, readonly=readonly, lock=True)
+        if group_readers and not readonly:
+            _group_writable(path / "lock.mdb")
         self._files = _identity(path)  # after the open: the files it opened, or newer
         self._commits = 0
         # Free the reader slots of processes that died holding one (an endorser killed while

@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "SubscribeCommits stream or two")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
-    store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args))
+    # Its organisation's endorser may read this ledger as another user of the same group.
+    store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args),
+                      group_readers=True)
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     notifier = HeightNotifier(lambda: ledger.height)

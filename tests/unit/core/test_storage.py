@@ -1,8 +1,12 @@
 """One conformance suite, run against every storage backend."""
 
 import math
+import os
+import shutil
+import stat
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -225,3 +229,65 @@ def test_a_node_exports_how_full_its_store_is(tmp_path: Path) -> None:
         USED_BYTES.remove("exported")  # the registry is the process's: leave no dead series
         MAP_BYTES.remove("exported")
         store.close()
+
+
+def _as_user(uid: int, gid: int, work: Callable[[], str]) -> str:
+    """`work()` in a forked child running as `uid`:`gid` (no other groups, the usual umask):
+    what it returned, or the exception it raised, as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into the test runner
+        answer = "child failed"
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.umask(0o022)
+            answer = work()
+        except BaseException as exc:
+            answer = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write, answer.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def test_a_committers_ledger_is_readable_by_another_user_of_its_group() -> None:
+    """The endorser beside its committer runs as its own user in the committer's group (so
+    neither reads the other's keys through /proc): the committer's store makes LMDB's lock
+    file, where readers register, group-writable; without that a reader of another user
+    cannot open it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the writer and the reader as other users")
+    base = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(base, 0o755)  # the users below reach their directories through it
+        for shared, expected in ((True, "committed"), (False, "Error")):
+            path = base / f"ledger-{shared}"
+            path.mkdir()
+            os.chown(path, 10001, 10001)
+
+            def commit(path: Path = path, shared: bool = shared) -> str:
+                writer = LmdbStore(path, group_readers=shared)
+                put_all(writer, {b"k": b"committed"})
+                writer.close()
+                return "ok"
+
+            def read(path: Path = path) -> str:
+                reader = LmdbStore(path, map_size=0, readonly=True)
+                try:
+                    return (reader.get(b"k") or b"").decode()
+                finally:
+                    reader.close()
+
+            assert _as_user(10001, 10001, commit) == "ok"  # the committer
+            assert bool((path / "lock.mdb").stat().st_mode & stat.S_IWGRP) is shared
+            answer = _as_user(10002, 10001, read)  # the endorser: its own user, same group
+            assert expected in answer, (shared, answer)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

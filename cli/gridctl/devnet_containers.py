@@ -121,10 +121,18 @@ def container_args(node: devnet.Node, beside: devnet.Node | None = None) -> list
 
 def pods(network: devnet.Network) -> dict[str, devnet.Node]:
     """endorser name -> the committer whose ledger it reads (`--committer-ledger` in the
-    plan): the two that share a pod."""
+    plan): the two that share a pod. One endorser per pod, as in the manifests (two would
+    run as one user, able to read each other's keys through /proc): another endorser of
+    that organisation keeps a replica of its own."""
     by_ledger = {str(Path(c.data_dir) / "ledger"): c for c in network.by_role("committer")}
-    return {e.name: by_ledger[e.args[e.args.index(devnet.COMMITTER_LEDGER) + 1]]
-            for e in network.by_role("endorser") if devnet.COMMITTER_LEDGER in e.args}
+    shared: dict[str, devnet.Node] = {}
+    for endorser in network.by_role("endorser"):
+        if devnet.COMMITTER_LEDGER not in endorser.args:
+            continue
+        committer = by_ledger[endorser.args[endorser.args.index(devnet.COMMITTER_LEDGER) + 1]]
+        if committer not in shared.values():
+            shared[endorser.name] = committer
+    return shared
 
 
 def pod_name(network: devnet.Network, committer: devnet.Node) -> str:
@@ -200,6 +208,9 @@ def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str, *,
     placed = ["--pod", pod] if pod is not None else ["--network", "host"]
     if beside is not None:
         placed += ["--user", f"{ENDORSER_UID}:{UID}"]
+    args = container_args(node, beside)
+    if pod is not None and node.role == "committer":  # its endorser reads as another user
+        args.append("--group-readers")
     run(eng, "run", "--detach", "--name", name, *placed,
         "--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
@@ -209,7 +220,7 @@ def _run_node(eng: str, network: devnet.Network, node: devnet.Node, tag: str, *,
         *logging,
         "--volume", f"{consortium}:{CONSORTIUM_MOUNT}:ro",
         "--volume", f"{data}:{DATA_MOUNT}",
-        f"gridledger/{node.role}:{tag}", *container_args(node, beside))
+        f"gridledger/{node.role}:{tag}", *args)
 
 
 def _record(network: devnet.Network) -> dict:

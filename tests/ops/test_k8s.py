@@ -79,13 +79,16 @@ def component(workload: dict) -> str:
 
 
 def flags(args: list[str]) -> dict[str, str]:
-    """`--flag value` and `--flag=value` pairs."""
+    """`--flag value` and `--flag=value` pairs; a switch (`--flag` alone) maps to ""."""
     result, i = {}, 0
     while i < len(args):
         arg = args[i]
         assert arg.startswith("--"), f"stray argument {arg!r}"
         if "=" in arg:
             name, value = arg.split("=", 1)
+            i += 1
+        elif i + 1 == len(args) or args[i + 1].startswith("--"):
+            name, value = arg, ""
             i += 1
         else:
             name, value = arg, args[i + 1]
@@ -419,6 +422,7 @@ def test_the_endorser_reads_its_committers_ledger_in_one_pod(rendered: dict,
         spec = endorser.workload["spec"]["template"]["spec"]
         (committer,) = [n for n in nodes([endorser.workload]) if n.role == "committer"]
         assert spec["shareProcessNamespace"] is True
+        assert "--group-readers" in flags(committer.container["args"])  # lock.mdb g+w
         # Its own user in the committer's group: one PID namespace lets a container read
         # another's files through /proc/<pid>/root only when both run as the same user.
         user = {n.role: n.container["securityContext"].get(

@@ -206,11 +206,13 @@ class StoreFollower(Follower):
         self._report()
 
     def _report(self, read_error: str | None = None) -> None:
+        # Set under the lock: the two threads must not land their verdicts in the other
+        # order than they formed them (the callback does not block and never calls back).
         with self._lock:
             if read_error is not None:
                 self._read_error = read_error
             why = self._broken_why or self._read_error or self._stall or self._lag
-        self._health.set(not why, why)
+            self._health.set(not why, why)
 
     def _pass_on(self, result: CommitResult) -> None:
         publish_tip(self._ledger.chain)

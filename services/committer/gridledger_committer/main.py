@@ -29,11 +29,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="calls one member (organisation) may have in progress, each on a "
                              "handler thread from its start; each meter agent holds a "
                              "SubscribeCommits stream or two")
+    parser.add_argument("--group-readers", action="store_true",
+                        help="make the ledger's LMDB lock file group-writable: this "
+                             "organisation's endorser reads the ledger as another user of this "
+                             "process's group (the manifests' pod, where a container of the "
+                             "same user could read the other's keys through /proc)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
-    # Its organisation's endorser may read this ledger as another user of the same group.
     store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args),
-                      group_readers=True)
+                      group_readers=args.group_readers)
     ledger = Ledger(store, genesis, block_verifier(genesis))
     tls = TlsFiles.for_node(args.consortium_dir, args.name)
     notifier = HeightNotifier(lambda: ledger.height)

@@ -50,12 +50,21 @@ def _committer_store(path: Path) -> LmdbStore:
     has created it (a pod's containers start in any order). LMDB needs its lock file
     writable by every process that reads: without it readers are not registered and the
     writer may reuse pages they still read, so the endorser refuses to start."""
-    waited = failed = 0
+    waited = failed = unwritable = 0
     while True:
         if (path / "data.mdb").exists() and (path / "lock.mdb").exists():
             if not os.access(path / "lock.mdb", os.W_OK):
-                raise SystemExit(f"{path / 'lock.mdb'} is not writable by this process: the "
-                                 "endorser must share the committer's volume read-write")
+                # A committer with --group-readers makes it group-writable just after
+                # creating it: a minute, then it is not the pod's committer or volume.
+                unwritable += 1
+                if unwritable > 120:
+                    raise SystemExit(
+                        f"{path / 'lock.mdb'} is not writable by this process: the endorser "
+                        "must share the committer's volume read-write, as the committer's "
+                        "user or as another user of its group with the committer run with "
+                        "--group-readers")
+                time.sleep(0.5)
+                continue
             try:
                 return LmdbStore(path, map_size=0, readonly=True)
             except lmdb.Error as exc:  # created, its header not written yet

@@ -3,6 +3,7 @@
 import math
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import threading
@@ -233,22 +234,26 @@ def test_a_node_exports_how_full_its_store_is(tmp_path: Path) -> None:
 
 def _as_user(uid: int, gid: int, work: Callable[[], str]) -> str:
     """`work()` in a forked child running as `uid`:`gid` (no other groups, the usual umask):
-    what it returned, or the exception it raised, as text."""
+    what it returned, or the exception it raised, as text. (A fork, not a new interpreter:
+    the other users cannot read this checkout's virtual environment.) The child can never
+    return into the test runner, and dies within a minute whatever it does."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: never return into the test runner
-        answer = "child failed"
+    if pid == 0:
         try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            os.umask(0o022)
-            answer = work()
-        except BaseException as exc:
-            answer = f"{type(exc).__name__}: {exc}"
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's
+                signal.alarm(60)
+                os.close(read)
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                os.umask(0o022)
+                answer = work()
+            except BaseException as exc:
+                answer = f"{type(exc).__name__}: {exc}"
+            os.write(write, answer.encode("utf-8", "replace"))
         finally:
-            os.write(write, answer.encode())
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
@@ -259,31 +264,31 @@ def _as_user(uid: int, gid: int, work: Callable[[], str]) -> str:
 
 def test_a_committers_ledger_is_readable_by_another_user_of_its_group() -> None:
     """The endorser beside its committer runs as its own user in the committer's group (so
-    neither reads the other's keys through /proc): the committer's store makes LMDB's lock
-    file, where readers register, group-writable; without that a reader of another user
-    cannot open it."""
+    neither reads the other's keys through /proc): the committer run with --group-readers
+    makes LMDB's lock file, where readers register, group-writable; without that a reader
+    of another user cannot open it."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run the writer and the reader as other users")
     base = Path(tempfile.mkdtemp())
     try:
         os.chmod(base, 0o755)  # the users below reach their directories through it
-        for shared, expected in ((True, "committed"), (False, "Error")):
+        for shared, expected in ((True, "committed"), (False, "Permission denied")):
             path = base / f"ledger-{shared}"
             path.mkdir()
             os.chown(path, 10001, 10001)
 
             def commit(path: Path = path, shared: bool = shared) -> str:
-                writer = LmdbStore(path, group_readers=shared)
-                put_all(writer, {b"k": b"committed"})
-                writer.close()
+                store = LmdbStore(path, group_readers=shared)
+                put_all(store, {b"k": b"committed"})
+                store.close()
                 return "ok"
 
-            def read(path: Path = path) -> str:
-                reader = LmdbStore(path, map_size=0, readonly=True)
+            def read(path: Path = path) -> str:  # registering as a reader in the lock file
+                store = LmdbStore(path, map_size=0, readonly=True)
                 try:
-                    return (reader.get(b"k") or b"").decode()
+                    return (store.get(b"k") or b"").decode()
                 finally:
-                    reader.close()
+                    store.close()
 
             assert _as_user(10001, 10001, commit) == "ok"  # the committer
             assert bool((path / "lock.mdb").stat().st_mode & stat.S_IWGRP) is shared

@@ -359,6 +359,42 @@ def test_a_stale_ledger_is_reported_only_while_the_orderers_hold_a_newer_block(
     assert watch.health == [(False, "orderer-2 holds block 1 final"), (True, "")]
 
 
+def test_a_block_during_the_look_sets_no_stall_and_a_failed_look_keeps_one(
+        net: Net, genesis: Genesis) -> None:
+    """The look at the orderers takes time (up to 2 s per orderer): a block the committer
+    writes meanwhile answers it, so its stall verdict (about the height before) must not
+    count; a look that fails says nothing about the ledger, so a stall found before stands
+    (the lag is another matter: a failed look ends it)."""
+    reader = Ledger(net.ledger.store, genesis, accept_proof)
+    now = [0.0]
+    looks: list[str] = []  # what each look does: "", "block" (one comes meanwhile), "fail"
+    follower: StoreFollower
+
+    def probe(height: int) -> Verdicts:
+        look = looks.pop(0)
+        if look == "fail":
+            raise RuntimeError("orderers unreachable in a way the probe did not expect")
+        if look == "block":  # the committer writes a block while the orderers are asked
+            commit(net, net.order("meter-1", SELL, ASK, 1000))
+            assert follower.step() is True
+            now[0] += 5.0  # ... and none again for 5 s by the next tick
+        return Verdicts(f"orderer-2 holds block {height} final", "")
+
+    follower = StoreFollower(reader, probe=probe, watch_after=5.0, clock=lambda: now[0])
+    now[0] = 5.0  # no block for 5 s
+    looks += ["", "block", ""]
+    follower.watch_once()  # the first finding at height 1
+    follower.watch_once()  # a second finding about height 1, while block 1 came: no stall
+    assert follower.healthy and reader.height == 2
+    follower.watch_once()  # one finding at height 2: not yet
+    assert follower.healthy
+    looks += ["", "fail"]
+    follower.watch_once()
+    assert not follower.healthy and "block 2" in follower.problem
+    follower.watch_once()
+    assert not follower.healthy and "block 2" in follower.problem  # the stall stands
+
+
 def test_a_lag_is_reported_while_two_ticks_in_a_row_find_it(net: Net, genesis: Genesis) -> None:
     """A committer that writes blocks, but slower than the orderers decide: every tick's look
     at the orderers gives a lag verdict; a lag found on two ticks in a row makes the endorser

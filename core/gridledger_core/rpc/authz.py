@@ -23,7 +23,12 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
 from gridledger_core.rpc.aio_context import refuse
 from gridledger_core.rpc.backoff import RETRY_AFTER
-from gridledger_core.rpc.call_shares import RETRY_AFTER_MS, UNBOUNDED, CallShares
+from gridledger_core.rpc.call_shares import (
+    LARGE_REQUEST_METHODS,
+    RETRY_AFTER_MS,
+    UNBOUNDED,
+    CallShares,
+)
 from gridledger_core.rpc.handler_cache import WrappedHandlers, mark_wire_kind
 from gridledger_core.rpc.peer_identity import (
     AccountLookup,
@@ -258,10 +263,11 @@ class AuthzInterceptor(grpc.ServerInterceptor):
             subject = caller_subject(self._identities, method, _pem(context))
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        if not self._shares.enter(subject.org):
+        large = method in LARGE_REQUEST_METHODS
+        if not self._shares.enter(subject.org, large):
             context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{short_name(method)}: {self._shares.refusal(subject.org)}")
+                          f"{short_name(method)}: {self._shares.refusal(subject.org, large)}")
         return subject
 
     def _judge(self, method: str, context: grpc.ServicerContext, subject: Subject) -> Peer:
@@ -298,6 +304,8 @@ class AuthzInterceptor(grpc.ServerInterceptor):
 
     def _single(self, behaviour: Callable[..., Any], method: str,
                 unary_in: bool) -> Callable[..., Any]:
+        large = method in LARGE_REQUEST_METHODS
+
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Any:
             subject = self._enter(method, context)
             try:
@@ -308,11 +316,13 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                 finally:
                     _CALLER.reset(token)
             finally:
-                self._shares.leave(subject.org)
+                self._shares.leave(subject.org, large)
         return wrapper
 
     def _streaming(self, behaviour: Callable[..., Iterator[Any]], method: str,
                    unary_in: bool) -> Callable[..., Iterator[Any]]:
+        large = method in LARGE_REQUEST_METHODS
+
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             # The place is given back only when the generator ends (gRPC drops it, closing
             # it, once the call is over), never when the call ends: its thread may still be
@@ -328,7 +338,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                     with contextlib.suppress(ValueError):
                         _CALLER.reset(token)
             finally:
-                self._shares.leave(subject.org)
+                self._shares.leave(subject.org, large)
         return wrapper
 
 
@@ -363,9 +373,10 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return None
-        if not self._shares.enter(subject.org):
+        large = method in LARGE_REQUEST_METHODS
+        if not self._shares.enter(subject.org, large):
             refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   f"{short_name(method)}: {self._shares.refusal(subject.org)}",
+                   f"{short_name(method)}: {self._shares.refusal(subject.org, large)}",
                    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             return None
         return subject
@@ -420,6 +431,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         # A place is given back in the handler's `finally`: a cancelled call's task gets
         # CancelledError at its await, also inside an async generator.
         enter, begin, shares = self._enter, self._begin, self._shares
+        large = method in LARGE_REQUEST_METHODS
         if inspect.isasyncgenfunction(behaviour):
             async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
                 subject = enter(method, context)
@@ -431,7 +443,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                         async for item in behaviour(request, context):
                             yield item
                 finally:
-                    shares.leave(subject.org)
+                    shares.leave(subject.org, large)
             return stream
         if inspect.iscoroutinefunction(behaviour):
             async def single(requests: Any, context: Any) -> Any:
@@ -442,7 +454,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                     ok, request = await begin(method, context, subject, requests, unary_in)
                     return await behaviour(request, context) if ok else None
                 finally:
-                    shares.leave(subject.org)
+                    shares.leave(subject.org, large)
             return single
 
         # A synchronous method on an asyncio servicer: an unimplemented one of a generated
@@ -456,7 +468,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                     refuse(context, grpc.StatusCode.UNIMPLEMENTED,
                            "method not implemented on this server")
             finally:
-                shares.leave(subject.org)
+                shares.leave(subject.org, large)
         return unimplemented
 
 

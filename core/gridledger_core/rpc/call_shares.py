@@ -15,6 +15,14 @@ at most an equal share of the server's places. A call beyond its member's share 
 at once, RESOURCE_EXHAUSTED with a retry hint, and holds nothing; the other members keep
 their shares whatever one member does (authz.py's interceptors apply this to every
 call).
+
+A place also stands for the request a call may hold while it arrives: gRPC assembles a
+message whole before the handler sees it, and a client may send all of one but its last
+bytes and stop. Most requests are small (a transaction: the genesis `max_tx_bytes`), but a
+batch may be 4 MiB: 128 such calls would pin half a gigabyte for one member. So of its
+share, a member may hold at most `LARGE_SHARE` calls of the methods whose requests are
+batches (`LARGE_REQUEST_METHODS`): 16 x 4 MiB per member at most; a head-end system sends
+a few batches at a time.
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ REFUSED = Counter("gridledger_rpc_member_calls_refused",
 # unless they are streams, and a member that holds its share with streams is told so.
 RETRY_AFTER_MS = 200
 UNBOUNDED = 1 << 30  # a member's share of calls when the server sets none (in-process tests)
+LARGE_SHARE = 16  # of a member's share, calls of LARGE_REQUEST_METHODS in progress
+LARGE_REQUEST_METHODS = frozenset({
+    "/gridledger.endorser.v1.EndorserService/SubmitBatch",
+    "/gridledger.endorser.v1.EndorserService/RequestOptionsBatch",
+    "/gridledger.orderer.v1.OrdererService/BroadcastBatch",
+})
 
 
 def per_member(total: int, members: int) -> int:
@@ -43,24 +57,32 @@ def per_member(total: int, members: int) -> int:
 
 
 class CallShares:
-    """At most `share` calls in progress per member (thread-safe). Members are the genesis
-    organisations, so the counters (and metric labels) are bounded by the consortium."""
+    """At most `share` calls in progress per member, of them at most `large_share` with
+    large requests (thread-safe). Members are the genesis organisations, so the counters
+    (and metric labels) are bounded by the consortium."""
 
-    def __init__(self, share: int) -> None:
-        if share < 1:
-            raise ValueError(f"a member's share of calls must be at least 1, not {share}")
+    def __init__(self, share: int, large_share: int = LARGE_SHARE) -> None:
+        if share < 1 or large_share < 1:
+            raise ValueError(f"a member's shares of calls must be at least 1, not {share} "
+                             f"and {large_share}")
         self.share = share
+        self.large_share = min(share, large_share)
         self._held: dict[str, int] = {}
+        self._large: dict[str, int] = {}  # member -> its calls with large requests
         self._gauges: dict[str, Any] = {}  # member -> its HELD child (labels() costs a lookup)
         self._lock = threading.Lock()
 
-    def enter(self, member: str) -> bool:
-        """Take one of `member`'s places; False (nothing taken) when it holds its share."""
+    def enter(self, member: str, large: bool = False) -> bool:
+        """Take one of `member`'s places (`large`: for a call of LARGE_REQUEST_METHODS);
+        False (nothing taken) when it holds its share, or its share of large calls."""
         with self._lock:
             held = self._held.get(member, 0)
-            refused = held >= self.share
+            large_held = self._large.get(member, 0)
+            refused = held >= self.share or (large and large_held >= self.large_share)
             if not refused:
                 self._held[member] = held + 1
+                if large:
+                    self._large[member] = large_held + 1
             gauge = self._gauges.get(member)
             if gauge is None:
                 gauge = self._gauges[member] = HELD.labels(member)
@@ -70,22 +92,34 @@ class CallShares:
         gauge.inc()
         return True
 
-    def leave(self, member: str) -> None:
-        """Give back a place taken by `enter`."""
+    def leave(self, member: str, large: bool = False) -> None:
+        """Give back a place taken by `enter` (with the same `large`)."""
         with self._lock:
             held = self._held[member] - 1
             if held:
                 self._held[member] = held
             else:
                 del self._held[member]
+            if large:
+                large_held = self._large[member] - 1
+                if large_held:
+                    self._large[member] = large_held
+                else:
+                    del self._large[member]
             gauge = self._gauges[member]
         gauge.dec()
 
-    def held(self, member: str) -> int:
+    def held(self, member: str, large: bool = False) -> int:
         with self._lock:
-            return self._held.get(member, 0)
+            return (self._large if large else self._held).get(member, 0)
 
-    def refusal(self, member: str) -> str:
+    def refusal(self, member: str, large: bool = False) -> str:
+        with self._lock:
+            by_large = large and self._large.get(member, 0) >= self.large_share
+        if by_large:
+            return (f"{member} holds its share of this server's batch calls in progress "
+                    f"({self.large_share}: each may hold a request of megabytes while it "
+                    "arrives); call again when one of them has ended")
         return (f"{member} holds its share of this server's calls in progress ({self.share} "
                 "calls: the server's places shared equally among the consortium's members); "
                 "call again when one of them has ended")

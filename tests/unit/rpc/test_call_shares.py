@@ -254,3 +254,63 @@ def test_a_caller_is_counted_before_its_account_is_looked_up(
     finally:
         release.set()
         server.stop()
+
+
+SUBMIT_BATCH = "/gridledger.endorser.v1.EndorserService/SubmitBatch"
+
+
+def test_a_member_holds_at_most_its_share_of_large_calls() -> None:
+    shares = CallShares(4, large_share=2)
+    assert shares.enter("community", large=True) and shares.enter("community", large=True)
+    assert not shares.enter("community", large=True)  # its share of large calls is held
+    assert "share of this server's batch calls in progress (2" in \
+        shares.refusal("community", large=True)
+    assert shares.enter("community")  # small calls still fit in its share
+    assert shares.enter("gridops", large=True)  # another member's share is its own
+    shares.leave("community", large=True)
+    assert shares.held("community", large=True) == 1 and shares.held("community") == 2
+    assert shares.enter("community", large=True) and shares.enter("community")
+    assert not shares.enter("community")  # 4 of 4: its whole share
+    assert CallShares(1).large_share == 1  # never more than the share itself
+
+
+@pytest.fixture(params=["threads", "asyncio"])
+def roomy_server(consortium_dir: Path, genesis: Genesis,
+                 request: pytest.FixtureRequest) -> Iterator[NodeServer | AioNodeServer]:
+    """A server with 32 places per member (threads: a handler thread for each)."""
+    bound = ({"max_workers": 4 * 32 + 4} if request.param == "threads" else {})
+    node = answering_server(genesis, TlsFiles.for_node(consortium_dir, "endorser-1"),
+                            kind=request.param, calls_per_member=32, **bound)
+    yield node
+    node.stop()
+
+
+def test_batch_calls_that_never_finish_their_request_hold_at_most_16_places(
+        roomy_server: NodeServer | AioNodeServer, consortium_dir: Path) -> None:
+    """Tried as a hostile member would: its clients start batch calls (each may carry a
+    request of 4 MiB, which gRPC assembles whole before the handler runs) and never finish
+    sending them. Before, every place of its share could pin such a request (128 x 4 MiB on
+    an endorser); now at most 16 of its calls are batches, the rest are refused at once with
+    a hint, and its other calls, and every other member's, are still served."""
+    server = roomy_server
+    hostile = TlsFiles.for_node(consortium_dir, "meter-1")  # community
+    silent = SilentCalls(f"localhost:{server.port}", hostile, SUBMIT_BATCH, 20)
+    try:
+        refused = silent.refused()
+        assert len(refused) == 4
+        for code, details, hint in refused:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "community holds its share of this server's batch calls" in details
+            assert hint > 0
+        assert server.shares.held("community", large=True) == 16
+        assert _chain_info(server.port, hostile) == grpc.StatusCode.OK  # a small call fits
+        other = SilentCalls(f"localhost:{server.port}",
+                            TlsFiles.for_node(consortium_dir, "admin"), SUBMIT_BATCH, 2)
+        try:
+            assert other.refused() == [] and server.shares.held("gridops", large=True) == 2
+        finally:
+            other.close()
+    finally:
+        silent.close()
+    assert _released(server, "community", 5.0)
+    assert server.shares.held("community", large=True) == 0

@@ -42,6 +42,10 @@ CALL_TIMEOUT = 30.0
 # refused (what a meter would buffer).
 MAX_ATTEMPTS = 4
 BATCH_LINGER = 0.002  # seconds a batch waits for more transactions once one is queued
+# Batch calls of one kind a submitter keeps in flight: a member may hold 16 batch calls on a
+# node (core rpc/call_shares.py), and a benchmark's two submitters each batch two kinds.
+# While they are out, what arrives waits and leaves in the next, larger, batch.
+BATCH_CALLS = 4
 SHED = "SHED: the load generator's open-loop bound was reached (not sent)"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.DEADLINE_EXCEEDED}  # the untimed set-up's retries
@@ -122,12 +126,14 @@ _SendBatch = Callable[[list[envelope_pb2.SignedEnvelope]], Awaitable[list[_Resul
 class _Batcher:
     """Coalesces the runner's concurrent calls of one kind into batch calls (`send`: one
     SubmitBatch or RequestOptionsBatch): the first queued envelope waits BATCH_LINGER for
-    company (at most `size` per call, and within the endorser's byte bound); calls run
-    concurrently, each envelope gets its own result."""
+    company (at most `size` per call, and within the endorser's byte bound); at most
+    `max_calls` calls run at once (the rest wait for one to end, and leave together), each
+    envelope gets its own result."""
 
-    def __init__(self, send: _SendBatch, size: int) -> None:
+    def __init__(self, send: _SendBatch, size: int, max_calls: int = BATCH_CALLS) -> None:
         self._send_batch = send
         self._size = size
+        self._max_calls = max_calls
         self._queue: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]] = []
         self._flush: asyncio.Task | None = None
         self._calls: set[asyncio.Task] = set()
@@ -148,12 +154,23 @@ class _Batcher:
         self._send()
 
     def _send(self) -> None:
-        queued, self._queue = self._queue, []
-        for batch in submit_batches(queued, lambda item: item[0].ByteSize(),  # bytes too
-                                    max_count=min(self._size, SUBMIT_BATCH_ENVELOPES)):
+        """Send what is queued, as far as the calls in flight allow; the rest waits for the
+        next call to end."""
+        if len(self._calls) >= self._max_calls or not self._queue:
+            return
+        batches = list(submit_batches(self._queue, lambda item: item[0].ByteSize(),  # bytes too
+                                      max_count=min(self._size, SUBMIT_BATCH_ENVELOPES)))
+        room = self._max_calls - len(self._calls)
+        self._queue = [item for batch in batches[room:] for item in batch]
+        for batch in batches[:room]:
             task = asyncio.create_task(self._call(batch))
             self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._calls.discard(task)
+        if not task.cancelled():  # cancelled: the run is ending
+            self._send()
 
     async def _call(self, batch: list[tuple[envelope_pb2.SignedEnvelope, asyncio.Future]]
                     ) -> None:

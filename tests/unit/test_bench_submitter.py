@@ -155,3 +155,38 @@ def test_the_batch_api_generator_requests_options_in_batches_each_job_its_own_an
     answers = asyncio.run(drive())
     assert endorser.calls == [100, 100, 50]  # 250 concurrent requests, three calls
     assert answers == [n if n % 2 == 0 else f"ABORTED: held {n}" for n in range(250)]
+
+
+class SlowBatchEndorser:
+    """Answers SubmitBatch after a pause, counting the calls in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.most = 0
+        self.sizes: list[int] = []
+
+    async def SubmitBatch(self, request: endorser_pb2.SubmitBatchRequest,
+                          timeout: float) -> endorser_pb2.SubmitBatchResponse:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        self.sizes.append(len(request.envelopes))
+        await asyncio.sleep(0.05)
+        self.in_flight -= 1
+        return endorser_pb2.SubmitBatchResponse(results=[
+            endorser_pb2.SubmitResult(tx_id="t") for _ in request.envelopes])
+
+
+def test_the_batch_api_generator_keeps_a_few_batch_calls_in_flight() -> None:
+    """A member may hold 16 batch calls on a node: the generator keeps BATCH_CALLS of one
+    kind in flight, and what arrives meanwhile leaves together in the next batches."""
+    endorser = SlowBatchEndorser()
+    batcher = submitter.submit_batcher(endorser, 100)  # type: ignore[arg-type]
+
+    async def drive() -> None:
+        async def trickle(n: int) -> None:  # one job every millisecond, as a busy runner
+            await asyncio.sleep(n / 1000)
+            await batcher.submit(envelope_pb2.SignedEnvelope(payload=b"%d" % n))
+        await asyncio.gather(*(trickle(n) for n in range(300)))
+
+    asyncio.run(drive())
+    assert endorser.most == submitter.BATCH_CALLS
+    assert sum(endorser.sizes) == 300 and len(endorser.sizes) < 60  # batches, not trickles

@@ -122,9 +122,9 @@ def nodes(docs: list[dict]) -> list[Node]:
         for container in workload["spec"]["template"]["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
             role = container["name"]
-            kind = labels.get("gridledger.io/device-role", role) if role == "meter-agent" \
-                else role
-            found.append(Node(env["GRIDLEDGER_NAME"], role, kind, labels, workload, container))
+            found.append(Node(env["GRIDLEDGER_NAME"], role,
+                              kind(workload) if role == "meter-agent" else role,
+                              labels, workload, container))
     return found
 
 

@@ -254,16 +254,17 @@ class AuthzInterceptor(grpc.ServerInterceptor):
                           details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(continuation(details), details.method)
 
-    def _enter(self, method: str, context: grpc.ServicerContext) -> Subject:
+    def _enter(self, method: str, context: grpc.ServicerContext, large: bool) -> Subject:
         """Take a place in the caller's member's share, by the organisation whose TLS CA
         issued its certificate (before its account is looked up: a meter agent asks its
         committer, and those lookups count against the caller too); its certificate, or the call
-        ends here (PERMISSION_DENIED, or RESOURCE_EXHAUSTED beyond the share)."""
+        ends here (PERMISSION_DENIED, or RESOURCE_EXHAUSTED beyond the share). `large`: a
+        method of LARGE_REQUEST_METHODS, decided once per method by the wrapper, which gives
+        the place back with the same."""
         try:
             subject = caller_subject(self._identities, method, _pem(context))
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        large = method in LARGE_REQUEST_METHODS
         if not self._shares.enter(subject.org, large):
             context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -307,7 +308,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         large = method in LARGE_REQUEST_METHODS
 
         def wrapper(requests: Any, context: grpc.ServicerContext) -> Any:
-            subject = self._enter(method, context)
+            subject = self._enter(method, context, large)
             try:
                 peer, request = self._begin(method, context, subject, requests, unary_in)
                 token = _CALLER.set(peer)
@@ -327,7 +328,7 @@ class AuthzInterceptor(grpc.ServerInterceptor):
             # The place is given back only when the generator ends (gRPC drops it, closing
             # it, once the call is over), never when the call ends: its thread may still be
             # busy in the servicer, and a place must stand for a thread.
-            subject = self._enter(method, context)
+            subject = self._enter(method, context, large)
             try:
                 peer, request = self._begin(method, context, subject, requests, unary_in)
                 token = _CALLER.set(peer)
@@ -366,14 +367,14 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                                 details: grpc.HandlerCallDetails) -> Any:
         return self._handlers.get(await continuation(details), details.method)
 
-    def _enter(self, method: str, context: grpc.aio.ServicerContext) -> Subject | None:
+    def _enter(self, method: str, context: grpc.aio.ServicerContext,
+               large: bool) -> Subject | None:
         """As AuthzInterceptor._enter; None when the call was refused."""
         try:
             subject = caller_subject(self._identities, method, _pem(context))
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return None
-        large = method in LARGE_REQUEST_METHODS
         if not self._shares.enter(subject.org, large):
             refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                    f"{short_name(method)}: {self._shares.refusal(subject.org, large)}",
@@ -434,7 +435,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         large = method in LARGE_REQUEST_METHODS
         if inspect.isasyncgenfunction(behaviour):
             async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-                subject = enter(method, context)
+                subject = enter(method, context, large)
                 if subject is None:
                     return
                 try:
@@ -447,7 +448,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
             return stream
         if inspect.iscoroutinefunction(behaviour):
             async def single(requests: Any, context: Any) -> Any:
-                subject = enter(method, context)
+                subject = enter(method, context, large)
                 if subject is None:
                     return None
                 try:
@@ -460,7 +461,7 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         # A synchronous method on an asyncio servicer: an unimplemented one of a generated
         # base class (grpc_health's List). Judged, then refused as unimplemented.
         async def unimplemented(requests: Any, context: Any) -> Any:
-            subject = enter(method, context)
+            subject = enter(method, context, large)
             if subject is None:
                 return
             try:

@@ -16,11 +16,15 @@ for `overlap_after` seconds (an orderer slow to answer, or down until the call's
 or when a whole group is waiting already.
 
 With nothing in flight, a group smaller than `LINGER_TXS` waits until its first transaction
-has waited `linger` (10 ms) for more to join it, as Kafka's producer lingers. Below
+has waited `linger` (30 ms) for more to join it, as Kafka's producer lingers. Below
 saturation the sender is often idle when a transaction arrives, and each one then left
 alone or nearly: at 470 tx/s a call carried 4-5 transactions, and each call cost the lead
 orderer its checks, a synced write and a forward to every peer (the lead orderer used twice
-the CPU of the others). Lingering halves the calls and forwards there and at the max rate.
+the CPU of the others). Lingering 10 ms halved the calls and forwards there and at the max
+rate; 30 ms halved them again at 70 % of the max rate, where the orderers' CPU follows
+their calls and blocks, not the transactions (about 0.48 cores at 150 and at 600 tx/s),
+for at most 20 ms more before a transaction's block (docs/performance.md, twenty-third
+round).
 The linger runs from a group's first arrival, also while another group is in flight (so
 once that one is answered, what queued behind it has usually waited long enough already): a
 transaction waits at most `linger` more than it would have; a whole group leaves at once.
@@ -78,9 +82,9 @@ MAX_RETRY_AFTER_MS = 1000
 # orderer's usual answer (a synced write), well below the call's timeout.
 DEFAULT_OVERLAP_AFTER = 0.05
 # With nothing in flight, how long a small group waits for more (module docstring), and the
-# size at which it leaves at once: well above the 4-5 transactions a call carried at 70 % of
-# capacity, below the 12-19 of the max rate.
-DEFAULT_LINGER = 0.01
+# size at which it leaves at once: well above the 9-18 transactions a call carries at 70 % of
+# capacity (10 and 30 ms), where the linger pays.
+DEFAULT_LINGER = 0.03
 LINGER_TXS = 32
 # An answer later than this strikes its orderer (orderer_choice.py): rare for an honest
 # orderer on the bench machine under load (3-6 % of its answers, as the endorser sees them,

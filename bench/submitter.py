@@ -15,6 +15,7 @@ waits at least the endorser's retry hint (plus jitter), then for a slot, and is 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import resource
 import time
@@ -158,11 +159,14 @@ class _Batcher:
         next call to end."""
         if len(self._calls) >= self._max_calls or not self._queue:
             return
-        batches = list(submit_batches(self._queue, lambda item: item[0].ByteSize(),  # bytes too
-                                      max_count=min(self._size, SUBMIT_BATCH_ENVELOPES)))
-        room = self._max_calls - len(self._calls)
-        self._queue = [item for batch in batches[room:] for item in batch]
-        for batch in batches[:room]:
+        # Only as many batches as may leave now are cut (each envelope sized once); the
+        # rest of the queue waits as it is.
+        batches = list(itertools.islice(
+            submit_batches(self._queue, lambda item: item[0].ByteSize(),  # bytes too
+                           max_count=min(self._size, SUBMIT_BATCH_ENVELOPES)),
+            self._max_calls - len(self._calls)))
+        del self._queue[:sum(len(batch) for batch in batches)]
+        for batch in batches:
             task = asyncio.create_task(self._call(batch))
             self._calls.add(task)
             task.add_done_callback(self._ended)

@@ -77,12 +77,12 @@ class CallShares:
         False (nothing taken) when it holds its share, or its share of large calls."""
         with self._lock:
             held = self._held.get(member, 0)
-            large_held = self._large.get(member, 0)
-            refused = held >= self.share or (large and large_held >= self.large_share)
+            refused = held >= self.share or (
+                large and self._large.get(member, 0) >= self.large_share)
             if not refused:
                 self._held[member] = held + 1
                 if large:
-                    self._large[member] = large_held + 1
+                    self._large[member] = self._large.get(member, 0) + 1
             gauge = self._gauges.get(member)
             if gauge is None:
                 gauge = self._gauges[member] = HELD.labels(member)
@@ -95,17 +95,9 @@ class CallShares:
     def leave(self, member: str, large: bool = False) -> None:
         """Give back a place taken by `enter` (with the same `large`)."""
         with self._lock:
-            held = self._held[member] - 1
-            if held:
-                self._held[member] = held
-            else:
-                del self._held[member]
+            _give_back(self._held, member)
             if large:
-                large_held = self._large[member] - 1
-                if large_held:
-                    self._large[member] = large_held
-                else:
-                    del self._large[member]
+                _give_back(self._large, member)
             gauge = self._gauges[member]
         gauge.dec()
 
@@ -123,3 +115,13 @@ class CallShares:
         return (f"{member} holds its share of this server's calls in progress ({self.share} "
                 "calls: the server's places shared equally among the consortium's members); "
                 "call again when one of them has ended")
+
+
+def _give_back(counts: dict[str, int], member: str) -> None:
+    """One fewer for `member` in `counts`; a member holding none has no entry (the dicts stay
+    as small as the members with calls in progress)."""
+    held = counts[member] - 1
+    if held:
+        counts[member] = held
+    else:
+        del counts[member]

@@ -82,8 +82,8 @@ MAX_RETRY_AFTER_MS = 1000
 # orderer's usual answer (a synced write), well below the call's timeout.
 DEFAULT_OVERLAP_AFTER = 0.05
 # With nothing in flight, how long a small group waits for more (module docstring), and the
-# size at which it leaves at once: well above the 9-18 transactions a call carries at 70 % of
-# capacity (10 and 30 ms), where the linger pays.
+# size at which it leaves at once: well above the 9-20 transactions a call carries at 70 % of
+# capacity (with 10 and 30 ms), where the linger pays.
 DEFAULT_LINGER = 0.03
 LINGER_TXS = 32
 # An answer later than this strikes its orderer (orderer_choice.py): rare for an honest

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from bench import submitter
 from bench.workload import Job
@@ -190,3 +191,30 @@ def test_the_batch_api_generator_keeps_a_few_batch_calls_in_flight() -> None:
     asyncio.run(drive())
     assert endorser.most == submitter.BATCH_CALLS
     assert sum(endorser.sizes) == 300 and len(endorser.sizes) < 60  # batches, not trickles
+
+
+def test_the_open_loop_generator_wakes_once_a_tick_not_once_a_job(monkeypatch) -> None:
+    """At 2,000 jobs a second a timer per job was 2,000 wake-ups a second of the generator's
+    loop; now it sleeps at least DISPATCH_TICK and sends every job due by then, in order,
+    and each job still records when it was due."""
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counted(delay: float, *args: object) -> None:
+        sleeps.append(delay)
+        await real_sleep(delay, *args)
+
+    service_s = 0.0011  # the endorser's own sleeps, told apart by their length
+    endorser = OverloadedEndorser(capacity=1_000, service_s=service_s)
+    monkeypatch.setattr(submitter.asyncio, "sleep", counted)
+    rate, count = 2_000, 400  # 0.2 s of jobs
+    records = _run(endorser, _readings(count), rate=rate)
+
+    assert all(r.acked for r in records)
+    schedule = [d for d in sleeps if d != service_s]  # the generator's timed waits
+    # One wake-up per tick (a few more if the loop is late), not one per job.
+    assert len(schedule) <= count / rate / submitter.DISPATCH_TICK + 5 < count / 4
+    assert [at for at, _ in endorser.calls] == sorted(at for at, _ in endorser.calls)
+    assert [e for _, e in endorser.calls] == [b"reading-%d" % i for i in range(count)]
+    dues = sorted(r.scheduled for r in records)
+    assert dues == [pytest.approx(dues[0] + i / rate) for i in range(count)]

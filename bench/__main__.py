@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", choices=end_to_end.PHASES,
                         default=list(end_to_end.PHASES),
                         help="end_to_end: run only these phases (for A/B runs; the 70 %% and "
-                             "2x phases also run max_rate, which measures their capacity)")
+                             "2x phases also run max_rate, which measures their capacity; each 2x "
+                             "window follows a max-rate window of its own)")
     parser.add_argument("--py-spy-phase", choices=end_to_end.PHASES, default="max_rate",
                         help="end_to_end: the phase --py-spy samples")
     parser.add_argument("--window", type=int, default=None,

@@ -13,6 +13,7 @@ from gridledger.common.v1 import validation_pb2
 
 TARGET_TX_PER_S = 1_000  # issue 15
 TARGET_P99_MS = 500.0  # at 70 % of the max rate
+TARGET_OVERLOAD_SHARE = 0.9  # committed at 2x the capacity offered, of the capacity
 
 
 @dataclass
@@ -179,6 +180,46 @@ def _series(m: Measured, committed: dict[str, tuple[float, int]], ours: set[str]
         "latencies_ms": [round(v * 1000, 2) for vs in by_second.values() for v in vs],
         "window": [m.window[0] - m.t0, m.window[1] - m.t0],
     }
+
+
+OVERLOAD = "overload_2x_max"  # a 2x window: "overload_2x_max", "overload_2x_max_2", ...
+OVERLOAD_REFERENCE = "max_rate_before_2x"  # the max-rate window just before it, same suffix
+
+
+def overload_share(phases: dict[str, dict]) -> dict | None:
+    """What overload keeps: each 2x window's committed tx/s over that of the max-rate window
+    run just before it, and all the 2x windows' over all their references' (the target's
+    figure); also over the run's first max-rate window, as earlier rounds measured it. None
+    when no 2x window ran with its reference."""
+    pairs = []
+    for name, overload in phases.items():
+        if not name.startswith(OVERLOAD):
+            continue
+        reference = phases.get(OVERLOAD_REFERENCE + name[len(OVERLOAD):])
+        if reference is None:
+            continue
+        before = reference["committed_valid_tx_per_s"]
+        during = overload["committed_valid_tx_per_s"]
+        pairs.append({"max_rate_tx_per_s": before, "overload_tx_per_s": during,
+                      "share": round(during / before, 3) if before else None})
+    if not pairs:
+        return None
+    before = sum(p["max_rate_tx_per_s"] for p in pairs)
+    during = sum(p["overload_tx_per_s"] for p in pairs)
+    first = phases.get("max_rate", {}).get("committed_valid_tx_per_s")
+    return {"pairs": pairs, "share": round(during / before, 3) if before else None,
+            "share_of_first_max_rate":
+                round(during / len(pairs) / first, 3) if first else None}
+
+
+def overload_line(share: dict) -> str:
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f} %"
+    pairs = "; ".join(f"{p['overload_tx_per_s']:,} of {p['max_rate_tx_per_s']:,} tx/s "
+                      f"({pct(p['share'])})" for p in share["pairs"])
+    return (f"overload (2x) kept, of the max rate measured just before it: {pairs}; "
+            f"together {pct(share['share'])} (target >= {TARGET_OVERLOAD_SHARE:.0%}); of the "
+            f"first max-rate window: {pct(share['share_of_first_max_rate'])}")
 
 
 def phase_line(name: str, s: dict) -> str:

@@ -15,6 +15,9 @@ the public APIs, each with fresh jobs from `bench.workload`:
 - **2x max (overload)**: open loop at twice that capacity: admission control should refuse
   the excess at the edge (the submitters retry a refused call after the endorser's hint plus
   jitter, at most `submitter.MAX_ATTEMPTS` calls) and keep the accepted ones' latency bounded.
+  Each 2x window comes right after a max-rate window of its own (`max_rate_before_2x`), the
+  profile's `overload_pairs` times: what overload keeps is judged against the capacity of
+  the same ledger in the same minute of the host (`e2e_report.overload_share`).
 
 Transactions count as committed when every committer has committed them; latencies run from
 the submit (its scheduled time, at a fixed rate) to that moment. Only the window after
@@ -63,13 +66,18 @@ class Profile:
     window: int  # jobs in flight per submitter in the max-rate phase
     max_jobs_per_s: int  # jobs signed for the max-rate phase, per second of it
     batch: int  # transactions per SubmitBatch call in the batch-API phase
+    # (max-rate window, 2x window) pairs: the same phase repeated on one network moves by 5-10 %
+    # on this shared host (docs/performance.md, twenty-fourth round), more than the 90 %
+    # target leaves, so the share overload keeps is measured on more than one pair.
+    overload_pairs: int
 
 
 PROFILES = {
     "quick": Profile(meters=4, rate=120, rate_seconds=4, max_seconds=4, warmup=1,
-                     submitters=2, window=32, max_jobs_per_s=600, batch=32),
+                     submitters=2, window=32, max_jobs_per_s=600, batch=32, overload_pairs=1),
     "standard": Profile(meters=24, rate=1_000, rate_seconds=30, max_seconds=30, warmup=5,
-                        submitters=2, window=150, max_jobs_per_s=2_500, batch=100),
+                        submitters=2, window=150, max_jobs_per_s=2_500, batch=100,
+                        overload_pairs=2),
 }
 
 
@@ -168,15 +176,26 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
             network, maker.jobs(int(below * spec.rate_seconds)), spec, rate=below,
             duration=spec.rate_seconds, profile_dir=sampled("rate_70pct_of_max"))
     if "overload_2x_max" in wanted:
+        # Offered at twice the first capacity measured; what is committed there is compared
+        # with a max-rate window just before it (the ledger grows over a run, and the host's
+        # speed moves from minute to minute).
         over = max(20.0, round(2 * capacity, -1))
-        phases["overload_2x_max"] = _phase(
-            network, maker.jobs(int(over * spec.rate_seconds)), spec, rate=over,
-            duration=spec.rate_seconds, profile_dir=sampled("overload_2x_max"))
+        for pair in range(1, spec.overload_pairs + 1):
+            suffix = "" if pair == 1 else f"_{pair}"
+            phases[e2e_report.OVERLOAD_REFERENCE + suffix] = _phase(
+                network, maker.jobs(int(spec.max_jobs_per_s * spec.max_seconds)), spec,
+                rate=0.0, duration=spec.max_seconds)
+            phases[e2e_report.OVERLOAD + suffix] = _phase(
+                network, maker.jobs(int(over * spec.rate_seconds)), spec, rate=over,
+                duration=spec.rate_seconds,
+                profile_dir=sampled("overload_2x_max") if pair == 1 else None)
+    summaries = {name: summary for name, (summary, _) in phases.items()}
     report = {
         "profile": profile,
         "network": {role: len(network.by_role(role)) for role in ROLES},
         "meters": spec.meters, "submitters": spec.submitters, "set_up": set_up,
-        "phases": {name: summary for name, (summary, _) in phases.items()},
+        "phases": summaries,
+        "overload_share": e2e_report.overload_share(summaries),
         "peak_rss_mib": {n.name: round(observe.peak_rss_mib(n.pid), 1) for n in network.nodes
                          if n.role in ROLES},
     }
@@ -186,6 +205,8 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         report["profile_dir"] = str(profile_dir)
         report["profiled_phase"] = profiled_phase
     print(e2e_report.table(report), flush=True)
+    if report["overload_share"] is not None:
+        print(e2e_report.overload_line(report["overload_share"]), flush=True)
     for line in profiling.lines(report.get("profile_by_role", {})):
         print(line, flush=True)
     if chart_path is not None:

@@ -16,7 +16,11 @@ def test_quick_profile_runs_the_network_and_reports_every_figure(tmp_path: Path)
     json.dumps(report)  # the report is what `make bench` writes
     assert report["network"] == {"orderer": 4, "committer": 2, "endorser": 1}
     assert list(report["phases"]) == ["max_rate", "max_rate_batch_api", "fixed_rate",
-                                      "rate_70pct_of_max", "overload_2x_max"]
+                                      "rate_70pct_of_max", "max_rate_before_2x",
+                                      "overload_2x_max"]
+    (pair,) = report["overload_share"]["pairs"]  # the quick profile runs one pair
+    assert pair["max_rate_tx_per_s"] == \
+        report["phases"]["max_rate_before_2x"]["committed_valid_tx_per_s"]
     for name in report["phases"]:
         phase = report["phases"][name]
         assert phase["committed_valid_tx_per_s"] > 0

@@ -244,3 +244,24 @@ def test_a_profile_with_a_garbled_frame_is_still_summarised(tmp_path: Path) -> N
     summary = profiling.summarise([stacks])
     assert summary["samples"] == 4
     assert ("commit (follower.py)", 0.75) in summary["self"]
+
+
+def test_overload_is_judged_against_the_max_rate_window_just_before_each_2x_window() -> None:
+    def rate(tx_per_s: float) -> dict:
+        return {"committed_valid_tx_per_s": tx_per_s}
+
+    phases = {"max_rate": rate(800.0), "rate_70pct_of_max": rate(560.0),
+              "max_rate_before_2x": rate(700.0), "overload_2x_max": rate(665.0),
+              "max_rate_before_2x_2": rate(750.0), "overload_2x_max_2": rate(660.0)}
+    share = e2e_report.overload_share(phases)
+    assert share == {
+        "pairs": [{"max_rate_tx_per_s": 700.0, "overload_tx_per_s": 665.0, "share": 0.95},
+                  {"max_rate_tx_per_s": 750.0, "overload_tx_per_s": 660.0, "share": 0.88}],
+        "share": round(1325 / 1450, 3),  # together, not the mean of the two shares
+        "share_of_first_max_rate": round(662.5 / 800, 3)}
+    line = e2e_report.overload_line(share)
+    assert "665.0 of 700.0 tx/s (95.0 %)" in line and "together 91.4 %" in line
+    assert "of the first max-rate window: 82.8 %" in line
+    # A 2x window without its own reference (an A/B run of one phase) is not judged.
+    assert e2e_report.overload_share({"max_rate": rate(800.0),
+                                      "overload_2x_max": rate(700.0)}) is None

@@ -218,7 +218,7 @@ def overload_line(share: dict) -> str:
     pairs = "; ".join(f"{p['overload_tx_per_s']:,} of {p['max_rate_tx_per_s']:,} tx/s "
                       f"({pct(p['share'])})" for p in share["pairs"])
     return (f"overload (2x) kept, of the max rate measured just before it: {pairs}; "
-            f"together {pct(share['share'])} (target >= {TARGET_OVERLOAD_SHARE:.0%}); of the "
+            f"together {pct(share['share'])} (target >= {pct(TARGET_OVERLOAD_SHARE)}); of the "
             f"first max-rate window: {pct(share['share_of_first_max_rate'])}")
 
 

@@ -66,7 +66,7 @@ class Profile:
     window: int  # jobs in flight per submitter in the max-rate phase
     max_jobs_per_s: int  # jobs signed for the max-rate phase, per second of it
     batch: int  # transactions per SubmitBatch call in the batch-API phase
-    # (max-rate window, 2x window) pairs: the same phase repeated on one network moves by 5-10 %
+    # (max-rate window, 2x window) pairs: the same phase repeated on one network moved by 2-13 %
     # on this shared host (docs/performance.md, twenty-fourth round), more than the 90 %
     # target leaves, so the share overload keeps is measured on more than one pair.
     overload_pairs: int
@@ -82,7 +82,7 @@ PROFILES = {
 
 
 PHASES = ("max_rate", "max_rate_batch_api", "fixed_rate", "rate_70pct_of_max",
-          "overload_2x_max")
+          e2e_report.OVERLOAD)
 
 
 def run(profile: str = "standard", directory: Path | None = None,
@@ -175,7 +175,7 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
         phases["rate_70pct_of_max"] = _phase(
             network, maker.jobs(int(below * spec.rate_seconds)), spec, rate=below,
             duration=spec.rate_seconds, profile_dir=sampled("rate_70pct_of_max"))
-    if "overload_2x_max" in wanted:
+    if e2e_report.OVERLOAD in wanted:
         # Offered at twice the first capacity measured; what is committed there is compared
         # with a max-rate window just before it (the ledger grows over a run, and the host's
         # speed moves from minute to minute).
@@ -188,7 +188,7 @@ def _run(network: devnet.Network, spec: Profile, profile: str, chart_path: Path 
             phases[e2e_report.OVERLOAD + suffix] = _phase(
                 network, maker.jobs(int(over * spec.rate_seconds)), spec, rate=over,
                 duration=spec.rate_seconds,
-                profile_dir=sampled("overload_2x_max") if pair == 1 else None)
+                profile_dir=sampled(e2e_report.OVERLOAD) if pair == 1 else None)
     summaries = {name: summary for name, (summary, _) in phases.items()}
     report = {
         "profile": profile,

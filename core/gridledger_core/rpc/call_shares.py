@@ -77,12 +77,12 @@ class CallShares:
         False (nothing taken) when it holds its share, or its share of large calls."""
         with self._lock:
             held = self._held.get(member, 0)
-            refused = held >= self.share or (
-                large and self._large.get(member, 0) >= self.large_share)
+            large_held = self._large.get(member, 0) if large else 0
+            refused = held >= self.share or (large and large_held >= self.large_share)
             if not refused:
                 self._held[member] = held + 1
                 if large:
-                    self._large[member] = self._large.get(member, 0) + 1
+                    self._large[member] = large_held + 1
             gauge = self._gauges.get(member)
             if gauge is None:
                 gauge = self._gauges[member] = HELD.labels(member)

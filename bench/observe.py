@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,21 +139,43 @@ def steal_fraction(before: MachineCpu, after: MachineCpu, seconds: float) -> flo
 Buckets = dict[float, float]  # upper bound -> cumulative count
 
 
+# The sample names a family's exposition uses (prometheus_client's exporter matches these).
+_SAMPLE_SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum",
+                    "_info")
+
+
 def scrape(nodes: Sequence[devnet.Node], family_names: Iterable[str]) -> list[Sample]:
     """The samples of the named metric families on every node's metrics page, one read of
     each page (a node that does not answer contributes none)."""
     wanted = set(family_names)
+    # Asked by name: the node's exporter then collects only the collectors that hold these
+    # families (prometheus_client's `name[]` parameter), 0.8 ms of a node's CPU per scrape
+    # instead of 2.4-3.2 ms for its whole page (measured on an idle devnet).
+    query = urllib.parse.urlencode([("name[]", name + suffix) for name in sorted(wanted)
+                                    for suffix in _SAMPLE_SUFFIXES])
     samples: list[Sample] = []
     for node in nodes:
         try:
-            with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as page:
+            with urllib.request.urlopen(f"http://{node.metrics}/metrics?{query}",
+                                        timeout=5) as page:
                 text = page.read().decode()
         except OSError:
             continue
-        for family in text_string_to_metric_families(text):
-            if family.name in wanted:
-                samples.extend(family.samples)
+        samples.extend(samples_of(text, wanted))
     return samples
+
+
+def samples_of(page: str, wanted: set[str]) -> list[Sample]:
+    """The samples of the `wanted` metric families on a metrics page. Only their lines are
+    parsed: the parser is pure Python and a node's page is mostly other families, and this
+    runs at a window's ends, while the machine is measured. (A family whose name starts
+    with a wanted one passes the filter too and is dropped after parsing.)"""
+    prefixes = tuple(wanted)
+    lines = [line for line in page.splitlines()
+             if (line[7:] if line.startswith(("# HELP ", "# TYPE ")) else line)
+             .startswith(prefixes)]
+    return [sample for family in text_string_to_metric_families("\n".join(lines) + "\n")
+            if family.name in wanted for sample in family.samples]
 
 
 def scrape_histogram(nodes: Sequence[devnet.Node], name: str) -> Buckets:

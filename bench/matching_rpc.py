@@ -18,8 +18,8 @@ seller rests a few one-lot sells at increasing prices, and the buyer's requests 
 Uses the devnet in ``--dir`` (default ``.devnet``) if it is up, otherwise starts one in a
 temporary directory (with 50 h of backfilled readings, waited for in full) and stops it
 afterwards. Besides the client-side percentiles it reports the endorser's own handling time
-(its histogram) and the client's send lag, to tell a queue ahead of the handler from the
-handler.
+(its histogram), its event loop's lag (how late its 20 ms timer woke) and the client's send
+lag, to tell a queue ahead of the handler from the handler, and the machine's busy share.
 Run: ``.venv/bin/python -m bench.matching_rpc [--profile quick|standard] [--dir DIR]``.
 """
 
@@ -234,6 +234,7 @@ def _reason(error: BaseException) -> str:
 
 
 SERVER_HISTOGRAM = "gridledger_endorser_matching_seconds"
+LOOP_LAG = "gridledger_loop_lag_seconds"
 
 
 def _server_quantiles(before: observe.Buckets, after: observe.Buckets) -> dict:
@@ -245,6 +246,19 @@ def _server_quantiles(before: observe.Buckets, after: observe.Buckets) -> dict:
         value = observe.histogram_quantile(q / 100, run)
         out[f"p{q}_ms"] = None if value is None else round(value * 1000, 3)
     return out
+
+
+def _lag_figures(before: observe.Buckets, after: observe.Buckets) -> dict:
+    """The endorser's event-loop lag in the run: p99 and the share of its 20 ms timer's
+    wake-ups more than 10 ms late. A call that arrives while the loop is held waits like
+    the timer, before any handler time is counted: the part of a client's tail that is
+    the endorser's loop, not its handler or the way there."""
+    run = observe.bucket_delta(after, before)
+    wakeups = max(run.values(), default=0.0)
+    p99 = observe.histogram_quantile(0.99, run)
+    return {"wakeups": int(wakeups),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+            "over_10_ms": round(1 - run.get(0.01, 0.0) / wakeups, 4) if wakeups else 0.0}
 
 
 def run(profile: str = "standard", directory: Path | None = None,
@@ -279,13 +293,18 @@ def run(profile: str = "standard", directory: Path | None = None,
             history = BACKFILL_HOURS if own is not None else 48
             requests, setup = _prepare(network, WARM_UP + int(rate * seconds), history)
             endorsers = network.by_role("endorser")
-            before = observe.scrape_histogram(endorsers, SERVER_HISTOGRAM)
+            families = [SERVER_HISTOGRAM, LOOP_LAG]
+            before = observe.scrape(endorsers, families)
             cpu_before, started = observe.machine_cpu_seconds(), time.monotonic()
             offered = _offer(network, requests, rate)
-            steal = observe.steal_fraction(cpu_before, observe.machine_cpu_seconds(),
-                                           time.monotonic() - started)
-            server = _server_quantiles(before,
-                                       observe.scrape_histogram(endorsers, SERVER_HISTOGRAM))
+            cpu_after, elapsed = observe.machine_cpu_seconds(), time.monotonic() - started
+            steal = observe.steal_fraction(cpu_before, cpu_after, elapsed)
+            busy = observe.share_of_machine(cpu_after.busy - cpu_before.busy, elapsed)
+            after = observe.scrape(endorsers, families)
+            server = _server_quantiles(observe.buckets_of(before, SERVER_HISTOGRAM),
+                                       observe.buckets_of(after, SERVER_HISTOGRAM))
+            lag = _lag_figures(observe.buckets_of(before, LOOP_LAG),
+                               observe.buckets_of(after, LOOP_LAG))
         finally:
             if own is not None:
                 devnet.stop(own)
@@ -306,7 +325,8 @@ def run(profile: str = "standard", directory: Path | None = None,
         if lags else None,
         # The host ran other guests for this share of the machine: a tail in a run with
         # steal is partly the host's (docs/performance.md, eighth round).
-        "machine_steal_fraction": steal, **setup,
+        "machine_steal_fraction": steal, "machine_busy_fraction": busy,
+        "endorser_loop_lag": lag, **setup,
     }
     print(f"matching RPC [{profile}]: offered {rate:,}/s for {seconds:.0f} s (sent "
           f"{result['sent_rate_per_s']:,}/s): p50 {result['p50_ms']} ms, p90 {result['p90_ms']}"
@@ -315,8 +335,10 @@ def run(profile: str = "standard", directory: Path | None = None,
           f"(target p99 <= {TARGET_P99_MS} ms)\n  the endorser's own handling time (its "
           f"histogram, {server['calls']:,} calls incl. the demo's): p50 "
           f"{server['p50_ms']} ms, p99 {server['p99_ms']} ms; the client's "
-          f"sends behind schedule p99 {result['client_send_lag_p99_ms']} ms; the host's "
-          f"steal {steal:.1%} of the machine"
+          f"sends behind schedule p99 {result['client_send_lag_p99_ms']} ms; the "
+          f"endorser's loop woke its 20 ms timer late by p99 {lag['p99_ms']} ms ("
+          f"{lag['over_10_ms']:.1%} of wake-ups over 10 ms); the machine {busy:.0%} busy, "
+          f"the host's steal {steal:.1%} of it"
           f"\n  each request is matched against "
           f"{setup['resting_sells']} resting sells in slot {setup['slot']} ({setup['buyer']} "
           f"bidding a tick under {setup['seller']}'s best ask)")

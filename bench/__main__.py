@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+
+from gridledger_core.rpc import grpc_env
+
+# Before gRPC is first imported (below), so that this process and the load generator's
+# processes it spawns run gRPC as the nodes do (gridledger_core/rpc/grpc_env.py).
+os.environ.update(grpc_env.environment(os.environ))
 
 from bench import (
     end_to_end,

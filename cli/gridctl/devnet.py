@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gridledger_core.consortium import PROFILES, STANDARD, create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
+from gridledger_core.rpc import grpc_env
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 
@@ -388,7 +389,7 @@ def _spawn(node: Node) -> None:
     with open(node.log, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", MODULES[node.role], *node.args],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=grpc_env.environment(os.environ))
     node.pid = proc.pid
 
 

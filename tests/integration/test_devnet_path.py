@@ -22,6 +22,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger import schema
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.ledger import BlockRejected, Ledger
+from gridledger_core.rpc import grpc_env
 from gridledger_core.rpc.tls import secure_channel
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore, MemoryStore
@@ -40,6 +41,14 @@ def test_blocks_grow_identically_on_both_committers(network: devnet.Network) -> 
     for meter in ("meter-1", "meter-2", "meter-3"):
         wait_for(lambda m=meter: len(c1.ListReadings(committer_pb2.ListReadingsRequest(
             meter=m, page_size=5), timeout=5).readings) > 0, 60, f"readings of {meter}")
+
+
+def test_every_node_runs_with_the_projects_grpc_settings(network: devnet.Network) -> None:
+    # Read by gRPC only when it starts: a node must be given them, as the launcher does.
+    for node in network.nodes:
+        environment = Path(f"/proc/{node.pid}/environ").read_bytes().split(b"\0")
+        for name, value in grpc_env.SETTINGS.items():
+            assert f"{name}={value}".encode() in environment, node.name
 
 
 def test_chain_info_pagination_and_transaction_lookup(network: devnet.Network) -> None:

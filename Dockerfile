@@ -44,8 +44,9 @@ gridledger_endorser.main, gridledger_meter_agent.main, gridctl.main"
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/gridledger/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-# gRPC's I/O in the threads that already wait for it (gridledger_core/rpc/grpc_env.py, the
-# one source of this value; a unit test compares the two).
+# gRPC's I/O in the threads that already wait for it: the value is gridledger_core/rpc/
+# grpc_env.py's (gRPC reads it before any code of ours runs); tests/unit/test_grpc_env.py
+# holds this line to it.
 ENV GRPC_EXPERIMENTS=-event_engine_listener,-event_engine_client
 RUN groupadd --gid 10001 gridledger \
  && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

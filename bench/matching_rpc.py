@@ -17,9 +17,11 @@ forecaster, the slot with the largest surplus (seller) and deficit (buyer) is pi
 seller rests a few one-lot sells at increasing prices, and the buyer's requests cross them.
 Uses the devnet in ``--dir`` (default ``.devnet``) if it is up, otherwise starts one in a
 temporary directory (with 50 h of backfilled readings, waited for in full) and stops it
-afterwards. Besides the client-side percentiles it reports the endorser's own handling time
-(its histogram), its event loop's lag (how late its 20 ms timer woke) and the client's send
-lag, to tell a queue ahead of the handler from the handler, and the machine's busy share.
+afterwards. The client's garbage collector is kept off while it sends (bench/collector.py:
+its pauses are its own, not the endorser's). Besides the client-side percentiles it reports
+the endorser's own handling time (its histogram), its event loop's lag (how late its 20 ms
+timer woke) and the client's send lag, to tell a queue ahead of the handler from the
+handler, and the machine's busy share.
 Run: ``.venv/bin/python -m bench.matching_rpc [--profile quick|standard] [--dir DIR]``.
 """
 
@@ -39,6 +41,7 @@ import grpc
 
 from bench import observe
 from bench.cli import profile_parser
+from bench.collector import collector_paused
 from bench.stats import percentile
 from bench.workdir import removed_unless_failed
 from gridctl import devnet
@@ -210,18 +213,19 @@ def _offer(network: devnet.Network, requests: list[endorser_pb2.RequestOptionsRe
 
     interval = 1.0 / rate
     send_lags: list[float] = []
-    start = time.perf_counter() + 0.05
-    for i, request in enumerate(requests):
-        scheduled = start + i * interval
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        send_lags.append(time.perf_counter() - scheduled)
-        future = stub.RequestOptions.future(request, timeout=10)
-        future.add_done_callback(lambda f, s=scheduled: finished(f, s))
-    sent_rate = len(requests) / (time.perf_counter() - start)
-    for _ in requests:
-        done.acquire(timeout=15)
+    with collector_paused():  # the client's own pauses are not the endorser's latency
+        start = time.perf_counter() + 0.05
+        for i, request in enumerate(requests):
+            scheduled = start + i * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            send_lags.append(time.perf_counter() - scheduled)
+            future = stub.RequestOptions.future(request, timeout=10)
+            future.add_done_callback(lambda f, s=scheduled: finished(f, s))
+        sent_rate = len(requests) / (time.perf_counter() - start)
+        for _ in requests:
+            done.acquire(timeout=15)
     channel.close()
     return Offered(latencies, errors, reasons, sent_rate, send_lags)
 
@@ -295,9 +299,15 @@ def run(profile: str = "standard", directory: Path | None = None,
             endorsers = network.by_role("endorser")
             families = [SERVER_HISTOGRAM, LOOP_LAG]
             before = observe.scrape(endorsers, families)
+            endorser_pid = endorsers[0].pid
+            threads_before = observe.thread_cpu_seconds(endorser_pid)
+            endorser_before = observe.cpu_seconds(endorser_pid)
             cpu_before, started = observe.machine_cpu_seconds(), time.monotonic()
             offered = _offer(network, requests, rate)
             cpu_after, elapsed = observe.machine_cpu_seconds(), time.monotonic() - started
+            threads_after = observe.thread_cpu_seconds(endorser_pid)
+            loop_busy = observe.busiest_thread_share(threads_before, threads_after, elapsed)
+            endorser_cpu = observe.cpu_seconds(endorser_pid) - endorser_before
             steal = observe.steal_fraction(cpu_before, cpu_after, elapsed)
             busy = observe.share_of_machine(cpu_after.busy - cpu_before.busy, elapsed)
             after = observe.scrape(endorsers, families)
@@ -326,7 +336,14 @@ def run(profile: str = "standard", directory: Path | None = None,
         # The host ran other guests for this share of the machine: a tail in a run with
         # steal is partly the host's (docs/performance.md, eighth round).
         "machine_steal_fraction": steal, "machine_busy_fraction": busy,
-        "endorser_loop_lag": lag, **setup,
+        "endorser_loop_lag": lag,
+        # The endorser's busiest thread is its event loop, where every call's handler and
+        # most of gRPC's work for it run: at a high share a short stall anywhere queues the
+        # calls behind it for long (docs/performance.md, twenty-sixth round).
+        "endorser_loop_thread_busy_fraction": loop_busy,
+        "endorser_cpu_ms_per_call": round(endorser_cpu * 1000 / server["calls"], 3)
+        if server["calls"] else None,
+        **setup,
     }
     print(f"matching RPC [{profile}]: offered {rate:,}/s for {seconds:.0f} s (sent "
           f"{result['sent_rate_per_s']:,}/s): p50 {result['p50_ms']} ms, p90 {result['p90_ms']}"
@@ -337,7 +354,9 @@ def run(profile: str = "standard", directory: Path | None = None,
           f"{server['p50_ms']} ms, p99 {server['p99_ms']} ms; the client's "
           f"sends behind schedule p99 {result['client_send_lag_p99_ms']} ms; the "
           f"endorser's loop woke its 20 ms timer late by p99 {lag['p99_ms']} ms ("
-          f"{lag['over_10_ms']:.1%} of wake-ups over 10 ms); the machine {busy:.0%} busy, "
+          f"{lag['over_10_ms']:.1%} of wake-ups over 10 ms), its busiest thread (the loop) "
+          f"{loop_busy:.0%} busy, {result['endorser_cpu_ms_per_call']} ms of its CPU per "
+          f"call; the machine {busy:.0%} busy, "
           f"the host's steal {steal:.1%} of it"
           f"\n  each request is matched against "
           f"{setup['resting_sells']} resting sells in slot {setup['slot']} ({setup['buyer']} "

@@ -95,6 +95,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time so far of each thread of a process, by thread id (empty if it
+    is gone; a thread that ends between the listing and its read is left out)."""
+    out: dict[int, float] = {}
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+def busiest_thread_share(before: dict[int, float], after: dict[int, float],
+                         seconds: float) -> float:
+    """The largest share of `seconds` one thread was on a core between two
+    `thread_cpu_seconds` readings (1.0: it never waited for work)."""
+    if seconds <= 0:
+        return 0.0
+    return round(max((cpu - before.get(tid, 0.0) for tid, cpu in after.items()),
+                     default=0.0) / seconds, 3)
+
+
 def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set size (VmHWM), MiB."""
     try:

@@ -4,6 +4,7 @@ from Prometheus histograms, and the figures it derives from raw observations."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,6 +116,21 @@ def test_trade_requests_are_stamped_and_signed_when_sent_not_when_made(
     stamped = workload.sign_request(SigningIdentity.load(consortium, orders[0].meter),
                                     orders[0].payload)
     assert market_pb2.TradeRequest.FromString(stamped.payload).requested_at >= now
+
+
+def test_each_thread_of_a_process_is_read_by_its_id() -> None:
+    threads = observe.thread_cpu_seconds(os.getpid())
+    assert threading.get_native_id() in threads
+    assert all(cpu >= 0 for cpu in threads.values())
+    assert observe.thread_cpu_seconds(2**22 + 1) == {}  # beyond pid_max: no such process
+
+
+def test_the_busiest_thread_share_is_of_the_thread_that_ran_most_in_between() -> None:
+    before = {1: 10.0, 2: 3.0}
+    after = {1: 10.5, 2: 4.6, 3: 0.2}  # thread 3 started in between
+    assert observe.busiest_thread_share(before, after, 2.0) == 0.8
+    assert observe.busiest_thread_share(before, before, 2.0) == 0.0
+    assert observe.busiest_thread_share(before, after, 0.0) == 0.0
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:

@@ -296,10 +296,12 @@ def run(profile: str = "standard", directory: Path | None = None,
             # A devnet of someone else's: at least the two days the forecast looks back.
             history = BACKFILL_HOURS if own is not None else 48
             requests, setup = _prepare(network, WARM_UP + int(rate * seconds), history)
-            endorsers = network.by_role("endorser")
+            # The endorser every request goes to (_offer): its histograms and its CPU, not
+            # those of others a devnet of someone else's may run.
+            measured = network.by_role("endorser")[:1]
             families = [SERVER_HISTOGRAM, LOOP_LAG]
-            before = observe.scrape(endorsers, families)
-            endorser_pid = endorsers[0].pid
+            before = observe.scrape(measured, families)
+            endorser_pid = measured[0].pid
             threads_before = observe.thread_cpu_seconds(endorser_pid)
             endorser_before = observe.cpu_seconds(endorser_pid)
             cpu_before, started = observe.machine_cpu_seconds(), time.monotonic()
@@ -310,7 +312,7 @@ def run(profile: str = "standard", directory: Path | None = None,
             endorser_cpu = observe.cpu_seconds(endorser_pid) - endorser_before
             steal = observe.steal_fraction(cpu_before, cpu_after, elapsed)
             busy = observe.share_of_machine(cpu_after.busy - cpu_before.busy, elapsed)
-            after = observe.scrape(endorsers, families)
+            after = observe.scrape(measured, families)
             server = _server_quantiles(observe.buckets_of(before, SERVER_HISTOGRAM),
                                        observe.buckets_of(after, SERVER_HISTOGRAM))
             lag = _lag_figures(observe.buckets_of(before, LOOP_LAG),

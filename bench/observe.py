@@ -3,6 +3,7 @@ the processes' CPU time and peak memory, and the nodes' own Prometheus histogram
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -86,13 +87,19 @@ def wait_committed(logs: Sequence[CommitLog], tx_ids: Iterable[str], timeout: fl
 
 # -- processes --------------------------------------------------------------------------------
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a process's or a thread's `stat` file (OSError if it
+    is gone). The name in parentheses may hold anything, so fields count from its end."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (0.0 if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -104,12 +111,8 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     except OSError:
         return out
     for tid in threads:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        with contextlib.suppress(OSError):
+            out[int(tid)] = _stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
     return out
 
 

@@ -69,10 +69,6 @@ class Signer:
             raise ValueError("signing key is not an Ed25519 key")
         return cls(key)
 
-    @property
-    def private_key(self) -> Ed25519PrivateKey:
-        return self._key
-
     def seed(self) -> bytes:
         """The 32-byte secret seed (also the ECVRF secret key of an orderer)."""
         return self._key.private_bytes(

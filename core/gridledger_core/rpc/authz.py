@@ -265,10 +265,11 @@ class AuthzInterceptor(grpc.ServerInterceptor):
             subject = caller_subject(self._identities, method, _pem(context))
         except Refused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        if not self._shares.enter(subject.org, large):
+        refusal = self._shares.try_enter(subject.org, large)
+        if refusal is not None:
             context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{short_name(method)}: {self._shares.refusal(subject.org, large)}")
+                          f"{short_name(method)}: {refusal}")
         return subject
 
     def _judge(self, method: str, context: grpc.ServicerContext, subject: Subject) -> Peer:
@@ -375,9 +376,10 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
         except Refused as exc:
             refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return None
-        if not self._shares.enter(subject.org, large):
+        refusal = self._shares.try_enter(subject.org, large)
+        if refusal is not None:
             refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   f"{short_name(method)}: {self._shares.refusal(subject.org, large)}",
+                   f"{short_name(method)}: {refusal}",
                    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
             return None
         return subject

@@ -75,10 +75,17 @@ class CallShares:
     def enter(self, member: str, large: bool = False) -> bool:
         """Take one of `member`'s places (`large`: for a call of LARGE_REQUEST_METHODS);
         False (nothing taken) when it holds its share, or its share of large calls."""
+        return self.try_enter(member, large) is None
+
+    def try_enter(self, member: str, large: bool = False) -> str | None:
+        """As `enter`, but a refusal says why: None when the place was taken, else the
+        message for the caller, decided under the same lock as the refusal (read after it,
+        the counts may already have changed: another call ended meanwhile)."""
         with self._lock:
             held = self._held.get(member, 0)
             large_held = self._large.get(member, 0) if large else 0
-            refused = held >= self.share or (large and large_held >= self.large_share)
+            by_large = large and large_held >= self.large_share
+            refused = held >= self.share or by_large
             if not refused:
                 self._held[member] = held + 1
                 if large:
@@ -88,9 +95,9 @@ class CallShares:
                 gauge = self._gauges[member] = HELD.labels(member)
         if refused:
             REFUSED.labels(member).inc()
-            return False
+            return self._refusal(member, by_large)
         gauge.inc()
-        return True
+        return None
 
     def leave(self, member: str, large: bool = False) -> None:
         """Give back a place taken by `enter` (with the same `large`)."""
@@ -105,9 +112,7 @@ class CallShares:
         with self._lock:
             return (self._large if large else self._held).get(member, 0)
 
-    def refusal(self, member: str, large: bool = False) -> str:
-        with self._lock:
-            by_large = large and self._large.get(member, 0) >= self.large_share
+    def _refusal(self, member: str, by_large: bool) -> str:
         if by_large:
             return (f"{member} holds its share of this server's batch calls in progress "
                     f"({self.large_share}: each may hold a request of megabytes while it "

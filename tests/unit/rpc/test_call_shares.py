@@ -42,7 +42,7 @@ def test_a_member_holds_at_most_its_share() -> None:
     assert shares.held("community") == 1
     assert shares.enter("community")
     assert "holds its share of this server's calls in progress (2 calls" in \
-        shares.refusal("community")
+        shares.try_enter("community")
     with pytest.raises(ValueError):
         CallShares(0)
 
@@ -262,9 +262,8 @@ SUBMIT_BATCH = "/gridledger.endorser.v1.EndorserService/SubmitBatch"
 def test_a_member_holds_at_most_its_share_of_large_calls() -> None:
     shares = CallShares(4, large_share=2)
     assert shares.enter("community", large=True) and shares.enter("community", large=True)
-    assert not shares.enter("community", large=True)  # its share of large calls is held
     assert "share of this server's batch calls in progress (2" in \
-        shares.refusal("community", large=True)
+        shares.try_enter("community", large=True)  # its share of large calls is held
     assert shares.enter("community")  # small calls still fit in its share
     assert shares.enter("gridops", large=True)  # another member's share is its own
     shares.leave("community", large=True)
@@ -272,6 +271,23 @@ def test_a_member_holds_at_most_its_share_of_large_calls() -> None:
     assert shares.enter("community", large=True) and shares.enter("community")
     assert not shares.enter("community")  # 4 of 4: its whole share
     assert CallShares(1).large_share == 1  # never more than the share itself
+
+
+def test_a_refusal_names_the_bound_that_refused_it_whatever_ends_after() -> None:
+    """The reason is decided with the refusal, under its lock: a call that ends between the
+    refusal and its message (another handler thread) does not change what the refused
+    caller is told (it was once told "calls in progress" for a batch-share refusal)."""
+    shares = CallShares(4, large_share=2)
+    assert shares.enter("community", large=True) and shares.enter("community", large=True)
+    refusal = shares.try_enter("community", large=True)
+    shares.leave("community", large=True)  # ends before the refused call is answered
+    assert refusal is not None and "batch calls in progress (2" in refusal
+    assert shares.held("community", large=True) == 1  # the refused call took nothing
+    assert all(shares.enter("community") for _ in range(3))
+    refusal = shares.try_enter("community", large=True)  # 4 of 4 held: the whole share
+    shares.leave("community")
+    assert refusal is not None and "calls in progress (4 calls" in refusal
+    assert shares.try_enter("community", large=True) is None
 
 
 @pytest.fixture(params=["threads", "asyncio"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,11 +45,14 @@ def test_blocks_grow_identically_on_both_committers(network: devnet.Network) -> 
 
 
 def test_every_node_runs_with_the_projects_grpc_settings(network: devnet.Network) -> None:
-    # Read by gRPC only when it starts: a node must be given them, as the launcher does.
+    # Read by gRPC only when it starts: a node must be given them, as the launcher does. An
+    # operator's own value wins (grpc_env.environment), so a runner that exports one of them
+    # expects its own value in every node.
+    expected = grpc_env.environment(os.environ)
     for node in network.nodes:
         environment = Path(f"/proc/{node.pid}/environ").read_bytes().split(b"\0")
-        for name, value in grpc_env.SETTINGS.items():
-            assert f"{name}={value}".encode() in environment, node.name
+        for name in grpc_env.SETTINGS:
+            assert f"{name}={expected[name]}".encode() in environment, node.name
 
 
 def test_chain_info_pagination_and_transaction_lookup(network: devnet.Network) -> None:

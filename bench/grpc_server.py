@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import subprocess
 import tempfile
 import threading
@@ -32,6 +31,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import observe
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS
@@ -127,8 +127,9 @@ async def _drive(channel: aio.Channel, method: Any, request: Any, count: int,
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The server process's CPU so far; it must be alive (OSError if not), so a server that
+    died mid-run fails the figure instead of reading as 0."""
+    return observe.stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def _per_call(pem: tuple[bytes, bytes], workers: int, calls: int, rounds: int = 0) -> dict:

@@ -87,7 +87,7 @@ def wait_committed(logs: Sequence[CommitLog], tx_ids: Iterable[str], timeout: fl
 
 # -- processes --------------------------------------------------------------------------------
 
-def _stat_cpu_seconds(stat: Path) -> float:
+def stat_cpu_seconds(stat: Path) -> float:
     """User + system CPU seconds from a process's or a thread's `stat` file (OSError if it
     is gone). The name in parentheses may hold anything, so fields count from its end."""
     fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -97,7 +97,7 @@ def _stat_cpu_seconds(stat: Path) -> float:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (0.0 if it is gone)."""
     try:
-        return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
 
@@ -112,7 +112,7 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
         return out
     for tid in threads:
         with contextlib.suppress(OSError):
-            out[int(tid)] = _stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
+            out[int(tid)] = stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
     return out
 
 

@@ -21,14 +21,19 @@ from collections.abc import Iterator
 def collector_paused() -> Iterator[None]:
     """Collect once, set everything alive aside (`gc.freeze`) and keep the collector off
     until the block ends; then restore it as it was. Reference counting still frees what
-    the block drops; only cycles wait for the collector's next run."""
+    the block drops; only cycles wait for the collector's next run.
+
+    `gc.unfreeze` returns every frozen object, so a process that had frozen its own heap
+    before (as the nodes do at start) keeps it frozen, with what this block froze."""
     enabled = gc.isenabled()
+    frozen_before = gc.get_freeze_count()
     gc.collect()
     gc.freeze()
     gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()
         if enabled:
             gc.enable()

@@ -49,3 +49,14 @@ def test_the_collector_is_restored_after_an_error_and_left_off_if_it_was() -> No
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_heap_the_process_froze_itself_stays_frozen() -> None:
+    gc.freeze()  # as a node does at start (gridledger_core/gc_pauses.py)
+    try:
+        frozen = gc.get_freeze_count()
+        with collector_paused():
+            pass
+        assert gc.get_freeze_count() >= frozen and gc.isenabled()
+    finally:
+        gc.unfreeze()

@@ -50,11 +50,20 @@ from gridledger_meter_agent.settler import Settler
 log = logging.getLogger(__name__)
 
 
+def probability(text: str) -> float:
+    """An argparse type: a float within [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability (0 to 1)")
+    return value
+
+
 def make_profile(args: argparse.Namespace, name: str,
                  mode: str) -> HouseholdProfile | PlantProfile:
     seed = zlib.crc32(name.encode())
     if mode == "plant":
-        return PlantProfile(seed=seed, wind_kw=args.wind_kw)
+        return PlantProfile(seed=seed, wind_kw=args.wind_kw,
+                            outage_probability_per_day=args.outage_probability)
     pv_kwp = args.pv_kwp if args.pv_kwp >= 0 else [0.0, 4.0, 8.0][seed % 3]
     return HouseholdProfile(seed=seed, pv_kwp=pv_kwp, annual_kwh=3000 + seed % 2500,
                             wind_kw=args.wind_kw, base_load_w=args.base_load_w)
@@ -141,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "produces at any hour (profiles/wind.py)")
     parser.add_argument("--base-load-w", type=float, default=0.0,
                         help="simulated household: constant extra load (heat pump, EV)")
+    parser.add_argument("--outage-probability", type=probability,
+                        default=PlantProfile.outage_probability_per_day,
+                        help="simulated plant: chance per local day of one forced outage in "
+                             "its supply hours, in which it produces nothing "
+                             "(profiles/plant.py)")
     parser.add_argument("--backfill-hours", type=int, default=0,
                         help="history a new simulated meter posts first")
     parser.add_argument("--pace", type=float, default=20.0,

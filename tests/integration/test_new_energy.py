@@ -52,13 +52,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     # sees plant-1's announcements itself, and can learn of plant-2 only from a neighbour.
     network.node("plant-1").args += ["--announce-seconds", "5"]
     network.node("plant-2").args += ["--announce-seconds", "3600"]
-    # The demo plants' wind turbine: PV alone produces nothing at night at the simulated
-    # site (its typical-year weather), and without production nothing is delivered, so the
-    # test failed whenever CI ran after the site's sunset.
-    # Nor does a plant in one of its seeded forced outages (about 1 % of the time each):
-    # the contract's plant must deliver whenever the test runs.
+    # The demo plants' wind park, and no forced outages: PV alone produces nothing at night
+    # at the simulated site (its typical-year weather), nor does a plant in a seeded outage
+    # (about 1 % of the time), and without production nothing is delivered, so the test
+    # failed whenever CI ran after the site's sunset.
     for name in ("plant-1", "plant-2"):
-        network.node(name).args += [*devnet.DEMO_PLANT_ARGS, "--outage-probability", "0"]
+        network.node(name).args += devnet.DEMO_PLANT_ARGS
     # The buyer is the demo's consumer (no PV, a heat pump's constant load): a household's
     # own load in the small hours at the simulated site (UTC-5) is 0-1 Wh per 20 s interval,
     # so its 20 Wh took longer than the 420 s wait for delivery when CI ran then (09:11 UTC).

@@ -132,7 +132,8 @@ def test_the_plan_runs_the_settlement_agent_and_the_demo_cast(fast_dir: Path,
 
     assert flag("meter-1", "--base-load-w") == "3000" and flag("meter-1", "--pv-kwp") == "0"
     assert float(flag("meter-2", "--wind-kw")) > 0
-    assert all(float(flag(p, "--wind-kw")) > 0 for p in ("plant-1", "plant-2"))
+    assert all(float(flag(p, "--wind-kw")) > 0 and float(flag(p, "--outage-probability")) == 0
+               for p in ("plant-1", "plant-2"))
     # Sellers order earlier than buyers, so their orders rest on the book when buys come.
     leads = {m: int(flag(m, "--presale-lead")) for m in ("meter-1", "meter-2", "meter-3")}
     assert leads["meter-2"] > leads["meter-3"] > leads["meter-1"] == 0

@@ -62,6 +62,11 @@ def seconds(low: float, high: float, *, zero: bool = False) -> Callable[[str], f
     return _bounded("s", "seconds", low, high, zero)
 
 
+def probability() -> Callable[[str], float]:
+    """An argparse type: a probability, 0 to 1."""
+    return _bounded("(a probability)", "probability", 0.0, 1.0, True)
+
+
 def lmdb_map_size(args: argparse.Namespace) -> int:
     """The LMDB map size in bytes that `--lmdb-map-gib` asks for."""
     return int(args.lmdb_map_gib) << 30

@@ -54,8 +54,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
     network.node("plant-2").args += ["--announce-seconds", "3600"]
     # The demo plants' wind park, and no forced outages: PV alone produces nothing at night
     # at the simulated site (its typical-year weather), nor does a plant in a seeded outage
-    # (about 1 % of the time), and without production nothing is delivered, so the test
-    # failed whenever CI ran after the site's sunset.
+    # (about 1 % of the time). Without production nothing is delivered, so the test failed
+    # whenever CI ran after the site's sunset or in an outage of the chosen plant.
     for name in ("plant-1", "plant-2"):
         network.node(name).args += devnet.DEMO_PLANT_ARGS
     # The buyer is the demo's consumer (no PV, a heat pump's constant load): a household's

@@ -50,14 +50,6 @@ from gridledger_meter_agent.settler import Settler
 log = logging.getLogger(__name__)
 
 
-def probability(text: str) -> float:
-    """An argparse type: a float within [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability (0 to 1)")
-    return value
-
-
 def make_profile(args: argparse.Namespace, name: str,
                  mode: str) -> HouseholdProfile | PlantProfile:
     seed = zlib.crc32(name.encode())
@@ -150,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "produces at any hour (profiles/wind.py)")
     parser.add_argument("--base-load-w", type=float, default=0.0,
                         help="simulated household: constant extra load (heat pump, EV)")
-    parser.add_argument("--outage-probability", type=probability,
+    parser.add_argument("--outage-probability", type=node_config.probability(),
                         default=PlantProfile.outage_probability_per_day,
                         help="simulated plant: chance per local day of one forced outage in "
                              "its supply hours, in which it produces nothing "

@@ -31,9 +31,9 @@ def test_a_plant_without_outages_has_none_in_a_year_and_the_default_keeps_them()
 
 
 def test_an_outage_produces_nothing_even_with_wind() -> None:
-    start = _plant(PlantProfile.outage_probability_per_day).outage_windows(
-        START, START + YEAR)[0][0]
-    assert _plant(PlantProfile.outage_probability_per_day).energy(start, 900)[0] == 0
+    seeded = _plant(PlantProfile.outage_probability_per_day)
+    start = seeded.outage_windows(START, START + YEAR)[0][0]
+    assert seeded.energy(start, 900)[0] == 0
     assert _plant(0.0).energy(start, 900)[0] > 0
 
 
@@ -43,4 +43,4 @@ def test_a_probability_outside_zero_to_one_is_refused(value: str,
     with pytest.raises(SystemExit) as exit_info:
         main(["--outage-probability", value])
     assert exit_info.value.code == 2
-    assert "is not a probability (0 to 1)" in capsys.readouterr().err
+    assert "must be 0 to 1 (a probability)" in capsys.readouterr().err

@@ -59,7 +59,10 @@ class AioNodeServer:
         (call_shares.py); by default an equal share of `maximum_concurrent_rpcs` (gRPC's own
         bound, which counts a call from its start), unbounded when neither is set. Given
         shares and no bound, gRPC's bound sits MEMBER_ROOM calls per member above the
-        shares together, so a member's own refusal (with its hint) comes first."""
+        shares together, so a member's own refusal (with its hint) comes first. At its
+        bound gRPC's asyncio server does not refuse: it takes no new call until one ends,
+        and below it, one per turn of the loop; calls not yet taken wait inside gRPC's
+        core, uncounted (docs/architecture.md, admission control)."""
         self.name = name
         self.role = role
         self._listen = listen

@@ -21,7 +21,16 @@ admitted, as TCP's congestion window follows what gets through (AIMD):
   calls (and the network sat below capacity) long after the refusals had stopped;
 - a refusal (RESOURCE_EXHAUSTED, or a deadline passed) shrinks it to `DECREASE` of itself,
   at most once per round trip: only a call sent after the last cut can cut again, so the
-  refusals of one burst are one signal, not a collapse to the floor.
+  refusals of one burst are one signal, not a collapse to the floor;
+- so does an answer slower than `slow_after` (default `SLOW_ANSWER`, the endorser's
+  default latency budget), though its call was admitted, as an ECN mark cuts TCP's window
+  without a packet lost (RFC 3168). Refusals alone came too late: gRPC's asyncio server
+  takes one new call from gRPC's core per turn of its loop, so calls beyond what it takes
+  queue inside gRPC, before admission control or a member's share of calls can count or
+  refuse them (about 1,000 calls at twice the capacity offered, while the endorser had
+  75-590 transactions in flight). Slow start, seeing every call admitted, doubled the
+  window into that queue; accepted calls waited 1-2 s there for the first 10 s of every
+  overload, until refusals finally came (docs/performance.md, twenty-ninth round).
 
 The refused call itself waits at least the endorser's hint (`backoff.Backoff`: the hint or
 the exponential delay, whichever is longer, plus jitter) before it asks for a slot again.
@@ -45,6 +54,10 @@ from collections.abc import AsyncIterator, Callable
 INITIAL_WINDOW = 8.0
 MIN_WINDOW = 1.0
 MAX_WINDOW = 1024.0
+# An admitted call answered later than this cuts the window as a refusal does (module
+# docstring): the endorser's default latency budget, submission to commit, so an answer
+# slower than all of it means a queue ahead of the endorser's own bound.
+SLOW_ANSWER = 1.0
 # As CUBIC's 0.7 rather than Reno's 0.5: the endorser's bound follows the commit rate and a
 # refusal is often one block's hiccup, so a milder cut keeps the pipeline fuller.
 DECREASE = 0.7
@@ -59,7 +72,7 @@ class CallWindow:
     `admitted`, `refused` or `ended`."""
 
     def __init__(self, initial: float = INITIAL_WINDOW, floor: float = MIN_WINDOW,
-                 ceiling: float = MAX_WINDOW,
+                 ceiling: float = MAX_WINDOW, slow_after: float = SLOW_ANSWER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0 < floor <= initial <= ceiling:
             raise ValueError(f"need 0 < floor <= initial <= ceiling, got {floor}, {initial}, "
@@ -67,6 +80,7 @@ class CallWindow:
         self.window = initial
         self.in_flight = 0
         self._floor, self._ceiling = floor, ceiling
+        self._slow_after = slow_after
         self._clock = clock
         self._slow_start = True
         self._last_cut = float("-inf")  # when the window was last cut (clock)
@@ -85,7 +99,11 @@ class CallWindow:
         self._peak = max(self._peak, self.in_flight)
         return self._clock()
 
-    def admitted(self) -> None:
+    def admitted(self, sent_at: float | None = None) -> None:
+        """Admitted: the call sent at `sent_at` (its answer's delay is then judged too)."""
+        if sent_at is not None and self._clock() - sent_at > self._slow_after:
+            self.refused(sent_at)  # a congestion signal, though the call got through
+            return
         self._end()
         if self._peak * 2 < self.window:
             # Not the limit (RFC 7661's idea): growing here would only store up a burst
@@ -162,7 +180,7 @@ class AsyncCallWindow:
             yield call
         finally:
             if call.outcome == "admitted":
-                self.state.admitted()
+                self.state.admitted(call.sent_at)
             elif call.outcome == "refused":
                 self.state.refused(call.sent_at)
             else:

@@ -119,11 +119,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "call is refused at once, RESOURCE_EXHAUSTED with a retry hint "
                              "(threads server: an equal share of --workers)")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=0,
-                        help="calls in progress or waiting for a handler thread; beyond it "
-                             "gRPC refuses at once with RESOURCE_EXHAUSTED (no hint), so no "
-                             "queue grows ahead of admission control (0: the members' shares "
-                             "together and a little room, so their own refusal comes first; "
-                             "threads server: twice --workers)")
+                        help="calls in progress (threads server: or waiting for a handler "
+                             "thread); beyond it the threads server refuses at once with "
+                             "RESOURCE_EXHAUSTED (no hint), the asyncio server takes no new "
+                             "call from gRPC until one ends (0: the members' shares together "
+                             "and a little room, so their own refusal comes first; threads "
+                             "server: twice --workers)")
     parser.add_argument("--gil-switch-ms", type=node_config.milliseconds(0, 1000), default=1.0,
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "

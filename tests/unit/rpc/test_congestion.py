@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridledger_core.rpc.congestion import CUBIC_C, DECREASE, AsyncCallWindow, CallWindow
+from gridledger_core.rpc.congestion import (
+    CUBIC_C,
+    DECREASE,
+    SLOW_ANSWER,
+    AsyncCallWindow,
+    CallWindow,
+)
 
 
 class Clock:
@@ -170,7 +176,61 @@ def test_a_window_that_is_not_the_limit_does_not_grow() -> None:
     assert w.window == 8
 
 
+
+def test_an_answer_slower_than_slow_after_cuts_the_window_though_the_call_was_admitted(
+) -> None:
+    """Calls queued inside gRPC ahead of the endorser's admission control are admitted in
+    the end, late: slow start, counting only refusals, doubled the window into that queue.
+    A slow answer is a congestion signal (one per round trip, as refusals), and ends slow
+    start."""
+    clock = Clock()
+    w = window(initial=16, clock=clock)
+    sent = [w.start() for _ in range(16)]
+    clock.now += SLOW_ANSWER + 0.5
+    for at in sent:
+        assert at is not None
+        w.admitted(at)
+    assert w.in_flight == 0
+    assert w.window == pytest.approx(16 * DECREASE)  # one cut for the round trip's answers
+    before = w.window
+    calls = [w.start() for _ in range(int(w.window))]
+    clock.now += 0.1  # prompt answers again: growth, but no longer doubling
+    for at in calls:
+        w.admitted(at)
+    assert before < w.window < 1.5 * before
+
+
+def test_answers_within_slow_after_grow_the_window_as_before() -> None:
+    clock = Clock()
+    w = window(initial=4, clock=clock)
+    sent = [w.start() for _ in range(4)]
+    clock.now += SLOW_ANSWER * 0.9
+    for at in sent:
+        w.admitted(at)
+    assert w.window == 8  # slow start: doubled
+    off = CallWindow(initial=4, slow_after=float("inf"), clock=clock)
+    sent = [off.start() for _ in range(4)]
+    clock.now += 3600  # judged by nothing but refusals
+    for at in sent:
+        off.admitted(at)
+    assert off.window == 8
+
+
 # -- asyncio --------------------------------------------------------------------------------
+def test_the_asyncio_window_judges_each_admitted_answer_by_its_own_send_time() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        w = AsyncCallWindow(window(initial=2, clock=clock))
+        async with w.call() as call:
+            call.admitted()
+        assert w.state.window == 3  # prompt
+        async with w.call() as call:
+            clock.now += SLOW_ANSWER + 0.1
+            call.admitted()
+        assert w.state.window == pytest.approx(3 * DECREASE) and w.state.in_flight == 0
+
+    asyncio.run(scenario())
+
 
 def test_waiters_take_slots_first_come_first_served_as_calls_end() -> None:
     async def scenario() -> list[int]:

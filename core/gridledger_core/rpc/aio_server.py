@@ -45,7 +45,6 @@ from gridledger_core.rpc.server import (
 from gridledger_core.rpc.tls import TlsFiles, receive_limit
 
 log = logging.getLogger(__name__)
-MEMBER_ROOM = 4  # calls per member gRPC's own bound leaves above the members' shares
 
 
 class AioNodeServer:
@@ -56,13 +55,13 @@ class AioNodeServer:
                  maximum_concurrent_rpcs: int | None = None,
                  calls_per_member: int | None = None) -> None:
         """`calls_per_member`: the calls one member (organisation) may have in progress
-        (call_shares.py); by default an equal share of `maximum_concurrent_rpcs` (gRPC's own
-        bound, which counts a call from its start), unbounded when neither is set. Given
-        shares and no bound, gRPC's bound sits MEMBER_ROOM calls per member above the
-        shares together, so a member's own refusal (with its hint) comes first. At its
-        bound gRPC's asyncio server does not refuse: it takes no new call until one ends,
-        and below it, one per turn of the loop; calls not yet taken wait inside gRPC's
-        core, uncounted (docs/architecture.md, admission control)."""
+        (call_shares.py); by default an equal share of `maximum_concurrent_rpcs`, unbounded
+        when neither is set. gRPC's own bound (`maximum_concurrent_rpcs`) is set only when
+        asked for: at it, gRPC's asyncio server does not refuse, it takes no new call until
+        one ends, so the calls beyond wait inside gRPC's core, uncounted, instead of being
+        refused with a hint by the member shares; and below it the bound costs the loop a
+        task per call. Calls not yet taken wait there anyway, as the server takes them one
+        at a time between the loop's other work (docs/architecture.md, admission control)."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -74,8 +73,6 @@ class AioNodeServer:
         members = len(genesis.organizations)
         share = calls_per_member or (per_member(maximum_concurrent_rpcs, members)
                                      if maximum_concurrent_rpcs else UNBOUNDED)
-        if not maximum_concurrent_rpcs and calls_per_member:
-            maximum_concurrent_rpcs = (calls_per_member + MEMBER_ROOM) * members
         self._maximum_concurrent_rpcs = maximum_concurrent_rpcs
         self.shares = CallShares(share)
         self._health_listen = health_listen

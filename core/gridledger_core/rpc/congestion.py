@@ -25,12 +25,13 @@ admitted, as TCP's congestion window follows what gets through (AIMD):
 - so does an answer slower than `slow_after` (default `SLOW_ANSWER`, the endorser's
   default latency budget), though its call was admitted, as an ECN mark cuts TCP's window
   without a packet lost (RFC 3168). Refusals alone came too late: gRPC's asyncio server
-  takes one new call from gRPC's core per turn of its loop, so calls beyond what it takes
-  queue inside gRPC, before admission control or a member's share of calls can count or
-  refuse them (about 1,000 calls at twice the capacity offered, while the endorser had
-  75-590 transactions in flight). Slow start, seeing every call admitted, doubled the
-  window into that queue; accepted calls waited 1-2 s there for the first 10 s of every
-  overload, until refusals finally came (docs/performance.md, twenty-ninth round).
+  takes new calls from gRPC's core one at a time, between its loop's other work, so calls
+  arriving faster queue inside gRPC, before admission control or a member's share of calls
+  can count or refuse them (about 1,000 calls at twice the capacity offered, while the
+  endorser had 55-375 transactions in flight and at most 128 calls in progress). Slow
+  start, seeing every call admitted, doubled the window into that queue, and accepted
+  calls waited 1-2 s there for up to 12 s of an overload, until refusals came
+  (docs/performance.md, twenty-ninth round).
 
 The refused call itself waits at least the endorser's hint (`backoff.Backoff`: the hint or
 the exponential delay, whichever is longer, plus jitter) before it asks for a slot again.

@@ -122,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="calls in progress (threads server: or waiting for a handler "
                              "thread); beyond it the threads server refuses at once with "
                              "RESOURCE_EXHAUSTED (no hint), the asyncio server takes no new "
-                             "call from gRPC until one ends (0: the members' shares together "
-                             "and a little room, so their own refusal comes first; threads "
-                             "server: twice --workers)")
+                             "call from gRPC until one ends, while they wait inside gRPC "
+                             "uncounted (0: threads server twice --workers; asyncio server "
+                             "none, the members' shares of --calls-per-member are its bound)")
     parser.add_argument("--gil-switch-ms", type=node_config.milliseconds(0, 1000), default=1.0,
                         help="Python's GIL switch interval: how long the event loop may wait "
                              "for the GIL while another thread (the replica committing a "
@@ -179,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
-              # 0: the server's own default (above the members' shares; threads: twice
-              # the handler threads)
+              # 0: the server's own default (threads: twice the handler threads; asyncio:
+              # none beyond the members' shares)
               "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None,
               # the largest message an endorser is sent: a full batch, or one transaction
               "options": [receive_limit(max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes))]}

@@ -54,14 +54,21 @@ def test_an_equal_share_of_the_places_is_at_least_one() -> None:
     assert per_member(10, 0) == 10
 
 
-@pytest.fixture(params=["threads", "asyncio"])
+# The asyncio server as the endorser runs it: the members' shares alone bound its calls
+# (gRPC's own bound, at which the asyncio server would stop taking calls instead of refusing
+# them, is not set).
+BOUNDS = {"threads": {"max_workers": PLACES},
+          "asyncio": {"maximum_concurrent_rpcs": PLACES},
+          "asyncio, shares only": {"calls_per_member": PLACES // 4}}
+
+
+@pytest.fixture(params=list(BOUNDS))
 def server(consortium_dir: Path, genesis: Genesis,
            request: pytest.FixtureRequest) -> Iterator[NodeServer | AioNodeServer]:
     assert len(genesis.organizations) == 4  # so each member's share is PLACES // 4 = 2
-    bound = ({"max_workers": PLACES} if request.param == "threads"
-             else {"maximum_concurrent_rpcs": PLACES})
     node = answering_server(genesis, TlsFiles.for_node(consortium_dir, "committer-1"),
-                            kind=request.param, **bound)
+                            kind="threads" if request.param == "threads" else "asyncio",
+                            **BOUNDS[request.param])
     yield node
     node.stop()
 

@@ -78,6 +78,8 @@ class CallWindow:
         if not 0 < floor <= initial <= ceiling:
             raise ValueError(f"need 0 < floor <= initial <= ceiling, got {floor}, {initial}, "
                              f"{ceiling}")
+        if not slow_after > 0:
+            raise ValueError(f"slow_after must be above 0 s, got {slow_after}")
         self.window = initial
         self.in_flight = 0
         self._floor, self._ceiling = floor, ceiling

@@ -138,6 +138,8 @@ def test_an_outcome_for_a_call_never_started_is_a_bug() -> None:
         window().admitted()
     with pytest.raises(ValueError):
         CallWindow(initial=0.5, floor=1)
+    with pytest.raises(ValueError):
+        CallWindow(slow_after=0)  # every answer would cut the window
 
 
 @given(st.lists(st.tuples(st.sampled_from(["start", "ok", "refused", "ended", "tick"]),
@@ -174,7 +176,6 @@ def test_a_window_that_is_not_the_limit_does_not_grow() -> None:
         assert w.start() is not None
         w.admitted()
     assert w.window == 8
-
 
 
 def test_an_answer_slower_than_slow_after_cuts_the_window_though_the_call_was_admitted(
@@ -217,6 +218,7 @@ def test_answers_within_slow_after_grow_the_window_as_before() -> None:
 
 
 # -- asyncio --------------------------------------------------------------------------------
+
 def test_the_asyncio_window_judges_each_admitted_answer_by_its_own_send_time() -> None:
     async def scenario() -> None:
         clock = Clock()

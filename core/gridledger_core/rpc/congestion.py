@@ -27,11 +27,11 @@ admitted, as TCP's congestion window follows what gets through (AIMD):
   without a packet lost (RFC 3168). Refusals alone came too late: gRPC's asyncio server
   takes new calls from gRPC's core one at a time, between its loop's other work, so calls
   arriving faster queue inside gRPC, before admission control or a member's share of calls
-  can count or refuse them (about 1,000 calls at twice the capacity offered, while the
-  endorser had 55-375 transactions in flight and at most 128 calls in progress). Slow
-  start, seeing every call admitted, doubled the window into that queue, and accepted
-  calls waited 1-2 s there for up to 12 s of an overload, until refusals came
-  (docs/performance.md, twenty-ninth round).
+  can count or refuse them (at twice the capacity offered the load generator had about
+  1,100 calls in flight while the endorser had at most 128 in progress and 55-375
+  transactions in flight). Slow start, seeing every call admitted, doubled the window
+  into that queue, and accepted calls waited 1-2 s there for up to 12 s of an overload,
+  until refusals came (docs/performance.md, twenty-ninth round).
 
 The refused call itself waits at least the endorser's hint (`backoff.Backoff`: the hint or
 the exponential delay, whichever is longer, plus jitter) before it asks for a slot again.

@@ -30,6 +30,7 @@ from prometheus_client import start_http_server
 
 from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.authz import AioAuthzInterceptor
 from gridledger_core.rpc.call_shares import UNBOUNDED, CallShares, per_member
 from gridledger_core.rpc.loop_lag import watch_lag
@@ -53,7 +54,8 @@ class AioNodeServer:
                  options: Sequence[tuple[str, Any]] = (),
                  account_lookup: AccountLookup | None = None,
                  maximum_concurrent_rpcs: int | None = None,
-                 calls_per_member: int | None = None) -> None:
+                 calls_per_member: int | None = None,
+                 event_loop: str = event_loops.DEFAULT) -> None:
         """`calls_per_member`: the calls one member (organisation) may have in progress
         (call_shares.py); by default an equal share of `maximum_concurrent_rpcs`, unbounded
         when neither is set. gRPC's own bound (`maximum_concurrent_rpcs`) is set only when
@@ -61,7 +63,8 @@ class AioNodeServer:
         one ends, so the calls beyond wait inside gRPC's core, uncounted, instead of being
         refused with a hint by the member shares; and below it the bound costs the loop a
         task per call. Calls not yet taken wait there anyway, as the server takes them one
-        at a time between the loop's other work (docs/architecture.md, admission control)."""
+        at a time between the loop's other work (docs/architecture.md, admission control).
+        `event_loop`: the loop's kind (event_loops.py; uvloop unless asked otherwise)."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -82,7 +85,8 @@ class AioNodeServer:
         self._on_close: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self.port = 0
-        self._loop = asyncio.new_event_loop()
+        self._loop = event_loops.new_event_loop(event_loop)
+        self.event_loop = event_loop
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{name}-grpc",
                                         daemon=True)
         self._server: aio.Server | None = None
@@ -113,8 +117,8 @@ class AioNodeServer:
         start_http_server(port, addr=host)
         NODE_INFO.info({"name": self.name, "role": self.role})
         watch_pauses()
-        log.info("%s (%s) serving gRPC (asyncio) on %s, metrics on %s", self.name, self.role,
-                 self._listen, self._metrics_listen)
+        log.info("%s (%s) serving gRPC (asyncio, %s loop) on %s, metrics on %s", self.name,
+                 self.role, self.event_loop, self._listen, self._metrics_listen)
 
     async def _start(self) -> None:
         server = aio.server(interceptors=[AioMetricsInterceptor(),

@@ -20,6 +20,7 @@ from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower
+from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="asyncio: every call's work on one event loop, waits as futures "
                              "(core rpc/aio_server.py); threads: gRPC's thread-pool server, "
                              "a handler thread per call in progress")
+    parser.add_argument("--event-loop", choices=event_loops.CHOICES, default=event_loops.DEFAULT,
+                        help="the asyncio server's event loop: uvloop (libuv's, in C: less of "
+                             "the loop's CPU per call) or Python's own (the fallback)")
     # Threads server: a submit holds its thread until an orderer acknowledges (an fsync
     # away), and a refusal by admission control is cheap: enough threads that refusals come
     # from admission control (with its hint), and gRPC's own refusal (no hint) only beyond
@@ -187,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     server: NodeServer | AioNodeServer
     if args.grpc_server == "asyncio":
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
-                               calls_per_member=args.calls_per_member, **common)
+                               calls_per_member=args.calls_per_member,
+                               event_loop=args.event_loop, **common)
     else:
         server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                             max_workers=args.workers, **common)

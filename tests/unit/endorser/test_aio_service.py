@@ -29,6 +29,7 @@ from test_submit_batch import Orderers, Result, _claimed, batch, ids, servicer, 
 from gridledger.common.v1 import envelope_pb2
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger_core.genesis import Genesis
+from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_ENVELOPES
 from gridledger_core.rpc.tls import TlsFiles
@@ -42,9 +43,11 @@ from gridledger_endorser.service import EndorserServicer
 __all__ = ["ids"]  # a fixture, used here
 
 
-def _served(s: EndorserServicer, consortium_dir: Path, genesis: Genesis) -> AioNodeServer:
+def _served(s: EndorserServicer, consortium_dir: Path, genesis: Genesis,
+            event_loop: str) -> AioNodeServer:
     server = AioNodeServer("endorser-1", "endorser", "127.0.0.1:0", "127.0.0.1:0",
-                           TlsFiles.for_node(consortium_dir, "endorser-1"), genesis=genesis)
+                           TlsFiles.for_node(consortium_dir, "endorser-1"), genesis=genesis,
+                           event_loop=event_loop)
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                        AsyncEndorserServicer(s), "gridledger.endorser.v1.EndorserService")
     server.start()
@@ -54,12 +57,13 @@ def _served(s: EndorserServicer, consortium_dir: Path, genesis: Genesis) -> AioN
 class _Serve:
     """Starts asyncio endorser servers; a stub to the last one as any node."""
 
-    def __init__(self, consortium_dir: Path, genesis: Genesis) -> None:
+    def __init__(self, consortium_dir: Path, genesis: Genesis, event_loop: str) -> None:
         self._consortium_dir, self._genesis = consortium_dir, genesis
+        self._event_loop = event_loop
         self.servers: list[AioNodeServer] = []
 
     def __call__(self, s: EndorserServicer) -> endorser_pb2_grpc.EndorserServiceStub:
-        self.servers.append(_served(s, self._consortium_dir, self._genesis))
+        self.servers.append(_served(s, self._consortium_dir, self._genesis, self._event_loop))
         return self.connect("admin")
 
     def connect(self, caller: str) -> endorser_pb2_grpc.EndorserServiceStub:
@@ -69,9 +73,12 @@ class _Serve:
         return endorser_pb2_grpc.EndorserServiceStub(channel)
 
 
-@pytest.fixture()
-def serve(consortium_dir: Path, genesis: Genesis) -> Iterator[Any]:
-    started = _Serve(consortium_dir, genesis)
+# uvloop (the default) and Python's own loop (the endorser's --event-loop fallback): the
+# same statuses, details and hints on both.
+@pytest.fixture(params=event_loops.CHOICES)
+def serve(consortium_dir: Path, genesis: Genesis, request: pytest.FixtureRequest
+          ) -> Iterator[Any]:
+    started = _Serve(consortium_dir, genesis, request.param)
     yield started
     for server in started.servers:
         server.stop()
@@ -250,12 +257,14 @@ def test_a_batch_whose_caller_gives_up_during_its_checks_frees_every_slot(
     assert admission.in_flight == 0
 
 
+@pytest.mark.parametrize("event_loop", event_loops.CHOICES)
 def test_the_asyncio_server_stops_gracefully_running_its_callbacks_in_order(
-        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity]) -> None:
+        genesis: Genesis, consortium_dir: Path, ids: dict[str, SigningIdentity],
+        event_loop: str) -> None:
     """As the node's main thread does at SIGTERM: health goes NOT_SERVING, the server stops
     taking calls, on_stop then on_close run, and serve_until_signal returns."""
     server = _served(servicer(genesis, consortium_dir, signed(ids["plant-1"], 1), Orderers()),
-                     consortium_dir, genesis)
+                     consortium_dir, genesis, event_loop)
     ran: list[str] = []
     server.on_stop(lambda: ran.append("stop"))
     server.on_close(lambda: ran.append("close"))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.loop_lag import watch_lag
 
 
@@ -18,8 +21,9 @@ async def _observed_while(busy_seconds: float) -> list[float]:
     return observed
 
 
-def test_a_busy_loop_shows_as_the_probes_late_wake_up() -> None:
-    observed = asyncio.run(_observed_while(0.3))
+@pytest.mark.parametrize("kind", event_loops.CHOICES)
+def test_a_busy_loop_shows_as_the_probes_late_wake_up(kind: str) -> None:
+    observed = event_loops.run(_observed_while(0.3), kind)
     # The probe was due at most 10 ms into the 300 ms the loop was held.
     longest = observed.index(max(observed))
     assert observed[longest] >= 0.25

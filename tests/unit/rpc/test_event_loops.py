@@ -1,0 +1,43 @@
+"""The event loops a process may run its gRPC calls on (core rpc/event_loops.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvloop
+
+from gridledger_core.rpc import event_loops
+
+
+def test_uvloop_is_the_default_and_pythons_own_loop_the_fallback() -> None:
+    assert event_loops.DEFAULT == "uvloop"
+    default = event_loops.new_event_loop()
+    fallback = event_loops.new_event_loop("asyncio")
+    try:
+        assert isinstance(default, uvloop.Loop)
+        assert not isinstance(fallback, uvloop.Loop)
+        assert isinstance(fallback, asyncio.BaseEventLoop)
+    finally:
+        default.close()
+        fallback.close()
+
+
+def test_an_unknown_kind_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'trio' is not one of uvloop, asyncio"):
+        event_loops.new_event_loop("trio")
+
+
+@pytest.mark.parametrize("kind", event_loops.CHOICES)
+def test_run_returns_the_coroutines_value_on_a_loop_of_its_kind_and_closes_it(
+        kind: str) -> None:
+    seen: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> int:
+        seen.append(asyncio.get_running_loop())
+        await asyncio.sleep(0.001)
+        return 42
+
+    assert event_loops.run(main(), kind) == 42
+    assert isinstance(seen[0], uvloop.Loop) == (kind == "uvloop")
+    assert seen[0].is_closed()

@@ -52,13 +52,15 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from gridledger_core.rpc.latency_budget import DEFAULT_LATENCY_BUDGET_MS
+
 INITIAL_WINDOW = 8.0
 MIN_WINDOW = 1.0
 MAX_WINDOW = 1024.0
 # An admitted call answered later than this cuts the window as a refusal does (module
 # docstring): the endorser's default latency budget, submission to commit, so an answer
 # slower than all of it means a queue ahead of the endorser's own bound.
-SLOW_ANSWER = 1.0
+SLOW_ANSWER = DEFAULT_LATENCY_BUDGET_MS / 1000
 # As CUBIC's 0.7 rather than Reno's 0.5: the endorser's bound follows the commit rate and a
 # refusal is often one block's hiccup, so a milder cut keeps the pipeline fuller.
 DECREASE = 0.7

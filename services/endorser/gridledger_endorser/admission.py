@@ -65,6 +65,8 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
+from gridledger_core.rpc.latency_budget import DEFAULT_LATENCY_BUDGET_MS
+
 ADMITTED = Counter("gridledger_endorser_admission_admitted",
                    "Transactions admitted by admission control (also RequestOptions calls).",
                    ["kind"])
@@ -88,7 +90,7 @@ IN_FLIGHT = Gauge("gridledger_endorser_admission_in_flight",
 COMMIT_RATE = Gauge("gridledger_endorser_admission_commit_rate",
                     "This endorser's transactions committed per second (observed, windowed).")
 
-DEFAULT_BUDGET_MS = 1_000
+DEFAULT_BUDGET_MS = DEFAULT_LATENCY_BUDGET_MS  # clients' slow-answer signal shares it
 DEFAULT_FLOOR = 64
 DEFAULT_CEILING = 20_000
 DEFAULT_WINDOW_S = 5.0

@@ -28,10 +28,13 @@ from gridledger_core.identity import Role
 from gridledger_core.ledger.errors import Code
 from gridledger_core.ledger.ledger import Ledger
 from gridledger_core.rpc import authz
+from gridledger_core.rpc.congestion import SLOW_ANSWER
+from gridledger_core.rpc.latency_budget import DEFAULT_LATENCY_BUDGET_MS
 from gridledger_core.rpc.peer_identity import Peer
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import MemoryStore
 from gridledger_endorser.admission import (
+    DEFAULT_BUDGET_MS,
     MIN_RETRY_MS,
     Admission,
     AdmissionConfig,
@@ -384,3 +387,11 @@ def test_the_servicer_charges_the_callers_organisation(node: Node,
     assert as_caller(own, lambda: node.submit(signed(meter_2, 3)))[0] == "RESOURCE_EXHAUSTED"
     assert (node.admission.held_by("utility"), node.admission.held_by("community")) == (2, 1)
     assert node.commit_sent() == [Code.TX_VALIDATION_CODE_VALID] * 3
+
+
+def test_clients_take_an_answer_slower_than_the_default_budget_as_congestion() -> None:
+    """The client's slow-answer signal (core rpc/congestion.py) and admission control's
+    default budget are one figure: an answer slower than all of the budget means a queue
+    ahead of the endorser's bound."""
+    assert DEFAULT_BUDGET_MS == SLOW_ANSWER * 1000 == DEFAULT_LATENCY_BUDGET_MS
+    assert AdmissionConfig().budget_ms == DEFAULT_LATENCY_BUDGET_MS

@@ -13,8 +13,7 @@ milliseconds: what needs finer time reads `time.monotonic()`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import uvloop
 
@@ -25,8 +24,6 @@ FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 CHOICES = tuple(FACTORIES)
 
-T = TypeVar("T")
-
 
 def new_event_loop(kind: str = DEFAULT) -> asyncio.AbstractEventLoop:
     """A new loop of `kind` (one of CHOICES); ValueError for any other."""
@@ -35,9 +32,3 @@ def new_event_loop(kind: str = DEFAULT) -> asyncio.AbstractEventLoop:
     except KeyError:
         raise ValueError(f"event loop {kind!r} is not one of {', '.join(CHOICES)}") from None
 
-
-def run(main: Coroutine[Any, Any, T], kind: str = DEFAULT) -> T:
-    """`asyncio.run(main)` on a new loop of `kind` (Python 3.11's asyncio.run takes no
-    loop factory): the loop is closed afterwards, its async generators shut down."""
-    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
-        return runner.run(main)

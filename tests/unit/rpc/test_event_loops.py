@@ -29,8 +29,7 @@ def test_an_unknown_kind_is_refused_by_name() -> None:
 
 
 @pytest.mark.parametrize("kind", event_loops.CHOICES)
-def test_run_returns_the_coroutines_value_on_a_loop_of_its_kind_and_closes_it(
-        kind: str) -> None:
+def test_a_loop_of_each_kind_runs_a_coroutine_to_its_value(kind: str) -> None:
     seen: list[asyncio.AbstractEventLoop] = []
 
     async def main() -> int:
@@ -38,6 +37,7 @@ def test_run_returns_the_coroutines_value_on_a_loop_of_its_kind_and_closes_it(
         await asyncio.sleep(0.001)
         return 42
 
-    assert event_loops.run(main(), kind) == 42
+    with asyncio.Runner(loop_factory=lambda: event_loops.new_event_loop(kind)) as runner:
+        assert runner.run(main()) == 42
     assert isinstance(seen[0], uvloop.Loop) == (kind == "uvloop")
     assert seen[0].is_closed()

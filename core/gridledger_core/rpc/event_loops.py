@@ -31,4 +31,3 @@ def new_event_loop(kind: str = DEFAULT) -> asyncio.AbstractEventLoop:
         return FACTORIES[kind]()
     except KeyError:
         raise ValueError(f"event loop {kind!r} is not one of {', '.join(CHOICES)}") from None
-

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import uvloop
 from broadcast_fakes import SealsThenBroadcasts
 from gc_helpers import cyclic_garbage
 from grpc_helpers import Aborted, FakeContext
@@ -48,6 +49,8 @@ def _served(s: EndorserServicer, consortium_dir: Path, genesis: Genesis,
     server = AioNodeServer("endorser-1", "endorser", "127.0.0.1:0", "127.0.0.1:0",
                            TlsFiles.for_node(consortium_dir, "endorser-1"), genesis=genesis,
                            event_loop=event_loop)
+    # The kind asked for is the loop the calls run on (else "both loops" tests one of them).
+    assert isinstance(server._loop, uvloop.Loop) == (event_loop == "uvloop")
     server.add_service(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                        AsyncEndorserServicer(s), "gridledger.endorser.v1.EndorserService")
     server.start()

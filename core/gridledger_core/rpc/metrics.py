@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextvars import Token
 from types import TracebackType
 from typing import Any
 
@@ -134,46 +133,27 @@ def _measured_kind(handler: Any) -> tuple[str, Any, Any] | None:
 
 class MethodSeries:
     """One method's series with their labels bound once, when its handler is wrapped:
-    `labels()` looks the child up under a lock, three times a call. `timed(context)` counts
-    a call, times it (a unary call from its request's arrival, request_timing.py) and
-    records its final status code."""
+    `labels()` looks the child up under a lock, three times a call. `timed(context)`
+    measures one call."""
 
-    __slots__ = ("_handled", "_handling", "_labels", "_started", "_unary")
+    __slots__ = ("handled", "handling", "labels", "started", "unary")
 
     def __init__(self, kind: str, full_method: str) -> None:
         service, _, method = full_method.lstrip("/").rpartition("/")
-        self._labels = (kind, service, method)
-        self._unary = kind == "unary"
-        self._started = STARTED.labels(kind, service, method)
-        self._handling = HANDLING.labels(kind, service, method)
-        self._handled: dict[str, Any] = {}  # code -> its child (gRPC's codes: bounded)
+        self.labels = (kind, service, method)
+        self.unary = kind == "unary"
+        self.started = STARTED.labels(kind, service, method)
+        self.handling = HANDLING.labels(kind, service, method)
+        self.handled: dict[str, Any] = {}  # code -> its child (gRPC's codes: bounded)
 
     def timed(self, context: grpc.ServicerContext) -> _TimedCall:
         return _TimedCall(self, context)
 
-    def begin(self) -> tuple[Token[float] | None, float]:
-        """Count the call; (the arrival mark's token, the call's start)."""
-        self._started.inc()
-        # Only a unary call's handler surely ends in the context it began in (a stream's
-        # generator may be closed on another thread); its thread or task may have served
-        # others.
-        token = REQUEST_ARRIVED.set(0.0) if self._unary else None
-        return token, time.perf_counter()
-
-    def end(self, code: str, token: Token[float] | None, start: float) -> None:
-        handled = self._handled.get(code)
-        if handled is None:
-            handled = self._handled[code] = HANDLED.labels(*self._labels, code)
-        handled.inc()
-        if token is not None:
-            start = max(start, REQUEST_ARRIVED.get())
-            REQUEST_ARRIVED.reset(token)
-        self._handling.observe(time.perf_counter() - start)
-
 
 class _TimedCall:
-    """One call's measurement (`MethodSeries.timed`): a plain context manager, a fraction of
-    what a generator-based one costs per call."""
+    """One call's measurement, a plain context manager (no generator to create and resume
+    per call): counts the call, times it (a unary call from its request's arrival,
+    request_timing.py) and records its final status code."""
 
     __slots__ = ("_context", "_series", "_start", "_token")
 
@@ -181,7 +161,13 @@ class _TimedCall:
         self._series, self._context = series, context
 
     def __enter__(self) -> None:
-        self._token, self._start = self._series.begin()
+        series = self._series
+        series.started.inc()
+        # Only a unary call's handler surely ends in the context it began in (a stream's
+        # generator may be closed on another thread); its thread or task may have served
+        # others.
+        self._token = REQUEST_ARRIVED.set(0.0) if series.unary else None
+        self._start = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
@@ -196,4 +182,13 @@ class _TimedCall:
             code = _code_of(self._context) if self._context.code() else "UNKNOWN"
         else:
             code = "OK"
-        self._series.end(code, self._token, self._start)
+        series = self._series
+        handled = series.handled.get(code)
+        if handled is None:
+            handled = series.handled[code] = HANDLED.labels(*series.labels, code)
+        handled.inc()
+        start = self._start
+        if self._token is not None:
+            start = max(start, REQUEST_ARRIVED.get())
+            REQUEST_ARRIVED.reset(self._token)
+        series.handling.observe(time.perf_counter() - start)

@@ -90,7 +90,6 @@ IN_FLIGHT = Gauge("gridledger_endorser_admission_in_flight",
 COMMIT_RATE = Gauge("gridledger_endorser_admission_commit_rate",
                     "This endorser's transactions committed per second (observed, windowed).")
 
-DEFAULT_BUDGET_MS = DEFAULT_LATENCY_BUDGET_MS  # clients' slow-answer signal shares it
 DEFAULT_FLOOR = 64
 DEFAULT_CEILING = 20_000
 DEFAULT_WINDOW_S = 5.0
@@ -99,7 +98,9 @@ MIN_RETRY_MS = 20
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    budget_ms: int = DEFAULT_BUDGET_MS  # 0: admission control off (no bound but the ceiling)
+    # Shared with the clients' slow-answer signal (core rpc/latency_budget.py); 0: admission
+    # control off (no bound but the ceiling).
+    budget_ms: int = DEFAULT_LATENCY_BUDGET_MS
     floor: int = DEFAULT_FLOOR
     ceiling: int = DEFAULT_CEILING
     window_s: float = DEFAULT_WINDOW_S

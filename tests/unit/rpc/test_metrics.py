@@ -44,16 +44,6 @@ class _Aborted(Exception):
     pass
 
 
-def _sync_unary(method: str, behaviour: Any) -> Any:
-    handler = grpc.unary_unary_rpc_method_handler(behaviour)
-    return MetricsInterceptor()._wrap(handler, f"/{SERVICE}/{method}").unary_unary
-
-
-def _aio_unary(method: str, behaviour: Any) -> Any:
-    handler = grpc.unary_unary_rpc_method_handler(behaviour)
-    return AioMetricsInterceptor._wrap(handler, f"/{SERVICE}/{method}").unary_unary
-
-
 def _answer(request: Any, context: Any) -> str:
     return "answer"
 
@@ -66,42 +56,42 @@ def _fail(request: Any, context: Any) -> str:
     raise ValueError("a bug")
 
 
-@pytest.mark.parametrize(("name", "behaviour", "context_code", "expected"), [
-    ("SyncOk", _answer, None, "OK"),
-    ("SyncAborted", _abort, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
-    ("SyncBug", _fail, None, "UNKNOWN"),
+def _threaded_call(method: str, behaviour: Any, context: _Context) -> Any:
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    return MetricsInterceptor()._wrap(handler, f"/{SERVICE}/{method}").unary_unary(None,
+                                                                                 context)
+
+
+def _aio_unary(method: str, behaviour: Any) -> Any:
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    return AioMetricsInterceptor._wrap(handler, f"/{SERVICE}/{method}").unary_unary
+
+
+def _asyncio_call(method: str, behaviour: Any, context: _Context) -> Any:
+    async def coroutine(request: Any, context: Any) -> str:
+        return behaviour(request, context)
+
+    return asyncio.run(_aio_unary(method, coroutine)(None, context))
+
+
+@pytest.mark.parametrize("server", [_threaded_call, _asyncio_call], ids=["threads", "asyncio"])
+@pytest.mark.parametrize(("outcome", "behaviour", "context_code", "expected"), [
+    ("Ok", _answer, None, "OK"),
+    ("Aborted", _abort, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
+    ("Bug", _fail, None, "UNKNOWN"),
 ])
-def test_a_threaded_call_is_counted_once_with_its_final_code(
-        name: str, behaviour: Any, context_code: grpc.StatusCode | None, expected: str) -> None:
-    wrapped = _sync_unary(name, behaviour)
+def test_a_call_is_counted_once_with_its_final_code(
+        server: Any, outcome: str, behaviour: Any, context_code: grpc.StatusCode | None,
+        expected: str) -> None:
+    name = f"{server.__name__}{outcome}"
     started, handled, observed = _started(name), _handled(name, expected), _observed(name)
     try:
-        assert wrapped(None, _Context(context_code)) == "answer"
+        assert server(name, behaviour, _Context(context_code)) == "answer"
     except (_Aborted, ValueError):
         assert expected != "OK"
     assert _started(name) == started + 1
     assert _handled(name, expected) == handled + 1
     assert _observed(name) == observed + 1
-
-
-@pytest.mark.parametrize(("name", "behaviour", "context_code", "expected"), [
-    ("AioOk", _answer, None, "OK"),
-    ("AioAborted", _abort, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
-    ("AioBug", _fail, None, "UNKNOWN"),
-])
-def test_an_asyncio_call_is_counted_once_with_its_final_code(
-        name: str, behaviour: Any, context_code: grpc.StatusCode | None, expected: str) -> None:
-    async def coroutine(request: Any, context: Any) -> str:
-        return behaviour(request, context)
-
-    wrapped = _aio_unary(name, coroutine)
-    started, handled = _started(name), _handled(name, expected)
-    try:
-        assert asyncio.run(wrapped(None, _Context(context_code))) == "answer"
-    except (_Aborted, ValueError):
-        assert expected != "OK"
-    assert _started(name) == started + 1
-    assert _handled(name, expected) == handled + 1
 
 
 def test_an_asyncio_call_cancelled_midway_counts_as_cancelled() -> None:

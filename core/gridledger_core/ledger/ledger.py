@@ -189,7 +189,7 @@ class Ledger:
         # Every read of the block from one read transaction (about ten per transaction
         # otherwise); it ends before the block's write.
         with self.store.snapshot() as committed:
-            state = StateOverlay(committed)
+            state = StateOverlay(committed, snapshot=True)
             result.expired_orders = self._expire_closed_slots(
                 committed, state,
                 BlockContext(self.genesis, header.timestamp.seconds, header.number))

@@ -1,11 +1,13 @@
 """StateOverlay against a reference model of its contract: the plain dict overlay it replaced
 (a savepoint copied every write; a scan filtered every write). Any sequence of puts, deletes,
-savepoints, rollbacks, reads and prefix scans must see the same state and the same changes."""
+savepoints, rollbacks, reads and prefix scans must see the same state and the same changes,
+whether the overlay asks its store every time or keeps what a snapshot answered."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,17 +45,26 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("savepoint")),
     st.tuples(st.just("rollback")),
     st.tuples(st.just("scan"), PREFIXES, st.none() | st.integers(min_value=1, max_value=4)),
+    st.tuples(st.just("get"), KEYS),
+    st.tuples(st.just("get_many"), st.lists(KEYS, max_size=4)),
 ), max_size=40)
 
 
-@given(committed=st.dictionaries(KEYS, st.binary(min_size=1, max_size=2)), ops=OPS)
-def test_overlay_matches_the_reference_model(committed: dict[str, bytes], ops: list) -> None:
+def _store(committed: dict[str, bytes]) -> MemoryStore:
     store = MemoryStore()
     batch = WriteBatch()
     for key, value in committed.items():
         batch.put(schema.state_key(key), value)
     store.commit(batch)
-    state, model = StateOverlay(store), ModelOverlay(dict(committed))
+    return store
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["live store", "snapshot"])
+@given(committed=st.dictionaries(KEYS, st.binary(min_size=1, max_size=2)), ops=OPS)
+def test_overlay_matches_the_reference_model(snapshot: bool, committed: dict[str, bytes],
+                                             ops: list) -> None:
+    state = StateOverlay(_store(committed), snapshot=snapshot)
+    model = ModelOverlay(dict(committed))
     for op in ops:
         if op[0] == "put":
             state.put(op[1], op[2])
@@ -69,6 +80,10 @@ def test_overlay_matches_the_reference_model(committed: dict[str, bytes], ops: l
                 continue  # the contract: rollback only after a savepoint
             state.rollback()
             model.writes, model.saved = model.saved, None
+        elif op[0] == "get":
+            assert state.get(op[1]) == model.get(op[1])
+        elif op[0] == "get_many":
+            assert state.get_many(op[1]) == [model.get(key) for key in op[1]]
         else:
             assert list(state.scan(op[1], op[2])) == list(model.scan(op[1], op[2]))
         assert state.changes() == sorted(model.writes.items())
@@ -87,3 +102,44 @@ def test_rollback_forgets_keys_first_written_after_the_savepoint() -> None:
     state.rollback()
     assert state.changes() == [("kept", b"1")]
     assert list(state.scan("new/")) == []
+
+
+class CountingStore(MemoryStore):
+    """Counts the keys it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        self.asked.append(key)
+        return super().get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self.asked.extend(keys)
+        return super().get_many(keys)
+
+
+def test_a_snapshot_is_asked_once_per_key_and_writes_still_win() -> None:
+    store = CountingStore()
+    batch = WriteBatch()
+    batch.put(schema.state_key("revoked/x"), b"r")
+    store.commit(batch)
+    state = StateOverlay(store, snapshot=True)
+    for _ in range(3):
+        assert state.get_many(["revoked/x", "revoked/y"]) == [b"r", None]
+        assert state.get("revoked/y") is None  # an absent key is kept as absent
+    assert sorted(store.asked) == [schema.state_key("revoked/x"), schema.state_key("revoked/y")]
+    # A write in the block answers before what the snapshot said, and a rollback of it
+    # brings the snapshot's answer back.
+    state.savepoint()
+    state.put("revoked/y", b"now")
+    assert state.get_many(["revoked/y"]) == [b"now"]
+    state.rollback()
+    assert state.get("revoked/y") is None
+    assert len(store.asked) == 2
+    # Over a live store every read is asked again (a query's overlay sees new blocks).
+    live = StateOverlay(store)
+    live.get("revoked/x")
+    live.get("revoked/x")
+    assert len(store.asked) == 4

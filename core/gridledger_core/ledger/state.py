@@ -16,7 +16,8 @@ from gridledger_core.ledger import schema
 from gridledger_core.storage import KeyValueStore
 
 _TOMBSTONE = None
-_ABSENT = object()  # the undo journal: no write before the savepoint; the kept reads: not read
+_ABSENT = object()  # in the undo journal: the key had no write before the savepoint
+_UNREAD = object()  # in the kept reads: the snapshot was not asked for the key yet
 
 
 class StateOverlay:
@@ -30,8 +31,8 @@ class StateOverlay:
         """`snapshot`: `store` is one committed state that cannot change while this overlay
         lives (a block's read transaction), so what it answered is kept and not asked again.
         A block's transactions read the same keys over and over (the endorser's revocation
-        keys for each of its signatures: about 6 of every 16 store reads in a batch-API
-        run's blocks). What is kept is bounded as the writes are: by what the block's
+        keys for each of its signatures: 6.4 of 16.3 store reads per transaction in a
+        batch-API run's blocks). What is kept is bounded as the writes are: by what the block's
         transactions read. Over a live store (queries) every read goes to the store."""
         self._store = store
         self._writes: dict[str, bytes | None] = {}
@@ -45,8 +46,8 @@ class StateOverlay:
         stored = self._stored
         if stored is None:
             return self._store.get(schema.state_key(key))
-        value = stored.get(key, _ABSENT)
-        if value is _ABSENT:
+        value = stored.get(key, _UNREAD)
+        if value is _UNREAD:
             value = stored[key] = self._store.get(schema.state_key(key))
         return value  # type: ignore[return-value]
 

@@ -4,6 +4,18 @@ Used by committers and by endorsers' ledger replicas. Fails over to the next ord
 current one is unreachable, sends a block that does not verify, or goes quiet for longer than
 `idle_timeout` (a frozen or lagging orderer); the next orderer may be further ahead.
 
+An orderer of a hostile member can also withhold blocks, or hand them out one at a time just
+often enough never to go quiet, which left a node as far behind the cluster as it liked (a
+committer, and with it its organisation's endorser, admission control and clients). So while
+the follower waits on its stream (for `probe_after` seconds, or at once when the last block it
+got was already older than `max_lag`), its lag watch asks the other orderers for the block it
+waits for (`OrdererProbe.held`: final with a valid proof, so a made-up block lures nobody). One
+that holds it, decided more than `max_lag` seconds ago by its stamp, is followed instead:
+`gridledger_ledger_lagging_orderer_failovers_total{orderer}` counts the orderer left. An honest
+orderer delivers a block within moments of the cluster deciding it, and a stamp is at most the
+cluster's clock skew (5 s) old then, so `max_lag` (10 s) bounds how far behind an orderer can
+keep a node, without leaving honest ones.
+
 It never stops by itself. A failure it does not expect (the ledger raising anything but
 BlockRejected, which no content should cause; see `Ledger._execute`) is logged with its
 traceback, counted in `gridledger_ledger_follower_failures_total{reason}`, reported through
@@ -20,12 +32,16 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 
 from gridledger.common.v1 import block_pb2, ledger_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
+from gridledger_core.consensus.protocol import block_time
+from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.ledger import BlockRejected, CommitResult, Ledger
+from gridledger_core.ledger.orderer_probe import OrdererProbe
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 log = logging.getLogger(__name__)
@@ -48,6 +64,10 @@ TRANSACTIONS = Counter("gridledger_ledger_transactions",
                        "Transactions committed, by validation code.", ["code"])
 REJECTED_BLOCKS = Counter("gridledger_ledger_rejected_blocks",
                           "Blocks refused whole, by the orderer that sent them.", ["orderer"])
+LAGGING_FAILOVERS = Counter(
+    "gridledger_ledger_lagging_orderer_failovers",
+    "Failovers from an orderer whose stream kept this node waiting for a block another "
+    "orderer held final, decided more than the lag bound ago, by the orderer left.", ["orderer"])
 FAILOVERS = Counter("gridledger_ledger_orderer_failovers",
                     "Times this node switched to another orderer.")
 # reason: deliver (the stream failed), rejected_block (an orderer sent a block this node
@@ -63,6 +83,13 @@ FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
 # health status from it (NodeServer.set_serving).
 HealthCallback = Callable[[bool, str], None]
 MAX_ERROR_BACKOFF = 30.0
+# The lag watch (BlockFollower): how often it looks, how long the stream may keep the follower
+# waiting before it asks the other orderers, and how old (by its stamp) the block waited for
+# may be at another orderer before that one is followed instead: above the cluster's clock
+# skew (a primary may stamp 5 s behind honest clocks), far below the idle timeout.
+LAG_CHECK_S = 1.0
+PROBE_AFTER_S = 1.0
+MAX_STREAM_LAG_S = 10.0
 
 
 class FollowerHealth:
@@ -142,8 +169,13 @@ def pass_on(result: CommitResult, on_commit: Callable[[CommitResult], None] | No
 class BlockFollower(Follower):
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
                  on_commit: Callable[[CommitResult], None] | None = None,
-                 idle_timeout: float = 30.0, on_health: HealthCallback | None = None) -> None:
-        """`orderers` is a list of (orderer id, address)."""
+                 idle_timeout: float = 30.0, on_health: HealthCallback | None = None, *,
+                 probe: OrdererProbe | None = None, max_lag: float = MAX_STREAM_LAG_S,
+                 probe_after: float = PROBE_AFTER_S,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """`orderers` is a list of (orderer id, address). `probe` asks the orderers for a
+        block (default: every orderer of the list, blocks verified with the genesis's block
+        proof)."""
         if not orderers:
             raise ValueError("a follower needs at least one orderer address")
         self._ledger = ledger
@@ -151,23 +183,39 @@ class BlockFollower(Follower):
         self._tls = tls
         self._on_commit = on_commit
         self._idle_timeout = idle_timeout
+        self._probe = probe if probe is not None else OrdererProbe(
+            ledger, self._orderers, tls, block_verifier(ledger.genesis))
+        self._max_lag = max_lag
+        self._probe_after = probe_after
+        self._wall_clock = wall_clock
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="block-follower", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name="block-follower", daemon=True),
+            threading.Thread(target=self._watch_lag, name="block-lag-watch", daemon=True)]
         self._current = 0
         self._call: grpc.Future | None = None
+        # The stream's state for the lag watch: since when the follower waits on it (None
+        # while it commits), how old the last block it got was, and where to go next.
+        self._waiting_since: float | None = None
+        self._last_block_age = 0.0
+        self._switch_to: int | None = None
         self._health = FollowerHealth("block follower", ledger, on_health)
         self._rejected_in_a_row = 0
         publish_tip(ledger.chain)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         call = self._call
         if call is not None:
             call.cancel()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=5)
+        self._probe.close()
 
     def _run(self) -> None:
         backoff = 0.1
@@ -205,7 +253,9 @@ class BlockFollower(Follower):
                 backoff = min(max(backoff * 2, 1.0), MAX_ERROR_BACKOFF)
             if self._stop.is_set():
                 return
-            self._current = (self._current + 1) % len(self._orderers)
+            switch_to, self._switch_to = self._switch_to, None
+            self._current = (switch_to if switch_to is not None
+                             else (self._current + 1) % len(self._orderers))
             FAILOVERS.inc()
             self._stop.wait(backoff)
 
@@ -221,17 +271,72 @@ class BlockFollower(Follower):
                                                            follow=True))
             self._call = call
             watchdog = _IdleWatchdog(call, self._idle_timeout)
+            responses = iter(call)
             try:
-                for response in call:
+                while not self._stop.is_set():
+                    self._waiting_since = time.monotonic()
+                    try:
+                        response = next(responses)
+                    except StopIteration:
+                        break
+                    finally:
+                        self._waiting_since = None
                     watchdog.touch()
+                    self._last_block_age = self._age(response.block)
                     self._commit(response.block)
                     progressed = True
-                    if self._stop.is_set():
-                        break
             finally:
+                self._waiting_since = None
                 watchdog.stop()
                 call.cancel()
         return progressed
+
+    def _age(self, block: block_pb2.Block) -> float:
+        """How long ago, by this node's clock, the cluster stamped `block` (0 when its header
+        does not decode or has no valid stamp: the commit then judges the block)."""
+        try:
+            stamped = block_time(block_pb2.BlockHeader.FromString(block.header))
+        except DecodeError:
+            return 0.0
+        return 0.0 if stamped is None else self._wall_clock() - stamped
+
+    def _watch_lag(self) -> None:
+        """Its own thread: a look may wait on orderers, never on the stream's next block."""
+        while not self._stop.wait(LAG_CHECK_S):
+            try:
+                self.watch_lag_once()
+            except Exception:  # the watch must outlive a bug, or a withholding orderer wins
+                log.exception("watching the followed orderer for lag failed; watching on")
+
+    def watch_lag_once(self) -> None:
+        """While the stream keeps the follower waiting (for `probe_after` seconds, or at all
+        when the last block it got was older than `max_lag`), ask the other orderers for the
+        block it waits for; follow the first that holds it final and decided it more than
+        `max_lag` seconds ago."""
+        since = self._waiting_since
+        if since is None or (time.monotonic() - since < self._probe_after
+                             and self._last_block_age <= self._max_lag):
+            return
+        current, height = self._current, self._ledger.height
+        name = self._orderers[current][0]
+        held = self._probe.held(height, skip=name)
+        if not held or not held[0]:
+            return
+        holder, stamped = held
+        age = self._wall_clock() - stamped
+        if age <= self._max_lag or self._waiting_since is None \
+                or (self._current, self._ledger.height) != (current, height):
+            return  # not lagging, or the stream moved on meanwhile
+        to = [i for i, (other, _) in enumerate(self._orderers) if other == holder]
+        if not to:
+            return  # a probe asking orderers this follower does not know
+        log.warning("orderer %s kept this node waiting for block %d, which %s holds final, "
+                    "decided %.0f s ago: following %s", name, height, holder, age, holder)
+        LAGGING_FAILOVERS.labels(name).inc()
+        self._switch_to = to[0]
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     def _commit(self, block: block_pb2.Block) -> None:
         start = time.perf_counter()

@@ -19,7 +19,8 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
-from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower
+from gridledger_core.ledger.orderer_probe import OrdererProbe
+from gridledger_core.ledger.store_follower import StoreFollower
 from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.peer_identity import ledger_lookup

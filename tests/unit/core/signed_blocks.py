@@ -103,9 +103,11 @@ class Replicas:
 
 
 class _Deliver(orderer_pb2_grpc.OrdererServiceServicer):
-    def __init__(self, blocks: list[block_pb2.Block], grew: threading.Condition) -> None:
+    def __init__(self, blocks: list[block_pb2.Block], grew: threading.Condition,
+                 pace: float) -> None:
         self._blocks = blocks
         self._grew = grew
+        self._pace = pace
 
     def Deliver(self, request: orderer_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
@@ -119,19 +121,24 @@ class _Deliver(orderer_pb2_grpc.OrdererServiceServicer):
                     continue
                 block = self._blocks[number]
             number += 1
+            if self._pace and request.follow:  # one block at a time, however many it has
+                time.sleep(self._pace)
             yield orderer_pb2.DeliverResponse(block=block)
 
 
 class DeliverServer:
-    """Serves `Deliver` of the blocks appended to it, as orderer `name`, on loopback."""
+    """Serves `Deliver` of the blocks appended to it, as orderer `name`, on loopback; with
+    `pace`, a followed stream sends one block every `pace` seconds (an orderer handing out
+    blocks slowly on purpose)."""
 
-    def __init__(self, consortium_dir: Path, name: str = "orderer-1") -> None:
+    def __init__(self, consortium_dir: Path, name: str = "orderer-1",
+                 pace: float = 0.0) -> None:
         self.blocks: list[block_pb2.Block] = []
         self._grew = threading.Condition()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                                    options=SERVER_OPTIONS)
         orderer_pb2_grpc.add_OrdererServiceServicer_to_server(
-            _Deliver(self.blocks, self._grew), self._server)
+            _Deliver(self.blocks, self._grew, pace), self._server)
         tls = TlsFiles.for_node(consortium_dir, name)
         port = self._server.add_secure_port("localhost:0", tls.server_credentials())
         self.address = f"localhost:{port}"

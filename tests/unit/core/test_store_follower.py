@@ -31,8 +31,9 @@ from gridledger_core.consensus.signing import block_hash
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.ledger import CommitResult, Ledger, StoreMismatch
+from gridledger_core.ledger.orderer_probe import OrdererProbe, Verdicts
 from gridledger_core.ledger.state import StateOverlay
-from gridledger_core.ledger.store_follower import OrdererProbe, StoreFollower, Verdicts
+from gridledger_core.ledger.store_follower import StoreFollower
 from gridledger_core.market import ledger_view as view
 from gridledger_core.rpc.tls import TlsFiles
 from gridledger_core.storage import KeyValueStore, LmdbStore, MemoryStore

@@ -17,7 +17,7 @@ import pytest
 from hostile_certs import NON_UTF8, hostile_certificate, hostile_envelope
 from ledger_helpers import endorsed, identity, past_interval, reading
 from prometheus_client import REGISTRY
-from signed_blocks import DeliverServer, Replicas, SignedChain
+from signed_blocks import DeliverServer, Replicas, SignedChain, wait_for
 
 from gridledger.common.v1 import energy_pb2, envelope_pb2, transaction_pb2
 from gridledger_core.crypto import derive_tx_id
@@ -324,14 +324,6 @@ def test_a_proof_check_that_raises_is_a_rejected_block(genesis: Genesis,
 
 
 # -- the follower -----------------------------------------------------------------------------
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
 
 def failures(reason: str) -> float:
     return REGISTRY.get_sample_value("gridledger_ledger_follower_failures_total",

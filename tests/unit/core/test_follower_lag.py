@@ -12,13 +12,13 @@ in-process orderers (`DeliverServer`) over mTLS."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ledger_helpers import endorsed, identity, past_interval, reading
 from prometheus_client import REGISTRY
-from signed_blocks import DeliverServer, SignedChain
+from signed_blocks import DeliverServer, SignedChain, wait_for
 
 from gridledger.common.v1 import block_pb2
 from gridledger_core.genesis import Genesis
@@ -30,14 +30,6 @@ from gridledger_core.storage import MemoryStore
 
 OLD = 60.0  # seconds: blocks the cluster decided this long ago (the follower is behind)
 NO_IDLE_FAILOVER = 3600.0  # the idle timeout out of the way: only the lag watch can move it
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def lagging_failovers(orderer: str) -> float:
@@ -78,29 +70,16 @@ def follower(genesis: Genesis, consortium_dir: Path, made: dict[str, DeliverServ
                          idle_timeout=NO_IDLE_FAILOVER)
 
 
-def test_an_orderer_withholding_the_next_block_is_left_for_one_that_holds_it(
-        genesis: Genesis, consortium_dir: Path, orderers: dict[str, DeliverServer]) -> None:
-    chain = blocks(genesis, consortium_dir, 6, stamped=time.time() - OLD)
-    serve(orderers, consortium_dir, "orderer-1", chain[:1])  # then nothing
-    serve(orderers, consortium_dir, "orderer-2", chain)
-    ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
-    before = lagging_failovers("orderer-1")
-    f = follower(genesis, consortium_dir, orderers, ledger)
-    f.start()
-    try:
-        wait_for(lambda: ledger.height == 6, "the blocks orderer-1 withholds, from orderer-2")
-    finally:
-        f.stop()
-    assert lagging_failovers("orderer-1") == before + 1
-    assert f.healthy
-
-
-def test_an_orderer_handing_out_blocks_slowly_is_left(
-        genesis: Genesis, consortium_dir: Path, orderers: dict[str, DeliverServer]) -> None:
-    """One block every 0.5 s is never quiet for the idle timeout, nor for the watch's wait:
-    the blocks it hands out are already old, so the watch asks the others at every wait."""
-    chain = blocks(genesis, consortium_dir, 40, stamped=time.time() - OLD)
-    serve(orderers, consortium_dir, "orderer-1", chain, pace=0.5)  # 20 s for all
+@pytest.mark.parametrize(("count", "first_serves", "pace"), [
+    pytest.param(6, 1, 0.0, id="withholding the next block"),
+    # One block every 0.5 s (20 s for all) is never quiet for the idle timeout, nor for the
+    # watch's wait: the blocks it hands out are already old, so the watch asks at every wait.
+    pytest.param(40, 40, 0.5, id="handing out blocks slowly")])
+def test_an_orderer_keeping_the_follower_behind_is_left_for_one_that_holds_the_block(
+        genesis: Genesis, consortium_dir: Path, orderers: dict[str, DeliverServer],
+        count: int, first_serves: int, pace: float) -> None:
+    chain = blocks(genesis, consortium_dir, count, stamped=time.time() - OLD)
+    serve(orderers, consortium_dir, "orderer-1", chain[:first_serves], pace=pace)
     serve(orderers, consortium_dir, "orderer-2", chain)
     ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
     before = lagging_failovers("orderer-1")
@@ -108,10 +87,12 @@ def test_an_orderer_handing_out_blocks_slowly_is_left(
     f.start()
     try:
         wait_for(lambda: lagging_failovers("orderer-1") > before,
-                 "the follower to leave the slow orderer", timeout=15)
-        wait_for(lambda: ledger.height == 40, "every block, from orderer-2")
+                 "the follower to leave orderer-1", timeout=15)
+        wait_for(lambda: ledger.height == count, "every block, from orderer-2", timeout=30)
     finally:
         f.stop()
+    assert lagging_failovers("orderer-1") == before + 1
+    assert f.healthy
 
 
 def test_an_honest_orderer_is_not_left_while_blocks_come_and_while_none_do(

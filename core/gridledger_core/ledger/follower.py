@@ -7,14 +7,14 @@ current one is unreachable, sends a block that does not verify, or goes quiet fo
 An orderer of a hostile member can also withhold blocks, or hand them out one at a time just
 often enough never to go quiet, which left a node as far behind the cluster as it liked (a
 committer, and with it its organisation's endorser, admission control and clients). So while
-the follower waits on its stream (for `probe_after` seconds, or at once when the last block it
-got was already older than `max_lag`), its lag watch asks the other orderers for the block it
-waits for (`OrdererProbe.held`: final with a valid proof, so a made-up block lures nobody). One
-that holds it, decided more than `max_lag` seconds ago by its stamp, is followed instead:
-`gridledger_ledger_lagging_orderer_failovers_total{orderer}` counts the orderer left. An honest
-orderer delivers a block within moments of the cluster deciding it, and a stamp is at most the
-cluster's clock skew (5 s) old then, so `max_lag` (10 s) bounds how far behind an orderer can
-keep a node, without leaving honest ones.
+the follower waits on its stream (for PROBE_AFTER_S, or at once when the last block it
+committed was already older than MAX_STREAM_LAG_S), its lag watch asks the other orderers for
+the block it waits for (`OrdererProbe.held`: final with a valid proof, so a made-up block lures
+nobody). One that holds it, decided more than MAX_STREAM_LAG_S ago by its stamp, is followed
+instead: `gridledger_ledger_lagging_orderer_failovers_total{orderer}` counts the orderer left.
+An honest orderer delivers a block within moments of the cluster deciding it, and a stamp is at
+most the cluster's clock skew (5 s) old then, so MAX_STREAM_LAG_S (10 s) bounds how far behind
+an orderer can keep a node, without leaving honest ones.
 
 It never stops by itself. A failure it does not expect (the ledger raising anything but
 BlockRejected, which no content should cause; see `Ledger._execute`) is logged with its
@@ -32,12 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 
 from gridledger.common.v1 import block_pb2, ledger_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
-from gridledger_core.consensus.protocol import block_time
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.ledger import BlockRejected, CommitResult, Ledger
@@ -169,13 +167,8 @@ def pass_on(result: CommitResult, on_commit: Callable[[CommitResult], None] | No
 class BlockFollower(Follower):
     def __init__(self, ledger: Ledger, orderers: Sequence[tuple[str, str]], tls: TlsFiles,
                  on_commit: Callable[[CommitResult], None] | None = None,
-                 idle_timeout: float = 30.0, on_health: HealthCallback | None = None, *,
-                 probe: OrdererProbe | None = None, max_lag: float = MAX_STREAM_LAG_S,
-                 probe_after: float = PROBE_AFTER_S,
-                 wall_clock: Callable[[], float] = time.time) -> None:
-        """`orderers` is a list of (orderer id, address). `probe` asks the orderers for a
-        block (default: every orderer of the list, blocks verified with the genesis's block
-        proof)."""
+                 idle_timeout: float = 30.0, on_health: HealthCallback | None = None) -> None:
+        """`orderers` is a list of (orderer id, address)."""
         if not orderers:
             raise ValueError("a follower needs at least one orderer address")
         self._ledger = ledger
@@ -183,11 +176,9 @@ class BlockFollower(Follower):
         self._tls = tls
         self._on_commit = on_commit
         self._idle_timeout = idle_timeout
-        self._probe = probe if probe is not None else OrdererProbe(
-            ledger, self._orderers, tls, block_verifier(ledger.genesis))
-        self._max_lag = max_lag
-        self._probe_after = probe_after
-        self._wall_clock = wall_clock
+        self._index = {name: i for i, (name, _) in enumerate(self._orderers)}
+        # The lag watch's look at the other orderers, blocks verified as the ledger does.
+        self._probe = OrdererProbe(ledger, self._orderers, tls, block_verifier(ledger.genesis))
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name="block-follower", daemon=True),
@@ -195,7 +186,7 @@ class BlockFollower(Follower):
         self._current = 0
         self._call: grpc.Future | None = None
         # The stream's state for the lag watch: since when the follower waits on it (None
-        # while it commits), how old the last block it got was, and where to go next.
+        # while it commits), how old the last block it committed was, and where to go next.
         self._waiting_since: float | None = None
         self._last_block_age = 0.0
         self._switch_to: int | None = None
@@ -282,7 +273,6 @@ class BlockFollower(Follower):
                     finally:
                         self._waiting_since = None
                     watchdog.touch()
-                    self._last_block_age = self._age(response.block)
                     self._commit(response.block)
                     progressed = True
             finally:
@@ -290,15 +280,6 @@ class BlockFollower(Follower):
                 watchdog.stop()
                 call.cancel()
         return progressed
-
-    def _age(self, block: block_pb2.Block) -> float:
-        """How long ago, by this node's clock, the cluster stamped `block` (0 when its header
-        does not decode or has no valid stamp: the commit then judges the block)."""
-        try:
-            stamped = block_time(block_pb2.BlockHeader.FromString(block.header))
-        except DecodeError:
-            return 0.0
-        return 0.0 if stamped is None else self._wall_clock() - stamped
 
     def _watch_lag(self) -> None:
         """Its own thread: a look may wait on orderers, never on the stream's next block."""
@@ -309,13 +290,13 @@ class BlockFollower(Follower):
                 log.exception("watching the followed orderer for lag failed; watching on")
 
     def watch_lag_once(self) -> None:
-        """While the stream keeps the follower waiting (for `probe_after` seconds, or at all
-        when the last block it got was older than `max_lag`), ask the other orderers for the
+        """While the stream keeps the follower waiting (PROBE_AFTER_S, or at all when the last
+        block it committed was older than MAX_STREAM_LAG_S), ask the other orderers for the
         block it waits for; follow the first that holds it final and decided it more than
-        `max_lag` seconds ago."""
+        MAX_STREAM_LAG_S ago."""
         since = self._waiting_since
-        if since is None or (time.monotonic() - since < self._probe_after
-                             and self._last_block_age <= self._max_lag):
+        if since is None or (time.monotonic() - since < PROBE_AFTER_S
+                             and self._last_block_age <= MAX_STREAM_LAG_S):
             return
         current, height = self._current, self._ledger.height
         name = self._orderers[current][0]
@@ -323,17 +304,14 @@ class BlockFollower(Follower):
         if not held or not held[0]:
             return
         holder, stamped = held
-        age = self._wall_clock() - stamped
-        if age <= self._max_lag or self._waiting_since is None \
+        age = time.time() - stamped
+        if age <= MAX_STREAM_LAG_S or self._waiting_since is None \
                 or (self._current, self._ledger.height) != (current, height):
             return  # not lagging, or the stream moved on meanwhile
-        to = [i for i, (other, _) in enumerate(self._orderers) if other == holder]
-        if not to:
-            return  # a probe asking orderers this follower does not know
         log.warning("orderer %s kept this node waiting for block %d, which %s holds final, "
                     "decided %.0f s ago: following %s", name, height, holder, age, holder)
         LAGGING_FAILOVERS.labels(name).inc()
-        self._switch_to = to[0]
+        self._switch_to = self._index[holder]
         call = self._call
         if call is not None:
             call.cancel()
@@ -342,6 +320,8 @@ class BlockFollower(Follower):
         start = time.perf_counter()
         result = self._ledger.commit(block)
         COMMIT_SECONDS.observe(time.perf_counter() - start)
+        # Its stamp as the commit verified it (a block refused sets nothing).
+        self._last_block_age = time.time() - result.block_time
         publish_tip(self._ledger.chain)
         self._rejected_in_a_row = 0
         if not self.healthy:

@@ -35,8 +35,6 @@ class Verdicts(NamedTuple):
     lag: str | None  # ... and that block was stamped more than MAX_LAG seconds ago
 
 
-
-
 class OrdererProbe:
     """One look at the orderers for the first that holds block `height` final, verified with
     the consortium's block proof against the ledger's block before it (so a hostile orderer

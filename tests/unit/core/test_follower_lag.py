@@ -63,7 +63,7 @@ def serve(made: dict[str, DeliverServer], consortium_dir: Path, name: str,
     return server
 
 
-def follower(genesis: Genesis, consortium_dir: Path, made: dict[str, DeliverServer],
+def follower(consortium_dir: Path, made: dict[str, DeliverServer],
              ledger: Ledger) -> BlockFollower:
     return BlockFollower(ledger, [(name, server.address) for name, server in made.items()],
                          TlsFiles.for_node(consortium_dir, "committer-1"),
@@ -83,7 +83,7 @@ def test_an_orderer_keeping_the_follower_behind_is_left_for_one_that_holds_the_b
     serve(orderers, consortium_dir, "orderer-2", chain)
     ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
     before = lagging_failovers("orderer-1")
-    f = follower(genesis, consortium_dir, orderers, ledger)
+    f = follower(consortium_dir, orderers, ledger)
     f.start()
     try:
         wait_for(lambda: lagging_failovers("orderer-1") > before,
@@ -102,7 +102,7 @@ def test_an_honest_orderer_is_not_left_while_blocks_come_and_while_none_do(
     second = serve(orderers, consortium_dir, "orderer-2", chain[:1])
     ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
     before = (lagging_failovers("orderer-1"), lagging_failovers("orderer-2"))
-    f = follower(genesis, consortium_dir, orderers, ledger)
+    f = follower(consortium_dir, orderers, ledger)
     f.start()
     try:
         for block in chain[1:]:  # the cluster decides a block every 0.4 s: both hold it
@@ -129,7 +129,7 @@ def test_a_block_another_orderer_made_up_lures_nobody(
     serve(orderers, consortium_dir, "orderer-2", [chain[0], forged])
     ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
     before = lagging_failovers("orderer-1")
-    f = follower(genesis, consortium_dir, orderers, ledger)
+    f = follower(consortium_dir, orderers, ledger)
     f.start()
     try:
         wait_for(lambda: ledger.height == 1, "block 0")

@@ -141,3 +141,26 @@ def test_a_block_another_orderer_made_up_lures_nobody(
     assert lagging_failovers("orderer-1") == before
     assert ledger.get_block(1)[0].metadata.proposer_signature == \
         chain[1].metadata.proposer_signature  # type: ignore[index]
+
+
+def test_an_orderer_a_moment_behind_another_is_not_left(
+        genesis: Genesis, consortium_dir: Path, orderers: dict[str, DeliverServer]) -> None:
+    """orderer-2 already holds block 1, decided just now; orderer-1 hands it out 3 s later
+    (an honest orderer that was a moment slower, or whose stream was slow): the watch asks
+    orderer-2 meanwhile and finds the block, but a block decided less than the lag bound ago
+    is no sign of withholding, so the follower stays with orderer-1."""
+    chain = blocks(genesis, consortium_dir, 2)  # stamped as they are made
+    first = serve(orderers, consortium_dir, "orderer-1", chain[:1])
+    serve(orderers, consortium_dir, "orderer-2", chain)
+    ledger = Ledger(MemoryStore(), genesis, block_verifier(genesis))
+    before = lagging_failovers("orderer-1")
+    f = follower(consortium_dir, orderers, ledger)
+    f.start()
+    try:
+        wait_for(lambda: ledger.height == 1, "block 0")
+        time.sleep(3.0)  # the watch asks orderer-2 at least once meanwhile: it holds block 1
+        first.append(chain[1])
+        wait_for(lambda: ledger.height == 2, "block 1, from orderer-1")
+    finally:
+        f.stop()
+    assert lagging_failovers("orderer-1") == before

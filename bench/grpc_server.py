@@ -11,7 +11,10 @@ certificate), 64 concurrent callers; server CPU per call:
 - a trivial handler on the nodes' own servers (NodeServer, AioNodeServer) with a consortium's
   certificates: what the interceptors every call passes cost on top (metrics, the caller
   judged by its certificate and counted against its member's share as the call starts,
-  core rpc/authz.py and rpc/call_shares.py).
+  core rpc/authz.py and rpc/call_shares.py);
+- a trivial echo on the asyncio server on uvloop (as the endorser serves), as unary calls and
+  as the messages of long-lived bidirectional streams (one per caller): what gRPC's work per
+  call is against its work per message, the share a stream API would save.
 """
 
 from __future__ import annotations
@@ -218,6 +221,74 @@ def _per_node_call(consortium: Path, kind: str, calls: int) -> dict:
                      calls, settle=2.5)
 
 
+ECHO_SERVICE = "bench.Echo"
+ECHO_MESSAGE = bytes(400)  # about a signed trade request
+
+
+async def _echo(message: bytes, context: Any) -> bytes:
+    return message
+
+
+async def _echo_stream(messages: Any, context: Any) -> Any:
+    async for message in messages:
+        yield message
+
+
+def _serve_echo(port: int, pem: tuple[bytes, bytes]) -> None:
+    """Unary and bidirectional-stream echoes of raw bytes on gRPC's asyncio server on
+    uvloop, as the endorser's loop runs."""
+    from gridledger_core.rpc.event_loops import new_event_loop
+
+    async def serve() -> None:
+        server = aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, {
+            "Unary": grpc.unary_unary_rpc_method_handler(_echo),
+            "Stream": grpc.stream_stream_rpc_method_handler(_echo_stream)}),))
+        server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([pem]))
+        await server.start()
+        await server.wait_for_termination()
+
+    new_event_loop().run_until_complete(serve())
+
+
+async def _echo_calls(port: int, cert: bytes, count: int, concurrency: int,
+                      streamed: bool) -> int:
+    """`count` echoes, `concurrency` callers at once, each as a unary call or as a message
+    of the caller's one stream (written, then its answer read); how many failed."""
+    channel = aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(cert),
+                                 options=[*CHANNEL_OPTIONS,
+                                          ("grpc.ssl_target_name_override", "localhost")])
+    if not streamed:
+        return await _drive(channel, channel.unary_unary(f"/{ECHO_SERVICE}/Unary"),
+                            ECHO_MESSAGE, count, concurrency)
+    failed = 0
+    open_stream = channel.stream_stream(f"/{ECHO_SERVICE}/Stream")
+
+    async def caller(n: int) -> None:
+        nonlocal failed
+        try:
+            stream = open_stream(timeout=60)
+            for _ in range(n):
+                await stream.write(ECHO_MESSAGE)
+                await stream.read()
+            await stream.done_writing()
+            if await stream.code() != grpc.StatusCode.OK:
+                failed += 1
+        except grpc.RpcError:
+            failed += n
+
+    await asyncio.gather(*[caller(count // concurrency) for _ in range(concurrency)])
+    await channel.close()
+    return failed
+
+
+def _per_echo(pem: tuple[bytes, bytes], calls: int, streamed: bool) -> dict:
+    return _measured(_serve_echo, (pem,),
+                     lambda port, count, at_once: _echo_calls(port, pem[1], count, at_once,
+                                                              streamed),
+                     calls, settle=1.5)
+
+
 def run(profile: str = "standard") -> dict:
     calls = 4_000 if profile == "quick" else 20_000
     with tempfile.TemporaryDirectory() as directory:
@@ -228,6 +299,9 @@ def run(profile: str = "standard") -> dict:
                             name: _per_call(pem, workers, calls // 2, WORK_ROUNDS)
                             for name, workers in (("64_threads", 64), ("8_threads", 8),
                                                   ("asyncio", 0))}}
+        result["per_message_asyncio_uvloop"] = {
+            name: _per_echo(pem, calls // 2, streamed)
+            for name, streamed in (("unary_call", False), ("stream_message", True))}
         consortium = Path(directory) / "consortium"
         create_consortium(consortium, default_topology())
         result["per_call_node_server"] = {kind: _per_node_call(consortium, kind, calls // 2)
@@ -240,6 +314,10 @@ def run(profile: str = "standard") -> dict:
         print(f"grpc server, ~300 µs handler, {name.replace('_', ' ')}: "
               f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "
               f"server CPU per call; {figures['failed_calls']} calls failed")
+    for name, figures in result["per_message_asyncio_uvloop"].items():
+        print(f"asyncio server on uvloop, echo as a {name.replace('_', ' ')}: "
+              f"{figures['calls_per_s']:,} per s, {figures['server_cpu_us_per_call']} µs "
+              f"server CPU each; {figures['failed_calls']} failed")
     for name, figures in result["per_call_node_server"].items():
         print(f"node server ({name}), trivial handler behind the interceptors: "
               f"{figures['calls_per_s']:,} calls/s, {figures['server_cpu_us_per_call']} µs "

@@ -427,6 +427,10 @@ class Ledger:
         assert record is not None, f"block {number} stored without its commit record"
         return block_pb2.Block.FromString(raw), ledger_pb2.BlockCommitRecord.FromString(record)
 
+    def has_transaction(self, tx_id: str) -> bool:
+        """Whether a committed block holds the transaction (valid or not)."""
+        return self.store.get(schema.tx_key(tx_id)) is not None
+
     def get_transaction(self, tx_id: str) -> tuple[ledger_pb2.TxLocation, int, str,
                                                    envelope_pb2.EndorsedTransaction] | None:
         raw = self.store.get(schema.tx_key(tx_id))

@@ -34,6 +34,12 @@ fails, whose answer is malformed or refuses a transaction for another reason tha
 pool, or that answers later than `late_after`, loses the lead and is tried after the others
 for a cool-down; one another sender's call is at comes after all the others).
 
+An orderer's OK is believed until the ledger should show the transaction: with
+`watch_acknowledgements`, what an orderer acknowledged and the ledger has not shown committed
+`lost_after` seconds later is sent again, to the other orderers first, and the orderer that
+acknowledged it is struck when another takes it as new (ack_watch.py: a hostile member's
+orderer may answer OK and drop what it took).
+
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
 `duplicate`) for *that* transaction (the result's tx id must be the caller's). Anything else
@@ -61,6 +67,7 @@ from gridledger.common.v1 import envelope_pb2
 from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 from gridledger_core.signing_identity import envelope_tx_id
+from gridledger_endorser.ack_watch import AckWatch, Watched
 from gridledger_endorser.orderer_choice import OrdererChoice
 from gridledger_endorser.sealing import MAX_GROUP, Seal, sealed
 
@@ -108,7 +115,19 @@ COOLDOWNS = Counter("gridledger_endorser_orderer_cooldowns",
                     "for a while, by orderer and why: 'failed' (the call failed or timed out, "
                     "or its answer was malformed or refused a transaction for another reason "
                     "than a full pool), 'late' (otherwise, it answered after "
-                    "--broadcast-late-ms).", ["orderer", "reason"])
+                    "--broadcast-late-ms), 'lost' (it acknowledged transactions that another "
+                    "orderer took as new when they were sent again, overdue: ack_watch.py).",
+                    ["orderer", "reason"])
+LOST_ACKNOWLEDGEMENTS = Counter(
+    "gridledger_endorser_lost_acknowledgements",
+    "Transactions an orderer acknowledged that were not committed --ack-lost-after-s later "
+    "and that another orderer took as new when sent again: the orderer did not pass them on "
+    "(ack_watch.py).", ["orderer"])
+RESENT = Counter("gridledger_endorser_acknowledged_resent",
+                 "Acknowledged transactions sent again because the ledger had not shown them "
+                 "committed --ack-lost-after-s after their acknowledgement.")
+# How often the watch thread looks for overdue acknowledgements.
+WATCH_INTERVAL = 1.0
 
 
 class OrdererUnavailable(Exception):
@@ -229,6 +248,28 @@ class Broadcaster:
                                           name=f"broadcast-{i}", daemon=True)
                          for i in range(senders)]
         self._started = False
+        # Acknowledgements checked against the ledger: off until watch_acknowledgements.
+        self._watch: AckWatch | None = None
+        self._committed: Callable[[str], bool] = lambda _tx_id: False
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch_acknowledgements(self, committed: Callable[[str], bool],
+                               watch: AckWatch | None = None) -> None:
+        """Keep what orderers acknowledge until `on_block` reports it committed, and send
+        what is overdue again (ack_watch.py). `committed(tx_id)`: whether the ledger holds
+        the transaction (looked up before sending one again, as its block may have come
+        before its acknowledgement was recorded)."""
+        self._committed = committed
+        self._watch = watch if watch is not None else AckWatch()
+        self._watcher = threading.Thread(target=self._watch_loop, name="broadcast-watch",
+                                         daemon=True)
+        self._watcher.start()
+
+    def on_block(self, tx_ids: Sequence[str]) -> None:
+        """The ledger committed these transactions (valid or not)."""
+        if self._watch is not None:
+            self._watch.committed(tx_ids)
 
     def broadcast(self, endorsed_transaction: bytes,
                   tx_id: str | None = None) -> orderer_pb2.BroadcastResponse:
@@ -323,6 +364,9 @@ class Broadcaster:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=self._timeout * len(self._stubs) + 1)
         for thread in self._senders:
             if thread.is_alive():
                 thread.join(timeout=self._timeout + 1)
@@ -439,14 +483,7 @@ class Broadcaster:
             for index in order:
                 with self._cond:
                     self._calling[sender] = index
-                left, verdict = self._call(index, left)
-                with self._cond:
-                    if verdict == "in_time":
-                        self._choice.in_time(index)
-                    elif verdict in ("late", "failed"):
-                        self._choice.strike(index)
-                if verdict in ("late", "failed"):
-                    COOLDOWNS.labels(self._names[index], verdict).inc()
+                left = self._try(index, left)
                 if not left:
                     return
         finally:
@@ -454,6 +491,86 @@ class Broadcaster:
                 self._calling.pop(sender, None)
         for pending in left:
             pending.give_up()
+
+    def _try(self, index: int, batch: list[_Pending]) -> list[_Pending]:
+        """`_call`, then the orderer judged by its verdict and what it acknowledged
+        watched; returns what it did not acknowledge."""
+        left, verdict = self._call(index, batch)
+        with self._cond:
+            if verdict == "in_time":
+                self._choice.in_time(index)
+            elif verdict in ("late", "failed"):
+                self._choice.strike(index)
+        if verdict in ("late", "failed"):
+            COOLDOWNS.labels(self._names[index], verdict).inc()
+        watch = self._watch
+        if watch is not None and len(left) < len(batch):
+            watch.acknowledged_many(index, [(p.tx_id, p.tx) for p in batch
+                                            if p.done.is_set()])  # only an OK resolves
+        return left
+
+    # -- acknowledgements checked against the ledger (ack_watch.py) ----------------------
+
+    def _watch_loop(self) -> None:
+        while not self._watch_stop.wait(WATCH_INTERVAL):
+            try:
+                self.resend_overdue()
+            except Exception:  # the watch must outlive a bug, or a dropping orderer wins
+                log.exception("sending overdue acknowledged transactions again failed")
+
+    def resend_overdue(self) -> None:
+        """Send every overdue acknowledged transaction the ledger does not hold again,
+        grouped by the orderer that acknowledged it."""
+        assert self._watch is not None
+        by_orderer: dict[int, list[Watched]] = {}
+        committed = []
+        for watched in self._watch.due():
+            if self._committed(watched.tx_id):
+                committed.append(watched.tx_id)
+            else:
+                by_orderer.setdefault(watched.orderer, []).append(watched)
+        self._watch.committed(committed)
+        for acknowledger, overdue in by_orderer.items():
+            group: list[Watched] = []
+            size = 0
+            for watched in overdue:  # in groups within a BroadcastBatch's limits
+                if group and (len(group) == MAX_BATCH_TXS
+                              or size + len(watched.tx) > MAX_BATCH_BYTES):
+                    self._resend(acknowledger, group)
+                    group, size = [], 0
+                group.append(watched)
+                size += len(watched.tx)
+            self._resend(acknowledger, group)
+
+    def _resend(self, acknowledger: int, overdue: list[Watched]) -> None:
+        """`overdue` again, the orderer that acknowledged it tried last; that orderer is
+        struck if another takes any of it as new (not `duplicate`)."""
+        assert self._watch is not None
+        RESENT.inc(len(overdue))
+        with self._cond:
+            order = self._choice.order(set(self._calling.values()))
+        order = [i for i in order if i != acknowledger] + [acknowledger]
+        left = [_Pending(w.tx, w.tx_id) for w in overdue]
+        taken_as_new = 0
+        for index in order:
+            tried, left = left, self._try(index, left)
+            if index != acknowledger:
+                taken_as_new += sum(1 for p in tried if p.response is not None
+                                    and p.done.is_set() and not p.response.duplicate)
+            if not left:
+                break
+        if taken_as_new:
+            name = self._names[acknowledger]
+            log.warning("orderer %s acknowledged %d transactions that another orderer took "
+                        "as new %.0f s later: it did not pass them on; striking it", name,
+                        taken_as_new, self._watch.lost_after)
+            with self._cond:
+                self._choice.strike(acknowledger)
+            COOLDOWNS.labels(name, "lost").inc()
+            LOST_ACKNOWLEDGEMENTS.labels(name).inc(taken_as_new)
+        by_id = {w.tx_id: w for w in overdue}
+        for pending in left:  # nobody took it now: look again later
+            self._watch.retry(by_id[pending.tx_id])
 
     def _call(self, index: int, batch: list[_Pending]) -> tuple[list[_Pending], str]:
         """One orderer's try at `batch`: (what it did not acknowledge, its verdict). "failed":

@@ -31,6 +31,7 @@ from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
 from gridledger_endorser import admission, options
+from gridledger_endorser.ack_watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_LOST_AFTER, AckWatch
 from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
 from gridledger_endorser.broadcaster import (
@@ -153,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "tried after the others for a cool-down (orderer_choice.py: a "
                              "hostile orderer answering just inside the 5 s timeout must not "
                              "hold every group; so at most a fifth of it)")
+    parser.add_argument("--ack-lost-after-s", type=node_config.seconds(1, 600),
+                        default=DEFAULT_LOST_AFTER,
+                        help="an orderer's acknowledgement the ledger has not shown "
+                             "committed this long after is sent again, to the other orderers "
+                             "first; the orderer is struck if another takes it as new "
+                             "(ack_watch.py: a hostile orderer may acknowledge and drop; "
+                             "default 10 s, at most 600)")
     parser.add_argument("--committer-ledger", type=Path, default=None,
                         help="the LMDB ledger directory of this organisation's own committer "
                              "on the same host or pod (its --data-dir/ledger): read it instead "
@@ -176,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     broadcaster = Broadcaster(orderers, tls, linger=args.broadcast_linger_ms / 1000,
                               overlap_after=args.broadcast_overlap_ms / 1000,
                               late_after=args.broadcast_late_ms / 1000)
+    broadcaster.watch_acknowledgements(
+        ledger.has_transaction,
+        AckWatch(args.ack_lost_after_s, max(DEFAULT_GIVE_UP_AFTER, 4 * args.ack_lost_after_s)))
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the ledger before the follower starts, then follows it.

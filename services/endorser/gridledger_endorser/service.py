@@ -102,12 +102,14 @@ class EndorserServicer(endorser_pb2_grpc.EndorserServiceServicer):
         self._cpu = cpu_slots if cpu_slots is not None else CpuSlots()
 
     def on_commit(self, result: CommitResult) -> None:
-        """The ledger follower's listener: the book cache, then admission control (which
-        must count the block's transactions even if the cache failed on it)."""
+        """The ledger follower's listener: the book cache, then admission control and the
+        broadcaster's watch of acknowledgements (which must see the block's transactions
+        even if the cache failed on it)."""
         try:
             self.books.on_commit(result)
         finally:
             self._admission.on_block(result.tx_ids, len(result.blocks))
+            self._broadcaster.on_block(result.tx_ids)
 
     def SubmitTransaction(self, request: endorser_pb2.SubmitTransactionRequest,
                           context: grpc.ServicerContext

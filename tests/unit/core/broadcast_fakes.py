@@ -19,6 +19,9 @@ class SealsThenBroadcasts:
                   tx_id: str) -> orderer_pb2.BroadcastResponse:
         raise NotImplementedError
 
+    def on_block(self, tx_ids: Sequence[str]) -> None:
+        """The real broadcaster's watch of acknowledgements: not faked."""
+
     def broadcast_many(self, items: list[tuple[bytes, str]]
                        ) -> list[orderer_pb2.BroadcastResponse | BaseException]:
         results: list[orderer_pb2.BroadcastResponse | BaseException] = []

@@ -1,0 +1,89 @@
+"""An orderer that acknowledges and drops, on the network users run, tried as a hostile member
+would: it holds orderer-1's keys (its organisation's TLS certificate, the address the endorser
+lists first, so the one it tries first) and answers OK to every transaction at once, keeping
+none. The other three orderers carry on (f = 1).
+
+Before, the endorser told its client OK on that word, orderer-1 kept the lead by answering in
+time, and the readings never reached a block. Now the endorser's watch of acknowledgements
+(ack_watch.py) sends them again to the other orderers once overdue (10 s), orderer-1 is struck,
+and they commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from devnet_support import committer_stub, ledger_network, metric, wait_for
+
+from gridctl import devnet
+from gridctl.loadgen import prepare_readings
+from gridledger.committer.v1 import committer_pb2
+from gridledger.common.v1 import envelope_pb2
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
+from gridledger_core.rpc.tls import TlsFiles, secure_channel
+from gridledger_core.signing_identity import envelope_tx_id
+
+pytestmark = pytest.mark.integration
+
+
+class DroppingOrderer(orderer_pb2_grpc.OrdererServiceServicer):
+    """OK, at once, to every transaction; keeps nothing (Deliver and the rest: UNIMPLEMENTED)."""
+
+    def __init__(self) -> None:
+        self.acknowledged: list[str] = []
+
+    def BroadcastBatch(self, request: orderer_pb2.BroadcastBatchRequest,
+                       context: grpc.ServicerContext) -> orderer_pb2.BroadcastBatchResponse:
+        results = []
+        for raw in request.endorsed_transactions:
+            tx_id = envelope_tx_id(envelope_pb2.EndorsedTransaction.FromString(raw).envelope)
+            self.acknowledged.append(tx_id)
+            results.append(orderer_pb2.BroadcastResult(tx_id=tx_id))
+        return orderer_pb2.BroadcastBatchResponse(results=results)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    with ledger_network(tmp_path_factory.mktemp("dropping")) as network:
+        yield network
+
+
+def committed(net: devnet.Network, tx_id: str) -> bool:
+    try:
+        committer_stub(net, "committer-1").GetTransaction(
+            committer_pb2.GetTransactionRequest(tx_id=tx_id), timeout=5)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+def test_readings_an_orderer_acknowledged_and_dropped_still_commit(net: devnet.Network) -> None:
+    orderer = net.node("orderer-1")
+    devnet.stop_node(orderer)  # before any traffic: the endorser has not called it yet
+    dropper = DroppingOrderer()
+    server = grpc.server(ThreadPoolExecutor(4))
+    orderer_pb2_grpc.add_OrdererServiceServicer_to_server(dropper, server)
+    assert server.add_secure_port(orderer.grpc, TlsFiles.for_node(
+        net.consortium_dir, "orderer-1").server_credentials())
+    server.start()
+    endorser = net.by_role("endorser")[0]
+    lost = 'gridledger_endorser_lost_acknowledgements_total{orderer="orderer-1"}'
+    try:
+        channel = secure_channel(endorser.grpc, net.tls())
+        stub = endorser_pb2_grpc.EndorserServiceStub(channel)
+        readings = prepare_readings(net.consortium_dir, ["meter-1", "meter-2"], 4)
+        tx_ids = []
+        for envelope in readings:
+            answer = stub.SubmitTransaction(
+                endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=30)
+            tx_ids.append(answer.tx_id)
+        assert set(tx_ids) <= set(dropper.acknowledged), "orderer-1 was not the one asked"
+        wait_for(lambda: all(committed(net, t) for t in tx_ids), 60,
+                 "the readings orderer-1 acknowledged and dropped to commit")
+        assert (metric(endorser, lost) or 0) >= 1
+        channel.close()
+    finally:
+        server.stop(0)

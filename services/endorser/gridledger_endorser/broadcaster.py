@@ -530,21 +530,26 @@ class Broadcaster:
             else:
                 by_orderer.setdefault(watched.orderer, []).append(watched)
         self._watch.committed(committed)
+        groups: list[tuple[int, list[Watched]]] = []
         for acknowledger, overdue in by_orderer.items():
             group: list[Watched] = []
             size = 0
             for watched in overdue:  # in groups within a BroadcastBatch's limits
                 if group and (len(group) == MAX_BATCH_TXS
                               or size + len(watched.tx) > MAX_BATCH_BYTES):
-                    self._resend(acknowledger, group)
+                    groups.append((acknowledger, group))
                     group, size = [], 0
                 group.append(watched)
                 size += len(watched.tx)
-            self._resend(acknowledger, group)
+            groups.append((acknowledger, group))
+        for acknowledger, group in groups:
+            if not self._resend(acknowledger, group):
+                return  # no orderer took any (all down or full): the rest come due again
 
-    def _resend(self, acknowledger: int, overdue: list[Watched]) -> None:
+    def _resend(self, acknowledger: int, overdue: list[Watched]) -> bool:
         """`overdue` again, the orderer that acknowledged it tried last; that orderer is
-        struck if another takes any of it as new (not `duplicate`)."""
+        struck if another takes any of it as new (not `duplicate`). Returns whether any
+        orderer took any of it."""
         assert self._watch is not None
         RESENT.inc(len(overdue))
         with self._cond:
@@ -571,6 +576,7 @@ class Broadcaster:
         by_id = {w.tx_id: w for w in overdue}
         for pending in left:  # nobody took it now: look again later
             self._watch.retry(by_id[pending.tx_id])
+        return len(left) < len(overdue)
 
     def _call(self, index: int, batch: list[_Pending]) -> tuple[list[_Pending], str]:
         """One orderer's try at `batch`: (what it did not acknowledge, its verdict). "failed":

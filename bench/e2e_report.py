@@ -43,6 +43,10 @@ class Measured:
     gc_seconds: float = 0.0
     # Ed25519 verifications per second on one core, timed just before the phase.
     machine_ed25519_verify_per_s: float | None = None
+    # Acknowledged transactions the endorser sent again because its ledger had not shown
+    # them committed in time (ack_watch.py), from the phase's start to its drain: 0 unless
+    # an orderer lost some or the network fell that far behind.
+    acknowledged_resent: float | None = None
 
 
 def _order_share(by_kind: dict[str, int] | None) -> str | None:
@@ -157,6 +161,7 @@ def analyse(m: Measured) -> tuple[dict, dict]:
             name: round(count / valid_in_window, 3) if valid_in_window else None
             for name, count in sorted(m.orderer_counts.items())},
         "orderer_round_changes": m.orderer_round_changes,
+        "acknowledged_resent": m.acknowledged_resent,
     }
     return summary, _series(m, committed, ours)
 
@@ -283,6 +288,8 @@ def table(report: dict) -> str:
     row("calls retried after RESOURCE_EXHAUSTED", lambda s: s["retried_calls"])
     row("invalid at commit", lambda s: sum(s["invalid"].values()))
     row("acknowledged but not committed", lambda s: s["unaccounted"])
+    row("acknowledged, sent again when overdue (endorser)",
+        lambda s: s.get("acknowledged_resent"))
     roles = sorted({r for s in phases.values() for r in s["cpu_ms_per_committed_tx"]})
     for role in roles:
         row(f"CPU ms per tx: {role}s", lambda s, r=role: s["cpu_ms_per_committed_tx"].get(r))

@@ -53,6 +53,7 @@ ROLES = ("orderer", "committer", "endorser")
 # Ed25519 verifications timed before each phase (about 0.2 s): the machine's speed then.
 SPEED_PROBE_VERIFICATIONS = 4_000
 FINALITY = "gridledger_orderer_block_finality_seconds"
+RESENT = "gridledger_endorser_acknowledged_resent"  # ack_watch.py, via the broadcaster
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,7 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         t0 = time.monotonic() + 0.2
         start.value = t0
         finality_before = observe.scrape_histogram(orderers, FINALITY)
+        resent_before = _resent(endorser)
         go.set()
         _sleep_until(t0 + spec.warmup)
         window_start = time.monotonic()
@@ -345,6 +347,7 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         records = [r for outcome in outcomes for r in outcome.records]
         acked = [r.tx_id for r in records if r.acked]
         drained = observe.wait_committed([f.log for f in followers], acked, timeout=60)
+        resent = _resent(endorser) - resent_before
     finally:
         for process in processes:
             if process.is_alive():
@@ -362,13 +365,17 @@ def _phase(network: devnet.Network, jobs: list[workload.Job], spec: Profile, *, 
         offered_rate=rate, submitter_cpu=sum(o.cpu_seconds for o in outcomes),
         orderer_counts=counts, orderer_round_changes=round_changes, gc_pauses=gc_pauses,
         gc_seconds=gc_seconds,
-        machine_ed25519_verify_per_s=speed)
+        machine_ed25519_verify_per_s=speed, acknowledged_resent=resent)
     summary, series = e2e_report.analyse(measured)
     summary["api"] = (f"SubmitBatch, RequestOptionsBatch x{batch}" if batch
                       else "SubmitTransaction")
     name = f"{rate:,.0f} tx/s offered" if rate else "max rate"
     print(e2e_report.phase_line(f"{name} ({summary['api']})", summary), flush=True)
     return summary, series
+
+
+def _resent(endorser: devnet.Node) -> float:
+    return observe.counter_sum(observe.scrape([endorser], [RESENT]), RESENT)
 
 
 def _orderer_counts(orderers: Sequence[devnet.Node]) -> dict[str, float]:

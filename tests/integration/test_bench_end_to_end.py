@@ -25,6 +25,7 @@ def test_quick_profile_runs_the_network_and_reports_every_figure(tmp_path: Path)
         phase = report["phases"][name]
         assert phase["committed_valid_tx_per_s"] > 0
         assert phase["all_acknowledged_committed"] and phase["unaccounted"] == 0
+        assert phase["acknowledged_resent"] is not None  # scraped from the endorser
         assert phase["submit_to_commit_ms"]["p99"] is not None
         assert set(phase["cpu_ms_per_committed_tx"]) == {"orderer", "committer", "endorser"}
         assert phase["sent_by_kind"].get("reading") and phase["sent_by_kind"].get("order")

@@ -1,32 +1,43 @@
 """Orderers' acknowledgements checked against the ledger.
 
-An orderer's OK means it synced the transaction into its pool and forwards it to the cluster
-(broadcaster.py), and the endorser tells its client OK on that word alone. An orderer of a
-hostile member may answer OK and drop the transaction. While it answers in time it also keeps
-the lead (orderer_choice.py), so every later group would go to it too: every client told OK
-for transactions no block will hold, and a client that sends one again dropped again.
+An orderer's OK to a transaction new to it means it synced the transaction into its pool and
+forwards it to its peers (broadcaster.py), and the endorser tells its client OK on that word
+alone. An orderer of a hostile member may answer OK and drop the transaction. While it
+answers in time it also keeps the lead (orderer_choice.py), so every later group would go to
+it too: every client told OK for transactions no block will hold, and a client that sends
+one again dropped again.
 
 So the broadcaster keeps each acknowledged transaction (its bytes, who acknowledged it, when)
 until the endorser's ledger shows it committed, valid or not. One not shown `lost_after`
 seconds after its acknowledgement is sent again, to the other orderers first (the tx id makes
 that idempotent). Their answer is the evidence:
 
-- `duplicate`: another orderer holds it (pooled, forwarded to it, or final), so the first one
-  passed it on. It is watched again, now as that orderer's (a congested pool, a slow
-  follower, a stalled cluster: nobody is blamed).
-- accepted as new: no other orderer had it, so the one that acknowledged it did not forward
-  it in `lost_after` seconds (an honest orderer forwards within milliseconds). That orderer
-  gets a strike (it loses the lead and cools down) and the acknowledgement counts as lost.
+- `duplicate`: that orderer holds it already (pooled, from a peer's forward, or final). The
+  transaction is watched again with nobody to blame: an orderer that answers `duplicate` did
+  not take it as new, so never undertook to forward it, and what stalls it now (a stalled
+  cluster, a congested pool, a replica behind) is no orderer's fault we can prove.
+- accepted as new by an orderer with no recent strikes: no such orderer had it, so the one
+  that acknowledged it as new did not forward it to that peer in `lost_after` seconds (an
+  honest orderer forwards within milliseconds). That orderer gets one strike per round (it
+  loses the lead and cools down) and the transactions count as lost acknowledgements. An
+  orderer itself struck or cooling is no witness: a hostile orderer once caught cannot frame
+  the honest ones in turn, and sending again never moves the lead.
 
-A hostile orderer thus loses what it dropped for at most `lost_after` (plus the block), and
-the lead with it; it can make an honest one look bad only by claiming as new what the honest
-one forwarded to it, which costs the honest one a strike, not a transaction. Detection needs
-no block: a cluster whose every transaction went to a dropping orderer makes none.
+`lost_after` (30 s) is above the time a replica kept behind by a withholding orderer needs to
+follow another (the follower's lag bound, 10 s, plus the clock skew the orderers allow, 5 s),
+so a replica held back does not make honest acknowledgements look overdue; and far above the
+submit-to-commit latency admission control keeps (about its 1 s budget). An honest orderer
+can still be struck when the peer asked lost its forward (a full inbox or pool, a restart)
+and the transaction waited that long: a strike costs it the lead for a cool-down, no
+transaction. A hostile orderer can delay what it takes by up to `lost_after` (plus a block),
+once per time it leads; detection needs no block: a network whose every transaction went to
+the dropping orderer makes none.
 
 Bounded: the entries are this endorser's acknowledged, uncommitted transactions (admission
-control bounds them); at most `max_bytes` of them are kept (the oldest stop being watched,
-counted), and each for at most `give_up_after` seconds from its first acknowledgement (then
-counted; a client told OK that keeps it until committed, as meter agents do, sends it again).
+control bounds them); at most `max_bytes` of them are kept, counting an entry's bookkeeping
+(the oldest stop being watched, counted), each for at most `give_up_after` seconds from its
+first acknowledgement (then counted; a client told OK that keeps it until committed, as
+meter agents do, sends it again), and at most `MAX_DUE_PER_LOOK` are sent again per look.
 
 Pure: the clock is injected; the broadcaster's watch thread drives it (`due`).
 """
@@ -41,27 +52,28 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-# An honest orderer forwards what it takes within milliseconds, and admission control keeps
-# what is in flight to about its latency budget (1 s): a transaction still uncommitted after
-# this long is overdue by an order of magnitude.
-DEFAULT_LOST_AFTER = 10.0
+DEFAULT_LOST_AFTER = 30.0
 DEFAULT_GIVE_UP_AFTER = 120.0
 MAX_WATCHED_BYTES = 64 << 20
+ENTRY_OVERHEAD = 200  # bytes an entry costs besides its transaction (its object, its key)
+MAX_DUE_PER_LOOK = 1024  # transactions sent again per look (4 groups): a bounded rate
 
 WATCHED = Gauge("gridledger_endorser_acknowledged_watched",
                 "Transactions an orderer acknowledged that this endorser's ledger has not "
                 "shown committed yet (kept to be sent again if overdue).")
 UNWATCHED = Counter("gridledger_endorser_acknowledged_unwatched",
                     "Acknowledged transactions no longer watched before their commit, by "
-                    "why: 'full' (the watch's byte bound), 'gave_up' (uncommitted for "
-                    "--ack-give-up-s).", ["reason"])
+                    "why: 'full' (the watch's byte bound), 'gave_up' (uncommitted for the "
+                    "watch's give-up time).", ["reason"])
 
 
 @dataclass(slots=True)
 class Watched:
     tx_id: str
     tx: bytes  # the endorsed transaction, as sent
-    orderer: int  # the index of the orderer that acknowledged it last
+    # The index of the orderer that last acknowledged it as new (so undertook to forward
+    # it); None when the last answer was `duplicate` (nobody to blame).
+    orderer: int | None
     due_at: float  # when it is overdue (the clock's time)
     first_acknowledged: float
 
@@ -78,28 +90,27 @@ class AckWatch:
         self._max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
-        # tx id -> entry, in the order they fall due (every entry waits the same lost_after)
+        # tx id -> entry, in the order they fall due (each waits the same lost_after, timed
+        # under the lock, so appending keeps the order)
         self._entries: collections.OrderedDict[str, Watched] = collections.OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def acknowledged(self, orderer: int, tx_id: str, tx: bytes) -> None:
-        """`orderer` acknowledged the transaction: watch it from now (again, if it was)."""
-        self.acknowledged_many(orderer, [(tx_id, tx)])
-
-    def acknowledged_many(self, orderer: int, items: Iterable[tuple[str, bytes]]) -> None:
-        """`acknowledged` for each (tx id, endorsed transaction) of one answer."""
-        now = self._clock()
-        due_at = now + self.lost_after
+    def acknowledged(self, orderer: int, items: Iterable[tuple[str, bytes, bool]]) -> None:
+        """`orderer` acknowledged these (tx id, endorsed transaction, whether it answered
+        `duplicate`): watch each from now (again, if it was)."""
         with self._lock:
-            for tx_id, tx in items:
+            now = self._clock()
+            due_at = now + self.lost_after
+            for tx_id, tx, duplicate in items:
+                blame = None if duplicate else orderer
                 entry = self._entries.get(tx_id)
                 if entry is None:
-                    self._add(Watched(tx_id, tx, orderer, due_at, now))
+                    self._add(Watched(tx_id, tx, blame, due_at, now))
                 else:
-                    entry.orderer, entry.due_at = orderer, due_at
+                    entry.orderer, entry.due_at = blame, due_at
                     self._entries.move_to_end(tx_id)
             WATCHED.set(len(self._entries))
 
@@ -120,25 +131,25 @@ class AckWatch:
             for tx_id in tx_ids:
                 entry = self._entries.pop(tx_id, None)
                 if entry is not None:
-                    self._bytes -= len(entry.tx)
+                    self._bytes -= len(entry.tx) + ENTRY_OVERHEAD
             WATCHED.set(len(self._entries))
 
-    def due(self) -> list[Watched]:
-        """The entries that are overdue, each due again `lost_after` from now: the caller
-        sends each again and reports the outcome (`acknowledged` or `retry`; an entry it
-        fails to report on simply comes due again). Entries watched for `give_up_after`
-        since their first acknowledgement are dropped and counted instead."""
-        now = self._clock()
+    def due(self, limit: int = MAX_DUE_PER_LOOK) -> list[Watched]:
+        """Up to `limit` entries that are overdue, each due again `lost_after` from now: the
+        caller sends each again and reports the outcome (`acknowledged` or `retry`; an
+        entry it fails to report on simply comes due again). Entries watched for
+        `give_up_after` since their first acknowledgement are dropped and counted instead."""
         taken: list[Watched] = []
         gave_up = 0
         with self._lock:
-            while self._entries:
+            now = self._clock()
+            while self._entries and len(taken) < limit:
                 tx_id, entry = next(iter(self._entries.items()))
                 if entry.due_at > now:
                     break
                 if now - entry.first_acknowledged >= self._give_up_after:
                     del self._entries[tx_id]
-                    self._bytes -= len(entry.tx)
+                    self._bytes -= len(entry.tx) + ENTRY_OVERHEAD
                     gave_up += 1
                     continue
                 entry.due_at = now + self.lost_after
@@ -151,11 +162,11 @@ class AckWatch:
 
     def _add(self, entry: Watched) -> None:
         self._entries[entry.tx_id] = entry
-        self._bytes += len(entry.tx)
+        self._bytes += len(entry.tx) + ENTRY_OVERHEAD
         dropped = 0
         while self._bytes > self._max_bytes and len(self._entries) > 1:
             _, oldest = self._entries.popitem(last=False)
-            self._bytes -= len(oldest.tx)
+            self._bytes -= len(oldest.tx) + ENTRY_OVERHEAD
             dropped += 1
         if dropped:
             UNWATCHED.labels("full").inc(dropped)

@@ -37,8 +37,8 @@ for a cool-down; one another sender's call is at comes after all the others).
 An orderer's OK is believed until the ledger should show the transaction: with
 `watch_acknowledgements`, what an orderer acknowledged and the ledger has not shown committed
 `lost_after` seconds later is sent again, to the other orderers first, and the orderer that
-acknowledged it is struck when another takes it as new (ack_watch.py: a hostile member's
-orderer may answer OK and drop what it took).
+acknowledged it as new is struck when an orderer with no recent strikes takes it as new too
+(ack_watch.py: a hostile member's orderer may answer OK and drop what it took).
 
 What a caller is told is what the endorser tells its client, so it must be exact:
 `broadcast` returns only when an orderer answered OK (accepted, or already known:
@@ -126,8 +126,10 @@ LOST_ACKNOWLEDGEMENTS = Counter(
 RESENT = Counter("gridledger_endorser_acknowledged_resent",
                  "Acknowledged transactions sent again because the ledger had not shown them "
                  "committed --ack-lost-after-s after their acknowledgement.")
-# How often the watch thread looks for overdue acknowledgements.
+# How often the watch thread looks for overdue acknowledgements, and its key among the
+# senders' calls (so a group leaving meanwhile goes to another orderer first).
 WATCH_INTERVAL = 1.0
+WATCH_SENDER = -1
 
 
 class OrdererUnavailable(Exception):
@@ -503,13 +505,18 @@ class Broadcaster:
                 self._choice.strike(index)
         if verdict in ("late", "failed"):
             COOLDOWNS.labels(self._names[index], verdict).inc()
-        watch = self._watch
-        if watch is not None and len(left) < len(batch):
-            watch.acknowledged_many(index, [(p.tx_id, p.tx) for p in batch
-                                            if p.done.is_set()])  # only an OK resolves
+        self._watch_acknowledged(index, batch, left)
         return left
 
     # -- acknowledgements checked against the ledger (ack_watch.py) ----------------------
+
+    def _watch_acknowledged(self, index: int, batch: list[_Pending],
+                            left: list[_Pending]) -> None:
+        """What `index` acknowledged of `batch` (`left`: what it did not), watched."""
+        watch = self._watch
+        if watch is not None and len(left) < len(batch):
+            watch.acknowledged(index, [(p.tx_id, p.tx, p.response.duplicate) for p in batch
+                                       if p.done.is_set() and p.response is not None])
 
     def _watch_loop(self) -> None:
         while not self._watch_stop.wait(WATCH_INTERVAL):
@@ -519,10 +526,11 @@ class Broadcaster:
                 log.exception("sending overdue acknowledged transactions again failed")
 
     def resend_overdue(self) -> None:
-        """Send every overdue acknowledged transaction the ledger does not hold again,
-        grouped by the orderer that acknowledged it."""
+        """Send the overdue acknowledged transactions the ledger does not hold again, in
+        groups by the orderer that acknowledged them as new; strike each such orderer once
+        if a witness took any of its transactions as new."""
         assert self._watch is not None
-        by_orderer: dict[int, list[Watched]] = {}
+        by_orderer: dict[int | None, list[Watched]] = {}
         committed = []
         for watched in self._watch.due():
             if self._committed(watched.tx_id):
@@ -530,53 +538,60 @@ class Broadcaster:
             else:
                 by_orderer.setdefault(watched.orderer, []).append(watched)
         self._watch.committed(committed)
-        groups: list[tuple[int, list[Watched]]] = []
+        lost: dict[int, int] = {}
         for acknowledger, overdue in by_orderer.items():
-            group: list[Watched] = []
-            size = 0
-            for watched in overdue:  # in groups within a BroadcastBatch's limits
-                if group and (len(group) == MAX_BATCH_TXS
-                              or size + len(watched.tx) > MAX_BATCH_BYTES):
-                    groups.append((acknowledger, group))
-                    group, size = [], 0
-                group.append(watched)
-                size += len(watched.tx)
-            groups.append((acknowledger, group))
-        for acknowledger, group in groups:
-            if not self._resend(acknowledger, group):
-                return  # no orderer took any (all down or full): the rest come due again
-
-    def _resend(self, acknowledger: int, overdue: list[Watched]) -> bool:
-        """`overdue` again, the orderer that acknowledged it tried last; that orderer is
-        struck if another takes any of it as new (not `duplicate`). Returns whether any
-        orderer took any of it."""
-        assert self._watch is not None
-        RESENT.inc(len(overdue))
-        with self._cond:
-            order = self._choice.order(set(self._calling.values()))
-        order = [i for i in order if i != acknowledger] + [acknowledger]
-        left = [_Pending(w.tx, w.tx_id) for w in overdue]
-        taken_as_new = 0
-        for index in order:
-            tried, left = left, self._try(index, left)
-            if index != acknowledger:
-                taken_as_new += sum(1 for p in tried if p.response is not None
-                                    and p.done.is_set() and not p.response.duplicate)
-            if not left:
-                break
-        if taken_as_new:
+            for group in _groups(overdue):
+                if self._watch_stop.is_set():
+                    return
+                took_any, taken_as_new = self._resend(acknowledger, group)
+                if acknowledger is not None and taken_as_new:
+                    lost[acknowledger] = lost.get(acknowledger, 0) + taken_as_new
+                if not took_any:
+                    break  # no orderer took any (all down or full): these come due again
+        for acknowledger, count in lost.items():
             name = self._names[acknowledger]
             log.warning("orderer %s acknowledged %d transactions that another orderer took "
                         "as new %.0f s later: it did not pass them on; striking it", name,
-                        taken_as_new, self._watch.lost_after)
+                        count, self._watch.lost_after)
             with self._cond:
                 self._choice.strike(acknowledger)
             COOLDOWNS.labels(name, "lost").inc()
-            LOST_ACKNOWLEDGEMENTS.labels(name).inc(taken_as_new)
+            LOST_ACKNOWLEDGEMENTS.labels(name).inc(count)
+
+    def _resend(self, acknowledger: int | None, overdue: list[Watched]) -> tuple[bool, int]:
+        """`overdue` again: to the orderers with no recent strikes first, then the others,
+        the one that acknowledged it last. Sending again moves no lead and strikes nobody
+        by itself. Returns whether any orderer took any of it, and how many the witnesses
+        (orderers other than `acknowledger` with no recent strikes) took as new."""
+        assert self._watch is not None
+        RESENT.inc(len(overdue))
+        with self._cond:
+            order = [i for i in self._choice.order(set(self._calling.values()))
+                     if i != acknowledger]
+            witnesses = {i for i in order if self._choice.clean(i)}
+        order = ([i for i in order if i in witnesses] + [i for i in order if i not in witnesses]
+                 + ([acknowledger] if acknowledger is not None else []))
+        left = [_Pending(w.tx, w.tx_id) for w in overdue]
+        taken_as_new = 0
+        try:
+            for index in order:
+                with self._cond:
+                    self._calling[WATCH_SENDER] = index
+                tried = left
+                left, _ = self._call(index, tried)
+                self._watch_acknowledged(index, tried, left)
+                if index in witnesses:
+                    taken_as_new += sum(1 for p in tried if p.done.is_set()
+                                        and p.response is not None and not p.response.duplicate)
+                if not left:
+                    break
+        finally:
+            with self._cond:
+                self._calling.pop(WATCH_SENDER, None)
         by_id = {w.tx_id: w for w in overdue}
         for pending in left:  # nobody took it now: look again later
             self._watch.retry(by_id[pending.tx_id])
-        return len(left) < len(overdue)
+        return len(left) < len(overdue), taken_as_new
 
     def _call(self, index: int, batch: list[_Pending]) -> tuple[list[_Pending], str]:
         """One orderer's try at `batch`: (what it did not acknowledge, its verdict). "failed":
@@ -676,3 +691,19 @@ class Broadcaster:
 
 def _status_text(code: grpc.StatusCode, details: str | None) -> str:
     return f"{code.name}: {details}" if details else code.name
+
+
+def _groups(overdue: list[Watched]) -> list[list[Watched]]:
+    """`overdue` in groups within a BroadcastBatch's limits."""
+    groups: list[list[Watched]] = []
+    group: list[Watched] = []
+    size = 0
+    for watched in overdue:
+        if group and (len(group) == MAX_BATCH_TXS or size + len(watched.tx) > MAX_BATCH_BYTES):
+            groups.append(group)
+            group, size = [], 0
+        group.append(watched)
+        size += len(watched.tx)
+    if group:
+        groups.append(group)
+    return groups

@@ -158,9 +158,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         default=DEFAULT_LOST_AFTER,
                         help="an orderer's acknowledgement the ledger has not shown "
                              "committed this long after is sent again, to the other orderers "
-                             "first; the orderer is struck if another takes it as new "
-                             "(ack_watch.py: a hostile orderer may acknowledge and drop; "
-                             "default 10 s, at most 600)")
+                             "first; the orderer is struck if one with no recent strikes takes "
+                             "it as new (ack_watch.py: a hostile orderer may acknowledge and "
+                             "drop; default 30 s: keep it above the follower's lag bound, 10 s, "
+                             "plus the orderers' clock skew; at most 600)")
     parser.add_argument("--committer-ledger", type=Path, default=None,
                         help="the LMDB ledger directory of this organisation's own committer "
                              "on the same host or pod (its --data-dir/ledger): read it instead "

@@ -60,6 +60,12 @@ class OrdererChoice:
         return (ranked([i for i in ring if i not in busy])
                 + ranked([i for i in ring if i in busy]))
 
+    def clean(self, index: int) -> bool:
+        """Whether `index` has no recent strikes and is not cooling down: only such an
+        orderer's word counts as evidence against another (ack_watch.py)."""
+        self._forget_old_strikes(index)
+        return not self._strikes[index] and self._cool_until[index] <= self._clock()
+
     def cooling(self, index: int) -> bool:
         """Whether `index` is still in its cool-down."""
         return self._cool_until[index] > self._clock()

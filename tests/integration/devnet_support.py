@@ -19,14 +19,18 @@ LEDGER_ROLES = ("orderer", "committer", "endorser")
 
 @contextlib.contextmanager
 def ledger_network(directory: Path, roles: tuple[str, ...] = LEDGER_ROLES,
-                   profile: str = "load") -> Iterator[devnet.Network]:
+                   profile: str = "load",
+                   adjust: Callable[[devnet.Network], None] | None = None
+                   ) -> Iterator[devnet.Network]:
     """A devnet without demo traffic, of the ledger roles (orderers, committers, the endorser)
     unless `roles` says more, started through the launcher users run; stopped (logs shown on
     failure). Genesis `profile` "load" (the default) accepts the load generator's pre-signed
-    past readings."""
+    past readings. `adjust` may change the planned nodes' flags before they start."""
     consortium = directory / "consortium"
     devnet.ensure_consortium(consortium, profile=profile)
     network = devnet.plan(directory, consortium, demo=False)
+    if adjust is not None:
+        adjust(network)
     devnet.start(network, roles=roles)
     try:
         yield network

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from devnet_support import LEDGER_ROLES, committer_stub, dump_logs_on_failure, wait_for
+from devnet_support import committer_stub, ledger_network, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import LoadGenerator, distant_past, prepare_readings
@@ -31,23 +31,19 @@ CEILING = 8
 FULL = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    directory = tmp_path_factory.mktemp("admission")
-    devnet.ensure_consortium(directory / "consortium", profile="load")  # past readings
-    network = devnet.plan(directory, directory / "consortium", demo=False)
+def _tight_admission(network: devnet.Network) -> None:
     endorser = network.by_role("endorser")[0]
     # This suite runs the endorser with its own replica following the orderers (the
     # manifests' setting); the others read committer-1's ledger (the devnet's).
     endorser.args = [*devnet.with_own_replica(endorser.args),
                      "--admission-latency-budget-ms", "100", "--admission-floor", "4",
                      "--admission-ceiling", str(CEILING)]
-    devnet.start(network, roles=LEDGER_ROLES)
-    try:
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    with ledger_network(tmp_path_factory.mktemp("admission"), adjust=_tight_admission) as network:
         yield network
-    finally:
-        devnet.stop(network)
-        dump_logs_on_failure(network)
 
 
 def committed_codes(net: devnet.Network, tx_ids: list[str]) -> dict[str, int]:

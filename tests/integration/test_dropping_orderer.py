@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from devnet_support import LEDGER_ROLES, committer_stub, dump_logs_on_failure, metric, wait_for
+from devnet_support import committer_stub, ledger_network, metric, wait_for
 
 from gridctl import devnet
 from gridctl.loadgen import prepare_readings
@@ -47,21 +47,16 @@ class DroppingOrderer(orderer_pb2_grpc.OrdererServiceServicer):
         return orderer_pb2.BroadcastBatchResponse(results=results)
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    """The ledger roles through the launcher users run (as devnet_support.ledger_network),
-    the endorser judging acknowledgements overdue after 5 s."""
-    directory = tmp_path_factory.mktemp("dropping")
-    devnet.ensure_consortium(directory / "consortium", profile="load")
-    network = devnet.plan(directory, directory / "consortium", demo=False)
+def _quick_watch(network: devnet.Network) -> None:
     for endorser in network.by_role("endorser"):
         endorser.args += ["--ack-lost-after-s", "5"]
-    devnet.start(network, roles=LEDGER_ROLES)
-    try:
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    """The ledger roles, the endorser judging acknowledgements overdue after 5 s."""
+    with ledger_network(tmp_path_factory.mktemp("dropping"), adjust=_quick_watch) as network:
         yield network
-    finally:
-        devnet.stop(network)
-        dump_logs_on_failure(network)
 
 
 def committed(net: devnet.Network, tx_id: str) -> bool:

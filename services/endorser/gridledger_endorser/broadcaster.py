@@ -511,12 +511,16 @@ class Broadcaster:
     # -- acknowledgements checked against the ledger (ack_watch.py) ----------------------
 
     def _watch_acknowledged(self, index: int, batch: list[_Pending],
-                            left: list[_Pending]) -> None:
-        """What `index` acknowledged of `batch` (`left`: what it did not), watched."""
+                            left: list[_Pending]) -> list[tuple[str, bytes, bool]]:
+        """What `index` acknowledged of `batch` (`left`: what it did not), watched; returns
+        it as (tx id, endorsed transaction, whether it answered `duplicate`)."""
         watch = self._watch
-        if watch is not None and len(left) < len(batch):
-            watch.acknowledged(index, [(p.tx_id, p.tx, p.response.duplicate) for p in batch
-                                       if p.done.is_set() and p.response is not None])
+        if watch is None or len(left) == len(batch):
+            return []
+        acknowledged = [(p.tx_id, p.tx, p.response.duplicate) for p in batch
+                        if p.done.is_set() and p.response is not None]
+        watch.acknowledged(index, acknowledged)
+        return acknowledged
 
     def _watch_loop(self) -> None:
         while not self._watch_stop.wait(WATCH_INTERVAL):
@@ -579,10 +583,10 @@ class Broadcaster:
                     self._calling[WATCH_SENDER] = index
                 tried = left
                 left, _ = self._call(index, tried)
-                self._watch_acknowledged(index, tried, left)
+                acknowledged = self._watch_acknowledged(index, tried, left)
                 if index in witnesses:
-                    taken_as_new += sum(1 for p in tried if p.done.is_set()
-                                        and p.response is not None and not p.response.duplicate)
+                    taken_as_new += sum(1 for _, _, duplicate in acknowledged
+                                        if not duplicate)
                 if not left:
                     break
         finally:

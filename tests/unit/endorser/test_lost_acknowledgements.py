@@ -20,6 +20,7 @@ import grpc
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
+from signed_blocks import wait_for
 
 from gridledger.orderer.v1 import orderer_pb2
 from gridledger_endorser.ack_watch import ENTRY_OVERHEAD, AckWatch
@@ -96,13 +97,6 @@ def lost(orderer: str) -> float:
 def lost_strikes(orderer: str) -> float:
     return sample("gridledger_endorser_orderer_cooldowns_total",
                   {"orderer": orderer, "reason": "lost"})
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def tx_ids(count: int, prefix: str = "tx") -> list[str]:

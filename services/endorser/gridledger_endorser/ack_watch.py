@@ -15,7 +15,8 @@ that idempotent). Their answer is the evidence:
 - `duplicate`: that orderer holds it already (pooled, from a peer's forward, or final). The
   transaction is watched again with nobody to blame: an orderer that answers `duplicate` did
   not take it as new, so never undertook to forward it, and what stalls it now (a stalled
-  cluster, a congested pool, a replica behind) is no orderer's fault we can prove.
+  cluster, a congested pool, a replica behind) is no orderer's fault we can prove. It is
+  still tried last next time: a hostile orderer may claim `duplicate` and hold nothing.
 - accepted as new by an orderer with no recent strikes: no such orderer had it, so the one
   that acknowledged it as new did not forward it to that peer in `lost_after` seconds (an
   honest orderer forwards within milliseconds). That orderer gets one strike per round (it
@@ -74,6 +75,9 @@ class Watched:
     # The index of the orderer that last acknowledged it as new (so undertook to forward
     # it); None when the last answer was `duplicate` (nobody to blame).
     orderer: int | None
+    # The index of the orderer that last acknowledged it, either way: tried last when it is
+    # sent again (an orderer claiming `duplicate` may hold nothing).
+    acknowledged_by: int
     due_at: float  # when it is overdue (the clock's time)
     first_acknowledged: float
 
@@ -108,9 +112,9 @@ class AckWatch:
                 blame = None if duplicate else orderer
                 entry = self._entries.get(tx_id)
                 if entry is None:
-                    self._add(Watched(tx_id, tx, blame, due_at, now))
+                    self._add(Watched(tx_id, tx, blame, orderer, due_at, now))
                 else:
-                    entry.orderer, entry.due_at = blame, due_at
+                    entry.orderer, entry.acknowledged_by, entry.due_at = blame, orderer, due_at
                     self._entries.move_to_end(tx_id)
             WATCHED.set(len(self._entries))
 

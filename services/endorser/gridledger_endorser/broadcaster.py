@@ -531,16 +531,16 @@ class Broadcaster:
 
     def resend_overdue(self) -> None:
         """Send the overdue acknowledged transactions the ledger does not hold again, in
-        groups by the orderer that acknowledged them as new; strike each such orderer once
-        if a witness took any of its transactions as new."""
+        groups by the orderer that last acknowledged them; strike each orderer once if a
+        witness took as new any that it had acknowledged as new."""
         assert self._watch is not None
-        by_orderer: dict[int | None, list[Watched]] = {}
+        by_orderer: dict[int, list[Watched]] = {}
         committed = []
         for watched in self._watch.due():
             if self._committed(watched.tx_id):
                 committed.append(watched.tx_id)
             else:
-                by_orderer.setdefault(watched.orderer, []).append(watched)
+                by_orderer.setdefault(watched.acknowledged_by, []).append(watched)
         self._watch.committed(committed)
         lost: dict[int, int] = {}
         for acknowledger, overdue in by_orderer.items():
@@ -548,7 +548,7 @@ class Broadcaster:
                 if self._watch_stop.is_set():
                     return
                 took_any, taken_as_new = self._resend(acknowledger, group)
-                if acknowledger is not None and taken_as_new:
+                if taken_as_new:
                     lost[acknowledger] = lost.get(acknowledger, 0) + taken_as_new
                 if not took_any:
                     break  # no orderer took any (all down or full): these come due again
@@ -562,11 +562,12 @@ class Broadcaster:
             COOLDOWNS.labels(name, "lost").inc()
             LOST_ACKNOWLEDGEMENTS.labels(name).inc(count)
 
-    def _resend(self, acknowledger: int | None, overdue: list[Watched]) -> tuple[bool, int]:
+    def _resend(self, acknowledger: int, overdue: list[Watched]) -> tuple[bool, int]:
         """`overdue` again: to the orderers with no recent strikes first, then the others,
-        the one that acknowledged it last. Sending again moves no lead and strikes nobody
-        by itself. Returns whether any orderer took any of it, and how many the witnesses
-        (orderers other than `acknowledger` with no recent strikes) took as new."""
+        `acknowledger` (which last acknowledged it) last. Sending again moves no lead and
+        strikes nobody by itself. Returns whether any orderer took any of it, and how many
+        of those `acknowledger` had taken as new the witnesses (the other orderers with no
+        recent strikes) took as new."""
         assert self._watch is not None
         RESENT.inc(len(overdue))
         with self._cond:
@@ -574,7 +575,8 @@ class Broadcaster:
                      if i != acknowledger]
             witnesses = {i for i in order if self._choice.clean(i)}
         order = ([i for i in order if i in witnesses] + [i for i in order if i not in witnesses]
-                 + ([acknowledger] if acknowledger is not None else []))
+                 + [acknowledger])
+        blamable = {w.tx_id for w in overdue if w.orderer is not None}
         left = [_Pending(w.tx, w.tx_id) for w in overdue]
         taken_as_new = 0
         try:
@@ -585,8 +587,8 @@ class Broadcaster:
                 left, _ = self._call(index, tried)
                 acknowledged = self._watch_acknowledged(index, tried, left)
                 if index in witnesses:
-                    taken_as_new += sum(1 for _, _, duplicate in acknowledged
-                                        if not duplicate)
+                    taken_as_new += sum(1 for tx_id, _, duplicate in acknowledged
+                                        if not duplicate and tx_id in blamable)
                 if not left:
                     break
         finally:

@@ -41,11 +41,14 @@ class Cluster:
 class PoolOrderer:
     """An honest orderer of `cluster`: takes a transaction into the group's pool, or answers
     `duplicate` when the group holds it already. `drops`: a hostile one that answers OK as
-    new to everything and keeps nothing. `down`: its calls fail (UNAVAILABLE)."""
+    new to everything (or as `duplicate`, `says_duplicate`) and keeps nothing. `down`: its
+    calls fail (UNAVAILABLE)."""
 
-    def __init__(self, cluster: Cluster, drops: bool = False) -> None:
+    def __init__(self, cluster: Cluster, drops: bool = False,
+                 says_duplicate: bool = False) -> None:
         self.cluster = cluster
         self.drops = drops
+        self.says_duplicate = says_duplicate  # a dropper claiming it held everything already
         self.down = False
         self.batches: list[list[str]] = []
 
@@ -58,7 +61,8 @@ class PoolOrderer:
         results = []
         with self.cluster.lock:
             for tx_id in tx_ids:
-                duplicate = not self.drops and tx_id in self.cluster.pooled
+                duplicate = self.says_duplicate or (not self.drops
+                                                    and tx_id in self.cluster.pooled)
                 if not self.drops:
                     self.cluster.pooled.add(tx_id)
                 results.append(orderer_pb2.BroadcastResult(tx_id=tx_id, duplicate=duplicate))
@@ -122,6 +126,25 @@ def test_an_orderer_that_acknowledges_and_drops_loses_them_to_another_and_the_le
         # The dropper lost the lead: the next group goes to the honest orderer first.
         b.broadcast(b"next", "next")
         assert honest.sent()[-1] == "next" and "next" not in dropper.sent()
+    finally:
+        b.close()
+
+
+def test_a_dropper_claiming_duplicate_is_tried_last_so_the_transactions_still_commit() -> None:
+    """orderer-1 leads, answers `duplicate` to everything and keeps nothing: nothing proves it
+    dropped them (an orderer answering `duplicate` never undertook to forward), so it is not
+    struck, but what it acknowledged is sent again to the others before it, and they take
+    it. Before, the watch sent it to the lead first, which said `duplicate` again each time,
+    until the watch gave up."""
+    cluster = Cluster()
+    dropper = PoolOrderer(cluster, drops=True, says_duplicate=True)
+    honest = PoolOrderer(cluster)
+    b = watched_broadcaster(dropper, honest)
+    try:
+        send(b, tx_ids(3))
+        assert dropper.sent() == tx_ids(3) and not honest.sent()
+        wait_for(lambda: cluster.pooled >= set(tx_ids(3)),
+                 "the honest orderer to get what the dropper claimed to hold", timeout=10)
     finally:
         b.close()
 

@@ -304,12 +304,14 @@ def run(profile: str = "standard", directory: Path | None = None,
             endorser_pid = measured[0].pid
             threads_before = observe.thread_cpu_seconds(endorser_pid)
             endorser_before = observe.cpu_seconds(endorser_pid)
+            main_before = observe.own_cpu_seconds(endorser_pid)
             cpu_before, started = observe.machine_cpu_seconds(), time.monotonic()
             offered = _offer(network, requests, rate)
             cpu_after, elapsed = observe.machine_cpu_seconds(), time.monotonic() - started
             threads_after = observe.thread_cpu_seconds(endorser_pid)
             loop_busy = observe.busiest_thread_share(threads_before, threads_after, elapsed)
             endorser_cpu = observe.cpu_seconds(endorser_pid) - endorser_before
+            main_cpu = observe.own_cpu_seconds(endorser_pid) - main_before
             steal = observe.steal_fraction(cpu_before, cpu_after, elapsed)
             busy = observe.share_of_machine(cpu_after.busy - cpu_before.busy, elapsed)
             after = observe.scrape(measured, families)
@@ -345,6 +347,10 @@ def run(profile: str = "standard", directory: Path | None = None,
         "endorser_loop_thread_busy_fraction": loop_busy,
         "endorser_cpu_ms_per_call": round(endorser_cpu * 1000 / server["calls"], 3)
         if server["calls"] else None,
+        # The process that holds the endorser's state, without its fronts (--fronts): the
+        # one whose loop is the matching RPC's ceiling.
+        "endorser_main_cpu_ms_per_call": round(main_cpu * 1000 / server["calls"], 3)
+        if server["calls"] else None,
         **setup,
     }
     print(f"matching RPC [{profile}]: offered {rate:,}/s for {seconds:.0f} s (sent "
@@ -358,7 +364,8 @@ def run(profile: str = "standard", directory: Path | None = None,
           f"endorser's loop woke its 20 ms timer late by p99 {lag['p99_ms']} ms ("
           f"{lag['over_10_ms']:.1%} of wake-ups over 10 ms), its busiest thread (the loop) "
           f"{loop_busy:.0%} busy, {result['endorser_cpu_ms_per_call']} ms of its CPU per "
-          f"call; the machine {busy:.0%} busy, "
+          f"call ({result['endorser_main_cpu_ms_per_call']} ms without its fronts); the "
+          f"machine {busy:.0%} busy, "
           f"the host's steal {steal:.1%} of it"
           f"\n  each request is matched against "
           f"{setup['resting_sells']} resting sells in slot {setup['slot']} ({setup['buyer']} "

@@ -95,11 +95,35 @@ def stat_cpu_seconds(stat: Path) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (0.0 if it is gone)."""
+    """User + system CPU time of a process so far, with its running child processes' (an
+    endorser's fronts are part of the endorser): 0.0 if it is gone."""
+    try:
+        own = stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+    except OSError:
+        return 0.0
+    return own + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of the process alone, without its children."""
     try:
         return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
     except OSError:
         return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    """The running child processes of `pid` (empty if it is gone)."""
+    children: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for tid in threads:
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in
+                         Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return children
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:

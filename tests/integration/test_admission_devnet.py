@@ -1,8 +1,9 @@
-"""Admission control on a real devnet (4 orderers, 2 committers, the endorser) whose endorser
-may hold at most 8 transactions in flight: a burst is refused at once with RESOURCE_EXHAUSTED
-and a retry hint (SubmitBatch's field, SubmitTransaction's `retry-after-ms` trailer), every
-transaction it acknowledged commits VALID, and a client that backs off as told (the load
-generator, batch API) gets everything in; the endorser's metrics count both sides."""
+"""Admission control on a real devnet (4 orderers, 2 committers, the endorser, with and
+without fronts) whose endorser may hold at most 8 transactions in flight: a burst is refused
+at once with RESOURCE_EXHAUSTED and a retry hint (SubmitBatch's field, SubmitTransaction's
+`retry-after-ms` trailer), every transaction it acknowledged commits VALID, and a client that
+backs off as told (the load generator, batch API) gets everything in; the endorser's metrics
+count both sides."""
 
 from __future__ import annotations
 
@@ -40,9 +41,17 @@ def _tight_admission(network: devnet.Network) -> None:
                      "--admission-ceiling", str(CEILING)]
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
-    with ledger_network(tmp_path_factory.mktemp("admission"), adjust=_tight_admission) as network:
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "two-fronts"])
+def net(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
+    """Every test twice: the endorser taking its calls itself, and through two fronts
+    (`--fronts 2`, test_endorser_fronts.py): refusals, hints and shares are the same."""
+    def adjust(network: devnet.Network) -> None:
+        _tight_admission(network)
+        if request.param:
+            network.by_role("endorser")[0].args += ["--fronts", str(request.param)]
+
+    with ledger_network(tmp_path_factory.mktemp("admission"), adjust=adjust) as network:
         yield network
 
 

@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from grpc import aio
@@ -28,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from gridledger.rpc.v1 import relay_pb2_grpc
 from gridledger_core.gc_pauses import watch_pauses
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc import event_loops
@@ -36,6 +38,12 @@ from gridledger_core.rpc.call_shares import UNBOUNDED, CallShares, per_member
 from gridledger_core.rpc.loop_lag import watch_lag
 from gridledger_core.rpc.metrics import AioMetricsInterceptor
 from gridledger_core.rpc.peer_identity import AccountLookup
+from gridledger_core.rpc.relay import (
+    RELAY_MESSAGE_LIMIT,
+    CallRelayServicer,
+    method_handlers,
+    prepare_socket,
+)
 from gridledger_core.rpc.server import (
     NODE_INFO,
     merged_options,
@@ -55,7 +63,8 @@ class AioNodeServer:
                  account_lookup: AccountLookup | None = None,
                  maximum_concurrent_rpcs: int | None = None,
                  calls_per_member: int | None = None,
-                 event_loop: str = event_loops.DEFAULT) -> None:
+                 event_loop: str = event_loops.DEFAULT,
+                 relay_socket: Path | None = None) -> None:
         """`calls_per_member`: the calls one member (organisation) may have in progress
         (call_shares.py); by default an equal share of `maximum_concurrent_rpcs`, unbounded
         when neither is set. gRPC's own bound (`maximum_concurrent_rpcs`) is set only when
@@ -64,7 +73,9 @@ class AioNodeServer:
         refused with a hint by the member shares; and below it the bound costs the loop a
         task per call. Calls not yet taken wait there anyway, as the server takes them one
         at a time between the loop's other work (docs/architecture.md, admission control).
-        `event_loop`: the loop's kind (event_loops.py; uvloop unless asked otherwise)."""
+        `event_loop`: the loop's kind (event_loops.py; uvloop unless asked otherwise).
+        `relay_socket`: serve the services only to front processes, over the call relay on
+        this Unix socket (relay.py), instead of on `listen`: the fronts listen there."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -93,6 +104,7 @@ class AioNodeServer:
         self._health_server: aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._lag_probe: asyncio.Task[None] | None = None
+        self._relay_socket = relay_socket
 
     def add_service(self, register: Callable[[Any, Any], None], servicer: Any,
                     full_name: str) -> None:
@@ -117,26 +129,19 @@ class AioNodeServer:
         start_http_server(port, addr=host)
         NODE_INFO.info({"name": self.name, "role": self.role})
         watch_pauses()
+        where = (self._listen if self._relay_socket is None
+                 else f"the relay socket {self._relay_socket} (its fronts on {self._listen})")
         log.info("%s (%s) serving gRPC (asyncio, %s loop) on %s, metrics on %s", self.name,
-                 self.role, self.event_loop, self._listen, self._metrics_listen)
+                 self.role, self.event_loop, where, self._metrics_listen)
 
     async def _start(self) -> None:
-        server = aio.server(interceptors=[AioMetricsInterceptor(),
-                                          AioAuthzInterceptor(self._genesis,
-                                                              self._account_lookup,
-                                                              self.shares)],
-                            options=self._options,
-                            maximum_concurrent_rpcs=self._maximum_concurrent_rpcs)
-        for register, servicer in self._registrations:
-            register(servicer, server)
+        interceptors = [AioMetricsInterceptor(),
+                        AioAuthzInterceptor(self._genesis, self._account_lookup, self.shares)]
         self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
-        self.port = server.add_secure_port(self._listen, self._tls.server_credentials())
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self._listen}")
+        if self._relay_socket is None:
+            server = self._public_server(interceptors)
+        else:
+            server = self._relay_server(interceptors, self._relay_socket)
         await server.start()
         self._server = server
         if self._health_listen:
@@ -149,6 +154,34 @@ class AioNodeServer:
             self._health_server = plain
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         self._lag_probe = asyncio.ensure_future(watch_lag())
+
+    def _public_server(self, interceptors: list[aio.ServerInterceptor]) -> aio.Server:
+        server = aio.server(interceptors=interceptors, options=self._options,
+                            maximum_concurrent_rpcs=self._maximum_concurrent_rpcs)
+        for register, servicer in self._registrations:
+            register(servicer, server)
+        assert self._health is not None
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_secure_port(self._listen, self._tls.server_credentials())
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._listen}")
+        return server
+
+    def _relay_server(self, interceptors: list[aio.ServerInterceptor],
+                      socket: Path) -> aio.Server:
+        """The services for the fronts only: the relay, whose calls pass `interceptors` one by
+        one (relay.py), and health, which the fronts mirror on the public port."""
+        server = aio.server(options=merged_options([*self._options, RELAY_MESSAGE_LIMIT]))
+        relay = CallRelayServicer(method_handlers(self._registrations), interceptors)
+        relay_pb2_grpc.add_CallRelayServicer_to_server(relay, server)
+        assert self._health is not None
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if server.add_insecure_port(f"unix:{prepare_socket(socket)}") == 0:
+            raise OSError(f"cannot listen on the relay socket {socket}")
+        return server
 
     async def _set_all(self, status: int) -> None:
         assert self._health is not None

@@ -3,6 +3,7 @@ endorsement and forwarding."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from gridledger_core.ledger.orderer_probe import OrdererProbe
 from gridledger_core.ledger.store_follower import StoreFollower
 from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.aio_server import AioNodeServer
+from gridledger_core.rpc.health_board import HealthBoard
 from gridledger_core.rpc.peer_identity import ledger_lookup
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES
@@ -42,10 +44,13 @@ from gridledger_endorser.broadcaster import (
     Broadcaster,
 )
 from gridledger_endorser.cpu_slots import DEFAULT_CPU_SLOTS, CpuSlots
+from gridledger_endorser.fronts import Fronts
 from gridledger_endorser.options import DEFAULT_OPTION_TTL
 from gridledger_endorser.service import EndorserServicer
 
 log = logging.getLogger("gridledger_endorser")
+
+MAX_FRONTS = 16
 
 
 def _committer_store(path: Path) -> LmdbStore:
@@ -92,6 +97,16 @@ def _replaced(store: LmdbStore) -> Callable[[], str]:
                     "restart it")
         return ""
     return why
+
+
+def _front_command(args: argparse.Namespace, relay_socket: Path,
+                   receive_bytes: int) -> Callable[[int], list[str]]:
+    def command(_index: int) -> list[str]:
+        return [sys.executable, "-m", "gridledger_endorser.front", "--name", args.name,
+                "--consortium-dir", str(args.consortium_dir), "--listen", args.listen,
+                "--relay-socket", str(relay_socket), "--receive-bytes", str(receive_bytes),
+                "--event-loop", args.event_loop, "--log-level", args.log_level]
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -168,7 +183,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "of keeping a replica that re-executes every block "
                              "(core ledger/store_follower.py); default: a replica in "
                              "--data-dir, following the orderers")
+    parser.add_argument("--fronts", type=int, choices=range(0, MAX_FRONTS + 1), default=0,
+                        metavar=f"0-{MAX_FRONTS}",
+                        help="processes that take the calls on --listen and hand them to this "
+                             "one over a Unix socket (front.py; needs --grpc-server asyncio): "
+                             "gRPC's per-call work moves off the process that holds the "
+                             "endorser's state; 0 (default): this process takes the calls")
+    parser.add_argument("--relay-socket", type=Path, default=None,
+                        help="the fronts' Unix socket (default: DATA_DIR/relay/calls.sock; "
+                             "its directory is made private to this user)")
     args = node_config.parse(parser, argv)
+    if args.fronts and args.grpc_server != "asyncio":
+        parser.error("--fronts needs --grpc-server asyncio")
+    relay_socket = args.relay_socket
+    if args.fronts and relay_socket is None:
+        if args.data_dir is None:
+            parser.error("--fronts needs --data-dir or --relay-socket")
+        relay_socket = args.data_dir / "relay" / "calls.sock"
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps
     # (matching RPC p99 at 1,000/s, five pairs: 30-72 ms at 5 ms, 8-48 ms at 1 ms).
@@ -193,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The book cache is rebuilt from the ledger before the follower starts, then follows it.
     books = BookCache(ledger, identity.name)
 
+    receive_bytes = max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes)
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
@@ -200,12 +232,13 @@ def main(argv: Sequence[str] | None = None) -> None:
               # none beyond the members' shares)
               "maximum_concurrent_rpcs": args.max_concurrent_rpcs or None,
               # the largest message an endorser is sent: a full batch, or one transaction
-              "options": [receive_limit(max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes))]}
+              "options": [receive_limit(receive_bytes)]}
     server: NodeServer | AioNodeServer
     if args.grpc_server == "asyncio":
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                                calls_per_member=args.calls_per_member,
-                               event_loop=args.event_loop, **common)
+                               event_loop=args.event_loop,
+                               relay_socket=relay_socket if args.fronts else None, **common)
     else:
         server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                             max_workers=args.workers, **common)
@@ -219,21 +252,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     # A replica that cannot commit (or a ledger that cannot be read) endorses against stale
     # state: report NOT_SERVING then. The book cache and admission control (which counts
     # this endorser's commits) follow it.
+    health = HealthBoard()
+    ledger_health = health.reporter("ledger")
     follower: BlockFollower | StoreFollower
     if args.committer_ledger is None:
         follower = BlockFollower(ledger, orderers, tls, on_commit=servicer.on_commit,
-                                 on_health=lambda ok, _why: server.set_serving(ok))
+                                 on_health=lambda ok, _why: ledger_health(ok))
     else:
         probe = OrdererProbe(ledger, orderers, tls, block_verifier(genesis))
         follower = StoreFollower(ledger, on_commit=servicer.on_commit,
-                                 on_health=lambda ok, _why: server.set_serving(ok),
+                                 on_health=lambda ok, _why: ledger_health(ok),
                                  probe=probe.verdicts,
                                  broken=_replaced(store))
         server.on_close(probe.close)
+    fronts = None
+    if args.fronts:
+        assert relay_socket is not None
+        fronts = Fronts(_front_command(args, relay_socket, receive_bytes), args.fronts,
+                        health.reporter("fronts"))
+        server.on_stop(fronts.stop)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
     server.on_close(store.close)
     server.start()
+    health.attach(server.set_serving)
+    if fronts is not None:
+        fronts.start()
     follower.start()
     freeze_startup_heap()  # started: what lives now lives as long as the process
     server.serve_until_signal()

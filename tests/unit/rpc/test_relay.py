@@ -1,0 +1,213 @@
+"""The call relay between an endorser's fronts and the process that serves its calls (core
+rpc/relay.py, gridledger_endorser/front.py's Relay): status, message, trailers and the
+caller's certificate carried both ways; no relayed content ends the stream; a lost relay
+answers UNAVAILABLE at once and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
+from gridledger.rpc.v1 import relay_pb2_grpc
+from gridledger_core.rpc.relay import (
+    MAX_SOCKET_PATH,
+    CallRelayServicer,
+    RelayedContext,
+    method_handlers,
+    prepare_socket,
+)
+from gridledger_endorser.front import RELAY_DOWN, Relay
+
+SERVICE = "/gridledger.endorser.v1.EndorserService/"
+PEM = b"-----BEGIN CERTIFICATE-----\nthe caller\n-----END CERTIFICATE-----\n"
+
+
+class Servicer(endorser_pb2_grpc.EndorserServiceServicer):
+    async def GetBook(self, request: endorser_pb2.GetBookRequest,
+                      context: Any) -> endorser_pb2.GetBookResponse:
+        return endorser_pb2.GetBookResponse(slot_start=request.slot_start, ledger_height=7)
+
+    async def RequestOptions(self, request: Any, context: Any) -> None:
+        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        context.set_details("full")
+        context.set_trailing_metadata((("retry-after-ms", "250"),))
+        return None
+
+    async def SubmitTransaction(self, request: Any, context: Any) -> None:
+        raise RuntimeError("a bug")
+
+
+class Recording(aio.ServerInterceptor):
+    """Serves every method as authz.py does (its request read with `context.read()`) and
+    records who called what."""
+
+    def __init__(self, name: str, seen: list[tuple[str, str, bytes]]) -> None:
+        self._name, self._seen = name, seen
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: Any) -> Any:
+        handler = await continuation(details)
+        name, seen = self._name, self._seen
+
+        async def judged(requests: Any, context: Any) -> Any:
+            seen.append((name, details.method, context.auth_context()["x509_pem_cert"][0]))
+            if handler.stream_unary is not None:  # an inner interceptor's: it reads
+                return await handler.stream_unary(requests, context)
+            return await handler.unary_unary(await context.read(), context)
+        return grpc.stream_unary_rpc_method_handler(
+            judged, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+class Serving:
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.server: aio.Server | None = None
+
+    async def start(self) -> None:
+        handlers = method_handlers([(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
+                                     Servicer())])
+        server = aio.server()
+        relay_pb2_grpc.add_CallRelayServicer_to_server(
+            CallRelayServicer(handlers, [Recording("outer", self.seen),
+                                         Recording("inner", self.seen)]), server)
+        assert server.add_insecure_port(f"unix:{prepare_socket(self.socket)}")
+        await server.start()
+        self.server = server
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        await self.server.stop(None)
+
+
+async def _healthy(_serving: bool) -> None:
+    return None
+
+
+def _run(test: Callable[[Serving, Relay], Awaitable[None]], tmp_path: Path) -> None:
+    async def main() -> None:
+        serving = Serving(tmp_path / "relay" / "calls.sock")
+        await serving.start()
+        relay = Relay(f"unix:{serving.socket}", _healthy)
+        task = asyncio.ensure_future(relay.run())
+        try:
+            await _until(lambda: relay._outgoing is not None)
+            await test(serving, relay)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await serving.stop()
+    asyncio.run(main())
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_an_answer_carries_the_response_and_the_caller_passes_every_interceptor_in_order(
+        tmp_path: Path) -> None:
+    async def test(serving: Serving, relay: Relay) -> None:
+        request = endorser_pb2.GetBookRequest(slot_start=3600).SerializeToString()
+        answer = await relay.call(SERVICE + "GetBook", PEM, request)
+        assert answer.code == 0
+        assert endorser_pb2.GetBookResponse.FromString(answer.response) == \
+            endorser_pb2.GetBookResponse(slot_start=3600, ledger_height=7)
+        assert serving.seen == [("outer", SERVICE + "GetBook", PEM),
+                                ("inner", SERVICE + "GetBook", PEM)]
+    _run(test, tmp_path)
+
+
+def test_a_refusal_carries_its_code_message_and_retry_hint(tmp_path: Path) -> None:
+    async def test(_serving: Serving, relay: Relay) -> None:
+        answer = await relay.call(SERVICE + "RequestOptions", PEM,
+                                  endorser_pb2.RequestOptionsRequest().SerializeToString())
+        assert (answer.code, answer.details, answer.response) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "full", b"")
+        assert [(t.key, t.value) for t in answer.trailing_metadata] == [
+            ("retry-after-ms", "250")]
+    _run(test, tmp_path)
+
+
+def test_no_relayed_content_ends_the_stream(tmp_path: Path) -> None:
+    """Tried as a broken or hostile front would: a method the endorser does not serve, bytes
+    that are no request, a call whose handler fails. Each is that call's answer; the next
+    call on the same stream is served."""
+    async def test(_serving: Serving, relay: Relay) -> None:
+        unknown = await relay.call("/gridledger.orderer.v1.OrdererService/Broadcast", PEM, b"")
+        garbage = await relay.call(SERVICE + "GetBook", PEM, b"\xff\xff\xff")
+        bug = await relay.call(SERVICE + "SubmitTransaction", PEM, b"")
+        assert unknown.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+        assert "is not served by this endorser" in unknown.details
+        assert garbage.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert garbage.details == "the request is not a GetBook request"
+        assert bug.code == grpc.StatusCode.UNKNOWN.value[0]
+        fine = await relay.call(SERVICE + "GetBook", PEM, b"")
+        assert fine.code == 0
+    _run(test, tmp_path)
+
+
+def test_many_calls_at_once_each_get_their_own_answer(tmp_path: Path) -> None:
+    async def test(_serving: Serving, relay: Relay) -> None:
+        answers = await asyncio.gather(*[
+            relay.call(SERVICE + "GetBook", PEM,
+                       endorser_pb2.GetBookRequest(slot_start=slot).SerializeToString())
+            for slot in range(200)])
+        assert [endorser_pb2.GetBookResponse.FromString(a.response).slot_start
+                for a in answers] == list(range(200))
+    _run(test, tmp_path)
+
+
+def test_a_lost_relay_answers_unavailable_at_once_and_comes_back(tmp_path: Path) -> None:
+    async def test(serving: Serving, relay: Relay) -> None:
+        await serving.stop()
+        await _until(lambda: relay._outgoing is None)
+        assert await relay.call(SERVICE + "GetBook", PEM, b"") == RELAY_DOWN
+        assert RELAY_DOWN.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        await serving.start()  # the same socket, as a restarted endorser binds it
+        await _until(lambda: relay._outgoing is not None)
+        assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
+    _run(test, tmp_path)
+
+
+def test_a_relayed_context_gives_the_request_once_and_the_caller_as_tls_would() -> None:
+    context = RelayedContext(PEM, "request")
+    assert asyncio.run(context.read()) == "request"
+    assert asyncio.run(context.read()) is aio.EOF
+    assert context.auth_context() == {"x509_pem_cert": [PEM]}
+    assert RelayedContext(b"", None).auth_context() == {}  # no certificate: refused by authz
+    assert context.code() is None
+    assert context.answer(5, b"body").response == b"body"
+    context.set_code(grpc.StatusCode.PERMISSION_DENIED)
+    assert context.answer(5, b"body").response == b""  # never a body with a refusal
+
+
+def test_the_socket_directory_is_private_and_a_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "relay" / "calls.sock"
+    path.parent.mkdir(mode=0o755)
+    path.write_bytes(b"stale")
+    assert prepare_socket(path) == path
+    assert not path.exists()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with pytest.raises(ValueError, match="longer than 107 bytes"):
+        prepare_socket(tmp_path / ("d" * MAX_SOCKET_PATH) / "calls.sock")
+
+
+def test_only_methods_with_one_request_and_one_response_are_relayed() -> None:
+    handlers = method_handlers([(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
+                                 Servicer())])
+    names = {m.name for m in endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].methods}
+    assert set(handlers) == {SERVICE + n for n in names}
+    assert CallRelayServicer(handlers, [])._handlers.keys() == handlers.keys()

@@ -143,3 +143,20 @@ def test_a_killed_front_is_started_again_and_the_port_keeps_answering(
     wait_for(lambda: len(_front_pids(endorser.pid)) == FRONTS, 30, "two fronts again")
     assert before[0] not in _front_pids(endorser.pid)
     assert _book(net).slot_start == 0
+
+
+def test_fronts_of_a_killed_endorser_stop(net: devnet.Network) -> None:
+    """The endorser killed (no stop sequence): its fronts must not stay on the port, taking a
+    share of its connections for an endorser that did not start them. (Last in this module:
+    it leaves the endorser down.)"""
+    endorser = net.by_role("endorser")[0]
+    fronts = _front_pids(endorser.pid)
+    os.kill(endorser.pid, signal.SIGKILL)
+    wait_for(lambda: not any(_running(pid) for pid in fronts), 15, "the fronts stopped")
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie (state Z) has exited, whoever reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

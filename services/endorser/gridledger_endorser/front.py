@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -49,6 +50,7 @@ RETRY_AFTER_MS = 200  # the hint when this front is full, as the endorser's shar
 # How soon a lost relay is tried again: doubling from the first to the last.
 RECONNECT_FIRST_S = 0.05
 RECONNECT_LAST_S = 2.0
+ORPHAN_CHECK_S = 0.5
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -81,7 +83,7 @@ class Relay:
         self._on_serving = on_serving
         self._max_pending = max_pending
         self._pending: dict[int, asyncio.Future[relay_pb2.RelayedAnswer]] = {}
-        self._outgoing: asyncio.Queue[relay_pb2.RelayedCall] | None = None
+        self._outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] | None = None
         self._next_id = 0
 
     async def call(self, method: str, caller_pem: bytes,
@@ -117,11 +119,11 @@ class Relay:
 
     async def _serve(self, channel: aio.Channel) -> bool:
         """One stream's life; whether it carried anything."""
-        outgoing: asyncio.Queue[relay_pb2.RelayedCall] = asyncio.Queue()
+        outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] = asyncio.Queue()
         answered = False
         mirror = asyncio.ensure_future(self._mirror_health(channel))
+        stream = relay_pb2_grpc.CallRelayStub(channel).Relay(_drain(outgoing))
         try:
-            stream = relay_pb2_grpc.CallRelayStub(channel).Relay(_drain(outgoing))
             await stream.wait_for_connection()
             self._outgoing = outgoing
             async for answer in stream:
@@ -133,6 +135,8 @@ class Relay:
             log.warning("the relay to the endorser ended: %s", _why(exc))
         finally:
             self._outgoing = None
+            stream.cancel()
+            outgoing.put_nowait(None)  # ends gRPC's task that reads `outgoing`
             mirror.cancel()
             for waiting in self._pending.values():
                 if not waiting.done():
@@ -156,10 +160,11 @@ RELAY_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS,
                          ("grpc.max_receive_message_length", RELAY_MESSAGE_BYTES)]
 
 
-async def _drain(queue: asyncio.Queue[relay_pb2.RelayedCall]
+async def _drain(queue: asyncio.Queue[relay_pb2.RelayedCall | None]
                  ) -> AsyncIterator[relay_pb2.RelayedCall]:
-    while True:
-        yield await queue.get()
+    """The stream's calls, until None (its stream ended)."""
+    while (call := await queue.get()) is not None:
+        yield call
 
 
 def _why(exc: grpc.RpcError) -> str:
@@ -243,6 +248,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--receive-bytes", type=int, required=True,
                         help="the largest request payload the endorser takes")
     parser.add_argument("--event-loop", choices=event_loops.CHOICES, default=event_loops.DEFAULT)
+    parser.add_argument("--endorser-pid", type=int, required=True,
+                        help="the endorser that starts this front: it stops when that is gone")
     parser.add_argument("--grace-s", type=float, default=5.0)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -256,9 +263,21 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    orphaned = asyncio.ensure_future(_until_orphaned(args.endorser_pid, stop))
     log.info("%s front serving %s through %s", args.name, args.listen, args.relay_socket)
     await stop.wait()
+    orphaned.cancel()
     await front.stop(args.grace_s)
+
+
+async def _until_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Stop when the endorser that started this front is gone (killed, not stopped): a
+    front left behind would keep a share of the port's connections for an endorser that
+    did not start it."""
+    while os.getppid() == parent:  # already another when it died before this front began
+        await asyncio.sleep(ORPHAN_CHECK_S)
+    log.error("the endorser (pid %d) that started this front is gone; stopping", parent)
+    stop.set()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -105,7 +105,8 @@ def _front_command(args: argparse.Namespace, relay_socket: Path,
         return [sys.executable, "-m", "gridledger_endorser.front", "--name", args.name,
                 "--consortium-dir", str(args.consortium_dir), "--listen", args.listen,
                 "--relay-socket", str(relay_socket), "--receive-bytes", str(receive_bytes),
-                "--event-loop", args.event_loop, "--log-level", args.log_level]
+                "--event-loop", args.event_loop, "--log-level", args.log_level,
+                "--endorser-pid", str(os.getpid())]
     return command
 
 

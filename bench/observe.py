@@ -97,11 +97,7 @@ def stat_cpu_seconds(stat: Path) -> float:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, with its running child processes' (an
     endorser's fronts are part of the endorser): 0.0 if it is gone."""
-    try:
-        own = stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
-    except OSError:
-        return 0.0
-    return own + sum(cpu_seconds(child) for child in child_pids(pid))
+    return own_cpu_seconds(pid) + sum(cpu_seconds(child) for child in child_pids(pid))
 
 
 def own_cpu_seconds(pid: int) -> float:

@@ -64,7 +64,8 @@ class AioNodeServer:
                  maximum_concurrent_rpcs: int | None = None,
                  calls_per_member: int | None = None,
                  event_loop: str = event_loops.DEFAULT,
-                 relay_socket: Path | None = None) -> None:
+                 relay_socket: Path | None = None,
+                 on_relay_streams: Callable[[int], None] | None = None) -> None:
         """`calls_per_member`: the calls one member (organisation) may have in progress
         (call_shares.py); by default an equal share of `maximum_concurrent_rpcs`, unbounded
         when neither is set. gRPC's own bound (`maximum_concurrent_rpcs`) is set only when
@@ -75,7 +76,8 @@ class AioNodeServer:
         at a time between the loop's other work (docs/architecture.md, admission control).
         `event_loop`: the loop's kind (event_loops.py; uvloop unless asked otherwise).
         `relay_socket`: serve the services only to front processes, over the call relay on
-        this Unix socket (relay.py), instead of on `listen`: the fronts listen there."""
+        this Unix socket (relay.py), instead of on `listen`: the fronts listen there;
+        `on_relay_streams(n)` is told how many fronts' streams are open when that changes."""
         self.name = name
         self.role = role
         self._listen = listen
@@ -105,6 +107,7 @@ class AioNodeServer:
         self._health: health.aio.HealthServicer | None = None
         self._lag_probe: asyncio.Task[None] | None = None
         self._relay_socket = relay_socket
+        self._on_relay_streams = on_relay_streams
 
     def add_service(self, register: Callable[[Any, Any], None], servicer: Any,
                     full_name: str) -> None:
@@ -175,7 +178,8 @@ class AioNodeServer:
         """The services for the fronts only: the relay, whose calls pass `interceptors` one by
         one (relay.py), and health, which the fronts mirror on the public port."""
         server = aio.server(options=merged_options([*self._options, RELAY_MESSAGE_LIMIT]))
-        relay = CallRelayServicer(method_handlers(self._registrations), interceptors)
+        relay = CallRelayServicer(method_handlers(self._registrations), interceptors,
+                                  self._on_relay_streams)
         relay_pb2_grpc.add_CallRelayServicer_to_server(relay, server)
         assert self._health is not None
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -21,10 +21,11 @@ that call's answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# Relayed calls one front may have in progress here; a front keeps its own bound below it
-# (front.py), so this only stops a front that does not.
+# Relayed calls one front may have here, from their arrival until their answers are written;
+# a front keeps its own bound below it (front.py), so this only holds back one that does not.
 MAX_CALLS_PER_FRONT = 4096
 # A relayed call is the caller's request (bounded by the public port's receive limit, which
 # the front enforces) plus its certificate: the relay itself takes the channels' largest.
@@ -49,38 +50,78 @@ MAX_SOCKET_PATH = 107
 
 
 def prepare_socket(path: Path) -> Path:
-    """`path` ready to bind: its directory made, open to this user only (fronts run as the
-    same user; no one else may speak for a caller), and a stale socket of an earlier run
-    removed. ValueError when the path is too long for a Unix socket."""
+    """`path` ready to bind: its directory made if missing, and made private (0700) to this
+    user, whose it must be (fronts run as the same user; no one else may speak for a
+    caller), and a socket an earlier run left there removed. ValueError for a path too long
+    for a Unix socket, a directory of another user, or another kind of file at `path`."""
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise ValueError(f"the relay socket path {path} is longer than {MAX_SOCKET_PATH} "
                          "bytes; choose a shorter --data-dir")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid != os.geteuid():
+        raise ValueError(f"the relay socket's directory {directory} is not this user's; give "
+                         "the socket a directory of its own")
+    directory.chmod(0o700)
+    try:
+        kind = path.lstat().st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISSOCK(kind):
+        raise ValueError(f"{path} exists and is not a socket; not removing it")
+    path.unlink()
     return path
+
+
+def relayed_answer(call_id: int, code: grpc.StatusCode, details: str,
+                   trailing: Iterable[tuple[str, str | bytes]] = (),
+                   response: bytes = b"") -> relay_pb2.RelayedAnswer:
+    """An answer as the relay carries it: a body only with OK."""
+    return relay_pb2.RelayedAnswer(
+        call_id=call_id, code=code.value[0], details=details,
+        response=response if code == grpc.StatusCode.OK else b"",
+        trailing_metadata=[relay_pb2.RelayedTrailer(
+            key=key, value=value if isinstance(value, bytes) else value.encode())
+            for key, value in trailing])
+
+
+class BadRequest(Exception):
+    """A relayed request that does not parse as its method's (INVALID_ARGUMENT)."""
 
 
 class RelayedContext:
     """What the interceptors and handlers use of a servicer context, for one relayed call:
-    the front's caller as the TLS peer, the one request, and the status the call ends with."""
+    the front's caller as the TLS peer, the one request (parsed when read, after the caller
+    was judged and counted, as gRPC's server reads it), the time left, and the status the
+    call ends with."""
 
-    __slots__ = ("_code", "_details", "_pem", "_request", "_trailing")
+    __slots__ = ("_code", "_deadline", "_deserialize", "_details", "_method", "_pem",
+                 "_request", "_trailing")
 
-    def __init__(self, caller_pem: bytes, request: Any) -> None:
+    def __init__(self, caller_pem: bytes, method: str, request: bytes,
+                 deserialize: Callable[[bytes], Any], deadline: float | None = None) -> None:
         self._pem = caller_pem
-        self._request = request
+        self._method = method
+        self._request: bytes | None = request
+        self._deserialize = deserialize
+        self._deadline = deadline  # time.monotonic() seconds
         self._code: grpc.StatusCode | None = None
         self._details = ""
-        self._trailing: tuple[tuple[str, str], ...] = ()
+        self._trailing: tuple[tuple[str, str | bytes], ...] = ()
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {"x509_pem_cert": [self._pem]} if self._pem else {}
 
     async def read(self) -> Any:
-        request, self._request = self._request, aio.EOF
-        return request
+        raw, self._request = self._request, None
+        if raw is None:
+            return aio.EOF
+        try:
+            return self._deserialize(raw)
+        except DecodeError:
+            self.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            self.set_details(f"the request is not a {self._method.rpartition('/')[2]} request")
+            raise BadRequest from None
 
     def invocation_metadata(self) -> tuple[()]:
         return ()
@@ -88,8 +129,8 @@ class RelayedContext:
     def peer(self) -> str:
         return "relay"
 
-    def time_remaining(self) -> None:
-        return None
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
@@ -103,16 +144,15 @@ class RelayedContext:
     def details(self) -> str:
         return self._details
 
-    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str]]) -> None:
+    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
         self._trailing = tuple(metadata)
 
-    def answer(self, call_id: int, response: bytes) -> relay_pb2.RelayedAnswer:
+    def answer(self, call_id: int, response: bytes | None) -> relay_pb2.RelayedAnswer:
         code = self._code or grpc.StatusCode.OK
-        return relay_pb2.RelayedAnswer(
-            call_id=call_id, code=code.value[0], details=self._details,
-            response=response if code == grpc.StatusCode.OK else b"",
-            trailing_metadata=[relay_pb2.RelayedTrailer(key=k, value=str(v))
-                               for k, v in self._trailing])
+        if code == grpc.StatusCode.OK and response is None:  # gRPC's server: no response
+            return relayed_answer(call_id, grpc.StatusCode.UNKNOWN,
+                                  "the endorser gave no response")
+        return relayed_answer(call_id, code, self._details, self._trailing, response or b"")
 
 
 @dataclass(frozen=True)
@@ -144,7 +184,10 @@ def method_handlers(registrations: Iterable[tuple[Callable[[Any, Any], None], An
     """Every method handler the (register, servicer) pairs give, by full method name."""
     capture = _CapturingServer()
     for register, servicer in registrations:
+        before = len(capture.handlers)
         register(servicer, capture)
+        if len(capture.handlers) == before:  # generated code that registers otherwise
+            raise ValueError(f"registering {type(servicer).__name__} named no method handlers")
     return capture.handlers
 
 
@@ -155,84 +198,110 @@ def unary_request_methods(handlers: Mapping[str, grpc.RpcMethodHandler]) -> list
 
 class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
     def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler],
-                 interceptors: Sequence[aio.ServerInterceptor]) -> None:
+                 interceptors: Sequence[aio.ServerInterceptor],
+                 on_streams: Callable[[int], None] | None = None) -> None:
+        """`on_streams(n)` is told how many fronts' streams are open whenever it changes."""
         self._handlers = {m: handlers[m] for m in unary_request_methods(handlers)}
         self._interceptors = tuple(interceptors)
+        self._chains: dict[str, grpc.RpcMethodHandler] = {}
+        self._on_streams = on_streams
+        self._streams = 0
+
+    def _opened(self, change: int) -> None:
+        self._streams += change
+        if self._on_streams is not None:
+            self._on_streams(self._streams)
 
     async def Relay(self, request_iterator: Any, context: aio.ServicerContext) -> None:
         answers: asyncio.Queue[relay_pb2.RelayedAnswer | None] = asyncio.Queue()
+        # A call holds a place from its arrival until its answer is written: at the bound
+        # this stops reading calls (HTTP/2 holds the front's), so neither the tasks nor the
+        # answers waiting for the front to read them can grow without bound.
+        places = asyncio.Semaphore(MAX_CALLS_PER_FRONT)
         running: set[asyncio.Task[None]] = set()
 
         async def take_calls() -> None:
             try:
                 async for call in request_iterator:
-                    if len(running) >= MAX_CALLS_PER_FRONT:
-                        answers.put_nowait(_refusal(
-                            call.call_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            "the endorser has too many of this front's calls in progress"))
-                        continue
-                    task = asyncio.ensure_future(self._serve(call, answers))
-                    running.add(task)
+                    await places.acquire()
+                    task = asyncio.ensure_future(self._serve(call, time.monotonic(), answers))
+                    running.add(task)  # the loop keeps only a weak reference to a task
                     task.add_done_callback(running.discard)
+            except (grpc.RpcError, asyncio.CancelledError):
+                pass  # the front went away: its stream ends below
+            except Exception:
+                log.exception("reading a front's relayed calls failed")
             finally:
-                answers.put_nowait(None)  # the front closed the stream (or it broke)
+                answers.put_nowait(None)
 
+        self._opened(1)
         reader = asyncio.ensure_future(take_calls())
         try:
             while (answer := await answers.get()) is not None:
                 await context.write(answer)
+                places.release()
         finally:
+            self._opened(-1)
             reader.cancel()
             # A call admitted here runs to its end whoever waits for it, as on the public
             # server: its answer has nowhere to go, the work it started is kept.
 
-    async def _serve(self, call: relay_pb2.RelayedCall,
+    async def _serve(self, call: relay_pb2.RelayedCall, arrived: float,
                      answers: asyncio.Queue[relay_pb2.RelayedAnswer | None]) -> None:
         try:
-            answer = await self._answer(call)
+            answer = await self._answer(call, arrived)
         except Exception:  # a handler's bug: that call's answer, never the stream's end
             log.exception("relayed call %s failed", call.method)
-            answer = _refusal(call.call_id, grpc.StatusCode.UNKNOWN,
-                              "the endorser failed to serve the call")
+            answer = relayed_answer(call.call_id, grpc.StatusCode.UNKNOWN,
+                                    "the endorser failed to serve the call")
         answers.put_nowait(answer)
 
-    async def _answer(self, call: relay_pb2.RelayedCall) -> relay_pb2.RelayedAnswer:
-        raw = self._handlers.get(call.method)
-        if raw is None:
-            return _refusal(call.call_id, grpc.StatusCode.UNIMPLEMENTED,
-                            f"method {call.method!r} is not served by this endorser")
+    async def _answer(self, call: relay_pb2.RelayedCall,
+                      arrived: float) -> relay_pb2.RelayedAnswer:
+        deadline = arrived + call.timeout_ms / 1000 if call.timeout_ms else None
+        if deadline is not None and time.monotonic() >= deadline:
+            # Its caller has given up: as gRPC's server does with a call past its deadline
+            # before its handler ran, it is not served.
+            return relayed_answer(call.call_id, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  "the call's deadline passed before the endorser took it")
+        handler = await self._chain(call.method)
+        if handler is None:
+            return relayed_answer(call.call_id, grpc.StatusCode.UNIMPLEMENTED,
+                                  f"method {call.method!r} is not served by this endorser")
+        context = RelayedContext(call.caller_certificate_pem, call.method, call.request,
+                                 handler.request_deserializer, deadline)
         try:
-            request = raw.request_deserializer(call.request)
-        except DecodeError:
-            return _refusal(call.call_id, grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the request is not a {call.method.rpartition('/')[2]} request")
-        handler = await self._intercepted(raw, _Details(call.method))
-        context = RelayedContext(call.caller_certificate_pem, request)
-        if handler.stream_unary is not None:  # as authz.py serves it: request via read()
-            response = await handler.stream_unary(None, context)
-        else:
-            response = await handler.unary_unary(request, context)
+            if handler.stream_unary is not None:  # as authz.py serves it: read() gives it
+                response = await handler.stream_unary(None, context)
+            else:
+                response = await handler.unary_unary(await context.read(), context)
+        except BadRequest:
+            response = None
         ok = context.code() in (None, grpc.StatusCode.OK) and response is not None
         return context.answer(call.call_id,
-                              handler.response_serializer(response) if ok else b"")
+                              handler.response_serializer(response) if ok else None)
 
-    async def _intercepted(self, handler: grpc.RpcMethodHandler,
-                           details: _Details) -> grpc.RpcMethodHandler:
-        """`handler` behind the interceptors, the first outermost (as gRPC's server does)."""
-        async def innermost(_details: Any) -> grpc.RpcMethodHandler:
-            return handler
-        continuation = innermost
-        for interceptor in reversed(self._interceptors):
-            continuation = _step(interceptor, continuation)
-        return await continuation(details)
+    async def _chain(self, method: str) -> grpc.RpcMethodHandler | None:
+        """The method's handler behind the interceptors, the first outermost (as gRPC's
+        server applies them), built once per method: the interceptors wrap a method once
+        (handler_cache.py) and judge each call inside their wrappers."""
+        chained = self._chains.get(method)
+        if chained is None:
+            raw = self._handlers.get(method)
+            if raw is None:
+                return None
+
+            async def innermost(_details: Any) -> grpc.RpcMethodHandler:
+                return raw
+            continuation: Callable[[Any], Awaitable[Any]] = innermost
+            for interceptor in reversed(self._interceptors):
+                continuation = _step(interceptor, continuation)
+            chained = self._chains[method] = await continuation(_Details(method))
+        return chained
 
 
 def _step(interceptor: aio.ServerInterceptor,
-          inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+          inner: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
     async def intercepted(details: Any) -> grpc.RpcMethodHandler:
         return await interceptor.intercept_service(inner, details)
     return intercepted
-
-
-def _refusal(call_id: int, code: grpc.StatusCode, details: str) -> relay_pb2.RelayedAnswer:
-    return relay_pb2.RelayedAnswer(call_id=call_id, code=code.value[0], details=details)

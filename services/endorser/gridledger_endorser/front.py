@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -34,9 +35,14 @@ from grpc_reflection.v1alpha import reflection
 
 from gridledger.endorser.v1 import endorser_pb2
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
+from gridledger_core.genesis import Genesis
 from gridledger_core.rpc import event_loops
+from gridledger_core.rpc.authz import Refused, caller_subject, short_name
 from gridledger_core.rpc.backoff import RETRY_AFTER
-from gridledger_core.rpc.relay import RELAY_MESSAGE_BYTES
+from gridledger_core.rpc.call_shares import LARGE_REQUEST_METHODS, CallShares
+from gridledger_core.rpc.call_shares import RETRY_AFTER_MS as SHARE_RETRY_AFTER_MS
+from gridledger_core.rpc.peer_identity import PeerIdentities
+from gridledger_core.rpc.relay import RELAY_MESSAGE_BYTES, relayed_answer
 from gridledger_core.rpc.server import merged_options
 from gridledger_core.rpc.tls import CHANNEL_OPTIONS, TlsFiles, receive_limit
 
@@ -56,19 +62,14 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _answer(code: grpc.StatusCode, details: str,
-            trailing: Sequence[tuple[str, str]] = ()) -> relay_pb2.RelayedAnswer:
-    return relay_pb2.RelayedAnswer(
-        code=code.value[0], details=details,
-        trailing_metadata=[relay_pb2.RelayedTrailer(key=k, value=v) for k, v in trailing])
-
-
-RELAY_DOWN = _answer(grpc.StatusCode.UNAVAILABLE,
-                     "the endorser's front lost its relay to the endorser; try again (a "
-                     "transaction sent again with the same envelope is not taken twice)")
-FRONT_FULL = _answer(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                     "this endorser front has too many calls waiting for the endorser",
-                     ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
+RELAY_DOWN = relayed_answer(
+    0, grpc.StatusCode.UNAVAILABLE,
+    "the endorser's front lost its relay to the endorser; try again (a transaction sent again "
+    "with the same envelope is not taken twice)")
+FRONT_FULL = relayed_answer(
+    0, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "this endorser front has too many calls waiting for the endorser",
+    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
 
 
 class Relay:
@@ -86,8 +87,11 @@ class Relay:
         self._outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] | None = None
         self._next_id = 0
 
-    async def call(self, method: str, caller_pem: bytes,
-                   request: bytes) -> relay_pb2.RelayedAnswer:
+    async def call(self, method: str, caller_pem: bytes, request: bytes,
+                   timeout: float | None = None) -> relay_pb2.RelayedAnswer:
+        """The endorser's answer to one call (RELAY_DOWN, FRONT_FULL from this front). A call
+        keeps its place until its answer comes, also when its caller gives up first: the
+        endorser is serving it, so it counts against the bound all the same."""
         outgoing = self._outgoing
         if outgoing is None:
             return RELAY_DOWN
@@ -98,19 +102,21 @@ class Relay:
         answer = asyncio.get_running_loop().create_future()
         self._pending[call_id] = answer
         outgoing.put_nowait(relay_pb2.RelayedCall(
-            call_id=call_id, method=method, caller_certificate_pem=caller_pem, request=request))
-        try:
-            return await answer
-        finally:
-            self._pending.pop(call_id, None)  # answered, or its caller went away
+            call_id=call_id, method=method, caller_certificate_pem=caller_pem, request=request,
+            timeout_ms=max(1, int(timeout * 1000)) if timeout is not None else 0))
+        return await answer  # a caller that goes away cancels `answer`, not its place
 
     async def run(self) -> None:
         """Keep the relay up until cancelled."""
         delay = RECONNECT_FIRST_S
         while True:
-            async with aio.insecure_channel(self._address, options=RELAY_CHANNEL_OPTIONS
-                                            ) as channel:
-                answered = await self._serve(channel)
+            answered = False
+            try:
+                async with aio.insecure_channel(self._address, options=RELAY_CHANNEL_OPTIONS
+                                                ) as channel:
+                    answered = await self._serve(channel)
+            except Exception:  # never a silent end behind SERVING: log, report, try again
+                log.exception("the relay to the endorser failed")
             await self._on_serving(False)
             if answered:
                 delay = RECONNECT_FIRST_S
@@ -122,13 +128,13 @@ class Relay:
         outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] = asyncio.Queue()
         answered = False
         mirror = asyncio.ensure_future(self._mirror_health(channel))
-        stream = relay_pb2_grpc.CallRelayStub(channel).Relay(_drain(outgoing))
+        stream = relay_pb2_grpc.CallRelayStub(channel).Relay(self._drain(outgoing))
         try:
             await stream.wait_for_connection()
             self._outgoing = outgoing
             async for answer in stream:
                 answered = True
-                waiting = self._pending.get(answer.call_id)
+                waiting = self._pending.pop(answer.call_id, None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(answer)
         except grpc.RpcError as exc:
@@ -138,10 +144,22 @@ class Relay:
             stream.cancel()
             outgoing.put_nowait(None)  # ends gRPC's task that reads `outgoing`
             mirror.cancel()
-            for waiting in self._pending.values():
+            waiting_calls, self._pending = self._pending, {}
+            for waiting in waiting_calls.values():
                 if not waiting.done():
                     waiting.set_result(RELAY_DOWN)
         return answered
+
+    async def _drain(self, queue: asyncio.Queue[relay_pb2.RelayedCall | None]
+                     ) -> AsyncIterator[relay_pb2.RelayedCall]:
+        """The stream's calls, until None (its stream ended); a call whose caller went away
+        before it left is dropped here, its place given back."""
+        while (call := await queue.get()) is not None:
+            waiting = self._pending.get(call.call_id)
+            if waiting is None or waiting.cancelled():
+                self._pending.pop(call.call_id, None)
+                continue
+            yield call
 
     async def _mirror_health(self, channel: aio.Channel) -> None:
         """The endorser's overall health, as this front's."""
@@ -160,41 +178,83 @@ RELAY_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS,
                          ("grpc.max_receive_message_length", RELAY_MESSAGE_BYTES)]
 
 
-async def _drain(queue: asyncio.Queue[relay_pb2.RelayedCall | None]
-                 ) -> AsyncIterator[relay_pb2.RelayedCall]:
-    """The stream's calls, until None (its stream ended)."""
-    while (call := await queue.get()) is not None:
-        yield call
-
-
 def _why(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return f"{code.name if code else 'error'}: {details}"
 
 
-def relaying_handler(relay: Relay, method: str) -> grpc.RpcMethodHandler:
-    """A unary method served by the endorser through `relay`: the request's bytes as
-    received, the answer's status and bytes as given."""
-    async def relayed(request: bytes, context: aio.ServicerContext) -> bytes | None:
+class Admission:
+    """What the endorser's authorisation does before a call's request arrives (authz.py's
+    `_enter`): the caller's certificate must chain to a member's TLS CA, and the call takes
+    a place of that member's share of this front's calls from its start to its end, so a
+    member that opens calls and sends their requests slowly, or never, holds only its share
+    of the front. The endorser judges everything again with the call (role, account, the
+    request, its own shares)."""
+
+    def __init__(self, genesis: Genesis, calls_per_member: int) -> None:
+        self._identities = PeerIdentities(genesis)
+        self.shares = CallShares(calls_per_member)
+
+    def enter(self, method: str, pem: bytes) -> tuple[str | None, relay_pb2.RelayedAnswer | None]:
+        """(the member whose place was taken, None) or (None, the refusal)."""
+        try:
+            member = caller_subject(self._identities, method, pem).org
+        except Refused as exc:
+            return None, relayed_answer(0, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        refusal = self.shares.try_enter(member, method in LARGE_REQUEST_METHODS)
+        if refusal is not None:
+            return None, relayed_answer(0, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"{short_name(method)}: {refusal}",
+                                        ((RETRY_AFTER, str(SHARE_RETRY_AFTER_MS)),))
+        return member, None
+
+
+def relaying_handler(relay: Relay, admission: Admission, method: str) -> grpc.RpcMethodHandler:
+    """A unary method served by the endorser through `relay`: taken as a stream, so that
+    the caller is counted before its request arrives (as authz.py serves every method),
+    then the request's bytes as received, the answer's status, trailers and bytes as
+    given."""
+    large = method in LARGE_REQUEST_METHODS
+
+    async def relayed(_requests: Any, context: aio.ServicerContext) -> bytes | None:
         peer = context.auth_context().get("x509_pem_cert")
-        answer = await relay.call(method, peer[0] if peer else b"", request)
-        if answer.code:
-            context.set_code(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN))
-            context.set_details(answer.details)
-            if answer.trailing_metadata:
-                context.set_trailing_metadata(
-                    tuple((t.key, t.value) for t in answer.trailing_metadata))
-            return None
-        return answer.response
-    return grpc.unary_unary_rpc_method_handler(relayed)
+        pem = peer[0] if peer else b""
+        member, refusal = admission.enter(method, pem)
+        if refusal is not None:
+            return _give(context, refusal)
+        try:
+            request = await context.read()
+            if request is aio.EOF:
+                return _give(context, relayed_answer(
+                    0, grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{short_name(method)} requires exactly one request message"))
+            return _give(context, await relay.call(method, pem, request,
+                                                   context.time_remaining()))
+        finally:
+            admission.shares.leave(member, large)  # type: ignore[arg-type]
+    return grpc.stream_unary_rpc_method_handler(relayed)
+
+
+def _give(context: aio.ServicerContext, answer: relay_pb2.RelayedAnswer) -> bytes | None:
+    """End the front's call as the endorser's answer says."""
+    if answer.trailing_metadata:
+        context.set_trailing_metadata(tuple(
+            (t.key, t.value if t.key.endswith("-bin") else t.value.decode("utf-8", "replace"))
+            for t in answer.trailing_metadata))
+    if answer.code:
+        context.set_code(_CODES.get(answer.code, grpc.StatusCode.UNKNOWN))
+        context.set_details(answer.details)
+        return None
+    return answer.response
 
 
 class Front:
     def __init__(self, listen: str, tls: TlsFiles, relay_socket: Path,
-                 receive_bytes: int) -> None:
+                 receive_bytes: int, admission: Admission) -> None:
         self._listen = listen
         self._tls = tls
+        self._admission = admission
         self._health = health.aio.HealthServicer()
         self._services = ["", SERVICE.full_name]
         self.relay = Relay(f"unix:{relay_socket}", self._publish)
@@ -212,7 +272,8 @@ class Front:
         for service in self._services:
             await self._health.set(service, _NOT_SERVING)  # until the endorser says so
         server = aio.server(options=merged_options([receive_limit(self._receive_bytes)]))
-        handlers = {m.name: relaying_handler(self.relay, f"/{SERVICE.full_name}/{m.name}")
+        handlers = {m.name: relaying_handler(self.relay, self._admission,
+                                             f"/{SERVICE.full_name}/{m.name}")
                     for m in SERVICE.methods}
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
@@ -248,6 +309,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--receive-bytes", type=int, required=True,
                         help="the largest request payload the endorser takes")
     parser.add_argument("--event-loop", choices=event_loops.CHOICES, default=event_loops.DEFAULT)
+    parser.add_argument("--calls-per-member", type=int, required=True,
+                        help="the calls one member may have in progress on this front")
     parser.add_argument("--endorser-pid", type=int, required=True,
                         help="the endorser that starts this front: it stops when that is gone")
     parser.add_argument("--grace-s", type=float, default=5.0)
@@ -256,8 +319,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    genesis = Genesis.load(args.consortium_dir / "genesis.json")
     front = Front(args.listen, TlsFiles.for_node(args.consortium_dir, args.name),
-                  args.relay_socket, args.receive_bytes)
+                  args.relay_socket, args.receive_bytes,
+                  Admission(genesis, args.calls_per_member))
     await front.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,9 +1,10 @@
 """The endorser's front processes (front.py): started with it, watched, started again when
-one exits, stopped first when it stops.
+one exits, stopped when it stops.
 
 A front that dies closes its listening socket and the kernel gives new connections to the
 others, so the port keeps serving while one is left; the endorser reports NOT_SERVING (the
-"fronts" component of its health) only while none runs, and counts every restart.
+"fronts" component of its health) while no front has its relay open (main.py, relay.py's
+stream count), and counts every restart.
 """
 
 from __future__ import annotations
@@ -30,14 +31,12 @@ QUICK_EXIT_S = 5.0
 
 
 class Fronts:
-    def __init__(self, command: Callable[[int], Sequence[str]], count: int,
-                 on_health: Callable[[bool], None]) -> None:
+    def __init__(self, command: Callable[[int], Sequence[str]], count: int) -> None:
         """`command(index)`: the argv of front number `index`."""
         if count < 1:
             raise ValueError("an endorser with fronts has at least one")
         self._command = command
         self._count = count
-        self._on_health = on_health
         self._processes: list[subprocess.Popen[bytes] | None] = [None] * count
         self._started_at = [0.0] * count
         self._stopping = threading.Event()
@@ -78,9 +77,7 @@ class Fronts:
             self._start(index)
 
     def _report(self) -> None:
-        running = len(self.pids)
-        RUNNING.set(running)
-        self._on_health(running > 0)
+        RUNNING.set(len(self.pids))
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop the fronts (SIGTERM: they finish the calls they relayed within `grace_s`),

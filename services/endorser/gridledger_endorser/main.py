@@ -26,9 +26,10 @@ from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.aio_server import AioNodeServer
 from gridledger_core.rpc.health_board import HealthBoard
 from gridledger_core.rpc.peer_identity import ledger_lookup
+from gridledger_core.rpc.relay import RELAY_MESSAGE_BYTES
 from gridledger_core.rpc.server import NodeServer
 from gridledger_core.rpc.submit_batches import SUBMIT_BATCH_BYTES
-from gridledger_core.rpc.tls import TlsFiles, receive_limit
+from gridledger_core.rpc.tls import FRAMING_BYTES, TlsFiles, receive_limit
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
@@ -106,6 +107,7 @@ def _front_command(args: argparse.Namespace, relay_socket: Path,
                 "--consortium-dir", str(args.consortium_dir), "--listen", args.listen,
                 "--relay-socket", str(relay_socket), "--receive-bytes", str(receive_bytes),
                 "--event-loop", args.event_loop, "--log-level", args.log_level,
+                "--calls-per-member", str(args.calls_per_member),
                 "--endorser-pid", str(os.getpid())]
     return command
 
@@ -226,6 +228,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     books = BookCache(ledger, identity.name)
 
     receive_bytes = max(SUBMIT_BATCH_BYTES, genesis.limits.max_tx_bytes)
+    if args.fronts and receive_bytes + FRAMING_BYTES >= RELAY_MESSAGE_BYTES:
+        # A relayed call is a request plus its caller's certificate: it must fit the relay.
+        parser.error(f"the genesis max_tx_bytes ({genesis.limits.max_tx_bytes}) is too large "
+                     "for the fronts' relay")
+    health = HealthBoard()
+    # With fronts, the public port is served while one of them has its relay open.
+    relayed = health.reporter("fronts") if args.fronts else None
+    if relayed is not None:
+        relayed(False)  # until a front has opened its relay
     # Callers may be meters and plants registered on this node's ledger, not only genesis's.
     common = {"genesis": genesis, "health_listen": args.health_listen,
               "account_lookup": ledger_lookup(ledger.get_state),
@@ -239,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                                calls_per_member=args.calls_per_member,
                                event_loop=args.event_loop,
-                               relay_socket=relay_socket if args.fronts else None, **common)
+                               relay_socket=relay_socket if args.fronts else None,
+                               on_relay_streams=(lambda n: relayed(n > 0)) if relayed else None,
+                               **common)
     else:
         server = NodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                             max_workers=args.workers, **common)
@@ -253,7 +266,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     # A replica that cannot commit (or a ledger that cannot be read) endorses against stale
     # state: report NOT_SERVING then. The book cache and admission control (which counts
     # this endorser's commits) follow it.
-    health = HealthBoard()
     ledger_health = health.reporter("ledger")
     follower: BlockFollower | StoreFollower
     if args.committer_ledger is None:
@@ -269,8 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fronts = None
     if args.fronts:
         assert relay_socket is not None
-        fronts = Fronts(_front_command(args, relay_socket, receive_bytes), args.fronts,
-                        health.reporter("fronts"))
+        fronts = Fronts(_front_command(args, relay_socket, receive_bytes), args.fronts)
         server.on_stop(fronts.stop)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)

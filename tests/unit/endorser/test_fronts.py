@@ -1,6 +1,6 @@
 """The endorser's watch over its front processes (gridledger_endorser/fronts.py): started
-again when one exits (never in a tight loop), NOT_SERVING only while none runs, and all of
-them stopped, the stubborn ones killed, when the endorser stops."""
+again when one exits (never in a tight loop), counted, and all of them stopped, the
+stubborn ones killed, when the endorser stops."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gridledger_endorser import fronts as fronts_module
-from gridledger_endorser.fronts import RESTARTS, Fronts
+from gridledger_endorser.fronts import RESTARTS, RUNNING, Fronts
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 STUBBORN = [sys.executable, "-c",
@@ -28,16 +28,11 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def health() -> list[bool]:
-    return []
-
-
-@pytest.fixture
-def started(health: list[bool]) -> Iterator[Callable[..., Fronts]]:
+def started() -> Iterator[Callable[..., Fronts]]:
     made: list[Fronts] = []
 
     def start(command: list[str], count: int = 2) -> Fronts:
-        fronts = Fronts(lambda _index: command, count, health.append)
+        fronts = Fronts(lambda _index: command, count)
         fronts.start()
         made.append(fronts)
         return fronts
@@ -53,26 +48,24 @@ def _wait(condition: Callable[[], bool], seconds: float = 10) -> None:
         time.sleep(0.02)
 
 
-def test_an_exited_front_is_started_again_and_counted(started: Callable[..., Fronts],
-                                                      health: list[bool]) -> None:
+def test_an_exited_front_is_started_again_and_counted(started: Callable[..., Fronts]) -> None:
     fronts = started(SLEEPER)
     first = fronts.pids
-    assert len(first) == 2 and health[-1] is True
+    assert len(first) == 2 and RUNNING._value.get() == 2
     restarts = RESTARTS._value.get()
     os.kill(first[0], signal.SIGKILL)
     _wait(lambda: len(fronts.pids) == 2 and first[0] not in fronts.pids)
     assert RESTARTS._value.get() == restarts + 1
     assert first[1] in fronts.pids  # the other was left alone
-    assert False not in health  # one front ran throughout
 
 
-def test_fronts_that_keep_exiting_are_not_started_in_a_tight_loop_and_report_unhealthy(
-        started: Callable[..., Fronts], health: list[bool]) -> None:
+def test_fronts_that_keep_exiting_are_not_started_in_a_tight_loop(
+        started: Callable[..., Fronts]) -> None:
     restarts = RESTARTS._value.get()
-    started(QUITTER, count=1)
+    fronts = started(QUITTER, count=1)
     time.sleep(1.6)  # three QUICK_EXIT_S periods
     assert RESTARTS._value.get() - restarts <= 3
-    assert health[-1] is False
+    _wait(lambda: fronts.pids == [] and RUNNING._value.get() == 0)
 
 
 def test_stop_ends_every_front_and_kills_one_that_ignores_sigterm(
@@ -90,4 +83,4 @@ def test_stop_ends_every_front_and_kills_one_that_ignores_sigterm(
 
 def test_an_endorser_with_fronts_has_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least one"):
-        Fronts(lambda _index: SLEEPER, 0, lambda _healthy: None)
+        Fronts(lambda _index: SLEEPER, 0)

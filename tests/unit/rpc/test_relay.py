@@ -6,7 +6,9 @@ answers UNAVAILABLE at once and comes back."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from grpc import aio
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
-from gridledger.rpc.v1 import relay_pb2_grpc
+from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
 from gridledger_core.rpc.relay import (
     MAX_SOCKET_PATH,
     CallRelayServicer,
@@ -43,6 +45,13 @@ class Servicer(endorser_pb2_grpc.EndorserServiceServicer):
 
     async def SubmitTransaction(self, request: Any, context: Any) -> None:
         raise RuntimeError("a bug")
+
+    release = asyncio.Event()
+
+    async def RequestOptionsBatch(self, request: Any, context: Any
+                                  ) -> endorser_pb2.RequestOptionsBatchResponse:
+        await Servicer.release.wait()
+        return endorser_pb2.RequestOptionsBatchResponse()
 
 
 class Recording(aio.ServerInterceptor):
@@ -137,7 +146,7 @@ def test_a_refusal_carries_its_code_message_and_retry_hint(tmp_path: Path) -> No
         assert (answer.code, answer.details, answer.response) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "full", b"")
         assert [(t.key, t.value) for t in answer.trailing_metadata] == [
-            ("retry-after-ms", "250")]
+            ("retry-after-ms", b"250")]
     _run(test, tmp_path)
 
 
@@ -183,26 +192,80 @@ def test_a_lost_relay_answers_unavailable_at_once_and_comes_back(tmp_path: Path)
 
 
 def test_a_relayed_context_gives_the_request_once_and_the_caller_as_tls_would() -> None:
-    context = RelayedContext(PEM, "request")
-    assert asyncio.run(context.read()) == "request"
+    request = endorser_pb2.GetBookRequest(slot_start=60)
+    context = RelayedContext(PEM, SERVICE + "GetBook", request.SerializeToString(),
+                             endorser_pb2.GetBookRequest.FromString, time.monotonic() + 5)
+    assert asyncio.run(context.read()) == request
     assert asyncio.run(context.read()) is aio.EOF
     assert context.auth_context() == {"x509_pem_cert": [PEM]}
-    assert RelayedContext(b"", None).auth_context() == {}  # no certificate: refused by authz
+    assert 4 < context.time_remaining() <= 5  # type: ignore[operator]
+    unsigned = RelayedContext(b"", SERVICE + "GetBook", b"", endorser_pb2.GetBookRequest.FromString)
+    assert unsigned.auth_context() == {}  # no certificate: authz refuses it
+    assert unsigned.time_remaining() is None
     assert context.code() is None
     assert context.answer(5, b"body").response == b"body"
+    assert context.answer(5, None).code == grpc.StatusCode.UNKNOWN.value[0]  # no response
+    context.set_trailing_metadata((("retry-after-ms", "9"), ("proof-bin", b"\x00\x01")))
     context.set_code(grpc.StatusCode.PERMISSION_DENIED)
-    assert context.answer(5, b"body").response == b""  # never a body with a refusal
+    answer = context.answer(5, b"body")
+    assert answer.response == b""  # never a body with a refusal
+    assert [(t.key, t.value) for t in answer.trailing_metadata] == [
+        ("retry-after-ms", b"9"), ("proof-bin", b"\x00\x01")]
 
 
 def test_the_socket_directory_is_private_and_a_stale_socket_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "relay" / "calls.sock"
     path.parent.mkdir(mode=0o755)
-    path.write_bytes(b"stale")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # an earlier run's
+    stale.close()
     assert prepare_socket(path) == path
     assert not path.exists()
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     with pytest.raises(ValueError, match="longer than 107 bytes"):
         prepare_socket(tmp_path / ("d" * MAX_SOCKET_PATH) / "calls.sock")
+
+
+def test_a_file_that_is_no_socket_is_never_removed(tmp_path: Path) -> None:
+    path = tmp_path / "relay" / "calls.sock"
+    path.parent.mkdir()
+    path.write_bytes(b"the operator's")
+    with pytest.raises(ValueError, match="is not a socket"):
+        prepare_socket(path)
+    assert path.read_bytes() == b"the operator's"
+
+
+def test_a_call_whose_deadline_passed_before_it_was_taken_is_not_served() -> None:
+    seen: list[tuple[str, str, bytes]] = []
+    handlers = method_handlers([(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
+                                 Servicer())])
+    relay = CallRelayServicer(handlers, [Recording("only", seen)])
+    call = relay_pb2.RelayedCall(call_id=3, method=SERVICE + "GetBook",
+                                 caller_certificate_pem=PEM, timeout_ms=100)
+
+    async def main() -> None:
+        late = await relay._answer(call, arrived=time.monotonic() - 0.2)  # waited 200 ms
+        assert (late.call_id, late.code) == (3, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+        assert seen == []  # neither judged nor served
+        on_time = await relay._answer(call, arrived=time.monotonic())
+        assert on_time.code == 0 and len(seen) == 1
+    asyncio.run(main())
+
+
+def test_a_caller_that_goes_away_keeps_its_place_until_the_endorser_answers(
+        tmp_path: Path) -> None:
+    """The endorser serves a call whose caller gave up after it was relayed, so the front's
+    bound must count it until the answer: callers that send and cancel, again and again,
+    cannot push more calls at the endorser than the bound."""
+    async def test(serving: Serving, relay: Relay) -> None:
+        slow = asyncio.ensure_future(relay.call(SERVICE + "RequestOptionsBatch", PEM, b""))
+        await _until(lambda: bool(relay._pending))
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        assert len(relay._pending) == 1  # still counted
+        Servicer.release.set()
+        await _until(lambda: not relay._pending)
+    _run(test, tmp_path)
 
 
 def test_only_methods_with_one_request_and_one_response_are_relayed() -> None:

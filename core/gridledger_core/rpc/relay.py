@@ -50,19 +50,20 @@ MAX_SOCKET_PATH = 107
 
 
 def prepare_socket(path: Path) -> Path:
-    """`path` ready to bind: its directory made if missing, and made private (0700) to this
-    user, whose it must be (fronts run as the same user; no one else may speak for a
-    caller), and a socket an earlier run left there removed. ValueError for a path too long
-    for a Unix socket, a directory of another user, or another kind of file at `path`."""
+    """`path` ready to bind: its directory made private to this user if missing, and if it
+    exists it must be this user's alone (fronts run as the same user; no one else may speak
+    for a caller; an existing directory is never changed), and a socket an earlier run left
+    there removed. ValueError for a path too long for a Unix socket, a directory open to
+    others, or another kind of file at `path`."""
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise ValueError(f"the relay socket path {path} is longer than {MAX_SOCKET_PATH} "
                          "bytes; choose a shorter --data-dir")
     directory = path.parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if directory.stat().st_uid != os.geteuid():
-        raise ValueError(f"the relay socket's directory {directory} is not this user's; give "
-                         "the socket a directory of its own")
-    directory.chmod(0o700)
+    mode = directory.stat()
+    if mode.st_uid != os.geteuid() or stat.S_IMODE(mode.st_mode) & 0o077:
+        raise ValueError(f"the relay socket's directory {directory} must be this user's alone "
+                         "(mode 0700); give the socket a directory of its own")
     try:
         kind = path.lstat().st_mode
     except FileNotFoundError:
@@ -223,10 +224,13 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
         async def take_calls() -> None:
             try:
                 async for call in request_iterator:
+                    arrived = time.monotonic()  # its deadline counts from here
                     await places.acquire()
-                    task = asyncio.ensure_future(self._serve(call, time.monotonic(), answers))
+                    task = asyncio.ensure_future(self._serve(call, arrived, answers))
                     running.add(task)  # the loop keeps only a weak reference to a task
                     task.add_done_callback(running.discard)
+                # The front is done sending: what it sent is still answered.
+                await asyncio.gather(*running, return_exceptions=True)
             except (grpc.RpcError, asyncio.CancelledError):
                 pass  # the front went away: its stream ends below
             except Exception:
@@ -248,13 +252,18 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
 
     async def _serve(self, call: relay_pb2.RelayedCall, arrived: float,
                      answers: asyncio.Queue[relay_pb2.RelayedAnswer | None]) -> None:
+        """Every call gets exactly one answer, whatever ends it: that answer's write gives
+        its place back."""
+        answer = relayed_answer(call.call_id, grpc.StatusCode.CANCELLED,
+                                "the endorser stopped serving the call")
         try:
             answer = await self._answer(call, arrived)
         except Exception:  # a handler's bug: that call's answer, never the stream's end
             log.exception("relayed call %s failed", call.method)
             answer = relayed_answer(call.call_id, grpc.StatusCode.UNKNOWN,
                                     "the endorser failed to serve the call")
-        answers.put_nowait(answer)
+        finally:
+            answers.put_nowait(answer)
 
     async def _answer(self, call: relay_pb2.RelayedCall,
                       arrived: float) -> relay_pb2.RelayedAnswer:

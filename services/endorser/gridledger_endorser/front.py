@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,35 @@ RELAY_DOWN = relayed_answer(
     0, grpc.StatusCode.UNAVAILABLE,
     "the endorser's front lost its relay to the endorser; try again (a transaction sent again "
     "with the same envelope is not taken twice)")
+DEADLINE_PASSED = relayed_answer(
+    0, grpc.StatusCode.DEADLINE_EXCEEDED,
+    "the call's deadline passed before this front could relay it to the endorser")
 FRONT_FULL = relayed_answer(
     0, grpc.StatusCode.RESOURCE_EXHAUSTED,
     "this endorser front has too many calls waiting for the endorser",
     ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
+
+
+class _Waiting:
+    """A relayed call until its answer: the caller's future, when its deadline passes
+    (this process's clock), and what to give back once it is over (its member's share of
+    the front), given back exactly once wherever the call ends."""
+
+    __slots__ = ("_release", "answer", "deadline")
+
+    def __init__(self, answer: asyncio.Future[relay_pb2.RelayedAnswer],
+                 deadline: float | None, release: Callable[[], None]) -> None:
+        self.answer, self.deadline, self._release = answer, deadline, release
+
+    def settle(self, answer: relay_pb2.RelayedAnswer) -> None:
+        if not self.answer.done():
+            self.answer.set_result(answer)
+        self._release()
+        self._release = _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 class Relay:
@@ -83,27 +109,28 @@ class Relay:
         self._address = address
         self._on_serving = on_serving
         self._max_pending = max_pending
-        self._pending: dict[int, asyncio.Future[relay_pb2.RelayedAnswer]] = {}
+        self._pending: dict[int, _Waiting] = {}
         self._outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] | None = None
         self._next_id = 0
 
     async def call(self, method: str, caller_pem: bytes, request: bytes,
-                   timeout: float | None = None) -> relay_pb2.RelayedAnswer:
-        """The endorser's answer to one call (RELAY_DOWN, FRONT_FULL from this front). A call
-        keeps its place until its answer comes, also when its caller gives up first: the
-        endorser is serving it, so it counts against the bound all the same."""
+                   timeout: float | None = None,
+                   release: Callable[[], None] = _nothing) -> relay_pb2.RelayedAnswer:
+        """The endorser's answer to one call (RELAY_DOWN, FRONT_FULL from this front).
+        `release` is called once the call is over. A call keeps its place (and whatever
+        `release` gives back) until its answer comes, also when its caller gives up first:
+        the endorser is serving it, so it counts all the same."""
         outgoing = self._outgoing
-        if outgoing is None:
-            return RELAY_DOWN
-        if len(self._pending) >= self._max_pending:
-            return FRONT_FULL
+        if outgoing is None or len(self._pending) >= self._max_pending:
+            release()
+            return RELAY_DOWN if outgoing is None else FRONT_FULL
         self._next_id += 1
         call_id = self._next_id
         answer = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = answer
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        self._pending[call_id] = _Waiting(answer, deadline, release)
         outgoing.put_nowait(relay_pb2.RelayedCall(
-            call_id=call_id, method=method, caller_certificate_pem=caller_pem, request=request,
-            timeout_ms=max(1, int(timeout * 1000)) if timeout is not None else 0))
+            call_id=call_id, method=method, caller_certificate_pem=caller_pem, request=request))
         return await answer  # a caller that goes away cancels `answer`, not its place
 
     async def run(self) -> None:
@@ -127,41 +154,56 @@ class Relay:
         """One stream's life; whether it carried anything."""
         outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] = asyncio.Queue()
         answered = False
-        mirror = asyncio.ensure_future(self._mirror_health(channel))
         stream = relay_pb2_grpc.CallRelayStub(channel).Relay(self._drain(outgoing))
+        mirror: asyncio.Task[None] | None = None
         try:
             await stream.wait_for_connection()
             self._outgoing = outgoing
+            # Its health only once calls can go: a watch that ends ends this stream too.
+            mirror = asyncio.ensure_future(self._mirror_health(channel, stream))
             async for answer in stream:
                 answered = True
                 waiting = self._pending.pop(answer.call_id, None)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(answer)
+                if waiting is not None:
+                    waiting.settle(answer)
         except grpc.RpcError as exc:
             log.warning("the relay to the endorser ended: %s", _why(exc))
         finally:
             self._outgoing = None
             stream.cancel()
             outgoing.put_nowait(None)  # ends gRPC's task that reads `outgoing`
-            mirror.cancel()
+            if mirror is not None:
+                mirror.cancel()
+            # The endorser runs what it took to its end: the bound holds per stream, and
+            # the endorser's own shares bound what runs there.
             waiting_calls, self._pending = self._pending, {}
             for waiting in waiting_calls.values():
-                if not waiting.done():
-                    waiting.set_result(RELAY_DOWN)
+                waiting.settle(RELAY_DOWN)
         return answered
 
     async def _drain(self, queue: asyncio.Queue[relay_pb2.RelayedCall | None]
                      ) -> AsyncIterator[relay_pb2.RelayedCall]:
-        """The stream's calls, until None (its stream ended); a call whose caller went away
-        before it left is dropped here, its place given back."""
+        """The stream's calls, until None (its stream ended), each with what is left of its
+        caller's deadline as it leaves. One whose caller went away, or whose deadline passed,
+        before it left is not sent; its place is given back."""
         while (call := await queue.get()) is not None:
             waiting = self._pending.get(call.call_id)
-            if waiting is None or waiting.cancelled():
-                self._pending.pop(call.call_id, None)
+            if waiting is None:
                 continue
+            if waiting.answer.cancelled():
+                del self._pending[call.call_id]
+                waiting.settle(RELAY_DOWN)
+                continue
+            if waiting.deadline is not None:
+                left = waiting.deadline - time.monotonic()
+                if left <= 0:
+                    del self._pending[call.call_id]
+                    waiting.settle(DEADLINE_PASSED)
+                    continue
+                call.timeout_ms = max(1, int(left * 1000))
             yield call
 
-    async def _mirror_health(self, channel: aio.Channel) -> None:
+    async def _mirror_health(self, channel: aio.Channel, stream: Any) -> None:
         """The endorser's overall health, as this front's."""
         try:
             watch = health_pb2_grpc.HealthStub(channel).Watch(
@@ -171,6 +213,7 @@ class Relay:
         except grpc.RpcError as exc:
             log.warning("watching the endorser's health failed: %s", _why(exc))
         await self._on_serving(False)
+        stream.cancel()  # connect again, watch included
 
 
 RELAY_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS,
@@ -221,18 +264,24 @@ def relaying_handler(relay: Relay, admission: Admission, method: str) -> grpc.Rp
         peer = context.auth_context().get("x509_pem_cert")
         pem = peer[0] if peer else b""
         member, refusal = admission.enter(method, pem)
-        if refusal is not None:
-            return _give(context, refusal)
+        if member is None:
+            return _give(context, refusal)  # type: ignore[arg-type]
+        handed_over = False
         try:
             request = await context.read()
             if request is aio.EOF:
                 return _give(context, relayed_answer(
                     0, grpc.StatusCode.INVALID_ARGUMENT,
                     f"{short_name(method)} requires exactly one request message"))
-            return _give(context, await relay.call(method, pem, request,
-                                                   context.time_remaining()))
+            # From here the relay gives the share back, when the endorser has answered:
+            # a caller that goes away must not free its member's place while the call runs.
+            handed_over = True
+            return _give(context, await relay.call(
+                method, pem, request, context.time_remaining(),
+                release=lambda: admission.shares.leave(member, large)))
         finally:
-            admission.shares.leave(member, large)  # type: ignore[arg-type]
+            if not handed_over:
+                admission.shares.leave(member, large)
     return grpc.stream_unary_rpc_method_handler(relayed)
 
 

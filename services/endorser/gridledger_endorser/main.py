@@ -100,14 +100,16 @@ def _replaced(store: LmdbStore) -> Callable[[], str]:
     return why
 
 
-def _front_command(args: argparse.Namespace, relay_socket: Path,
-                   receive_bytes: int) -> Callable[[int], list[str]]:
+def _front_command(args: argparse.Namespace, relay_socket: Path, receive_bytes: int,
+                   calls_per_member: int) -> Callable[[int], list[str]]:
+    """`calls_per_member`: the share the endorser's own server holds members to (its
+    `--calls-per-member`, or what it makes of 0)."""
     def command(_index: int) -> list[str]:
         return [sys.executable, "-m", "gridledger_endorser.front", "--name", args.name,
                 "--consortium-dir", str(args.consortium_dir), "--listen", args.listen,
                 "--relay-socket", str(relay_socket), "--receive-bytes", str(receive_bytes),
                 "--event-loop", args.event_loop, "--log-level", args.log_level,
-                "--calls-per-member", str(args.calls_per_member),
+                "--calls-per-member", str(calls_per_member),
                 "--endorser-pid", str(os.getpid())]
     return command
 
@@ -281,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     fronts = None
     if args.fronts:
         assert relay_socket is not None
-        fronts = Fronts(_front_command(args, relay_socket, receive_bytes), args.fronts)
+        assert isinstance(server, AioNodeServer)  # --fronts needs it (checked above)
+        fronts = Fronts(_front_command(args, relay_socket, receive_bytes, server.shares.share),
+                        args.fronts)
         server.on_stop(fronts.stop)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)

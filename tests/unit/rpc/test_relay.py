@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from grpc_health.v1 import health, health_pb2_grpc
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
@@ -47,6 +48,9 @@ class Servicer(endorser_pb2_grpc.EndorserServiceServicer):
         raise RuntimeError("a bug")
 
     release = asyncio.Event()
+
+    async def SubmitBatch(self, request: Any, context: Any) -> None:
+        raise asyncio.CancelledError  # e.g. a shared future cancelled under it
 
     async def RequestOptionsBatch(self, request: Any, context: Any
                                   ) -> endorser_pb2.RequestOptionsBatchResponse:
@@ -89,6 +93,7 @@ class Serving:
         relay_pb2_grpc.add_CallRelayServicer_to_server(
             CallRelayServicer(handlers, [Recording("outer", self.seen),
                                          Recording("inner", self.seen)]), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
         assert server.add_insecure_port(f"unix:{prepare_socket(self.socket)}")
         await server.start()
         self.server = server
@@ -215,20 +220,29 @@ def test_a_relayed_context_gives_the_request_once_and_the_caller_as_tls_would() 
 
 def test_the_socket_directory_is_private_and_a_stale_socket_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "relay" / "calls.sock"
-    path.parent.mkdir(mode=0o755)
+    assert prepare_socket(path) == path  # the directory made, private
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))  # an earlier run's
     stale.close()
     assert prepare_socket(path) == path
     assert not path.exists()
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     with pytest.raises(ValueError, match="longer than 107 bytes"):
         prepare_socket(tmp_path / ("d" * MAX_SOCKET_PATH) / "calls.sock")
 
 
+def test_a_directory_open_to_others_is_refused_not_changed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(ValueError, match="must be this user's alone"):
+        prepare_socket(shared / "calls.sock")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
 def test_a_file_that_is_no_socket_is_never_removed(tmp_path: Path) -> None:
     path = tmp_path / "relay" / "calls.sock"
-    path.parent.mkdir()
+    path.parent.mkdir(mode=0o700)
     path.write_bytes(b"the operator's")
     with pytest.raises(ValueError, match="is not a socket"):
         prepare_socket(path)
@@ -255,16 +269,43 @@ def test_a_call_whose_deadline_passed_before_it_was_taken_is_not_served() -> Non
 def test_a_caller_that_goes_away_keeps_its_place_until_the_endorser_answers(
         tmp_path: Path) -> None:
     """The endorser serves a call whose caller gave up after it was relayed, so the front's
-    bound must count it until the answer: callers that send and cancel, again and again,
-    cannot push more calls at the endorser than the bound."""
+    bound, and its member's share of the front (what `release` gives back), must count it
+    until the answer: callers that send and cancel, again and again, cannot push more calls
+    at the endorser than the bound."""
+    released: list[int] = []
+
     async def test(serving: Serving, relay: Relay) -> None:
-        slow = asyncio.ensure_future(relay.call(SERVICE + "RequestOptionsBatch", PEM, b""))
+        slow = asyncio.ensure_future(relay.call(SERVICE + "RequestOptionsBatch", PEM, b"",
+                                                release=lambda: released.append(1)))
         await _until(lambda: bool(relay._pending))
         slow.cancel()
         await asyncio.gather(slow, return_exceptions=True)
-        assert len(relay._pending) == 1  # still counted
+        await asyncio.sleep(0.05)
+        assert len(relay._pending) == 1 and released == []  # still counted
         Servicer.release.set()
         await _until(lambda: not relay._pending)
+        assert released == [1]  # given back once, with the answer
+    _run(test, tmp_path)
+
+
+def test_a_call_out_of_time_before_it_leaves_the_front_is_not_sent(tmp_path: Path) -> None:
+    released: list[int] = []
+
+    async def test(serving: Serving, relay: Relay) -> None:
+        answer = await relay.call(SERVICE + "GetBook", PEM, b"", timeout=0.0,
+                                  release=lambda: released.append(1))
+        assert answer.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert "before this front could relay it" in answer.details
+        assert serving.seen == [] and released == [1] and not relay._pending
+    _run(test, tmp_path)
+
+
+def test_a_handler_cancelled_inside_still_answers_and_the_stream_goes_on(
+        tmp_path: Path) -> None:
+    async def test(_serving: Serving, relay: Relay) -> None:
+        cancelled = await relay.call(SERVICE + "SubmitBatch", PEM, b"")
+        assert cancelled.code == grpc.StatusCode.CANCELLED.value[0]
+        assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
     _run(test, tmp_path)
 
 
@@ -274,3 +315,5 @@ def test_only_methods_with_one_request_and_one_response_are_relayed() -> None:
     names = {m.name for m in endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"].methods}
     assert set(handlers) == {SERVICE + n for n in names}
     assert CallRelayServicer(handlers, [])._handlers.keys() == handlers.keys()
+    with pytest.raises(ValueError, match="named no method handlers"):
+        method_handlers([(lambda _servicer, _server: None, Servicer())])

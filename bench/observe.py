@@ -108,17 +108,20 @@ def own_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _task_dirs(pid: int) -> list[Path]:
+    """/proc's directory of each thread of a process (empty if it is gone)."""
+    try:
+        return [Path(f"/proc/{pid}/task/{tid}") for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
 def child_pids(pid: int) -> list[int]:
     """The running child processes of `pid` (empty if it is gone)."""
     children: list[int] = []
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return children
-    for tid in threads:
+    for task in _task_dirs(pid):
         with contextlib.suppress(OSError):
-            children += [int(c) for c in
-                         Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+            children += [int(c) for c in (task / "children").read_text().split()]
     return children
 
 
@@ -126,13 +129,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     """User + system CPU time so far of each thread of a process, by thread id (empty if it
     is gone; a thread that ends between the listing and its read is left out)."""
     out: dict[int, float] = {}
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in threads:
+    for task in _task_dirs(pid):
         with contextlib.suppress(OSError):
-            out[int(tid)] = stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
+            out[int(task.name)] = stat_cpu_seconds(task / "stat")
     return out
 
 

@@ -4,6 +4,8 @@ from Prometheus histograms, and the figures it derives from raw observations."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -123,6 +125,24 @@ def test_each_thread_of_a_process_is_read_by_its_id() -> None:
     assert threading.get_native_id() in threads
     assert all(cpu >= 0 for cpu in threads.values())
     assert observe.thread_cpu_seconds(2**22 + 1) == {}  # beyond pid_max: no such process
+
+
+def test_a_process_cpu_counts_its_running_children_and_its_own_does_not() -> None:
+    """An endorser's fronts are its child processes: its CPU is theirs too."""
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nend = time.process_time() + 0.3\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while observe.cpu_seconds(child.pid) < 0.3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert child.pid in observe.child_pids(os.getpid())
+        assert observe.cpu_seconds(os.getpid()) >= observe.own_cpu_seconds(os.getpid()) + 0.3
+        assert observe.child_pids(2**22 + 1) == []
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_the_busiest_thread_share_is_of_the_thread_that_ran_most_in_between() -> None:

@@ -4,17 +4,19 @@ to the endorser over the call relay (core rpc/relay.py), one message of a long-l
 The endorser's calls are judged, counted and served in the one process that holds its state;
 what a front spends per call is gRPC's work for the call (TLS, HTTP/2, the call's stream and
 status), which on one process was most of a single call's cost (docs/performance.md,
-"Endorser fronts"). Several fronts listen on the same address (gRPC sets SO_REUSEPORT; the
+thirty-fifth round). Several fronts listen on the same address (gRPC sets SO_REUSEPORT; the
 kernel spreads connections over them). The endorser starts and watches them (fronts.py).
 
-A front keeps nothing: no state, no keys beyond the endorser's TLS ones. What it forwards is
-the caller's request as received and the certificate its handshake verified; it answers with
-the endorser's status, message and trailing metadata (a retry hint included). While the relay
-is down it answers UNAVAILABLE at once and reports NOT_SERVING; its health otherwise mirrors
-the endorser's. Its own bound is the calls it has relayed and not yet had answered: beyond
-it, RESOURCE_EXHAUSTED with a retry hint, as the endorser's own shares refuse.
+A front keeps no state and no keys beyond the endorser's TLS ones. Before a call's request
+arrives it does what the endorser's authorisation does then (`Admission`): the caller's
+certificate must chain to a member's TLS CA, and the member holds a place of its share of
+this front's calls until the endorser has answered. It forwards the request as received
+with the certificate its handshake verified, and answers with the endorser's status,
+message and trailing metadata (a retry hint included). While the relay is down it answers
+UNAVAILABLE at once and reports NOT_SERVING; its health otherwise mirrors the endorser's.
+Its own bound is the calls it has relayed and not yet had answered: beyond it,
+RESOURCE_EXHAUSTED with a retry hint, as the endorser's own shares refuse.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -40,8 +42,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.authz import Refused, caller_subject, short_name
 from gridledger_core.rpc.backoff import RETRY_AFTER
-from gridledger_core.rpc.call_shares import LARGE_REQUEST_METHODS, CallShares
-from gridledger_core.rpc.call_shares import RETRY_AFTER_MS as SHARE_RETRY_AFTER_MS
+from gridledger_core.rpc.call_shares import LARGE_REQUEST_METHODS, RETRY_AFTER_MS, CallShares
 from gridledger_core.rpc.peer_identity import PeerIdentities
 from gridledger_core.rpc.relay import RELAY_MESSAGE_BYTES, relayed_answer
 from gridledger_core.rpc.server import merged_options
@@ -53,7 +54,6 @@ SERVICE = endorser_pb2.DESCRIPTOR.services_by_name["EndorserService"]
 # Calls one front has relayed and not yet had answered. The endorser's members' shares
 # (128 calls each by default) bound what it takes; this only keeps a front's memory bounded.
 MAX_PENDING = 2048
-RETRY_AFTER_MS = 200  # the hint when this front is full, as the endorser's shares give
 # How soon a lost relay is tried again: doubling from the first to the last.
 RECONNECT_FIRST_S = 0.05
 RECONNECT_LAST_S = 2.0
@@ -73,7 +73,7 @@ DEADLINE_PASSED = relayed_answer(
 FRONT_FULL = relayed_answer(
     0, grpc.StatusCode.RESOURCE_EXHAUSTED,
     "this endorser front has too many calls waiting for the endorser",
-    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
+    ((RETRY_AFTER, str(RETRY_AFTER_MS)),))  # the hint the endorser's shares give
 
 
 class _Waiting:
@@ -249,7 +249,7 @@ class Admission:
         if refusal is not None:
             return None, relayed_answer(0, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                         f"{short_name(method)}: {refusal}",
-                                        ((RETRY_AFTER, str(SHARE_RETRY_AFTER_MS)),))
+                                        ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
         return member, None
 
 

@@ -180,7 +180,7 @@ class AioNodeServer:
         server = aio.server(options=merged_options([*self._options, RELAY_MESSAGE_LIMIT]))
         relay = CallRelayServicer(method_handlers(self._registrations), interceptors,
                                   self._on_relay_streams)
-        relay_pb2_grpc.add_CallRelayServicer_to_server(relay, server)
+        relay_pb2_grpc.add_CallRelayServiceServicer_to_server(relay, server)
         assert self._health is not None
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if server.add_insecure_port(f"unix:{prepare_socket(socket)}") == 0:

@@ -76,9 +76,9 @@ def prepare_socket(path: Path) -> Path:
 
 def relayed_answer(call_id: int, code: grpc.StatusCode, details: str,
                    trailing: Iterable[tuple[str, str | bytes]] = (),
-                   response: bytes = b"") -> relay_pb2.RelayedAnswer:
+                   response: bytes = b"") -> relay_pb2.RelayResponse:
     """An answer as the relay carries it: a body only with OK."""
-    return relay_pb2.RelayedAnswer(
+    return relay_pb2.RelayResponse(
         call_id=call_id, code=code.value[0], details=details,
         response=response if code == grpc.StatusCode.OK else b"",
         trailing_metadata=[relay_pb2.RelayedTrailer(
@@ -148,7 +148,7 @@ class RelayedContext:
     def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
         self._trailing = tuple(metadata)
 
-    def answer(self, call_id: int, response: bytes | None) -> relay_pb2.RelayedAnswer:
+    def answer(self, call_id: int, response: bytes | None) -> relay_pb2.RelayResponse:
         code = self._code or grpc.StatusCode.OK
         if code == grpc.StatusCode.OK and response is None:  # gRPC's server: no response
             return relayed_answer(call_id, grpc.StatusCode.UNKNOWN,
@@ -197,7 +197,7 @@ def unary_request_methods(handlers: Mapping[str, grpc.RpcMethodHandler]) -> list
     return sorted(m for m, h in handlers.items() if h.unary_unary is not None)
 
 
-class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
+class CallRelayServicer(relay_pb2_grpc.CallRelayServiceServicer):
     def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler],
                  interceptors: Sequence[aio.ServerInterceptor],
                  on_streams: Callable[[int], None] | None = None) -> None:
@@ -214,7 +214,7 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
             self._on_streams(self._streams)
 
     async def Relay(self, request_iterator: Any, context: aio.ServicerContext) -> None:
-        answers: asyncio.Queue[relay_pb2.RelayedAnswer | None] = asyncio.Queue()
+        answers: asyncio.Queue[relay_pb2.RelayResponse | None] = asyncio.Queue()
         # A call holds a place from its arrival until its answer is written: at the bound
         # this stops reading calls (HTTP/2 holds the front's), so neither the tasks nor the
         # answers waiting for the front to read them can grow without bound.
@@ -250,8 +250,8 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
             # A call admitted here runs to its end whoever waits for it, as on the public
             # server: its answer has nowhere to go, the work it started is kept.
 
-    async def _serve(self, call: relay_pb2.RelayedCall, arrived: float,
-                     answers: asyncio.Queue[relay_pb2.RelayedAnswer | None]) -> None:
+    async def _serve(self, call: relay_pb2.RelayRequest, arrived: float,
+                     answers: asyncio.Queue[relay_pb2.RelayResponse | None]) -> None:
         """Every call gets exactly one answer, whatever ends it: that answer's write gives
         its place back."""
         answer = relayed_answer(call.call_id, grpc.StatusCode.CANCELLED,
@@ -265,8 +265,8 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServicer):
         finally:
             answers.put_nowait(answer)
 
-    async def _answer(self, call: relay_pb2.RelayedCall,
-                      arrived: float) -> relay_pb2.RelayedAnswer:
+    async def _answer(self, call: relay_pb2.RelayRequest,
+                      arrived: float) -> relay_pb2.RelayResponse:
         deadline = arrived + call.timeout_ms / 1000 if call.timeout_ms else None
         if deadline is not None and time.monotonic() >= deadline:
             # Its caller has given up: as gRPC's server does with a call past its deadline

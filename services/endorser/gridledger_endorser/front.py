@@ -83,11 +83,11 @@ class _Waiting:
 
     __slots__ = ("_release", "answer", "deadline")
 
-    def __init__(self, answer: asyncio.Future[relay_pb2.RelayedAnswer],
+    def __init__(self, answer: asyncio.Future[relay_pb2.RelayResponse],
                  deadline: float | None, release: Callable[[], None]) -> None:
         self.answer, self.deadline, self._release = answer, deadline, release
 
-    def settle(self, answer: relay_pb2.RelayedAnswer) -> None:
+    def settle(self, answer: relay_pb2.RelayResponse) -> None:
         if not self.answer.done():
             self.answer.set_result(answer)
         self._release()
@@ -110,12 +110,12 @@ class Relay:
         self._on_serving = on_serving
         self._max_pending = max_pending
         self._pending: dict[int, _Waiting] = {}
-        self._outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] | None = None
+        self._outgoing: asyncio.Queue[relay_pb2.RelayRequest | None] | None = None
         self._next_id = 0
 
     async def call(self, method: str, caller_pem: bytes, request: bytes,
                    timeout: float | None = None,
-                   release: Callable[[], None] = _nothing) -> relay_pb2.RelayedAnswer:
+                   release: Callable[[], None] = _nothing) -> relay_pb2.RelayResponse:
         """The endorser's answer to one call (RELAY_DOWN, FRONT_FULL from this front).
         `release` is called once the call is over. A call keeps its place (and whatever
         `release` gives back) until its answer comes, also when its caller gives up first:
@@ -129,7 +129,7 @@ class Relay:
         answer = asyncio.get_running_loop().create_future()
         deadline = time.monotonic() + timeout if timeout is not None else None
         self._pending[call_id] = _Waiting(answer, deadline, release)
-        outgoing.put_nowait(relay_pb2.RelayedCall(
+        outgoing.put_nowait(relay_pb2.RelayRequest(
             call_id=call_id, method=method, caller_certificate_pem=caller_pem, request=request))
         return await answer  # a caller that goes away cancels `answer`, not its place
 
@@ -152,9 +152,9 @@ class Relay:
 
     async def _serve(self, channel: aio.Channel) -> bool:
         """One stream's life; whether it carried anything."""
-        outgoing: asyncio.Queue[relay_pb2.RelayedCall | None] = asyncio.Queue()
+        outgoing: asyncio.Queue[relay_pb2.RelayRequest | None] = asyncio.Queue()
         answered = False
-        stream = relay_pb2_grpc.CallRelayStub(channel).Relay(self._drain(outgoing))
+        stream = relay_pb2_grpc.CallRelayServiceStub(channel).Relay(self._drain(outgoing))
         mirror: asyncio.Task[None] | None = None
         try:
             await stream.wait_for_connection()
@@ -181,8 +181,8 @@ class Relay:
                 waiting.settle(RELAY_DOWN)
         return answered
 
-    async def _drain(self, queue: asyncio.Queue[relay_pb2.RelayedCall | None]
-                     ) -> AsyncIterator[relay_pb2.RelayedCall]:
+    async def _drain(self, queue: asyncio.Queue[relay_pb2.RelayRequest | None]
+                     ) -> AsyncIterator[relay_pb2.RelayRequest]:
         """The stream's calls, until None (its stream ended), each with what is left of its
         caller's deadline as it leaves. One whose caller went away, or whose deadline passed,
         before it left is not sent; its place is given back."""
@@ -239,7 +239,7 @@ class Admission:
         self._identities = PeerIdentities(genesis)
         self.shares = CallShares(calls_per_member)
 
-    def enter(self, method: str, pem: bytes) -> tuple[str | None, relay_pb2.RelayedAnswer | None]:
+    def enter(self, method: str, pem: bytes) -> tuple[str | None, relay_pb2.RelayResponse | None]:
         """(the member whose place was taken, None) or (None, the refusal)."""
         try:
             member = caller_subject(self._identities, method, pem).org
@@ -285,7 +285,7 @@ def relaying_handler(relay: Relay, admission: Admission, method: str) -> grpc.Rp
     return grpc.stream_unary_rpc_method_handler(relayed)
 
 
-def _give(context: aio.ServicerContext, answer: relay_pb2.RelayedAnswer) -> bytes | None:
+def _give(context: aio.ServicerContext, answer: relay_pb2.RelayResponse) -> bytes | None:
     """End the front's call as the endorser's answer says."""
     if answer.trailing_metadata:
         context.set_trailing_metadata(tuple(

@@ -90,7 +90,7 @@ class Serving:
         handlers = method_handlers([(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                                      Servicer())])
         server = aio.server()
-        relay_pb2_grpc.add_CallRelayServicer_to_server(
+        relay_pb2_grpc.add_CallRelayServiceServicer_to_server(
             CallRelayServicer(handlers, [Recording("outer", self.seen),
                                          Recording("inner", self.seen)]), server)
         health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
@@ -254,7 +254,7 @@ def test_a_call_whose_deadline_passed_before_it_was_taken_is_not_served() -> Non
     handlers = method_handlers([(endorser_pb2_grpc.add_EndorserServiceServicer_to_server,
                                  Servicer())])
     relay = CallRelayServicer(handlers, [Recording("only", seen)])
-    call = relay_pb2.RelayedCall(call_id=3, method=SERVICE + "GetBook",
+    call = relay_pb2.RelayRequest(call_id=3, method=SERVICE + "GetBook",
                                  caller_certificate_pem=PEM, timeout_ms=100)
 
     async def main() -> None:

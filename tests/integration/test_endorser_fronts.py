@@ -20,6 +20,7 @@ import pytest
 from devnet_support import committer_stub, ledger_network, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.observe import child_pids
 from gridctl import devnet
 from gridctl.loadgen import prepare_readings
 from gridledger.committer.v1 import committer_pb2
@@ -43,11 +44,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
 
 
 def _front_pids(endorser_pid: int) -> list[int]:
-    children: list[int] = []
-    for tid in os.listdir(f"/proc/{endorser_pid}/task"):
-        children += [int(pid) for pid in
-                     Path(f"/proc/{endorser_pid}/task/{tid}/children").read_text().split()]
-    return [pid for pid in children
+    return [pid for pid in child_pids(endorser_pid)
             if b"gridledger_endorser.front" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
@@ -143,7 +140,7 @@ def test_a_killed_front_is_started_again_and_the_port_keeps_answering(
     os.kill(before[0], signal.SIGKILL)
     # Once it is gone, the other front takes every new connection (those the kernel had
     # queued on its socket were reset: clients retry UNAVAILABLE).
-    wait_for(lambda: not _running(before[0]), 10, "the front is gone")
+    wait_for(lambda: not devnet.pid_alive(before[0]), 10, "the front is gone")
     for _ in range(5):
         assert _book(net).slot_start == 0  # answered, on a new connection each time
         time.sleep(0.2)
@@ -161,11 +158,6 @@ def test_fronts_of_a_killed_endorser_stop(net: devnet.Network) -> None:
     endorser = net.by_role("endorser")[0]
     fronts = _front_pids(endorser.pid)
     os.kill(endorser.pid, signal.SIGKILL)
-    wait_for(lambda: not any(_running(pid) for pid in fronts), 15, "the fronts stopped")
+    wait_for(lambda: not any(devnet.pid_alive(pid) for pid in fronts), 15,
+             "the fronts stopped")
 
-
-def _running(pid: int) -> bool:
-    try:  # a zombie (state Z) has exited, whoever reaps it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -164,6 +164,33 @@ class Refused(Exception):
             (RETRY_AFTER, str(self.retry_after_ms)),)
 
 
+class ShareFull(Refused):
+    """RESOURCE_EXHAUSTED with the shares' retry hint: the caller's member holds its share
+    of the server's calls in progress (call_shares.py)."""
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @property
+    def trailing(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_AFTER, str(RETRY_AFTER_MS)),)
+
+
+def take_place(identities: PeerIdentities, shares: CallShares, full_method: str,
+               pem: bytes | None, large: bool) -> Subject:
+    """What a call is judged on before its request arrives: the caller's certificate
+    (`caller_subject`), then a place in its member's share of `shares` (`large`: a method of
+    LARGE_REQUEST_METHODS, whose place is given back with the same). Refused (its `code`:
+    PERMISSION_DENIED) or ShareFull (RESOURCE_EXHAUSTED with a hint) when the call ends
+    here. The one step of both interceptors and of the endorser's fronts."""
+    subject = caller_subject(identities, full_method, pem)
+    refusal = shares.try_enter(subject.org, large)
+    if refusal is not None:
+        raise ShareFull(f"{short_name(full_method)}: {refusal}")
+    return subject
+
+
 def caller_subject(identities: PeerIdentities, full_method: str, pem: bytes | None) -> Subject:
     """What the caller's certificate `pem` proves by itself (its organisation: the one whose
     TLS CA issued it; its account not yet looked up), or Refused naming the rule."""
@@ -262,15 +289,11 @@ class AuthzInterceptor(grpc.ServerInterceptor):
         method of LARGE_REQUEST_METHODS, decided once per method by the wrapper, which gives
         the place back with the same."""
         try:
-            subject = caller_subject(self._identities, method, _pem(context))
+            return take_place(self._identities, self._shares, method, _pem(context), large)
         except Refused as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        refusal = self._shares.try_enter(subject.org, large)
-        if refusal is not None:
-            context.set_trailing_metadata(((RETRY_AFTER, str(RETRY_AFTER_MS)),))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{short_name(method)}: {refusal}")
-        return subject
+            if exc.trailing:
+                context.set_trailing_metadata(exc.trailing)
+            context.abort(exc.code, str(exc))
 
     def _judge(self, method: str, context: grpc.ServicerContext, subject: Subject) -> Peer:
         try:
@@ -372,17 +395,10 @@ class AioAuthzInterceptor(grpc.aio.ServerInterceptor):
                large: bool) -> Subject | None:
         """As AuthzInterceptor._enter; None when the call was refused."""
         try:
-            subject = caller_subject(self._identities, method, _pem(context))
+            return take_place(self._identities, self._shares, method, _pem(context), large)
         except Refused as exc:
-            refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            refuse(context, exc.code, str(exc), exc.trailing)
             return None
-        refusal = self._shares.try_enter(subject.org, large)
-        if refusal is not None:
-            refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   f"{short_name(method)}: {refusal}",
-                   ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
-            return None
-        return subject
 
     def _judge(self, method: str, context: grpc.aio.ServicerContext,
                subject: Subject) -> Peer | None:

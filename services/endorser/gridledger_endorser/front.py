@@ -40,7 +40,7 @@ from gridledger.endorser.v1 import endorser_pb2
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc import event_loops
-from gridledger_core.rpc.authz import Refused, caller_subject, short_name
+from gridledger_core.rpc.authz import Refused, short_name, take_place
 from gridledger_core.rpc.backoff import RETRY_AFTER
 from gridledger_core.rpc.call_shares import LARGE_REQUEST_METHODS, RETRY_AFTER_MS, CallShares
 from gridledger_core.rpc.peer_identity import PeerIdentities
@@ -229,11 +229,11 @@ def _why(exc: grpc.RpcError) -> str:
 
 class Admission:
     """What the endorser's authorisation does before a call's request arrives (authz.py's
-    `_enter`): the caller's certificate must chain to a member's TLS CA, and the call takes
-    a place of that member's share of this front's calls from its start to its end, so a
-    member that opens calls and sends their requests slowly, or never, holds only its share
-    of the front. The endorser judges everything again with the call (role, account, the
-    request, its own shares)."""
+    `take_place`): the caller's certificate must chain to a member's TLS CA, and the call
+    takes a place of that member's share of this front's calls until the endorser has
+    answered it, so a member that opens calls and sends their requests slowly, or never, or
+    sends and cancels, holds only its share of the front. The endorser judges everything
+    again with the call (role, account, the request, its own shares)."""
 
     def __init__(self, genesis: Genesis, calls_per_member: int) -> None:
         self._identities = PeerIdentities(genesis)
@@ -242,15 +242,11 @@ class Admission:
     def enter(self, method: str, pem: bytes) -> tuple[str | None, relay_pb2.RelayResponse | None]:
         """(the member whose place was taken, None) or (None, the refusal)."""
         try:
-            member = caller_subject(self._identities, method, pem).org
+            subject = take_place(self._identities, self.shares, method, pem,
+                                 method in LARGE_REQUEST_METHODS)
         except Refused as exc:
-            return None, relayed_answer(0, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        refusal = self.shares.try_enter(member, method in LARGE_REQUEST_METHODS)
-        if refusal is not None:
-            return None, relayed_answer(0, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"{short_name(method)}: {refusal}",
-                                        ((RETRY_AFTER, str(RETRY_AFTER_MS)),))
-        return member, None
+            return None, relayed_answer(0, exc.code, str(exc), exc.trailing)
+        return subject.org, None
 
 
 def relaying_handler(relay: Relay, admission: Admission, method: str) -> grpc.RpcMethodHandler:

@@ -45,7 +45,10 @@ class Fronts:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p is not None and p.poll() is None]
+        return [p.pid for p in self._live()]
+
+    def _live(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self._processes if p is not None and p.poll() is None]
 
     def start(self) -> None:
         for index in range(self._count):
@@ -85,7 +88,7 @@ class Fronts:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=POLL_S + 5)
-        live = [p for p in self._processes if p is not None and p.poll() is None]
+        live = self._live()
         for process in live:
             process.terminate()
         deadline = time.monotonic() + grace_s + 2

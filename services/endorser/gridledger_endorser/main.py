@@ -200,11 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = node_config.parse(parser, argv)
     if args.fronts and args.grpc_server != "asyncio":
         parser.error("--fronts needs --grpc-server asyncio")
-    relay_socket = args.relay_socket
-    if args.fronts and relay_socket is None:
-        if args.data_dir is None:
+    relay_socket: Path | None = None  # only with fronts: the calls come through it
+    if args.fronts:
+        if args.relay_socket is None and args.data_dir is None:
             parser.error("--fronts needs --data-dir or --relay-socket")
-        relay_socket = args.data_dir / "relay" / "calls.sock"
+        relay_socket = args.relay_socket or args.data_dir / "relay" / "calls.sock"
     # The loop gives the GIL up at every wait for I/O and must win it back from whichever
     # thread took it: at 5 ms a block's commit added up to 5 ms to each call's steps
     # (matching RPC p99 at 1,000/s, five pairs: 30-72 ms at 5 ms, 8-48 ms at 1 ms).
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         server = AioNodeServer(args.name, "endorser", args.listen, args.metrics_listen, tls,
                                calls_per_member=args.calls_per_member,
                                event_loop=args.event_loop,
-                               relay_socket=relay_socket if args.fronts else None,
+                               relay_socket=relay_socket,
                                on_relay_streams=(lambda n: relayed(n > 0)) if relayed else None,
                                **common)
     else:
@@ -281,8 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  broken=_replaced(store))
         server.on_close(probe.close)
     fronts = None
-    if args.fronts:
-        assert relay_socket is not None
+    if relay_socket is not None:
         assert isinstance(server, AioNodeServer)  # --fronts needs it (checked above)
         fronts = Fronts(_front_command(args, relay_socket, receive_bytes, server.shares.share),
                         args.fronts)

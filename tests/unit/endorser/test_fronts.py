@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from signed_blocks import wait_for
 
 from gridledger_endorser import fronts as fronts_module
 from gridledger_endorser.fronts import RESTARTS, RUNNING, Fronts
@@ -41,20 +42,14 @@ def started() -> Iterator[Callable[..., Fronts]]:
         fronts.stop(grace_s=0.5)
 
 
-def _wait(condition: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_an_exited_front_is_started_again_and_counted(started: Callable[..., Fronts]) -> None:
     fronts = started(SLEEPER)
     first = fronts.pids
     assert len(first) == 2 and RUNNING._value.get() == 2
     restarts = RESTARTS._value.get()
     os.kill(first[0], signal.SIGKILL)
-    _wait(lambda: len(fronts.pids) == 2 and first[0] not in fronts.pids)
+    wait_for(lambda: len(fronts.pids) == 2 and first[0] not in fronts.pids,
+             "the killed front started again", timeout=10)
     assert RESTARTS._value.get() == restarts + 1
     assert first[1] in fronts.pids  # the other was left alone
 
@@ -65,7 +60,8 @@ def test_fronts_that_keep_exiting_are_not_started_in_a_tight_loop(
     fronts = started(QUITTER, count=1)
     time.sleep(1.6)  # three QUICK_EXIT_S periods
     assert RESTARTS._value.get() - restarts <= 3
-    _wait(lambda: fronts.pids == [] and RUNNING._value.get() == 0)
+    wait_for(lambda: fronts.pids == [] and RUNNING._value.get() == 0, "no front running",
+             timeout=10)
 
 
 def test_stop_ends_every_front_and_kills_one_that_ignores_sigterm(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -142,6 +141,12 @@ class Relay:
                 async with aio.insecure_channel(self._address, options=RELAY_CHANNEL_OPTIONS
                                                 ) as channel:
                     answered = await self._serve(channel)
+            except asyncio.CancelledError:
+                if _stopping():
+                    raise
+                # gRPC raises CancelledError for a call cancelled in this process: the
+                # health watch cancels the stream when it ends. Only stopping ends the relay.
+                log.warning("the relay to the endorser was cancelled; connecting again")
             except Exception:  # never a silent end behind SERVING: log, report, try again
                 log.exception("the relay to the endorser failed")
             await self._on_serving(False)
@@ -214,6 +219,12 @@ class Relay:
             log.warning("watching the endorser's health failed: %s", _why(exc))
         await self._on_serving(False)
         stream.cancel()  # connect again, watch included
+
+
+def _stopping() -> bool:
+    """Whether this task has been asked to stop (Task.cancel)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 RELAY_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS,
@@ -308,6 +319,12 @@ class Front:
         self._relay_task: asyncio.Task[None] | None = None
         self.port = 0
 
+    @property
+    def relay_task(self) -> asyncio.Task[None]:
+        """The task keeping the relay up (started by `start`)."""
+        assert self._relay_task is not None, "the front has not started"
+        return self._relay_task
+
     async def _publish(self, serving: bool) -> None:
         status = _SERVING if serving else _NOT_SERVING
         for service in self._services:
@@ -339,8 +356,7 @@ class Front:
             await self._server.stop(grace)
         if self._relay_task is not None:
             self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
+            await asyncio.wait({self._relay_task})  # never raises, whatever ended it
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -363,7 +379,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
+    """Serve until stopped (0), or until the relay ends, which it should never do (1)."""
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
     front = Front(args.listen, TlsFiles.for_node(args.consortium_dir, args.name),
                   args.relay_socket, args.receive_bytes,
@@ -375,9 +392,20 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     orphaned = asyncio.ensure_future(_until_orphaned(args.endorser_pid, stop))
     log.info("%s front serving %s through %s", args.name, args.listen, args.relay_socket)
-    await stop.wait()
+    stopped = asyncio.ensure_future(stop.wait())
+    relay = front.relay_task
+    await asyncio.wait({stopped, relay}, return_when=asyncio.FIRST_COMPLETED)
     orphaned.cancel()
+    stopped.cancel()
+    if not relay.done():
+        await front.stop(args.grace_s)
+        return 0
+    # The relay only ends when stopped: a front without one would answer UNAVAILABLE for
+    # good, so it exits and the endorser's supervisor (fronts.py) starts it again.
+    log.error("the relay to the endorser ended (%s); exiting to be started again",
+              relay.exception() if not relay.cancelled() else "cancelled")
     await front.stop(args.grace_s)
+    return 1
 
 
 async def _until_orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -396,9 +424,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = event_loops.new_event_loop(args.event_loop)
     try:
-        loop.run_until_complete(_serve(args))
+        status = loop.run_until_complete(_serve(args))
     finally:
         loop.close()
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
@@ -81,8 +81,9 @@ class Recording(aio.ServerInterceptor):
 
 
 class Serving:
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, health_servicer: Any = None) -> None:
         self.socket = socket
+        self.health = health_servicer or health.aio.HealthServicer()
         self.seen: list[tuple[str, str, bytes]] = []
         self.server: aio.Server | None = None
 
@@ -93,7 +94,7 @@ class Serving:
         relay_pb2_grpc.add_CallRelayServiceServicer_to_server(
             CallRelayServicer(handlers, [Recording("outer", self.seen),
                                          Recording("inner", self.seen)]), server)
-        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         assert server.add_insecure_port(f"unix:{prepare_socket(self.socket)}")
         await server.start()
         self.server = server
@@ -107,9 +108,10 @@ async def _healthy(_serving: bool) -> None:
     return None
 
 
-def _run(test: Callable[[Serving, Relay], Awaitable[None]], tmp_path: Path) -> None:
+def _run(test: Callable[[Serving, Relay], Awaitable[None]], tmp_path: Path,
+         health_servicer: Any = None) -> None:
     async def main() -> None:
-        serving = Serving(tmp_path / "relay" / "calls.sock")
+        serving = Serving(tmp_path / "relay" / "calls.sock", health_servicer)
         await serving.start()
         relay = Relay(f"unix:{serving.socket}", _healthy)
         task = asyncio.ensure_future(relay.run())
@@ -194,6 +196,32 @@ def test_a_lost_relay_answers_unavailable_at_once_and_comes_back(tmp_path: Path)
         await _until(lambda: relay._outgoing is not None)
         assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
     _run(test, tmp_path)
+
+
+class FirstWatchEnds(health_pb2_grpc.HealthServicer):
+    """SERVING on every watch; the first watch then ends with an error, as an endorser's
+    health service may end one while the relay's own stream stays open."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+
+    async def Watch(self, request: Any, context: Any) -> Any:
+        self.watches += 1
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        if self.watches == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the watch ended")
+        await asyncio.Event().wait()  # the next ones stay open until the test ends
+
+
+def test_a_relay_whose_health_watch_ends_first_connects_again(tmp_path: Path) -> None:
+    """The watch ending cancels the relay's stream so that both are opened again. gRPC
+    raises CancelledError for a call cancelled in this process, and that ended the front's
+    relay for good: it answered UNAVAILABLE until the front was restarted."""
+    async def test(serving: Serving, relay: Relay) -> None:
+        await _until(lambda: serving.health.watches >= 2)
+        await _until(lambda: relay._outgoing is not None)
+        assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
+    _run(test, tmp_path, FirstWatchEnds())
 
 
 def test_a_relayed_context_gives_the_request_once_and_the_caller_as_tls_would() -> None:

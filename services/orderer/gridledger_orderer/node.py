@@ -214,6 +214,9 @@ class OrdererNode:
         self.replica = Replica(config, deps, tip, persisted=store.persisted())
         self._inbox = Inbox(limits.inbox_client_bytes, limits.inbox_peer_bytes)
         self._timers: list[tuple[float, str]] = []
+        # Whether the last write to the store worked: an iteration that writes nothing does
+        # not show that storage works again.
+        self._store_ok = True
         self._stop = threading.Event()
         # Told False while the consensus thread cannot work, True when it works again
         # (main.py: the server's health).
@@ -383,7 +386,8 @@ class OrdererNode:
     def _run(self) -> None:
         """The consensus thread. No input ends it: an error is logged and that input dropped
         (the protocol tolerates loss), and while iterations keep failing (storage, a bug)
-        health says NOT_SERVING; if the thread ends anyway, health says so for good."""
+        health says NOT_SERVING, until one works and the last write to the store worked (an
+        idle iteration writes nothing); if the thread ends anyway, health says so for good."""
         failing = False
         try:
             while not self._stop.is_set():
@@ -395,7 +399,7 @@ class OrdererNode:
                         failing = True
                         self.on_health(False)
                     continue
-                if failing:
+                if failing and self._store_ok:
                     failing = False
                     self.on_health(True)
         finally:
@@ -440,11 +444,19 @@ class OrdererNode:
                 submission.finish(error)
 
     def _execute(self, actions: list[Action], pool: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        # Timers first, whatever the writes do: they are this process's alone, and the
+        # replica has already noted their deadlines, so a timer lost with a failed write
+        # was never armed again (it waited, idle, for peers to move the height or round).
+        for action in actions:
+            if isinstance(action, SetTimer):
+                heapq.heappush(self._timers, (time.monotonic() + action.delay, action.name))
         durable = [a for a in actions if isinstance(a, Persist | Deliver)]
         if durable or pool:
             started = time.monotonic()
+            self._store_ok = False
             try:
                 delivered = self._store.apply(durable, self.tx_id, pool)  # type: ignore[arg-type]
+                self._store_ok = True
             finally:
                 now = time.monotonic()
                 STORE_WRITE.observe(now - started)
@@ -457,8 +469,6 @@ class OrdererNode:
             elif isinstance(action, Broadcast):
                 self._observe_phase(action.message)
                 self._transport.broadcast(action.message)
-            elif isinstance(action, SetTimer):
-                heapq.heappush(self._timers, (time.monotonic() + action.delay, action.name))
             elif isinstance(action, Evidence):
                 self._record_evidence(action.evidence)
 

@@ -122,6 +122,11 @@ class PeerLink:
                 if self._stop.is_set():
                     return
                 log.debug("link to %s broke: %s", self.name, exc.code())  # type: ignore[attr-defined]
+            except Exception:
+                # Opening a channel reads the TLS files (out of descriptors, a file being
+                # replaced): a link that ended here would cut this orderer off from the
+                # peer for good, behind SERVING, with only its drop counter growing.
+                log.exception("link to %s failed; opening it again", self.name)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 1.0)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from orderer_helpers import Orderer
 
+from gridledger_core.consensus.actions import Persist, SetTimer
 from gridledger_core.genesis import Genesis
+from gridledger_orderer.node import OrdererNode
 
 
 def test_failing_iterations_turn_health_off_until_one_works(
@@ -52,3 +54,63 @@ def test_a_thread_that_ends_unexpectedly_leaves_health_off(
         node._run()
     orderer.store.close()
     assert health == [False]
+
+
+def _failing_writes(node: OrdererNode) -> list[bool]:
+    """Make the node's store fail its writes while the returned switch holds True."""
+    failing = [True]
+    apply = node._store.apply
+
+    def maybe_failing(*args: object, **kwargs: object) -> object:
+        if failing[0]:
+            raise OSError(5, "Input/output error")
+        return apply(*args, **kwargs)  # type: ignore[arg-type]
+
+    node._store.apply = maybe_failing  # type: ignore[method-assign]
+    return failing
+
+
+def test_a_failed_write_keeps_the_timers_it_came_with(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    """The replica notes a timer's deadline when it asks for it and arms it again only when
+    none is noted: a timer lost with a failed write left the replica waiting, idle, for
+    peers to move the height or round."""
+    orderer = Orderer(consortium_dir, genesis, tmp_path)
+    node = orderer.node
+    _failing_writes(node)
+    with pytest.raises(OSError):
+        node._execute([Persist("votes", b"x"), SetTimer("round", 1.0)])
+    orderer.store.close()
+    assert [name for _, name in node._timers] == ["round"]
+
+
+def test_health_stays_off_while_the_store_fails_however_idle_the_loop(
+        consortium_dir: Path, genesis: Genesis, tmp_path: Path) -> None:
+    """An idle iteration writes nothing, so it does not show that storage works again:
+    health went back to SERVING between failed writes, flapping while the disk failed."""
+    orderer = Orderer(consortium_dir, genesis, tmp_path)
+    node = orderer.node
+    failing = _failing_writes(node)
+    steps = [
+        lambda: node._execute([Persist("votes", b"x")]),  # fails
+        lambda: None,  # idle
+        lambda: None,  # idle
+        lambda: failing.__setitem__(0, False) or node._execute([Persist("votes", b"x")]),
+        node._stop.set,
+    ]
+    done = 0
+    health: list[tuple[bool, int]] = []  # (serving, after how many iterations)
+    node.on_health = lambda serving: health.append((serving, done))
+
+    def iterate() -> None:
+        nonlocal done
+        try:
+            steps[done]()
+        finally:
+            done += 1
+    node._iterate = iterate  # type: ignore[method-assign]
+    thread = threading.Thread(target=node._run)
+    thread.start()
+    thread.join(timeout=30)
+    orderer.store.close()
+    assert health == [(False, 1), (True, 4)]  # back only after the write that worked

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_helpers import Aborted, FakeContext
 from orderer_helpers import Orderer, readings
+from signed_blocks import wait_for
 
 from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2, orderer_pb2
@@ -25,6 +26,7 @@ from gridledger_core.rpc import authz
 from gridledger_core.rpc.peer_identity import Peer, PeerIdentities
 from gridledger_orderer import inbox as inbox_module
 from gridledger_orderer import node as node_module
+from gridledger_orderer import transport
 from gridledger_orderer.inbox import Inbox, Submission
 from gridledger_orderer.limits import OrdererLimits, PeerBudget, StreamSlots, TokenBucket
 from gridledger_orderer.service import ConsensusServicer
@@ -231,6 +233,29 @@ def test_a_peer_queue_is_bounded_in_bytes() -> None:
     link.send(consensus_pb2.ConsensusMessage(tx_forward=consensus_pb2.TxForward(
         transactions=[b"x" * 20_000])))  # larger than the whole budget: dropped alone
     assert link.queued_bytes >= 3 * message.ByteSize()
+
+
+def test_a_peer_link_outlives_a_failure_to_open_its_channel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a link's channel reads the TLS files; an OSError there (out of descriptors, a
+    certificate being replaced) ended the link's thread for good, cutting this orderer off
+    from the peer behind SERVING. It is logged and the link opened again."""
+    attempts: list[str] = []
+
+    def failing_channel(address: str, _tls: object) -> object:
+        attempts.append(address)
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(transport, "secure_channel", failing_channel)
+    link = PeerLink("orderer-2", "127.0.0.1:1", None)  # type: ignore[arg-type]
+    link.start()
+    try:
+        wait_for(lambda: len(attempts) >= 3, "the link opened again after failures",
+                 timeout=10)
+        assert link._thread.is_alive()
+    finally:
+        link.stop()
+    assert not link._thread.is_alive()
 
 
 def _written(link: PeerLink, count: int) -> list[str]:

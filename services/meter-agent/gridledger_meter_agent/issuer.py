@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from gridledger.common.v1 import energy_pb2
 from gridledger_core.energy.certificate import avoided_grams, issue_body
@@ -25,6 +26,7 @@ from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.energy_metrics import CERTIFICATES_ISSUED, COINS_ISSUED
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused
+from gridledger_meter_agent.loop_health import FailingPasses
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +78,18 @@ class Issuer:
                        f"{len(ended) - done} ended contracts pending")
         return done
 
-    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+    def run(self, stop: threading.Event, wake: threading.Event,
+            on_health: Callable[[bool], None] = lambda serving: None) -> None:
+        """Passes until stopped: after every commit (wake) or every 3 s. Issuing is this
+        agent's whole job, so passes that keep failing (the committer or endorser away, a
+        bug) make it NOT_SERVING until one works."""
+        passes = FailingPasses(on_health)
         while not stop.is_set():
             try:
                 self.issue_once()
+                passes.passed()
             except Exception as exc:
                 self.status = f"error: {exc}"
-                log.warning("issuing failed: %s", exc)
+                log.warning("issuing failed (%d in a row): %s", passes.failed(), exc)
             wake.wait(3.0)
             wake.clear()

@@ -231,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             parts.issuer = Issuer(identity, genesis, ledger)
             watcher = CommitWatcher(ledger.committer, lambda _block: None, stop)
             threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
-                        threading.Thread(target=parts.issuer.run, args=(stop, watcher.changed),
+                        threading.Thread(target=parts.issuer.run,
+                                         args=(stop, watcher.changed,
+                                               health.reporter("issuer")),
                                          name="issuer", daemon=True)]
         elif args.mode == "settlement":
             parts.settler = Settler(identity, genesis, ledger)
@@ -262,8 +264,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         assert plant_profile is None or isinstance(plant_profile, PlantProfile)
         parts.plant = energy_setup.plant_agent(args, identity, ledger, plant_profile,
                                                f"{host}:{server.port}")
-        threads.append(threading.Thread(target=parts.plant.run, args=(stop,), name="announce",
-                                        daemon=True))
+        threads.append(threading.Thread(target=parts.plant.run,
+                                        args=(stop, health.reporter("announce")),
+                                        name="announce", daemon=True))
     for thread in threads:
         thread.start()
     freeze_startup_heap()  # started: what lives now lives as long as the process

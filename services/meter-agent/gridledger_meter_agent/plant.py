@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridledger.common.v1 import energy_pb2, envelope_pb2, settlement_pb2
@@ -30,6 +31,7 @@ from gridledger_core.profiles.timegrid import SLOT_SECONDS
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.energy_metrics import ANNOUNCEMENTS, CONTRACTS, ENERGY_ERRORS
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
+from gridledger_meter_agent.loop_health import FailingPasses
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +144,20 @@ class PlantAgent:
                 log.info("closing %s invalid: %s", contract.contract_id, message)
         return closed
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event,
+            on_health: Callable[[bool], None] = lambda serving: None) -> None:
+        """Announce until stopped; passes that keep failing (its endorser or committer away,
+        a bug) make the plant's agent NOT_SERVING until one works."""
+        passes = FailingPasses(on_health)
         while not stop.is_set():
             try:
                 self.close_expired(int(time.time()))
                 ok = self.announce_once()
+                passes.passed()
             except Exception as exc:
                 ENERGY_ERRORS.labels("announce").inc()
                 self.status = f"cannot announce: {exc}"
-                log.warning("announcement failed: %s", exc)
+                log.warning("announcement failed (%d in a row): %s", passes.failed(), exc)
                 ok = False
             stop.wait(self.config.announce_seconds if ok else 3.0)
 

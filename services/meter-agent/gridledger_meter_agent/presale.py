@@ -59,6 +59,7 @@ from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_meter_agent.ledger_client import TRANSIENT, LedgerClient, Refused, readings
+from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses
 from gridledger_meter_agent.placements import PendingRequest, Placement, PlacementJournal
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ FOR_NOW = TRANSIENT | {grpc.StatusCode.ABORTED}  # ABORTED: energy others' optio
 # (a member held to its share is told to come back within about one).
 RETRY_BACKOFF = Backoff(base_s=1.0, cap_s=120.0)
 CHAIN_POLL_S = 2.0  # while waiting for a block past an option's expiry
-UNHEALTHY_AFTER = 3  # unexpected step failures in a row before the agent is NOT_SERVING
 # A trade request is sent again as is for this long after it was made: within the
 # endorser's default 30 s request window with up to 10 s between the two clocks.
 REQUEST_REUSE_S = 20
@@ -420,22 +420,17 @@ class PresaleTrader:
         NOT_SERVING, not silent: one passing failure must not get the agent restarted)
         until a step completes again; the thread goes on either way."""
         wait = self._policy.every_seconds
-        failed = 0
+        steps = FailingPasses(on_health)
         while not stop.wait(wait):
             try:
                 self.step()
             except grpc.RpcError as exc:  # the committer is away (forecast): next round
                 log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]
             except Exception:
-                failed += 1
                 log.exception("pre-sale step failed (%d in a row; NOT_SERVING from %d)",
-                              failed, UNHEALTHY_AFTER)
-                if failed == UNHEALTHY_AFTER:
-                    on_health(False)
+                              steps.failed(), UNHEALTHY_AFTER)
             else:
-                if failed >= UNHEALTHY_AFTER:
-                    on_health(True)
-                failed = 0
+                steps.passed()
             due = self.next_retry()
             wait = self._policy.every_seconds if due is None else \
                 max(0.05, min(self._policy.every_seconds, due - time.time()))

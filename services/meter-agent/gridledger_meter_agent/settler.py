@@ -44,6 +44,7 @@ from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused
+from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ MAX_PROBES = 200  # slot probes per pass (2 committer calls each)
 MAX_SUBMITS = 10  # transactions per pass
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
-UNHEALTHY_AFTER = 3  # consecutive failures of a pass, or of one slot
 COMMIT_TIMEOUT_S = 60.0
 MIN_PASS_INTERVAL_S = 1.0  # at most one pass per second, however fast blocks come
 COMMITTED, ALREADY_DONE, FAILED = "committed", "already done", "failed"
@@ -282,23 +282,19 @@ class Settler:
             on_health: Callable[[bool], None] = lambda serving: None) -> None:
         """Passes until stopped: after every commit (wake) or every few seconds. Health is
         NOT_SERVING while passes fail or some slot or contract keeps failing."""
-        failed_passes = 0
-        healthy = True
+        passes = FailingPasses(on_health)
         while not stop.is_set():
             try:
                 self.run_once()
-                failed_passes = 0
+                passes.passed(not self.stuck())
             except Exception as exc:  # the committer away, a bug: say so, retry
-                failed_passes += 1
+                failed = passes.failed(not self.stuck())
                 self.status = f"error: {exc}"
-                log.warning("settlement pass failed (%d in a row): %s", failed_passes, exc)
-            now_healthy = failed_passes < UNHEALTHY_AFTER and not self.stuck()
-            if now_healthy != healthy:
-                healthy = now_healthy
-                on_health(healthy)
+                log.warning("settlement pass failed (%d in a row): %s", failed, exc)
             if stop.wait(MIN_PASS_INTERVAL_S):
                 break
-            wake.wait(min(2.0 * 2 ** failed_passes, 30.0) if failed_passes else 2.0)
+            failed = passes.in_a_row
+            wake.wait(min(2.0 * 2 ** failed, 30.0) if failed else 2.0)
             wake.clear()
 
 

@@ -1,0 +1,82 @@
+"""The agent's worker loops report their part of its health (loop_health.py): NOT_SERVING
+once UNHEALTHY_AFTER passes in a row failed, SERVING again when one works, told only on a
+change. The issuer's and a plant's announcer loops never told anyone: an issuer whose every
+pass failed stayed SERVING."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_helpers import StatusError
+
+from gridledger_core.genesis import Genesis
+from gridledger_core.signing_identity import SigningIdentity
+from gridledger_meter_agent.issuer import Issuer
+from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses
+from gridledger_meter_agent.plant import PlantAgent, PlantConfig
+
+
+def test_unhealthy_after_failures_in_a_row_and_healthy_after_one_pass() -> None:
+    told: list[bool] = []
+    passes = FailingPasses(told.append)
+    for _ in range(UNHEALTHY_AFTER - 1):
+        passes.failed()
+    passes.passed()  # a pass between failures starts the count again
+    assert told == []
+    assert [passes.failed() for _ in range(UNHEALTHY_AFTER + 1)] == list(
+        range(1, UNHEALTHY_AFTER + 2))
+    assert told == [False]  # told once, at the change
+    passes.passed()
+    passes.passed()
+    assert told == [False, True]
+    passes.passed(healthy_otherwise=False)  # the loop's own condition (a stuck slot)
+    assert told == [False, True, False]
+
+
+def _passes_then_stop(stop: threading.Event, wake: threading.Event | None
+                      ) -> Callable[[], int]:
+    """A pass that fails UNHEALTHY_AFTER times (the committer away), then works twice, then
+    stops the loop."""
+    count = 0
+
+    def one_pass() -> int:
+        nonlocal count
+        count += 1
+        if wake is not None:
+            wake.set()  # no waiting between passes in the test
+        if count <= UNHEALTHY_AFTER:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "committer away")
+        if count == UNHEALTHY_AFTER + 2:
+            stop.set()
+        return 0
+    return one_pass
+
+
+def test_an_issuer_whose_passes_keep_failing_is_not_serving_until_one_works(
+        consortium_dir: Path, genesis: Genesis) -> None:
+    issuer = Issuer(SigningIdentity.load(consortium_dir, "issuer"), genesis,
+                    None)  # type: ignore[arg-type]
+    stop, wake = threading.Event(), threading.Event()
+    issuer.issue_once = _passes_then_stop(stop, wake)  # type: ignore[method-assign]
+    told: list[bool] = []
+    issuer.run(stop, wake, told.append)
+    assert told == [False, True]
+
+
+def test_a_plant_whose_announcements_keep_failing_is_not_serving_until_one_works(
+        consortium_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = PlantConfig(price_micro_per_kwh=100_000, threshold_w=1, pv_panel_ids=("p",),
+                         coin_value_micro=100, endpoint="x", announce_seconds=0)
+    plant = PlantAgent(SigningIdentity.load(consortium_dir, "plant-1"), None,  # type: ignore[arg-type]
+                       config, None)
+    stop = threading.Event()
+    plant.close_expired = lambda now: 0  # type: ignore[method-assign]
+    plant.announce_once = _passes_then_stop(stop, None)  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(stop, "wait", lambda _seconds: stop.is_set())  # no waiting
+    told: list[bool] = []
+    plant.run(stop, told.append)
+    assert told == [False, True]

@@ -209,7 +209,8 @@ class Relay:
             yield call
 
     async def _mirror_health(self, channel: aio.Channel, stream: Any) -> None:
-        """The endorser's overall health, as this front's."""
+        """The endorser's overall health, as this front's; however the watch ends, the
+        stream ends with it (connect again, watch included)."""
         try:
             watch = health_pb2_grpc.HealthStub(channel).Watch(
                 health_pb2.HealthCheckRequest(service=""))
@@ -217,8 +218,11 @@ class Relay:
                 await self._on_serving(status.status == _SERVING)
         except grpc.RpcError as exc:
             log.warning("watching the endorser's health failed: %s", _why(exc))
+        except Exception:
+            log.exception("watching the endorser's health failed")
+        finally:
+            stream.cancel()
         await self._on_serving(False)
-        stream.cancel()  # connect again, watch included
 
 
 def _stopping() -> bool:

@@ -109,11 +109,12 @@ async def _healthy(_serving: bool) -> None:
 
 
 def _run(test: Callable[[Serving, Relay], Awaitable[None]], tmp_path: Path,
-         health_servicer: Any = None) -> None:
+         health_servicer: Any = None,
+         on_serving: Callable[[bool], Awaitable[None]] = _healthy) -> None:
     async def main() -> None:
         serving = Serving(tmp_path / "relay" / "calls.sock", health_servicer)
         await serving.start()
-        relay = Relay(f"unix:{serving.socket}", _healthy)
+        relay = Relay(f"unix:{serving.socket}", on_serving)
         task = asyncio.ensure_future(relay.run())
         try:
             await _until(lambda: relay._outgoing is not None)
@@ -198,17 +199,19 @@ def test_a_lost_relay_answers_unavailable_at_once_and_comes_back(tmp_path: Path)
     _run(test, tmp_path)
 
 
-class FirstWatchEnds(health_pb2_grpc.HealthServicer):
-    """SERVING on every watch; the first watch then ends with an error, as an endorser's
-    health service may end one while the relay's own stream stays open."""
+class CountedWatches(health_pb2_grpc.HealthServicer):
+    """Counts the watches; SERVING on every one. The first then ends with an error (unless
+    `first_ends` is False), as an endorser's health service may end one while the relay's
+    own stream stays open."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_ends: bool = True) -> None:
         self.watches = 0
+        self._first_ends = first_ends  # False: every watch stays open
 
     async def Watch(self, request: Any, context: Any) -> Any:
         self.watches += 1
         yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-        if self.watches == 1:
+        if self.watches == 1 and self._first_ends:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the watch ended")
         await asyncio.Event().wait()  # the next ones stay open until the test ends
 
@@ -221,7 +224,26 @@ def test_a_relay_whose_health_watch_ends_first_connects_again(tmp_path: Path) ->
         await _until(lambda: serving.health.watches >= 2)
         await _until(lambda: relay._outgoing is not None)
         assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
-    _run(test, tmp_path, FirstWatchEnds())
+    _run(test, tmp_path, CountedWatches())
+
+
+def test_a_health_watch_that_fails_otherwise_also_opens_the_relay_again(
+        tmp_path: Path) -> None:
+    """A watch that fails other than with an RpcError (here the front's own health update)
+    left the relay's stream open with nobody mirroring the endorser's health: the front's
+    health stayed whatever it last was."""
+    told: list[bool] = []
+
+    async def failing_once(serving: bool) -> None:
+        told.append(serving)
+        if told.count(True) == 1 and serving:
+            raise RuntimeError("a bug updating the front's health")
+
+    async def test(serving: Serving, relay: Relay) -> None:
+        await _until(lambda: serving.health.watches >= 2)
+        await _until(lambda: relay._outgoing is not None)
+        assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
+    _run(test, tmp_path, CountedWatches(first_ends=False), failing_once)
 
 
 def test_a_relayed_context_gives_the_request_once_and_the_caller_as_tls_would() -> None:

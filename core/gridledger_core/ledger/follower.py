@@ -21,10 +21,13 @@ BlockRejected, which no content should cause; see `Ledger._execute`) is logged w
 traceback, counted in `gridledger_ledger_follower_failures_total{reason}`, reported through
 `on_health(False, why)` (the node's health goes NOT_SERVING) and retried with backoff; so is
 every orderer sending a block this node refuses. The first block committed afterwards reports
-`on_health(True, "")`. So is every orderer in turn failing to open its stream (down,
-partitioned away, refusing this node's certificate): NOT_SERVING until one opens a stream
-(an idle cluster's stream, ended by the idle timeout, counts). A frozen height is therefore
-never silent behind SERVING.
+`on_health(True, "")`. A height frozen by this node's own failure is therefore never silent
+behind SERVING. One frozen because no orderer can be reached (all down, or partitioned away)
+is not the node's fault: it stays SERVING (its reads are valid as of its height, and a
+restart by its liveness probe would not help, only delay its return), counts every failed
+stream (`{reason="deliver"}`), and the alerts on the orderers being down
+(GridLedgerOrdererQuorumLost) or the node falling behind them
+(GridLedgerCommitterBehindOrderers) say so.
 """
 
 from __future__ import annotations
@@ -91,7 +94,6 @@ MAX_ERROR_BACKOFF = 30.0
 LAG_CHECK_S = 1.0
 PROBE_AFTER_S = 1.0
 MAX_STREAM_LAG_S = 10.0
-UNREACHABLE = "no orderer reachable"
 
 
 class FollowerHealth:
@@ -196,7 +198,6 @@ class BlockFollower(Follower):
         self._switch_to: int | None = None
         self._health = FollowerHealth("block follower", ledger, on_health)
         self._rejected_in_a_row = 0
-        self._unreachable_in_a_row = 0
         publish_tip(ledger.chain)
 
     def start(self) -> None:
@@ -221,19 +222,13 @@ class BlockFollower(Follower):
             try:
                 progressed = self._follow(orderer_id, address)
                 backoff = 0.1 if progressed else min(backoff * 2, 2.0)
-                self._reached(True, "")
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return
                 FOLLOWER_FAILURES.labels("deliver").inc()
                 log.info("deliver from %s failed: %s", orderer_id, _describe(exc))
                 backoff = min(backoff * 2, 2.0)
-                # CANCELLED is this node's own doing (the idle timeout, the lag watch): the
-                # stream was open until then.
-                code = exc.code() if hasattr(exc, "code") else None
-                self._reached(code == grpc.StatusCode.CANCELLED, f"{orderer_id}: {_describe(exc)}")
             except BlockRejected as exc:
-                self._unreachable_in_a_row = 0  # it answered, with a block refused below
                 REJECTED_BLOCKS.labels(orderer_id).inc()
                 FOLLOWER_FAILURES.labels("rejected_block").inc()
                 log.error("refused a block from %s: %s", orderer_id, exc)
@@ -247,7 +242,6 @@ class BlockFollower(Follower):
             except Exception as exc:  # never let the thread die behind SERVING health
                 if self._stop.is_set():
                     return
-                self._unreachable_in_a_row = 0  # it answered; this node failed
                 FOLLOWER_FAILURES.labels("commit_error").inc()
                 log.exception("block follower failed at height %d (orderer %s); retrying",
                               self._ledger.height, orderer_id)
@@ -264,20 +258,6 @@ class BlockFollower(Follower):
 
     def _set_health(self, healthy: bool, why: str) -> None:
         self._health.set(healthy, why)
-
-    def _reached(self, reached: bool, why: str) -> None:
-        """Whether the orderer just tried opened its stream. Every orderer in turn failing
-        to is a frozen height: NOT_SERVING (unless already for another reason) until one
-        opens it."""
-        if reached:
-            self._unreachable_in_a_row = 0
-            if self.problem.startswith(UNREACHABLE):
-                self._set_health(True, "")
-            return
-        self._unreachable_in_a_row += 1
-        if self._unreachable_in_a_row >= len(self._orderers) and self.healthy:
-            self._set_health(False, f"{UNREACHABLE} ({len(self._orderers)} tried in turn; "
-                                    f"last {why})")
 
     def _follow(self, orderer_id: str, address: str) -> bool:
         """Stream blocks from one orderer until it fails or goes quiet; True if any committed."""

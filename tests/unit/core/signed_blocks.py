@@ -127,12 +127,12 @@ class _Deliver(orderer_pb2_grpc.OrdererServiceServicer):
 
 
 class DeliverServer:
-    """Serves `Deliver` of the blocks appended to it, as orderer `name`, on loopback (`port`,
-    or one free); with `pace`, a followed stream sends one block every `pace` seconds (an
-    orderer handing out blocks slowly on purpose)."""
+    """Serves `Deliver` of the blocks appended to it, as orderer `name`, on loopback; with
+    `pace`, a followed stream sends one block every `pace` seconds (an orderer handing out
+    blocks slowly on purpose)."""
 
     def __init__(self, consortium_dir: Path, name: str = "orderer-1",
-                 pace: float = 0.0, port: int = 0) -> None:
+                 pace: float = 0.0) -> None:
         self.blocks: list[block_pb2.Block] = []
         self._grew = threading.Condition()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
@@ -140,8 +140,7 @@ class DeliverServer:
         orderer_pb2_grpc.add_OrdererServiceServicer_to_server(
             _Deliver(self.blocks, self._grew, pace), self._server)
         tls = TlsFiles.for_node(consortium_dir, name)
-        port = self._server.add_secure_port(f"localhost:{port}", tls.server_credentials())
-        assert port, "could not listen"
+        port = self._server.add_secure_port("localhost:0", tls.server_credentials())
         self.address = f"localhost:{port}"
         self._server.start()
 

@@ -191,6 +191,10 @@ class _BlockChanges:
         return block
 
 
+class BooksBehind(Exception):
+    """Blocks came that do not follow the last one the books applied."""
+
+
 class BookCache:
     def __init__(self, ledger: Ledger, endorser: str,
                  clock: Callable[[], float] = time.time) -> None:
@@ -409,8 +413,14 @@ class BookCache:
     def on_commit(self, result: CommitResult) -> None:
         """The ledger follower's callback: apply the block's (or blocks') valid market
         transactions, against the state as of its last block (`result.committed_state`
-        when the ledger's store may have moved on)."""
+        when the ledger's store may have moved on). The books are read again when an update
+        fails, or when blocks come that do not follow the last one applied (an update and
+        the rebuild after it failed): applied on top, they would match against books
+        missing a block."""
         try:
+            if result.first_number != self.height:
+                raise BooksBehind(f"blocks from {result.first_number} on, the books are at "
+                                  f"height {self.height}")
             self._apply(result)
         except Exception:
             log.exception("book cache update for block %d failed; rebuilding", result.number)

@@ -339,3 +339,27 @@ def test_an_order_costs_the_endorser_only_its_meters_signatures(
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
     assert market_pb2.TradeRequest.FromString(verified[0]).terms.quantity_wh == 1000
     assert verified[1:] == [envelope.payload]  # the transaction, at submit
+
+
+def test_after_a_failed_update_and_rebuild_the_next_block_reads_the_books_again(
+        endorser: Endorser, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block whose book update failed, and the rebuild after it too (a read error), left
+    the books without it, and the next block was applied on top: matching went on against
+    books missing an order, with nothing said. Blocks that do not follow the last one
+    applied now make the books be read again."""
+    books = endorser.servicer.books
+
+    def fails(*_args: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    endorser.accept("meter-1", endorser.request("meter-1", terms("meter-1", SELL, ASK, 2000)))
+    with monkeypatch.context() as failing:
+        failing.setattr(books, "_apply", fails)
+        failing.setattr(books, "rebuild", fails)
+        with pytest.raises(OSError):  # the follower logs and counts it (pass_on)
+            endorser.commit_broadcast()
+    assert endorser.book() == ([], [])  # the books missed the ask
+    endorser.accept("meter-3", endorser.request("meter-3", terms("meter-3", BUY, ASK - 1000,
+                                                                  1000)))
+    assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert endorser.book() == ([(ASK - 1000, 1000, 1)], [(ASK, 2000, 1)])

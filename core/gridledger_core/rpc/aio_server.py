@@ -179,7 +179,8 @@ class AioNodeServer:
         one (relay.py), and health, which the fronts mirror on the public port."""
         server = aio.server(options=merged_options([*self._options, RELAY_MESSAGE_LIMIT]))
         relay = CallRelayServicer(method_handlers(self._registrations), interceptors,
-                                  self._on_relay_streams)
+                                  self._on_relay_streams,
+                                  members=[o.name for o in self._genesis.organizations])
         relay_pb2_grpc.add_CallRelayServiceServicer_to_server(relay, server)
         assert self._health is not None
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

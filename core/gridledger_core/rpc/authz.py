@@ -165,8 +165,12 @@ class Refused(Exception):
 
 
 class ShareFull(Refused):
-    """RESOURCE_EXHAUSTED with the shares' retry hint: the caller's member holds its share
+    """RESOURCE_EXHAUSTED with the shares' retry hint: the caller's `member` holds its share
     of the server's calls in progress (call_shares.py)."""
+
+    def __init__(self, message: str, member: str) -> None:
+        super().__init__(message)
+        self.member = member
 
     @property
     def code(self) -> grpc.StatusCode:
@@ -187,7 +191,7 @@ def take_place(identities: PeerIdentities, shares: CallShares, full_method: str,
     subject = caller_subject(identities, full_method, pem)
     refusal = shares.try_enter(subject.org, large)
     if refusal is not None:
-        raise ShareFull(f"{short_name(full_method)}: {refusal}")
+        raise ShareFull(f"{short_name(full_method)}: {refusal}", subject.org)
     return subject
 
 

@@ -25,7 +25,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
+from prometheus_client import Counter
 
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
+from gridledger_core.rpc.call_shares import REFUSED as MEMBER_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,14 @@ RELAY_MESSAGE_BYTES = 64 << 20
 RELAY_MESSAGE_LIMIT = ("grpc.max_receive_message_length", RELAY_MESSAGE_BYTES)
 # sockaddr_un's path: 108 bytes with its terminating NUL.
 MAX_SOCKET_PATH = 107
+
+# A front's own refusals (relay.proto's FrontRefusals), reported to this process.
+FRONT_REFUSAL_REASONS = ("not_a_member", "no_request", "front_full", "relay_down",
+                         "deadline_passed")
+FRONT_REFUSED = Counter("gridledger_rpc_front_refused",
+                        "Calls this node's fronts answered without relaying them, by reason "
+                        "(a member's share of a front: gridledger_rpc_member_calls_refused).",
+                        ["reason"])
 
 
 def prepare_socket(path: Path) -> Path:
@@ -197,16 +207,31 @@ def unary_request_methods(handlers: Mapping[str, grpc.RpcMethodHandler]) -> list
     return sorted(m for m, h in handlers.items() if h.unary_unary is not None)
 
 
+def count_front_refusals(refusals: relay_pb2.FrontRefusals, members: Collection[str]) -> None:
+    """A front's report, into this process's metrics: its members' share refusals into the
+    series the node's own shares count (call_shares.py), for `members` only (the labels stay
+    the consortium's), the rest by reason."""
+    for member, count in refusals.member_share_by_member.items():
+        if member in members:
+            MEMBER_REFUSED.labels(member).inc(count)
+    for reason in FRONT_REFUSAL_REASONS:
+        if count := getattr(refusals, reason):
+            FRONT_REFUSED.labels(reason).inc(count)
+
+
 class CallRelayServicer(relay_pb2_grpc.CallRelayServiceServicer):
     def __init__(self, handlers: Mapping[str, grpc.RpcMethodHandler],
                  interceptors: Sequence[aio.ServerInterceptor],
-                 on_streams: Callable[[int], None] | None = None) -> None:
-        """`on_streams(n)` is told how many fronts' streams are open whenever it changes."""
+                 on_streams: Callable[[int], None] | None = None,
+                 members: Collection[str] = ()) -> None:
+        """`on_streams(n)` is told how many fronts' streams are open whenever it changes;
+        `members`: the consortium's organisations, whose refusals the fronts report."""
         self._handlers = {m: handlers[m] for m in unary_request_methods(handlers)}
         self._interceptors = tuple(interceptors)
         self._chains: dict[str, grpc.RpcMethodHandler] = {}
         self._on_streams = on_streams
         self._streams = 0
+        self._members = frozenset(members)
 
     def _opened(self, change: int) -> None:
         self._streams += change
@@ -224,6 +249,9 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServiceServicer):
         async def take_calls() -> None:
             try:
                 async for call in request_iterator:
+                    if not call.call_id:  # a report, not a call: nothing to answer
+                        count_front_refusals(call.refusals, self._members)
+                        continue
                     arrived = time.monotonic()  # its deadline counts from here
                     await places.acquire()
                     task = asyncio.ensure_future(self._serve(call, arrived, answers))

@@ -15,7 +15,8 @@ with the certificate its handshake verified, and answers with the endorser's sta
 message and trailing metadata (a retry hint included). While the relay is down it answers
 UNAVAILABLE at once and reports NOT_SERVING; its health otherwise mirrors the endorser's.
 Its own bound is the calls it has relayed and not yet had answered: beyond it,
-RESOURCE_EXHAUSTED with a retry hint, as the endorser's own shares refuse.
+RESOURCE_EXHAUSTED with a retry hint, as the endorser's own shares refuse. It serves no
+metrics: what it answers itself it reports to the endorser on the relay (`Refusals`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from gridledger.endorser.v1 import endorser_pb2
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.rpc import event_loops
-from gridledger_core.rpc.authz import Refused, short_name, take_place
+from gridledger_core.rpc.authz import Refused, ShareFull, short_name, take_place
 from gridledger_core.rpc.backoff import RETRY_AFTER
 from gridledger_core.rpc.call_shares import LARGE_REQUEST_METHODS, RETRY_AFTER_MS, CallShares
 from gridledger_core.rpc.peer_identity import PeerIdentities
@@ -73,6 +74,10 @@ FRONT_FULL = relayed_answer(
     0, grpc.StatusCode.RESOURCE_EXHAUSTED,
     "this endorser front has too many calls waiting for the endorser",
     ((RETRY_AFTER, str(RETRY_AFTER_MS)),))  # the hint the endorser's shares give
+_OWN_ANSWERS = (("relay_down", RELAY_DOWN), ("deadline_passed", DEADLINE_PASSED),
+                ("front_full", FRONT_FULL))
+# How often a front reports its own refusals to the endorser (when it has any).
+REPORT_EVERY_S = 1.0
 
 
 class _Waiting:
@@ -97,6 +102,37 @@ def _nothing() -> None:
     pass
 
 
+class Refusals:
+    """The calls this front answered itself since its last report to the endorser, which
+    counts them in its metrics (a front serves none). Bounded: a count per reason, and per
+    member of the consortium (whose names alone reach `member_share`)."""
+
+    def __init__(self) -> None:
+        self._counts = relay_pb2.FrontRefusals()
+
+    def member_share(self, member: str) -> None:
+        self._counts.member_share_by_member[member] += 1
+
+    def given(self, answer: relay_pb2.RelayResponse) -> None:
+        """An answer given to a caller: counted if it is one of this front's own."""
+        for reason, own in _OWN_ANSWERS:
+            if answer is own:
+                setattr(self._counts, reason, getattr(self._counts, reason) + 1)
+
+    def no_request(self) -> None:
+        self._counts.no_request += 1
+
+    def not_a_member(self) -> None:
+        self._counts.not_a_member += 1
+
+    def take(self) -> relay_pb2.FrontRefusals | None:
+        """What to report, counted afresh from now; None when there is nothing."""
+        if self._counts.ByteSize() == 0:
+            return None
+        taken, self._counts = self._counts, relay_pb2.FrontRefusals()
+        return taken
+
+
 class Relay:
     """The front's one stream to the endorser: calls out, answers matched back by id. The
     stream is opened again whenever it ends; the calls waiting when it ended get RELAY_DOWN
@@ -104,10 +140,12 @@ class Relay:
     its transactions are)."""
 
     def __init__(self, address: str, on_serving: Callable[[bool], Awaitable[None]],
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, refusals: Refusals | None = None) -> None:
+        """`refusals`: what this front answered itself, reported on the stream."""
         self._address = address
         self._on_serving = on_serving
         self._max_pending = max_pending
+        self._refusals = refusals if refusals is not None else Refusals()
         self._pending: dict[int, _Waiting] = {}
         self._outgoing: asyncio.Queue[relay_pb2.RelayRequest | None] | None = None
         self._next_id = 0
@@ -161,11 +199,13 @@ class Relay:
         answered = False
         stream = relay_pb2_grpc.CallRelayServiceStub(channel).Relay(self._drain(outgoing))
         mirror: asyncio.Task[None] | None = None
+        reports: asyncio.Task[None] | None = None
         try:
             await stream.wait_for_connection()
             self._outgoing = outgoing
             # Its health only once calls can go: a watch that ends ends this stream too.
             mirror = asyncio.ensure_future(self._mirror_health(channel, stream))
+            reports = asyncio.ensure_future(self._report(outgoing))
             async for answer in stream:
                 answered = True
                 waiting = self._pending.pop(answer.call_id, None)
@@ -177,8 +217,9 @@ class Relay:
             self._outgoing = None
             stream.cancel()
             outgoing.put_nowait(None)  # ends gRPC's task that reads `outgoing`
-            if mirror is not None:
-                mirror.cancel()
+            for task in (mirror, reports):
+                if task is not None:
+                    task.cancel()
             # The endorser runs what it took to its end: the bound holds per stream, and
             # the endorser's own shares bound what runs there.
             waiting_calls, self._pending = self._pending, {}
@@ -192,6 +233,9 @@ class Relay:
         caller's deadline as it leaves. One whose caller went away, or whose deadline passed,
         before it left is not sent; its place is given back."""
         while (call := await queue.get()) is not None:
+            if not call.call_id:  # a report of this front's refusals
+                yield call
+                continue
             waiting = self._pending.get(call.call_id)
             if waiting is None:
                 continue
@@ -207,6 +251,15 @@ class Relay:
                     continue
                 call.timeout_ms = max(1, int(left * 1000))
             yield call
+
+    async def _report(self, outgoing: asyncio.Queue[relay_pb2.RelayRequest | None]) -> None:
+        """This front's own refusals, every REPORT_EVERY_S while it has any (a report on a
+        stream that is then lost is lost with it: at most one interval's counts)."""
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            refusals = self._refusals.take()
+            if refusals is not None:
+                outgoing.put_nowait(relay_pb2.RelayRequest(refusals=refusals))
 
     async def _mirror_health(self, channel: aio.Channel, stream: Any) -> None:
         """The endorser's overall health, as this front's; however the watch ends, the
@@ -250,16 +303,22 @@ class Admission:
     sends and cancels, holds only its share of the front. The endorser judges everything
     again with the call (role, account, the request, its own shares)."""
 
-    def __init__(self, genesis: Genesis, calls_per_member: int) -> None:
+    def __init__(self, genesis: Genesis, calls_per_member: int,
+                 refusals: Refusals | None = None) -> None:
         self._identities = PeerIdentities(genesis)
         self.shares = CallShares(calls_per_member)
+        self.refusals = refusals if refusals is not None else Refusals()
 
     def enter(self, method: str, pem: bytes) -> tuple[str | None, relay_pb2.RelayResponse | None]:
-        """(the member whose place was taken, None) or (None, the refusal)."""
+        """(the member whose place was taken, None) or (None, the refusal), counted."""
         try:
             subject = take_place(self._identities, self.shares, method, pem,
                                  method in LARGE_REQUEST_METHODS)
+        except ShareFull as exc:
+            self.refusals.member_share(exc.member)
+            return None, relayed_answer(0, exc.code, str(exc), exc.trailing)
         except Refused as exc:
+            self.refusals.not_a_member()
             return None, relayed_answer(0, exc.code, str(exc), exc.trailing)
         return subject.org, None
 
@@ -281,15 +340,17 @@ def relaying_handler(relay: Relay, admission: Admission, method: str) -> grpc.Rp
         try:
             request = await context.read()
             if request is aio.EOF:
+                admission.refusals.no_request()
                 return _give(context, relayed_answer(
                     0, grpc.StatusCode.INVALID_ARGUMENT,
                     f"{short_name(method)} requires exactly one request message"))
             # From here the relay gives the share back, when the endorser has answered:
             # a caller that goes away must not free its member's place while the call runs.
             handed_over = True
-            return _give(context, await relay.call(
-                method, pem, request, context.time_remaining(),
-                release=lambda: admission.shares.leave(member, large)))
+            answer = await relay.call(method, pem, request, context.time_remaining(),
+                                      release=lambda: admission.shares.leave(member, large))
+            admission.refusals.given(answer)
+            return _give(context, answer)
         finally:
             if not handed_over:
                 admission.shares.leave(member, large)
@@ -317,7 +378,8 @@ class Front:
         self._admission = admission
         self._health = health.aio.HealthServicer()
         self._services = ["", SERVICE.full_name]
-        self.relay = Relay(f"unix:{relay_socket}", self._publish)
+        self.relay = Relay(f"unix:{relay_socket}", self._publish,
+                           refusals=admission.refusals)
         self._receive_bytes = receive_bytes
         self._server: aio.Server | None = None
         self._relay_task: asyncio.Task[None] | None = None

@@ -46,3 +46,19 @@ def test_a_certificate_of_no_member_or_none_is_refused_by_name(genesis: Genesis)
         assert member is None and refusal is not None
         assert refusal.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
         assert refusal.details.startswith("EndorserService/RequestOptions: ")
+
+
+def test_the_fronts_refusals_are_counted_for_its_report(
+        consortium_dir: Path, genesis: Genesis) -> None:
+    """What the front refuses at admission is counted, by member for a share, for its
+    report to the endorser (front.py's Refusals), and counted afresh once taken."""
+    admission = Admission(genesis, calls_per_member=1)
+    utility = _pem(consortium_dir, "utility-admin")
+    assert admission.enter(OPTIONS, utility) == ("utility", None)
+    admission.enter(OPTIONS, utility)  # beyond its share
+    admission.enter(OPTIONS, b"")  # no member's certificate
+    report = admission.refusals.take()
+    assert report is not None
+    assert dict(report.member_share_by_member) == {"utility": 1}
+    assert (report.not_a_member, report.front_full, report.relay_down) == (1, 0, 0)
+    assert admission.refusals.take() is None

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from gridledger.endorser.v1 import endorser_pb2, endorser_pb2_grpc
 from gridledger.rpc.v1 import relay_pb2, relay_pb2_grpc
@@ -26,8 +27,10 @@ from gridledger_core.rpc.relay import (
     RelayedContext,
     method_handlers,
     prepare_socket,
+    relayed_answer,
 )
-from gridledger_endorser.front import RELAY_DOWN, Relay
+from gridledger_endorser import front as front_module
+from gridledger_endorser.front import FRONT_FULL, RELAY_DOWN, Relay
 
 SERVICE = "/gridledger.endorser.v1.EndorserService/"
 PEM = b"-----BEGIN CERTIFICATE-----\nthe caller\n-----END CERTIFICATE-----\n"
@@ -93,7 +96,8 @@ class Serving:
         server = aio.server()
         relay_pb2_grpc.add_CallRelayServiceServicer_to_server(
             CallRelayServicer(handlers, [Recording("outer", self.seen),
-                                         Recording("inner", self.seen)]), server)
+                                         Recording("inner", self.seen)],
+                              members=("utility", "community")), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         assert server.add_insecure_port(f"unix:{prepare_socket(self.socket)}")
         await server.start()
@@ -244,6 +248,43 @@ def test_a_health_watch_that_fails_otherwise_also_opens_the_relay_again(
         await _until(lambda: relay._outgoing is not None)
         assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
     _run(test, tmp_path, CountedWatches(first_ends=False), failing_once)
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_fronts_own_refusals_reach_the_endorsers_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A front serves no metrics: the calls it answered itself were counted nowhere. It
+    reports them on its relay; the endorser counts a member's share refusals in the series
+    its own shares count (members of the consortium only) and the rest by reason; a report
+    takes no place and gets no answer."""
+    monkeypatch.setattr(front_module, "REPORT_EVERY_S", 0.02)
+    member = ("gridledger_rpc_member_calls_refused_total", {"member": "utility"})
+    stranger = ("gridledger_rpc_member_calls_refused_total", {"member": "no-such-org"})
+    reasons = {r: ("gridledger_rpc_front_refused_total", {"reason": r})
+               for r in ("relay_down", "front_full", "no_request", "not_a_member")}
+    before = {k: _sample(*v) for k, v in [*reasons.items(), ("member", member)]}
+
+    async def test(_serving: Serving, relay: Relay) -> None:
+        refusals = relay._refusals
+        refusals.member_share("utility")
+        refusals.member_share("utility")
+        refusals.member_share("no-such-org")
+        refusals.given(RELAY_DOWN)
+        refusals.given(FRONT_FULL)
+        refusals.given(relayed_answer(1, grpc.StatusCode.UNAVAILABLE, RELAY_DOWN.details))
+        refusals.no_request()
+        await _until(lambda: _sample(*reasons["no_request"]) > before["no_request"])
+        assert _sample(*member) == before["member"] + 2
+        assert _sample(*stranger) == 0.0
+        assert _sample(*reasons["relay_down"]) == before["relay_down"] + 1  # its own only
+        assert _sample(*reasons["front_full"]) == before["front_full"] + 1
+        assert _sample(*reasons["not_a_member"]) == before["not_a_member"]
+        assert refusals.take() is None  # reported: counted afresh
+        assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
+    _run(test, tmp_path)
 
 
 def test_a_relayed_context_gives_the_request_once_and_the_caller_as_tls_would() -> None:

@@ -250,7 +250,10 @@ class CallRelayServicer(relay_pb2_grpc.CallRelayServiceServicer):
             try:
                 async for call in request_iterator:
                     if not call.call_id:  # a report, not a call: nothing to answer
-                        count_front_refusals(call.refusals, self._members)
+                        try:
+                            count_front_refusals(call.refusals, self._members)
+                        except Exception:  # metrics only: never the stream's end
+                            log.exception("counting a front's refusals failed")
                         continue
                     arrived = time.monotonic()  # its deadline counts from here
                     await places.acquire()

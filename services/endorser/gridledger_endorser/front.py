@@ -114,7 +114,7 @@ class Refusals:
         self._counts.member_share_by_member[member] += 1
 
     def given(self, answer: relay_pb2.RelayResponse) -> None:
-        """An answer given to a caller: counted if it is one of this front's own."""
+        """One of this front's own answers, given: counted by its reason."""
         for reason, own in _OWN_ANSWERS:
             if answer is own:
                 setattr(self._counts, reason, getattr(self._counts, reason) + 1)
@@ -160,7 +160,7 @@ class Relay:
         outgoing = self._outgoing
         if outgoing is None or len(self._pending) >= self._max_pending:
             release()
-            return RELAY_DOWN if outgoing is None else FRONT_FULL
+            return self._refused(RELAY_DOWN if outgoing is None else FRONT_FULL)
         self._next_id += 1
         call_id = self._next_id
         answer = asyncio.get_running_loop().create_future()
@@ -169,6 +169,11 @@ class Relay:
         outgoing.put_nowait(relay_pb2.RelayRequest(
             call_id=call_id, method=method, caller_certificate_pem=caller_pem, request=request))
         return await answer  # a caller that goes away cancels `answer`, not its place
+
+    def _refused(self, answer: relay_pb2.RelayResponse) -> relay_pb2.RelayResponse:
+        """One of this front's own answers, counted for its report."""
+        self._refusals.given(answer)
+        return answer
 
     async def run(self) -> None:
         """Keep the relay up until cancelled."""
@@ -182,8 +187,7 @@ class Relay:
             except asyncio.CancelledError:
                 if _stopping():
                     raise
-                # gRPC raises CancelledError for a call cancelled in this process: the
-                # health watch cancels the stream when it ends. Only stopping ends the relay.
+                # As in _serve: only stopping ends the relay, whatever else cancelled.
                 log.warning("the relay to the endorser was cancelled; connecting again")
             except Exception:  # never a silent end behind SERVING: log, report, try again
                 log.exception("the relay to the endorser failed")
@@ -213,6 +217,13 @@ class Relay:
                     waiting.settle(answer)
         except grpc.RpcError as exc:
             log.warning("the relay to the endorser ended: %s", _why(exc))
+        except asyncio.CancelledError:
+            if _stopping():
+                raise
+            # gRPC raises CancelledError for a call cancelled in this process: the health
+            # watch cancels the stream when it ends. Connect again (as soon as a stream
+            # that carried calls would: `answered` is kept).
+            log.warning("the relay to the endorser was cancelled; connecting again")
         finally:
             self._outgoing = None
             stream.cancel()
@@ -224,6 +235,8 @@ class Relay:
             # the endorser's own shares bound what runs there.
             waiting_calls, self._pending = self._pending, {}
             for waiting in waiting_calls.values():
+                if not waiting.answer.done():  # its caller is still there to be told
+                    self._refusals.given(RELAY_DOWN)
                 waiting.settle(RELAY_DOWN)
         return answered
 
@@ -247,7 +260,7 @@ class Relay:
                 left = waiting.deadline - time.monotonic()
                 if left <= 0:
                     del self._pending[call.call_id]
-                    waiting.settle(DEADLINE_PASSED)
+                    waiting.settle(self._refused(DEADLINE_PASSED))
                     continue
                 call.timeout_ms = max(1, int(left * 1000))
             yield call
@@ -347,10 +360,9 @@ def relaying_handler(relay: Relay, admission: Admission, method: str) -> grpc.Rp
             # From here the relay gives the share back, when the endorser has answered:
             # a caller that goes away must not free its member's place while the call runs.
             handed_over = True
-            answer = await relay.call(method, pem, request, context.time_remaining(),
-                                      release=lambda: admission.shares.leave(member, large))
-            admission.refusals.given(answer)
-            return _give(context, answer)
+            return _give(context, await relay.call(
+                method, pem, request, context.time_remaining(),
+                release=lambda: admission.shares.leave(member, large)))
         finally:
             if not handed_over:
                 admission.shares.leave(member, large)

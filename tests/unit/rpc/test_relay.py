@@ -30,7 +30,7 @@ from gridledger_core.rpc.relay import (
     relayed_answer,
 )
 from gridledger_endorser import front as front_module
-from gridledger_endorser.front import FRONT_FULL, RELAY_DOWN, Relay
+from gridledger_endorser.front import DEADLINE_PASSED, FRONT_FULL, RELAY_DOWN, Relay
 
 SERVICE = "/gridledger.endorser.v1.EndorserService/"
 PEM = b"-----BEGIN CERTIFICATE-----\nthe caller\n-----END CERTIFICATE-----\n"
@@ -267,7 +267,7 @@ def test_a_fronts_own_refusals_reach_the_endorsers_metrics(
                for r in ("relay_down", "front_full", "no_request", "not_a_member")}
     before = {k: _sample(*v) for k, v in [*reasons.items(), ("member", member)]}
 
-    async def test(_serving: Serving, relay: Relay) -> None:
+    async def test(serving: Serving, relay: Relay) -> None:
         refusals = relay._refusals
         refusals.member_share("utility")
         refusals.member_share("utility")
@@ -283,7 +283,23 @@ def test_a_fronts_own_refusals_reach_the_endorsers_metrics(
         assert _sample(*reasons["front_full"]) == before["front_full"] + 1
         assert _sample(*reasons["not_a_member"]) == before["not_a_member"]
         assert refusals.take() is None  # reported: counted afresh
+        assert serving.seen == []  # no call reached a handler
         assert (await relay.call(SERVICE + "GetBook", PEM, b"")).code == 0
+    _run(test, tmp_path)
+
+
+def test_a_fronts_own_answers_are_counted_where_it_gives_them(tmp_path: Path) -> None:
+    """Counted in the relay, not after the caller's handler resumes: a call past its
+    deadline has its handler cancelled by gRPC at that moment, so counting there missed
+    it."""
+    async def test(_serving: Serving, relay: Relay) -> None:
+        assert await relay.call(SERVICE + "GetBook", PEM, b"", timeout=1e-9) == DEADLINE_PASSED
+        report = relay._refusals.take()
+        assert report is not None and report.deadline_passed == 1
+        relay._max_pending = 0
+        assert await relay.call(SERVICE + "GetBook", PEM, b"") == FRONT_FULL
+        report = relay._refusals.take()
+        assert report is not None and report.front_full == 1
     _run(test, tmp_path)
 
 

@@ -447,7 +447,7 @@ class Replica:
         self._pending_bytes = 0
         self._prepared: set[bytes] = set()  # blocks this replica PREPAREd at this height
         self._certs: dict[tuple[int, int, bytes], consensus_pb2.VoteCertificate] = {}
-        self._persisted_blocks: frozenset[bytes] = frozenset()
+        self._persisted_blocks: frozenset[bytes] | None = frozenset()
         self._primaries: dict[int, str] = {}  # round -> lottery primary at this height
         self.equivocations.reset()
         self._reset_round()
@@ -511,6 +511,11 @@ class Replica:
             out.append(Persist(BLOCKS_KEY, kept.SerializeToString()))
             self._persisted_blocks = frozenset(wanted)
         out.append(Persist(STATE_KEY, state.SerializeToString()))
+
+    def persist_failed(self) -> None:
+        """The adapter could not write the last actions: what this replica believes written
+        may not be, so its next persist writes its blocks again (the state goes every time)."""
+        self._persisted_blocks = None  # unknown: differs from any set of blocks
 
     def _restore(self, persisted: Mapping[str, bytes]) -> None:
         raw = persisted.get(STATE_KEY)

@@ -57,6 +57,8 @@ from gridledger_orderer.transport import Transport
 
 log = logging.getLogger(__name__)
 
+# While the last store write failed, how often an idle consensus loop tries a small one.
+STORE_PROBE_S = 1.0
 HEIGHT = Gauge("gridledger_orderer_height", "Final blocks held by this orderer.")
 ROUND = Gauge("gridledger_orderer_round", "Consensus round at the current height.")
 IS_PRIMARY = Gauge("gridledger_orderer_is_primary",
@@ -217,6 +219,7 @@ class OrdererNode:
         # Whether the last write to the store worked: an iteration that writes nothing does
         # not show that storage works again.
         self._store_ok = True
+        self._store_probed = 0.0  # when _probe_store last wrote (monotonic)
         self._stop = threading.Event()
         # Told False while the consensus thread cannot work, True when it works again
         # (main.py: the server's health).
@@ -387,7 +390,8 @@ class OrdererNode:
         """The consensus thread. No input ends it: an error is logged and that input dropped
         (the protocol tolerates loss), and while iterations keep failing (storage, a bug)
         health says NOT_SERVING, until one works and the last write to the store worked (an
-        idle iteration writes nothing); if the thread ends anyway, health says so for good."""
+        idle loop tries a small one, `_probe_store`); if the thread ends anyway, health says
+        so for good."""
         failing = False
         try:
             while not self._stop.is_set():
@@ -399,12 +403,27 @@ class OrdererNode:
                         failing = True
                         self.on_health(False)
                     continue
+                if failing and not self._store_ok:
+                    self._probe_store()  # an idle loop writes nothing to learn it from
                 if failing and self._store_ok:
                     failing = False
                     self.on_health(True)
         finally:
             if not self._stop.is_set():
                 self.on_health(False)
+
+    def _probe_store(self) -> None:
+        """While the last write failed, a small write at most every STORE_PROBE_S."""
+        now = time.monotonic()
+        if now - self._store_probed < STORE_PROBE_S:
+            return
+        self._store_probed = now
+        try:
+            self._store.probe_write()
+        except Exception as exc:
+            log.warning("the store still cannot be written: %s", exc)
+            return
+        self._store_ok = True
 
     def _iterate(self) -> None:
         timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 0.5
@@ -457,6 +476,10 @@ class OrdererNode:
             try:
                 delivered = self._store.apply(durable, self.tx_id, pool)  # type: ignore[arg-type]
                 self._store_ok = True
+            except BaseException:
+                # What the replica believes written may not be: it writes it all again.
+                self.replica.persist_failed()
+                raise
             finally:
                 now = time.monotonic()
                 STORE_WRITE.observe(now - started)

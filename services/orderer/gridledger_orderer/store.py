@@ -26,6 +26,7 @@ TX = b"ot1/"
 CONSENSUS = b"oc1/"
 POOL = b"op1/"
 HEIGHT = b"om1/height"
+WRITE_PROBE = b"om1/write-probe"  # rewritten only to learn whether writes work again
 EVIDENCE = b"oe1/"  # + 8-byte sequence number: equivocation evidence, the newest kept
 EVIDENCE_KEPT = 1_000
 
@@ -81,6 +82,13 @@ class OrdererStore:
             self._store.commit(batch)
         self.height = height
         return delivered
+
+    def probe_write(self) -> None:
+        """One small synced write, raising as any write would: whether storage works, when
+        nothing else is being written (an idle orderer after a failed write)."""
+        batch = WriteBatch()
+        batch.put(WRITE_PROBE, b"\x01")
+        self._store.commit(batch)
 
     def block(self, number: int) -> block_pb2.Block | None:
         raw = self._store.get(BLOCK + _number(number))

@@ -9,7 +9,13 @@ from gridledger.common.v1 import block_pb2
 from gridledger.orderer.v1 import consensus_pb2
 from gridledger_core.consensus import lottery
 from gridledger_core.consensus.actions import Persist, Send
-from gridledger_core.consensus.protocol import _RECENT_FINAL, STATE_KEY, ChainTip, Replica
+from gridledger_core.consensus.protocol import (
+    _RECENT_FINAL,
+    BLOCKS_KEY,
+    STATE_KEY,
+    ChainTip,
+    Replica,
+)
 from gridledger_core.consensus.signing import GENESIS_PREVIOUS_HASH, Phase, block_hash
 from gridledger_core.consensus.simulation import tx_id_of
 
@@ -70,6 +76,30 @@ def test_every_signature_is_persisted_before_it_is_sent() -> None:
                 assert action.message.vote.signature in persisted[oid]
                 checked += 1
     assert checked >= 4  # at least the auxiliaries' prepare and commit votes
+
+
+def test_after_a_failed_write_the_replica_writes_its_blocks_again() -> None:
+    """The replica writes its prepared blocks only when they change, and noted them written
+    as it asked: a write that failed left them off the disk for good (a restart then held a
+    vote for a block it could not hand out). The adapter's `persist_failed` makes the next
+    persist write them again."""
+    cluster = Cluster()
+    primary = cluster.primary()
+    cluster.submit(primary, [b"ok:1"])
+    cluster.advance(0.1)  # the primary proposes (and prepares) its block; nothing delivered
+    replica = cluster.nodes[primary].replica
+
+    def blocks_written() -> int:
+        out: list = []
+        replica._persist(out)
+        return sum(isinstance(a, Persist) and a.key == BLOCKS_KEY for a in out)
+
+    assert any(isinstance(a, Persist) and a.key == BLOCKS_KEY
+               for oid, actions in cluster.log if oid == primary for a in actions)
+    assert blocks_written() == 0  # unchanged since
+    replica.persist_failed()
+    assert blocks_written() == 1
+    assert blocks_written() == 0
 
 
 def test_duplicate_submission_is_recognised() -> None:

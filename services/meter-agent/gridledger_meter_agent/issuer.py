@@ -26,7 +26,7 @@ from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.energy_metrics import CERTIFICATES_ISSUED, COINS_ISSUED
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused
-from gridledger_meter_agent.loop_health import FailingPasses
+from gridledger_meter_agent.loop_health import FailingPasses, away
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class Issuer:
     def run(self, stop: threading.Event, wake: threading.Event,
             on_health: Callable[[bool], None] = lambda serving: None) -> None:
         """Passes until stopped: after every commit (wake) or every 3 s. Issuing is this
-        agent's whole job, so passes that keep failing (the committer or endorser away, a
-        bug) make it NOT_SERVING until one works."""
+        agent's whole job, so passes that keep failing (a bug, its disk; not the committer
+        or endorser away) make it NOT_SERVING until one works."""
         passes = FailingPasses(on_health)
         while not stop.is_set():
             try:
@@ -90,6 +90,9 @@ class Issuer:
                 passes.passed()
             except Exception as exc:
                 self.status = f"error: {exc}"
-                log.warning("issuing failed (%d in a row): %s", passes.failed(), exc)
+                if away(exc):
+                    log.info("issuing waits: %s", exc)
+                else:
+                    log.warning("issuing failed (%d in a row): %s", passes.failed(), exc)
             wake.wait(3.0)
             wake.clear()

@@ -31,7 +31,7 @@ from gridledger_core.profiles.timegrid import SLOT_SECONDS
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.energy_metrics import ANNOUNCEMENTS, CONTRACTS, ENERGY_ERRORS
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused, readings
-from gridledger_meter_agent.loop_health import FailingPasses
+from gridledger_meter_agent.loop_health import FailingPasses, away
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class PlantAgent:
 
     def run(self, stop: threading.Event,
             on_health: Callable[[bool], None] = lambda serving: None) -> None:
-        """Announce until stopped; passes that keep failing (its endorser or committer away,
-        a bug) make the plant's agent NOT_SERVING until one works."""
+        """Announce until stopped; passes that keep failing (a bug; not its endorser or
+        committer away) make the plant's agent NOT_SERVING until one works."""
         passes = FailingPasses(on_health)
         while not stop.is_set():
             try:
@@ -157,7 +157,10 @@ class PlantAgent:
             except Exception as exc:
                 ENERGY_ERRORS.labels("announce").inc()
                 self.status = f"cannot announce: {exc}"
-                log.warning("announcement failed (%d in a row): %s", passes.failed(), exc)
+                if away(exc):
+                    log.info("announcement waits: %s", exc)
+                else:
+                    log.warning("announcement failed (%d in a row): %s", passes.failed(), exc)
                 ok = False
             stop.wait(self.config.announce_seconds if ok else 3.0)
 

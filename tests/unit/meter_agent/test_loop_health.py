@@ -1,7 +1,7 @@
 """The agent's worker loops report their part of its health (loop_health.py): NOT_SERVING
 once UNHEALTHY_AFTER passes in a row failed, SERVING again when one works, told only on a
-change. The issuer's and a plant's announcer loops never told anyone: an issuer whose every
-pass failed stayed SERVING."""
+change; the endorser or committer away is no failure of theirs. The issuer's and a plant's
+announcer loops never told anyone: an issuer whose every pass failed stayed SERVING."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from grpc_helpers import StatusError
 from gridledger_core.genesis import Genesis
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.issuer import Issuer
-from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses
+from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses, away
 from gridledger_meter_agent.plant import PlantAgent, PlantConfig
 
 
@@ -39,8 +39,8 @@ def test_unhealthy_after_failures_in_a_row_and_healthy_after_one_pass() -> None:
 
 def _passes_then_stop(stop: threading.Event, wake: threading.Event | None
                       ) -> Callable[[], int]:
-    """A pass that fails UNHEALTHY_AFTER times (the committer away), then works twice, then
-    stops the loop."""
+    """Passes that find the committer away (not counted) as often as UNHEALTHY_AFTER, then
+    fail UNHEALTHY_AFTER times (its disk), then work twice, then stop the loop."""
     count = 0
 
     def one_pass() -> int:
@@ -50,10 +50,22 @@ def _passes_then_stop(stop: threading.Event, wake: threading.Event | None
             wake.set()  # no waiting between passes in the test
         if count <= UNHEALTHY_AFTER:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, "committer away")
-        if count == UNHEALTHY_AFTER + 2:
+        if count <= 2 * UNHEALTHY_AFTER:
+            raise OSError(28, "No space left on device")
+        if count == 2 * UNHEALTHY_AFTER + 2:
             stop.set()
         return 0
     return one_pass
+
+
+def test_the_endorser_or_committer_away_is_not_the_loops_failure() -> None:
+    """Counted, an outage of the agent's endorser or committer would have its liveness
+    probe restart it through the outage, which mends nothing."""
+    assert away(StatusError(grpc.StatusCode.UNAVAILABLE, "committer away"))
+    assert away(StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "slow"))
+    assert away(TimeoutError("no commit yet"))
+    assert not away(StatusError(grpc.StatusCode.PERMISSION_DENIED, "not this agent's"))
+    assert not away(OSError(28, "No space left on device"))
 
 
 def test_an_issuer_whose_passes_keep_failing_is_not_serving_until_one_works(

@@ -47,6 +47,7 @@ from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.ledger import BlockRejected, CommitResult, Ledger
 from gridledger_core.ledger.orderer_probe import OrdererProbe
+from gridledger_core.rpc.errors import describe_rpc_error
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class BlockFollower(Follower):
                 if self._stop.is_set():
                     return
                 FOLLOWER_FAILURES.labels("deliver").inc()
-                log.info("deliver from %s failed: %s", orderer_id, _describe(exc))
+                log.info("deliver from %s failed: %s", orderer_id, describe_rpc_error(exc))
                 backoff = min(backoff * 2, 2.0)
             except BlockRejected as exc:
                 REJECTED_BLOCKS.labels(orderer_id).inc()
@@ -365,9 +366,3 @@ class _IdleWatchdog:
             if time.monotonic() - self._last > self._timeout:
                 self._call.cancel()
                 return
-
-
-def _describe(exc: grpc.RpcError) -> str:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return f"{code.name if code else 'error'}: {details}"

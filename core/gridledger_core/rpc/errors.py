@@ -42,3 +42,11 @@ def status_of(error: TxInvalid) -> tuple[grpc.StatusCode, str]:
 
 def abort_invalid(context: grpc.ServicerContext, error: TxInvalid) -> NoReturn:
     context.abort(*status_of(error))
+
+
+def describe_rpc_error(exc: grpc.RpcError) -> str:
+    """A failed call for a log line: its status code's name and details ("error: ..." for
+    an RpcError that carries none, e.g. one raised before the call started)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return f"{code.name if code else 'error'}: {details}"

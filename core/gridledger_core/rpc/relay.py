@@ -50,9 +50,10 @@ RELAY_MESSAGE_LIMIT = ("grpc.max_receive_message_length", RELAY_MESSAGE_BYTES)
 # sockaddr_un's path: 108 bytes with its terminating NUL.
 MAX_SOCKET_PATH = 107
 
-# A front's own refusals (relay.proto's FrontRefusals), reported to this process.
-FRONT_REFUSAL_REASONS = ("not_a_member", "no_request", "front_full", "relay_down",
-                         "deadline_passed")
+# A front's own refusals, reported to this process: relay.proto's FrontRefusals counts, one
+# field a reason, besides its members' shares.
+FRONT_REFUSAL_REASONS = tuple(f.name for f in relay_pb2.FrontRefusals.DESCRIPTOR.fields
+                              if f.name != "member_share_by_member")
 FRONT_REFUSED = Counter("gridledger_rpc_front_refused",
                         "Calls this node's fronts answered without relaying them, by reason "
                         "(a member's share of a front: gridledger_rpc_member_calls_refused).",

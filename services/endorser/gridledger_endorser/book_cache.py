@@ -191,10 +191,6 @@ class _BlockChanges:
         return block
 
 
-class BooksBehind(Exception):
-    """Blocks came that do not follow the last one the books applied."""
-
-
 class BookCache:
     def __init__(self, ledger: Ledger, endorser: str,
                  clock: Callable[[], float] = time.time) -> None:
@@ -418,13 +414,14 @@ class BookCache:
         the rebuild after it failed): applied on top, they would match against books
         missing a block."""
         try:
-            if result.first_number != self.height:
-                raise BooksBehind(f"blocks from {result.first_number} on, the books are at "
-                                  f"height {self.height}")
-            self._apply(result)
+            if result.first_number == self.height:
+                self._apply(result)
+                return
+            log.error("book cache at height %d given blocks from %d on; rebuilding",
+                      self.height, result.first_number)
         except Exception:
             log.exception("book cache update for block %d failed; rebuilding", result.number)
-            self.rebuild(result.committed_state)
+        self.rebuild(result.committed_state)
 
     def _apply(self, result: CommitResult) -> None:
         """Apply a block, or a run of blocks read together from the committer's ledger: each

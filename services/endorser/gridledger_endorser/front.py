@@ -43,6 +43,7 @@ from gridledger_core.rpc import event_loops
 from gridledger_core.rpc.authz import Refused, ShareFull, short_name, take_place
 from gridledger_core.rpc.backoff import RETRY_AFTER
 from gridledger_core.rpc.call_shares import LARGE_REQUEST_METHODS, RETRY_AFTER_MS, CallShares
+from gridledger_core.rpc.errors import describe_rpc_error
 from gridledger_core.rpc.peer_identity import PeerIdentities
 from gridledger_core.rpc.relay import RELAY_MESSAGE_BYTES, relayed_answer
 from gridledger_core.rpc.server import merged_options
@@ -216,7 +217,7 @@ class Relay:
                 if waiting is not None:
                     waiting.settle(answer)
         except grpc.RpcError as exc:
-            log.warning("the relay to the endorser ended: %s", _why(exc))
+            log.warning("the relay to the endorser ended: %s", describe_rpc_error(exc))
         except asyncio.CancelledError:
             if _stopping():
                 raise
@@ -235,9 +236,9 @@ class Relay:
             # the endorser's own shares bound what runs there.
             waiting_calls, self._pending = self._pending, {}
             for waiting in waiting_calls.values():
-                if not waiting.answer.done():  # its caller is still there to be told
-                    self._refusals.given(RELAY_DOWN)
-                waiting.settle(RELAY_DOWN)
+                # Counted only for a caller still there to be told.
+                waiting.settle(RELAY_DOWN if waiting.answer.done()
+                               else self._refused(RELAY_DOWN))
         return answered
 
     async def _drain(self, queue: asyncio.Queue[relay_pb2.RelayRequest | None]
@@ -283,7 +284,7 @@ class Relay:
             async for status in watch:
                 await self._on_serving(status.status == _SERVING)
         except grpc.RpcError as exc:
-            log.warning("watching the endorser's health failed: %s", _why(exc))
+            log.warning("watching the endorser's health failed: %s", describe_rpc_error(exc))
         except Exception:
             log.exception("watching the endorser's health failed")
         finally:
@@ -300,12 +301,6 @@ def _stopping() -> bool:
 RELAY_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS,
                          ("grpc.max_send_message_length", RELAY_MESSAGE_BYTES),
                          ("grpc.max_receive_message_length", RELAY_MESSAGE_BYTES)]
-
-
-def _why(exc: grpc.RpcError) -> str:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return f"{code.name if code else 'error'}: {details}"
 
 
 class Admission:

@@ -277,6 +277,7 @@ for service in ("", sys.argv[1]):
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[3]}/metrics", timeout=2).read().decode()
 print("metrics" if "gridledger_node_info" in text else "no-metrics")
 """
+LEDGER_BOUND_AGENTS = {"settlement", "issuer", "plant-1", "plant-2"}
 SERVICES = {"orderer": "gridledger.orderer.v1.OrdererService",
             "committer": "gridledger.committer.v1.CommitterService",
             "endorser": "gridledger.endorser.v1.EndorserService",
@@ -311,9 +312,11 @@ def _check_container(engine: str, deployment: dict, container: dict) -> None:
                        for flag in ("--health-listen", "--metrics-listen"))
     # The readiness probe is what the manifests say it is.
     assert container["readinessProbe"]["grpc"] == {"port": int(health), "service": service}
-    # Alone in its pod the settlement agent cannot reach the committer: after three failed
-    # passes it must say so (settler.py), which takes it out of service under a kubelet.
-    status = "NOT_SERVING" if node == "settlement" else "SERVING"
+    # Alone in its pod an agent whose loop needs its committer (settlement, issuing, a
+    # plant's announcements) cannot reach it: after three passes it must say so to the
+    # readiness probe (loop_health.py), which takes it out of service under a kubelet, and
+    # not to the liveness probe, which would restart it through the outage.
+    ready_status = "NOT_SERVING" if node in LEDGER_BOUND_AGENTS else "SERVING"
     last = ""
 
     def ready() -> bool:
@@ -321,7 +324,7 @@ def _check_container(engine: str, deployment: dict, container: dict) -> None:
         result = podman(engine, "exec", "-i", name, "python", "-", service, health, metrics,
                         check=False, stdin=PROBE)
         last = result.stdout + result.stderr
-        return last.split() == [status, status, "metrics"]
+        return last.split() == ["SERVING", ready_status, "metrics"]
 
     wait_for(ready, 120, f"{name} to pass its probes")
     inside = podman(engine, "exec", name, "sh", "-c",

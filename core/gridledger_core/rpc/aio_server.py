@@ -46,6 +46,7 @@ from gridledger_core.rpc.relay import (
 )
 from gridledger_core.rpc.server import (
     NODE_INFO,
+    health_statuses,
     merged_options,
     run_all,
     split_host_port,
@@ -155,7 +156,7 @@ class AioNodeServer:
                 raise OSError(f"cannot listen on {self._health_listen}")
             await plain.start()
             self._health_server = plain
-        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        await self._set_all(True, True)
         self._lag_probe = asyncio.ensure_future(watch_lag())
 
     def _public_server(self, interceptors: list[aio.ServerInterceptor]) -> aio.Server:
@@ -188,15 +189,18 @@ class AioNodeServer:
             raise OSError(f"cannot listen on the relay socket {socket}")
         return server
 
-    async def _set_all(self, status: int) -> None:
+    async def _set_all(self, live: bool, ready: bool) -> None:
         assert self._health is not None
-        for service in ["", *self._services]:
+        for service, status in health_statuses(live, ready, self._services):
             await self._health.set(service, status)
 
     def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        asyncio.run_coroutine_threadsafe(self._set_all(status), self._loop)
+        self.set_health(serving, serving)
+
+    def set_health(self, live: bool, ready: bool) -> None:
+        """The overall service "" (the liveness probe's) says `live`; the role's services
+        (the readiness probe's) say `ready` (health_board.py)."""
+        asyncio.run_coroutine_threadsafe(self._set_all(live, ready), self._loop)
 
     def stop(self) -> None:
         """Stop at once, without the graceful sequence (in-process tests)."""

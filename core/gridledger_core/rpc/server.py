@@ -41,6 +41,15 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def health_statuses(live: bool, ready: bool, services: Sequence[str]) -> list[tuple[str, int]]:
+    """The health service's status of each name: the overall "" (the liveness probe's) is
+    `live`; each of the role's services (the readiness probe's) is `ready` and `live`."""
+    def status(serving: bool) -> int:
+        return (health_pb2.HealthCheckResponse.SERVING if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING)
+    return [("", status(live)), *((name, status(live and ready)) for name in services)]
+
+
 class NodeServer:
     def __init__(self, name: str, role: str, listen: str, metrics_listen: str, tls: TlsFiles,
                  *, genesis: Genesis, max_workers: int | None = None,
@@ -128,10 +137,13 @@ class NodeServer:
                  self._listen, self._metrics_listen)
 
     def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in ["", *self._services]:
-            self._health.set(service, status)
+        self.set_health(serving, serving)
+
+    def set_health(self, live: bool, ready: bool) -> None:
+        """The overall service "" (the liveness probe's) says `live`; the role's services
+        (the readiness probe's) say `ready` (health_board.py)."""
+        for service, serving in health_statuses(live, ready, self._services):
+            self._health.set(service, serving)
 
     def stop(self) -> None:
         """Stop at once, without the graceful sequence (in-process tests)."""

@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.on_close(broadcaster.close)
     server.on_close(store.close)
     server.start()
-    health.attach(server.set_serving)
+    health.attach(server.set_health)
     if fronts is not None:
         fronts.start()
     follower.start()

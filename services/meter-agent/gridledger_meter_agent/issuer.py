@@ -79,11 +79,12 @@ class Issuer:
         return done
 
     def run(self, stop: threading.Event, wake: threading.Event,
-            on_health: Callable[[bool], None] = lambda serving: None) -> None:
+            on_health: Callable[[bool], None] = lambda serving: None,
+            on_ready: Callable[[bool], None] = lambda ready: None) -> None:
         """Passes until stopped: after every commit (wake) or every 3 s. Issuing is this
-        agent's whole job, so passes that keep failing (a bug, its disk; not the committer
-        or endorser away) make it NOT_SERVING until one works."""
-        passes = FailingPasses(on_health)
+        agent's whole job, so passes that keep failing make it not live (a bug, its disk)
+        or not ready (its committer or endorser away) until one works."""
+        passes = FailingPasses(on_health, on_ready)
         while not stop.is_set():
             try:
                 self.issue_once()
@@ -91,7 +92,7 @@ class Issuer:
             except Exception as exc:
                 self.status = f"error: {exc}"
                 if away(exc):
-                    log.info("issuing waits: %s", exc)
+                    log.info("issuing waits (%d in a row): %s", passes.failed(away=True), exc)
                 else:
                     log.warning("issuing failed (%d in a row): %s", passes.failed(), exc)
             wake.wait(3.0)

@@ -224,8 +224,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 trader = presale.PresaleTrader(identity, genesis, ledger, policy,
                                                journal=journal)
                 on_health = health.reporter("presale")
+                on_ready = health.readiness("presale.ledger")
                 threads.append(threading.Thread(
-                    target=lambda: history_in.wait() and trader.run(stop, on_health),
+                    target=lambda: history_in.wait() and trader.run(stop, on_health, on_ready),
                     name="presale", daemon=True))
         elif args.mode == "issuer":
             parts.issuer = Issuer(identity, genesis, ledger)
@@ -233,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
                         threading.Thread(target=parts.issuer.run,
                                          args=(stop, watcher.changed,
-                                               health.reporter("issuer")),
+                                               health.reporter("issuer"),
+                                               health.readiness("issuer.ledger")),
                                          name="issuer", daemon=True)]
         elif args.mode == "settlement":
             parts.settler = Settler(identity, genesis, ledger)
@@ -241,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             threads += [threading.Thread(target=watcher.run, name="commits", daemon=True),
                         threading.Thread(target=parts.settler.run,
                                          args=(stop, watcher.changed,
-                                               health.reporter("settlement")),
+                                               health.reporter("settlement"),
+                                               health.readiness("settlement.ledger")),
                                          name="settler", daemon=True)]
 
     server = NodeServer(args.name, "meter-agent", args.listen, args.metrics_listen, tls,
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         account_lookup=account_lookup,
                         calls_per_member=args.calls_per_member,
                         options=[receive_limit(QUERY_RECEIVE_BYTES)])
-    health.attach(server.set_serving)
+    health.attach(server.set_health)
     server.add_service(meteragent_pb2_grpc.add_MeterAgentServiceServicer_to_server,
                        MeterAgentServicer(parts),
                        meteragent_pb2.DESCRIPTOR.services_by_name["MeterAgentService"].full_name)
@@ -265,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parts.plant = energy_setup.plant_agent(args, identity, ledger, plant_profile,
                                                f"{host}:{server.port}")
         threads.append(threading.Thread(target=parts.plant.run,
-                                        args=(stop, health.reporter("announce")),
+                                        args=(stop, health.reporter("announce"),
+                                              health.readiness("announce.ledger")),
                                         name="announce", daemon=True))
     for thread in threads:
         thread.start()

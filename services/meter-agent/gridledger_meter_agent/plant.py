@@ -145,10 +145,11 @@ class PlantAgent:
         return closed
 
     def run(self, stop: threading.Event,
-            on_health: Callable[[bool], None] = lambda serving: None) -> None:
-        """Announce until stopped; passes that keep failing (a bug; not its endorser or
-        committer away) make the plant's agent NOT_SERVING until one works."""
-        passes = FailingPasses(on_health)
+            on_health: Callable[[bool], None] = lambda serving: None,
+            on_ready: Callable[[bool], None] = lambda ready: None) -> None:
+        """Announce until stopped; passes that keep failing make the plant's agent not live
+        (a bug) or not ready (its endorser or committer away) until one works."""
+        passes = FailingPasses(on_health, on_ready)
         while not stop.is_set():
             try:
                 self.close_expired(int(time.time()))
@@ -158,7 +159,8 @@ class PlantAgent:
                 ENERGY_ERRORS.labels("announce").inc()
                 self.status = f"cannot announce: {exc}"
                 if away(exc):
-                    log.info("announcement waits: %s", exc)
+                    log.info("announcement waits (%d in a row): %s", passes.failed(away=True),
+                             exc)
                 else:
                     log.warning("announcement failed (%d in a row): %s", passes.failed(), exc)
                 ok = False

@@ -44,7 +44,7 @@ from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused
-from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses
+from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses, away
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,11 @@ class _Retry:
 
     failures: int = 0
     not_before: float = 0.0
+    away: bool = False  # the last failure was the endorser or committer away
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float, away: bool) -> None:
         self.failures += 1
+        self.away = away
         self.not_before = now + min(RETRY_FIRST_S * 2 ** (self.failures - 1), RETRY_MAX_S)
 
 
@@ -233,10 +235,11 @@ class Settler:
                 self.identity.new_transaction(body_field, body),  # type: ignore[arg-type]
                 timeout=COMMIT_TIMEOUT_S)
         except Refused as exc:
-            reason, detail = exc.status.name, exc.details
+            reason, detail, was_away = exc.status.name, exc.details, False
         except (grpc.RpcError, TimeoutError) as exc:
-            reason, detail = type(exc).__name__, str(exc)
+            reason, detail, was_away = type(exc).__name__, str(exc), away(exc)
         else:
+            was_away = False
             if code == Code.TX_VALIDATION_CODE_VALID:
                 self.retries.pop(key, None)
                 log.info("%s %s committed (%s)", what, key, tx_id)
@@ -248,7 +251,7 @@ class Settler:
             return ALREADY_DONE
         SUBMIT_FAILURES.labels(what, reason).inc()
         retry = self.retries.setdefault(key, _Retry())
-        retry.failed(self.clock())
+        retry.failed(self.clock(), was_away)
         log.warning("%s %s failed (%d in a row): %s %s", what, key, retry.failures, reason,
                     detail)
         return FAILED
@@ -275,20 +278,24 @@ class Settler:
             LAST_SETTLED.set(slot)
 
     def stuck(self) -> list[str]:
-        """Slots and contracts that failed UNHEALTHY_AFTER times in a row or more."""
-        return sorted(k for k, r in self.retries.items() if r.failures >= UNHEALTHY_AFTER)
+        """Slots and contracts that failed UNHEALTHY_AFTER times in a row or more, the last
+        time not for their endorser or committer being away."""
+        return sorted(k for k, r in self.retries.items()
+                      if r.failures >= UNHEALTHY_AFTER and not r.away)
 
     def run(self, stop: threading.Event, wake: threading.Event,
-            on_health: Callable[[bool], None] = lambda serving: None) -> None:
-        """Passes until stopped: after every commit (wake) or every few seconds. Health is
-        NOT_SERVING while passes fail or some slot or contract keeps failing."""
-        passes = FailingPasses(on_health)
+            on_health: Callable[[bool], None] = lambda serving: None,
+            on_ready: Callable[[bool], None] = lambda ready: None) -> None:
+        """Passes until stopped: after every commit (wake) or every few seconds. Not live
+        (`on_health`) while its own passes fail or some slot or contract keeps failing; not
+        ready (`on_ready`) while passes find its committer or endorser away."""
+        passes = FailingPasses(on_health, on_ready)
         while not stop.is_set():
             try:
                 self.run_once()
                 passes.passed(not self.stuck())
             except Exception as exc:  # the committer away, a bug: say so, retry
-                failed = passes.failed(not self.stuck())
+                failed = passes.failed(not self.stuck(), away=away(exc))
                 self.status = f"error: {exc}"
                 log.warning("settlement pass failed (%d in a row): %s", failed, exc)
             if stop.wait(MIN_PASS_INTERVAL_S):

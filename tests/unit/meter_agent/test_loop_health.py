@@ -1,7 +1,9 @@
-"""The agent's worker loops report their part of its health (loop_health.py): NOT_SERVING
-once UNHEALTHY_AFTER passes in a row failed, SERVING again when one works, told only on a
-change; the endorser or committer away is no failure of theirs. The issuer's and a plant's
-announcer loops never told anyone: an issuer whose every pass failed stayed SERVING."""
+"""The agent's worker loops report their part of its health (loop_health.py): not live once
+UNHEALTHY_AFTER passes in a row failed on their own account, not ready once as many found
+their endorser or committer away, both SERVING again when a pass works, told only on a
+change. The issuer's and a plant's announcer loops never told anyone: an issuer whose every
+pass failed stayed SERVING. Counted toward liveness, an outage of the endorser or committer
+had the liveness probe restart the agent through it."""
 
 from __future__ import annotations
 
@@ -37,10 +39,26 @@ def test_unhealthy_after_failures_in_a_row_and_healthy_after_one_pass() -> None:
     assert told == [False, True, False]
 
 
+def test_passes_finding_the_ledger_away_turn_readiness_off_and_leave_liveness_on() -> None:
+    live: list[bool] = []
+    ready: list[bool] = []
+    passes = FailingPasses(live.append, ready.append)
+    assert [passes.failed(away=True) for _ in range(UNHEALTHY_AFTER)] == list(
+        range(1, UNHEALTHY_AFTER + 1))  # the count for backoff is of every failed pass
+    assert (live, ready) == ([], [False])
+    for _ in range(UNHEALTHY_AFTER - 1):
+        passes.failed()  # its own failures among them are counted apart
+    assert live == []
+    passes.failed()
+    assert (live, ready) == ([False], [False])
+    passes.passed()
+    assert (live, ready) == ([False, True], [False, True])
+
+
 def _passes_then_stop(stop: threading.Event, wake: threading.Event | None
                       ) -> Callable[[], int]:
-    """Passes that find the committer away (not counted) as often as UNHEALTHY_AFTER, then
-    fail UNHEALTHY_AFTER times (its disk), then work twice, then stop the loop."""
+    """Passes that find the committer away as often as UNHEALTHY_AFTER (not ready), then
+    fail UNHEALTHY_AFTER times (its disk: not live), then work twice, then stop the loop."""
     count = 0
 
     def one_pass() -> int:
@@ -75,8 +93,9 @@ def test_an_issuer_whose_passes_keep_failing_is_not_serving_until_one_works(
     stop, wake = threading.Event(), threading.Event()
     issuer.issue_once = _passes_then_stop(stop, wake)  # type: ignore[method-assign]
     told: list[bool] = []
-    issuer.run(stop, wake, told.append)
-    assert told == [False, True]
+    ready: list[bool] = []
+    issuer.run(stop, wake, told.append, ready.append)
+    assert (told, ready) == ([False, True], [False, True])
 
 
 def test_a_plant_whose_announcements_keep_failing_is_not_serving_until_one_works(
@@ -90,5 +109,6 @@ def test_a_plant_whose_announcements_keep_failing_is_not_serving_until_one_works
     plant.announce_once = _passes_then_stop(stop, None)  # type: ignore[method-assign,assignment]
     monkeypatch.setattr(stop, "wait", lambda _seconds: stop.is_set())  # no waiting
     told: list[bool] = []
-    plant.run(stop, told.append)
-    assert told == [False, True]
+    ready: list[bool] = []
+    plant.run(stop, told.append, ready.append)
+    assert (told, ready) == ([False, True], [False, True])

@@ -256,29 +256,64 @@ def test_failures_back_off_and_turn_health_not_serving_until_a_slot_settles(
     assert agent.stuck() == []
 
 
-def test_the_loop_reports_not_serving_while_passes_fail_and_serving_again(
+def test_the_loop_is_not_ready_while_its_committer_is_away_and_not_live_while_it_fails(
         consortium_dir: Path, genesis: Genesis, net: FakeNetwork,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its committer away turned the agent NOT_SERVING for the liveness probe too, which
+    restarted it through the outage: now only readiness is off until the committer is back;
+    its own failures (its disk) still turn liveness off."""
     monkeypatch.setattr(settler_mod, "MIN_PASS_INTERVAL_S", 0.0)
     agent = _settler(consortium_dir, genesis, net)
     health: list[bool] = []
+    ready: list[bool] = []
     stop, wake = threading.Event(), threading.Event()
     passes = 0
+    seen: list[tuple[list[bool], list[bool]]] = []
 
     def run_once() -> settler_mod.PassResult:
         nonlocal passes
         passes += 1
         wake.set()  # no waiting between passes in the test
+        seen.append((list(health), list(ready)))
         if passes <= settler_mod.UNHEALTHY_AFTER:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, "committer away")
-        if passes == settler_mod.UNHEALTHY_AFTER + 2:
+        if passes == settler_mod.UNHEALTHY_AFTER + 1:
+            return settler_mod.PassResult()
+        if passes <= 2 * settler_mod.UNHEALTHY_AFTER + 1:
+            raise OSError(28, "No space left on device")
+        if passes == 2 * settler_mod.UNHEALTHY_AFTER + 3:
             stop.set()
         return settler_mod.PassResult()
 
     agent.run_once = run_once  # type: ignore[method-assign]
     wake.set()
-    agent.run(stop, wake, health.append)
-    assert health == [False, True]
+    agent.run(stop, wake, health.append, ready.append)
+    # After the committer's outage: live throughout, not ready, then ready again.
+    assert seen[settler_mod.UNHEALTHY_AFTER] == ([], [False])
+    assert seen[settler_mod.UNHEALTHY_AFTER + 1] == ([], [False, True])
+    assert (health, ready) == ([False, True], [False, True])
+
+
+def test_slots_failing_because_the_endorser_is_away_are_not_stuck(
+        consortium_dir: Path, genesis: Genesis, net: FakeNetwork,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot whose submissions find the endorser away is retried with backoff, and does
+    not make the agent unhealthy (which its liveness probe would answer with a restart);
+    one refused for a reason of its own does."""
+    size = genesis.market.slot_seconds
+    net.trade(10 * size, 1)
+    net.block_time = 20 * size + genesis.reading_submission_window_seconds
+    clock = Clock()
+    agent = _settler(consortium_dir, genesis, net, clock)
+    monkeypatch.setattr(agent.ledger, "sleep", lambda _seconds: None)  # its retries' backoff
+    net.refuse = grpc.StatusCode.UNAVAILABLE
+    for _ in range(settler_mod.UNHEALTHY_AFTER + 1):
+        assert agent.run_once().failed == [f"slot/{10 * size}"]
+        clock.now += settler_mod.RETRY_MAX_S
+    assert agent.stuck() == []
+    net.refuse = grpc.StatusCode.FAILED_PRECONDITION
+    assert agent.run_once().failed == [f"slot/{10 * size}"]
+    assert agent.stuck() == [f"slot/{10 * size}"]
 
 
 def test_before_the_first_block_nothing_is_judged(consortium_dir: Path, genesis: Genesis,

@@ -199,6 +199,11 @@ class BookCache:
         self._ledger = ledger
         self._endorser = endorser
         self._clock = clock
+        # The node's health component "books": False while the books could not be read
+        # again after a failed update, so they miss blocks (the endorser's options would be
+        # judged against a stale book); True once an update or a rebuild works.
+        self.on_health: Callable[[bool], None] = lambda healthy: None
+        self._current = True
         self._market = ledger.genesis.market
         self._lock = threading.Lock()
         self._books = self._new_books()
@@ -416,12 +421,24 @@ class BookCache:
         try:
             if result.first_number == self.height:
                 self._apply(result)
+                self._report(True)
                 return
             log.error("book cache at height %d given blocks from %d on; rebuilding",
                       self.height, result.first_number)
         except Exception:
             log.exception("book cache update for block %d failed; rebuilding", result.number)
-        self.rebuild(result.committed_state)
+        try:
+            self.rebuild(result.committed_state)
+        except Exception:
+            # Tried again with the next block; meanwhile the books miss blocks: not SERVING.
+            self._report(False)
+            raise
+        self._report(True)
+
+    def _report(self, current: bool) -> None:
+        if current != self._current:  # told only on a change
+            self._current = current
+            self.on_health(current)
 
     def _apply(self, result: CommitResult) -> None:
         """Apply a block, or a run of blocks read together from the committer's ledger: each

@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"the genesis max_tx_bytes ({genesis.limits.max_tx_bytes}) is too large "
                      "for the fronts' relay")
     health = HealthBoard()
+    books.on_health = health.reporter("books")
     # With fronts, the public port is served while one of them has its relay open.
     relayed = health.reporter("fronts") if args.fronts else None
     if relayed is not None:

@@ -346,8 +346,13 @@ def test_after_a_failed_update_and_rebuild_the_next_block_reads_the_books_again(
     """A block whose book update failed, and the rebuild after it too (a read error), left
     the books without it, and the next block was applied on top: matching went on against
     books missing an order, with nothing said. Blocks that do not follow the last one
-    applied now make the books be read again."""
+    applied now make the books be read again, and while they cannot be the endorser's
+    health component "books" says so (the books miss a block: options judged against them
+    would be stale), until a rebuild works."""
     books = endorser.servicer.books
+    health: list[bool] = []
+    books.on_health = health.append
+    original_rebuild = books.rebuild
 
     def fails(*_args: object) -> None:
         raise OSError(5, "Input/output error")
@@ -359,7 +364,17 @@ def test_after_a_failed_update_and_rebuild_the_next_block_reads_the_books_again(
         with pytest.raises(OSError):  # the follower logs and counts it (pass_on)
             endorser.commit_broadcast()
     assert endorser.book() == ([], [])  # the books missed the ask
+    assert health == [False]
     endorser.accept("meter-3", endorser.request("meter-3", terms("meter-3", BUY, ASK - 1000,
                                                                   1000)))
+    rebuilt: list[int] = []
+
+    def rebuild(*args: object) -> None:
+        rebuilt.append(1)
+        original_rebuild(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(books, "rebuild", rebuild)
     assert endorser.commit_broadcast() == [Code.TX_VALIDATION_CODE_VALID]
+    assert rebuilt == [1]
     assert endorser.book() == ([(ASK - 1000, 1000, 1)], [(ASK, 2000, 1)])
+    assert health == [False, True]

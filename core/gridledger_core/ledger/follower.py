@@ -25,10 +25,12 @@ every orderer sending a block this node refuses. The first block committed after
 behind SERVING. One frozen because no orderer can be reached (all down, or partitioned away)
 is not the node's fault: it stays SERVING (its reads are valid as of its height, and a
 restart by its liveness probe would not help, only delay its return) and counts every
-failed stream (`{reason="deliver"}`). The alerts catch what matters of it: the orderers down
-(GridLedgerOrdererQuorumLost), or the node cut off from orderers that go on making blocks
-(GridLedgerCommitterBehindOrderers, once it is 10 blocks behind for 5 minutes); cut off
-from an idle cluster, it misses nothing.
+failed stream (`{reason="deliver"}`). The alerts catch it: the orderers down
+(GridLedgerOrdererQuorumLost), the node cut off from orderers that go on making blocks
+(GridLedgerCommitterBehindOrderers, once it is 10 blocks behind for 5 minutes), and the node
+cut off from every orderer for 5 minutes, an idle cluster's too
+(GridLedgerNodeCutOffFromOrderers, from `..._follower_orderer_contact_timestamp_seconds`:
+a connection that came up counts, since an idle cluster's stream delivers nothing).
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ FOLLOWER_FAILURES = Counter("gridledger_ledger_follower_failures",
                             "Failures of the block follower, by reason.", ["reason"])
 FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
                          "1 while the block follower can commit, 0 while it is failing.")
+ORDERER_CONTACT = Gauge("gridledger_ledger_follower_orderer_contact_timestamp_seconds",
+                        "When the block follower last reached an orderer (Unix time): a block "
+                        "delivered, or a Deliver stream whose connection was up; its start "
+                        "before the first.")
 
 # Called with (healthy, why) when the follower's health changes; nodes set their gRPC
 # health status from it (NodeServer.set_serving).
@@ -198,6 +204,7 @@ class BlockFollower(Follower):
         self._waiting_since: float | None = None
         self._last_block_age = 0.0
         self._switch_to: int | None = None
+        ORDERER_CONTACT.set_to_current_time()  # a follower starting gets the alert's grace
         self._health = FollowerHealth("block follower", ledger, on_health)
         self._rejected_in_a_row = 0
         publish_tip(ledger.chain)
@@ -265,6 +272,9 @@ class BlockFollower(Follower):
         """Stream blocks from one orderer until it fails or goes quiet; True if any committed."""
         progressed = False
         with secure_channel(address, self._tls) as channel:
+            # Done once the connection (TLS included) is up: on an idle cluster the stream
+            # delivers nothing, and only this tells the orderer was reached.
+            connected = grpc.channel_ready_future(channel)
             stub = orderer_pb2_grpc.OrdererServiceStub(channel)
             call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=self._ledger.height,
                                                            follow=True))
@@ -287,6 +297,9 @@ class BlockFollower(Follower):
                 self._waiting_since = None
                 watchdog.stop()
                 call.cancel()
+                if connected.done() and not connected.cancelled():
+                    ORDERER_CONTACT.set_to_current_time()
+                connected.cancel()
         return progressed
 
     def _watch_lag(self) -> None:
@@ -330,6 +343,7 @@ class BlockFollower(Follower):
         COMMIT_SECONDS.observe(time.perf_counter() - start)
         # Its stamp as the commit verified it (a block refused sets nothing).
         self._last_block_age = time.time() - result.block_time
+        ORDERER_CONTACT.set_to_current_time()
         publish_tip(self._ledger.chain)
         self._rejected_in_a_row = 0
         if not self.healthy:

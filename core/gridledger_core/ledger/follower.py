@@ -30,7 +30,8 @@ failed stream (`{reason="deliver"}`). The alerts catch it: the orderers down
 (GridLedgerCommitterBehindOrderers, once it is 10 blocks behind for 5 minutes), and the node
 cut off from every orderer for 5 minutes, an idle cluster's too
 (GridLedgerNodeCutOffFromOrderers, from `..._follower_orderer_contact_timestamp_seconds`:
-a connection that came up counts, since an idle cluster's stream delivers nothing).
+an idle cluster's stream delivers nothing, so a stream this node ended itself on a live
+connection counts; one refused after the handshake does not).
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
                          "1 while the block follower can commit, 0 while it is failing.")
 ORDERER_CONTACT = Gauge("gridledger_ledger_follower_orderer_contact_timestamp_seconds",
                         "When the block follower last reached an orderer (Unix time): a block "
-                        "delivered, or a Deliver stream whose connection was up; its start "
-                        "before the first.")
+                        "delivered, or a Deliver stream answered (an idle one ended by this "
+                        "node on a live connection); its start before the first; 0 in a "
+                        "process without a block follower.")
 
 # Called with (healthy, why) when the follower's health changes; nodes set their gRPC
 # health status from it (NodeServer.set_serving).
@@ -281,6 +283,7 @@ class BlockFollower(Follower):
             self._call = call
             watchdog = _IdleWatchdog(call, self._idle_timeout)
             responses = iter(call)
+            reached = False  # the orderer answered the stream, not refused it
             try:
                 while not self._stop.is_set():
                     self._waiting_since = time.monotonic()
@@ -293,13 +296,21 @@ class BlockFollower(Follower):
                     watchdog.touch()
                     self._commit(response.block)
                     progressed = True
+                reached = True
+            except grpc.RpcError as exc:
+                # Cancelled by this node (its idle watchdog, the lag watch) on a connection
+                # that came up: reached. Any other status, such as a refusal after the
+                # handshake (a role, a member's share), or a connection never up: not.
+                reached = (exc.code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+                           and connected.done() and not connected.cancelled())
+                raise
             finally:
                 self._waiting_since = None
                 watchdog.stop()
                 call.cancel()
-                if connected.done() and not connected.cancelled():
-                    ORDERER_CONTACT.set_to_current_time()
                 connected.cancel()
+                if reached:
+                    ORDERER_CONTACT.set_to_current_time()
         return progressed
 
     def _watch_lag(self) -> None:

@@ -91,9 +91,10 @@ class Issuer:
                 passes.passed()
             except Exception as exc:
                 self.status = f"error: {exc}"
+                failed = passes.failed(cause=exc)
                 if away(exc):
-                    log.info("issuing waits (%d in a row): %s", passes.failed(away=True), exc)
+                    log.info("issuing waits (%d in a row): %s", failed, exc)
                 else:
-                    log.warning("issuing failed (%d in a row): %s", passes.failed(), exc)
+                    log.warning("issuing failed (%d in a row): %s", failed, exc)
             wake.wait(3.0)
             wake.clear()

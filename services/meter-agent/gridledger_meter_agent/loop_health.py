@@ -8,8 +8,9 @@ what only a peer's conduct can fail (a neighbour that does not answer, a plant t
 terms): another member must not be able to take this agent out of service. The endorser or
 committer away (`away`) is no failure of the loop's: counted toward liveness, the liveness
 probe would restart the agent through the outage (into CrashLoopBackOff, delaying its
-return), which mends nothing; it counts toward readiness, which takes the agent out of
-service until its ledger is back."""
+return), which mends nothing; unreachable (`unreachable`), it counts toward readiness,
+which takes the agent out of service until its ledger is back; busy (RESOURCE_EXHAUSTED,
+which other members' load can cause), toward nothing."""
 
 from __future__ import annotations
 
@@ -23,13 +24,27 @@ UNHEALTHY_AFTER = 3  # passes failed in a row before the agent is NOT_SERVING
 
 
 def away(exc: BaseException) -> bool:
-    """The endorser or committer away for now (a transient gRPC status, or a timeout): not
-    the loop's failure. Counted, it would have the liveness probe restart the agent through
-    the outage (into CrashLoopBackOff, delaying its return), which mends nothing."""
+    """The endorser or committer away or busy for now (a transient gRPC status, or a
+    timeout): not the loop's failure. Counted, it would have the liveness probe restart the
+    agent through the outage (into CrashLoopBackOff, delaying its return), which mends
+    nothing."""
     if isinstance(exc, TimeoutError):
         return True
-    code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
-    return code in TRANSIENT
+    return _code(exc) in TRANSIENT
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Of `away`: the endorser or committer cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED,
+    a timeout), which takes the agent out of service (readiness). Not RESOURCE_EXHAUSTED:
+    busy with other members' calls (the endorser's admission bound), which must not take
+    this agent out of service."""
+    if isinstance(exc, TimeoutError):
+        return True
+    return _code(exc) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _code(exc: BaseException) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
 
 
 class FailingPasses:
@@ -41,32 +56,35 @@ class FailingPasses:
         self._unhealthy_after = unhealthy_after
         self._healthy = True
         self._ready = True
-        self.in_a_row = 0  # passes failed in a row, whatever the reason (for backoff)
+        self.in_a_row = 0  # passes failed in a row, whatever the cause (for backoff)
         self._own = 0  # of which the loop's own failures
-        self._away = 0  # of which its endorser or committer away
+        self._unreachable = 0  # of which its endorser or committer unreachable
 
-    def passed(self, healthy_otherwise: bool = True) -> None:
-        """A pass worked (`healthy_otherwise`: the loop's other conditions hold)."""
-        self.in_a_row = self._own = self._away = 0
-        self._report(healthy_otherwise)
+    def passed(self, healthy_otherwise: bool = True, ready_otherwise: bool = True) -> None:
+        """A pass worked (`healthy_otherwise`, `ready_otherwise`: the loop's other
+        conditions hold, e.g. no slot failing again and again)."""
+        self.in_a_row = self._own = self._unreachable = 0
+        self._report(healthy_otherwise, ready_otherwise)
 
-    def failed(self, healthy_otherwise: bool = True, *, away: bool = False) -> int:
-        """A pass failed, on the loop's own account or (`away`) because its endorser or
-        committer is away; how many passes have failed in a row."""
+    def failed(self, healthy_otherwise: bool = True, *, cause: BaseException | None = None,
+               ready_otherwise: bool = True) -> int:
+        """A pass failed (`cause`: the exception that ended it): on the loop's own account,
+        or with its endorser or committer away (`away`: unreachable counts toward readiness,
+        busy toward nothing); how many passes have failed in a row."""
         self.in_a_row += 1
-        if away:
-            self._away += 1
-        else:
+        if cause is None or not away(cause):
             self._own += 1
-        self._report(healthy_otherwise)
+        elif unreachable(cause):
+            self._unreachable += 1
+        self._report(healthy_otherwise, ready_otherwise)
         return self.in_a_row
 
-    def _report(self, healthy_otherwise: bool) -> None:
+    def _report(self, healthy_otherwise: bool, ready_otherwise: bool) -> None:
         healthy = self._own < self._unhealthy_after and healthy_otherwise
         if healthy != self._healthy:  # told only on a change
             self._healthy = healthy
             self._on_health(healthy)
-        ready = self._away < self._unhealthy_after
+        ready = self._unreachable < self._unhealthy_after and ready_otherwise
         if ready != self._ready:
             self._ready = ready
             self._on_ready(ready)

@@ -224,9 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 trader = presale.PresaleTrader(identity, genesis, ledger, policy,
                                                journal=journal)
                 on_health = health.reporter("presale")
-                on_ready = health.readiness("presale.ledger")
                 threads.append(threading.Thread(
-                    target=lambda: history_in.wait() and trader.run(stop, on_health, on_ready),
+                    target=lambda: history_in.wait() and trader.run(stop, on_health),
                     name="presale", daemon=True))
         elif args.mode == "issuer":
             parts.issuer = Issuer(identity, genesis, ledger)

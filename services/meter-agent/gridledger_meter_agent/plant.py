@@ -158,11 +158,11 @@ class PlantAgent:
             except Exception as exc:
                 ENERGY_ERRORS.labels("announce").inc()
                 self.status = f"cannot announce: {exc}"
+                failed = passes.failed(cause=exc)
                 if away(exc):
-                    log.info("announcement waits (%d in a row): %s", passes.failed(away=True),
-                             exc)
+                    log.info("announcement waits (%d in a row): %s", failed, exc)
                 else:
-                    log.warning("announcement failed (%d in a row): %s", passes.failed(), exc)
+                    log.warning("announcement failed (%d in a row): %s", failed, exc)
                 ok = False
             stop.wait(self.config.announce_seconds if ok else 3.0)
 

@@ -59,7 +59,7 @@ from gridledger_core.market.option_check import OptionRefused, accept_option
 from gridledger_core.rpc.backoff import Backoff, retry_after_ms
 from gridledger_core.signing_identity import SigningIdentity, envelope_tx_id
 from gridledger_meter_agent.ledger_client import TRANSIENT, LedgerClient, Refused, readings
-from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses, away
+from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses
 from gridledger_meter_agent.placements import PendingRequest, Placement, PlacementJournal
 
 log = logging.getLogger(__name__)
@@ -414,21 +414,17 @@ class PresaleTrader:
         return Outcome.GATE_CLOSED
 
     def run(self, stop: threading.Event,
-            on_health: Callable[[bool], None] = lambda healthy: None,
-            on_ready: Callable[[bool], None] = lambda ready: None) -> None:
+            on_health: Callable[[bool], None] = lambda healthy: None) -> None:
         """Trade until stopped. A step that fails unexpectedly (a bug, the journal's disk)
         is logged; UNHEALTHY_AFTER of them in a row are reported unhealthy (the node goes
         NOT_SERVING, not silent: one passing failure must not get the agent restarted)
-        until a step completes again; as many steps finding the committer or endorser away
-        make it not ready; the thread goes on either way."""
+        until a step completes again; the thread goes on either way."""
         wait = self._policy.every_seconds
-        steps = FailingPasses(on_health, on_ready)
+        steps = FailingPasses(on_health)
         while not stop.wait(wait):
             try:
                 self.step()
             except grpc.RpcError as exc:  # the committer is away (forecast): next round
-                if away(exc):
-                    steps.failed(away=True)
                 log.info("pre-sale step skipped: %s", exc.code())  # type: ignore[attr-defined]
             except Exception:
                 log.exception("pre-sale step failed (%d in a row; NOT_SERVING from %d)",

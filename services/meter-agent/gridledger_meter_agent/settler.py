@@ -44,7 +44,12 @@ from gridledger_core.ledger import schema
 from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused
-from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses, away
+from gridledger_meter_agent.loop_health import (
+    UNHEALTHY_AFTER,
+    FailingPasses,
+    away,
+    unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +81,18 @@ IMBALANCE_WH = Counter("gridledger_settler_imbalance_wh",
 class _Retry:
     """Backoff state of one slot or contract that failed."""
 
-    failures: int = 0
-    not_before: float = 0.0
-    away: bool = False  # the last failure was the endorser or committer away
+    failures: int = 0  # of every kind, for the backoff
+    own: int = 0  # its own failures (refused, invalid, a bug) since it last worked
+    unreachable: int = 0  # the endorser or committer unreachable, in a row
 
-    def failed(self, now: float, away: bool) -> None:
+    def failed(self, now: float, cause: BaseException | None) -> None:
+        """`cause`: the exception the submission ended with (None: refused or invalid)."""
         self.failures += 1
-        self.away = away
+        if cause is None or not away(cause):
+            self.own += 1
+            self.unreachable = 0
+        elif unreachable(cause):
+            self.unreachable += 1
         self.not_before = now + min(RETRY_FIRST_S * 2 ** (self.failures - 1), RETRY_MAX_S)
 
 
@@ -235,11 +245,11 @@ class Settler:
                 self.identity.new_transaction(body_field, body),  # type: ignore[arg-type]
                 timeout=COMMIT_TIMEOUT_S)
         except Refused as exc:
-            reason, detail, was_away = exc.status.name, exc.details, False
+            reason, detail, cause = exc.status.name, exc.details, None
         except (grpc.RpcError, TimeoutError) as exc:
-            reason, detail, was_away = type(exc).__name__, str(exc), away(exc)
+            reason, detail, cause = type(exc).__name__, str(exc), exc
         else:
-            was_away = False
+            cause = None
             if code == Code.TX_VALIDATION_CODE_VALID:
                 self.retries.pop(key, None)
                 log.info("%s %s committed (%s)", what, key, tx_id)
@@ -251,7 +261,7 @@ class Settler:
             return ALREADY_DONE
         SUBMIT_FAILURES.labels(what, reason).inc()
         retry = self.retries.setdefault(key, _Retry())
-        retry.failed(self.clock(), was_away)
+        retry.failed(self.clock(), cause)
         log.warning("%s %s failed (%d in a row): %s %s", what, key, retry.failures, reason,
                     detail)
         return FAILED
@@ -278,24 +288,30 @@ class Settler:
             LAST_SETTLED.set(slot)
 
     def stuck(self) -> list[str]:
-        """Slots and contracts that failed UNHEALTHY_AFTER times in a row or more, the last
-        time not for their endorser or committer being away."""
-        return sorted(k for k, r in self.retries.items()
-                      if r.failures >= UNHEALTHY_AFTER and not r.away)
+        """Slots and contracts that failed UNHEALTHY_AFTER times or more on their own account
+        (refused, invalid), not counting their endorser or committer away."""
+        return sorted(k for k, r in self.retries.items() if r.own >= UNHEALTHY_AFTER)
+
+    def waiting(self) -> list[str]:
+        """Slots and contracts whose last UNHEALTHY_AFTER submissions or more found their
+        endorser or committer unreachable."""
+        return sorted(k for k, r in self.retries.items() if r.unreachable >= UNHEALTHY_AFTER)
 
     def run(self, stop: threading.Event, wake: threading.Event,
             on_health: Callable[[bool], None] = lambda serving: None,
             on_ready: Callable[[bool], None] = lambda ready: None) -> None:
         """Passes until stopped: after every commit (wake) or every few seconds. Not live
         (`on_health`) while its own passes fail or some slot or contract keeps failing; not
-        ready (`on_ready`) while passes find its committer or endorser away."""
+        ready (`on_ready`) while passes, or the submissions of a slot or contract, find its
+        committer or endorser unreachable."""
         passes = FailingPasses(on_health, on_ready)
         while not stop.is_set():
             try:
                 self.run_once()
-                passes.passed(not self.stuck())
+                passes.passed(not self.stuck(), not self.waiting())
             except Exception as exc:  # the committer away, a bug: say so, retry
-                failed = passes.failed(not self.stuck(), away=away(exc))
+                failed = passes.failed(not self.stuck(), cause=exc,
+                                       ready_otherwise=not self.waiting())
                 self.status = f"error: {exc}"
                 log.warning("settlement pass failed (%d in a row): %s", failed, exc)
             if stop.wait(MIN_PASS_INTERVAL_S):

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 from prometheus_client import REGISTRY
 from signed_blocks import DeliverServer, wait_for
 
+from gridledger.orderer.v1 import orderer_pb2, orderer_pb2_grpc
 from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.follower import BlockFollower
 from gridledger_core.ledger.ledger import Ledger
-from gridledger_core.rpc.tls import TlsFiles
+from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 from gridledger_core.storage import MemoryStore
 
 CONTACT = "gridledger_ledger_follower_orderer_contact_timestamp_seconds"
@@ -51,6 +55,35 @@ def test_an_idle_orderer_reached_counts_as_contact(consortium_dir: Path,
     finally:
         follower.stop()
         orderer.stop()
+
+
+class _Refusing(orderer_pb2_grpc.OrdererServiceServicer):
+    """An orderer that refuses this node's Deliver after the handshake (its role, its
+    member's share), as a hostile or misconfigured one may."""
+
+    def Deliver(self, request: orderer_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not for you")
+        yield orderer_pb2.DeliverResponse()  # never reached
+
+
+def test_an_orderer_that_refuses_the_stream_is_no_contact(consortium_dir: Path,
+                                                         genesis: Genesis) -> None:
+    """Its connection comes up (TLS and all), yet the node gets no block from it."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=SERVER_OPTIONS)
+    orderer_pb2_grpc.add_OrdererServiceServicer_to_server(_Refusing(), server)
+    port = server.add_secure_port(
+        "localhost:0", TlsFiles.for_node(consortium_dir, "orderer-1").server_credentials())
+    server.start()
+    follower = _follower(consortium_dir, genesis, f"localhost:{port}")
+    started = contact()
+    follower.start()
+    try:
+        time.sleep(4 * IDLE_TIMEOUT)  # several streams opened and refused
+    finally:
+        follower.stop()
+        server.stop(0).wait()
+    assert contact() == started
 
 
 def test_no_orderer_reached_leaves_the_last_contact_as_it_was(consortium_dir: Path,

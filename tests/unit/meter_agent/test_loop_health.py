@@ -18,7 +18,12 @@ from grpc_helpers import StatusError
 from gridledger_core.genesis import Genesis
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.issuer import Issuer
-from gridledger_meter_agent.loop_health import UNHEALTHY_AFTER, FailingPasses, away
+from gridledger_meter_agent.loop_health import (
+    UNHEALTHY_AFTER,
+    FailingPasses,
+    away,
+    unreachable,
+)
 from gridledger_meter_agent.plant import PlantAgent, PlantConfig
 
 
@@ -39,20 +44,38 @@ def test_unhealthy_after_failures_in_a_row_and_healthy_after_one_pass() -> None:
     assert told == [False, True, False]
 
 
-def test_passes_finding_the_ledger_away_turn_readiness_off_and_leave_liveness_on() -> None:
+def test_passes_finding_the_ledger_unreachable_turn_readiness_off_and_leave_liveness_on(
+        ) -> None:
     live: list[bool] = []
     ready: list[bool] = []
     passes = FailingPasses(live.append, ready.append)
-    assert [passes.failed(away=True) for _ in range(UNHEALTHY_AFTER)] == list(
+    away_now = StatusError(grpc.StatusCode.UNAVAILABLE, "committer away")
+    assert [passes.failed(cause=away_now) for _ in range(UNHEALTHY_AFTER)] == list(
         range(1, UNHEALTHY_AFTER + 1))  # the count for backoff is of every failed pass
     assert (live, ready) == ([], [False])
     for _ in range(UNHEALTHY_AFTER - 1):
-        passes.failed()  # its own failures among them are counted apart
+        passes.failed(cause=OSError(28, "No space left on device"))  # counted apart
     assert live == []
     passes.failed()
     assert (live, ready) == ([False], [False])
     passes.passed()
     assert (live, ready) == ([False, True], [False, True])
+    passes.passed(ready_otherwise=False)  # the loop's own condition (a slot waiting)
+    assert ready == [False, True, False]
+
+
+def test_an_endorser_busy_with_other_members_turns_nothing_off() -> None:
+    """RESOURCE_EXHAUSTED (the endorser's admission bound, which other members' load
+    fills) is no failure of the loop's, nor a reason to take it out of service: another
+    member must not be able to do that."""
+    live: list[bool] = []
+    ready: list[bool] = []
+    passes = FailingPasses(live.append, ready.append)
+    busy = StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, "admission bound reached")
+    assert away(busy) and not unreachable(busy)
+    for _ in range(3 * UNHEALTHY_AFTER):
+        passes.failed(cause=busy)
+    assert (live, ready, passes.in_a_row) == ([], [], 3 * UNHEALTHY_AFTER)
 
 
 def _passes_then_stop(stop: threading.Event, wake: threading.Event | None

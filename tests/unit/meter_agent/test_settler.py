@@ -294,26 +294,78 @@ def test_the_loop_is_not_ready_while_its_committer_is_away_and_not_live_while_it
     assert (health, ready) == ([False, True], [False, True])
 
 
-def test_slots_failing_because_the_endorser_is_away_are_not_stuck(
+def test_slots_failing_because_the_endorser_is_unreachable_wait_and_are_not_stuck(
         consortium_dir: Path, genesis: Genesis, net: FakeNetwork,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slot whose submissions find the endorser away is retried with backoff, and does
-    not make the agent unhealthy (which its liveness probe would answer with a restart);
-    one refused for a reason of its own does."""
+    """A slot whose submissions find the endorser unreachable is retried with backoff; it
+    takes the agent out of service (readiness) and does not make it unhealthy (which its
+    liveness probe would answer with a restart). Refused for its own reasons as often, it is
+    stuck, whatever failures of the other kind came between."""
     size = genesis.market.slot_seconds
     net.trade(10 * size, 1)
     net.block_time = 20 * size + genesis.reading_submission_window_seconds
     clock = Clock()
     agent = _settler(consortium_dir, genesis, net, clock)
     monkeypatch.setattr(agent.ledger, "sleep", lambda _seconds: None)  # its retries' backoff
-    net.refuse = grpc.StatusCode.UNAVAILABLE
-    for _ in range(settler_mod.UNHEALTHY_AFTER + 1):
-        assert agent.run_once().failed == [f"slot/{10 * size}"]
+    slot = f"slot/{10 * size}"
+
+    def attempt() -> None:
+        assert agent.run_once().failed == [slot]
         clock.now += settler_mod.RETRY_MAX_S
-    assert agent.stuck() == []
+
+    net.refuse = grpc.StatusCode.UNAVAILABLE
+    for _ in range(settler_mod.UNHEALTHY_AFTER):
+        attempt()
+    assert (agent.stuck(), agent.waiting()) == ([], [slot])
+    net.refuse = grpc.StatusCode.RESOURCE_EXHAUSTED  # busy: neither
+    attempt()
+    assert (agent.stuck(), agent.waiting()) == ([], [slot])
     net.refuse = grpc.StatusCode.FAILED_PRECONDITION
-    assert agent.run_once().failed == [f"slot/{10 * size}"]
-    assert agent.stuck() == [f"slot/{10 * size}"]
+    for _ in range(settler_mod.UNHEALTHY_AFTER - 1):
+        attempt()
+    assert (agent.stuck(), agent.waiting()) == ([], [])  # refused: not waiting any more
+    net.refuse = grpc.StatusCode.UNAVAILABLE
+    attempt()  # an outage between does not reset what the slot did itself
+    net.refuse = grpc.StatusCode.FAILED_PRECONDITION
+    attempt()
+    assert agent.stuck() == [slot]
+
+
+def test_the_loop_is_not_ready_while_submissions_find_the_endorser_unreachable(
+        consortium_dir: Path, genesis: Genesis, net: FakeNetwork,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The committer answers, so every pass completes; only the slot's submissions fail,
+    the endorser unreachable: the agent is out of service, live, until the slot settles."""
+    monkeypatch.setattr(settler_mod, "MIN_PASS_INTERVAL_S", 0.0)
+    size = genesis.market.slot_seconds
+    net.trade(10 * size, 1)
+    net.block_time = 20 * size + genesis.reading_submission_window_seconds
+    clock = Clock()
+    agent = _settler(consortium_dir, genesis, net, clock)
+    monkeypatch.setattr(agent.ledger, "sleep", lambda _seconds: None)
+    net.refuse = grpc.StatusCode.UNAVAILABLE
+    health: list[bool] = []
+    ready: list[bool] = []
+    stop, wake = threading.Event(), threading.Event()
+    run_once = agent.run_once
+    passes = 0
+
+    def one_pass() -> settler_mod.PassResult:
+        nonlocal passes
+        passes += 1
+        clock.now += settler_mod.RETRY_MAX_S  # past each backoff
+        wake.set()  # no waiting between passes in the test
+        if passes == settler_mod.UNHEALTHY_AFTER + 1:
+            net.refuse = None  # the endorser is back
+        if passes == settler_mod.UNHEALTHY_AFTER + 2:
+            stop.set()
+        return run_once()
+
+    agent.run_once = one_pass  # type: ignore[method-assign]
+    wake.set()
+    agent.run(stop, wake, health.append, ready.append)
+    assert (health, ready) == ([], [False, True])
+    assert _settled_slots(net) == [10 * size]
 
 
 def test_before_the_first_block_nothing_is_judged(consortium_dir: Path, genesis: Genesis,

@@ -57,6 +57,9 @@ MAX_PROBES = 200  # slot probes per pass (2 committer calls each)
 MAX_SUBMITS = 10  # transactions per pass
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
+# A slot whose last submission found the endorser unreachable is tried again within this: its
+# settlement (and the agent's readiness) comes back soon after the endorser does.
+UNREACHABLE_RETRY_MAX_S = 30.0
 COMMIT_TIMEOUT_S = 60.0
 MIN_PASS_INTERVAL_S = 1.0  # at most one pass per second, however fast blocks come
 COMMITTED, ALREADY_DONE, FAILED = "committed", "already done", "failed"
@@ -88,12 +91,14 @@ class _Retry:
     def failed(self, now: float, cause: BaseException | None) -> None:
         """`cause`: the exception the submission ended with (None: refused or invalid)."""
         self.failures += 1
+        cap = RETRY_MAX_S
         if cause is None or not away(cause):
             self.own += 1
             self.unreachable = 0
         elif unreachable(cause):
             self.unreachable += 1
-        self.not_before = now + min(RETRY_FIRST_S * 2 ** (self.failures - 1), RETRY_MAX_S)
+            cap = UNREACHABLE_RETRY_MAX_S
+        self.not_before = now + min(RETRY_FIRST_S * 2 ** (self.failures - 1), cap)
 
 
 @dataclass

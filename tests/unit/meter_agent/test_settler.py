@@ -317,6 +317,10 @@ def test_slots_failing_because_the_endorser_is_unreachable_wait_and_are_not_stuc
     for _ in range(settler_mod.UNHEALTHY_AFTER):
         attempt()
     assert (agent.stuck(), agent.waiting()) == ([], [slot])
+    for _ in range(5):  # a long outage: tried again within the short cap, not 5 minutes
+        attempt()
+    waits = agent.retries[slot].not_before - (clock.now - settler_mod.RETRY_MAX_S)
+    assert waits == settler_mod.UNREACHABLE_RETRY_MAX_S
     net.refuse = grpc.StatusCode.RESOURCE_EXHAUSTED  # busy: neither
     attempt()
     assert (agent.stuck(), agent.waiting()) == ([], [slot])

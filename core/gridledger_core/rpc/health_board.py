@@ -62,8 +62,7 @@ class HealthBoard:
         role's service NOT_SERVING."""
         with self._lock:
             self._readiness_only.add(component)
-        COMPONENT_HEALTHY.labels(component).set(1)
-        return lambda ready: self._report(component, ready)
+        return self.reporter(component)
 
     @property
     def failing(self) -> frozenset[str]:

@@ -43,6 +43,18 @@ def unreachable(exc: BaseException) -> bool:
     return _code(exc) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+OWN, UNREACHABLE, BUSY = "own", "unreachable", "busy"
+
+
+def kind_of(cause: BaseException | None) -> str:
+    """How a failure counts: OWN (toward liveness; None stands for a refusal or an invalid
+    commit), UNREACHABLE (toward readiness) or BUSY (toward neither). The one rule for every
+    loop, and for the settler's slots."""
+    if cause is None or not away(cause):
+        return OWN
+    return UNREACHABLE if unreachable(cause) else BUSY
+
+
 def _code(exc: BaseException) -> grpc.StatusCode | None:
     return exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
 
@@ -72,9 +84,10 @@ class FailingPasses:
         or with its endorser or committer away (`away`: unreachable counts toward readiness,
         busy toward nothing); how many passes have failed in a row."""
         self.in_a_row += 1
-        if cause is None or not away(cause):
+        kind = kind_of(cause)
+        if kind == OWN:
             self._own += 1
-        elif unreachable(cause):
+        elif kind == UNREACHABLE:
             self._unreachable += 1
         self._report(healthy_otherwise, ready_otherwise)
         return self.in_a_row

@@ -45,10 +45,11 @@ from gridledger_core.ledger.errors import Code
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_meter_agent.ledger_client import LedgerClient, Refused
 from gridledger_meter_agent.loop_health import (
+    OWN,
     UNHEALTHY_AFTER,
+    UNREACHABLE,
     FailingPasses,
-    away,
-    unreachable,
+    kind_of,
 )
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,13 @@ class _Retry:
     def failed(self, now: float, cause: BaseException | None) -> None:
         """`cause`: the exception the submission ended with (None: refused or invalid)."""
         self.failures += 1
-        cap = RETRY_MAX_S
-        if cause is None or not away(cause):
+        kind = kind_of(cause)
+        if kind == OWN:
             self.own += 1
             self.unreachable = 0
-        elif unreachable(cause):
+        elif kind == UNREACHABLE:
             self.unreachable += 1
-            cap = UNREACHABLE_RETRY_MAX_S
+        cap = UNREACHABLE_RETRY_MAX_S if kind == UNREACHABLE else RETRY_MAX_S
         self.not_before = now + min(RETRY_FIRST_S * 2 ** (self.failures - 1), cap)
 
 

@@ -30,8 +30,8 @@ failed stream (`{reason="deliver"}`). The alerts catch it: the orderers down
 (GridLedgerCommitterBehindOrderers, once it is 10 blocks behind for 5 minutes), and the node
 cut off from every orderer for 5 minutes, an idle cluster's too
 (GridLedgerNodeCutOffFromOrderers, from `..._follower_orderer_contact_timestamp_seconds`:
-an idle cluster's stream delivers nothing, so a stream this node ended itself on a live
-connection counts; one refused after the handshake does not).
+an idle cluster's stream delivers nothing, so a stream the orderer answered with its
+opening header counts; one refused after the handshake does not).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from gridledger_core.ledger.errors import code_name
 from gridledger_core.ledger.ledger import BlockRejected, CommitResult, Ledger
 from gridledger_core.ledger.orderer_probe import OrdererProbe
 from gridledger_core.rpc.errors import describe_rpc_error
+from gridledger_core.rpc.height_notifier import STREAM_OPEN
 from gridledger_core.rpc.tls import TlsFiles, secure_channel
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ FOLLOWER_HEALTHY = Gauge("gridledger_ledger_follower_healthy",
                          "1 while the block follower can commit, 0 while it is failing.")
 ORDERER_CONTACT = Gauge("gridledger_ledger_follower_orderer_contact_timestamp_seconds",
                         "When the block follower last reached an orderer (Unix time): a block "
-                        "delivered, or a Deliver stream answered (an idle one ended by this "
-                        "node on a live connection); its start before the first; 0 in a "
+                        "delivered, or a Deliver stream the orderer answered (its opening "
+                        "header, on an idle cluster too); its start before the first; 0 in a "
                         "process without a block follower.")
 
 # Called with (healthy, why) when the follower's health changes; nodes set their gRPC
@@ -274,16 +275,12 @@ class BlockFollower(Follower):
         """Stream blocks from one orderer until it fails or goes quiet; True if any committed."""
         progressed = False
         with secure_channel(address, self._tls) as channel:
-            # Done once the connection (TLS included) is up: on an idle cluster the stream
-            # delivers nothing, and only this tells the orderer was reached.
-            connected = grpc.channel_ready_future(channel)
             stub = orderer_pb2_grpc.OrdererServiceStub(channel)
             call = stub.Deliver(orderer_pb2.DeliverRequest(start_number=self._ledger.height,
                                                            follow=True))
             self._call = call
             watchdog = _IdleWatchdog(call, self._idle_timeout)
             responses = iter(call)
-            reached = False  # the orderer answered the stream, not refused it
             try:
                 while not self._stop.is_set():
                     self._waiting_since = time.monotonic()
@@ -296,20 +293,14 @@ class BlockFollower(Follower):
                     watchdog.touch()
                     self._commit(response.block)
                     progressed = True
-                reached = True
-            except grpc.RpcError as exc:
-                # Cancelled by this node (its idle watchdog, the lag watch) on a connection
-                # that came up: reached. Any other status, such as a refusal after the
-                # handshake (a role, a member's share), or a connection never up: not.
-                reached = (exc.code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
-                           and connected.done() and not connected.cancelled())
-                raise
             finally:
                 self._waiting_since = None
                 watchdog.stop()
                 call.cancel()
-                connected.cancel()
-                if reached:
+                # The orderer answered the stream (its opening header), though on an idle
+                # cluster it delivered nothing: reached. Refused after the handshake (a role,
+                # a member's share) or never connected: no header.
+                if STREAM_OPEN in (call.initial_metadata() or ()):
                     ORDERER_CONTACT.set_to_current_time()
         return progressed
 

@@ -1,9 +1,15 @@
-"""Waking long-lived streams (Deliver, SubscribeCommits) when a chain grows."""
+"""Waking long-lived streams (Deliver, SubscribeCommits) when a chain grows, and the header
+a Deliver stream opens with."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+
+# An orderer's Deliver sends this as its headers at once, once the caller is let in: its
+# follower tells a stream the orderer answered (on an idle cluster it delivers nothing) from
+# one refused or never connected, which gRPC's client sees with the same empty headers.
+STREAM_OPEN = ("gridledger-stream", "open")
 
 
 class HeightNotifier:

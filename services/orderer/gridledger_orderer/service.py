@@ -25,7 +25,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.errors import TxInvalid
 from gridledger_core.rpc.authz import current_caller
 from gridledger_core.rpc.errors import abort_invalid, status_of
-from gridledger_core.rpc.height_notifier import HeightNotifier
+from gridledger_core.rpc.height_notifier import STREAM_OPEN, HeightNotifier
 from gridledger_orderer.limits import PeerBudget, StreamSlots
 from gridledger_orderer.node import INBOUND_DROPPED, NotDurable, OrdererNode, Overloaded, PoolRoom
 from gridledger_orderer.store import OrdererStore, tx_id_of
@@ -238,6 +238,7 @@ class OrdererServicer(orderer_pb2_grpc.OrdererServiceServicer):
     def Deliver(self, request: orderer_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
         with _slot(self._delivers, "deliver", context, _client(context)):
+            context.send_initial_metadata((STREAM_OPEN,))  # answered (height_notifier.py)
             yield from self._deliver(request, context)
 
     def _deliver(self, request: orderer_pb2.DeliverRequest,

@@ -22,6 +22,9 @@ class FakeContext:
     def set_trailing_metadata(self, metadata: object) -> None:
         self.trailers = metadata
 
+    def send_initial_metadata(self, metadata: object) -> None:
+        self.headers = metadata
+
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}  # no TLS peer: the interceptor's verdict (authz._CALLER) is what counts
 

@@ -31,6 +31,7 @@ from gridledger_core.genesis import Genesis
 from gridledger_core.ledger.audit import verify_ledger
 from gridledger_core.ledger.block_proof import block_verifier
 from gridledger_core.ledger.ledger import CommitResult, Ledger
+from gridledger_core.rpc.height_notifier import STREAM_OPEN
 from gridledger_core.rpc.tls import SERVER_OPTIONS, TlsFiles
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
@@ -112,6 +113,7 @@ class _Deliver(orderer_pb2_grpc.OrdererServiceServicer):
     def Deliver(self, request: orderer_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[orderer_pb2.DeliverResponse]:
         number = request.start_number
+        context.send_initial_metadata((STREAM_OPEN,))  # as a real orderer's Deliver opens
         while context.is_active():
             with self._grew:
                 if number >= len(self._blocks):

@@ -8,10 +8,15 @@ time, and the readings never reached a block. Now the endorser's watch of acknow
 (ack_watch.py) sends them again to the other orderers once overdue, orderer-1 is struck, and
 they commit. The endorser runs with `--ack-lost-after-s 5` (30 s by default, above a replica's
 lag bound: this network's replicas follow orderers that withhold nothing) so the test takes
-seconds, not half a minute."""
+seconds, not half a minute.
+
+The watch outlives the endorser (ack_journal.py): killed with SIGKILL within those seconds of
+its OK and started again, it still gets the dropped readings committed. Before, the watch
+was in memory only and they were lost for good."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,6 +64,21 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Network]:
         yield network
 
 
+@pytest.fixture(scope="module")
+def dropper(net: devnet.Network) -> Iterator[DroppingOrderer]:
+    """orderer-1 replaced, before any traffic, by one that acknowledges and drops."""
+    orderer = net.node("orderer-1")
+    devnet.stop_node(orderer)  # before any traffic: the endorser has not called it yet
+    dropping = DroppingOrderer()
+    server = grpc.server(ThreadPoolExecutor(4))
+    orderer_pb2_grpc.add_OrdererServiceServicer_to_server(dropping, server)
+    assert server.add_secure_port(orderer.grpc, TlsFiles.for_node(
+        net.consortium_dir, "orderer-1").server_credentials())
+    server.start()
+    yield dropping
+    server.stop(0)
+
+
 def committed(net: devnet.Network, tx_id: str) -> bool:
     try:
         committer_stub(net, "committer-1").GetTransaction(
@@ -68,30 +88,46 @@ def committed(net: devnet.Network, tx_id: str) -> bool:
     return True
 
 
-def test_readings_an_orderer_acknowledged_and_dropped_still_commit(net: devnet.Network) -> None:
-    orderer = net.node("orderer-1")
-    devnet.stop_node(orderer)  # before any traffic: the endorser has not called it yet
-    dropper = DroppingOrderer()
-    server = grpc.server(ThreadPoolExecutor(4))
-    orderer_pb2_grpc.add_OrdererServiceServicer_to_server(dropper, server)
-    assert server.add_secure_port(orderer.grpc, TlsFiles.for_node(
-        net.consortium_dir, "orderer-1").server_credentials())
-    server.start()
-    endorser = net.by_role("endorser")[0]
-    lost = 'gridledger_endorser_lost_acknowledgements_total{orderer="orderer-1"}'
+def submit(net: devnet.Network, meters: list[str], count: int) -> list[str]:
+    """`count` readings of `meters`, each told OK by the endorser; their tx ids."""
+    channel = secure_channel(net.by_role("endorser")[0].grpc, net.tls())
+    stub = endorser_pb2_grpc.EndorserServiceStub(channel)
+    tx_ids = []
     try:
-        channel = secure_channel(endorser.grpc, net.tls())
-        stub = endorser_pb2_grpc.EndorserServiceStub(channel)
-        readings = prepare_readings(net.consortium_dir, ["meter-1", "meter-2"], 4)
-        tx_ids = []
-        for envelope in readings:
+        for envelope in prepare_readings(net.consortium_dir, meters, count):
             answer = stub.SubmitTransaction(
                 endorser_pb2.SubmitTransactionRequest(envelope=envelope), timeout=30)
             tx_ids.append(answer.tx_id)
-        assert set(tx_ids) <= set(dropper.acknowledged), "orderer-1 was not the one asked"
-        wait_for(lambda: all(committed(net, t) for t in tx_ids), 60,
-                 "the readings orderer-1 acknowledged and dropped to commit")
-        assert (metric(endorser, lost) or 0) >= 1
-        channel.close()
     finally:
-        server.stop(0)
+        channel.close()
+    return tx_ids
+
+
+LOST = 'gridledger_endorser_lost_acknowledgements_total{orderer="orderer-1"}'
+
+
+def test_readings_an_orderer_acknowledged_and_dropped_still_commit(
+        net: devnet.Network, dropper: DroppingOrderer) -> None:
+    endorser = net.by_role("endorser")[0]
+    tx_ids = submit(net, ["meter-1", "meter-2"], 4)
+    assert set(tx_ids) <= set(dropper.acknowledged), "orderer-1 was not the one asked"
+    wait_for(lambda: all(committed(net, t) for t in tx_ids), 60,
+             "the readings orderer-1 acknowledged and dropped to commit")
+    assert (metric(endorser, LOST) or 0) >= 1
+
+
+def test_an_endorser_killed_right_after_a_dropped_acknowledgement_still_gets_it_committed(
+        net: devnet.Network, dropper: DroppingOrderer) -> None:
+    endorser = net.by_role("endorser")[0]
+    # A fresh endorser: orderer-1 leads again (the strike of the test above is forgotten).
+    devnet.stop_node(endorser)
+    devnet.restart_node(net, endorser)
+    tx_ids = submit(net, ["meter-3"], 3)  # readings no test here sent before
+    assert set(tx_ids) <= set(dropper.acknowledged), "orderer-1 was not the one asked"
+    # Killed well inside --ack-lost-after-s (5 s) of its OK: nothing was sent again yet.
+    devnet.stop_node(endorser, sig=signal.SIGKILL)
+    assert not any(committed(net, t) for t in tx_ids)
+    devnet.restart_node(net, endorser)
+    wait_for(lambda: all(committed(net, t) for t in tx_ids), 60,
+             "the readings acknowledged and dropped before the endorser's crash to commit")
+    assert (metric(endorser, LOST) or 0) >= 1  # the restarted endorser caught orderer-1

@@ -40,7 +40,12 @@ control bounds them); at most `max_bytes` of them are kept, counting an entry's 
 first acknowledgement (then counted; a client told OK that keeps it until committed, as
 meter agents do, sends it again), and at most `MAX_DUE_PER_LOOK` are sent again per look.
 
-Pure: the clock is injected; the broadcaster's watch thread drives it (`due`).
+Durable with a journal (ack_journal.py): every acknowledgement is written to disk before
+`acknowledged` returns, so before the endorser tells its client OK, and every entry the
+watch lets go is removed from it; a restarted endorser loads them back (`restore`) with
+their deadlines and blame. Without one (tests, tools) the watch lives in memory only.
+
+The clocks are injected; the broadcaster's watch thread drives it (`due`).
 """
 
 from __future__ import annotations
@@ -48,10 +53,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
+
+from gridledger_endorser.ack_journal import AckJournal, JournalEntry
 
 DEFAULT_LOST_AFTER = 30.0
 DEFAULT_GIVE_UP_AFTER = 120.0
@@ -66,6 +73,9 @@ UNWATCHED = Counter("gridledger_endorser_acknowledged_unwatched",
                     "Acknowledged transactions no longer watched before their commit, by "
                     "why: 'full' (the watch's byte bound), 'gave_up' (uncommitted for the "
                     "watch's give-up time).", ["reason"])
+RESTORED = Counter("gridledger_endorser_acknowledged_restored",
+                   "Acknowledged transactions loaded back from the acknowledgement journal "
+                   "when the endorser started, to be watched until committed.")
 
 
 @dataclass(slots=True)
@@ -86,13 +96,23 @@ class AckWatch:
     def __init__(self, lost_after: float = DEFAULT_LOST_AFTER,
                  give_up_after: float = DEFAULT_GIVE_UP_AFTER,
                  max_bytes: int = MAX_WATCHED_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 journal: AckJournal | None = None, orderer_names: Sequence[str] = (),
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """`journal`: where acknowledgements are kept on disk; `orderer_names`: the names of
+        the orderers whose indices `acknowledged` is given (the journal names them, since
+        the list may change across a restart)."""
         if lost_after <= 0 or give_up_after < lost_after:
             raise ValueError("need 0 < lost_after <= give_up_after")
+        if journal is not None and not orderer_names:
+            raise ValueError("a journal needs the orderers' names")
         self.lost_after = lost_after
         self._give_up_after = give_up_after
         self._max_bytes = max_bytes
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._journal = journal
+        self._names = list(orderer_names)
         self._lock = threading.Lock()
         # tx id -> entry, in the order they fall due (each waits the same lost_after, timed
         # under the lock, so appending keeps the order)
@@ -104,19 +124,62 @@ class AckWatch:
 
     def acknowledged(self, orderer: int, items: Iterable[tuple[str, bytes, bool]]) -> None:
         """`orderer` acknowledged these (tx id, endorsed transaction, whether it answered
-        `duplicate`): watch each from now (again, if it was)."""
+        `duplicate`): watch each from now (again, if it was). With a journal, they are on
+        disk when this returns (or the journal reports its failure)."""
+        written: list[JournalEntry] = []
+        dropped: list[str] = []
         with self._lock:
             now = self._clock()
+            wall = self._wall_clock()
             due_at = now + self.lost_after
             for tx_id, tx, duplicate in items:
                 blame = None if duplicate else orderer
                 entry = self._entries.get(tx_id)
                 if entry is None:
-                    self._add(Watched(tx_id, tx, blame, orderer, due_at, now))
+                    entry = Watched(tx_id, tx, blame, orderer, due_at, now)
+                    dropped += self._add(entry)
                 else:
                     entry.orderer, entry.acknowledged_by, entry.due_at = blame, orderer, due_at
                     self._entries.move_to_end(tx_id)
+                if self._journal is not None:
+                    written.append(JournalEntry(
+                        tx_id, entry.tx, self._names[orderer], duplicate,
+                        wall - (now - entry.first_acknowledged)))
             WATCHED.set(len(self._entries))
+        if self._journal is not None:
+            # Outside the lock: the ledger's commits (`committed`) need not wait for the disk.
+            # One dropped over the bound and acknowledged again in the same call is written
+            # back after its removal, as it is watched again.
+            self._journal.remove(dropped)
+            self._journal.add([e for e in written if e.tx_id in self._entries])
+
+    def restore(self) -> int:
+        """Watch the journal's entries again (an endorser's start), each with its
+        deadlines (from its first acknowledgement's wall-clock time) and blame; returns how
+        many. An orderer no longer listed leaves its entries with nobody to blame."""
+        if self._journal is None:
+            return 0
+        entries = self._journal.entries()
+        index = {name: i for i, name in enumerate(self._names)}
+        dropped: list[str] = []
+        with self._lock:
+            now, wall = self._clock(), self._wall_clock()
+            for saved in entries:
+                if saved.tx_id in self._entries:
+                    continue
+                age = min(max(0.0, wall - saved.first_acknowledged), self._give_up_after)
+                acknowledged_by = index.get(saved.orderer)
+                blame = None if saved.duplicate or acknowledged_by is None else acknowledged_by
+                first = now - age
+                dropped += self._add(Watched(saved.tx_id, saved.tx, blame, acknowledged_by or 0,
+                                             max(now, first + self.lost_after), first))
+            # Appended oldest first: order them by when they fall due, as `due` expects.
+            self._entries = collections.OrderedDict(
+                sorted(self._entries.items(), key=lambda item: item[1].due_at))
+            WATCHED.set(len(self._entries))
+        self._journal.remove(dropped)
+        RESTORED.inc(len(self._entries))
+        return len(self._entries)
 
     def retry(self, watched: Watched) -> None:
         """Sent again and no orderer took it: look again after another `lost_after` (unless
@@ -129,6 +192,7 @@ class AckWatch:
 
     def committed(self, tx_ids: Iterable[str]) -> None:
         """The ledger showed these transactions in a block."""
+        removed = []
         with self._lock:
             if not self._entries:
                 return
@@ -136,7 +200,10 @@ class AckWatch:
                 entry = self._entries.pop(tx_id, None)
                 if entry is not None:
                     self._bytes -= len(entry.tx) + ENTRY_OVERHEAD
+                    removed.append(tx_id)
             WATCHED.set(len(self._entries))
+        if self._journal is not None:
+            self._journal.remove(removed)
 
     def due(self, limit: int = MAX_DUE_PER_LOOK) -> list[Watched]:
         """Up to `limit` entries that are overdue, each due again `lost_after` from now: the
@@ -144,7 +211,7 @@ class AckWatch:
         entry it fails to report on simply comes due again). Entries watched for
         `give_up_after` since their first acknowledgement are dropped and counted instead."""
         taken: list[Watched] = []
-        gave_up = 0
+        gave_up: list[str] = []
         with self._lock:
             now = self._clock()
             while self._entries and len(taken) < limit:
@@ -154,23 +221,27 @@ class AckWatch:
                 if now - entry.first_acknowledged >= self._give_up_after:
                     del self._entries[tx_id]
                     self._bytes -= len(entry.tx) + ENTRY_OVERHEAD
-                    gave_up += 1
+                    gave_up.append(tx_id)
                     continue
                 entry.due_at = now + self.lost_after
                 self._entries.move_to_end(tx_id)
                 taken.append(entry)
             WATCHED.set(len(self._entries))
         if gave_up:
-            UNWATCHED.labels("gave_up").inc(gave_up)
+            UNWATCHED.labels("gave_up").inc(len(gave_up))
+            if self._journal is not None:
+                self._journal.remove(gave_up)
         return taken
 
-    def _add(self, entry: Watched) -> None:
+    def _add(self, entry: Watched) -> list[str]:
+        """Watch `entry`; returns the tx ids of the oldest entries dropped over the bound."""
         self._entries[entry.tx_id] = entry
         self._bytes += len(entry.tx) + ENTRY_OVERHEAD
-        dropped = 0
+        dropped = []
         while self._bytes > self._max_bytes and len(self._entries) > 1:
-            _, oldest = self._entries.popitem(last=False)
+            tx_id, oldest = self._entries.popitem(last=False)
             self._bytes -= len(oldest.tx) + ENTRY_OVERHEAD
-            dropped += 1
+            dropped.append(tx_id)
         if dropped:
-            UNWATCHED.labels("full").inc(dropped)
+            UNWATCHED.labels("full").inc(len(dropped))
+        return dropped

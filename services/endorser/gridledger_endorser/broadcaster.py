@@ -180,6 +180,10 @@ class _Pending:
         self.resolve(error=OrdererUnavailable(
             reason, self.retry_after_ms if self.exhausted_only and self.notes else 0))
 
+    def accept(self, response: orderer_pb2.BroadcastResponse) -> None:
+        """An orderer acknowledged it: its caller is told once the watch holds it (`_try`)."""
+        self.response = response
+
     def resolve(self, response: orderer_pb2.BroadcastResponse | None = None,
                 error: BaseException | None = None) -> None:
         first = not self.done.is_set()
@@ -448,8 +452,8 @@ class Broadcaster:
             except BaseException as exc:  # never leave a caller waiting
                 log.exception("broadcast failed")
                 for pending in batch:
-                    if not pending.done.is_set():
-                        pending.resolve(error=exc)
+                    if not pending.done.is_set():  # an orderer's OK stands (its durable word)
+                        pending.resolve(pending.response, None if pending.response else exc)
             finally:
                 self._landed(sender)
 
@@ -505,7 +509,12 @@ class Broadcaster:
                 self._choice.strike(index)
         if verdict in ("late", "failed"):
             COOLDOWNS.labels(self._names[index], verdict).inc()
+        # Watched (on disk, with a journal) before any caller is told OK: a restart of this
+        # endorser must not forget an acknowledgement a dropping orderer gave.
         self._watch_acknowledged(index, batch, left)
+        for pending in batch:
+            if pending.response is not None and not pending.done.is_set():
+                pending.resolve(pending.response)
         return left
 
     # -- acknowledgements checked against the ledger (ack_watch.py) ----------------------
@@ -518,7 +527,7 @@ class Broadcaster:
         if watch is None or len(left) == len(batch):
             return []
         acknowledged = [(p.tx_id, p.tx, p.response.duplicate) for p in batch
-                        if p.done.is_set() and p.response is not None]
+                        if p.response is not None]
         watch.acknowledged(index, acknowledged)
         return acknowledged
 
@@ -633,7 +642,7 @@ class Broadcaster:
             verdict = "late"
         else:
             verdict = "in_time" if taken else "refused"
-        return [pending for pending in batch if not pending.done.is_set()], verdict
+        return [pending for pending in batch if pending.response is None], verdict
 
     def _take(self, name: str, batch: list[_Pending],
               response: orderer_pb2.BroadcastBatchResponse) -> tuple[int, bool]:
@@ -657,7 +666,7 @@ class Broadcaster:
                 pending.note(name, None, f"acknowledged tx id {result.tx_id!r} instead")
                 faulty = True
             else:
-                pending.resolve(orderer_pb2.BroadcastResponse(
+                pending.accept(orderer_pb2.BroadcastResponse(
                     tx_id=result.tx_id, duplicate=result.duplicate))
                 taken += 1
         return taken, faulty
@@ -690,7 +699,7 @@ class Broadcaster:
                 pending.note(name, None, f"acknowledged tx id {response.tx_id!r} instead")
                 faulty = True
                 continue
-            pending.resolve(response)
+            pending.accept(response)
             taken += 1
         return taken, faulty
 

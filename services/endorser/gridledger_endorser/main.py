@@ -33,7 +33,8 @@ from gridledger_core.rpc.tls import FRAMING_BYTES, TlsFiles, receive_limit
 from gridledger_core.signing_identity import SigningIdentity
 from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
-from gridledger_endorser import admission, options
+from gridledger_endorser import ack_journal, admission, options
+from gridledger_endorser.ack_journal import AckJournal
 from gridledger_endorser.ack_watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_LOST_AFTER, AckWatch
 from gridledger_endorser.aio_service import AsyncEndorserServicer
 from gridledger_endorser.book_cache import BookCache
@@ -221,9 +222,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     broadcaster = Broadcaster(orderers, tls, linger=args.broadcast_linger_ms / 1000,
                               overlap_after=args.broadcast_overlap_ms / 1000,
                               late_after=args.broadcast_late_ms / 1000)
-    broadcaster.watch_acknowledgements(
-        ledger.has_transaction,
-        AckWatch(args.ack_lost_after_s, max(DEFAULT_GIVE_UP_AFTER, 4 * args.ack_lost_after_s)))
+    health = HealthBoard()
+    # The watch of acknowledgements on disk, so a restart does not forget one a dropping
+    # orderer gave (ack_journal.py); loaded back before any call is taken.
+    journal = AckJournal(LmdbStore(args.data_dir / "acknowledged",
+                                   map_size=ack_journal.DEFAULT_MAP_SIZE),
+                         on_health=health.reporter("acknowledged"))
+    watch = AckWatch(args.ack_lost_after_s, max(DEFAULT_GIVE_UP_AFTER, 4 * args.ack_lost_after_s),
+                     journal=journal, orderer_names=[name for name, _ in orderers])
+    restored = watch.restore()
+    if restored:
+        log.info("watching %d acknowledged transactions again, from the journal", restored)
+    broadcaster.watch_acknowledgements(ledger.has_transaction, watch)
     identity = SigningIdentity.load(args.consortium_dir, args.name)
 
     # The book cache is rebuilt from the ledger before the follower starts, then follows it.
@@ -234,7 +244,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         # A relayed call is a request plus its caller's certificate: it must fit the relay.
         parser.error(f"the genesis max_tx_bytes ({genesis.limits.max_tx_bytes}) is too large "
                      "for the fronts' relay")
-    health = HealthBoard()
     books.on_health = health.reporter("books")
     # With fronts, the public port is served while one of them has its relay open.
     relayed = health.reporter("fronts") if args.fronts else None
@@ -289,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         server.on_stop(fronts.stop)
     server.on_stop(follower.stop)
     server.on_close(broadcaster.close)
+    server.on_close(journal.close)
     server.on_close(store.close)
     server.start()
     health.attach(server.set_health)

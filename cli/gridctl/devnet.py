@@ -304,19 +304,22 @@ def start(network: Network, *, wait: float = 60.0,
 def wait_healthy(network: Network, node: Node, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
-    with secure_channel(node.grpc, network.tls()) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if not pid_alive(node.pid):
-                raise RuntimeError(f"{node.name} exited during start-up; see {node.log}")
+    while time.monotonic() < deadline:
+        if not pid_alive(node.pid):
+            raise RuntimeError(f"{node.name} exited during start-up; see {node.log}")
+        # A new channel per look: one made before the server listened was seen to stay
+        # unconnected for about 20 s after the server was up (each of its connection
+        # attempts timing out), which held every role's start-up back that long.
+        with secure_channel(node.grpc, network.tls()) as channel:
             try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
             except grpc.RpcError as exc:
                 last = exc.code().name  # type: ignore[attr-defined]
-            time.sleep(0.2)
+        time.sleep(0.2)
     raise TimeoutError(f"{node.name} not healthy after {timeout:.0f} s ({last}); see {node.log}")
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from gridctl import devnet
+from gridledger_core.node_config import POD_ENDORSER_DIR
 
 RECORD = "containers.json"
 CONSORTIUM_MOUNT = "/etc/gridledger/consortium"
@@ -109,10 +110,12 @@ def _chown(path: Path) -> None:
 def container_args(node: devnet.Node, beside: devnet.Node | None = None) -> list[str]:
     """The node's planned flags with the manifests' in-container paths. `beside`: the
     committer in whose pod an endorser runs (its data volume at DATA_MOUNT, so the ledger at
-    DATA_MOUNT/ledger); without one an endorser keeps its own replica (a container outside
-    its committer's pod sees only its own data volume and PID namespace)."""
+    DATA_MOUNT/ledger, and the endorser's own state in the volume's directory the committer
+    makes for it, as in the manifests); without one an endorser keeps its own replica (a
+    container outside its committer's pod sees only its own data volume and PID namespace)."""
     args = list(node.args) if beside is not None else devnet.with_own_replica(node.args)
-    for flag, value in (("--consortium-dir", CONSORTIUM_MOUNT), ("--data-dir", DATA_MOUNT),
+    data_dir = DATA_MOUNT if beside is None else f"{DATA_MOUNT}/{POD_ENDORSER_DIR}"
+    for flag, value in (("--consortium-dir", CONSORTIUM_MOUNT), ("--data-dir", data_dir),
                         (devnet.COMMITTER_LEDGER, f"{DATA_MOUNT}/ledger")):
         if flag in args:
             args[args.index(flag) + 1] = value

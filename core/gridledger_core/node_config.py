@@ -16,6 +16,10 @@ from pathlib import Path
 from gridledger_core.storage.lmdb_store import DEFAULT_MAP_SIZE
 
 ENV_PREFIX = "GRIDLEDGER_"
+# In a pod where an endorser reads its committer's ledger (the manifests, `gridctl devnet up
+# --containers`), the directory of the committer's volume the committer makes writable by the
+# pod's group (--group-readers) for the endorser's own state: that endorser's --data-dir.
+POD_ENDORSER_DIR = "endorser"
 
 
 def base_parser(role: str) -> argparse.ArgumentParser:

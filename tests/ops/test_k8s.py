@@ -22,6 +22,7 @@ from ops_support import ROOT, console_scripts
 from gridledger_core.consortium import create_consortium, default_topology
 from gridledger_core.genesis import Genesis
 from gridledger_core.identity import Role
+from gridledger_core.node_config import POD_ENDORSER_DIR
 
 K8S = ROOT / "k8s"
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
@@ -413,7 +414,9 @@ def test_the_endorser_reads_its_committers_ledger_in_one_pod(rendered: dict,
     """Every endorser runs beside a committer, reading its ledger: `--committer-ledger` is the
     committer's `--data-dir` + /ledger, on one volume both mount read-write at those paths
     (the endorser must write LMDB's lock file), in one PID namespace (LMDB registers readers
-    by process id), with no data directory of its own. Both ask every orderer."""
+    by process id), with no volume of its own: its `--data-dir` (its acknowledgement journal)
+    is the directory of that volume the committer makes writable by the pod's group
+    (--group-readers). Both ask every orderer."""
     docs = rendered[overlay]
     endorsers = [n for n in nodes(docs) if n.role == "endorser"]
     assert endorsers
@@ -437,7 +440,8 @@ def test_the_endorser_reads_its_committers_ledger_in_one_pod(rendered: dict,
         def data_mount(node: Node, path: str) -> dict:
             (mount,) = [m for m in node.container["volumeMounts"] if m["mountPath"] == path]
             return mount
-        ours = data_mount(endorser, given["--data-dir"])
+        assert given["--data-dir"] == f"{committer_given['--data-dir']}/{POD_ENDORSER_DIR}"
+        ours = data_mount(endorser, committer_given["--data-dir"])
         theirs = data_mount(committer, committer_given["--data-dir"])
         assert ours["name"] == theirs["name"] and ours["mountPath"] == theirs["mountPath"]
         assert not ours.get("readOnly") and not theirs.get("readOnly")

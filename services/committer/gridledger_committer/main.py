@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 from gridledger.committer.v1 import committer_pb2, committer_pb2_grpc
 from gridledger_committer.service import CommitterServicer
@@ -21,6 +24,17 @@ from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
 
 
+def _endorser_dir(path: Path) -> None:
+    """Make `path` writable by this process's group (setgid, so what the endorser makes there
+    stays in it), before the ledger's lock file becomes group-writable: the endorser waits for
+    that, so it never finds the directory missing."""
+    path.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    wanted = mode | stat.S_IRWXG | stat.S_ISGID
+    if mode != wanted:
+        os.chmod(path, wanted)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = node_config.base_parser("committer")
     parser.add_argument("--orderer", action="append", default=[],
@@ -30,12 +44,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "handler thread from its start; each meter agent holds a "
                              "SubscribeCommits stream or two")
     parser.add_argument("--group-readers", action="store_true",
-                        help="make the ledger's LMDB lock file group-writable: this "
+                        help="make the ledger's LMDB lock file group-writable, and "
+                             f"DATA_DIR/{node_config.POD_ENDORSER_DIR} a directory the group "
+                             "may write: this "
                              "organisation's endorser reads the ledger as another user of this "
                              "process's group (the manifests' pod, where a container of the "
-                             "same user could read the other's keys through /proc)")
+                             "same user could read the other's keys through /proc) and keeps "
+                             "its own state there (its --data-dir)")
     args = node_config.parse(parser, argv)
     genesis = Genesis.load(args.consortium_dir / "genesis.json")
+    if args.group_readers:
+        _endorser_dir(args.data_dir / node_config.POD_ENDORSER_DIR)
     store = LmdbStore(args.data_dir / "ledger", map_size=node_config.lmdb_map_size(args),
                       group_readers=args.group_readers)
     ledger = Ledger(store, genesis, block_verifier(genesis))

@@ -18,9 +18,10 @@ restart keeps its deadlines), the name of the orderer that last acknowledged it 
 whether that orderer answered `duplicate` (so the blame survives too), and the endorsed
 transaction's bytes.
 
-A write that fails (a full or broken disk) turns health component `acknowledged` down
-until one works: the endorser still tells its clients OK on an orderer's durable word, but
-it can no longer promise to catch that orderer dropping them across a restart.
+A write that fails (a full or broken disk) turns readiness component `acknowledged` off
+until one works (a restart would not mend a disk): the endorser still tells its clients OK
+on an orderer's durable word, but can no longer promise to catch that orderer dropping them
+across a restart.
 """
 
 from __future__ import annotations

@@ -55,6 +55,24 @@ log = logging.getLogger("gridledger_endorser")
 MAX_FRONTS = 16
 
 
+def _writable_dir(path: Path) -> None:
+    """Wait until this process may write in `path` (its --data-dir), at most a minute. In a
+    pod it is a directory of the committer's volume that the committer (--group-readers)
+    makes for it, and the pod's containers start in any order."""
+    for waited in range(121):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if os.access(path, os.W_OK | os.X_OK):
+                return
+        except PermissionError:
+            pass
+        if waited % 20 == 0:
+            log.info("waiting for the data directory %s to be writable by this process", path)
+        time.sleep(0.5)
+    raise SystemExit(f"{path} (--data-dir) is not writable by this process: in its "
+                     "committer's pod, the committer must run with --group-readers")
+
+
 def _committer_store(path: Path) -> LmdbStore:
     """The committer's ledger, read-only with the committer's map size, once the committer
     has created it (a pod's containers start in any order). LMDB needs its lock file
@@ -225,9 +243,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     health = HealthBoard()
     # The watch of acknowledgements on disk, so a restart does not forget one a dropping
     # orderer gave (ack_journal.py); loaded back before any call is taken.
+    _writable_dir(args.data_dir)
     journal = AckJournal(LmdbStore(args.data_dir / "acknowledged",
                                    map_size=ack_journal.DEFAULT_MAP_SIZE),
-                         on_health=health.reporter("acknowledged"))
+                         on_health=health.readiness("acknowledged"))
     watch = AckWatch(args.ack_lost_after_s, max(DEFAULT_GIVE_UP_AFTER, 4 * args.ack_lost_after_s),
                      journal=journal, orderer_names=[name for name, _ in orderers])
     restored = watch.restore()

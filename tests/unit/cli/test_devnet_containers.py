@@ -73,7 +73,8 @@ def test_with_podman_an_endorser_shares_its_committers_pod_and_reads_its_ledger(
         consortium_dir: Path, tmp_path: Path) -> None:
     """As the manifests run it: the endorser beside the committer of its own organisation
     (the plan's --committer-ledger), that committer's volume at the same path, so the
-    ledger at /var/lib/gridledger/ledger; without a pod (Docker) a replica of its own."""
+    ledger at /var/lib/gridledger/ledger, its own state in the volume's directory the
+    committer makes for it; without a pod (Docker) a replica of its own."""
     network = devnet.plan(tmp_path, consortium_dir, demo=False)
     devnet_containers.plan(network)
     shared = devnet_containers.pods(network)
@@ -82,7 +83,7 @@ def test_with_podman_an_endorser_shares_its_committers_pod_and_reads_its_ledger(
     args = devnet_containers.container_args(endorser, shared["endorser-1"])
     given = dict(zip(args[::2], args[1::2], strict=False))
     assert given["--committer-ledger"] == "/var/lib/gridledger/ledger"
-    assert given["--data-dir"] == "/var/lib/gridledger"
+    assert given["--data-dir"] == "/var/lib/gridledger/endorser"
     assert len(args) == len(endorser.args)
     assert devnet.COMMITTER_LEDGER not in devnet_containers.container_args(endorser)
     assert devnet_containers.pod_name(network, shared["endorser-1"]) == \

@@ -25,6 +25,7 @@ from test_lost_acknowledgements import (
     Clock,
     Cluster,
     PoolOrderer,
+    apply,
     lost,
     lost_strikes,
     send,
@@ -116,16 +117,7 @@ def test_the_journal_holds_exactly_what_the_watch_watches(ops: list[tuple[str, i
     watch = AckWatch(3.0, give_up_after=7.0, max_bytes=3 * ENTRY_OVERHEAD, clock=clock,
                      journal=journal, orderer_names=NAMES)
     for op, tx, size in ops:
-        if op in ("ack", "dup"):
-            watch.acknowledged(tx % 3, [(f"t{tx}", bytes(size), op == "dup")])
-        elif op == "commit":
-            watch.committed([f"t{tx}"])
-        elif op == "due":
-            for entry in watch.due(limit=size % 4 + 1):
-                if size % 2:
-                    watch.retry(entry)
-        else:
-            clock.now += size / 10
+        apply(watch, clock, op, tx, size, orderers=3)
         on_disk = {e.tx_id: e for e in journal.entries()}
         assert set(on_disk) == set(watch._entries)
         for tx_id, entry in watch._entries.items():

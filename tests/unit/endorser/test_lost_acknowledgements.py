@@ -296,6 +296,22 @@ def test_the_watch_keeps_at_most_max_bytes_dropping_the_oldest() -> None:
     assert watch.due() == [] and len(watch) == 0  # given up: nothing is sent
 
 
+def apply(watch: AckWatch, clock: Clock, op: str, tx: int, size: int, orderers: int) -> None:
+    """One step of a generated sequence: an acknowledgement (new or `duplicate`) by one of
+    `orderers`, a commit, a look for what is due (some sent again and taken by nobody), or
+    time passing."""
+    if op in ("ack", "dup"):
+        watch.acknowledged(tx % orderers, [(f"t{tx}", bytes(size), op == "dup")])
+    elif op == "commit":
+        watch.committed([f"t{tx}"])
+    elif op == "due":
+        for entry in watch.due(limit=size % 4 + 1):
+            if size % 2:
+                watch.retry(entry)
+    else:
+        clock.now += size / 10
+
+
 @given(st.lists(st.tuples(st.sampled_from(["ack", "dup", "commit", "due", "tick"]),
                           st.integers(0, 5), st.integers(1, 50)), max_size=60))
 def test_any_sequence_keeps_the_byte_count_and_bound(ops: list[tuple[str, int, int]]) -> None:
@@ -303,16 +319,7 @@ def test_any_sequence_keeps_the_byte_count_and_bound(ops: list[tuple[str, int, i
     bound = 3 * ENTRY_OVERHEAD
     watch = AckWatch(3.0, give_up_after=7.0, max_bytes=bound, clock=clock)
     for op, tx, size in ops:
-        if op in ("ack", "dup"):
-            watch.acknowledged(tx % 2, [(f"t{tx}", bytes(size), op == "dup")])
-        elif op == "commit":
-            watch.committed([f"t{tx}"])
-        elif op == "due":
-            for entry in watch.due(limit=size % 4 + 1):
-                if size % 2:
-                    watch.retry(entry)
-        else:
-            clock.now += size / 10
+        apply(watch, clock, op, tx, size, orderers=2)
         entries = list(watch._entries.values())
         assert watch._bytes == sum(len(e.tx) + ENTRY_OVERHEAD for e in entries)
         assert watch._bytes <= bound or len(entries) == 1

@@ -104,6 +104,8 @@ def submit(net: devnet.Network, meters: list[str], count: int) -> list[str]:
 
 
 LOST = 'gridledger_endorser_lost_acknowledgements_total{orderer="orderer-1"}'
+RESENT = "gridledger_endorser_acknowledged_resent_total"
+RESTORED = "gridledger_endorser_acknowledged_restored_total"
 
 
 def test_readings_an_orderer_acknowledged_and_dropped_still_commit(
@@ -119,15 +121,21 @@ def test_readings_an_orderer_acknowledged_and_dropped_still_commit(
 def test_an_endorser_killed_right_after_a_dropped_acknowledgement_still_gets_it_committed(
         net: devnet.Network, dropper: DroppingOrderer) -> None:
     endorser = net.by_role("endorser")[0]
+    flag = endorser.args.index("--ack-lost-after-s") + 1
     # A fresh endorser: orderer-1 leads again (the strike of the test above is forgotten).
+    # It waits 60 s before sending anything again, so that nothing is before the kill below
+    # however slow this machine is.
     devnet.stop_node(endorser)
+    endorser.args[flag] = "60"
     devnet.restart_node(net, endorser)
     tx_ids = submit(net, ["meter-3"], 3)  # readings no test here sent before
     assert set(tx_ids) <= set(dropper.acknowledged), "orderer-1 was not the one asked"
-    # Killed well inside --ack-lost-after-s (5 s) of its OK: nothing was sent again yet.
+    assert not metric(endorser, RESENT)
     devnet.stop_node(endorser, sig=signal.SIGKILL)
     assert not any(committed(net, t) for t in tx_ids)
+    endorser.args[flag] = "5"  # the restarted one: due 5 s after their first OK, so at once
     devnet.restart_node(net, endorser)
+    assert (metric(endorser, RESTORED) or 0) >= 3  # from the journal, not from its memory
     wait_for(lambda: all(committed(net, t) for t in tx_ids), 60,
              "the readings acknowledged and dropped before the endorser's crash to commit")
     assert (metric(endorser, LOST) or 0) >= 1  # the restarted endorser caught orderer-1

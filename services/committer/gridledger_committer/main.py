@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -23,16 +24,24 @@ from gridledger_core.rpc.tls import QUERY_RECEIVE_BYTES, TlsFiles, receive_limit
 from gridledger_core.storage import LmdbStore
 from gridledger_core.storage.metrics import export_store_size
 
+log = logging.getLogger("gridledger_committer")
+
 
 def _endorser_dir(path: Path) -> None:
     """Make `path` writable by this process's group (setgid, so what the endorser makes there
     stays in it), before the ledger's lock file becomes group-writable: the endorser waits for
-    that, so it never finds the directory missing."""
+    the directory. One this process does not own (made by hand, or by another version) it
+    leaves as it is: the endorser says so if it cannot write there; a committer that stopped
+    for it would take its pod down with it."""
     path.mkdir(parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     wanted = mode | stat.S_IRWXG | stat.S_ISGID
     if mode != wanted:
-        os.chmod(path, wanted)
+        try:
+            os.chmod(path, wanted)
+        except PermissionError:
+            log.warning("cannot make %s writable by this process's group (not its owner)",
+                        path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

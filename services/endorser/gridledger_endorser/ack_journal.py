@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -79,22 +80,27 @@ class AckJournal:
         self._store = store
         self._on_health = on_health
         self._failing = False
+        # A write and the health it reports, one at a time: two reports must not arrive in
+        # the other order than their writes (the last one's verdict must be the one shown).
+        self._lock = threading.Lock()
 
     def add(self, entries: Sequence[JournalEntry]) -> bool:
         """Write (or overwrite) these entries, durably: whether it worked."""
-        if not entries:
-            return True
-        batch = WriteBatch()
-        for entry in entries:
-            batch.put(ENTRY + entry.tx_id.encode(), encode(entry))
-        return self._commit(batch, "add", len(entries))
+        return self.write(entries, ())
 
     def remove(self, tx_ids: Iterable[str]) -> None:
+        self.write((), tx_ids)
+
+    def write(self, added: Sequence[JournalEntry], removed: Iterable[str]) -> bool:
+        """Remove `removed` and write `added` in one synced transaction: whether it worked."""
         batch = WriteBatch()
-        for tx_id in tx_ids:
+        for tx_id in removed:
             batch.delete(ENTRY + tx_id.encode())
-        if batch.operations:
-            self._commit(batch, "remove", len(batch.operations))
+        for entry in added:  # after the deletes: an entry both removed and added stays
+            batch.put(ENTRY + entry.tx_id.encode(), encode(entry))
+        if not batch.operations:
+            return True
+        return self._commit(batch, "add" if added else "remove", len(batch.operations))
 
     def entries(self) -> list[JournalEntry]:
         """Every entry, oldest acknowledgement first. An entry that does not decode (written
@@ -114,15 +120,17 @@ class AckJournal:
         self._store.close()
 
     def _commit(self, batch: WriteBatch, operation: str, count: int) -> bool:
-        try:
-            self._store.commit(batch)
-        except Exception:
-            log.exception("acknowledgement journal: %s of %d entries failed", operation, count)
-            FAILURES.labels(operation).inc(count)
-            self._health(False)
-            return False
-        self._health(True)
-        return True
+        with self._lock:
+            try:
+                self._store.commit(batch)
+            except Exception:
+                log.exception("acknowledgement journal: %s of %d entries failed", operation,
+                              count)
+                FAILURES.labels(operation).inc(count)
+                self._health(False)
+                return False
+            self._health(True)
+            return True
 
     def _health(self, ok: bool) -> None:
         if self._failing == (not ok):

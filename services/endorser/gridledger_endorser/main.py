@@ -55,14 +55,17 @@ log = logging.getLogger("gridledger_endorser")
 MAX_FRONTS = 16
 
 
-def _writable_dir(path: Path) -> None:
-    """Wait until this process may write in `path` (its --data-dir), at most a minute. In a
-    pod it is a directory of the committer's volume that the committer (--group-readers)
-    makes for it, and the pod's containers start in any order."""
+def _writable_dir(path: Path, made_by_committer: bool) -> None:
+    """Wait until this process may write in `path` (its --data-dir), at most a minute. Beside
+    its committer (`made_by_committer`: --committer-ledger) the committer makes it: in a pod
+    it is a directory of the committer's volume (--group-readers), the pod's containers
+    start in any order, and one this process made first would be its own, which the
+    committer could not make writable by the group. Otherwise it is made here."""
     for waited in range(121):
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            if os.access(path, os.W_OK | os.X_OK):
+            if not made_by_committer:
+                path.mkdir(parents=True, exist_ok=True)
+            if path.is_dir() and os.access(path, os.W_OK | os.X_OK):
                 return
         except PermissionError:
             pass
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     health = HealthBoard()
     # The watch of acknowledgements on disk, so a restart does not forget one a dropping
     # orderer gave (ack_journal.py); loaded back before any call is taken.
-    _writable_dir(args.data_dir)
+    _writable_dir(args.data_dir, made_by_committer=args.committer_ledger is not None)
     journal = AckJournal(LmdbStore(args.data_dir / "acknowledged",
                                    map_size=ack_journal.DEFAULT_MAP_SIZE),
                          on_health=health.readiness("acknowledged"))

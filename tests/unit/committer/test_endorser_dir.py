@@ -9,6 +9,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from gridledger_committer.main import _endorser_dir
 
 
@@ -20,4 +22,21 @@ def test_the_endorsers_directory_is_writable_by_the_group_and_keeps_it(tmp_path:
     assert not mode & stat.S_IWOTH
     os.chmod(path, 0o700)  # a directory made before, or changed by hand
     _endorser_dir(path)
-    assert path.stat().st_mode & stat.S_IRWXG == stat.S_IRWXG
+    mode = path.stat().st_mode
+    assert mode & stat.S_IRWXG == stat.S_IRWXG and mode & stat.S_ISGID
+
+
+def test_a_directory_it_cannot_change_is_left_as_it_is(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made first by the endorser (its owner, in a pod whose volume the group may write):
+    the committer cannot chmod it and starts anyway. Before, it raised and its pod went down
+    with it at every start."""
+    path = tmp_path / "endorser"
+    path.mkdir(mode=0o755)
+
+    def refused(*_args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refused)
+    _endorser_dir(path)  # no exception
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755

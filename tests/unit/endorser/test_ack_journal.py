@@ -134,10 +134,10 @@ class GatedJournal(AckJournal):
         self.adding = threading.Event()
         self.release = threading.Event()
 
-    def add(self, entries: list[JournalEntry]) -> bool:  # type: ignore[override]
+    def write(self, added: object, removed: object) -> bool:  # type: ignore[override]
         self.adding.set()
         assert self.release.wait(10)
-        return super().add(entries)
+        return super().write(added, removed)  # type: ignore[arg-type]
 
 
 def test_no_caller_is_told_ok_before_its_acknowledgement_is_on_disk() -> None:
@@ -182,12 +182,14 @@ def test_a_restarted_endorser_catches_what_a_dropper_acknowledged_before(
     journal = reopened(journal_dir)
     watch = AckWatch(LOST_AFTER, give_up_after=60.0, journal=journal, orderer_names=NAMES[:2])
     assert watch.restore() == 4
-    restarted = watched_broadcaster(dropper, honest, watch=watch)
+    shown: set[str] = set()  # what the ledger holds
+    restarted = watched_broadcaster(dropper, honest, watch=watch, committed=shown.__contains__)
     try:
         wait_for(lambda: cluster.pooled >= set(tx_ids(4)), "the restarted endorser to send "
                  "them to the honest orderer", timeout=10)
         wait_for(lambda: lost("orderer-1") == before[0] + 4, "the lost acknowledgements")
         assert lost_strikes("orderer-1") == before[1] + 1
+        shown.update(tx_ids(4))
         restarted.on_block(tx_ids(4))
         assert journal.entries() == []  # committed: off the disk
     finally:
@@ -216,7 +218,8 @@ def test_a_journal_that_cannot_be_written_is_reported_and_the_orderers_ok_still_
     store = FailingStore()
     health: list[bool] = []
     journal = AckJournal(store, on_health=health.append)
-    watch = AckWatch(LOST_AFTER, give_up_after=60.0, journal=journal, orderer_names=NAMES[:1])
+    # Nothing comes due within the test: each write below is the one it looks at.
+    watch = AckWatch(60.0, give_up_after=120.0, journal=journal, orderer_names=NAMES[:1])
     b = watched_broadcaster(PoolOrderer(Cluster()), watch=watch)
     before = failures("add")
     try:
@@ -228,3 +231,44 @@ def test_a_journal_that_cannot_be_written_is_reported_and_the_orderers_ok_still_
         assert [e.tx_id for e in journal.entries()] == ["tx-1"]
     finally:
         b.close()
+
+
+class FirstWriteGated(AckJournal):
+    """Holds its first write until released; the others pass."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryStore())
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, added: object, removed: object) -> bool:  # type: ignore[override]
+        if not self.writing.is_set():
+            self.writing.set()
+            assert self.release.wait(10)
+        return super().write(added, removed)  # type: ignore[arg-type]
+
+
+def test_a_removal_written_late_never_undoes_a_later_acknowledgement() -> None:
+    """The watch gives tx-0 up (its removal's write is slow), then an orderer acknowledges
+    tx-0 again (a client sent it again): the journal ends holding it, as the watch does.
+    Before, each write went to disk when its thread got there, so the late removal could
+    come last and leave the journal without an entry the watch held."""
+    clock = Clock()
+    journal = FirstWriteGated()
+    watch = AckWatch(1.0, give_up_after=2.0, clock=clock, journal=journal,
+                     orderer_names=NAMES)
+    journal.writing.set()  # the first acknowledgement's write passes
+    watch.acknowledged(0, [("tx-0", b"tx", False)])
+    journal.writing.clear()
+    clock.now = 2.0
+    giving_up = threading.Thread(target=watch.due)
+    giving_up.start()
+    assert journal.writing.wait(10)  # the removal is on its way to disk
+    again = threading.Thread(target=watch.acknowledged, args=(1, [("tx-0", b"tx", False)]))
+    again.start()
+    again.join(0.3)
+    journal.release.set()
+    giving_up.join(10)
+    again.join(10)
+    assert set(watch._entries) == {"tx-0"}
+    assert [e.tx_id for e in journal.entries()] == ["tx-0"]

@@ -78,7 +78,12 @@ def _pick(genesis: Genesis, readings: dict[str, list]) -> tuple[int, str, int, s
     """(slot, seller, surplus, buyer, deficit) maximising the smaller of the two."""
     market, now = genesis.market, int(time.time())
     params = forecast_params(market)
-    first = (now + market.gate_closure_seconds + 600) // market.slot_seconds + 1
+    # Past every slot the demo traffic's meters order in (the first slot whose gate closes
+    # at least their lead, at most half a slot, from now; one more for the run's minutes):
+    # their options hold energy the measured bids would rest across, and the run would
+    # measure those refusals (17,194 of 20,000 at 14:52 on 2026-12-07) instead of the match.
+    first = (now + market.gate_closure_seconds + market.slot_seconds // 2) \
+        // market.slot_seconds + 3
     last = (now + market.open_before_seconds - 600) // market.slot_seconds
     # Ranked by the smaller of surplus and deficit, then by the deficit alone: without any
     # seller in surplus the run still measures the conditions and a match on an empty book.

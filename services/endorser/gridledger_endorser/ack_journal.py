@@ -84,13 +84,6 @@ class AckJournal:
         # the other order than their writes (the last one's verdict must be the one shown).
         self._lock = threading.Lock()
 
-    def add(self, entries: Sequence[JournalEntry]) -> bool:
-        """Write (or overwrite) these entries, durably: whether it worked."""
-        return self.write(entries, ())
-
-    def remove(self, tx_ids: Iterable[str]) -> None:
-        self.write((), tx_ids)
-
     def write(self, added: Sequence[JournalEntry], removed: Iterable[str]) -> bool:
         """Remove `removed` and write `added` in one synced transaction: whether it worked."""
         batch = WriteBatch()

@@ -113,9 +113,6 @@ class AckWatch:
         self._wall_clock = wall_clock
         self._journal = journal
         self._names = list(orderer_names)
-        # Journal writes in the order of the changes they record: taken before `_lock` is
-        # let go, so a removal written late cannot undo an entry acknowledged again after it.
-        self._journal_order = threading.Lock()
         self._lock = threading.Lock()
         # tx id -> entry, in the order they fall due (each waits the same lost_after, timed
         # under the lock, so appending keeps the order)
@@ -153,9 +150,7 @@ class AckWatch:
             # this call is removed, not written.
             written = [e for e in written if e.tx_id in self._entries]
             dropped = [tx_id for tx_id in dropped if tx_id not in self._entries]
-            self._journal_next()
-        # Outside `_lock`: the ledger's commits (`committed`) need not wait for the disk.
-        self._journal_write(written, dropped)
+            self._journal_write(written, dropped)
 
     def restore(self) -> int:
         """Watch the journal's entries again (an endorser's start), each with its
@@ -181,8 +176,7 @@ class AckWatch:
             self._entries = collections.OrderedDict(
                 sorted(self._entries.items(), key=lambda item: item[1].due_at))
             WATCHED.set(len(self._entries))
-            self._journal_next()
-        self._journal_write((), dropped)
+            self._journal_write((), dropped)
         RESTORED.inc(len(self._entries))
         return len(self._entries)
 
@@ -207,10 +201,8 @@ class AckWatch:
                     self._bytes -= len(entry.tx) + ENTRY_OVERHEAD
                     removed.append(tx_id)
             WATCHED.set(len(self._entries))
-            if not removed:
-                return
-            self._journal_next()
-        self._journal_write((), removed)
+            if removed:
+                self._journal_write((), removed)
 
     def due(self, limit: int = MAX_DUE_PER_LOOK) -> list[Watched]:
         """Up to `limit` entries that are overdue, each due again `lost_after` from now: the
@@ -235,25 +227,17 @@ class AckWatch:
                 taken.append(entry)
             WATCHED.set(len(self._entries))
             if gave_up:
-                self._journal_next()
+                self._journal_write((), gave_up)
         if gave_up:
-            self._journal_write((), gave_up)  # first: nothing may come between its turn and it
             UNWATCHED.labels("gave_up").inc(len(gave_up))
         return taken
 
-    def _journal_next(self) -> None:
-        """Under `_lock`: this call's journal write comes next (`_journal_write` ends it)."""
-        if self._journal is not None:
-            self._journal_order.acquire()
-
     def _journal_write(self, added: Sequence[JournalEntry], removed: Sequence[str]) -> None:
-        """After `_journal_next` and `_lock` let go: the write, then the next one's turn."""
-        if self._journal is None:
-            return
-        try:
+        """Under `_lock`: the disk takes the changes in the order the watch made them, so a
+        removal written late cannot undo an entry acknowledged again after it. (The journal
+        serialises its writes anyway; the others wait for one write at most.)"""
+        if self._journal is not None:
             self._journal.write(added, removed)
-        finally:
-            self._journal_order.release()
 
     def _add(self, entry: Watched) -> list[str]:
         """Watch `entry`; returns the tx ids of the oldest entries dropped over the bound."""

@@ -127,16 +127,18 @@ def test_the_journal_holds_exactly_what_the_watch_watches(ops: list[tuple[str, i
 
 
 class GatedJournal(AckJournal):
-    """Holds every add until released, to see what the caller was told meanwhile."""
+    """Holds each write until released (unless `passing`), to see what happens meanwhile."""
 
     def __init__(self) -> None:
         super().__init__(MemoryStore())
-        self.adding = threading.Event()
+        self.passing = False
+        self.writing = threading.Event()
         self.release = threading.Event()
 
     def write(self, added: object, removed: object) -> bool:  # type: ignore[override]
-        self.adding.set()
-        assert self.release.wait(10)
+        if not self.passing:
+            self.writing.set()
+            assert self.release.wait(10)
         return super().write(added, removed)  # type: ignore[arg-type]
 
 
@@ -149,7 +151,7 @@ def test_no_caller_is_told_ok_before_its_acknowledgement_is_on_disk() -> None:
     caller = threading.Thread(target=lambda: answers.append(b.broadcast(b"tx-0", "tx-0")))
     try:
         caller.start()
-        assert journal.adding.wait(10)
+        assert journal.writing.wait(10)
         caller.join(0.3)
         assert caller.is_alive() and not answers  # the orderer said OK; the disk has not
         journal.release.set()
@@ -233,33 +235,18 @@ def test_a_journal_that_cannot_be_written_is_reported_and_the_orderers_ok_still_
         b.close()
 
 
-class FirstWriteGated(AckJournal):
-    """Holds its first write until released; the others pass."""
-
-    def __init__(self) -> None:
-        super().__init__(MemoryStore())
-        self.writing = threading.Event()
-        self.release = threading.Event()
-
-    def write(self, added: object, removed: object) -> bool:  # type: ignore[override]
-        if not self.writing.is_set():
-            self.writing.set()
-            assert self.release.wait(10)
-        return super().write(added, removed)  # type: ignore[arg-type]
-
-
 def test_a_removal_written_late_never_undoes_a_later_acknowledgement() -> None:
     """The watch gives tx-0 up (its removal's write is slow), then an orderer acknowledges
     tx-0 again (a client sent it again): the journal ends holding it, as the watch does.
     Before, each write went to disk when its thread got there, so the late removal could
     come last and leave the journal without an entry the watch held."""
     clock = Clock()
-    journal = FirstWriteGated()
+    journal = GatedJournal()
     watch = AckWatch(1.0, give_up_after=2.0, clock=clock, journal=journal,
                      orderer_names=NAMES)
-    journal.writing.set()  # the first acknowledgement's write passes
+    journal.passing = True  # the first acknowledgement's write passes
     watch.acknowledged(0, [("tx-0", b"tx", False)])
-    journal.writing.clear()
+    journal.passing = False
     clock.now = 2.0
     giving_up = threading.Thread(target=watch.due)
     giving_up.start()
